@@ -1,0 +1,29 @@
+"""Where a library lives when the caller does not say.
+
+One resolver for every face: an explicit path wins, then the `PIXSIFT_LIBRARY` environment
+variable, then the platform's per-user data folder (for example `~/.local/share/pixsift`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+LIBRARY_ENV_VAR = "PIXSIFT_LIBRARY"
+APP_NAME = "pixsift"
+
+
+def default_library_dir() -> Path:
+    """The library folder used when none is given: `$PIXSIFT_LIBRARY`, else the user data dir."""
+    from_env = os.environ.get(LIBRARY_ENV_VAR)
+    if from_env:
+        return Path(from_env).expanduser()
+    import platformdirs  # imported here: only needed when no path was given
+
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def resolve_library_dir(path: str | os.PathLike[str] | None) -> Path:
+    """An absolute library folder for `path`, or the default one when `path` is None."""
+    chosen = Path(path).expanduser() if path is not None else default_library_dir()
+    return chosen.absolute()

@@ -1,0 +1,46 @@
+"""Errors raised by pixsift's core, with messages written for the people who read them.
+
+The core raises; only the command line prints them and chooses exit codes.
+"""
+
+from __future__ import annotations
+
+
+class PixsiftError(Exception):
+    """Base class: anything a user can cause and fix. `str(error)` is the message to show."""
+
+
+class LibraryNotFoundError(PixsiftError):
+    """A command that reads a library was pointed at a folder that holds none."""
+
+
+class LibraryBusyError(PixsiftError):
+    """Another process holds the library's write lock (an index run is going on)."""
+
+
+class LibraryFormatError(PixsiftError):
+    """The library's database is from a newer pixsift or is not a pixsift library."""
+
+
+class EmptyLibraryError(PixsiftError):
+    """A search was asked of a library that has no images indexed yet."""
+
+
+class ModelError(PixsiftError):
+    """A model could not be named, found, downloaded or loaded."""
+
+
+class ModelMismatchError(ModelError):
+    """The model asked for is not the one the library's vectors were made with."""
+
+
+class InvalidPathError(PixsiftError):
+    """A path given by the user does not exist or is not what the command needs."""
+
+
+class ImageError(PixsiftError):
+    """One image file could not be read or decoded; indexing records it and goes on."""
+
+
+class QueryError(PixsiftError):
+    """A search query is empty or malformed."""
