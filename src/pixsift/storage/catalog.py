@@ -1,0 +1,432 @@
+"""The catalog: everything the library knows, read from and written to SQLite.
+
+Reads run in short snapshot transactions; writes go through `Catalog.write()`, one
+transaction per batch, which also appends every vector change to the change log that the
+FAISS index replays to catch up (see `vector_index.py`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from sqlalchemy import Engine, Select, delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from pixsift.models.spec import ModelRecord, ModelSpec
+from pixsift.storage.database import open_engine, writer
+from pixsift.storage.records import CatalogCounts, Failure, ImageInfo, KnownFile, RootInfo
+from pixsift.storage.schema import (
+    Embedding,
+    Image,
+    ModelRow,
+    Root,
+    Setting,
+    VectorChange,
+    utcnow,
+)
+
+GENERATION_KEY = "vector_generation"
+LOG_FLOOR_KEY = "vector_log_floor"
+T = TypeVar("T")
+_SQL_CHUNK = 500  # ids per IN (...) clause, well below SQLite's variable limit
+
+
+def vector_to_blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def blob_to_vector(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4")
+
+
+def folder_prefix_range(folder: str) -> tuple[bytes, bytes]:
+    """The byte range [low, high) holding every path strictly inside `folder`.
+
+    Paths are stored as bytes (see `FsPath`), so "under this folder" is a range scan on the
+    unique index: from "folder/" up to "folder0" ("0" is the byte after "/").
+    """
+    low = os.fsencode(os.path.join(folder, ""))
+    return low, low[:-1] + bytes([low[-1] + 1])
+
+
+@dataclass(frozen=True)
+class VectorDelta:
+    """The vector changes between a generation and now, read in one snapshot."""
+
+    generation: int
+    removed_ids: np.ndarray
+    upserted_ids: np.ndarray
+    upserted_vectors: np.ndarray
+
+
+class Catalog:
+    """Metadata, vectors and the model record of one library, in one SQLite file."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._writer = writer(engine)
+
+    @classmethod
+    def open(cls, db_path: Path) -> Catalog:
+        return cls(open_engine(db_path))
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self._engine) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[CatalogWriter]:
+        """One write transaction; its vector changes are logged under a new generation."""
+        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            batch = CatalogWriter(session)
+            yield batch
+            batch._log_vector_changes()
+
+    # ---- the model and settings ------------------------------------------------------------
+
+    def model(self) -> ModelRecord | None:
+        with self._read() as session:
+            row = session.get(ModelRow, 1)
+            if row is None:
+                return None
+            spec = ModelSpec(row.name, row.pretrained, row.config_json)
+            return ModelRecord(spec, row.embed_dim, row.fingerprint)
+
+    def generation(self) -> int:
+        with self._read() as session:
+            return _int_setting(session, GENERATION_KEY)
+
+    # ---- roots and files --------------------------------------------------------------------
+
+    def roots(self) -> list[RootInfo]:
+        with self._read() as session:
+            rows = session.scalars(select(Root).order_by(Root.path))
+            return [
+                RootInfo(r.path, r.include_hidden, r.follow_symlinks, r.added_at, r.last_indexed_at)
+                for r in rows
+            ]
+
+    def known_files(self, folder: str) -> dict[str, KnownFile]:
+        """Every file the catalog holds under `folder`, keyed by path."""
+        low, high = folder_prefix_range(folder)
+        query = _known_file_query().where(Image.path >= low, Image.path < high)
+        with self._read() as session:
+            return {f.path: f for f in _known_files(session.execute(query))}
+
+    def known_file(self, path: str) -> KnownFile | None:
+        with self._read() as session:
+            found = list(_known_files(session.execute(_known_file_query().where(Image.path == path))))
+        return found[0] if found else None
+
+    def sizes_with_vectors(self) -> set[int]:
+        """File sizes of embedded images: only a file of one of these sizes can be a move."""
+        query = select(Image.size).join(Embedding, Embedding.image_id == Image.id).distinct()
+        with self._read() as session:
+            return set(session.scalars(query))
+
+    def embedded_by_hash(self, hashes: Iterable[str]) -> dict[str, KnownFile]:
+        """For each content hash, one embedded image that has it."""
+        wanted = list(set(hashes))
+        found: dict[str, KnownFile] = {}
+        with self._read() as session:
+            for chunk in _chunks(wanted):
+                query = _known_file_query().where(
+                    Image.content_hash.in_(chunk), Embedding.image_id.is_not(None)
+                )
+                for known in _known_files(session.execute(query)):
+                    assert known.content_hash is not None
+                    found.setdefault(known.content_hash, known)
+        return found
+
+    def images(self, ids: Iterable[int]) -> dict[int, ImageInfo]:
+        wanted = [int(i) for i in ids]
+        found: dict[int, ImageInfo] = {}
+        with self._read() as session:
+            for chunk in _chunks(wanted):
+                for row in session.scalars(select(Image).where(Image.id.in_(chunk))):
+                    found[row.id] = _image_info(row)
+        return found
+
+    def ids_under(self, folder: str) -> np.ndarray:
+        """Ids of the embedded images inside `folder` (recursively)."""
+        low, high = folder_prefix_range(folder)
+        query = (
+            select(Image.id)
+            .join(Embedding, Embedding.image_id == Image.id)
+            .where(Image.path >= low, Image.path < high)
+        )
+        with self._read() as session:
+            return np.fromiter(session.scalars(query), dtype=np.int64)
+
+    def counts(self) -> CatalogCounts:
+        with self._read() as session:
+            total = session.scalar(select(func.count()).select_from(Image)) or 0
+            indexed = session.scalar(select(func.count()).select_from(Embedding)) or 0
+            failed = session.scalar(select(func.count()).where(Image.error.is_not(None))) or 0
+        return CatalogCounts(total=total, indexed=indexed, failed=failed)
+
+    def failures(self, limit: int | None = None) -> list[Failure]:
+        query = select(Image.path, Image.error).where(Image.error.is_not(None)).order_by(Image.path)
+        with self._read() as session:
+            return [Failure(path, error or "") for path, error in session.execute(query.limit(limit))]
+
+    # ---- vectors ----------------------------------------------------------------------------
+
+    def vector(self, image_id: int) -> np.ndarray | None:
+        with self._read() as session:
+            blob = session.scalar(select(Embedding.vector).where(Embedding.image_id == image_id))
+        return None if blob is None else blob_to_vector(blob)
+
+    def all_vectors(self, chunk_size: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every vector, as chunks of (ids, vectors), from one consistent snapshot."""
+        with self._read() as session:
+            query = select(Embedding.image_id, Embedding.vector).order_by(Embedding.image_id)
+            result = session.execute(query.execution_options(yield_per=chunk_size))
+            for rows in result.partitions():
+                ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                yield ids, np.stack([blob_to_vector(r[1]) for r in rows])
+
+    def vector_delta(self, since: int) -> VectorDelta | None:
+        """What changed after generation `since`, or None if the log no longer reaches back."""
+        with self._read() as session:
+            if since < _int_setting(session, LOG_FLOOR_KEY):
+                return None
+            generation = _int_setting(session, GENERATION_KEY)
+            if since > generation:  # an index file from some other database
+                return None
+            changed = list(
+                session.scalars(
+                    select(VectorChange.image_id).where(VectorChange.generation > since).distinct()
+                )
+            )
+            upserted: list[tuple[int, bytes]] = []
+            for chunk in _chunks(changed):
+                query = select(Embedding.image_id, Embedding.vector).where(Embedding.image_id.in_(chunk))
+                upserted.extend((row[0], row[1]) for row in session.execute(query))
+        present = {image_id for image_id, _ in upserted}
+        removed = np.array([i for i in changed if i not in present], dtype=np.int64)
+        ids = np.array([image_id for image_id, _ in upserted], dtype=np.int64)
+        vectors = (
+            np.stack([blob_to_vector(blob) for _, blob in upserted])
+            if upserted
+            else np.empty((0, 0), np.float32)
+        )
+        return VectorDelta(generation, removed, ids, vectors)
+
+
+class CatalogWriter:
+    """Writes inside one transaction. Vector changes are collected and logged on commit."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._changed_ids: set[int] = set()
+
+    # ---- model, roots, settings -------------------------------------------------------------
+
+    def set_model(self, record: ModelRecord) -> None:
+        """Record the library's model, dropping every vector made with another one."""
+        existing = self._session.get(ModelRow, 1)
+        if existing is not None:
+            self._changed_ids.update(self._session.scalars(select(Embedding.image_id)))
+            self._session.execute(delete(Embedding))
+            self._session.delete(existing)
+            self._session.flush()
+        spec = record.spec
+        self._session.add(
+            ModelRow(
+                id=1,
+                name=spec.name,
+                pretrained=spec.pretrained,
+                config_json=spec.config_json,
+                embed_dim=record.embed_dim,
+                fingerprint=record.fingerprint,
+                created_at=utcnow(),
+            )
+        )
+
+    def upsert_root(self, path: str, *, include_hidden: bool, follow_symlinks: bool) -> None:
+        root = self._session.scalar(select(Root).where(Root.path == path))
+        if root is None:
+            root = Root(path=path, added_at=utcnow(), last_indexed_at=None)
+            self._session.add(root)
+        root.include_hidden = include_hidden
+        root.follow_symlinks = follow_symlinks
+
+    def mark_root_indexed(self, path: str) -> None:
+        self._session.execute(update(Root).where(Root.path == path).values(last_indexed_at=utcnow()))
+
+    def truncate_vector_log(self, upto_generation: int) -> None:
+        """Forget logged changes up to a generation that a saved FAISS index already holds."""
+        self._session.execute(delete(VectorChange).where(VectorChange.generation <= upto_generation))
+        floor = max(upto_generation, _int_setting(self._session, LOG_FLOOR_KEY))
+        _set_setting(self._session, LOG_FLOOR_KEY, floor)
+
+    # ---- images -----------------------------------------------------------------------------
+
+    def add_image(self, path: str, size: int, mtime_ns: int, content_hash: str | None) -> int:
+        image = Image(path=path, size=size, mtime_ns=mtime_ns, content_hash=content_hash, indexed_at=utcnow())
+        self._session.add(image)
+        self._session.flush()
+        return image.id
+
+    def save_embedding(
+        self,
+        image_id: int,
+        vector: np.ndarray,
+        *,
+        content_hash: str,
+        width: int | None,
+        height: int | None,
+        format: str | None,
+        size: int,
+        mtime_ns: int,
+    ) -> None:
+        """Store a freshly computed vector and the metadata the decode found."""
+        self._session.execute(
+            update(Image)
+            .where(Image.id == image_id)
+            .values(
+                content_hash=content_hash,
+                width=width,
+                height=height,
+                format=format,
+                size=size,
+                mtime_ns=mtime_ns,
+                error=None,
+                indexed_at=utcnow(),
+            )
+        )
+        self._put_vector(image_id, vector_to_blob(vector))
+
+    def copy_embedding(self, image_id: int, source_id: int, *, content_hash: str) -> bool:
+        """Give `image_id` the vector and metadata of `source_id` (same bytes, same vector)."""
+        source = self._session.get(Image, source_id)
+        blob = self._session.scalar(select(Embedding.vector).where(Embedding.image_id == source_id))
+        if source is None or blob is None:
+            return False
+        self._session.execute(
+            update(Image)
+            .where(Image.id == image_id)
+            .values(
+                content_hash=content_hash,
+                width=source.width,
+                height=source.height,
+                format=source.format,
+                error=None,
+                indexed_at=utcnow(),
+            )
+        )
+        self._put_vector(image_id, blob)
+        return True
+
+    def record_failure(
+        self, image_id: int, error: str, *, size: int, mtime_ns: int, content_hash: str | None
+    ) -> None:
+        """Mark an image as unreadable; it keeps no vector until the file changes."""
+        self._session.execute(
+            update(Image)
+            .where(Image.id == image_id)
+            .values(
+                error=error,
+                size=size,
+                mtime_ns=mtime_ns,
+                content_hash=content_hash,
+                width=None,
+                height=None,
+                format=None,
+                indexed_at=utcnow(),
+            )
+        )
+        self._drop_vector(image_id)
+
+    def move_image(self, image_id: int, new_path: str, *, size: int, mtime_ns: int) -> None:
+        """A file that moved keeps its row, id and vector: only the path changes."""
+        self._session.execute(
+            update(Image).where(Image.id == image_id).values(path=new_path, size=size, mtime_ns=mtime_ns)
+        )
+
+    def touch_image(self, image_id: int, *, size: int, mtime_ns: int) -> None:
+        """A file whose timestamp changed but whose bytes did not."""
+        self._session.execute(update(Image).where(Image.id == image_id).values(size=size, mtime_ns=mtime_ns))
+
+    def delete_images(self, ids: Iterable[int]) -> None:
+        wanted = [int(i) for i in ids]
+        for chunk in _chunks(wanted):
+            self._changed_ids.update(
+                self._session.scalars(select(Embedding.image_id).where(Embedding.image_id.in_(chunk)))
+            )
+            self._session.execute(delete(Image).where(Image.id.in_(chunk)))
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _put_vector(self, image_id: int, blob: bytes) -> None:
+        self._session.execute(delete(Embedding).where(Embedding.image_id == image_id))
+        self._session.execute(insert(Embedding).values(image_id=image_id, vector=blob))
+        self._changed_ids.add(image_id)
+
+    def _drop_vector(self, image_id: int) -> None:
+        deleted = self._session.execute(delete(Embedding).where(Embedding.image_id == image_id))
+        if deleted.rowcount:  # type: ignore[attr-defined]
+            self._changed_ids.add(image_id)
+
+    def _log_vector_changes(self) -> None:
+        if not self._changed_ids:
+            return
+        generation = _int_setting(self._session, GENERATION_KEY) + 1
+        self._session.execute(
+            insert(VectorChange),
+            [{"generation": generation, "image_id": i} for i in sorted(self._changed_ids)],
+        )
+        _set_setting(self._session, GENERATION_KEY, generation)
+        self._changed_ids.clear()
+
+
+def _known_file_query() -> Select[int, str, int, int, str | None, bool, str | None]:
+    return select(
+        Image.id,
+        Image.path,
+        Image.size,
+        Image.mtime_ns,
+        Image.content_hash,
+        Embedding.image_id.is_not(None),
+        Image.error,
+    ).outerjoin(Embedding, Embedding.image_id == Image.id)
+
+
+def _known_files(rows: Iterable[Sequence[Any]]) -> Iterator[KnownFile]:
+    for image_id, path, size, mtime_ns, content_hash, has_vector, error in rows:
+        yield KnownFile(image_id, path, size, mtime_ns, content_hash, bool(has_vector), error)
+
+
+def _image_info(row: Image) -> ImageInfo:
+    return ImageInfo(
+        row.id, row.path, row.size, row.mtime_ns, row.width, row.height, row.format, row.indexed_at
+    )
+
+
+def _int_setting(session: Session, key: str) -> int:
+    value = session.scalar(select(Setting.value).where(Setting.key == key))
+    return int(value) if value is not None else 0
+
+
+def _set_setting(session: Session, key: str, value: int) -> None:
+    setting = session.get(Setting, key)
+    if setting is None:
+        session.add(Setting(key=key, value=str(value)))
+    else:
+        setting.value = str(value)
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), _SQL_CHUNK):
+        yield items[start : start + _SQL_CHUNK]

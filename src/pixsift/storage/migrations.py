@@ -1,0 +1,117 @@
+"""Numbered schema migrations, tracked in SQLite's `user_version`.
+
+Each migration is frozen DDL: once released it never changes, and a new schema change is a new
+entry at the end of `MIGRATIONS`. A library made by a newer pixsift is refused, not altered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, text
+
+from pixsift.errors import LibraryFormatError
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: Sequence[str]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "images, embeddings, vector change log, roots, model, settings",
+        (
+            """
+            CREATE TABLE images (
+                id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+                path BLOB NOT NULL UNIQUE,
+                size INTEGER NOT NULL,
+                mtime_ns INTEGER NOT NULL,
+                content_hash VARCHAR(64),
+                width INTEGER,
+                height INTEGER,
+                format VARCHAR(16),
+                error TEXT,
+                indexed_at VARCHAR(32) NOT NULL
+            )
+            """,
+            "CREATE INDEX ix_images_content_hash ON images (content_hash)",
+            """
+            CREATE TABLE embeddings (
+                image_id INTEGER NOT NULL PRIMARY KEY
+                    REFERENCES images (id) ON DELETE CASCADE,
+                vector BLOB NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE vector_changes (
+                seq INTEGER NOT NULL PRIMARY KEY,
+                generation INTEGER NOT NULL,
+                image_id INTEGER NOT NULL
+            )
+            """,
+            "CREATE INDEX ix_vector_changes_generation ON vector_changes (generation)",
+            """
+            CREATE TABLE roots (
+                id INTEGER NOT NULL PRIMARY KEY,
+                path BLOB NOT NULL UNIQUE,
+                include_hidden BOOLEAN NOT NULL,
+                follow_symlinks BOOLEAN NOT NULL,
+                added_at VARCHAR(32) NOT NULL,
+                last_indexed_at VARCHAR(32)
+            )
+            """,
+            """
+            CREATE TABLE model (
+                id INTEGER NOT NULL PRIMARY KEY,
+                name TEXT NOT NULL,
+                pretrained TEXT NOT NULL,
+                config_json TEXT,
+                embed_dim INTEGER NOT NULL,
+                fingerprint VARCHAR(64) NOT NULL,
+                created_at VARCHAR(32) NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE settings (
+                key VARCHAR(64) NOT NULL PRIMARY KEY,
+                value TEXT NOT NULL
+            )
+            """,
+        ),
+    ),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def schema_version(connection: Connection) -> int:
+    return int(connection.exec_driver_sql("PRAGMA user_version").scalar_one())
+
+
+def migrate(connection: Connection) -> list[Migration]:
+    """Bring the schema up to `SCHEMA_VERSION` inside the caller's transaction.
+
+    Returns the migrations applied. Raises LibraryFormatError for a newer, unknown schema.
+    """
+    current = schema_version(connection)
+    if current > SCHEMA_VERSION:
+        raise LibraryFormatError(
+            f"This library uses schema version {current}, newer than this pixsift "
+            f"understands ({SCHEMA_VERSION}). Upgrade pixsift to use it."
+        )
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.version <= current:
+            continue
+        for statement in migration.statements:
+            connection.execute(text(statement))
+        # PRAGMA takes no bound parameters; the version is our own integer.
+        connection.exec_driver_sql(f"PRAGMA user_version = {migration.version}")
+        applied.append(migration)
+    return applied

@@ -1,0 +1,62 @@
+"""Plain records the catalog hands out, so callers never hold ORM objects or sessions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """What the catalog knows about one path, enough to decide whether to re-index it."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    has_vector: bool
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image's stored metadata."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    width: int | None
+    height: int | None
+    format: str | None
+    indexed_at: datetime
+
+
+@dataclass(frozen=True)
+class RootInfo:
+    path: str
+    include_hidden: bool
+    follow_symlinks: bool
+    added_at: datetime
+    last_indexed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    error: str
+
+
+@dataclass(frozen=True)
+class CatalogCounts:
+    """How many images the library knows, by state."""
+
+    total: int
+    indexed: int
+    failed: int
+
+    @property
+    def pending(self) -> int:
+        """Known files with neither a vector nor an error (an interrupted run left them)."""
+        return self.total - self.indexed - self.failed
