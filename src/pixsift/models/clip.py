@@ -1,0 +1,168 @@
+"""CLIP models through open_clip: loading, identity, and embedding images and texts.
+
+torch and open_clip take seconds to import, so this module imports them only when a model is
+actually loaded; nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from pixsift.errors import ModelError
+from pixsift.models.spec import ModelRecord, ModelSpec
+from pixsift.models.weights import resolve_weights
+
+if TYPE_CHECKING:
+    import torch
+
+_FINGERPRINT_SAMPLES = 512  # values sampled per tensor: enough to tell any two trainings apart
+_TAG_PREPROCESS_KEYS = {
+    "mean": "image_mean",
+    "std": "image_std",
+    "interpolation": "image_interpolation",
+    "resize_mode": "image_resize_mode",
+}
+
+
+class ClipEmbedder:
+    """An open_clip CLIP model in inference mode on one device."""
+
+    def __init__(
+        self,
+        model: Any,
+        preprocess: Any,
+        tokenizer: Any,
+        device: torch.device,
+        record: ModelRecord,
+    ) -> None:
+        self._model = model
+        self._preprocess = preprocess
+        self._tokenizer = tokenizer
+        self._device = device
+        self._record = record
+        size = model.visual.image_size
+        self._image_size = int(max(size) if isinstance(size, (tuple, list)) else size)
+
+    @classmethod
+    def load(cls, spec: ModelSpec, device: str = "auto") -> ClipEmbedder:
+        """Load `spec` (downloading tagged weights on first use) onto `device`."""
+        weights = resolve_weights(spec)
+        torch_device = resolve_device(device)
+        import open_clip
+
+        name = _registered_name(spec)
+        overrides = {
+            kwarg: weights.preprocess[key]
+            for key, kwarg in _TAG_PREPROCESS_KEYS.items()
+            if key in weights.preprocess
+        }
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=str(weights.path), **overrides
+            )
+        except Exception as exc:  # a checkpoint that does not fit the architecture, a bad file
+            raise ModelError(f"Cannot load {spec.describe()}: {_first_line(exc)}") from exc
+        model.eval()
+        record = ModelRecord(
+            spec,
+            embed_dim=int(open_clip.get_model_config(name)["embed_dim"]),
+            fingerprint=weights_fingerprint(model),
+        )
+        return cls(model.to(torch_device), preprocess, open_clip.get_tokenizer(name), torch_device, record)
+
+    @property
+    def record(self) -> ModelRecord:
+        return self._record
+
+    @property
+    def image_size(self) -> int:
+        return self._image_size
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def preprocess(self, image: Image.Image) -> Any:
+        return self._preprocess(image)
+
+    def embed_images(self, batch: Sequence[Any]) -> np.ndarray:
+        import torch
+
+        pixels = torch.stack(list(batch)).to(self._device, non_blocking=True)
+        with torch.inference_mode():
+            features = self._model.encode_image(pixels, normalize=True)
+        return np.asarray(features.float().cpu().numpy(), dtype=np.float32)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        tokens = self._tokenizer(list(texts)).to(self._device)
+        with torch.inference_mode():
+            features = self._model.encode_text(tokens, normalize=True)
+        return np.asarray(features.float().cpu().numpy(), dtype=np.float32)
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks CUDA when torch sees a GPU, else the CPU; anything else is taken as asked."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelError(f"Unknown device {device!r}: use auto, cpu or cuda.") from exc
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for, but torch sees no CUDA GPU here.")
+    return chosen
+
+
+def weights_fingerprint(model: Any) -> str:
+    """A short hash of the weights, from an evenly spaced sample of every tensor.
+
+    Sampling keeps it to milliseconds for a 600 MB model, and it depends on the values only,
+    not on the checkpoint's file name, format or location.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // _FINGERPRINT_SAMPLES)
+        sample = flat[::step].to(device="cpu", dtype=torch.float32).numpy()
+        digest.update(name.encode())
+        digest.update(repr(tuple(tensor.shape)).encode())
+        digest.update(sample.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _registered_name(spec: ModelSpec) -> str:
+    """The open_clip registry name for `spec`, registering a config-file architecture first.
+
+    The architecture is registered under a name derived from its content, so two configs can
+    never collide with each other or with open_clip's own names. open_clip reads the file once
+    into its registry, so the temporary copy is removed straight away.
+    """
+    if spec.config_json is None:
+        return spec.name
+    import open_clip
+
+    name = "pixsift-" + hashlib.sha256(spec.config_json.encode()).hexdigest()[:16]
+    if name not in open_clip.list_models():
+        with tempfile.TemporaryDirectory(prefix="pixsift-model-") as folder:
+            config_file = Path(folder) / f"{name}.json"
+            config_file.write_text(spec.config_json, encoding="utf-8")
+            open_clip.add_model_config(config_file)
+    return name
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

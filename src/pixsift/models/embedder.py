@@ -1,0 +1,37 @@
+"""The interface the indexer and search need from a model; tests and benchmarks may swap it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from pixsift.models.spec import ModelRecord
+
+
+class Embedder(Protocol):
+    """Maps images and texts into one space of L2-normalised float32 vectors."""
+
+    @property
+    def record(self) -> ModelRecord:
+        """Which model this is: the identity stored with the library's vectors."""
+        ...
+
+    @property
+    def image_size(self) -> int:
+        """The side in pixels the model sees; decoders may shrink images towards it early."""
+        ...
+
+    def preprocess(self, image: Image.Image) -> Any:
+        """An RGB image to the model's input; thread-safe, called from decode workers."""
+        ...
+
+    def embed_images(self, batch: Sequence[Any]) -> np.ndarray:
+        """Vectors (n, dim) for preprocessed images."""
+        ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors (n, dim) for texts."""
+        ...

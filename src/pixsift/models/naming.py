@@ -1,0 +1,77 @@
+"""Turning what the user typed (`--model`, `--pretrained`) into a `ModelSpec`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pixsift.errors import ModelError
+from pixsift.models.spec import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec
+
+_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+
+
+def resolve_model_spec(model: str | None = None, pretrained: str | None = None) -> ModelSpec:
+    """Validate a model name or config path and its weights, without loading anything big.
+
+    `model`: an open_clip architecture name (`ViT-B-32`) or the path of a model-config JSON in
+    open_clip's format. `pretrained`: an open_clip pretrained tag, or a checkpoint file path.
+    """
+    model = model or DEFAULT_MODEL
+    if _looks_like_path(model):
+        return _config_file_spec(Path(model).expanduser(), pretrained)
+    return _builtin_spec(model, pretrained)
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.endswith(".json") or "/" in model or "\\" in model or Path(model).is_file()
+
+
+def _config_file_spec(config_path: Path, pretrained: str | None) -> ModelSpec:
+    if not config_path.is_file():
+        raise ModelError(f"Model config {config_path} not found.")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"Model config {config_path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict) or not all(key in config for key in _CONFIG_KEYS):
+        raise ModelError(
+            f"Model config {config_path} is not an open_clip model config: it needs "
+            f"{', '.join(_CONFIG_KEYS)}."
+        )
+    if pretrained is None:
+        raise ModelError(
+            f"Model config {config_path.name} has no weights of its own: pass the checkpoint "
+            "with --pretrained /path/to/checkpoint.pt"
+        )
+    checkpoint = Path(pretrained).expanduser()
+    if not checkpoint.is_file():
+        raise ModelError(f"Checkpoint {checkpoint} not found.")
+    return ModelSpec(
+        name=str(config_path.resolve()),
+        pretrained=str(checkpoint.resolve()),
+        config_json=json.dumps(config, sort_keys=True),
+    )
+
+
+def _builtin_spec(model: str, pretrained: str | None) -> ModelSpec:
+    import open_clip
+
+    if model not in open_clip.list_models():
+        raise ModelError(
+            f"Unknown model {model!r}. Give an open_clip model name such as {DEFAULT_MODEL} "
+            "or the path of a model-config JSON file."
+        )
+    if pretrained is not None and Path(pretrained).expanduser().is_file():
+        return ModelSpec(model, str(Path(pretrained).expanduser().resolve()))
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained is None:
+        if not tags:
+            raise ModelError(f"Model {model} has no published weights: pass a checkpoint with --pretrained.")
+        pretrained = DEFAULT_PRETRAINED if DEFAULT_PRETRAINED in tags else tags[0]
+    if not open_clip.get_pretrained_cfg(model, pretrained):
+        raise ModelError(
+            f"{pretrained!r} is neither a pretrained tag of {model} nor a checkpoint file. "
+            f"Known tags: {', '.join(tags) or 'none'}."
+        )
+    return ModelSpec(model, pretrained)

@@ -1,0 +1,52 @@
+"""What a model is, as stored in a library: a name, its weights and, once loaded, its identity.
+
+Kept free of torch and open_clip imports so that reading a library's model stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as the user named it, resolved to something that can be loaded again later.
+
+    `name` is an open_clip architecture name or the absolute path of a model-config JSON;
+    `pretrained` is an open_clip pretrained tag or the absolute path of a checkpoint file.
+    For config-file models `config_json` keeps the architecture itself, so the library does
+    not depend on the config file staying where it was.
+    """
+
+    name: str
+    pretrained: str
+    config_json: str | None = None
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        return None if self.config_json is None else json.loads(self.config_json)
+
+    @property
+    def weights_are_file(self) -> bool:
+        return self.config_json is not None or Path(self.pretrained).is_absolute()
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.pretrained})"
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A loaded model's identity: the spec plus what only loading tells (dimension, weights)."""
+
+    spec: ModelSpec
+    embed_dim: int
+    fingerprint: str
+
+    def describe(self) -> str:
+        return f"{self.spec.describe()}, {self.embed_dim}-d, weights {self.fingerprint}"
