@@ -1,0 +1,123 @@
+"""Reading one image file into what the model needs, fast and safely.
+
+Each file is read once: the same bytes are hashed (to recognise moved and duplicate files)
+and decoded. A CLIP model looks at about 224 pixels, so a 12-megapixel JPEG is decoded at
+reduced scale by libjpeg's DCT scaling (Pillow's `draft`), several times faster than a full
+decode, while staying at least the model's size so the final resize is the model's own.
+EXIF orientation is applied before the model's preprocessing, as a viewer shows the photo.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow parsers the indexer allows; a file named .jpg is never handed to exotic plugins.
+# (Multi-picture JPEGs open through the JPEG parser and report format "MPO".)
+WANTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "HEIF")
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: Any  # the model's input, as made by the embedder's preprocess
+    content_hash: str
+    width: int  # as displayed, after EXIF orientation
+    height: int
+    format: str
+
+
+@functools.cache
+def heif_support() -> bool:
+    """Register pillow-heif's HEIC/HEIF opener if that optional extra is installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def allowed_formats() -> list[str]:
+    """The wanted formats this Pillow can open (HEIF only once pillow-heif registered it)."""
+    Image.init()
+    return [name for name in WANTED_FORMATS if name in Image.OPEN]
+
+
+def default_max_pixels() -> int:
+    """Pillow's own decompression-bomb error threshold (twice MAX_IMAGE_PIXELS)."""
+    return 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+
+def hash_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_file(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def load_image(
+    path: str,
+    *,
+    preprocess: Callable[[Image.Image], Any],
+    target_size: int,
+    max_pixels: int,
+) -> DecodedImage:
+    """Read, hash, decode and preprocess one file. Raises on any unreadable image."""
+    with open(path, "rb") as f:
+        data = f.read()
+    image, width, height, image_format = open_oriented(data, target_size, max_pixels)
+    return DecodedImage(preprocess(image), hash_bytes(data), width, height, image_format)
+
+
+def open_oriented(data: bytes, target_size: int, max_pixels: int) -> tuple[Image.Image, int, int, str]:
+    """Decode to an upright RGB image no smaller than `target_size` on its short side.
+
+    Returns the image, the full-size width and height as displayed, and the file format.
+    """
+    if not data:
+        raise ValueError("empty file")
+    with Image.open(io.BytesIO(data), formats=allowed_formats()) as image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise Image.DecompressionBombError(
+                f"{width}x{height} pixels is more than the limit of {max_pixels:,}"
+            )
+        image_format = image.format or "unknown"
+        if image_format in ("JPEG", "MPO"):
+            image.draft("RGB", (target_size, target_size))
+        image.load()
+        upright = _upright(image)
+        if upright.size != image.size:  # rotated by 90 degrees
+            width, height = height, width
+        return upright.convert("RGB"), width, height, image_format
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, user-facing reason why a file could not be indexed."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image format pixsift reads (or a damaged file)"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"too many pixels, refused as a possible decompression bomb: {exc}"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "file disappeared before it could be read"
+    if isinstance(exc, MemoryError):
+        return "not enough memory to decode"
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # broken EXIF must not cost the image itself: show it as stored
+        return image

@@ -1,0 +1,40 @@
+"""What an index run did, for the summary line and for callers of the Python API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class IndexReport:
+    roots: list[str] = field(default_factory=list)
+    scanned: int = 0  # image files found on disk
+    unchanged: int = 0  # skipped without being opened (same size and mtime)
+    added: int = 0  # new files embedded
+    updated: int = 0  # changed files re-embedded
+    moved: int = 0  # files found under a new path: row, id and vector kept
+    reused: int = 0  # files identical to an indexed one: its vector copied
+    touched: int = 0  # files whose timestamp changed but not their content
+    removed: int = 0  # files gone from disk, dropped from the library
+    failed: int = 0  # files that could not be read this run
+    unreadable_dirs: list[tuple[str, str]] = field(default_factory=list)
+    skipped_roots: list[str] = field(default_factory=list)  # known roots not on disk: kept as is
+    elapsed_s: float = 0.0
+    embed_s: float = 0.0  # time spent in the embedding phase (decode + model)
+    interrupted: bool = False
+
+    @property
+    def embedded(self) -> int:
+        return self.added + self.updated
+
+    @property
+    def changed_anything(self) -> bool:
+        return any((self.embedded, self.moved, self.reused, self.touched, self.removed, self.failed))
+
+
+class IndexInterrupted(KeyboardInterrupt):
+    """Ctrl-C during an index run. Everything committed before it is kept; `report` says what."""
+
+    def __init__(self, report: IndexReport) -> None:
+        super().__init__("index run interrupted")
+        self.report = report

@@ -1,0 +1,247 @@
+"""One index run: scan, plan, settle moves and duplicates by content hash, embed, commit.
+
+Work is committed batch by batch, so an interrupted run keeps everything done so far and the
+next run continues from there. The model is loaded only if something needs embedding: a
+re-run over an unchanged folder opens no image and loads no model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from pixsift.indexer.decode import default_max_pixels, hash_file
+from pixsift.indexer.pipeline import Embedded, Outcome, embed_files
+from pixsift.indexer.plan import Candidate, IndexPlan, plan_folder
+from pixsift.indexer.progress import IndexProgress, SilentProgress
+from pixsift.indexer.report import IndexInterrupted, IndexReport
+from pixsift.indexer.scan import ScanOptions, ScanResult, image_extensions, scan_folder
+from pixsift.models.embedder import Embedder
+from pixsift.storage.catalog import Catalog, CatalogWriter
+from pixsift.storage.records import KnownFile
+
+
+@dataclass(frozen=True)
+class RootRequest:
+    """A folder to index (absolute path) and how to walk it."""
+
+    path: str
+    include_hidden: bool = False
+    follow_symlinks: bool = False
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    batch_size: int = 32
+    workers: int = min(8, os.cpu_count() or 2)
+    max_pixels: int = default_max_pixels()
+    exclude: tuple[str, ...] = ()  # folders never scanned (the library's own folder)
+
+
+class Indexer:
+    """Brings the catalog in line with the image files under some folders."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        embedder: Callable[[], Embedder],
+        settings: IndexSettings = IndexSettings(),
+        progress: IndexProgress | None = None,
+    ) -> None:
+        self._catalog = catalog
+        self._embedder = embedder  # called only when something needs embedding
+        self._settings = settings
+        self._progress = progress or SilentProgress()
+
+    def run(self, roots: Sequence[RootRequest]) -> IndexReport:
+        """Index every image under `roots`, in one plan so files may move between them.
+
+        Ctrl-C raises IndexInterrupted, after the batches already embedded were committed.
+        """
+        started = time.monotonic()
+        report = IndexReport(roots=[root.path for root in roots])
+        with self._catalog.write() as batch:
+            for root in roots:
+                batch.upsert_root(
+                    root.path, include_hidden=root.include_hidden, follow_symlinks=root.follow_symlinks
+                )
+        try:
+            plan = self._plan(roots, report)
+            embed_queue = self._settle_by_content(plan, report)
+            if embed_queue:
+                self._embed(embed_queue, report)
+            with self._catalog.write() as batch:
+                for root in roots:
+                    batch.mark_root_indexed(root.path)
+        except KeyboardInterrupt as interrupt:
+            report.interrupted = True
+            report.elapsed_s = time.monotonic() - started
+            raise IndexInterrupted(report) from interrupt
+        finally:
+            self._progress.stop()
+        report.elapsed_s = time.monotonic() - started
+        return report
+
+    # ---- phase 1: scan and compare with the catalog ---------------------------------------
+
+    def _plan(self, roots: Sequence[RootRequest], report: IndexReport) -> IndexPlan:
+        extensions = image_extensions()
+        self._progress.start("Scanning")
+        scan = ScanResult()
+        known: dict[str, KnownFile] = {}
+        for root in roots:  # nested roots simply scan the same files twice into one dict
+            options = ScanOptions(
+                include_hidden=root.include_hidden,
+                follow_symlinks=root.follow_symlinks,
+                extensions=extensions,
+                exclude=self._settings.exclude,
+            )
+            found = scan_folder(root.path, options, on_folder=self._progress.advance)
+            scan.files.update(found.files)
+            scan.unreadable_dirs.extend(found.unreadable_dirs)
+            known.update(self._catalog.known_files(root.path))
+        self._progress.stop()
+        report.scanned = len(scan.files)
+        report.unreadable_dirs = scan.unreadable_dirs
+        plan = plan_folder(scan.files, known, [folder for folder, _ in scan.unreadable_dirs])
+        report.unchanged = plan.unchanged
+        return plan
+
+    # ---- phase 2: moves, touches, duplicates and deletions, decided by content hash -------
+
+    def _settle_by_content(self, plan: IndexPlan, report: IndexReport) -> list[Candidate]:
+        """Apply everything that needs no model; return the candidates left to embed."""
+        hashes = self._hash_move_candidates(plan.candidates)
+        missing_by_hash = {row.content_hash: row for row in plan.missing if row.has_vector}
+        sources = self._catalog.embedded_by_hash(hashes.values())
+        gone = {row.id for row in plan.missing}
+        to_embed: list[Candidate] = []
+        with self._catalog.write() as batch:
+            for candidate in plan.candidates:
+                content_hash = hashes.get(candidate.file.path)
+                if content_hash is None or not self._reuse(
+                    batch, candidate, content_hash, missing_by_hash, sources, gone, report
+                ):
+                    to_embed.append(candidate)
+            batch.delete_images(gone)
+            report.removed = len(gone)
+        return to_embed
+
+    def _reuse(
+        self,
+        batch: CatalogWriter,
+        candidate: Candidate,
+        content_hash: str,
+        missing_by_hash: dict[str | None, KnownFile],
+        sources: dict[str, KnownFile],
+        gone: set[int],
+        report: IndexReport,
+    ) -> bool:
+        """Settle a candidate whose content is already embedded somewhere. False if it is not."""
+        file, known = candidate.file, candidate.known
+        if known is not None and known.has_vector and known.content_hash == content_hash:
+            batch.touch_image(known.id, size=file.size, mtime_ns=file.mtime_ns)
+            report.touched += 1
+            return True
+        moved_from = missing_by_hash.pop(content_hash, None)
+        if known is None and moved_from is not None:
+            batch.move_image(moved_from.id, file.path, size=file.size, mtime_ns=file.mtime_ns)
+            gone.discard(moved_from.id)
+            report.moved += 1
+            return True
+        source = sources.get(content_hash) or moved_from
+        if source is None:
+            return False
+        image_id = (
+            known.id
+            if known is not None
+            else batch.add_image(file.path, file.size, file.mtime_ns, content_hash)
+        )
+        if known is not None:
+            batch.touch_image(image_id, size=file.size, mtime_ns=file.mtime_ns)
+        if not batch.copy_embedding(image_id, source.id, content_hash=content_hash):
+            return False
+        report.reused += 1
+        return True
+
+    def _hash_move_candidates(self, candidates: Sequence[Candidate]) -> dict[str, str]:
+        """Content hashes of the candidates that could be copies of an embedded image.
+
+        Only a file with the size of some embedded image can be one, so a first index of a
+        folder hashes nothing here (its files are hashed from the bytes read for decoding).
+        """
+        sizes = self._catalog.sizes_with_vectors()
+        paths = [c.file.path for c in candidates if c.file.size in sizes]
+        if not paths:
+            return {}
+        self._progress.start("Checking for moved files", len(paths))
+        hashes: dict[str, str] = {}
+        with ThreadPoolExecutor(self._settings.workers) as pool:
+            for path, digest in zip(paths, pool.map(_hash_or_none, paths), strict=True):
+                if digest is not None:
+                    hashes[path] = digest
+                self._progress.advance()
+        self._progress.stop()
+        return hashes
+
+    # ---- phase 3: decode and embed, committing batch by batch ------------------------------
+
+    def _embed(self, queue: list[Candidate], report: IndexReport) -> None:
+        self._progress.start("Loading model")
+        embedder = self._embedder()
+        self._progress.stop()
+        self._progress.start("Embedding", len(queue))
+        started = time.monotonic()
+        try:
+            for outcomes in self._outcomes(queue, embedder):
+                with self._catalog.write() as batch:
+                    for outcome in outcomes:
+                        _store(batch, outcome, report)
+                self._progress.advance(len(outcomes))
+        finally:
+            report.embed_s = time.monotonic() - started
+
+    def _outcomes(self, queue: list[Candidate], embedder: Embedder) -> Iterator[list[Outcome[Candidate]]]:
+        return embed_files(
+            ((c.file.path, c) for c in queue),
+            embedder,
+            batch_size=self._settings.batch_size,
+            workers=self._settings.workers,
+            max_pixels=self._settings.max_pixels,
+        )
+
+
+def _store(batch: CatalogWriter, outcome: Outcome[Candidate], report: IndexReport) -> None:
+    file, known = outcome.job.file, outcome.job.known
+    image_id = known.id if known is not None else batch.add_image(file.path, file.size, file.mtime_ns, None)
+    if isinstance(outcome, Embedded):
+        image = outcome.image
+        batch.save_embedding(
+            image_id,
+            outcome.vector,
+            content_hash=image.content_hash,
+            width=image.width,
+            height=image.height,
+            format=image.format,
+            size=file.size,
+            mtime_ns=file.mtime_ns,
+        )
+        if known is None:
+            report.added += 1
+        else:
+            report.updated += 1
+    else:
+        batch.record_failure(
+            image_id, outcome.error, size=file.size, mtime_ns=file.mtime_ns, content_hash=None
+        )
+        report.failed += 1
+
+
+def _hash_or_none(path: str) -> str | None:
+    try:
+        return hash_file(path)
+    except OSError:  # unreadable or vanished: the embedding phase records why
+        return None

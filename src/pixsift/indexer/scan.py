@@ -1,0 +1,111 @@
+"""Walking a folder tree for image files, cheaply: one `scandir` per folder, no file opened.
+
+Hidden files and folders are skipped unless asked for. Symbolic links are not followed unless
+asked for; when they are, every folder is visited once (by device and inode), so a link loop
+cannot trap the walk. A folder that cannot be listed is reported, and the caller must treat
+what it held as unknown rather than deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+from PIL import features
+
+from pixsift.indexer.decode import heif_support
+
+BASE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff"}
+)
+HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
+
+
+def image_extensions() -> frozenset[str]:
+    """File extensions the indexer reads: HEIC/HEIF too when pillow-heif is installed."""
+    extensions = BASE_EXTENSIONS
+    if not features.check("webp"):
+        extensions -= {".webp"}
+    return extensions | HEIF_EXTENSIONS if heif_support() else extensions
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class ScanResult:
+    files: dict[str, ScannedFile] = field(default_factory=dict)
+    unreadable_dirs: list[tuple[str, str]] = field(default_factory=list)  # (folder, reason)
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    include_hidden: bool = False
+    follow_symlinks: bool = False
+    extensions: frozenset[str] = BASE_EXTENSIONS
+    exclude: Collection[str] = ()  # folders never entered, such as the library itself
+
+
+def scan_folder(
+    root: str, options: ScanOptions, on_folder: Callable[[int], None] | None = None
+) -> ScanResult:
+    """All image files under `root` (an absolute folder path), in sorted order.
+
+    `on_folder` is told how many image files each folder held, as the walk goes.
+    """
+    result = ScanResult()
+    visited: set[tuple[int, int]] = set()
+    excluded = {os.path.normcase(p) for p in options.exclude}
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        if os.path.normcase(folder) in excluded:
+            continue
+        try:
+            folder_stat = os.stat(folder)
+            key = (folder_stat.st_dev, folder_stat.st_ino)
+            if key in visited:  # a symlink loop, or two links to one folder
+                continue
+            visited.add(key)
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            result.unreadable_dirs.append((folder, exc.strerror or type(exc).__name__))
+            continue
+        subfolders = []
+        found_here = len(result.files)
+        for entry in entries:
+            if not options.include_hidden and entry.name.startswith("."):
+                continue
+            found = _classify(entry, options)
+            if isinstance(found, ScannedFile):
+                result.files[entry.path] = found
+            elif found == "dir":
+                subfolders.append(entry.path)
+        stack.extend(reversed(subfolders))  # pop() then visits them in name order
+        if on_folder is not None:
+            on_folder(len(result.files) - found_here)
+    return result
+
+
+def _classify(entry: os.DirEntry[str], options: ScanOptions) -> ScannedFile | str | None:
+    """'dir' for a folder to enter, a ScannedFile for an image file, None for anything else."""
+    try:
+        if entry.is_symlink() and not options.follow_symlinks:
+            return None
+        entry_stat = entry.stat(follow_symlinks=True)
+    except OSError:  # vanished since the listing, or a dangling link
+        return None
+    if stat.S_ISDIR(entry_stat.st_mode):
+        return "dir"
+    if not stat.S_ISREG(entry_stat.st_mode):
+        return None
+    if os.path.splitext(entry.name)[1].lower() not in options.extensions:
+        return None
+    return ScannedFile(entry.path, entry_stat.st_size, entry_stat.st_mtime_ns)
