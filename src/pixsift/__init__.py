@@ -1,0 +1,88 @@
+"""pixsift: semantic image search. Index photo folders with CLIP, search them by text or image.
+
+from pixsift import Library
+with Library.open() as lib:
+    lib.index("~/Photos")
+    for hit in lib.search("dog running on a beach", k=10):
+        print(hit.rank, hit.score, hit.path)
+"""
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# Names are imported on first use, so `import pixsift` (and `pixsift --help`) stays instant.
+_EXPORTS = {
+    "EmptyLibraryError": "pixsift.errors",
+    "ImageError": "pixsift.errors",
+    "InvalidPathError": "pixsift.errors",
+    "LibraryBusyError": "pixsift.errors",
+    "LibraryFormatError": "pixsift.errors",
+    "LibraryNotFoundError": "pixsift.errors",
+    "ModelError": "pixsift.errors",
+    "ModelMismatchError": "pixsift.errors",
+    "PixsiftError": "pixsift.errors",
+    "QueryError": "pixsift.errors",
+    "IndexInterrupted": "pixsift.indexer",
+    "IndexProgress": "pixsift.indexer",
+    "IndexReport": "pixsift.indexer",
+    "Library": "pixsift.library",
+    "LibraryStatus": "pixsift.library",
+    "ModelRecord": "pixsift.models",
+    "ModelSpec": "pixsift.models",
+    "QueryTerm": "pixsift.search",
+    "SearchResult": "pixsift.search",
+    "Failure": "pixsift.storage",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pixsift' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+if TYPE_CHECKING:
+    from pixsift.errors import (
+        EmptyLibraryError,
+        ImageError,
+        InvalidPathError,
+        LibraryBusyError,
+        LibraryFormatError,
+        LibraryNotFoundError,
+        ModelError,
+        ModelMismatchError,
+        PixsiftError,
+        QueryError,
+    )
+    from pixsift.indexer import IndexInterrupted, IndexProgress, IndexReport
+    from pixsift.library import Library, LibraryStatus
+    from pixsift.models import ModelRecord, ModelSpec
+    from pixsift.search import QueryTerm, SearchResult
+    from pixsift.storage import Failure
+
+__all__ = [
+    "EmptyLibraryError",
+    "Failure",
+    "ImageError",
+    "IndexInterrupted",
+    "IndexProgress",
+    "IndexReport",
+    "InvalidPathError",
+    "Library",
+    "LibraryBusyError",
+    "LibraryFormatError",
+    "LibraryNotFoundError",
+    "LibraryStatus",
+    "ModelError",
+    "ModelMismatchError",
+    "ModelRecord",
+    "ModelSpec",
+    "PixsiftError",
+    "QueryError",
+    "QueryTerm",
+    "SearchResult",
+    "__version__",
+]

@@ -1,0 +1,67 @@
+"""Combined queries: several texts or images, with weights and negatives, as one vector.
+
+Each term is embedded and normalised, the terms are summed with their weights (negative for
+what to avoid) and the sum is normalised again: late fusion on the query side, so a combined
+query costs one index search, like a plain one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pixsift.errors import QueryError
+
+_WEIGHT_PREFIX = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*\*\s*(\S.*)$")
+
+
+@dataclass(frozen=True)
+class QueryTerm:
+    """A text or an image (a file path) that pulls results towards it, with a weight.
+
+    A negative weight pushes results away from it.
+    """
+
+    text: str | None = None
+    image: str | None = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if (self.text is None) == (self.image is None):
+            raise QueryError("A query term is either a text or an image, not both or neither.")
+        if self.text is not None and not self.text.strip():
+            raise QueryError("A query text is empty.")
+        if not math.isfinite(self.weight):
+            raise QueryError(f"Query weight {self.weight} is not a finite number.")
+
+    def scaled(self, factor: float) -> QueryTerm:
+        return QueryTerm(self.text, self.image, self.weight * factor)
+
+
+def parse_weighted_text(term: str) -> QueryTerm:
+    """A text term, with an optional weight prefix: "sunset" or "0.5*sunset"."""
+    match = _WEIGHT_PREFIX.match(term)
+    if match is None:
+        return QueryTerm(text=term)
+    return QueryTerm(text=match.group(2), weight=float(match.group(1)))
+
+
+def as_terms(items: Sequence[str | QueryTerm], sign: float) -> list[QueryTerm]:
+    """Plain strings become text terms; every weight is multiplied by `sign` (+1 or -1)."""
+    return [(item if isinstance(item, QueryTerm) else QueryTerm(text=item)).scaled(sign) for item in items]
+
+
+def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """The normalised weighted sum of normalised vectors (one per row)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = vectors / np.maximum(norms, 1e-12)
+    total = (np.asarray(weights, dtype=np.float32)[:, None] * unit).sum(axis=0)
+    length = float(np.linalg.norm(total))
+    if length < 1e-6:
+        raise QueryError("The query terms cancel each other out; change a weight or a term.")
+    return np.asarray(total / length, dtype=np.float32)
