@@ -1,0 +1,3 @@
+from pixsift.cli import main
+
+main()

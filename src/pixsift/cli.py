@@ -1,0 +1,287 @@
+"""The `pixsift` command: parses arguments, calls the library, formats what it returns.
+
+Exit codes: 0 on success (also when a search finds nothing: the message goes to stderr),
+1 on a user error (one line on stderr, never a traceback), 2 on bad usage, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from pixsift import __version__
+from pixsift.errors import PixsiftError
+from pixsift.formatting import ResultFormat, StatusFormat
+
+if TYPE_CHECKING:
+    from pixsift.library import Library
+    from pixsift.search import SearchResult
+
+EXIT_USER_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="pixsift",
+    help="Semantic image search: index photo folders with CLIP, then search them by text or image.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+LibraryOpt = Annotated[
+    Optional[Path],  # noqa: UP045 (typer reads the annotation at run time)
+    typer.Option(
+        "--library",
+        help="Library folder. Default: $PIXSIFT_LIBRARY, else the user data folder.",
+        show_default=False,
+    ),
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="Where the model runs: auto (CUDA if available), cpu or cuda.")
+]
+LimitOpt = Annotated[int, typer.Option("-k", "--limit", min=1, max=10_000, help="How many results.")]
+MinScoreOpt = Annotated[
+    Optional[float],  # noqa: UP045
+    typer.Option("--min-score", help="Leave out results below this cosine similarity.", show_default=False),
+]
+UnderOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--under", help="Only images inside this folder.", show_default=False),
+]
+PlusOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option(
+        "--plus", help='Also towards this text; repeatable; weight as "0.5*text".', show_default=False
+    ),
+]
+MinusOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option(
+        "--minus", help='Away from this text; repeatable; weight as "0.5*text".', show_default=False
+    ),
+]
+FormatOpt = Annotated[
+    ResultFormat,
+    typer.Option("--format", "-f", help="table, paths (one per line), json or jsonl."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pixsift {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Semantic image search: index photo folders with CLIP, then search them by text or image."""
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the core's errors into one line on stderr and exit code 1."""
+    try:
+        yield
+    except PixsiftError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+def _open(library: Path | None, *, create: bool = False, device: str = "auto") -> Library:
+    from pixsift.library import Library
+
+    return Library.open(library, create=create, device=device)
+
+
+@app.command()
+def index(
+    folders: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Argument(help="Folders to index. Default: every folder indexed before.", show_default=False),
+    ] = None,
+    library: LibraryOpt = None,
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--model",
+            help="open_clip model name or model-config JSON path, for a new library. Default: ViT-B-32.",
+            show_default=False,
+        ),
+    ] = None,
+    pretrained: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--pretrained",
+            help="Pretrained tag or checkpoint file. Default: laion2b_s34b_b79k for ViT-B-32.",
+            show_default=False,
+        ),
+    ] = None,
+    reembed: Annotated[
+        bool, typer.Option("--reembed", help="Re-embed every image (required to change the model).")
+    ] = False,
+    include_hidden: Annotated[
+        bool, typer.Option("--include-hidden", help="Also index hidden files and folders.")
+    ] = False,
+    follow_symlinks: Annotated[
+        bool, typer.Option("--follow-symlinks", help="Follow symbolic links (loops are detected).")
+    ] = False,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, max=4096, help="Images per model call.")
+    ] = 32,
+    workers: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Decode threads. Default: CPU count, at most 8.",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary.")] = False,
+) -> None:
+    """Index the images under FOLDERS (incrementally: only new and changed files are embedded)."""
+    from rich.console import Console
+
+    from pixsift.formatting import format_report
+    from pixsift.indexer import IndexInterrupted
+    from pixsift.terminal_progress import TerminalProgress
+
+    stderr = Console(stderr=True)
+    show_progress = not quiet and stderr.is_terminal
+    with _user_errors(), _open(library, create=True, device=device) as lib:
+        bar = TerminalProgress(stderr) if show_progress else None
+        try:
+            with bar if bar is not None else nullcontext():
+                report = lib.index(
+                    *(folders or []),
+                    model=model,
+                    pretrained=pretrained,
+                    reembed=reembed,
+                    include_hidden=include_hidden,
+                    follow_symlinks=follow_symlinks,
+                    batch_size=batch_size,
+                    workers=workers,
+                    progress=bar,
+                )
+        except IndexInterrupted as interrupted:
+            typer.echo(format_report(interrupted.report), err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    if not quiet:
+        typer.echo(format_report(report))
+
+
+@app.command()
+def search(
+    text: Annotated[str, typer.Argument(help="What to look for, in words.")],
+    plus: PlusOpt = None,
+    minus: MinusOpt = None,
+    limit: LimitOpt = 10,
+    min_score: MinScoreOpt = None,
+    under: UnderOpt = None,
+    output: FormatOpt = ResultFormat.table,
+    library: LibraryOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Images that match TEXT, best first."""
+    from pixsift.search import parse_weighted_text
+
+    with _user_errors(), _open(library, device=device) as lib:
+        results = lib.search(
+            text,
+            limit,
+            plus=[parse_weighted_text(t) for t in plus or []],
+            minus=[parse_weighted_text(t) for t in minus or []],
+            min_score=min_score,
+            under=under,
+        )
+    _print_results(results, output)
+
+
+@app.command()
+def similar(
+    image: Annotated[Path, typer.Argument(help="An image file, indexed or not.")],
+    plus: PlusOpt = None,
+    minus: MinusOpt = None,
+    limit: LimitOpt = 10,
+    min_score: MinScoreOpt = None,
+    under: UnderOpt = None,
+    output: FormatOpt = ResultFormat.table,
+    library: LibraryOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Images that look like IMAGE, best first (IMAGE itself left out)."""
+    from pixsift.search import parse_weighted_text
+
+    with _user_errors(), _open(library, device=device) as lib:
+        results = lib.similar(
+            image,
+            limit,
+            plus=[parse_weighted_text(t) for t in plus or []],
+            minus=[parse_weighted_text(t) for t in minus or []],
+            min_score=min_score,
+            under=under,
+        )
+    _print_results(results, output)
+
+
+@app.command()
+def status(
+    library: LibraryOpt = None,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Also list the files that failed, with why.")
+    ] = False,
+    output: Annotated[
+        StatusFormat, typer.Option("--format", "-f", help="table or json.")
+    ] = StatusFormat.table,
+) -> None:
+    """What is indexed, with which model, and where the library is."""
+    from pixsift.formatting import format_status, status_as_json
+
+    with _user_errors(), _open(library) as lib:
+        info = lib.status()
+        failures = lib.failures() if failed else None
+    typer.echo(
+        status_as_json(info, failures) if output is StatusFormat.json else format_status(info, failures)
+    )
+
+
+def _print_results(results: list[SearchResult], output: ResultFormat) -> None:
+    from pixsift.formatting import format_results
+
+    text = format_results(results, output)
+    if text:
+        typer.echo(text)
+    if not results:
+        typer.echo("No matching images.", err=True)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    # File names need not be valid UTF-8: print them back as the bytes they are.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="surrogateescape")
+    from PIL import Image
+
+    # pixsift refuses oversized images itself (recorded as failures); Pillow's warning for
+    # large-but-allowed ones would only break the progress display.
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("Interrupted.", err=True)
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,130 @@
+"""Text the command line prints: results, index summaries and library status.
+
+JSON output escapes non-ASCII (`ensure_ascii`), so a file name that is not valid UTF-8 still
+makes valid JSON, and decodes back to the exact name in Python.
+
+Pure functions from core records to strings, so every face formats the same way and tests
+can check the output without a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the command line imports this module before it needs the core
+    from pixsift.indexer import IndexReport
+    from pixsift.library import LibraryStatus
+    from pixsift.search import SearchResult
+    from pixsift.storage import Failure
+
+
+class ResultFormat(StrEnum):
+    table = "table"
+    paths = "paths"
+    json = "json"
+    jsonl = "jsonl"
+
+
+class StatusFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def format_results(results: Sequence[SearchResult], fmt: ResultFormat) -> str:
+    """Search results as text; empty for no results, except JSON's `[]`."""
+    if fmt is ResultFormat.json:
+        return json.dumps([r.to_dict() for r in results], indent=2)
+    if not results:
+        return ""
+    if fmt is ResultFormat.jsonl:
+        return "\n".join(json.dumps(r.to_dict()) for r in results)
+    if fmt is ResultFormat.paths:
+        return "\n".join(str(r.path) for r in results)
+    lines = [f"{'rank':>4}  {'score':>6}  path"]
+    lines += [f"{r.rank:>4}  {r.score:>6.4f}  {r.path}" for r in results]
+    return "\n".join(lines)
+
+
+def format_report(report: IndexReport) -> str:
+    """The summary of an index run: what changed, what failed, how fast."""
+    parts = [
+        f"{report.added} new",
+        f"{report.updated} updated",
+        f"{report.moved} moved",
+        f"{report.reused} copies",
+        f"{report.removed} removed",
+        f"{report.unchanged + report.touched} unchanged",
+        f"{report.failed} failed",
+    ]
+    rate = f", {report.embedded / report.embed_s:.1f} images/s" if report.embedded and report.embed_s else ""
+    took = f"{'interrupted after ' if report.interrupted else ''}{report.elapsed_s:.1f} s{rate}"
+    lines = [f"{report.scanned} images found: {', '.join(parts)} ({took})."]
+    for folder, reason in report.unreadable_dirs:
+        lines.append(f"warning: could not read folder {folder} ({reason}); its images were kept")
+    for root in report.skipped_roots:
+        lines.append(f"warning: folder {root} is not there (unmounted?); its images were kept")
+    if report.failed:
+        lines.append(f"{report.failed} file(s) could not be read; list them with: pixsift status --failed")
+    if report.interrupted:
+        lines.append("What was embedded so far is saved; run the same command again to continue.")
+    return "\n".join(lines)
+
+
+def format_status(status: LibraryStatus, failures: Sequence[Failure] | None) -> str:
+    model = status.model.describe() if status.model else "none yet (chosen by the first index run)"
+    counts = status.counts
+    index = status.index_file
+    index_text = index.state if index.generation is None else f"{index.state} (generation {index.generation})"
+    lines = [
+        f"Library  {status.path}",
+        f"Model    {model}",
+        f"Images   {counts.indexed:,} indexed, {counts.failed:,} failed, {counts.pending:,} pending",
+        f"Index    {index_text}",
+        f"Disk     {status.disk_bytes / 1e6:.1f} MB",
+    ]
+    if not status.roots:
+        lines.append("Roots    none")
+    for number, root in enumerate(status.roots):
+        when = root.last_indexed_at.strftime("%Y-%m-%d %H:%M UTC") if root.last_indexed_at else "never"
+        lines.append(f"{'Roots' if number == 0 else '':<8} {root.path}  (last indexed {when})")
+    if failures is not None:
+        lines.append("")
+        lines.append(f"Failed files ({len(failures)}):" if failures else "No failed files.")
+        lines += [f"  {f.path}: {f.error}" for f in failures]
+    return "\n".join(lines)
+
+
+def status_as_json(status: LibraryStatus, failures: Sequence[Failure] | None) -> str:
+    model = status.model
+    data: dict[str, object] = {
+        "library": str(status.path),
+        "model": None
+        if model is None
+        else {
+            "name": model.spec.name,
+            "pretrained": model.spec.pretrained,
+            "embed_dim": model.embed_dim,
+            "fingerprint": model.fingerprint,
+        },
+        "images": {
+            "indexed": status.counts.indexed,
+            "failed": status.counts.failed,
+            "pending": status.counts.pending,
+        },
+        "roots": [
+            {
+                "path": r.path,
+                "last_indexed_at": r.last_indexed_at.isoformat() if r.last_indexed_at else None,
+            }
+            for r in status.roots
+        ],
+        "index": {"state": status.index_file.state, "generation": status.index_file.generation},
+        "generation": status.generation,
+        "disk_bytes": status.disk_bytes,
+    }
+    if failures is not None:
+        data["failures"] = [{"path": f.path, "error": f.error} for f in failures]
+    return json.dumps(data, indent=2)
