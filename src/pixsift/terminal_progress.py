@@ -10,7 +10,6 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TaskID,
@@ -26,10 +25,9 @@ class TerminalProgress:
     def __init__(self, console: Console) -> None:
         self._progress = Progress(
             SpinnerColumn(),
-            TextColumn("{task.description:<26}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.description:<20}"),
+            BarColumn(bar_width=24),
+            TextColumn("{task.fields[count]:>13} {task.fields[rate]:>9}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -50,15 +48,16 @@ class TerminalProgress:
 
     def start(self, phase: str, total: int | None = None) -> None:
         self.stop()
-        self._task = self._progress.add_task(phase, total=total, rate="")
+        self._task = self._progress.add_task(phase, total=total, rate="", count="")
 
     def advance(self, steps: int = 1) -> None:
         if self._task is None:
             return
         self._progress.advance(self._task, steps)
-        speed = self._progress.tasks[self._task].speed
-        if speed:
-            self._progress.update(self._task, rate=f"{speed:.1f}/s")
+        task = self._progress.tasks[self._task]
+        count = f"{task.completed:,.0f}" + (f"/{task.total:,.0f}" if task.total is not None else "")
+        rate = f"{task.speed:,.1f}/s" if task.speed and task.total is not None else ""
+        self._progress.update(self._task, count=count, rate=rate)
 
     def stop(self) -> None:
         if self._task is None:

@@ -177,7 +177,7 @@ class Indexer:
         paths = [c.file.path for c in candidates if c.file.size in sizes]
         if not paths:
             return {}
-        self._progress.start("Checking for moved files", len(paths))
+        self._progress.start("Checking moved files", len(paths))
         hashes: dict[str, str] = {}
         with ThreadPoolExecutor(self._settings.workers) as pool:
             for path, digest in zip(paths, pool.map(_hash_or_none, paths), strict=True):

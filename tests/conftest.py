@@ -1,0 +1,94 @@
+"""Shared fixtures: an isolated environment, a tiny CLIP model made here, and test photos."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from sample_photos import write_photos
+from tiny_model import TINY_CONFIG, make_checkpoint
+
+if TYPE_CHECKING:
+    from pixsift import Library
+
+CLOSED_PORT_URL = "http://127.0.0.1:9"  # the discard port: nothing listens, refused at once
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    config: Path
+    checkpoint: Path
+
+    def index_args(self) -> list[str]:
+        return ["--model", str(self.config), "--pretrained", str(self.checkpoint)]
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test touches the user's library or model cache, and nothing can download."""
+    monkeypatch.setenv("PIXSIFT_LIBRARY", str(tmp_path / "default-library"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_ENDPOINT", CLOSED_PORT_URL)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    folder = tmp_path_factory.mktemp("tiny-model")
+    return TinyModel(TINY_CONFIG, make_checkpoint(folder / "tiny.pt", seed=0))
+
+
+@pytest.fixture(scope="session")
+def other_tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same architecture with other weights: a different model to the library."""
+    return make_checkpoint(tmp_path_factory.mktemp("tiny-model-2") / "tiny-other.pt", seed=1)
+
+
+@pytest.fixture(scope="session")
+def photo_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Twelve distinct 1600x1200 JPEG photos (copy them before changing anything)."""
+    folder = tmp_path_factory.mktemp("photo-set")
+    write_photos(folder, 12, seed=100)
+    return folder
+
+
+@pytest.fixture
+def photos(photo_set: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the photo set."""
+    folder = tmp_path / "Photos"
+    shutil.copytree(photo_set, folder)
+    return folder
+
+
+@pytest.fixture
+def library_dir(tmp_path: Path) -> Path:
+    return tmp_path / "library"
+
+
+@pytest.fixture
+def open_library(library_dir: Path) -> Iterator[Library]:
+    from pixsift import Library
+
+    with Library.open(library_dir) as library:
+        yield library
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `pixsift` command in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "pixsift", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )

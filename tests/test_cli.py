@@ -1,0 +1,271 @@
+"""The `pixsift` command as users run it: real subprocesses, files, database and index."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TinyModel, run_cli
+from pixsift.cli import app
+from sample_photos import write_photos
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def indexed(
+    tmp_path_factory: pytest.TempPathFactory, photo_set: Path, tiny_model: TinyModel
+) -> dict[str, Path]:
+    """A library of the photo set plus a copy of one photo and one broken file, made by the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    photos = root / "Photos"
+    shutil.copytree(photo_set, photos)
+    shutil.copy(photos / "photo_0100.jpg", photos / "copy.jpg")
+    (photos / "broken.jpg").write_text("not a jpeg")
+    library = root / "library"
+    result = run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(
+        "14 images found: 13 new, 0 updated, 0 moved, 0 copies, 0 removed, 0 unchanged, 1 failed"
+    )
+    assert "1 file(s) could not be read; list them with: pixsift status --failed" in result.stdout
+    assert result.stderr == ""  # no progress bar when stderr is not a terminal
+    return {"photos": photos, "library": library}
+
+
+def test_second_run_changes_nothing(indexed: dict[str, Path]) -> None:
+    result = run_cli("index", "--library", str(indexed["library"]))
+    assert result.returncode == 0
+    assert "0 new, 0 updated, 0 moved, 0 copies, 0 removed, 14 unchanged, 0 failed" in result.stdout
+
+
+def test_search_table(indexed: dict[str, Path]) -> None:
+    result = run_cli("search", "dog running on a beach", "-k", "3", "--library", str(indexed["library"]))
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["rank", "score", "path"]
+    assert [row.split()[0] for row in rows] == ["1", "2", "3"]
+    assert all(Path(row.split(maxsplit=2)[2]).is_file() for row in rows)
+
+
+def test_search_formats_agree(indexed: dict[str, Path]) -> None:
+    library = str(indexed["library"])
+    as_json = json.loads(run_cli("search", "a red car", "-k", "4", "-f", "json", "--library", library).stdout)
+    lines = run_cli("search", "a red car", "-k", "4", "-f", "jsonl", "--library", library).stdout.splitlines()
+    paths = run_cli(
+        "search", "a red car", "-k", "4", "--format", "paths", "--library", library
+    ).stdout.splitlines()
+
+    assert [set(item) for item in as_json] == [{"rank", "score", "path", "id"}] * 4
+    assert [json.loads(line) for line in lines] == as_json
+    assert paths == [item["path"] for item in as_json]
+    assert [item["rank"] for item in as_json] == [1, 2, 3, 4]
+
+
+def test_combined_query_and_under(indexed: dict[str, Path]) -> None:
+    library = str(indexed["library"])
+    plain = json.loads(run_cli("search", "beach", "-k", "13", "-f", "json", "--library", library).stdout)
+    combined = json.loads(
+        run_cli(
+            "search",
+            "beach",
+            "--plus",
+            "sunset",
+            "--minus",
+            "0.5*people",
+            "-k",
+            "13",
+            "-f",
+            "json",
+            "--library",
+            library,
+        ).stdout
+    )
+    assert {item["id"] for item in plain} == {item["id"] for item in combined}
+    assert [item["id"] for item in plain] != [item["id"] for item in combined]
+
+    under = run_cli("search", "beach", "--under", str(indexed["photos"]), "-f", "paths", "--library", library)
+    assert under.returncode == 0 and len(under.stdout.splitlines()) == 10
+
+
+def test_similar(indexed: dict[str, Path]) -> None:
+    query = indexed["photos"] / "photo_0100.jpg"
+    result = run_cli("similar", str(query), "-k", "2", "-f", "json", "--library", str(indexed["library"]))
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)
+    assert hits[0]["path"] == str(indexed["photos"] / "copy.jpg")
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert str(query) not in [hit["path"] for hit in hits]
+
+
+def test_empty_result_is_success_with_a_message(indexed: dict[str, Path]) -> None:
+    library = str(indexed["library"])
+    table = run_cli("search", "anything", "--min-score", "1.5", "--library", library)
+    assert (table.returncode, table.stdout, table.stderr) == (0, "", "No matching images.\n")
+    as_json = run_cli("search", "anything", "--min-score", "1.5", "-f", "json", "--library", library)
+    assert (as_json.returncode, json.loads(as_json.stdout)) == (0, [])
+
+
+def test_status(indexed: dict[str, Path], tiny_model: TinyModel) -> None:
+    library = str(indexed["library"])
+    table = run_cli("status", "--library", library)
+    assert table.returncode == 0
+    assert f"Library  {library}" in table.stdout
+    assert f"Model    {tiny_model.config} ({tiny_model.checkpoint}), 64-d, weights " in table.stdout
+    assert "Images   13 indexed, 1 failed, 0 pending" in table.stdout
+    assert f"Roots    {indexed['photos']}  (last indexed " in table.stdout
+    assert "Index    up to date" in table.stdout
+
+    data = json.loads(run_cli("status", "-f", "json", "--failed", "--library", library).stdout)
+    assert data["images"] == {"indexed": 13, "failed": 1, "pending": 0}
+    assert data["model"]["embed_dim"] == 64
+    assert data["failures"] == [
+        {
+            "path": str(indexed["photos"] / "broken.jpg"),
+            "error": "not an image format pixsift reads (or a damaged file)",
+        }
+    ]
+    failed = run_cli("status", "--failed", "--library", library)
+    assert f"  {indexed['photos'] / 'broken.jpg'}: not an image format" in failed.stdout
+
+
+def test_library_from_the_environment(indexed: dict[str, Path]) -> None:
+    result = run_cli("status", "-f", "json", env={"PIXSIFT_LIBRARY": str(indexed["library"])})
+    assert json.loads(result.stdout)["library"] == str(indexed["library"])
+
+
+def test_non_utf8_file_names_print_as_their_bytes(tmp_path: Path, tiny_model: TinyModel) -> None:
+    photos = tmp_path / "photos"
+    (path,) = write_photos(photos, 1)
+    odd = photos.as_posix().encode() + b"/caf\xe9.jpg"
+    path.rename(odd.decode("utf-8", "surrogateescape"))
+    library = str(tmp_path / "lib")
+    assert run_cli("index", str(photos), "--library", library, *tiny_model.index_args()).returncode == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "pixsift", "search", "x", "-f", "paths", "--library", library],
+        capture_output=True,
+        check=True,
+    )
+    assert result.stdout == odd + b"\n"
+    as_json = run_cli("search", "x", "-f", "json", "--library", library)
+    assert json.loads(as_json.stdout)[0]["path"].encode("utf-8", "surrogateescape") == odd
+
+
+def indexed_count(library: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{library / 'library.db'}?mode=ro", uri=True, timeout=5) as db:
+            return int(db.execute("SELECT count(*) FROM embeddings").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
+def test_an_interrupted_run_keeps_its_work_and_the_next_one_finishes(
+    stop: signal.Signals, tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    photos = tmp_path / "photos"
+    write_photos(photos, 60, size=(1600, 1200), seed=2000)
+    library = tmp_path / "lib"
+    args = ["index", str(photos), "--library", str(library), "--batch-size", "1", "--workers", "1"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pixsift", *args, *tiny_model.index_args()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while indexed_count(library) == 0 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
+    done = indexed_count(library)
+    assert 0 < done < 60, "the run ended before it could be interrupted"
+    if stop == signal.SIGINT:
+        assert process.returncode == 130
+        assert "interrupted after" in stderr and "run the same command again to continue" in stderr
+    else:
+        assert process.returncode == -signal.SIGKILL
+
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert f"{60 - done} new" in again.stdout or f"{60 - done - 1} new" in again.stdout
+    status = json.loads(run_cli("status", "-f", "json", "--library", str(library)).stdout)
+    assert status["images"] == {"indexed": 60, "failed": 0, "pending": 0}
+    assert status["index"]["state"] == "up to date"
+    everything = run_cli("search", "x", "-k", "100", "-f", "paths", "--library", str(library))
+    assert sorted(everything.stdout.splitlines()) == sorted(str(p) for p in photos.iterdir())
+
+
+runner = CliRunner()
+
+
+NO_LIBRARY = (
+    "error: No pixsift library at {tmp}/none. Create one by indexing a folder: pixsift index ~/Photos\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["search", "x", "--library", "{tmp}/none"], NO_LIBRARY),
+        (["status", "--library", "{tmp}/none"], NO_LIBRARY),
+        (
+            ["index", "{tmp}/missing", "--library", "{tmp}/lib"],
+            "error: Folder {tmp}/missing does not exist.\n",
+        ),
+        (
+            ["index", "{tmp}", "--library", "{tmp}/lib", "--model", "NoSuchNet"],
+            "error: Unknown model 'NoSuchNet'. Give an open_clip model name such as ViT-B-32 or the path "
+            "of a model-config JSON file.\n",
+        ),
+        (
+            ["index", "--library", "{tmp}/lib"],
+            "error: Nothing to index yet: name a folder, e.g. pixsift index ~/Photos\n",
+        ),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_1(args: list[str], message: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 1
+    assert result.stderr == message.format(tmp=tmp_path)
+    assert result.stdout == ""
+
+
+def test_searching_an_empty_library_says_what_to_do(tmp_path: Path) -> None:
+    from pixsift import Library
+
+    Library.open(tmp_path / "lib").close()
+    result = runner.invoke(app, ["search", "x", "--library", str(tmp_path / "lib")])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: The library at {tmp_path / 'lib'} has no images indexed yet: "
+        "run pixsift index FOLDER first.\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args", [["search", "x", "-f", "xml"], ["search", "x", "-k", "0"], ["search"], ["nosuchcommand"]]
+)
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    assert runner.invoke(app, args).exit_code == 2
+
+
+def test_every_command_has_help() -> None:
+    import typer
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert sorted(commands) == ["index", "search", "similar", "status"]
+    for name, command in commands.items():
+        assert command.help, f"{name} has no help text"
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0 and f"Usage: pixsift {name}" in result.stdout
+    assert runner.invoke(app, ["--version"]).stdout.startswith("pixsift ")

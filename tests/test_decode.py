@@ -1,0 +1,175 @@
+"""Decoding: the fast path matches open_clip's own preprocessing, and bad files fail cleanly."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TinyModel
+from pixsift.indexer.decode import default_max_pixels, describe_error, load_image, open_oriented
+from pixsift.models.clip import ClipEmbedder
+from pixsift.models.naming import resolve_model_spec
+from sample_photos import make_photo, save
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_model: TinyModel) -> ClipEmbedder:
+    return ClipEmbedder.load(resolve_model_spec(str(tiny_model.config), str(tiny_model.checkpoint)), "cpu")
+
+
+@pytest.fixture(scope="module")
+def phone_photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Full-size 12-megapixel camera JPEGs, landscape and portrait."""
+    folder = tmp_path_factory.mktemp("phone")
+    sizes = [(4032, 3024), (3024, 4032), (4032, 3024), (4032, 3024)]
+    return [save(make_photo(seed, size), folder / f"IMG_{seed}.jpg") for seed, size in enumerate(sizes)]
+
+
+def ours(path: Path, embedder: ClipEmbedder) -> object:
+    return load_image(
+        str(path),
+        preprocess=embedder.preprocess,
+        target_size=embedder.image_size,
+        max_pixels=default_max_pixels(),
+    ).pixels
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_reduced_scale_jpeg_decode_matches_open_clip_preprocessing(
+    phone_photos: list[Path], embedder: ClipEmbedder
+) -> None:
+    for path in phone_photos:
+        fast = ours(path, embedder)
+        reference = embedder.preprocess(Image.open(path))  # open_clip's own transform, full decode
+        assert tuple(fast.shape) == tuple(reference.shape) == (3, 224, 224)  # type: ignore[attr-defined]
+        assert correlation(fast.numpy(), reference.numpy()) >= 0.999  # type: ignore[attr-defined]
+        vectors = embedder.embed_images([fast, reference])
+        assert float(vectors[0] @ vectors[1]) >= 0.99
+
+
+def test_different_photos_do_not_correlate(phone_photos: list[Path], embedder: ClipEmbedder) -> None:
+    """The control that shows the equivalence check above can fail."""
+    first, second = (ours(p, embedder).numpy() for p in phone_photos[:2])  # type: ignore[attr-defined]
+    assert correlation(first, second) < 0.5
+
+
+def test_reduced_scale_decode_is_used_for_large_jpegs(phone_photos: list[Path]) -> None:
+    image, width, height, image_format = open_oriented(
+        phone_photos[0].read_bytes(), 224, default_max_pixels()
+    )
+    assert (width, height, image_format) == (4032, 3024, "JPEG")
+    assert min(image.size) >= 224 and image.size[0] <= 4032 // 4  # libjpeg scaled it down
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_applied_before_embedding(orientation: int, tmp_path: Path) -> None:
+    upright = make_photo(5, (800, 600))
+    stored = upright.transpose(
+        {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[
+            orientation
+        ]
+    )
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = save(stored, tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
+
+    image, width, height, _ = open_oriented(path.read_bytes(), 224, default_max_pixels())
+    assert (width, height) == (800, 600)  # as a viewer shows it
+    expected = np.asarray(upright.resize(image.size), dtype=np.float32)
+    assert correlation(np.asarray(image, dtype=np.float32), expected) > 0.95
+
+
+def test_broken_exif_orientation_keeps_the_image(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 42  # not an orientation
+    path = save(make_photo(6, (640, 480)), tmp_path / "odd.jpg", exif=exif.tobytes())
+    _, width, height, _ = open_oriented(path.read_bytes(), 224, default_max_pixels())
+    assert (width, height) == (640, 480)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "options", "expected_format"),
+    [
+        (".png", {}, "PNG"),
+        (".webp", {"quality": 90}, "WEBP"),
+        (".gif", {}, "GIF"),
+        (".bmp", {}, "BMP"),
+        (".tiff", {}, "TIFF"),
+    ],
+)
+def test_formats(
+    suffix: str, options: dict[str, object], expected_format: str, tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    path = save(make_photo(7, (640, 480)), tmp_path / f"image{suffix}", **options)
+    decoded = load_image(
+        str(path), preprocess=embedder.preprocess, target_size=224, max_pixels=default_max_pixels()
+    )
+    assert (decoded.format, decoded.width, decoded.height) == (expected_format, 640, 480)
+    assert tuple(decoded.pixels.shape) == (3, 224, 224)
+
+
+def test_animated_gif_uses_the_first_frame(tmp_path: Path) -> None:
+    frames = [make_photo(seed, (320, 240)).convert("P") for seed in (8, 9)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    image, *_ = open_oriented(path.read_bytes(), 224, default_max_pixels())
+    first = np.asarray(frames[0].convert("RGB"), dtype=np.float32)
+    assert correlation(np.asarray(image, dtype=np.float32), first) > 0.99
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims a huge size: a decompression bomb."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = bytearray(data[12:29])  # chunk type + 13 bytes of header data
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty file"),
+        (b"hello, I am text", "not an image"),
+        (png_claiming(100_000, 100_000), "decompression bomb"),
+    ],
+)
+def test_unreadable_data_raises_with_a_clear_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(Exception) as raised:
+        open_oriented(data, 224, default_max_pixels())
+    assert reason in describe_error(raised.value)
+
+
+def test_truncated_jpeg_fails(tmp_path: Path) -> None:
+    data = save(make_photo(10, (800, 600)), tmp_path / "whole.jpg").read_bytes()
+    with pytest.raises(OSError) as raised:
+        open_oriented(data[: len(data) // 2], 224, default_max_pixels())
+    assert "truncated" in describe_error(raised.value)
+
+
+def test_own_pixel_limit(tmp_path: Path) -> None:
+    data = save(make_photo(11, (800, 600)), tmp_path / "big.png").read_bytes()
+    with pytest.raises(Image.DecompressionBombError) as raised:
+        open_oriented(data, 224, max_pixels=100_000)
+    assert "800x600" in describe_error(raised.value)
+
+
+def test_files_are_never_handed_to_exotic_parsers(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    make_photo(12, (64, 64)).save(buffer, "PCX")  # Pillow reads PCX, but pixsift does not
+    with pytest.raises(Exception) as raised:
+        open_oriented(buffer.getvalue(), 224, default_max_pixels())
+    assert "not an image" in describe_error(raised.value)

@@ -1,0 +1,414 @@
+"""The Python API end to end: a real SQLite catalog, a real FAISS index, a real (tiny) CLIP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import TinyModel
+from pixsift import (
+    EmptyLibraryError,
+    IndexInterrupted,
+    IndexReport,
+    InvalidPathError,
+    Library,
+    LibraryNotFoundError,
+    ModelMismatchError,
+    QueryTerm,
+)
+from sample_photos import make_photo, save, write_photos
+
+
+def index(library: Library, tiny_model: TinyModel, *roots: Path, **options: Any) -> IndexReport:
+    return library.index(
+        *roots, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint), **options
+    )
+
+
+def stored_vector(library: Library, path: Path) -> np.ndarray:
+    known = library._catalog.known_file(str(path))
+    assert known is not None
+    vector = library._catalog.vector(known.id)
+    assert vector is not None
+    return vector
+
+
+def indexed_paths(library: Library) -> set[str]:
+    """Every path the library can return, found through a search as large as the library."""
+    count = library.status().counts.indexed
+    if not count:
+        return set()
+    return {str(hit.path) for hit in library.search("anything", k=count + 5)}
+
+
+def test_index_then_search_by_text(open_library: Library, photos: Path, tiny_model: TinyModel) -> None:
+    report = index(open_library, tiny_model, photos)
+
+    assert (report.added, report.failed, report.scanned) == (12, 0, 12)
+    hits = open_library.search("a cat sitting on a sofa", k=5)
+    assert [hit.rank for hit in hits] == [1, 2, 3, 4, 5]
+    scores = [hit.score for hit in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert all(-1.0 <= score <= 1.0 for score in scores)
+    assert all(hit.path.parent == photos and hit.path.is_file() for hit in hits)
+    assert hits[0].width == 1600 and hits[0].height == 1200 and hits[0].format == "JPEG"
+
+
+def test_scores_are_cosine_similarities_of_stored_vectors(
+    open_library: Library, photos: Path, tiny_model: TinyModel
+) -> None:
+    index(open_library, tiny_model, photos)
+    text_vector = open_library._embedder_or_load().embed_texts(["a rocket"])[0]
+    hits = open_library.search("a rocket", k=12)
+
+    for hit in hits:
+        stored = open_library._catalog.vector(hit.id)
+        assert stored is not None
+        assert np.linalg.norm(stored) == pytest.approx(1.0, abs=1e-4)
+        assert hit.score == pytest.approx(float(stored @ text_vector), abs=1e-4)
+
+
+def test_search_uses_the_library_model_when_reopened(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    with Library.open(library_dir) as library:
+        index(library, tiny_model, photos)
+        before = library.search("a horse", k=3)
+    with Library.open(library_dir, create=False) as reopened:
+        assert reopened.status().model is not None
+        assert reopened.search("a horse", k=3) == before
+
+
+def test_similar_finds_an_exact_copy_first_and_leaves_the_query_out(
+    open_library: Library, photos: Path, tiny_model: TinyModel
+) -> None:
+    query = photos / "photo_0103.jpg"
+    shutil.copy(query, photos / "copy-of-0103.jpg")
+    index(open_library, tiny_model, photos)
+
+    hits = open_library.similar(query, k=3)
+    assert hits[0].path == photos / "copy-of-0103.jpg"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert query not in [hit.path for hit in hits]
+
+
+def test_similar_with_an_image_outside_the_library(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    index(open_library, tiny_model, photos)
+    outside = shutil.copy(photos / "photo_0105.jpg", tmp_path / "elsewhere.jpg")
+
+    hits = open_library.similar(outside, k=1)
+    assert hits[0].path == photos / "photo_0105.jpg"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_similar_errors(open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path) -> None:
+    index(open_library, tiny_model, photos)
+    with pytest.raises(InvalidPathError, match="not found"):
+        open_library.similar(tmp_path / "nope.jpg")
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    with pytest.raises(Exception, match="Cannot read image"):
+        open_library.similar(tmp_path / "notes.jpg")
+
+
+def test_combined_query_is_the_normalised_weighted_sum(
+    open_library: Library, photos: Path, tiny_model: TinyModel
+) -> None:
+    index(open_library, tiny_model, photos)
+    embed = open_library._embedder_or_load().embed_texts
+    beach, sunset, people = embed(["beach", "sunset", "people"])
+    expected = beach + 0.5 * sunset - people
+    expected /= np.linalg.norm(expected)
+
+    combined = open_library.search(
+        "beach", k=12, plus=[QueryTerm(text="sunset", weight=0.5)], minus=["people"]
+    )
+    by_vector = open_library.search_vector(expected, k=12)
+    assert [h.id for h in combined] == [h.id for h in by_vector]
+    assert [h.score for h in combined] == pytest.approx([h.score for h in by_vector], abs=1e-5)
+    assert [h.id for h in combined] != [h.id for h in open_library.search("beach", k=12)]
+
+
+def test_under_filters_inside_the_index_and_matches_brute_force(
+    open_library: Library, photos: Path, tiny_model: TinyModel
+) -> None:
+    write_photos(photos / "trip", 5, seed=300)
+    write_photos(photos / "trip2", 2, seed=400)  # a sibling whose name starts like "trip"
+    index(open_library, tiny_model, photos)
+
+    hits = open_library.search("mountains", k=10, under=photos / "trip")
+    assert len(hits) == 5  # all of them, although 14 other images rank among the top 10 overall
+    assert all(hit.path.parent == photos / "trip" for hit in hits)
+
+    query = open_library._embedder_or_load().embed_texts(["mountains"])[0]
+    scores = {path: float(stored_vector(open_library, path) @ query) for path in (photos / "trip").iterdir()}
+    assert [hit.path for hit in hits] == sorted(scores, key=lambda path: -scores[path])
+
+
+def test_min_score_and_limit(open_library: Library, photos: Path, tiny_model: TinyModel) -> None:
+    index(open_library, tiny_model, photos)
+    everything = open_library.search("a clock", k=100)
+    assert len(everything) == 12
+    threshold = everything[5].score
+    assert [h.id for h in open_library.search("a clock", k=100, min_score=threshold)] == [
+        h.id for h in everything if h.score >= threshold
+    ]
+    assert open_library.search("a clock", k=100, min_score=1.01) == []
+    with pytest.raises(ValueError, match="k must be"):
+        open_library.search("a clock", k=0)
+
+
+def test_incremental_rerun_skips_unchanged_files_without_loading_the_model(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    with Library.open(library_dir) as library:
+        index(library, tiny_model, photos)
+    with Library.open(library_dir) as library:
+        report = library.index(photos)
+        assert (report.unchanged, report.embedded, report.removed) == (12, 0, 0)
+        assert library._embedder is None  # nothing to embed: no model was loaded
+
+
+def test_new_changed_moved_copied_touched_and_deleted_files(
+    open_library: Library, photos: Path, tiny_model: TinyModel
+) -> None:
+    index(open_library, tiny_model, photos)
+    ids_before = {str(h.path): h.id for h in open_library.search("x", k=50)}
+
+    write_photos(photos, 1, seed=500)  # new
+    save(make_photo(999), photos / "photo_0100.jpg")  # changed content, same path
+    (photos / "sub").mkdir()
+    (photos / "photo_0101.jpg").rename(photos / "sub" / "moved.jpg")  # moved
+    shutil.copy(photos / "photo_0102.jpg", photos / "duplicate.jpg")  # copied
+    os.utime(photos / "photo_0103.jpg", ns=(10**18, 10**18))  # touched only
+    (photos / "photo_0104.jpg").unlink()  # deleted
+
+    report = open_library.index(photos)
+    assert (report.added, report.updated, report.moved, report.reused) == (1, 1, 1, 1)
+    assert (report.touched, report.removed, report.unchanged, report.failed) == (1, 1, 8, 0)
+
+    after = {str(h.path): h.id for h in open_library.search("x", k=50)}
+    assert set(after) == {str(p) for p in photos.rglob("*.jpg")}
+    assert after[str(photos / "sub" / "moved.jpg")] == ids_before[str(photos / "photo_0101.jpg")]
+    assert after[str(photos / "photo_0100.jpg")] == ids_before[str(photos / "photo_0100.jpg")]
+    copy_hits = open_library.similar(photos / "photo_0102.jpg", k=1)
+    assert copy_hits[0].path == photos / "duplicate.jpg"
+    assert open_library.status().counts.indexed == 13
+
+
+def test_changed_file_gets_a_new_vector(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    index(open_library, tiny_model, photos)
+    target = photos / "photo_0106.jpg"
+    before = stored_vector(open_library, target)
+
+    save(make_photo(777), target)
+    assert open_library.index(photos).updated == 1
+    after = stored_vector(open_library, target)
+    assert float(before @ after) < 0.9999
+    outside_copy = shutil.copy(target, tmp_path / "new-content.jpg")  # embedded afresh
+    best = open_library.similar(outside_copy, k=1)[0]
+    assert best.path == target and best.score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_files_deleted_from_disk_are_never_returned(
+    open_library: Library, photos: Path, tiny_model: TinyModel
+) -> None:
+    index(open_library, tiny_model, photos)
+    for path in sorted(photos.iterdir())[:5]:
+        path.unlink()
+    report = open_library.index()  # no roots: every known root
+    assert report.removed == 5
+    assert indexed_paths(open_library) == {str(p) for p in photos.iterdir()}
+
+
+def test_an_unmounted_root_keeps_its_images(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    index(open_library, tiny_model, photos)
+    photos.rename(tmp_path / "unplugged")
+    report = open_library.index()
+    assert report.skipped_roots == [str(photos)]
+    assert report.removed == 0
+    assert open_library.status().counts.indexed == 12
+
+
+def test_bad_files_are_recorded_and_indexing_goes_on(
+    open_library: Library, photos: Path, tiny_model: TinyModel
+) -> None:
+    (photos / "notes.jpg").write_text("this is a text file")
+    (photos / "empty.png").write_bytes(b"")
+    good = (photos / "photo_0107.jpg").read_bytes()
+    (photos / "truncated.jpg").write_bytes(good[: len(good) // 3])
+
+    report = index(open_library, tiny_model, photos)
+    assert (report.added, report.failed) == (12, 3)
+    failures = {Path(f.path).name: f.error for f in open_library.failures()}
+    assert set(failures) == {"notes.jpg", "empty.png", "truncated.jpg"}
+    assert "not an image" in failures["notes.jpg"]
+    assert "empty" in failures["empty.png"]
+    assert "truncated" in failures["truncated.jpg"]
+    assert open_library.status().counts.failed == 3
+    assert "notes.jpg" not in {Path(p).name for p in indexed_paths(open_library)}
+
+    again = open_library.index(photos)  # unchanged bad files are not retried
+    assert (again.failed, again.unchanged) == (0, 15)
+    (photos / "notes.jpg").unlink()
+    save(make_photo(600), photos / "empty.png")  # fixed
+    fixed = open_library.index(photos)
+    assert (fixed.updated, fixed.removed) == (1, 1)
+    assert [f.path for f in open_library.failures()] == [str(photos / "truncated.jpg")]
+
+
+def test_interrupted_run_keeps_committed_batches_and_the_next_run_finishes(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    class CtrlCAfterFirstBatch:
+        embedded = 0
+
+        def start(self, phase: str, total: int | None = None) -> None:
+            self.phase = phase
+
+        def advance(self, steps: int = 1) -> None:
+            if self.phase == "Embedding":
+                self.embedded += steps
+                raise KeyboardInterrupt
+
+        def stop(self) -> None:
+            pass
+
+    listener = CtrlCAfterFirstBatch()
+    with Library.open(library_dir) as library:
+        with pytest.raises(IndexInterrupted) as interrupted:
+            index(library, tiny_model, photos, batch_size=4, progress=listener)
+        assert interrupted.value.report.interrupted
+        assert interrupted.value.report.added == 4
+        assert library.status().counts.indexed == 4
+        assert library.status().index_file.state == "up to date"  # saved despite Ctrl-C
+
+    with Library.open(library_dir) as library:
+        report = library.index(photos)
+        assert (report.unchanged, report.added) == (4, 8)
+        assert indexed_paths(library) == {str(p) for p in photos.iterdir()}
+
+
+def test_index_file_is_rebuilt_when_missing_or_stale(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    with Library.open(library_dir) as library:
+        index(library, tiny_model, photos)
+        expected = library.search("a moon", k=12)
+        saved_index = library.index_path.read_bytes()
+
+    (library_dir / "vectors.faiss").unlink()
+    with Library.open(library_dir) as library:
+        assert library.status().index_file.state == "missing"
+        assert library.search("a moon", k=12) == expected
+        assert library.status().index_file.state == "up to date"  # the rebuild was saved
+
+    with Library.open(library_dir) as library:  # make the saved index stale: delete 3 files
+        for path in sorted(photos.iterdir())[:3]:
+            path.unlink()
+        library.index(photos)
+    (library_dir / "vectors.faiss").write_bytes(saved_index)  # an old index comes back
+    with Library.open(library_dir) as library:
+        assert library.status().index_file.state == "stale"
+        assert indexed_paths(library) == {str(p) for p in photos.iterdir()}
+        assert len(library.search("a moon", k=12)) == 9
+
+    (library_dir / "vectors.faiss").write_bytes(b"garbage")
+    with Library.open(library_dir) as library:
+        assert len(library.search("a moon", k=12)) == 9
+
+
+def test_a_search_sees_images_indexed_after_it_opened(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    with Library.open(library_dir) as writer, Library.open(library_dir) as reader:
+        index(writer, tiny_model, photos)
+        assert len(reader.search("a coin", k=50)) == 12
+        write_photos(photos, 3, seed=700)
+        writer.index(photos)
+        assert len(reader.search("a coin", k=50)) == 15
+
+
+def test_another_model_is_refused_unless_reembedding(
+    open_library: Library, photos: Path, tiny_model: TinyModel, other_tiny_checkpoint: Path
+) -> None:
+    index(open_library, tiny_model, photos)
+    fingerprint = open_library.status().model.fingerprint  # type: ignore[union-attr]
+    with pytest.raises(ModelMismatchError, match="--reembed"):
+        open_library.index(photos, model=str(tiny_model.config), pretrained=str(other_tiny_checkpoint))
+
+    report = open_library.index(
+        photos, model=str(tiny_model.config), pretrained=str(other_tiny_checkpoint), reembed=True
+    )
+    assert report.updated == 12
+    model = open_library.status().model
+    assert model is not None and model.fingerprint != fingerprint
+    assert model.spec.pretrained == str(other_tiny_checkpoint)
+    assert len(open_library.search("a rocket", k=20)) == 12
+
+
+def test_weights_changed_on_disk_are_detected(
+    library_dir: Path, photos: Path, tiny_model: TinyModel, other_tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    checkpoint = shutil.copy(tiny_model.checkpoint, tmp_path / "weights.pt")
+    with Library.open(library_dir) as library:
+        library.index(photos, model=str(tiny_model.config), pretrained=str(checkpoint))
+    shutil.copy(other_tiny_checkpoint, checkpoint)  # same path, other weights
+    with Library.open(library_dir) as library, pytest.raises(ModelMismatchError, match="not the ones"):
+        library.search("a horse")
+
+
+def test_errors_for_missing_library_empty_library_and_bad_roots(tmp_path: Path) -> None:
+    with pytest.raises(LibraryNotFoundError, match="No pixsift library"):
+        Library.open(tmp_path / "none", create=False)
+    with Library.open(tmp_path / "fresh") as library:
+        with pytest.raises(EmptyLibraryError, match="no images indexed"):
+            library.search("anything")
+        with pytest.raises(InvalidPathError, match="does not exist"):
+            library.index(tmp_path / "missing-folder")
+        (tmp_path / "file.jpg").write_bytes(b"x")
+        with pytest.raises(InvalidPathError, match="not a folder"):
+            library.index(tmp_path / "file.jpg")
+        with pytest.raises(InvalidPathError, match="Nothing to index"):
+            library.index()
+
+
+def test_default_library_location_comes_from_the_environment(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    with Library.open() as library:
+        assert library.path == tmp_path / "default-library"  # set by the conftest fixture
+        index(library, tiny_model, photos)
+    assert (tmp_path / "default-library" / "library.db").is_file()
+
+
+def test_hidden_files_and_symlinks_follow_the_options(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    write_photos(photos / ".hidden", 1, seed=800)
+    write_photos(tmp_path / "linked", 1, seed=801)
+    (photos / "link").symlink_to(tmp_path / "linked")
+    (photos / "loop").symlink_to(photos)
+
+    assert index(open_library, tiny_model, photos).scanned == 12
+    report = open_library.index(photos, include_hidden=True, follow_symlinks=True)
+    assert report.added == 2
+    assert any("/.hidden/" in p for p in indexed_paths(open_library))
+    assert any("/link/" in p for p in indexed_paths(open_library))
+
+
+def test_the_library_folder_inside_a_root_is_not_indexed(photos: Path, tiny_model: TinyModel) -> None:
+    write_photos(photos / "pixsift-library" / "cache", 2, seed=900)  # images of its own
+    with Library.open(photos / "pixsift-library") as library:
+        assert index(library, tiny_model, photos).scanned == 12
+        assert not any("pixsift-library" in p for p in indexed_paths(library))

@@ -1,0 +1,144 @@
+"""Naming models, finding their weights offline, and failing fast when the hub is unreachable."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CLOSED_PORT_URL, TinyModel, run_cli
+from pixsift.errors import ModelError
+from pixsift.models.clip import ClipEmbedder
+from pixsift.models.naming import resolve_model_spec
+from pixsift.models.spec import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec
+from pixsift.models.weights import resolve_weights
+
+
+def test_default_model() -> None:
+    assert resolve_model_spec() == ModelSpec(DEFAULT_MODEL, DEFAULT_PRETRAINED)
+
+
+def test_config_file_model_keeps_its_architecture(tiny_model: TinyModel) -> None:
+    spec = resolve_model_spec(str(tiny_model.config), str(tiny_model.checkpoint))
+    assert spec.name == str(tiny_model.config.resolve())
+    assert spec.pretrained == str(tiny_model.checkpoint.resolve())
+    assert spec.config == json.loads(tiny_model.config.read_text())
+
+
+@pytest.mark.parametrize(
+    ("model", "pretrained", "message"),
+    [
+        ("NoSuchNet-42", None, "Unknown model 'NoSuchNet-42'"),
+        ("ViT-B-32", "no_such_tag", "neither a pretrained tag of ViT-B-32 nor a checkpoint file"),
+        ("missing/config.json", None, "not found"),
+    ],
+)
+def test_bad_names_are_explained(model: str, pretrained: str | None, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        resolve_model_spec(model, pretrained)
+
+
+def test_config_file_errors(tmp_path: Path, tiny_model: TinyModel) -> None:
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "other.json").write_text('{"hello": 1}')
+    with pytest.raises(ModelError, match="not valid JSON"):
+        resolve_model_spec(str(tmp_path / "broken.json"), str(tiny_model.checkpoint))
+    with pytest.raises(ModelError, match="not an open_clip model config"):
+        resolve_model_spec(str(tmp_path / "other.json"), str(tiny_model.checkpoint))
+    with pytest.raises(ModelError, match="--pretrained"):
+        resolve_model_spec(str(tiny_model.config))
+    with pytest.raises(ModelError, match=r"Checkpoint .* not found"):
+        resolve_model_spec(str(tiny_model.config), str(tmp_path / "missing.pt"))
+
+
+def test_a_checkpoint_that_does_not_fit_is_a_model_error(tmp_path: Path, tiny_model: TinyModel) -> None:
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    spec = resolve_model_spec(str(tiny_model.config), str(tmp_path / "junk.pt"))
+    with pytest.raises(ModelError, match="Cannot load"):
+        ClipEmbedder.load(spec, "cpu")
+
+
+def test_fingerprint_identifies_the_weights_not_the_file(tiny_model: TinyModel, tmp_path: Path) -> None:
+    spec = resolve_model_spec(str(tiny_model.config), str(tiny_model.checkpoint))
+    moved = tmp_path / "renamed.pt"
+    moved.write_bytes(tiny_model.checkpoint.read_bytes())
+    first = ClipEmbedder.load(spec, "cpu").record
+    second = ClipEmbedder.load(resolve_model_spec(str(tiny_model.config), str(moved)), "cpu").record
+    assert first.fingerprint == second.fingerprint and len(first.fingerprint) == 16
+    assert first.embed_dim == 64
+
+
+def test_cuda_asked_for_without_a_gpu_is_explained() -> None:
+    import torch
+
+    from pixsift.models.clip import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ModelError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    assert str(resolve_device("auto")) == "cpu"
+
+
+def test_cached_hub_weights_are_used_without_any_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weights of a pretrained tag, already in the hub cache, resolve with the hub unreachable."""
+    import open_clip
+    from huggingface_hub import constants
+
+    repo_id = open_clip.get_pretrained_cfg(DEFAULT_MODEL, DEFAULT_PRETRAINED)["hf_hub"].rstrip("/")
+    cache = tmp_path / "hub"
+    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    snapshot = repo_dir / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "open_clip_model.safetensors").write_bytes(b"weights")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+    weights = resolve_weights(ModelSpec(DEFAULT_MODEL, DEFAULT_PRETRAINED))
+    assert weights.path == snapshot / "open_clip_model.safetensors"
+    assert weights.preprocess["resize_mode"] == "shortest"
+
+
+def test_unreachable_hub_fails_fast_with_a_helpful_message(tmp_path: Path) -> None:
+    """The real command, with the default model, on a machine where the hub cannot be reached."""
+    from sample_photos import write_photos
+
+    write_photos(tmp_path / "photos", 1)
+    started = time.monotonic()
+    result = run_cli(
+        "index",
+        str(tmp_path / "photos"),
+        "--library",
+        str(tmp_path / "lib"),
+        env={"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": CLOSED_PORT_URL},
+        timeout=120,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: Cannot get the weights of ViT-B-32 (laion2b_s34b_b79k)")
+    assert "--pretrained /path/to/checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    # open_clip alone retries for most of a minute; the probe gives up after a few seconds.
+    assert elapsed < 60, f"took {elapsed:.0f} s"
+
+
+def test_offline_mode_is_named_in_the_error(tmp_path: Path) -> None:
+    from sample_photos import write_photos
+
+    write_photos(tmp_path / "photos", 1)
+    result = run_cli(
+        "index",
+        str(tmp_path / "photos"),
+        "--library",
+        str(tmp_path / "lib"),
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert result.returncode == 1
+    assert "HF_HUB_OFFLINE is set" in result.stderr

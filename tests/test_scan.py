@@ -1,0 +1,109 @@
+"""Walking folders: extensions, hidden files, symlinks and loops, unreadable folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pixsift.indexer.plan import plan_folder
+from pixsift.indexer.scan import BASE_EXTENSIONS, ScannedFile, ScanOptions, scan_folder
+from pixsift.storage.records import KnownFile
+
+
+def touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def names(root: Path, **options: object) -> list[str]:
+    result = scan_folder(str(root), ScanOptions(extensions=BASE_EXTENSIONS, **options))  # type: ignore[arg-type]
+    return sorted(os.path.relpath(p, root) for p in result.files)
+
+
+def test_only_image_extensions_any_case(tmp_path: Path) -> None:
+    for name in [
+        "a.jpg",
+        "b.JPEG",
+        "c.png",
+        "d.webp",
+        "e.gif",
+        "f.bmp",
+        "g.tif",
+        "h.TIFF",
+        "notes.txt",
+        "raw.cr2",
+    ]:
+        touch(tmp_path / name)
+    assert names(tmp_path) == ["a.jpg", "b.JPEG", "c.png", "d.webp", "e.gif", "f.bmp", "g.tif", "h.TIFF"]
+
+
+def test_recursive_and_hidden(tmp_path: Path) -> None:
+    touch(tmp_path / "2024" / "06" / "a.jpg")
+    touch(tmp_path / ".thumbnails" / "t.jpg")
+    touch(tmp_path / ".secret.jpg")
+    assert names(tmp_path) == ["2024/06/a.jpg"]
+    assert names(tmp_path, include_hidden=True) == [".secret.jpg", ".thumbnails/t.jpg", "2024/06/a.jpg"]
+
+
+def test_symlinks_are_skipped_unless_followed_and_loops_end(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    touch(root / "a.jpg")
+    touch(outside / "b.jpg")
+    (root / "link-dir").symlink_to(outside)
+    (root / "link-file.jpg").symlink_to(outside / "b.jpg")
+    (root / "loop").symlink_to(root)
+    (root / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+
+    assert names(root) == ["a.jpg"]
+    assert names(root, follow_symlinks=True) == ["a.jpg", "link-dir/b.jpg", "link-file.jpg"]
+
+
+def test_excluded_folders_are_not_entered(tmp_path: Path) -> None:
+    touch(tmp_path / "a.jpg")
+    touch(tmp_path / "library" / "thumb.jpg")
+    assert names(tmp_path, exclude=[str(tmp_path / "library")]) == ["a.jpg"]
+
+
+def test_size_and_mtime_come_from_the_scan(tmp_path: Path) -> None:
+    path = touch(tmp_path / "a.jpg", b"12345")
+    os.utime(path, ns=(1_000_000_000, 2_000_000_000))
+    result = scan_folder(str(tmp_path), ScanOptions())
+    assert result.files[str(path)] == ScannedFile(str(path), 5, 2_000_000_000)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads every folder")
+def test_unreadable_folder_is_reported_and_its_files_are_not_missing(tmp_path: Path) -> None:
+    touch(tmp_path / "a.jpg")
+    locked = tmp_path / "locked"
+    touch(locked / "b.jpg")
+    locked.chmod(0)
+    try:
+        result = scan_folder(str(tmp_path), ScanOptions())
+    finally:
+        locked.chmod(0o755)
+    assert [folder for folder, _ in result.unreadable_dirs] == [str(locked)]
+    known = {str(locked / "b.jpg"): KnownFile(1, str(locked / "b.jpg"), 1, 1, "h", True, None)}
+    assert plan_folder(result.files, known, [str(locked)]).missing == []
+
+
+def test_plan_separates_unchanged_candidates_and_missing() -> None:
+    def known(i: int, path: str, size: int = 10, vector: bool = True, error: str | None = None) -> KnownFile:
+        return KnownFile(i, path, size, 100, "hash", vector, error)
+
+    scanned = {p: ScannedFile(p, 10, 100) for p in ["/r/same", "/r/new", "/r/failed", "/r/pending"]}
+    scanned["/r/grown"] = ScannedFile("/r/grown", 11, 100)
+    rows = {
+        "/r/same": known(1, "/r/same"),
+        "/r/grown": known(2, "/r/grown"),
+        "/r/failed": known(3, "/r/failed", vector=False, error="bad"),
+        "/r/pending": known(4, "/r/pending", vector=False),
+        "/r/gone": known(5, "/r/gone"),
+        "/r/locked/x": known(6, "/r/locked/x"),
+    }
+    plan = plan_folder(scanned, rows, ["/r/locked"])
+    assert plan.unchanged == 2  # same, and the unchanged failure (not retried)
+    assert sorted(c.file.path for c in plan.candidates) == ["/r/grown", "/r/new", "/r/pending"]
+    assert [row.path for row in plan.missing] == ["/r/gone"]

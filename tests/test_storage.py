@@ -1,0 +1,153 @@
+"""The catalog and the FAISS index file, on a real SQLite database."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pixsift.errors import LibraryFormatError
+from pixsift.models.spec import ModelRecord, ModelSpec
+from pixsift.storage import Catalog
+from pixsift.storage.migrations import SCHEMA_VERSION
+from pixsift.storage.schema import Base
+from pixsift.storage.vector_index import VectorIndex, catch_up, open_vector_index, read_generation
+
+DIM = 8
+
+
+def unit(seed: int) -> np.ndarray:
+    vector = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Catalog:
+    catalog = Catalog.open(tmp_path / "library.db")
+    with catalog.write() as batch:
+        batch.set_model(ModelRecord(ModelSpec("test", "none"), DIM, "f" * 16))
+    return catalog
+
+
+def add(catalog: Catalog, path: str, seed: int) -> int:
+    with catalog.write() as batch:
+        image_id = batch.add_image(path, 1, 1, None)
+        batch.save_embedding(
+            image_id,
+            unit(seed),
+            content_hash=f"h{seed}",
+            width=1,
+            height=1,
+            format="JPEG",
+            size=1,
+            mtime_ns=1,
+        )
+    return image_id
+
+
+def test_migrated_schema_matches_the_orm_tables(tmp_path: Path) -> None:
+    Catalog.open(tmp_path / "library.db").close()
+    with sqlite3.connect(tmp_path / "library.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        for table in Base.metadata.sorted_tables:
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({table.name})")}
+            assert columns == {column.name for column in table.columns}, table.name
+
+
+def test_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
+    Catalog.open(tmp_path / "library.db").close()
+    with sqlite3.connect(tmp_path / "library.db") as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(LibraryFormatError, match="newer"):
+        Catalog.open(tmp_path / "library.db")
+
+
+def test_paths_that_are_not_utf8_round_trip(catalog: Catalog) -> None:
+    odd = os.fsdecode(b"/photos/caf\xe9 \n new.jpg")  # Latin-1 byte, a space and a newline
+    image_id = add(catalog, odd, 1)
+    assert catalog.images([image_id])[image_id].path == odd
+    assert set(catalog.known_files("/photos")) == {odd}
+
+
+def test_folder_ranges_do_not_leak_into_sibling_folders(catalog: Catalog) -> None:
+    inside = [add(catalog, p, i) for i, p in enumerate(["/a/b/1.jpg", "/a/b/c/2.jpg"])]
+    for i, path in enumerate(["/a/b2/3.jpg", "/a/b.jpg", "/a/ba/4.jpg", "/a/b!/5.jpg"]):
+        add(catalog, path, 10 + i)
+    assert sorted(catalog.ids_under("/a/b")) == inside
+    assert sorted(catalog.known_files("/a/b")) == ["/a/b/1.jpg", "/a/b/c/2.jpg"]
+
+
+def test_ids_are_never_reused(catalog: Catalog) -> None:
+    first = add(catalog, "/p/1.jpg", 1)
+    with catalog.write() as batch:
+        batch.delete_images([first])
+    assert add(catalog, "/p/2.jpg", 2) > first
+
+
+def test_every_vector_change_is_logged_and_replayed(catalog: Catalog, tmp_path: Path) -> None:
+    ids = [add(catalog, f"/p/{i}.jpg", i) for i in range(5)]
+    index = open_vector_index(catalog, tmp_path / "v.faiss", DIM)
+    assert (index.count, index.generation) == (5, catalog.generation())
+    index.save(tmp_path / "v.faiss")
+
+    with catalog.write() as batch:
+        batch.delete_images(ids[:2])
+        batch.save_embedding(
+            ids[2], unit(99), content_hash="x", width=1, height=1, format="PNG", size=2, mtime_ns=2
+        )
+    delta = catalog.vector_delta(index.generation)
+    assert delta is not None
+    assert sorted(delta.removed_ids) == ids[:2] and list(delta.upserted_ids) == [ids[2]]
+
+    caught_up = catch_up(catalog, VectorIndex.load(tmp_path / "v.faiss"))  # type: ignore[arg-type]
+    scores, found = caught_up.search(unit(99)[None], 1)
+    assert (caught_up.count, int(found[0][0])) == (3, ids[2])
+    assert scores[0][0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_truncated_log_forces_a_rebuild(catalog: Catalog, tmp_path: Path) -> None:
+    for i in range(3):
+        add(catalog, f"/p/{i}.jpg", i)
+    old = VectorIndex.empty(DIM, generation=1)
+    with catalog.write() as batch:
+        batch.truncate_vector_log(catalog.generation())
+    assert catalog.vector_delta(1) is None
+    assert catch_up(catalog, old).count == 3
+
+
+def test_saved_index_round_trip_and_damaged_files(tmp_path: Path) -> None:
+    index = VectorIndex.empty(DIM, generation=7)
+    index.add(np.array([3, 9]), np.stack([unit(3), unit(9)]))
+    index.save(tmp_path / "v.faiss")
+    assert read_generation(tmp_path / "v.faiss") == 7
+    loaded = VectorIndex.load(tmp_path / "v.faiss")
+    assert loaded is not None and (loaded.count, loaded.generation, loaded.dim) == (2, 7, DIM)
+    assert list(tmp_path.iterdir()) == [tmp_path / "v.faiss"]  # no temporary file left
+
+    data = (tmp_path / "v.faiss").read_bytes()
+    (tmp_path / "v.faiss").write_bytes(data[: len(data) // 2])
+    assert VectorIndex.load(tmp_path / "v.faiss") is None
+    (tmp_path / "v.faiss").write_bytes(b"not an index")
+    assert VectorIndex.load(tmp_path / "v.faiss") is None
+    assert read_generation(tmp_path / "v.faiss") is None
+    assert VectorIndex.load(tmp_path / "missing.faiss") is None
+
+
+def test_filtered_search_matches_brute_force(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((500, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(1000, 1500)
+    index = VectorIndex.empty(DIM)
+    index.add(ids, vectors)
+    allowed = ids[rng.random(500) < 0.1]
+    query = vectors[0]
+
+    _, found = index.search(query[None], 10, allowed)
+    mask = np.isin(ids, allowed)
+    expected = ids[mask][np.argsort(-(vectors[mask] @ query))][:10]
+    assert list(found[0]) == list(expected)
