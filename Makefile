@@ -20,8 +20,8 @@ demo: install  ## the offline demo: sample photos, a tiny model, index and searc
 	$(BIN)/python tools/demo.py
 
 lint: install
-	$(BIN)/ruff check src tests tools
-	$(BIN)/ruff format --check src tests tools
+	$(BIN)/ruff check src tests tools benchmarks
+	$(BIN)/ruff format --check src tests tools benchmarks
 	$(BIN)/mypy
 
 test: lint  ## everything CI runs

@@ -1,0 +1,53 @@
+"""Generate docs/cli.md from the command line's own help, so the reference cannot drift.
+
+    python tools/cli_reference.py > docs/cli.md
+
+tests/test_docs.py fails when docs/cli.md differs from what this prints.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from pixsift.cli import app
+
+HEADER = """# CLI reference
+
+Generated from `pixsift --help` by `python tools/cli_reference.py > docs/cli.md`; a test checks
+that it matches the code. Every command takes `--library DIR` (default: `$PIXSIFT_LIBRARY`,
+else the user data folder, e.g. `~/.local/share/pixsift`).
+
+Exit codes: 0 on success (also when a search finds nothing; a message goes to stderr), 1 on a
+user error (a one-line message on stderr), 2 on bad usage, 130 when interrupted (Ctrl-C).
+"""
+
+
+def reference() -> str:
+    group = typer.main.get_command(app)
+    root = typer.Context(group, info_name="pixsift")
+    sections = [HEADER]
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        context = typer.Context(command, info_name=name, parent=root)
+        lines = [
+            f"## pixsift {name}",
+            "",
+            command.help or "",
+            "",
+            "```",
+            command.get_usage(context),
+            "```",
+            "",
+        ]
+        lines += ["| option | description |", "| --- | --- |"]
+        for param in command.get_params(context):
+            record = param.get_help_record(context)
+            if record is None or param.name == "help":
+                continue
+            opts, text = (part.replace("|", "\\|") for part in record)  # | would end the cell
+            lines.append(f"| `{opts}` | {text} |")
+        sections.append("\n".join(lines) + "\n")
+    return "\n".join(sections)
+
+
+if __name__ == "__main__":
+    print(reference(), end="")
