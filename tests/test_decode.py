@@ -57,6 +57,27 @@ def test_reduced_scale_jpeg_decode_matches_open_clip_preprocessing(
         assert float(vectors[0] @ vectors[1]) >= 0.99
 
 
+@pytest.mark.slow
+def test_default_architecture_embeds_the_fast_path_like_open_clip(
+    phone_photos: list[Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """ViT-B-32 itself (random weights: 600 MB, so marked slow), with a control that can fail."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path_factory.mktemp("vit-b-32") / "random.pt"
+    torch.save(open_clip.create_model("ViT-B-32").state_dict(), checkpoint)
+    vit = ClipEmbedder.load(resolve_model_spec("ViT-B-32", str(checkpoint)), "cpu")
+
+    fast = vit.embed_images([ours(path, vit) for path in phone_photos])
+    reference = vit.embed_images([vit.preprocess(Image.open(path)) for path in phone_photos])
+    assert fast.shape == (len(phone_photos), 512)
+    assert np.all(np.sum(fast * reference, axis=1) >= 0.99)
+    other_photo = fast @ reference.T - np.eye(len(phone_photos)) * 2  # off-diagonal pairs only
+    assert other_photo.max() < 0.99
+
+
 def test_different_photos_do_not_correlate(phone_photos: list[Path], embedder: ClipEmbedder) -> None:
     """The control that shows the equivalence check above can fail."""
     first, second = (ours(p, embedder).numpy() for p in phone_photos[:2])  # type: ignore[attr-defined]
@@ -125,6 +146,16 @@ def test_animated_gif_uses_the_first_frame(tmp_path: Path) -> None:
     image, *_ = open_oriented(path.read_bytes(), 224, default_max_pixels())
     first = np.asarray(frames[0].convert("RGB"), dtype=np.float32)
     assert correlation(np.asarray(image, dtype=np.float32), first) > 0.99
+
+
+def test_16_bit_greyscale_keeps_its_contrast(tmp_path: Path) -> None:
+    gradient = np.tile(np.linspace(0, 65535, 640), (480, 1)).astype(np.uint16)
+    path = tmp_path / "scan.png"
+    Image.fromarray(gradient).save(path)
+    image, *_ = open_oriented(path.read_bytes(), 224, default_max_pixels())
+    pixels = np.asarray(image, dtype=np.float32)[..., 0]
+    assert pixels.min() < 5 and pixels.max() > 250  # not clipped to white
+    assert correlation(pixels, gradient.astype(np.float32)) > 0.99
 
 
 def png_claiming(width: int, height: int) -> bytes:

@@ -339,6 +339,18 @@ def test_a_search_sees_images_indexed_after_it_opened(
         assert len(reader.search("a coin", k=50)) == 15
 
 
+def test_an_open_library_follows_a_reembed_made_elsewhere(
+    library_dir: Path, photos: Path, tiny_model: TinyModel, other_tiny_checkpoint: Path
+) -> None:
+    with Library.open(library_dir) as writer, Library.open(library_dir) as reader:
+        index(writer, tiny_model, photos)
+        reader.search("a boat")  # loads the first model into the reader
+        writer.index(model=str(tiny_model.config), pretrained=str(other_tiny_checkpoint), reembed=True)
+        assert reader.search("a boat", k=12) == writer.search("a boat", k=12)
+        assert reader._embedder is not None
+        assert reader._embedder.record.spec.pretrained == str(other_tiny_checkpoint)
+
+
 def test_another_model_is_refused_unless_reembedding(
     open_library: Library, photos: Path, tiny_model: TinyModel, other_tiny_checkpoint: Path
 ) -> None:

@@ -207,31 +207,27 @@ class Library:
         """A loader for the model this run embeds with, after checking it fits the library."""
         stored = self._catalog.model()
         requested = resolve_model_spec(model, pretrained) if (model or pretrained) else None
-        if reembed:
-            spec = requested or (stored.spec if stored else resolve_model_spec())
-            embedder = self._load_embedder(spec, self._device)
-            with self._catalog.write() as batch:
-                batch.set_model(embedder.record)  # drops every old vector
-            self._use(embedder)
+        if reembed:  # load first: a model that fails to load must not cost the old vectors
+            embedder = self._adopt(requested or (stored.spec if stored else resolve_model_spec()))
             return lambda: embedder
-        if stored is not None and requested is not None and requested != stored.spec:
+        if stored is None:
+            spec = requested or resolve_model_spec()
+            return lambda: self._adopt(spec)
+        if requested is not None and requested != stored.spec:
             raise ModelMismatchError(
                 f"This library was indexed with {stored.spec.describe()}, not "
                 f"{requested.describe()}. Leave out --model to keep using it, use another "
                 "--library, or pass --reembed to re-embed every image with the new model."
             )
-        if stored is not None:
-            return self._embedder_or_load
-        spec = requested or resolve_model_spec()
+        return self._embedder_or_load
 
-        def first_model() -> Embedder:
-            embedder = self._load_embedder(spec, self._device)
-            with self._catalog.write() as batch:
-                batch.set_model(embedder.record)
-            self._use(embedder)
-            return embedder
-
-        return first_model
+    def _adopt(self, spec: ModelSpec) -> Embedder:
+        """Load `spec` and make it the library's model, dropping vectors made by another."""
+        embedder = self._load_embedder(spec, self._device)
+        with self._catalog.write() as batch:
+            batch.set_model(embedder.record)
+        self._embedder = embedder
+        return embedder
 
     # ---- searching ---------------------------------------------------------------------------
 
@@ -329,7 +325,8 @@ class Library:
             raise InvalidPathError(f"Image {path} not found.") from None
         except OSError as exc:
             raise InvalidPathError(f"Cannot read image {path}: {exc.strerror}") from None
-        known = self._catalog.known_file(path)
+        # Indexed paths start from a resolved root: a path given through a link may differ.
+        known = self._catalog.known_file(path) or self._catalog.known_file(os.path.realpath(path))
         if known is not None and known.size == stat.st_size and known.mtime_ns == stat.st_mtime_ns:
             stored = self._catalog.vector(known.id) if known.has_vector else None
             if stored is not None:
@@ -354,13 +351,13 @@ class Library:
 
     # ---- the model and the vector index ------------------------------------------------------
 
-    def _use(self, embedder: Embedder) -> None:
-        self._embedder = embedder
-
     def _embedder_or_load(self) -> Embedder:
-        """The library's own model, loaded once, after checking its weights are the same."""
-        if self._embedder is None:
-            record = self._require_model()
+        """The library's own model, loaded once, after checking its weights are the same.
+
+        Checked on every call, so a long-lived Library follows another process's --reembed.
+        """
+        record = self._require_model()
+        if self._embedder is None or self._embedder.record != record:
             embedder = self._load_embedder(record.spec, self._device)
             if embedder.record.fingerprint != record.fingerprint:
                 raise ModelMismatchError(

@@ -97,7 +97,7 @@ def open_oriented(data: bytes, target_size: int, max_pixels: int) -> tuple[Image
         upright = _upright(image)
         if upright.size != image.size:  # rotated by 90 degrees
             width, height = height, width
-        return upright.convert("RGB"), width, height, image_format
+        return _to_rgb(upright), width, height, image_format
 
 
 def describe_error(exc: BaseException) -> str:
@@ -114,6 +114,14 @@ def describe_error(exc: BaseException) -> str:
         return "not enough memory to decode"
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode.startswith("I"):
+        # 16-bit greyscale (scans, medical, astronomy): Pillow's own conversion clips every
+        # value above 255 to white, so scale the 16-bit range down to 8 bits first.
+        image = image.convert("I").point(lambda value: value / 256).convert("L")
+    return image.convert("RGB")
 
 
 def _upright(image: Image.Image) -> Image.Image:
