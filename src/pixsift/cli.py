@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -21,7 +21,7 @@ from pixsift.formatting import ResultFormat, StatusFormat
 
 if TYPE_CHECKING:
     from pixsift.library import Library
-    from pixsift.search import SearchResult
+    from pixsift.search import QueryTerm, SearchResult
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -196,18 +196,14 @@ def search(
     device: DeviceOpt = "auto",
 ) -> None:
     """Images that match TEXT, best first."""
-    from pixsift.search import parse_weighted_text
-
-    with _user_errors(), _open(library, device=device) as lib:
-        results = lib.search(
-            text,
-            limit,
-            plus=[parse_weighted_text(t) for t in plus or []],
-            minus=[parse_weighted_text(t) for t in minus or []],
-            min_score=min_score,
-            under=under,
-        )
-    _print_results(results, output)
+    _query(
+        library,
+        device,
+        output,
+        lambda lib: lib.search(
+            text, limit, plus=_terms(plus), minus=_terms(minus), min_score=min_score, under=under
+        ),
+    )
 
 
 @app.command()
@@ -223,18 +219,14 @@ def similar(
     device: DeviceOpt = "auto",
 ) -> None:
     """Images that look like IMAGE, best first (IMAGE itself left out)."""
-    from pixsift.search import parse_weighted_text
-
-    with _user_errors(), _open(library, device=device) as lib:
-        results = lib.similar(
-            image,
-            limit,
-            plus=[parse_weighted_text(t) for t in plus or []],
-            minus=[parse_weighted_text(t) for t in minus or []],
-            min_score=min_score,
-            under=under,
-        )
-    _print_results(results, output)
+    _query(
+        library,
+        device,
+        output,
+        lambda lib: lib.similar(
+            image, limit, plus=_terms(plus), minus=_terms(minus), min_score=min_score, under=under
+        ),
+    )
 
 
 @app.command()
@@ -258,9 +250,20 @@ def status(
     )
 
 
-def _print_results(results: list[SearchResult], output: ResultFormat) -> None:
+def _terms(texts: list[str] | None) -> list[QueryTerm]:
+    from pixsift.search import parse_weighted_text
+
+    return [parse_weighted_text(text) for text in texts or []]
+
+
+def _query(
+    library: Path | None, device: str, output: ResultFormat, run: Callable[[Library], list[SearchResult]]
+) -> None:
+    """Open the library, run one query on it, print the results."""
     from pixsift.formatting import format_results
 
+    with _user_errors(), _open(library, device=device) as lib:
+        results = run(lib)
     text = format_results(results, output)
     if text:
         typer.echo(text)

@@ -292,19 +292,16 @@ class CatalogWriter:
         mtime_ns: int,
     ) -> None:
         """Store a freshly computed vector and the metadata the decode found."""
-        self._session.execute(
-            update(Image)
-            .where(Image.id == image_id)
-            .values(
-                content_hash=content_hash,
-                width=width,
-                height=height,
-                format=format,
-                size=size,
-                mtime_ns=mtime_ns,
-                error=None,
-                indexed_at=utcnow(),
-            )
+        self._update(
+            image_id,
+            content_hash=content_hash,
+            width=width,
+            height=height,
+            format=format,
+            size=size,
+            mtime_ns=mtime_ns,
+            error=None,
+            indexed_at=utcnow(),
         )
         self._put_vector(image_id, vector_to_blob(vector))
 
@@ -314,17 +311,14 @@ class CatalogWriter:
         blob = self._session.scalar(select(Embedding.vector).where(Embedding.image_id == source_id))
         if source is None or blob is None:
             return False
-        self._session.execute(
-            update(Image)
-            .where(Image.id == image_id)
-            .values(
-                content_hash=content_hash,
-                width=source.width,
-                height=source.height,
-                format=source.format,
-                error=None,
-                indexed_at=utcnow(),
-            )
+        self._update(
+            image_id,
+            content_hash=content_hash,
+            width=source.width,
+            height=source.height,
+            format=source.format,
+            error=None,
+            indexed_at=utcnow(),
         )
         self._put_vector(image_id, blob)
         return True
@@ -333,31 +327,26 @@ class CatalogWriter:
         self, image_id: int, error: str, *, size: int, mtime_ns: int, content_hash: str | None
     ) -> None:
         """Mark an image as unreadable; it keeps no vector until the file changes."""
-        self._session.execute(
-            update(Image)
-            .where(Image.id == image_id)
-            .values(
-                error=error,
-                size=size,
-                mtime_ns=mtime_ns,
-                content_hash=content_hash,
-                width=None,
-                height=None,
-                format=None,
-                indexed_at=utcnow(),
-            )
+        self._update(
+            image_id,
+            error=error,
+            size=size,
+            mtime_ns=mtime_ns,
+            content_hash=content_hash,
+            width=None,
+            height=None,
+            format=None,
+            indexed_at=utcnow(),
         )
         self._drop_vector(image_id)
 
     def move_image(self, image_id: int, new_path: str, *, size: int, mtime_ns: int) -> None:
         """A file that moved keeps its row, id and vector: only the path changes."""
-        self._session.execute(
-            update(Image).where(Image.id == image_id).values(path=new_path, size=size, mtime_ns=mtime_ns)
-        )
+        self._update(image_id, path=new_path, size=size, mtime_ns=mtime_ns)
 
     def touch_image(self, image_id: int, *, size: int, mtime_ns: int) -> None:
         """A file whose timestamp changed but whose bytes did not."""
-        self._session.execute(update(Image).where(Image.id == image_id).values(size=size, mtime_ns=mtime_ns))
+        self._update(image_id, size=size, mtime_ns=mtime_ns)
 
     def delete_images(self, ids: Iterable[int]) -> None:
         wanted = [int(i) for i in ids]
@@ -368,6 +357,9 @@ class CatalogWriter:
             self._session.execute(delete(Image).where(Image.id.in_(chunk)))
 
     # ---- internals ----------------------------------------------------------------------------
+
+    def _update(self, image_id: int, **values: object) -> None:
+        self._session.execute(update(Image).where(Image.id == image_id).values(**values))
 
     def _put_vector(self, image_id: int, blob: bytes) -> None:
         self._session.execute(delete(Embedding).where(Embedding.image_id == image_id))
