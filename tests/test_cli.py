@@ -205,6 +205,18 @@ def test_an_interrupted_run_keeps_its_work_and_the_next_one_finishes(
     assert sorted(everything.stdout.splitlines()) == sorted(str(p) for p in photos.iterdir())
 
 
+def test_exit_codes_of_the_real_command(tmp_path: Path) -> None:
+    missing = run_cli("search", "x", "--library", str(tmp_path / "none"))
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert missing.stderr.startswith("error: No pixsift library at ") and "Traceback" not in missing.stderr
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "library.db").write_text("not a database")
+    junk = run_cli("status", "--library", str(tmp_path / "junk"))
+    assert junk.returncode == 1 and junk.stderr.startswith("error: Cannot use ")
+    usage = run_cli("search", "x", "--format", "xml")
+    assert usage.returncode == 2 and "Invalid value" in usage.stderr
+
+
 runner = CliRunner()
 
 

@@ -202,6 +202,23 @@ def test_new_changed_moved_copied_touched_and_deleted_files(
     assert open_library.status().counts.indexed == 13
 
 
+def test_two_files_that_swap_names_swap_vectors(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    first, second = photos / "photo_0108.jpg", photos / "photo_0109.jpg"
+    assert first.stat().st_size != second.stat().st_size
+    index(open_library, tiny_model, photos)
+    vectors = {first: stored_vector(open_library, first), second: stored_vector(open_library, second)}
+
+    first.rename(tmp_path / "swap")  # mv keeps mtimes: only the sizes tell the files changed
+    second.rename(first)
+    (tmp_path / "swap").rename(second)
+    report = open_library.index(photos)
+    assert (report.reused, report.added, report.updated) == (2, 0, 0)  # no decoding needed
+    assert np.allclose(stored_vector(open_library, first), vectors[second])
+    assert np.allclose(stored_vector(open_library, second), vectors[first])
+
+
 def test_changed_file_gets_a_new_vector(
     open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
 ) -> None:

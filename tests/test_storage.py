@@ -66,6 +66,18 @@ def test_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
         Catalog.open(tmp_path / "library.db")
 
 
+def test_a_file_that_is_not_a_library_is_refused_untouched(tmp_path: Path) -> None:
+    (tmp_path / "garbage.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(LibraryFormatError, match="file is not a database"):
+        Catalog.open(tmp_path / "garbage.db")
+    assert (tmp_path / "garbage.db").read_bytes() == b"this is not a database" * 100
+
+    with sqlite3.connect(tmp_path / "other-app.db") as db:
+        db.execute("CREATE TABLE images (name TEXT)")
+    with pytest.raises(LibraryFormatError, match="table images already exists"):
+        Catalog.open(tmp_path / "other-app.db")
+
+
 def test_paths_that_are_not_utf8_round_trip(catalog: Catalog) -> None:
     odd = os.fsdecode(b"/photos/caf\xe9 \n new.jpg")  # Latin-1 byte, a space and a newline
     image_id = add(catalog, odd, 1)

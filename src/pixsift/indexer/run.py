@@ -20,7 +20,7 @@ from pixsift.indexer.progress import IndexProgress, SilentProgress
 from pixsift.indexer.report import IndexInterrupted, IndexReport
 from pixsift.indexer.scan import ScanOptions, ScanResult, image_extensions, scan_folder
 from pixsift.models.embedder import Embedder
-from pixsift.storage.catalog import Catalog, CatalogWriter
+from pixsift.storage.catalog import Catalog, CatalogWriter, StoredEmbedding
 from pixsift.storage.records import KnownFile
 
 
@@ -116,7 +116,7 @@ class Indexer:
         """Apply everything that needs no model; return the candidates left to embed."""
         hashes = self._hash_move_candidates(plan.candidates)
         missing_by_hash = {row.content_hash: row for row in plan.missing if row.has_vector}
-        sources = self._catalog.embedded_by_hash(hashes.values())
+        sources = self._catalog.embeddings_by_hash(hashes.values())  # read before any write
         gone = {row.id for row in plan.missing}
         to_embed: list[Candidate] = []
         with self._catalog.write() as batch:
@@ -136,7 +136,7 @@ class Indexer:
         candidate: Candidate,
         content_hash: str,
         missing_by_hash: dict[str | None, KnownFile],
-        sources: dict[str, KnownFile],
+        sources: dict[str, StoredEmbedding],
         gone: set[int],
         report: IndexReport,
     ) -> bool:
@@ -152,18 +152,15 @@ class Indexer:
             gone.discard(moved_from.id)
             report.moved += 1
             return True
-        source = sources.get(content_hash) or moved_from
+        source = sources.get(content_hash)
         if source is None:
             return False
-        image_id = (
-            known.id
-            if known is not None
-            else batch.add_image(file.path, file.size, file.mtime_ns, content_hash)
-        )
-        if known is not None:
+        if known is None:
+            image_id = batch.add_image(file.path, file.size, file.mtime_ns, content_hash)
+        else:
+            image_id = known.id
             batch.touch_image(image_id, size=file.size, mtime_ns=file.mtime_ns)
-        if not batch.copy_embedding(image_id, source.id, content_hash=content_hash):
-            return False
+        batch.copy_embedding(image_id, source, content_hash=content_hash)
         report.reused += 1
         return True
 

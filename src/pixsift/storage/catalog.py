@@ -56,6 +56,16 @@ def folder_prefix_range(folder: str) -> tuple[bytes, bytes]:
 
 
 @dataclass(frozen=True)
+class StoredEmbedding:
+    """A stored vector (raw float32 bytes) with the metadata of the image it was made from."""
+
+    vector: bytes
+    width: int | None
+    height: int | None
+    format: str | None
+
+
+@dataclass(frozen=True)
 class VectorDelta:
     """The vector changes between a generation and now, read in one snapshot."""
 
@@ -134,18 +144,22 @@ class Catalog:
         with self._read() as session:
             return set(session.scalars(query))
 
-    def embedded_by_hash(self, hashes: Iterable[str]) -> dict[str, KnownFile]:
-        """For each content hash, one embedded image that has it."""
+    def embeddings_by_hash(self, hashes: Iterable[str]) -> dict[str, StoredEmbedding]:
+        """For each content hash, the vector and metadata of one embedded image that has it.
+
+        A snapshot: writes made afterwards (even to that image) do not change what it holds.
+        """
         wanted = list(set(hashes))
-        found: dict[str, KnownFile] = {}
+        found: dict[str, StoredEmbedding] = {}
+        query = select(Image.content_hash, Embedding.vector, Image.width, Image.height, Image.format)
+        query = query.join(Embedding, Embedding.image_id == Image.id)
         with self._read() as session:
             for chunk in _chunks(wanted):
-                query = _known_file_query().where(
-                    Image.content_hash.in_(chunk), Embedding.image_id.is_not(None)
-                )
-                for known in _known_files(session.execute(query)):
-                    assert known.content_hash is not None
-                    found.setdefault(known.content_hash, known)
+                for content_hash, vector, width, height, image_format in session.execute(
+                    query.where(Image.content_hash.in_(chunk))
+                ):
+                    stored = StoredEmbedding(vector, width, height, image_format)
+                    found.setdefault(str(content_hash), stored)
         return found
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageInfo]:
@@ -305,12 +319,8 @@ class CatalogWriter:
         )
         self._put_vector(image_id, vector_to_blob(vector))
 
-    def copy_embedding(self, image_id: int, source_id: int, *, content_hash: str) -> bool:
-        """Give `image_id` the vector and metadata of `source_id` (same bytes, same vector)."""
-        source = self._session.get(Image, source_id)
-        blob = self._session.scalar(select(Embedding.vector).where(Embedding.image_id == source_id))
-        if source is None or blob is None:
-            return False
+    def copy_embedding(self, image_id: int, source: StoredEmbedding, *, content_hash: str) -> None:
+        """Give `image_id` the vector and metadata of identical content embedded before."""
         self._update(
             image_id,
             content_hash=content_hash,
@@ -320,8 +330,7 @@ class CatalogWriter:
             error=None,
             indexed_at=utcnow(),
         )
-        self._put_vector(image_id, blob)
-        return True
+        self._put_vector(image_id, source.vector)
 
     def record_failure(
         self, image_id: int, error: str, *, size: int, mtime_ns: int, content_hash: str | None

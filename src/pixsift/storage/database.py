@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 
+from pixsift.errors import LibraryFormatError
 from pixsift.storage.migrations import migrate
 
 BUSY_TIMEOUT_MS = 30_000
@@ -26,8 +28,13 @@ def open_engine(db_path: Path) -> Engine:
     engine = create_engine(URL.create("sqlite", database=str(db_path)))
     event.listen(engine, "connect", _configure_connection)
     event.listen(engine, "begin", _begin)
-    with writer(engine).begin() as connection:
-        migrate(connection)
+    try:
+        with writer(engine).begin() as connection:
+            migrate(connection)
+    except DBAPIError as exc:  # not a database, another program's database, no permission
+        engine.dispose()
+        reason = str(exc.orig).strip() or type(exc.orig).__name__
+        raise LibraryFormatError(f"Cannot use {db_path} as a pixsift library: {reason}.") from exc
     return engine
 
 
