@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,25 @@ def test_size_and_mtime_come_from_the_scan(tmp_path: Path) -> None:
     os.utime(path, ns=(1_000_000_000, 2_000_000_000))
     result = scan_folder(str(tmp_path), ScanOptions())
     assert result.files[str(path)] == ScannedFile(str(path), 5, 2_000_000_000)
+
+
+def test_a_folder_that_vanishes_mid_scan_is_unknown_not_deleted(tmp_path: Path) -> None:
+    touch(tmp_path / "a" / "1.jpg")
+    touch(tmp_path / "b" / "2.jpg")
+    listed: list[int] = []
+
+    def remove_b_after_the_root_is_listed(found: int) -> None:
+        if not listed:
+            shutil.rmtree(tmp_path / "b")
+        listed.append(found)
+
+    result = scan_folder(str(tmp_path), ScanOptions(), on_folder=remove_b_after_the_root_is_listed)
+    assert list(result.files) == [str(tmp_path / "a" / "1.jpg")]
+    assert result.unreadable_dirs == [(str(tmp_path / "b"), "No such file or directory")]
+    known = {
+        str(tmp_path / "b" / "2.jpg"): KnownFile(1, str(tmp_path / "b" / "2.jpg"), 1, 1, "h", True, None)
+    }
+    assert plan_folder(result.files, known, [str(tmp_path / "b")]).missing == []
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads every folder")
