@@ -45,7 +45,7 @@ def embed_files(
     workers: int,
     max_pixels: int,
 ) -> Iterator[list[Outcome[JobT]]]:
-    """Yield the outcome of every (path, job) pair, in input order, one batch at a time.
+    """Yield the outcome of every (path, job) pair, one batch at a time.
 
     A file that cannot be decoded becomes an `Unreadable` outcome; it never stops the run.
     """
