@@ -27,10 +27,6 @@ class IndexReport:
     def embedded(self) -> int:
         return self.added + self.updated
 
-    @property
-    def changed_anything(self) -> bool:
-        return any((self.embedded, self.moved, self.reused, self.touched, self.removed, self.failed))
-
 
 class IndexInterrupted(KeyboardInterrupt):
     """Ctrl-C during an index run. Everything committed before it is kept; `report` says what."""

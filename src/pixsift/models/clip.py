@@ -85,10 +85,6 @@ class ClipEmbedder:
     def image_size(self) -> int:
         return self._image_size
 
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
     def preprocess(self, image: Image.Image) -> Any:
         return self._preprocess(image)
 

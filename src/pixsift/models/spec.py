@@ -5,10 +5,8 @@ Kept free of torch and open_clip imports so that reading a library's model stays
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -27,10 +25,6 @@ class ModelSpec:
     name: str
     pretrained: str
     config_json: str | None = None
-
-    @property
-    def config(self) -> dict[str, Any] | None:
-        return None if self.config_json is None else json.loads(self.config_json)
 
     @property
     def weights_are_file(self) -> bool:
