@@ -19,6 +19,7 @@ from pixsift import (
     Library,
     LibraryNotFoundError,
     ModelMismatchError,
+    QueryError,
     QueryTerm,
 )
 from sample_photos import make_photo, save, write_photos
@@ -162,6 +163,12 @@ def test_min_score_and_limit(open_library: Library, photos: Path, tiny_model: Ti
     assert open_library.search("a clock", k=100, min_score=1.01) == []
     with pytest.raises(ValueError, match="k must be"):
         open_library.search("a clock", k=0)
+    with pytest.raises(QueryError, match="64-dimensional"):
+        open_library.search_vector(np.ones(512), k=3)
+    with pytest.raises(QueryError, match="cancel each other out"):
+        open_library.search("a clock", minus=["a clock"])
+    with pytest.raises(QueryError, match="empty"):
+        open_library.search("  ")
 
 
 def test_incremental_rerun_skips_unchanged_files_without_loading_the_model(

@@ -26,6 +26,7 @@ from pixsift.errors import (
     LibraryBusyError,
     LibraryNotFoundError,
     ModelMismatchError,
+    QueryError,
 )
 from pixsift.indexer import Indexer, IndexProgress, IndexReport, IndexSettings, RootRequest
 from pixsift.indexer.decode import default_max_pixels, describe_error, load_image
@@ -290,10 +291,16 @@ class Library:
             raise ValueError("k must be at least 1")
         folder = None if under is None else self._existing_folder(under)
         vectors = self._refresh_vectors(save=False)
+        query = np.asarray(vector, dtype=np.float32)
+        if query.shape != (vectors.dim,):
+            raise QueryError(
+                f"A query vector of shape {query.shape} does not fit this library, whose model "
+                f"makes {vectors.dim}-dimensional vectors."
+            )
         return search_vector(
             self._catalog,
             vectors,
-            np.asarray(vector, dtype=np.float32),
+            query,
             k=k,
             min_score=min_score,
             under=folder,
