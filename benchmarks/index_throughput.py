@@ -7,7 +7,8 @@ Measured side by side in one run on the same machine:
      batch size (the compute limit);
   2. end to end: a fresh `pixsift index` of generated photos in a subprocess, as images/s of the
      embedding phase (decode + model + commits) and of the whole process (imports, model load);
-  3. the ratio of the embedding phase to encoder-only, and the command's peak memory.
+  3. the ratio of the embedding phase to encoder-only, and the command's peak memory;
+  4. decoding one photo, reduced scale (pixsift's path) against full size.
 The model is the default architecture with random weights: speed does not depend on their values.
 """
 
@@ -54,6 +55,34 @@ def encoder_only(model: str, checkpoint: Path, batch_size: int, seconds: float) 
     return done / (time.perf_counter() - started)
 
 
+def decode_ms(photos: Path, model: str, checkpoint: Path) -> tuple[float, float]:
+    """Milliseconds per photo, one thread: pixsift's reduced-scale path, and a full decode,
+    each followed by the model's own preprocessing."""
+    from PIL import Image
+
+    from pixsift.indexer.decode import default_max_pixels, load_image
+    from pixsift.models.clip import ClipEmbedder
+    from pixsift.models.naming import resolve_model_spec
+
+    embedder = ClipEmbedder.load(resolve_model_spec(model, str(checkpoint)), "cpu")
+    paths = sorted(photos.iterdir())
+    started = time.perf_counter()
+    for path in paths:
+        load_image(
+            str(path),
+            preprocess=embedder.preprocess,
+            target_size=embedder.image_size,
+            max_pixels=default_max_pixels(),
+        )
+    reduced = time.perf_counter() - started
+    started = time.perf_counter()
+    for path in paths:
+        with Image.open(path) as image:
+            embedder.preprocess(image)
+    full = time.perf_counter() - started
+    return 1000 * reduced / len(paths), 1000 * full / len(paths)
+
+
 def end_to_end(
     photos: Path, library: Path, model: str, checkpoint: Path, batch_size: int
 ) -> dict[str, float]:
@@ -84,6 +113,7 @@ def main() -> None:
         write_photos(work / "photos", args.count, size=(width, height), seed=1)
         checkpoint = random_checkpoint(args.model, work / "weights.pt")
         encoder = encoder_only(args.model, checkpoint, args.batch_size, args.seconds)
+        reduced_ms, full_ms = decode_ms(work / "photos", args.model, checkpoint)
         run = end_to_end(work / "photos", work / "library", args.model, checkpoint, args.batch_size)
 
     rows = [
@@ -91,6 +121,8 @@ def main() -> None:
         ("pixsift index, embedding phase (images/s)", f"{run['embed_rate']:.1f}"),
         ("pixsift index, whole process (images/s)", f"{run['process_rate']:.1f}"),
         ("embedding phase / encoder-only", f"{run['embed_rate'] / encoder:.2f}"),
+        ("decode + preprocess, reduced scale (ms/photo)", f"{reduced_ms:.0f}"),
+        ("decode + preprocess, full size (ms/photo)", f"{full_ms:.0f}"),
         ("pixsift index peak memory (MB)", f"{run['peak_mb']:.0f}"),
     ]
     print(f"{args.model}, {args.count} JPEGs of {args.size}, batch {args.batch_size}, CPU")
@@ -99,6 +131,7 @@ def main() -> None:
         print(f"{name:<{width_col}}  {value:>8}")
     if args.json:
         results = {"encoder_only_rate": encoder, **run, "ratio": run["embed_rate"] / encoder}
+        results |= {"decode_reduced_ms": reduced_ms, "decode_full_ms": full_ms}
         args.json.write_text(
             json.dumps({"settings": vars(args) | {"json": str(args.json)}, **results}, indent=2)
         )
