@@ -250,6 +250,36 @@ def status(
     )
 
 
+@app.command("eval")
+def evaluate(
+    queries: Annotated[
+        Path,
+        typer.Argument(help='JSONL file: {"query": TEXT or "image": PATH, "relevant": [PATHS or GLOBS]}.'),
+    ],
+    cutoffs: Annotated[
+        str, typer.Option("--cutoffs", help="Ranks at which to measure recall and precision.")
+    ] = "1,5,10",
+    output: Annotated[
+        StatusFormat, typer.Option("--format", "-f", help="table or json (with every query's ranks).")
+    ] = StatusFormat.table,
+    library: LibraryOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """How well the library answers labelled queries: recall@k, precision@k, MRR, latency."""
+    from pixsift.formatting import eval_as_json, format_eval
+
+    with _user_errors(), _open(library, device=device) as lib:
+        report = lib.evaluate(queries, _cutoffs(cutoffs))
+    typer.echo(eval_as_json(report) if output is StatusFormat.json else format_eval(report))
+
+
+def _cutoffs(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected whole numbers separated by commas, got {text!r}") from None
+
+
 def _terms(texts: list[str] | None) -> list[QueryTerm]:
     from pixsift.search import parse_weighted_text
 

@@ -1,4 +1,4 @@
-"""Text the command line prints: results, index summaries and library status.
+"""Text the command line prints: results, index summaries, library status and evaluations.
 
 JSON output escapes non-ASCII (`ensure_ascii`), so a file name that is not valid UTF-8 still
 makes valid JSON, and decodes back to the exact name in Python.
@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the command line imports this module before it needs the core
+    from pixsift.evaluation import EvalReport
     from pixsift.indexer import IndexReport
     from pixsift.library import LibraryStatus
     from pixsift.search import SearchResult
@@ -128,3 +129,23 @@ def status_as_json(status: LibraryStatus, failures: Sequence[Failure] | None) ->
     if failures is not None:
         data["failures"] = [{"path": f.path, "error": f.error} for f in failures]
     return json.dumps(data, indent=2)
+
+
+def format_eval(report: EvalReport) -> str:
+    """The evaluation as a small table: recall and precision at each cut-off, then MRR and latency."""
+    header = "".join(f"{'@' + str(k):>8}" for k in report.cutoffs)
+    lines = [
+        f"{len(report.per_query)} queries on {report.images:,} images, model {report.model}",
+        "",
+        f"{'':<12}{header}",
+        f"{'recall':<12}" + "".join(f"{report.recall(k):>8.3f}" for k in report.cutoffs),
+        f"{'precision':<12}" + "".join(f"{report.precision(k):>8.3f}" for k in report.cutoffs),
+        "",
+        f"MRR@{report.depth:<8}{report.mrr:.3f}",
+        f"median query latency  {report.median_latency_ms:.1f} ms",
+    ]
+    return "\n".join(lines)
+
+
+def eval_as_json(report: EvalReport) -> str:
+    return json.dumps(report.to_dict(), indent=2)

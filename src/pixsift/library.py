@@ -28,6 +28,7 @@ from pixsift.errors import (
     ModelMismatchError,
     QueryError,
 )
+from pixsift.evaluation import DEFAULT_CUTOFFS, EvalReport, LabelledQuery, evaluate, read_queries
 from pixsift.indexer import Indexer, IndexProgress, IndexReport, IndexSettings, RootRequest
 from pixsift.indexer.decode import default_max_pixels, describe_error, load_image
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
@@ -441,3 +442,17 @@ class Library:
     def failures(self, limit: int | None = None) -> list[Failure]:
         """Files that could not be indexed, with the reason, by path."""
         return self._catalog.failures(limit)
+
+    def evaluate(
+        self, query_file: str | os.PathLike[str], cutoffs: Sequence[int] = DEFAULT_CUTOFFS
+    ) -> EvalReport:
+        """Retrieval quality on labelled queries (see `pixsift.evaluation` for the file format)."""
+        record = self._require_model()
+        queries = read_queries(Path(query_file).expanduser())
+
+        def run(query: LabelledQuery, k: int) -> list[SearchResult]:
+            if query.text is not None:
+                return self.search(query.text, k)
+            return self.similar(str(query.image), k)
+
+        return evaluate(queries, self._catalog.embedded_paths(), run, cutoffs, record.spec.describe())

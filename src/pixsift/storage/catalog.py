@@ -182,6 +182,12 @@ class Catalog:
         with self._read() as session:
             return np.fromiter(session.scalars(query), dtype=np.int64)
 
+    def embedded_paths(self) -> list[str]:
+        """Paths of every image that has a vector, i.e. every image a search can return."""
+        query = select(Image.path).join(Embedding, Embedding.image_id == Image.id).order_by(Image.path)
+        with self._read() as session:
+            return list(session.scalars(query))
+
     def counts(self) -> CatalogCounts:
         with self._read() as session:
             total = session.scalar(select(func.count()).select_from(Image)) or 0

@@ -1,0 +1,199 @@
+"""Measuring retrieval quality on a user's own labelled queries: recall@k, precision@k, MRR.
+
+A query file is JSON Lines, one query per line:
+
+    {"query": "a red circle", "relevant": ["shapes/*red_circle*.jpg"]}
+    {"image": "shapes/00012_blue_star.jpg", "relevant": ["shapes/*blue_star*"]}
+
+`relevant` lists paths or glob patterns (relative ones are relative to the query file's folder)
+naming the images that answer the query. An image query leaves the query image itself out, as
+`pixsift similar` does.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixsift.errors import QueryError
+from pixsift.search.results import SearchResult
+
+DEFAULT_CUTOFFS = (1, 5, 10)
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class LabelledQuery:
+    """One line of a query file: a text or an image query and the images that answer it."""
+
+    line: int
+    relevant: tuple[str, ...]  # absolute paths or absolute glob patterns
+    text: str | None = None
+    image: str | None = None
+
+    def describe(self) -> str:
+        return self.text if self.text is not None else f"image {self.image}"
+
+
+@dataclass(frozen=True)
+class QueryOutcome:
+    """How one query fared: where its relevant images ranked (1-based) among the results."""
+
+    query: str
+    relevant: int
+    ranks: tuple[int, ...]
+    latency_ms: float
+
+    def recall(self, k: int) -> float:
+        return sum(rank <= k for rank in self.ranks) / self.relevant
+
+    def precision(self, k: int) -> float:
+        return sum(rank <= k for rank in self.ranks) / k
+
+    def reciprocal_rank(self) -> float:
+        return 1.0 / min(self.ranks) if self.ranks else 0.0
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Averages over all queries; `per_query` keeps each query's outcome for a closer look."""
+
+    cutoffs: tuple[int, ...]
+    images: int
+    per_query: tuple[QueryOutcome, ...]
+    model: str = ""
+
+    @property
+    def depth(self) -> int:
+        return max(self.cutoffs)
+
+    def recall(self, k: int) -> float:
+        return statistics.fmean(outcome.recall(k) for outcome in self.per_query)
+
+    def precision(self, k: int) -> float:
+        return statistics.fmean(outcome.precision(k) for outcome in self.per_query)
+
+    @property
+    def mrr(self) -> float:
+        """Mean reciprocal rank of the first relevant image within the top `depth` results."""
+        return statistics.fmean(outcome.reciprocal_rank() for outcome in self.per_query)
+
+    @property
+    def median_latency_ms(self) -> float:
+        return statistics.median(outcome.latency_ms for outcome in self.per_query)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "queries": len(self.per_query),
+            "images": self.images,
+            "model": self.model,
+            "recall": {str(k): round(self.recall(k), 4) for k in self.cutoffs},
+            "precision": {str(k): round(self.precision(k), 4) for k in self.cutoffs},
+            f"mrr@{self.depth}": round(self.mrr, 4),
+            "median_latency_ms": round(self.median_latency_ms, 2),
+            "per_query": [
+                {
+                    "query": o.query,
+                    "relevant": o.relevant,
+                    "ranks": list(o.ranks),
+                    "latency_ms": round(o.latency_ms, 2),
+                }
+                for o in self.per_query
+            ],
+        }
+
+
+def read_queries(path: Path) -> list[LabelledQuery]:
+    """Parse a query file, with an error naming the line for anything malformed."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise QueryError(f"Query file {path} not found.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise QueryError(f"Cannot read query file {path}: {exc}") from exc
+    base = path.resolve().parent
+    queries = [_parse_line(number, line, base) for number, line in enumerate(lines, 1) if line.strip()]
+    if not queries:
+        raise QueryError(f"Query file {path} has no queries.")
+    return queries
+
+
+def _parse_line(number: int, line: str, base: Path) -> LabelledQuery:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise QueryError(f"Line {number}: not valid JSON ({exc.msg}).") from exc
+    if not isinstance(record, dict):
+        raise QueryError(f"Line {number}: expected an object with 'query' (or 'image') and 'relevant'.")
+    text, image, relevant = record.get("query"), record.get("image"), record.get("relevant")
+    if (text is None) == (image is None) or not isinstance(text or image, str) or not (text or image):
+        raise QueryError(f"Line {number}: give either a 'query' text or an 'image' path.")
+    if isinstance(relevant, str):
+        relevant = [relevant]
+    if not isinstance(relevant, list) or not relevant or not all(isinstance(r, str) for r in relevant):
+        raise QueryError(f"Line {number}: 'relevant' must be a non-empty list of paths or glob patterns.")
+    return LabelledQuery(
+        line=number,
+        relevant=tuple(_absolute(pattern, base) for pattern in relevant),
+        text=text,
+        image=_absolute(image, base) if image is not None else None,
+    )
+
+
+def _absolute(pattern: str, base: Path) -> str:
+    expanded = os.path.expanduser(pattern)
+    return os.path.normpath(expanded if os.path.isabs(expanded) else os.path.join(base, expanded))
+
+
+def relevant_paths(query: LabelledQuery, indexed: Sequence[str]) -> set[str]:
+    """The indexed images that `query`'s relevant paths and patterns name."""
+    indexed_set = set(indexed)
+    found: set[str] = set()
+    for pattern in query.relevant:
+        if _GLOB_CHARS.isdisjoint(pattern):
+            found.update({pattern} & indexed_set)
+        else:
+            found.update(fnmatch.filter(indexed, pattern))
+    if query.image is not None:  # the query image is never among its own results
+        found -= {query.image, os.path.realpath(query.image)}
+    if not found:
+        raise QueryError(
+            f"Line {query.line}: no indexed image matches its relevant paths ({', '.join(query.relevant)})."
+        )
+    return found
+
+
+Searcher = Callable[[LabelledQuery, int], list[SearchResult]]
+
+
+def evaluate(
+    queries: Sequence[LabelledQuery],
+    indexed: Sequence[str],
+    search: Searcher,
+    cutoffs: Sequence[int] = DEFAULT_CUTOFFS,
+    model: str = "",
+) -> EvalReport:
+    """Run every query through `search` and score its ranking against the relevant images.
+
+    The first query is run once untimed, so loading the model does not count as query latency.
+    """
+    if not cutoffs or min(cutoffs) < 1:
+        raise QueryError("Cut-offs must be positive whole numbers, e.g. 1,5,10.")
+    cutoffs = tuple(sorted(set(cutoffs)))
+    depth = max(cutoffs)
+    judged = [(query, relevant_paths(query, indexed)) for query in queries]
+    search(queries[0], depth)
+    outcomes = []
+    for query, relevant in judged:
+        started = time.perf_counter()
+        results = search(query, depth)
+        latency_ms = (time.perf_counter() - started) * 1000
+        ranks = tuple(hit.rank for hit in results if str(hit.path) in relevant)
+        outcomes.append(QueryOutcome(query.describe(), len(relevant), ranks, latency_ms))
+    return EvalReport(cutoffs, len(indexed), tuple(outcomes), model)

@@ -1,0 +1,96 @@
+"""`pixsift eval` and `Library.evaluate`: metrics from real rankings, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TinyModel
+from pixsift import Library, QueryError
+from pixsift.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def indexed(open_library: Library, photos: Path, tiny_model: TinyModel) -> Library:
+    shutil.copy(photos / "photo_0100.jpg", photos / "twin.jpg")  # the same pixels: cosine 1
+    open_library.index(photos, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint))
+    return open_library
+
+
+def write_queries(path: Path, *lines: object) -> Path:
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def test_metrics_follow_the_ranking(indexed: Library, photos: Path, tmp_path: Path) -> None:
+    queries = write_queries(
+        tmp_path / "queries.jsonl",
+        {"image": str(photos / "photo_0100.jpg"), "relevant": [str(photos / "twin.jpg")]},
+        {"query": "anything at all", "relevant": ["Photos/*.jpg"]},  # relative to the query file
+    )
+    report = indexed.evaluate(queries, cutoffs=[1, 5, 10])
+
+    twin, everything = report.per_query
+    assert twin.ranks == (1,)  # an identical image is the nearest neighbour
+    assert (twin.recall(1), twin.precision(5), twin.reciprocal_rank()) == (1.0, 0.2, 1.0)
+    assert everything.relevant == 13 and everything.ranks == tuple(range(1, 11))
+    assert everything.precision(5) == 1.0 and everything.recall(10) == pytest.approx(10 / 13)
+    assert report.recall(1) == pytest.approx((1.0 + 1 / 13) / 2)
+    assert report.mrr == 1.0 and report.images == 13 and report.median_latency_ms > 0
+
+
+def test_eval_command_prints_a_table_and_json(indexed: Library, photos: Path, tmp_path: Path) -> None:
+    queries = write_queries(
+        tmp_path / "q.jsonl",
+        {"image": str(photos / "twin.jpg"), "relevant": [str(photos / "photo_0100.jpg")]},
+    )
+    library = ["--library", str(indexed.path)]
+    table = runner.invoke(app, ["eval", str(queries), *library])
+    assert table.exit_code == 0, table.output
+    assert "1 queries on 13 images" in table.output
+    assert "recall         1.000   1.000   1.000" in table.output
+
+    as_json = runner.invoke(app, ["eval", str(queries), *library, "--format", "json", "--cutoffs", "2,1"])
+    data = json.loads(as_json.output)
+    assert data["recall"] == {"1": 1.0, "2": 1.0} and data["precision"]["2"] == 0.5
+    assert data["mrr@2"] == 1.0 and data["per_query"][0]["ranks"] == [1]
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (["{not json"], "Line 1: not valid JSON"),
+        ([{"query": "x"}], "Line 1: 'relevant' must be a non-empty list"),
+        (
+            [{"query": "x", "image": "y.jpg", "relevant": ["a"]}],
+            "Line 1: give either a 'query' text or an 'image'",
+        ),
+        (["", {"query": "x", "relevant": ["nowhere/*.png"]}], "Line 2: no indexed image matches"),
+        ([], "has no queries"),
+    ],
+)
+def test_bad_query_files_are_refused_by_line(
+    indexed: Library, tmp_path: Path, lines: list[object], message: str
+) -> None:
+    queries = write_queries(tmp_path / "bad.jsonl", *lines)
+    with pytest.raises(QueryError, match=message):
+        indexed.evaluate(queries)
+    result = runner.invoke(app, ["eval", str(queries), "--library", str(indexed.path)])
+    assert result.exit_code == 1 and message in result.output
+
+
+def test_eval_usage_errors(indexed: Library, tmp_path: Path) -> None:
+    library = ["--library", str(indexed.path)]
+    missing = runner.invoke(app, ["eval", str(tmp_path / "none.jsonl"), *library])
+    assert missing.exit_code == 1 and "not found" in missing.output
+    queries = write_queries(tmp_path / "q.jsonl", {"query": "x", "relevant": ["Photos/*"]})
+    bad = runner.invoke(app, ["eval", str(queries), *library, "--cutoffs", "one"])
+    assert bad.exit_code == 2
+    zero = runner.invoke(app, ["eval", str(queries), *library, "--cutoffs", "0"])
+    assert zero.exit_code == 1 and "Cut-offs must be positive" in zero.output
