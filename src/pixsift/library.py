@@ -596,11 +596,20 @@ class Library:
     def thumbnail(self, image_id: int, size: int = 256) -> Path:
         """A JPEG thumbnail of an image, at most `size` pixels on its long side, cached on disk."""
         source = self.image_file(image_id)
-        return thumbnail(source, self.path / THUMBNAILS_DIR, image_id, size, self.max_pixels)
+        # Indexed files passed the indexer's own pixel limit: the query limit is for uploads.
+        return thumbnail(source, self.path / THUMBNAILS_DIR, image_id, size, default_max_pixels())
 
     def resolve_inside_roots(self, path: str | os.PathLike[str]) -> str:
         """`path`, resolved, if it lies inside one of the library's roots; else AccessDeniedError."""
         return resolve_inside(path, [root.path for root in self._catalog.roots()])
+
+    def check_reindex(self, paths: Sequence[str | os.PathLike[str]]) -> None:
+        """Raise now what `reindex(*paths)` would refuse (a path outside the roots, no roots),
+        so a caller that runs it in the background can answer at once."""
+        if not paths and not self._catalog.roots():
+            raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
+        for path in paths:
+            self._scoped_request(path)
 
     def delete(self, image_id: int, *, wait_s: float = 2.0) -> ImageInfo:
         """Remove an image (its metadata and vector) from the library; its file is left alone.
