@@ -323,6 +323,17 @@ def test_limits(own: tuple[Library, Path], tmp_path: Path) -> None:
         encoded = base64.b64encode(big).decode()
         assert_error(http.post("/similar", json={"image_base64": encoded}), 413)
         assert_error(http.post("/similar", files={"file": small.getvalue()}), 413, "image_too_large")
+        huge = b'{"q": "x", "plus": ["' + b"y" * (2 * len(big)) + b'"]}'
+        assert_error(http.post("/search", content=huge, headers={"content-type": "application/json"}), 413)
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams in
+            yield b'{"q": "x", "plus": ["'
+            for _ in range(2 * len(big) // 65536 + 1):
+                yield b"y" * 65536
+            yield b'"]}'
+
+        streamed = http.post("/search", content=chunks(), headers={"content-type": "application/json"})
+        assert_error(streamed, 413, "upload_too_large")
         assert_error(http.get("/search", params={"q": "x", "k": 201}), 422, "invalid_request")
         assert_error(http.get("/search", params={"q": "x", "k": 0}), 422, "invalid_request")
         assert_error(http.post("/search", json={"q": "x" * 1001}), 422, "invalid_request")

@@ -12,6 +12,7 @@ from pixsift.server import admin_routes, image_routes, search_routes
 from pixsift.server.auth import require_read_access
 from pixsift.server.errors import AsciiJSONResponse, install_error_handlers
 from pixsift.server.jobs import JobManager
+from pixsift.server.limits import BodyLimitMiddleware
 from pixsift.server.schemas import Health
 from pixsift.server.settings import ServerSettings
 
@@ -38,6 +39,8 @@ def create_app(library: Library, settings: ServerSettings | None = None) -> Fast
     app.state.settings = settings
     app.state.jobs = JobManager(library)
     install_error_handlers(app)
+    # Room for an upload at the limit in base64 or multipart; other bodies are far smaller.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes * 4 // 3 + 64 * 1024)
 
     @app.get("/healthz", response_model=Health, tags=["service"])
     def healthz() -> Health:
