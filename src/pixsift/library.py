@@ -37,7 +37,6 @@ from pixsift.errors import (
 from pixsift.indexer import Indexer, IndexProgress, IndexReport, IndexSettings, RootRequest
 from pixsift.indexer.decode import default_max_pixels, describe_error, open_oriented
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
-from pixsift.models.batching import TextBatcher
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
 from pixsift.search.diversity import mmr_order
 from pixsift.search.engine import fetch_size, nearest, ranked_hits, to_results
@@ -113,7 +112,6 @@ class Library:
         # in place, which must not overlap a search, and the model must be loaded only once.
         self._vectors_lock = threading.RLock()
         self._embedder_lock = threading.Lock()
-        self._text_batcher = TextBatcher()
 
     # ---- opening and closing ---------------------------------------------------------------
 
@@ -527,8 +525,8 @@ class Library:
                 rows[position], ids[position] = self._image_vector(example.image)
             else:
                 texts.append((position, example.text or ""))
-        if texts:  # concurrent queries from other threads share one model call
-            embedded = self._text_batcher.embed(self._embedder_or_load(), [text for _, text in texts])
+        if texts:
+            embedded = self._embedder_or_load().embed_texts([text for _, text in texts])
             for (position, _), vector in zip(texts, embedded, strict=True):
                 rows[position] = vector
         return np.stack([row for row in rows if row is not None]), ids
