@@ -254,6 +254,8 @@ def during_indexing(
     final = httpx.get(f"{url}/jobs/{job['id']}").json()
     if final["state"] != "succeeded" or final["report"]["added"] != count:
         raise RuntimeError(f"the index job did not add the photos: {final}")
+    elapsed = final["report"]["elapsed_s"]
+    print(f"index job: {count} photos in {elapsed:.1f} s ({count / elapsed:.1f} photos/s)", flush=True)
     return result
 
 

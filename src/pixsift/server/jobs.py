@@ -7,8 +7,10 @@ catalog is read in WAL snapshots and the FAISS index catches up between searches
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import uuid
 from collections import OrderedDict
@@ -22,6 +24,7 @@ from pixsift.server.errors import ApiError
 
 log = logging.getLogger("pixsift.server")
 HISTORY = 100  # finished jobs remembered for GET /jobs/{id}
+JOB_NICENESS = 10
 
 
 @dataclass
@@ -94,6 +97,7 @@ class JobManager:
             return None if self._running is None else dataclasses.replace(self._running)
 
     def _run(self, job: Job) -> None:
+        _lower_priority()
         with self._lock:
             job.state, job.started_at = "running", datetime.now(UTC)
         try:
@@ -112,3 +116,11 @@ class JobManager:
             job.report, job.error = report, error
             job.finished_at = datetime.now(UTC)
             self._running = None
+
+
+def _lower_priority() -> None:
+    """Let searches come first: on Linux a thread's nice value is its own, and the threads it
+    starts (decode workers, torch's compute threads) inherit it, so the whole job yields the
+    CPU to request threads. Elsewhere, or without permission, the job runs as it is."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), JOB_NICENESS)

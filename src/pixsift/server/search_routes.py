@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from pixsift.library import Example, Library
-from pixsift.search import QueryTerm
+from pixsift.search import QueryTerm, SearchResult
 from pixsift.server.deps import ERRORS, core_filters, filter_params, library_of
 from pixsift.server.schemas import (
     ID_MAX,
@@ -92,9 +92,11 @@ async def similar_to_upload(
     """Images most like an image sent with the request: a multipart upload (field `file`) or
     JSON `{"image_base64": ...}`. Size and megapixel limits apply."""
     data = await read_query_image(request, request.app.state.settings.max_upload_bytes)
-    core = core_filters(library, filters)
-    hits = await run_in_threadpool(library.similar, data, k, min_score=min_score, filters=core)
-    return Results.of(hits)
+
+    def run() -> list[SearchResult]:  # decoding and the model: off the event loop
+        return library.similar(data, k, min_score=min_score, filters=core_filters(library, filters))
+
+    return Results.of(await run_in_threadpool(run))
 
 
 @router.post("/recommend", response_model=Results, tags=["search"])
