@@ -575,7 +575,7 @@ class Library:
         except (OSError, ValueError):
             exists = False
         if not exists:
-            raise InvalidPathError(f"--under: folder {folder} does not exist.")
+            raise InvalidPathError(f"The folder to search under, {folder}, does not exist.")
         return str(folder.resolve())
 
     # ---- single images -------------------------------------------------------------------------
