@@ -14,8 +14,11 @@ __version__ = "0.1.0"
 
 # Names are imported on first use, so `import pixsift` (and `pixsift --help`) stays instant.
 _EXPORTS = {
+    "AccessDeniedError": "pixsift.errors",
     "EmptyLibraryError": "pixsift.errors",
     "ImageError": "pixsift.errors",
+    "ImageNotFoundError": "pixsift.errors",
+    "ImageTooLargeError": "pixsift.errors",
     "InvalidPathError": "pixsift.errors",
     "LibraryBusyError": "pixsift.errors",
     "LibraryFormatError": "pixsift.errors",
@@ -32,6 +35,7 @@ _EXPORTS = {
     "ModelRecord": "pixsift.models",
     "ModelSpec": "pixsift.models",
     "QueryTerm": "pixsift.search",
+    "SearchFilters": "pixsift.search",
     "SearchResult": "pixsift.search",
     "Failure": "pixsift.storage",
 }
@@ -46,8 +50,11 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from pixsift.errors import (
+        AccessDeniedError,
         EmptyLibraryError,
         ImageError,
+        ImageNotFoundError,
+        ImageTooLargeError,
         InvalidPathError,
         LibraryBusyError,
         LibraryFormatError,
@@ -60,13 +67,16 @@ if TYPE_CHECKING:
     from pixsift.indexer import IndexInterrupted, IndexProgress, IndexReport
     from pixsift.library import Library, LibraryStatus
     from pixsift.models import ModelRecord, ModelSpec
-    from pixsift.search import QueryTerm, SearchResult
+    from pixsift.search import QueryTerm, SearchFilters, SearchResult
     from pixsift.storage import Failure
 
 __all__ = [
+    "AccessDeniedError",
     "EmptyLibraryError",
     "Failure",
     "ImageError",
+    "ImageNotFoundError",
+    "ImageTooLargeError",
     "IndexInterrupted",
     "IndexProgress",
     "IndexReport",
@@ -83,6 +93,7 @@ __all__ = [
     "PixsiftError",
     "QueryError",
     "QueryTerm",
+    "SearchFilters",
     "SearchResult",
     "__version__",
 ]

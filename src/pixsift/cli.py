@@ -280,6 +280,52 @@ def _cutoffs(text: str) -> list[int]:
         raise typer.BadParameter(f"expected whole numbers separated by commas, got {text!r}") from None
 
 
+@app.command()
+def serve(
+    library: LibraryOpt = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on; beyond loopback an API key is required.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
+    api_key: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--api-key",
+            envvar="PIXSIFT_API_KEY",
+            help="Key clients send in the X-API-Key header; enables writes (16+ characters).",
+            show_default=False,
+            show_envvar=True,
+        ),
+    ] = None,
+    max_upload_mb: Annotated[
+        float, typer.Option("--max-upload-mb", min=0.1, max=1024, help="Largest query image upload, in MB.")
+    ] = 20.0,
+    max_megapixels: Annotated[
+        float, typer.Option("--max-megapixels", min=0.1, max=1000, help="Largest query image, in megapixels.")
+    ] = 50.0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Serve the library over HTTP (JSON API, OpenAPI docs at /docs). Needs pixsift[server]."""
+    try:
+        from pixsift.server.run import serve as run_server
+        from pixsift.server.settings import check_bind
+    except ImportError as exc:
+        typer.echo(
+            f"error: the HTTP service needs its extra: pip install 'pixsift[server]' ({exc})", err=True
+        )
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    from dataclasses import replace
+
+    with _user_errors():
+        settings = replace(
+            check_bind(host, api_key),
+            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            max_megapixels=max_megapixels,
+        )
+        with _open(library, device=device) as lib:
+            run_server(lib, host, port, settings)
+
+
 def _terms(texts: list[str] | None) -> list[QueryTerm]:
     from pixsift.search import parse_weighted_text
 

@@ -44,3 +44,15 @@ class ImageError(PixsiftError):
 
 class QueryError(PixsiftError):
     """A search query is empty or malformed."""
+
+
+class ImageTooLargeError(ImageError):
+    """An image has more pixels than the limit allowed for it (a possible decompression bomb)."""
+
+
+class ImageNotFoundError(PixsiftError):
+    """An image id that the library does not hold (never indexed, or removed since)."""
+
+
+class AccessDeniedError(InvalidPathError):
+    """A path outside the library's indexed folders, which pixsift will not read or serve."""

@@ -9,19 +9,25 @@ and `library.lock` (held by the one process allowed to index at a time).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 from filelock import FileLock, Timeout
+from PIL import Image as PILImage
 
+from pixsift.access import resolve_inside
 from pixsift.config import resolve_library_dir
 from pixsift.errors import (
     EmptyLibraryError,
     ImageError,
+    ImageNotFoundError,
+    ImageTooLargeError,
     InvalidPathError,
     LibraryBusyError,
     LibraryNotFoundError,
@@ -30,10 +36,14 @@ from pixsift.errors import (
 )
 from pixsift.evaluation import DEFAULT_CUTOFFS, EvalReport, LabelledQuery, evaluate, read_queries
 from pixsift.indexer import Indexer, IndexProgress, IndexReport, IndexSettings, RootRequest
-from pixsift.indexer.decode import default_max_pixels, describe_error, load_image
+from pixsift.indexer.decode import default_max_pixels, describe_error, open_oriented
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
-from pixsift.search import QueryTerm, SearchResult, as_terms, combine, search_vector
-from pixsift.storage import Catalog, CatalogCounts, Failure, RootInfo
+from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
+from pixsift.search.diversity import mmr_order
+from pixsift.search.engine import fetch_size, nearest, ranked_hits, to_results
+from pixsift.search.recommend import RocchioWeights, rocchio
+from pixsift.storage import Catalog, CatalogCounts, Failure, ImageInfo, RootInfo
+from pixsift.thumbnails import thumbnail
 
 if TYPE_CHECKING:
     from pixsift.storage.vector_index import VectorIndex
@@ -42,6 +52,14 @@ DB_NAME = "library.db"
 INDEX_NAME = "vectors.faiss"
 LOCK_NAME = "library.lock"
 LOCK_WAIT_S = 10.0  # a search may hold the lock briefly while it saves a rebuilt index
+THUMBNAILS_DIR = "thumbnails"
+MMR_POOL_MIN = 50  # candidates MMR chooses from: enough variety beyond the top k
+MMR_POOL_MAX = 1000
+DEFAULT_ROCCHIO = RocchioWeights()
+
+# An example for `recommend` and `similar`: an image id, an image file (a Path, or a str for
+# `similar`), a text (a str for `recommend`), an image's encoded bytes, or a weighted term.
+Example = Union[int, str, "os.PathLike[str]", bytes, QueryTerm]
 
 EmbedderLoader = Callable[[ModelSpec, str], Embedder]
 
@@ -81,14 +99,20 @@ class Library:
         *,
         device: str = "auto",
         load_embedder: EmbedderLoader = _load_clip,
+        max_pixels: int | None = None,
     ) -> None:
         self.path = folder
+        self.max_pixels = max_pixels or default_max_pixels()  # query images above it are refused
         self._catalog = catalog
         self._device = device
         self._load_embedder = load_embedder
         self._embedder: Embedder | None = None
         self._vectors: VectorIndex | None = None
         self._lock = FileLock(folder / LOCK_NAME)
+        # One Library may serve many threads (the HTTP service): the FAISS index is caught up
+        # in place, which must not overlap a search, and the model must be loaded only once.
+        self._vectors_lock = threading.RLock()
+        self._embedder_lock = threading.Lock()
 
     # ---- opening and closing ---------------------------------------------------------------
 
@@ -99,11 +123,13 @@ class Library:
         *,
         create: bool = True,
         device: str = "auto",
+        max_pixels: int | None = None,
     ) -> Library:
         """Open the library in folder `path` (default: `$PIXSIFT_LIBRARY` or the user data dir).
 
         With `create=False` a missing library raises LibraryNotFoundError instead of being made.
         `device` is where the model runs: "auto" (CUDA when available), "cpu" or "cuda".
+        `max_pixels` bounds the images given as queries (default: Pillow's bomb threshold).
         """
         folder = resolve_library_dir(path)
         db_path = folder / DB_NAME
@@ -115,7 +141,7 @@ class Library:
             if folder.exists() and not folder.is_dir():
                 raise InvalidPathError(f"Library path {folder} exists and is not a folder.")
             folder.mkdir(parents=True, exist_ok=True)
-        return cls(folder, Catalog.open(db_path), device=device)
+        return cls(folder, Catalog.open(db_path), device=device, max_pixels=max_pixels)
 
     def close(self) -> None:
         self._catalog.close()
@@ -155,30 +181,85 @@ class Library:
         `reembed` is set, which re-embeds every image with the new model.
         """
         requests, skipped = self._root_requests(roots, include_hidden, follow_symlinks)
+        with self._index_lock(LOCK_WAIT_S):
+            embedder = self._embedder_for_indexing(model, pretrained, reembed)
+            report = self._run_indexer(requests, embedder, batch_size, workers, progress)
+        report.skipped_roots = skipped
+        return report
+
+    def reindex(
+        self,
+        *paths: str | os.PathLike[str],
+        batch_size: int = 32,
+        workers: int | None = None,
+        progress: IndexProgress | None = None,
+    ) -> IndexReport:
+        """Bring folders or files inside the library's roots up to date; with none, every root.
+
+        Unlike `index`, this never adds a root: each path must lie inside one already indexed
+        (else AccessDeniedError), and is walked with that root's options. A file is indexed with
+        the rest of its folder (unchanged files there are not opened).
+        """
+        if not paths:
+            return self.index(batch_size=batch_size, workers=workers, progress=progress)
+        requests = [self._scoped_request(path) for path in paths]
+        with self._index_lock(LOCK_WAIT_S):
+            embedder = self._embedder_for_indexing(None, None, reembed=False)
+            return self._run_indexer(requests, embedder, batch_size, workers, progress)
+
+    def _scoped_request(self, path: str | os.PathLike[str]) -> RootRequest:
+        roots = self._catalog.roots()
+        resolved = resolve_inside(path, [root.path for root in roots])
+        if not os.path.exists(resolved):
+            raise InvalidPathError(f"{os.fspath(path)} does not exist.")
+        folder = resolved if os.path.isdir(resolved) else os.path.dirname(resolved)
+        # The innermost root holding it decides how to walk (hidden files, links).
+        root = max(
+            (
+                r
+                for r in roots
+                if folder == os.path.realpath(r.path)
+                or folder.startswith(os.path.join(os.path.realpath(r.path), ""))
+            ),
+            key=lambda r: len(r.path),
+        )
+        scope = None if folder == os.path.realpath(root.path) else folder
+        return RootRequest(root.path, root.include_hidden, root.follow_symlinks, scope=scope)
+
+    @contextmanager
+    def _index_lock(self, wait_s: float) -> Iterator[None]:
+        """Hold the library's write lock, taken within `wait_s` seconds or LibraryBusyError."""
         try:
-            self._lock.acquire(timeout=LOCK_WAIT_S)
+            self._lock.acquire(timeout=wait_s)
         except Timeout:
             raise LibraryBusyError(
-                f"Another pixsift process is indexing the library at {self.path}; "
+                f"Another pixsift process or job is indexing the library at {self.path}; "
                 "wait for it to finish, then run this again."
             ) from None
         try:
-            embedder = self._embedder_for_indexing(model, pretrained, reembed)
-            settings = IndexSettings(
-                batch_size=batch_size,
-                workers=workers or IndexSettings().workers,
-                max_pixels=default_max_pixels(),
-                exclude=(str(self.path),),
-            )
-            try:
-                report = Indexer(self._catalog, embedder, settings, progress).run(requests)
-            finally:  # also after Ctrl-C: save what was committed into the FAISS index
-                if self._catalog.model() is not None:
-                    self._refresh_vectors(save=True)
+            yield
         finally:
             self._lock.release()
-        report.skipped_roots = skipped
-        return report
+
+    def _run_indexer(
+        self,
+        requests: Sequence[RootRequest],
+        embedder: Callable[[], Embedder],
+        batch_size: int,
+        workers: int | None,
+        progress: IndexProgress | None,
+    ) -> IndexReport:
+        settings = IndexSettings(
+            batch_size=batch_size,
+            workers=workers or IndexSettings().workers,
+            max_pixels=default_max_pixels(),
+            exclude=(str(self.path),),
+        )
+        try:
+            return Indexer(self._catalog, embedder, settings, progress).run(requests)
+        finally:  # also after Ctrl-C: save what was committed into the FAISS index
+            if self._catalog.model() is not None:
+                self._refresh_vectors(save=True)
 
     def _root_requests(
         self, roots: Sequence[str | os.PathLike[str]], include_hidden: bool, follow_symlinks: bool
@@ -242,26 +323,103 @@ class Library:
         minus: Sequence[str | QueryTerm] = (),
         min_score: float | None = None,
         under: str | os.PathLike[str] | None = None,
+        filters: SearchFilters | None = None,
     ) -> list[SearchResult]:
         """Images ranked by similarity to `text`, optionally pulled towards `plus` terms and
         away from `minus` terms. Scores are cosine similarities."""
         terms = [QueryTerm(text=text), *as_terms(plus, 1.0), *as_terms(minus, -1.0)]
-        return self.search_terms(terms, k, min_score=min_score, under=under)
+        return self.search_terms(terms, k, min_score=min_score, under=under, filters=filters)
+
+    def search_many(
+        self,
+        texts: Sequence[str],
+        k: int = 10,
+        *,
+        min_score: float | None = None,
+        filters: SearchFilters | None = None,
+    ) -> list[list[SearchResult]]:
+        """`search` for many texts at once: one model call and one FAISS call for them all."""
+        if not texts:
+            return []
+        vectors, _ = self._example_vectors([QueryTerm(text=text) for text in texts])
+        return self._rank(vectors, k, filters, [set() for _ in texts], min_score)
 
     def similar(
         self,
-        image: str | os.PathLike[str],
+        image: int | str | os.PathLike[str] | bytes,
         k: int = 10,
         *,
         plus: Sequence[str | QueryTerm] = (),
         minus: Sequence[str | QueryTerm] = (),
         min_score: float | None = None,
         under: str | os.PathLike[str] | None = None,
+        filters: SearchFilters | None = None,
     ) -> list[SearchResult]:
-        """Images ranked by similarity to the image file `image` (indexed or not); the image
-        itself is left out of the results."""
-        terms = [QueryTerm(image=os.fspath(image)), *as_terms(plus, 1.0), *as_terms(minus, -1.0)]
-        return self.search_terms(terms, k, min_score=min_score, under=under)
+        """Images ranked by similarity to `image`: an indexed image's id, an image file
+        (indexed or not) or an image's encoded bytes. The image itself is left out."""
+        if plus or minus:
+            if not isinstance(image, (str, os.PathLike)):
+                raise QueryError("plus and minus terms combine with an image file only.")
+            terms = [QueryTerm(image=os.fspath(image)), *as_terms(plus, 1.0), *as_terms(minus, -1.0)]
+            return self.search_terms(terms, k, min_score=min_score, under=under, filters=filters)
+        return self.similar_many([image], k, min_score=min_score, filters=_merge(filters, under))[0]
+
+    def similar_many(
+        self,
+        images: Sequence[int | str | os.PathLike[str] | bytes],
+        k: int = 10,
+        *,
+        min_score: float | None = None,
+        filters: SearchFilters | None = None,
+    ) -> list[list[SearchResult]]:
+        """`similar` for many images at once (ids, files or bytes): one FAISS call for all."""
+        if not images:
+            return []
+        examples: list[Example] = [
+            os.fspath(item) if isinstance(item, os.PathLike) else item for item in images
+        ]
+        examples = [QueryTerm(image=item) if isinstance(item, str) else item for item in examples]
+        vectors, ids = self._example_vectors(examples)
+        excludes = [set() if image_id is None else {image_id} for image_id in ids]
+        return self._rank(vectors, k, filters, excludes, min_score)
+
+    def recommend(
+        self,
+        positive: Sequence[Example],
+        negative: Sequence[Example] = (),
+        k: int = 10,
+        *,
+        filters: SearchFilters | None = None,
+        exclude: Sequence[int] = (),
+        diversity: float = 0.0,
+        min_score: float | None = None,
+        weights: RocchioWeights = DEFAULT_ROCCHIO,
+    ) -> list[SearchResult]:
+        """Images like the `positive` examples and unlike the `negative` ones.
+
+        Examples are image ids (int), image files (a Path), texts (a str), encoded image bytes
+        or QueryTerms; they are combined with Rocchio's formula. The examples that are indexed
+        images and the `exclude` ids (say, what the user has already seen) are never returned.
+        `diversity` from 0 (plain ranking) to 1 trades relevance for variety with MMR.
+        """
+        if not 0.0 <= diversity <= 1.0:
+            raise QueryError(f"diversity must be from 0 to 1, not {diversity}.")
+        if k < 1:
+            raise QueryError("k must be at least 1.")
+        rows, ids = self._example_vectors([*positive, *negative])
+        query = rocchio(rows[: len(positive)], rows[len(positive) :], weights)
+        excluded = {int(i) for i in exclude} | {i for i in ids if i is not None}
+        if diversity == 0.0:
+            return self._rank(query[None, :], k, filters, [excluded], min_score)[0]
+        pool = min(max(4 * k, MMR_POOL_MIN), MMR_POOL_MAX)
+        hits = self._hits(query[None, :], pool, filters, [excluded], min_score)[0]
+        stored = self._catalog.vectors(image_id for _, image_id in hits)
+        hits = [hit for hit in hits if hit[1] in stored]
+        if not hits:
+            return []
+        relevance = np.array([score for score, _ in hits], dtype=np.float32)
+        order = mmr_order(relevance, np.stack([stored[i] for _, i in hits]), k, diversity)
+        return to_results(self._catalog, [[hits[position] for position in order]])[0]
 
     def search_terms(
         self,
@@ -270,13 +428,15 @@ class Library:
         *,
         min_score: float | None = None,
         under: str | os.PathLike[str] | None = None,
+        filters: SearchFilters | None = None,
     ) -> list[SearchResult]:
         """Images ranked by a weighted combination of text and image terms."""
         if not terms:
             raise ValueError("search_terms needs at least one term")
-        vectors, query_ids = self._term_vectors(terms)
+        vectors, query_ids = self._example_vectors(terms)
         query = combine(vectors, [term.weight for term in terms])
-        return self.search_vector(query, k, min_score=min_score, under=under, exclude_ids=query_ids)
+        excluded = {image_id for image_id in query_ids if image_id is not None}
+        return self._rank(query[None, :], k, _merge(filters, under), [excluded], min_score)[0]
 
     def search_vector(
         self,
@@ -285,44 +445,92 @@ class Library:
         *,
         min_score: float | None = None,
         under: str | os.PathLike[str] | None = None,
+        filters: SearchFilters | None = None,
         exclude_ids: Sequence[int] | set[int] = (),
     ) -> list[SearchResult]:
         """Images ranked by cosine similarity to an embedding `vector`."""
+        query = np.asarray(vector, dtype=np.float32)
+        if query.ndim != 1:
+            raise QueryError(f"A query vector must be one-dimensional, not of shape {query.shape}.")
+        return self._rank(query[None, :], k, _merge(filters, under), [set(exclude_ids)], min_score)[0]
+
+    def _rank(
+        self,
+        queries: np.ndarray,
+        k: int,
+        filters: SearchFilters | None,
+        excludes: Sequence[set[int]],
+        min_score: float | None,
+    ) -> list[list[SearchResult]]:
+        """The top `k` results of each query row (one FAISS call), named from the catalog."""
+        return to_results(self._catalog, self._hits(queries, k, filters, excludes, min_score))
+
+    def _hits(
+        self,
+        queries: np.ndarray,
+        k: int,
+        filters: SearchFilters | None,
+        excludes: Sequence[set[int]],
+        min_score: float | None,
+    ) -> list[list[tuple[float, int]]]:
         if k < 1:
             raise ValueError("k must be at least 1")
-        folder = None if under is None else self._existing_folder(under)
-        vectors = self._refresh_vectors(save=False)
-        query = np.asarray(vector, dtype=np.float32)
-        if query.shape != (vectors.dim,):
-            raise QueryError(
-                f"A query vector of shape {query.shape} does not fit this library, whose model "
-                f"makes {vectors.dim}-dimensional vectors."
-            )
-        return search_vector(
-            self._catalog,
-            vectors,
-            query,
-            k=k,
-            min_score=min_score,
-            under=folder,
-            exclude_ids=set(exclude_ids),
+        allowed = self._allowed_ids(filters)
+        with self._vectors_lock:  # the index must not be caught up under a running search
+            vectors = self._refresh_vectors(save=False)
+            if queries.shape[1:] != (vectors.dim,):
+                raise QueryError(
+                    f"A query vector of shape {queries.shape[1:]} does not fit this library, whose "
+                    f"model makes {vectors.dim}-dimensional vectors."
+                )
+            fetch = fetch_size(vectors, k, max(len(excluded) for excluded in excludes))
+            scores, ids = nearest(vectors, queries, fetch, allowed)
+        return [
+            ranked_hits(row_scores, row_ids, exclude_ids=excluded, min_score=min_score)[:k]
+            for row_scores, row_ids, excluded in zip(scores, ids, excludes, strict=True)
+        ]
+
+    def _allowed_ids(self, filters: SearchFilters | None) -> np.ndarray | None:
+        """The ids a search may return under `filters`, or None when nothing is filtered."""
+        if filters is None or filters.is_empty:
+            return None
+        folder = None if filters.under is None else self._existing_folder(filters.under)
+        return self._catalog.ids_matching(
+            folder=folder,
+            formats=filters.format_names(),
+            min_width=filters.min_width,
+            min_height=filters.min_height,
         )
 
-    def _term_vectors(self, terms: Sequence[QueryTerm]) -> tuple[np.ndarray, set[int]]:
-        """One row per term; also the ids of indexed images used as query images."""
-        rows: list[np.ndarray | None] = [None] * len(terms)
-        query_ids: set[int] = set()
-        for position, term in enumerate(terms):
-            if term.image is not None:
-                rows[position], image_id = self._image_vector(term.image)
-                if image_id is not None:
-                    query_ids.add(image_id)
-        texts = [(p, t.text) for p, t in enumerate(terms) if t.text is not None]
+    def _example_vectors(self, examples: Sequence[Example]) -> tuple[np.ndarray, list[int | None]]:
+        """One vector per example, in order; also the id of each that is an indexed image."""
+        rows: list[np.ndarray | None] = [None] * len(examples)
+        ids: list[int | None] = [None] * len(examples)
+        wanted_ids = [e for e in examples if isinstance(e, int) and not isinstance(e, bool)]
+        stored = self._catalog.vectors(wanted_ids) if wanted_ids else {}
+        texts: list[tuple[int, str]] = []
+        for position, example in enumerate(examples):
+            if isinstance(example, bool):
+                raise QueryError("An example is an image id, an image file, a text or image bytes.")
+            if isinstance(example, int):
+                if example not in stored:
+                    raise ImageNotFoundError(f"No indexed image has id {example}.")
+                rows[position], ids[position] = stored[example], example
+            elif isinstance(example, bytes):
+                rows[position] = self._bytes_vector(example)
+            elif isinstance(example, os.PathLike):
+                rows[position], ids[position] = self._image_vector(os.fspath(example))
+            elif isinstance(example, str):
+                texts.append((position, QueryTerm(text=example).text or ""))
+            elif example.image is not None:
+                rows[position], ids[position] = self._image_vector(example.image)
+            else:
+                texts.append((position, example.text or ""))
         if texts:
             embedded = self._embedder_or_load().embed_texts([text for _, text in texts])
             for (position, _), vector in zip(texts, embedded, strict=True):
                 rows[position] = vector
-        return np.stack([row for row in rows if row is not None]), query_ids
+        return np.stack([row for row in rows if row is not None]), ids
 
     def _image_vector(self, image: str) -> tuple[np.ndarray, int | None]:
         """An image file's vector: the stored one if the file is indexed and unchanged."""
@@ -331,31 +539,101 @@ class Library:
             stat = os.stat(path)
         except FileNotFoundError:
             raise InvalidPathError(f"Image {path} not found.") from None
-        except OSError as exc:
-            raise InvalidPathError(f"Cannot read image {path}: {exc.strerror}") from None
+        except (OSError, ValueError) as exc:
+            raise InvalidPathError(f"Cannot read image {path}: {describe_error(exc)}") from None
         # Indexed paths start from a resolved root: a path given through a link may differ.
         known = self._catalog.known_file(path) or self._catalog.known_file(os.path.realpath(path))
         if known is not None and known.size == stat.st_size and known.mtime_ns == stat.st_mtime_ns:
             stored = self._catalog.vector(known.id) if known.has_vector else None
             if stored is not None:
                 return stored, known.id
-        embedder = self._embedder_or_load()
         try:
-            decoded = load_image(
-                path,
-                preprocess=embedder.preprocess,
-                target_size=embedder.image_size,
-                max_pixels=default_max_pixels(),
-            )
-        except Exception as exc:  # any decode failure is the file's fault, told as such
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
             raise ImageError(f"Cannot read image {path}: {describe_error(exc)}") from exc
-        return embedder.embed_images([decoded.pixels])[0], known.id if known else None
+        return self._bytes_vector(data, name=path), known.id if known else None
+
+    def _bytes_vector(self, data: bytes, *, name: str | None = None) -> np.ndarray:
+        """The vector of an encoded image (JPEG, PNG...) given as bytes, read from file `name`."""
+        embedder = self._embedder_or_load()
+        label = f"image {name}" if name else "the image given"
+        try:
+            image, *_ = open_oriented(data, embedder.image_size, self.max_pixels)
+            pixels = embedder.preprocess(image)
+        except PILImage.DecompressionBombError:
+            raise ImageTooLargeError(
+                f"Cannot read {label}: it has more pixels than the limit of {self.max_pixels:,}."
+            ) from None
+        except Exception as exc:  # any decode failure is the image's fault, told as such
+            raise ImageError(f"Cannot read {label}: {describe_error(exc)}") from exc
+        return np.asarray(embedder.embed_images([pixels])[0], dtype=np.float32)
 
     def _existing_folder(self, under: str | os.PathLike[str]) -> str:
         folder = Path(under).expanduser()
-        if not folder.is_dir():
-            raise InvalidPathError(f"--under: folder {folder} does not exist.")
+        try:
+            exists = folder.is_dir()
+        except (OSError, ValueError):
+            exists = False
+        if not exists:
+            raise InvalidPathError(f"The folder to search under, {folder}, does not exist.")
         return str(folder.resolve())
+
+    # ---- single images -------------------------------------------------------------------------
+
+    def image(self, image_id: int) -> ImageInfo:
+        """An image's stored metadata; ImageNotFoundError if the library holds no such id."""
+        info = self._catalog.image(image_id)
+        if info is None:
+            raise ImageNotFoundError(f"No image in the library has id {image_id}.")
+        return info
+
+    def image_file(self, image_id: int) -> str:
+        """The file of an image, resolved, after checking it still lies inside an indexed root
+        (a file replaced by a link to elsewhere is refused with AccessDeniedError)."""
+        info = self.image(image_id)
+        return resolve_inside(info.path, [root.path for root in self._catalog.roots()], what="Image")
+
+    def thumbnail(self, image_id: int, size: int = 256) -> Path:
+        """A JPEG thumbnail of an image, at most `size` pixels on its long side, cached on disk."""
+        source = self.image_file(image_id)
+        # Indexed files passed the indexer's own pixel limit: the query limit is for uploads.
+        return thumbnail(source, self.path / THUMBNAILS_DIR, image_id, size, default_max_pixels())
+
+    def resolve_inside_roots(self, path: str | os.PathLike[str]) -> str:
+        """`path`, resolved, if it lies inside one of the library's roots; else AccessDeniedError."""
+        return resolve_inside(path, [root.path for root in self._catalog.roots()])
+
+    def check_reindex(self, paths: Sequence[str | os.PathLike[str]]) -> None:
+        """Raise now what `reindex(*paths)` would refuse (a path outside the roots, no roots),
+        so a caller that runs it in the background can answer at once."""
+        if not paths and not self._catalog.roots():
+            raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
+        for path in paths:
+            self._scoped_request(path)
+
+    def delete(self, image_id: int, *, wait_s: float = 2.0) -> ImageInfo:
+        """Remove an image (its metadata and vector) from the library; its file is left alone.
+
+        A later index run of its folder adds the file again if it is still there. Waits up to
+        `wait_s` seconds for a running index run, then raises LibraryBusyError.
+        """
+        info = self.image(image_id)
+        with self._index_lock(wait_s):
+            with self._catalog.write() as batch:
+                batch.delete_images([image_id])
+            if self._catalog.model() is not None:
+                self._refresh_vectors(save=True)
+        return info
+
+    def warm_up(self) -> None:
+        """Load the model and the search index now rather than on the first search (a server
+        does this at start); an empty library has neither yet, and is left as it is."""
+        if self._catalog.model() is None:
+            return
+        self._embedder_or_load()
+        with self._vectors_lock:
+            self._refresh_vectors(save=False)
 
     # ---- the model and the vector index ------------------------------------------------------
 
@@ -365,16 +643,17 @@ class Library:
         Checked on every call, so a long-lived Library follows another process's --reembed.
         """
         record = self._require_model()
-        if self._embedder is None or self._embedder.record != record:
-            embedder = self._load_embedder(record.spec, self._device)
-            if embedder.record.fingerprint != record.fingerprint:
-                raise ModelMismatchError(
-                    f"The weights of {record.spec.describe()} are not the ones this library was "
-                    f"indexed with (fingerprint {embedder.record.fingerprint}, expected "
-                    f"{record.fingerprint}). Restore them, or re-embed with pixsift index --reembed."
-                )
-            self._embedder = embedder
-        return self._embedder
+        with self._embedder_lock:  # many threads may ask at once: load the model once
+            if self._embedder is None or self._embedder.record != record:
+                embedder = self._load_embedder(record.spec, self._device)
+                if embedder.record.fingerprint != record.fingerprint:
+                    raise ModelMismatchError(
+                        f"The weights of {record.spec.describe()} are not the ones this library was "
+                        f"indexed with (fingerprint {embedder.record.fingerprint}, expected "
+                        f"{record.fingerprint}). Restore them, or re-embed with pixsift index --reembed."
+                    )
+                self._embedder = embedder
+            return self._embedder
 
     def _require_model(self) -> ModelRecord:
         record = self._catalog.model()
@@ -393,13 +672,14 @@ class Library:
         from pixsift.storage.vector_index import catch_up, open_vector_index, read_generation
 
         dim = self._require_model().embed_dim
-        if self._vectors is not None and self._vectors.dim == dim:
-            self._vectors = catch_up(self._catalog, self._vectors)
-        else:
-            self._vectors = open_vector_index(self._catalog, self.index_path, dim)
-        if read_generation(self.index_path) != self._vectors.generation:
-            self._save_vectors(self._vectors, holding_lock=save)
-        return self._vectors
+        with self._vectors_lock:  # catching up changes the index in place
+            if self._vectors is not None and self._vectors.dim == dim:
+                self._vectors = catch_up(self._catalog, self._vectors)
+            else:
+                self._vectors = open_vector_index(self._catalog, self.index_path, dim)
+            if read_generation(self.index_path) != self._vectors.generation:
+                self._save_vectors(self._vectors, holding_lock=save)
+            return self._vectors
 
     def _save_vectors(self, vectors: VectorIndex, *, holding_lock: bool) -> None:
         """Write the index and trim the change log it now covers; readers only if no one indexes."""
@@ -456,3 +736,12 @@ class Library:
             return self.similar(str(query.image), k)
 
         return evaluate(queries, self._catalog.embedded_paths(), run, cutoffs, record.spec.describe())
+
+
+def _merge(filters: SearchFilters | None, under: str | os.PathLike[str] | None) -> SearchFilters | None:
+    """`filters` with the older `under=` argument folded in."""
+    if under is None:
+        return filters
+    if filters is not None and filters.under is not None:
+        raise QueryError("Give the folder once: either under= or filters.under, not both.")
+    return (filters or SearchFilters()).with_under(os.fspath(under))

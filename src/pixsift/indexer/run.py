@@ -31,6 +31,12 @@ class RootRequest:
     path: str
     include_hidden: bool = False
     follow_symlinks: bool = False
+    scope: str | None = None  # a folder inside the root: index only that part of it
+
+    @property
+    def folder(self) -> str:
+        """The folder this request scans: its scope, or the whole root."""
+        return self.scope or self.path
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class Indexer:
         Ctrl-C raises IndexInterrupted, after the batches already embedded were committed.
         """
         started = time.monotonic()
-        report = IndexReport(roots=[root.path for root in roots])
+        report = IndexReport(roots=[root.folder for root in roots])
         with self._catalog.write() as batch:
             for root in roots:
                 batch.upsert_root(
@@ -75,7 +81,8 @@ class Indexer:
                 self._embed(embed_queue, report)
             with self._catalog.write() as batch:
                 for root in roots:
-                    batch.mark_root_indexed(root.path)
+                    if root.scope is None:  # only a whole root counts as indexed
+                        batch.mark_root_indexed(root.path)
         except KeyboardInterrupt as interrupt:
             report.interrupted = True
             report.elapsed_s = time.monotonic() - started
@@ -99,10 +106,10 @@ class Indexer:
                 extensions=extensions,
                 exclude=self._settings.exclude,
             )
-            found = scan_folder(root.path, options, on_folder=self._progress.advance)
+            found = scan_folder(root.folder, options, on_folder=self._progress.advance)
             scan.files.update(found.files)
             scan.unreadable_dirs.extend(found.unreadable_dirs)
-            known.update(self._catalog.known_files(root.path))
+            known.update(self._catalog.known_files(root.folder))
         self._progress.stop()
         report.scanned = len(scan.files)
         report.unreadable_dirs = scan.unreadable_dirs

@@ -1,8 +1,12 @@
-"""Ranking images for a query vector: FAISS finds the ids, the catalog names them."""
+"""Ranking images for query vectors: FAISS finds the ids, the catalog names them.
+
+The search is split in two so the caller can hold its index lock only around the FAISS part:
+`nearest` asks the index, `to_results` turns ids into named, ranked results.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,49 +19,59 @@ if TYPE_CHECKING:  # importing FAISS takes a while; only search time needs it
     from pixsift.storage.vector_index import VectorIndex
 
 
-def search_vector(
-    catalog: Catalog,
-    index: VectorIndex,
-    query: np.ndarray,
-    *,
-    k: int,
-    min_score: float | None = None,
-    under: str | None = None,
-    exclude_ids: Collection[int] = (),
-) -> list[SearchResult]:
-    """The `k` images nearest to `query`, best first.
+def fetch_size(index: VectorIndex, k: int, excluded: int) -> int:
+    """How many neighbours to ask FAISS for so that `k` remain after dropping `excluded` ids."""
+    return max(1, min(k + excluded, index.count))
 
-    `under` keeps only images inside that folder; the restriction is applied inside FAISS, so
-    it never leaves fewer than `k` results while more matching images exist.
+
+def nearest(
+    index: VectorIndex, queries: np.ndarray, fetch: int, allowed: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS's top-`fetch` (scores, ids) per query row, only among `allowed` ids when given.
+
+    The restriction is applied inside FAISS, so it never leaves fewer results than exist.
     """
-    allowed = catalog.ids_under(under) if under is not None else None
     if allowed is not None and not len(allowed):
-        return []
-    fetch = min(k + len(exclude_ids), max(index.count, 1))
-    scores, ids = index.search(query.reshape(1, -1), fetch, allowed)
-    hits = [
+        empty = np.full((len(queries), 1), -1, dtype=np.int64)
+        return np.zeros((len(queries), 1), dtype=np.float32), empty
+    return index.search(queries, fetch, allowed)
+
+
+def ranked_hits(
+    scores: np.ndarray, ids: np.ndarray, *, exclude_ids: Collection[int], min_score: float | None
+) -> list[tuple[float, int]]:
+    """One query's (score, id) pairs, best first, without misses, excluded ids or weak scores."""
+    return [
         (float(score), int(image_id))
-        for score, image_id in zip(scores[0], ids[0], strict=True)
-        if image_id >= 0 and int(image_id) not in exclude_ids
+        for score, image_id in zip(scores, ids, strict=True)
+        if image_id >= 0
+        and int(image_id) not in exclude_ids
+        and (min_score is None or float(score) >= min_score)
     ]
-    if min_score is not None:
-        hits = [(score, image_id) for score, image_id in hits if score >= min_score]
-    hits = hits[:k]
-    infos = catalog.images(image_id for _, image_id in hits)
-    results: list[SearchResult] = []
-    for score, image_id in hits:
-        info = infos.get(image_id)
-        if info is None:  # removed from the catalog after this index snapshot was taken
-            continue
-        results.append(
-            SearchResult(
-                rank=len(results) + 1,
-                score=score,
-                id=image_id,
-                path=Path(info.path),
-                width=info.width,
-                height=info.height,
-                format=info.format,
+
+
+def to_results(
+    catalog: Catalog, hits_per_query: Sequence[Sequence[tuple[float, int]]]
+) -> list[list[SearchResult]]:
+    """Ranked results for each query's (score, id) pairs, named by one catalog read."""
+    infos = catalog.images({image_id for hits in hits_per_query for _, image_id in hits})
+    all_results: list[list[SearchResult]] = []
+    for hits in hits_per_query:
+        results: list[SearchResult] = []
+        for score, image_id in hits:
+            info = infos.get(image_id)
+            if info is None:  # removed from the catalog after this index snapshot was taken
+                continue
+            results.append(
+                SearchResult(
+                    rank=len(results) + 1,
+                    score=score,
+                    id=image_id,
+                    path=Path(info.path),
+                    width=info.width,
+                    height=info.height,
+                    format=info.format,
+                )
             )
-        )
-    return results
+        all_results.append(results)
+    return all_results

@@ -35,11 +35,22 @@ class QueryTerm:
             raise QueryError("A query term is either a text or an image, not both or neither.")
         if self.text is not None and not self.text.strip():
             raise QueryError("A query text is empty.")
+        if self.text is not None and not _encodable(self.text):
+            raise QueryError("A query text holds characters that are not valid Unicode.")
         if not math.isfinite(self.weight):
             raise QueryError(f"Query weight {self.weight} is not a finite number.")
 
     def scaled(self, factor: float) -> QueryTerm:
         return QueryTerm(self.text, self.image, self.weight * factor)
+
+
+def _encodable(text: str) -> bool:
+    """False for strings with lone surrogates (possible in JSON), which no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_weighted_text(term: str) -> QueryTerm:

@@ -171,14 +171,33 @@ class Catalog:
                     found[row.id] = _image_info(row)
         return found
 
+    def image(self, image_id: int) -> ImageInfo | None:
+        return self.images([image_id]).get(image_id)
+
     def ids_under(self, folder: str) -> np.ndarray:
         """Ids of the embedded images inside `folder` (recursively)."""
-        low, high = folder_prefix_range(folder)
-        query = (
-            select(Image.id)
-            .join(Embedding, Embedding.image_id == Image.id)
-            .where(Image.path >= low, Image.path < high)
-        )
+        return self.ids_matching(folder=folder)
+
+    def ids_matching(
+        self,
+        *,
+        folder: str | None = None,
+        formats: Sequence[str] = (),
+        min_width: int | None = None,
+        min_height: int | None = None,
+    ) -> np.ndarray:
+        """Ids of the embedded images inside `folder` (recursively), in one of `formats`, at
+        least `min_width` by `min_height` pixels; an argument left out does not restrict."""
+        query = select(Image.id).join(Embedding, Embedding.image_id == Image.id)
+        if folder is not None:
+            low, high = folder_prefix_range(folder)
+            query = query.where(Image.path >= low, Image.path < high)
+        if formats:
+            query = query.where(Image.format.in_(list(formats)))
+        if min_width is not None:
+            query = query.where(Image.width >= min_width)
+        if min_height is not None:
+            query = query.where(Image.height >= min_height)
         with self._read() as session:
             return np.fromiter(session.scalars(query), dtype=np.int64)
 
@@ -206,6 +225,17 @@ class Catalog:
         with self._read() as session:
             blob = session.scalar(select(Embedding.vector).where(Embedding.image_id == image_id))
         return None if blob is None else blob_to_vector(blob)
+
+    def vectors(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """The stored vectors of the images among `ids` that have one, by id."""
+        wanted = [int(i) for i in ids]
+        found: dict[int, np.ndarray] = {}
+        query = select(Embedding.image_id, Embedding.vector)
+        with self._read() as session:
+            for chunk in _chunks(wanted):
+                for image_id, blob in session.execute(query.where(Embedding.image_id.in_(chunk))):
+                    found[int(image_id)] = blob_to_vector(blob)
+        return found
 
     def all_vectors(self, chunk_size: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every vector, as chunks of (ids, vectors), from one consistent snapshot."""

@@ -20,12 +20,18 @@ from pixsift.errors import LibraryFormatError
 from pixsift.storage.migrations import migrate
 
 BUSY_TIMEOUT_MS = 30_000
+# Connections per process: an HTTP service reads from many threads at once; SQLite connections
+# are cheap, and a thread must never wait for one while others read.
+POOL_SIZE = 8
+POOL_OVERFLOW = 64
 _BEGIN_OPTION = "pixsift_begin"
 
 
 def open_engine(db_path: Path) -> Engine:
     """An engine on the database file at `db_path`, created and migrated if needed."""
-    engine = create_engine(URL.create("sqlite", database=str(db_path)))
+    engine = create_engine(
+        URL.create("sqlite", database=str(db_path)), pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW
+    )
     event.listen(engine, "connect", _configure_connection)
     event.listen(engine, "begin", _begin)
     try:

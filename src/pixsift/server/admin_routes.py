@@ -1,0 +1,71 @@
+"""Indexing jobs, health and statistics."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
+
+from pixsift.library import Library
+from pixsift.server.auth import require_write_access
+from pixsift.server.deps import ERRORS, jobs_of, library_of
+from pixsift.server.errors import ApiError
+from pixsift.server.jobs import Job, JobManager
+from pixsift.server.schemas import IndexBody, JobView, ModelView, RootView, Stats
+
+router = APIRouter(responses=ERRORS)
+LibraryDep = Annotated[Library, Depends(library_of)]
+JobsDep = Annotated[JobManager, Depends(jobs_of)]
+
+
+def _view(job: Job) -> JobView:
+    return JobView(**vars(job))
+
+
+@router.post(
+    "/index",
+    response_model=JobView,
+    status_code=202,
+    tags=["indexing"],
+    dependencies=[Depends(require_write_access)],
+)
+def start_index(jobs: JobsDep, body: IndexBody | None = None) -> JobView:
+    """Index folders or files inside the library's roots (all roots when `paths` is empty) in
+    the background. One job at a time; poll GET /jobs/{id}. Needs the API key."""
+    return _view(jobs.submit(list(body.paths) if body else []))
+
+
+@router.get("/jobs/{job_id}", response_model=JobView, tags=["indexing"])
+def job(jobs: JobsDep, job_id: Annotated[str, Path(min_length=1, max_length=64)]) -> JobView:
+    """An index job's state and progress: phase, steps done of total, and its report at the end."""
+    found = jobs.get(job_id)
+    if found is None:
+        raise ApiError(404, "job_not_found", f"No index job {job_id} (finished jobs are kept for a while).")
+    return _view(found)
+
+
+@router.get("/stats", response_model=Stats, tags=["service"])
+def stats(library: LibraryDep, jobs: JobsDep) -> Stats:
+    """How many images, which model, which roots, how fresh the index, what is running."""
+    status = library.status()
+    model = status.model
+    running = jobs.running()
+    return Stats(
+        images=status.counts.total,
+        indexed=status.counts.indexed,
+        failed=status.counts.failed,
+        pending=status.counts.pending,
+        model=None
+        if model is None
+        else ModelView(
+            name=model.spec.name,
+            pretrained=model.spec.pretrained,
+            embed_dim=model.embed_dim,
+            fingerprint=model.fingerprint,
+        ),
+        roots=[RootView(path=r.path, last_indexed_at=r.last_indexed_at) for r in status.roots],
+        generation=status.generation,
+        index_file=status.index_file.state,
+        disk_bytes=status.disk_bytes,
+        running_job=None if running is None else running.id,
+    )

@@ -1,0 +1,55 @@
+"""The app factory: one Library and its job manager shared by every request thread."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from pixsift import __version__
+from pixsift.library import Library
+from pixsift.server import admin_routes, image_routes, search_routes
+from pixsift.server.auth import require_read_access
+from pixsift.server.errors import AsciiJSONResponse, install_error_handlers
+from pixsift.server.jobs import JobManager
+from pixsift.server.limits import BodyLimitMiddleware
+from pixsift.server.schemas import Health
+from pixsift.server.settings import ServerSettings
+
+log = logging.getLogger("pixsift.server")
+
+DESCRIPTION = """Semantic image search over one pixsift library: text search, "more like
+this", recommendations from examples, and background indexing.
+
+Reads are open on loopback; writes (`POST /index`, `DELETE /images/{id}`) need the API key in
+the `X-API-Key` header, and so does everything when the service listens beyond loopback."""
+
+
+def create_app(library: Library, settings: ServerSettings | None = None) -> FastAPI:
+    """A FastAPI app serving `library`. The caller owns the library and closes it after."""
+    settings = settings or ServerSettings()
+    library.max_pixels = settings.max_pixels  # query images from clients stay below it
+    app = FastAPI(
+        title="pixsift",
+        version=__version__,
+        description=DESCRIPTION,
+        default_response_class=AsciiJSONResponse,
+    )
+    app.state.library = library
+    app.state.settings = settings
+    app.state.jobs = JobManager(library)
+    install_error_handlers(app)
+    # Room for an upload at the limit in base64 or multipart; other bodies are far smaller.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes * 4 // 3 + 64 * 1024)
+
+    @app.get("/healthz", response_model=Health, tags=["service"])
+    def healthz() -> Health:
+        """Whether the service is up (no key needed, for load balancers and monitors)."""
+        return Health(status="ok")
+
+    protected = APIRouter(dependencies=[Depends(require_read_access)])
+    protected.include_router(search_routes.router)
+    protected.include_router(image_routes.router)
+    protected.include_router(admin_routes.router)
+    app.include_router(protected)
+    return app

@@ -1,0 +1,48 @@
+"""Shared request plumbing: the library and job manager of the app, and filters from a query."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from pixsift.library import Library
+from pixsift.search import SearchFilters
+from pixsift.server.jobs import JobManager
+from pixsift.server.schemas import PATH_MAX, ErrorBody, Filters
+
+# Documented error answers, shared by every route.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422)
+}
+
+
+def library_of(request: Request) -> Library:
+    library: Library = request.app.state.library
+    return library
+
+
+def jobs_of(request: Request) -> JobManager:
+    jobs: JobManager = request.app.state.jobs
+    return jobs
+
+
+def core_filters(library: Library, filters: Filters) -> SearchFilters:
+    """The core's filters; a folder must lie inside the roots, so nothing else can be probed."""
+    under = None if filters.under is None else library.resolve_inside_roots(filters.under)
+    return filters.to_core(under)
+
+
+def filter_params(
+    under: Annotated[str | None, Query(min_length=1, max_length=PATH_MAX)] = None,
+    format: Annotated[list[str] | None, Query(max_length=16)] = None,
+    min_width: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
+    min_height: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
+) -> Filters:
+    """Filters given as query parameters (`format` may repeat)."""
+    try:
+        return Filters(under=under, formats=format or [], min_width=min_width, min_height=min_height)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None

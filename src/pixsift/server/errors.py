@@ -1,0 +1,119 @@
+"""Every error as a JSON body `{"error": code, "message": text}` with a 4xx status.
+
+The core's PixsiftError subclasses already carry messages written for users; this module only
+chooses their HTTP status. A request that fails validation gets 422 with the details.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from pixsift.errors import (
+    AccessDeniedError,
+    EmptyLibraryError,
+    ImageError,
+    ImageNotFoundError,
+    ImageTooLargeError,
+    InvalidPathError,
+    LibraryBusyError,
+    ModelError,
+    PixsiftError,
+    QueryError,
+)
+
+log = logging.getLogger("pixsift.server")
+
+# Most specific first: the first class an error is an instance of decides.
+_STATUS: list[tuple[type[PixsiftError], int, str]] = [
+    (ImageNotFoundError, 404, "image_not_found"),
+    (AccessDeniedError, 403, "access_denied"),
+    (ImageTooLargeError, 413, "image_too_large"),
+    (ImageError, 422, "bad_image"),
+    (InvalidPathError, 400, "invalid_path"),
+    (QueryError, 400, "bad_query"),
+    (EmptyLibraryError, 409, "empty_library"),
+    (LibraryBusyError, 409, "library_busy"),
+    (ModelError, 503, "model_unavailable"),  # the server's model, not the request, is at fault
+]
+
+
+class ApiError(Exception):
+    """An error the service itself raises (auth, limits, jobs), with its status and code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: file names that are not valid UTF-8 (kept
+    as lone surrogates) and odd client input echoed in errors still make valid JSON."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def error_response(status: int, code: str, message: str, **extra: object) -> JSONResponse:
+    return AsciiJSONResponse({"error": code, "message": message, **extra}, status_code=status)
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Where and why a request is invalid; the offending input is not echoed back (it may not
+    even be representable in JSON, such as NaN)."""
+    return [
+        {
+            "loc": [str(part) for part in error.get("loc", ())],
+            "msg": str(error.get("msg", "")),
+            "type": str(error.get("type", "")),
+        }
+        for error in exc.errors()
+    ]
+
+
+def status_of(error: PixsiftError) -> tuple[int, str]:
+    for cls, status, code in _STATUS:
+        if isinstance(error, cls):
+            return status, code
+    return 400, "bad_request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PixsiftError)
+    async def _pixsift(_: Request, exc: PixsiftError) -> JSONResponse:
+        status, code = status_of(exc)
+        return error_response(status, code, str(exc))
+
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "ApiKey"} if exc.status == 401 else None
+        response = error_response(exc.status, exc.code, exc.message)
+        if headers:
+            response.headers.update(headers)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = _validation_details(exc)
+        return error_response(422, "invalid_request", "The request does not match the API.", details=details)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
+        code = codes.get(exc.status_code, "http_error")
+        response = error_response(exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # a bug: say so, log it
+        log.exception("unexpected error", exc_info=exc)
+        return error_response(500, "internal_error", "An unexpected error occurred; see the server log.")

@@ -1,0 +1,211 @@
+"""The JSON the service reads and writes, as pydantic models (they make the OpenAPI schema).
+
+Every field is bounded (lengths, counts, ranges), so a request can only ask for a bounded
+amount of work, and anything outside the bounds is a 422 before any work starts.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pixsift.search import SearchFilters, SearchResult
+from pixsift.server.settings import K_MAX
+from pixsift.storage import ImageInfo
+
+ID_MAX = 2**63 - 1  # SQLite's and FAISS's id range
+TEXT_MAX = 1000  # characters in a query text; CLIP reads 77 tokens of it anyway
+PATH_MAX = 4096
+EXAMPLES_MAX = 64
+
+ImageId = Annotated[int, Field(ge=1, le=ID_MAX)]
+Text = Annotated[str, Field(min_length=1, max_length=TEXT_MAX)]
+K = Annotated[int, Field(ge=1, le=K_MAX, description=f"How many results, 1 to {K_MAX}.")]
+MinScore = Annotated[float | None, Field(ge=-1.0, le=1.0, allow_inf_nan=False)]
+FormatName = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9]+$")]
+PathText = Annotated[str, Field(min_length=1, max_length=PATH_MAX)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Filters(_Strict):
+    """Which images may be returned; every field left out allows everything."""
+
+    under: PathText | None = Field(default=None, description="A folder inside the library's roots.")
+    formats: list[FormatName] = Field(default_factory=list, max_length=16, examples=[["JPEG", "PNG"]])
+    min_width: int | None = Field(default=None, ge=1, le=1_000_000)
+    min_height: int | None = Field(default=None, ge=1, le=1_000_000)
+
+    def to_core(self, under: str | None) -> SearchFilters:
+        """The core's filters, with `under` already resolved inside the roots by the caller."""
+        return SearchFilters(
+            under=under, formats=tuple(self.formats), min_width=self.min_width, min_height=self.min_height
+        )
+
+
+class SearchBody(_Strict):
+    q: Text = Field(examples=["a dog running on a beach"])
+    k: K = 10
+    plus: list[Text] = Field(default_factory=list, max_length=16, description="Texts to pull towards.")
+    minus: list[Text] = Field(default_factory=list, max_length=16, description="Texts to push away from.")
+    min_score: MinScore = None
+    filters: Filters = Filters()
+
+
+class BatchSearchBody(_Strict):
+    queries: list[Text] = Field(min_length=1, max_length=64)
+    k: K = 10
+    min_score: MinScore = None
+    filters: Filters = Filters()
+
+
+class PathExample(_Strict):
+    path: PathText = Field(description="An image file inside the library's roots.")
+
+
+Example = ImageId | Text | PathExample
+
+
+class RecommendBody(_Strict):
+    positive: list[Example] = Field(
+        min_length=1,
+        max_length=EXAMPLES_MAX,
+        description='What to find more of: image ids (numbers), texts (strings) or {"path": ...}.',
+        examples=[[12, "red sneakers"]],
+    )
+    negative: list[Example] = Field(default_factory=list, max_length=EXAMPLES_MAX)
+    exclude: list[ImageId] = Field(
+        default_factory=list, max_length=10_000, description="Ids never to return (already seen)."
+    )
+    k: K = 10
+    diversity: float = Field(
+        0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="0: by relevance; up to 1: varied."
+    )
+    min_score: MinScore = None
+    filters: Filters = Filters()
+
+
+class SimilarUpload(_Strict):
+    image_base64: str = Field(min_length=1, description="The image file's bytes, base64-encoded.")
+
+
+class IndexBody(_Strict):
+    paths: list[PathText] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Folders or files inside the roots; none: all roots.",
+    )
+
+
+class Hit(BaseModel):
+    rank: int
+    score: float
+    id: int
+    path: str
+    width: int | None
+    height: int | None
+    format: str | None
+
+    @classmethod
+    def of(cls, result: SearchResult) -> Hit:
+        return cls(
+            rank=result.rank,
+            score=round(result.score, 6),
+            id=result.id,
+            path=str(result.path),
+            width=result.width,
+            height=result.height,
+            format=result.format,
+        )
+
+
+class Results(BaseModel):
+    results: list[Hit]
+
+    @classmethod
+    def of(cls, results: list[SearchResult]) -> Results:
+        return cls(results=[Hit.of(r) for r in results])
+
+
+class BatchResults(BaseModel):
+    results: list[list[Hit]]
+
+
+class ImageMeta(BaseModel):
+    id: int
+    path: str
+    file_size: int
+    mtime_ns: int
+    width: int | None
+    height: int | None
+    format: str | None
+    indexed_at: datetime
+
+    @classmethod
+    def of(cls, info: ImageInfo) -> ImageMeta:
+        return cls(
+            id=info.id,
+            path=info.path,
+            file_size=info.size,
+            mtime_ns=info.mtime_ns,
+            width=info.width,
+            height=info.height,
+            format=info.format,
+            indexed_at=info.indexed_at,
+        )
+
+
+class Deleted(BaseModel):
+    deleted: ImageMeta
+
+
+class JobView(BaseModel):
+    id: str
+    paths: list[str]
+    state: str = Field(description="queued, running, succeeded or failed")
+    phase: str | None
+    done: int
+    total: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    report: dict[str, Any] | None
+    error: str | None
+
+
+class Health(BaseModel):
+    status: str
+
+
+class ModelView(BaseModel):
+    name: str
+    pretrained: str
+    embed_dim: int
+    fingerprint: str
+
+
+class RootView(BaseModel):
+    path: str
+    last_indexed_at: datetime | None
+
+
+class Stats(BaseModel):
+    images: int
+    indexed: int
+    failed: int
+    pending: int
+    model: ModelView | None
+    roots: list[RootView]
+    generation: int
+    index_file: str
+    disk_bytes: int
+    running_job: str | None
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str

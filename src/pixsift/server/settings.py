@@ -1,0 +1,58 @@
+"""What the service allows: its API key, who needs it, and its limits."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from pixsift.errors import PixsiftError
+
+API_KEY_ENV = "PIXSIFT_API_KEY"
+K_MAX = 200  # results per query: enough for any page of results, small enough to stay cheap
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_MEGAPIXELS = 50.0
+MIN_API_KEY_LENGTH = 16
+
+
+class UnsafeBindError(PixsiftError):
+    """The service was asked to listen beyond this machine without an API key."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """`api_key` enables the write endpoints (and is required for them); with
+    `require_key_for_reads` every endpoint but /healthz and the docs needs it too, as it must
+    when the service listens beyond loopback."""
+
+    api_key: str | None = None
+    require_key_for_reads: bool = False
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1_000_000)
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, "localhost")."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def check_bind(host: str, api_key: str | None) -> ServerSettings:
+    """The settings for listening on `host`, refusing a non-loopback bind without a key."""
+    if api_key is not None and len(api_key) < MIN_API_KEY_LENGTH:
+        raise UnsafeBindError(f"An API key must be at least {MIN_API_KEY_LENGTH} characters long.")
+    if is_loopback(host):
+        return ServerSettings(api_key=api_key)
+    if api_key is None:
+        raise UnsafeBindError(
+            f"Listening on {host} lets other machines reach the library: give an API key with "
+            f"--api-key or ${API_KEY_ENV}, or listen on 127.0.0.1."
+        )
+    return ServerSettings(api_key=api_key, require_key_for_reads=True)

@@ -1,0 +1,49 @@
+"""Running the real HTTP service (uvicorn, on a free loopback port) for the tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+
+from conftest import TinyModel
+from pixsift import Library
+from pixsift.server import ServerSettings, create_app
+
+API_KEY = "test-key-0123456789abcdef"
+
+
+@contextmanager
+def running_server(library: Library, settings: ServerSettings | None = None) -> Iterator[str]:
+    """The service for `library` listening on 127.0.0.1 on a free port; yields its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(library, settings), log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+
+
+def indexed_library(folder: Path, photos: Path, tiny_model: TinyModel) -> Library:
+    """A library at `folder` with `photos` indexed by the tiny model."""
+    library = Library.open(folder)
+    library.index(photos, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint), workers=2)
+    return library

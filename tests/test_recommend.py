@@ -1,0 +1,195 @@
+"""The Python API for applications: recommend, batch queries, filters, single images, reindex."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TinyModel
+from pixsift import (
+    AccessDeniedError,
+    ImageNotFoundError,
+    ImageTooLargeError,
+    Library,
+    QueryError,
+    SearchFilters,
+)
+from pixsift.search.diversity import mmr_order
+from pixsift.search.recommend import RocchioWeights, rocchio
+from sample_photos import make_photo, save, write_photos
+from serving import indexed_library
+
+
+@pytest.fixture
+def library(tmp_path: Path, photos: Path, tiny_model: TinyModel) -> Library:
+    write_photos(photos / "small", 3, size=(320, 240), seed=500, suffix=".png")
+    return indexed_library(tmp_path / "library", photos, tiny_model)
+
+
+def id_of(library: Library, path: Path) -> int:
+    known = library._catalog.known_file(str(path))
+    assert known is not None
+    return known.id
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    return np.asarray(vector / np.linalg.norm(vector), dtype=np.float32)
+
+
+def test_recommend_is_rocchio_over_stored_and_text_vectors(library: Library, photos: Path) -> None:
+    liked = [id_of(library, photos / "photo_0100.jpg"), id_of(library, photos / "photo_0101.jpg")]
+    disliked = id_of(library, photos / "photo_0102.jpg")
+    stored = library._catalog.vectors([*liked, disliked])
+    text = library._embedder_or_load().embed_texts(["a horse"])[0]
+    expected_query = unit(
+        np.mean([unit(stored[liked[0]]), unit(stored[liked[1]]), unit(text)], axis=0)
+        - 0.25 * unit(stored[disliked])
+    )
+    got = library.recommend([*liked, "a horse"], [disliked], k=8, exclude=[5])
+    expected = library.search_vector(expected_query, k=8, exclude_ids={*liked, disliked, 5})
+    assert [hit.id for hit in got] == [hit.id for hit in expected]
+    assert [hit.score for hit in got] == pytest.approx([hit.score for hit in expected], abs=1e-5)
+    assert not {*liked, disliked, 5} & {hit.id for hit in got}
+
+
+def test_recommend_accepts_files_and_bytes(library: Library, photos: Path, tmp_path: Path) -> None:
+    by_id = library.recommend([id_of(library, photos / "photo_0104.jpg")], k=5)
+    by_path = library.recommend([photos / "photo_0104.jpg"], k=5)
+    assert [hit.id for hit in by_path] == [hit.id for hit in by_id]
+    outside = shutil.copy(photos / "photo_0104.jpg", tmp_path / "copy.jpg")
+    by_bytes = library.recommend([Path(outside).read_bytes()], k=6)
+    assert by_bytes[0].id == id_of(library, photos / "photo_0104.jpg")  # not an example: kept
+    assert [hit.id for hit in by_bytes[1:]] == [hit.id for hit in by_id]
+
+
+def test_recommend_errors(library: Library) -> None:
+    with pytest.raises(QueryError, match="at least one positive"):
+        library.recommend([], ["a cat"])
+    with pytest.raises(ImageNotFoundError):
+        library.recommend([987654])
+    with pytest.raises(QueryError, match="diversity"):
+        library.recommend(["a cat"], diversity=1.5)
+    with pytest.raises(QueryError, match="cancel"):
+        rocchio(np.ones((1, 4)), np.ones((1, 4)), RocchioWeights(positive=1.0, negative=1.0))
+
+
+def test_mmr_demotes_near_duplicates() -> None:
+    a = unit(np.array([1.0, 0.0, 0.0]))
+    a_twin = unit(np.array([1.0, 0.05, 0.0]))
+    b = unit(np.array([0.0, 1.0, 0.0]))
+    vectors = np.stack([a, a_twin, b])
+    relevance = np.array([0.9, 0.89, 0.7], dtype=np.float32)
+    assert mmr_order(relevance, vectors, 3, 0.0) == [0, 1, 2]
+    assert mmr_order(relevance, vectors, 3, 0.5) == [0, 2, 1]
+    assert mmr_order(relevance, vectors, 2, 0.5) == [0, 2]
+    assert mmr_order(relevance[:0], vectors[:0], 3, 0.5) == []
+
+
+def test_diversity_spreads_the_results(library: Library, photos: Path) -> None:
+    seed = [id_of(library, photos / "photo_0100.jpg")]
+    plain = library.recommend(seed, k=4)
+    varied = library.recommend(seed, k=4, diversity=0.9)
+    assert varied[0].id == plain[0].id  # the best match always comes first
+    assert [hit.rank for hit in varied] == [1, 2, 3, 4]
+
+    def spread(ids: list[int]) -> float:
+        vectors = library._catalog.vectors(ids)
+        matrix = np.stack([vectors[i] for i in ids])
+        similarity = matrix @ matrix.T
+        return float(similarity[np.triu_indices(len(ids), 1)].mean())
+
+    assert spread([hit.id for hit in varied]) <= spread([hit.id for hit in plain]) + 1e-6
+
+
+def test_batch_queries_equal_single_ones(library: Library, photos: Path, tmp_path: Path) -> None:
+    texts = ["a rocket", "coins", "the moon"]
+    assert [[h.id for h in hits] for hits in library.search_many(texts, k=4)] == [
+        [h.id for h in library.search(text, k=4)] for text in texts
+    ]
+    file = photos / "photo_0103.jpg"
+    outside = save(make_photo(77, (300, 200)), tmp_path / "q.jpg")
+    images: list[int | str | os.PathLike[str] | bytes] = [
+        id_of(library, file),
+        file,
+        outside.read_bytes(),
+        str(outside),
+    ]
+    batches = library.similar_many(images, k=3)
+    assert (
+        [h.id for h in batches[0]] == [h.id for h in batches[1]] == [h.id for h in library.similar(file, k=3)]
+    )
+    assert id_of(library, file) not in {h.id for h in batches[0]}
+    assert [h.id for h in batches[2]] == [h.id for h in batches[3]]
+    assert library.search_many([], k=3) == [] and library.similar_many([], k=3) == []
+
+
+def test_filters(library: Library, photos: Path) -> None:
+    everything = len(library.search("x", k=50))
+    assert everything == 15
+    pngs = library.search("x", k=50, filters=SearchFilters(formats=("png",)))
+    assert {hit.format for hit in pngs} == {"PNG"} and len(pngs) == 3
+    assert len(library.search("x", k=50, filters=SearchFilters(formats=("jpg",)))) == 12
+    big = library.search("x", k=2, filters=SearchFilters(min_width=1600, min_height=1200))
+    assert len(big) == 2 and all(hit.width == 1600 for hit in big)
+    assert library.search("x", k=5, filters=SearchFilters(min_width=5000)) == []
+    inside = library.search("x", k=50, filters=SearchFilters(under=str(photos / "small"), formats=("PNG",)))
+    assert len(inside) == 3
+    with pytest.raises(QueryError):
+        SearchFilters(min_width=0)
+    with pytest.raises(QueryError):
+        SearchFilters(formats=("no such!",))
+    with pytest.raises(QueryError, match="once"):
+        library.search("x", under=photos, filters=SearchFilters(under=str(photos)))
+
+
+def test_image_delete_and_thumbnail(library: Library, photos: Path) -> None:
+    image_id = id_of(library, photos / "photo_0105.jpg")
+    info = library.image(image_id)
+    assert (info.width, info.height, info.format) == (1600, 1200, "JPEG")
+    thumb = library.thumbnail(image_id, 64)
+    assert thumb.is_file() and thumb.parent == library.path / "thumbnails"
+    assert library.thumbnail(image_id, 64) == thumb  # cached
+    save(make_photo(1, (800, 600)), photos / "photo_0105.jpg")  # the file changes: a new one
+    assert library.thumbnail(image_id, 64) != thumb
+
+    deleted = library.delete(image_id)
+    assert deleted.id == image_id
+    with pytest.raises(ImageNotFoundError):
+        library.image(image_id)
+    assert image_id not in {hit.id for hit in library.search("x", k=50)}
+    assert (photos / "photo_0105.jpg").is_file()
+    with pytest.raises(ImageNotFoundError):
+        library.delete(image_id)
+
+
+def test_image_file_refuses_links_out_of_the_roots(library: Library, photos: Path, tmp_path: Path) -> None:
+    image_id = id_of(library, photos / "photo_0106.jpg")
+    assert library.image_file(image_id) == str(photos / "photo_0106.jpg")
+    (photos / "photo_0106.jpg").unlink()
+    (photos / "photo_0106.jpg").symlink_to(save(make_photo(2, (64, 48)), tmp_path / "elsewhere.jpg"))
+    with pytest.raises(AccessDeniedError):
+        library.thumbnail(image_id)
+    with pytest.raises(AccessDeniedError):
+        library.resolve_inside_roots(photos / ".." / "elsewhere.jpg")
+
+
+def test_reindex_touches_only_the_part_asked_for(library: Library, photos: Path) -> None:
+    (photos / "photo_0100.jpg").unlink()  # outside the part re-indexed: still in the library
+    new = write_photos(photos / "small", 1, size=(320, 240), seed=600, suffix=".png")[0]
+    report = library.reindex(photos / "small")
+    assert (report.added, report.removed, report.roots) == (1, 0, [str(photos / "small")])
+    paths = {str(hit.path) for hit in library.search("x", k=50)}
+    assert str(new) in paths and str(photos / "photo_0100.jpg") in paths
+    assert library.reindex(photos).removed == 1
+    with pytest.raises(AccessDeniedError):
+        library.reindex(photos.parent)
+
+
+def test_query_images_above_the_pixel_limit_are_refused(library: Library, photos: Path) -> None:
+    library.max_pixels = 1000 * 1000
+    with pytest.raises(ImageTooLargeError, match="1,000,000"):
+        library.similar((photos / "photo_0100.jpg").read_bytes())

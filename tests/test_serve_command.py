@@ -1,0 +1,73 @@
+"""`pixsift serve` as a user runs it: a real process, refusing unsafe binds, answering HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import TinyModel, run_cli
+from serving import API_KEY
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_serve_refuses_an_open_bind_without_a_key(tmp_path: Path) -> None:
+    result = run_cli("serve", "--library", str(tmp_path / "lib"), "--host", "0.0.0.0")
+    assert result.returncode == 1
+    assert "API key" in result.stderr and "Traceback" not in result.stderr
+    short = run_cli("serve", "--host", "127.0.0.1", env={"PIXSIFT_API_KEY": "short"})
+    assert short.returncode == 1 and "at least 16" in short.stderr
+    missing = run_cli("serve", "--library", str(tmp_path / "nothing-here"))
+    assert missing.returncode == 1 and "No pixsift library" in missing.stderr
+
+
+def test_serve_answers_over_http(tmp_path: Path, photos: Path, tiny_model: TinyModel) -> None:
+    library = tmp_path / "lib"
+    indexed = run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args())
+    assert indexed.returncode == 0, indexed.stderr
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pixsift", "serve", "--library", str(library), "--port", str(port)],
+        env={**os.environ, "PIXSIFT_API_KEY": API_KEY},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "pixsift serve did not come up"
+            time.sleep(0.2)
+        hits = httpx.get(f"{url}/search", params={"q": "a rocket", "k": 3}).json()["results"]
+        assert len(hits) == 3 and all(Path(hit["path"]).parent == photos for hit in hits)
+        # the key came from the environment: writes are enabled with it
+        assert httpx.delete(f"{url}/images/{hits[0]['id']}").status_code == 401
+        assert (
+            httpx.delete(f"{url}/images/{hits[0]['id']}", headers={"X-API-Key": API_KEY}).status_code == 200
+        )
+    finally:
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output

@@ -1,0 +1,493 @@
+"""The HTTP service, started for real (uvicorn on a free loopback port) and called over HTTP.
+
+Answers are checked against the Python API on the same library, so the service is held to
+what the core computes, not to hard-coded results.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from filelock import FileLock
+from PIL import Image
+
+from conftest import TinyModel
+from pixsift import Library, SearchFilters
+from pixsift.server import ServerSettings, check_bind
+from pixsift.server.settings import UnsafeBindError
+from sample_photos import make_photo, save, write_photos
+from serving import API_KEY, indexed_library, running_server
+
+KEYED = ServerSettings(api_key=API_KEY)
+AUTH = {"X-API-Key": API_KEY}
+
+
+def make_photos(folder: Path, photo_set: Path) -> Path:
+    """The 12 test JPEGs (1600x1200) and, in `small/`, three PNGs of 320x240."""
+    shutil.copytree(photo_set, folder)
+    write_photos(folder / "small", 3, size=(320, 240), seed=500, suffix=".png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shared(
+    tmp_path_factory: pytest.TempPathFactory, photo_set: Path, tiny_model: TinyModel
+) -> Iterator[tuple[Library, Path, str]]:
+    """One indexed library and its server, for the tests that only read."""
+    base = tmp_path_factory.mktemp("served")
+    photos = make_photos(base / "Photos", photo_set)
+    library = indexed_library(base / "library", photos, tiny_model)
+    with running_server(library, KEYED) as url:
+        yield library, photos, url
+    library.close()
+
+
+@pytest.fixture
+def client(shared: tuple[Library, Path, str]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=shared[2], timeout=60) as http:
+        yield http
+
+
+@pytest.fixture
+def own(tmp_path: Path, photo_set: Path, tiny_model: TinyModel) -> Iterator[tuple[Library, Path]]:
+    """A private indexed library, for the tests that change it."""
+    photos = make_photos(tmp_path / "Photos", photo_set)
+    library = indexed_library(tmp_path / "library", photos, tiny_model)
+    yield library, photos
+    library.close()
+
+
+def ids_of(response: httpx.Response) -> list[int]:
+    assert response.status_code == 200, response.text
+    return [hit["id"] for hit in response.json()["results"]]
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body: dict[str, Any] = response.json()
+    assert body["message"]
+    if code is not None:
+        assert body["error"] == code
+    return body
+
+
+# ---- search ------------------------------------------------------------------------------------
+
+
+def test_health_and_stats(client: httpx.Client, shared: tuple[Library, Path, str]) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    stats = client.get("/stats").json()
+    assert (stats["images"], stats["indexed"], stats["failed"]) == (15, 15, 0)
+    assert stats["model"]["embed_dim"] == 64
+    assert stats["roots"][0]["path"] == str(shared[1])
+    assert stats["running_job"] is None
+
+
+def test_search_get_and_post_match_the_library(
+    client: httpx.Client, shared: tuple[Library, Path, str]
+) -> None:
+    library = shared[0]
+    expected = library.search("a cat on a sofa", k=5)
+    got = client.get("/search", params={"q": "a cat on a sofa", "k": 5})
+    assert ids_of(got) == [hit.id for hit in expected]
+    hits = got.json()["results"]
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert hits[0]["score"] == pytest.approx(expected[0].score, abs=1e-5)
+    assert hits[0]["path"] == str(expected[0].path)
+    posted = client.post("/search", json={"q": "a cat on a sofa", "k": 5})
+    assert ids_of(posted) == ids_of(got)
+
+    combined = client.post(
+        "/search", json={"q": "a rocket", "plus": ["the moon"], "minus": ["a clock"], "k": 4}
+    )
+    assert ids_of(combined) == [
+        h.id for h in library.search("a rocket", 4, plus=["the moon"], minus=["a clock"])
+    ]
+
+
+def test_batch_search_equals_single_searches(client: httpx.Client, shared: tuple[Library, Path, str]) -> None:
+    queries = ["a horse", "coins on a table", "a rocket"]
+    batch = client.post("/search/batch", json={"queries": queries, "k": 3})
+    assert batch.status_code == 200
+    single = [[hit.id for hit in shared[0].search(q, k=3)] for q in queries]
+    assert [[hit["id"] for hit in hits] for hits in batch.json()["results"]] == single
+
+
+def test_filters_restrict_inside_faiss(client: httpx.Client, shared: tuple[Library, Path, str]) -> None:
+    photos = shared[1]
+    small = client.get("/search", params={"q": "x", "k": 50, "under": str(photos / "small")}).json()[
+        "results"
+    ]
+    assert len(small) == 3 and all(Path(h["path"]).parent == photos / "small" for h in small)
+
+    png = client.post("/search", json={"q": "x", "k": 50, "filters": {"formats": ["png"]}}).json()["results"]
+    assert sorted(h["id"] for h in png) == sorted(h["id"] for h in small)
+
+    # k=2 still fills up from the matching images, wherever they rank among all of them
+    jpeg = client.get("/search", params={"q": "x", "k": 2, "format": ["jpg", "PNG"], "min_width": 1000})
+    assert len(ids_of(jpeg)) == 2 and all(h["format"] == "JPEG" for h in jpeg.json()["results"])
+    wide = client.get("/search", params={"q": "x", "k": 50, "min_width": 321}).json()["results"]
+    assert len(wide) == 12 and all(h["width"] == 1600 for h in wide)
+    tall = client.get("/search", params={"q": "x", "k": 50, "min_height": 240}).json()["results"]
+    assert len(tall) == 15
+
+
+def test_similar_to_an_indexed_image(client: httpx.Client, shared: tuple[Library, Path, str]) -> None:
+    library = shared[0]
+    image_id = library.search("anything", k=1)[0].id
+    got = ids_of(client.get(f"/images/{image_id}/similar", params={"k": 14}))
+    assert image_id not in got and len(got) == 14
+    assert got == [hit.id for hit in library.similar(image_id, k=14)]
+    png = client.get(f"/images/{image_id}/similar", params={"k": 10, "format": "png"})
+    assert len(ids_of(png)) == 3
+
+
+def test_similar_to_an_upload_multipart_and_base64(
+    client: httpx.Client, shared: tuple[Library, Path, str]
+) -> None:
+    library, photos, _ = shared
+    data = (photos / "photo_0103.jpg").read_bytes()
+    expected = [hit.id for hit in library.similar(photos / "photo_0103.jpg", k=3)]
+    upload = client.post("/similar", params={"k": 3}, files={"file": ("q.jpg", data, "image/jpeg")})
+    hits = upload.json()["results"]
+    # the uploaded bytes are the indexed file's: it comes first, as its own best match
+    assert hits[0]["path"] == str(photos / "photo_0103.jpg")
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert [h["id"] for h in hits[1:]] == expected[:2]
+    as_json = client.post("/similar", params={"k": 3}, json={"image_base64": base64.b64encode(data).decode()})
+    assert ids_of(as_json) == ids_of(upload)
+    filtered = client.post("/similar", params={"k": 5, "under": str(photos / "small")}, files={"file": data})
+    assert len(ids_of(filtered)) == 3
+
+
+def test_recommend_combines_examples_and_excludes(
+    client: httpx.Client, shared: tuple[Library, Path, str]
+) -> None:
+    library, photos, _ = shared
+    first, second, third = (hit.id for hit in library.search("a horse", k=3))
+    body = {"positive": [first, "a horse in a field"], "negative": [third], "exclude": [second], "k": 12}
+    got = ids_of(client.post("/recommend", json=body))
+    assert len(got) == 12 and not {first, second, third} & set(got)
+    expected = library.recommend([first, "a horse in a field"], [third], 12, exclude=[second])
+    assert got == [hit.id for hit in expected]
+
+    by_path = {"positive": [{"path": str(photos / "photo_0100.jpg")}], "k": 3}
+    path_id = library._catalog.known_file(str(photos / "photo_0100.jpg"))
+    assert path_id is not None
+    assert path_id.id not in ids_of(client.post("/recommend", json=by_path))
+
+    varied = client.post("/recommend", json={**body, "diversity": 0.7})
+    assert sorted(ids_of(varied)) == sorted(got)  # k covers every candidate: same set, new order
+    few = ids_of(client.post("/recommend", json={**body, "k": 4, "diversity": 0.7}))
+    assert len(few) == 4 and not {first, second, third} & set(few)
+    assert few == [
+        h.id
+        for h in library.recommend([first, "a horse in a field"], [third], 4, exclude=[second], diversity=0.7)
+    ]
+
+
+# ---- images ------------------------------------------------------------------------------------
+
+
+def test_image_metadata_and_thumbnail(client: httpx.Client, shared: tuple[Library, Path, str]) -> None:
+    library = shared[0]
+    hit = library.search("x", k=1, filters=SearchFilters(formats=("JPEG",)))[0]
+    meta = client.get(f"/images/{hit.id}").json()
+    assert meta["path"] == str(hit.path) and (meta["width"], meta["height"], meta["format"]) == (
+        1600,
+        1200,
+        "JPEG",
+    )
+    assert meta["file_size"] == hit.path.stat().st_size
+
+    thumb = client.get(f"/images/{hit.id}/thumbnail", params={"size": 128})
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    image = Image.open(io.BytesIO(thumb.content))
+    assert image.format == "JPEG" and image.size == (128, 96)
+    cached = list((library.path / "thumbnails").glob(f"{hit.id}-128-*.jpg"))
+    assert len(cached) == 1 and cached[0].read_bytes() == thumb.content
+    again = client.get(f"/images/{hit.id}/thumbnail", params={"size": 128})
+    assert again.content == thumb.content
+
+
+def test_unknown_and_malformed_ids(client: httpx.Client) -> None:
+    assert_error(client.get("/images/999999"), 404, "image_not_found")
+    assert_error(client.get("/images/999999/thumbnail"), 404, "image_not_found")
+    assert_error(client.get("/images/999999/similar"), 404, "image_not_found")
+    assert_error(client.get("/images/0"), 422, "invalid_request")
+    assert_error(client.get("/images/abc"), 422, "invalid_request")
+    assert_error(client.get(f"/images/{2**64}"), 422, "invalid_request")
+    assert_error(client.post("/recommend", json={"positive": [999999]}), 404, "image_not_found")
+
+
+# ---- security ----------------------------------------------------------------------------------
+
+
+def test_files_outside_the_roots_are_refused(
+    client: httpx.Client, shared: tuple[Library, Path, str], tmp_path: Path
+) -> None:
+    photos = shared[1]
+    outside = save(make_photo(7, (64, 48)), tmp_path / "outside.jpg")
+    for path in (str(outside), f"{photos}/../{tmp_path.name}/outside.jpg", "/etc/passwd"):
+        refused = client.post("/recommend", json={"positive": [{"path": path}]})
+        assert_error(refused, 403, "access_denied")
+    link = photos / "small" / "link.jpg"
+    link.symlink_to(outside)
+    try:
+        assert_error(
+            client.post("/recommend", json={"positive": [{"path": str(link)}]}), 403, "access_denied"
+        )
+    finally:
+        link.unlink()
+    assert_error(client.get("/search", params={"q": "x", "under": str(tmp_path)}), 403, "access_denied")
+    assert_error(client.get("/search", params={"q": "x", "under": "relative/folder"}), 400, "invalid_path")
+    assert_error(client.get("/search", params={"q": "x", "under": str(photos / "nope")}), 400, "invalid_path")
+    assert_error(client.post("/recommend", json={"positive": [{"path": "/a\u0000b"}]}), 400, "invalid_path")
+
+
+def test_an_indexed_file_replaced_by_a_link_out_is_not_served(
+    own: tuple[Library, Path], tmp_path: Path
+) -> None:
+    library, photos = own
+    secret = save(make_photo(9, (64, 48)), tmp_path / "secret.jpg")
+    target = photos / "photo_0104.jpg"
+    known = library._catalog.known_file(str(target))
+    assert known is not None
+    target.unlink()
+    target.symlink_to(secret)
+    with running_server(library) as url, httpx.Client(base_url=url) as http:
+        assert_error(http.get(f"/images/{known.id}/thumbnail"), 403, "access_denied")
+    assert not (library.path / "thumbnails").exists()
+
+
+def test_write_endpoints_need_the_key(own: tuple[Library, Path]) -> None:
+    library = own[0]
+    image_id = library.search("x", k=1)[0].id
+    with running_server(library) as url, httpx.Client(base_url=url) as http:  # no key: read-only
+        assert_error(http.post("/index", json={}), 403, "writes_disabled")
+        assert_error(http.delete(f"/images/{image_id}", headers=AUTH), 403, "writes_disabled")
+        assert http.get("/search", params={"q": "x"}).status_code == 200
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url) as http:
+        assert_error(http.delete(f"/images/{image_id}"), 401, "unauthorized")
+        wrong = http.delete(f"/images/{image_id}", headers={"X-API-Key": API_KEY[:-1] + "x"})
+        assert_error(wrong, 401, "unauthorized")
+        assert wrong.headers["www-authenticate"] == "ApiKey"
+        assert http.get(f"/images/{image_id}").status_code == 200  # nothing was deleted
+        assert http.get("/search", params={"q": "x"}).status_code == 200  # reads stay open on loopback
+
+
+def test_beyond_loopback_every_read_needs_the_key(own: tuple[Library, Path]) -> None:
+    settings = check_bind("0.0.0.0", API_KEY)
+    assert settings.require_key_for_reads
+    with running_server(own[0], settings) as url, httpx.Client(base_url=url) as http:
+        assert_error(http.get("/search", params={"q": "x"}), 401, "unauthorized")
+        assert_error(http.get("/stats"), 401, "unauthorized")
+        assert http.get("/stats", headers=AUTH).status_code == 200
+        assert http.get("/healthz").status_code == 200
+
+
+def test_bind_rules() -> None:
+    with pytest.raises(UnsafeBindError, match="API key"):
+        check_bind("0.0.0.0", None)
+    with pytest.raises(UnsafeBindError, match="API key"):
+        check_bind("my-host.example", None)
+    with pytest.raises(UnsafeBindError, match="at least 16"):
+        check_bind("127.0.0.1", "short")
+    assert not check_bind("127.0.0.1", None).require_key_for_reads
+    assert not check_bind("::1", API_KEY).require_key_for_reads
+    assert not check_bind("localhost", None).require_key_for_reads
+
+
+# ---- limits and errors ---------------------------------------------------------------------------
+
+
+def test_limits(own: tuple[Library, Path], tmp_path: Path) -> None:
+    library, photos = own
+    big = (photos / "photo_0100.jpg").read_bytes()  # 1600x1200: 1.9 megapixels
+    small = io.BytesIO()
+    make_photo(3, (800, 600)).save(small, "JPEG", quality=70)  # 0.48 megapixels, a few kB
+    settings = ServerSettings(max_upload_bytes=len(big) - 1, max_megapixels=0.4)
+    with running_server(library, settings) as url, httpx.Client(base_url=url) as http:
+        assert_error(http.post("/similar", files={"file": big}), 413, "upload_too_large")
+        encoded = base64.b64encode(big).decode()
+        assert_error(http.post("/similar", json={"image_base64": encoded}), 413)
+        assert_error(http.post("/similar", files={"file": small.getvalue()}), 413, "image_too_large")
+        huge = b'{"q": "x", "plus": ["' + b"y" * (2 * len(big)) + b'"]}'
+        assert_error(http.post("/search", content=huge, headers={"content-type": "application/json"}), 413)
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams in
+            yield b'{"q": "x", "plus": ["'
+            for _ in range(2 * len(big) // 65536 + 1):
+                yield b"y" * 65536
+            yield b'"]}'
+
+        streamed = http.post("/search", content=chunks(), headers={"content-type": "application/json"})
+        assert_error(streamed, 413, "upload_too_large")
+        assert_error(http.get("/search", params={"q": "x", "k": 201}), 422, "invalid_request")
+        assert_error(http.get("/search", params={"q": "x", "k": 0}), 422, "invalid_request")
+        assert_error(http.post("/search", json={"q": "x" * 1001}), 422, "invalid_request")
+        assert_error(http.get("/images/1/thumbnail", params={"size": 4096}), 422, "invalid_request")
+
+
+def test_bad_requests_get_json_errors(client: httpx.Client) -> None:
+    assert_error(client.get("/nowhere"), 404, "not_found")
+    assert_error(client.put("/search"), 405, "method_not_allowed")
+    assert_error(
+        client.post("/search", content=b"{not json", headers={"content-type": "application/json"}), 422
+    )
+    assert_error(client.post("/search", json={"q": "   "}), 400, "bad_query")
+    assert_error(client.post("/search", json={"q": "x", "extra": 1}), 422, "invalid_request")
+    lone_surrogate = b'{"q": "\\ud800"}'  # valid JSON, but not a valid string
+    assert_error(
+        client.post("/search", content=lone_surrogate, headers={"content-type": "application/json"}), 422
+    )
+    assert_error(client.get("/search", params={"q": "x", "format": "no such!"}), 422, "invalid_request")
+    assert_error(client.get("/search", params={"q": "x", "min_score": "nan"}), 422, "invalid_request")
+    assert_error(client.post("/similar", files={"file": b"not an image"}), 422, "bad_image")
+    assert_error(client.post("/similar", files={"other": b"x"}), 400, "missing_file")
+    assert_error(client.post("/similar", json={"image_base64": "%%%"}), 400, "bad_base64")
+    assert_error(client.post("/similar", json={"image": "x"}), 422, "invalid_request")
+    assert_error(client.post("/similar", content=b"raw", headers={"content-type": "image/jpeg"}), 415)
+    assert_error(client.post("/recommend", json={"positive": []}), 422, "invalid_request")
+    assert_error(client.post("/recommend", json={"positive": ["a"], "diversity": 1.5}), 422)
+    assert_error(client.post("/recommend", json={"positive": ["   "]}), 400, "bad_query")
+    assert_error(client.get("/jobs/none"), 404, "job_not_found")
+
+
+def test_an_empty_library_answers_409(tmp_path: Path) -> None:
+    with (
+        Library.open(tmp_path / "empty") as library,
+        running_server(library, KEYED) as url,
+        httpx.Client(base_url=url) as http,
+    ):
+        assert_error(http.get("/search", params={"q": "x"}), 409, "empty_library")
+        assert http.get("/stats").json()["model"] is None
+        assert_error(http.post("/index", json={}, headers=AUTH), 400, "invalid_path")
+
+
+# ---- writes: delete and index jobs -----------------------------------------------------------------
+
+
+def test_delete_removes_from_database_and_index(own: tuple[Library, Path]) -> None:
+    library = own[0]
+    hit = library.search("a rocket", k=1)[0]
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url) as http:
+        deleted = http.delete(f"/images/{hit.id}", headers=AUTH)
+        assert deleted.status_code == 200 and deleted.json()["deleted"]["id"] == hit.id
+        assert_error(http.get(f"/images/{hit.id}"), 404)
+        assert hit.id not in ids_of(http.get("/search", params={"q": "a rocket", "k": 50}))
+        assert http.get("/stats").json()["indexed"] == 14
+        assert_error(http.delete(f"/images/{hit.id}", headers=AUTH), 404)
+    assert hit.path.is_file()  # the file itself is left alone
+    with Library.open(library.path) as reopened:  # the saved FAISS index agrees
+        assert reopened.status().index_file.state == "up to date"
+        assert len(reopened.search("x", k=50)) == 14
+
+
+def wait_for_job(http: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = http.get(f"/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def test_index_job_adds_new_files_under_a_root(own: tuple[Library, Path]) -> None:
+    library, photos = own
+    added = write_photos(photos / "new", 4, size=(640, 480), seed=700)
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        roots_before = http.get("/stats").json()["roots"]
+        started = http.post("/index", json={"paths": [str(photos / "new")]})
+        assert started.status_code == 202 and started.json()["state"] in ("queued", "running")
+        job = wait_for_job(http, started.json()["id"])
+        assert job["state"] == "succeeded", job
+        assert job["report"]["added"] == 4 and job["report"]["removed"] == 0
+        assert job["phase"] == "Embedding" and job["done"] == job["total"] == 4
+        found = http.get("/search", params={"q": "x", "k": 50, "under": str(photos / "new")}).json()[
+            "results"
+        ]
+        assert sorted(h["path"] for h in found) == sorted(map(str, added))
+        # a part of a root was indexed, not the root: its last full index time is unchanged
+        assert http.get("/stats").json()["roots"] == roots_before
+        # a single file re-indexes its folder; a removed file is dropped
+        added[0].unlink()
+        job = wait_for_job(http, http.post("/index", json={"paths": [str(added[1])]}).json()["id"])
+        assert job["state"] == "succeeded" and job["report"]["removed"] == 1
+        assert_error(http.post("/index", json={"paths": ["/etc"]}), 403, "access_denied")
+        assert_error(http.post("/index", json={"paths": [str(photos / "gone")]}), 400, "invalid_path")
+
+
+def test_one_job_at_a_time_and_a_busy_library(own: tuple[Library, Path]) -> None:
+    library = own[0]
+    image_id = library.search("x", k=1)[0].id
+    other_process = FileLock(library.path / "library.lock", thread_local=False)
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        with other_process:  # as if `pixsift index` ran in another process
+            first = http.post("/index", json={}).json()
+            assert_error(http.post("/index", json={}), 409, "job_running")
+            assert http.get("/stats").json()["running_job"] == first["id"]
+            assert_error(http.delete(f"/images/{image_id}"), 409, "library_busy")
+            assert http.get("/search", params={"q": "x"}).status_code == 200
+        job = wait_for_job(http, first["id"])
+        assert job["state"] == "succeeded", job  # it waited for the lock, then ran
+        assert http.post("/index", json={}).status_code == 202
+
+
+def test_searches_run_while_an_index_job_runs(own: tuple[Library, Path]) -> None:
+    library, photos = own
+    write_photos(photos / "batch", 16, size=(1600, 1200), seed=900)
+    errors: list[str] = []
+    counts: list[int] = []
+    stop = threading.Event()
+
+    def searcher(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            while not stop.is_set():
+                response = http.get("/search", params={"q": "a clock", "k": 50})
+                if response.status_code != 200:
+                    errors.append(response.text)
+                    continue
+                ids = [hit["id"] for hit in response.json()["results"]]
+                if len(ids) != len(set(ids)):
+                    errors.append(f"duplicate ids: {ids}")
+                counts.append(len(ids))
+
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        threads = [threading.Thread(target=searcher, args=(url,)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        try:
+            job = wait_for_job(http, http.post("/index", json={}).json()["id"])
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+        assert job["state"] == "succeeded" and job["report"]["added"] == 16
+        assert not errors, errors[:3]
+        assert counts and min(counts) >= 15 and counts[-1] == 31
+        final = ids_of(http.get("/search", params={"q": "a clock", "k": 50}))
+        assert len(final) == len(set(final)) == 31
+
+
+def test_openapi_docs_are_served(client: httpx.Client) -> None:
+    schema = client.get("/openapi.json").json()
+    assert {"/search", "/similar", "/recommend", "/images/{image_id}", "/index", "/jobs/{job_id}"} <= set(
+        schema["paths"]
+    )
+    assert set(schema["paths"]["/similar"]["post"]["requestBody"]["content"]) == {
+        "multipart/form-data",
+        "application/json",
+    }
+    assert client.get("/docs").status_code == 200
