@@ -236,8 +236,8 @@ NO_LIBRARY = (
         ),
         (
             ["index", "{tmp}", "--library", "{tmp}/lib", "--model", "NoSuchNet"],
-            "error: Unknown model 'NoSuchNet'. Give an open_clip model name such as ViT-B-32 or the path "
-            "of a model-config JSON file.\n",
+            "error: Unknown model 'NoSuchNet'. Give an open_clip model name such as ViT-B-32, a bundled "
+            "model (synthetic-tiny) or the path of a model-config JSON file.\n",
         ),
         (
             ["index", "--library", "{tmp}/lib"],

@@ -10,9 +10,10 @@ import pytest
 
 from conftest import CLOSED_PORT_URL, TinyModel, run_cli
 from pixsift.errors import ModelError
+from pixsift.models.bundled import BUNDLED_MODELS
 from pixsift.models.clip import ClipEmbedder
 from pixsift.models.naming import resolve_model_spec
-from pixsift.models.spec import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec
+from pixsift.models.spec import BUNDLED_TAG, DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec
 from pixsift.models.weights import resolve_weights
 
 
@@ -26,6 +27,27 @@ def test_config_file_model_keeps_its_architecture(tiny_model: TinyModel) -> None
     assert spec.pretrained == str(tiny_model.checkpoint.resolve())
     assert spec.config_json is not None
     assert json.loads(spec.config_json) == json.loads(tiny_model.config.read_text())
+
+
+def test_bundled_model_is_stored_by_name_not_by_install_path(tmp_path: Path, tiny_model: TinyModel) -> None:
+    spec = resolve_model_spec("synthetic-tiny")
+    assert (spec.name, spec.pretrained) == ("synthetic-tiny", BUNDLED_TAG)
+    assert spec.is_bundled and spec.config_json == BUNDLED_MODELS["synthetic-tiny"].config.read_text()
+    assert resolve_weights(spec).path == BUNDLED_MODELS["synthetic-tiny"].checkpoint
+
+    own_weights = resolve_model_spec("synthetic-tiny", str(tiny_model.checkpoint))
+    assert not own_weights.is_bundled and own_weights.config_json == spec.config_json
+
+    unknown = ModelSpec("synthetic-huge", BUNDLED_TAG, config_json="{}")
+    with pytest.raises(ModelError, match="no bundled model 'synthetic-huge'"):
+        resolve_weights(unknown)
+
+
+def test_bundled_model_loads_offline() -> None:
+    embedder = ClipEmbedder.load(resolve_model_spec("synthetic-tiny"), "cpu")
+    assert embedder.record.embed_dim == 128 and embedder.image_size == 64
+    vectors = embedder.embed_texts(["a red circle", "a blue star"])
+    assert vectors.shape == (2, 128)
 
 
 @pytest.mark.parametrize(

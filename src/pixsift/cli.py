@@ -115,7 +115,8 @@ def index(
         Optional[str],  # noqa: UP045
         typer.Option(
             "--model",
-            help="open_clip model name or model-config JSON path, for a new library. Default: ViT-B-32.",
+            help="open_clip model name, model-config JSON path, or synthetic-tiny (bundled, offline), "
+            "for a new library. Default: ViT-B-32.",
             show_default=False,
         ),
     ] = None,

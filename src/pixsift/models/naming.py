@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from pixsift.errors import ModelError
-from pixsift.models.spec import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec
+from pixsift.models.bundled import BUNDLED_MODELS, bundled_spec
+from pixsift.models.spec import BUNDLED_TAG, DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec
 
 _CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 
@@ -14,10 +15,15 @@ _CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 def resolve_model_spec(model: str | None = None, pretrained: str | None = None) -> ModelSpec:
     """Validate a model name or config path and its weights, without loading anything big.
 
-    `model`: an open_clip architecture name (`ViT-B-32`) or the path of a model-config JSON in
-    open_clip's format. `pretrained`: an open_clip pretrained tag, or a checkpoint file path.
+    `model`: a model bundled with pixsift (`synthetic-tiny`), an open_clip architecture name
+    (`ViT-B-32`) or the path of a model-config JSON in open_clip's format. `pretrained`: an
+    open_clip pretrained tag, or a checkpoint file path.
     """
     model = model or DEFAULT_MODEL
+    if model in BUNDLED_MODELS:
+        if pretrained is None or pretrained == BUNDLED_TAG:
+            return bundled_spec(model)
+        return _config_file_spec(BUNDLED_MODELS[model].config, pretrained)
     if _looks_like_path(model):
         return _config_file_spec(Path(model).expanduser(), pretrained)
     return _builtin_spec(model, pretrained)
@@ -59,8 +65,8 @@ def _builtin_spec(model: str, pretrained: str | None) -> ModelSpec:
 
     if model not in open_clip.list_models():
         raise ModelError(
-            f"Unknown model {model!r}. Give an open_clip model name such as {DEFAULT_MODEL} "
-            "or the path of a model-config JSON file."
+            f"Unknown model {model!r}. Give an open_clip model name such as {DEFAULT_MODEL}, "
+            f"a bundled model ({', '.join(BUNDLED_MODELS)}) or the path of a model-config JSON file."
         )
     if pretrained is not None and Path(pretrained).expanduser().is_file():
         return ModelSpec(model, str(Path(pretrained).expanduser().resolve()))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+BUNDLED_TAG = "bundled"  # the `pretrained` of a model whose weights ship with pixsift
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,8 @@ class ModelSpec:
     """A model as the user named it, resolved to something that can be loaded again later.
 
     `name` is an open_clip architecture name or the absolute path of a model-config JSON;
-    `pretrained` is an open_clip pretrained tag or the absolute path of a checkpoint file.
+    `pretrained` is an open_clip pretrained tag, the absolute path of a checkpoint file, or
+    `bundled` for the weights of a model that ships with pixsift (`synthetic-tiny`).
     For config-file models `config_json` keeps the architecture itself, so the library does
     not depend on the config file staying where it was.
     """
@@ -29,6 +31,10 @@ class ModelSpec:
     @property
     def weights_are_file(self) -> bool:
         return self.config_json is not None or Path(self.pretrained).is_absolute()
+
+    @property
+    def is_bundled(self) -> bool:
+        return self.pretrained == BUNDLED_TAG and self.config_json is not None
 
     def describe(self) -> str:
         return f"{self.name} ({self.pretrained})"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pixsift.errors import ModelError
+from pixsift.models.bundled import bundled_checkpoint
 from pixsift.models.spec import ModelSpec
 
 HUB_PROBE_TIMEOUT_S = 5.0
@@ -31,6 +32,8 @@ class Weights:
 
 def resolve_weights(spec: ModelSpec) -> Weights:
     """A local checkpoint for `spec`, downloading a pretrained tag into the hub cache if needed."""
+    if spec.is_bundled:
+        return Weights(_bundled_weights(spec))
     if spec.weights_are_file:
         path = Path(spec.pretrained)
         if not path.is_file():
@@ -50,6 +53,16 @@ def resolve_weights(spec: ModelSpec) -> Weights:
             f"(known tags: {tags}). Give a tag or the path of a checkpoint file."
         )
     return Weights(_fetch_tag(spec, tag_cfg), preprocess=tag_cfg)
+
+
+def _bundled_weights(spec: ModelSpec) -> Path:
+    path = bundled_checkpoint(spec.name)
+    if path is None or not path.is_file():
+        raise ModelError(
+            f"This pixsift installation has no bundled model {spec.name!r}: install the pixsift "
+            "version the library was indexed with, or re-embed it (pixsift index --reembed --model ...)."
+        )
+    return path
 
 
 def _fetch_tag(spec: ModelSpec, tag_cfg: dict[str, Any]) -> Path:
