@@ -16,16 +16,17 @@ from pathlib import Path
 TINY_CONFIG = Path(__file__).with_name("tiny-clip.json")
 
 
-def make_checkpoint(path: Path, seed: int = 0) -> Path:
-    """Random weights for the tiny architecture, the same for the same seed."""
+def make_checkpoint(path: Path, seed: int = 0, config: Path = TINY_CONFIG) -> Path:
+    """Random weights for the architecture in `config` (the tiny one by default), the same for
+    the same seed: also the chance-level baseline for a trained model of that architecture."""
     import open_clip
     import torch
 
-    open_clip.add_model_config(TINY_CONFIG)  # registered as "tiny-clip", the file's stem
+    open_clip.add_model_config(config)  # registered under the file's stem, e.g. "tiny-clip"
     torch.manual_seed(seed)
     logging.disable(logging.WARNING)  # open_clip warns that no weights were loaded: that is the point
     try:
-        model = open_clip.create_model("tiny-clip")
+        model = open_clip.create_model(config.stem)
     finally:
         logging.disable(logging.NOTSET)
     path.parent.mkdir(parents=True, exist_ok=True)
