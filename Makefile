@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-demo: install  ## the offline demo: sample photos, a tiny model, index and search
+demo: install  ## the offline demo: synthetic images, the bundled synthetic-tiny model, index and search
 	$(BIN)/python tools/demo.py
 
 lint: install

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 from cli_reference import reference
+from conftest import CLOSED_PORT_URL
 
 ROOT = Path(__file__).parent.parent
 
@@ -20,8 +26,20 @@ def test_readme_commands_exist() -> None:
     """Every `pixsift` and `make` command in the README's shell blocks is a real one."""
     blocks = "\n".join(re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL))
     used = set(re.findall(r"^pixsift ([a-z]+)", blocks, flags=re.MULTILINE))
-    assert used == {"index", "search", "similar", "status", "serve"}
+    assert used == {"index", "search", "similar", "status", "serve", "eval"}
     targets = re.findall(r"^make ([a-z-]+)", blocks, flags=re.MULTILINE)
     assert "demo" in targets and "test" in targets
     for target in targets:
         assert f"\n{target}:" in (ROOT / "Makefile").read_text(), target
+
+
+@pytest.mark.slow
+def test_demo_runs_offline_and_finds_what_it_asks_for(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_ENDPOINT": CLOSED_PORT_URL, "HF_HOME": str(tmp_path / "hf")}
+    demo = [sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(tmp_path / "demo"), "--count", "96"]
+    result = subprocess.run(demo, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().splitlines()[-1].startswith('try: pixsift search "two green triangles"')
+    red_circles = result.stdout.split("$ pixsift search 'a red circle'")[1].splitlines()
+    first_hit = next(line for line in red_circles if line.lstrip().startswith("1 "))
+    assert "_red_circle.jpg" in first_hit

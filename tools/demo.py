@@ -1,12 +1,12 @@
-"""The offline demo: make sample photos and a tiny model, then index and search with the CLI.
+"""The offline demo: a folder of synthetic images, indexed and searched with the bundled model.
 
 Runs on a fresh machine without network access (`make demo` sets up the environment first):
 
-    python tools/demo.py [--out .demo] [--count 24]
+    python tools/demo.py [--out .demo] [--count 300]
 
-The tiny model is randomly initialised, so its rankings are arbitrary: the demo shows the whole
-pipeline working (scan, decode, embed, SQLite, FAISS, incremental re-index, search), not search
-quality. With network access, real use is `pixsift index ~/Photos`, which downloads ViT-B-32.
+`synthetic-tiny` ships with pixsift and was trained on the same synthetic world (other seeds),
+so the searches below are real semantic retrieval, not a random ranking. With network access,
+real use is `pixsift index ~/Photos`, which downloads ViT-B-32 on first use.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sample_photos import write_photos
-from tiny_model import TINY_CONFIG, make_checkpoint
+from pixsift.synthetic import write_world
+
+DEMO_SEED = 4242  # not a training seed: the demo images are new to the model
 
 
 def pixsift(*args: str) -> None:
@@ -28,29 +29,35 @@ def pixsift(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pixsift", *args], check=True)
 
 
+def _example(images: Path, kind: str) -> Path:
+    """The first image of `kind` (e.g. green_triangle), or the first image at all."""
+    return min(images.glob(f"*_{kind}.jpg"), default=min(images.glob("*.jpg")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=Path(".demo"), help="Demo folder (recreated).")
-    parser.add_argument("--count", type=int, default=24, help="How many photos to make.")
+    parser.add_argument("--count", type=int, default=300, help="How many images to make.")
     args = parser.parse_args()
 
     out: Path = args.out.absolute()
     shutil.rmtree(out, ignore_errors=True)
-    photos, library = out / "photos", out / "library"
-    print(f"Making {args.count} sample photos in {photos} and a tiny random CLIP model ...", flush=True)
-    write_photos(photos, args.count, seed=1)
-    checkpoint = make_checkpoint(out / "tiny-clip.pt")
+    images, library = out / "shapes", out / "library"
+    print(f"Making {args.count} synthetic images (coloured shapes) in {images} ...", flush=True)
+    write_world(images, args.count, seed=DEMO_SEED)
+    lib = ["--library", str(library)]
 
-    model = ["--model", str(TINY_CONFIG), "--pretrained", str(checkpoint)]
-    pixsift("index", str(photos), "--library", str(library), *model)
-    write_photos(photos / "new", 3, seed=1000)
-    pixsift("index", "--library", str(library))  # incremental: only the 3 new photos
-    pixsift("search", "a cat on a sofa", "-k", "5", "--library", str(library))
-    pixsift("similar", str(photos / "photo_0001.jpg"), "-k", "3", "--library", str(library))
-    pixsift("status", "--library", str(library))
+    pixsift("index", str(images), *lib, "--model", "synthetic-tiny")
+    write_world(images / "more", 12, seed=DEMO_SEED + 1)
+    pixsift("index", *lib)  # incremental: only the 12 new images are embedded
+    pixsift("search", "a red circle", "-k", "5", *lib)
+    pixsift("search", "three yellow stars", "-k", "5", *lib)
+    pixsift("search", "red circle", "--minus", "red", "--plus", "blue", "-k", "5", *lib)
+    pixsift("similar", str(_example(images, "green_triangle")), "-k", "5", *lib)
+    pixsift("status", *lib)
     print(
-        "\nThe tiny model is random, so these rankings are arbitrary; the pipeline is real.\n"
-        f'try: pixsift search "a rocket" --library {shlex.quote(str(library))}'
+        "\nThe file names tell each image's colour and shape, so you can check the rankings.\n"
+        f'try: pixsift search "two green triangles" --library {shlex.quote(str(library))}'
     )
 
 
