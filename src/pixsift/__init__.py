@@ -20,6 +20,7 @@ _EXPORTS = {
     "LibraryBusyError": "pixsift.errors",
     "LibraryFormatError": "pixsift.errors",
     "LibraryNotFoundError": "pixsift.errors",
+    "LibraryWriteError": "pixsift.errors",
     "ModelError": "pixsift.errors",
     "ModelMismatchError": "pixsift.errors",
     "PixsiftError": "pixsift.errors",
@@ -34,6 +35,8 @@ _EXPORTS = {
     "QueryTerm": "pixsift.search",
     "SearchResult": "pixsift.search",
     "Failure": "pixsift.storage",
+    "HealthReport": "pixsift.doctor",
+    "Problem": "pixsift.doctor",
 }
 
 
@@ -45,6 +48,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from pixsift.doctor import HealthReport, Problem
     from pixsift.errors import (
         EmptyLibraryError,
         ImageError,
@@ -52,6 +56,7 @@ if TYPE_CHECKING:
         LibraryBusyError,
         LibraryFormatError,
         LibraryNotFoundError,
+        LibraryWriteError,
         ModelError,
         ModelMismatchError,
         PixsiftError,
@@ -66,6 +71,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EmptyLibraryError",
     "Failure",
+    "HealthReport",
     "ImageError",
     "IndexInterrupted",
     "IndexProgress",
@@ -76,11 +82,13 @@ __all__ = [
     "LibraryFormatError",
     "LibraryNotFoundError",
     "LibraryStatus",
+    "LibraryWriteError",
     "ModelError",
     "ModelMismatchError",
     "ModelRecord",
     "ModelSpec",
     "PixsiftError",
+    "Problem",
     "QueryError",
     "QueryTerm",
     "SearchResult",
