@@ -35,7 +35,11 @@ def open_engine(db_path: Path) -> Engine:
     except DBAPIError as exc:  # not a database, another program's database, no permission
         engine.dispose()
         if not _writable(db_path):
-            raise write_error(db_path.parent, exc) from exc
+            raise LibraryWriteError(
+                f"The library at {db_path.parent} is read-only. pixsift needs to write there, even "
+                "to search (SQLite keeps its journal beside the database): make the folder "
+                "writable, or copy the library to a writable place and use --library."
+            ) from exc
         raise LibraryFormatError(f"Cannot use {db_path} as a pixsift library: {_reason(exc)}.") from exc
     return engine
 
