@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import Engine, Select, delete, func, insert, select, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
 from pixsift.models.spec import ModelRecord, ModelSpec
-from pixsift.storage.database import open_engine, write_error, writer
+from pixsift.storage.database import damaged_error, open_engine, write_error, writer
 from pixsift.storage.records import CatalogCounts, Failure, ImageInfo, KnownFile, RootInfo
 from pixsift.storage.schema import (
     Base,
@@ -94,8 +94,13 @@ class Catalog:
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
-        with Session(self._engine) as session, session.begin():
-            yield session
+        try:
+            with Session(self._engine) as session, session.begin():
+                yield session
+        except DatabaseError as exc:
+            if isinstance(exc, OperationalError):  # locked, I/O: not a sign of damage
+                raise
+            raise damaged_error(self._folder, exc) from exc
 
     @contextmanager
     def write(self) -> Iterator[CatalogWriter]:
@@ -111,6 +116,8 @@ class Catalog:
                 batch._log_vector_changes()
         except OperationalError as exc:
             raise write_error(self._folder, exc) from exc
+        except DatabaseError as exc:
+            raise damaged_error(self._folder, exc) from exc
 
     # ---- the model and settings ------------------------------------------------------------
 
@@ -208,8 +215,11 @@ class Catalog:
 
     def integrity_errors(self) -> list[str]:
         """What SQLite's own integrity check finds wrong in the file; empty when sound."""
-        with self._read() as session:
-            rows = [str(row[0]) for row in session.execute(text("PRAGMA integrity_check"))]
+        try:
+            with Session(self._engine) as session, session.begin():
+                rows = [str(row[0]) for row in session.execute(text("PRAGMA integrity_check"))]
+        except DatabaseError as exc:  # damaged where the check itself must read
+            return [str(exc.orig)]
         return [] if rows == ["ok"] else rows
 
     def schema_differences(self) -> list[str]:

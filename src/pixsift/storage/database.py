@@ -53,6 +53,14 @@ def write_error(folder: Path, exc: BaseException) -> LibraryWriteError:
     )
 
 
+def damaged_error(folder: Path, exc: DBAPIError) -> LibraryFormatError:
+    """A user-facing error for a database that SQLite finds damaged."""
+    return LibraryFormatError(
+        f"The library database at {folder} is damaged ({_reason(exc.orig)}). Run pixsift doctor "
+        "to see what is wrong; restore a backup, or index your folders into a new library."
+    )
+
+
 def _writable(db_path: Path) -> bool:
     """Whether this process may write the database and create its journal files beside it.
 
