@@ -222,13 +222,13 @@ class Soak:
 
     def trial(self, number: int, kind: str) -> TrialResult:
         deleted, added = self._mutate()
-        result = TrialResult(number, kind, killed=self._run_and_kill(kind, added))
+        result = TrialResult(number, kind, killed=self._run_and_kill(kind, added, len(deleted)))
         result.problems += self._check_after_crash(deleted)
         if not result.problems:
             result.problems += self._check_after_resume()
         return result
 
-    def _run_and_kill(self, kind: str, added: int) -> bool:
+    def _run_and_kill(self, kind: str, added: int, deleted: int) -> bool:
         """Start an index run and kill it the way `kind` says; True if the kill came first."""
         shutil.rmtree(self.pause_dir, ignore_errors=True)
         self.pause_dir.mkdir()
@@ -243,7 +243,7 @@ class Soak:
         env = {PAUSE_ENV: str(self.pause_dir)} if kind == "save" else {}
         started = time.monotonic()
         run = self.launcher.start(argv, env)
-        ready = self._kill_moment(kind, added)
+        ready = self._kill_moment(kind, added, deleted)
         while not ready() and run.poll() is None and time.monotonic() - started < CHILD_TIMEOUT_S:
             time.sleep(0.002)
         killed = run.poll() is None
@@ -256,15 +256,16 @@ class Soak:
             self.typical_run_s = time.monotonic() - started
         return killed
 
-    def _kill_moment(self, kind: str, added: int) -> Callable[[], bool]:
+    def _kill_moment(self, kind: str, added: int, deleted: int) -> Callable[[], bool]:
         if kind == "delay":
             deadline = time.monotonic() + self.rng.uniform(0.0, self.typical_run_s)
             return lambda: time.monotonic() >= deadline
         if kind == "save":
             marker = self.pause_dir / "saving"
             return marker.exists
-        # after some of the new files were embedded and committed (the batch size rounds it up)
-        target = _embedding_count(self.library) + self.rng.randint(1, max(1, added - 2))
+        # after some of the new files were embedded and committed (the batch size rounds it up);
+        # the run first drops the rows of the deleted files
+        target = _embedding_count(self.library) - deleted + self.rng.randint(1, max(1, added - 2))
         return lambda: _embedding_count(self.library) >= target
 
     # ---- the checks -------------------------------------------------------------------------
