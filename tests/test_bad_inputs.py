@@ -206,6 +206,7 @@ def test_the_run_goes_on_and_its_report_says_what_failed(corpus: Indexed) -> Non
         (str(corpus.folder / "gone-during-scan"), "No such file or directory")
     ]
     assert not any("/loop/" in path for path in [*corpus.indexed, *corpus.failures])
+    assert str(corpus.folder / "dangling.jpg") not in [*corpus.indexed, *corpus.failures]
     assert len(corpus.indexed) == corpus.report.added
 
 
