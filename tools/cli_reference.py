@@ -18,7 +18,9 @@ that it matches the code. Every command takes `--library DIR` (default: `$PIXSIF
 else the user data folder, e.g. `~/.local/share/pixsift`).
 
 Exit codes: 0 on success (also when a search finds nothing; a message goes to stderr), 1 on a
-user error (a one-line message on stderr), 2 on bad usage, 130 when interrupted (Ctrl-C).
+user error (a one-line message on stderr), 2 on bad usage, 3 when the command finished but found
+trouble (`index`: some files or folders could not be read, the rest was indexed; `doctor`:
+problems remain), 130 when interrupted (Ctrl-C). See docs/reliability.md.
 """
 
 

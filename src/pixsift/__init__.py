@@ -23,6 +23,7 @@ _EXPORTS = {
     "LibraryBusyError": "pixsift.errors",
     "LibraryFormatError": "pixsift.errors",
     "LibraryNotFoundError": "pixsift.errors",
+    "LibraryWriteError": "pixsift.errors",
     "ModelError": "pixsift.errors",
     "ModelMismatchError": "pixsift.errors",
     "PixsiftError": "pixsift.errors",
@@ -38,6 +39,8 @@ _EXPORTS = {
     "SearchFilters": "pixsift.search",
     "SearchResult": "pixsift.search",
     "Failure": "pixsift.storage",
+    "HealthReport": "pixsift.doctor",
+    "Problem": "pixsift.doctor",
 }
 
 
@@ -49,6 +52,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from pixsift.doctor import HealthReport, Problem
     from pixsift.errors import (
         AccessDeniedError,
         EmptyLibraryError,
@@ -59,6 +63,7 @@ if TYPE_CHECKING:
         LibraryBusyError,
         LibraryFormatError,
         LibraryNotFoundError,
+        LibraryWriteError,
         ModelError,
         ModelMismatchError,
         PixsiftError,
@@ -74,6 +79,7 @@ __all__ = [
     "AccessDeniedError",
     "EmptyLibraryError",
     "Failure",
+    "HealthReport",
     "ImageError",
     "ImageNotFoundError",
     "ImageTooLargeError",
@@ -86,11 +92,13 @@ __all__ = [
     "LibraryFormatError",
     "LibraryNotFoundError",
     "LibraryStatus",
+    "LibraryWriteError",
     "ModelError",
     "ModelMismatchError",
     "ModelRecord",
     "ModelSpec",
     "PixsiftError",
+    "Problem",
     "QueryError",
     "QueryTerm",
     "SearchFilters",

@@ -1,7 +1,9 @@
 """The `pixsift` command: parses arguments, calls the library, formats what it returns.
 
 Exit codes: 0 on success (also when a search finds nothing: the message goes to stderr),
-1 on a user error (one line on stderr, never a traceback), 2 on bad usage, 130 on Ctrl-C.
+1 on a user error (one line on stderr, never a traceback), 2 on bad usage, 3 when a command
+finished but found trouble (files an index run could not read, problems doctor left), 130 on
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from pixsift import __version__
+from pixsift.config import LOCK_WAIT_S
 from pixsift.errors import PixsiftError
 from pixsift.formatting import ResultFormat, StatusFormat
 
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
     from pixsift.search import QueryTerm, SearchResult
 
 EXIT_USER_ERROR = 1
+EXIT_TROUBLE = 3  # finished, but some files could not be read, or problems remain
 EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
@@ -65,6 +69,15 @@ MinusOpt = Annotated[
     Optional[list[str]],  # noqa: UP045
     typer.Option(
         "--minus", help='Away from this text; repeatable; weight as "0.5*text".', show_default=False
+    ),
+]
+WaitOpt = Annotated[
+    float,
+    typer.Option(
+        "--wait",
+        min=0,
+        metavar="SECONDS",
+        help="Seconds to wait for another pixsift process that is indexing this library (0: refuse at once).",
     ),
 ]
 FormatOpt = Annotated[
@@ -151,9 +164,13 @@ def index(
             show_default=False,
         ),
     ] = None,
+    wait: WaitOpt = LOCK_WAIT_S,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary.")] = False,
 ) -> None:
-    """Index the images under FOLDERS (incrementally: only new and changed files are embedded)."""
+    """Index the images under FOLDERS (incrementally: only new and changed files are embedded).
+
+    Exits with 3 when some files or folders could not be read (the rest is indexed).
+    """
     from rich.console import Console
 
     from pixsift.formatting import format_report
@@ -176,12 +193,15 @@ def index(
                     batch_size=batch_size,
                     workers=workers,
                     progress=bar,
+                    wait=wait,
                 )
         except IndexInterrupted as interrupted:
             typer.echo(format_report(interrupted.report), err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
     if not quiet:
         typer.echo(format_report(report))
+    if not report.complete:
+        raise typer.Exit(EXIT_TROUBLE)
 
 
 @app.command()
@@ -325,6 +345,30 @@ def serve(
         )
         with _open(library, device=device) as lib:
             run_server(lib, host, port, settings)
+
+
+@app.command()
+def doctor(
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair", help="Fix what can be fixed: rebuild the search index, drop rows of files gone."
+        ),
+    ] = False,
+    library: LibraryOpt = None,
+    output: Annotated[
+        StatusFormat, typer.Option("--format", "-f", help="table or json.")
+    ] = StatusFormat.table,
+    wait: WaitOpt = LOCK_WAIT_S,
+) -> None:
+    """Check the library: database, search index against it, indexed files. Exits 3 if problems remain."""
+    from pixsift.formatting import format_health, health_as_json
+
+    with _user_errors(), _open(library) as lib:
+        report = lib.repair(wait=wait) if repair else lib.check(wait=wait)
+    typer.echo(health_as_json(report) if output is StatusFormat.json else format_health(report))
+    if not report.healthy:
+        raise typer.Exit(EXIT_TROUBLE)
 
 
 def _terms(texts: list[str] | None) -> list[QueryTerm]:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 LIBRARY_ENV_VAR = "PIXSIFT_LIBRARY"
 APP_NAME = "pixsift"
+# How long an index run (or doctor) waits by default for another one holding the library's lock.
+LOCK_WAIT_S = 10.0
 
 
 def default_library_dir() -> Path:

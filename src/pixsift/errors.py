@@ -18,6 +18,13 @@ class LibraryBusyError(PixsiftError):
     """Another process holds the library's write lock (an index run is going on)."""
 
 
+class LibraryWriteError(PixsiftError):
+    """The library could not be written: a full disk, a read-only folder, an I/O error.
+
+    What was committed before stays; the library is usable once the cause is fixed.
+    """
+
+
 class LibraryFormatError(PixsiftError):
     """The library's database is from a newer pixsift or is not a pixsift library."""
 

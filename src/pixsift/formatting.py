@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the command line imports this module before it needs the core
+    from pixsift.doctor import HealthReport
     from pixsift.evaluation import EvalReport
     from pixsift.indexer import IndexReport
     from pixsift.library import LibraryStatus
@@ -149,3 +150,37 @@ def format_eval(report: EvalReport) -> str:
 
 def eval_as_json(report: EvalReport) -> str:
     return json.dumps(report.to_dict(), indent=2)
+
+
+def format_health(report: HealthReport) -> str:
+    """What `pixsift doctor` found and did, problems first."""
+    index = "none" if report.index_vectors is None else f"{report.index_vectors:,} vectors"
+    lines = [
+        f"Library  {report.library}",
+        f"Checked  {report.images:,} images, {report.vectors:,} stored vectors, search index {index}, "
+        f"{report.sampled} vectors compared",
+    ]
+    lines += [f"repaired: {action}" for action in report.repairs]
+    lines += [f"note: {note}" for note in report.notes]
+    for problem in report.problems:
+        fix = " (pixsift doctor --repair fixes this)" if problem.repairable and not report.repairs else ""
+        lines.append(f"problem: {problem.message}{fix}")
+    lines.append("No problems found." if report.healthy else f"{len(report.problems)} problem(s) found.")
+    return "\n".join(lines)
+
+
+def health_as_json(report: HealthReport) -> str:
+    data = {
+        "library": str(report.library),
+        "healthy": report.healthy,
+        "images": report.images,
+        "vectors": report.vectors,
+        "index_vectors": report.index_vectors,
+        "sampled": report.sampled,
+        "problems": [
+            {"kind": p.kind, "message": p.message, "repairable": p.repairable} for p in report.problems
+        ],
+        "notes": report.notes,
+        "repairs": report.repairs,
+    }
+    return json.dumps(data, indent=2)

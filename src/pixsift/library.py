@@ -22,7 +22,7 @@ from filelock import FileLock, Timeout
 from PIL import Image as PILImage
 
 from pixsift.access import resolve_inside
-from pixsift.config import resolve_library_dir
+from pixsift.config import LOCK_WAIT_S, resolve_library_dir
 from pixsift.errors import (
     EmptyLibraryError,
     ImageError,
@@ -31,6 +31,7 @@ from pixsift.errors import (
     InvalidPathError,
     LibraryBusyError,
     LibraryNotFoundError,
+    LibraryWriteError,
     ModelMismatchError,
     QueryError,
 )
@@ -46,12 +47,12 @@ from pixsift.storage import Catalog, CatalogCounts, Failure, ImageInfo, RootInfo
 from pixsift.thumbnails import thumbnail
 
 if TYPE_CHECKING:
+    from pixsift.doctor import HealthReport
     from pixsift.storage.vector_index import VectorIndex
 
 DB_NAME = "library.db"
 INDEX_NAME = "vectors.faiss"
 LOCK_NAME = "library.lock"
-LOCK_WAIT_S = 10.0  # a search may hold the lock briefly while it saves a rebuilt index
 THUMBNAILS_DIR = "thumbnails"
 MMR_POOL_MIN = 50  # candidates MMR chooses from: enough variety beyond the top k
 MMR_POOL_MAX = 1000
@@ -173,15 +174,19 @@ class Library:
         batch_size: int = 32,
         workers: int | None = None,
         progress: IndexProgress | None = None,
+        wait: float | None = LOCK_WAIT_S,
     ) -> IndexReport:
         """Index the image files under `roots`, incrementally; with no roots, every known root.
 
         A new library uses `model`/`pretrained` (default ViT-B-32, laion2b_s34b_b79k). An
         existing one keeps its model: asking for another raises ModelMismatchError unless
         `reembed` is set, which re-embeds every image with the new model.
+
+        One process indexes a library at a time: if another one is, this waits up to `wait`
+        seconds (None: as long as it takes) and then raises LibraryBusyError.
         """
         requests, skipped = self._root_requests(roots, include_hidden, follow_symlinks)
-        with self._index_lock(LOCK_WAIT_S):
+        with self._locked(wait, "indexing"):
             embedder = self._embedder_for_indexing(model, pretrained, reembed)
             report = self._run_indexer(requests, embedder, batch_size, workers, progress)
         report.skipped_roots = skipped
@@ -203,7 +208,7 @@ class Library:
         if not paths:
             return self.index(batch_size=batch_size, workers=workers, progress=progress)
         requests = [self._scoped_request(path) for path in paths]
-        with self._index_lock(LOCK_WAIT_S):
+        with self._locked(LOCK_WAIT_S, "indexing"):
             embedder = self._embedder_for_indexing(None, None, reembed=False)
             return self._run_indexer(requests, embedder, batch_size, workers, progress)
 
@@ -226,21 +231,6 @@ class Library:
         scope = None if folder == os.path.realpath(root.path) else folder
         return RootRequest(root.path, root.include_hidden, root.follow_symlinks, scope=scope)
 
-    @contextmanager
-    def _index_lock(self, wait_s: float) -> Iterator[None]:
-        """Hold the library's write lock, taken within `wait_s` seconds or LibraryBusyError."""
-        try:
-            self._lock.acquire(timeout=wait_s)
-        except Timeout:
-            raise LibraryBusyError(
-                f"Another pixsift process or job is indexing the library at {self.path}; "
-                "wait for it to finish, then run this again."
-            ) from None
-        try:
-            yield
-        finally:
-            self._lock.release()
-
     def _run_indexer(
         self,
         requests: Sequence[RootRequest],
@@ -260,6 +250,23 @@ class Library:
         finally:  # also after Ctrl-C: save what was committed into the FAISS index
             if self._catalog.model() is not None:
                 self._refresh_vectors(save=True)
+
+    @contextmanager
+    def _locked(self, wait: float | None, doing: str) -> Iterator[None]:
+        """Hold the library's write lock, waiting up to `wait` seconds (None: for ever)."""
+        try:
+            self._lock.acquire(timeout=-1 if wait is None else max(0.0, wait))
+        except Timeout:
+            waited = "" if not wait else f" (waited {wait:g} s)"
+            raise LibraryBusyError(
+                f"Another pixsift process is indexing or repairing the library at {self.path}"
+                f"{waited}. Run this again when it has finished, or let it wait longer "
+                f"with --wait SECONDS; {doing} needs the library to itself."
+            ) from None
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _root_requests(
         self, roots: Sequence[str | os.PathLike[str]], include_hidden: bool, follow_symlinks: bool
@@ -619,7 +626,7 @@ class Library:
         `wait_s` seconds for a running index run, then raises LibraryBusyError.
         """
         info = self.image(image_id)
-        with self._index_lock(wait_s):
+        with self._locked(wait_s, "deleting"):
             with self._catalog.write() as batch:
                 batch.delete_images([image_id])
             if self._catalog.model() is not None:
@@ -682,19 +689,37 @@ class Library:
             return self._vectors
 
     def _save_vectors(self, vectors: VectorIndex, *, holding_lock: bool) -> None:
-        """Write the index and trim the change log it now covers; readers only if no one indexes."""
+        """Write the index and trim the change log it now covers; readers only if no one indexes.
+
+        The file is a cache of the database: a search that cannot write it (full disk,
+        read-only folder) still answers, from the index it built in memory.
+        """
         if not holding_lock:
             try:
                 self._lock.acquire(timeout=0)
             except Timeout:
                 return  # an index run holds the lock and will save a newer index itself
         try:
-            vectors.save(self.index_path)
-            with self._catalog.write() as batch:
-                batch.truncate_vector_log(vectors.generation)
+            self._write_vectors(vectors)
+        except LibraryWriteError:
+            if holding_lock:
+                raise
         finally:
             if not holding_lock:
                 self._lock.release()
+
+    def _write_vectors(self, vectors: VectorIndex) -> None:
+        from pixsift.storage.database import write_error
+        from pixsift.storage.vector_index import leftover_files
+
+        try:
+            for leftover in leftover_files(self.index_path):  # a crash cut a save short
+                leftover.unlink(missing_ok=True)
+            vectors.save(self.index_path)
+        except OSError as exc:
+            raise write_error(self.path, exc) from exc
+        with self._catalog.write() as batch:
+            batch.truncate_vector_log(vectors.generation)
 
     # ---- status --------------------------------------------------------------------------------
 
@@ -736,6 +761,42 @@ class Library:
             return self.similar(str(query.image), k)
 
         return evaluate(queries, self._catalog.embedded_paths(), run, cutoffs, record.spec.describe())
+
+
+    # ---- health ---------------------------------------------------------------------------------
+
+    def check(self, *, wait: float | None = LOCK_WAIT_S) -> HealthReport:
+        """Check the database, the search index against it and the indexed files; change nothing.
+
+        Waits for an index run to finish (up to `wait` seconds), so it sees a settled library.
+        """
+        from pixsift import doctor
+
+        with self._locked(wait, "a check"):
+            return doctor.check(self._catalog, self.index_path)
+
+    def repair(self, *, wait: float | None = LOCK_WAIT_S) -> HealthReport:
+        """Repair what can be repaired, then check again: the report lists both.
+
+        Rebuilds the search index from the stored vectors, drops rows of files gone from disk
+        (not of folders that are not there), and drops vectors that fit nothing. A database that
+        SQLite finds damaged is left alone: the report says so.
+        """
+        from pixsift import doctor
+        from pixsift.storage.database import write_error
+
+        with self._locked(wait, "a repair"):
+            before = doctor.check(self._catalog, self.index_path)
+            if any(problem.kind == "database" for problem in before.problems):
+                return before
+            try:
+                done = doctor.repair(self._catalog, self.index_path)
+            except OSError as exc:
+                raise write_error(self.path, exc) from exc
+            self._vectors = None  # reload the rebuilt index on the next search
+            after = doctor.check(self._catalog, self.index_path)
+        after.repairs = done
+        return after
 
 
 def _merge(filters: SearchFilters | None, under: str | os.PathLike[str] | None) -> SearchFilters | None:

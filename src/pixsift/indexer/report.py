@@ -27,6 +27,11 @@ class IndexReport:
     def embedded(self) -> int:
         return self.added + self.updated
 
+    @property
+    def complete(self) -> bool:
+        """Whether every file and folder found could be read (the rest of the run went on)."""
+        return not self.failed and not self.unreadable_dirs
+
 
 class IndexInterrupted(KeyboardInterrupt):
     """Ctrl-C during an index run. Everything committed before it is kept; `report` says what."""

@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Engine, Select, delete, func, insert, select, update
+from sqlalchemy import Engine, Select, delete, func, insert, select, text, update
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
 from pixsift.models.spec import ModelRecord, ModelSpec
-from pixsift.storage.database import open_engine, writer
+from pixsift.storage.database import damaged_error, open_engine, write_error, writer
 from pixsift.storage.records import CatalogCounts, Failure, ImageInfo, KnownFile, RootInfo
 from pixsift.storage.schema import (
+    Base,
     Embedding,
     Image,
     ModelRow,
@@ -78,29 +80,44 @@ class VectorDelta:
 class Catalog:
     """Metadata, vectors and the model record of one library, in one SQLite file."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, folder: Path) -> None:
         self._engine = engine
         self._writer = writer(engine)
+        self._folder = folder  # named in errors
 
     @classmethod
     def open(cls, db_path: Path) -> Catalog:
-        return cls(open_engine(db_path))
+        return cls(open_engine(db_path), db_path.parent)
 
     def close(self) -> None:
         self._engine.dispose()
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
-        with Session(self._engine) as session, session.begin():
-            yield session
+        try:
+            with Session(self._engine) as session, session.begin():
+                yield session
+        except DatabaseError as exc:
+            if isinstance(exc, OperationalError):  # locked, I/O: not a sign of damage
+                raise
+            raise damaged_error(self._folder, exc) from exc
 
     @contextmanager
     def write(self) -> Iterator[CatalogWriter]:
-        """One write transaction; its vector changes are logged under a new generation."""
-        with Session(self._writer, expire_on_commit=False) as session, session.begin():
-            batch = CatalogWriter(session)
-            yield batch
-            batch._log_vector_changes()
+        """One write transaction; its vector changes are logged under a new generation.
+
+        A write that fails (full disk, read-only folder, I/O error) is rolled back whole and
+        raised as LibraryWriteError; the transactions committed before it are kept.
+        """
+        try:
+            with Session(self._writer, expire_on_commit=False) as session, session.begin():
+                batch = CatalogWriter(session)
+                yield batch
+                batch._log_vector_changes()
+        except OperationalError as exc:
+            raise write_error(self._folder, exc) from exc
+        except DatabaseError as exc:
+            raise damaged_error(self._folder, exc) from exc
 
     # ---- the model and settings ------------------------------------------------------------
 
@@ -218,6 +235,56 @@ class Catalog:
         query = select(Image.path, Image.error).where(Image.error.is_not(None)).order_by(Image.path)
         with self._read() as session:
             return [Failure(path, error or "") for path, error in session.execute(query.limit(limit))]
+
+    # ---- integrity (for `pixsift doctor`) -------------------------------------------------------
+
+    def integrity_errors(self) -> list[str]:
+        """What SQLite's own integrity check finds wrong in the file; empty when sound."""
+        try:
+            with Session(self._engine) as session, session.begin():
+                rows = [str(row[0]) for row in session.execute(text("PRAGMA integrity_check"))]
+        except DatabaseError as exc:  # damaged where the check itself must read
+            return [str(exc.orig)]
+        return [] if rows == ["ok"] else rows
+
+    def schema_differences(self) -> list[str]:
+        """Tables or columns that differ from what this pixsift expects."""
+        differences = []
+        with self._read() as session:
+            for table in Base.metadata.sorted_tables:
+                info = session.execute(text(f"PRAGMA table_info({table.name})"))  # our own names
+                found = {str(row[1]) for row in info}
+                expected = {column.name for column in table.columns}
+                if not found:
+                    differences.append(f"table {table.name} is missing")
+                elif found != expected:
+                    differences.append(
+                        f"table {table.name} has columns {sorted(found)}, not {sorted(expected)}"
+                    )
+        return differences
+
+    def orphan_vector_ids(self) -> list[int]:
+        """Vectors whose image row is gone (the foreign key should make this impossible)."""
+        query = select(Embedding.image_id).where(
+            ~select(Image.id).where(Image.id == Embedding.image_id).exists()
+        )
+        with self._read() as session:
+            return list(session.scalars(query))
+
+    def misfit_vector_ids(self, dim: int) -> list[int]:
+        """Vectors whose size is not `dim` float32 values."""
+        query = select(Embedding.image_id).where(func.length(Embedding.vector) != 4 * dim)
+        with self._read() as session:
+            return list(session.scalars(query))
+
+    def image_paths(self) -> list[tuple[int, str]]:
+        """(id, path) of every image row."""
+        with self._read() as session:
+            return [(int(i), str(p)) for i, p in session.execute(select(Image.id, Image.path))]
+
+    def embedded_ids(self) -> np.ndarray:
+        with self._read() as session:
+            return np.fromiter(session.scalars(select(Embedding.image_id)), dtype=np.int64)
 
     # ---- vectors ----------------------------------------------------------------------------
 
@@ -392,6 +459,12 @@ class CatalogWriter:
     def touch_image(self, image_id: int, *, size: int, mtime_ns: int) -> None:
         """A file whose timestamp changed but whose bytes did not."""
         self._update(image_id, size=size, mtime_ns=mtime_ns)
+
+    def drop_vectors(self, ids: Iterable[int]) -> None:
+        """Forget these vectors; their images are embedded again by the next index run."""
+        for chunk in _chunks([int(i) for i in ids]):
+            self._session.execute(delete(Embedding).where(Embedding.image_id.in_(chunk)))
+            self._changed_ids.update(chunk)
 
     def delete_images(self, ids: Iterable[int]) -> None:
         wanted = [int(i) for i in ids]

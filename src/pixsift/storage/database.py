@@ -9,6 +9,7 @@ writers can take the write lock up front with BEGIN IMMEDIATE.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 
-from pixsift.errors import LibraryFormatError
+from pixsift.errors import LibraryFormatError, LibraryWriteError
 from pixsift.storage.migrations import migrate
 
 BUSY_TIMEOUT_MS = 30_000
@@ -39,9 +40,47 @@ def open_engine(db_path: Path) -> Engine:
             migrate(connection)
     except DBAPIError as exc:  # not a database, another program's database, no permission
         engine.dispose()
-        reason = str(exc.orig).strip() or type(exc.orig).__name__
-        raise LibraryFormatError(f"Cannot use {db_path} as a pixsift library: {reason}.") from exc
+        if not _writable(db_path):
+            raise LibraryWriteError(
+                f"The library at {db_path.parent} is read-only. pixsift needs to write there, even "
+                "to search (SQLite keeps its journal beside the database): make the folder "
+                "writable, or copy the library to a writable place and use --library."
+            ) from exc
+        raise LibraryFormatError(f"Cannot use {db_path} as a pixsift library: {_reason(exc)}.") from exc
     return engine
+
+
+def write_error(folder: Path, exc: BaseException) -> LibraryWriteError:
+    """A user-facing error for a write to the library at `folder` that failed with `exc`."""
+    reason = _reason(exc.orig if isinstance(exc, DBAPIError) else exc)
+    return LibraryWriteError(
+        f"Cannot write to the library at {folder}: {reason}. Is the disk full, or the folder "
+        "read-only? Everything saved before is kept; fix that and run the command again."
+    )
+
+
+def damaged_error(folder: Path, exc: DBAPIError) -> LibraryFormatError:
+    """A user-facing error for a database that SQLite finds damaged."""
+    return LibraryFormatError(
+        f"The library database at {folder} is damaged ({_reason(exc.orig)}). Run pixsift doctor "
+        "to see what is wrong; restore a backup, or index your folders into a new library."
+    )
+
+
+def _writable(db_path: Path) -> bool:
+    """Whether this process may write the database and create its journal files beside it.
+
+    os.access also reports a read-only file system (EROFS), even to root.
+    """
+    folder_ok = os.access(db_path.parent, os.W_OK | os.X_OK)
+    return folder_ok and (not db_path.exists() or os.access(db_path, os.W_OK))
+
+
+def _reason(exc: BaseException | None) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    text = str(exc).strip() if exc is not None else ""
+    return text or type(exc).__name__
 
 
 def writer(engine: Engine) -> Engine:

@@ -19,6 +19,7 @@ import numpy as np
 from pixsift.storage.catalog import Catalog, VectorDelta
 
 MAGIC = b"PIXSIFT-VECTORS\n"
+TMP_INFIX = ".tmp-"  # vectors.faiss.tmp-PID: a save in progress, or one a crash cut short
 FILE_FORMAT = 1
 
 
@@ -40,6 +41,13 @@ class VectorIndex:
     @property
     def count(self) -> int:
         return int(self._index.ntotal)
+
+    def ids(self) -> np.ndarray:
+        """The ids held, in insertion order (duplicates would show here)."""
+        return faiss.vector_to_array(self._index.id_map).astype(np.int64)  # type: ignore[attr-defined]
+
+    def vector(self, image_id: int) -> np.ndarray:
+        return np.asarray(self._index.reconstruct(int(image_id)), dtype=np.float32)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
@@ -73,7 +81,7 @@ class VectorIndex:
         """Write atomically: a temporary file in the same folder, fsynced, renamed over `path`."""
         header = {"format": FILE_FORMAT, "generation": self.generation, "dim": self.dim}
         payload = faiss.serialize_index(self._index)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp = path.with_name(f"{path.name}{TMP_INFIX}{os.getpid()}")
         try:
             with open(tmp, "wb") as f:
                 f.write(MAGIC)
@@ -135,6 +143,11 @@ def catch_up(catalog: Catalog, index: VectorIndex) -> VectorIndex:
         return rebuild(catalog, index.dim)
     index.apply(delta)
     return index
+
+
+def leftover_files(path: Path) -> list[Path]:
+    """Temporary files of saves that a crash cut short (harmless; safe to delete under the lock)."""
+    return sorted(path.parent.glob(f"{path.name}{TMP_INFIX}*"))
 
 
 def read_generation(path: Path) -> int | None:

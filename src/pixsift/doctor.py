@@ -1,0 +1,256 @@
+"""Checking a library for damage, and repairing what can be repaired (`pixsift doctor`).
+
+The database is the source of truth and SQLite keeps it consistent through crashes, so most
+of what can go wrong is outside it: a search index that no longer matches the stored vectors
+(a file restored from a backup, a damaged disk), rows for files deleted from disk, leftovers of
+a save that a crash cut short. The check reads only; the repair rebuilds the search index from
+the stored vectors and drops what points nowhere. Both run under the library's lock, so they
+never see an index run half-way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pixsift.storage import Catalog
+from pixsift.storage.catalog import folder_prefix_range
+from pixsift.storage.vector_index import (
+    VectorIndex,
+    catch_up,
+    leftover_files,
+    read_generation,
+    rebuild,
+)
+
+VECTOR_SAMPLE = 256  # stored vectors compared with the search index's copies, per check
+VECTOR_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with a library. `kind` is a stable name for scripts."""
+
+    kind: str
+    message: str
+    repairable: bool
+
+
+@dataclass
+class HealthReport:
+    """What a check found (and, after a repair, what the repair did)."""
+
+    library: Path
+    images: int = 0  # image rows in the database
+    vectors: int = 0  # stored vectors
+    index_vectors: int | None = None  # vectors in the search index file, once caught up
+    sampled: int = 0  # vectors compared between the database and the search index
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # found, but harmless
+    repairs: list[str] = field(default_factory=list)  # what a repair did
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+
+def check(catalog: Catalog, index_path: Path, *, seed: int = 0) -> HealthReport:
+    """Check the database, the search index against it, and the files it points to."""
+    report = HealthReport(index_path.parent)
+    errors = catalog.integrity_errors()
+    if errors:
+        report.problems.append(
+            Problem(
+                "database",
+                f"SQLite finds the database damaged ({'; '.join(errors[:3])}). Restore it from a "
+                "backup, or index your folders into a new library.",
+                repairable=False,
+            )
+        )
+        return report  # nothing read from a damaged file can be trusted
+    report.problems += [
+        Problem("schema", f"The database schema differs: {difference}.", repairable=False)
+        for difference in catalog.schema_differences()
+    ]
+    _check_vectors(catalog, report)
+    _check_index(catalog, index_path, report, np.random.default_rng(seed))
+    _check_files(catalog, report)
+    leftovers = leftover_files(index_path)
+    if leftovers:
+        report.notes.append(
+            f"{len(leftovers)} temporary file(s) of an interrupted index save; "
+            "removed by the next save or by --repair"
+        )
+    pending = catalog.counts().pending
+    if pending:
+        report.notes.append(f"{pending} image(s) not embedded yet: the next index run embeds them")
+    return report
+
+
+def _check_vectors(catalog: Catalog, report: HealthReport) -> None:
+    counts = catalog.counts()
+    report.images, report.vectors = counts.total, counts.indexed
+    orphans = catalog.orphan_vector_ids()
+    if orphans:
+        report.problems.append(
+            Problem("orphan-vectors", f"{len(orphans)} vector(s) belong to no image.", repairable=True)
+        )
+    model = catalog.model()
+    if model is None:
+        if report.vectors:
+            report.problems.append(
+                Problem("model", "Vectors are stored but no model is recorded.", repairable=False)
+            )
+        return
+    misfits = catalog.misfit_vector_ids(model.embed_dim)
+    if misfits:
+        report.problems.append(
+            Problem(
+                "vector-size",
+                f"{len(misfits)} vector(s) are not {model.embed_dim}-dimensional like the model's.",
+                repairable=True,
+            )
+        )
+
+
+def _check_index(catalog: Catalog, index_path: Path, report: HealthReport, rng: np.random.Generator) -> None:
+    """Compare the saved search index, caught up as a search would, with the stored vectors."""
+    model = catalog.model()
+    if model is None:
+        return
+    generation = catalog.generation()
+    saved = read_generation(index_path)
+    if saved is None and not index_path.exists():
+        report.notes.append("no search index file yet: the next search or --repair builds it")
+        return
+    index = VectorIndex.load(index_path)
+    if index is None or saved is None:
+        report.problems.append(
+            Problem("index-damaged", "The search index file cannot be read.", repairable=True)
+        )
+        return
+    if index.dim != model.embed_dim or saved > generation:
+        report.problems.append(
+            Problem(
+                "index-foreign",
+                "The search index file does not belong to this database "
+                f"({index.dim}-d at generation {saved}; the database is {model.embed_dim}-d "
+                f"at generation {generation}).",
+                repairable=True,
+            )
+        )
+        return
+    if saved < generation:
+        report.notes.append(f"search index file is behind (generation {saved} of {generation}): caught up")
+    index = catch_up(catalog, index)
+    _compare(catalog, index, report, rng)
+
+
+def _compare(catalog: Catalog, index: VectorIndex, report: HealthReport, rng: np.random.Generator) -> None:
+    held = index.ids()
+    report.index_vectors = len(held)
+    stored = catalog.embedded_ids()
+    duplicates = [i for i, n in Counter(held.tolist()).items() if n > 1]
+    phantoms = np.setdiff1d(held, stored)
+    absent = np.setdiff1d(stored, held)
+    for count, what in [
+        (len(duplicates), "appear more than once in the search index"),
+        (len(phantoms), "in the search index have no stored vector (phantom results)"),
+        (len(absent), "stored are missing from the search index (never found by a search)"),
+    ]:
+        if count:
+            report.problems.append(Problem("index-mismatch", f"{count} vector(s) {what}.", repairable=True))
+    both = np.intersect1d(held, stored)
+    sample = rng.choice(both, size=min(VECTOR_SAMPLE, len(both)), replace=False) if len(both) else both
+    report.sampled = len(sample)
+    differ = 0
+    for image_id in sample.tolist():
+        vector = catalog.vector(image_id)
+        if vector is None or vector.shape != (index.dim,):
+            continue  # reported by the vector checks
+        if not np.allclose(index.vector(image_id), vector, atol=VECTOR_TOLERANCE, rtol=0):
+            differ += 1
+    if differ:
+        report.problems.append(
+            Problem(
+                "index-mismatch",
+                f"{differ} of {len(sample)} sampled vector(s) differ between the search index "
+                "and the database.",
+                repairable=True,
+            )
+        )
+
+
+def _check_files(catalog: Catalog, report: HealthReport) -> None:
+    absent_roots = [root.path for root in catalog.roots() if not os.path.isdir(root.path)]
+    gone = 0
+    kept = 0
+    for _, path in catalog.image_paths():
+        if os.path.isfile(path):
+            continue
+        if _under_any(path, absent_roots):
+            kept += 1
+        else:
+            gone += 1
+    if gone:
+        report.problems.append(
+            Problem(
+                "missing-files",
+                f"{gone} indexed file(s) no longer exist on disk.",
+                repairable=True,
+            )
+        )
+    if kept:
+        report.notes.append(
+            f"{kept} image(s) under folders that are not there (unmounted?): kept as they are"
+        )
+
+
+def repair(catalog: Catalog, index_path: Path) -> list[str]:
+    """Fix what a check can find, short of a damaged database; returns what was done.
+
+    Rows of files gone from disk are dropped (not those under a folder that is not there),
+    vectors that fit nothing are dropped (their images are embedded again by the next index
+    run), and the search index is rebuilt from the stored vectors.
+    """
+    done: list[str] = []
+    model = catalog.model()
+    orphans = catalog.orphan_vector_ids()
+    misfits = catalog.misfit_vector_ids(model.embed_dim) if model is not None else []
+    absent_roots = [root.path for root in catalog.roots() if not os.path.isdir(root.path)]
+    gone = [
+        image_id
+        for image_id, path in catalog.image_paths()
+        if not os.path.isfile(path) and not _under_any(path, absent_roots)
+    ]
+    if orphans or misfits or gone:
+        with catalog.write() as batch:
+            batch.drop_vectors([*orphans, *misfits])
+            batch.delete_images(gone)
+    if orphans:
+        done.append(f"dropped {len(orphans)} vector(s) that belonged to no image")
+    if misfits:
+        done.append(f"dropped {len(misfits)} vector(s) of the wrong size (re-embedded by the next index run)")
+    if gone:
+        done.append(f"dropped {len(gone)} row(s) of files gone from disk")
+    if model is not None:
+        index = rebuild(catalog, model.embed_dim)
+        index.save(index_path)
+        with catalog.write() as batch:
+            batch.truncate_vector_log(index.generation)
+        done.append(f"rebuilt the search index from {index.count} stored vector(s)")
+    leftovers = leftover_files(index_path)
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    if leftovers:
+        done.append(f"removed {len(leftovers)} temporary file(s) of an interrupted save")
+    return done
+
+
+def _under_any(path: str, folders: list[str]) -> bool:
+    encoded = os.fsencode(path)
+    return any(low <= encoded < high for low, high in map(folder_prefix_range, folders))

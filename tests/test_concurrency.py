@@ -1,0 +1,137 @@
+"""Two terminals at once: one index run at a time (a lock, with a clear message), and searches
+that always succeed and stay consistent while an index run writes."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from filelock import FileLock
+from typer.testing import CliRunner
+
+from conftest import TinyModel
+from crash_soak import PAUSE_ENV, FreshProcesses
+from pixsift import Library, LibraryBusyError
+from pixsift.cli import app
+from sample_photos import make_photo, save, write_photos
+
+
+def index(library: Library, tiny_model: TinyModel, folder: Path, **options: object) -> object:
+    return library.index(
+        folder,
+        model=str(tiny_model.config),
+        pretrained=str(tiny_model.checkpoint),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def lock_of(library_dir: Path) -> FileLock:
+    """The lock another index run holds, taken here through its own file handle."""
+    return FileLock(library_dir / "library.lock")
+
+
+def test_a_second_index_run_refuses_with_a_clear_message(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    with Library.open(library_dir) as library:
+        index(library, tiny_model, photos)
+        before = library.status()
+    save(make_photo(900), photos / "new.jpg")
+    with lock_of(library_dir), Library.open(library_dir) as library:
+        with pytest.raises(LibraryBusyError) as busy:
+            library.index(photos, wait=0)
+        assert str(busy.value) == (
+            f"Another pixsift process is indexing or repairing the library at {library_dir}. Run this "
+            "again when it has finished, or let it wait longer with --wait SECONDS; indexing needs "
+            "the library to itself."
+        )
+        with pytest.raises(LibraryBusyError, match=r"\(waited 0.2 s\)"):
+            library.index(photos, wait=0.2)
+        with pytest.raises(LibraryBusyError):
+            library.check(wait=0)
+        assert library.status().counts == before.counts  # nothing was written
+        assert len(library.search("x", k=50)) == 12  # searching needs no lock
+    with Library.open(library_dir) as library:
+        assert library.index(photos, wait=0).added == 1
+
+
+def test_the_command_refuses_in_one_line(library_dir: Path, photos: Path, tiny_model: TinyModel) -> None:
+    with lock_of(library_dir):
+        result = CliRunner().invoke(
+            app,
+            ["index", str(photos), "--library", str(library_dir), "--wait", "0", *tiny_model.index_args()],
+        )
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"error: Another pixsift process is indexing or repairing the library at {library_dir}."
+    )
+    assert result.stderr.count("\n") == 1
+
+
+def test_with_wait_a_second_run_goes_when_the_first_is_done(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    Library.open(library_dir).close()
+    held = threading.Event()
+    released: list[float] = []
+
+    def first_run() -> None:
+        with lock_of(library_dir):
+            held.set()
+            time.sleep(1.0)
+            released.append(time.monotonic())
+
+    holder = threading.Thread(target=first_run)
+    holder.start()
+    held.wait()
+    with Library.open(library_dir) as library:
+        report = index(library, tiny_model, photos, wait=None)
+        finished = time.monotonic()
+    holder.join()
+    assert report.added == 12  # type: ignore[attr-defined]
+    assert released and released[0] <= finished  # it waited for the lock
+
+
+@pytest.mark.slow
+def test_searches_during_an_index_run_succeed_and_are_consistent(
+    tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    photos, library_dir, pause = tmp_path / "photos", tmp_path / "library", tmp_path / "pause"
+    files = {str(p) for p in write_photos(photos, 150, size=(96, 72), seed=3000)}
+    pause.mkdir()
+    Library.open(library_dir).close()
+    argv = ["index", str(photos), "--library", str(library_dir), "--batch-size", "1", "--workers", "1"]
+    run = FreshProcesses().start([*argv, *tiny_model.index_args()], {PAUSE_ENV: str(pause)})
+    try:
+        seen = []
+        query = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+        while not (pause / "saving").exists():
+            assert run.poll() is None, run.wait()[1]
+            with Library.open(library_dir) as library:
+                if library.status().model is None:
+                    continue
+                hits = library.search_vector(query, k=1000)
+                assert len({h.id for h in hits}) == len(hits)
+                assert {str(h.path) for h in hits} <= files
+                assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+                seen.append(len(hits))
+        # The run is paused in its last step, writing the search index, lock held.
+        with Library.open(library_dir) as library:
+            assert len(library.search("a photo", k=1000)) == 150  # all committed, all found
+            with pytest.raises(LibraryBusyError):
+                library.index(photos, wait=0)
+        (pause / "go").touch()
+        code, stderr = run.wait()
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert code == 0, stderr
+    assert seen == sorted(seen) and len(set(seen)) > 2, seen  # growing while we watched
+    with Library.open(library_dir) as library:
+        assert library.check().healthy
+        assert library.status().index_file.state == "up to date"
+    assert os.path.exists(library_dir / "vectors.faiss")

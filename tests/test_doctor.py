@@ -1,0 +1,215 @@
+"""`Library.check()` / `repair()` and `pixsift doctor`, on libraries damaged the ways disks and
+people damage them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TinyModel
+from pixsift import HealthReport, Library, LibraryFormatError
+from pixsift.cli import app
+from pixsift.storage.vector_index import VectorIndex
+
+
+@pytest.fixture
+def indexed(library_dir: Path, photos: Path, tiny_model: TinyModel) -> Path:
+    with Library.open(library_dir) as library:
+        library.index(photos, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint))
+    return library_dir
+
+
+def check(library_dir: Path) -> HealthReport:
+    with Library.open(library_dir, create=False) as library:
+        return library.check()
+
+
+def repair(library_dir: Path) -> HealthReport:
+    with Library.open(library_dir, create=False) as library:
+        return library.repair()
+
+
+def kinds(report: HealthReport) -> list[str]:
+    return [problem.kind for problem in report.problems]
+
+
+def edit_index(library_dir: Path, change: str) -> None:
+    """Save the search index back with one kind of damage, at the same generation."""
+    index = VectorIndex.load(library_dir / "vectors.faiss")
+    assert index is not None
+    first = int(index.ids()[0])
+    other = np.random.default_rng(1).standard_normal(index.dim).astype(np.float32)
+    if change == "altered":
+        index.remove(np.array([first]))
+        index.add(np.array([first]), other[None, :])
+    elif change == "duplicate":
+        index.add(np.array([first]), index.vector(first)[None, :])
+    elif change == "phantom":
+        index.add(np.array([10_000]), other[None, :])
+    elif change == "lost":
+        index.remove(np.array([first]))
+    index.save(library_dir / "vectors.faiss")
+
+
+def test_a_healthy_library(indexed: Path) -> None:
+    report = check(indexed)
+    assert report.healthy and report.notes == [] and report.repairs == []
+    assert (report.images, report.vectors, report.index_vectors, report.sampled) == (12, 12, 12, 12)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("altered", "1 of 12 sampled vector(s) differ between the search index and the database"),
+        ("duplicate", "1 vector(s) appear more than once in the search index"),
+        ("phantom", "1 vector(s) in the search index have no stored vector (phantom results)"),
+        ("lost", "1 vector(s) stored are missing from the search index"),
+    ],
+)
+def test_a_search_index_that_differs_from_the_database_is_rebuilt(
+    indexed: Path, change: str, message: str
+) -> None:
+    with Library.open(indexed) as library:
+        expected = library.search("a photo", k=12)
+    edit_index(indexed, change)
+    found = check(indexed)
+    assert kinds(found) == ["index-mismatch"] and message in found.problems[0].message
+    assert found.problems[0].repairable
+
+    repaired = repair(indexed)
+    assert repaired.healthy
+    assert repaired.repairs == ["rebuilt the search index from 12 stored vector(s)"]
+    with Library.open(indexed) as library:
+        assert library.search("a photo", k=12) == expected
+
+
+def test_a_damaged_or_foreign_index_file(
+    indexed: Path, tmp_path: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    (indexed / "vectors.faiss").write_bytes(b"PIXSIFT-VECTORS\n{not json")
+    assert kinds(check(indexed)) == ["index-damaged"]
+    assert repair(indexed).healthy
+
+    other = tmp_path / "other-library"  # a bigger library, further on: its index is not ours
+    with Library.open(other) as library:
+        for _ in range(3):
+            library.index(photos, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint))
+            shutil.copy(photos / "photo_0100.jpg", photos / f"copy-{library.status().generation}.jpg")
+    shutil.copy(other / "vectors.faiss", indexed / "vectors.faiss")
+    assert kinds(check(indexed)) == ["index-foreign"]
+    assert repair(indexed).healthy
+
+
+def test_missing_index_and_leftovers_are_notes_not_problems(indexed: Path) -> None:
+    (indexed / "vectors.faiss").unlink()
+    (indexed / "vectors.faiss.tmp-4242").write_bytes(b"half a save")
+    report = check(indexed)
+    assert report.healthy
+    assert report.notes == [
+        "no search index file yet: the next search or --repair builds it",
+        "1 temporary file(s) of an interrupted index save; removed by the next save or by --repair",
+    ]
+    repaired = repair(indexed)
+    assert repaired.repairs == [
+        "rebuilt the search index from 12 stored vector(s)",
+        "removed 1 temporary file(s) of an interrupted save",
+    ]
+    assert repaired.notes == [] and not (indexed / "vectors.faiss.tmp-4242").exists()
+
+
+def test_files_gone_from_disk_are_dropped_but_not_an_unmounted_folder(
+    indexed: Path, photos: Path, tmp_path: Path
+) -> None:
+    for path in sorted(photos.iterdir())[:2]:
+        path.unlink()
+    found = check(indexed)
+    assert kinds(found) == ["missing-files"]
+    assert found.problems[0].message == "2 indexed file(s) no longer exist on disk."
+    repaired = repair(indexed)
+    assert repaired.healthy and "dropped 2 row(s) of files gone from disk" in repaired.repairs
+    assert (repaired.images, repaired.index_vectors) == (10, 10)
+
+    photos.rename(tmp_path / "unplugged")
+    unmounted = repair(indexed)
+    assert unmounted.healthy
+    assert unmounted.notes == ["10 image(s) under folders that are not there (unmounted?): kept as they are"]
+    assert unmounted.images == 10
+
+
+def test_vectors_of_the_wrong_size_are_dropped_and_embedded_again(indexed: Path, photos: Path) -> None:
+    with sqlite3.connect(indexed / "library.db") as db:
+        db.execute("UPDATE embeddings SET vector = zeroblob(12) WHERE image_id = 1")
+    found = check(indexed)
+    assert kinds(found) == ["vector-size"]
+    repaired = repair(indexed)
+    assert repaired.healthy and repaired.vectors == 11
+    assert repaired.notes == ["1 image(s) not embedded yet: the next index run embeds them"]
+    with Library.open(indexed) as library:
+        assert library.index(photos).updated == 1
+        assert library.check().notes == []
+
+
+def test_a_changed_schema_is_reported_not_repaired(indexed: Path) -> None:
+    with sqlite3.connect(indexed / "library.db") as db:
+        db.execute("ALTER TABLE images ADD COLUMN rating INTEGER")
+    found = check(indexed)
+    assert kinds(found) == ["schema"] and "table images has columns" in found.problems[0].message
+    assert not repair(indexed).healthy
+
+
+def test_a_damaged_database_is_reported_and_left_alone(indexed: Path, photos: Path) -> None:
+    db_path = indexed / "library.db"
+    with sqlite3.connect(db_path) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        root = db.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'ix_images_content_hash'"
+        ).fetchone()[0]
+    data = bytearray(db_path.read_bytes())
+    start = (root - 1) * page_size
+    data[start : start + page_size] = b"\xff" * page_size  # an index page of the images table
+    db_path.write_bytes(bytes(data))
+
+    found = check(indexed)
+    assert kinds(found) == ["database"] and not found.problems[0].repairable
+    assert "Restore it from a backup" in found.problems[0].message
+    assert repair(indexed).repairs == []
+    assert db_path.read_bytes() == bytes(data)
+    shutil.copy(photos / "photo_0100.jpg", photos / "copy.jpg")  # looked up by content hash
+    with Library.open(indexed) as library, pytest.raises(LibraryFormatError, match="is damaged"):
+        library.index(photos)  # reads the damaged page: a clear error, not a traceback
+
+
+runner = CliRunner()
+
+
+def test_doctor_command(indexed: Path, photos: Path) -> None:
+    healthy = runner.invoke(app, ["doctor", "--library", str(indexed)])
+    assert healthy.exit_code == 0, healthy.output
+    assert healthy.stdout.splitlines()[-1] == "No problems found."
+
+    (photos / "photo_0100.jpg").unlink()
+    sick = runner.invoke(app, ["doctor", "--library", str(indexed)])
+    assert sick.exit_code == 3
+    assert (
+        "problem: 1 indexed file(s) no longer exist on disk. (pixsift doctor --repair fixes this)"
+        in sick.stdout
+    )
+    as_json = json.loads(runner.invoke(app, ["doctor", "-f", "json", "--library", str(indexed)]).stdout)
+    assert as_json["healthy"] is False
+    assert as_json["problems"] == [
+        {"kind": "missing-files", "message": "1 indexed file(s) no longer exist on disk.", "repairable": True}
+    ]
+
+    fixed = runner.invoke(app, ["doctor", "--repair", "--library", str(indexed)])
+    assert fixed.exit_code == 0
+    assert "repaired: dropped 1 row(s) of files gone from disk" in fixed.stdout
+    assert fixed.stdout.splitlines()[-1] == "No problems found."
+
+    missing = runner.invoke(app, ["doctor", "--library", str(indexed.parent / "none")])
+    assert missing.exit_code == 1 and missing.stderr.startswith("error: No pixsift library at ")

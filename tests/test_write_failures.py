@@ -1,0 +1,132 @@
+"""A full disk or a read-only library: a clear message, and a library that stays usable.
+
+A full disk is simulated honestly with RLIMIT_FSIZE in the child process: with SIGXFSZ
+ignored, every write past the limit fails with EFBIG, exactly where a full disk fails with
+ENOSPC. A read-only library is a read-only bind mount (in a private mount namespace) when the
+tests run as root, who ignores file permissions, and a chmod otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import TinyModel, run_cli
+from pixsift import Library
+from sample_photos import write_photos
+
+pytestmark = pytest.mark.slow
+
+
+def file_size_limit(max_bytes: int) -> Callable[[], None]:
+    def apply() -> None:  # runs in the child, before it starts Python
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return apply
+
+
+def run_limited(max_bytes: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pixsift", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        preexec_fn=file_size_limit(max_bytes),
+        check=False,
+    )
+
+
+@pytest.fixture
+def indexed(library_dir: Path, photos: Path, tiny_model: TinyModel) -> Path:
+    with Library.open(library_dir) as library:
+        library.index(photos, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint))
+    return library_dir
+
+
+def test_a_full_disk_stops_the_run_with_a_clear_message_and_loses_nothing(
+    indexed: Path, photos: Path
+) -> None:
+    write_photos(photos, 40, size=(96, 72), seed=4000)
+    result = run_limited(64_000, "index", "--library", str(indexed), "--batch-size", "1")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"error: Cannot write to the library at {indexed}: ")
+    assert "Is the disk full, or the folder read-only?" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+    with Library.open(indexed) as library:  # space freed: everything committed is there
+        health = library.check()
+        assert health.healthy, health.problems
+        kept = library.status().counts.indexed
+        assert 12 <= kept < 52
+        assert len(library.search("a photo", k=100)) == kept
+        report = library.index()
+        assert (report.added, report.unchanged) == (52 - kept, kept)
+        assert library.check().healthy and library.check().notes == []
+
+
+def test_a_search_on_a_full_disk_still_answers(indexed: Path) -> None:
+    (indexed / "vectors.faiss").unlink()  # the search rebuilds it and cannot save it
+    with Library.open(indexed) as holder:
+        holder.status()  # keeps SQLite's shared-memory file open, as any running search would
+        result = run_limited(1_000, "search", "a photo", "-f", "json", "--library", str(indexed))
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)) == 10
+    assert not (indexed / "vectors.faiss").exists()
+    assert sorted(p.name for p in indexed.iterdir() if ".tmp-" in p.name) == []
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def run_read_only(library_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run pixsift with `library_dir` read-only for it."""
+    command = [sys.executable, "-m", "pixsift", *args]
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [library_dir, *library_dir.iterdir()]}
+        for path in modes:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        try:
+            return run_cli(*args)
+        finally:
+            for path, mode in modes.items():
+                path.chmod(mode)
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-m", "true"], check=False).returncode != 0:
+        pytest.skip("running as root without mount namespaces: cannot make a folder read-only")
+    script = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@"'
+    return subprocess.run(
+        [unshare, "-m", "sh", "-c", script, "sh", str(library_dir), *command],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_a_read_only_library_says_so_and_is_left_as_it_was(indexed: Path, photos: Path) -> None:
+    write_photos(photos, 2, size=(96, 72), seed=4100)
+    before = digest(indexed)
+    for args in (["index"], ["search", "a photo"]):
+        result = run_read_only(indexed, *args, "--library", str(indexed))
+        assert result.returncode == 1, result.stderr
+        assert result.stderr == (
+            f"error: The library at {indexed} is read-only. pixsift needs to write there, even to "
+            "search (SQLite keeps its journal beside the database): make the folder writable, or "
+            "copy the library to a writable place and use --library.\n"
+        )
+    assert digest(indexed) == before
+    with Library.open(indexed) as library:  # writable again: all there, and it goes on
+        assert library.check().healthy
+        assert library.index().added == 2
