@@ -32,7 +32,8 @@ def test_config_file_model_keeps_its_architecture(tiny_model: TinyModel) -> None
 def test_bundled_model_is_stored_by_name_not_by_install_path(tmp_path: Path, tiny_model: TinyModel) -> None:
     spec = resolve_model_spec("synthetic-tiny")
     assert (spec.name, spec.pretrained) == ("synthetic-tiny", BUNDLED_TAG)
-    assert spec.is_bundled and spec.config_json == BUNDLED_MODELS["synthetic-tiny"].config.read_text()
+    assert spec.is_bundled and spec.config_json is not None
+    assert json.loads(spec.config_json) == json.loads(BUNDLED_MODELS["synthetic-tiny"].config.read_text())
     assert resolve_weights(spec).path == BUNDLED_MODELS["synthetic-tiny"].checkpoint
 
     own_weights = resolve_model_spec("synthetic-tiny", str(tiny_model.checkpoint))

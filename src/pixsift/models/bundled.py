@@ -7,6 +7,7 @@ reinstalled elsewhere; the weights fingerprint still tells if the shipped weight
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,8 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
 
 def bundled_spec(name: str) -> ModelSpec:
     """The spec of the bundled model `name` with its own weights."""
-    model = BUNDLED_MODELS[name]
-    return ModelSpec(name, BUNDLED_TAG, config_json=model.config.read_text(encoding="utf-8"))
+    config = json.loads(BUNDLED_MODELS[name].config.read_text(encoding="utf-8"))
+    return ModelSpec(name, BUNDLED_TAG, config_json=json.dumps(config, sort_keys=True))
 
 
 def bundled_checkpoint(name: str) -> Path | None:
