@@ -762,7 +762,6 @@ class Library:
 
         return evaluate(queries, self._catalog.embedded_paths(), run, cutoffs, record.spec.describe())
 
-
     # ---- health ---------------------------------------------------------------------------------
 
     def check(self, *, wait: float | None = LOCK_WAIT_S) -> HealthReport:
