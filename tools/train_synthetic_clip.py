@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,7 +202,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=BUILTIN / "synthetic-tiny.pt")
     args = parser.parse_args()
     settings = TrainSettings(seed=args.seed, images=args.images)
-    random.seed(settings.seed)
     summary = train(settings, args.out)
     size_mb = args.out.stat().st_size / 1e6
     print(json.dumps({**summary, "checkpoint": str(args.out), "checkpoint_mb": round(size_mb, 2)}, indent=2))

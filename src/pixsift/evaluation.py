@@ -151,9 +151,9 @@ def _absolute(pattern: str, base: Path) -> str:
     return os.path.normpath(expanded if os.path.isabs(expanded) else os.path.join(base, expanded))
 
 
-def relevant_paths(query: LabelledQuery, indexed: Sequence[str]) -> set[str]:
-    """The indexed images that `query`'s relevant paths and patterns name."""
-    indexed_set = set(indexed)
+def relevant_paths(query: LabelledQuery, indexed: Sequence[str], indexed_set: set[str]) -> set[str]:
+    """The indexed images (given as a list for globbing and a set for lookups) that `query`'s
+    relevant paths and patterns name."""
     found: set[str] = set()
     for pattern in query.relevant:
         if _GLOB_CHARS.isdisjoint(pattern):
@@ -187,7 +187,8 @@ def evaluate(
         raise QueryError("Cut-offs must be positive whole numbers, e.g. 1,5,10.")
     cutoffs = tuple(sorted(set(cutoffs)))
     depth = max(cutoffs)
-    judged = [(query, relevant_paths(query, indexed)) for query in queries]
+    indexed_set = set(indexed)
+    judged = [(query, relevant_paths(query, indexed, indexed_set)) for query in queries]
     search(queries[0], depth)
     outcomes = []
     for query, relevant in judged:
