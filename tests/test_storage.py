@@ -12,9 +12,10 @@ import pytest
 from pixsift.errors import LibraryFormatError
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.storage import Catalog
+from pixsift.storage.index_lifecycle import catch_up, open_vector_index
 from pixsift.storage.migrations import SCHEMA_VERSION
 from pixsift.storage.schema import Base
-from pixsift.storage.vector_index import VectorIndex, catch_up, open_vector_index, read_generation
+from pixsift.storage.vector_index import VectorIndex, read_generation
 
 DIM = 8
 

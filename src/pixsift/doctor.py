@@ -19,13 +19,9 @@ import numpy as np
 
 from pixsift.storage import Catalog
 from pixsift.storage.catalog import folder_prefix_range
-from pixsift.storage.vector_index import (
-    VectorIndex,
-    catch_up,
-    leftover_files,
-    read_generation,
-    rebuild,
-)
+from pixsift.storage.index_build import IndexPolicy
+from pixsift.storage.index_lifecycle import catch_up, rebuild
+from pixsift.storage.vector_index import VectorIndex, leftover_files, read_generation
 
 VECTOR_SAMPLE = 256  # stored vectors compared with the search index's copies, per check
 VECTOR_TOLERANCE = 1e-6
@@ -165,6 +161,9 @@ def _compare(catalog: Catalog, index: VectorIndex, report: HealthReport, rng: np
         if count:
             report.problems.append(Problem("index-mismatch", f"{count} vector(s) {what}.", repairable=True))
     both = np.intersect1d(held, stored)
+    if not index.exact:  # compressed vectors cannot equal the stored ones: ids are the check
+        report.notes.append(f"search index is {index.kind.value} (compressed): compared ids, not vectors")
+        return
     sample = rng.choice(both, size=min(VECTOR_SAMPLE, len(both)), replace=False) if len(both) else both
     report.sampled = len(sample)
     differ = 0
@@ -210,7 +209,7 @@ def _check_files(catalog: Catalog, report: HealthReport) -> None:
         )
 
 
-def repair(catalog: Catalog, index_path: Path) -> list[str]:
+def repair(catalog: Catalog, index_path: Path, policy: IndexPolicy | None = None) -> list[str]:
     """Fix what a check can find, short of a damaged database; returns what was done.
 
     Rows of files gone from disk are dropped (not those under a folder that is not there),
@@ -238,7 +237,7 @@ def repair(catalog: Catalog, index_path: Path) -> list[str]:
     if gone:
         done.append(f"dropped {len(gone)} row(s) of files gone from disk")
     if model is not None:
-        index = rebuild(catalog, model.embed_dim)
+        index = rebuild(catalog, model.embed_dim, policy)
         index.save(index_path)
         with catalog.write() as batch:
             batch.truncate_vector_log(index.generation)

@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Union
@@ -48,6 +48,8 @@ from pixsift.thumbnails import thumbnail
 
 if TYPE_CHECKING:
     from pixsift.doctor import HealthReport
+    from pixsift.storage.index_build import IndexPolicy
+    from pixsift.storage.index_choice import IndexThresholds
     from pixsift.storage.vector_index import VectorIndex
 
 DB_NAME = "library.db"
@@ -80,6 +82,19 @@ class IndexFileState:
 
 
 @dataclass(frozen=True)
+class IndexSummary:
+    """The search index in use: its kind ("flat", "hnsw", "ivfpq"), size and tuning."""
+
+    kind: str
+    vectors: int
+    memory_bytes: int
+    search_param: int | None  # nprobe (ivfpq) or efSearch (hnsw)
+    recall: float | None  # recall@10 against exact search, measured when it was tuned
+    trained_count: int
+    tombstones: int
+
+
+@dataclass(frozen=True)
 class LibraryStatus:
     path: Path
     model: ModelRecord | None
@@ -101,8 +116,10 @@ class Library:
         device: str = "auto",
         load_embedder: EmbedderLoader = _load_clip,
         max_pixels: int | None = None,
+        index_thresholds: IndexThresholds | None = None,
     ) -> None:
         self.path = folder
+        self._index_thresholds = index_thresholds  # None: the defaults of index_choice
         self.max_pixels = max_pixels or default_max_pixels()  # query images above it are refused
         self._catalog = catalog
         self._device = device
@@ -125,12 +142,15 @@ class Library:
         create: bool = True,
         device: str = "auto",
         max_pixels: int | None = None,
+        index_thresholds: IndexThresholds | None = None,
     ) -> Library:
         """Open the library in folder `path` (default: `$PIXSIFT_LIBRARY` or the user data dir).
 
         With `create=False` a missing library raises LibraryNotFoundError instead of being made.
         `device` is where the model runs: "auto" (CUDA when available), "cpu" or "cuda".
         `max_pixels` bounds the images given as queries (default: Pillow's bomb threshold).
+        `index_thresholds` moves the sizes at which the search index turns from exact to HNSW
+        to IVF-PQ (default: `IndexThresholds()`).
         """
         folder = resolve_library_dir(path)
         db_path = folder / DB_NAME
@@ -142,7 +162,13 @@ class Library:
             if folder.exists() and not folder.is_dir():
                 raise InvalidPathError(f"Library path {folder} exists and is not a folder.")
             folder.mkdir(parents=True, exist_ok=True)
-        return cls(folder, Catalog.open(db_path), device=device, max_pixels=max_pixels)
+        return cls(
+            folder,
+            Catalog.open(db_path),
+            device=device,
+            max_pixels=max_pixels,
+            index_thresholds=index_thresholds,
+        )
 
     def close(self) -> None:
         self._catalog.close()
@@ -246,10 +272,12 @@ class Library:
             exclude=(str(self.path),),
         )
         try:
-            return Indexer(self._catalog, embedder, settings, progress).run(requests)
+            report = Indexer(self._catalog, embedder, settings, progress).run(requests)
         finally:  # also after Ctrl-C: save what was committed into the FAISS index
             if self._catalog.model() is not None:
                 self._refresh_vectors(save=True)
+        self._rebuild_if_drifted()
+        return report
 
     @contextmanager
     def _locked(self, wait: float | None, doing: str) -> Iterator[None]:
@@ -491,7 +519,8 @@ class Library:
                     f"model makes {vectors.dim}-dimensional vectors."
                 )
             fetch = fetch_size(vectors, k, max(len(excluded) for excluded in excludes))
-            scores, ids = nearest(vectors, queries, fetch, allowed)
+            exact_max = self._index_policy().thresholds.exact_filter_max
+            scores, ids = nearest(vectors, queries, fetch, allowed, self._catalog.vectors, exact_max)
         return [
             ranked_hits(row_scores, row_ids, exclude_ids=excluded, min_score=min_score)[:k]
             for row_scores, row_ids, excluded in zip(scores, ids, excludes, strict=True)
@@ -676,14 +705,16 @@ class Library:
         An index run (`save=True`, holding the lock) saves it whenever the file is behind; a
         search saves it only if no index run holds the lock.
         """
-        from pixsift.storage.vector_index import catch_up, open_vector_index, read_generation
+        from pixsift.storage.index_lifecycle import catch_up, open_vector_index
+        from pixsift.storage.vector_index import read_generation
 
         dim = self._require_model().embed_dim
         with self._vectors_lock:  # catching up changes the index in place
+            policy = self._index_policy()
             if self._vectors is not None and self._vectors.dim == dim:
-                self._vectors = catch_up(self._catalog, self._vectors)
+                self._vectors = catch_up(self._catalog, self._vectors, policy)
             else:
-                self._vectors = open_vector_index(self._catalog, self.index_path, dim)
+                self._vectors = open_vector_index(self._catalog, self.index_path, dim, policy)
             if read_generation(self.index_path) != self._vectors.generation:
                 self._save_vectors(self._vectors, holding_lock=save)
             return self._vectors
@@ -720,6 +751,83 @@ class Library:
             raise write_error(self.path, exc) from exc
         with self._catalog.write() as batch:
             batch.truncate_vector_log(vectors.generation)
+
+    # ---- the search index's kind and rebuilds ----------------------------------------------------
+
+    def rebuild_index(
+        self,
+        index_type: str | None = None,
+        memory_budget: str | int | None = None,
+        *,
+        wait: float | None = LOCK_WAIT_S,
+    ) -> IndexSummary:
+        """Rebuild the search index from the stored vectors, retraining and retuning it.
+
+        `index_type` is "auto" (chosen by size and memory budget), "flat", "hnsw" or "ivfpq";
+        `memory_budget` is bytes or a size such as "2GB". Both are remembered by the library
+        (left out: as before). Searches keep answering from the old index until the new one
+        is swapped in.
+        """
+        from pixsift.storage.index_choice import IndexKind
+        from pixsift.storage.index_lifecycle import INDEX_TYPE_KEY, MEMORY_BUDGET_KEY
+
+        self._require_model()
+        kind = _index_type_setting(index_type)
+        budget = _memory_budget_setting(memory_budget)
+        with self._locked(wait, "rebuilding the search index"):
+            policy = self._index_policy()
+            if kind is not None:
+                policy = replace(policy, forced=None if kind == "auto" else IndexKind(kind))
+            if budget is not None:
+                policy = replace(policy, memory_budget=budget)
+            policy.check(self._catalog.counts().indexed)  # refuse before anything changes
+            with self._catalog.write() as batch:
+                if kind is not None:
+                    batch.set_setting(INDEX_TYPE_KEY, None if kind == "auto" else kind)
+                if budget is not None:
+                    batch.set_setting(MEMORY_BUDGET_KEY, str(budget))
+            self._build_and_swap(policy)
+        return self.index_summary()
+
+    def index_summary(self) -> IndexSummary:
+        """The kind of search index in use, its size and how it was tuned."""
+        with self._vectors_lock:
+            vectors = self._refresh_vectors(save=False)
+            meta = vectors.meta
+            return IndexSummary(
+                kind=vectors.kind.value,
+                vectors=vectors.count,
+                memory_bytes=vectors.memory_bytes(),
+                search_param=meta.search_param or None,
+                recall=meta.recall,
+                trained_count=meta.trained_count,
+                tombstones=vectors.tombstones,
+            )
+
+    def _index_policy(self) -> IndexPolicy:
+        from pixsift.storage.index_lifecycle import load_policy
+
+        return load_policy(self._catalog, self._index_thresholds)
+
+    def _rebuild_if_drifted(self) -> None:
+        """After an index run: rebuild the search index if it no longer suits the library."""
+        from pixsift.storage.index_lifecycle import rebuild_reason
+
+        if self._catalog.model() is None or self._vectors is None:
+            return
+        policy = self._index_policy()
+        if rebuild_reason(self._vectors, policy) is not None:
+            self._build_and_swap(policy)
+
+    def _build_and_swap(self, policy: IndexPolicy) -> None:
+        """Build a new index outside the search lock (searches go on with the old one), then
+        catch it up with what changed meanwhile and swap it in; the caller holds the write lock."""
+        from pixsift.storage.index_lifecycle import catch_up, rebuild
+
+        fresh = rebuild(self._catalog, self._require_model().embed_dim, policy)
+        with self._vectors_lock:
+            self._vectors = catch_up(self._catalog, fresh, policy)
+            self._save_vectors(self._vectors, holding_lock=True)
 
     # ---- status --------------------------------------------------------------------------------
 
@@ -789,13 +897,32 @@ class Library:
             if any(problem.kind == "database" for problem in before.problems):
                 return before
             try:
-                done = doctor.repair(self._catalog, self.index_path)
+                done = doctor.repair(self._catalog, self.index_path, self._index_policy())
             except OSError as exc:
                 raise write_error(self.path, exc) from exc
             self._vectors = None  # reload the rebuilt index on the next search
             after = doctor.check(self._catalog, self.index_path)
         after.repairs = done
         return after
+
+
+def _index_type_setting(index_type: str | None) -> str | None:
+    from pixsift.storage.index_choice import IndexKind
+
+    if index_type is None:
+        return None
+    names = ["auto", *(kind.value for kind in IndexKind)]
+    if index_type not in names:
+        raise QueryError(f"Index type {index_type!r} is not one of {', '.join(names)}.")
+    return index_type
+
+
+def _memory_budget_setting(budget: str | int | None) -> int | None:
+    from pixsift.storage.index_choice import parse_memory_budget
+
+    if budget is None:
+        return None
+    return parse_memory_budget(str(budget))
 
 
 def _merge(filters: SearchFilters | None, under: str | os.PathLike[str] | None) -> SearchFilters | None:

@@ -14,6 +14,8 @@ import numpy as np
 
 from pixsift.search.results import SearchResult
 from pixsift.storage.catalog import Catalog
+from pixsift.storage.index_choice import IndexKind
+from pixsift.storage.rerank import VectorFetcher, rerank
 
 if TYPE_CHECKING:  # importing FAISS takes a while; only search time needs it
     from pixsift.storage.vector_index import VectorIndex
@@ -25,16 +27,29 @@ def fetch_size(index: VectorIndex, k: int, excluded: int) -> int:
 
 
 def nearest(
-    index: VectorIndex, queries: np.ndarray, fetch: int, allowed: np.ndarray | None
+    index: VectorIndex,
+    queries: np.ndarray,
+    fetch: int,
+    allowed: np.ndarray | None,
+    stored: VectorFetcher,
+    exact_filter_max: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """FAISS's top-`fetch` (scores, ids) per query row, only among `allowed` ids when given.
+    """The top-`fetch` (scores, ids) per query row, only among `allowed` ids when given.
 
     The restriction is applied inside FAISS, so it never leaves fewer results than exist.
+    An approximate index's candidates are re-ranked with the `stored` vectors; and when a
+    filter leaves at most `exact_filter_max` images, those are ranked exactly from their
+    stored vectors, since a graph or a few IVF cells could miss them.
     """
+    from pixsift.storage.index_build import ann_search
+
     if allowed is not None and not len(allowed):
         empty = np.full((len(queries), 1), -1, dtype=np.int64)
         return np.zeros((len(queries), 1), dtype=np.float32), empty
-    return index.search(queries, fetch, allowed)
+    if allowed is not None and index.kind is not IndexKind.flat and len(allowed) <= exact_filter_max:
+        candidates = np.broadcast_to(np.asarray(allowed, dtype=np.int64), (len(queries), len(allowed)))
+        return rerank(queries, candidates, stored, fetch)
+    return ann_search(index, queries, fetch, stored, allowed=allowed)
 
 
 def ranked_hits(

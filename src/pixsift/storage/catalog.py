@@ -129,6 +129,11 @@ class Catalog:
             spec = ModelSpec(row.name, row.pretrained, row.config_json)
             return ModelRecord(spec, row.embed_dim, row.fingerprint)
 
+    def setting(self, key: str) -> str | None:
+        """A library-wide setting stored as text (such as the chosen index type), or None."""
+        with self._read() as session:
+            return session.scalar(select(Setting.value).where(Setting.key == key))
+
     def generation(self) -> int:
         with self._read() as session:
             return _int_setting(session, GENERATION_KEY)
@@ -379,6 +384,13 @@ class CatalogWriter:
         root.include_hidden = include_hidden
         root.follow_symlinks = follow_symlinks
 
+    def set_setting(self, key: str, value: str | None) -> None:
+        """Store a library-wide setting as text; None removes it."""
+        if value is None:
+            self._session.execute(delete(Setting).where(Setting.key == key))
+        else:
+            _set_setting(self._session, key, value)
+
     def mark_root_indexed(self, path: str) -> None:
         self._session.execute(update(Root).where(Root.path == path).values(last_indexed_at=utcnow()))
 
@@ -451,6 +463,44 @@ class CatalogWriter:
             indexed_at=utcnow(),
         )
         self._drop_vector(image_id)
+
+    def add_embedded_images(
+        self,
+        paths: Sequence[str],
+        vectors: np.ndarray,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        format: str | None = None,
+        mtime_ns: int = 0,
+    ) -> list[int]:
+        """Add many images with their vectors at once, in two bulk inserts; returns their ids.
+
+        For libraries filled without decoding files (imports, synthetic benchmark libraries).
+        """
+        if not len(paths):
+            return []
+        now = utcnow()
+        rows = [
+            {
+                "path": path,
+                "size": 0,
+                "mtime_ns": mtime_ns,
+                "width": width,
+                "height": height,
+                "format": format,
+                "indexed_at": now,
+            }
+            for path in paths
+        ]
+        query = insert(Image).returning(Image.id, sort_by_parameter_order=True)
+        ids = [int(i) for i in self._session.scalars(query, rows)]
+        self._session.execute(
+            insert(Embedding),
+            [{"image_id": i, "vector": vector_to_blob(v)} for i, v in zip(ids, vectors, strict=True)],
+        )
+        self._changed_ids.update(ids)
+        return ids
 
     def move_image(self, image_id: int, new_path: str, *, size: int, mtime_ns: int) -> None:
         """A file that moved keeps its row, id and vector: only the path changes."""
@@ -529,7 +579,7 @@ def _int_setting(session: Session, key: str) -> int:
     return int(value) if value is not None else 0
 
 
-def _set_setting(session: Session, key: str, value: int) -> None:
+def _set_setting(session: Session, key: str, value: int | str) -> None:
     setting = session.get(Setting, key)
     if setting is None:
         session.add(Setting(key=key, value=str(value)))

@@ -1,38 +1,112 @@
-"""The FAISS index: exact inner-product search over the catalog's vectors, kept on disk.
+"""The FAISS index: inner-product search over the catalog's vectors, kept on disk.
 
 The catalog is the source of truth; this index is a cache of it, stamped with the catalog
 generation it reflects. On open, a stale index replays the catalog's change log (only the
 images that changed), and a missing, corrupt or too-old one is rebuilt from the stored
 vectors. Writes go to a temporary file that is renamed over the old one, so a reader never
 sees half an index, and a crash leaves the previous one in place.
+
+Three kinds of index (see `index_choice.py` for which is chosen when):
+- flat: `IndexIDMap2(IndexFlatIP)`, exact.
+- hnsw: `IndexHNSWFlat` at positions 0..n-1, with our own position -> id table. HNSW cannot
+  remove vectors, so a removed or replaced image's position becomes a tombstone (id -1),
+  skipped at query time by an ID selector and dropped when the index is next rebuilt.
+- ivfpq: `IndexPreTransform(OPQ, IndexIVFPQ)` keyed by image id (IVF supports `remove_ids`).
+  Its scores are approximate: the search engine re-ranks its candidates exactly.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import faiss  # its bundled stubs are SWIG-generated; the few ignores below are theirs
 import numpy as np
 
-from pixsift.storage.catalog import Catalog, VectorDelta
+from pixsift.storage.catalog import VectorDelta
+from pixsift.storage.index_choice import IndexKind, IndexPlan
 
 MAGIC = b"PIXSIFT-VECTORS\n"
 TMP_INFIX = ".tmp-"  # vectors.faiss.tmp-PID: a save in progress, or one a crash cut short
-FILE_FORMAT = 1
+FILE_FORMAT = 2
+READABLE_FORMATS = (1, 2)  # format 1: a flat index without the fields added in 2
+FLAT_PLAN = IndexPlan(IndexKind.flat)
+MAX_WIDENING = 64  # a filter keeping 1/x of the vectors widens nprobe/efSearch by x, up to this
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    """What the header records beside the FAISS bytes: how the index was built and tuned."""
+
+    plan: IndexPlan = FLAT_PLAN
+    trained_count: int = 0  # vectors when it was built: the measure of drift
+    search_param: int = 0  # nprobe (ivfpq) or efSearch (hnsw), tuned for `recall`
+    recall: float | None = None  # recall@10 measured against exact search when tuned
+    rerank: int = 0  # candidates per result re-ranked exactly (ivfpq)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.as_dict(),
+            "trained_count": self.trained_count,
+            "search_param": self.search_param,
+            "recall": self.recall,
+            "rerank": self.rerank,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IndexMeta:
+        if "plan" not in data:
+            return cls()
+        recall = data.get("recall")
+        return cls(
+            plan=IndexPlan.from_dict(data["plan"]),
+            trained_count=int(data.get("trained_count", 0)),
+            search_param=int(data.get("search_param", 0)),
+            recall=None if recall is None else float(recall),
+            rerank=int(data.get("rerank", 0)),
+        )
+
+
+@dataclass
+class _Selection:
+    """An ID selector with the buffers it points into, kept alive while FAISS reads them."""
+
+    selector: Any
+    keep: list[Any] = field(default_factory=list)
 
 
 class VectorIndex:
-    """Vectors keyed by image id (FAISS `IndexIDMap2` over `IndexFlatIP`), at a generation."""
+    """Vectors keyed by image id, of one of the three kinds, at a catalog generation."""
 
-    def __init__(self, index: faiss.Index, generation: int) -> None:
+    def __init__(
+        self,
+        index: faiss.Index,
+        generation: int,
+        meta: IndexMeta | None = None,
+        labels: np.ndarray | None = None,
+    ) -> None:
         self._index = index
         self.generation = generation
+        self.meta = meta or IndexMeta()
+        # hnsw only: the image id at each position of the graph, -1 for a tombstone
+        self._labels = labels if labels is not None else np.empty(0, dtype=np.int64)
 
     @classmethod
     def empty(cls, dim: int, generation: int = 0) -> VectorIndex:
         return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), generation)
+
+    @property
+    def kind(self) -> IndexKind:
+        return self.meta.plan.kind
+
+    @property
+    def exact(self) -> bool:
+        """Whether scores are exact and `vector()` returns the stored floats (not ivfpq)."""
+        return self.kind is not IndexKind.ivfpq
 
     @property
     def dim(self) -> int:
@@ -40,22 +114,77 @@ class VectorIndex:
 
     @property
     def count(self) -> int:
+        if self.kind is IndexKind.hnsw:
+            return int(np.count_nonzero(self._labels >= 0))
         return int(self._index.ntotal)
 
+    @property
+    def tombstones(self) -> int:
+        """Positions of removed vectors still in an HNSW graph (0 for the other kinds)."""
+        return int(np.count_nonzero(self._labels < 0)) if self.kind is IndexKind.hnsw else 0
+
+    def memory_bytes(self) -> int:
+        """The size of the index as FAISS serialises it, about what it holds in memory."""
+        return int(faiss.serialize_index(self._index).size) + int(self._labels.nbytes)
+
     def ids(self) -> np.ndarray:
-        """The ids held, in insertion order (duplicates would show here)."""
+        """The ids held, in storage order (duplicates would show here)."""
+        if self.kind is IndexKind.hnsw:
+            return self._labels[self._labels >= 0].copy()
+        if self.kind is IndexKind.ivfpq:
+            ivf = self._ivf()
+            lists = ivf.invlists
+            parts = [
+                faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                for i in range(ivf.nlist)
+                if lists.list_size(i)
+            ]
+            return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
         return faiss.vector_to_array(self._index.id_map).astype(np.int64)  # type: ignore[attr-defined]
 
     def vector(self, image_id: int) -> np.ndarray:
+        """The vector held for `image_id` (exact kinds only: an ivfpq index keeps codes)."""
+        if self.kind is IndexKind.ivfpq:
+            raise ValueError("an IVF-PQ index holds compressed codes, not vectors")
+        if self.kind is IndexKind.hnsw:
+            positions = np.flatnonzero(self._labels == image_id)
+            if not len(positions):
+                raise KeyError(image_id)
+            return np.asarray(self._index.reconstruct(int(positions[-1])), dtype=np.float32)
         return np.asarray(self._index.reconstruct(int(image_id)), dtype=np.float32)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        if len(ids):
-            self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+        if not len(ids):
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.kind is IndexKind.hnsw:
+            self._index.add(vectors)
+            self._labels = np.concatenate([self._labels, np.asarray(ids, dtype=np.int64)])
+        else:
+            self._index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
+
+    def train(self, sample: np.ndarray) -> None:
+        """Train an ivfpq index (OPQ rotation, coarse quantizer, PQ) on sample vectors."""
+        plan = self.meta.plan
+        combined: Any = self._index  # the pre-transform: OPQ, then IVF-PQ
+        opq: Any = faiss.downcast_VectorTransform(combined.chain.at(0))
+        # OPQ trains its own product quantizer, by default with 256 centroids per part: give
+        # it ours, so a small sample does not ask k-means for more centroids than it has points.
+        quantizer = faiss.ProductQuantizer(self.dim, plan.pq_m, plan.pq_bits)
+        opq.pq = quantizer
+        combined.train(np.ascontiguousarray(sample, dtype=np.float32))
+        opq.pq = None
 
     def remove(self, ids: np.ndarray) -> None:
-        if len(ids):
-            self._index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))  # type: ignore[arg-type]
+        if not len(ids):
+            return
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if self.kind is IndexKind.hnsw:
+            self._labels = np.where(np.isin(self._labels, ids), -1, self._labels)
+        elif self.kind is IndexKind.ivfpq:
+            self._index.remove_ids(faiss.IDSelectorBatch(ids))
+        else:
+            self._index.remove_ids(ids)  # type: ignore[arg-type]
 
     def apply(self, delta: VectorDelta) -> None:
         """Replay catalog changes: drop every changed id, then add back those that still exist."""
@@ -64,29 +193,104 @@ class VectorIndex:
         self.generation = delta.generation
 
     def search(
-        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed_ids: np.ndarray | None = None,
+        *,
+        search_param: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-`k` (scores, ids) per query row; ids are -1 where fewer than `k` match.
 
-        `allowed_ids` restricts the search inside FAISS, so a filter never truncates results.
+        `allowed_ids` restricts the search inside FAISS, so a filter never truncates results;
+        an ANN index widens its search (nprobe, efSearch) as the filter narrows, so the few
+        allowed vectors are still reached. `search_param` overrides the tuned nprobe/efSearch.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.kind is IndexKind.hnsw:
+            return self._search_hnsw(queries, k, allowed_ids, search_param)
+        if self.kind is IndexKind.ivfpq:
+            return self._search_ivfpq(queries, k, allowed_ids, search_param)
         if allowed_ids is None:
             return self._index.search(queries, k)
         selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
         params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
         return self._index.search(queries, k, params=params)
 
+    def _widening(self, allowed_ids: np.ndarray | None) -> int:
+        if allowed_ids is None:
+            return 1
+        share = len(allowed_ids) / max(self.count, 1)
+        return int(min(MAX_WIDENING, math.ceil(1 / max(share, 1e-9))))
+
+    def _search_hnsw(
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None, search_param: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+        base = search_param or self.meta.search_param or 64
+        params.efSearch = max(k, base * self._widening(allowed_ids))
+        selection = self._hnsw_selection(allowed_ids)
+        if selection is not None:
+            params.sel = selection.selector
+        scores, positions = self._index.search(queries, k, params=params)
+        labels = np.where(positions >= 0, self._labels[np.maximum(positions, 0)], -1)
+        return scores, labels
+
+    def _hnsw_selection(self, allowed_ids: np.ndarray | None) -> _Selection | None:
+        """A bitmap of the positions a search may return: live ones, among `allowed_ids`."""
+        if allowed_ids is None and not self.tombstones:
+            return None
+        mask = self._labels >= 0
+        if allowed_ids is not None:
+            mask &= np.isin(self._labels, allowed_ids)
+        bits = np.packbits(mask, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+        return _Selection(selector, [bits])
+
+    def _search_ivfpq(
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None, search_param: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        ivf = self._ivf()
+        params = faiss.SearchParametersIVF()
+        base = search_param or self.meta.search_param or 16
+        # Probe enough cells to hold about twice `k` vectors, or a large k comes back short.
+        enough = math.ceil(2 * k * ivf.nlist / max(self.count, 1))
+        params.nprobe = int(min(ivf.nlist, max(enough, base * self._widening(allowed_ids))))
+        if allowed_ids is not None:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+            params.sel = selector
+        scores, ids = ivf.search(self._rotate(queries), k, params=params)
+        return scores, ids
+
+    def _ivf(self) -> Any:
+        return faiss.downcast_index(self._index.index)  # type: ignore[attr-defined]
+
+    def _rotate(self, vectors: np.ndarray) -> np.ndarray:
+        """Apply the OPQ rotation, as adding through the pre-transform does."""
+        chain = self._index.chain  # type: ignore[attr-defined]
+        for position in range(chain.size()):
+            vectors = faiss.downcast_VectorTransform(chain.at(position)).apply(vectors)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
     def save(self, path: Path) -> None:
         """Write atomically: a temporary file in the same folder, fsynced, renamed over `path`."""
-        header = {"format": FILE_FORMAT, "generation": self.generation, "dim": self.dim}
         payload = faiss.serialize_index(self._index)
+        labels = np.ascontiguousarray(self._labels, dtype="<i8").tobytes()
+        header = {
+            "format": FILE_FORMAT,
+            "generation": self.generation,
+            "dim": self.dim,
+            "faiss_bytes": int(payload.size),
+            "label_bytes": len(labels),
+            **self.meta.as_dict(),
+        }
         tmp = path.with_name(f"{path.name}{TMP_INFIX}{os.getpid()}")
         try:
             with open(tmp, "wb") as f:
                 f.write(MAGIC)
                 f.write(json.dumps(header).encode() + b"\n")
                 f.write(payload.data)
+                f.write(labels)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -106,43 +310,19 @@ class VectorIndex:
         end = data.find(b"\n", len(MAGIC))
         try:
             header = json.loads(data[len(MAGIC) : end])
-            if header.get("format") != FILE_FORMAT:
+            if header.get("format") not in READABLE_FORMATS:
                 return None
-            payload = np.frombuffer(data, dtype=np.uint8, offset=end + 1)
+            meta = IndexMeta.from_dict(header)
+            size = int(header.get("faiss_bytes", len(data) - end - 1))
+            payload = np.frombuffer(data, dtype=np.uint8, count=size, offset=end + 1)
             index = faiss.deserialize_index(payload)
-        except (ValueError, RuntimeError, KeyError, AttributeError):  # bad header or FAISS bytes
+            label_bytes = int(header.get("label_bytes", 0))
+            labels = np.frombuffer(data, dtype="<i8", count=label_bytes // 8, offset=end + 1 + size)
+            if meta.plan.kind is IndexKind.hnsw and len(labels) != index.ntotal:
+                return None
+        except (ValueError, RuntimeError, KeyError, AttributeError, TypeError):  # bad header or bytes
             return None
-        return cls(index, int(header["generation"]))
-
-
-def rebuild(catalog: Catalog, dim: int) -> VectorIndex:
-    """A fresh index of every vector in the catalog."""
-    # The generation is read before the vectors: changes that land in between are replayed
-    # again on the next sync, which is harmless because replaying is idempotent.
-    index = VectorIndex.empty(dim, catalog.generation())
-    for ids, vectors in catalog.all_vectors():
-        index.add(ids, vectors)
-    return index
-
-
-def open_vector_index(catalog: Catalog, path: Path, dim: int) -> VectorIndex:
-    """The index saved at `path`, caught up with the catalog, or rebuilt if it cannot be."""
-    index = VectorIndex.load(path)
-    if index is None or index.dim != dim:
-        return rebuild(catalog, dim)
-    return catch_up(catalog, index)
-
-
-def catch_up(catalog: Catalog, index: VectorIndex) -> VectorIndex:
-    """`index` at the catalog's generation: the change log replayed, or a rebuild if the log
-    no longer reaches back to the index's generation."""
-    if index.generation == catalog.generation():
-        return index
-    delta = catalog.vector_delta(index.generation)
-    if delta is None:
-        return rebuild(catalog, index.dim)
-    index.apply(delta)
-    return index
+        return cls(index, int(header["generation"]), meta, labels.astype(np.int64))
 
 
 def leftover_files(path: Path) -> list[Path]:
@@ -150,8 +330,8 @@ def leftover_files(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f"{path.name}{TMP_INFIX}*"))
 
 
-def read_generation(path: Path) -> int | None:
-    """The generation stamped in a saved index, reading only its header; None if unreadable."""
+def read_header(path: Path) -> dict[str, Any] | None:
+    """The header of a saved index (generation, kind, tuning), reading only its start."""
     try:
         with open(path, "rb") as f:
             head = f.read(len(MAGIC) + 4096)
@@ -161,9 +341,18 @@ def read_generation(path: Path) -> int | None:
         return None
     try:
         header = json.loads(head[len(MAGIC) : head.index(b"\n", len(MAGIC))])
-        return int(header["generation"]) if header.get("format") == FILE_FORMAT else None
+        if not isinstance(header, dict) or header.get("format") not in READABLE_FORMATS:
+            return None
+        int(header["generation"])
     except (ValueError, KeyError, TypeError):
         return None
+    return header
+
+
+def read_generation(path: Path) -> int | None:
+    """The generation stamped in a saved index, reading only its header; None if unreadable."""
+    header = read_header(path)
+    return None if header is None else int(header["generation"])
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -1,0 +1,86 @@
+"""The search index over time: open, catch up, and decide when to rebuild.
+
+Small changes are applied in place from the catalog's change log: new vectors are added,
+removed ones deleted (IVF-PQ) or tombstoned (HNSW, which cannot delete). The index is rebuilt,
+and an ANN index retrained, only when it has drifted from what the library needs: it is of
+another kind than the policy now picks, the collection has grown or shrunk by the drift factor
+since training, or tombstones have piled up. The caller builds the replacement without
+blocking searches and swaps it in whole (see `Library`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pixsift.errors import LibraryFormatError
+from pixsift.storage import index_build
+from pixsift.storage.catalog import Catalog
+from pixsift.storage.index_build import IndexPolicy, Progress
+from pixsift.storage.index_choice import (
+    DEFAULT_MEMORY_BUDGET,
+    IndexKind,
+    IndexThresholds,
+    drifted,
+)
+from pixsift.storage.vector_index import VectorIndex
+
+INDEX_TYPE_KEY = "index_type"  # catalog setting: "auto" (absent) or a forced kind
+MEMORY_BUDGET_KEY = "index_memory_budget"  # catalog setting: bytes
+TOMBSTONE_SHARE = 0.2  # HNSW is compacted when this share of its positions are removed ones
+
+
+def load_policy(catalog: Catalog, thresholds: IndexThresholds | None = None) -> IndexPolicy:
+    """The library's index policy: what `pixsift reindex` stored, else automatic defaults."""
+    kind = catalog.setting(INDEX_TYPE_KEY)
+    budget = catalog.setting(MEMORY_BUDGET_KEY)
+    try:
+        forced = None if kind in (None, "auto") else IndexKind(kind)
+        memory = DEFAULT_MEMORY_BUDGET if budget is None else int(budget)
+    except ValueError:
+        raise LibraryFormatError(
+            f"The library's index settings ({kind!r}, {budget!r}) are not ones this pixsift knows; "
+            "set them again with pixsift reindex --index-type auto."
+        ) from None
+    return IndexPolicy(forced=forced, memory_budget=memory, thresholds=thresholds or IndexThresholds())
+
+
+def rebuild(
+    catalog: Catalog, dim: int, policy: IndexPolicy | None = None, progress: Progress | None = None
+) -> VectorIndex:
+    """A fresh index of every vector in the catalog, of the kind the policy picks."""
+    return index_build.build_index(catalog, dim, policy or load_policy(catalog), progress=progress)
+
+
+def open_vector_index(
+    catalog: Catalog, path: Path, dim: int, policy: IndexPolicy | None = None
+) -> VectorIndex:
+    """The index saved at `path`, caught up with the catalog, or rebuilt if it cannot be."""
+    index = VectorIndex.load(path)
+    if index is None or index.dim != dim:
+        return rebuild(catalog, dim, policy)
+    return catch_up(catalog, index, policy)
+
+
+def catch_up(catalog: Catalog, index: VectorIndex, policy: IndexPolicy | None = None) -> VectorIndex:
+    """`index` at the catalog's generation: the change log replayed, or a rebuild if the log
+    no longer reaches back to the index's generation."""
+    if index.generation == catalog.generation():
+        return index
+    delta = catalog.vector_delta(index.generation)
+    if delta is None:
+        return rebuild(catalog, index.dim, policy)
+    index.apply(delta)
+    return index
+
+
+def rebuild_reason(index: VectorIndex, policy: IndexPolicy) -> str | None:
+    """Why `index` should be rebuilt for `policy`, or None while it still fits."""
+    wanted = policy.plan(index.count, index.dim).kind
+    if wanted is not index.kind:
+        return f"{index.count:,} vectors now call for a {wanted.value} index, not {index.kind.value}"
+    if index.kind is not IndexKind.flat and drifted(index.meta.trained_count, index.count, policy.thresholds):
+        return f"the index was built for {index.meta.trained_count:,} vectors and now holds {index.count:,}"
+    positions = index.count + index.tombstones
+    if index.tombstones and index.tombstones > TOMBSTONE_SHARE * positions:
+        return f"{index.tombstones:,} of {positions:,} graph positions are removed images"
+    return None
