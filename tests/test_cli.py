@@ -275,7 +275,7 @@ def test_every_command_has_help() -> None:
     import typer
 
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
-    assert sorted(commands) == ["doctor", "eval", "index", "search", "serve", "similar", "status"]
+    assert sorted(commands) == ["doctor", "eval", "index", "reindex", "search", "serve", "similar", "status"]
     for name, command in commands.items():
         assert command.help, f"{name} has no help text"
         result = runner.invoke(app, [name, "--help"])

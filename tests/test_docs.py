@@ -26,7 +26,7 @@ def test_readme_commands_exist() -> None:
     """Every `pixsift` and `make` command in the README's shell blocks is a real one."""
     blocks = "\n".join(re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL))
     used = set(re.findall(r"^pixsift ([a-z]+)", blocks, flags=re.MULTILINE))
-    assert used == {"doctor", "eval", "index", "search", "serve", "similar", "status"}
+    assert used == {"doctor", "eval", "index", "reindex", "search", "serve", "similar", "status"}
     targets = re.findall(r"^make ([a-z-]+)", blocks, flags=re.MULTILINE)
     assert "demo" in targets and "test" in targets
     for target in targets:

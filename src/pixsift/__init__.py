@@ -33,6 +33,8 @@ _EXPORTS = {
     "IndexReport": "pixsift.indexer",
     "Library": "pixsift.library",
     "LibraryStatus": "pixsift.library",
+    "IndexSummary": "pixsift.library",
+    "IndexThresholds": "pixsift.storage.index_choice",
     "ModelRecord": "pixsift.models",
     "ModelSpec": "pixsift.models",
     "QueryTerm": "pixsift.search",
@@ -70,10 +72,11 @@ if TYPE_CHECKING:
         QueryError,
     )
     from pixsift.indexer import IndexInterrupted, IndexProgress, IndexReport
-    from pixsift.library import Library, LibraryStatus
+    from pixsift.library import IndexSummary, Library, LibraryStatus
     from pixsift.models import ModelRecord, ModelSpec
     from pixsift.search import QueryTerm, SearchFilters, SearchResult
     from pixsift.storage import Failure
+    from pixsift.storage.index_choice import IndexThresholds
 
 __all__ = [
     "AccessDeniedError",
@@ -86,6 +89,8 @@ __all__ = [
     "IndexInterrupted",
     "IndexProgress",
     "IndexReport",
+    "IndexSummary",
+    "IndexThresholds",
     "InvalidPathError",
     "Library",
     "LibraryBusyError",

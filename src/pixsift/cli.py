@@ -24,7 +24,7 @@ from pixsift.formatting import ResultFormat, StatusFormat
 
 if TYPE_CHECKING:
     from pixsift.library import Library
-    from pixsift.search import QueryTerm, SearchResult
+    from pixsift.search import QueryTerm, SearchFilters, SearchResult
 
 EXIT_USER_ERROR = 1
 EXIT_TROUBLE = 3  # finished, but some files could not be read, or problems remain
@@ -58,6 +58,40 @@ MinScoreOpt = Annotated[
 UnderOpt = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option("--under", help="Only images inside this folder.", show_default=False),
+]
+AfterOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--after",
+        metavar="DATE",
+        help="Only images taken on or after DATE, e.g. 2024-05-01 or 2024-05-01T18:30 "
+        "(the EXIF date, else the file's time).",
+        show_default=False,
+    ),
+]
+BeforeOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--before", metavar="DATE", help="Only images taken before DATE (exclusive).", show_default=False
+    ),
+]
+MinWidthOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--min-width", min=1, help="Only images at least this many pixels wide.", show_default=False
+    ),
+]
+MinHeightOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--min-height", min=1, help="Only images at least this many pixels high.", show_default=False
+    ),
+]
+ImageFormatOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option(
+        "--image-format", help="Only images in this format (JPEG, PNG...); repeatable.", show_default=False
+    ),
 ]
 PlusOpt = Annotated[
     Optional[list[str]],  # noqa: UP045
@@ -212,6 +246,11 @@ def search(
     limit: LimitOpt = 10,
     min_score: MinScoreOpt = None,
     under: UnderOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    min_width: MinWidthOpt = None,
+    min_height: MinHeightOpt = None,
+    image_format: ImageFormatOpt = None,
     output: FormatOpt = ResultFormat.table,
     library: LibraryOpt = None,
     device: DeviceOpt = "auto",
@@ -222,7 +261,12 @@ def search(
         device,
         output,
         lambda lib: lib.search(
-            text, limit, plus=_terms(plus), minus=_terms(minus), min_score=min_score, under=under
+            text,
+            limit,
+            plus=_terms(plus),
+            minus=_terms(minus),
+            min_score=min_score,
+            filters=_filters(under, after, before, min_width, min_height, image_format),
         ),
     )
 
@@ -235,6 +279,11 @@ def similar(
     limit: LimitOpt = 10,
     min_score: MinScoreOpt = None,
     under: UnderOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    min_width: MinWidthOpt = None,
+    min_height: MinHeightOpt = None,
+    image_format: ImageFormatOpt = None,
     output: FormatOpt = ResultFormat.table,
     library: LibraryOpt = None,
     device: DeviceOpt = "auto",
@@ -245,9 +294,48 @@ def similar(
         device,
         output,
         lambda lib: lib.similar(
-            image, limit, plus=_terms(plus), minus=_terms(minus), min_score=min_score, under=under
+            image,
+            limit,
+            plus=_terms(plus),
+            minus=_terms(minus),
+            min_score=min_score,
+            filters=_filters(under, after, before, min_width, min_height, image_format),
         ),
     )
+
+
+@app.command()
+def reindex(
+    index_type: Annotated[
+        str,
+        typer.Option(
+            "--index-type",
+            metavar="auto|flat|hnsw|ivfpq",
+            help="Search index kind: auto picks by size and memory budget; others force one.",
+        ),
+    ] = "auto",
+    memory_budget: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--memory-budget",
+            metavar="SIZE",
+            help="Memory the search index may use, e.g. 2GB or 512MB. Default: as before (2GB at first).",
+            show_default=False,
+        ),
+    ] = None,
+    library: LibraryOpt = None,
+    wait: WaitOpt = LOCK_WAIT_S,
+) -> None:
+    """Rebuild the search index from the stored vectors: choose its kind, train and tune it.
+
+    No image is read again. The choice is remembered: later index runs keep a forced kind,
+    and rebuild an automatic one when the library has grown or shrunk a lot.
+    """
+    from pixsift.formatting import format_index_summary
+
+    with _user_errors(), _open(library) as lib:
+        summary = lib.rebuild_index(index_type, memory_budget, wait=wait)
+    typer.echo(format_index_summary(summary))
 
 
 @app.command()
@@ -369,6 +457,26 @@ def doctor(
     typer.echo(health_as_json(report) if output is StatusFormat.json else format_health(report))
     if not report.healthy:
         raise typer.Exit(EXIT_TROUBLE)
+
+
+def _filters(
+    under: Path | None,
+    after: str | None,
+    before: str | None,
+    min_width: int | None,
+    min_height: int | None,
+    image_format: list[str] | None,
+) -> SearchFilters:
+    from pixsift.search import SearchFilters
+
+    return SearchFilters(
+        under=None if under is None else str(under),
+        formats=tuple(image_format or ()),
+        min_width=min_width,
+        min_height=min_height,
+        after=after,
+        before=before,
+    )
 
 
 def _terms(texts: list[str] | None) -> list[QueryTerm]:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the command line imports this module before it needs the co
     from pixsift.doctor import HealthReport
     from pixsift.evaluation import EvalReport
     from pixsift.indexer import IndexReport
-    from pixsift.library import LibraryStatus
+    from pixsift.library import IndexSummary, LibraryStatus
     from pixsift.search import SearchResult
     from pixsift.storage import Failure
 
@@ -80,6 +80,12 @@ def format_status(status: LibraryStatus, failures: Sequence[Failure] | None) -> 
     counts = status.counts
     index = status.index_file
     index_text = index.state if index.generation is None else f"{index.state} (generation {index.generation})"
+    if index.kind is not None:
+        index_text += f", {index.kind}"
+    if index.search_param is not None:
+        index_text += f" ({'efSearch' if index.kind == 'hnsw' else 'nprobe'} {index.search_param}"
+        index_text += "" if index.recall is None else f", recall@10 {index.recall:.3f} when tuned"
+        index_text += ")"
     lines = [
         f"Library  {status.path}",
         f"Model    {model}",
@@ -123,7 +129,13 @@ def status_as_json(status: LibraryStatus, failures: Sequence[Failure] | None) ->
             }
             for r in status.roots
         ],
-        "index": {"state": status.index_file.state, "generation": status.index_file.generation},
+        "index": {
+            "state": status.index_file.state,
+            "generation": status.index_file.generation,
+            "kind": status.index_file.kind,
+            "search_param": status.index_file.search_param,
+            "tuned_recall_at_10": status.index_file.recall,
+        },
         "generation": status.generation,
         "disk_bytes": status.disk_bytes,
     }
@@ -184,3 +196,15 @@ def health_as_json(report: HealthReport) -> str:
         "repairs": report.repairs,
     }
     return json.dumps(data, indent=2)
+
+
+def format_index_summary(summary: IndexSummary) -> str:
+    """The search index after a rebuild: kind, size, memory and tuning, one line each."""
+    lines = [
+        f"Index    {summary.kind}, {summary.vectors:,} vectors, {summary.memory_bytes / 1e6:.1f} MB",
+    ]
+    if summary.search_param is not None:
+        name = "efSearch" if summary.kind == "hnsw" else "nprobe"
+        recall = "" if summary.recall is None else f", recall@10 {summary.recall:.3f} against exact search"
+        lines.append(f"Tuned    {name} {summary.search_param}{recall}")
+    return "\n".join(lines)

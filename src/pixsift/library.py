@@ -75,10 +75,15 @@ def _load_clip(spec: ModelSpec, device: str) -> Embedder:
 
 @dataclass(frozen=True)
 class IndexFileState:
-    """Whether `vectors.faiss` reflects the database: "up to date", "stale" or "missing"."""
+    """Whether `vectors.faiss` reflects the database: "up to date", "stale" or "missing";
+    its kind ("flat", "hnsw", "ivfpq"), its tuned nprobe/efSearch and the recall@10 measured
+    when it was tuned, as its header records them."""
 
     state: str
     generation: int | None
+    kind: str | None = None
+    search_param: int | None = None
+    recall: float | None = None
 
 
 @dataclass(frozen=True)
@@ -531,11 +536,14 @@ class Library:
         if filters is None or filters.is_empty:
             return None
         folder = None if filters.under is None else self._existing_folder(filters.under)
+        taken_after, taken_before = filters.taken_range()
         return self._catalog.ids_matching(
             folder=folder,
             formats=filters.format_names(),
             min_width=filters.min_width,
             min_height=filters.min_height,
+            taken_after=taken_after,
+            taken_before=taken_before,
         )
 
     def _example_vectors(self, examples: Sequence[Example]) -> tuple[np.ndarray, list[int | None]]:
@@ -833,14 +841,22 @@ class Library:
 
     def status(self) -> LibraryStatus:
         """What is indexed, with which model, where, and how fresh the search index is."""
-        from pixsift.storage.vector_index import read_generation
+        from pixsift.storage.vector_index import IndexMeta, read_header
 
         generation = self._catalog.generation()
-        saved = read_generation(self.index_path)
-        if saved is None:
+        header = read_header(self.index_path)
+        if header is None:
             state = IndexFileState("missing", None)
         else:
-            state = IndexFileState("up to date" if saved == generation else "stale", saved)
+            saved = int(header["generation"])
+            meta = IndexMeta.from_dict(header)
+            state = IndexFileState(
+                "up to date" if saved == generation else "stale",
+                saved,
+                meta.plan.kind.value,
+                meta.search_param or None,
+                meta.recall,
+            )
         disk = sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
         return LibraryStatus(
             path=self.path,

@@ -14,6 +14,7 @@ import hashlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,6 +31,12 @@ class DecodedImage:
     width: int  # as displayed, after EXIF orientation
     height: int
     format: str
+    taken_at: str | None = None  # EXIF date taken, "YYYY-MM-DD HH:MM:SS"; None if absent
+
+
+EXIF_IFD = 0x8769
+EXIF_DATE_TIME_ORIGINAL = 0x9003
+EXIF_DATE_TIME = 0x0132  # when the file was last changed by the camera or an editor
 
 
 @functools.cache
@@ -74,7 +81,8 @@ def load_image(
     with open(path, "rb") as f:
         data = f.read()
     image, width, height, image_format = open_oriented(data, target_size, max_pixels)
-    return DecodedImage(preprocess(image), hash_bytes(data), width, height, image_format)
+    taken = exif_taken_at(data)
+    return DecodedImage(preprocess(image), hash_bytes(data), width, height, image_format, taken)
 
 
 def open_oriented(data: bytes, target_size: int, max_pixels: int) -> tuple[Image.Image, int, int, str]:
@@ -98,6 +106,25 @@ def open_oriented(data: bytes, target_size: int, max_pixels: int) -> tuple[Image
         if upright.size != image.size:  # rotated by 90 degrees
             width, height = height, width
         return _to_rgb(upright), width, height, image_format
+
+
+def exif_taken_at(data: bytes) -> str | None:
+    """The EXIF DateTimeOriginal (else DateTime) as "YYYY-MM-DD HH:MM:SS", or None.
+
+    Cameras write "YYYY:MM:DD HH:MM:SS"; blank or impossible dates ("0000:00:00 ...") are
+    common in the wild and read as no date, as is EXIF that Pillow cannot parse. Only the
+    file's header is parsed (opening is lazy): no pixels are decoded here.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=allowed_formats()) as image:
+            exif = image.getexif()
+            value = exif.get_ifd(EXIF_IFD).get(EXIF_DATE_TIME_ORIGINAL) or exif.get(EXIF_DATE_TIME)
+        if not isinstance(value, str):
+            return None
+        taken = datetime.strptime(value.strip().rstrip("\x00")[:19], "%Y:%m:%d %H:%M:%S")
+    except Exception:  # broken EXIF must not cost the image: it just has no date
+        return None
+    return taken.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def describe_error(exc: BaseException) -> str:

@@ -230,6 +230,7 @@ def _store(batch: CatalogWriter, outcome: Outcome[Candidate], report: IndexRepor
             width=image.width,
             height=image.height,
             format=image.format,
+            taken_at=image.taken_at,
             size=file.size,
             mtime_ns=file.mtime_ns,
         )

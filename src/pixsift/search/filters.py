@@ -8,8 +8,11 @@ images returns `k` whenever at least `k` images match.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import date, datetime
 
 from pixsift.errors import QueryError
+
+DateLike = date | datetime | str  # a datetime, a date (its midnight) or ISO text
 
 # Format names a user may write for Pillow's: "jpg" is a JPEG, and a phone's multi-picture
 # JPEG (Pillow's "MPO") is a JPEG to anyone asking for JPEGs.
@@ -21,15 +24,26 @@ class SearchFilters:
     """Restrictions on the images a search returns; every field left empty allows everything.
 
     `under`: a folder (recursively); `formats`: image formats such as "JPEG" or "png";
-    `min_width`, `min_height`: the smallest size in pixels, as displayed.
+    `min_width`, `min_height`: the smallest size in pixels, as displayed; `after`, `before`:
+    when the photo was taken (EXIF date, else the file's modification time), on or after
+    `after` and strictly before `before`, in local time. Dates are a `date` (its midnight), a
+    `datetime` or ISO text ("2024-05-01", "2024-05-01T18:30"); they are kept as ISO text.
     """
 
     under: str | None = None
     formats: tuple[str, ...] = field(default=())
     min_width: int | None = None
     min_height: int | None = None
+    after: DateLike | None = None
+    before: DateLike | None = None
 
     def __post_init__(self) -> None:
+        for name in ("after", "before"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _iso_moment(name, value))
+        if self.after is not None and self.before is not None and str(self.after) >= str(self.before):
+            raise QueryError(f"Filter after ({self.after}) must be earlier than before ({self.before}).")
         for name in ("min_width", "min_height"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -41,7 +55,21 @@ class SearchFilters:
 
     @property
     def is_empty(self) -> bool:
-        return self.under is None and not self.formats and self.min_width is None and self.min_height is None
+        return (
+            self.under is None
+            and not self.formats
+            and self.min_width is None
+            and self.min_height is None
+            and self.after is None
+            and self.before is None
+        )
+
+    def taken_range(self) -> tuple[str | None, str | None]:
+        """`after` and `before` as the catalog compares them: "YYYY-MM-DD HH:MM:SS"."""
+        return (
+            None if self.after is None else str(self.after).replace("T", " "),
+            None if self.before is None else str(self.before).replace("T", " "),
+        )
 
     def format_names(self) -> tuple[str, ...]:
         """The formats as the catalog stores them (Pillow's upper-case names, aliases expanded)."""
@@ -53,3 +81,23 @@ class SearchFilters:
 
     def with_under(self, under: str | None) -> SearchFilters:
         return replace(self, under=under)
+
+
+def _iso_moment(name: str, value: DateLike) -> str:
+    """A date filter's value as "YYYY-MM-DDTHH:MM:SS" (naive local time); QueryError if unreadable."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise QueryError(
+                f"Filter {name} {value!r} is not a date such as 2024-05-01 or 2024-05-01T18:30."
+            ) from None
+    else:
+        raise QueryError(f"Filter {name} must be a date, a datetime or ISO text, not {type(value).__name__}.")
+    if moment.tzinfo is not None:  # an instant: compared as this machine's local time
+        moment = moment.astimezone().replace(tzinfo=None)
+    return moment.replace(microsecond=0).isoformat()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Query, Request
@@ -40,9 +41,18 @@ def filter_params(
     format: Annotated[list[str] | None, Query(max_length=16)] = None,
     min_width: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
     min_height: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
+    after: Annotated[datetime | None, Query()] = None,
+    before: Annotated[datetime | None, Query()] = None,
 ) -> Filters:
     """Filters given as query parameters (`format` may repeat)."""
     try:
-        return Filters(under=under, formats=format or [], min_width=min_width, min_height=min_height)
+        return Filters(
+            under=under,
+            formats=format or [],
+            min_width=min_width,
+            min_height=min_height,
+            after=after,
+            before=before,
+        )
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None

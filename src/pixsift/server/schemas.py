@@ -39,11 +39,22 @@ class Filters(_Strict):
     formats: list[FormatName] = Field(default_factory=list, max_length=16, examples=[["JPEG", "PNG"]])
     min_width: int | None = Field(default=None, ge=1, le=1_000_000)
     min_height: int | None = Field(default=None, ge=1, le=1_000_000)
+    after: datetime | None = Field(
+        default=None,
+        description="Taken on or after this date or time (EXIF date, else file time; local time).",
+        examples=["2024-05-01"],
+    )
+    before: datetime | None = Field(default=None, description="Taken strictly before this date or time.")
 
     def to_core(self, under: str | None) -> SearchFilters:
         """The core's filters, with `under` already resolved inside the roots by the caller."""
         return SearchFilters(
-            under=under, formats=tuple(self.formats), min_width=self.min_width, min_height=self.min_height
+            under=under,
+            formats=tuple(self.formats),
+            min_width=self.min_width,
+            min_height=self.min_height,
+            after=self.after,
+            before=self.before,
         )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Engine, Select, delete, func, insert, select, text, update
+from sqlalchemy import ColumnElement, Engine, Select, delete, func, insert, select, text, update
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -65,6 +65,7 @@ class StoredEmbedding:
     width: int | None
     height: int | None
     format: str | None
+    taken_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,14 +174,16 @@ class Catalog:
         """
         wanted = list(set(hashes))
         found: dict[str, StoredEmbedding] = {}
-        query = select(Image.content_hash, Embedding.vector, Image.width, Image.height, Image.format)
+        query = select(
+            Image.content_hash, Embedding.vector, Image.width, Image.height, Image.format, Image.taken_at
+        )
         query = query.join(Embedding, Embedding.image_id == Image.id)
         with self._read() as session:
             for chunk in _chunks(wanted):
-                for content_hash, vector, width, height, image_format in session.execute(
+                for content_hash, vector, width, height, image_format, taken in session.execute(
                     query.where(Image.content_hash.in_(chunk))
                 ):
-                    stored = StoredEmbedding(vector, width, height, image_format)
+                    stored = StoredEmbedding(vector, width, height, image_format, taken)
                     found.setdefault(str(content_hash), stored)
         return found
 
@@ -207,9 +210,13 @@ class Catalog:
         formats: Sequence[str] = (),
         min_width: int | None = None,
         min_height: int | None = None,
+        taken_after: str | None = None,
+        taken_before: str | None = None,
     ) -> np.ndarray:
         """Ids of the embedded images inside `folder` (recursively), in one of `formats`, at
-        least `min_width` by `min_height` pixels; an argument left out does not restrict."""
+        least `min_width` by `min_height` pixels, taken at or after `taken_after` and before
+        `taken_before` ("YYYY-MM-DD HH:MM:SS", local time); an argument left out does not
+        restrict. The date taken is the EXIF one, else the file's modification time."""
         query = select(Image.id).join(Embedding, Embedding.image_id == Image.id)
         if folder is not None:
             low, high = folder_prefix_range(folder)
@@ -220,6 +227,12 @@ class Catalog:
             query = query.where(Image.width >= min_width)
         if min_height is not None:
             query = query.where(Image.height >= min_height)
+        if taken_after is not None or taken_before is not None:
+            taken = _taken_or_modified()
+            if taken_after is not None:
+                query = query.where(taken >= taken_after)
+            if taken_before is not None:
+                query = query.where(taken < taken_before)
         with self._read() as session:
             return np.fromiter(session.scalars(query), dtype=np.int64)
 
@@ -302,10 +315,16 @@ class Catalog:
         """The stored vectors of the images among `ids` that have one, by id."""
         wanted = [int(i) for i in ids]
         found: dict[int, np.ndarray] = {}
-        query = select(Embedding.image_id, Embedding.vector)
+        # Plain SQL on a pooled connection: this runs for every search that re-ranks, where
+        # the ORM session's own overhead was most of the cost.
         with self._read() as session:
+            connection = session.connection()
             for chunk in _chunks(wanted):
-                for image_id, blob in session.execute(query.where(Embedding.image_id.in_(chunk))):
+                marks = ", ".join("?" * len(chunk))
+                rows = connection.exec_driver_sql(
+                    f"SELECT image_id, vector FROM embeddings WHERE image_id IN ({marks})", tuple(chunk)
+                )
+                for image_id, blob in rows:
                     found[int(image_id)] = blob_to_vector(blob)
         return found
 
@@ -419,6 +438,7 @@ class CatalogWriter:
         format: str | None,
         size: int,
         mtime_ns: int,
+        taken_at: str | None = None,
     ) -> None:
         """Store a freshly computed vector and the metadata the decode found."""
         self._update(
@@ -427,6 +447,7 @@ class CatalogWriter:
             width=width,
             height=height,
             format=format,
+            taken_at=taken_at,
             size=size,
             mtime_ns=mtime_ns,
             error=None,
@@ -442,6 +463,7 @@ class CatalogWriter:
             width=source.width,
             height=source.height,
             format=source.format,
+            taken_at=source.taken_at,
             error=None,
             indexed_at=utcnow(),
         )
@@ -460,6 +482,7 @@ class CatalogWriter:
             width=None,
             height=None,
             format=None,
+            taken_at=None,
             indexed_at=utcnow(),
         )
         self._drop_vector(image_id)
@@ -473,6 +496,7 @@ class CatalogWriter:
         height: int | None = None,
         format: str | None = None,
         mtime_ns: int = 0,
+        taken_at: str | None = None,
     ) -> list[int]:
         """Add many images with their vectors at once, in two bulk inserts; returns their ids.
 
@@ -489,6 +513,7 @@ class CatalogWriter:
                 "width": width,
                 "height": height,
                 "format": format,
+                "taken_at": taken_at,
                 "indexed_at": now,
             }
             for path in paths
@@ -549,6 +574,13 @@ class CatalogWriter:
         )
         _set_setting(self._session, GENERATION_KEY, generation)
         self._changed_ids.clear()
+
+
+def _taken_or_modified() -> ColumnElement[str]:
+    """The date an image was taken: EXIF's, else its file's mtime in local time, both as
+    "YYYY-MM-DD HH:MM:SS" text so they compare as dates."""
+    modified = func.datetime(Image.mtime_ns / 1_000_000_000, "unixepoch", "localtime")
+    return func.coalesce(Image.taken_at, modified)
 
 
 def _known_file_query() -> Select[int, str, int, int, str | None, bool, str | None]:

@@ -1,9 +1,10 @@
 """Building a search index from the catalog: choose, train, fill, then tune for recall.
 
 The build streams the stored vectors once. While it does, it also computes the exact top 10
-of a few hundred tuning queries (stored vectors of the collection itself, each query's own
-image left out), so the search parameter (nprobe for IVF-PQ, efSearch for HNSW) can then be
-set to the smallest value that reaches the recall target, measured, not guessed.
+of a few hundred tuning queries (stored vectors of the collection, held out of the index until
+tuning is done, and not counted as their own answers), so the search parameter (nprobe for
+IVF-PQ, efSearch for HNSW) can then be set to the smallest value that reaches the recall
+target, measured, not guessed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from pixsift.storage.rerank import VectorFetcher, rerank
 from pixsift.storage.vector_index import IndexMeta, VectorIndex
 
 TUNING_QUERIES = 200
+# Tuning measures recall on a few hundred queries: aim a little above the target so that the
+# sampling error of that estimate does not leave real queries below it.
+TUNING_MARGIN = 0.01
 TUNE_K = 10
 IVFPQ_MIN_VECTORS = 256  # fewer cannot train a quantizer worth having
 NPROBE_STEPS = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048, 4096)
@@ -87,13 +91,21 @@ def build_index(
     tuning = _tuning_set(catalog, ids, rng) if plan.kind is not IndexKind.flat else None
     say(f"adding {len(ids):,} vectors")
     for chunk_ids, vectors in catalog.all_vectors():
-        index.add(chunk_ids, vectors)
-        if tuning is not None:
-            tuning.update(chunk_ids, vectors)
+        if tuning is None:
+            index.add(chunk_ids, vectors)
+            continue
+        # The tuning queries are held out until tuning is done: a query that is itself in
+        # the index is found through its own entry (its graph node, its cell), which makes
+        # recall look better than new queries will see.
+        held_out = np.isin(chunk_ids, tuning.query_ids)
+        index.add(chunk_ids[~held_out], vectors[~held_out])
+        tuning.update(chunk_ids, vectors)
     meta = IndexMeta(plan=plan, trained_count=index.count)
     if tuning is not None and len(tuning.query_ids):
         say("tuning the search for recall")
-        param, recall = _tune(index, tuning, catalog.vectors, policy.recall_target, plan)
+        target = min(1.0, policy.recall_target + TUNING_MARGIN)
+        param, recall = _tune(index, tuning, catalog.vectors, target, plan)
+        index.add(tuning.query_ids, tuning.queries)
         depth = RERANK_FACTOR if plan.kind is IndexKind.ivfpq else 0
         meta = IndexMeta(plan, index.count, param, recall, depth)
     index.meta = meta
@@ -134,7 +146,7 @@ class _TuningSet:
 
     def update(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         scores = self.queries @ np.asarray(vectors, dtype=np.float32).T
-        scores[self.query_ids[:, None] == ids[None, :]] = -np.inf  # a query is not its own answer
+        scores[:, np.isin(ids, self.query_ids)] = -np.inf  # held out of the index while tuning
         merged_scores = np.hstack([self.top_scores, scores])
         merged_ids = np.hstack([self.top_ids, np.broadcast_to(ids, scores.shape)])
         keep = np.argsort(-merged_scores, axis=1, kind="stable")[:, : self.top_ids.shape[1]]

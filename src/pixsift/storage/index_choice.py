@@ -120,7 +120,7 @@ def ivfpq_plan(count: int, dim: int) -> IndexPlan:
     training sample can support (k-means wants ~39 points per centroid)."""
     train = max(1, min(count, TRAIN_SAMPLE_MAX))
     nlist = max(1, min(int(4 * math.sqrt(max(count, 1))), train // MIN_TRAIN_PER_CENTROID))
-    pq_m = _largest_divisor_at_most(dim, min(PQ_BYTES_MAX, max(1, dim // 8)))
+    pq_m = _largest_divisor_at_most(dim, min(PQ_BYTES_MAX, max(1, dim // 4)))
     bits = max(1, min(8, int(math.log2(max(2, train // MIN_TRAIN_PER_CENTROID)))))
     return IndexPlan(IndexKind.ivfpq, nlist=nlist, pq_m=pq_m, pq_bits=bits, train_size=train)
 

@@ -87,6 +87,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        2,
+        "images.taken_at: when the photo was taken (EXIF), for date filters",
+        ("ALTER TABLE images ADD COLUMN taken_at VARCHAR(19)",),
+    ),
+)
+
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

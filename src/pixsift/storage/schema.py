@@ -72,6 +72,10 @@ class Image(Base):
     format: Mapped[str | None] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
     indexed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # When the photo was taken, from EXIF, as "YYYY-MM-DD HH:MM:SS" in the camera's local time
+    # (EXIF has no time zone). NULL when the file has none, or was indexed before this column
+    # existed: date filters then use the file's modification time (see Catalog.ids_matching).
+    taken_at: Mapped[str | None] = mapped_column(String(19), default=None)
 
 
 class Embedding(Base):

@@ -1,0 +1,296 @@
+"""Filters pushed into the search (folder, format, size, date taken), for every index kind,
+checked against a brute-force reference computed here from the metadata written."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TinyModel, run_cli
+from pixsift import Library, SearchFilters
+from pixsift.errors import QueryError
+from pixsift.indexer.decode import exif_taken_at
+from pixsift.models.spec import ModelRecord, ModelSpec
+from pixsift.storage import Catalog
+from pixsift.storage.index_choice import IndexKind, IndexThresholds
+from pixsift.storage.migrations import MIGRATIONS, SCHEMA_VERSION
+from pixsift.synthetic.vectors import clustered_vectors
+from serving import indexed_library, running_server
+
+DIM = 32
+CLUSTERS = 40
+THRESHOLDS = {
+    IndexKind.flat: IndexThresholds(),
+    IndexKind.hnsw: IndexThresholds(flat_max=500, exact_filter_max=100),
+    IndexKind.ivfpq: IndexThresholds(flat_max=500, hnsw_max=1_000, exact_filter_max=100),
+}
+
+
+def local_ns(year: int, month: int, day: int) -> int:
+    """Noon local time on that day, as a file mtime in nanoseconds."""
+    return int(datetime(year, month, day, 12).timestamp()) * 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Group:
+    folder: str
+    count: int
+    format: str
+    width: int
+    height: int
+    taken: datetime  # what the filter must see: EXIF date if set, else the mtime
+    exif: bool
+
+
+GROUPS = (
+    Group("a", 600, "JPEG", 640, 480, datetime(2020, 1, 10, 12), exif=False),
+    Group("a/sub", 500, "JPEG", 4000, 3000, datetime(2019, 5, 5, 10), exif=True),
+    Group("b", 500, "PNG", 1920, 1080, datetime(2021, 6, 1, 12), exif=False),
+    Group("c", 350, "WEBP", 100, 100, datetime(2022, 3, 3, 12), exif=False),
+    Group("d", 50, "GIF", 300, 300, datetime(2018, 8, 8, 12), exif=False),  # few: ranked exactly
+)
+
+
+@dataclass
+class FilteredLibrary:
+    library: Library
+    root: Path
+    ids: np.ndarray
+    vectors: np.ndarray
+    group_of: dict[int, Group]
+
+
+@pytest.fixture(scope="module", params=list(IndexKind), ids=lambda kind: kind.value)
+def filtered(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FilteredLibrary]:
+    """2,000 synthetic vectors in five folders with different formats, sizes and dates
+    (shared by the tests of a kind: they only search)."""
+    kind = IndexKind(request.param)
+    tmp_path = tmp_path_factory.mktemp(f"filtered-{kind.value}")
+    root = tmp_path / "photos"
+    folder = tmp_path / "library"
+    folder.mkdir()
+    catalog = Catalog.open(folder / "library.db")
+    with catalog.write() as batch:
+        batch.set_model(ModelRecord(ModelSpec("synthetic", "none"), DIM, "0" * 64))
+    vectors = next(clustered_vectors(sum(g.count for g in GROUPS), DIM, clusters=CLUSTERS, seed=5))
+    ids: list[int] = []
+    group_of: dict[int, Group] = {}
+    start = 0
+    for group in GROUPS:
+        (root / group.folder).mkdir(parents=True)
+        # an EXIF date wins over the file time, which is set far from it on purpose
+        mtime = local_ns(2023, 7, 7) if group.exif else int(group.taken.timestamp()) * 1_000_000_000
+        with catalog.write() as batch:
+            added = batch.add_embedded_images(
+                [str(root / group.folder / f"{i:04d}.img") for i in range(group.count)],
+                vectors[start : start + group.count],
+                width=group.width,
+                height=group.height,
+                format=group.format,
+                mtime_ns=mtime,
+                taken_at=group.taken.strftime("%Y-%m-%d %H:%M:%S") if group.exif else None,
+            )
+        ids += added
+        group_of.update(dict.fromkeys(added, group))
+        start += group.count
+    catalog.close()
+    with Library.open(folder, index_thresholds=THRESHOLDS[kind]) as library:
+        assert library.index_summary().kind == kind.value
+        yield FilteredLibrary(library, root, np.array(ids), vectors, group_of)
+
+
+Case = tuple[Callable[[Path], SearchFilters], Callable[[Group], bool]]
+
+
+def allowed(lib: FilteredLibrary, keep: Callable[[Group], bool]) -> set[int]:
+    return {i for i, group in lib.group_of.items() if keep(group)}
+
+
+CASES: dict[str, Case] = {
+    "under a (with its subfolder)": (
+        lambda root: SearchFilters(under=str(root / "a")),
+        lambda g: g.folder.startswith("a"),
+    ),
+    "format png": (lambda root: SearchFilters(formats=("png",)), lambda g: g.format == "PNG"),
+    "at least 1900 wide": (lambda root: SearchFilters(min_width=1900), lambda g: g.width >= 1900),
+    "taken in 2021 or later": (
+        lambda root: SearchFilters(after="2021-01-01"),
+        lambda g: g.taken.year >= 2021,
+    ),
+    "taken before June 2020": (
+        lambda root: SearchFilters(before=date(2020, 6, 1)),
+        lambda g: g.taken < datetime(2020, 6, 1),
+    ),
+    "jpeg under a, taken in 2019": (
+        lambda root: SearchFilters(
+            under=str(root / "a"), formats=("jpg",), after="2019-01-01", before="2020-01-01"
+        ),
+        lambda g: g.folder == "a/sub",
+    ),
+    "few: gif only": (lambda root: SearchFilters(formats=("gif",)), lambda g: g.format == "GIF"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_filters_match_a_brute_force_reference(filtered: FilteredLibrary, case: str) -> None:
+    make, keep = CASES[case]
+    filters = make(filtered.root)
+    wanted = allowed(filtered, keep)
+    mask = np.isin(filtered.ids, list(wanted))
+    hits = 0
+    queries = next(clustered_vectors(20, DIM, clusters=CLUSTERS, seed=77))
+    for query in queries:
+        results = filtered.library.search_vector(query, k=10, filters=filters)
+        found = [r.id for r in results]
+        assert set(found) <= wanted  # never an image outside the filter
+        assert len(found) == min(10, len(wanted))  # never truncated by the filter
+        order = np.argsort(-(filtered.vectors[mask] @ query), kind="stable")[:10]
+        expected = filtered.ids[mask][order].tolist()
+        if len(wanted) <= 100:  # few enough to be ranked exactly, whatever the index
+            assert found == expected
+        hits += len(set(found) & set(expected))
+    assert hits / (10 * len(queries)) >= 0.9
+
+
+def test_nothing_matching_gives_nothing(filtered: FilteredLibrary) -> None:
+    query = filtered.vectors[0]
+    assert filtered.library.search_vector(query, filters=SearchFilters(after="2030-01-01")) == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"after": "last tuesday"}, "is not a date"),
+        ({"before": "2024-13-01"}, "is not a date"),
+        ({"after": "2024-05-01", "before": "2024-05-01"}, "must be earlier than before"),
+        ({"after": 20240501}, "must be a date"),
+    ],
+)
+def test_bad_dates_are_refused_clearly(arguments: dict[str, object], message: str) -> None:
+    with pytest.raises(QueryError, match=message):
+        SearchFilters(**arguments)  # type: ignore[arg-type]
+
+
+def test_dates_are_kept_as_iso_text() -> None:
+    filters = SearchFilters(after=date(2024, 5, 1), before="2024-05-02T18:30")
+    assert (filters.after, filters.before) == ("2024-05-01T00:00:00", "2024-05-02T18:30:00")
+    assert filters.taken_range() == ("2024-05-01 00:00:00", "2024-05-02 18:30:00")
+    assert not filters.is_empty and SearchFilters().is_empty
+
+
+# ---- the date taken: EXIF, the schema migration, the command line and the server ------------------
+
+
+def with_exif_date(source: Path, target: Path, when: str) -> Path:
+    with Image.open(source) as image:
+        exif = Image.Exif()
+        exif.get_ifd(0x8769)[0x9003] = when
+        image.save(target, exif=exif)
+    return target
+
+
+def test_exif_date_taken_is_read_and_bad_dates_are_none(photo_set: Path, tmp_path: Path) -> None:
+    source = sorted(photo_set.glob("*.jpg"))[0]
+    dated = with_exif_date(source, tmp_path / "dated.jpg", "2019:05:05 10:00:00")
+    assert exif_taken_at(dated.read_bytes()) == "2019-05-05 10:00:00"
+    blank = with_exif_date(source, tmp_path / "blank.jpg", "0000:00:00 00:00:00")
+    assert exif_taken_at(blank.read_bytes()) is None
+    assert exif_taken_at(source.read_bytes()) is None  # no EXIF at all
+    assert exif_taken_at(b"not an image") is None
+
+
+def test_an_old_library_is_upgraded_and_its_rows_fall_back_to_file_time(tmp_path: Path) -> None:
+    folder = tmp_path / "library"
+    folder.mkdir()
+    (tmp_path / "old").mkdir()
+    with sqlite3.connect(folder / "library.db") as db:  # a library made before date taken existed
+        for statement in MIGRATIONS[0].statements:
+            db.execute(statement)
+        db.execute("PRAGMA user_version = 1")
+        db.execute(
+            "INSERT INTO images (path, size, mtime_ns, width, height, format, indexed_at) "
+            "VALUES (?, 1, ?, 10, 10, 'PNG', '2024-01-01T00:00:00+00:00')",
+            (os.fsencode(tmp_path / "old" / "a.png"), local_ns(2016, 2, 2)),
+        )
+        db.execute("INSERT INTO embeddings (image_id, vector) VALUES (1, ?)", (np.ones(4, "<f4").tobytes(),))
+    catalog = Catalog.open(folder / "library.db")
+    try:
+        with catalog.write() as batch:
+            batch.set_model(ModelRecord(ModelSpec("synthetic", "none"), 4, "0" * 64))
+            batch.add_embedded_images([str(tmp_path / "old" / "b.png")], np.ones((1, 4), np.float32))
+        assert catalog.schema_differences() == []
+        assert catalog.ids_matching(
+            taken_after="2016-02-01 00:00:00", taken_before="2016-03-01 00:00:00"
+        ).tolist() == [1]
+    finally:
+        catalog.close()
+    with sqlite3.connect(folder / "library.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("SELECT taken_at FROM images WHERE id = 1").fetchone()[0] is None
+
+
+@pytest.fixture
+def dated_photos(photos: Path) -> Path:
+    """The photo set with one photo given an EXIF date in 2019 and the rest file times in 2022."""
+    files = sorted(photos.glob("*.jpg"))
+    for path in files[1:]:
+        os.utime(path, ns=(local_ns(2022, 4, 4), local_ns(2022, 4, 4)))
+    with_exif_date(files[0], files[0], "2019:05:05 10:00:00")
+    os.utime(files[0], ns=(local_ns(2022, 4, 4), local_ns(2022, 4, 4)))  # EXIF must win over this
+    return photos
+
+
+def test_date_filters_through_the_library(dated_photos: Path, tiny_model: TinyModel, tmp_path: Path) -> None:
+    first = sorted(dated_photos.glob("*.jpg"))[0]
+    with indexed_library(tmp_path / "library", dated_photos, tiny_model) as library:
+        old = library.search("x", k=20, filters=SearchFilters(before="2020-01-01"))
+        assert [r.path.name for r in old] == [first.name]
+        recent = library.search("x", k=20, filters=SearchFilters(after="2022-01-01"))
+        assert len(recent) == 11 and first.name not in {r.path.name for r in recent}
+
+
+@pytest.mark.slow
+def test_date_and_size_filters_on_the_command_line(
+    dated_photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    library = str(tmp_path / "library")
+    assert run_cli("index", str(dated_photos), "--library", library, *tiny_model.index_args()).returncode == 0
+    first = sorted(dated_photos.glob("*.jpg"))[0]
+    old = run_cli("search", "x", "--library", library, "--before", "2020-01-01", "-f", "paths")
+    assert old.returncode == 0 and old.stdout.split() == [str(first.resolve())]
+    wide = run_cli("search", "x", "--library", library, "--min-width", "1601", "--image-format", "jpeg")
+    assert wide.returncode == 0 and "No matching images." in wide.stderr
+    bad = run_cli("search", "x", "--library", library, "--after", "someday")
+    assert bad.returncode == 1 and "error: Filter after 'someday' is not a date" in bad.stderr
+
+
+def test_date_filters_through_the_server(dated_photos: Path, tiny_model: TinyModel, tmp_path: Path) -> None:
+    first = sorted(dated_photos.glob("*.jpg"))[0]
+    with (
+        indexed_library(tmp_path / "library", dated_photos, tiny_model) as library,
+        running_server(library) as url,
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        got = client.get("/search", params={"q": "x", "k": 20, "before": "2020-01-01"})
+        assert got.status_code == 200
+        assert [Path(r["path"]).name for r in got.json()["results"]] == [first.name]
+        body = {"q": "x", "k": 20, "filters": {"after": "2022-01-01T00:00:00"}}
+        posted = client.post("/search", json=body).json()["results"]
+        assert len(posted) == 11
+        bad = client.get("/search", params={"q": "x", "after": "someday"})
+        assert bad.status_code == 422
+        backwards = client.post(
+            "/search", json={"q": "x", "filters": {"after": "2022-01-01", "before": "2021-01-01"}}
+        )
+        assert backwards.status_code == 400
