@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import TinyModel, run_cli
 from pixsift import Library
 from pixsift.errors import QueryError
 from pixsift.models.spec import ModelRecord, ModelSpec
@@ -356,3 +357,49 @@ def test_searches_keep_answering_while_a_rebuild_runs(
         library.rebuild_index("hnsw")
         assert answered == [expected]
         assert library.index_summary().kind == "hnsw"
+
+
+@pytest.mark.parametrize("kind", [IndexKind.hnsw, IndexKind.ivfpq], ids=lambda kind: kind.value)
+def test_doctor_checks_an_ann_index_against_the_catalog(tmp_path: Path, kind: IndexKind) -> None:
+    folder = tmp_path / "library"
+    files = tmp_path / "files"
+    ids = fill(folder, COUNT, prefix=str(files))
+    catalog = Catalog.open(folder / "library.db")
+    for _, path in catalog.image_paths():  # doctor also checks that indexed files exist
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).touch()
+    catalog.close()
+    with Library.open(folder, index_thresholds=THRESHOLDS[kind]) as library:
+        library.delete(ids[0])  # a tombstone in HNSW, a removal in IVF-PQ
+        report = library.check()
+        assert report.healthy, report.problems
+        assert report.index_vectors == COUNT - 1
+        index = VectorIndex.load(folder / "vectors.faiss")
+        assert index is not None
+        index.remove(np.array(ids[1:3]))  # the saved index loses two images the catalog has
+        index.save(folder / "vectors.faiss")
+        problems = library.check().problems
+        assert [p.kind for p in problems] == ["index-mismatch"]
+        assert "2 vector(s) stored are missing from the search index" in problems[0].message
+        assert library.repair().healthy
+        assert library.index_summary().kind == kind.value  # repaired with the library's policy
+
+
+@pytest.mark.slow
+def test_reindex_and_status_on_the_command_line(photos: Path, tiny_model: TinyModel, tmp_path: Path) -> None:
+    library = str(tmp_path / "library")
+    assert run_cli("index", str(photos), "--library", library, *tiny_model.index_args()).returncode == 0
+    done = run_cli("reindex", "--index-type", "hnsw", "--memory-budget", "1GB", "--library", library)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Index    hnsw, 12 vectors") and "efSearch" in done.stdout
+    status = run_cli("status", "--library", library)
+    assert "up to date (generation" in status.stdout and ", hnsw (efSearch" in status.stdout
+    found = run_cli("search", "x", "-k", "3", "--library", library, "-f", "paths")
+    assert found.returncode == 0 and len(found.stdout.split()) == 3
+    bad = run_cli("reindex", "--index-type", "annoy", "--library", library)
+    assert bad.returncode == 1 and "error: Index type 'annoy' is not one of" in bad.stderr
+    small = run_cli("reindex", "--index-type", "ivfpq", "--library", library)
+    assert small.returncode == 1 and "needs at least 256 images" in small.stderr
+    assert ", hnsw (" in run_cli("status", "--library", library).stdout  # the refusal changed nothing
+    back = run_cli("reindex", "--library", library)
+    assert back.returncode == 0 and back.stdout.startswith("Index    flat, 12 vectors")

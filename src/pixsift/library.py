@@ -524,7 +524,7 @@ class Library:
                     f"model makes {vectors.dim}-dimensional vectors."
                 )
             fetch = fetch_size(vectors, k, max(len(excluded) for excluded in excludes))
-            exact_max = self._index_policy().thresholds.exact_filter_max
+            exact_max = self._thresholds().exact_filter_max
             scores, ids = nearest(vectors, queries, fetch, allowed, self._catalog.vectors, exact_max)
         return [
             ranked_hits(row_scores, row_ids, exclude_ids=excluded, min_score=min_score)[:k]
@@ -815,7 +815,12 @@ class Library:
     def _index_policy(self) -> IndexPolicy:
         from pixsift.storage.index_lifecycle import load_policy
 
-        return load_policy(self._catalog, self._index_thresholds)
+        return load_policy(self._catalog, self._thresholds())
+
+    def _thresholds(self) -> IndexThresholds:
+        from pixsift.storage.index_choice import IndexThresholds
+
+        return self._index_thresholds or IndexThresholds()
 
     def _rebuild_if_drifted(self) -> None:
         """After an index run: rebuild the search index if it no longer suits the library."""

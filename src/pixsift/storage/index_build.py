@@ -155,7 +155,8 @@ class _TuningSet:
 
 
 def _tuning_set(catalog: Catalog, ids: np.ndarray, rng: np.random.Generator) -> _TuningSet:
-    chosen = rng.choice(ids, size=min(TUNING_QUERIES, len(ids)), replace=False) if len(ids) else ids
+    # At most a tenth of the collection is held out, so what remains is still representative.
+    chosen = rng.choice(ids, size=min(TUNING_QUERIES, len(ids) // 10), replace=False)
     stored = catalog.vectors(chosen.tolist())
     kept = np.array([i for i in chosen.tolist() if i in stored], dtype=np.int64)
     queries = np.stack([stored[i] for i in kept.tolist()]) if len(kept) else np.empty((0, 0), np.float32)

@@ -218,6 +218,8 @@ class VectorIndex:
         allowed vectors are still reached. `search_param` overrides the tuned nprobe/efSearch.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if not self.count:
+            return np.zeros((len(queries), k), np.float32), np.full((len(queries), k), -1, np.int64)
         if self.kind is IndexKind.hnsw:
             return self._search_hnsw(queries, k, allowed_ids, search_param)
         if self.kind is IndexKind.ivfpq:
