@@ -127,8 +127,18 @@ class VectorIndex:
         return int(np.count_nonzero(self._labels < 0)) if self.kind is IndexKind.hnsw else 0
 
     def memory_bytes(self) -> int:
-        """The size of the index as FAISS serialises it, about what it holds in memory."""
-        return int(faiss.serialize_index(self._index).size) + int(self._labels.nbytes)
+        """What the index holds in memory, counted from its parts (without copying them)."""
+        held: Any = self._index
+        if self.kind is IndexKind.hnsw:
+            graph = held.hnsw
+            links = 4 * graph.neighbors.size() + 4 * graph.levels.size() + 8 * graph.offsets.size()
+            return int(held.ntotal * 4 * self.dim + links + self._labels.nbytes)
+        if self.kind is IndexKind.ivfpq:
+            ivf = self._ivf()
+            lists = ivf.invlists
+            stored = sum(lists.list_size(i) for i in range(ivf.nlist))
+            return int(stored * (ivf.code_size + 8) + 4 * self.dim * (ivf.nlist + self.dim))
+        return int(held.ntotal * (4 * self.dim + 8))
 
     def ids(self) -> np.ndarray:
         """The ids held, in storage order (duplicates would show here)."""
