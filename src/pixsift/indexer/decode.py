@@ -118,7 +118,10 @@ def exif_taken_at(data: bytes) -> str | None:
     try:
         with Image.open(io.BytesIO(data), formats=allowed_formats()) as image:
             exif = image.getexif()
-            value = exif.get_ifd(EXIF_IFD).get(EXIF_DATE_TIME_ORIGINAL) or exif.get(EXIF_DATE_TIME)
+            # Only follow the Exif sub-IFD when IFD0 points to one: reading it from a damaged
+            # block makes Pillow warn on stderr, in the middle of an index run's progress.
+            original = exif.get_ifd(EXIF_IFD).get(EXIF_DATE_TIME_ORIGINAL) if EXIF_IFD in exif else None
+            value = original or exif.get(EXIF_DATE_TIME)
         if not isinstance(value, str):
             return None
         taken = datetime.strptime(value.strip().rstrip("\x00")[:19], "%Y:%m:%d %H:%M:%S")
