@@ -315,8 +315,8 @@ class Catalog:
         """The stored vectors of the images among `ids` that have one, by id."""
         wanted = [int(i) for i in ids]
         found: dict[int, np.ndarray] = {}
-        # Plain SQL on a pooled connection: this runs for every search that re-ranks, where
-        # the ORM session's own overhead was most of the cost.
+        # Plain SQL rather than a compiled select: this runs for every search that re-ranks,
+        # where building and processing the statement was most of the cost.
         with self._read() as session:
             connection = session.connection()
             for chunk in _chunks(wanted):
