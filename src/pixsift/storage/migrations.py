@@ -85,9 +85,6 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
-)
-
-MIGRATIONS += (
     Migration(
         2,
         "images.taken_at: when the photo was taken (EXIF), for date filters",
