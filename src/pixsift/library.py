@@ -65,10 +65,10 @@ Example = Union[int, str, "os.PathLike[str]", bytes, QueryTerm]
 EmbedderLoader = Callable[[ModelSpec, str], Embedder]
 
 
-def _load_clip(spec: ModelSpec, device: str) -> Embedder:
-    from pixsift.models.clip import ClipEmbedder  # torch and open_clip: only when needed
+def _loader(engine: str) -> EmbedderLoader:
+    from pixsift.models.loading import load_embedder
 
-    return ClipEmbedder.load(spec, device)
+    return lambda spec, device: load_embedder(spec, device, engine)
 
 
 @dataclass(frozen=True)
@@ -99,14 +99,15 @@ class Library:
         catalog: Catalog,
         *,
         device: str = "auto",
-        load_embedder: EmbedderLoader = _load_clip,
+        engine: str = "auto",
+        load_embedder: EmbedderLoader | None = None,
         max_pixels: int | None = None,
     ) -> None:
         self.path = folder
         self.max_pixels = max_pixels or default_max_pixels()  # query images above it are refused
         self._catalog = catalog
         self._device = device
-        self._load_embedder = load_embedder
+        self._load_embedder = load_embedder or _loader(engine)
         self._embedder: Embedder | None = None
         self._vectors: VectorIndex | None = None
         self._lock = FileLock(folder / LOCK_NAME)
@@ -124,14 +125,21 @@ class Library:
         *,
         create: bool = True,
         device: str = "auto",
+        engine: str = "auto",
         max_pixels: int | None = None,
     ) -> Library:
         """Open the library in folder `path` (default: `$PIXSIFT_LIBRARY` or the user data dir).
 
         With `create=False` a missing library raises LibraryNotFoundError instead of being made.
         `device` is where the model runs: "auto" (CUDA when available), "cpu" or "cuda".
+        `engine` is how it runs: "auto" (on a CPU, ONNX Runtime at the fastest precision that
+        keeps cosine 0.99 to fp32 open_clip, exported and cached on first use), "torch",
+        "onnx" (fp32) or "onnx-int8".
         `max_pixels` bounds the images given as queries (default: Pillow's bomb threshold).
         """
+        from pixsift.models.loading import check_engine
+
+        check_engine(engine)
         folder = resolve_library_dir(path)
         db_path = folder / DB_NAME
         if not db_path.is_file():
@@ -142,7 +150,7 @@ class Library:
             if folder.exists() and not folder.is_dir():
                 raise InvalidPathError(f"Library path {folder} exists and is not a folder.")
             folder.mkdir(parents=True, exist_ok=True)
-        return cls(folder, Catalog.open(db_path), device=device, max_pixels=max_pixels)
+        return cls(folder, Catalog.open(db_path), device=device, engine=engine, max_pixels=max_pixels)
 
     def close(self) -> None:
         self._catalog.close()
