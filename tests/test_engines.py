@@ -172,6 +172,11 @@ def test_explicit_engines(tiny_model: TinyModel, photo_set: Path) -> None:
     assert isinstance(int8, OnnxEmbedder) and int8.precisions == {"image": "int8", "text": "int8"}
     reference = image_vectors(torch_engine, photos)
     assert np.allclose(image_vectors(fp32, photos), reference, atol=1e-4)
+    # The text tower runs on the tokens up to the last END only: the same vectors as open_clip's
+    # full context, for short and long texts, alone and in a batch of mixed lengths.
+    long_text = "a very long caption " * 30
+    for batch in (TEXTS, [TEXTS[0]], [long_text], [TEXTS[0], long_text]):
+        assert np.allclose(fp32.embed_texts(batch), torch_engine.embed_texts(batch), atol=1e-4)
     assert np.all(np.sum(image_vectors(int8, photos) * reference, axis=1) >= COSINE_BAR)
 
 

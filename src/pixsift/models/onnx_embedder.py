@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from pixsift.errors import ModelError
-from pixsift.models.onnx_export import TOKENIZER, Export, discard
+from pixsift.models.onnx_export import TOKENIZER, Export, discard, trim_tokens
 from pixsift.models.pixels import preprocess
 from pixsift.models.spec import ModelRecord
 
@@ -82,7 +82,10 @@ class OnnxEmbedder:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         if "text" not in self._precisions:
             return np.asarray(self._torch().embed_texts(texts), dtype=np.float32)
-        return self._run("text", "tokens", self._tokens()(list(texts)))
+        tokens = self._tokens()(list(texts))
+        if self._export.text_trim:
+            tokens = trim_tokens(tokens)
+        return self._run("text", "tokens", tokens)
 
     def _run(self, tower: str, input_name: str, inputs: np.ndarray) -> np.ndarray:
         (vectors,) = self._session(tower).run(None, {input_name: inputs})
@@ -116,6 +119,8 @@ class OnnxEmbedder:
             raise FileNotFoundError(f"no {tower} tower at {self._precisions[tower]} in the export")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: ONNX Runtime's warnings are not for users
+        if tower == "text":  # optimised when exported: loading it again costs a cold query time
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def _tokens(self) -> ClipTokenizer:

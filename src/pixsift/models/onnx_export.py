@@ -16,6 +16,7 @@ turns out damaged is removed and made again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +38,7 @@ from pixsift.models.spec import ModelRecord, ModelSpec
 if TYPE_CHECKING:
     from pixsift.models.clip import ClipEmbedder
 
-FORMAT = 1
+FORMAT = 2
 COSINE_BAR = 0.99
 PRECISIONS = ("int8", "fp32")  # fastest first
 TOWERS = ("image", "text")
@@ -69,6 +71,7 @@ class Export:
     files: dict[str, int]  # file name -> size in bytes
     cosine: dict[str, dict[str, float]]  # tower -> precision -> worst cosine to fp32 open_clip
     reason: str = ""  # why there is no fast path, when there is none
+    text_trim: bool = False  # the text tower takes tokens up to the last END, not the full context
 
     def model_file(self, tower: str, precision: str) -> Path | None:
         name = f"{tower}-{precision}.onnx"
@@ -159,6 +162,7 @@ def _export_into(folder: Path, clip: ClipEmbedder) -> dict[str, Any]:
         "files": {},
         "cosine": {},
         "reason": "",
+        "text_trim": False,
     }
     reasons = []
     try:
@@ -176,7 +180,13 @@ def _export_into(folder: Path, clip: ClipEmbedder) -> dict[str, Any]:
     if reasons:
         meta["reason"] = "; ".join(reasons)
         log.warning("Cannot export all of %s to ONNX: %s", record.spec.describe(), meta["reason"])
-    meta["files"] = {name: (folder / name).stat().st_size for name in meta["files"]}
+    # Every file the towers that worked left (an exporter may add external weight files).
+    kept = set(meta["files"])
+    meta["files"] = {
+        path.name: path.stat().st_size
+        for path in sorted(folder.iterdir())
+        if path.name in kept or any(path.name.startswith(name) for name in kept)
+    }
     return meta
 
 
@@ -204,7 +214,7 @@ def _export_image(folder: Path, clip: ClipEmbedder, pixels: PixelConfig, meta: d
     inputs = np.stack([preprocess(image, pixels) for image in images])
     sample = torch.from_numpy(inputs[:2])
     _export_tower(folder, "image", _tower_module(clip.model, "image"), sample, "pixels", meta)
-    meta["cosine"]["image"] = _check(folder, "image", "pixels", inputs, reference, meta)
+    meta["cosine"]["image"] = _check(folder, "image", "pixels", [inputs], reference)
 
 
 def _export_text(folder: Path, clip: ClipEmbedder, meta: dict[str, Any]) -> int:
@@ -221,11 +231,40 @@ def _export_text(folder: Path, clip: ClipEmbedder, meta: dict[str, Any]) -> int:
         raise ValueError("the torch-free tokenizer does not give open_clip's token ids")
     tokenizer.save(folder / TOKENIZER)
     meta["files"][TOKENIZER] = 0
-    reference = clip.embed_texts(list(_CALIBRATION_TEXTS))
+    reference = clip.embed_texts(list(_CALIBRATION_TEXTS))  # the full context, as open_clip runs it
+    meta["text_trim"] = _trims_text(clip.model)
+    if meta["text_trim"]:
+        tokens = trim_tokens(tokens)
     sample = torch.from_numpy(tokens[:2])
-    _export_tower(folder, "text", _tower_module(clip.model, "text"), sample, "tokens", meta)
-    meta["cosine"]["text"] = _check(folder, "text", "tokens", tokens, reference, meta)
+    module = _tower_module(clip.model, "text")
+    _export_tower(folder, "text", module, sample, "tokens", meta, sequence_axis=meta["text_trim"])
+    for precision in PRECISIONS:  # a query loads the text tower: pay its graph optimisation now
+        _optimise(folder / f"text-{precision}.onnx")
+    # Each text on its own, so the check also covers the trimming of short ones.
+    rows = [trim_tokens(row[None, :]) if meta["text_trim"] else row[None, :] for row in tokens]
+    meta["cosine"]["text"] = _check(folder, "text", "tokens", rows, reference)
     return context_length
+
+
+def trim_tokens(tokens: np.ndarray) -> np.ndarray:
+    """The token ids up to the last END of any row (at least two columns: START and END)."""
+    used = np.flatnonzero(np.any(tokens != 0, axis=0))
+    return np.ascontiguousarray(tokens[:, : max(2, int(used[-1]) + 1 if used.size else 2)])
+
+
+def _optimise(path: Path) -> None:
+    """Rewrite `path` with ONNX Runtime's graph optimisations applied, so that loading it needs
+    none (a few hundred milliseconds less at every cold start). The extended level only: the
+    layout level would tie the file to this CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    optimised = path.with_suffix(".opt")
+    options.optimized_model_filepath = str(optimised)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    os.replace(optimised, path)
 
 
 def _simple_tokenizer_context(tokenizer: Any) -> int | None:
@@ -242,6 +281,7 @@ def _simple_tokenizer_context(tokenizer: Any) -> int | None:
 def _tower_module(model: Any, tower: str) -> Any:
     """One tower of a CLIP model with its projection and normalisation, as ONNX sees it."""
     import torch
+    import torch.nn.functional as F  # noqa: N812 (torch's own spelling)
 
     class Tower(torch.nn.Module):
         def __init__(self) -> None:
@@ -251,45 +291,137 @@ def _tower_module(model: Any, tower: str) -> Any:
         def forward(self, inputs: torch.Tensor) -> torch.Tensor:
             if tower == "image":
                 return self.model.encode_image(inputs, normalize=True)  # type: ignore[no-any-return]
-            return self.model.encode_text(inputs, normalize=True)  # type: ignore[no-any-return]
+            if not _trims_text(model):
+                return self.model.encode_text(inputs, normalize=True)  # type: ignore[no-any-return]
+            return F.normalize(_encode_text_prefix(self.model, inputs), dim=-1)
 
     return Tower().eval()
 
 
-def _export_tower(
-    folder: Path, tower: str, module: Any, sample: Any, input_name: str, meta: dict[str, Any]
-) -> None:
+def _trims_text(model: Any) -> bool:
+    """Whether the text tower may be run on the tokens up to the last END only.
+
+    CLIP's text transformer is causal and pools the END token's features, so the padding after
+    it changes nothing; running without it makes a short query several times cheaper than a
+    full context. Only for open_clip's standard CLIP text tower, where that holds.
+    """
+    from open_clip.model import CLIP
+
+    return (
+        type(model) is CLIP
+        and getattr(model, "text_pool_type", None) == "argmax"
+        and getattr(model, "attn_mask", None) is not None
+    )
+
+
+def _encode_text_prefix(model: Any, tokens: Any) -> Any:
+    """open_clip's CLIP.encode_text (unnormalised) for a token prefix of any length."""
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from open_clip.transformer import text_global_pool
+
+    # Positions 0..length-1 computed from the tokens rather than sliced by a Python int, so
+    # the traced graph keeps the length dynamic instead of freezing the sample's.
+    positions = torch.cumsum(torch.ones_like(tokens[0]), dim=0) - 1
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + torch.index_select(model.positional_embedding, 0, positions).to(cast_dtype)
+    mask = torch.index_select(torch.index_select(model.attn_mask, 0, positions), 1, positions)
+    x = model.transformer(x, attn_mask=mask)
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type)
+    projection = model.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+
+def _export_tower(
+    folder: Path,
+    tower: str,
+    module: Any,
+    sample: Any,
+    input_name: str,
+    meta: dict[str, Any],
+    *,
+    sequence_axis: bool = False,
+) -> None:
+    """`<tower>-fp32.onnx` and its int8 quantisation `<tower>-int8.onnx`.
+
+    The batch is a dynamic axis; with `sequence_axis` the token count is too, which only
+    torch.export's exporter gets right (the tracing one freezes the sample's length inside
+    attention), so that case goes through it; the image tower keeps the tracing exporter, which
+    is several times quicker.
+    """
+    import torch
 
     fp32, int8 = folder / f"{tower}-fp32.onnx", folder / f"{tower}-int8.onnx"
     # Gradients on while tracing: with them off, torch swaps attention for a fused kernel
     # that ONNX has no operator for.
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
-        warnings.simplefilter("ignore")  # tracer and deprecation chatter, not for users
-        torch.onnx.export(
-            module,
-            (sample,),
-            str(fp32),
-            input_names=[input_name],
-            output_names=["embedding"],
-            dynamic_axes={input_name: {0: "batch"}, "embedding": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad(), _quiet_logs():
+        warnings.simplefilter("ignore")  # exporter and deprecation chatter, not for users
+        if sequence_axis:
+            torch.onnx.export(
+                module,
+                (sample,),
+                str(fp32),
+                input_names=[input_name],
+                output_names=["vectors"],
+                dynamic_shapes=({0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")},),
+                dynamo=True,
+                verbose=False,
+            )
+        else:
+            torch.onnx.export(
+                module,
+                (sample,),
+                str(fp32),
+                input_names=[input_name],
+                output_names=["vectors"],
+                dynamic_axes={input_name: {0: "batch"}, "vectors": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
     meta["files"][fp32.name] = 0
-    quiet = logging.getLogger()
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # onnxruntime's quantiser logs advice through the root logger
-    try:
-        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, reduce_range=True)
-    finally:
-        quiet.setLevel(level)
+    _quantise(fp32, int8)
     meta["files"][int8.name] = 0
 
 
+def _quantise(fp32: Path, int8: Path) -> None:
+    """Dynamic int8 quantisation: QInt8 weights, `reduce_range` (7-bit) for accuracy on CPUs
+    without VNNI. A lookup table holding infinities (the causal attention mask) is left alone:
+    quantising it would turn the mask into NaNs."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(fp32))
+    infinite = {
+        init.name for init in model.graph.initializer if not np.all(np.isfinite(numpy_helper.to_array(init)))
+    }
+    keep = [node.name for node in model.graph.node if any(name in infinite for name in node.input)]
+    del model
+    with _quiet_logs():
+        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, reduce_range=True, nodes_to_exclude=keep)
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """onnxruntime's quantiser and torch's exporter log advice for developers through the root
+    logger; a user indexing photos needs none of it."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+                yield
+    finally:
+        root.setLevel(level)
+
+
 def _check(
-    folder: Path, tower: str, input_name: str, inputs: np.ndarray, reference: np.ndarray, meta: dict[str, Any]
+    folder: Path, tower: str, input_name: str, batches: list[np.ndarray], reference: np.ndarray
 ) -> dict[str, float]:
     """The worst cosine of each precision's embeddings to the torch model's."""
     import onnxruntime as ort
@@ -299,7 +431,7 @@ def _check(
         session = ort.InferenceSession(
             str(folder / f"{tower}-{precision}.onnx"), providers=["CPUExecutionProvider"]
         )
-        (vectors,) = session.run(None, {input_name: inputs})
+        vectors = np.concatenate([session.run(None, {input_name: batch})[0] for batch in batches])
         worst[precision] = float(np.min(np.sum(np.asarray(vectors) * reference, axis=1)))
     return worst
 
@@ -352,4 +484,5 @@ def _export_of(folder: Path, meta: dict[str, Any], files: dict[str, int]) -> Exp
         files=files,
         cosine={tower: {p: float(c) for p, c in values.items()} for tower, values in meta["cosine"].items()},
         reason=str(meta.get("reason", "")),
+        text_trim=bool(meta.get("text_trim", False)),
     )
