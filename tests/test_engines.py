@@ -219,3 +219,23 @@ def test_cuda_path_matches_the_cpu(tiny_model: TinyModel, photo_set: Path) -> No
     assert np.all(cosine >= COSINE_BAR)
     texts = np.sum(gpu.embed_texts(TEXTS) * cpu.embed_texts(TEXTS), axis=1)
     assert np.all(texts >= COSINE_BAR)
+
+
+def test_indexing_with_a_cached_export_never_imports_torch(
+    tiny_model: TinyModel, photos: Path, tmp_path: Path
+) -> None:
+    load_embedder(tiny_spec(tiny_model), "cpu", "auto")  # the export, as a first run makes it
+    script = (
+        "import sys\n"
+        "from pixsift import Library\n"
+        f"with Library.open({str(tmp_path / 'lib')!r}) as library:\n"
+        f"    report = library.index({str(photos)!r}, model={str(tiny_model.config)!r}, "
+        f"pretrained={str(tiny_model.checkpoint)!r})\n"
+        "    hits = library.search('a dog', k=3)\n"
+        "print(report.embedded, len(hits), 'torch' in sys.modules, 'open_clip' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy(), check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["12", "3", "False", "False"]
