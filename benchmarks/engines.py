@@ -36,7 +36,6 @@ Runner = Callable[[np.ndarray], np.ndarray]
 
 
 def rate(run: Runner, batch: np.ndarray, seconds: float) -> float:
-    run(batch)  # warm-up (and compilation, for torch.compile)
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         run(batch)
@@ -118,7 +117,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--model", default="ViT-B-32", help="ViT-B-32 (random weights) or synthetic-tiny")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=10.0, help="timing per engine")
+    parser.add_argument("--seconds", type=float, default=12.0, help="timing per engine, over all rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--photos", type=Path, help="a folder of photos (default: 32 made here)")
     parser.add_argument("--cosine-photos", type=int, default=32)
     parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile (slow to build)")
@@ -149,13 +149,24 @@ def main() -> None:
         batch = np.ascontiguousarray(np.resize(real, (args.batch_size, *real.shape[1:])))
         runners = candidates(clip, export_folder(spec), compile_too=not args.no_compile)
         reference = runners["torch eager fp32"](real)  # type: ignore[misc]
+        available = {name: run for name, run in runners.items() if run is not None}
+        cosines = {}
+        for name, run in available.items():
+            cosines[name] = float(np.min(np.sum(run(real) * reference, axis=1)))
+            run(batch)  # warm-up at the timed shape (and compilation, for torch.compile)
+        # Round-robin, so that a change in the machine's background load falls on every engine
+        # alike; each engine's median round is reported.
+        rates: dict[str, list[float]] = {name: [] for name in available}
+        for _ in range(args.rounds):
+            for name, run in available.items():
+                rates[name].append(rate(run, batch, args.seconds / args.rounds))
         rows: list[dict[str, Any]] = []
-        for name, run in runners.items():
-            if run is None:
+        for name in runners:
+            if name not in available:
                 rows.append({"engine": name, "rate": None, "cosine": None})
-                continue
-            cosine = float(np.min(np.sum(run(real) * reference, axis=1)))
-            rows.append({"engine": name, "rate": rate(run, batch, args.seconds), "cosine": cosine})
+            else:
+                median = float(np.median(rates[name]))
+                rows.append({"engine": name, "rate": median, "rounds": rates[name], "cosine": cosines[name]})
 
     print(f"{args.model} image tower, batch {args.batch_size}, CPU ({os.cpu_count()} CPUs)")
     print(f"{'engine':<50} {'images/s':>9} {'worst cosine to fp32':>21}")

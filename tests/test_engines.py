@@ -74,7 +74,7 @@ def test_fast_path_matches_open_clip_on_photos_with_random_weights(
     tiny_model: TinyModel, photo_set: Path
 ) -> None:
     fast = assert_matches_open_clip(tiny_spec(tiny_model), sorted(photo_set.iterdir()))
-    assert fast.precisions == {"image": "int8", "text": "int8"}
+    assert fast.precisions == {"image": "fp32", "text": "int8"}
 
 
 def test_fast_path_matches_open_clip_with_trained_weights(photo_set: Path) -> None:
@@ -239,3 +239,24 @@ def test_indexing_with_a_cached_export_never_imports_torch(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["12", "3", "False", "False"]
+
+
+def test_cli_offers_every_engine() -> None:
+    from pixsift.cli import Engine
+    from pixsift.models.loading import ENGINES
+
+    assert tuple(engine.value for engine in Engine) == ENGINES
+
+
+def test_default_engine_vectors_do_not_depend_on_the_batch(tiny_model: TinyModel, photo_set: Path) -> None:
+    """A photo gets the same vector whatever else is indexed with it; a text likewise."""
+    fast = load_embedder(tiny_spec(tiny_model), "cpu", "auto")
+    photos = sorted(photo_set.iterdir())
+    together = image_vectors(fast, photos)
+    for index in (0, 5):
+        alone = image_vectors(fast, [photos[index]])[0]
+        assert np.allclose(alone, together[index], atol=1e-6)
+    long_text = "a very long caption " * 30
+    batch = fast.embed_texts([TEXTS[0], long_text, TEXTS[1]])
+    assert np.allclose(fast.embed_texts([TEXTS[0]])[0], batch[0], atol=1e-6)
+    assert np.allclose(fast.embed_texts([TEXTS[1]])[0], batch[2], atol=1e-6)

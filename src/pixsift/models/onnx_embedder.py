@@ -82,10 +82,13 @@ class OnnxEmbedder:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         if "text" not in self._precisions:
             return np.asarray(self._torch().embed_texts(texts), dtype=np.float32)
+        # One text at a time: a text's vector must not depend on the others in its call (int8
+        # activation scales are per call, and the tokens are trimmed to the call's longest).
         tokens = self._tokens()(list(texts))
-        if self._export.text_trim:
-            tokens = trim_tokens(tokens)
-        return self._run("text", "tokens", tokens)
+        rows = [trim_tokens(row[None, :]) if self._export.text_trim else row[None, :] for row in tokens]
+        if not rows:
+            return np.zeros((0, self.record.embed_dim), dtype=np.float32)
+        return np.concatenate([self._run("text", "tokens", row) for row in rows])
 
     def _run(self, tower: str, input_name: str, inputs: np.ndarray) -> np.ndarray:
         (vectors,) = self._session(tower).run(None, {input_name: inputs})

@@ -41,6 +41,12 @@ if TYPE_CHECKING:
 FORMAT = 2
 COSINE_BAR = 0.99
 PRECISIONS = ("int8", "fp32")  # fastest first
+# What `auto` may choose, per tower, fastest first. Dynamic int8 quantises activations with one
+# scale per batch, so an image's vector would move (by about 1e-3) with the other images that
+# happen to share its batch: an index must give a photo the same vector whatever else is in its
+# folder, so images stay fp32 unless int8 is asked for (--engine onnx-int8). Texts are embedded
+# one at a time, so int8 is safe for them.
+AUTO_PRECISIONS = {"image": ("fp32",), "text": ("int8", "fp32")}
 TOWERS = ("image", "text")
 META = "meta.json"
 TOKENIZER = "tokenizer.json"
@@ -78,7 +84,8 @@ class Export:
         return self.folder / name if name in self.files else None
 
     def precision_for(self, tower: str, engine: str) -> str | None:
-        """The precision `engine` runs `tower` at: auto picks the fastest that holds the bar."""
+        """The precision `engine` runs `tower` at: auto picks the fastest of AUTO_PRECISIONS that
+        holds the bar."""
         if self.pixels is None and tower == "image":
             return None
         if engine == "onnx":
@@ -86,7 +93,8 @@ class Export:
         elif engine == "onnx-int8":
             wanted = ("int8",)
         else:
-            wanted = tuple(p for p in PRECISIONS if self.cosine.get(tower, {}).get(p, 0.0) >= COSINE_BAR)
+            allowed = AUTO_PRECISIONS.get(tower, ())
+            wanted = tuple(p for p in allowed if self.cosine.get(tower, {}).get(p, 0.0) >= COSINE_BAR)
         return next((p for p in wanted if self.model_file(tower, p) is not None), None)
 
 
