@@ -3,9 +3,10 @@
 - `torch`: open_clip on torch, fp32 on the CPU, fp16/bf16 autocast on a CUDA GPU;
 - `onnx`: ONNX Runtime, fp32, on the CPU;
 - `onnx-int8`: ONNX Runtime with int8 weights, on the CPU;
-- `auto` (the default): on the CPU, ONNX Runtime at the fastest precision whose embeddings
-  stayed within cosine 0.99 of fp32 open_clip's when the model was exported, per tower; torch
-  when none did, or when the model runs on a GPU.
+- `auto` (the default): on the CPU, ONNX Runtime, per tower at the fastest precision allowed
+  (`AUTO_PRECISIONS`: images fp32, texts int8 or fp32) whose embeddings stayed within cosine
+  0.99 of fp32 open_clip's when the model was exported; torch when none did, or when the model
+  runs on a GPU.
 
 The ONNX export is made automatically the first time a model is loaded (see `onnx_export`);
 once it is cached, loading imports neither torch nor open_clip.
@@ -55,7 +56,9 @@ def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_E
         return loaded if loaded is not None else _torch_embedder(spec, device)
     from pixsift.models.onnx_embedder import OnnxEmbedder
 
-    torch_model = functools.cache(lambda: loaded if loaded is not None else _torch_embedder(spec, "cpu"))
+    # Keep the torch model just loaded only if a tower needs it: it may be 600 MB.
+    kept = loaded if len(precisions) < len(TOWERS) else None
+    torch_model = functools.cache(lambda: kept if kept is not None else _torch_embedder(spec, "cpu"))
     return OnnxEmbedder(export, precisions, lambda: _remake(spec), fallback=torch_model)
 
 
