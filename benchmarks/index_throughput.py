@@ -1,52 +1,72 @@
-"""Indexing throughput: the model's own rate next to the whole `pixsift index` command's.
+"""Indexing throughput and cold query latency, per engine, measured side by side in one run.
 
-    python benchmarks/index_throughput.py [--count 64] [--size 4032x3024] [--json FILE]
+    python benchmarks/index_throughput.py [--count 200] [--engines torch,auto] [--json FILE]
 
-Measured side by side in one run on the same machine:
-  1. encoder-only: images/s of the image tower alone on preprocessed tensors, at the indexer's
-     batch size (the compute limit);
-  2. end to end: a fresh `pixsift index` of generated photos in a subprocess, as images/s of the
-     embedding phase (decode + model + commits) and of the whole process (imports, model load);
-  3. the ratio of the embedding phase to encoder-only, and the command's peak memory;
-  4. decoding one photo, reduced scale (pixsift's path) against full size.
-The model is the default architecture with random weights: speed does not depend on their values.
+For each engine (`torch`: fp32 open_clip; `auto`: the default, ONNX Runtime with the image tower
+in fp32 and the text tower in int8; `onnx-int8`: both towers int8):
+  1. encoder-only: images/s of the image tower alone on preprocessed inputs at the indexer's
+     batch size (the compute limit of that model and precision);
+  2. end to end: a fresh `pixsift index` of phone photos (4032x3024 JPEG) and of web images
+     (640x480), in a subprocess, as images/s of the whole process (start-up, imports, model
+     load, scan, decode, embed, commits) and of its embedding phase;
+  3. the ratios end to end / encoder-only, and the peak memory (RSS) of each `pixsift index`;
+  4. cold query: the median wall time of a `pixsift search "..."` process on a 10,000-image
+     library (import, model load, text encode, search, print).
+Photos are made by ../shared/photos.py (or --photos-script). The model is ViT-B-32 with random
+weights (speed does not depend on their values); its ONNX export is made once, before timing,
+into a private cache, as a first index run would, and that one-time cost is reported too.
+The 10,000 vectors of the query library are random, written through pixsift's storage layer
+(as in benchmarks/serve_load.py): embedding 10,000 photos would take far longer than the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import re
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-TOOLS = Path(__file__).resolve().parent.parent / "tools"
-sys.path.insert(0, str(TOOLS))
+import numpy as np
 
-from sample_photos import write_photos  # noqa: E402
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
+from serve_load import build_library, random_checkpoint  # noqa: E402
 
-def random_checkpoint(model: str, path: Path) -> Path:
-    import open_clip
-    import torch
-
-    torch.manual_seed(0)
-    torch.save(open_clip.create_model(model).state_dict(), path)
-    return path
+DEFAULT_PHOTOS_SCRIPT = HERE.parent.parent / "shared" / "photos.py"
+GNU_TIME = "/usr/bin/time"  # for the peak memory of a command (Linux: apt install time)
+QUERIES = ["a dog running on the beach", "red car", "snow on the mountains at dawn", "a bowl of soup"]
+RCLIP = {"index_rate": 8.4, "web_rate": 9.6, "cold_query_s": 1.37}  # as measured in issue 7
 
 
-def encoder_only(model: str, checkpoint: Path, batch_size: int, seconds: float) -> float:
-    import torch
+def make_photos(script: Path, folder: Path, count: int, size: str, seed: int) -> Path:
+    """Photos from the shared generator, made once per folder (kept with --work)."""
+    if folder.is_dir() and len(list(folder.iterdir())) == count:
+        return folder
+    command = [sys.executable, str(script), str(folder), "--count", str(count), "--size", size]
+    subprocess.run([*command, "--seed", str(seed)], check=True, capture_output=True)
+    return folder
 
-    from pixsift.models.clip import ClipEmbedder
-    from pixsift.models.naming import resolve_model_spec
 
-    embedder = ClipEmbedder.load(resolve_model_spec(model, str(checkpoint)), "cpu")
-    batch = [torch.randn(3, embedder.image_size, embedder.image_size) for _ in range(batch_size)]
+def encoder_only(embedder: Any, batch_size: int, seconds: float, as_numpy: bool) -> float:
+    """Images/s of `embedder.embed_images` on one ready batch, repeated for `seconds`."""
+    size = embedder.image_size
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((3, size, size), dtype=np.float32) for _ in range(batch_size)]
+    if as_numpy:
+        batch: list[Any] = arrays
+    else:
+        import torch
+
+        batch = [torch.from_numpy(array) for array in arrays]
     embedder.embed_images(batch)  # warm-up
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
@@ -55,86 +75,169 @@ def encoder_only(model: str, checkpoint: Path, batch_size: int, seconds: float) 
     return done / (time.perf_counter() - started)
 
 
-def decode_ms(photos: Path, model: str, checkpoint: Path) -> tuple[float, float]:
-    """Milliseconds per photo, one thread: pixsift's reduced-scale path, and a full decode,
-    each followed by the model's own preprocessing."""
-    from PIL import Image
+def run_measured(command: list[str], env: dict[str, str]) -> tuple[str, float, float]:
+    """Run `command`; return its stdout, wall seconds and peak RSS in MB.
 
-    from pixsift.indexer.decode import default_max_pixels, load_image
-    from pixsift.models.clip import ClipEmbedder
-    from pixsift.models.naming import resolve_model_spec
-
-    embedder = ClipEmbedder.load(resolve_model_spec(model, str(checkpoint)), "cpu")
-    paths = sorted(photos.iterdir())
-    started = time.perf_counter()
-    for path in paths:
-        load_image(
-            str(path),
-            preprocess=embedder.preprocess,
-            target_size=embedder.image_size,
-            max_pixels=default_max_pixels(),
+    The peak comes from GNU time, which starts the command from its own small process: a
+    child's high-water mark counts what it shared with its parent at fork, and this benchmark
+    holds a model in memory. (The wall time includes GNU time's own ~1 ms.)
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        peak_file = Path(folder) / "peak"
+        started = time.perf_counter()
+        done = subprocess.run(
+            [GNU_TIME, "-f", "%M", "-o", str(peak_file), *command], capture_output=True, text=True, env=env
         )
-    reduced = time.perf_counter() - started
-    started = time.perf_counter()
-    for path in paths:
-        with Image.open(path) as image:
-            embedder.preprocess(image)
-    full = time.perf_counter() - started
-    return 1000 * reduced / len(paths), 1000 * full / len(paths)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr}")
+        peak_kb = float(peak_file.read_text().split()[-1])
+        return done.stdout, wall, peak_kb / 1024
 
 
 def end_to_end(
-    photos: Path, library: Path, model: str, checkpoint: Path, batch_size: int
+    photos: Path, library: Path, checkpoint: Path, engine: str, batch_size: int, env: dict[str, str]
 ) -> dict[str, float]:
     command = [sys.executable, "-m", "pixsift", "index", str(photos), "--library", str(library)]
-    command += ["--model", model, "--pretrained", str(checkpoint), "--batch-size", str(batch_size)]
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - started
-    embed_rate = float(re.search(r"([\d.]+) images/s", result.stdout).group(1))  # type: ignore[union-attr]
-    count = int(result.stdout.split()[0])
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"embed_rate": embed_rate, "process_rate": count / wall, "wall_s": wall, "peak_mb": peak_mb}
+    command += ["--model", "ViT-B-32", "--pretrained", str(checkpoint), "--engine", engine]
+    command += ["--batch-size", str(batch_size), "--device", "cpu"]
+    stdout, wall, peak_mb = run_measured(command, env)
+    count = int(stdout.split()[0])
+    found = re.search(r"([\d.]+) images/s", stdout)
+    return {
+        "count": count,
+        "process_rate": count / wall,
+        "embed_rate": float(found.group(1)) if found else float("nan"),
+        "wall_s": wall,
+        "peak_mb": peak_mb,
+    }
+
+
+def cold_queries(library: Path, engine: str, runs: int, env: dict[str, str]) -> dict[str, float]:
+    times = []
+    for number in range(runs):
+        command = [sys.executable, "-m", "pixsift", "search", QUERIES[number % len(QUERIES)]]
+        command += ["--library", str(library), "--engine", engine, "--device", "cpu", "-k", "10"]
+        _, wall, _ = run_measured(command, env)
+        times.append(wall)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--count", type=int, default=64, help="photos to index")
-    parser.add_argument("--size", default="4032x3024", help="photo size, WIDTHxHEIGHT (phone: 4032x3024)")
-    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--count", type=int, default=200, help="photos per set (default 200)")
+    parser.add_argument("--size", default="4032x3024", help="phone photo size, WIDTHxHEIGHT")
+    parser.add_argument("--web-size", default="640x480", help="web image size, WIDTHxHEIGHT")
+    parser.add_argument("--engines", default="torch,auto,onnx-int8", help="comma-separated --engine values")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=20.0, help="how long to time encoder-only")
+    parser.add_argument("--seconds", type=float, default=15.0, help="how long to time encoder-only")
+    parser.add_argument("--library-size", type=int, default=10_000, help="images in the query library")
+    parser.add_argument("--query-runs", type=int, default=5, help="cold searches per engine")
+    parser.add_argument("--photos-script", type=Path, default=DEFAULT_PHOTOS_SCRIPT)
+    parser.add_argument("--work", type=Path, help="keep photos, weights and export here between runs")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     args = parser.parse_args()
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    engines = [engine.strip() for engine in args.engines.split(",") if engine.strip()]
 
-    with tempfile.TemporaryDirectory(prefix="pixsift-bench-") as folder:
-        work = Path(folder)
-        write_photos(work / "photos", args.count, size=(width, height), seed=1)
-        checkpoint = random_checkpoint(args.model, work / "weights.pt")
-        encoder = encoder_only(args.model, checkpoint, args.batch_size, args.seconds)
-        reduced_ms, full_ms = decode_ms(work / "photos", args.model, checkpoint)
-        run = end_to_end(work / "photos", work / "library", args.model, checkpoint, args.batch_size)
-
-    rows = [
-        ("encoder-only (images/s)", f"{encoder:.1f}"),
-        ("pixsift index, embedding phase (images/s)", f"{run['embed_rate']:.1f}"),
-        ("pixsift index, whole process (images/s)", f"{run['process_rate']:.1f}"),
-        ("embedding phase / encoder-only", f"{run['embed_rate'] / encoder:.2f}"),
-        ("decode + preprocess, reduced scale (ms/photo)", f"{reduced_ms:.0f}"),
-        ("decode + preprocess, full size (ms/photo)", f"{full_ms:.0f}"),
-        ("pixsift index peak memory (MB)", f"{run['peak_mb']:.0f}"),
-    ]
-    print(f"{args.model}, {args.count} JPEGs of {args.size}, batch {args.batch_size}, CPU")
-    width_col = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width_col}}  {value:>8}")
+    with tempfile.TemporaryDirectory(prefix="pixsift-bench-") as scratch:
+        work = args.work or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        results = measure(args, engines, work, Path(scratch))
+    print_table(args, engines, results)
     if args.json:
-        results = {"encoder_only_rate": encoder, **run, "ratio": run["embed_rate"] / encoder}
-        results |= {"decode_reduced_ms": reduced_ms, "decode_full_ms": full_ms}
-        args.json.write_text(
-            json.dumps({"settings": vars(args) | {"json": str(args.json)}, **results}, indent=2)
+        settings = {key: str(value) for key, value in vars(args).items()}
+        args.json.write_text(json.dumps({"settings": settings, **results}, indent=2))
+
+
+def measure(args: argparse.Namespace, engines: list[str], work: Path, scratch: Path) -> dict[str, Any]:
+    env = {**os.environ, "PIXSIFT_CACHE_DIR": str(work / "cache")}
+    os.environ["PIXSIFT_CACHE_DIR"] = env["PIXSIFT_CACHE_DIR"]
+    from pixsift.models.clip import ClipEmbedder
+    from pixsift.models.loading import load_embedder
+    from pixsift.models.naming import resolve_model_spec
+    from pixsift.models.onnx_export import read_export
+
+    phone = make_photos(args.photos_script, work / "phone", args.count, args.size, seed=1)
+    web = make_photos(args.photos_script, work / "web", args.count, args.web_size, seed=2)
+    checkpoint = work / "vit-b-32-random.pt"
+    if not checkpoint.is_file():
+        random_checkpoint("ViT-B-32", checkpoint)
+    spec = resolve_model_spec("ViT-B-32", str(checkpoint))
+
+    started = time.perf_counter()
+    fast = load_embedder(spec, "cpu", "auto")  # exports on first use, as a first index run does
+    export_s = time.perf_counter() - started
+    export = read_export(spec)
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "export_s": export_s,
+        "export_cosine": export.cosine if export else None,
+        "engines": {},
+    }
+    for engine in engines:
+        embedder = ClipEmbedder.load(spec, "cpu") if engine == "torch" else load_embedder(spec, "cpu", engine)
+        describe = getattr(embedder, "describe", lambda: "torch eager fp32")()
+        rate = encoder_only(embedder, args.batch_size, args.seconds, as_numpy=engine != "torch")
+        del embedder
+        row: dict[str, Any] = {"runs_as": describe, "encoder_rate": rate}
+        for name, photos in (("phone", phone), ("web", web)):
+            library = scratch / f"library-{engine}-{name}"
+            row[name] = end_to_end(photos, library, checkpoint, engine, args.batch_size, env)
+        results["engines"][engine] = row
+    del fast
+
+    query_library = work / f"query-library-{args.library_size}"
+    if not (query_library / "library" / "library.db").is_file():
+        build_library(query_library, args.library_size, "ViT-B-32", checkpoint)
+    for engine in engines:
+        # One warm-up search writes the FAISS file, as the first search after indexing would.
+        cold_queries(query_library / "library", engine, 1, env)
+        results["engines"][engine]["cold_query"] = cold_queries(
+            query_library / "library", engine, args.query_runs, env
         )
+    return results
+
+
+def print_table(args: argparse.Namespace, engines: list[str], results: dict[str, Any]) -> None:
+    rows: list[tuple[str, ...]] = [("measure", *engines)]
+    per = results["engines"]
+
+    def add(name: str, values: list[float], fmt: str) -> None:
+        rows.append((name, *(format(value, fmt) for value in values)))
+
+    rows.append(("runs as", *(per[e]["runs_as"] for e in engines)))
+    add(f"encoder-only, batch {args.batch_size} (images/s)", [per[e]["encoder_rate"] for e in engines], ".1f")
+    for name, size in (("phone", args.size), ("web", args.web_size)):
+        add(f"index {size}, whole process (images/s)", [per[e][name]["process_rate"] for e in engines], ".1f")
+        add(f"index {size}, embedding phase (images/s)", [per[e][name]["embed_rate"] for e in engines], ".1f")
+        add(
+            f"index {size}, whole process / encoder-only",
+            [per[e][name]["process_rate"] / per[e]["encoder_rate"] for e in engines],
+            ".2f",
+        )
+        add(f"index {size}, peak memory (MB)", [per[e][name]["peak_mb"] for e in engines], ".0f")
+    add(
+        f"index {args.size}, whole process / rclip's 8.4",
+        [per[e]["phone"]["process_rate"] / RCLIP["index_rate"] for e in engines],
+        ".2f",
+    )
+    add(
+        f"cold search, {args.library_size:,} images, median (s)",
+        [per[e]["cold_query"]["median_s"] for e in engines],
+        ".2f",
+    )
+    add(
+        "cold search / rclip's 1.37 s",
+        [per[e]["cold_query"]["median_s"] / RCLIP["cold_query_s"] for e in engines],
+        ".2f",
+    )
+    print(f"ViT-B-32 (random weights), {args.count} photos per set, CPU; {results['machine']}")
+    print(f"one-time ONNX export: {results['export_s']:.1f} s; cosine to fp32: {results['export_cosine']}")
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        values = zip(row[1:], widths[1:], strict=True)
+        cells = [row[0].ljust(widths[0]), *(cell.rjust(width) for cell, width in values)]
+        print("  ".join(cells))
 
 
 if __name__ == "__main__":

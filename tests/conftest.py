@@ -31,11 +31,18 @@ class TinyModel:
         return ["--model", str(self.config), "--pretrained", str(self.checkpoint)]
 
 
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One pixsift cache for the session: a model is exported to ONNX once, not per test."""
+    return tmp_path_factory.mktemp("pixsift-cache")
+
+
 @pytest.fixture(autouse=True)
-def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test touches the user's library or model cache, and nothing can download."""
+def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache: Path) -> None:
+    """No test touches the user's library or caches, and nothing can download."""
     monkeypatch.setenv("PIXSIFT_LIBRARY", str(tmp_path / "default-library"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("PIXSIFT_CACHE_DIR", str(shared_cache))
     monkeypatch.setenv("HF_ENDPOINT", CLOSED_PORT_URL)
 
 

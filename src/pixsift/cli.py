@@ -12,6 +12,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -49,6 +50,26 @@ LibraryOpt = Annotated[
 ]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="Where the model runs: auto (CUDA if available), cpu or cuda.")
+]
+
+
+class Engine(StrEnum):
+    """How the model runs (pixsift.models.loading.ENGINES)."""
+
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+
+
+EngineOpt = Annotated[
+    Engine,
+    typer.Option(
+        "--engine",
+        help="How the model runs: auto (on a CPU, ONNX Runtime: images fp32, texts int8 when within "
+        "cosine 0.99 of open_clip; else torch), torch, onnx (fp32) or onnx-int8 (fastest; an image's "
+        "vector then varies slightly with its batch). Exported and cached on first use.",
+    ),
 ]
 LimitOpt = Annotated[int, typer.Option("-k", "--limit", min=1, max=10_000, help="How many results.")]
 MinScoreOpt = Annotated[
@@ -145,10 +166,12 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_USER_ERROR) from None
 
 
-def _open(library: Path | None, *, create: bool = False, device: str = "auto") -> Library:
+def _open(
+    library: Path | None, *, create: bool = False, device: str = "auto", engine: Engine = Engine.auto
+) -> Library:
     from pixsift.library import Library
 
-    return Library.open(library, create=create, device=device)
+    return Library.open(library, create=create, device=device, engine=engine.value)
 
 
 @app.command()
@@ -185,6 +208,7 @@ def index(
         bool, typer.Option("--follow-symlinks", help="Follow symbolic links (loops are detected).")
     ] = False,
     device: DeviceOpt = "auto",
+    engine: EngineOpt = Engine.auto,
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, max=4096, help="Images per model call.")
     ] = 32,
@@ -213,7 +237,7 @@ def index(
 
     stderr = Console(stderr=True)
     show_progress = not quiet and stderr.is_terminal
-    with _user_errors(), _open(library, create=True, device=device) as lib:
+    with _user_errors(), _open(library, create=True, device=device, engine=engine) as lib:
         bar = TerminalProgress(stderr) if show_progress else None
         try:
             with bar if bar is not None else nullcontext():
@@ -254,11 +278,13 @@ def search(
     output: FormatOpt = ResultFormat.table,
     library: LibraryOpt = None,
     device: DeviceOpt = "auto",
+    engine: EngineOpt = Engine.auto,
 ) -> None:
     """Images that match TEXT, best first."""
     _query(
         library,
         device,
+        engine,
         output,
         lambda lib: lib.search(
             text,
@@ -287,11 +313,13 @@ def similar(
     output: FormatOpt = ResultFormat.table,
     library: LibraryOpt = None,
     device: DeviceOpt = "auto",
+    engine: EngineOpt = Engine.auto,
 ) -> None:
     """Images that look like IMAGE, best first (IMAGE itself left out)."""
     _query(
         library,
         device,
+        engine,
         output,
         lambda lib: lib.similar(
             image,
@@ -373,11 +401,12 @@ def evaluate(
     ] = StatusFormat.table,
     library: LibraryOpt = None,
     device: DeviceOpt = "auto",
+    engine: EngineOpt = Engine.auto,
 ) -> None:
     """How well the library answers labelled queries: recall@k, precision@k, MRR, latency."""
     from pixsift.formatting import eval_as_json, format_eval
 
-    with _user_errors(), _open(library, device=device) as lib:
+    with _user_errors(), _open(library, device=device, engine=engine) as lib:
         report = lib.evaluate(queries, _cutoffs(cutoffs))
     typer.echo(eval_as_json(report) if output is StatusFormat.json else format_eval(report))
 
@@ -413,6 +442,7 @@ def serve(
         float, typer.Option("--max-megapixels", min=0.1, max=1000, help="Largest query image, in megapixels.")
     ] = 50.0,
     device: DeviceOpt = "auto",
+    engine: EngineOpt = Engine.auto,
 ) -> None:
     """Serve the library over HTTP (JSON API, OpenAPI docs at /docs). Needs pixsift[server]."""
     try:
@@ -431,7 +461,7 @@ def serve(
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
             max_megapixels=max_megapixels,
         )
-        with _open(library, device=device) as lib:
+        with _open(library, device=device, engine=engine) as lib:
             run_server(lib, host, port, settings)
 
 
@@ -486,12 +516,16 @@ def _terms(texts: list[str] | None) -> list[QueryTerm]:
 
 
 def _query(
-    library: Path | None, device: str, output: ResultFormat, run: Callable[[Library], list[SearchResult]]
+    library: Path | None,
+    device: str,
+    engine: Engine,
+    output: ResultFormat,
+    run: Callable[[Library], list[SearchResult]],
 ) -> None:
     """Open the library, run one query on it, print the results."""
     from pixsift.formatting import format_results
 
-    with _user_errors(), _open(library, device=device) as lib:
+    with _user_errors(), _open(library, device=device, engine=engine) as lib:
         results = run(lib)
     text = format_results(results, output)
     if text:

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 LIBRARY_ENV_VAR = "PIXSIFT_LIBRARY"
+CACHE_ENV_VAR = "PIXSIFT_CACHE_DIR"
 APP_NAME = "pixsift"
 # How long an index run (or doctor) waits by default for another one holding the library's lock.
 LOCK_WAIT_S = 10.0
@@ -23,6 +24,17 @@ def default_library_dir() -> Path:
     import platformdirs  # imported here: only needed when no path was given
 
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def cache_dir() -> Path:
+    """Where pixsift keeps what it can always make again (model exports): `$PIXSIFT_CACHE_DIR`,
+    else the platform's per-user cache folder (for example `~/.cache/pixsift`)."""
+    from_env = os.environ.get(CACHE_ENV_VAR)
+    if from_env:
+        return Path(from_env).expanduser().absolute()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
 
 
 def resolve_library_dir(path: str | os.PathLike[str] | None) -> Path:

@@ -67,10 +67,10 @@ Example = Union[int, str, "os.PathLike[str]", bytes, QueryTerm]
 EmbedderLoader = Callable[[ModelSpec, str], Embedder]
 
 
-def _load_clip(spec: ModelSpec, device: str) -> Embedder:
-    from pixsift.models.clip import ClipEmbedder  # torch and open_clip: only when needed
+def _loader(engine: str) -> EmbedderLoader:
+    from pixsift.models.loading import load_embedder
 
-    return ClipEmbedder.load(spec, device)
+    return lambda spec, device: load_embedder(spec, device, engine)
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,8 @@ class Library:
         catalog: Catalog,
         *,
         device: str = "auto",
-        load_embedder: EmbedderLoader = _load_clip,
+        engine: str = "auto",
+        load_embedder: EmbedderLoader | None = None,
         max_pixels: int | None = None,
         index_thresholds: IndexThresholds | None = None,
     ) -> None:
@@ -128,7 +129,7 @@ class Library:
         self.max_pixels = max_pixels or default_max_pixels()  # query images above it are refused
         self._catalog = catalog
         self._device = device
-        self._load_embedder = load_embedder
+        self._load_embedder = load_embedder or _loader(engine)
         self._embedder: Embedder | None = None
         self._vectors: VectorIndex | None = None
         self._lock = FileLock(folder / LOCK_NAME)
@@ -146,6 +147,7 @@ class Library:
         *,
         create: bool = True,
         device: str = "auto",
+        engine: str = "auto",
         max_pixels: int | None = None,
         index_thresholds: IndexThresholds | None = None,
     ) -> Library:
@@ -153,10 +155,16 @@ class Library:
 
         With `create=False` a missing library raises LibraryNotFoundError instead of being made.
         `device` is where the model runs: "auto" (CUDA when available), "cpu" or "cuda".
+        `engine` is how it runs: "auto" (on a CPU, ONNX Runtime, exported and cached on first
+        use: images fp32, texts int8 when within cosine 0.99 of fp32 open_clip), "torch",
+        "onnx" (fp32) or "onnx-int8".
         `max_pixels` bounds the images given as queries (default: Pillow's bomb threshold).
         `index_thresholds` moves the sizes at which the search index turns from exact to HNSW
         to IVF-PQ (default: `IndexThresholds()`).
         """
+        from pixsift.models.loading import check_engine
+
+        check_engine(engine)
         folder = resolve_library_dir(path)
         db_path = folder / DB_NAME
         if not db_path.is_file():
@@ -171,6 +179,7 @@ class Library:
             folder,
             Catalog.open(db_path),
             device=device,
+            engine=engine,
             max_pixels=max_pixels,
             index_thresholds=index_thresholds,
         )

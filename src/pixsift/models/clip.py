@@ -6,6 +6,7 @@ actually loaded; nothing here runs at import time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import tempfile
 from collections.abc import Sequence
@@ -41,12 +42,14 @@ class ClipEmbedder:
         tokenizer: Any,
         device: torch.device,
         record: ModelRecord,
+        weights_path: Path | None = None,
     ) -> None:
         self._model = model
         self._preprocess = preprocess
         self._tokenizer = tokenizer
         self._device = device
         self._record = record
+        self.weights_path = weights_path  # the checkpoint file it was loaded from
         size = model.visual.image_size
         self._image_size = int(max(size) if isinstance(size, (tuple, list)) else size)
 
@@ -75,7 +78,8 @@ class ClipEmbedder:
             embed_dim=int(open_clip.get_model_config(name)["embed_dim"]),
             fingerprint=weights_fingerprint(model),
         )
-        return cls(model.to(torch_device), preprocess, open_clip.get_tokenizer(name), torch_device, record)
+        tokenizer = open_clip.get_tokenizer(name)
+        return cls(model.to(torch_device), preprocess, tokenizer, torch_device, record, weights.path)
 
     @property
     def record(self) -> ModelRecord:
@@ -85,14 +89,31 @@ class ClipEmbedder:
     def image_size(self) -> int:
         return self._image_size
 
+    @property
+    def model(self) -> Any:
+        """The open_clip model itself (for exporting it to other engines)."""
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
     def preprocess(self, image: Image.Image) -> Any:
         return self._preprocess(image)
 
     def embed_images(self, batch: Sequence[Any]) -> np.ndarray:
         import torch
 
-        pixels = torch.stack(list(batch)).to(self._device, non_blocking=True)
-        with torch.inference_mode():
+        pixels = torch.stack([torch.as_tensor(item) for item in batch])
+        if self._device.type == "cuda":
+            # Page-locked memory lets the copy run asynchronously, overlapped with the GPU.
+            pixels = pixels.pin_memory()
+        pixels = pixels.to(self._device, non_blocking=True)
+        with torch.inference_mode(), self._autocast():
             features = self._model.encode_image(pixels, normalize=True)
         return np.asarray(features.float().cpu().numpy(), dtype=np.float32)
 
@@ -100,9 +121,19 @@ class ClipEmbedder:
         import torch
 
         tokens = self._tokenizer(list(texts)).to(self._device)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             features = self._model.encode_text(tokens, normalize=True)
         return np.asarray(features.float().cpu().numpy(), dtype=np.float32)
+
+    def _autocast(self) -> Any:
+        """fp16 (bf16 where the GPU has it) on CUDA, where it is several times faster than
+        fp32 and the vectors stay within rounding of it; nothing on the CPU."""
+        import torch
+
+        if self._device.type != "cuda":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -29,6 +29,24 @@ def resolve_model_spec(model: str | None = None, pretrained: str | None = None) 
     return _builtin_spec(model, pretrained)
 
 
+def _exported_spec(model: str, pretrained: str | None) -> ModelSpec | None:
+    """The spec `model`/`pretrained` names, if an ONNX export of it is cached.
+
+    Such a spec was checked against open_clip when it was exported, and its checkpoint is
+    unchanged since (`read_export` makes sure): checking it again would import open_clip and
+    torch, seconds that an index run on the ONNX engine otherwise never pays.
+    """
+    from pixsift.models.onnx_export import read_export
+
+    if pretrained is None:
+        candidate = ModelSpec(model, DEFAULT_PRETRAINED)
+    elif Path(pretrained).expanduser().is_file():
+        candidate = ModelSpec(model, str(Path(pretrained).expanduser().resolve()))
+    else:
+        candidate = ModelSpec(model, pretrained)
+    return candidate if read_export(candidate) is not None else None
+
+
 def _looks_like_path(model: str) -> bool:
     return model.endswith(".json") or "/" in model or "\\" in model or Path(model).is_file()
 
@@ -61,6 +79,9 @@ def _config_file_spec(config_path: Path, pretrained: str | None) -> ModelSpec:
 
 
 def _builtin_spec(model: str, pretrained: str | None) -> ModelSpec:
+    exported = _exported_spec(model, pretrained)
+    if exported is not None:
+        return exported
     import open_clip
 
     if model not in open_clip.list_models():

@@ -1,0 +1,99 @@
+"""Choosing how a model runs (`--engine`) and loading it that way.
+
+- `torch`: open_clip on torch, fp32 on the CPU, fp16/bf16 autocast on a CUDA GPU;
+- `onnx`: ONNX Runtime, fp32, on the CPU;
+- `onnx-int8`: ONNX Runtime with int8 weights, on the CPU;
+- `auto` (the default): on the CPU, ONNX Runtime, per tower at the fastest precision allowed
+  (`AUTO_PRECISIONS`: images fp32, texts int8 or fp32) whose embeddings stayed within cosine
+  0.99 of fp32 open_clip's when the model was exported; torch when none did, or when the model
+  runs on a GPU.
+
+The ONNX export is made automatically the first time a model is loaded (see `onnx_export`);
+once it is cached, loading imports neither torch nor open_clip.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import TYPE_CHECKING
+
+from pixsift.errors import ModelError
+from pixsift.models.embedder import Embedder
+from pixsift.models.onnx_export import TOWERS, Export, export_model, read_export
+from pixsift.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from pixsift.models.clip import ClipEmbedder
+
+ENGINES = ("auto", "torch", "onnx", "onnx-int8")
+DEFAULT_ENGINE = "auto"
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ModelError(f"Unknown engine {engine!r}: use one of {', '.join(ENGINES)}.")
+    return engine
+
+
+def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_ENGINE) -> Embedder:
+    """Load `spec` to run with `engine` on `device`."""
+    check_engine(engine)
+    if engine == "torch" or not _runs_on_cpu(device, engine):
+        return _torch_embedder(spec, device)
+    export = read_export(spec)
+    loaded: ClipEmbedder | None = None
+    if export is None:  # first use of this model (or its weights changed): export it now
+        loaded = _torch_embedder(spec, "cpu")
+        export = export_model(loaded)
+    precisions = _precisions(export, engine)
+    if not precisions:
+        if engine != "auto":
+            raise ModelError(
+                f"{spec.describe()} cannot run on the {engine} engine"
+                f"{': ' + export.reason if export.reason else ''}. Use --engine torch or auto."
+            )
+        return loaded if loaded is not None else _torch_embedder(spec, device)
+    from pixsift.models.onnx_embedder import OnnxEmbedder
+
+    # Keep the torch model just loaded only if a tower needs it: it may be 600 MB.
+    kept = loaded if len(precisions) < len(TOWERS) else None
+    torch_model = functools.cache(lambda: kept if kept is not None else _torch_embedder(spec, "cpu"))
+    return OnnxEmbedder(export, precisions, lambda: _remake(spec), fallback=torch_model)
+
+
+def _precisions(export: Export, engine: str) -> dict[str, str]:
+    """The precision of each tower the engine runs through ONNX; an explicit engine needs both."""
+    chosen = {tower: export.precision_for(tower, engine) for tower in TOWERS}
+    if engine != "auto" and None in chosen.values():
+        return {}
+    return {tower: precision for tower, precision in chosen.items() if precision is not None}
+
+
+def _remake(spec: ModelSpec) -> Export:
+    return export_model(_torch_embedder(spec, "cpu"))
+
+
+def _torch_embedder(spec: ModelSpec, device: str) -> ClipEmbedder:
+    from pixsift.models.clip import ClipEmbedder  # torch and open_clip: only when needed
+
+    return ClipEmbedder.load(spec, device)
+
+
+def _runs_on_cpu(device: str, engine: str) -> bool:
+    """Whether the model runs on the CPU, without importing torch when that can be avoided.
+
+    `auto` means CUDA when torch sees a GPU; torch is only imported to ask where an NVIDIA
+    driver is installed at all. ONNX engines named explicitly run on the CPU.
+    """
+    if device == "cpu":
+        return True
+    if device != "auto":
+        if engine in ("onnx", "onnx-int8"):
+            raise ModelError(f"The {engine} engine runs on the CPU: use --device cpu or --engine torch.")
+        return False
+    if engine != "auto" or not os.path.exists("/dev/nvidiactl"):
+        return True
+    import torch
+
+    return not torch.cuda.is_available()

@@ -1,0 +1,150 @@
+"""An Embedder over ONNX Runtime sessions: numpy in, numpy out, no torch.
+
+Each tower's session is created on first use, so a text query loads only the text tower, and
+an index run only the image tower until something asks for a text. ONNX Runtime releases the
+GIL while it computes, so the indexer's decode threads keep working meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from pixsift.errors import ModelError
+from pixsift.models.onnx_export import TOKENIZER, Export, discard, trim_tokens
+from pixsift.models.pixels import preprocess
+from pixsift.models.spec import ModelRecord
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+    from pixsift.models.clip_tokenizer import ClipTokenizer
+
+
+class OnnxEmbedder:
+    """CLIP through ONNX Runtime on the CPU, at the precision chosen for each tower.
+
+    `remake` is called when a cached file turns out damaged (it cannot be loaded): it must
+    export the model again and return the new export, which is then used instead.
+    """
+
+    def __init__(
+        self,
+        export: Export,
+        precisions: dict[str, str],
+        remake: Callable[[], Export],
+        fallback: Callable[[], Any] | None = None,
+    ) -> None:
+        if export.pixels is None and "image" in precisions:
+            raise ValueError("an image tower needs its pixel settings")
+        self._export = export
+        self._precisions = precisions
+        self._remake = remake
+        self._fallback = fallback  # the torch model, for a tower that has no ONNX export
+        self._sessions: dict[str, onnxruntime.InferenceSession] = {}
+        self._tokenizer: ClipTokenizer | None = None
+        self._lock = threading.Lock()
+        self._image_size = export.pixels.size if export.pixels else 224
+
+    @property
+    def record(self) -> ModelRecord:
+        return self._export.record
+
+    @property
+    def image_size(self) -> int:
+        return self._image_size
+
+    @property
+    def precisions(self) -> dict[str, str]:
+        """Tower ("image", "text") -> precision ("int8", "fp32") it runs at."""
+        return dict(self._precisions)
+
+    def describe(self) -> str:
+        towers = ", ".join(f"{tower} {self._precisions[tower]}" for tower in sorted(self._precisions))
+        return f"ONNX Runtime ({towers})"
+
+    def preprocess(self, image: Image.Image) -> Any:
+        pixels = self._export.pixels
+        if pixels is None:  # no image export: the torch model's own transform
+            return self._torch().preprocess(image)
+        return preprocess(image, pixels)
+
+    def embed_images(self, batch: Sequence[Any]) -> np.ndarray:
+        if "image" not in self._precisions:
+            return np.asarray(self._torch().embed_images(batch), dtype=np.float32)
+        pixels = np.stack([np.asarray(item, dtype=np.float32) for item in batch])
+        return self._run("image", "pixels", pixels)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if "text" not in self._precisions:
+            return np.asarray(self._torch().embed_texts(texts), dtype=np.float32)
+        # One text at a time: a text's vector must not depend on the others in its call (int8
+        # activation scales are per call, and the tokens are trimmed to the call's longest).
+        tokens = self._tokens()(list(texts))
+        rows = [trim_tokens(row[None, :]) if self._export.text_trim else row[None, :] for row in tokens]
+        if not rows:
+            return np.zeros((0, self.record.embed_dim), dtype=np.float32)
+        return np.concatenate([self._run("text", "tokens", row) for row in rows])
+
+    def _run(self, tower: str, input_name: str, inputs: np.ndarray) -> np.ndarray:
+        (vectors,) = self._session(tower).run(None, {input_name: inputs})
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def _session(self, tower: str) -> onnxruntime.InferenceSession:
+        with self._lock:
+            if tower not in self._sessions:
+                self._sessions[tower] = self._load_or_remake(tower)
+            return self._sessions[tower]
+
+    def _load_or_remake(self, tower: str) -> onnxruntime.InferenceSession:
+        try:
+            return self._open_session(tower)
+        except Exception:  # a damaged cached file: export the model again, once
+            discard(self._export)
+            self._export = self._remake()
+            self._tokenizer = None
+            try:
+                return self._open_session(tower)
+            except Exception as exc:
+                raise ModelError(
+                    f"Cannot run the ONNX export of {self.record.spec.describe()}: {exc}. Use --engine torch."
+                ) from exc
+
+    def _open_session(self, tower: str) -> onnxruntime.InferenceSession:
+        import onnxruntime as ort
+
+        path = self._export.model_file(tower, self._precisions[tower])
+        if path is None:
+            raise FileNotFoundError(f"no {tower} tower at {self._precisions[tower]} in the export")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: ONNX Runtime's warnings are not for users
+        if tower == "text":  # optimised when exported: loading it again costs a cold query time
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def _tokens(self) -> ClipTokenizer:
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = self._load_tokenizer()
+            return self._tokenizer
+
+    def _load_tokenizer(self) -> ClipTokenizer:
+        from pixsift.models.clip_tokenizer import ClipTokenizer
+
+        try:
+            return ClipTokenizer.from_file(self._export.folder / TOKENIZER, self._export.context_length)
+        except Exception:
+            discard(self._export)
+            self._export = self._remake()
+            return ClipTokenizer.from_file(self._export.folder / TOKENIZER, self._export.context_length)
+
+    def _torch(self) -> Any:
+        if self._fallback is None:
+            raise ModelError(
+                f"{self.record.spec.describe()} has no ONNX export for this: use --engine torch."
+            )
+        return self._fallback()

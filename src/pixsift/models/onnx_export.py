@@ -1,0 +1,496 @@
+"""Exporting an open_clip model's towers to ONNX, once, into the user's cache.
+
+On a CPU, ONNX Runtime runs CLIP faster than torch eager, and with int8 weights (dynamic
+quantisation of the matrix multiplications, `reduce_range` for accuracy on CPUs without VNNI)
+faster still; it also starts in a fraction of a second, where importing torch and open_clip
+takes seconds. So the first time a model is used, its image and text towers are exported
+(fp32 and int8), together with a torch-free tokenizer and the preprocessing settings, and
+checked against the torch model on calibration images and texts: a variant whose embeddings
+are not within cosine `COSINE_BAR` of fp32 open_clip's is never chosen automatically.
+
+An export lives in a folder named after the model's spec under `<cache>/onnx/`. It is made in
+a temporary folder and renamed into place, so a crash never leaves half of one; it is used only
+while the checkpoint file it came from is unchanged (size and modification time), and one that
+turns out damaged is removed and made again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pixsift.config import cache_dir
+from pixsift.models.pixels import PixelConfig
+from pixsift.models.spec import ModelRecord, ModelSpec
+
+if TYPE_CHECKING:
+    from pixsift.models.clip import ClipEmbedder
+
+FORMAT = 2
+COSINE_BAR = 0.99
+PRECISIONS = ("int8", "fp32")  # fastest first
+# What `auto` may choose, per tower, fastest first. Dynamic int8 quantises activations with one
+# scale per batch, so an image's vector would move (by about 1e-3) with the other images that
+# happen to share its batch: an index must give a photo the same vector whatever else is in its
+# folder, so images stay fp32 unless int8 is asked for (--engine onnx-int8). Texts are embedded
+# one at a time, so int8 is safe for them.
+AUTO_PRECISIONS = {"image": ("fp32",), "text": ("int8", "fp32")}
+TOWERS = ("image", "text")
+META = "meta.json"
+TOKENIZER = "tokenizer.json"
+_CALIBRATION_IMAGES = 12
+_CALIBRATION_TEXTS = (
+    "a photo of a dog",
+    "two red circles on a striped background",
+    "a mountain lake at sunset, with pine trees and snow",
+    "Portrait of a smiling woman, 35mm film",
+    "a plate of food: pasta & salad",
+    "the city skyline at night from the river",
+    "a cat sleeping on a sofa",
+    "blue sky",
+    "a very long caption " + "with many words that goes on and on " * 6,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Export:
+    """A cached export: where its files are and what was measured when it was made."""
+
+    folder: Path
+    record: ModelRecord
+    pixels: PixelConfig | None  # None: open_clip's preprocessing cannot be reproduced without torch
+    context_length: int
+    files: dict[str, int]  # file name -> size in bytes
+    cosine: dict[str, dict[str, float]]  # tower -> precision -> worst cosine to fp32 open_clip
+    reason: str = ""  # why there is no fast path, when there is none
+    text_trim: bool = False  # the text tower takes tokens up to the last END, not the full context
+
+    def model_file(self, tower: str, precision: str) -> Path | None:
+        name = f"{tower}-{precision}.onnx"
+        return self.folder / name if name in self.files else None
+
+    def precision_for(self, tower: str, engine: str) -> str | None:
+        """The precision `engine` runs `tower` at: auto picks the fastest of AUTO_PRECISIONS that
+        holds the bar."""
+        if self.pixels is None and tower == "image":
+            return None
+        if engine == "onnx":
+            wanted: tuple[str, ...] = ("fp32",)
+        elif engine == "onnx-int8":
+            wanted = ("int8",)
+        else:
+            allowed = AUTO_PRECISIONS.get(tower, ())
+            wanted = tuple(p for p in allowed if self.cosine.get(tower, {}).get(p, 0.0) >= COSINE_BAR)
+        return next((p for p in wanted if self.model_file(tower, p) is not None), None)
+
+
+def export_folder(spec: ModelSpec) -> Path:
+    key = json.dumps([spec.name, spec.pretrained, spec.config_json], sort_keys=True)
+    return cache_dir() / "onnx" / hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def read_export(spec: ModelSpec) -> Export | None:
+    """The cached export of `spec`, if there is one that is whole and still fits its weights.
+
+    Imports neither torch nor onnxruntime: this decides whether they are needed at all.
+    """
+    folder = export_folder(spec)
+    try:
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT or _spec_of(meta) != spec or not _weights_unchanged(meta):
+            return None
+        files = {str(name): int(size) for name, size in meta["files"].items()}
+        for name, size in files.items():
+            if (folder / name).stat().st_size != size:
+                return None
+        return _export_of(folder, meta, files)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing, unreadable or damaged: made again
+
+
+def discard(export: Export) -> None:
+    """Remove a damaged export, so the next use makes it again."""
+    shutil.rmtree(export.folder, ignore_errors=True)
+
+
+def export_model(clip: ClipEmbedder) -> Export:
+    """Export `clip` into the cache (replacing any earlier export of it) and return it."""
+    spec = clip.record.spec
+    final = export_folder(spec)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        meta = _export_into(work, clip)
+        (work / META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        _move_into_place(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    export = read_export(spec)
+    if export is None:  # the weights changed while exporting: use it this once, not again
+        return _export_of(final, meta, meta["files"])
+    return export
+
+
+def _move_into_place(work: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final, ignore_errors=True)
+    try:
+        os.replace(work, final)
+    except OSError:  # another process put its own export there first: keep that one
+        if not (final / META).is_file():
+            raise
+
+
+def _export_into(folder: Path, clip: ClipEmbedder) -> dict[str, Any]:
+    record = clip.record
+    pixels = PixelConfig.from_open_clip(dict(clip.model.visual.preprocess_cfg))
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "spec": {"name": record.spec.name, "pretrained": record.spec.pretrained},
+        "config_json": record.spec.config_json,
+        "embed_dim": record.embed_dim,
+        "fingerprint": record.fingerprint,
+        "weights": _weights_stat(clip.weights_path),
+        "pixels": pixels.to_json() if pixels else None,
+        "context_length": 0,
+        "files": {},
+        "cosine": {},
+        "reason": "",
+        "text_trim": False,
+    }
+    reasons = []
+    try:
+        meta["context_length"] = _export_text(folder, clip, meta)
+    except Exception as exc:  # any export failure means: this tower stays on torch, and why
+        reasons.append(f"text tower: {_first_line(exc)}")
+        _forget(meta, "text")
+    try:
+        if pixels is None:
+            raise ValueError("its image preprocessing needs open_clip's own transform")
+        _export_image(folder, clip, pixels, meta)
+    except Exception as exc:
+        reasons.append(f"image tower: {_first_line(exc)}")
+        _forget(meta, "image")
+    if reasons:
+        meta["reason"] = "; ".join(reasons)
+        log.warning("Cannot export all of %s to ONNX: %s", record.spec.describe(), meta["reason"])
+    # Every file the towers that worked left (an exporter may add external weight files).
+    kept = set(meta["files"])
+    meta["files"] = {
+        path.name: path.stat().st_size
+        for path in sorted(folder.iterdir())
+        if path.name in kept or any(path.name.startswith(name) for name in kept)
+    }
+    return meta
+
+
+def _forget(meta: dict[str, Any], tower: str) -> None:
+    meta["cosine"].pop(tower, None)
+    names = [f"{tower}-{precision}.onnx" for precision in PRECISIONS]
+    if tower == "text":
+        names.append(TOKENIZER)
+    for name in names:
+        meta["files"].pop(name, None)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _export_image(folder: Path, clip: ClipEmbedder, pixels: PixelConfig, meta: dict[str, Any]) -> None:
+    import torch
+
+    from pixsift.models.pixels import preprocess
+
+    images = _calibration_images()
+    reference = clip.embed_images([clip.preprocess(image) for image in images])
+    inputs = np.stack([preprocess(image, pixels) for image in images])
+    sample = torch.from_numpy(inputs[:2])
+    _export_tower(folder, "image", _tower_module(clip.model, "image"), sample, "pixels", meta)
+    meta["cosine"]["image"] = _check(folder, "image", "pixels", [inputs], reference)
+
+
+def _export_text(folder: Path, clip: ClipEmbedder, meta: dict[str, Any]) -> int:
+    import torch
+
+    from pixsift.models.clip_tokenizer import ClipTokenizer
+
+    context_length = _simple_tokenizer_context(clip.tokenizer)
+    if context_length is None:
+        raise ValueError("its tokenizer is not CLIP's byte-level BPE")
+    tokenizer = ClipTokenizer.from_open_clip(context_length)
+    tokens = tokenizer(list(_CALIBRATION_TEXTS))
+    if not np.array_equal(tokens, clip.tokenizer(list(_CALIBRATION_TEXTS)).numpy()):
+        raise ValueError("the torch-free tokenizer does not give open_clip's token ids")
+    tokenizer.save(folder / TOKENIZER)
+    meta["files"][TOKENIZER] = 0
+    reference = clip.embed_texts(list(_CALIBRATION_TEXTS))  # the full context, as open_clip runs it
+    meta["text_trim"] = _trims_text(clip.model)
+    if meta["text_trim"]:
+        tokens = trim_tokens(tokens)
+    sample = torch.from_numpy(tokens[:2])
+    module = _tower_module(clip.model, "text")
+    _export_tower(folder, "text", module, sample, "tokens", meta, sequence_axis=meta["text_trim"])
+    for precision in PRECISIONS:  # a query loads the text tower: pay its graph optimisation now
+        _optimise(folder / f"text-{precision}.onnx")
+    # Each text on its own, so the check also covers the trimming of short ones.
+    rows = [trim_tokens(row[None, :]) if meta["text_trim"] else row[None, :] for row in tokens]
+    meta["cosine"]["text"] = _check(folder, "text", "tokens", rows, reference)
+    return context_length
+
+
+def trim_tokens(tokens: np.ndarray) -> np.ndarray:
+    """The token ids up to the last END of any row (at least two columns: START and END)."""
+    used = np.flatnonzero(np.any(tokens != 0, axis=0))
+    return np.ascontiguousarray(tokens[:, : max(2, int(used[-1]) + 1 if used.size else 2)])
+
+
+def _optimise(path: Path) -> None:
+    """Rewrite `path` with ONNX Runtime's graph optimisations applied, so that loading it needs
+    none (a few hundred milliseconds less at every cold start). The extended level only: the
+    layout level would tie the file to this CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    optimised = path.with_suffix(".opt")
+    options.optimized_model_filepath = str(optimised)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    os.replace(optimised, path)
+
+
+def _simple_tokenizer_context(tokenizer: Any) -> int | None:
+    """The context length of open_clip's standard CLIP tokenizer; None for any other one."""
+    from open_clip.tokenizer import SimpleTokenizer, _clean_lower
+
+    if type(tokenizer) is not SimpleTokenizer or tokenizer.reduction_fn is not None:
+        return None
+    if tokenizer.clean_fn is not _clean_lower or len(tokenizer.all_special_ids) != 2:
+        return None
+    return int(tokenizer.context_length)
+
+
+def _tower_module(model: Any, tower: str) -> Any:
+    """One tower of a CLIP model with its projection and normalisation, as ONNX sees it."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812 (torch's own spelling)
+
+    class Tower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            if tower == "image":
+                return self.model.encode_image(inputs, normalize=True)  # type: ignore[no-any-return]
+            if not _trims_text(model):
+                return self.model.encode_text(inputs, normalize=True)  # type: ignore[no-any-return]
+            return F.normalize(_encode_text_prefix(self.model, inputs), dim=-1)
+
+    return Tower().eval()
+
+
+def _trims_text(model: Any) -> bool:
+    """Whether the text tower may be run on the tokens up to the last END only.
+
+    CLIP's text transformer is causal and pools the END token's features, so the padding after
+    it changes nothing; running without it makes a short query several times cheaper than a
+    full context. Only for open_clip's standard CLIP text tower, where that holds.
+    """
+    from open_clip.model import CLIP
+
+    return (
+        type(model) is CLIP
+        and getattr(model, "text_pool_type", None) == "argmax"
+        and getattr(model, "attn_mask", None) is not None
+    )
+
+
+def _encode_text_prefix(model: Any, tokens: Any) -> Any:
+    """open_clip's CLIP.encode_text (unnormalised) for a token prefix of any length."""
+    import torch
+    from open_clip.transformer import text_global_pool
+
+    # Positions 0..length-1 computed from the tokens rather than sliced by a Python int, so
+    # the traced graph keeps the length dynamic instead of freezing the sample's.
+    positions = torch.cumsum(torch.ones_like(tokens[0]), dim=0) - 1
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + torch.index_select(model.positional_embedding, 0, positions).to(cast_dtype)
+    mask = torch.index_select(torch.index_select(model.attn_mask, 0, positions), 1, positions)
+    x = model.transformer(x, attn_mask=mask)
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type)
+    projection = model.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+
+def _export_tower(
+    folder: Path,
+    tower: str,
+    module: Any,
+    sample: Any,
+    input_name: str,
+    meta: dict[str, Any],
+    *,
+    sequence_axis: bool = False,
+) -> None:
+    """`<tower>-fp32.onnx` and its int8 quantisation `<tower>-int8.onnx`.
+
+    The batch is a dynamic axis; with `sequence_axis` the token count is too, which only
+    torch.export's exporter gets right (the tracing one freezes the sample's length inside
+    attention), so that case goes through it; the image tower keeps the tracing exporter, which
+    is several times quicker.
+    """
+    import torch
+
+    fp32, int8 = folder / f"{tower}-fp32.onnx", folder / f"{tower}-int8.onnx"
+    # Gradients on while tracing: with them off, torch swaps attention for a fused kernel
+    # that ONNX has no operator for.
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad(), _quiet_logs():
+        warnings.simplefilter("ignore")  # exporter and deprecation chatter, not for users
+        if sequence_axis:
+            torch.onnx.export(
+                module,
+                (sample,),
+                str(fp32),
+                input_names=[input_name],
+                output_names=["vectors"],
+                dynamic_shapes=({0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")},),
+                dynamo=True,
+                verbose=False,
+            )
+        else:
+            torch.onnx.export(
+                module,
+                (sample,),
+                str(fp32),
+                input_names=[input_name],
+                output_names=["vectors"],
+                dynamic_axes={input_name: {0: "batch"}, "vectors": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+    meta["files"][fp32.name] = 0
+    _quantise(fp32, int8)
+    meta["files"][int8.name] = 0
+
+
+def _quantise(fp32: Path, int8: Path) -> None:
+    """Dynamic int8 quantisation: QInt8 weights, `reduce_range` (7-bit) for accuracy on CPUs
+    without VNNI. A lookup table holding infinities (the causal attention mask) is left alone:
+    quantising it would turn the mask into NaNs."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(fp32))
+    infinite = {
+        init.name for init in model.graph.initializer if not np.all(np.isfinite(numpy_helper.to_array(init)))
+    }
+    keep = [node.name for node in model.graph.node if any(name in infinite for name in node.input)]
+    del model
+    with _quiet_logs():
+        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, reduce_range=True, nodes_to_exclude=keep)
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """onnxruntime's quantiser and torch's exporter log advice for developers through the root
+    logger; a user indexing photos needs none of it."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+                yield
+    finally:
+        root.setLevel(level)
+
+
+def _check(
+    folder: Path, tower: str, input_name: str, batches: list[np.ndarray], reference: np.ndarray
+) -> dict[str, float]:
+    """The worst cosine of each precision's embeddings to the torch model's."""
+    import onnxruntime as ort
+
+    worst: dict[str, float] = {}
+    for precision in PRECISIONS:
+        session = ort.InferenceSession(
+            str(folder / f"{tower}-{precision}.onnx"), providers=["CPUExecutionProvider"]
+        )
+        vectors = np.concatenate([session.run(None, {input_name: batch})[0] for batch in batches])
+        worst[precision] = float(np.min(np.sum(np.asarray(vectors) * reference, axis=1)))
+    return worst
+
+
+def _calibration_images() -> list[Any]:
+    """Varied, photo-like pictures: pixsift's synthetic scenes (shapes, textures, colours)."""
+    import random
+
+    from pixsift.synthetic.render import render_scene
+    from pixsift.synthetic.world import sample_scene
+
+    rng = random.Random(0)
+    sizes = [(320, 240), (240, 320), (300, 300)]
+    images = []
+    for index in range(_CALIBRATION_IMAGES):
+        image = render_scene(sample_scene(rng), 320)
+        images.append(image.resize(sizes[index % len(sizes)]))
+    return images
+
+
+def _weights_stat(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _weights_unchanged(meta: dict[str, Any]) -> bool:
+    weights = meta.get("weights")
+    if weights is None:
+        return False
+    try:
+        stat = os.stat(weights["path"])
+    except OSError:
+        return False
+    return bool(stat.st_size == weights["size"] and stat.st_mtime_ns == weights["mtime_ns"])
+
+
+def _spec_of(meta: dict[str, Any]) -> ModelSpec:
+    return ModelSpec(meta["spec"]["name"], meta["spec"]["pretrained"], meta.get("config_json"))
+
+
+def _export_of(folder: Path, meta: dict[str, Any], files: dict[str, int]) -> Export:
+    pixels = meta.get("pixels")
+    return Export(
+        folder=folder,
+        record=ModelRecord(_spec_of(meta), int(meta["embed_dim"]), str(meta["fingerprint"])),
+        pixels=PixelConfig.from_json(pixels) if pixels else None,
+        context_length=int(meta["context_length"]),
+        files=files,
+        cosine={tower: {p: float(c) for p, c in values.items()} for tower, values in meta["cosine"].items()},
+        reason=str(meta.get("reason", "")),
+        text_trim=bool(meta.get("text_trim", False)),
+    )

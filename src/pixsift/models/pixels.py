@@ -1,0 +1,99 @@
+"""open_clip's image preprocessing in Pillow and numpy, for engines that run without torch.
+
+The same steps as open_clip's inference transform (torchvision on a PIL image): resize with
+Pillow's antialiasing filter, centre crop, scale to [0, 1], normalise per channel. The output
+is a float32 (3, size, size) array; a test checks it against open_clip's own transform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+SUPPORTED_RESIZE_MODES = ("shortest", "squash")
+
+
+@dataclass(frozen=True)
+class PixelConfig:
+    """The parts of open_clip's `preprocess_cfg` that decide the pixels."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    @classmethod
+    def from_open_clip(cls, cfg: dict[str, Any]) -> PixelConfig | None:
+        """The config of an open_clip model, or None when these steps cannot reproduce it
+        (non-square inputs, letterboxing): such models keep open_clip's own transform."""
+        size = cfg.get("size", 224)
+        if isinstance(size, (tuple, list)):
+            if len(size) != 2 or size[0] != size[1]:
+                return None
+            size = size[0]
+        if cfg.get("resize_mode", "shortest") not in SUPPORTED_RESIZE_MODES:
+            return None
+        mean, std = tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+        if len(mean) != 3 or len(std) != 3:
+            return None
+        return cls(
+            int(size),
+            (mean[0], mean[1], mean[2]),
+            (std[0], std[1], std[2]),
+            str(cfg.get("interpolation", "bicubic")),
+            str(cfg.get("resize_mode", "shortest")),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "resize_mode": self.resize_mode,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PixelConfig:
+        mean, std = data["mean"], data["std"]
+        return cls(
+            int(data["size"]),
+            (float(mean[0]), float(mean[1]), float(mean[2])),
+            (float(std[0]), float(std[1]), float(std[2])),
+            str(data["interpolation"]),
+            str(data["resize_mode"]),
+        )
+
+
+def preprocess(image: Image.Image, config: PixelConfig) -> np.ndarray:
+    """An RGB image to the model's input, float32 (3, size, size)."""
+    # open_clip maps "random" (a training option) to bicubic at inference, as here.
+    resample = Image.Resampling.BILINEAR if config.interpolation == "bilinear" else Image.Resampling.BICUBIC
+    size = config.size
+    if config.resize_mode == "squash":
+        image = image.resize((size, size), resample)
+    else:
+        image = _crop_centre(image.resize(_shortest_side_to(image.size, size), resample), size)
+    scaled = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+    normalised = (scaled - np.asarray(config.mean, np.float32)) / np.asarray(config.std, np.float32)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
+
+
+def _shortest_side_to(current: tuple[int, int], size: int) -> tuple[int, int]:
+    """torchvision's Resize(int): the short side becomes `size`, the long one is truncated."""
+    width, height = current
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def _crop_centre(image: Image.Image, size: int) -> Image.Image:
+    """torchvision's CenterCrop (the image is at least `size` on both sides here)."""
+    width, height = image.size
+    top = round((height - size) / 2.0)
+    left = round((width - size) / 2.0)
+    return image.crop((left, top, left + size, top + size))

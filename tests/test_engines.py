@@ -1,0 +1,262 @@
+"""The ONNX Runtime fast path: as accurate as open_clip, exported and cached by itself, repaired
+when damaged; the torch engine still there; and the GPU path where a GPU is."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TinyModel, run_cli
+from pixsift.indexer.decode import default_max_pixels, load_image
+from pixsift.models.clip import ClipEmbedder
+from pixsift.models.embedder import Embedder
+from pixsift.models.loading import load_embedder
+from pixsift.models.naming import resolve_model_spec
+from pixsift.models.onnx_embedder import OnnxEmbedder
+from pixsift.models.onnx_export import COSINE_BAR, export_folder, read_export
+from pixsift.models.pixels import PixelConfig, preprocess
+from pixsift.models.spec import ModelSpec
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """These tests make, damage and inspect exports: each in a cache of its own."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("PIXSIFT_CACHE_DIR", str(folder))
+    return folder
+
+
+TEXTS = ["a photo of a dog", "a red car parked by the sea", "Snow on the mountains at dawn!", "café"]
+
+
+def tiny_spec(tiny_model: TinyModel) -> ModelSpec:
+    return resolve_model_spec(str(tiny_model.config), str(tiny_model.checkpoint))
+
+
+def image_vectors(embedder: Embedder, photos: list[Path]) -> np.ndarray:
+    pixels = [
+        load_image(
+            str(path),
+            preprocess=embedder.preprocess,
+            target_size=embedder.image_size,
+            max_pixels=default_max_pixels(),
+        ).pixels
+        for path in photos
+    ]
+    return embedder.embed_images(pixels)
+
+
+def assert_matches_open_clip(spec: ModelSpec, photos: list[Path]) -> OnnxEmbedder:
+    """The default engine's vectors against fp32 open_clip's, for real photos and texts."""
+    fast = load_embedder(spec, "cpu", "auto")
+    assert isinstance(fast, OnnxEmbedder)  # the fast path holds the bar, so it is the default
+    reference = ClipEmbedder.load(spec, "cpu")
+    assert fast.record == reference.record
+    ours, theirs = image_vectors(fast, photos), image_vectors(reference, photos)
+    assert np.all(np.sum(ours * theirs, axis=1) >= COSINE_BAR)
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-3)
+    text_ours, text_theirs = fast.embed_texts(TEXTS), reference.embed_texts(TEXTS)
+    assert np.all(np.sum(text_ours * text_theirs, axis=1) >= COSINE_BAR)
+    # A control that can fail: different photos are told apart at that precision.
+    off_diagonal = ours @ theirs.T - 2 * np.eye(len(photos))
+    assert off_diagonal.max() < np.min(np.sum(ours * theirs, axis=1))
+    return fast
+
+
+def test_fast_path_matches_open_clip_on_photos_with_random_weights(
+    tiny_model: TinyModel, photo_set: Path
+) -> None:
+    fast = assert_matches_open_clip(tiny_spec(tiny_model), sorted(photo_set.iterdir()))
+    assert fast.precisions == {"image": "fp32", "text": "int8"}
+
+
+def test_fast_path_matches_open_clip_with_trained_weights(photo_set: Path) -> None:
+    """The bundled synthetic-tiny model is trained: int8 must hold the bar on real weights too."""
+    fast = assert_matches_open_clip(resolve_model_spec("synthetic-tiny"), sorted(photo_set.iterdir()))
+    assert set(fast.precisions) == {"image", "text"}
+
+
+def test_pixels_match_open_clip_transform(tiny_model: TinyModel, photo_set: Path) -> None:
+    reference = ClipEmbedder.load(tiny_spec(tiny_model), "cpu")
+    config = PixelConfig.from_open_clip(dict(reference.model.visual.preprocess_cfg))
+    assert config is not None
+    for path in sorted(photo_set.iterdir())[:4]:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+        for variant in (rgb, rgb.transpose(Image.Transpose.ROTATE_90), rgb.resize((301, 457))):
+            ours = preprocess(variant, config)
+            theirs = reference.preprocess(variant).numpy()
+            assert ours.shape == theirs.shape == (3, 224, 224)
+            assert np.allclose(ours, theirs, atol=1e-5)
+
+
+def test_export_is_cached_and_reused_without_torch(tiny_model: TinyModel) -> None:
+    spec = tiny_spec(tiny_model)
+    load_embedder(spec, "cpu", "auto")
+    meta = export_folder(spec) / "meta.json"
+    made = meta.stat().st_mtime_ns
+    again = load_embedder(spec, "cpu", "auto")
+    assert meta.stat().st_mtime_ns == made  # not exported again
+    assert isinstance(again, OnnxEmbedder)
+    # A fresh process embeds a text from the cache without ever importing torch or open_clip.
+    args = json.dumps(json.dumps([spec.name, spec.pretrained, spec.config_json]))
+    script = (
+        "import sys, json\n"
+        "from pixsift.models.loading import load_embedder\n"
+        "from pixsift.models.spec import ModelSpec\n"
+        f"spec = ModelSpec(*json.loads({args}))\n"
+        "vector = load_embedder(spec, 'cpu', 'auto').embed_texts(['a dog'])\n"
+        "print(vector.shape[1], 'torch' in sys.modules, 'open_clip' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy(), check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["64", "False", "False"]
+
+
+def test_damaged_export_is_made_again(tiny_model: TinyModel, photo_set: Path) -> None:
+    spec = tiny_spec(tiny_model)
+    photos = sorted(photo_set.iterdir())[:3]
+    good = image_vectors(load_embedder(spec, "cpu", "auto"), photos)
+    model_file = export_folder(spec) / "image-int8.onnx"
+
+    # Same size, garbage inside: found when ONNX Runtime cannot load it, then exported again.
+    model_file.write_bytes(b"\0" * model_file.stat().st_size)
+    vectors = image_vectors(load_embedder(spec, "cpu", "auto"), photos)
+    assert np.allclose(vectors, good, atol=1e-5)
+    assert read_export(spec) is not None
+
+    # Cut short: found before loading anything.
+    model_file.write_bytes(model_file.read_bytes()[:100])
+    assert read_export(spec) is None
+    vectors = image_vectors(load_embedder(spec, "cpu", "auto"), photos)
+    assert np.allclose(vectors, good, atol=1e-5)
+
+    # Unreadable metadata.
+    (export_folder(spec) / "meta.json").write_text("{not json", encoding="utf-8")
+    assert read_export(spec) is None
+    assert isinstance(load_embedder(spec, "cpu", "auto"), OnnxEmbedder)
+    assert read_export(spec) is not None
+
+
+def test_new_weights_in_the_same_file_are_exported_again(
+    tiny_model: TinyModel, other_tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    checkpoint = tmp_path / "weights.pt"
+    checkpoint.write_bytes(tiny_model.checkpoint.read_bytes())
+    spec = resolve_model_spec(str(tiny_model.config), str(checkpoint))
+    first = load_embedder(spec, "cpu", "auto").record.fingerprint
+    checkpoint.write_bytes(other_tiny_checkpoint.read_bytes())
+    assert read_export(spec) is None
+    second = load_embedder(spec, "cpu", "auto").record.fingerprint
+    assert second != first
+    assert second == ClipEmbedder.load(spec, "cpu").record.fingerprint
+
+
+def test_explicit_engines(tiny_model: TinyModel, photo_set: Path) -> None:
+    spec = tiny_spec(tiny_model)
+    photos = sorted(photo_set.iterdir())[:3]
+    torch_engine = load_embedder(spec, "cpu", "torch")
+    assert isinstance(torch_engine, ClipEmbedder)
+    fp32 = load_embedder(spec, "cpu", "onnx")
+    assert isinstance(fp32, OnnxEmbedder) and fp32.precisions == {"image": "fp32", "text": "fp32"}
+    int8 = load_embedder(spec, "cpu", "onnx-int8")
+    assert isinstance(int8, OnnxEmbedder) and int8.precisions == {"image": "int8", "text": "int8"}
+    reference = image_vectors(torch_engine, photos)
+    assert np.allclose(image_vectors(fp32, photos), reference, atol=1e-4)
+    # The text tower runs on the tokens up to the last END only: the same vectors as open_clip's
+    # full context, for short and long texts, alone and in a batch of mixed lengths.
+    long_text = "a very long caption " * 30
+    for batch in (TEXTS, [TEXTS[0]], [long_text], [TEXTS[0], long_text]):
+        assert np.allclose(fp32.embed_texts(batch), torch_engine.embed_texts(batch), atol=1e-4)
+    assert np.all(np.sum(image_vectors(int8, photos) * reference, axis=1) >= COSINE_BAR)
+
+
+def test_unknown_engine_is_a_clear_error(tiny_model: TinyModel, tmp_path: Path) -> None:
+    from pixsift import Library
+    from pixsift.errors import ModelError
+
+    with pytest.raises(ModelError, match="Unknown engine 'tensorrt'"):
+        Library.open(tmp_path / "lib", engine="tensorrt")
+    assert not (tmp_path / "lib").exists()
+
+
+@pytest.mark.slow
+def test_torch_engine_still_indexes_and_searches(tiny_model: TinyModel, photos: Path, tmp_path: Path) -> None:
+    library = str(tmp_path / "lib")
+    done = run_cli("index", str(photos), "--library", library, "--engine", "torch", *tiny_model.index_args())
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "cache" / "onnx").exists()  # the torch engine exports nothing
+    by_torch = run_cli("search", "a dog", "--library", library, "--engine", "torch", "-k", "12", "-f", "json")
+    by_default = run_cli("search", "a dog", "--library", library, "-k", "12", "-f", "json")
+    assert by_torch.returncode == by_default.returncode == 0, by_torch.stderr + by_default.stderr
+    torch_hits = [hit["path"] for hit in json.loads(by_torch.stdout)]
+    default_hits = [hit["path"] for hit in json.loads(by_default.stdout)]
+    assert len(torch_hits) == 12
+    assert torch_hits[:3] == default_hits[:3]  # int8 text tower: the same best matches
+    bad = run_cli("search", "a dog", "--library", library, "--engine", "tensorrt")
+    assert bad.returncode == 2
+    assert "tensorrt" in bad.stderr
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (CI is CPU-only)")
+def test_cuda_path_matches_the_cpu(tiny_model: TinyModel, photo_set: Path) -> None:
+    """`--device cuda`: torch with fp16/bf16 autocast and pinned memory, close to fp32 on the CPU."""
+    spec = tiny_spec(tiny_model)
+    photos = sorted(photo_set.iterdir())
+    gpu = load_embedder(spec, "cuda", "auto")
+    assert isinstance(gpu, ClipEmbedder) and gpu.device.type == "cuda"
+    cpu = ClipEmbedder.load(spec, "cpu")
+    cosine = np.sum(image_vectors(gpu, photos) * image_vectors(cpu, photos), axis=1)
+    assert np.all(cosine >= COSINE_BAR)
+    texts = np.sum(gpu.embed_texts(TEXTS) * cpu.embed_texts(TEXTS), axis=1)
+    assert np.all(texts >= COSINE_BAR)
+
+
+def test_indexing_with_a_cached_export_never_imports_torch(
+    tiny_model: TinyModel, photos: Path, tmp_path: Path
+) -> None:
+    load_embedder(tiny_spec(tiny_model), "cpu", "auto")  # the export, as a first run makes it
+    script = (
+        "import sys\n"
+        "from pixsift import Library\n"
+        f"with Library.open({str(tmp_path / 'lib')!r}) as library:\n"
+        f"    report = library.index({str(photos)!r}, model={str(tiny_model.config)!r}, "
+        f"pretrained={str(tiny_model.checkpoint)!r})\n"
+        "    hits = library.search('a dog', k=3)\n"
+        "print(report.embedded, len(hits), 'torch' in sys.modules, 'open_clip' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy(), check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["12", "3", "False", "False"]
+
+
+def test_cli_offers_every_engine() -> None:
+    from pixsift.cli import Engine
+    from pixsift.models.loading import ENGINES
+
+    assert tuple(engine.value for engine in Engine) == ENGINES
+
+
+def test_default_engine_vectors_do_not_depend_on_the_batch(tiny_model: TinyModel, photo_set: Path) -> None:
+    """A photo gets the same vector whatever else is indexed with it; a text likewise."""
+    fast = load_embedder(tiny_spec(tiny_model), "cpu", "auto")
+    photos = sorted(photo_set.iterdir())
+    together = image_vectors(fast, photos)
+    for index in (0, 5):
+        alone = image_vectors(fast, [photos[index]])[0]
+        assert np.allclose(alone, together[index], atol=1e-6)
+    long_text = "a very long caption " * 30
+    batch = fast.embed_texts([TEXTS[0], long_text, TEXTS[1]])
+    assert np.allclose(fast.embed_texts([TEXTS[0]])[0], batch[0], atol=1e-6)
+    assert np.allclose(fast.embed_texts([TEXTS[1]])[0], batch[2], atol=1e-6)
