@@ -44,7 +44,8 @@ from serve_load import build_library, random_checkpoint  # noqa: E402
 DEFAULT_PHOTOS_SCRIPT = HERE.parent.parent / "shared" / "photos.py"
 GNU_TIME = "/usr/bin/time"  # for the peak memory of a command (Linux: apt install time)
 QUERIES = ["a dog running on the beach", "red car", "snow on the mountains at dawn", "a bowl of soup"]
-RCLIP = {"index_rate": 8.4, "web_rate": 9.6, "cold_query_s": 1.37}  # as measured in issue 7
+# rclip 4.0.8 on this machine type with the same photos (it cannot download its model here)
+RCLIP = {"index_rate": 8.4, "web_rate": 9.6, "cold_query_s": 1.37}
 
 
 def make_photos(script: Path, folder: Path, count: int, size: str, seed: int) -> Path:
