@@ -31,7 +31,6 @@ from pixsift.errors import (
     InvalidPathError,
     LibraryBusyError,
     LibraryNotFoundError,
-    LibraryWriteError,
     ModelMismatchError,
     QueryError,
 )
@@ -44,13 +43,12 @@ from pixsift.search.diversity import mmr_order
 from pixsift.search.engine import fetch_size, nearest, ranked_hits, to_results
 from pixsift.search.recommend import RocchioWeights, rocchio
 from pixsift.storage import Catalog, CatalogCounts, Failure, ImageInfo, RootInfo
+from pixsift.storage.index_keeper import IndexKeeper
 from pixsift.thumbnails import thumbnail
 
 if TYPE_CHECKING:
     from pixsift.doctor import HealthReport
-    from pixsift.storage.index_build import IndexPolicy
     from pixsift.storage.index_choice import IndexThresholds
-    from pixsift.storage.vector_index import VectorIndex
 
 DB_NAME = "library.db"
 INDEX_NAME = "vectors.faiss"
@@ -125,17 +123,14 @@ class Library:
         index_thresholds: IndexThresholds | None = None,
     ) -> None:
         self.path = folder
-        self._index_thresholds = index_thresholds  # None: the defaults of index_choice
         self.max_pixels = max_pixels or default_max_pixels()  # query images above it are refused
         self._catalog = catalog
         self._device = device
         self._load_embedder = load_embedder or _loader(engine)
         self._embedder: Embedder | None = None
-        self._vectors: VectorIndex | None = None
         self._lock = FileLock(folder / LOCK_NAME)
-        # One Library may serve many threads (the HTTP service): the FAISS index is caught up
-        # in place, which must not overlap a search, and the model must be loaded only once.
-        self._vectors_lock = threading.RLock()
+        self._index = IndexKeeper(catalog, folder / INDEX_NAME, self._lock, index_thresholds)
+        # One Library may serve many threads (the HTTP service): the model is loaded only once.
         self._embedder_lock = threading.Lock()
 
     # ---- opening and closing ---------------------------------------------------------------
@@ -186,7 +181,7 @@ class Library:
 
     def close(self) -> None:
         self._catalog.close()
-        self._vectors = None
+        self._index.forget()
         self._embedder = None
 
     def __enter__(self) -> Library:
@@ -288,9 +283,10 @@ class Library:
         try:
             report = Indexer(self._catalog, embedder, settings, progress).run(requests)
         finally:  # also after Ctrl-C: save what was committed into the FAISS index
-            if self._catalog.model() is not None:
-                self._refresh_vectors(save=True)
-        self._rebuild_if_drifted()
+            if (model := self._catalog.model()) is not None:
+                self._index.refresh(model.embed_dim, save=True)
+        if model is not None:
+            self._index.rebuild_if_drifted(model.embed_dim)
         return report
 
     @contextmanager
@@ -525,15 +521,14 @@ class Library:
         if k < 1:
             raise ValueError("k must be at least 1")
         allowed = self._allowed_ids(filters)
-        with self._vectors_lock:  # the index must not be caught up under a running search
-            vectors = self._refresh_vectors(save=False)
+        with self._index.current(self._require_model().embed_dim, save=False) as vectors:
             if queries.shape[1:] != (vectors.dim,):
                 raise QueryError(
                     f"A query vector of shape {queries.shape[1:]} does not fit this library, whose "
                     f"model makes {vectors.dim}-dimensional vectors."
                 )
             fetch = fetch_size(vectors, k, max(len(excluded) for excluded in excludes))
-            exact_max = self._thresholds().exact_filter_max
+            exact_max = self._index.thresholds.exact_filter_max
             scores, ids = nearest(vectors, queries, fetch, allowed, self._catalog.vectors, exact_max)
         return [
             ranked_hits(row_scores, row_ids, exclude_ids=excluded, min_score=min_score)[:k]
@@ -675,8 +670,8 @@ class Library:
         with self._locked(wait_s, "deleting"):
             with self._catalog.write() as batch:
                 batch.delete_images([image_id])
-            if self._catalog.model() is not None:
-                self._refresh_vectors(save=True)
+            if (model := self._catalog.model()) is not None:
+                self._index.refresh(model.embed_dim, save=True)
         return info
 
     def warm_up(self) -> None:
@@ -685,8 +680,7 @@ class Library:
         if self._catalog.model() is None:
             return
         self._embedder_or_load()
-        with self._vectors_lock:
-            self._refresh_vectors(save=False)
+        self._index.refresh(self._require_model().embed_dim, save=False)
 
     # ---- the model and the vector index ------------------------------------------------------
 
@@ -716,59 +710,6 @@ class Library:
             )
         return record
 
-    def _refresh_vectors(self, *, save: bool) -> VectorIndex:
-        """The FAISS index, caught up with the database.
-
-        An index run (`save=True`, holding the lock) saves it whenever the file is behind; a
-        search saves it only if no index run holds the lock.
-        """
-        from pixsift.storage.index_lifecycle import catch_up, open_vector_index
-        from pixsift.storage.vector_index import read_generation
-
-        dim = self._require_model().embed_dim
-        with self._vectors_lock:  # catching up changes the index in place
-            policy = self._index_policy()
-            if self._vectors is not None and self._vectors.dim == dim:
-                self._vectors = catch_up(self._catalog, self._vectors, policy)
-            else:
-                self._vectors = open_vector_index(self._catalog, self.index_path, dim, policy)
-            if read_generation(self.index_path) != self._vectors.generation:
-                self._save_vectors(self._vectors, holding_lock=save)
-            return self._vectors
-
-    def _save_vectors(self, vectors: VectorIndex, *, holding_lock: bool) -> None:
-        """Write the index and trim the change log it now covers; readers only if no one indexes.
-
-        The file is a cache of the database: a search that cannot write it (full disk,
-        read-only folder) still answers, from the index it built in memory.
-        """
-        if not holding_lock:
-            try:
-                self._lock.acquire(timeout=0)
-            except Timeout:
-                return  # an index run holds the lock and will save a newer index itself
-        try:
-            self._write_vectors(vectors)
-        except LibraryWriteError:
-            if holding_lock:
-                raise
-        finally:
-            if not holding_lock:
-                self._lock.release()
-
-    def _write_vectors(self, vectors: VectorIndex) -> None:
-        from pixsift.storage.database import write_error
-        from pixsift.storage.vector_index import leftover_files
-
-        try:
-            for leftover in leftover_files(self.index_path):  # a crash cut a save short
-                leftover.unlink(missing_ok=True)
-            vectors.save(self.index_path)
-        except OSError as exc:
-            raise write_error(self.path, exc) from exc
-        with self._catalog.write() as batch:
-            batch.truncate_vector_log(vectors.generation)
-
     # ---- the search index's kind and rebuilds ----------------------------------------------------
 
     def rebuild_index(
@@ -792,7 +733,7 @@ class Library:
         kind = _index_type_setting(index_type)
         budget = _memory_budget_setting(memory_budget)
         with self._locked(wait, "rebuilding the search index"):
-            policy = self._index_policy()
+            policy = self._index.policy()
             if kind is not None:
                 policy = replace(policy, forced=None if kind == "auto" else IndexKind(kind))
             if budget is not None:
@@ -803,13 +744,12 @@ class Library:
                     batch.set_setting(INDEX_TYPE_KEY, None if kind == "auto" else kind)
                 if budget is not None:
                     batch.set_setting(MEMORY_BUDGET_KEY, str(budget))
-            self._build_and_swap(policy)
+            self._index.rebuild(self._require_model().embed_dim, policy)
         return self.index_summary()
 
     def index_summary(self) -> IndexSummary:
         """The kind of search index in use, its size and how it was tuned."""
-        with self._vectors_lock:
-            vectors = self._refresh_vectors(save=False)
+        with self._index.current(self._require_model().embed_dim, save=False) as vectors:
             meta = vectors.meta
             return IndexSummary(
                 kind=vectors.kind.value,
@@ -820,36 +760,6 @@ class Library:
                 trained_count=meta.trained_count,
                 tombstones=vectors.tombstones,
             )
-
-    def _index_policy(self) -> IndexPolicy:
-        from pixsift.storage.index_lifecycle import load_policy
-
-        return load_policy(self._catalog, self._thresholds())
-
-    def _thresholds(self) -> IndexThresholds:
-        from pixsift.storage.index_choice import IndexThresholds
-
-        return self._index_thresholds or IndexThresholds()
-
-    def _rebuild_if_drifted(self) -> None:
-        """After an index run: rebuild the search index if it no longer suits the library."""
-        from pixsift.storage.index_lifecycle import rebuild_reason
-
-        if self._catalog.model() is None or self._vectors is None:
-            return
-        policy = self._index_policy()
-        if rebuild_reason(self._vectors, policy) is not None:
-            self._build_and_swap(policy)
-
-    def _build_and_swap(self, policy: IndexPolicy) -> None:
-        """Build a new index outside the search lock (searches go on with the old one), then
-        catch it up with what changed meanwhile and swap it in; the caller holds the write lock."""
-        from pixsift.storage.index_lifecycle import catch_up, rebuild
-
-        fresh = rebuild(self._catalog, self._require_model().embed_dim, policy)
-        with self._vectors_lock:
-            self._vectors = catch_up(self._catalog, fresh, policy)
-            self._save_vectors(self._vectors, holding_lock=True)
 
     # ---- status --------------------------------------------------------------------------------
 
@@ -927,10 +837,10 @@ class Library:
             if any(problem.kind == "database" for problem in before.problems):
                 return before
             try:
-                done = doctor.repair(self._catalog, self.index_path, self._index_policy())
+                done = doctor.repair(self._catalog, self.index_path, self._index.policy())
             except OSError as exc:
                 raise write_error(self.path, exc) from exc
-            self._vectors = None  # reload the rebuilt index on the next search
+            self._index.forget()  # reload the rebuilt index on the next search
             after = doctor.check(self._catalog, self.index_path)
         after.repairs = done
         return after
