@@ -74,13 +74,13 @@ def test_fast_path_matches_open_clip_on_photos_with_random_weights(
     tiny_model: TinyModel, photo_set: Path
 ) -> None:
     fast = assert_matches_open_clip(tiny_spec(tiny_model), sorted(photo_set.iterdir()))
-    assert fast.precisions == {"image": "fp32", "text": "int8"}
+    assert fast.precisions == {"image": "int8", "text": "int8"}
 
 
 def test_fast_path_matches_open_clip_with_trained_weights(photo_set: Path) -> None:
     """The bundled synthetic-tiny model is trained: int8 must hold the bar on real weights too."""
     fast = assert_matches_open_clip(resolve_model_spec("synthetic-tiny"), sorted(photo_set.iterdir()))
-    assert set(fast.precisions) == {"image", "text"}
+    assert fast.precisions == {"image": "int8", "text": "int8"}
 
 
 def test_pixels_match_open_clip_transform(tiny_model: TinyModel, photo_set: Path) -> None:

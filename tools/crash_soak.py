@@ -339,12 +339,12 @@ class Soak:
         return [self._vectors[h] for h in hashes]
 
     def _model(self) -> Embedder:
-        if self._embedder is None:
-            from pixsift.models.clip import ClipEmbedder
+        if self._embedder is None:  # the engine the library indexes with (its default)
+            from pixsift.models.loading import DEFAULT_ENGINE, load_embedder
             from pixsift.models.naming import resolve_model_spec
 
             spec = resolve_model_spec(str(self.config), str(self.checkpoint))
-            self._embedder = ClipEmbedder.load(spec, "cpu")
+            self._embedder = load_embedder(spec, "cpu", DEFAULT_ENGINE)
         return self._embedder
 
     # ---- changing the folder ------------------------------------------------------------------

@@ -66,9 +66,9 @@ EngineOpt = Annotated[
     Engine,
     typer.Option(
         "--engine",
-        help="How the model runs: auto (on a CPU, ONNX Runtime: images fp32, texts int8 when within "
-        "cosine 0.99 of open_clip; else torch), torch, onnx (fp32) or onnx-int8 (fastest; an image's "
-        "vector then varies slightly with its batch). Exported and cached on first use.",
+        help="How the model runs: auto (on a CPU, ONNX Runtime in int8 for each tower within cosine "
+        "0.99 of open_clip, else fp32; torch on a GPU), torch, onnx (fp32) or onnx-int8. Exported "
+        "and cached on first use.",
     ),
 ]
 LimitOpt = Annotated[int, typer.Option("-k", "--limit", min=1, max=10_000, help="How many results.")]

@@ -151,7 +151,7 @@ class Library:
         With `create=False` a missing library raises LibraryNotFoundError instead of being made.
         `device` is where the model runs: "auto" (CUDA when available), "cpu" or "cuda".
         `engine` is how it runs: "auto" (on a CPU, ONNX Runtime, exported and cached on first
-        use: images fp32, texts int8 when within cosine 0.99 of fp32 open_clip), "torch",
+        use: each tower in int8 when within cosine 0.99 of fp32 open_clip, else fp32), "torch",
         "onnx" (fp32) or "onnx-int8".
         `max_pixels` bounds the images given as queries (default: Pillow's bomb threshold).
         `index_thresholds` moves the sizes at which the search index turns from exact to HNSW

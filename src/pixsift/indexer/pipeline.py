@@ -1,8 +1,11 @@
 """Decoding in worker threads while the model embeds the previous batch.
 
-Pillow and libjpeg release the GIL while they decode and resize, and torch releases it while
-it computes, so threads overlap the two without the cost of shipping pixels between
-processes. At most two batches are in flight, which bounds memory whatever the folder size.
+Pillow and libjpeg release the GIL while they decode and resize, and the model releases it
+while it computes, so threads overlap the two without the cost of shipping pixels between
+processes. The model runs on its own thread too, so that it keeps embedding while the caller
+stores the previous batch. At most four batches of images are held at once (two queued for
+decoding, one waiting to be embedded, one being embedded), which bounds memory whatever the
+folder size.
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ def embed_files(
     """
     pending: deque[tuple[JobT, Future[DecodedImage]]] = deque()
     source = iter(jobs)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pixsift-decode") as pool:
+    decoding = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pixsift-decode")
+    embedding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixsift-embed")
+    with decoding, embedding:
 
         def submit_more() -> None:
             while len(pending) < 2 * batch_size:
@@ -59,7 +64,7 @@ def embed_files(
                 if item is None:
                     return
                 path, job = item
-                future = pool.submit(
+                future = decoding.submit(
                     load_image,
                     path,
                     preprocess=embedder.preprocess,
@@ -68,23 +73,42 @@ def embed_files(
                 )
                 pending.append((job, future))
 
+        def next_batch() -> list[tuple[JobT, Future[DecodedImage]]]:
+            batch: list[tuple[JobT, Future[DecodedImage]]] = []
+            while pending and len(batch) < batch_size:
+                batch.append(pending.popleft())
+                submit_more()
+            return batch
+
+        # While the caller stores one batch's outcomes, the next batch is being embedded.
+        in_flight: Future[list[Outcome[JobT]]] | None = None
         try:
             submit_more()
-            decoded: list[tuple[JobT, DecodedImage]] = []
-            failed: list[Outcome[JobT]] = []
             while pending:
-                job, future = pending.popleft()
-                submit_more()
-                try:
-                    decoded.append((job, future.result()))
-                except Exception as exc:  # one bad file, whatever its fault, is only recorded
-                    failed.append(Unreadable(job, describe_error(exc)))
-                if len(decoded) + len(failed) >= batch_size or (not pending and (decoded or failed)):
-                    yield failed + _embed(decoded, embedder)
-                    decoded, failed = [], []
+                batch = next_batch()
+                finished = in_flight
+                in_flight = embedding.submit(_outcomes, batch, embedder)
+                if finished is not None:
+                    yield finished.result()
+            if in_flight is not None:
+                yield in_flight.result()
         finally:
             for _, future in pending:  # interrupted: do not decode what nobody will use
                 future.cancel()
+            if in_flight is not None:
+                in_flight.cancel()
+
+
+def _outcomes(batch: Sequence[tuple[JobT, Future[DecodedImage]]], embedder: Embedder) -> list[Outcome[JobT]]:
+    """Wait for a batch's decoding, then embed the images that could be read."""
+    decoded: list[tuple[JobT, DecodedImage]] = []
+    failed: list[Outcome[JobT]] = []
+    for job, future in batch:
+        try:
+            decoded.append((job, future.result()))
+        except Exception as exc:  # one bad file, whatever its fault, is only recorded
+            failed.append(Unreadable(job, describe_error(exc)))
+    return failed + _embed(decoded, embedder)
 
 
 def _embed(decoded: Sequence[tuple[JobT, DecodedImage]], embedder: Embedder) -> list[Outcome[JobT]]:

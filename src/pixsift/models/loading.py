@@ -4,7 +4,7 @@
 - `onnx`: ONNX Runtime, fp32, on the CPU;
 - `onnx-int8`: ONNX Runtime with int8 weights, on the CPU;
 - `auto` (the default): on the CPU, ONNX Runtime, per tower at the fastest precision allowed
-  (`AUTO_PRECISIONS`: images fp32, texts int8 or fp32) whose embeddings stayed within cosine
+  (`AUTO_PRECISIONS`: int8, else fp32) whose embeddings stayed within cosine
   0.99 of fp32 open_clip's when the model was exported; torch when none did, or when the model
   runs on a GPU.
 

@@ -3,19 +3,27 @@
 Each tower's session is created on first use, so a text query loads only the text tower, and
 an index run only the image tower until something asks for a text. ONNX Runtime releases the
 GIL while it computes, so the indexer's decode threads keep working meanwhile.
+
+An int8 tower quantises its activations with scales computed over the whole call, so a call
+holding several inputs would give each a vector that depends on the others. Such a tower gets
+one input per call instead, the calls spread over the cores on threads (one ONNX Runtime thread
+each): on ViT-B-32 that runs as fast as one batched call on two threads, and a photo's vector
+depends on the photo alone.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from pixsift.errors import ModelError
-from pixsift.models.onnx_export import TOKENIZER, Export, discard, trim_tokens
+from pixsift.models.onnx_export import ONE_INPUT_PER_CALL, TOKENIZER, Export, discard, trim_tokens
 from pixsift.models.pixels import preprocess
 from pixsift.models.spec import ModelRecord
 
@@ -48,6 +56,8 @@ class OnnxEmbedder:
         self._sessions: dict[str, onnxruntime.InferenceSession] = {}
         self._tokenizer: ClipTokenizer | None = None
         self._lock = threading.Lock()
+        # Threads for a tower run one input per call; idle ones end with the embedder.
+        self._calls: ThreadPoolExecutor | None = None
         self._image_size = export.pixels.size if export.pixels else 224
 
     @property
@@ -77,6 +87,9 @@ class OnnxEmbedder:
         if "image" not in self._precisions:
             return np.asarray(self._torch().embed_images(batch), dtype=np.float32)
         pixels = np.stack([np.asarray(item, dtype=np.float32) for item in batch])
+        if self._precisions["image"] in ONE_INPUT_PER_CALL and len(pixels) > 1:
+            rows = [pixels[index : index + 1] for index in range(len(pixels))]
+            return np.concatenate(list(self._parallel_calls().map(self._run_image, rows)))
         return self._run("image", "pixels", pixels)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -89,6 +102,15 @@ class OnnxEmbedder:
         if not rows:
             return np.zeros((0, self.record.embed_dim), dtype=np.float32)
         return np.concatenate([self._run("text", "tokens", row) for row in rows])
+
+    def _run_image(self, pixels: np.ndarray) -> np.ndarray:
+        return self._run("image", "pixels", pixels)
+
+    def _parallel_calls(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._calls is None:
+                self._calls = ThreadPoolExecutor(_cores(), thread_name_prefix="pixsift-onnx")
+            return self._calls
 
     def _run(self, tower: str, input_name: str, inputs: np.ndarray) -> np.ndarray:
         (vectors,) = self._session(tower).run(None, {input_name: inputs})
@@ -124,6 +146,8 @@ class OnnxEmbedder:
         options.log_severity_level = 3  # errors only: ONNX Runtime's warnings are not for users
         if tower == "text":  # optimised when exported: loading it again costs a cold query time
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if tower == "image" and self._precisions[tower] in ONE_INPUT_PER_CALL:
+            options.intra_op_num_threads = 1  # its calls run side by side on their own threads
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def _tokens(self) -> ClipTokenizer:
@@ -148,3 +172,11 @@ class OnnxEmbedder:
                 f"{self.record.spec.describe()} has no ONNX export for this: use --engine torch."
             )
         return self._fallback()
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
