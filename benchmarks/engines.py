@@ -4,11 +4,13 @@
 
 Candidates, each timed on the same batch in one run: torch eager fp32 (the reference), torch
 dynamic int8 (the Linear layers), torch.compile, ONNX Runtime fp32 and int8 (pixsift's own
-export, as `--engine onnx` / `onnx-int8` run it), and OpenVINO on the fp32 ONNX file when the
-`openvino` package is installed. Accuracy is the worst cosine of each engine's embeddings to
-torch fp32's on real photos (the first --cosine-photos files of --photos, by default made by
-../shared/photos.py). --model synthetic-tiny checks int8 on trained weights; the default
-architecture has random weights (its speed does not depend on them).
+export) in one batched call, the int8 file as pixsift runs it (`--engine auto` / `onnx-int8`:
+one image per call, the calls on parallel threads, so no vector depends on its batch), and
+OpenVINO on the fp32 ONNX file when the `openvino` package is installed. Accuracy is the worst
+cosine of each engine's embeddings to torch fp32's on real photos (the first --cosine-photos
+files of --photos, by default made by ../shared/photos.py). --model synthetic-tiny checks int8
+on trained weights; the default architecture has random weights (its speed does not depend on
+them).
 """
 
 from __future__ import annotations
@@ -74,7 +76,14 @@ def openvino_runner(path: Path) -> Runner | None:
     return run
 
 
-def candidates(clip: Any, export_folder: Path, compile_too: bool) -> dict[str, Runner | None]:
+def pixsift_runner(spec: Any, engine: str) -> Runner:
+    from pixsift.models.loading import load_embedder
+
+    embedder = load_embedder(spec, "cpu", engine)
+    return lambda pixels: np.asarray(embedder.embed_images(list(pixels)))
+
+
+def candidates(clip: Any, spec: Any, export_folder: Path, compile_too: bool) -> dict[str, Runner | None]:
     import torch
 
     model = clip.model
@@ -94,6 +103,7 @@ def candidates(clip: Any, export_folder: Path, compile_too: bool) -> dict[str, R
         found["torch.compile (inductor)"] = run_compiled
     found["ONNX Runtime fp32"] = onnx_runner(export_folder / "image-fp32.onnx")
     found["ONNX Runtime int8 (dynamic, QInt8, reduce_range)"] = onnx_runner(export_folder / "image-int8.onnx")
+    found["ONNX Runtime int8, one image per call (pixsift)"] = pixsift_runner(spec, "onnx-int8")
     found["OpenVINO fp32 (from the ONNX file)"] = openvino_runner(export_folder / "image-fp32.onnx")
     return found
 
@@ -147,7 +157,7 @@ def main() -> None:
             subprocess.run([*command, "--size", "4032x3024", "--seed", "3"], check=True, capture_output=True)
         real = photo_batch(clip, sorted(photos.iterdir())[: args.cosine_photos])
         batch = np.ascontiguousarray(np.resize(real, (args.batch_size, *real.shape[1:])))
-        runners = candidates(clip, export_folder(spec), compile_too=not args.no_compile)
+        runners = candidates(clip, spec, export_folder(spec), compile_too=not args.no_compile)
         reference = runners["torch eager fp32"](real)  # type: ignore[misc]
         available = {name: run for name, run in runners.items() if run is not None}
         cosines = {}
