@@ -21,7 +21,7 @@ from pixsift.indexer.report import IndexInterrupted, IndexReport
 from pixsift.indexer.scan import ScanOptions, ScanResult, image_extensions, scan_folder
 from pixsift.models.embedder import Embedder
 from pixsift.storage.catalog import Catalog, CatalogWriter, StoredEmbedding
-from pixsift.storage.records import KnownFile
+from pixsift.storage.records import FreshEmbedding, KnownFile
 
 
 @dataclass(frozen=True)
@@ -202,8 +202,7 @@ class Indexer:
         try:
             for outcomes in self._outcomes(queue, embedder):
                 with self._catalog.write() as batch:
-                    for outcome in outcomes:
-                        _store(batch, outcome, report)
+                    _store(batch, outcomes, report)
                 self._progress.advance(len(outcomes))
         finally:
             report.embed_s = time.monotonic() - started
@@ -218,31 +217,39 @@ class Indexer:
         )
 
 
-def _store(batch: CatalogWriter, outcome: Outcome[Candidate], report: IndexReport) -> None:
-    file, known = outcome.job.file, outcome.job.known
-    image_id = known.id if known is not None else batch.add_image(file.path, file.size, file.mtime_ns, None)
-    if isinstance(outcome, Embedded):
-        image = outcome.image
-        batch.save_embedding(
-            image_id,
-            outcome.vector,
-            content_hash=image.content_hash,
-            width=image.width,
-            height=image.height,
-            format=image.format,
-            taken_at=image.taken_at,
-            size=file.size,
-            mtime_ns=file.mtime_ns,
-        )
-        if known is None:
-            report.added += 1
+def _store(batch: CatalogWriter, outcomes: Sequence[Outcome[Candidate]], report: IndexReport) -> None:
+    """Store one batch's outcomes: new rows, vectors and metadata in bulk, failures one by one."""
+    new_files = [o.job.file for o in outcomes if o.job.known is None]
+    new_ids = iter(batch.add_images([(file.path, file.size, file.mtime_ns) for file in new_files]))
+    fresh: list[FreshEmbedding] = []
+    for outcome in outcomes:
+        file, known = outcome.job.file, outcome.job.known
+        image_id = known.id if known is not None else next(new_ids)
+        if isinstance(outcome, Embedded):
+            image = outcome.image
+            fresh.append(
+                FreshEmbedding(
+                    image_id,
+                    outcome.vector,
+                    content_hash=image.content_hash,
+                    width=image.width,
+                    height=image.height,
+                    format=image.format,
+                    taken_at=image.taken_at,
+                    size=file.size,
+                    mtime_ns=file.mtime_ns,
+                )
+            )
+            if known is None:
+                report.added += 1
+            else:
+                report.updated += 1
         else:
-            report.updated += 1
-    else:
-        batch.record_failure(
-            image_id, outcome.error, size=file.size, mtime_ns=file.mtime_ns, content_hash=None
-        )
-        report.failed += 1
+            batch.record_failure(
+                image_id, outcome.error, size=file.size, mtime_ns=file.mtime_ns, content_hash=None
+            )
+            report.failed += 1
+    batch.save_embeddings(fresh)
 
 
 def _hash_or_none(path: str) -> str | None:

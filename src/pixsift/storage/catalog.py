@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.storage.database import damaged_error, open_engine, write_error, writer
-from pixsift.storage.records import CatalogCounts, Failure, ImageInfo, KnownFile, RootInfo
+from pixsift.storage.records import CatalogCounts, Failure, FreshEmbedding, ImageInfo, KnownFile, RootInfo
 from pixsift.storage.schema import (
     Base,
     Embedding,
@@ -427,6 +427,19 @@ class CatalogWriter:
         self._session.flush()
         return image.id
 
+    def add_images(self, files: Sequence[tuple[str, int, int]]) -> list[int]:
+        """Add images not embedded yet, given as (path, size, mtime_ns), in one statement;
+        returns their ids in the same order."""
+        if not files:
+            return []
+        now = utcnow()
+        rows = [
+            {"path": path, "size": size, "mtime_ns": mtime_ns, "content_hash": None, "indexed_at": now}
+            for path, size, mtime_ns in files
+        ]
+        query = insert(Image).returning(Image.id, sort_by_parameter_order=True)
+        return [int(i) for i in self._session.scalars(query, rows)]
+
     def save_embedding(
         self,
         image_id: int,
@@ -441,19 +454,38 @@ class CatalogWriter:
         taken_at: str | None = None,
     ) -> None:
         """Store a freshly computed vector and the metadata the decode found."""
-        self._update(
-            image_id,
-            content_hash=content_hash,
-            width=width,
-            height=height,
-            format=format,
-            taken_at=taken_at,
-            size=size,
-            mtime_ns=mtime_ns,
-            error=None,
-            indexed_at=utcnow(),
-        )
-        self._put_vector(image_id, vector_to_blob(vector))
+        metadata = (content_hash, width, height, format, taken_at, size, mtime_ns)
+        self.save_embeddings([FreshEmbedding(image_id, vector, *metadata)])
+
+    def save_embeddings(self, fresh: Sequence[FreshEmbedding]) -> None:
+        """Store freshly computed vectors and what decoding found, in a few bulk statements
+        (an index run stores a whole batch at once: per-row statements cost more CPU than
+        decoding does)."""
+        if not fresh:
+            return
+        now = utcnow()
+        rows = [
+            {
+                "id": item.image_id,
+                "content_hash": item.content_hash,
+                "width": item.width,
+                "height": item.height,
+                "format": item.format,
+                "taken_at": item.taken_at,
+                "size": item.size,
+                "mtime_ns": item.mtime_ns,
+                "error": None,
+                "indexed_at": now,
+            }
+            for item in fresh
+        ]
+        self._session.execute(update(Image), rows)  # executemany, by primary key
+        ids = [item.image_id for item in fresh]
+        for chunk in _chunks(ids):
+            self._session.execute(delete(Embedding).where(Embedding.image_id.in_(chunk)))
+        vectors = [{"image_id": item.image_id, "vector": vector_to_blob(item.vector)} for item in fresh]
+        self._session.execute(insert(Embedding), vectors)
+        self._changed_ids.update(ids)
 
     def copy_embedding(self, image_id: int, source: StoredEmbedding, *, content_hash: str) -> None:
         """Give `image_id` the vector and metadata of identical content embedded before."""

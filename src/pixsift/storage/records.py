@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -60,3 +64,18 @@ class CatalogCounts:
     def pending(self) -> int:
         """Known files with neither a vector nor an error (an interrupted run left them)."""
         return self.total - self.indexed - self.failed
+
+
+@dataclass(frozen=True)
+class FreshEmbedding:
+    """A vector just computed for an image, with what decoding its file found."""
+
+    image_id: int
+    vector: np.ndarray
+    content_hash: str
+    width: int | None
+    height: int | None
+    format: str | None
+    taken_at: str | None
+    size: int
+    mtime_ns: int
