@@ -22,13 +22,15 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss  # its bundled stubs are SWIG-generated; the few ignores below are theirs
 import numpy as np
 
-from pixsift.storage.catalog import VectorDelta
 from pixsift.storage.index_choice import IndexKind, IndexPlan
+
+if TYPE_CHECKING:  # the catalog brings in SQLAlchemy, which loading and searching do without
+    from pixsift.storage.catalog import VectorDelta
 
 MAGIC = b"PIXSIFT-VECTORS\n"
 TMP_INFIX = ".tmp-"  # vectors.faiss.tmp-PID: a save in progress, or one a crash cut short
