@@ -23,6 +23,7 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +34,10 @@ from pixsift.search.filters import SearchFilters
 from pixsift.search.query import QueryTerm, as_terms, combine
 from pixsift.search.results import SearchResult
 from pixsift.storage.catalog_reader import CatalogReader
+
+if TYPE_CHECKING:
+    from pixsift.models.onnx_embedder import OnnxEmbedder
+    from pixsift.storage.vector_index import VectorIndex
 
 
 class _NotQuickError(Exception):
@@ -113,35 +118,54 @@ def _answer(
     min_score: float | None,
     engine: str,
 ) -> list[SearchResult]:
-    from pixsift.search.engine import fetch_size, nearest, ranked_hits, to_results
-    from pixsift.storage.index_lifecycle import load_policy
+    from pixsift.storage.index_header import read_generation
     from pixsift.storage.migrations import SCHEMA_VERSION
-    from pixsift.storage.vector_index import VectorIndex, read_generation
 
     if reader.schema_version() != SCHEMA_VERSION:
         raise _NotQuickError  # older (the library migrates it) or newer (the library refuses it)
     record = reader.model()
     if record is None:
         raise _NotQuickError
-    policy = load_policy(reader)  # bad settings: the library reports them
     generation = reader.generation()
     if read_generation(index_path) != generation:
         raise _NotQuickError  # missing, unreadable or stale: the library catches it up
-    query = combine(_embed_texts(record, engine, terms), [term.weight for term in terms])
-    index = VectorIndex.load(index_path)
-    if index is None or index.generation != generation or index.dim != record.embed_dim:
-        raise _NotQuickError  # replaced since the header was read, or made for another model
+    embedder = _text_embedder(record, engine)
+    # One thing after another: loading the text tower in a thread beside FAISS measured slower
+    # on two cores shared with other work (the session's build contends for the GIL and a core).
+    vectors = embedder.embed_texts([term.text or "" for term in terms])
+    query = combine(vectors, [term.weight for term in terms])
+    index = _saved_index(reader, index_path, generation, record.embed_dim)
     if query.shape != (index.dim,):
         raise _NotQuickError
-    fetch = fetch_size(index, k, 0)
-    exact_max = policy.thresholds.exact_filter_max
-    scores, ids = nearest(index, query[None, :], fetch, None, reader.vectors, exact_max)
+    return _ranked(reader, index, query, k, min_score)
+
+
+def _saved_index(reader: CatalogReader, path: Path, generation: int, dim: int) -> VectorIndex:
+    """The index saved at `path`, if it is still at `generation` and of vectors of size `dim`."""
+    from pixsift.storage.index_lifecycle import load_policy
+    from pixsift.storage.vector_index import VectorIndex
+
+    load_policy(reader)  # the library's settings: bad ones are the library's to report
+    index = VectorIndex.load(path)
+    if index is None or index.generation != generation or index.dim != dim:
+        raise _NotQuickError  # replaced since the header was read, or made for another model
+    return index
+
+
+def _ranked(
+    reader: CatalogReader, index: VectorIndex, query: np.ndarray, k: int, min_score: float | None
+) -> list[SearchResult]:
+    """What `Library._rank` makes of one query vector with no filter and nothing excluded."""
+    from pixsift.search.engine import fetch_size, nearest, ranked_hits, to_results
+
+    # Without a filter the exact-filter threshold plays no part: any value gives the same.
+    scores, ids = nearest(index, query[None, :], fetch_size(index, k, 0), None, reader.vectors, 0)
     hits = ranked_hits(scores[0], ids[0], exclude_ids=set(), min_score=min_score)[:k]
     return to_results(reader, [hits])[0]
 
 
-def _embed_texts(record: ModelRecord, engine: str, terms: list[QueryTerm]) -> np.ndarray:
-    """The terms' vectors from the ONNX text tower the library would load for `record`."""
+def _text_embedder(record: ModelRecord, engine: str) -> OnnxEmbedder:
+    """The ONNX text tower the library would load for `record` with `engine` (not loaded yet)."""
     from pixsift.models.loading import text_precision
     from pixsift.models.onnx_embedder import OnnxEmbedder
     from pixsift.models.onnx_export import Export, read_export
@@ -156,5 +180,4 @@ def _embed_texts(record: ModelRecord, engine: str, terms: list[QueryTerm]) -> np
     def cannot_remake() -> Export:
         raise _NotQuickError  # a damaged file (now discarded): the library exports the model again
 
-    embedder = OnnxEmbedder(export, {"text": precision}, cannot_remake)
-    return embedder.embed_texts([term.text or "" for term in terms])
+    return OnnxEmbedder(export, {"text": precision}, cannot_remake)
