@@ -8,6 +8,7 @@ so that the equality is not the library compared with itself.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pixsift import Library, SearchFilters
 from pixsift.errors import EmptyLibraryError, LibraryNotFoundError, PixsiftError, QueryError
 from pixsift.models.loading import load_embedder
 from pixsift.models.naming import resolve_model_spec
+from pixsift.models.onnx_export import export_folder
 from pixsift.search import QueryTerm, SearchResult
 from pixsift.search.quick import answer_quickly, search_once
 from pixsift.storage import Catalog
@@ -201,6 +203,28 @@ def test_filters_images_and_other_engines_are_left_to_the_library(indexed: Path,
     assert answer_quickly("a dog", library=indexed, engine="onnx") is not None  # fp32 text tower
 
 
+def test_other_engines_give_the_librarys_answers_too(indexed: Path) -> None:
+    for engine in ("onnx", "onnx-int8"):
+        with Library.open(indexed, create=False, engine=engine) as library:
+            expected = library.search("a red car", 6)
+        assert quick_answer(indexed, "a red car", 6, engine=engine) == expected
+
+
+def test_a_damaged_text_tower_is_made_again_by_the_library(
+    indexed: Path, tiny_model: TinyModel, shared_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    shutil.copytree(shared_cache, cache)  # a private copy of the export, to damage
+    monkeypatch.setenv("PIXSIFT_CACHE_DIR", str(cache))
+    expected = quick_answer(indexed, "a dog", 5)
+    spec = resolve_model_spec(str(tiny_model.config), str(tiny_model.checkpoint))
+    tower = export_folder(spec) / "text-int8.onnx"
+    tower.write_bytes(b"\0" * tower.stat().st_size)  # same size, garbage inside
+    assert answer_quickly("a dog", 5, library=indexed) is None  # ONNX Runtime refuses it
+    assert search_once("a dog", 5, library=indexed) == expected  # the library exported it again
+    assert quick_answer(indexed, "a dog", 5) == expected
+
+
 def test_errors_are_the_librarys(indexed: Path, tmp_path: Path) -> None:
     def error_of(call: object) -> str:
         with pytest.raises(PixsiftError) as raised:
@@ -225,6 +249,16 @@ def test_errors_are_the_librarys(indexed: Path, tmp_path: Path) -> None:
     cancelled = error_of(lambda: search_once("a", library=indexed, minus=["a"]))
     assert cancelled.startswith(QueryError.__name__)
     assert cancelled == error_of(lambda: library_answer(indexed, "a", minus=["a"]))
+
+    catalog = Catalog.open(indexed / "library.db")
+    try:
+        with catalog.write() as batch:
+            batch.set_setting("index_type", "no-such-kind")  # as a newer pixsift might store
+    finally:
+        catalog.close()
+    bad_setting = error_of(lambda: search_once("a dog", library=indexed))
+    assert bad_setting.startswith("LibraryFormatError")
+    assert bad_setting == error_of(lambda: library_answer(indexed, "a dog"))
 
     not_a_db = tmp_path / "not-a-library"
     not_a_db.mkdir()
