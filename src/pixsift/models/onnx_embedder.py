@@ -48,7 +48,6 @@ class OnnxEmbedder:
         self._sessions: dict[str, onnxruntime.InferenceSession] = {}
         self._tokenizer: ClipTokenizer | None = None
         self._lock = threading.Lock()
-        self._tokenizer_lock = threading.Lock()  # the tokenizer may load while a session does
         self._image_size = export.pixels.size if export.pixels else 224
 
     @property
@@ -91,12 +90,6 @@ class OnnxEmbedder:
             return np.zeros((0, self.record.embed_dim), dtype=np.float32)
         return np.concatenate([self._run("text", "tokens", row) for row in rows])
 
-    def load_text_tower(self) -> None:
-        """Load the text tower's session now rather than at the first text. ONNX Runtime builds
-        it outside the GIL, so a thread may do this while the caller does other work."""
-        if "text" in self._precisions:
-            self._session("text")
-
     def _run(self, tower: str, input_name: str, inputs: np.ndarray) -> np.ndarray:
         (vectors,) = self._session(tower).run(None, {input_name: inputs})
         return np.ascontiguousarray(vectors, dtype=np.float32)
@@ -134,7 +127,7 @@ class OnnxEmbedder:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def _tokens(self) -> ClipTokenizer:
-        with self._tokenizer_lock:
+        with self._lock:
             if self._tokenizer is None:
                 self._tokenizer = self._load_tokenizer()
             return self._tokenizer

@@ -118,8 +118,6 @@ def _answer(
     min_score: float | None,
     engine: str,
 ) -> list[SearchResult]:
-    from concurrent.futures import ThreadPoolExecutor
-
     from pixsift.storage.index_header import read_generation
     from pixsift.storage.migrations import SCHEMA_VERSION
 
@@ -132,14 +130,11 @@ def _answer(
     if read_generation(index_path) != generation:
         raise _NotQuickError  # missing, unreadable or stale: the library catches it up
     embedder = _text_embedder(record, engine)
-    # ONNX Runtime builds the text session outside the GIL: in a thread, beside what holds the
-    # GIL (importing FAISS, reading the index, loading the tokenizer), a second core does it.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        tower = pool.submit(embedder.load_text_tower)
-        index = _saved_index(reader, index_path, generation, record.embed_dim)
-        vectors = embedder.embed_texts([term.text or "" for term in terms])  # waits for the tower
-        tower.result()  # raises what loading it raised
+    # One step after another: building the text session in a thread beside the tokenizer and
+    # FAISS saved nothing, as ONNX Runtime holds the GIL for most of the build.
+    vectors = embedder.embed_texts([term.text or "" for term in terms])
     query = combine(vectors, [term.weight for term in terms])
+    index = _saved_index(reader, index_path, generation, record.embed_dim)
     if query.shape != (index.dim,):
         raise _NotQuickError
     return _ranked(reader, index, query, k, min_score)
