@@ -12,6 +12,9 @@ Runtime in int8 for each tower that holds cosine 0.99 to fp32 open_clip, both fo
   3. the ratios end to end / encoder-only, and the peak memory (RSS) of each `pixsift index`;
   4. cold query: the median wall time of a `pixsift search "..."` process on a 10,000-image
      library (import, model load, text encode, search, print).
+`--only cold-query` measures the last alone; `--baseline-src DIR` also times, interleaved run
+by run, the cold searches of another pixsift source tree (say, `git archive main src` unpacked),
+so that a change is measured against what it replaces on the same machine at the same time.
 Photos are made by ../shared/photos.py (or --photos-script). The model is ViT-B-32 with random
 weights (speed does not depend on their values); its ONNX export is made once, before timing,
 into a private cache, as a first index run would, and that one-time cost is reported too.
@@ -114,14 +117,21 @@ def end_to_end(
     }
 
 
-def cold_queries(library: Path, engine: str, runs: int, env: dict[str, str]) -> dict[str, float]:
-    times = []
+def cold_queries(
+    library: Path, engine: str, runs: int, envs: dict[str, dict[str, str]]
+) -> dict[str, dict[str, float]]:
+    """Cold search times per source tree (`envs`: name -> environment), run by run in turn."""
+    times: dict[str, list[float]] = {name: [] for name in envs}
     for number in range(runs):
         command = [sys.executable, "-m", "pixsift", "search", QUERIES[number % len(QUERIES)]]
         command += ["--library", str(library), "--engine", engine, "--device", "cpu", "-k", "10"]
-        _, wall, _ = run_measured(command, env)
-        times.append(wall)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+        for name, env in envs.items():
+            _, wall, _ = run_measured(command, env)
+            times[name].append(wall)
+    return {
+        name: {"median_s": statistics.median(values), "min_s": min(values), "max_s": max(values)}
+        for name, values in times.items()
+    }
 
 
 def main() -> None:
@@ -137,14 +147,24 @@ def main() -> None:
     parser.add_argument("--photos-script", type=Path, default=DEFAULT_PHOTOS_SCRIPT)
     parser.add_argument("--work", type=Path, help="keep photos, weights and export here between runs")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument("--only", choices=["all", "cold-query"], default="all", help="what to measure")
+    parser.add_argument(
+        "--baseline-src", type=Path, help="also time the cold searches of the pixsift sources in this folder"
+    )
     args = parser.parse_args()
     engines = [engine.strip() for engine in args.engines.split(",") if engine.strip()]
 
     with tempfile.TemporaryDirectory(prefix="pixsift-bench-") as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
-        results = measure(args, engines, work, Path(scratch))
-    print_table(args, engines, results)
+        if args.only == "cold-query":
+            results = measure_cold_queries(args, engines, work)
+        else:
+            results = measure(args, engines, work, Path(scratch))
+    if args.only == "cold-query":
+        print_cold_table(args, engines, results)
+    else:
+        print_table(args, engines, results)
     if args.json:
         settings = {key: str(value) for key, value in vars(args).items()}
         args.json.write_text(json.dumps({"settings": settings, **results}, indent=2))
@@ -187,16 +207,67 @@ def measure(args: argparse.Namespace, engines: list[str], work: Path, scratch: P
         results["engines"][engine] = row
     del fast
 
+    for engine, timed in cold_query_times(args, engines, work, checkpoint, env).items():
+        results["engines"][engine]["cold_query"] = timed["current"]
+        if "baseline" in timed:
+            results["engines"][engine]["cold_query_baseline"] = timed["baseline"]
+    return results
+
+
+def measure_cold_queries(args: argparse.Namespace, engines: list[str], work: Path) -> dict[str, Any]:
+    """Only the cold searches (the model's export is made by the warm-up search if missing)."""
+    env = {**os.environ, "PIXSIFT_CACHE_DIR": str(work / "cache")}
+    os.environ["PIXSIFT_CACHE_DIR"] = env["PIXSIFT_CACHE_DIR"]
+    checkpoint = work / "vit-b-32-random.pt"
+    query_library = work / f"query-library-{args.library_size}"
+    if not (query_library / "library" / "library.db").is_file() and not checkpoint.is_file():
+        random_checkpoint("ViT-B-32", checkpoint)
+    return {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "engines": cold_query_times(args, engines, work, checkpoint, env),
+    }
+
+
+def cold_query_times(
+    args: argparse.Namespace, engines: list[str], work: Path, checkpoint: Path, env: dict[str, str]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per engine, the cold search times of these sources ("current") and of the baseline's."""
     query_library = work / f"query-library-{args.library_size}"
     if not (query_library / "library" / "library.db").is_file():
         build_library(query_library, args.library_size, "ViT-B-32", checkpoint)
+    envs = {"current": env}
+    if args.baseline_src:
+        envs["baseline"] = {**env, "PYTHONPATH": str(args.baseline_src.resolve())}
+    results = {}
     for engine in engines:
         # One warm-up search writes the FAISS file, as the first search after indexing would.
-        cold_queries(query_library / "library", engine, 1, env)
-        results["engines"][engine]["cold_query"] = cold_queries(
-            query_library / "library", engine, args.query_runs, env
-        )
+        cold_queries(query_library / "library", engine, 1, envs)
+        results[engine] = cold_queries(query_library / "library", engine, args.query_runs, envs)
     return results
+
+
+def print_cold_table(args: argparse.Namespace, engines: list[str], results: dict[str, Any]) -> None:
+    per = results["engines"]
+    sources = ["current", "baseline"] if args.baseline_src else ["current"]
+    rows: list[tuple[str, ...]] = [("cold search, median s (min-max)", *engines)]
+    for source in sources:
+        cells = [per[e][source] for e in engines]
+        name = f"{source} ({args.baseline_src})" if source == "baseline" else "current"
+        rows.append((name, *(f"{c['median_s']:.2f} ({c['min_s']:.2f}-{c['max_s']:.2f})" for c in cells)))
+    if args.baseline_src:
+        ratios = [per[e]["current"]["median_s"] / per[e]["baseline"]["median_s"] for e in engines]
+        rows.append(("current / baseline", *(f"{r:.2f}" for r in ratios)))
+    rows.append(
+        (
+            "current / rclip's 1.37 s",
+            *(f"{per[e]['current']['median_s'] / RCLIP['cold_query_s']:.2f}" for e in engines),
+        )
+    )
+    print(
+        f"ViT-B-32 (random weights), {args.library_size:,}-image library, {args.query_runs} cold "
+        f"`pixsift search` processes per source and engine, interleaved; {results['machine']}"
+    )
+    print_rows(rows)
 
 
 def print_table(args: argparse.Namespace, engines: list[str], results: dict[str, Any]) -> None:
@@ -234,6 +305,10 @@ def print_table(args: argparse.Namespace, engines: list[str], results: dict[str,
     )
     print(f"ViT-B-32 (random weights), {args.count} photos per set, CPU; {results['machine']}")
     print(f"one-time ONNX export: {results['export_s']:.1f} s; cosine to fp32: {results['export_cosine']}")
+    print_rows(rows)
+
+
+def print_rows(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         values = zip(row[1:], widths[1:], strict=True)

@@ -88,7 +88,7 @@ def build_library(work: Path, images: int, model: str, checkpoint: Path) -> tupl
     """A library of `images` real small files whose vectors are random, written by the catalog."""
     from PIL import Image
 
-    from pixsift.library import DB_NAME
+    from pixsift.config import DB_NAME
     from pixsift.models.clip import ClipEmbedder
     from pixsift.models.naming import resolve_model_spec
     from pixsift.storage import Catalog

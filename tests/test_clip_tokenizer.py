@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from pixsift.models.clip_tokenizer import ClipTokenizer
+from pixsift.models.clip_tokenizer import ClipTokenizer, clean
 
 STRINGS = [
     "a photo of a dog",
@@ -40,13 +40,41 @@ def random_strings(count: int) -> list[str]:
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120))) for _ in range(count)]
 
 
+def ascii_strings(count: int) -> list[str]:
+    """Plain ASCII, which skips ftfy, mixed with what must not: control characters, "&"
+    entities, and a little mojibake and accented text."""
+    rng = random.Random(11)
+    controls = "".join(map(chr, [*range(0x00, 0x20), 0x7F]))
+    alphabets = [
+        "".join(map(chr, range(0x20, 0x7F))),
+        "abc XYZ 09 .,;:!?'\"-_/\\()[]{}<>|@#$%^*+=~`\t\n\r",
+        "ab &amp; &lt; &#39; &gt; \x0b\x0c\x1b[31m",
+        "ab cd " + controls,
+        "ab cd Ã© Ã  é ü \u2013 \u201c \u201d 🙂 \u00a0 \u2028",
+    ]
+    return [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80)))
+        for alphabet in alphabets
+        for _ in range(count)
+    ]
+
+
+def test_cleaning_equals_open_clips_with_or_without_ftfy() -> None:
+    from open_clip.tokenizer import get_clean_fn
+
+    theirs = get_clean_fn("lower")
+    texts = STRINGS + random_strings(200) + ascii_strings(400)
+    texts += [chr(code) for code in range(0x80)] + [f"a{chr(code)}b c" for code in range(0x80)]
+    assert [text for text in texts if clean(text) != theirs(text)] == []
+
+
 @pytest.mark.parametrize("context_length", [77, 24])
 def test_token_ids_equal_open_clips(context_length: int) -> None:
     from open_clip.tokenizer import SimpleTokenizer
 
     ours = ClipTokenizer.from_open_clip(context_length)
     theirs = SimpleTokenizer(context_length=context_length)
-    texts = STRINGS + random_strings(200)
+    texts = STRINGS + random_strings(200) + ascii_strings(40)
     expected = theirs(texts).numpy()
     got = ours(texts)
     assert got.dtype == np.int64 and got.shape == (len(texts), context_length)

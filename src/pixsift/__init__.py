@@ -40,6 +40,7 @@ _EXPORTS = {
     "QueryTerm": "pixsift.search",
     "SearchFilters": "pixsift.search",
     "SearchResult": "pixsift.search",
+    "search_once": "pixsift.search.quick",
     "Failure": "pixsift.storage",
     "HealthReport": "pixsift.doctor",
     "Problem": "pixsift.doctor",
@@ -75,6 +76,7 @@ if TYPE_CHECKING:
     from pixsift.library import IndexSummary, Library, LibraryStatus
     from pixsift.models import ModelRecord, ModelSpec
     from pixsift.search import QueryTerm, SearchFilters, SearchResult
+    from pixsift.search.quick import search_once
     from pixsift.storage import Failure
     from pixsift.storage.index_choice import IndexThresholds
 
@@ -109,4 +111,5 @@ __all__ = [
     "SearchFilters",
     "SearchResult",
     "__version__",
+    "search_once",
 ]

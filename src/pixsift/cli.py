@@ -281,20 +281,21 @@ def search(
     engine: EngineOpt = Engine.auto,
 ) -> None:
     """Images that match TEXT, best first."""
-    _query(
-        library,
-        device,
-        engine,
-        output,
-        lambda lib: lib.search(
+    from pixsift.search.quick import search_once  # one search per process: the quick path
+
+    with _user_errors():
+        results = search_once(
             text,
             limit,
+            library=library,
             plus=_terms(plus),
             minus=_terms(minus),
             min_score=min_score,
             filters=_filters(under, after, before, min_width, min_height, image_format),
-        ),
-    )
+            device=device,
+            engine=engine.value,
+        )
+    _print_results(results, output)
 
 
 @app.command()
@@ -523,10 +524,14 @@ def _query(
     run: Callable[[Library], list[SearchResult]],
 ) -> None:
     """Open the library, run one query on it, print the results."""
-    from pixsift.formatting import format_results
-
     with _user_errors(), _open(library, device=device, engine=engine) as lib:
         results = run(lib)
+    _print_results(results, output)
+
+
+def _print_results(results: list[SearchResult], output: ResultFormat) -> None:
+    from pixsift.formatting import format_results
+
     text = format_results(results, output)
     if text:
         typer.echo(text)

@@ -12,6 +12,9 @@ from pathlib import Path
 LIBRARY_ENV_VAR = "PIXSIFT_LIBRARY"
 CACHE_ENV_VAR = "PIXSIFT_CACHE_DIR"
 APP_NAME = "pixsift"
+# The files of a library folder: the catalog, the search index (a cache of the catalog's vectors).
+DB_NAME = "library.db"
+INDEX_NAME = "vectors.faiss"
 # How long an index run (or doctor) waits by default for another one holding the library's lock.
 LOCK_WAIT_S = 10.0
 

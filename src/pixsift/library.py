@@ -22,7 +22,7 @@ from filelock import FileLock, Timeout
 from PIL import Image as PILImage
 
 from pixsift.access import resolve_inside
-from pixsift.config import LOCK_WAIT_S, resolve_library_dir
+from pixsift.config import DB_NAME, INDEX_NAME, LOCK_WAIT_S, resolve_library_dir
 from pixsift.errors import (
     EmptyLibraryError,
     ImageError,
@@ -50,8 +50,6 @@ if TYPE_CHECKING:
     from pixsift.doctor import HealthReport
     from pixsift.storage.index_choice import IndexThresholds
 
-DB_NAME = "library.db"
-INDEX_NAME = "vectors.faiss"
 LOCK_NAME = "library.lock"
 THUMBNAILS_DIR = "thumbnails"
 MMR_POOL_MIN = 50  # candidates MMR chooses from: enough variety beyond the top k

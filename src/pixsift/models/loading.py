@@ -62,6 +62,15 @@ def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_E
     return OnnxEmbedder(export, precisions, lambda: _remake(spec), fallback=torch_model)
 
 
+def text_precision(export: Export, engine: str) -> str | None:
+    """The precision `load_embedder` runs the text tower of `export` at through ONNX Runtime
+    on the CPU with `engine`, or None when it would not run it there (torch instead, or an
+    error)."""
+    if engine not in ENGINES or engine == "torch":
+        return None
+    return _precisions(export, engine).get("text")
+
+
 def _precisions(export: Export, engine: str) -> dict[str, str]:
     """The precision of each tower the engine runs through ONNX; an explicit engine needs both."""
     chosen = {tower: export.precision_for(tower, engine) for tower in TOWERS}
@@ -80,20 +89,25 @@ def _torch_embedder(spec: ModelSpec, device: str) -> ClipEmbedder:
     return ClipEmbedder.load(spec, device)
 
 
-def _runs_on_cpu(device: str, engine: str) -> bool:
-    """Whether the model runs on the CPU, without importing torch when that can be avoided.
+def surely_on_cpu(device: str, engine: str) -> bool:
+    """Whether the model runs on the CPU, as far as is known without importing torch.
 
-    `auto` means CUDA when torch sees a GPU; torch is only imported to ask where an NVIDIA
-    driver is installed at all. ONNX engines named explicitly run on the CPU.
+    `auto` means CUDA when torch sees a GPU; torch need only be asked where an NVIDIA driver
+    is installed at all. ONNX engines named explicitly run on the CPU.
     """
     if device == "cpu":
+        return True
+    return device == "auto" and (engine != "auto" or not os.path.exists("/dev/nvidiactl"))
+
+
+def _runs_on_cpu(device: str, engine: str) -> bool:
+    """Whether the model runs on the CPU, without importing torch when that can be avoided."""
+    if surely_on_cpu(device, engine):
         return True
     if device != "auto":
         if engine in ("onnx", "onnx-int8"):
             raise ModelError(f"The {engine} engine runs on the CPU: use --device cpu or --engine torch.")
         return False
-    if engine != "auto" or not os.path.exists("/dev/nvidiactl"):
-        return True
     import torch
 
     return not torch.cuda.is_available()

@@ -6,19 +6,25 @@ The search is split in two so the caller can hold its index lock only around the
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from pixsift.search.results import SearchResult
-from pixsift.storage.catalog import Catalog
 from pixsift.storage.index_choice import IndexKind
 from pixsift.storage.rerank import VectorFetcher, rerank
 
 if TYPE_CHECKING:  # importing FAISS takes a while; only search time needs it
+    from pixsift.storage.records import ImageInfo
     from pixsift.storage.vector_index import VectorIndex
+
+
+class ImageRows(Protocol):
+    """What names search hits: the catalog, or the read-only `CatalogReader`."""
+
+    def images(self, ids: Iterable[int]) -> dict[int, ImageInfo]: ...
 
 
 def fetch_size(index: VectorIndex, k: int, excluded: int) -> int:
@@ -66,7 +72,7 @@ def ranked_hits(
 
 
 def to_results(
-    catalog: Catalog, hits_per_query: Sequence[Sequence[tuple[float, int]]]
+    catalog: ImageRows, hits_per_query: Sequence[Sequence[tuple[float, int]]]
 ) -> list[list[SearchResult]]:
     """Ranked results for each query's (score, id) pairs, named by one catalog read."""
     infos = catalog.images({image_id for hits in hits_per_query for _, image_id in hits})

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
 from pixsift.models.spec import ModelRecord, ModelSpec
+from pixsift.storage.catalog_reader import GENERATION_KEY, blob_to_vector
 from pixsift.storage.database import damaged_error, open_engine, write_error, writer
 from pixsift.storage.records import CatalogCounts, Failure, FreshEmbedding, ImageInfo, KnownFile, RootInfo
 from pixsift.storage.schema import (
@@ -33,7 +34,6 @@ from pixsift.storage.schema import (
     utcnow,
 )
 
-GENERATION_KEY = "vector_generation"
 LOG_FLOOR_KEY = "vector_log_floor"
 T = TypeVar("T")
 _SQL_CHUNK = 500  # ids per IN (...) clause, well below SQLite's variable limit
@@ -41,10 +41,6 @@ _SQL_CHUNK = 500  # ids per IN (...) clause, well below SQLite's variable limit
 
 def vector_to_blob(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
-
-
-def blob_to_vector(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype="<f4")
 
 
 def folder_prefix_range(folder: str) -> tuple[bytes, bytes]:

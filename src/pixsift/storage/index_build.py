@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
 from pixsift.errors import QueryError
-from pixsift.storage.catalog import Catalog
 from pixsift.storage.index_choice import (
     DEFAULT_MEMORY_BUDGET,
     DEFAULT_RECALL_TARGET,
@@ -29,6 +29,9 @@ from pixsift.storage.index_choice import (
 )
 from pixsift.storage.rerank import VectorFetcher, rerank
 from pixsift.storage.vector_index import IndexMeta, VectorIndex
+
+if TYPE_CHECKING:
+    from pixsift.storage.catalog import Catalog
 
 TUNING_QUERIES = 200
 # Tuning measures recall on a few hundred queries: aim a little above the target so that the

@@ -11,10 +11,10 @@ blocking searches and swaps it in whole (see `Library`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from pixsift.errors import LibraryFormatError
 from pixsift.storage import index_build
-from pixsift.storage.catalog import Catalog
 from pixsift.storage.index_build import IndexPolicy, Progress
 from pixsift.storage.index_choice import (
     DEFAULT_MEMORY_BUDGET,
@@ -24,12 +24,21 @@ from pixsift.storage.index_choice import (
 )
 from pixsift.storage.vector_index import VectorIndex
 
+if TYPE_CHECKING:
+    from pixsift.storage.catalog import Catalog
+
 INDEX_TYPE_KEY = "index_type"  # catalog setting: "auto" (absent) or a forced kind
 MEMORY_BUDGET_KEY = "index_memory_budget"  # catalog setting: bytes
 TOMBSTONE_SHARE = 0.2  # HNSW is compacted when this share of its positions are removed ones
 
 
-def load_policy(catalog: Catalog, thresholds: IndexThresholds | None = None) -> IndexPolicy:
+class Settings(Protocol):
+    """Where the library's settings are read: the catalog, or the read-only `CatalogReader`."""
+
+    def setting(self, key: str) -> str | None: ...
+
+
+def load_policy(catalog: Settings, thresholds: IndexThresholds | None = None) -> IndexPolicy:
     """The library's index policy: what `pixsift reindex` stored, else automatic defaults."""
     kind = catalog.setting(INDEX_TYPE_KEY)
     budget = catalog.setting(MEMORY_BUDGET_KEY)

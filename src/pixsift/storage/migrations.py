@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from sqlalchemy import Connection, text
+from typing import TYPE_CHECKING
 
 from pixsift.errors import LibraryFormatError
+
+if TYPE_CHECKING:  # the quick query path reads SCHEMA_VERSION without SQLAlchemy
+    from sqlalchemy import Connection
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ def migrate(connection: Connection) -> list[Migration]:
 
     Returns the migrations applied. Raises LibraryFormatError for a newer, unknown schema.
     """
+    from sqlalchemy import text
+
     current = schema_version(connection)
     if current > SCHEMA_VERSION:
         raise LibraryFormatError(

@@ -22,18 +22,20 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss  # its bundled stubs are SWIG-generated; the few ignores below are theirs
 import numpy as np
 
-from pixsift.storage.catalog import VectorDelta
 from pixsift.storage.index_choice import IndexKind, IndexPlan
+from pixsift.storage.index_header import FILE_FORMAT, MAGIC, READABLE_FORMATS
+from pixsift.storage.index_header import read_generation as read_generation
+from pixsift.storage.index_header import read_header as read_header
 
-MAGIC = b"PIXSIFT-VECTORS\n"
+if TYPE_CHECKING:  # the catalog brings in SQLAlchemy, which loading and searching do without
+    from pixsift.storage.catalog import VectorDelta
+
 TMP_INFIX = ".tmp-"  # vectors.faiss.tmp-PID: a save in progress, or one a crash cut short
-FILE_FORMAT = 2
-READABLE_FORMATS = (1, 2)  # format 1: a flat index without the fields added in 2
 FLAT_PLAN = IndexPlan(IndexKind.flat)
 MAX_WIDENING = 64  # a filter keeping 1/x of the vectors widens nprobe/efSearch by x, up to this
 OPQ_ROUNDS = 4
@@ -351,31 +353,6 @@ class VectorIndex:
 def leftover_files(path: Path) -> list[Path]:
     """Temporary files of saves that a crash cut short (harmless; safe to delete under the lock)."""
     return sorted(path.parent.glob(f"{path.name}{TMP_INFIX}*"))
-
-
-def read_header(path: Path) -> dict[str, Any] | None:
-    """The header of a saved index (generation, kind, tuning), reading only its start."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(MAGIC) + 4096)
-    except OSError:
-        return None
-    if not head.startswith(MAGIC):
-        return None
-    try:
-        header = json.loads(head[len(MAGIC) : head.index(b"\n", len(MAGIC))])
-        if not isinstance(header, dict) or header.get("format") not in READABLE_FORMATS:
-            return None
-        int(header["generation"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    return header
-
-
-def read_generation(path: Path) -> int | None:
-    """The generation stamped in a saved index, reading only its header; None if unreadable."""
-    header = read_header(path)
-    return None if header is None else int(header["generation"])
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -1,0 +1,183 @@
+"""One text search from a cold process, without SQLAlchemy, torch or open_clip when possible.
+
+`pixsift search` runs one query and exits, so its start-up is most of its time: importing
+SQLAlchemy and mapping the schema alone took longer than embedding the text and searching.
+`search_once` answers from a read-only `sqlite3` connection (`storage/catalog_reader.py`), the
+cached ONNX text tower and the saved FAISS file whenever that gives exactly what
+`Library.search` gives, and otherwise opens the `Library` and asks it, silently:
+
+- the library exists, its schema is this pixsift's, and it has a model;
+- the query is text terms only, with no filters;
+- the engine runs the text tower through ONNX Runtime on the CPU, from a cached export of the
+  library's very model (the same `OnnxEmbedder` the library would load, so the same vector);
+- `vectors.faiss` is at the catalog's generation, so nothing needs catching up or saving.
+
+Everything is read inside one read transaction, so an index run committing meanwhile changes
+nothing it sees; if it has saved a newer FAISS file by then, the generations differ and the
+`Library` answers instead. Every error takes that path too, which reports it as it always has.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pixsift.config import DB_NAME, INDEX_NAME, resolve_library_dir
+from pixsift.errors import PixsiftError
+from pixsift.models.spec import ModelRecord
+from pixsift.search.filters import SearchFilters
+from pixsift.search.query import QueryTerm, as_terms, combine
+from pixsift.search.results import SearchResult
+from pixsift.storage.catalog_reader import CatalogReader
+
+if TYPE_CHECKING:
+    from pixsift.models.onnx_embedder import OnnxEmbedder
+    from pixsift.storage.vector_index import VectorIndex
+
+
+class _NotQuickError(Exception):
+    """The quick path cannot give the library's answer: ask the library."""
+
+
+def search_once(
+    text: str,
+    k: int = 10,
+    *,
+    library: str | os.PathLike[str] | None = None,
+    plus: Sequence[str | QueryTerm] = (),
+    minus: Sequence[str | QueryTerm] = (),
+    min_score: float | None = None,
+    filters: SearchFilters | None = None,
+    device: str = "auto",
+    engine: str = "auto",
+) -> list[SearchResult]:
+    """`Library.open(library, create=False, device=..., engine=...).search(text, k, ...)`, for a
+    process that runs one search and exits: the same results, errors included, but on a library
+    whose search index is up to date it imports neither SQLAlchemy nor torch.
+
+    A long-lived program that searches many times should open a `Library` once instead.
+    """
+    quick = answer_quickly(
+        text,
+        k,
+        library=library,
+        plus=plus,
+        minus=minus,
+        min_score=min_score,
+        filters=filters,
+        device=device,
+        engine=engine,
+    )
+    if quick is not None:
+        return quick
+    from pixsift.library import Library
+
+    with Library.open(library, create=False, device=device, engine=engine) as opened:
+        return opened.search(text, k, plus=plus, minus=minus, min_score=min_score, filters=filters)
+
+
+def answer_quickly(
+    text: str,
+    k: int = 10,
+    *,
+    library: str | os.PathLike[str] | None = None,
+    plus: Sequence[str | QueryTerm] = (),
+    minus: Sequence[str | QueryTerm] = (),
+    min_score: float | None = None,
+    filters: SearchFilters | None = None,
+    device: str = "auto",
+    engine: str = "auto",
+) -> list[SearchResult] | None:
+    """`search_once`'s results from the quick path, or None when only the `Library` can give
+    them (it then raises what the library would, or nothing)."""
+    from pixsift.models.loading import surely_on_cpu
+
+    if k < 1 or (filters is not None and not filters.is_empty) or not surely_on_cpu(device, engine):
+        return None
+    try:
+        terms = [QueryTerm(text=text), *as_terms(plus, 1.0), *as_terms(minus, -1.0)]
+        if any(term.text is None for term in terms):
+            return None
+        folder = resolve_library_dir(library)
+        with CatalogReader.open(folder / DB_NAME) as reader, reader.snapshot():
+            return _answer(reader, folder / INDEX_NAME, terms, k, min_score, engine)
+    except (_NotQuickError, PixsiftError, sqlite3.Error, OSError):
+        return None
+
+
+def _answer(
+    reader: CatalogReader,
+    index_path: Path,
+    terms: list[QueryTerm],
+    k: int,
+    min_score: float | None,
+    engine: str,
+) -> list[SearchResult]:
+    from pixsift.storage.index_header import read_generation
+    from pixsift.storage.migrations import SCHEMA_VERSION
+
+    if reader.schema_version() != SCHEMA_VERSION:
+        raise _NotQuickError  # older (the library migrates it) or newer (the library refuses it)
+    record = reader.model()
+    if record is None:
+        raise _NotQuickError
+    generation = reader.generation()
+    if read_generation(index_path) != generation:
+        raise _NotQuickError  # missing, unreadable or stale: the library catches it up
+    embedder = _text_embedder(record, engine)
+    # One step after another: building the text session in a thread beside the tokenizer and
+    # FAISS saved nothing, as ONNX Runtime holds the GIL for most of the build.
+    vectors = embedder.embed_texts([term.text or "" for term in terms])
+    query = combine(vectors, [term.weight for term in terms])
+    index = _saved_index(reader, index_path, generation, record.embed_dim)
+    if query.shape != (index.dim,):
+        raise _NotQuickError
+    return _ranked(reader, index, query, k, min_score)
+
+
+def _saved_index(reader: CatalogReader, path: Path, generation: int, dim: int) -> VectorIndex:
+    """The index saved at `path`, if it is still at `generation` and of vectors of size `dim`."""
+    from pixsift.storage.index_lifecycle import load_policy
+    from pixsift.storage.vector_index import VectorIndex
+
+    load_policy(reader)  # the library's settings: bad ones are the library's to report
+    index = VectorIndex.load(path)
+    if index is None or index.generation != generation or index.dim != dim:
+        raise _NotQuickError  # replaced since the header was read, or made for another model
+    return index
+
+
+def _ranked(
+    reader: CatalogReader, index: VectorIndex, query: np.ndarray, k: int, min_score: float | None
+) -> list[SearchResult]:
+    """What `Library._rank` makes of one query vector with no filter and nothing excluded."""
+    from pixsift.search.engine import fetch_size, nearest, ranked_hits, to_results
+
+    # Without a filter the exact-filter threshold plays no part: any value gives the same.
+    scores, ids = nearest(index, query[None, :], fetch_size(index, k, 0), None, reader.vectors, 0)
+    hits = ranked_hits(scores[0], ids[0], exclude_ids=set(), min_score=min_score)[:k]
+    return to_results(reader, [hits])[0]
+
+
+def _text_embedder(record: ModelRecord, engine: str) -> OnnxEmbedder:
+    """The ONNX text tower the library would load for `record` with `engine` (not loaded yet)."""
+    from pixsift.models.loading import text_precision
+    from pixsift.models.onnx_embedder import OnnxEmbedder
+    from pixsift.models.onnx_export import Export, read_export
+
+    export = read_export(record.spec)
+    if export is None or export.record != record:
+        raise _NotQuickError  # not exported yet, or other weights: the library exports or refuses
+    precision = text_precision(export, engine)
+    if precision is None:
+        raise _NotQuickError
+
+    def cannot_remake() -> Export:
+        raise _NotQuickError  # a damaged file (now discarded): the library exports the model again
+
+    return OnnxEmbedder(export, {"text": precision}, cannot_remake)
