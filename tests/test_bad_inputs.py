@@ -242,3 +242,19 @@ def test_the_command_says_so_in_its_summary_and_exit_code(
         assert f"  {tmp_path / 'Photos' / case.name}: " in listed
     again = run_cli("index", "--library", library)  # unchanged bad files are not retried
     assert again.returncode == 0 and "0 failed" in again.stdout
+
+
+@pytest.mark.slow
+def test_a_huge_valid_photo_is_indexed_without_pillow_warning_on_screen(
+    tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    """Pillow warns about images above 89 megapixels; pixsift sets its own limit and says
+    nothing for a photo it accepts, so the warning must not interrupt the progress display."""
+    photos = tmp_path / "Photos"
+    photos.mkdir()
+    huge_jpeg(photos / "huge.jpg")
+    result = run_cli("index", str(photos), "--library", str(tmp_path / "library"), *tiny_model.index_args())
+    assert result.returncode == 0, result.stderr
+    assert "1 new" in result.stdout, result.stdout
+    assert "decompression bomb" not in result.stderr.lower(), result.stderr
+    assert "Warning" not in result.stderr, result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -91,4 +92,7 @@ def test_saved_tokenizer_loads_the_same(tmp_path: object) -> None:
     ours = ClipTokenizer.from_open_clip(77)
     ours.save(folder / "tokenizer.json")
     loaded = ClipTokenizer.from_file(folder / "tokenizer.json", 77)
-    assert np.array_equal(loaded(STRINGS), ours(STRINGS))
+    texts = STRINGS + random_strings(200) + ascii_strings(40)
+    assert np.array_equal(loaded(texts), ours(texts))
+    merges = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]["merges"]
+    assert len(merges) == 49152 - 256 - 2 and all(isinstance(merge, str) for merge in merges)

@@ -150,6 +150,23 @@ def test_saved_index_round_trip_and_damaged_files(tmp_path: Path) -> None:
     assert VectorIndex.load(tmp_path / "missing.faiss") is None
 
 
+def test_an_index_file_cut_anywhere_or_padded_is_not_loaded(tmp_path: Path) -> None:
+    """FAISS reads its part straight from the file: a file cut short at any point (as a full
+    disk leaves it) or with bytes after its end is refused, never half-loaded."""
+    path = tmp_path / "v.faiss"
+    index = VectorIndex.empty(DIM, generation=3)
+    index.add(np.arange(20), np.stack([unit(seed) for seed in range(20)]))
+    index.save(path)
+    data = path.read_bytes()
+    loaded = VectorIndex.load(path)
+    assert loaded is not None and np.array_equal(loaded.vector(11), index.vector(11))
+    for cut in [*range(1, len(data), max(1, len(data) // 40)), len(data) - 1]:
+        path.write_bytes(data[:cut])
+        assert VectorIndex.load(path) is None, cut
+    path.write_bytes(data + b"\0" * 8)
+    assert VectorIndex.load(path) is None
+
+
 def test_filtered_search_matches_brute_force(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((500, DIM)).astype(np.float32)

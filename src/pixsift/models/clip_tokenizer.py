@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import html
 import importlib.util
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,6 +80,19 @@ def build_tokenizer(bpe_path: Path) -> Tokenizer:
     return tokenizer
 
 
+def _with_merges_as_strings(serialised: str) -> str:
+    """The tokenizer's JSON with each merge written "a b" rather than ["a", "b"].
+
+    `tokenizers` reads both forms; the string form loads about 40 ms faster (of 180 ms), which
+    every cold text search pays. Byte-level symbols never contain a space, so nothing is lost.
+    """
+    data = json.loads(serialised)
+    merges = data["model"]["merges"]
+    if all(isinstance(pair, list) and " " not in "".join(pair) for pair in merges):
+        data["model"]["merges"] = [" ".join(pair) for pair in merges]
+    return json.dumps(data, ensure_ascii=False)
+
+
 # Text made only of these characters is left as it is by ftfy (it has nothing to fix: no
 # mojibake, no control characters, no HTML entity without an "&"), so cleaning it needs neither
 # ftfy, whose import costs a cold query about 0.1 s, nor HTML unescaping. A test checks this
@@ -117,7 +131,7 @@ class ClipTokenizer:
         return cls(Tokenizer.from_file(str(path)), context_length)
 
     def save(self, path: Path) -> None:
-        path.write_text(self._tokenizer.to_str(), encoding="utf-8")
+        path.write_text(_with_merges_as_strings(self._tokenizer.to_str()), encoding="utf-8")
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """Token ids, shape (len(texts), context_length), int64 as the text tower takes them."""

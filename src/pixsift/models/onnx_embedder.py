@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
 from pixsift.errors import ModelError
 from pixsift.models.onnx_export import ONE_INPUT_PER_CALL, TOKENIZER, Export, discard, trim_tokens
@@ -29,6 +28,7 @@ from pixsift.models.spec import ModelRecord
 
 if TYPE_CHECKING:
     import onnxruntime
+    from PIL import Image
 
     from pixsift.models.clip_tokenizer import ClipTokenizer
 

@@ -8,10 +8,12 @@ is a float32 (3, size, size) array; a test checks it against open_clip's own tra
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SUPPORTED_RESIZE_MODES = ("shortest", "squash")
 
@@ -71,6 +73,8 @@ class PixelConfig:
 
 def preprocess(image: Image.Image, config: PixelConfig) -> np.ndarray:
     """An RGB image to the model's input, float32 (3, size, size)."""
+    from PIL import Image  # here, not at the top: a text search reads PixelConfig, never pixels
+
     # open_clip maps "random" (a training option) to bicubic at inference, as here.
     resample = Image.Resampling.BILINEAR if config.interpolation == "bilinear" else Image.Resampling.BICUBIC
     size = config.size
