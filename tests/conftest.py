@@ -31,19 +31,30 @@ class TinyModel:
         return ["--model", str(self.config), "--pretrained", str(self.checkpoint)]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Set before any fixture, module-wide ones included: nothing the tests run touches the
+    user's library or caches, and nothing can download."""
+    home = tmp_path_factory.mktemp("isolated-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PIXSIFT_LIBRARY", str(home / "default-library"))
+        patch.setenv("HF_HOME", str(home / "hf-home"))
+        patch.setenv("PIXSIFT_CACHE_DIR", str(home / "pixsift-cache"))
+        patch.setenv("HF_ENDPOINT", CLOSED_PORT_URL)
+        yield home
+
+
 @pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shared_cache(isolated_session: Path) -> Path:
     """One pixsift cache for the session: a model is exported to ONNX once, not per test."""
-    return tmp_path_factory.mktemp("pixsift-cache")
+    return isolated_session / "pixsift-cache"
 
 
 @pytest.fixture(autouse=True)
-def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache: Path) -> None:
-    """No test touches the user's library or caches, and nothing can download."""
+def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test has its own default library and Hugging Face home."""
     monkeypatch.setenv("PIXSIFT_LIBRARY", str(tmp_path / "default-library"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("PIXSIFT_CACHE_DIR", str(shared_cache))
-    monkeypatch.setenv("HF_ENDPOINT", CLOSED_PORT_URL)
 
 
 @pytest.fixture(scope="session")
