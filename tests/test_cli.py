@@ -190,7 +190,7 @@ def test_an_interrupted_run_keeps_its_work_and_the_next_one_finishes(
     done = indexed_count(library)
     assert 0 < done < 60, "the run ended before it could be interrupted"
     if stop == signal.SIGINT:
-        assert process.returncode == 130
+        assert process.returncode == 130, stderr
         assert "interrupted after" in stderr and "run the same command again to continue" in stderr
     else:
         assert process.returncode == -signal.SIGKILL

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -148,6 +149,32 @@ def test_saved_index_round_trip_and_damaged_files(tmp_path: Path) -> None:
     assert VectorIndex.load(tmp_path / "v.faiss") is None
     assert read_generation(tmp_path / "v.faiss") is None
     assert VectorIndex.load(tmp_path / "missing.faiss") is None
+
+
+def test_ctrl_c_inside_a_write_is_delivered_after_its_commit(catalog: Catalog) -> None:
+    """Ctrl-C mid-transaction must not leave SQLite's write lock behind (the next write, such
+    as saving the search index after an interrupted run, would wait and fail)."""
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), catalog.write() as batch:
+        batch.add_images([("/photos/a.jpg", 1, 1)])
+        signal.raise_signal(signal.SIGINT)  # as a user's Ctrl-C, in the middle of the batch
+        batch.add_images([("/photos/b.jpg", 1, 1)])  # the batch still completes
+    assert signal.getsignal(signal.SIGINT) is before
+    assert sorted(catalog.known_files("/photos")) == ["/photos/a.jpg", "/photos/b.jpg"]
+    add(catalog, "/photos/c.jpg", 1)  # no lock left: this would wait 30 s and fail
+    assert len(catalog.known_files("/photos")) == 3
+
+
+def test_ctrl_c_ignored_before_a_write_stays_ignored(catalog: Catalog) -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with catalog.write() as batch:
+            batch.add_images([("/photos/a.jpg", 1, 1)])
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert list(catalog.known_files("/photos")) == ["/photos/a.jpg"]
 
 
 def test_an_index_file_cut_anywhere_or_padded_is_not_loaded(tmp_path: Path) -> None:

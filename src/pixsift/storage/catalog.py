@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.storage.catalog_reader import GENERATION_KEY, blob_to_vector
 from pixsift.storage.database import damaged_error, open_engine, write_error, writer
+from pixsift.storage.interrupts import interrupts_deferred
 from pixsift.storage.records import CatalogCounts, Failure, FreshEmbedding, ImageInfo, KnownFile, RootInfo
 from pixsift.storage.schema import (
     Base,
@@ -104,10 +105,15 @@ class Catalog:
         """One write transaction; its vector changes are logged under a new generation.
 
         A write that fails (full disk, read-only folder, I/O error) is rolled back whole and
-        raised as LibraryWriteError; the transactions committed before it are kept.
+        raised as LibraryWriteError; the transactions committed before it are kept. Ctrl-C
+        during the transaction is delivered when it has ended (see `interrupts.py`).
         """
         try:
-            with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            with (
+                interrupts_deferred(),
+                Session(self._writer, expire_on_commit=False) as session,
+                session.begin(),
+            ):
                 batch = CatalogWriter(session)
                 yield batch
                 batch._log_vector_changes()

@@ -18,6 +18,7 @@ from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 
 from pixsift.errors import LibraryFormatError, LibraryWriteError
+from pixsift.storage.interrupts import interrupts_deferred
 from pixsift.storage.migrations import migrate
 
 BUSY_TIMEOUT_MS = 30_000
@@ -36,7 +37,7 @@ def open_engine(db_path: Path) -> Engine:
     event.listen(engine, "connect", _configure_connection)
     event.listen(engine, "begin", _begin)
     try:
-        with writer(engine).begin() as connection:
+        with interrupts_deferred(), writer(engine).begin() as connection:
             migrate(connection)
     except DBAPIError as exc:  # not a database, another program's database, no permission
         engine.dispose()
