@@ -61,7 +61,12 @@ def format_report(report: IndexReport) -> str:
         f"{report.unchanged + report.touched} unchanged",
         f"{report.failed} failed",
     ]
-    rate = f", {report.embedded / report.embed_s:.1f} images/s" if report.embedded and report.embed_s else ""
+    # The rate is the embedding phase's: a first run's one-time model export is in the total only.
+    rate = (
+        f", embedding {report.embedded / report.embed_s:.1f} images/s"
+        if report.embedded and report.embed_s
+        else ""
+    )
     took = f"{'interrupted after ' if report.interrupted else ''}{report.elapsed_s:.1f} s{rate}"
     lines = [f"{report.scanned} images found: {', '.join(parts)} ({took})."]
     for folder, reason in report.unreadable_dirs:
