@@ -9,30 +9,37 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 MAGIC = b"PIXSIFT-VECTORS\n"
 FILE_FORMAT = 2
 READABLE_FORMATS = (1, 2)  # format 1: a flat index without the fields added in 2
+MAX_HEADER_BYTES = 4096
 
 
 def read_header(path: Path) -> dict[str, Any] | None:
     """The header of a saved index (generation, kind, tuning), reading only its start."""
     try:
         with open(path, "rb") as f:
-            head = f.read(len(MAGIC) + 4096)
+            return header_from(f)
     except OSError:
         return None
-    if not head.startswith(MAGIC):
+
+
+def header_from(file: BinaryIO) -> dict[str, Any] | None:
+    """The header at the start of an open index file, which is left just after it (where the
+    FAISS bytes begin); None if it is not a readable pixsift index header."""
+    if file.read(len(MAGIC)) != MAGIC:
         return None
+    line = file.readline(MAX_HEADER_BYTES)
     try:
-        header = json.loads(head[len(MAGIC) : head.index(b"\n", len(MAGIC))])
+        header = json.loads(line)
         if not isinstance(header, dict) or header.get("format") not in READABLE_FORMATS:
             return None
         int(header["generation"])
     except (ValueError, KeyError, TypeError):
         return None
-    return header
+    return header if line.endswith(b"\n") else None
 
 
 def read_generation(path: Path) -> int | None:

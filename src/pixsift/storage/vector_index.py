@@ -28,7 +28,7 @@ import faiss  # its bundled stubs are SWIG-generated; the few ignores below are 
 import numpy as np
 
 from pixsift.storage.index_choice import IndexKind, IndexPlan
-from pixsift.storage.index_header import FILE_FORMAT, MAGIC, READABLE_FORMATS
+from pixsift.storage.index_header import FILE_FORMAT, MAGIC, header_from
 from pixsift.storage.index_header import read_generation as read_generation
 from pixsift.storage.index_header import read_header as read_header
 
@@ -336,21 +336,22 @@ class VectorIndex:
 
     @classmethod
     def _read(cls, file: BinaryIO) -> VectorIndex | None:
-        if file.read(len(MAGIC)) != MAGIC:
-            return None
-        header = json.loads(file.readline())
-        if header.get("format") not in READABLE_FORMATS:
+        header = header_from(file)
+        if header is None:
             return None
         meta = IndexMeta.from_dict(header)
         # FAISS reads its part straight from the file: no copy of the whole file in memory
         # first (at 10,000 vectors a cold search saves 40 ms; at millions, gigabytes).
         start = file.tell()
         index = faiss.read_index(faiss.PyCallbackIOReader(file.read))  # type: ignore[attr-defined]
-        if file.tell() - start != int(header.get("faiss_bytes", file.tell() - start)):
-            return None
+        faiss_bytes = file.tell() - start
         label_bytes = int(header.get("label_bytes", 0))
         labels = np.frombuffer(file.read(label_bytes), dtype="<i8")
-        if len(labels) * 8 != label_bytes or file.read(1):  # not the length its header gives
+        if (
+            faiss_bytes != int(header.get("faiss_bytes", faiss_bytes))  # format 1 does not say
+            or len(labels) * 8 != label_bytes
+            or file.read(1)  # the file is longer than its header says
+        ):
             return None
         if meta.plan.kind is IndexKind.hnsw and len(labels) != index.ntotal:
             return None
