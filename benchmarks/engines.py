@@ -3,9 +3,10 @@
     python benchmarks/engines.py [--model ViT-B-32] [--batch-size 32] [--photos DIR] [--json FILE]
 
 Candidates, each timed on the same batch in one run: torch eager fp32 (the reference), torch
-dynamic int8 (the Linear layers), torch.compile, ONNX Runtime fp32 and int8 (pixsift's own
-export) in one batched call, the int8 file as pixsift runs it (`--engine auto` / `onnx-int8`:
-one image per call, the calls on parallel threads, so no vector depends on its batch), and
+dynamic int8 (the Linear layers), torch.compile, ONNX Runtime fp32 (pixsift's own export) in
+one batched call, pixsift's int8 export as pixsift runs it (`--engine auto` / `onnx-int8`: one
+image per call, the calls on parallel threads, so no vector depends on its batch; the file is
+traced for one image, so it has no batched form), and
 OpenVINO on the fp32 ONNX file when the `openvino` package is installed. Accuracy is the worst
 cosine of each engine's embeddings to torch fp32's on real photos (the first --cosine-photos
 files of --photos, by default made by ../shared/photos.py). --model synthetic-tiny checks int8
@@ -102,7 +103,6 @@ def candidates(clip: Any, spec: Any, export_folder: Path, compile_too: bool) -> 
 
         found["torch.compile (inductor)"] = run_compiled
     found["ONNX Runtime fp32"] = onnx_runner(export_folder / "image-fp32.onnx")
-    found["ONNX Runtime int8 (dynamic, QInt8, reduce_range)"] = onnx_runner(export_folder / "image-int8.onnx")
     found["ONNX Runtime int8, one image per call (pixsift)"] = pixsift_runner(spec, "onnx-int8")
     found["OpenVINO fp32 (from the ONNX file)"] = openvino_runner(export_folder / "image-fp32.onnx")
     return found
