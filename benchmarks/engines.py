@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,14 @@ def candidates(clip: Any, spec: Any, export_folder: Path, compile_too: bool) -> 
 
     model = clip.model
     found: dict[str, Runner | None] = {"torch eager fp32": torch_runner(model)}
-    quantised = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-        model, {torch.nn.Linear}, dtype=torch.qint8
-    )
+    with warnings.catch_warnings():
+        # torch.ao's quantisation is deprecated in favour of torchao; it is measured here as
+        # the int8 that torch itself still ships, and its notices would bury the table.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*(deprecated|torchao).*")
+        quantised = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+            model, {torch.nn.Linear}, dtype=torch.qint8
+        )
     found["torch dynamic int8 (Linear)"] = torch_runner(quantised)
     if compile_too:
         compiled = torch.compile(model.visual)

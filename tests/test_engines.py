@@ -122,6 +122,29 @@ def test_export_is_cached_and_reused_without_torch(tiny_model: TinyModel) -> Non
     assert done.stdout.split() == ["64", "False", "False"]
 
 
+def test_int8_image_tower_is_made_for_one_image_per_call(tiny_model: TinyModel) -> None:
+    """It only ever runs one image per call, so it is traced for one (its shape arithmetic
+    folds away), keeps the patch convolution in fp32, and leaves no working file behind."""
+    import onnx
+
+    spec = tiny_spec(tiny_model)
+    load_embedder(spec, "cpu", "auto")
+    export = read_export(spec)
+    assert export is not None
+    assert sorted(path.name for path in export.folder.iterdir()) == sorted([*export.files, "meta.json"])
+
+    def graph(name: str) -> onnx.GraphProto:
+        return onnx.load(str(export.folder / name), load_external_data=False).graph
+
+    int8, fp32 = graph("image-int8.onnx"), graph("image-fp32.onnx")
+    assert int8.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert fp32.input[0].type.tensor_type.shape.dim[0].dim_param  # batched calls: a dynamic axis
+    operators = {node.op_type for node in int8.node}
+    assert "ConvInteger" not in operators and operators & {"Conv", "FusedConv"}
+    assert "DynamicQuantizeMatMul" in operators or "MatMulInteger" in operators
+    assert len(int8.node) < len(fp32.node)
+
+
 def test_damaged_export_is_made_again(tiny_model: TinyModel, photo_set: Path) -> None:
     spec = tiny_spec(tiny_model)
     photos = sorted(photo_set.iterdir())[:3]
