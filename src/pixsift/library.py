@@ -15,19 +15,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 from filelock import FileLock, Timeout
-from PIL import Image as PILImage
 
 from pixsift.access import resolve_inside
 from pixsift.config import DB_NAME, INDEX_NAME, LOCK_WAIT_S, resolve_library_dir
 from pixsift.errors import (
     EmptyLibraryError,
-    ImageError,
     ImageNotFoundError,
-    ImageTooLargeError,
     InvalidPathError,
     LibraryBusyError,
     LibraryNotFoundError,
@@ -36,11 +33,12 @@ from pixsift.errors import (
 )
 from pixsift.evaluation import DEFAULT_CUTOFFS, EvalReport, LabelledQuery, evaluate, read_queries
 from pixsift.indexer import Indexer, IndexProgress, IndexReport, IndexSettings, RootRequest
-from pixsift.indexer.decode import default_max_pixels, describe_error, open_oriented
+from pixsift.indexer.decode import default_max_pixels
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
 from pixsift.search.diversity import mmr_order
 from pixsift.search.engine import fetch_size, nearest, ranked_hits, to_results
+from pixsift.search.examples import Example, ExampleVectors
 from pixsift.search.recommend import RocchioWeights, rocchio
 from pixsift.storage import Catalog, CatalogCounts, Failure, ImageInfo, RootInfo
 from pixsift.storage.index_keeper import IndexKeeper
@@ -55,10 +53,6 @@ THUMBNAILS_DIR = "thumbnails"
 MMR_POOL_MIN = 50  # candidates MMR chooses from: enough variety beyond the top k
 MMR_POOL_MAX = 1000
 DEFAULT_ROCCHIO = RocchioWeights()
-
-# An example for `recommend` and `similar`: an image id, an image file (a Path, or a str for
-# `similar`), a text (a str for `recommend`), an image's encoded bytes, or a weighted term.
-Example = Union[int, str, "os.PathLike[str]", bytes, QueryTerm]
 
 EmbedderLoader = Callable[[ModelSpec, str], Embedder]
 
@@ -384,7 +378,7 @@ class Library:
         """`search` for many texts at once: one model call and one FAISS call for them all."""
         if not texts:
             return []
-        vectors, _ = self._example_vectors([QueryTerm(text=text) for text in texts])
+        vectors, _ = self._examples.of([QueryTerm(text=text) for text in texts])
         return self._rank(vectors, k, filters, [set() for _ in texts], min_score)
 
     def similar(
@@ -422,7 +416,7 @@ class Library:
             os.fspath(item) if isinstance(item, os.PathLike) else item for item in images
         ]
         examples = [QueryTerm(image=item) if isinstance(item, str) else item for item in examples]
-        vectors, ids = self._example_vectors(examples)
+        vectors, ids = self._examples.of(examples)
         excludes = [set() if image_id is None else {image_id} for image_id in ids]
         return self._rank(vectors, k, filters, excludes, min_score)
 
@@ -449,7 +443,7 @@ class Library:
             raise QueryError(f"diversity must be from 0 to 1, not {diversity}.")
         if k < 1:
             raise QueryError("k must be at least 1.")
-        rows, ids = self._example_vectors([*positive, *negative])
+        rows, ids = self._examples.of([*positive, *negative])
         query = rocchio(rows[: len(positive)], rows[len(positive) :], weights)
         excluded = {int(i) for i in exclude} | {i for i in ids if i is not None}
         if diversity == 0.0:
@@ -476,7 +470,7 @@ class Library:
         """Images ranked by a weighted combination of text and image terms."""
         if not terms:
             raise ValueError("search_terms needs at least one term")
-        vectors, query_ids = self._example_vectors(terms)
+        vectors, query_ids = self._examples.of(terms)
         query = combine(vectors, [term.weight for term in terms])
         excluded = {image_id for image_id in query_ids if image_id is not None}
         return self._rank(query[None, :], k, _merge(filters, under), [excluded], min_score)[0]
@@ -548,72 +542,9 @@ class Library:
             taken_before=taken_before,
         )
 
-    def _example_vectors(self, examples: Sequence[Example]) -> tuple[np.ndarray, list[int | None]]:
-        """One vector per example, in order; also the id of each that is an indexed image."""
-        rows: list[np.ndarray | None] = [None] * len(examples)
-        ids: list[int | None] = [None] * len(examples)
-        wanted_ids = [e for e in examples if isinstance(e, int) and not isinstance(e, bool)]
-        stored = self._catalog.vectors(wanted_ids) if wanted_ids else {}
-        texts: list[tuple[int, str]] = []
-        for position, example in enumerate(examples):
-            if isinstance(example, bool):
-                raise QueryError("An example is an image id, an image file, a text or image bytes.")
-            if isinstance(example, int):
-                if example not in stored:
-                    raise ImageNotFoundError(f"No indexed image has id {example}.")
-                rows[position], ids[position] = stored[example], example
-            elif isinstance(example, bytes):
-                rows[position] = self._bytes_vector(example)
-            elif isinstance(example, os.PathLike):
-                rows[position], ids[position] = self._image_vector(os.fspath(example))
-            elif isinstance(example, str):
-                texts.append((position, QueryTerm(text=example).text or ""))
-            elif example.image is not None:
-                rows[position], ids[position] = self._image_vector(example.image)
-            else:
-                texts.append((position, example.text or ""))
-        if texts:
-            embedded = self._embedder_or_load().embed_texts([text for _, text in texts])
-            for (position, _), vector in zip(texts, embedded, strict=True):
-                rows[position] = vector
-        return np.stack([row for row in rows if row is not None]), ids
-
-    def _image_vector(self, image: str) -> tuple[np.ndarray, int | None]:
-        """An image file's vector: the stored one if the file is indexed and unchanged."""
-        path = os.path.abspath(os.path.expanduser(image))
-        try:
-            stat = os.stat(path)
-        except FileNotFoundError:
-            raise InvalidPathError(f"Image {path} not found.") from None
-        except (OSError, ValueError) as exc:
-            raise InvalidPathError(f"Cannot read image {path}: {describe_error(exc)}") from None
-        # Indexed paths start from a resolved root: a path given through a link may differ.
-        known = self._catalog.known_file(path) or self._catalog.known_file(os.path.realpath(path))
-        if known is not None and known.size == stat.st_size and known.mtime_ns == stat.st_mtime_ns:
-            stored = self._catalog.vector(known.id) if known.has_vector else None
-            if stored is not None:
-                return stored, known.id
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise ImageError(f"Cannot read image {path}: {describe_error(exc)}") from exc
-        return self._bytes_vector(data, name=path), known.id if known else None
-
-    def _bytes_vector(self, data: bytes, *, name: str | None = None) -> np.ndarray:
-        """The vector of an encoded image (JPEG, PNG...) given as bytes, read from file `name`."""
-        embedder = self._embedder_or_load()
-        label = f"image {name}" if name else "the image given"
-        try:
-            image, *_ = open_oriented(data, embedder.image_size, self.max_pixels)
-            pixels = embedder.preprocess(image)
-        except PILImage.DecompressionBombError:
-            raise ImageTooLargeError(
-                f"Cannot read {label}: it has more pixels than the limit of {self.max_pixels:,}."
-            ) from None
-        except Exception as exc:  # any decode failure is the image's fault, told as such
-            raise ImageError(f"Cannot read {label}: {describe_error(exc)}") from exc
-        return np.asarray(embedder.embed_images([pixels])[0], dtype=np.float32)
+    @property
+    def _examples(self) -> ExampleVectors:
+        return ExampleVectors(self._catalog, self._embedder_or_load, self.max_pixels)
 
     def _existing_folder(self, under: str | os.PathLike[str]) -> str:
         folder = Path(under).expanduser()

@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from pixsift.library import Example, Library
+from pixsift.library import Library
 from pixsift.search import QueryTerm, SearchResult
+from pixsift.search.examples import Example
 from pixsift.server.deps import ERRORS, core_filters, filter_params, library_of
 from pixsift.server.schemas import (
     ID_MAX,

@@ -1,0 +1,106 @@
+"""Turning what a user gives as a query example into vectors: image ids, image files, image
+bytes, texts and weighted terms, each to the vector the library would give it.
+
+An indexed image (given by id, or as a file that is indexed and unchanged) uses its stored
+vector, so asking for images like one already in the library costs no model call; anything
+else is embedded, texts together in one call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+from PIL import Image
+
+from pixsift.errors import ImageError, ImageNotFoundError, ImageTooLargeError, InvalidPathError, QueryError
+from pixsift.indexer.decode import describe_error, open_oriented
+from pixsift.search.query import QueryTerm
+
+if TYPE_CHECKING:
+    from pixsift.models import Embedder
+    from pixsift.storage import Catalog
+
+# An example for `recommend` and `similar`: an image id, an image file (a Path, or a str for
+# `similar`), a text (a str for `recommend`), an image's encoded bytes, or a weighted term.
+Example = Union[int, str, "os.PathLike[str]", bytes, QueryTerm]
+
+
+class ExampleVectors:
+    """The vectors of query examples, from the `catalog`'s stored vectors or the model that
+    `embedder()` loads (only when some example needs it)."""
+
+    def __init__(self, catalog: Catalog, embedder: Callable[[], Embedder], max_pixels: int) -> None:
+        self._catalog = catalog
+        self._embedder = embedder
+        self._max_pixels = max_pixels
+
+    def of(self, examples: Sequence[Example]) -> tuple[np.ndarray, list[int | None]]:
+        """One vector per example, in order; also the id of each that is an indexed image."""
+        rows: list[np.ndarray | None] = [None] * len(examples)
+        ids: list[int | None] = [None] * len(examples)
+        wanted_ids = [e for e in examples if isinstance(e, int) and not isinstance(e, bool)]
+        stored = self._catalog.vectors(wanted_ids) if wanted_ids else {}
+        texts: list[tuple[int, str]] = []
+        for position, example in enumerate(examples):
+            if isinstance(example, bool):
+                raise QueryError("An example is an image id, an image file, a text or image bytes.")
+            if isinstance(example, int):
+                if example not in stored:
+                    raise ImageNotFoundError(f"No indexed image has id {example}.")
+                rows[position], ids[position] = stored[example], example
+            elif isinstance(example, bytes):
+                rows[position] = self.of_bytes(example)
+            elif isinstance(example, os.PathLike):
+                rows[position], ids[position] = self.of_file(os.fspath(example))
+            elif isinstance(example, str):
+                texts.append((position, QueryTerm(text=example).text or ""))
+            elif example.image is not None:
+                rows[position], ids[position] = self.of_file(example.image)
+            else:
+                texts.append((position, example.text or ""))
+        if texts:
+            embedded = self._embedder().embed_texts([text for _, text in texts])
+            for (position, _), vector in zip(texts, embedded, strict=True):
+                rows[position] = vector
+        return np.stack([row for row in rows if row is not None]), ids
+
+    def of_file(self, image: str) -> tuple[np.ndarray, int | None]:
+        """An image file's vector (the stored one if the file is indexed and unchanged), and
+        its id if it is indexed."""
+        path = os.path.abspath(os.path.expanduser(image))
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            raise InvalidPathError(f"Image {path} not found.") from None
+        except (OSError, ValueError) as exc:
+            raise InvalidPathError(f"Cannot read image {path}: {describe_error(exc)}") from None
+        # Indexed paths start from a resolved root: a path given through a link may differ.
+        known = self._catalog.known_file(path) or self._catalog.known_file(os.path.realpath(path))
+        if known is not None and known.size == stat.st_size and known.mtime_ns == stat.st_mtime_ns:
+            stored = self._catalog.vector(known.id) if known.has_vector else None
+            if stored is not None:
+                return stored, known.id
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise ImageError(f"Cannot read image {path}: {describe_error(exc)}") from exc
+        return self.of_bytes(data, name=path), known.id if known else None
+
+    def of_bytes(self, data: bytes, *, name: str | None = None) -> np.ndarray:
+        """The vector of an encoded image (JPEG, PNG...) given as bytes, read from file `name`."""
+        embedder = self._embedder()
+        label = f"image {name}" if name else "the image given"
+        try:
+            image, *_ = open_oriented(data, embedder.image_size, self._max_pixels)
+            pixels = embedder.preprocess(image)
+        except Image.DecompressionBombError:
+            raise ImageTooLargeError(
+                f"Cannot read {label}: it has more pixels than the limit of {self._max_pixels:,}."
+            ) from None
+        except Exception as exc:  # any decode failure is the image's fault, told as such
+            raise ImageError(f"Cannot read {label}: {describe_error(exc)}") from exc
+        return np.asarray(embedder.embed_images([pixels])[0], dtype=np.float32)
