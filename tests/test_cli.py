@@ -168,6 +168,12 @@ def indexed_count(library: Path) -> int:
         return 0
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """In the child: Ctrl-C's default action, which a test run started in the background would
+    otherwise pass on as ignored (so the command would rightly not stop)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
 def test_an_interrupted_run_keeps_its_work_and_the_next_one_finishes(
     stop: signal.Signals, tmp_path: Path, tiny_model: TinyModel
@@ -181,6 +187,7 @@ def test_an_interrupted_run_keeps_its_work_and_the_next_one_finishes(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,
     )
     deadline = time.monotonic() + 120
     while indexed_count(library) == 0 and process.poll() is None and time.monotonic() < deadline:
