@@ -222,7 +222,7 @@ class Catalog:
 
         Images that failed to index are among them: a search restricted to these ids finds
         only those it holds vectors for. Asking SQLite for the vectors' presence as well would
-        walk the whole vector table (2 KB rows), four times the cost of the filter itself.
+        walk the whole vector table (2 KB rows): three to four times the cost of the filter.
         """
         query = select(Image.id)
         if folder is not None:
@@ -240,7 +240,7 @@ class Catalog:
                 query = query.where(taken >= taken_after)
             if taken_before is not None:
                 query = query.where(taken < taken_before)
-        with self._read() as session:  # Core rows, not the ORM's: 15% less time for a million
+        with self._read() as session:  # Core rows, not the ORM's: 15% less time for 200,000 ids
             return np.fromiter(session.connection().execute(query).scalars(), dtype=np.int64)
 
     def embedded_paths(self) -> list[str]:
