@@ -190,6 +190,9 @@ def test_nothing_matching_gives_nothing(filtered: FilteredLibrary) -> None:
         ({"before": "2024-13-01"}, "is not a date"),
         ({"after": "2024-05-01", "before": "2024-05-01"}, "must be earlier than before"),
         ({"after": 20240501}, "must be a date"),
+        # instants past either end of the calendar once moved into local time (any real zone)
+        ({"after": "9999-12-31T23:59:59-14:00"}, "outside the range of dates"),
+        ({"before": "0001-01-01T00:00:00+14:00"}, "outside the range of dates"),
     ],
 )
 def test_bad_dates_are_refused_clearly(arguments: dict[str, object], message: str) -> None:
@@ -331,3 +334,6 @@ def test_date_filters_through_the_server(dated_photos: Path, tiny_model: TinyMod
             "/search", json={"q": "x", "filters": {"after": "2022-01-01", "before": "2021-01-01"}}
         )
         assert backwards.status_code == 400
+        past_the_calendar = client.get("/search", params={"q": "x", "after": "9999-12-31T23:59:59-14:00"})
+        assert past_the_calendar.status_code == 400
+        assert "outside the range of dates" in past_the_calendar.json()["message"]

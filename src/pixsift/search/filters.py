@@ -99,5 +99,8 @@ def _iso_moment(name: str, value: DateLike) -> str:
     else:
         raise QueryError(f"Filter {name} must be a date, a datetime or ISO text, not {type(value).__name__}.")
     if moment.tzinfo is not None:  # an instant: compared as this machine's local time
-        moment = moment.astimezone().replace(tzinfo=None)
+        try:
+            moment = moment.astimezone().replace(tzinfo=None)
+        except OverflowError:  # 9999-12-31T23:59-14:00 is after the last local datetime
+            raise QueryError(f"Filter {name} {str(value)!r} is outside the range of dates.") from None
     return moment.replace(microsecond=0).isoformat()
