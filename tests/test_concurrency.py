@@ -45,9 +45,8 @@ def test_a_second_index_run_refuses_with_a_clear_message(
         with pytest.raises(LibraryBusyError) as busy:
             library.index(photos, wait=0)
         assert str(busy.value) == (
-            f"Another pixsift process is indexing or repairing the library at {library_dir}. Run this "
-            "again when it has finished, or let it wait longer with --wait SECONDS; indexing needs "
-            "the library to itself."
+            f"Another pixsift process is indexing or repairing the library at {library_dir}; "
+            "indexing needs the library to itself. Try again when it has finished."
         )
         with pytest.raises(LibraryBusyError, match=r"\(waited 0.2 s\)"):
             library.index(photos, wait=0.2)
@@ -67,8 +66,9 @@ def test_the_command_refuses_in_one_line(library_dir: Path, photos: Path, tiny_m
         )
     assert result.exit_code == 1
     assert result.stderr.startswith(
-        f"error: Another pixsift process is indexing or repairing the library at {library_dir}."
+        f"error: Another pixsift process is indexing or repairing the library at {library_dir};"
     )
+    assert result.stderr.endswith("To wait longer, use --wait SECONDS.\n")
     assert result.stderr.count("\n") == 1
 
 
@@ -88,12 +88,31 @@ def test_with_wait_a_second_run_goes_when_the_first_is_done(
     holder = threading.Thread(target=first_run)
     holder.start()
     held.wait()
+    phases = PhaseRecorder()
     with Library.open(library_dir) as library:
-        report = index(library, tiny_model, photos, wait=None)
+        report = index(library, tiny_model, photos, wait=None, progress=phases)
         finished = time.monotonic()
     holder.join()
     assert report.added == 12  # type: ignore[attr-defined]
     assert released and released[0] <= finished  # it waited for the lock
+    assert phases.started[0] == "Waiting for another index run"  # a wait never looks like a hang
+    assert "Waiting for another index run" not in phases.started[1:]
+
+
+class PhaseRecorder:
+    """An IndexProgress that remembers which phases began."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    def start(self, phase: str, total: int | None = None) -> None:
+        self.started.append(phase)
+
+    def advance(self, steps: int = 1) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
 
 
 @pytest.mark.slow

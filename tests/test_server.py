@@ -22,6 +22,7 @@ from PIL import Image
 
 from conftest import TinyModel
 from pixsift import Library, SearchFilters
+from pixsift.config import LOCK_WAIT_S
 from pixsift.server import ServerSettings, check_bind
 from pixsift.server.settings import UnsafeBindError
 from sample_photos import make_photo, save, write_photos
@@ -435,11 +436,16 @@ def test_one_job_at_a_time_and_a_busy_library(own: tuple[Library, Path]) -> None
     other_process = FileLock(library.path / "library.lock", thread_local=False)
     with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
         with other_process:  # as if `pixsift index` ran in another process
+            submitted = time.monotonic()
             first = http.post("/index", json={}).json()
             assert_error(http.post("/index", json={}), 409, "job_running")
             assert http.get("/stats").json()["running_job"] == first["id"]
             assert_error(http.delete(f"/images/{image_id}"), 409, "library_busy")
             assert http.get("/search", params={"q": "x"}).status_code == 200
+            # past the command line's default wait, the job still waits, and says so
+            time.sleep(max(0.0, LOCK_WAIT_S + 1 - (time.monotonic() - submitted)))
+            waiting = http.get(f"/jobs/{first['id']}").json()
+            assert (waiting["state"], waiting["phase"]) == ("running", "Waiting for another index run")
         job = wait_for_job(http, first["id"])
         assert job["state"] == "succeeded", job  # it waited for the lock, then ran
         assert http.post("/index", json={}).status_code == 202

@@ -20,7 +20,7 @@ import typer
 
 from pixsift import __version__
 from pixsift.config import LOCK_WAIT_S
-from pixsift.errors import PixsiftError
+from pixsift.errors import LibraryBusyError, PixsiftError
 from pixsift.formatting import ResultFormat, StatusFormat
 
 if TYPE_CHECKING:
@@ -162,6 +162,9 @@ def _user_errors() -> Iterator[None]:
     """Turn the core's errors into one line on stderr and exit code 1."""
     try:
         yield
+    except LibraryBusyError as exc:  # only the commands that take --wait meet it
+        typer.echo(f"error: {exc} To wait longer, use --wait SECONDS.", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
     except PixsiftError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None

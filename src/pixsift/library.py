@@ -213,7 +213,7 @@ class Library:
         seconds (None: as long as it takes) and then raises LibraryBusyError.
         """
         requests, skipped = self._root_requests(roots, include_hidden, follow_symlinks)
-        with self._locked(wait, "indexing"):
+        with self._locked(wait, "indexing", progress):
             embedder = self._embedder_for_indexing(model, pretrained, reembed)
             report = self._run_indexer(requests, embedder, batch_size, workers, progress)
         report.skipped_roots = skipped
@@ -225,17 +225,19 @@ class Library:
         batch_size: int = 32,
         workers: int | None = None,
         progress: IndexProgress | None = None,
+        wait: float | None = LOCK_WAIT_S,
     ) -> IndexReport:
         """Bring folders or files inside the library's roots up to date; with none, every root.
 
         Unlike `index`, this never adds a root: each path must lie inside one already indexed
         (else AccessDeniedError), and is walked with that root's options. A file is indexed with
-        the rest of its folder (unchanged files there are not opened).
+        the rest of its folder (unchanged files there are not opened). Waits for another index
+        run as `index` does.
         """
         if not paths:
-            return self.index(batch_size=batch_size, workers=workers, progress=progress)
+            return self.index(batch_size=batch_size, workers=workers, progress=progress, wait=wait)
         requests = [self._scoped_request(path) for path in paths]
-        with self._locked(LOCK_WAIT_S, "indexing"):
+        with self._locked(wait, "indexing", progress):
             embedder = self._embedder_for_indexing(None, None, reembed=False)
             return self._run_indexer(requests, embedder, batch_size, workers, progress)
 
@@ -282,21 +284,34 @@ class Library:
         return report
 
     @contextmanager
-    def _locked(self, wait: float | None, doing: str) -> Iterator[None]:
-        """Hold the library's write lock, waiting up to `wait` seconds (None: for ever)."""
+    def _locked(
+        self, wait: float | None, doing: str, progress: IndexProgress | None = None
+    ) -> Iterator[None]:
+        """Hold the library's write lock, waiting up to `wait` seconds (None: for ever); while
+        it waits, `progress` shows a waiting phase, so a wait never looks like a hang."""
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            self._wait_for_lock(wait, doing, progress)
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _wait_for_lock(self, wait: float | None, doing: str, progress: IndexProgress | None) -> None:
+        if progress is not None and wait != 0:
+            progress.start("Waiting for another index run")
         try:
             self._lock.acquire(timeout=-1 if wait is None else max(0.0, wait))
         except Timeout:
             waited = "" if not wait else f" (waited {wait:g} s)"
             raise LibraryBusyError(
                 f"Another pixsift process is indexing or repairing the library at {self.path}"
-                f"{waited}. Run this again when it has finished, or let it wait longer "
-                f"with --wait SECONDS; {doing} needs the library to itself."
+                f"{waited}; {doing} needs the library to itself. Try again when it has finished."
             ) from None
-        try:
-            yield
         finally:
-            self._lock.release()
+            if progress is not None and wait != 0:
+                progress.stop()
 
     def _root_requests(
         self, roots: Sequence[str | os.PathLike[str]], include_hidden: bool, follow_symlinks: bool

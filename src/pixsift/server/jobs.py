@@ -101,7 +101,8 @@ class JobManager:
         with self._lock:
             job.state, job.started_at = "running", datetime.now(UTC)
         try:
-            report = self._library.reindex(*job.paths, progress=_JobProgress(job, self._lock))
+            # wait=None: a job queued behind a command-line index run starts when that one ends
+            report = self._library.reindex(*job.paths, progress=_JobProgress(job, self._lock), wait=None)
         except PixsiftError as exc:
             self._finish(job, error=str(exc))
         except BaseException as exc:  # a bug: the job fails, the service goes on
