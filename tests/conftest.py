@@ -98,12 +98,35 @@ def open_library(library_dir: Path) -> Iterator[Library]:
         yield library
 
 
+def _permission_prefix() -> list[str] | None:
+    """How to run a command that obeys file permissions: as it is for a user; for root (CI runs
+    as root), through setpriv without the capabilities that let root read every file; None when
+    neither is possible."""
+    if os.name != "posix":
+        return None
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return None
+    powers = "-dac_override,-dac_read_search"
+    return [setpriv, f"--bounding-set={powers}", f"--inh-caps={powers}", "--"]
+
+
+PERMISSION_PREFIX = _permission_prefix()
+needs_permissions = pytest.mark.skipif(
+    PERMISSION_PREFIX is None, reason="needs a user, or setpriv to drop root's powers over files"
+)
+
+
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 180
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180, obey_permissions: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real `pixsift` command in a subprocess, as a user would."""
+    """Run the real `pixsift` command in a subprocess, as a user would; with `obey_permissions`
+    as a user whose file permissions bite, even when the tests run as root."""
+    prefix = (PERMISSION_PREFIX or []) if obey_permissions else []
     return subprocess.run(
-        [sys.executable, "-m", "pixsift", *args],
+        [*prefix, sys.executable, "-m", "pixsift", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TinyModel
+from conftest import TinyModel, needs_permissions, run_cli
 from pixsift import HealthReport, Library, LibraryFormatError
 from pixsift.cli import app
 from pixsift.storage.vector_index import VectorIndex
@@ -213,3 +213,32 @@ def test_doctor_command(indexed: Path, photos: Path) -> None:
 
     missing = runner.invoke(app, ["doctor", "--library", str(indexed.parent / "none")])
     assert missing.exit_code == 1 and missing.stderr.startswith("error: No pixsift library at ")
+
+
+@needs_permissions
+def test_files_that_cannot_be_examined_are_kept_by_index_doctor_and_repair(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    """A folder that lists but whose entries cannot be looked at (no search permission, as a
+    stale network mount) is not a deleted folder: nothing of it is dropped, anywhere."""
+    inside = photos / "inside"
+    inside.mkdir()
+    for path in sorted(photos.glob("*.jpg"))[:4]:
+        path.rename(inside / path.name)
+    args = ["--library", str(library_dir)]
+    assert run_cli("index", str(photos), *args, *tiny_model.index_args()).returncode == 0
+    inside.chmod(0o644)  # readable list of names, no stat of any of them
+    try:
+        again = run_cli("index", *args, obey_permissions=True)
+        checked = run_cli("doctor", *args, obey_permissions=True)
+        repaired = run_cli("doctor", "--repair", *args, obey_permissions=True)
+    finally:
+        inside.chmod(0o755)
+    assert again.returncode == 3, again.stderr
+    assert "0 removed" in again.stdout
+    assert f"warning: could not read folder {inside} (" in again.stdout
+    assert checked.returncode == 0, checked.stdout
+    assert "4 indexed file(s) could not be checked (Permission denied): kept as they are" in checked.stdout
+    assert repaired.returncode == 0 and "dropped" not in repaired.stdout
+    after = run_cli("index", *args)
+    assert after.returncode == 0 and "0 new" in after.stdout and "12 unchanged" in after.stdout

@@ -11,12 +11,14 @@ never see an index run half-way.
 from __future__ import annotations
 
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pixsift.indexer.scan import GONE_ERRNOS
 from pixsift.storage import Catalog
 from pixsift.storage.catalog import folder_prefix_range
 from pixsift.storage.index_build import IndexPolicy
@@ -25,6 +27,8 @@ from pixsift.storage.vector_index import VectorIndex, leftover_files, read_gener
 
 VECTOR_SAMPLE = 256  # stored vectors compared with the search index's copies, per check
 VECTOR_TOLERANCE = 1e-6
+FILE_THERE = "there"
+FILE_GONE = "gone"
 
 
 @dataclass(frozen=True)
@@ -188,13 +192,17 @@ def _check_files(catalog: Catalog, report: HealthReport) -> None:
     absent_roots = [root.path for root in catalog.roots() if not os.path.isdir(root.path)]
     gone = 0
     kept = 0
+    unknown: Counter[str] = Counter()
     for _, path in catalog.image_paths():
-        if os.path.isfile(path):
+        state = _file_state(path)
+        if state == FILE_THERE:
             continue
         if _under_any(path, absent_roots):
             kept += 1
-        else:
+        elif state == FILE_GONE:
             gone += 1
+        else:
+            unknown[state] += 1
     if gone:
         report.problems.append(
             Problem(
@@ -207,6 +215,19 @@ def _check_files(catalog: Catalog, report: HealthReport) -> None:
         report.notes.append(
             f"{kept} image(s) under folders that are not there (unmounted?): kept as they are"
         )
+    for reason, count in unknown.items():
+        report.notes.append(f"{count} indexed file(s) could not be checked ({reason}): kept as they are")
+
+
+def _file_state(path: str) -> str:
+    """FILE_THERE, FILE_GONE, or why the file could not be looked at (a folder without
+    permission, a stale network mount): such a file is not known to be gone, so it is kept."""
+    try:
+        return FILE_THERE if stat.S_ISREG(os.stat(path).st_mode) else FILE_GONE
+    except OSError as exc:
+        if exc.errno in GONE_ERRNOS:
+            return FILE_GONE
+        return exc.strerror or type(exc).__name__
 
 
 def repair(catalog: Catalog, index_path: Path, policy: IndexPolicy | None = None) -> list[str]:
@@ -224,7 +245,7 @@ def repair(catalog: Catalog, index_path: Path, policy: IndexPolicy | None = None
     gone = [
         image_id
         for image_id, path in catalog.image_paths()
-        if not os.path.isfile(path) and not _under_any(path, absent_roots)
+        if _file_state(path) == FILE_GONE and not _under_any(path, absent_roots)
     ]
     if orphans or misfits or gone:
         with catalog.write() as batch:

@@ -2,12 +2,13 @@
 
 Hidden files and folders are skipped unless asked for. Symbolic links are not followed unless
 asked for; when they are, every folder is visited once (by device and inode), so a link loop
-cannot trap the walk. A folder that cannot be listed is reported, and the caller must treat
-what it held as unknown rather than deleted.
+cannot trap the walk. A folder that cannot be listed, or holds an entry that cannot be
+examined, is reported, and the caller must treat what it held as unknown rather than deleted.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable, Collection
@@ -21,6 +22,8 @@ BASE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff"}
 )
 HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
+# Nothing there: deleted, a link to nowhere, or a path through what is no longer a folder.
+GONE_ERRNOS = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR})
 
 
 def image_extensions() -> frozenset[str]:
@@ -80,14 +83,24 @@ def scan_folder(
             continue
         subfolders = []
         found_here = len(result.files)
+        unknown_entry = None
         for entry in entries:
             if not options.include_hidden and entry.name.startswith("."):
                 continue
-            found = _classify(entry, options)
+            try:
+                found = _classify(entry, options)
+            except OSError as exc:  # there, but not readable: what this folder holds is unknown
+                unknown_entry = unknown_entry or (
+                    folder,
+                    f"{entry.name}: {exc.strerror or type(exc).__name__}",
+                )
+                continue
             if isinstance(found, ScannedFile):
                 result.files[entry.path] = found
             elif found == "dir":
                 subfolders.append(entry.path)
+        if unknown_entry is not None:
+            result.unreadable_dirs.append(unknown_entry)
         stack.extend(reversed(subfolders))  # pop() then visits them in name order
         if on_folder is not None:
             on_folder(len(result.files) - found_here)
@@ -95,13 +108,19 @@ def scan_folder(
 
 
 def _classify(entry: os.DirEntry[str], options: ScanOptions) -> ScannedFile | str | None:
-    """'dir' for a folder to enter, a ScannedFile for an image file, None for anything else."""
+    """'dir' for a folder to enter, a ScannedFile for an image file, None for anything else.
+
+    Raises OSError when the entry is there but cannot be examined (a folder without search
+    permission, a stale network mount): its images must be kept, not taken for deleted.
+    """
     try:
         if entry.is_symlink() and not options.follow_symlinks:
             return None
         entry_stat = entry.stat(follow_symlinks=True)
-    except OSError:  # vanished since the listing, or a dangling link
-        return None
+    except OSError as exc:
+        if exc.errno in GONE_ERRNOS:  # vanished since the listing, or a dangling link
+            return None
+        raise
     if stat.S_ISDIR(entry_stat.st_mode):
         return "dir"
     if not stat.S_ISREG(entry_stat.st_mode):
