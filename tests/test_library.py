@@ -85,6 +85,22 @@ def test_search_uses_the_library_model_when_reopened(
         assert reopened.search("a horse", k=3) == before
 
 
+def test_a_model_asked_for_is_kept_even_when_the_first_run_finds_no_images(
+    library_dir: Path, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with Library.open(library_dir) as library:
+        assert index(library, tiny_model, empty).scanned == 0
+        chosen = library.status().model
+        assert chosen is not None and chosen.spec.name == str(tiny_model.config)
+    for photo in sorted(photos.glob("*.jpg"))[:3]:
+        shutil.copy(photo, empty / photo.name)
+    with Library.open(library_dir) as reopened:  # no model named: the one chosen above, no download
+        assert reopened.index().added == 3
+        assert reopened.status().model == chosen
+
+
 def test_similar_finds_an_exact_copy_first_and_leaves_the_query_out(
     open_library: Library, photos: Path, tiny_model: TinyModel
 ) -> None:

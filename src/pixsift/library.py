@@ -216,6 +216,8 @@ class Library:
         with self._locked(wait, "indexing", progress):
             embedder = self._embedder_for_indexing(model, pretrained, reembed)
             report = self._run_indexer(requests, embedder, batch_size, workers, progress)
+            if (model or pretrained) and self._catalog.model() is None and not report.interrupted:
+                embedder()  # nothing to embed yet: still make the model asked for the library's
         report.skipped_roots = skipped
         return report
 
