@@ -457,6 +457,10 @@ def test_hidden_files_and_symlinks_follow_the_options(
     assert report.added == 2
     assert any("/.hidden/" in p for p in indexed_paths(open_library))
     assert any("/link/" in p for p in indexed_paths(open_library))
+    # what a followed link led to is the library's, to show as well as to search
+    linked = next(hit for hit in open_library.search("x", k=20) if "/link/" in str(hit.path))
+    assert open_library.thumbnail(linked.id).is_file()
+    assert Path(open_library.image_file(linked.id)).parent == tmp_path / "linked"
 
 
 def test_the_library_folder_inside_a_root_is_not_indexed(photos: Path, tiny_model: TinyModel) -> None:

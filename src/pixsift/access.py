@@ -14,8 +14,19 @@ from collections.abc import Iterable
 from pixsift.errors import AccessDeniedError, InvalidPathError
 
 
-def resolve_inside(path: str | os.PathLike[str], roots: Iterable[str], *, what: str = "Path") -> str:
-    """`path` with every link resolved, if that lies inside one of `roots`; else AccessDeniedError."""
+def resolve_inside(
+    path: str | os.PathLike[str],
+    roots: Iterable[str],
+    *,
+    linked_roots: Iterable[str] = (),
+    what: str = "Path",
+) -> str:
+    """`path` with every link resolved, if that lies inside one of `roots`; else AccessDeniedError.
+
+    `linked_roots` are roots indexed with links followed: there the user chose to take in what
+    links lead to, so a path inside one of them as written (without `..`) is accepted wherever
+    its links lead.
+    """
     try:
         text = os.fspath(path)
         if not text or "\x00" in text:
@@ -30,4 +41,11 @@ def resolve_inside(path: str | os.PathLike[str], roots: Iterable[str], *, what: 
         real_root = os.path.realpath(root)
         if resolved == real_root or resolved.startswith(os.path.join(real_root, "")):
             return resolved
+    if ".." not in text.split(os.sep) and any(_written_inside(text, root) for root in linked_roots):
+        return resolved
     raise AccessDeniedError(f"{what} {text} is outside the library's indexed folders.")
+
+
+def _written_inside(path: str, root: str) -> bool:
+    """Whether `path`, as written, names something under `root` (no link is resolved)."""
+    return os.path.normpath(path).startswith(os.path.join(os.path.normpath(root), ""))

@@ -584,9 +584,12 @@ class Library:
 
     def image_file(self, image_id: int) -> str:
         """The file of an image, resolved, after checking it still lies inside an indexed root
-        (a file replaced by a link to elsewhere is refused with AccessDeniedError)."""
+        (a file replaced by a link to elsewhere is refused with AccessDeniedError, unless the
+        root was indexed with links followed)."""
         info = self.image(image_id)
-        return resolve_inside(info.path, [root.path for root in self._catalog.roots()], what="Image")
+        roots = self._catalog.roots()
+        linked = [root.path for root in roots if root.follow_symlinks]
+        return resolve_inside(info.path, [root.path for root in roots], linked_roots=linked, what="Image")
 
     def thumbnail(self, image_id: int, size: int = 256) -> Path:
         """A JPEG thumbnail of an image, at most `size` pixels on its long side, cached on disk."""
