@@ -3,7 +3,8 @@
 The HTTP service reads and serves files named by clients, directly (a path) or indirectly (an
 image id whose file may since have been replaced by a link). Every such path is resolved,
 symbolic links included, and must land inside one of the library's roots, resolved the same
-way; `..` segments and links that lead out are refused.
+way; `..` segments and links that lead out are refused, except in a root indexed with links
+followed, whose links the user chose to take in.
 """
 
 from __future__ import annotations
