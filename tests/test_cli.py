@@ -138,6 +138,23 @@ def test_status(indexed: dict[str, Path], tiny_model: TinyModel) -> None:
     assert f"  {indexed['photos'] / 'broken.jpg'}: not an image format" in failed.stdout
 
 
+def test_status_loads_neither_the_model_nor_the_search_index(indexed: dict[str, Path]) -> None:
+    program = (
+        "import sys; from pixsift.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print([m for m in ('faiss', 'torch', 'open_clip', 'onnxruntime') if m in sys.modules], file=sys.stderr)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program, "status", "--library", str(indexed["library"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "Index    up to date" in done.stdout
+    assert done.stderr.splitlines()[-1] == "[]"
+
+
 def test_library_from_the_environment(indexed: dict[str, Path]) -> None:
     result = run_cli("status", "-f", "json", env={"PIXSIFT_LIBRARY": str(indexed["library"])})
     assert json.loads(result.stdout)["library"] == str(indexed["library"])

@@ -714,7 +714,7 @@ class Library:
 
     def status(self) -> LibraryStatus:
         """What is indexed, with which model, where, and how fresh the search index is."""
-        from pixsift.storage.vector_index import IndexMeta, read_header
+        from pixsift.storage.index_header import IndexMeta, read_header
 
         generation = self._catalog.generation()
         header = read_header(self.index_path)

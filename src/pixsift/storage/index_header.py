@@ -8,13 +8,17 @@ question of its header alone, which the quick query path asks before it loads an
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from pixsift.storage.index_choice import IndexKind, IndexPlan
 
 MAGIC = b"PIXSIFT-VECTORS\n"
 FILE_FORMAT = 2
 READABLE_FORMATS = (1, 2)  # format 1: a flat index without the fields added in 2
 MAX_HEADER_BYTES = 4096
+FLAT_PLAN = IndexPlan(IndexKind.flat)
 
 
 def read_header(path: Path) -> dict[str, Any] | None:
@@ -46,3 +50,36 @@ def read_generation(path: Path) -> int | None:
     """The generation stamped in a saved index, reading only its header; None if unreadable."""
     header = read_header(path)
     return None if header is None else int(header["generation"])
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    """What the header records beside the FAISS bytes: how the index was built and tuned."""
+
+    plan: IndexPlan = FLAT_PLAN
+    trained_count: int = 0  # vectors when it was built: the measure of drift
+    search_param: int = 0  # nprobe (ivfpq) or efSearch (hnsw), tuned for `recall`
+    recall: float | None = None  # recall@10 measured against exact search when tuned
+    rerank: int = 0  # candidates per result re-ranked exactly (ivfpq)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.as_dict(),
+            "trained_count": self.trained_count,
+            "search_param": self.search_param,
+            "recall": self.recall,
+            "rerank": self.rerank,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IndexMeta:
+        if "plan" not in data:
+            return cls()
+        recall = data.get("recall")
+        return cls(
+            plan=IndexPlan.from_dict(data["plan"]),
+            trained_count=int(data.get("trained_count", 0)),
+            search_param=int(data.get("search_param", 0)),
+            recall=None if recall is None else float(recall),
+            rerank=int(data.get("rerank", 0)),
+        )

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import faiss  # its bundled stubs are SWIG-generated; the few ignores below are theirs
 import numpy as np
 
-from pixsift.storage.index_choice import IndexKind, IndexPlan
+from pixsift.storage.index_choice import IndexKind
 from pixsift.storage.index_header import FILE_FORMAT, MAGIC, header_from
+from pixsift.storage.index_header import IndexMeta as IndexMeta
 from pixsift.storage.index_header import read_generation as read_generation
 from pixsift.storage.index_header import read_header as read_header
 
@@ -36,44 +37,10 @@ if TYPE_CHECKING:  # the catalog brings in SQLAlchemy, which loading and searchi
     from pixsift.storage.catalog import VectorDelta
 
 TMP_INFIX = ".tmp-"  # vectors.faiss.tmp-PID: a save in progress, or one a crash cut short
-FLAT_PLAN = IndexPlan(IndexKind.flat)
 MAX_WIDENING = 64  # a filter keeping 1/x of the vectors widens nprobe/efSearch by x, up to this
 OPQ_ROUNDS = 4
 OPQ_TRAIN_POINTS = 16_384
 KMEANS_ROUNDS = 10  # for the coarse quantizer and the PQ codebooks (FAISS's default is 25)
-
-
-@dataclass(frozen=True)
-class IndexMeta:
-    """What the header records beside the FAISS bytes: how the index was built and tuned."""
-
-    plan: IndexPlan = FLAT_PLAN
-    trained_count: int = 0  # vectors when it was built: the measure of drift
-    search_param: int = 0  # nprobe (ivfpq) or efSearch (hnsw), tuned for `recall`
-    recall: float | None = None  # recall@10 measured against exact search when tuned
-    rerank: int = 0  # candidates per result re-ranked exactly (ivfpq)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "plan": self.plan.as_dict(),
-            "trained_count": self.trained_count,
-            "search_param": self.search_param,
-            "recall": self.recall,
-            "rerank": self.rerank,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> IndexMeta:
-        if "plan" not in data:
-            return cls()
-        recall = data.get("recall")
-        return cls(
-            plan=IndexPlan.from_dict(data["plan"]),
-            trained_count=int(data.get("trained_count", 0)),
-            search_param=int(data.get("search_param", 0)),
-            recall=None if recall is None else float(recall),
-            rerank=int(data.get("rerank", 0)),
-        )
 
 
 @dataclass
