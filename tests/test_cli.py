@@ -142,7 +142,8 @@ def test_status_loads_neither_the_model_nor_the_search_index(indexed: dict[str, 
     program = (
         "import sys; from pixsift.cli import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print([m for m in ('faiss', 'torch', 'open_clip', 'onnxruntime') if m in sys.modules], file=sys.stderr)"
+        "heavy = ('faiss', 'torch', 'open_clip', 'onnxruntime')\n"
+        "print([m for m in heavy if m in sys.modules], file=sys.stderr)"
     )
     done = subprocess.run(
         [sys.executable, "-c", program, "status", "--library", str(indexed["library"])],
