@@ -45,6 +45,20 @@ def test_metrics_follow_the_ranking(indexed: Library, photos: Path, tmp_path: Pa
     assert report.mrr == 1.0 and report.images == 13 and report.median_latency_ms > 0
 
 
+def test_relevant_paths_may_go_through_a_linked_folder(
+    indexed: Library, photos: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "alias").symlink_to(photos)  # the root was indexed under its real name
+    queries = write_queries(
+        tmp_path / "queries.jsonl",
+        {"image": str(photos / "photo_0100.jpg"), "relevant": [str(tmp_path / "alias" / "twin.jpg")]},
+        {"query": "anything at all", "relevant": ["alias/photo_01*.jpg"]},
+    )
+    twin, some = indexed.evaluate(queries, cutoffs=[1]).per_query
+    assert twin.ranks == (1,)
+    assert some.relevant == len(list(photos.glob("photo_01*.jpg")))
+
+
 def test_eval_command_prints_a_table_and_json(indexed: Library, photos: Path, tmp_path: Path) -> None:
     queries = write_queries(
         tmp_path / "q.jsonl",

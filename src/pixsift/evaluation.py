@@ -151,15 +151,25 @@ def _absolute(pattern: str, base: Path) -> str:
     return os.path.normpath(expanded if os.path.isabs(expanded) else os.path.join(base, expanded))
 
 
+def _with_real_folders(pattern: str) -> str:
+    """`pattern` with links resolved in its folders up to the first wildcard: roots are stored
+    resolved, so a relevant path written through a linked folder names them only this way."""
+    parts = pattern.split(os.sep)
+    fixed = next((i for i, part in enumerate(parts) if not _GLOB_CHARS.isdisjoint(part)), len(parts) - 1)
+    folder = os.sep.join(parts[:fixed]) or os.sep
+    return os.path.join(os.path.realpath(folder), *parts[fixed:])
+
+
 def relevant_paths(query: LabelledQuery, indexed: Sequence[str], indexed_set: set[str]) -> set[str]:
     """The indexed images (given as a list for globbing and a set for lookups) that `query`'s
     relevant paths and patterns name."""
     found: set[str] = set()
-    for pattern in query.relevant:
-        if _GLOB_CHARS.isdisjoint(pattern):
-            found.update({pattern} & indexed_set)
-        else:
-            found.update(fnmatch.filter(indexed, pattern))
+    for written in query.relevant:
+        for pattern in {written, _with_real_folders(written)}:
+            if _GLOB_CHARS.isdisjoint(pattern):
+                found.update({pattern} & indexed_set)
+            else:
+                found.update(fnmatch.filter(indexed, pattern))
     if query.image is not None:  # the query image is never among its own results
         found -= {query.image, os.path.realpath(query.image)}
     if not found:
