@@ -48,6 +48,23 @@ def test_second_run_changes_nothing(indexed: dict[str, Path]) -> None:
     assert "0 new, 0 updated, 0 moved, 0 copies, 0 removed, 14 unchanged, 0 failed" in result.stdout
 
 
+def test_forget_a_folder_gone_for_good(photos: Path, tiny_model: TinyModel, tmp_path: Path) -> None:
+    library = ["--library", str(tmp_path / "library")]
+    assert run_cli("index", str(photos), *library, *tiny_model.index_args()).returncode == 0
+    photos.rename(tmp_path / "Moved")
+    kept = run_cli("index", *library)
+    assert kept.returncode == 0
+    assert f"its images were kept (if it is gone for good: pixsift forget {photos})" in kept.stdout
+    forgot = run_cli("forget", str(photos), *library)
+    assert forgot.returncode == 0, forgot.stderr
+    assert forgot.stdout == f"Forgot {photos}: 12 image(s) removed from the library; no file was touched.\n"
+    status = json.loads(run_cli("status", "-f", "json", *library).stdout)
+    assert (status["roots"], status["images"]["indexed"]) == ([], 0)
+    unknown = run_cli("forget", str(photos), *library)
+    assert unknown.returncode == 1
+    assert unknown.stderr == f"error: {photos} is not an indexed folder (indexed folders: none yet).\n"
+
+
 def test_search_table(indexed: dict[str, Path]) -> None:
     result = run_cli("search", "dog running on a beach", "-k", "3", "--library", str(indexed["library"]))
     assert result.returncode == 0, result.stderr
@@ -300,7 +317,17 @@ def test_every_command_has_help() -> None:
     import typer
 
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
-    assert sorted(commands) == ["doctor", "eval", "index", "reindex", "search", "serve", "similar", "status"]
+    assert sorted(commands) == [
+        "doctor",
+        "eval",
+        "forget",
+        "index",
+        "reindex",
+        "search",
+        "serve",
+        "similar",
+        "status",
+    ]
     for name, command in commands.items():
         assert command.help, f"{name} has no help text"
         result = runner.invoke(app, [name, "--help"])

@@ -280,6 +280,31 @@ def test_an_unmounted_root_keeps_its_images(
     assert open_library.status().counts.indexed == 12
 
 
+def test_a_folder_renamed_for_good_is_forgotten_with_its_images_only(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    inner = photos / "inner"
+    write_photos(inner, 2, seed=810)
+    other = tmp_path / "Other"
+    write_photos(other, 3, seed=820)
+    index(open_library, tiny_model, photos, other)
+    open_library.index(inner)  # a root nested inside another keeps its images
+    photos.rename(tmp_path / "Renamed")
+    assert open_library.index(tmp_path / "Renamed").reused == 14  # what index runs alone can do
+
+    assert open_library.forget(str(photos)) == 12
+    assert {root.path for root in open_library.status().roots} == {
+        str(inner),  # gone with the rename too, but only forgetting it would drop its images
+        str(tmp_path / "Renamed"),
+        str(other),
+    }
+    left = {str(hit.path) for hit in open_library.search("x", k=100)}
+    assert not any(path.startswith(f"{photos}/") and not path.startswith(f"{inner}/") for path in left)
+    assert len(left) == 14 + 3 + 2
+    with pytest.raises(InvalidPathError, match=r"is not an indexed folder \(indexed folders: "):
+        open_library.forget(str(photos))
+
+
 def test_bad_files_are_recorded_and_indexing_goes_on(
     open_library: Library, photos: Path, tiny_model: TinyModel
 ) -> None:

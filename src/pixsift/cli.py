@@ -392,6 +392,24 @@ def status(
     )
 
 
+@app.command()
+def forget(
+    folder: Annotated[
+        str, typer.Argument(help="An indexed folder, as `pixsift status` lists it; it may be gone.")
+    ],
+    library: LibraryOpt = None,
+    wait: WaitOpt = LOCK_WAIT_S,
+) -> None:
+    """Stop indexing a folder: drop it and its images from the library (files are left alone).
+
+    For a folder renamed, moved or gone for good, whose images index runs keep (it may only be
+    unmounted). Index the folder under its new name to add its images again.
+    """
+    with _user_errors(), _open(library) as lib:
+        removed = lib.forget(folder, wait=wait)
+    typer.echo(f"Forgot {folder}: {removed:,} image(s) removed from the library; no file was touched.")
+
+
 @app.command("eval")
 def evaluate(
     queries: Annotated[

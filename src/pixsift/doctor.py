@@ -213,7 +213,8 @@ def _check_files(catalog: Catalog, report: HealthReport) -> None:
         )
     if kept:
         report.notes.append(
-            f"{kept} image(s) under folders that are not there (unmounted?): kept as they are"
+            f"{kept} image(s) under folders that are not there (unmounted?): kept as they are "
+            "(pixsift forget FOLDER drops a folder gone for good)"
         )
     for reason, count in unknown.items():
         report.notes.append(f"{count} indexed file(s) could not be checked ({reason}): kept as they are")

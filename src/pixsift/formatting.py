@@ -10,6 +10,7 @@ can check the output without a terminal.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -72,7 +73,10 @@ def format_report(report: IndexReport) -> str:
     for folder, reason in report.unreadable_dirs:
         lines.append(f"warning: could not read folder {folder} ({reason}); its images were kept")
     for root in report.skipped_roots:
-        lines.append(f"warning: folder {root} is not there (unmounted?); its images were kept")
+        lines.append(
+            f"warning: folder {root} is not there (unmounted?); its images were kept "
+            f"(if it is gone for good: pixsift forget {shlex.quote(root)})"
+        )
     if report.failed:
         lines.append(f"{report.failed} file(s) could not be read; list them with: pixsift status --failed")
     if report.interrupted:

@@ -623,6 +623,24 @@ class Library:
                 self._index.refresh(model.embed_dim, save=True)
         return info
 
+    def forget(self, folder: str | os.PathLike[str], *, wait: float | None = LOCK_WAIT_S) -> int:
+        """Stop indexing an indexed folder: drop it and every image under it from the library
+        (the files are left alone), for a folder renamed, moved or gone for good. Images of
+        another indexed folder nested inside it stay. Returns how many images were removed."""
+        with self._locked(wait, "forgetting a folder"):
+            roots = self._catalog.roots()
+            root = _root_named(folder, [root.path for root in roots])
+            ids = set(self._catalog.ids_under(root).tolist())
+            for inner in roots:
+                if inner.path.startswith(os.path.join(root, "")):
+                    ids -= set(self._catalog.ids_under(inner.path).tolist())
+            with self._catalog.write() as batch:
+                batch.delete_images(sorted(ids))
+                batch.delete_root(root)
+            if (model := self._catalog.model()) is not None:
+                self._index.refresh(model.embed_dim, save=True)
+        return len(ids)
+
     def warm_up(self) -> None:
         """Load the model and the search index now rather than on the first search (a server
         does this at start); an empty library has neither yet, and is left as it is."""
@@ -821,3 +839,13 @@ def _merge(filters: SearchFilters | None, under: str | os.PathLike[str] | None) 
     if filters is not None and filters.under is not None:
         raise QueryError("Give the folder once: either under= or filters.under, not both.")
     return (filters or SearchFilters()).with_under(os.fspath(under))
+
+
+def _root_named(folder: str | os.PathLike[str], roots: Sequence[str]) -> str:
+    """The indexed folder `folder` names, however written (it may no longer exist)."""
+    written = os.path.expanduser(os.fspath(folder))
+    for candidate in (os.path.abspath(written), os.path.realpath(written)):
+        if candidate in roots:
+            return candidate
+    known = ", ".join(roots) or "none yet"
+    raise InvalidPathError(f"{os.fspath(folder)} is not an indexed folder (indexed folders: {known}).")

@@ -580,6 +580,10 @@ class CatalogWriter:
             self._session.execute(delete(Embedding).where(Embedding.image_id.in_(chunk)))
             self._changed_ids.update(chunk)
 
+    def delete_root(self, path: str) -> None:
+        """Forget an indexed folder (its images are deleted with `delete_images`)."""
+        self._session.execute(delete(Root).where(Root.path == path))
+
     def delete_images(self, ids: Iterable[int]) -> None:
         wanted = [int(i) for i in ids]
         for chunk in _chunks(wanted):
