@@ -278,6 +278,12 @@ def test_an_unmounted_root_keeps_its_images(
     assert report.skipped_roots == [str(photos)]
     assert report.removed == 0
     assert open_library.status().counts.indexed == 12
+    photos.mkdir()  # the empty mount point a drive leaves when it is unplugged
+    for again in (open_library.index(), open_library.index(photos)):
+        assert (again.skipped_roots, again.removed) == ([str(photos)], 0)
+    assert open_library.check().healthy and open_library.repair().images == 12
+    (photos / "new.jpg").write_bytes((tmp_path / "unplugged" / "photo_0100.jpg").read_bytes())
+    assert open_library.index().removed == 11  # not empty: a folder whose photos were deleted
 
 
 def test_a_folder_renamed_for_good_is_forgotten_with_its_images_only(

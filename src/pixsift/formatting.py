@@ -74,7 +74,7 @@ def format_report(report: IndexReport) -> str:
         lines.append(f"warning: could not read folder {folder} ({reason}); its images were kept")
     for root in report.skipped_roots:
         lines.append(
-            f"warning: folder {root} is not there (unmounted?); its images were kept "
+            f"warning: folder {root} is missing or empty (unmounted?); its images were kept "
             f"(if it is gone for good: pixsift forget {shlex.quote(root)})"
         )
     if report.failed:

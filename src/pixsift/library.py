@@ -34,6 +34,7 @@ from pixsift.errors import (
 from pixsift.evaluation import DEFAULT_CUTOFFS, EvalReport, LabelledQuery, evaluate, read_queries
 from pixsift.indexer import Indexer, IndexProgress, IndexReport, IndexSettings, RootRequest
 from pixsift.indexer.decode import default_max_pixels
+from pixsift.indexer.scan import looks_unmounted
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
 from pixsift.search.diversity import mmr_order
@@ -318,16 +319,17 @@ class Library:
     def _root_requests(
         self, roots: Sequence[str | os.PathLike[str]], include_hidden: bool, follow_symlinks: bool
     ) -> tuple[list[RootRequest], list[str]]:
-        """The folders to index, and the known roots skipped because they are not there."""
+        """The folders to index, and the known roots skipped because they look unmounted."""
         if roots:
-            return [self._new_root(r, include_hidden, follow_symlinks) for r in roots], []
-        known = self._catalog.roots()
-        if not known:
-            raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
-        # An unmounted drive must not look like a deleted folder: skip roots that are not there.
-        present = [r for r in known if os.path.isdir(r.path)]
-        skipped = [r.path for r in known if r not in present]
-        return [RootRequest(r.path, r.include_hidden, r.follow_symlinks) for r in present], skipped
+            requests = [self._new_root(r, include_hidden, follow_symlinks) for r in roots]
+        else:
+            known = self._catalog.roots()
+            if not known:
+                raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
+            requests = [RootRequest(r.path, r.include_hidden, r.follow_symlinks) for r in known]
+        # An unmounted drive must not look like a deleted folder: skip roots that look unmounted.
+        skipped = [r.path for r in requests if looks_unmounted(r.path, self._catalog)]
+        return [r for r in requests if r.path not in skipped], skipped
 
     @staticmethod
     def _new_root(root: str | os.PathLike[str], include_hidden: bool, follow_symlinks: bool) -> RootRequest:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sized
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from PIL import features
 
@@ -32,6 +33,12 @@ def image_extensions() -> frozenset[str]:
     if not features.check("webp"):
         extensions -= {".webp"}
     return extensions | HEIF_EXTENSIONS if heif_support() else extensions
+
+
+class HoldsImages(Protocol):
+    """What `looks_unmounted` asks of the catalog."""
+
+    def ids_under(self, folder: str) -> Sized: ...
 
 
 @dataclass(frozen=True)
@@ -128,3 +135,18 @@ def _classify(entry: os.DirEntry[str], options: ScanOptions) -> ScannedFile | st
     if os.path.splitext(entry.name)[1].lower() not in options.extensions:
         return None
     return ScannedFile(entry.path, entry_stat.st_size, entry_stat.st_mtime_ns)
+
+
+def looks_unmounted(folder: str, catalog: HoldsImages) -> bool:
+    """Whether an indexed folder looks unmounted: not there, or empty while the library holds
+    images under it (the mount point of an unplugged drive). Its images are kept either way;
+    a folder emptied or removed on purpose is dropped with `pixsift forget`."""
+    if not os.path.isdir(folder):
+        return True
+    try:
+        with os.scandir(folder) as listing:
+            if next(listing, None) is not None:
+                return False
+    except OSError:  # unreadable: the walk reports it and keeps what it held
+        return False
+    return len(catalog.ids_under(folder)) > 0
