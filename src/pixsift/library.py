@@ -8,6 +8,7 @@ and `library.lock` (held by the one process allowed to index at a time).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -456,8 +457,9 @@ class Library:
         """
         if not 0.0 <= diversity <= 1.0:
             raise QueryError(f"diversity must be from 0 to 1, not {diversity}.")
-        if k < 1:
-            raise QueryError("k must be at least 1.")
+        _check_k(k)
+        if not positive:  # before any vector is made: nothing to stack is no error of numpy's
+            raise QueryError("A recommendation needs at least one positive example.")
         rows, ids = self._examples.of([*positive, *negative])
         query = rocchio(rows[: len(positive)], rows[len(positive) :], weights)
         excluded = {int(i) for i in exclude} | {i for i in ids if i is not None}
@@ -484,7 +486,7 @@ class Library:
     ) -> list[SearchResult]:
         """Images ranked by a weighted combination of text and image terms."""
         if not terms:
-            raise ValueError("search_terms needs at least one term")
+            raise QueryError("A search needs at least one query term.")
         vectors, query_ids = self._examples.of(terms)
         query = combine(vectors, [term.weight for term in terms])
         excluded = {image_id for image_id in query_ids if image_id is not None}
@@ -501,9 +503,7 @@ class Library:
         exclude_ids: Sequence[int] | set[int] = (),
     ) -> list[SearchResult]:
         """Images ranked by cosine similarity to an embedding `vector`."""
-        query = np.asarray(vector, dtype=np.float32)
-        if query.ndim != 1:
-            raise QueryError(f"A query vector must be one-dimensional, not of shape {query.shape}.")
+        query = _unit_query_vector(vector)
         return self._rank(query[None, :], k, _merge(filters, under), [set(exclude_ids)], min_score)[0]
 
     def _rank(
@@ -525,8 +525,8 @@ class Library:
         excludes: Sequence[set[int]],
         min_score: float | None,
     ) -> list[list[tuple[float, int]]]:
-        if k < 1:
-            raise ValueError("k must be at least 1")
+        _check_k(k)
+        _check_min_score(min_score)
         allowed = self._allowed_ids(filters)
         with self._index.current(self._require_model().embed_dim, save=False) as vectors:
             if queries.shape[1:] != (vectors.dim,):
@@ -788,6 +788,36 @@ class Library:
             after = doctor.check(self._catalog, self.index_path)
         after.repairs = done
         return after
+
+
+def _check_k(k: int) -> None:
+    """Refuse a result count that is not a whole number of at least 1."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise QueryError(f"k (how many results) must be a whole number of at least 1, not {k!r}.")
+
+
+def _check_min_score(min_score: float | None) -> None:
+    """Refuse a NaN or infinite threshold: NaN compares false with every score, so it would
+    silently return nothing."""
+    if min_score is not None and not math.isfinite(min_score):
+        raise QueryError(f"min_score must be a finite number, not {min_score}.")
+
+
+def _unit_query_vector(vector: np.ndarray) -> np.ndarray:
+    """`vector` scaled to length 1, so that scores are cosine similarities as for any query
+    (the index holds unit vectors); QueryError for a vector that has no direction."""
+    try:
+        query = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise QueryError("A query vector must be a sequence of numbers.") from None
+    if query.ndim != 1:
+        raise QueryError(f"A query vector must be one-dimensional, not of shape {query.shape}.")
+    if not np.all(np.isfinite(query)):
+        raise QueryError("A query vector holds values that are not finite numbers (NaN or infinity).")
+    length = float(np.linalg.norm(query.astype(np.float64)))
+    if length < 1e-12:
+        raise QueryError("A query vector of length zero has no direction to search in.")
+    return np.asarray(query / length, dtype=np.float32)
 
 
 def _index_type_setting(index_type: str | None) -> str | None:

@@ -1,0 +1,125 @@
+"""Mistakes a user or a calling program can make: each one is refused with a PixsiftError and a
+one-line message (the command prints it, exit 1), never a traceback, a raw ValueError, or a
+silently wrong answer."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TinyModel, run_cli
+from pixsift import (
+    Library,
+    QueryError,
+    QueryTerm,
+    SearchFilters,
+)
+from serving import indexed_library
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def library(
+    tmp_path_factory: pytest.TempPathFactory, photo_set: Path, tiny_model: TinyModel
+) -> Iterator[Library]:
+    folder = tmp_path_factory.mktemp("mistakes")
+    photos = Path(shutil.copytree(photo_set, folder / "Photos"))
+    opened = indexed_library(folder / "library", photos, tiny_model)
+    yield opened
+    opened.close()
+
+
+# ---- search_vector takes any length of vector: scores stay cosine similarities --------------
+
+
+def test_search_vector_scores_are_cosine_similarities_whatever_the_length(library: Library) -> None:
+    query = library._embedder_or_load().embed_texts(["a red square"])[0]
+    unit = library.search_vector(query, k=5)
+    long = library.search_vector(query * 2.18, k=5)
+    assert [hit.id for hit in long] == [hit.id for hit in unit]
+    assert [hit.score for hit in long] == pytest.approx([hit.score for hit in unit], abs=1e-5)
+    assert all(-1.0 <= hit.score <= 1.0 + 1e-6 for hit in long)
+    # min_score compares against the cosine, not against the raw dot product
+    assert library.search_vector(query * 3.0, k=5, min_score=long[0].score + 1e-4) == []
+
+
+@pytest.mark.parametrize(
+    ("vector", "message"),
+    [
+        (np.zeros(64), "length zero"),
+        (np.full(64, np.nan), "not finite"),
+        (np.full(64, np.inf), "not finite"),
+        (np.ones(512), "64-dimensional"),
+        (np.ones((2, 64)), "one-dimensional"),
+    ],
+)
+def test_vectors_without_a_direction_or_of_the_wrong_size_are_refused(
+    library: Library, vector: np.ndarray, message: str
+) -> None:
+    with pytest.raises(QueryError, match=message):
+        library.search_vector(vector, k=3)
+
+
+# ---- bad arguments to the query methods are QueryErrors ---------------------------------------
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_a_result_count_below_one_is_a_query_error_everywhere(
+    library: Library, k: int, tmp_path: Path
+) -> None:
+    from pixsift import search_once
+
+    vector = np.ones(64, dtype=np.float32)
+    calls = [
+        lambda: library.search("a cat", k),
+        lambda: library.similar(1, k),
+        lambda: library.search_vector(vector, k),
+        lambda: library.search_many(["a cat"], k),
+        lambda: library.similar_many([1], k),
+        lambda: library.search_terms([QueryTerm(text="a cat")], k),
+        lambda: library.recommend(["a cat"], k=k),
+        lambda: search_once("a cat", k, library=library.path),
+    ]
+    for call in calls:
+        with pytest.raises(QueryError, match="k \\(how many results\\) must be"):
+            call()
+
+
+def test_empty_and_mistyped_examples_are_query_errors(library: Library) -> None:
+    with pytest.raises(QueryError, match="at least one query term"):
+        library.search_terms([])
+    with pytest.raises(QueryError, match="at least one positive"):
+        library.recommend([])
+    with pytest.raises(QueryError, match="not float"):
+        library.similar(3.5)  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match="not NoneType"):
+        library.recommend([None])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("min_score", [math.nan, math.inf, -math.inf])
+def test_a_min_score_that_is_not_finite_is_refused(library: Library, min_score: float) -> None:
+    from pixsift import search_once
+
+    with pytest.raises(QueryError, match="min_score must be a finite number"):
+        library.search("a cat", min_score=min_score)
+    with pytest.raises(QueryError, match="min_score must be a finite number"):
+        search_once("a cat", library=library.path, min_score=min_score)
+    result = run_cli("search", "a cat", "--min-score", str(min_score), "--library", str(library.path))
+    assert result.returncode == 1
+    assert (
+        result.stderr.startswith("error: min_score must be a finite number")
+        and result.stderr.count("\n") == 1
+    )
+
+
+def test_one_format_given_as_a_string_is_that_format(library: Library) -> None:
+    assert SearchFilters(formats="JPEG").formats == ("JPEG",)
+    hits = library.search("a cat", k=3, filters=SearchFilters(formats="jpg"))
+    assert len(hits) == 3 and {hit.format for hit in hits} == {"JPEG"}
