@@ -20,6 +20,8 @@ from pixsift import (
     QueryTerm,
     SearchFilters,
 )
+from pixsift.cli import app
+from pixsift.search import parse_weighted_text
 from serving import indexed_library
 
 runner = CliRunner()
@@ -123,3 +125,39 @@ def test_one_format_given_as_a_string_is_that_format(library: Library) -> None:
     assert SearchFilters(formats="JPEG").formats == ("JPEG",)
     hits = library.search("a cat", k=3, filters=SearchFilters(formats="jpg"))
     assert len(hits) == 3 and {hit.format for hit in hits} == {"JPEG"}
+
+
+# ---- weights on --plus and --minus -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("term", "text", "weight"),
+    [
+        ("sunset", "sunset", 1.0),
+        ("0.5*sunset", "sunset", 0.5),
+        (" 2 * red car", "red car", 2.0),
+        ("1e-1*x*y", "x*y", 0.1),  # only the first * ends the weight
+        ("red car * 2", "red car * 2", 1.0),  # more than one word before the *: all text
+        ("*sparkle*", "*sparkle*", 1.0),
+    ],
+)
+def test_weight_prefixes_that_are_read(term: str, text: str, weight: float) -> None:
+    assert parse_weighted_text(term) == QueryTerm(text=text, weight=weight)
+
+
+@pytest.mark.parametrize(
+    ("term", "message"),
+    [
+        ("-0.5*red", "a weight must be a positive number, not -0.5"),
+        ("0*red", "a weight must be a positive number, not 0"),
+        ("nan*red", "a weight must be a positive number, not nan"),
+        ("abc*red", "'abc' is not a weight"),
+        ("0.5*", "the weight 0.5 is followed by no text"),
+    ],
+)
+def test_bad_weights_are_refused_on_the_command_line(library: Library, term: str, message: str) -> None:
+    for option in ("--plus", "--minus"):
+        result = runner.invoke(app, ["search", "a cat", option, term, "--library", str(library.path)])
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith("error: ") and message in result.stderr
+        assert result.stderr.count("\n") == 1

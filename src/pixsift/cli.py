@@ -115,16 +115,21 @@ ImageFormatOpt = Annotated[
         "--image-format", help="Only images in this format (JPEG, PNG...); repeatable.", show_default=False
     ),
 ]
+_WEIGHT_RULE = "(a positive number; one word before the first * is read as a weight)"
 PlusOpt = Annotated[
     Optional[list[str]],  # noqa: UP045
     typer.Option(
-        "--plus", help='Also towards this text; repeatable; weight as "0.5*text".', show_default=False
+        "--plus",
+        help=f'Also towards this text; repeatable; weight as "0.5*text" {_WEIGHT_RULE}.',
+        show_default=False,
     ),
 ]
 MinusOpt = Annotated[
     Optional[list[str]],  # noqa: UP045
     typer.Option(
-        "--minus", help='Away from this text; repeatable; weight as "0.5*text".', show_default=False
+        "--minus",
+        help=f'Away from this text; repeatable; weight as "0.5*text" {_WEIGHT_RULE}.',
+        show_default=False,
     ),
 ]
 WaitOpt = Annotated[
