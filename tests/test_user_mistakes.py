@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 
 from conftest import TinyModel, run_cli
 from pixsift import (
+    InvalidOptionError,
+    InvalidPathError,
     Library,
     QueryError,
     QueryTerm,
@@ -161,3 +163,29 @@ def test_bad_weights_are_refused_on_the_command_line(library: Library, term: str
         assert result.exit_code == 1, result.output
         assert result.stderr.startswith("error: ") and message in result.stderr
         assert result.stderr.count("\n") == 1
+
+
+# ---- indexing arguments ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "name"), [({"batch_size": 0}, "batch_size"), ({"workers": 0}, "workers")]
+)
+def test_batch_size_and_workers_below_one_are_refused(
+    library: Library, options: dict[str, int], name: str
+) -> None:
+    folder = library.status().roots[0].path
+    with pytest.raises(InvalidOptionError, match=f"{name} must be a whole number of at least 1"):
+        library.index(folder, **options)
+    with pytest.raises(InvalidOptionError, match=f"{name} must be a whole number of at least 1"):
+        library.reindex(folder, **options)
+
+
+def test_reindex_expands_the_home_folder(library: Library, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = Path(library.status().roots[0].path)
+    monkeypatch.setenv("HOME", str(root.parent))
+    report = library.reindex(f"~/{root.name}")
+    assert report.scanned == 12 and report.added == 0
+    # The server's check (which never expands ~) still refuses a path that is not absolute.
+    with pytest.raises(InvalidPathError, match="must be absolute"):
+        library.check_reindex([f"~/{root.name}"])

@@ -26,6 +26,7 @@ from pixsift.config import DB_NAME, INDEX_NAME, LOCK_WAIT_S, resolve_library_dir
 from pixsift.errors import (
     EmptyLibraryError,
     ImageNotFoundError,
+    InvalidOptionError,
     InvalidPathError,
     LibraryBusyError,
     LibraryNotFoundError,
@@ -213,6 +214,7 @@ class Library:
         One process indexes a library at a time: if another one is, this waits up to `wait`
         seconds (None: as long as it takes) and then raises LibraryBusyError.
         """
+        _check_run_sizes(batch_size, workers)
         requests, skipped = self._root_requests(roots, include_hidden, follow_symlinks)
         with self._locked(wait, "indexing", progress):
             embedder = self._embedder_for_indexing(model, pretrained, reembed)
@@ -235,9 +237,12 @@ class Library:
         the rest of its folder (unchanged files there are not opened). Waits for another index
         run as `index` does.
         """
+        _check_run_sizes(batch_size, workers)
         if not paths:
             return self.index(batch_size=batch_size, workers=workers, progress=progress, wait=wait)
-        requests = [self._scoped_request(path) for path in paths]
+        # A caller's "~/Photos/new" means their home, as it does for index(); the server never
+        # calls this with a path it has not checked as absolute (check_reindex does not expand).
+        requests = [self._scoped_request(os.path.expanduser(os.fspath(path))) for path in paths]
         with self._locked(wait, "indexing", progress):
             embedder = self._embedder_for_indexing(None, None, reembed=False)
             return self._run_indexer(requests, embedder, batch_size, workers, progress)
@@ -788,6 +793,16 @@ class Library:
             after = doctor.check(self._catalog, self.index_path)
         after.repairs = done
         return after
+
+
+def _check_run_sizes(batch_size: int, workers: int | None) -> None:
+    """Refuse a batch size or worker count below 1: a batch of 0 images would index nothing
+    and still report a complete run."""
+    for name, value in (("batch_size", batch_size), ("workers", workers)):
+        if value is None and name == "workers":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidOptionError(f"{name} must be a whole number of at least 1, not {value!r}.")
 
 
 def _check_k(k: int) -> None:
