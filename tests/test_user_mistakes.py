@@ -18,6 +18,7 @@ from pixsift import (
     InvalidOptionError,
     InvalidPathError,
     Library,
+    ModelError,
     QueryError,
     QueryTerm,
     SearchFilters,
@@ -189,3 +190,21 @@ def test_reindex_expands_the_home_folder(library: Library, monkeypatch: pytest.M
     # The server's check (which never expands ~) still refuses a path that is not absolute.
     with pytest.raises(InvalidPathError, match="must be absolute"):
         library.check_reindex([f"~/{root.name}"])
+
+
+# ---- devices -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "CPU", ""])
+def test_an_unknown_device_is_refused_before_anything_runs(library: Library, device: str) -> None:
+    with pytest.raises(ModelError, match=f"Unknown device {device!r}"):
+        Library.open(library.path, device=device)
+    # over an unchanged folder the model never loads: the device must be checked anyway
+    result = runner.invoke(app, ["index", "--library", str(library.path), "--device", device])
+    assert result.exit_code == 1
+    assert result.stderr == f"error: Unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps.\n"
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
+def test_known_devices_open_a_library(library: Library, device: str) -> None:
+    Library.open(library.path, device=device).close()

@@ -50,7 +50,10 @@ LibraryOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[
-    str, typer.Option("--device", help="Where the model runs: auto (CUDA if available), cpu or cuda.")
+    str,
+    typer.Option(
+        "--device", help="Where the model runs: auto (CUDA if available), cpu, cuda, cuda:N or mps."
+    ),
 ]
 
 

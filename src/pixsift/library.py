@@ -143,7 +143,8 @@ class Library:
         """Open the library in folder `path` (default: `$PIXSIFT_LIBRARY` or the user data dir).
 
         With `create=False` a missing library raises LibraryNotFoundError instead of being made.
-        `device` is where the model runs: "auto" (CUDA when available), "cpu" or "cuda".
+        `device` is where the model runs: "auto" (CUDA when available), "cpu", "cuda",
+        "cuda:N" (one GPU of several) or "mps"; another name raises ModelError.
         `engine` is how it runs: "auto" (on a CPU, ONNX Runtime, exported and cached on first
         use: each tower in int8 when within cosine 0.99 of fp32 open_clip, else fp32), "torch",
         "onnx" (fp32) or "onnx-int8".
@@ -151,9 +152,10 @@ class Library:
         `index_thresholds` moves the sizes at which the search index turns from exact to HNSW
         to IVF-PQ (default: `IndexThresholds()`).
         """
-        from pixsift.models.loading import check_engine
+        from pixsift.models.loading import check_device, check_engine
 
         check_engine(engine)
+        check_device(device)
         folder = resolve_library_dir(path)
         db_path = folder / DB_NAME
         if not db_path.is_file():
