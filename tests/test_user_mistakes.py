@@ -5,7 +5,9 @@ silently wrong answer."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,9 @@ from pixsift import (
     InvalidOptionError,
     InvalidPathError,
     Library,
+    LibraryFormatError,
     ModelError,
+    PixsiftError,
     QueryError,
     QueryTerm,
     SearchFilters,
@@ -208,3 +212,80 @@ def test_an_unknown_device_is_refused_before_anything_runs(library: Library, dev
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
 def test_known_devices_open_a_library(library: Library, device: str) -> None:
     Library.open(library.path, device=device).close()
+
+
+# ---- library folders and files ------------------------------------------------------------------
+
+
+def test_a_library_folder_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "somefile").write_text("not a folder")
+    (tmp_path / "Photos").mkdir()
+    for library, reason in ((tmp_path / "somefile" / "lib", "not a directory"), (Path("/proc/lib"), "")):
+        with pytest.raises(PixsiftError, match=f"Cannot create the library folder {library}: {reason}"):
+            Library.open(library)
+        result = run_cli("index", str(tmp_path / "Photos"), "--library", str(library))
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith(f"error: Cannot create the library folder {library}: ")
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_file_that_is_not_a_database_gives_one_line(tmp_path: Path) -> None:
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "library.db").write_text("not a database")
+    result = runner.invoke(app, ["status", "--library", str(tmp_path / "junk")])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: Cannot use {tmp_path / 'junk' / 'library.db'} as a pixsift library: "
+        "file is not a database.\n"
+    )
+
+
+def test_another_programs_database_is_not_taken_over(tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    db_path = tmp_path / "other" / "library.db"
+    with sqlite3.connect(db_path) as db:
+        db.execute("CREATE TABLE contacts (name TEXT)")
+        db.execute("INSERT INTO contacts VALUES ('Ada')")
+    db.close()
+    with pytest.raises(LibraryFormatError, match=r"not a pixsift library: .*\(contacts\)"):
+        Library.open(tmp_path / "other")
+    result = runner.invoke(app, ["status", "--library", str(tmp_path / "other")])
+    assert result.exit_code == 1 and "not a pixsift library" in result.stderr
+    with sqlite3.connect(db_path) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert tables == {"contacts"}
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("make_args", "error"),
+    [
+        (lambda tmp: [str(tmp / "missing")], "does not exist"),
+        (lambda tmp: [str(tmp / "afile.txt")], "is not a folder"),
+        (lambda tmp: [str(tmp / "Photos"), "--model", "NoSuchNet"], "Unknown model"),
+    ],
+)
+def test_a_failed_first_index_run_leaves_no_library_behind(
+    tmp_path: Path, make_args: object, error: str
+) -> None:
+    (tmp_path / "Photos").mkdir()
+    (tmp_path / "afile.txt").write_text("x")
+    args = make_args(tmp_path)  # type: ignore[operator]
+    for library in (tmp_path / "new" / "deeper" / "lib", tmp_path / "Photos"):
+        before = sorted(os.listdir(tmp_path))
+        photos_before = sorted(os.listdir(tmp_path / "Photos"))
+        result = runner.invoke(app, ["index", *args, "--library", str(library)])
+        assert result.exit_code == 1 and error in result.stderr
+        assert sorted(os.listdir(tmp_path)) == before  # the folders it made are gone again
+        assert sorted(os.listdir(tmp_path / "Photos")) == photos_before  # what was there stays
+        status = runner.invoke(app, ["status", "--library", str(library)])
+        assert status.exit_code == 1 and "No pixsift library" in status.stderr
+
+
+def test_a_failed_index_run_keeps_an_existing_library(library: Library, tmp_path: Path) -> None:
+    files = sorted(os.listdir(library.path))
+    result = runner.invoke(app, ["index", str(tmp_path / "missing"), "--library", str(library.path)])
+    assert result.exit_code == 1
+    assert sorted(os.listdir(library.path)) == files
+    assert library.status().counts.indexed == 12

@@ -165,7 +165,7 @@ class Library:
                 )
             if folder.exists() and not folder.is_dir():
                 raise InvalidPathError(f"Library path {folder} exists and is not a folder.")
-            folder.mkdir(parents=True, exist_ok=True)
+            _make_library_folder(folder)
         return cls(
             folder,
             Catalog.open(db_path),
@@ -795,6 +795,20 @@ class Library:
             after = doctor.check(self._catalog, self.index_path)
         after.repairs = done
         return after
+
+
+def _make_library_folder(folder: Path) -> None:
+    """Create `folder` and its parents; a path through a file, a read-only or virtual file
+    system (/proc) is the user's to fix, so it is told in one line, not as a traceback."""
+    from pixsift.storage.database import write_error
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError, FileNotFoundError) as exc:
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise InvalidPathError(f"Cannot create the library folder {folder}: {reason}.") from None
+    except OSError as exc:  # no permission, a read-only or full disk
+        raise write_error(folder, exc) from exc
 
 
 def _check_run_sizes(batch_size: int, workers: int | None) -> None:
