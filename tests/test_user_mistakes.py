@@ -8,6 +8,8 @@ import math
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -289,3 +291,28 @@ def test_a_failed_index_run_keeps_an_existing_library(library: Library, tmp_path
     assert result.exit_code == 1
     assert sorted(os.listdir(library.path)) == files
     assert library.status().counts.indexed == 12
+
+
+# ---- help and tools --------------------------------------------------------------------------------
+
+
+def test_serve_help_names_the_extra_it_needs() -> None:
+    result = runner.invoke(app, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "Needs pixsift[server]." in " ".join(result.stdout.split())  # however rich wraps it
+
+
+def test_the_synthetic_writer_refuses_a_file_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    for target, message in (
+        (tmp_path / "afile", "exists and is not a folder"),
+        (tmp_path / "afile" / "w", ""),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "pixsift.synthetic", str(target), "--count", "1"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode in (1, 2) and "Traceback" not in result.stderr
+        assert message in result.stderr and str(target) in result.stderr

@@ -515,7 +515,8 @@ def serve(
     device: DeviceOpt = "auto",
     engine: EngineOpt = Engine.auto,
 ) -> None:
-    """Serve the library over HTTP (JSON API, OpenAPI docs at /docs). Needs pixsift[server]."""
+    # The backslash: rich markup would take "[server]" for a style and drop it from --help.
+    r"""Serve the library over HTTP (JSON API, OpenAPI docs at /docs). Needs pixsift\[server]."""
     try:
         from pixsift.server.run import serve as run_server
         from pixsift.server.settings import check_bind
