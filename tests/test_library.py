@@ -177,7 +177,7 @@ def test_min_score_and_limit(open_library: Library, photos: Path, tiny_model: Ti
         h.id for h in everything if h.score >= threshold
     ]
     assert open_library.search("a clock", k=100, min_score=1.01) == []
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(QueryError, match="k \\(how many results\\) must be"):
         open_library.search("a clock", k=0)
     with pytest.raises(QueryError, match="64-dimensional"):
         open_library.search_vector(np.ones(512), k=3)

@@ -33,7 +33,7 @@ def reference() -> str:
         lines = [
             f"## pixsift {name}",
             "",
-            command.help or "",
+            (command.help or "").replace("\\[", "["),  # rich markup's escape: not for Markdown
             "",
             "```",
             command.get_usage(context),

@@ -49,6 +49,10 @@ class ImageError(PixsiftError):
     """One image file could not be read or decoded; indexing records it and goes on."""
 
 
+class InvalidOptionError(PixsiftError):
+    """An option's value is out of range (a batch size or worker count of 0)."""
+
+
 class QueryError(PixsiftError):
     """A search query is empty or malformed."""
 

@@ -8,6 +8,7 @@ and `library.lock` (held by the one process allowed to index at a time).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +26,7 @@ from pixsift.config import DB_NAME, INDEX_NAME, LOCK_WAIT_S, resolve_library_dir
 from pixsift.errors import (
     EmptyLibraryError,
     ImageNotFoundError,
+    InvalidOptionError,
     InvalidPathError,
     LibraryBusyError,
     LibraryNotFoundError,
@@ -142,7 +144,8 @@ class Library:
         """Open the library in folder `path` (default: `$PIXSIFT_LIBRARY` or the user data dir).
 
         With `create=False` a missing library raises LibraryNotFoundError instead of being made.
-        `device` is where the model runs: "auto" (CUDA when available), "cpu" or "cuda".
+        `device` is where the model runs: "auto" (CUDA when available), "cpu", "cuda",
+        "cuda:N" (one GPU of several) or "mps"; another name raises ModelError.
         `engine` is how it runs: "auto" (on a CPU, ONNX Runtime, exported and cached on first
         use: each tower in int8 when within cosine 0.99 of fp32 open_clip, else fp32), "torch",
         "onnx" (fp32) or "onnx-int8".
@@ -150,9 +153,10 @@ class Library:
         `index_thresholds` moves the sizes at which the search index turns from exact to HNSW
         to IVF-PQ (default: `IndexThresholds()`).
         """
-        from pixsift.models.loading import check_engine
+        from pixsift.models.loading import check_device, check_engine
 
         check_engine(engine)
+        check_device(device)
         folder = resolve_library_dir(path)
         db_path = folder / DB_NAME
         if not db_path.is_file():
@@ -162,7 +166,7 @@ class Library:
                 )
             if folder.exists() and not folder.is_dir():
                 raise InvalidPathError(f"Library path {folder} exists and is not a folder.")
-            folder.mkdir(parents=True, exist_ok=True)
+            _make_library_folder(folder)
         return cls(
             folder,
             Catalog.open(db_path),
@@ -213,6 +217,7 @@ class Library:
         One process indexes a library at a time: if another one is, this waits up to `wait`
         seconds (None: as long as it takes) and then raises LibraryBusyError.
         """
+        _check_run_sizes(batch_size, workers)
         requests, skipped = self._root_requests(roots, include_hidden, follow_symlinks)
         with self._locked(wait, "indexing", progress):
             embedder = self._embedder_for_indexing(model, pretrained, reembed)
@@ -237,9 +242,12 @@ class Library:
         the rest of its folder (unchanged files there are not opened). Waits for another index
         run as `index` does.
         """
+        _check_run_sizes(batch_size, workers)
         if not paths:
             return self.index(batch_size=batch_size, workers=workers, progress=progress, wait=wait)
-        requests = [self._scoped_request(path) for path in paths]
+        # A caller's "~/Photos/new" means their home, as it does for index(); the server never
+        # calls this with a path it has not checked as absolute (check_reindex does not expand).
+        requests = [self._scoped_request(os.path.expanduser(os.fspath(path))) for path in paths]
         with self._locked(wait, "indexing", progress):
             embedder = self._embedder_for_indexing(None, None, reembed=False)
             return self._run_indexer(requests, embedder, batch_size, workers, progress)
@@ -460,8 +468,9 @@ class Library:
         """
         if not 0.0 <= diversity <= 1.0:
             raise QueryError(f"diversity must be from 0 to 1, not {diversity}.")
-        if k < 1:
-            raise QueryError("k must be at least 1.")
+        _check_k(k)
+        if not positive:  # before any vector is made: nothing to stack is no error of numpy's
+            raise QueryError("A recommendation needs at least one positive example.")
         rows, ids = self._examples.of([*positive, *negative])
         query = rocchio(rows[: len(positive)], rows[len(positive) :], weights)
         excluded = {int(i) for i in exclude} | {i for i in ids if i is not None}
@@ -488,7 +497,7 @@ class Library:
     ) -> list[SearchResult]:
         """Images ranked by a weighted combination of text and image terms."""
         if not terms:
-            raise ValueError("search_terms needs at least one term")
+            raise QueryError("A search needs at least one query term.")
         vectors, query_ids = self._examples.of(terms)
         query = combine(vectors, [term.weight for term in terms])
         excluded = {image_id for image_id in query_ids if image_id is not None}
@@ -505,9 +514,7 @@ class Library:
         exclude_ids: Sequence[int] | set[int] = (),
     ) -> list[SearchResult]:
         """Images ranked by cosine similarity to an embedding `vector`."""
-        query = np.asarray(vector, dtype=np.float32)
-        if query.ndim != 1:
-            raise QueryError(f"A query vector must be one-dimensional, not of shape {query.shape}.")
+        query = _unit_query_vector(vector)
         return self._rank(query[None, :], k, _merge(filters, under), [set(exclude_ids)], min_score)[0]
 
     def _rank(
@@ -529,8 +536,8 @@ class Library:
         excludes: Sequence[set[int]],
         min_score: float | None,
     ) -> list[list[tuple[float, int]]]:
-        if k < 1:
-            raise ValueError("k must be at least 1")
+        _check_k(k)
+        _check_min_score(min_score)
         allowed = self._allowed_ids(filters)
         with self._index.current(self._require_model().embed_dim, save=False) as vectors:
             if queries.shape[1:] != (vectors.dim,):
@@ -813,6 +820,60 @@ class Library:
             after = doctor.check(self._catalog, self.index_path)
         after.repairs = done
         return after
+
+
+def _make_library_folder(folder: Path) -> None:
+    """Create `folder` and its parents; a path through a file, a read-only or virtual file
+    system (/proc) is the user's to fix, so it is told in one line, not as a traceback."""
+    from pixsift.storage.database import write_error
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError, FileNotFoundError) as exc:
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise InvalidPathError(f"Cannot create the library folder {folder}: {reason}.") from None
+    except OSError as exc:  # no permission, a read-only or full disk
+        raise write_error(folder, exc) from exc
+
+
+def _check_run_sizes(batch_size: int, workers: int | None) -> None:
+    """Refuse a batch size or worker count below 1: a batch of 0 images would index nothing
+    and still report a complete run."""
+    for name, value in (("batch_size", batch_size), ("workers", workers)):
+        if value is None and name == "workers":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidOptionError(f"{name} must be a whole number of at least 1, not {value!r}.")
+
+
+def _check_k(k: int) -> None:
+    """Refuse a result count that is not a whole number of at least 1."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise QueryError(f"k (how many results) must be a whole number of at least 1, not {k!r}.")
+
+
+def _check_min_score(min_score: float | None) -> None:
+    """Refuse a NaN or infinite threshold: NaN compares false with every score, so it would
+    silently return nothing."""
+    if min_score is not None and not math.isfinite(min_score):
+        raise QueryError(f"min_score must be a finite number, not {min_score}.")
+
+
+def _unit_query_vector(vector: np.ndarray) -> np.ndarray:
+    """`vector` scaled to length 1, so that scores are cosine similarities as for any query
+    (the index holds unit vectors); QueryError for a vector that has no direction."""
+    try:
+        query = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise QueryError("A query vector must be a sequence of numbers.") from None
+    if query.ndim != 1:
+        raise QueryError(f"A query vector must be one-dimensional, not of shape {query.shape}.")
+    if not np.all(np.isfinite(query)):
+        raise QueryError("A query vector holds values that are not finite numbers (NaN or infinity).")
+    length = float(np.linalg.norm(query.astype(np.float64)))
+    if length < 1e-12:
+        raise QueryError("A query vector of length zero has no direction to search in.")
+    return np.asarray(query / length, dtype=np.float32)
 
 
 def _index_type_setting(index_type: str | None) -> str | None:

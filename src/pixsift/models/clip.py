@@ -145,7 +145,7 @@ def resolve_device(device: str) -> torch.device:
     try:
         chosen = torch.device(device)
     except RuntimeError as exc:
-        raise ModelError(f"Unknown device {device!r}: use auto, cpu or cuda.") from exc
+        raise ModelError(f"Unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps.") from exc
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for, but torch sees no CUDA GPU here.")
     return chosen

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from typing import TYPE_CHECKING
 
 from pixsift.errors import ModelError
@@ -36,9 +37,22 @@ def check_engine(engine: str) -> str:
     return engine
 
 
+# The devices pixsift runs a model on: "cuda:1" names one GPU of several.
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+
+def check_device(device: str) -> str:
+    """Refuse an unknown device name at once, not only when the model loads (which an index
+    run over unchanged files, or a quick search, never does)."""
+    if not isinstance(device, str) or _DEVICE.fullmatch(device) is None:
+        raise ModelError(f"Unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps.")
+    return device
+
+
 def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_ENGINE) -> Embedder:
     """Load `spec` to run with `engine` on `device`."""
     check_engine(engine)
+    check_device(device)
     if engine == "torch" or not _runs_on_cpu(device, engine):
         return _torch_embedder(spec, device)
     export = read_export(spec)

@@ -39,6 +39,8 @@ class ExampleVectors:
 
     def of(self, examples: Sequence[Example]) -> tuple[np.ndarray, list[int | None]]:
         """One vector per example, in order; also the id of each that is an indexed image."""
+        if not examples:
+            raise QueryError("A query needs at least one example.")
         rows: list[np.ndarray | None] = [None] * len(examples)
         ids: list[int | None] = [None] * len(examples)
         wanted_ids = [e for e in examples if isinstance(e, int) and not isinstance(e, bool)]
@@ -57,6 +59,11 @@ class ExampleVectors:
                 rows[position], ids[position] = self.of_file(os.fspath(example))
             elif isinstance(example, str):
                 texts.append((position, QueryTerm(text=example).text or ""))
+            elif not isinstance(example, QueryTerm):  # None, a float: a caller's mistake, told as such
+                raise QueryError(
+                    f"An example is an image id, an image file, a text, image bytes or a QueryTerm, "
+                    f"not {type(example).__name__}."
+                )
             elif example.image is not None:
                 rows[position], ids[position] = self.of_file(example.image)
             else:

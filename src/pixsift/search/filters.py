@@ -23,7 +23,8 @@ _FORMAT_ALIASES = {"JPG": ("JPEG", "MPO"), "JPEG": ("JPEG", "MPO"), "TIF": ("TIF
 class SearchFilters:
     """Restrictions on the images a search returns; every field left empty allows everything.
 
-    `under`: a folder (recursively); `formats`: image formats such as "JPEG" or "png";
+    `under`: a folder (recursively); `formats`: image formats such as "JPEG" or "png" (one
+    name alone may be given as a string);
     `min_width`, `min_height`: the smallest size in pixels, as displayed; `after`, `before`:
     when the photo was taken (EXIF date, else the file's modification time), on or after
     `after` and strictly before `before`, in local time. Dates are a `date` (its midnight), a
@@ -48,7 +49,9 @@ class SearchFilters:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise QueryError(f"Filter {name} must be a whole number of pixels of at least 1.")
-        object.__setattr__(self, "formats", tuple(self.formats))
+        # One name given as a string is one format: tuple("JPEG") would be four letters.
+        formats = (self.formats,) if isinstance(self.formats, str) else self.formats
+        object.__setattr__(self, "formats", tuple(formats))
         for name in self.formats:
             if not isinstance(name, str) or not name.strip() or not name.strip().isalnum():
                 raise QueryError(f"Filter format {name!r} is not an image format name such as JPEG.")

@@ -16,7 +16,10 @@ import numpy as np
 
 from pixsift.errors import QueryError
 
-_WEIGHT_PREFIX = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*\*\s*(\S.*)$")
+# "W*TEXT": whatever stands before the first "*", when it is one word (no spaces), is a
+# weight, and must be a positive number; "red car * 2" is text. A typo such as "abc*red" or
+# "-0.5*red" is refused rather than searched for as text, which would look like it worked.
+_WEIGHT_PREFIX = re.compile(r"^\s*([^\s*]+)\s*\*(.*)$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -54,11 +57,27 @@ def _encodable(text: str) -> bool:
 
 
 def parse_weighted_text(term: str) -> QueryTerm:
-    """A text term, with an optional weight prefix: "sunset" or "0.5*sunset"."""
+    """A text term, with an optional weight prefix: "sunset" or "0.5*sunset".
+
+    The weight is a positive finite number (a negative one is what --minus is for) and text
+    must follow it; QueryError otherwise.
+    """
     match = _WEIGHT_PREFIX.match(term)
     if match is None:
         return QueryTerm(text=term)
-    return QueryTerm(text=match.group(2), weight=float(match.group(1)))
+    prefix, text = match.group(1), match.group(2).strip()
+    try:
+        weight = float(prefix)
+    except ValueError:
+        raise QueryError(
+            f"{term!r}: {prefix!r} is not a weight. Write a weight as 0.5*text; to search for "
+            f"this text as it is, weigh it: 1*{term.strip()}"
+        ) from None
+    if not (math.isfinite(weight) and weight > 0):
+        raise QueryError(f"{term!r}: a weight must be a positive number, not {prefix}.")
+    if not text:
+        raise QueryError(f"{term!r}: the weight {prefix} is followed by no text.")
+    return QueryTerm(text=text, weight=weight)
 
 
 def as_terms(items: Sequence[str | QueryTerm], sign: float) -> list[QueryTerm]:

@@ -19,6 +19,7 @@ nothing it sees; if it has saved a newer FAISS file by then, the generations dif
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 from collections.abc import Sequence
@@ -99,6 +100,8 @@ def answer_quickly(
 
     if k < 1 or (filters is not None and not filters.is_empty) or not surely_on_cpu(device, engine):
         return None
+    if min_score is not None and not math.isfinite(min_score):
+        return None  # the library refuses it, with its message
     try:
         terms = [QueryTerm(text=text), *as_terms(plus, 1.0), *as_terms(minus, -1.0)]
         if any(term.text is None for term in terms):

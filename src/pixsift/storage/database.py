@@ -47,7 +47,8 @@ def open_engine(db_path: Path) -> Engine:
                 "to search (SQLite keeps its journal beside the database): make the folder "
                 "writable, or copy the library to a writable place and use --library."
             ) from exc
-        raise LibraryFormatError(f"Cannot use {db_path} as a pixsift library: {_reason(exc)}.") from exc
+        # exc.orig: SQLAlchemy's own text adds a second line pointing at its documentation.
+        raise LibraryFormatError(f"Cannot use {db_path} as a pixsift library: {_reason(exc.orig)}.") from exc
     return engine
 
 

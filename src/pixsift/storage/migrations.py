@@ -114,6 +114,8 @@ def migrate(connection: Connection) -> list[Migration]:
             f"This library uses schema version {current}, newer than this pixsift "
             f"understands ({SCHEMA_VERSION}). Upgrade pixsift to use it."
         )
+    if current == 0:
+        _check_no_foreign_tables(connection)
     applied = []
     for migration in MIGRATIONS:
         if migration.version <= current:
@@ -124,3 +126,20 @@ def migrate(connection: Connection) -> list[Migration]:
         connection.exec_driver_sql(f"PRAGMA user_version = {migration.version}")
         applied.append(migration)
     return applied
+
+
+def _check_no_foreign_tables(connection: Connection) -> None:
+    """Refuse a database at version 0 that already holds tables: pixsift makes its own tables
+    and version together, so those are another program's, and must not be written into."""
+    tables = [
+        row[0]
+        for row in connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+        )
+    ]
+    if tables:
+        shown = ", ".join(sorted(tables)[:5])
+        raise LibraryFormatError(
+            f"This database is not a pixsift library: it already holds tables of another program "
+            f"({shown}). Use another --library folder."
+        )

@@ -20,7 +20,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.count < 1 or args.size < 32:
         parser.error("--count must be at least 1 and --size at least 32")
-    manifest = write_world(args.out_dir, args.count, args.seed, args.size)
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        parser.error(f"{args.out_dir} exists and is not a folder")
+    try:
+        manifest = write_world(args.out_dir, args.count, args.seed, args.size)
+    except OSError as exc:  # a path through a file, no permission, a full disk
+        parser.exit(1, f"error: cannot write into {args.out_dir}: {exc.strerror or exc}\n")
     print(f"wrote {args.count} images and {manifest}")
 
 

@@ -1,0 +1,318 @@
+"""Mistakes a user or a calling program can make: each one is refused with a PixsiftError and a
+one-line message (the command prints it, exit 1), never a traceback, a raw ValueError, or a
+silently wrong answer."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TinyModel, run_cli
+from pixsift import (
+    InvalidOptionError,
+    InvalidPathError,
+    Library,
+    LibraryFormatError,
+    ModelError,
+    PixsiftError,
+    QueryError,
+    QueryTerm,
+    SearchFilters,
+)
+from pixsift.cli import app
+from pixsift.search import parse_weighted_text
+from serving import indexed_library
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def library(
+    tmp_path_factory: pytest.TempPathFactory, photo_set: Path, tiny_model: TinyModel
+) -> Iterator[Library]:
+    folder = tmp_path_factory.mktemp("mistakes")
+    photos = Path(shutil.copytree(photo_set, folder / "Photos"))
+    opened = indexed_library(folder / "library", photos, tiny_model)
+    yield opened
+    opened.close()
+
+
+# ---- search_vector takes any length of vector: scores stay cosine similarities --------------
+
+
+def test_search_vector_scores_are_cosine_similarities_whatever_the_length(library: Library) -> None:
+    query = library._embedder_or_load().embed_texts(["a red square"])[0]
+    unit = library.search_vector(query, k=5)
+    long = library.search_vector(query * 2.18, k=5)
+    assert [hit.id for hit in long] == [hit.id for hit in unit]
+    assert [hit.score for hit in long] == pytest.approx([hit.score for hit in unit], abs=1e-5)
+    assert all(-1.0 <= hit.score <= 1.0 + 1e-6 for hit in long)
+    # min_score compares against the cosine, not against the raw dot product
+    assert library.search_vector(query * 3.0, k=5, min_score=long[0].score + 1e-4) == []
+
+
+@pytest.mark.parametrize(
+    ("vector", "message"),
+    [
+        (np.zeros(64), "length zero"),
+        (np.full(64, np.nan), "not finite"),
+        (np.full(64, np.inf), "not finite"),
+        (np.ones(512), "64-dimensional"),
+        (np.ones((2, 64)), "one-dimensional"),
+    ],
+)
+def test_vectors_without_a_direction_or_of_the_wrong_size_are_refused(
+    library: Library, vector: np.ndarray, message: str
+) -> None:
+    with pytest.raises(QueryError, match=message):
+        library.search_vector(vector, k=3)
+
+
+# ---- bad arguments to the query methods are QueryErrors ---------------------------------------
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_a_result_count_below_one_is_a_query_error_everywhere(
+    library: Library, k: int, tmp_path: Path
+) -> None:
+    from pixsift import search_once
+
+    vector = np.ones(64, dtype=np.float32)
+    calls: list[Callable[[], object]] = [
+        lambda: library.search("a cat", k),
+        lambda: library.similar(1, k),
+        lambda: library.search_vector(vector, k),
+        lambda: library.search_many(["a cat"], k),
+        lambda: library.similar_many([1], k),
+        lambda: library.search_terms([QueryTerm(text="a cat")], k),
+        lambda: library.recommend(["a cat"], k=k),
+        lambda: search_once("a cat", k, library=library.path),
+    ]
+    for call in calls:
+        with pytest.raises(QueryError, match="k \\(how many results\\) must be"):
+            call()
+
+
+def test_empty_and_mistyped_examples_are_query_errors(library: Library) -> None:
+    with pytest.raises(QueryError, match="at least one query term"):
+        library.search_terms([])
+    with pytest.raises(QueryError, match="at least one positive"):
+        library.recommend([])
+    with pytest.raises(QueryError, match="not float"):
+        library.similar(3.5)  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match="not NoneType"):
+        library.recommend([None])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("min_score", [math.nan, math.inf, -math.inf])
+def test_a_min_score_that_is_not_finite_is_refused(library: Library, min_score: float) -> None:
+    from pixsift import search_once
+
+    with pytest.raises(QueryError, match="min_score must be a finite number"):
+        library.search("a cat", min_score=min_score)
+    with pytest.raises(QueryError, match="min_score must be a finite number"):
+        search_once("a cat", library=library.path, min_score=min_score)
+    result = run_cli("search", "a cat", "--min-score", str(min_score), "--library", str(library.path))
+    assert result.returncode == 1
+    assert (
+        result.stderr.startswith("error: min_score must be a finite number")
+        and result.stderr.count("\n") == 1
+    )
+
+
+def test_one_format_given_as_a_string_is_that_format(library: Library) -> None:
+    assert SearchFilters(formats="JPEG").formats == ("JPEG",)  # type: ignore[arg-type]
+    hits = library.search("a cat", k=3, filters=SearchFilters(formats="jpg"))  # type: ignore[arg-type]
+    assert len(hits) == 3 and {hit.format for hit in hits} == {"JPEG"}
+
+
+# ---- weights on --plus and --minus -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("term", "text", "weight"),
+    [
+        ("sunset", "sunset", 1.0),
+        ("0.5*sunset", "sunset", 0.5),
+        (" 2 * red car", "red car", 2.0),
+        ("1e-1*x*y", "x*y", 0.1),  # only the first * ends the weight
+        ("red car * 2", "red car * 2", 1.0),  # more than one word before the *: all text
+        ("*sparkle*", "*sparkle*", 1.0),
+    ],
+)
+def test_weight_prefixes_that_are_read(term: str, text: str, weight: float) -> None:
+    assert parse_weighted_text(term) == QueryTerm(text=text, weight=weight)
+
+
+@pytest.mark.parametrize(
+    ("term", "message"),
+    [
+        ("-0.5*red", "a weight must be a positive number, not -0.5"),
+        ("0*red", "a weight must be a positive number, not 0"),
+        ("nan*red", "a weight must be a positive number, not nan"),
+        ("abc*red", "'abc' is not a weight"),
+        ("0.5*", "the weight 0.5 is followed by no text"),
+    ],
+)
+def test_bad_weights_are_refused_on_the_command_line(library: Library, term: str, message: str) -> None:
+    for option in ("--plus", "--minus"):
+        result = runner.invoke(app, ["search", "a cat", option, term, "--library", str(library.path)])
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith("error: ") and message in result.stderr
+        assert result.stderr.count("\n") == 1
+
+
+# ---- indexing arguments ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "name"), [({"batch_size": 0}, "batch_size"), ({"workers": 0}, "workers")]
+)
+def test_batch_size_and_workers_below_one_are_refused(
+    library: Library, options: dict[str, int], name: str
+) -> None:
+    folder = library.status().roots[0].path
+    with pytest.raises(InvalidOptionError, match=f"{name} must be a whole number of at least 1"):
+        library.index(folder, **options)  # type: ignore[arg-type]
+    with pytest.raises(InvalidOptionError, match=f"{name} must be a whole number of at least 1"):
+        library.reindex(folder, **options)  # type: ignore[arg-type]
+
+
+def test_reindex_expands_the_home_folder(library: Library, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = Path(library.status().roots[0].path)
+    monkeypatch.setenv("HOME", str(root.parent))
+    report = library.reindex(f"~/{root.name}")
+    assert report.scanned == 12 and report.added == 0
+    # The server's check (which never expands ~) still refuses a path that is not absolute.
+    with pytest.raises(InvalidPathError, match="must be absolute"):
+        library.check_reindex([f"~/{root.name}"])
+
+
+# ---- devices -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "CPU", ""])
+def test_an_unknown_device_is_refused_before_anything_runs(library: Library, device: str) -> None:
+    with pytest.raises(ModelError, match=f"Unknown device {device!r}"):
+        Library.open(library.path, device=device)
+    # over an unchanged folder the model never loads: the device must be checked anyway
+    result = runner.invoke(app, ["index", "--library", str(library.path), "--device", device])
+    assert result.exit_code == 1
+    assert result.stderr == f"error: Unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps.\n"
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
+def test_known_devices_open_a_library(library: Library, device: str) -> None:
+    Library.open(library.path, device=device).close()
+
+
+# ---- library folders and files ------------------------------------------------------------------
+
+
+def test_a_library_folder_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "somefile").write_text("not a folder")
+    (tmp_path / "Photos").mkdir()
+    for library, reason in ((tmp_path / "somefile" / "lib", "not a directory"), (Path("/proc/lib"), "")):
+        with pytest.raises(PixsiftError, match=f"Cannot create the library folder {library}: {reason}"):
+            Library.open(library)
+        result = run_cli("index", str(tmp_path / "Photos"), "--library", str(library))
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith(f"error: Cannot create the library folder {library}: ")
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_file_that_is_not_a_database_gives_one_line(tmp_path: Path) -> None:
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "library.db").write_text("not a database")
+    result = runner.invoke(app, ["status", "--library", str(tmp_path / "junk")])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: Cannot use {tmp_path / 'junk' / 'library.db'} as a pixsift library: "
+        "file is not a database.\n"
+    )
+
+
+def test_another_programs_database_is_not_taken_over(tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    db_path = tmp_path / "other" / "library.db"
+    with sqlite3.connect(db_path) as db:
+        db.execute("CREATE TABLE contacts (name TEXT)")
+        db.execute("INSERT INTO contacts VALUES ('Ada')")
+    db.close()
+    with pytest.raises(LibraryFormatError, match=r"not a pixsift library: .*\(contacts\)"):
+        Library.open(tmp_path / "other")
+    result = runner.invoke(app, ["status", "--library", str(tmp_path / "other")])
+    assert result.exit_code == 1 and "not a pixsift library" in result.stderr
+    with sqlite3.connect(db_path) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert tables == {"contacts"}
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("make_args", "error"),
+    [
+        (lambda tmp: [str(tmp / "missing")], "does not exist"),
+        (lambda tmp: [str(tmp / "afile.txt")], "is not a folder"),
+        (lambda tmp: [str(tmp / "Photos"), "--model", "NoSuchNet"], "Unknown model"),
+    ],
+)
+def test_a_failed_first_index_run_leaves_no_library_behind(
+    tmp_path: Path, make_args: object, error: str
+) -> None:
+    (tmp_path / "Photos").mkdir()
+    (tmp_path / "afile.txt").write_text("x")
+    args = make_args(tmp_path)  # type: ignore[operator]
+    for library in (tmp_path / "new" / "deeper" / "lib", tmp_path / "Photos"):
+        before = sorted(os.listdir(tmp_path))
+        photos_before = sorted(os.listdir(tmp_path / "Photos"))
+        result = runner.invoke(app, ["index", *args, "--library", str(library)])
+        assert result.exit_code == 1 and error in result.stderr
+        assert sorted(os.listdir(tmp_path)) == before  # the folders it made are gone again
+        assert sorted(os.listdir(tmp_path / "Photos")) == photos_before  # what was there stays
+        status = runner.invoke(app, ["status", "--library", str(library)])
+        assert status.exit_code == 1 and "No pixsift library" in status.stderr
+
+
+def test_a_failed_index_run_keeps_an_existing_library(library: Library, tmp_path: Path) -> None:
+    files = sorted(os.listdir(library.path))
+    result = runner.invoke(app, ["index", str(tmp_path / "missing"), "--library", str(library.path)])
+    assert result.exit_code == 1
+    assert sorted(os.listdir(library.path)) == files
+    assert library.status().counts.indexed == 12
+
+
+# ---- help and tools --------------------------------------------------------------------------------
+
+
+def test_serve_help_names_the_extra_it_needs() -> None:
+    result = runner.invoke(app, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "Needs pixsift[server]." in " ".join(result.stdout.split())  # however rich wraps it
+
+
+def test_the_synthetic_writer_refuses_a_file_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    for target, message in (
+        (tmp_path / "afile", "exists and is not a folder"),
+        (tmp_path / "afile" / "w", ""),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "pixsift.synthetic", str(target), "--count", "1"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode in (1, 2) and "Traceback" not in result.stderr
+        assert message in result.stderr and str(target) in result.stderr
