@@ -448,3 +448,19 @@ def test_the_library_folder_inside_a_root_is_not_indexed(photos: Path, tiny_mode
     with Library.open(photos / "pixsift-library") as library:
         assert index(library, tiny_model, photos).scanned == 12
         assert not any("pixsift-library" in p for p in indexed_paths(library))
+
+
+@pytest.mark.parametrize("spelling", ["dot-dot", "symlink"])
+def test_the_library_folder_is_not_indexed_however_its_path_is_spelled(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path, spelling: str
+) -> None:
+    (photos / "sub").mkdir()
+    (tmp_path / "alias").symlink_to(photos)  # the same folder under another name
+    given = {"dot-dot": photos / "sub" / ".." / "lib", "symlink": tmp_path / "alias" / "lib"}[spelling]
+    with Library.open(given) as library:
+        index(library, tiny_model, photos)
+        thumbnail = library.thumbnail(1)  # a JPEG inside the library, as the web service makes
+        assert thumbnail.resolve().is_relative_to(photos / "lib")
+        report = library.index()
+        assert (report.scanned, report.added) == (12, 0)
+        assert not any("/lib/" in p for p in indexed_paths(library))
