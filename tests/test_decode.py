@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -182,6 +184,30 @@ def test_unreadable_data_raises_with_a_clear_reason(data: bytes, reason: str) ->
     with pytest.raises(Exception) as raised:
         open_oriented(data, 224, default_max_pixels())
     assert reason in describe_error(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("head", "reason"),
+    [(b"", "not an image"), (png_claiming(100_000, 100_000), "decompression bomb")],
+    ids=["no-image", "bomb"],
+)
+def test_a_huge_file_that_is_no_image_is_refused_without_reading_it(
+    tmp_path: Path, embedder: ClipEmbedder, head: bytes, reason: str
+) -> None:
+    path = tmp_path / "clip.jpg"  # a video misnamed, say: 256 MB (sparse, so cheap to make)
+    path.write_bytes(head)
+    os.truncate(path, 256 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(Exception) as raised:
+            load_image(
+                str(path), preprocess=embedder.preprocess, target_size=224, max_pixels=default_max_pixels()
+            )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert reason in describe_error(raised.value)
+    assert peak < 4 << 20  # the header only, not the file
 
 
 def test_truncated_jpeg_fails(tmp_path: Path) -> None:
