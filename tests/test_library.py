@@ -282,8 +282,9 @@ def test_bad_files_are_recorded_and_indexing_goes_on(
     assert open_library.status().counts.failed == 3
     assert "notes.jpg" not in {Path(p).name for p in indexed_paths(open_library)}
 
-    again = open_library.index(photos)  # unchanged bad files are not retried
-    assert (again.failed, again.unchanged) == (0, 15)
+    again = open_library.index(photos)  # unchanged bad files are not retried, but still count
+    assert (again.failed, again.still_failed, again.unchanged) == (0, 3, 15)
+    assert not again.complete
     (photos / "notes.jpg").unlink()
     save(make_photo(600), photos / "empty.png")  # fixed
     fixed = open_library.index(photos)

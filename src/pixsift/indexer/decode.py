@@ -152,6 +152,18 @@ def exif_taken_at(data: bytes) -> str | None:
     return taken.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def is_read_failure(exc: BaseException) -> bool:
+    """Whether `exc` says the file could not be read now, rather than what it holds is bad.
+
+    Such failures (permission denied, an I/O error, no memory left) may pass, so the file is
+    tried again by the next run. The operating system's errors carry an errno; Pillow's about
+    the content (not an image, truncated) do not, and recur for the same bytes.
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, OSError) and exc.errno is not None
+
+
 def describe_error(exc: BaseException) -> str:
     """A short, user-facing reason why a file could not be indexed."""
     if isinstance(exc, UnidentifiedImageError):

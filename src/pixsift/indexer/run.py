@@ -115,6 +115,7 @@ class Indexer:
         report.unreadable_dirs = scan.unreadable_dirs
         plan = plan_folder(scan.files, known, [folder for folder, _ in scan.unreadable_dirs])
         report.unchanged = plan.unchanged
+        report.still_failed = plan.still_failed
         return plan
 
     # ---- phase 2: moves, touches, duplicates and deletions, decided by content hash -------
@@ -246,7 +247,12 @@ def _store(batch: CatalogWriter, outcomes: Sequence[Outcome[Candidate]], report:
                 report.updated += 1
         else:
             batch.record_failure(
-                image_id, outcome.error, size=file.size, mtime_ns=file.mtime_ns, content_hash=None
+                image_id,
+                outcome.error,
+                size=file.size,
+                mtime_ns=file.mtime_ns,
+                content_hash=None,
+                retry=outcome.retry,
             )
             report.failed += 1
     batch.save_embeddings(fresh)
