@@ -160,6 +160,18 @@ def test_16_bit_greyscale_keeps_its_contrast(tmp_path: Path) -> None:
     assert correlation(pixels, gradient.astype(np.float32)) > 0.99
 
 
+def test_32_bit_float_tiff_is_scaled_not_black(tmp_path: Path) -> None:
+    gradient = np.tile(np.linspace(0.0, 1.0, 640, dtype=np.float32), (480, 1))
+    path = tmp_path / "float.tif"
+    Image.fromarray(gradient).save(path)  # mode F, values 0..1, as scientific software writes
+    with Image.open(path) as written:
+        assert written.mode == "F"
+    image, *_ = open_oriented(path.read_bytes(), 224, default_max_pixels())
+    pixels = np.asarray(image, dtype=np.float32)[..., 0]
+    assert pixels.min() < 5 and pixels.max() > 250
+    assert correlation(pixels, gradient) > 0.99
+
+
 def png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims a huge size: a decompression bomb."""
     buffer = io.BytesIO()

@@ -185,6 +185,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         # 16-bit greyscale (scans, medical, astronomy): Pillow's own conversion clips every
         # value above 255 to white, so scale the 16-bit range down to 8 bits first.
         image = image.convert("I").point(lambda value: value / 256).convert("L")
+    elif image.mode == "F":
+        # 32-bit float (scientific TIFFs, HDR exports) holds 0..1 by convention, which Pillow
+        # would cast to 0 and 1 of 255: all black. Scale that to 8 bits; conversion clips the
+        # rest. Data reaching past 1 is taken as already on the 0..255 scale.
+        highest = float(image.getextrema()[1])  # type: ignore[arg-type] # one band: a number
+        scale = 255.0 if highest <= 1.0 else 1.0
+        image = image.point(lambda value: value * scale).convert("L")
     return image.convert("RGB")
 
 
