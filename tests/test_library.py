@@ -444,6 +444,31 @@ def test_hidden_files_and_symlinks_follow_the_options(
     assert any("/link/" in p for p in indexed_paths(open_library))
 
 
+@pytest.mark.parametrize("option", ["follow_symlinks", "include_hidden"])
+def test_nested_roots_with_other_options_keep_each_others_images(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path, option: str
+) -> None:
+    """`index R --follow-symlinks`, then `index R/trips`: each run keeps what the other root
+    reaches, in either order, instead of removing and re-adding it every time."""
+    trips = photos / "trips"
+    trips.mkdir()
+    for path in sorted(photos.glob("*.jpg"))[:3]:
+        path.rename(trips / path.name)
+    if option == "follow_symlinks":
+        write_photos(tmp_path / "shared", 2, seed=810)
+        (trips / "shared").symlink_to(tmp_path / "shared")
+    else:
+        write_photos(trips / ".shared", 2, seed=810)
+    assert index(open_library, tiny_model, photos, **{option: True}).added == 14
+    ids = {hit.path: hit.id for hit in open_library.search("a photo", k=20)}
+    for run in (lambda: open_library.index(trips), open_library.index, lambda: open_library.index(trips)):
+        report = run()
+        assert (report.removed, report.embedded) == (0, 0)
+        assert {hit.path: hit.id for hit in open_library.search("a photo", k=20)} == ids
+    again = open_library.index(photos, **{option: True})  # the enclosing root, after the inner one
+    assert (again.removed, again.embedded, again.unchanged) == (0, 0, 14)
+
+
 def test_the_library_folder_inside_a_root_is_not_indexed(photos: Path, tiny_model: TinyModel) -> None:
     write_photos(photos / "pixsift-library" / "cache", 2, seed=900)  # images of its own
     with Library.open(photos / "pixsift-library") as library:
