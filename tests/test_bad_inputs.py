@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TinyModel, run_cli
+from conftest import TinyModel, needs_permissions, run_cli
 from pixsift import IndexReport, Library
 from sample_photos import make_photo, save
 from test_decode import png_claiming
@@ -240,8 +240,9 @@ def test_the_command_says_so_in_its_summary_and_exit_code(
     listed = run_cli("status", "--failed", "--library", library).stdout
     for case in static:
         assert f"  {tmp_path / 'Photos' / case.name}: " in listed
-    again = run_cli("index", "--library", library)  # unchanged bad files are not retried
-    assert again.returncode == 0 and "0 failed" in again.stdout
+    again = run_cli("index", "--library", library)  # unchanged bad files are not retried...
+    assert again.returncode == 3 and "0 failed" in again.stdout  # ...but are not taken for fixed
+    assert f"{len(static)} file(s) still failed from earlier runs" in again.stdout
 
 
 @pytest.mark.slow
@@ -258,3 +259,30 @@ def test_a_huge_valid_photo_is_indexed_without_pillow_warning_on_screen(
     assert "1 new" in result.stdout, result.stdout
     assert "decompression bomb" not in result.stderr.lower(), result.stderr
     assert "Warning" not in result.stderr, result.stderr
+
+
+@needs_permissions
+def test_a_file_that_could_not_be_read_is_retried_by_the_next_run(
+    tmp_path: Path, photo_set: Path, tiny_model: TinyModel
+) -> None:
+    """Permission denied (or an I/O error) is about the moment, not the file's content: the
+    next run tries again, even though the file's size and mtime have not changed since."""
+    photos = tmp_path / "Photos"
+    shutil.copytree(photo_set, photos)
+    edited = sorted(photos.glob("*.jpg"))[0]
+    args = ["--library", str(tmp_path / "library")]
+    assert run_cli("index", str(photos), *args, *tiny_model.index_args()).returncode == 0
+    edited.write_bytes(photo_bytes(60, size=(640, 480)))  # new content, unreadable at first
+    edited.chmod(0o000)
+    try:
+        locked = [run_cli("index", *args, obey_permissions=True) for _ in range(2)]
+    finally:
+        edited.chmod(0o644)
+    for run in locked:  # still unreadable: tried, and reported, every time
+        assert run.returncode == 3 and "1 failed" in run.stdout, run.stdout
+    assert "permission denied" in run_cli("status", "--failed", *args).stdout
+    fixed = run_cli("index", *args, obey_permissions=True)
+    assert fixed.returncode == 0 and "1 updated" in fixed.stdout and "0 failed" in fixed.stdout, fixed.stdout
+    assert "No failed files." in run_cli("status", "--failed", *args).stdout
+    with Library.open(tmp_path / "library") as library:
+        assert str(edited) in {str(hit.path) for hit in library.search("a photo", k=20)}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -158,6 +160,18 @@ def test_16_bit_greyscale_keeps_its_contrast(tmp_path: Path) -> None:
     assert correlation(pixels, gradient.astype(np.float32)) > 0.99
 
 
+def test_32_bit_float_tiff_is_scaled_not_black(tmp_path: Path) -> None:
+    gradient = np.tile(np.linspace(0.0, 1.0, 640, dtype=np.float32), (480, 1))
+    path = tmp_path / "float.tif"
+    Image.fromarray(gradient).save(path)  # mode F, values 0..1, as scientific software writes
+    with Image.open(path) as written:
+        assert written.mode == "F"
+    image, *_ = open_oriented(path.read_bytes(), 224, default_max_pixels())
+    pixels = np.asarray(image, dtype=np.float32)[..., 0]
+    assert pixels.min() < 5 and pixels.max() > 250
+    assert correlation(pixels, gradient) > 0.99
+
+
 def png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims a huge size: a decompression bomb."""
     buffer = io.BytesIO()
@@ -182,6 +196,30 @@ def test_unreadable_data_raises_with_a_clear_reason(data: bytes, reason: str) ->
     with pytest.raises(Exception) as raised:
         open_oriented(data, 224, default_max_pixels())
     assert reason in describe_error(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("head", "reason"),
+    [(b"", "not an image"), (png_claiming(100_000, 100_000), "decompression bomb")],
+    ids=["no-image", "bomb"],
+)
+def test_a_huge_file_that_is_no_image_is_refused_without_reading_it(
+    tmp_path: Path, embedder: ClipEmbedder, head: bytes, reason: str
+) -> None:
+    path = tmp_path / "clip.jpg"  # a video misnamed, say: 256 MB (sparse, so cheap to make)
+    path.write_bytes(head)
+    os.truncate(path, 256 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(Exception) as raised:
+            load_image(
+                str(path), preprocess=embedder.preprocess, target_size=224, max_pixels=default_max_pixels()
+            )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert reason in describe_error(raised.value)
+    assert peak < 4 << 20  # the header only, not the file
 
 
 def test_truncated_jpeg_fails(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -329,8 +330,9 @@ def test_bad_files_are_recorded_and_indexing_goes_on(
     assert open_library.status().counts.failed == 3
     assert "notes.jpg" not in {Path(p).name for p in indexed_paths(open_library)}
 
-    again = open_library.index(photos)  # unchanged bad files are not retried
-    assert (again.failed, again.unchanged) == (0, 15)
+    again = open_library.index(photos)  # unchanged bad files are not retried, but still count
+    assert (again.failed, again.still_failed, again.unchanged) == (0, 3, 15)
+    assert not again.complete
     (photos / "notes.jpg").unlink()
     save(make_photo(600), photos / "empty.png")  # fixed
     fixed = open_library.index(photos)
@@ -494,8 +496,54 @@ def test_hidden_files_and_symlinks_follow_the_options(
     assert Path(open_library.image_file(linked.id)).parent == tmp_path / "linked"
 
 
+@pytest.mark.parametrize("option", ["follow_symlinks", "include_hidden"])
+def test_nested_roots_with_other_options_keep_each_others_images(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path, option: str
+) -> None:
+    """`index R --follow-symlinks`, then `index R/trips`: each run keeps what the other root
+    reaches, in either order, instead of removing and re-adding it every time."""
+    trips = photos / "trips"
+    trips.mkdir()
+    for path in sorted(photos.glob("*.jpg"))[:3]:
+        path.rename(trips / path.name)
+    if option == "follow_symlinks":
+        write_photos(tmp_path / "shared", 2, seed=810)
+        (trips / "shared").symlink_to(tmp_path / "shared")
+    else:
+        write_photos(trips / ".shared", 2, seed=810)
+    assert index(open_library, tiny_model, photos, **{option: True}).added == 14
+    ids = {hit.path: hit.id for hit in open_library.search("a photo", k=20)}
+    runs: list[Callable[[], IndexReport]] = [
+        lambda: open_library.index(trips),
+        open_library.index,
+        lambda: open_library.index(trips),
+    ]
+    for run in runs:
+        report = run()
+        assert (report.removed, report.embedded) == (0, 0)
+        assert {hit.path: hit.id for hit in open_library.search("a photo", k=20)} == ids
+    again = open_library.index(photos, **{option: True})  # type: ignore[arg-type]  # the enclosing root, later
+    assert (again.removed, again.embedded, again.unchanged) == (0, 0, 14)
+
+
 def test_the_library_folder_inside_a_root_is_not_indexed(photos: Path, tiny_model: TinyModel) -> None:
     write_photos(photos / "pixsift-library" / "cache", 2, seed=900)  # images of its own
     with Library.open(photos / "pixsift-library") as library:
         assert index(library, tiny_model, photos).scanned == 12
         assert not any("pixsift-library" in p for p in indexed_paths(library))
+
+
+@pytest.mark.parametrize("spelling", ["dot-dot", "symlink"])
+def test_the_library_folder_is_not_indexed_however_its_path_is_spelled(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path, spelling: str
+) -> None:
+    (photos / "sub").mkdir()
+    (tmp_path / "alias").symlink_to(photos)  # the same folder under another name
+    given = {"dot-dot": photos / "sub" / ".." / "lib", "symlink": tmp_path / "alias" / "lib"}[spelling]
+    with Library.open(given) as library:
+        index(library, tiny_model, photos)
+        thumbnail = library.thumbnail(1)  # a JPEG inside the library, as the web service makes
+        assert thumbnail.resolve().is_relative_to(photos / "lib")
+        report = library.index()
+        assert (report.scanned, report.added) == (12, 0)
+        assert not any("/lib/" in p for p in indexed_paths(library))

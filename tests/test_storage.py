@@ -14,7 +14,7 @@ from pixsift.errors import LibraryFormatError
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.storage import Catalog
 from pixsift.storage.index_lifecycle import catch_up, open_vector_index
-from pixsift.storage.migrations import SCHEMA_VERSION
+from pixsift.storage.migrations import MIGRATIONS, SCHEMA_VERSION
 from pixsift.storage.schema import Base
 from pixsift.storage.vector_index import VectorIndex, read_generation
 
@@ -213,3 +213,27 @@ def test_filtered_search_matches_brute_force(tmp_path: Path) -> None:
     mask = np.isin(ids, allowed)
     expected = ids[mask][np.argsort(-(vectors[mask] @ query))][:10]
     assert list(found[0]) == list(expected)
+
+
+def test_failures_recorded_before_schema_3_that_may_pass_are_retried(tmp_path: Path) -> None:
+    """Upgrading marks the failures to read a file (by their recorded reasons) for retry;
+    failures of the content stay as they were."""
+    path = tmp_path / "library.db"
+    errors = ["permission denied", "[Errno 5] Input/output error", "image file is truncated"]
+    with sqlite3.connect(path) as db:
+        for migration in MIGRATIONS[:2]:
+            for statement in migration.statements:
+                db.execute(statement)
+        db.execute("PRAGMA user_version = 2")
+        for number, error in enumerate(errors):
+            db.execute(
+                "INSERT INTO images (path, size, mtime_ns, error, indexed_at) VALUES (?, 1, 1, ?, '2024')",
+                (os.fsencode(tmp_path / f"{number}.jpg"), error),
+            )
+    catalog = Catalog.open(path)
+    try:
+        known = catalog.known_files(str(tmp_path))
+        assert [known[str(tmp_path / f"{n}.jpg")].error_retry for n in range(3)] == [True, True, False]
+        assert catalog.schema_differences() == []
+    finally:
+        catalog.close()

@@ -79,6 +79,11 @@ def format_report(report: IndexReport) -> str:
         )
     if report.failed:
         lines.append(f"{report.failed} file(s) could not be read; list them with: pixsift status --failed")
+    if report.still_failed:
+        lines.append(
+            f"{report.still_failed} file(s) still failed from earlier runs (retried when they change);"
+            " list them with: pixsift status --failed"
+        )
     if report.interrupted:
         lines.append("What was embedded so far is saved; run the same command again to continue.")
     return "\n".join(lines)

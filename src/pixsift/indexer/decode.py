@@ -1,9 +1,11 @@
 """Reading one image file into what the model needs, fast and safely.
 
 Each file is read once: the same bytes are hashed (to recognise moved and duplicate files)
-and decoded. A CLIP model looks at about 224 pixels, so a 12-megapixel JPEG is decoded at
-reduced scale by libjpeg's DCT scaling (Pillow's `draft`), several times faster than a full
-decode, while staying at least the model's size so the final resize is the model's own.
+and decoded. Its header is checked first, so a huge file that is not an image (or claims too
+many pixels) is refused without being read into memory. A CLIP model looks at about 224
+pixels, so a 12-megapixel JPEG is decoded at reduced scale by libjpeg's DCT scaling
+(Pillow's `draft`), several times faster than a full decode, while staying at least the
+model's size so the final resize is the model's own.
 EXIF orientation is applied before the model's preprocessing, as a viewer shows the photo.
 """
 
@@ -12,10 +14,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -79,10 +82,32 @@ def load_image(
 ) -> DecodedImage:
     """Read, hash, decode and preprocess one file. Raises on any unreadable image."""
     with open(path, "rb") as f:
+        check_header(f, max_pixels)  # a huge file that is no image, or a bomb, is never read
+        f.seek(0)
         data = f.read()
     image, width, height, image_format = open_oriented(data, target_size, max_pixels)
     taken = exif_taken_at(data)
     return DecodedImage(preprocess(image), hash_bytes(data), width, height, image_format, taken)
+
+
+def check_header(file: BinaryIO, max_pixels: int) -> None:
+    """Raise unless `file` starts like an image of a wanted format within `max_pixels`.
+
+    Opening is lazy: Pillow reads the header (a few kilobytes), no pixels, so the whole file
+    is read into memory only once it is known to be an image worth decoding.
+    """
+    if os.fstat(file.fileno()).st_size == 0:
+        raise ValueError("empty file")
+    with Image.open(file, formats=allowed_formats()) as image:
+        _check_pixels(image, max_pixels)
+
+
+def _check_pixels(image: Image.Image, max_pixels: int) -> None:
+    width, height = image.size
+    if width * height > max_pixels:
+        raise Image.DecompressionBombError(
+            f"{width}x{height} pixels is more than the limit of {max_pixels:,}"
+        )
 
 
 def open_oriented(data: bytes, target_size: int, max_pixels: int) -> tuple[Image.Image, int, int, str]:
@@ -93,11 +118,8 @@ def open_oriented(data: bytes, target_size: int, max_pixels: int) -> tuple[Image
     if not data:
         raise ValueError("empty file")
     with Image.open(io.BytesIO(data), formats=allowed_formats()) as image:
+        _check_pixels(image, max_pixels)
         width, height = image.size
-        if width * height > max_pixels:
-            raise Image.DecompressionBombError(
-                f"{width}x{height} pixels is more than the limit of {max_pixels:,}"
-            )
         image_format = image.format or "unknown"
         if image_format in ("JPEG", "MPO"):
             image.draft("RGB", (target_size, target_size))
@@ -130,6 +152,18 @@ def exif_taken_at(data: bytes) -> str | None:
     return taken.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def is_read_failure(exc: BaseException) -> bool:
+    """Whether `exc` says the file could not be read now, rather than what it holds is bad.
+
+    Such failures (permission denied, an I/O error, no memory left) may pass, so the file is
+    tried again by the next run. The operating system's errors carry an errno; Pillow's about
+    the content (not an image, truncated) do not, and recur for the same bytes.
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, OSError) and exc.errno is not None
+
+
 def describe_error(exc: BaseException) -> str:
     """A short, user-facing reason why a file could not be indexed."""
     if isinstance(exc, UnidentifiedImageError):
@@ -151,6 +185,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         # 16-bit greyscale (scans, medical, astronomy): Pillow's own conversion clips every
         # value above 255 to white, so scale the 16-bit range down to 8 bits first.
         image = image.convert("I").point(lambda value: value / 256).convert("L")
+    elif image.mode == "F":
+        # 32-bit float (scientific TIFFs, HDR exports) holds 0..1 by convention, which Pillow
+        # would cast to 0 and 1 of 255: all black. Scale that to 8 bits; conversion clips the
+        # rest. Data reaching past 1 is taken as already on the 0..255 scale.
+        highest = float(image.getextrema()[1])  # type: ignore[arg-type] # one band: a number
+        scale = 255.0 if highest <= 1.0 else 1.0
+        image = image.point(lambda value: value * scale).convert("L")
     return image.convert("RGB")
 
 

@@ -26,6 +26,7 @@ class Candidate:
 @dataclass
 class IndexPlan:
     unchanged: int = 0
+    still_failed: int = 0  # of the unchanged: files whose content failed before, not retried
     candidates: list[Candidate] = field(default_factory=list)
     missing: list[KnownFile] = field(default_factory=list)  # known, but gone from disk
 
@@ -41,6 +42,7 @@ def plan_folder(
         row = known.get(path)
         if row is not None and _is_unchanged(file, row):
             plan.unchanged += 1
+            plan.still_failed += row.error is not None
         else:
             plan.candidates.append(Candidate(file, row))
     unknown_prefixes = tuple(os.path.join(folder, "") for folder in unreadable_dirs)
@@ -51,6 +53,10 @@ def plan_folder(
 
 
 def _is_unchanged(file: ScannedFile, row: KnownFile) -> bool:
-    """Same size and mtime, and fully handled last time (a vector, or a recorded failure)."""
-    done = row.has_vector or row.error is not None
+    """Same size and mtime, and fully handled last time: a vector, or a failure of the content.
+
+    Bad content fails again for the same bytes, so it waits for the file to change; a file
+    that could not be read (permission denied, an I/O error) is tried again by every run.
+    """
+    done = row.has_vector or (row.error is not None and not row.error_retry)
     return done and file.size == row.size and file.mtime_ns == row.mtime_ns

@@ -17,6 +17,7 @@ class IndexReport:
     touched: int = 0  # files whose timestamp changed but not their content
     removed: int = 0  # files gone from disk, dropped from the library
     failed: int = 0  # files that could not be read this run
+    still_failed: int = 0  # unchanged files whose content failed in an earlier run (not retried)
     unreadable_dirs: list[tuple[str, str]] = field(default_factory=list)
     skipped_roots: list[str] = field(default_factory=list)  # known roots not on disk: kept as is
     elapsed_s: float = 0.0
@@ -29,8 +30,9 @@ class IndexReport:
 
     @property
     def complete(self) -> bool:
-        """Whether every file and folder found could be read (the rest of the run went on)."""
-        return not self.failed and not self.unreadable_dirs
+        """Whether every file and folder found is indexed or could be read (the rest of the run
+        went on). Files that failed in an earlier run and are unchanged count as failed still."""
+        return not self.failed and not self.still_failed and not self.unreadable_dirs
 
 
 class IndexInterrupted(KeyboardInterrupt):

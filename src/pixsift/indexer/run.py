@@ -99,7 +99,9 @@ class Indexer:
         self._progress.start("Scanning")
         scan = ScanResult()
         known: dict[str, KnownFile] = {}
-        for root in roots:  # nested roots simply scan the same files twice into one dict
+        # Nested roots simply scan the same files twice into one dict: a file stays while any
+        # root that holds it reaches it with its own options.
+        for root in [*roots, *self._overlapping_roots(roots)]:
             options = ScanOptions(
                 include_hidden=root.include_hidden,
                 follow_symlinks=root.follow_symlinks,
@@ -115,7 +117,37 @@ class Indexer:
         report.unreadable_dirs = scan.unreadable_dirs
         plan = plan_folder(scan.files, known, [folder for folder, _ in scan.unreadable_dirs])
         report.unchanged = plan.unchanged
+        report.still_failed = plan.still_failed
         return plan
+
+    def _overlapping_roots(self, roots: Sequence[RootRequest]) -> list[RootRequest]:
+        """Walks of the run's folders by the other known roots that share them with other options.
+
+        With `R --follow-symlinks` and `R/trips` both roots, a run over `R/trips` alone would
+        otherwise take the images `R` reaches through links for deleted, and the next run over
+        `R` would add them again. So the run also walks the part it shares with each enclosing
+        or enclosed root as that root would: what any root finds is kept.
+        """
+        whole = {root.path for root in roots if root.scope is None}
+        extra: set[RootRequest] = set()
+        for other in self._catalog.roots():
+            if other.path in whole:  # walked whole already, with its own options
+                continue
+            for root in roots:
+                if (other.include_hidden, other.follow_symlinks) == (
+                    root.include_hidden,
+                    root.follow_symlinks,
+                ):
+                    continue  # the run's own walk finds the same files
+                if _is_within(root.folder, other.path):  # `other` encloses the run's folder
+                    extra.add(
+                        RootRequest(other.path, other.include_hidden, other.follow_symlinks, root.folder)
+                    )
+                elif _is_within(other.path, root.folder):  # `other` lies inside it
+                    extra.add(
+                        RootRequest(other.path, other.include_hidden, other.follow_symlinks, other.path)
+                    )
+        return sorted(extra, key=lambda request: request.folder)
 
     # ---- phase 2: moves, touches, duplicates and deletions, decided by content hash -------
 
@@ -246,10 +278,19 @@ def _store(batch: CatalogWriter, outcomes: Sequence[Outcome[Candidate]], report:
                 report.updated += 1
         else:
             batch.record_failure(
-                image_id, outcome.error, size=file.size, mtime_ns=file.mtime_ns, content_hash=None
+                image_id,
+                outcome.error,
+                size=file.size,
+                mtime_ns=file.mtime_ns,
+                content_hash=None,
+                retry=outcome.retry,
             )
             report.failed += 1
     batch.save_embeddings(fresh)
+
+
+def _is_within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(os.path.join(folder, ""))
 
 
 def _hash_or_none(path: str) -> str | None:

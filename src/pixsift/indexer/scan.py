@@ -71,16 +71,14 @@ def scan_folder(
     """
     result = ScanResult()
     visited: set[tuple[int, int]] = set()
-    excluded = {os.path.normcase(p) for p in options.exclude}
+    excluded = _folder_keys(options.exclude)
     stack = [root]
     while stack:
         folder = stack.pop()
-        if os.path.normcase(folder) in excluded:
-            continue
         try:
             folder_stat = os.stat(folder)
             key = (folder_stat.st_dev, folder_stat.st_ino)
-            if key in visited:  # a symlink loop, or two links to one folder
+            if key in visited or key in excluded:  # a link loop or twice linked; the library
                 continue
             visited.add(key)
             with os.scandir(folder) as listing:
@@ -112,6 +110,22 @@ def scan_folder(
         if on_folder is not None:
             on_folder(len(result.files) - found_here)
     return result
+
+
+def _folder_keys(folders: Collection[str]) -> set[tuple[int, int]]:
+    """The device and inode of each folder that exists.
+
+    Folders are told apart by identity, not by their path's spelling: the library given as
+    `photos/../lib`, or through a symbolic link, is still the folder the walk reaches as `lib`.
+    """
+    keys = set()
+    for folder in folders:
+        try:
+            folder_stat = os.stat(folder)
+        except OSError:  # not there (yet): nothing under it can be walked into either
+            continue
+        keys.add((folder_stat.st_dev, folder_stat.st_ino))
+    return keys
 
 
 def _classify(entry: os.DirEntry[str], options: ScanOptions) -> ScannedFile | str | None:

@@ -482,6 +482,7 @@ class CatalogWriter:
                 "size": item.size,
                 "mtime_ns": item.mtime_ns,
                 "error": None,
+                "error_retry": False,
                 "indexed_at": now,
             }
             for item in fresh
@@ -504,17 +505,27 @@ class CatalogWriter:
             format=source.format,
             taken_at=source.taken_at,
             error=None,
+            error_retry=False,
             indexed_at=utcnow(),
         )
         self._put_vector(image_id, source.vector)
 
     def record_failure(
-        self, image_id: int, error: str, *, size: int, mtime_ns: int, content_hash: str | None
+        self,
+        image_id: int,
+        error: str,
+        *,
+        size: int,
+        mtime_ns: int,
+        content_hash: str | None,
+        retry: bool = False,
     ) -> None:
-        """Mark an image as unreadable; it keeps no vector until the file changes."""
+        """Mark an image as unreadable; it keeps no vector until the file changes, or (with
+        `retry`, for a file that could not be read) until a later run reads it."""
         self._update(
             image_id,
             error=error,
+            error_retry=retry,
             size=size,
             mtime_ns=mtime_ns,
             content_hash=content_hash,
@@ -626,7 +637,7 @@ def _taken_or_modified() -> ColumnElement[str]:
     return func.coalesce(Image.taken_at, modified)
 
 
-def _known_file_query() -> Select[int, str, int, int, str | None, bool, str | None]:
+def _known_file_query() -> Select[int, str, int, int, str | None, bool, str | None, bool]:
     return select(
         Image.id,
         Image.path,
@@ -635,12 +646,13 @@ def _known_file_query() -> Select[int, str, int, int, str | None, bool, str | No
         Image.content_hash,
         Embedding.image_id.is_not(None),
         Image.error,
+        Image.error_retry,
     ).outerjoin(Embedding, Embedding.image_id == Image.id)
 
 
 def _known_files(rows: Iterable[Sequence[Any]]) -> Iterator[KnownFile]:
-    for image_id, path, size, mtime_ns, content_hash, has_vector, error in rows:
-        yield KnownFile(image_id, path, size, mtime_ns, content_hash, bool(has_vector), error)
+    for image_id, path, size, mtime_ns, content_hash, has_vector, error, retry in rows:
+        yield KnownFile(image_id, path, size, mtime_ns, content_hash, bool(has_vector), error, bool(retry))
 
 
 def _image_info(row: Image) -> ImageInfo:

@@ -92,6 +92,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         "images.taken_at: when the photo was taken (EXIF), for date filters",
         ("ALTER TABLE images ADD COLUMN taken_at VARCHAR(19)",),
     ),
+    Migration(
+        3,
+        "images.error_retry: the file could not be read (not bad content), so every run retries it",
+        (
+            "ALTER TABLE images ADD COLUMN error_retry BOOLEAN NOT NULL DEFAULT 0",
+            # Failures recorded before, of the kinds that pass (their describe_error texts).
+            """
+            UPDATE images SET error_retry = 1
+            WHERE error IN ('permission denied', 'not enough memory to decode',
+                            'file disappeared before it could be read')
+               OR error LIKE '[Errno %'
+            """,
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -21,6 +21,7 @@ class KnownFile:
     content_hash: str | None
     has_vector: bool
     error: str | None
+    error_retry: bool = False  # the error was a failure to read the file: retry it
 
 
 @dataclass(frozen=True)

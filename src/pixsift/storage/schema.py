@@ -71,6 +71,9 @@ class Image(Base):
     height: Mapped[int | None]
     format: Mapped[str | None] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
+    # The error is a failure to read the file (permission, I/O, memory), not bad content:
+    # every index run tries the file again, even when its size and mtime are unchanged.
+    error_retry: Mapped[bool] = mapped_column(default=False, server_default="0")
     indexed_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # When the photo was taken, from EXIF, as "YYYY-MM-DD HH:MM:SS" in the camera's local time
     # (EXIF has no time zone). NULL when the file has none, or was indexed before this column
