@@ -365,6 +365,24 @@ def test_bad_requests_get_json_errors(client: httpx.Client) -> None:
     assert_error(client.get("/jobs/none"), 404, "job_not_found")
 
 
+def test_json_booleans_are_not_numbers(client: httpx.Client) -> None:
+    # lax parsing took `true` for 1: image 1, k=1, a width of 1
+    for body in (
+        {"positive": [True]},
+        {"positive": ["a"], "negative": [False]},
+        {"positive": ["a"], "exclude": [True]},
+        {"positive": ["a"], "k": True},
+        {"positive": ["a"], "diversity": True},
+        {"positive": ["a"], "filters": {"min_width": True}},
+        {"positive": ["a"], "filters": {"min_height": True}},
+    ):
+        assert_error(client.post("/recommend", json=body), 422, "invalid_request")
+    assert_error(client.post("/search", json={"q": "x", "k": True}), 422, "invalid_request")
+    assert_error(client.post("/search", json={"q": "x", "min_score": True}), 422, "invalid_request")
+    assert_error(client.post("/search/batch", json={"queries": ["x"], "k": True}), 422, "invalid_request")
+    assert client.post("/recommend", json={"positive": ["a"], "k": 3, "diversity": 1}).status_code == 200
+
+
 def test_an_empty_library_answers_409(tmp_path: Path) -> None:
     with (
         Library.open(tmp_path / "empty") as library,
