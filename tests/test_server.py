@@ -304,6 +304,12 @@ def test_bind_rules() -> None:
         check_bind("my-host.example", None)
     with pytest.raises(UnsafeBindError, match="at least 16"):
         check_bind("127.0.0.1", "short")
+    # a header cannot carry these: the service would start, then refuse every client
+    for unusable in ("clé-secrète-0123456789", "key-with-newline\n0123456789", " padded-key-0123456789"):
+        with pytest.raises(UnsafeBindError, match="printable ASCII"):
+            check_bind("127.0.0.1", unusable)
+        with pytest.raises(UnsafeBindError, match="printable ASCII"):
+            ServerSettings(api_key=unusable)
     assert not check_bind("127.0.0.1", None).require_key_for_reads
     assert not check_bind("::1", API_KEY).require_key_for_reads
     assert not check_bind("localhost", None).require_key_for_reads
