@@ -358,7 +358,12 @@ def test_bad_requests_get_json_errors(client: httpx.Client) -> None:
     assert_error(
         client.post("/search", content=lone_surrogate, headers={"content-type": "application/json"}), 422
     )
-    assert_error(client.get("/search", params={"q": "x", "format": "no such!"}), 422, "invalid_request")
+    bad_format = assert_error(
+        client.get("/search", params={"q": "x", "format": "p.ng"}), 422, "invalid_request"
+    )
+    assert [d["loc"] for d in bad_format["details"]] == [["query", "format", "0"]]
+    bad_second = client.get("/images/1/similar", params={"format": ["png", "no such!"]})
+    assert [d["loc"] for d in assert_error(bad_second, 422)["details"]] == [["query", "format", "1"]]
     assert_error(client.get("/search", params={"q": "x", "min_score": "nan"}), 422, "invalid_request")
     assert_error(client.post("/similar", files={"file": b"not an image"}), 422, "bad_image")
     assert_error(client.post("/similar", files={"other": b"x"}), 400, "missing_file")
