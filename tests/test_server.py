@@ -221,6 +221,21 @@ def test_image_metadata_and_thumbnail(client: httpx.Client, shared: tuple[Librar
     assert again.content == thumb.content
 
 
+def test_a_file_that_failed_to_index_says_why(own: tuple[Library, Path]) -> None:
+    library, photos = own
+    (photos / "notes.jpg").write_text("this is a text file")
+    library.index(photos)
+    known = library._catalog.known_file(str(photos / "notes.jpg"))
+    assert known is not None and known.error
+    indexed = library.search("x", k=1)[0].id
+    with running_server(library) as url, httpx.Client(base_url=url) as http:
+        meta = http.get(f"/images/{known.id}").json()
+        assert meta["path"] == str(photos / "notes.jpg") and meta["width"] is None
+        assert "not an image" in meta["error"] and meta["error"] == library.image(known.id).error
+        assert http.get(f"/images/{indexed}").json()["error"] is None
+        assert_error(http.get(f"/images/{known.id}/similar"), 404, "image_not_found")
+
+
 def test_unknown_and_malformed_ids(client: httpx.Client) -> None:
     assert_error(client.get("/images/999999"), 404, "image_not_found")
     assert_error(client.get("/images/999999/thumbnail"), 404, "image_not_found")

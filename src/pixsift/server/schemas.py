@@ -157,6 +157,10 @@ class ImageMeta(BaseModel):
     height: int | None
     format: str | None
     indexed_at: datetime
+    error: str | None = Field(
+        description="Why the file could not be indexed (it is then never found by a search and "
+        "has no similar images); null when it was indexed."
+    )
 
     @classmethod
     def of(cls, info: ImageInfo) -> ImageMeta:
@@ -169,6 +173,7 @@ class ImageMeta(BaseModel):
             height=info.height,
             format=info.format,
             indexed_at=info.indexed_at,
+            error=info.error,
         )
 
 
