@@ -23,7 +23,9 @@ from PIL import Image
 from conftest import TinyModel
 from pixsift import Library, SearchFilters
 from pixsift.config import LOCK_WAIT_S
+from pixsift.errors import LibraryWriteError
 from pixsift.server import ServerSettings, check_bind
+from pixsift.server.errors import status_of
 from pixsift.server.settings import UnsafeBindError
 from sample_photos import make_photo, save, write_photos
 from serving import API_KEY, indexed_library, running_server
@@ -286,6 +288,19 @@ def test_an_indexed_file_replaced_by_a_link_out_is_not_served(
     assert not (library.path / "thumbnails").exists()
 
 
+def test_a_library_that_cannot_be_written_is_a_server_error(own: tuple[Library, Path]) -> None:
+    library = own[0]
+    image_id = library.search("x", k=1)[0].id
+    (library.path / "thumbnails").write_text("in the way")  # the cache folder cannot be made
+    with running_server(library) as url, httpx.Client(base_url=url) as http:
+        failed = assert_error(http.get(f"/images/{image_id}/thumbnail"), 503, "library_write_failed")
+        assert "Cannot write to the library" in failed["message"]
+        assert http.get(f"/images/{image_id}").status_code == 200  # reads go on
+    assert sorted(p.name for p in library.path.iterdir() if ".tmp-" in p.name) == []
+    # the same for a delete or an index write on a full disk: the server's failure, not the client's
+    assert status_of(LibraryWriteError("disk full")) == (503, "library_write_failed")
+
+
 def test_write_endpoints_need_the_key(own: tuple[Library, Path]) -> None:
     library = own[0]
     image_id = library.search("x", k=1)[0].id
@@ -340,12 +355,15 @@ def test_limits(own: tuple[Library, Path], tmp_path: Path) -> None:
     make_photo(3, (800, 600)).save(small, "JPEG", quality=70)  # 0.48 megapixels, a few kB
     settings = ServerSettings(max_upload_bytes=len(big) - 1, max_megapixels=0.4)
     with running_server(library, settings) as url, httpx.Client(base_url=url) as http:
-        assert_error(http.post("/similar", files={"file": big}), 413, "upload_too_large")
+        limit = f"({len(big) - 1:,} bytes)"  # the configured limit, not the cap on bodies
+        refused = assert_error(http.post("/similar", files={"file": big}), 413, "upload_too_large")
+        assert limit in refused["message"]
         encoded = base64.b64encode(big).decode()
-        assert_error(http.post("/similar", json={"image_base64": encoded}), 413)
+        assert limit in assert_error(http.post("/similar", json={"image_base64": encoded}), 413)["message"]
         assert_error(http.post("/similar", files={"file": small.getvalue()}), 413, "image_too_large")
         huge = b'{"q": "x", "plus": ["' + b"y" * (2 * len(big)) + b'"]}'
-        assert_error(http.post("/search", content=huge, headers={"content-type": "application/json"}), 413)
+        huge_search = http.post("/search", content=huge, headers={"content-type": "application/json"})
+        assert limit in assert_error(huge_search, 413, "upload_too_large")["message"]
 
         def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams in
             yield b'{"q": "x", "plus": ["'
@@ -354,7 +372,7 @@ def test_limits(own: tuple[Library, Path], tmp_path: Path) -> None:
             yield b'"]}'
 
         streamed = http.post("/search", content=chunks(), headers={"content-type": "application/json"})
-        assert_error(streamed, 413, "upload_too_large")
+        assert limit in assert_error(streamed, 413, "upload_too_large")["message"]
         assert_error(http.get("/search", params={"q": "x", "k": 201}), 422, "invalid_request")
         assert_error(http.get("/search", params={"q": "x", "k": 0}), 422, "invalid_request")
         assert_error(http.post("/search", json={"q": "x" * 1001}), 422, "invalid_request")
@@ -383,7 +401,10 @@ def test_bad_requests_get_json_errors(client: httpx.Client) -> None:
     assert_error(client.post("/similar", files={"file": b"not an image"}), 422, "bad_image")
     assert_error(client.post("/similar", files={"other": b"x"}), 400, "missing_file")
     assert_error(client.post("/similar", json={"image_base64": "%%%"}), 400, "bad_base64")
-    assert_error(client.post("/similar", json={"image": "x"}), 422, "invalid_request")
+    misnamed = assert_error(client.post("/similar", json={"image": "x"}), 422, "invalid_request")
+    assert {tuple(d["loc"]) for d in misnamed["details"]} == {("body", "image"), ("body", "image_base64")}
+    not_json = client.post("/similar", content=b"{", headers={"content-type": "application/json"})
+    assert assert_error(not_json, 422, "invalid_request")["details"][0]["loc"][0] == "body"
     assert_error(client.post("/similar", content=b"raw", headers={"content-type": "image/jpeg"}), 415)
     assert_error(client.post("/recommend", json={"positive": []}), 422, "invalid_request")
     assert_error(client.post("/recommend", json={"positive": ["a"], "diversity": 1.5}), 422)
@@ -540,4 +561,6 @@ def test_openapi_docs_are_served(client: httpx.Client) -> None:
         "multipart/form-data",
         "application/json",
     }
+    similar = schema["paths"]["/similar"]["post"]["responses"]
+    assert {"413", "415", "422", "503"} <= set(similar)
     assert client.get("/docs").status_code == 200

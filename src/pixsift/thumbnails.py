@@ -7,6 +7,7 @@ written to a temporary name and renamed, so concurrent requests never see half a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ from PIL import Image, ImageOps
 
 from pixsift.errors import ImageError, ImageTooLargeError
 from pixsift.indexer.decode import allowed_formats, describe_error
+from pixsift.storage.database import write_error
 
 MIN_SIZE = 16
 MAX_SIZE = 1024
@@ -33,14 +35,23 @@ def thumbnail(source: str, cache_dir: Path, image_id: int, size: int, max_pixels
     if target.is_file():
         return target
     data = _render(source, size, max_pixels)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    _write(target, data, cache_dir)
+    return target
+
+
+def _write(target: Path, data: bytes, cache_dir: Path) -> None:
+    """Write `target` whole or not at all; a failure is the library folder's (a full disk, a
+    read-only folder), told as such rather than as the image's."""
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{id(data)}")
     try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(data)
         os.replace(tmp, target)
+    except OSError as exc:
+        raise write_error(cache_dir.parent, exc) from exc
     finally:
-        tmp.unlink(missing_ok=True)
-    return target
+        with contextlib.suppress(OSError):  # gone already, or its folder never made
+            tmp.unlink()
 
 
 def _render(source: str, size: int, max_pixels: int) -> bytes:

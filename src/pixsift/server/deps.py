@@ -14,9 +14,9 @@ from pixsift.search import SearchFilters
 from pixsift.server.jobs import JobManager
 from pixsift.server.schemas import PATH_MAX, ErrorBody, Filters
 
-# Documented error answers, shared by every route.
+# Documented error answers, shared by every route (5xx: the server's model, disk or database).
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422)
+    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422, 500, 503)
 }
 
 
