@@ -27,6 +27,7 @@ from pixsift.errors import LibraryWriteError
 from pixsift.server import ServerSettings, check_bind
 from pixsift.server.errors import status_of
 from pixsift.server.settings import UnsafeBindError
+from pixsift.thumbnails import MAX_VARIANTS
 from sample_photos import make_photo, save, write_photos
 from serving import API_KEY, indexed_library, running_server
 
@@ -217,7 +218,7 @@ def test_image_metadata_and_thumbnail(client: httpx.Client, shared: tuple[Librar
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     image = Image.open(io.BytesIO(thumb.content))
     assert image.format == "JPEG" and image.size == (128, 96)
-    cached = list((library.path / "thumbnails").glob(f"{hit.id}-128-*.jpg"))
+    cached = list((library.path / "thumbnails" / str(hit.id)).glob("128-*.jpg"))
     assert len(cached) == 1 and cached[0].read_bytes() == thumb.content
     again = client.get(f"/images/{hit.id}/thumbnail", params={"size": 128})
     assert again.content == thumb.content
@@ -236,6 +237,48 @@ def test_a_file_that_failed_to_index_says_why(own: tuple[Library, Path]) -> None
         assert "not an image" in meta["error"] and meta["error"] == library.image(known.id).error
         assert http.get(f"/images/{indexed}").json()["error"] is None
         assert_error(http.get(f"/images/{known.id}/similar"), 404, "image_not_found")
+
+
+def test_the_thumbnail_cache_stays_bounded(own: tuple[Library, Path]) -> None:
+    library = own[0]
+    cache = library.path / "thumbnails"
+
+    def cached() -> int:
+        return len(list(cache.rglob("*.jpg")))
+
+    small = library.search("x", k=1, filters=SearchFilters(formats=("PNG",)))[0]  # 320x240
+    big = library.search("x", k=1, filters=SearchFilters(formats=("JPEG",)))[0]  # 1600x1200
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url) as http:
+        # never enlarged: every size past the image's own is one file
+        answers = [
+            http.get(f"/images/{small.id}/thumbnail", params={"size": s}) for s in (320, 400, 777, 1024)
+        ]
+        assert {Image.open(io.BytesIO(a.content)).size for a in answers} == {(320, 240)}
+        assert len({a.content for a in answers}) == 1 and cached() == 1
+        assert [p.name.split("-")[0] for p in (cache / str(small.id)).iterdir()] == ["320"]
+        assert library.thumbnail(small.id, 1024).name.startswith("320-")  # the Python API too
+
+        # any number of sizes asked for: the last MAX_VARIANTS made are kept
+        sizes = list(range(100, 100 + 10 * (MAX_VARIANTS + 4), 10))
+        for size in sizes:
+            thumb = http.get(f"/images/{big.id}/thumbnail", params={"size": size})
+            assert max(Image.open(io.BytesIO(thumb.content)).size) == size
+        assert cached() == 1 + MAX_VARIANTS
+        kept = sorted(int(p.name.split("-")[0]) for p in (cache / str(big.id)).iterdir())
+        assert kept == sizes[-MAX_VARIANTS:]
+
+        # a changed file: the thumbnails of its earlier version go
+        make_photo(42, (900, 600)).save(big.path, "JPEG")
+        fresh = http.get(f"/images/{big.id}/thumbnail", params={"size": 300})
+        assert Image.open(io.BytesIO(fresh.content)).size == (300, 200) and cached() == 2
+        stat = big.path.stat()
+        assert [p.name for p in (cache / str(big.id)).iterdir()] == [
+            f"300-{stat.st_size}-{stat.st_mtime_ns}.jpg"
+        ]
+
+        # a deleted image: its thumbnails go with it
+        assert http.delete(f"/images/{small.id}", headers=AUTH).status_code == 200
+        assert not (cache / str(small.id)).exists() and cached() == 1
 
 
 def test_unknown_and_malformed_ids(client: httpx.Client) -> None:
