@@ -151,13 +151,14 @@ def test_image_delete_and_thumbnail(library: Library, photos: Path) -> None:
     info = library.image(image_id)
     assert (info.width, info.height, info.format) == (1600, 1200, "JPEG")
     thumb = library.thumbnail(image_id, 64)
-    assert thumb.is_file() and thumb.parent == library.path / "thumbnails"
+    assert thumb.is_file() and thumb.parent == library.path / "thumbnails" / str(image_id)
     assert library.thumbnail(image_id, 64) == thumb  # cached
     save(make_photo(1, (800, 600)), photos / "photo_0105.jpg")  # the file changes: a new one
-    assert library.thumbnail(image_id, 64) != thumb
+    fresh = library.thumbnail(image_id, 64)
+    assert fresh != thumb and not thumb.exists()  # and the stale one goes
 
     deleted = library.delete(image_id)
-    assert deleted.id == image_id
+    assert deleted.id == image_id and not fresh.exists()
     with pytest.raises(ImageNotFoundError):
         library.image(image_id)
     assert image_id not in {hit.id for hit in library.search("x", k=50)}

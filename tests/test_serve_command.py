@@ -32,6 +32,9 @@ def test_serve_refuses_an_open_bind_without_a_key(tmp_path: Path) -> None:
     assert "API key" in result.stderr and "Traceback" not in result.stderr
     short = run_cli("serve", "--host", "127.0.0.1", env={"PIXSIFT_API_KEY": "short"})
     assert short.returncode == 1 and "at least 16" in short.stderr
+    accented = run_cli("serve", "--host", "127.0.0.1", "--api-key", "clé-secrète-0123456789")
+    assert accented.returncode == 1 and "printable ASCII" in accented.stderr
+    assert "Traceback" not in accented.stderr
     missing = run_cli("serve", "--library", str(tmp_path / "nothing-here"))
     assert missing.returncode == 1 and "No pixsift library" in missing.stderr
 

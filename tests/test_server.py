@@ -23,8 +23,11 @@ from PIL import Image
 from conftest import TinyModel
 from pixsift import Library, SearchFilters
 from pixsift.config import LOCK_WAIT_S
+from pixsift.errors import LibraryWriteError
 from pixsift.server import ServerSettings, check_bind
+from pixsift.server.errors import status_of
 from pixsift.server.settings import UnsafeBindError
+from pixsift.thumbnails import MAX_VARIANTS
 from sample_photos import make_photo, save, write_photos
 from serving import API_KEY, indexed_library, running_server
 
@@ -215,10 +218,67 @@ def test_image_metadata_and_thumbnail(client: httpx.Client, shared: tuple[Librar
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     image = Image.open(io.BytesIO(thumb.content))
     assert image.format == "JPEG" and image.size == (128, 96)
-    cached = list((library.path / "thumbnails").glob(f"{hit.id}-128-*.jpg"))
+    cached = list((library.path / "thumbnails" / str(hit.id)).glob("128-*.jpg"))
     assert len(cached) == 1 and cached[0].read_bytes() == thumb.content
     again = client.get(f"/images/{hit.id}/thumbnail", params={"size": 128})
     assert again.content == thumb.content
+
+
+def test_a_file_that_failed_to_index_says_why(own: tuple[Library, Path]) -> None:
+    library, photos = own
+    (photos / "notes.jpg").write_text("this is a text file")
+    library.index(photos)
+    known = library._catalog.known_file(str(photos / "notes.jpg"))
+    assert known is not None and known.error
+    indexed = library.search("x", k=1)[0].id
+    with running_server(library) as url, httpx.Client(base_url=url) as http:
+        meta = http.get(f"/images/{known.id}").json()
+        assert meta["path"] == str(photos / "notes.jpg") and meta["width"] is None
+        assert "not an image" in meta["error"] and meta["error"] == library.image(known.id).error
+        assert http.get(f"/images/{indexed}").json()["error"] is None
+        assert_error(http.get(f"/images/{known.id}/similar"), 404, "image_not_found")
+
+
+def test_the_thumbnail_cache_stays_bounded(own: tuple[Library, Path]) -> None:
+    library = own[0]
+    cache = library.path / "thumbnails"
+
+    def cached() -> int:
+        return len(list(cache.rglob("*.jpg")))
+
+    small = library.search("x", k=1, filters=SearchFilters(formats=("PNG",)))[0]  # 320x240
+    big = library.search("x", k=1, filters=SearchFilters(formats=("JPEG",)))[0]  # 1600x1200
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url) as http:
+        # never enlarged: every size past the image's own is one file
+        answers = [
+            http.get(f"/images/{small.id}/thumbnail", params={"size": s}) for s in (320, 400, 777, 1024)
+        ]
+        assert {Image.open(io.BytesIO(a.content)).size for a in answers} == {(320, 240)}
+        assert len({a.content for a in answers}) == 1 and cached() == 1
+        assert [p.name.split("-")[0] for p in (cache / str(small.id)).iterdir()] == ["320"]
+        assert library.thumbnail(small.id, 1024).name.startswith("320-")  # the Python API too
+
+        # any number of sizes asked for: the last MAX_VARIANTS made are kept
+        sizes = list(range(100, 100 + 10 * (MAX_VARIANTS + 4), 10))
+        for size in sizes:
+            thumb = http.get(f"/images/{big.id}/thumbnail", params={"size": size})
+            assert max(Image.open(io.BytesIO(thumb.content)).size) == size
+        assert cached() == 1 + MAX_VARIANTS
+        kept = sorted(int(p.name.split("-")[0]) for p in (cache / str(big.id)).iterdir())
+        assert kept == sizes[-MAX_VARIANTS:]
+
+        # a changed file: the thumbnails of its earlier version go
+        make_photo(42, (900, 600)).save(big.path, "JPEG")
+        fresh = http.get(f"/images/{big.id}/thumbnail", params={"size": 300})
+        assert Image.open(io.BytesIO(fresh.content)).size == (300, 200) and cached() == 2
+        stat = big.path.stat()
+        assert [p.name for p in (cache / str(big.id)).iterdir()] == [
+            f"300-{stat.st_size}-{stat.st_mtime_ns}.jpg"
+        ]
+
+        # a deleted image: its thumbnails go with it
+        assert http.delete(f"/images/{small.id}", headers=AUTH).status_code == 200
+        assert not (cache / str(small.id)).exists() and cached() == 1
 
 
 def test_unknown_and_malformed_ids(client: httpx.Client) -> None:
@@ -271,6 +331,19 @@ def test_an_indexed_file_replaced_by_a_link_out_is_not_served(
     assert not (library.path / "thumbnails").exists()
 
 
+def test_a_library_that_cannot_be_written_is_a_server_error(own: tuple[Library, Path]) -> None:
+    library = own[0]
+    image_id = library.search("x", k=1)[0].id
+    (library.path / "thumbnails").write_text("in the way")  # the cache folder cannot be made
+    with running_server(library) as url, httpx.Client(base_url=url) as http:
+        failed = assert_error(http.get(f"/images/{image_id}/thumbnail"), 503, "library_write_failed")
+        assert "Cannot write to the library" in failed["message"]
+        assert http.get(f"/images/{image_id}").status_code == 200  # reads go on
+    assert sorted(p.name for p in library.path.iterdir() if ".tmp-" in p.name) == []
+    # the same for a delete or an index write on a full disk: the server's failure, not the client's
+    assert status_of(LibraryWriteError("disk full")) == (503, "library_write_failed")
+
+
 def test_write_endpoints_need_the_key(own: tuple[Library, Path]) -> None:
     library = own[0]
     image_id = library.search("x", k=1)[0].id
@@ -304,6 +377,12 @@ def test_bind_rules() -> None:
         check_bind("my-host.example", None)
     with pytest.raises(UnsafeBindError, match="at least 16"):
         check_bind("127.0.0.1", "short")
+    # a header cannot carry these: the service would start, then refuse every client
+    for unusable in ("clé-secrète-0123456789", "key-with-newline\n0123456789", " padded-key-0123456789"):
+        with pytest.raises(UnsafeBindError, match="printable ASCII"):
+            check_bind("127.0.0.1", unusable)
+        with pytest.raises(UnsafeBindError, match="printable ASCII"):
+            ServerSettings(api_key=unusable)
     assert not check_bind("127.0.0.1", None).require_key_for_reads
     assert not check_bind("::1", API_KEY).require_key_for_reads
     assert not check_bind("localhost", None).require_key_for_reads
@@ -319,12 +398,15 @@ def test_limits(own: tuple[Library, Path], tmp_path: Path) -> None:
     make_photo(3, (800, 600)).save(small, "JPEG", quality=70)  # 0.48 megapixels, a few kB
     settings = ServerSettings(max_upload_bytes=len(big) - 1, max_megapixels=0.4)
     with running_server(library, settings) as url, httpx.Client(base_url=url) as http:
-        assert_error(http.post("/similar", files={"file": big}), 413, "upload_too_large")
+        limit = f"({len(big) - 1:,} bytes)"  # the configured limit, not the cap on bodies
+        refused = assert_error(http.post("/similar", files={"file": big}), 413, "upload_too_large")
+        assert limit in refused["message"]
         encoded = base64.b64encode(big).decode()
-        assert_error(http.post("/similar", json={"image_base64": encoded}), 413)
+        assert limit in assert_error(http.post("/similar", json={"image_base64": encoded}), 413)["message"]
         assert_error(http.post("/similar", files={"file": small.getvalue()}), 413, "image_too_large")
         huge = b'{"q": "x", "plus": ["' + b"y" * (2 * len(big)) + b'"]}'
-        assert_error(http.post("/search", content=huge, headers={"content-type": "application/json"}), 413)
+        huge_search = http.post("/search", content=huge, headers={"content-type": "application/json"})
+        assert limit in assert_error(huge_search, 413, "upload_too_large")["message"]
 
         def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams in
             yield b'{"q": "x", "plus": ["'
@@ -333,7 +415,7 @@ def test_limits(own: tuple[Library, Path], tmp_path: Path) -> None:
             yield b'"]}'
 
         streamed = http.post("/search", content=chunks(), headers={"content-type": "application/json"})
-        assert_error(streamed, 413, "upload_too_large")
+        assert limit in assert_error(streamed, 413, "upload_too_large")["message"]
         assert_error(http.get("/search", params={"q": "x", "k": 201}), 422, "invalid_request")
         assert_error(http.get("/search", params={"q": "x", "k": 0}), 422, "invalid_request")
         assert_error(http.post("/search", json={"q": "x" * 1001}), 422, "invalid_request")
@@ -352,17 +434,43 @@ def test_bad_requests_get_json_errors(client: httpx.Client) -> None:
     assert_error(
         client.post("/search", content=lone_surrogate, headers={"content-type": "application/json"}), 422
     )
-    assert_error(client.get("/search", params={"q": "x", "format": "no such!"}), 422, "invalid_request")
+    bad_format = assert_error(
+        client.get("/search", params={"q": "x", "format": "p.ng"}), 422, "invalid_request"
+    )
+    assert [d["loc"] for d in bad_format["details"]] == [["query", "format", "0"]]
+    bad_second = client.get("/images/1/similar", params={"format": ["png", "no such!"]})
+    assert [d["loc"] for d in assert_error(bad_second, 422)["details"]] == [["query", "format", "1"]]
     assert_error(client.get("/search", params={"q": "x", "min_score": "nan"}), 422, "invalid_request")
     assert_error(client.post("/similar", files={"file": b"not an image"}), 422, "bad_image")
     assert_error(client.post("/similar", files={"other": b"x"}), 400, "missing_file")
     assert_error(client.post("/similar", json={"image_base64": "%%%"}), 400, "bad_base64")
-    assert_error(client.post("/similar", json={"image": "x"}), 422, "invalid_request")
+    misnamed = assert_error(client.post("/similar", json={"image": "x"}), 422, "invalid_request")
+    assert {tuple(d["loc"]) for d in misnamed["details"]} == {("body", "image"), ("body", "image_base64")}
+    not_json = client.post("/similar", content=b"{", headers={"content-type": "application/json"})
+    assert assert_error(not_json, 422, "invalid_request")["details"][0]["loc"][0] == "body"
     assert_error(client.post("/similar", content=b"raw", headers={"content-type": "image/jpeg"}), 415)
     assert_error(client.post("/recommend", json={"positive": []}), 422, "invalid_request")
     assert_error(client.post("/recommend", json={"positive": ["a"], "diversity": 1.5}), 422)
     assert_error(client.post("/recommend", json={"positive": ["   "]}), 400, "bad_query")
     assert_error(client.get("/jobs/none"), 404, "job_not_found")
+
+
+def test_json_booleans_are_not_numbers(client: httpx.Client) -> None:
+    # lax parsing took `true` for 1: image 1, k=1, a width of 1
+    for body in (
+        {"positive": [True]},
+        {"positive": ["a"], "negative": [False]},
+        {"positive": ["a"], "exclude": [True]},
+        {"positive": ["a"], "k": True},
+        {"positive": ["a"], "diversity": True},
+        {"positive": ["a"], "filters": {"min_width": True}},
+        {"positive": ["a"], "filters": {"min_height": True}},
+    ):
+        assert_error(client.post("/recommend", json=body), 422, "invalid_request")
+    assert_error(client.post("/search", json={"q": "x", "k": True}), 422, "invalid_request")
+    assert_error(client.post("/search", json={"q": "x", "min_score": True}), 422, "invalid_request")
+    assert_error(client.post("/search/batch", json={"queries": ["x"], "k": True}), 422, "invalid_request")
+    assert client.post("/recommend", json={"positive": ["a"], "k": 3, "diversity": 1}).status_code == 200
 
 
 def test_an_empty_library_answers_409(tmp_path: Path) -> None:
@@ -496,4 +604,6 @@ def test_openapi_docs_are_served(client: httpx.Client) -> None:
         "multipart/form-data",
         "application/json",
     }
+    similar = schema["paths"]["/similar"]["post"]["responses"]
+    assert {"413", "415", "422", "503"} <= set(similar)
     assert client.get("/docs").status_code == 200

@@ -45,7 +45,7 @@ from pixsift.search.examples import Example, ExampleVectors
 from pixsift.search.recommend import RocchioWeights, rocchio
 from pixsift.storage import Catalog, CatalogCounts, Failure, ImageInfo, RootInfo
 from pixsift.storage.index_keeper import IndexKeeper
-from pixsift.thumbnails import thumbnail
+from pixsift.thumbnails import forget_thumbnails, thumbnail
 
 if TYPE_CHECKING:
     from pixsift.doctor import HealthReport
@@ -601,7 +601,9 @@ class Library:
         return resolve_inside(info.path, [root.path for root in roots], linked_roots=linked, what="Image")
 
     def thumbnail(self, image_id: int, size: int = 256) -> Path:
-        """A JPEG thumbnail of an image, at most `size` pixels on its long side, cached on disk."""
+        """A JPEG thumbnail of an image, at most `size` pixels on its long side (never more than
+        the image's own), cached on disk. The cache keeps a few sizes per image and drops those
+        of a changed file, so read the file soon after, or ask again."""
         source = self.image_file(image_id)
         # Indexed files passed the indexer's own pixel limit: the query limit is for uploads.
         return thumbnail(source, self.path / THUMBNAILS_DIR, image_id, size, default_max_pixels())
@@ -630,6 +632,7 @@ class Library:
                 batch.delete_images([image_id])
             if (model := self._catalog.model()) is not None:
                 self._index.refresh(model.embed_dim, save=True)
+        forget_thumbnails(self.path / THUMBNAILS_DIR, image_id)  # ids are never reused
         return info
 
     def forget(self, folder: str | os.PathLike[str], *, wait: float | None = LOCK_WAIT_S) -> int:

@@ -1,63 +1,123 @@
 """JPEG thumbnails of indexed images, made once and kept in the library's `thumbnails/` folder.
 
-A thumbnail's file name carries the image id, the size asked for and the source file's size
-and modification time, so a changed file gets a new thumbnail instead of a stale one. Files are
-written to a temporary name and renamed, so concurrent requests never see half a JPEG.
+Each image has a folder of its own, `thumbnails/{id}/`, holding `{size}-{file size}-{mtime}.jpg`
+files, so a changed file gets a new thumbnail instead of a stale one. The cache stays bounded
+whatever sizes clients ask for: a size is capped at the image's own long side (thumbnails are
+never enlarged, so every larger size is the same file), writing a thumbnail removes those of
+earlier versions of the file, and at most MAX_VARIANTS sizes are kept per image (the oldest made
+go first). Files are written to a temporary name and renamed, so concurrent requests never see
+half a JPEG.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import shutil
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
 from pixsift.errors import ImageError, ImageTooLargeError
 from pixsift.indexer.decode import allowed_formats, describe_error
+from pixsift.storage.database import write_error
 
 MIN_SIZE = 16
 MAX_SIZE = 1024
 JPEG_QUALITY = 85
+MAX_VARIANTS = 8  # sizes kept per image: room for a UI's few, a bound for any client
 
 
 def thumbnail(source: str, cache_dir: Path, image_id: int, size: int, max_pixels: int) -> Path:
-    """The cached JPEG, at most `size` pixels on its long side, of the file `source`."""
+    """The cached JPEG, at most `size` pixels on its long side, of the file `source`.
+
+    The file may be removed later, when the image changes or other sizes push it out: read it
+    soon after, or ask again.
+    """
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise ImageError(f"A thumbnail size must be from {MIN_SIZE} to {MAX_SIZE} pixels, not {size}.")
     try:
         stat = os.stat(source)
     except OSError as exc:
         raise ImageError(f"Cannot read image {source}: {describe_error(exc)}") from None
-    target = cache_dir / f"{image_id}-{size}-{stat.st_size}-{stat.st_mtime_ns}.jpg"
-    if target.is_file():
-        return target
-    data = _render(source, size, max_pixels)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{id(data)}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    version = f"{stat.st_size}-{stat.st_mtime_ns}"
+    folder = cache_dir / str(image_id)
+    with _open(source, max_pixels) as image:
+        size = min(size, max(image.size))  # never enlarged: every larger size is this one
+        target = folder / f"{size}-{version}.jpg"
+        if target.is_file():
+            return target
+        data = _render(image, source, size)
+    _write(target, data, cache_dir)
+    _prune(folder, target, version)
     return target
 
 
-def _render(source: str, size: int, max_pixels: int) -> bytes:
+def forget_thumbnails(cache_dir: Path, image_id: int) -> None:
+    """Remove every cached thumbnail of an image (it left the library)."""
+    shutil.rmtree(cache_dir / str(image_id), ignore_errors=True)
+
+
+def _open(source: str, max_pixels: int) -> Image.Image:
+    """The image, its header read (not yet decoded), once known to be within `max_pixels`."""
     try:
-        with Image.open(source, formats=allowed_formats()) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"Image {source} has {width}x{height} pixels, more than the limit of {max_pixels:,}."
-                )
-            image.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster
-            upright = ImageOps.exif_transpose(image).convert("RGB")
-    except ImageTooLargeError:
-        raise
+        image = Image.open(source, formats=allowed_formats())
+    except Exception as exc:  # any failure to read is the file's fault, told as such
+        raise ImageError(f"Cannot read image {source}: {describe_error(exc)}") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageTooLargeError(
+            f"Image {source} has {width}x{height} pixels, more than the limit of {max_pixels:,}."
+        )
+    return image
+
+
+def _render(image: Image.Image, source: str, size: int) -> bytes:
+    try:
+        image.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster
+        upright = ImageOps.exif_transpose(image).convert("RGB")
     except Exception as exc:  # any decode failure is the file's fault, told as such
         raise ImageError(f"Cannot read image {source}: {describe_error(exc)}") from exc
     upright.thumbnail((size, size))
     out = io.BytesIO()
     upright.save(out, "JPEG", quality=JPEG_QUALITY)
     return out.getvalue()
+
+
+def _write(target: Path, data: bytes, cache_dir: Path) -> None:
+    """Write `target` whole or not at all; a failure is the library folder's (a full disk, a
+    read-only folder), told as such rather than as the image's."""
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{id(data)}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise write_error(cache_dir.parent, exc) from exc
+    finally:
+        with contextlib.suppress(OSError):  # gone already, or its folder never made
+            tmp.unlink()
+
+
+def _prune(folder: Path, keep: Path, version: str) -> None:
+    """Remove the thumbnails of earlier versions of the file, and of this version all but the
+    MAX_VARIANTS made last (`keep`, just written, among them)."""
+    current: list[tuple[int, str]] = []
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.endswith(".jpg") or entry.name == keep.name:
+                continue  # temporary files of writes under way are their writers' to remove
+            if entry.name.split("-", 1)[-1] != f"{version}.jpg":
+                _remove(entry.path)
+            else:
+                current.append((entry.stat().st_mtime_ns, entry.path))
+    current.sort(reverse=True)
+    for _, path in current[MAX_VARIANTS - 1 :]:
+        _remove(path)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):  # another request removed it first
+        os.unlink(path)

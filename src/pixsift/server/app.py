@@ -40,7 +40,11 @@ def create_app(library: Library, settings: ServerSettings | None = None) -> Fast
     app.state.jobs = JobManager(library)
     install_error_handlers(app)
     # Room for an upload at the limit in base64 or multipart; other bodies are far smaller.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes * 4 // 3 + 64 * 1024)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_upload_bytes * 4 // 3 + 64 * 1024,
+        upload_limit=settings.max_upload_bytes,
+    )
 
     @app.get("/healthz", response_model=Health, tags=["service"])
     def healthz() -> Health:

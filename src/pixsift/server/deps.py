@@ -14,9 +14,9 @@ from pixsift.search import SearchFilters
 from pixsift.server.jobs import JobManager
 from pixsift.server.schemas import PATH_MAX, ErrorBody, Filters
 
-# Documented error answers, shared by every route.
+# Documented error answers, shared by every route (5xx: the server's model, disk or database).
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422)
+    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422, 500, 503)
 }
 
 
@@ -55,4 +55,15 @@ def filter_params(
             before=before,
         )
     except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from None
+        raise RequestValidationError([_as_query_error(error) for error in exc.errors()]) from None
+
+
+# The Filters field each query parameter fills, where the names differ.
+_QUERY_NAMES = {"formats": "format"}
+
+
+def _as_query_error(error: Any) -> Any:
+    """An error of the Filters model, located at the query parameter that was given (the model
+    calls it `formats`, the client sent `format`), as FastAPI locates its own parameters."""
+    field, *rest = error.get("loc") or ("",)
+    return {**error, "loc": ("query", _QUERY_NAMES.get(str(field), field), *rest)}

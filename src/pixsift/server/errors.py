@@ -1,4 +1,5 @@
-"""Every error as a JSON body `{"error": code, "message": text}` with a 4xx status.
+"""Every error as a JSON body `{"error": code, "message": text}`: a 4xx status when the
+request is at fault, a 5xx one when the server is (its model, its disk, its database).
 
 The core's PixsiftError subclasses already carry messages written for users; this module only
 chooses their HTTP status. A request that fails validation gets 422 with the details.
@@ -23,6 +24,8 @@ from pixsift.errors import (
     ImageTooLargeError,
     InvalidPathError,
     LibraryBusyError,
+    LibraryFormatError,
+    LibraryWriteError,
     ModelError,
     PixsiftError,
     QueryError,
@@ -40,8 +43,13 @@ _STATUS: list[tuple[type[PixsiftError], int, str]] = [
     (QueryError, 400, "bad_query"),
     (EmptyLibraryError, 409, "empty_library"),
     (LibraryBusyError, 409, "library_busy"),
-    (ModelError, 503, "model_unavailable"),  # the server's model, not the request, is at fault
+    # The server, not the request, is at fault: its model, its disk, its database.
+    (ModelError, 503, "model_unavailable"),
+    (LibraryWriteError, 503, "library_write_failed"),  # a full disk, a read-only folder
+    (LibraryFormatError, 500, "library_damaged"),
 ]
+# An error not listed above is not one a request is known to cause: the server's, told as such.
+_UNMAPPED = (500, "server_error")
 
 
 class ApiError(Exception):
@@ -83,13 +91,15 @@ def status_of(error: PixsiftError) -> tuple[int, str]:
     for cls, status, code in _STATUS:
         if isinstance(error, cls):
             return status, code
-    return 400, "bad_request"
+    return _UNMAPPED
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PixsiftError)
     async def _pixsift(_: Request, exc: PixsiftError) -> JSONResponse:
         status, code = status_of(exc)
+        if status >= 500:  # the operator has something to fix: keep it in the server log too
+            log.error("%s: %s", code, exc)
         return error_response(status, code, str(exc))
 
     @app.exception_handler(ApiError)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import Response
 
 from pixsift.library import Library
 from pixsift.server.auth import require_write_access
@@ -26,18 +27,37 @@ def image(library: LibraryDep, image_id: ImageIdParam) -> ImageMeta:
 
 @router.get(
     "/images/{image_id}/thumbnail",
-    response_class=FileResponse,
+    response_class=Response,
     responses={200: {"content": {"image/jpeg": {}}, "description": "A JPEG thumbnail."}},
 )
 def thumbnail(
     library: LibraryDep,
     image_id: ImageIdParam,
-    size: Annotated[int, Query(ge=MIN_SIZE, le=MAX_SIZE, description="Longest side in pixels.")] = 256,
-) -> FileResponse:
+    size: Annotated[
+        int,
+        Query(
+            ge=MIN_SIZE,
+            le=MAX_SIZE,
+            description="Longest side in pixels (at most the image's own: thumbnails are never enlarged).",
+        ),
+    ] = 256,
+) -> Response:
     """A JPEG thumbnail of an indexed image, made once and cached in the library folder.
     Served only while the image's file lies inside the library's roots."""
-    path = library.thumbnail(image_id, size)
-    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+    return Response(
+        _thumbnail_bytes(library, image_id, size),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
+def _thumbnail_bytes(library: Library, image_id: int, size: int) -> bytes:
+    """The thumbnail's bytes, read at once: the cache keeps a few sizes per image, so another
+    request may remove this one before it is sent; then it is made again."""
+    for _ in range(2):
+        with contextlib.suppress(FileNotFoundError):
+            return library.thumbnail(image_id, size).read_bytes()
+    return library.thumbnail(image_id, size).read_bytes()
 
 
 @router.delete("/images/{image_id}", response_model=Deleted, dependencies=[Depends(require_write_access)])

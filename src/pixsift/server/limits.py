@@ -12,18 +12,29 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
+def too_large_message(upload_limit: int) -> str:
+    """What a client is told: the limit the service was configured with (--max-upload-mb), not
+    the larger cap on bodies that leaves room for an image at that limit in base64."""
+    megabytes = f"{round(upload_limit / 2**20, 2):g}"
+    return (
+        f"The request is larger than this service accepts: images up to {megabytes} MB "
+        f"({upload_limit:,} bytes)."
+    )
+
+
 class BodyTooLargeError(HTTPException):
     """Raised from the body stream; an HTTPException so that FastAPI's body parsing passes it
     on (it turns other errors into a 400) to the JSON error handler."""
 
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"The request body is larger than {max_bytes:,} bytes.")
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_limit: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.message = too_large_message(upload_limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,7 +53,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLargeError(self.max_bytes)
+                    raise BodyTooLargeError(self.message)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -57,12 +68,7 @@ class BodyLimitMiddleware:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "error": "upload_too_large",
-                "message": f"The request body is larger than {self.max_bytes:,} bytes.",
-            }
-        ).encode()
+        body = json.dumps({"error": "upload_too_large", "message": self.message}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -20,10 +20,12 @@ TEXT_MAX = 1000  # characters in a query text; CLIP reads 77 tokens of it anyway
 PATH_MAX = 4096
 EXAMPLES_MAX = 64
 
-ImageId = Annotated[int, Field(ge=1, le=ID_MAX)]
+# Numbers are strict: in lax mode JSON `true` would pass as 1 (image 1, k=1, a score of 1.0).
+ImageId = Annotated[int, Field(strict=True, ge=1, le=ID_MAX)]
 Text = Annotated[str, Field(min_length=1, max_length=TEXT_MAX)]
-K = Annotated[int, Field(ge=1, le=K_MAX, description=f"How many results, 1 to {K_MAX}.")]
-MinScore = Annotated[float | None, Field(ge=-1.0, le=1.0, allow_inf_nan=False)]
+K = Annotated[int, Field(strict=True, ge=1, le=K_MAX, description=f"How many results, 1 to {K_MAX}.")]
+MinScore = Annotated[float | None, Field(strict=True, ge=-1.0, le=1.0, allow_inf_nan=False)]
+PixelCount = Annotated[int | None, Field(strict=True, ge=1, le=1_000_000)]
 FormatName = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9]+$")]
 PathText = Annotated[str, Field(min_length=1, max_length=PATH_MAX)]
 
@@ -37,8 +39,8 @@ class Filters(_Strict):
 
     under: PathText | None = Field(default=None, description="A folder inside the library's roots.")
     formats: list[FormatName] = Field(default_factory=list, max_length=16, examples=[["JPEG", "PNG"]])
-    min_width: int | None = Field(default=None, ge=1, le=1_000_000)
-    min_height: int | None = Field(default=None, ge=1, le=1_000_000)
+    min_width: PixelCount = None
+    min_height: PixelCount = None
     after: datetime | None = Field(
         default=None,
         description="Taken on or after this date or time (EXIF date, else file time; local time).",
@@ -94,7 +96,7 @@ class RecommendBody(_Strict):
     )
     k: K = 10
     diversity: float = Field(
-        0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="0: by relevance; up to 1: varied."
+        0.0, strict=True, ge=0.0, le=1.0, allow_inf_nan=False, description="0: by relevance; up to 1: varied."
     )
     min_score: MinScore = None
     filters: Filters = Filters()
@@ -155,6 +157,10 @@ class ImageMeta(BaseModel):
     height: int | None
     format: str | None
     indexed_at: datetime
+    error: str | None = Field(
+        description="Why the file could not be indexed (it is then never found by a search and "
+        "has no similar images); null when it was indexed."
+    )
 
     @classmethod
     def of(cls, info: ImageInfo) -> ImageMeta:
@@ -167,6 +173,7 @@ class ImageMeta(BaseModel):
             height=info.height,
             format=info.format,
             indexed_at=info.indexed_at,
+            error=info.error,
         )
 
 

@@ -16,6 +16,7 @@ from pixsift.server.schemas import (
     TEXT_MAX,
     BatchResults,
     BatchSearchBody,
+    ErrorBody,
     Filters,
     Hit,
     PathExample,
@@ -82,7 +83,13 @@ def similar_to_indexed(
     return Results.of(hits)
 
 
-@router.post("/similar", response_model=Results, tags=["search"], openapi_extra=SIMILAR_REQUEST_BODY)
+@router.post(
+    "/similar",
+    response_model=Results,
+    tags=["search"],
+    openapi_extra=SIMILAR_REQUEST_BODY,
+    responses={415: {"model": ErrorBody, "description": "Neither multipart nor JSON."}},
+)
 async def similar_to_upload(
     request: Request,
     library: LibraryDep,

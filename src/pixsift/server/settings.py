@@ -29,6 +29,10 @@ class ServerSettings:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
 
+    def __post_init__(self) -> None:
+        if self.api_key is not None:
+            check_api_key(self.api_key)
+
     @property
     def max_pixels(self) -> int:
         return int(self.max_megapixels * 1_000_000)
@@ -44,10 +48,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_api_key(api_key: str) -> None:
+    """Refuse a key no client could send: HTTP headers are read as Latin-1 bytes and stripped of
+    surrounding blanks, so a key with other characters would never match the one sent."""
+    if len(api_key) < MIN_API_KEY_LENGTH:
+        raise UnsafeBindError(f"An API key must be at least {MIN_API_KEY_LENGTH} characters long.")
+    if not (api_key.isascii() and api_key.isprintable()) or api_key != api_key.strip():
+        raise UnsafeBindError(
+            "An API key must be printable ASCII (letters, digits, punctuation) without spaces at "
+            "either end: clients send it in an HTTP header, which cannot carry other characters."
+        )
+
+
 def check_bind(host: str, api_key: str | None) -> ServerSettings:
     """The settings for listening on `host`, refusing a non-loopback bind without a key."""
-    if api_key is not None and len(api_key) < MIN_API_KEY_LENGTH:
-        raise UnsafeBindError(f"An API key must be at least {MIN_API_KEY_LENGTH} characters long.")
+    if api_key is not None:
+        check_api_key(api_key)
     if is_loopback(host):
         return ServerSettings(api_key=api_key)
     if api_key is None:

@@ -8,11 +8,13 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from pixsift.server.errors import ApiError
+from pixsift.server.limits import too_large_message
 from pixsift.server.schemas import SimilarUpload
 
 # POST /similar reads its body itself (two content types), so its OpenAPI entry is given here.
@@ -33,21 +35,22 @@ SIMILAR_REQUEST_BODY: dict[str, Any] = {
 }
 
 
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "upload_too_large", f"The request body is larger than the limit of {limit:,} bytes.")
+def _too_large(upload_limit: int) -> ApiError:
+    return ApiError(413, "upload_too_large", too_large_message(upload_limit))
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it passes `limit` bytes (declared or sent)."""
+async def read_body(request: Request, cap: int, upload_limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it passes `cap` bytes (declared or sent);
+    the message names the image limit `upload_limit` the service was configured with."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+    if declared.isdigit() and int(declared) > cap:
+        raise _too_large(upload_limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
+        if size > cap:
+            raise _too_large(upload_limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -55,7 +58,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def read_query_image(request: Request, limit: int) -> bytes:
     """The image bytes of a POST /similar request."""
     # Multipart and base64 both add to the image's own size: allow for them, then check again.
-    body = await read_body(request, limit * 4 // 3 + 64 * 1024)
+    body = await read_body(request, limit * 4 // 3 + 64 * 1024, limit)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         data = await _from_multipart(request, body)
@@ -66,7 +69,7 @@ async def read_query_image(request: Request, limit: int) -> bytes:
             415, "unsupported_media_type", "Send the image as multipart/form-data (field file) or JSON."
         )
     if len(data) > limit:
-        raise ApiError(413, "upload_too_large", f"The image is larger than the limit of {limit:,} bytes.")
+        raise _too_large(limit)
     if not data:
         raise ApiError(400, "empty_image", "The image sent is empty.")
     return data
@@ -92,11 +95,9 @@ async def _from_multipart(request: Request, body: bytes) -> bytes:
 def _from_json(body: bytes) -> bytes:
     try:
         upload = SimilarUpload.model_validate_json(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]["msg"] if exc.errors() else "invalid JSON"
-        raise ApiError(
-            422, "invalid_request", f'The JSON body is not {{"image_base64": ...}}: {first}'
-        ) from None
+    except ValidationError as exc:  # a 422 with details, located in the body as FastAPI's are
+        errors = [{**error, "loc": ("body", *error.get("loc", ()))} for error in exc.errors()]
+        raise RequestValidationError(errors) from None
     try:
         return base64.b64decode(upload.image_base64, validate=True)
     except (binascii.Error, ValueError):

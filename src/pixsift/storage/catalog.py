@@ -657,7 +657,7 @@ def _known_files(rows: Iterable[Sequence[Any]]) -> Iterator[KnownFile]:
 
 def _image_info(row: Image) -> ImageInfo:
     return ImageInfo(
-        row.id, row.path, row.size, row.mtime_ns, row.width, row.height, row.format, row.indexed_at
+        row.id, row.path, row.size, row.mtime_ns, row.width, row.height, row.format, row.indexed_at, row.error
     )
 
 

@@ -32,7 +32,7 @@ SQL_CHUNK = 500  # ids per IN (...) clause, well below SQLite's variable limit
 
 # Every table and the columns of it this module names (a test checks them against schema.py).
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "images": ("id", "path", "size", "mtime_ns", "width", "height", "format", "indexed_at"),
+    "images": ("id", "path", "size", "mtime_ns", "width", "height", "format", "indexed_at", "error"),
     "embeddings": ("image_id", "vector"),
     "model": ("id", "name", "pretrained", "config_json", "embed_dim", "fingerprint"),
     "settings": ("key", "value"),
@@ -109,9 +109,8 @@ class CatalogReader:
         for chunk in _chunks([int(i) for i in ids]):
             marks = ", ".join("?" * len(chunk))
             query = f"SELECT {_IMAGE_COLUMNS} FROM images WHERE id IN ({marks})"
-            for image_id, path, size, mtime_ns, width, height, fmt, indexed_at in self._connection.execute(
-                query, chunk
-            ):
+            rows = self._connection.execute(query, chunk)
+            for image_id, path, size, mtime_ns, width, height, fmt, indexed_at, error in rows:
                 found[int(image_id)] = ImageInfo(
                     int(image_id),
                     os.fsdecode(bytes(path)),  # paths are stored as their raw bytes (FsPath)
@@ -121,6 +120,7 @@ class CatalogReader:
                     height,
                     fmt,
                     datetime.fromisoformat(indexed_at),  # UtcDateTime: ISO-8601 text
+                    error,
                 )
         return found
 

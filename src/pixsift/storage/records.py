@@ -26,7 +26,8 @@ class KnownFile:
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """An image's stored metadata."""
+    """An image's stored metadata. `error` says why its file could not be indexed (it then has
+    no vector, and its size and format may be unknown); None when it was indexed."""
 
     id: int
     path: str
@@ -36,6 +37,7 @@ class ImageInfo:
     height: int | None
     format: str | None
     indexed_at: datetime
+    error: str | None = None
 
 
 @dataclass(frozen=True)
