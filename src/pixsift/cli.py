@@ -8,12 +8,10 @@ Ctrl-C.
 
 from __future__ import annotations
 
-import itertools
-import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager, nullcontext, suppress
+from contextlib import contextmanager, nullcontext
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -180,58 +178,6 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_USER_ERROR) from None
 
 
-# What a first index run puts in a library folder; nothing else is ever removed.
-_LIBRARY_FILES = ("library.db", "library.db-wal", "library.db-shm", "library.lock", "vectors.faiss")
-
-
-@contextmanager
-def _discarded_if_nothing_indexed(library: Path | None) -> Iterator[None]:
-    """Remove again the library a failed first index run made (a mistyped folder, an unknown
-    model, weights missing offline), so that `status` still says there is no library rather
-    than showing an empty one. Only files and folders this run created go, and only when no
-    image got into the database."""
-    from pixsift.config import DB_NAME, resolve_library_dir
-
-    folder = resolve_library_dir(library)
-    if (folder / DB_NAME).exists() or folder.is_file():
-        yield
-        return
-    new_folders = list(itertools.takewhile(lambda path: not path.exists(), (folder, *folder.parents)))
-    before = set(os.listdir(folder)) if folder.is_dir() else set()
-    try:
-        yield
-    except PixsiftError:
-        if _holds_no_images(folder / DB_NAME):
-            _remove_new_library(folder, before, new_folders)
-        raise
-
-
-def _holds_no_images(db_path: Path) -> bool:
-    """True only when the database surely has no image row (any doubt keeps it)."""
-    import sqlite3
-
-    if not db_path.is_file():
-        return True
-    try:
-        with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as connection:
-            return int(connection.execute("SELECT count(*) FROM images").fetchone()[0]) == 0
-    except sqlite3.Error:
-        return False
-
-
-def _remove_new_library(folder: Path, before: set[str], new_folders: list[Path]) -> None:
-    """Best effort: the run's own error is what the user must see, not one from tidying up."""
-    for name in _LIBRARY_FILES:
-        if name not in before:
-            with suppress(OSError):
-                (folder / name).unlink()
-    for path in new_folders:  # innermost first; a folder something else wrote into stays
-        try:
-            path.rmdir()
-        except OSError:
-            break
-
-
 def _open(
     library: Path | None, *, create: bool = False, device: str = "auto", engine: Engine = Engine.auto
 ) -> Library:
@@ -299,13 +245,14 @@ def index(
 
     from pixsift.formatting import format_report
     from pixsift.indexer import IndexInterrupted
+    from pixsift.new_library import discarded_if_nothing_indexed
     from pixsift.terminal_progress import TerminalProgress
 
     stderr = Console(stderr=True)
     show_progress = not quiet and stderr.is_terminal
     with (
         _user_errors(),
-        _discarded_if_nothing_indexed(library),
+        discarded_if_nothing_indexed(library),
         _open(library, create=True, device=device, engine=engine) as lib,
     ):
         bar = TerminalProgress(stderr) if show_progress else None
