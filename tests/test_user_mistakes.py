@@ -279,7 +279,7 @@ def test_a_failed_first_index_run_leaves_no_library_behind(
         photos_before = sorted(os.listdir(tmp_path / "Photos"))
         result = runner.invoke(app, ["index", *args, "--library", str(library)])
         assert result.exit_code == 1 and error in result.stderr
-        assert sorted(os.listdir(tmp_path)) == before  # the folders it made are gone again
+        assert sorted(os.listdir(tmp_path)) == before  # no folder was made
         assert sorted(os.listdir(tmp_path / "Photos")) == photos_before  # what was there stays
         status = runner.invoke(app, ["status", "--library", str(library)])
         assert status.exit_code == 1 and "No pixsift library" in status.stderr

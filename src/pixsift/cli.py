@@ -245,16 +245,14 @@ def index(
 
     from pixsift.formatting import format_report
     from pixsift.indexer import IndexInterrupted
-    from pixsift.new_library import discarded_if_nothing_indexed
+    from pixsift.library import check_index_arguments
     from pixsift.terminal_progress import TerminalProgress
 
     stderr = Console(stderr=True)
     show_progress = not quiet and stderr.is_terminal
-    with (
-        _user_errors(),
-        discarded_if_nothing_indexed(library),
-        _open(library, create=True, device=device, engine=engine) as lib,
-    ):
+    with _user_errors():  # before the library is made: a mistake must not leave an empty one
+        check_index_arguments(folders or [], model, pretrained)
+    with _user_errors(), _open(library, create=True, device=device, engine=engine) as lib:
         bar = TerminalProgress(stderr) if show_progress else None
         try:
             with bar if bar is not None else nullcontext():

@@ -907,6 +907,17 @@ def _merge(filters: SearchFilters | None, under: str | os.PathLike[str] | None) 
     return (filters or SearchFilters()).with_under(os.fspath(under))
 
 
+def check_index_arguments(
+    roots: Sequence[str | os.PathLike[str]], model: str | None, pretrained: str | None
+) -> None:
+    """Raise now what `Library.index` would refuse in its folders and model names, so a
+    command can check them before it creates a library (weights are not loaded here)."""
+    for root in roots:
+        Library._new_root(root, include_hidden=False, follow_symlinks=False)
+    if model or pretrained:
+        resolve_model_spec(model, pretrained)
+
+
 def _root_named(folder: str | os.PathLike[str], roots: Sequence[str]) -> str:
     """The indexed folder `folder` names, however written (it may no longer exist)."""
     written = os.path.expanduser(os.fspath(folder))
