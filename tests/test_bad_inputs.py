@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TinyModel, needs_permissions, run_cli
+from conftest import PERMISSION_PREFIX, TinyModel, needs_permissions, run_cli
 from pixsift import IndexReport, Library
 from sample_photos import make_photo, save
 from test_decode import png_claiming
@@ -276,13 +278,41 @@ def test_a_file_that_could_not_be_read_is_retried_by_the_next_run(
     edited.chmod(0o000)
     try:
         locked = [run_cli("index", *args, obey_permissions=True) for _ in range(2)]
+        phases = phases_of_an_index_run(tmp_path / "library")
     finally:
         edited.chmod(0o644)
     for run in locked:  # still unreadable: tried, and reported, every time
         assert run.returncode == 3 and "1 failed" in run.stdout, run.stdout
+    assert "Loading model" not in phases  # tried with a cheap read: no model loaded for it
     assert "permission denied" in run_cli("status", "--failed", *args).stdout
     fixed = run_cli("index", *args, obey_permissions=True)
     assert fixed.returncode == 0 and "1 updated" in fixed.stdout and "0 failed" in fixed.stdout, fixed.stdout
     assert "No failed files." in run_cli("status", "--failed", *args).stdout
     with Library.open(tmp_path / "library") as library:
         assert str(edited) in {str(hit.path) for hit in library.search("a photo", k=20)}
+
+
+PHASES = """
+import sys
+from pixsift import Library
+phases = []
+class Recorder:
+    def start(self, phase, total=None): phases.append(phase)
+    def advance(self, steps=1): pass
+    def stop(self): pass
+with Library.open(sys.argv[1]) as library:
+    library.index(progress=Recorder())
+print(",".join(phases))
+"""
+
+
+def phases_of_an_index_run(library: Path) -> list[str]:
+    """The progress phases of `Library.index()` run as a user whose file permissions bite."""
+    done = subprocess.run(
+        [*(PERMISSION_PREFIX or []), sys.executable, "-c", PHASES, str(library)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    return done.stdout.strip().split(",")

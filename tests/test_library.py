@@ -263,11 +263,15 @@ def test_files_deleted_from_disk_are_never_returned(
     open_library: Library, photos: Path, tiny_model: TinyModel
 ) -> None:
     index(open_library, tiny_model, photos)
+    hits = {str(hit.path): hit.id for hit in open_library.search("x", k=12)}
+    thumbnails = {path: open_library.thumbnail(image_id) for path, image_id in hits.items()}
     for path in sorted(photos.iterdir())[:5]:
         path.unlink()
     report = open_library.index()  # no roots: every known root
     assert report.removed == 5
     assert indexed_paths(open_library) == {str(p) for p in photos.iterdir()}
+    # thumbnails of the images that left the library go with them; the others stay
+    assert {path for path, file in thumbnails.items() if file.exists()} == indexed_paths(open_library)
 
 
 def test_an_unmounted_root_keeps_its_images(
@@ -287,6 +291,32 @@ def test_an_unmounted_root_keeps_its_images(
     assert open_library.index().removed == 11  # not empty: a folder whose photos were deleted
 
 
+def test_an_empty_nested_root_keeps_its_images_whichever_run_meets_it(
+    open_library: Library, photos: Path, tiny_model: TinyModel
+) -> None:
+    drive = photos / "drive"  # a drive mounted inside the photo folder, indexed as a root too
+    write_photos(drive, 3, seed=830)
+    index(open_library, tiny_model, photos)
+    open_library.index(drive)
+    for path in drive.iterdir():  # unplugged: its mount point stays, empty
+        path.unlink()
+    runs: list[Callable[[], IndexReport]] = [
+        open_library.index,  # every root
+        lambda: open_library.index(photos),  # the enclosing root only
+        lambda: open_library.reindex(drive),  # the empty root by its path, as POST /index does
+        lambda: open_library.reindex(photos),
+    ]
+    for run in runs:
+        report = run()
+        assert report.removed == 0
+        assert report.skipped_roots in ([str(drive)], [])
+    assert open_library.status().counts.indexed == 15
+    assert open_library.check().healthy
+    # Gone for good: forgotten as a root; the enclosing root's next run drops what it no longer finds
+    assert open_library.forget(drive) == 0
+    assert open_library.index().removed == 3
+
+
 def test_a_folder_renamed_for_good_is_forgotten_with_its_images_only(
     open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
 ) -> None:
@@ -296,6 +326,8 @@ def test_a_folder_renamed_for_good_is_forgotten_with_its_images_only(
     write_photos(other, 3, seed=820)
     index(open_library, tiny_model, photos, other)
     open_library.index(inner)  # a root nested inside another keeps its images
+    shown = open_library.search("x", k=1, under=photos)[0].id
+    assert open_library.thumbnail(shown).is_file()
     photos.rename(tmp_path / "Renamed")
     assert open_library.index(tmp_path / "Renamed").reused == 14  # what index runs alone can do
 
@@ -310,6 +342,7 @@ def test_a_folder_renamed_for_good_is_forgotten_with_its_images_only(
     assert len(left) == 14 + 3 + 2
     with pytest.raises(InvalidPathError, match=r"is not an indexed folder \(indexed folders: "):
         open_library.forget(str(photos))
+    assert not (open_library.path / "thumbnails" / str(shown)).exists()  # its thumbnails went too
 
 
 def test_bad_files_are_recorded_and_indexing_goes_on(

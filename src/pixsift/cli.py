@@ -414,7 +414,8 @@ def forget(
     """Stop indexing a folder: drop it and its images from the library (files are left alone).
 
     For a folder renamed, moved or gone for good, whose images index runs keep (it may only be
-    unmounted). Index the folder under its new name to add its images again.
+    unmounted). Index the folder under its new name to add its images again. A folder inside
+    another indexed folder is only dropped as a root: that folder's next run decides what stays.
     """
     with _user_errors(), _open(library) as lib:
         removed = lib.forget(folder, wait=wait)

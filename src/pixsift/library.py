@@ -45,7 +45,7 @@ from pixsift.search.examples import Example, ExampleVectors
 from pixsift.search.recommend import RocchioWeights, rocchio
 from pixsift.storage import Catalog, CatalogCounts, Failure, ImageInfo, RootInfo
 from pixsift.storage.index_keeper import IndexKeeper
-from pixsift.thumbnails import forget_thumbnails, thumbnail
+from pixsift.thumbnails import forget_thumbnails, prune_thumbnails, thumbnail
 
 if TYPE_CHECKING:
     from pixsift.doctor import HealthReport
@@ -218,13 +218,12 @@ class Library:
         seconds (None: as long as it takes) and then raises LibraryBusyError.
         """
         _check_run_sizes(batch_size, workers)
-        requests, skipped = self._root_requests(roots, include_hidden, follow_symlinks)
+        requests = self._root_requests(roots, include_hidden, follow_symlinks)
         with self._locked(wait, "indexing", progress):
             embedder = self._embedder_for_indexing(model, pretrained, reembed)
             report = self._run_indexer(requests, embedder, batch_size, workers, progress)
             if (model or pretrained) and self._catalog.model() is None and not report.interrupted:
                 embedder()  # nothing to embed yet: still make the model asked for the library's
-        report.skipped_roots = skipped
         return report
 
     def reindex(
@@ -279,19 +278,28 @@ class Library:
         workers: int | None,
         progress: IndexProgress | None,
     ) -> IndexReport:
+        # An unmounted drive must not look like a deleted folder: a known root that looks
+        # unmounted is not walked, and no other root's walk drops what it held.
+        unmounted = [r.path for r in self._catalog.roots() if looks_unmounted(r.path, self._catalog)]
+        skipped = [r.path for r in requests if r.scope is None and r.path in unmounted]
         settings = IndexSettings(
             batch_size=batch_size,
             workers=workers or IndexSettings().workers,
             max_pixels=default_max_pixels(),
             exclude=(str(self.path),),
+            keep=tuple(unmounted),
         )
+        walked = [r for r in requests if r.path not in skipped]
         try:
-            report = Indexer(self._catalog, embedder, settings, progress).run(requests)
+            report = Indexer(self._catalog, embedder, settings, progress).run(walked)
         finally:  # also after Ctrl-C: save what was committed into the FAISS index
             if (model := self._catalog.model()) is not None:
                 self._index.refresh(model.embed_dim, save=True)
         if model is not None:
             self._index.rebuild_if_drifted(model.embed_dim)
+        if report.removed:
+            prune_thumbnails(self.path / THUMBNAILS_DIR, self._catalog.images)
+        report.skipped_roots = skipped
         return report
 
     @contextmanager
@@ -326,18 +334,14 @@ class Library:
 
     def _root_requests(
         self, roots: Sequence[str | os.PathLike[str]], include_hidden: bool, follow_symlinks: bool
-    ) -> tuple[list[RootRequest], list[str]]:
-        """The folders to index, and the known roots skipped because they look unmounted."""
+    ) -> list[RootRequest]:
+        """The folders to index: those named, else every known root."""
         if roots:
-            requests = [self._new_root(r, include_hidden, follow_symlinks) for r in roots]
-        else:
-            known = self._catalog.roots()
-            if not known:
-                raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
-            requests = [RootRequest(r.path, r.include_hidden, r.follow_symlinks) for r in known]
-        # An unmounted drive must not look like a deleted folder: skip roots that look unmounted.
-        skipped = [r.path for r in requests if looks_unmounted(r.path, self._catalog)]
-        return [r for r in requests if r.path not in skipped], skipped
+            return [self._new_root(r, include_hidden, follow_symlinks) for r in roots]
+        known = self._catalog.roots()
+        if not known:
+            raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
+        return [RootRequest(r.path, r.include_hidden, r.follow_symlinks) for r in known]
 
     @staticmethod
     def _new_root(root: str | os.PathLike[str], include_hidden: bool, follow_symlinks: bool) -> RootRequest:
@@ -638,19 +642,22 @@ class Library:
     def forget(self, folder: str | os.PathLike[str], *, wait: float | None = LOCK_WAIT_S) -> int:
         """Stop indexing an indexed folder: drop it and every image under it from the library
         (the files are left alone), for a folder renamed, moved or gone for good. Images of
-        another indexed folder nested inside it stay. Returns how many images were removed."""
+        another indexed folder nested inside it stay; a folder inside another indexed folder
+        is only dropped as a root (that folder's next index run decides what of it stays).
+        Returns how many images were removed."""
         with self._locked(wait, "forgetting a folder"):
-            roots = self._catalog.roots()
-            root = _root_named(folder, [root.path for root in roots])
-            ids = set(self._catalog.ids_under(root).tolist())
+            roots = [root.path for root in self._catalog.roots()]
+            root = _root_named(folder, roots)
+            ids = set() if _encloses_any(roots, root) else set(self._catalog.ids_under(root).tolist())
             for inner in roots:
-                if inner.path.startswith(os.path.join(root, "")):
-                    ids -= set(self._catalog.ids_under(inner.path).tolist())
+                if inner.startswith(os.path.join(root, "")):
+                    ids -= set(self._catalog.ids_under(inner).tolist())
             with self._catalog.write() as batch:
                 batch.delete_images(sorted(ids))
                 batch.delete_root(root)
             if (model := self._catalog.model()) is not None:
                 self._index.refresh(model.embed_dim, save=True)
+            prune_thumbnails(self.path / THUMBNAILS_DIR, self._catalog.images)
         return len(ids)
 
     def warm_up(self) -> None:
@@ -916,6 +923,11 @@ def check_index_arguments(
         Library._new_root(root, include_hidden=False, follow_symlinks=False)
     if model or pretrained:
         resolve_model_spec(model, pretrained)
+
+
+def _encloses_any(roots: Sequence[str], folder: str) -> bool:
+    """Whether another of `roots` holds `folder`."""
+    return any(folder.startswith(os.path.join(root, "")) for root in roots)
 
 
 def _root_named(folder: str | os.PathLike[str], roots: Sequence[str]) -> str:

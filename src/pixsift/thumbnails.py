@@ -15,6 +15,7 @@ import contextlib
 import io
 import os
 import shutil
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -57,6 +58,19 @@ def thumbnail(source: str, cache_dir: Path, image_id: int, size: int, max_pixels
 def forget_thumbnails(cache_dir: Path, image_id: int) -> None:
     """Remove every cached thumbnail of an image (it left the library)."""
     shutil.rmtree(cache_dir / str(image_id), ignore_errors=True)
+
+
+def prune_thumbnails(cache_dir: Path, present: Callable[[list[int]], Collection[int]]) -> None:
+    """Remove the thumbnails of images no longer in the library (an index run dropped them);
+    `present` tells which of some ids still are."""
+    try:
+        ids = [int(name) for name in os.listdir(cache_dir) if name.isdigit()]
+    except OSError:  # no thumbnail made yet
+        return
+    kept = set(present(ids)) if ids else set()
+    for image_id in ids:
+        if image_id not in kept:
+            forget_thumbnails(cache_dir, image_id)
 
 
 def _open(source: str, max_pixels: int) -> Image.Image:

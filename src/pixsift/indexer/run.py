@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from pixsift.indexer.decode import default_max_pixels, hash_file
+from pixsift.indexer.decode import default_max_pixels, describe_error, hash_file
 from pixsift.indexer.pipeline import Embedded, Outcome, embed_files
 from pixsift.indexer.plan import Candidate, IndexPlan, plan_folder
 from pixsift.indexer.progress import IndexProgress, SilentProgress
@@ -45,6 +45,7 @@ class IndexSettings:
     workers: int = min(8, os.cpu_count() or 2)
     max_pixels: int = default_max_pixels()
     exclude: tuple[str, ...] = ()  # folders never scanned (the library's own folder)
+    keep: tuple[str, ...] = ()  # folders whose images stay whatever a walk finds (unmounted roots)
 
 
 class Indexer:
@@ -76,7 +77,7 @@ class Indexer:
                 )
         try:
             plan = self._plan(roots, report)
-            embed_queue = self._settle_by_content(plan, report)
+            embed_queue = self._without_still_unreadable(self._settle_by_content(plan, report), report)
             if embed_queue:
                 self._embed(embed_queue, report)
             with self._catalog.write() as batch:
@@ -115,7 +116,8 @@ class Indexer:
         self._progress.stop()
         report.scanned = len(scan.files)
         report.unreadable_dirs = scan.unreadable_dirs
-        plan = plan_folder(scan.files, known, [folder for folder, _ in scan.unreadable_dirs])
+        unknown = [folder for folder, _ in scan.unreadable_dirs] + list(self._settings.keep)
+        plan = plan_folder(scan.files, known, unknown)
         report.unchanged = plan.unchanged
         report.still_failed = plan.still_failed
         return plan
@@ -222,6 +224,33 @@ class Indexer:
                 self._progress.advance()
         self._progress.stop()
         return hashes
+
+    def _without_still_unreadable(self, queue: list[Candidate], report: IndexReport) -> list[Candidate]:
+        """Files that could not be read last time and have not changed are tried with a cheap
+        read first: one that still cannot be read is recorded again here, so it does not make
+        every run load the model."""
+        failed: list[tuple[KnownFile, str]] = []
+        for candidate in queue:
+            known = candidate.known
+            if known is None or not known.error_retry:
+                continue
+            if (known.size, known.mtime_ns) != (candidate.file.size, candidate.file.mtime_ns):
+                continue
+            try:
+                with open(candidate.file.path, "rb") as f:
+                    f.read(1)
+            except OSError as exc:
+                failed.append((known, describe_error(exc)))
+        if not failed:
+            return queue
+        with self._catalog.write() as batch:
+            for known, error in failed:
+                batch.record_failure(
+                    known.id, error, size=known.size, mtime_ns=known.mtime_ns, content_hash=None, retry=True
+                )
+        report.failed += len(failed)
+        still = {known.id for known, _ in failed}
+        return [c for c in queue if c.known is None or c.known.id not in still]
 
     # ---- phase 3: decode and embed, committing batch by batch ------------------------------
 
