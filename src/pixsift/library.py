@@ -608,9 +608,11 @@ class Library:
         """A JPEG thumbnail of an image, at most `size` pixels on its long side (never more than
         the image's own), cached on disk. The cache keeps a few sizes per image and drops those
         of a changed file, so read the file soon after, or ask again."""
+        info = self.image(image_id)
         source = self.image_file(image_id)
+        long_side = max(info.width or 0, info.height or 0) or None
         # Indexed files passed the indexer's own pixel limit: the query limit is for uploads.
-        return thumbnail(source, self.path / THUMBNAILS_DIR, image_id, size, default_max_pixels())
+        return thumbnail(source, self.path / THUMBNAILS_DIR, image_id, size, default_max_pixels(), long_side)
 
     def resolve_inside_roots(self, path: str | os.PathLike[str]) -> str:
         """`path`, resolved, if it lies inside one of the library's roots; else AccessDeniedError."""

@@ -30,11 +30,14 @@ JPEG_QUALITY = 85
 MAX_VARIANTS = 8  # sizes kept per image: room for a UI's few, a bound for any client
 
 
-def thumbnail(source: str, cache_dir: Path, image_id: int, size: int, max_pixels: int) -> Path:
+def thumbnail(
+    source: str, cache_dir: Path, image_id: int, size: int, max_pixels: int, long_side: int | None = None
+) -> Path:
     """The cached JPEG, at most `size` pixels on its long side, of the file `source`.
 
     The file may be removed later, when the image changes or other sizes push it out: read it
-    soon after, or ask again.
+    soon after, or ask again. `long_side`, the image's longest side as indexed, lets a cached
+    thumbnail be served without reading the image's header.
     """
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise ImageError(f"A thumbnail size must be from {MIN_SIZE} to {MAX_SIZE} pixels, not {size}.")
@@ -44,6 +47,10 @@ def thumbnail(source: str, cache_dir: Path, image_id: int, size: int, max_pixels
         raise ImageError(f"Cannot read image {source}: {describe_error(exc)}") from None
     version = f"{stat.st_size}-{stat.st_mtime_ns}"
     folder = cache_dir / str(image_id)
+    if long_side:  # the image's size as indexed: a cached thumbnail is found without opening it
+        cached = folder / f"{min(size, long_side)}-{version}.jpg"
+        if cached.is_file():
+            return cached
     with _open(source, max_pixels) as image:
         size = min(size, max(image.size))  # never enlarged: every larger size is this one
         target = folder / f"{size}-{version}.jpg"
