@@ -727,12 +727,14 @@ class Library:
             if budget is not None:
                 policy = replace(policy, memory_budget=budget)
             policy.check(self._catalog.counts().indexed)  # refuse before anything changes
+            self._index.rebuild(self._require_model().embed_dim, policy)
+            # Remembered once the new index is saved: a rebuild that fails or is killed leaves
+            # the library as it was, not set to turn into the new kind at its next run.
             with self._catalog.write() as batch:
                 if kind is not None:
                     batch.set_setting(INDEX_TYPE_KEY, None if kind == "auto" else kind)
                 if budget is not None:
                     batch.set_setting(MEMORY_BUDGET_KEY, str(budget))
-            self._index.rebuild(self._require_model().embed_dim, policy)
         return self.index_summary()
 
     def index_summary(self) -> IndexSummary:
