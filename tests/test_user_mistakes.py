@@ -81,7 +81,7 @@ def test_vectors_without_a_direction_or_of_the_wrong_size_are_refused(
 # ---- bad arguments to the query methods are QueryErrors ---------------------------------------
 
 
-@pytest.mark.parametrize("k", [0, -1])
+@pytest.mark.parametrize("k", [0, -1, True, 2.5])
 def test_a_result_count_below_one_is_a_query_error_everywhere(
     library: Library, k: int, tmp_path: Path
 ) -> None:
@@ -101,6 +101,15 @@ def test_a_result_count_below_one_is_a_query_error_everywhere(
     for call in calls:
         with pytest.raises(QueryError, match="k \\(how many results\\) must be"):
             call()
+
+
+def test_a_min_score_that_is_no_number_is_refused_by_both_search_paths(library: Library) -> None:
+    from pixsift import search_once
+
+    with pytest.raises(QueryError, match=r"min_score must be a number, not '0\.1'"):
+        library.search("a cat", min_score="0.1")  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match=r"min_score must be a number, not '0\.1'"):
+        search_once("a cat", library=library.path, min_score="0.1")  # type: ignore[arg-type]
 
 
 def test_empty_and_mistyped_examples_are_query_errors(library: Library) -> None:

@@ -869,7 +869,11 @@ def _check_k(k: int) -> None:
 def _check_min_score(min_score: float | None) -> None:
     """Refuse a NaN or infinite threshold: NaN compares false with every score, so it would
     silently return nothing."""
-    if min_score is not None and not math.isfinite(min_score):
+    if min_score is None:
+        return
+    if isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.floating)):
+        raise QueryError(f"min_score must be a number, not {min_score!r}.")
+    if not math.isfinite(min_score):
         raise QueryError(f"min_score must be a finite number, not {min_score}.")
 
 

@@ -98,10 +98,10 @@ def answer_quickly(
     them (it then raises what the library would, or nothing)."""
     from pixsift.models.loading import surely_on_cpu
 
+    if not _plain_arguments(k, min_score):
+        return None  # the library refuses them, with its message
     if k < 1 or (filters is not None and not filters.is_empty) or not surely_on_cpu(device, engine):
         return None
-    if min_score is not None and not math.isfinite(min_score):
-        return None  # the library refuses it, with its message
     try:
         terms = [QueryTerm(text=text), *as_terms(plus, 1.0), *as_terms(minus, -1.0)]
         if any(term.text is None for term in terms):
@@ -111,6 +111,15 @@ def answer_quickly(
             return _answer(reader, folder / INDEX_NAME, terms, k, min_score, engine)
     except (_NotQuickError, PixsiftError, sqlite3.Error, OSError):
         return None
+
+
+def _plain_arguments(k: object, min_score: object) -> bool:
+    """A whole k and a finite min_score (or none), as the library accepts them."""
+    whole_k = isinstance(k, int) and not isinstance(k, bool)
+    if min_score is None:
+        return whole_k
+    number = isinstance(min_score, (int, float)) and not isinstance(min_score, bool)
+    return whole_k and number and math.isfinite(min_score)  # type: ignore[arg-type]
 
 
 def _answer(
