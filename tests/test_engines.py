@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,45 @@ def test_new_weights_in_the_same_file_are_exported_again(
     second = load_embedder(spec, "cpu", "auto").record.fingerprint
     assert second != first
     assert second == ClipEmbedder.load(spec, "cpu").record.fingerprint
+
+
+def test_a_running_library_keeps_its_weights_when_another_process_reexports(
+    tiny_model: TinyModel, other_tiny_checkpoint: Path, photos: Path, tmp_path: Path
+) -> None:
+    """A server runs with its image tower loaded; meanwhile the checkpoint is replaced for a
+    while and another process re-exports the model from it. The server's first text search
+    must still use the library's own weights."""
+    from pixsift import Library
+
+    checkpoint = tmp_path / "weights.pt"
+    checkpoint.write_bytes(tiny_model.checkpoint.read_bytes())
+    library_dir = tmp_path / "library"
+    with Library.open(library_dir) as library:
+        library.index(photos, model=str(tiny_model.config), pretrained=str(checkpoint))
+    with Library.open(library_dir) as fresh:
+        expected = fresh.search("a horse", k=5)
+    with Library.open(library_dir) as running:
+        running.similar((photos / "photo_0100.jpg").read_bytes())  # the image tower only
+        checkpoint.write_bytes(other_tiny_checkpoint.read_bytes())
+        other = run_cli("search", "a horse", "--library", str(library_dir))
+        assert other.returncode == 1 and "weights" in other.stderr  # it re-exported, then refused
+        checkpoint.write_bytes(tiny_model.checkpoint.read_bytes())  # put back
+        assert running.search("a horse", k=5) == expected
+
+
+def test_work_left_by_a_killed_export_is_removed_by_the_next(tiny_model: TinyModel) -> None:
+    spec = tiny_spec(tiny_model)
+    final = export_folder(spec)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    abandoned, under_way = final.parent / f".{final.name}-killed", final.parent / f".{final.name}-busy"
+    for work in (abandoned, under_way):
+        work.mkdir()
+        (work / "image-fp32.onnx").write_bytes(b"half a model")
+    hours_ago = time.time() - 4 * 3600
+    os.utime(abandoned, (hours_ago, hours_ago))
+    load_embedder(spec, "cpu", "auto")  # exports the model
+    assert not abandoned.exists()
+    assert under_way.exists()  # another process's export may be under way: left alone
 
 
 def test_explicit_engines(tiny_model: TinyModel, photo_set: Path) -> None:

@@ -13,16 +13,26 @@ depends on the photo alone.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pixsift.errors import ModelError
-from pixsift.models.onnx_export import ONE_INPUT_PER_CALL, TOKENIZER, Export, discard, trim_tokens
+from pixsift.errors import ModelError, ModelMismatchError
+from pixsift.models.onnx_export import (
+    META,
+    ONE_INPUT_PER_CALL,
+    TOKENIZER,
+    Export,
+    discard,
+    read_export,
+    trim_tokens,
+)
 from pixsift.models.pixels import preprocess
 from pixsift.models.spec import ModelRecord
 
@@ -119,8 +129,28 @@ class OnnxEmbedder:
     def _session(self, tower: str) -> onnxruntime.InferenceSession:
         with self._lock:
             if tower not in self._sessions:
+                self._keep_own_export()
                 self._sessions[tower] = self._load_or_remake(tower)
             return self._sessions[tower]
+
+    def _keep_own_export(self) -> None:
+        """Make sure the cached export a tower is about to be loaded from is of this model's
+        weights. Another process may have replaced it with an export of other weights (the
+        checkpoint changed on disk, perhaps only for a while) since this one was loaded, and a
+        session opened from that would give vectors of those weights."""
+        if _fingerprint_in(self._export.folder) == self.record.fingerprint:
+            return
+        own = self.record
+        fresh = read_export(own.spec)
+        if fresh is None or fresh.record.fingerprint != own.fingerprint:
+            fresh = self._remake()  # from the checkpoint as it is now
+        if fresh.record.fingerprint != own.fingerprint:
+            raise ModelMismatchError(
+                f"The weights of {own.spec.describe()} changed on disk while this program ran "
+                f"(they were {own.fingerprint}, now {fresh.record.fingerprint}): restart it."
+            )
+        self._export = fresh
+        self._tokenizer = None
 
     def _load_or_remake(self, tower: str) -> onnxruntime.InferenceSession:
         try:
@@ -172,6 +202,14 @@ class OnnxEmbedder:
                 f"{self.record.spec.describe()} has no ONNX export for this: use --engine torch."
             )
         return self._fallback()
+
+
+def _fingerprint_in(folder: Path) -> str | None:
+    """The weights fingerprint an export folder holds now, or None if it cannot be read."""
+    try:
+        return str(json.loads((folder / META).read_text(encoding="utf-8"))["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _cores() -> int:

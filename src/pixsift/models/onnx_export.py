@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ ONE_INPUT_PER_CALL = frozenset({"int8"})
 AUTO_PRECISIONS = {"image": ("int8", "fp32"), "text": ("int8", "fp32")}
 TOWERS = ("image", "text")
 META = "meta.json"
+ABANDONED_WORK_S = 3 * 3600  # a work folder untouched this long belongs to a killed export
 TOKENIZER = "tokenizer.json"
 _CALIBRATION_IMAGES = 12
 _CALIBRATION_TEXTS = (
@@ -133,6 +135,7 @@ def export_model(clip: ClipEmbedder) -> Export:
     spec = clip.record.spec
     final = export_folder(spec)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_work(final)
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
         meta = _export_into(work, clip)
@@ -144,6 +147,16 @@ def export_model(clip: ClipEmbedder) -> Export:
     if export is None:  # the weights changed while exporting: use it this once, not again
         return _export_of(final, meta, meta["files"])
     return export
+
+
+def _remove_abandoned_work(final: Path) -> None:
+    """Remove the work folders of exports of this model that a killed process left behind
+    (hundreds of megabytes each for ViT-B-32). One untouched for hours is no export under way."""
+    cutoff = time.time() - ABANDONED_WORK_S
+    for work in final.parent.glob(f".{final.name}-*"):
+        with contextlib.suppress(OSError):
+            if work.is_dir() and work.stat().st_mtime < cutoff:
+                shutil.rmtree(work, ignore_errors=True)
 
 
 def _move_into_place(work: Path, final: Path) -> None:
