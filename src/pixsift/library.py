@@ -36,7 +36,7 @@ from pixsift.errors import (
 from pixsift.evaluation import DEFAULT_CUTOFFS, EvalReport, LabelledQuery, evaluate, read_queries
 from pixsift.indexer import Indexer, IndexProgress, IndexReport, IndexSettings, RootRequest
 from pixsift.indexer.decode import default_max_pixels
-from pixsift.indexer.scan import looks_unmounted
+from pixsift.indexer.scan import is_within, looks_unmounted
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
 from pixsift.search.diversity import mmr_order
@@ -650,9 +650,11 @@ class Library:
         with self._locked(wait, "forgetting a folder"):
             roots = [root.path for root in self._catalog.roots()]
             root = _root_named(folder, roots)
-            ids = set() if _encloses_any(roots, root) else set(self._catalog.ids_under(root).tolist())
-            for inner in roots:
-                if inner.startswith(os.path.join(root, "")):
+            others = [other for other in roots if other != root]
+            ids: set[int] = set()
+            if not any(is_within(root, other) for other in others):  # else only the root goes
+                ids = set(self._catalog.ids_under(root).tolist())
+                for inner in (other for other in others if is_within(other, root)):
                     ids -= set(self._catalog.ids_under(inner).tolist())
             with self._catalog.write() as batch:
                 batch.delete_images(sorted(ids))
@@ -931,11 +933,6 @@ def check_index_arguments(
         Library._new_root(root, include_hidden=False, follow_symlinks=False)
     if model or pretrained:
         resolve_model_spec(model, pretrained)
-
-
-def _encloses_any(roots: Sequence[str], folder: str) -> bool:
-    """Whether another of `roots` holds `folder`."""
-    return any(folder.startswith(os.path.join(root, "")) for root in roots)
 
 
 def _root_named(folder: str | os.PathLike[str], roots: Sequence[str]) -> str:

@@ -18,7 +18,7 @@ from pixsift.indexer.pipeline import Embedded, Outcome, embed_files
 from pixsift.indexer.plan import Candidate, IndexPlan, plan_folder
 from pixsift.indexer.progress import IndexProgress, SilentProgress
 from pixsift.indexer.report import IndexInterrupted, IndexReport
-from pixsift.indexer.scan import ScanOptions, ScanResult, image_extensions, scan_folder
+from pixsift.indexer.scan import ScanOptions, ScanResult, image_extensions, is_within, scan_folder
 from pixsift.models.embedder import Embedder
 from pixsift.storage.catalog import Catalog, CatalogWriter, StoredEmbedding
 from pixsift.storage.records import FreshEmbedding, KnownFile
@@ -141,11 +141,11 @@ class Indexer:
                     root.follow_symlinks,
                 ):
                     continue  # the run's own walk finds the same files
-                if _is_within(root.folder, other.path):  # `other` encloses the run's folder
+                if is_within(root.folder, other.path):  # `other` encloses the run's folder
                     extra.add(
                         RootRequest(other.path, other.include_hidden, other.follow_symlinks, root.folder)
                     )
-                elif _is_within(other.path, root.folder):  # `other` lies inside it
+                elif is_within(other.path, root.folder):  # `other` lies inside it
                     extra.add(
                         RootRequest(other.path, other.include_hidden, other.follow_symlinks, other.path)
                     )
@@ -316,10 +316,6 @@ def _store(batch: CatalogWriter, outcomes: Sequence[Outcome[Candidate]], report:
             )
             report.failed += 1
     batch.save_embeddings(fresh)
-
-
-def _is_within(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(os.path.join(folder, ""))
 
 
 def _hash_or_none(path: str) -> str | None:

@@ -151,6 +151,11 @@ def _classify(entry: os.DirEntry[str], options: ScanOptions) -> ScannedFile | st
     return ScannedFile(entry.path, entry_stat.st_size, entry_stat.st_mtime_ns)
 
 
+def is_within(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies under it, as written (no link is resolved)."""
+    return path == folder or path.startswith(os.path.join(folder, ""))
+
+
 def looks_unmounted(folder: str, catalog: HoldsImages) -> bool:
     """Whether an indexed folder looks unmounted: not there, or empty while the library holds
     images under it (the mount point of an unplugged drive). Its images are kept either way;

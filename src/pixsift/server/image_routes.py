@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -54,10 +53,10 @@ def thumbnail(
 def _thumbnail_bytes(library: Library, image_id: int, size: int) -> bytes:
     """The thumbnail's bytes, read at once: the cache keeps a few sizes per image, so another
     request may remove this one before it is sent; then it is made again."""
-    for _ in range(2):
-        with contextlib.suppress(FileNotFoundError):
-            return library.thumbnail(image_id, size).read_bytes()
-    return library.thumbnail(image_id, size).read_bytes()
+    try:
+        return library.thumbnail(image_id, size).read_bytes()
+    except FileNotFoundError:  # pushed out of the cache meanwhile: made again
+        return library.thumbnail(image_id, size).read_bytes()
 
 
 @router.delete("/images/{image_id}", response_model=Deleted, dependencies=[Depends(require_write_access)])
