@@ -68,6 +68,13 @@ def test_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
         Catalog.open(tmp_path / "library.db")
 
 
+def test_a_library_is_kept_in_wal_mode(tmp_path: Path) -> None:
+    Catalog.open(tmp_path / "library.db").close()
+    with sqlite3.connect(tmp_path / "library.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
 def test_a_file_that_is_not_a_library_is_refused_untouched(tmp_path: Path) -> None:
     (tmp_path / "garbage.db").write_bytes(b"this is not a database" * 100)
     with pytest.raises(LibraryFormatError, match="file is not a database"):

@@ -266,6 +266,7 @@ def test_another_programs_database_is_not_taken_over(tmp_path: Path) -> None:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert tables == {"contacts"}
         assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # not switched to WAL
     db.close()
 
 

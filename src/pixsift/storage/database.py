@@ -49,7 +49,21 @@ def open_engine(db_path: Path) -> Engine:
             ) from exc
         # exc.orig: SQLAlchemy's own text adds a second line pointing at its documentation.
         raise LibraryFormatError(f"Cannot use {db_path} as a pixsift library: {_reason(exc.orig)}.") from exc
+    _use_wal(engine)
     return engine
+
+
+def _use_wal(engine: Engine) -> None:
+    """Switch the database to WAL, once it is known to be a pixsift library.
+
+    The journal mode is stored in the file, so it is set here rather than on every connect: a
+    database that is refused (another program's, or a newer schema) is left in its own mode.
+    """
+    connection = engine.raw_connection()
+    try:
+        connection.cursor().execute("PRAGMA journal_mode = WAL")
+    finally:
+        connection.close()
 
 
 def write_error(folder: Path, exc: BaseException) -> LibraryWriteError:
@@ -98,7 +112,6 @@ def _configure_connection(dbapi_connection: sqlite3.Connection, _record: Any) ->
     dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, see _begin
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA synchronous = FULL")
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
