@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import struct
@@ -87,7 +88,7 @@ def test_different_photos_do_not_correlate(phone_photos: list[Path], embedder: C
 
 
 def test_reduced_scale_decode_is_used_for_large_jpegs(phone_photos: list[Path]) -> None:
-    image, width, height, image_format = open_oriented(
+    image, width, height, image_format, _ = open_oriented(
         phone_photos[0].read_bytes(), 224, default_max_pixels()
     )
     assert (width, height, image_format) == (4032, 3024, "JPEG")
@@ -106,7 +107,7 @@ def test_exif_orientation_is_applied_before_embedding(orientation: int, tmp_path
     exif[0x0112] = orientation
     path = save(stored, tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
 
-    image, width, height, _ = open_oriented(path.read_bytes(), 224, default_max_pixels())
+    image, width, height, *_ = open_oriented(path.read_bytes(), 224, default_max_pixels())
     assert (width, height) == (800, 600)  # as a viewer shows it
     expected = np.asarray(upright.resize(image.size), dtype=np.float32)
     assert correlation(np.asarray(image, dtype=np.float32), expected) > 0.95
@@ -116,7 +117,7 @@ def test_broken_exif_orientation_keeps_the_image(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 42  # not an orientation
     path = save(make_photo(6, (640, 480)), tmp_path / "odd.jpg", exif=exif.tobytes())
-    _, width, height, _ = open_oriented(path.read_bytes(), 224, default_max_pixels())
+    _, width, height, *_ = open_oriented(path.read_bytes(), 224, default_max_pixels())
     assert (width, height) == (640, 480)
 
 
@@ -220,6 +221,32 @@ def test_a_huge_file_that_is_no_image_is_refused_without_reading_it(
         tracemalloc.stop()
     assert reason in describe_error(raised.value)
     assert peak < 4 << 20  # the header only, not the file
+
+
+def test_a_photo_followed_by_much_more_data_is_indexed_without_reading_it_whole(
+    tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    photo = save(make_photo(13, (640, 480)), tmp_path / "photo.jpg")
+    padded = tmp_path / "padded.jpg"  # the same JPEG, then zeros up to 256 MB (sparse: cheap)
+    padded.write_bytes(photo.read_bytes())
+    os.truncate(padded, 256 << 20)
+    tracemalloc.start()
+    try:
+        decoded = load_image(
+            str(padded), preprocess=embedder.preprocess, target_size=224, max_pixels=default_max_pixels()
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20  # decoded from disk and hashed as a stream
+    whole = hashlib.sha256()
+    with open(padded, "rb") as f:
+        while chunk := f.read(8 << 20):
+            whole.update(chunk)
+    assert decoded.content_hash == whole.hexdigest()
+    plain = ours(photo, embedder)
+    assert np.array_equal(decoded.pixels.numpy(), plain.numpy())  # type: ignore[attr-defined]
+    assert (decoded.width, decoded.height, decoded.format) == (640, 480, "JPEG")
 
 
 def test_truncated_jpeg_fails(tmp_path: Path) -> None:

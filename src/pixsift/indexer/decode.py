@@ -1,7 +1,8 @@
 """Reading one image file into what the model needs, fast and safely.
 
 Each file is read once: the same bytes are hashed (to recognise moved and duplicate files)
-and decoded. Its header is checked first, so a huge file that is not an image (or claims too
+and decoded (one over `READ_WHOLE_MAX_BYTES` is decoded from disk and hashed as a stream,
+so memory stays bounded). Its header is checked first, so a huge file that is not an image (or claims too
 many pixels) is refused without being read into memory. A CLIP model looks at about 224
 pixels, so a 12-megapixel JPEG is decoded at reduced scale by libjpeg's DCT scaling
 (Pillow's `draft`), several times faster than a full decode, while staying at least the
@@ -18,13 +19,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow parsers the indexer allows; a file named .jpg is never handed to exotic plugins.
 # (Multi-picture JPEGs open through the JPEG parser and report format "MPO".)
 WANTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "HEIF")
+# Files larger than this are decoded from disk and hashed as a stream rather than read whole:
+# a valid image header followed by gigabytes (a damaged copy, a mislabelled archive) must not
+# cost that much memory in each decode worker. Photos, even with a video appended, are smaller.
+READ_WHOLE_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -82,24 +87,34 @@ def load_image(
 ) -> DecodedImage:
     """Read, hash, decode and preprocess one file. Raises on any unreadable image."""
     with open(path, "rb") as f:
-        check_header(f, max_pixels)  # a huge file that is no image, or a bomb, is never read
+        size = check_header(f, max_pixels)  # a huge file that is no image, or a bomb, is never read
         f.seek(0)
-        data = f.read()
-    image, width, height, image_format = open_oriented(data, target_size, max_pixels)
-    taken = exif_taken_at(data)
-    return DecodedImage(preprocess(image), hash_bytes(data), width, height, image_format, taken)
+        if size > READ_WHOLE_MAX_BYTES:
+            opened = open_oriented(f, target_size, max_pixels)
+            f.seek(0)
+            content_hash = hashlib.file_digest(f, "sha256").hexdigest()
+        else:
+            data = f.read()
+            opened = open_oriented(data, target_size, max_pixels)
+            content_hash = hash_bytes(data)
+    return DecodedImage(
+        preprocess(opened.image), content_hash, opened.width, opened.height, opened.format, opened.taken_at
+    )
 
 
-def check_header(file: BinaryIO, max_pixels: int) -> None:
-    """Raise unless `file` starts like an image of a wanted format within `max_pixels`.
+def check_header(file: BinaryIO, max_pixels: int) -> int:
+    """Raise unless `file` starts like an image of a wanted format within `max_pixels`; return
+    its size in bytes.
 
     Opening is lazy: Pillow reads the header (a few kilobytes), no pixels, so the whole file
     is read into memory only once it is known to be an image worth decoding.
     """
-    if os.fstat(file.fileno()).st_size == 0:
+    size = os.fstat(file.fileno()).st_size
+    if size == 0:
         raise ValueError("empty file")
     with Image.open(file, formats=allowed_formats()) as image:
         _check_pixels(image, max_pixels)
+    return size
 
 
 def _check_pixels(image: Image.Image, max_pixels: int) -> None:
@@ -110,40 +125,55 @@ def _check_pixels(image: Image.Image, max_pixels: int) -> None:
         )
 
 
-def open_oriented(data: bytes, target_size: int, max_pixels: int) -> tuple[Image.Image, int, int, str]:
-    """Decode to an upright RGB image no smaller than `target_size` on its short side.
+class OrientedImage(NamedTuple):
+    image: Image.Image  # upright RGB, at least the target size on its short side
+    width: int  # the full-size width and height as displayed
+    height: int
+    format: str
+    taken_at: str | None  # EXIF date taken, see `exif_taken_at`
 
-    Returns the image, the full-size width and height as displayed, and the file format.
-    """
-    if not data:
+
+def open_oriented(source: bytes | BinaryIO, target_size: int, max_pixels: int) -> OrientedImage:
+    """Decode an encoded image (bytes, or a file open for reading) to an upright RGB image no
+    smaller than `target_size` on its short side."""
+    if not source:
         raise ValueError("empty file")
-    with Image.open(io.BytesIO(data), formats=allowed_formats()) as image:
+    file = io.BytesIO(source) if isinstance(source, bytes) else source
+    with Image.open(file, formats=allowed_formats()) as image:
         _check_pixels(image, max_pixels)
         width, height = image.size
         image_format = image.format or "unknown"
         if image_format in ("JPEG", "MPO"):
             image.draft("RGB", (target_size, target_size))
         image.load()
+        taken = _taken_at(image)  # after load: a PNG may keep its EXIF after the pixels
         upright = _upright(image)
         if upright.size != image.size:  # rotated by 90 degrees
             width, height = height, width
-        return _to_rgb(upright), width, height, image_format
+        return OrientedImage(_to_rgb(upright), width, height, image_format, taken)
 
 
 def exif_taken_at(data: bytes) -> str | None:
+    """The EXIF DateTimeOriginal (else DateTime) of an encoded image, or None (see `_taken_at`)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=allowed_formats()) as image:
+            return _taken_at(image)
+    except Exception:  # not an image: no date either
+        return None
+
+
+def _taken_at(image: Image.Image) -> str | None:
     """The EXIF DateTimeOriginal (else DateTime) as "YYYY-MM-DD HH:MM:SS", or None.
 
     Cameras write "YYYY:MM:DD HH:MM:SS"; blank or impossible dates ("0000:00:00 ...") are
-    common in the wild and read as no date, as is EXIF that Pillow cannot parse. Only the
-    file's header is parsed (opening is lazy): no pixels are decoded here.
+    common in the wild and read as no date, as is EXIF that Pillow cannot parse.
     """
     try:
-        with Image.open(io.BytesIO(data), formats=allowed_formats()) as image:
-            exif = image.getexif()
-            # Only follow the Exif sub-IFD when IFD0 points to one: reading it from a damaged
-            # block makes Pillow warn on stderr, in the middle of an index run's progress.
-            original = exif.get_ifd(EXIF_IFD).get(EXIF_DATE_TIME_ORIGINAL) if EXIF_IFD in exif else None
-            value = original or exif.get(EXIF_DATE_TIME)
+        exif = image.getexif()
+        # Only follow the Exif sub-IFD when IFD0 points to one: reading it from a damaged
+        # block makes Pillow warn on stderr, in the middle of an index run's progress.
+        original = exif.get_ifd(EXIF_IFD).get(EXIF_DATE_TIME_ORIGINAL) if EXIF_IFD in exif else None
+        value = original or exif.get(EXIF_DATE_TIME)
         if not isinstance(value, str):
             return None
         taken = datetime.strptime(value.strip().rstrip("\x00")[:19], "%Y:%m:%d %H:%M:%S")
