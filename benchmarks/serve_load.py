@@ -260,7 +260,9 @@ def during_indexing(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    # the docstring's first paragraph: its first line alone stops mid-sentence
+    summary = " ".join(__doc__.split("\n\n")[0].split()) if __doc__ else None
+    parser = argparse.ArgumentParser(description=summary)
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--clients", type=int, nargs="+", default=[8, 32])

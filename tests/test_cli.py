@@ -248,6 +248,25 @@ def test_an_interrupted_run_keeps_its_work_and_the_next_one_finishes(
     assert sorted(everything.stdout.splitlines()) == sorted(str(p) for p in photos.iterdir())
 
 
+def test_ctrl_c_while_the_model_loads_says_so(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before an index run embeds anything (a download, an export, importing torch) Ctrl-C used
+    to end the command with 130 and no message at all."""
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    library = ["--library", str(tmp_path / "library")]
+    first = runner.invoke(app, ["index", str(photos), *library, *tiny_model.index_args()])
+    assert first.exit_code == 0, first.stderr
+    monkeypatch.setattr("pixsift.models.loading.load_embedder", interrupted)
+    # --reembed loads the model before the run starts; a search loads it to embed its text
+    for args in (["index", "--reembed"], ["search", "a rocket", "--engine", "torch"]):
+        result = runner.invoke(app, [*args, *library])
+        assert (result.exit_code, result.stdout, result.stderr) == (130, "", "Interrupted.\n"), args
+
+
 def test_exit_codes_of_the_real_command(tmp_path: Path) -> None:
     missing = run_cli("search", "x", "--library", str(tmp_path / "none"))
     assert (missing.returncode, missing.stdout) == (1, "")

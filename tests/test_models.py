@@ -106,6 +106,22 @@ def test_cuda_asked_for_without_a_gpu_is_explained() -> None:
     assert str(resolve_device("auto")) == "cpu"
 
 
+def test_a_device_torch_cannot_use_is_explained_before_the_model_loads() -> None:
+    """An absent Apple GPU or a GPU number beyond the last is a ModelError, not torch's traceback
+    when the model is moved there."""
+    import torch
+
+    from pixsift.models.clip import resolve_device
+
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has an Apple GPU")
+    with pytest.raises(ModelError, match="no Apple GPU"):
+        resolve_device("mps")
+    if torch.cuda.is_available():
+        with pytest.raises(ModelError, match="numbered from 0"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
 def test_cached_hub_weights_are_used_without_any_network(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

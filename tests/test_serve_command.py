@@ -39,6 +39,23 @@ def test_serve_refuses_an_open_bind_without_a_key(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "No pixsift library" in missing.stderr
 
 
+def test_serve_on_an_address_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    """uvicorn alone logs the bind error and exits with 3, pixsift's "finished, with trouble"."""
+    from pixsift import Library
+
+    Library.open(tmp_path / "lib").close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run_cli("serve", "--library", str(tmp_path / "lib"), "--port", port)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        f"error: Cannot listen on 127.0.0.1 port {port}: another program is listening there: "
+        "stop it, or choose another --port.\n"
+    )
+
+
 def test_serve_answers_over_http(tmp_path: Path, photos: Path, tiny_model: TinyModel) -> None:
     library = tmp_path / "lib"
     indexed = run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args())

@@ -15,7 +15,8 @@ HEADER = """# CLI reference
 
 Generated from `pixsift --help` by `python tools/cli_reference.py > docs/cli.md`; a test checks
 that it matches the code. Every command takes `--library DIR` (default: `$PIXSIFT_LIBRARY`,
-else the user data folder, e.g. `~/.local/share/pixsift`).
+else the user data folder, e.g. `~/.local/share/pixsift`). `-h` is short for `--help`
+everywhere, and `pixsift --version` prints the version.
 
 Exit codes: 0 on success (also when a search finds nothing; a message goes to stderr), 1 on a
 user error (a one-line message on stderr), 2 on bad usage, 3 when the command finished but found

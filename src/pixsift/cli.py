@@ -176,6 +176,10 @@ def _user_errors() -> Iterator[None]:
     except PixsiftError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
+    except KeyboardInterrupt:  # an index run's own (IndexInterrupted) is reported before this
+        # typer turns it into exit 130 without a word, so main() never sees it: say so here
+        typer.echo("Interrupted.", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def _open(

@@ -148,6 +148,14 @@ def resolve_device(device: str) -> torch.device:
         raise ModelError(f"Unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps.") from exc
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for, but torch sees no CUDA GPU here.")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ModelError(
+            f"--device {device} was asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) "
+            "here, numbered from 0."
+        )
+    # torch's own error comes only when the model is moved there, as a traceback
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError("--device mps was asked for, but torch sees no Apple GPU (MPS) here.")
     return chosen
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+
 import uvicorn
 
+from pixsift.errors import PixsiftError
 from pixsift.library import Library
 from pixsift.server.app import create_app
 from pixsift.server.settings import ServerSettings
+
+
+class ListenError(PixsiftError):
+    """The service cannot listen where it was asked to (a port in use, an address not here)."""
 
 
 def serve(
@@ -14,7 +22,30 @@ def serve(
 ) -> None:
     """Serve `library` until interrupted. The model and index are loaded before the first request,
     so the first search is as fast as the rest."""
+    check_address(host, port)  # before the model loads, which can take a minute
     library.warm_up()
     app = create_app(library, settings)
-    # One process: the model and the index are loaded once and shared by every request thread.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, server_header=False)
+    try:
+        # One process: the model and the index are loaded once and shared by every request thread.
+        uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, server_header=False)
+    except SystemExit as exc:
+        # uvicorn exits with 3 when it cannot start, which is pixsift's "finished, with trouble"
+        if exc.code in (0, None):
+            raise
+        raise ListenError(f"The HTTP service could not start on {host} port {port} (see above).") from None
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse an address uvicorn could not listen on, with the reason in one line (uvicorn logs
+    it and exits with 3). Bound as uvicorn binds: IPv6 when the host has a colon."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family=family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                advice = "another program is listening there: stop it, or choose another --port"
+            else:
+                advice = f"{exc.strerror or exc}; check --host"
+            raise ListenError(f"Cannot listen on {host} port {port}: {advice}.") from None
