@@ -49,6 +49,16 @@ def test_second_run_changes_nothing(indexed: dict[str, Path]) -> None:
     assert "1 file(s) still failed from earlier runs (retried when they change)" in result.stdout
 
 
+def test_a_quiet_run_still_says_why_it_exits_with_3(indexed: dict[str, Path]) -> None:
+    result = run_cli("index", "--quiet", "--library", str(indexed["library"]))
+    assert result.returncode == 3
+    assert result.stdout == ""
+    assert result.stderr == (
+        "1 file(s) still failed from earlier runs (retried when they change); "
+        "list them with: pixsift status --failed\n"
+    )
+
+
 def test_forget_a_folder_gone_for_good(photos: Path, tiny_model: TinyModel, tmp_path: Path) -> None:
     library = ["--library", str(tmp_path / "library")]
     assert run_cli("index", str(photos), *library, *tiny_model.index_args()).returncode == 0

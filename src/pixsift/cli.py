@@ -239,7 +239,9 @@ def index(
         ),
     ] = None,
     wait: WaitOpt = LOCK_WAIT_S,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar and no summary; warnings still go to stderr.")
+    ] = False,
 ) -> None:
     """Index the images under FOLDERS (incrementally: only new and changed files are embedded).
 
@@ -247,7 +249,7 @@ def index(
     """
     from rich.console import Console
 
-    from pixsift.formatting import format_report
+    from pixsift.formatting import format_report, report_warnings
     from pixsift.indexer import IndexInterrupted
     from pixsift.library import check_index_arguments
     from pixsift.terminal_progress import TerminalProgress
@@ -277,6 +279,8 @@ def index(
             raise typer.Exit(EXIT_INTERRUPTED) from None
     if not quiet:
         typer.echo(format_report(report))
+    elif warnings := report_warnings(report):  # a quiet run still says why it exits with 3
+        typer.echo("\n".join(warnings), err=True)
     if not report.complete:
         raise typer.Exit(EXIT_TROUBLE)
 

@@ -69,7 +69,13 @@ def format_report(report: IndexReport) -> str:
         else ""
     )
     took = f"{'interrupted after ' if report.interrupted else ''}{report.elapsed_s:.1f} s{rate}"
-    lines = [f"{report.scanned} images found: {', '.join(parts)} ({took})."]
+    summary = f"{report.scanned} images found: {', '.join(parts)} ({took})."
+    return "\n".join([summary, *report_warnings(report)])
+
+
+def report_warnings(report: IndexReport) -> list[str]:
+    """What an index run could not do, and what to do about it: one line each."""
+    lines = []
     for folder, reason in report.unreadable_dirs:
         lines.append(f"warning: could not read folder {folder} ({reason}); its images were kept")
     for root in report.skipped_roots:
@@ -86,7 +92,7 @@ def format_report(report: IndexReport) -> str:
         )
     if report.interrupted:
         lines.append("What was embedded so far is saved; run the same command again to continue.")
-    return "\n".join(lines)
+    return lines
 
 
 def format_status(status: LibraryStatus, failures: Sequence[Failure] | None) -> str:
