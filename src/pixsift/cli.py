@@ -240,7 +240,7 @@ def index(
     ] = None,
     wait: WaitOpt = LOCK_WAIT_S,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar and no summary; warnings still go to stderr.")
+        bool, typer.Option("--quiet", "-q", help="No progress bar, no summary; warnings go to stderr.")
     ] = False,
 ) -> None:
     """Index the images under FOLDERS (incrementally: only new and changed files are embedded).
