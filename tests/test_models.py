@@ -75,6 +75,8 @@ def test_config_file_errors(tmp_path: Path, tiny_model: TinyModel) -> None:
         resolve_model_spec(str(tiny_model.config))
     with pytest.raises(ModelError, match=r"Checkpoint .* not found"):
         resolve_model_spec(str(tiny_model.config), str(tmp_path / "missing.pt"))
+    with pytest.raises(ModelError, match="takes the path of a checkpoint file"):  # a tag, not a file
+        resolve_model_spec("synthetic-tiny", "laion2b_s34b_b79k")
 
 
 def test_a_checkpoint_that_does_not_fit_is_a_model_error(tmp_path: Path, tiny_model: TinyModel) -> None:

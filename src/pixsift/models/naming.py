@@ -70,7 +70,11 @@ def _config_file_spec(config_path: Path, pretrained: str | None) -> ModelSpec:
         )
     checkpoint = Path(pretrained).expanduser()
     if not checkpoint.is_file():
-        raise ModelError(f"Checkpoint {checkpoint} not found.")
+        raise ModelError(
+            f"Checkpoint {checkpoint} not found. With a bundled model or a model-config file, "
+            "--pretrained takes the path of a checkpoint file (a tag such as "
+            f"{DEFAULT_PRETRAINED} names weights of an open_clip model such as {DEFAULT_MODEL})."
+        )
     return ModelSpec(
         name=str(config_path.resolve()),
         pretrained=str(checkpoint.resolve()),
