@@ -184,3 +184,20 @@ def test_offline_mode_is_named_in_the_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "HF_HUB_OFFLINE is set" in result.stderr
+
+
+def test_a_new_library_whose_model_cannot_load_keeps_no_folder(tmp_path: Path) -> None:
+    """Else a later plain `pixsift index` would index the folder with the default model, not
+    the one asked for."""
+    from sample_photos import write_photos
+
+    write_photos(tmp_path / "photos", 1)
+    library = ["--library", str(tmp_path / "lib")]
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    failed = run_cli("index", str(tmp_path / "photos"), *library, "--model", "ViT-B-16", env=offline)
+    assert failed.returncode == 1 and "Cannot get the weights of ViT-B-16" in failed.stderr
+    again = run_cli("index", *library, env=offline)
+    assert (again.returncode, again.stderr) == (
+        1,
+        "error: Nothing to index yet: name a folder, e.g. pixsift index ~/Photos\n",
+    )

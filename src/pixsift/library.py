@@ -30,6 +30,7 @@ from pixsift.errors import (
     InvalidPathError,
     LibraryBusyError,
     LibraryNotFoundError,
+    ModelError,
     ModelMismatchError,
     QueryError,
 )
@@ -220,8 +221,17 @@ class Library:
         _check_run_sizes(batch_size, workers)
         requests = self._root_requests(roots, include_hidden, follow_symlinks)
         with self._locked(wait, "indexing", progress):
-            embedder = self._embedder_for_indexing(model, pretrained, reembed)
-            report = self._run_indexer(requests, embedder, batch_size, workers, progress)
+            # A library without a model yet records the model only once it loads: if it cannot
+            # (weights not downloadable), the folders named are not kept either, so a later
+            # plain `pixsift index` cannot index them with the default model instead.
+            roots_before = None if self._catalog.model() else {r.path for r in self._catalog.roots()}
+            try:
+                embedder = self._embedder_for_indexing(model, pretrained, reembed)
+                report = self._run_indexer(requests, embedder, batch_size, workers, progress)
+            except ModelError:
+                if roots_before is not None and self._catalog.model() is None:
+                    self._drop_roots_except(roots_before)
+                raise
             if (model or pretrained) and self._catalog.model() is None and not report.interrupted:
                 embedder()  # nothing to embed yet: still make the model asked for the library's
         return report
@@ -351,6 +361,12 @@ class Library:
         if not folder.is_dir():
             raise InvalidPathError(f"{folder} is not a folder; give the folder that holds it.")
         return RootRequest(str(folder.resolve()), include_hidden, follow_symlinks)
+
+    def _drop_roots_except(self, kept: set[str]) -> None:
+        with self._catalog.write() as batch:
+            for root in self._catalog.roots():
+                if root.path not in kept:
+                    batch.delete_root(root.path)
 
     def _embedder_for_indexing(
         self, model: str | None, pretrained: str | None, reembed: bool
