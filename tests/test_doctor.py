@@ -137,6 +137,33 @@ def test_a_new_database_does_not_adopt_the_index_file_of_a_lost_one(
         assert found == [(r.path, round(r.score, 5)) for r in fresh.search("a photo", k=20)]
 
 
+def test_an_index_file_that_cannot_be_opened_is_damaged_not_a_crash(indexed: Path) -> None:
+    with Library.open(indexed) as library:
+        expected = library.search("a photo", k=12)
+    (indexed / "vectors.faiss").unlink()
+    (indexed / "vectors.faiss").mkdir()  # open() fails with an OSError, as for an I/O error
+    assert kinds(check(indexed)) == ["index-damaged"]
+    with Library.open(indexed) as library:
+        assert library.search("a photo", k=12) == expected  # rebuilt in memory; cannot be saved
+
+
+@needs_permissions
+def test_an_index_file_without_read_permission_is_rebuilt(indexed: Path) -> None:
+    args = ["--library", str(indexed)]
+    expected = run_cli("search", "a photo", "-k", "12", "--format", "paths", *args)
+    assert expected.returncode == 0
+    (indexed / "vectors.faiss").chmod(0)
+    checked = run_cli("doctor", *args, obey_permissions=True)
+    assert (checked.returncode, "Traceback" in checked.stderr) == (3, False)
+    assert "The search index file cannot be read." in checked.stdout
+    searched = run_cli("search", "a photo", "-k", "12", "--format", "paths", *args, obey_permissions=True)
+    assert (searched.returncode, searched.stdout) == (0, expected.stdout)
+    (indexed / "vectors.faiss").chmod(0)
+    repaired = run_cli("doctor", "--repair", *args, obey_permissions=True)
+    assert repaired.returncode == 0, repaired.stderr
+    assert "rebuilt the search index from 12 stored vector(s)" in repaired.stdout
+
+
 def test_missing_index_and_leftovers_are_notes_not_problems(indexed: Path) -> None:
     (indexed / "vectors.faiss").unlink()
     (indexed / "vectors.faiss.tmp-4242").write_bytes(b"half a save")
