@@ -16,6 +16,7 @@ from conftest import TinyModel, needs_permissions, run_cli
 from pixsift import HealthReport, Library, LibraryFormatError
 from pixsift.cli import app
 from pixsift.storage.vector_index import VectorIndex
+from sample_photos import write_photos
 
 
 @pytest.fixture
@@ -104,6 +105,63 @@ def test_a_damaged_or_foreign_index_file(
     shutil.copy(other / "vectors.faiss", indexed / "vectors.faiss")
     assert kinds(check(indexed)) == ["index-foreign"]
     assert repair(indexed).healthy
+
+
+@pytest.mark.parametrize("loss", ["deleted", "emptied"])
+def test_a_new_database_does_not_adopt_the_index_file_of_a_lost_one(
+    library_dir: Path, photos: Path, tmp_path: Path, tiny_model: TinyModel, loss: str
+) -> None:
+    def index(library: Library, folder: Path) -> None:  # a batch, and a generation, per image
+        library.index(
+            folder, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint), batch_size=1
+        )
+
+    with Library.open(library_dir) as library:
+        index(library, photos)
+    # library.db deleted (say, after doctor called it damaged) or left empty, vectors.faiss left
+    # behind: the new database counts generations from 0 again, so the old file looked behind.
+    for leftover in library_dir.glob("library.db-*"):
+        leftover.unlink()
+    if loss == "deleted":
+        (library_dir / "library.db").unlink()
+    else:
+        (library_dir / "library.db").write_bytes(b"")
+    others = tmp_path / "Others"
+    write_photos(others, 14, size=(320, 240), seed=200)
+    with Library.open(library_dir) as library:
+        index(library, others)
+        assert library.check().healthy
+        found = [(r.path, round(r.score, 5)) for r in library.search("a photo", k=20)]
+    with Library.open(tmp_path / "fresh") as fresh:
+        index(fresh, others)
+        assert found == [(r.path, round(r.score, 5)) for r in fresh.search("a photo", k=20)]
+
+
+def test_an_index_file_that_cannot_be_opened_is_damaged_not_a_crash(indexed: Path) -> None:
+    with Library.open(indexed) as library:
+        expected = library.search("a photo", k=12)
+    (indexed / "vectors.faiss").unlink()
+    (indexed / "vectors.faiss").mkdir()  # open() fails with an OSError, as for an I/O error
+    assert kinds(check(indexed)) == ["index-damaged"]
+    with Library.open(indexed) as library:
+        assert library.search("a photo", k=12) == expected  # rebuilt in memory; cannot be saved
+
+
+@needs_permissions
+def test_an_index_file_without_read_permission_is_rebuilt(indexed: Path) -> None:
+    args = ["--library", str(indexed)]
+    expected = run_cli("search", "a photo", "-k", "12", "--format", "paths", *args)
+    assert expected.returncode == 0
+    (indexed / "vectors.faiss").chmod(0)
+    checked = run_cli("doctor", *args, obey_permissions=True)
+    assert (checked.returncode, "Traceback" in checked.stderr) == (3, False)
+    assert "The search index file cannot be read." in checked.stdout
+    searched = run_cli("search", "a photo", "-k", "12", "--format", "paths", *args, obey_permissions=True)
+    assert (searched.returncode, searched.stdout) == (0, expected.stdout)
+    (indexed / "vectors.faiss").chmod(0)
+    repaired = run_cli("doctor", "--repair", *args, obey_permissions=True)
+    assert repaired.returncode == 0, repaired.stderr
+    assert "rebuilt the search index from 12 stored vector(s)" in repaired.stdout
 
 
 def test_missing_index_and_leftovers_are_notes_not_problems(indexed: Path) -> None:

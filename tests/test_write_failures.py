@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TinyModel, run_cli
+from conftest import TinyModel, needs_permissions, run_cli
 from pixsift import Library
 from sample_photos import write_photos
 
@@ -130,3 +130,26 @@ def test_a_read_only_library_says_so_and_is_left_as_it_was(indexed: Path, photos
     with Library.open(indexed) as library:  # writable again: all there, and it goes on
         assert library.check().healthy
         assert library.index().added == 2
+
+
+@needs_permissions
+def test_a_lock_file_this_user_cannot_write_is_a_message_not_a_traceback(indexed: Path, photos: Path) -> None:
+    """library.lock made by another user (say, a first run under sudo) with the rest writable:
+    searches still answer; commands that need the lock say why they cannot run."""
+    args = ["--library", str(indexed)]
+    expected = run_cli("search", "a photo", "--format", "paths", *args)
+    (indexed / "vectors.faiss").unlink()  # the search rebuilds it and would save it, locked
+    (indexed / "library.lock").chmod(0o444)
+    searched = run_cli("search", "a photo", "--format", "paths", *args, obey_permissions=True)
+    assert (searched.returncode, searched.stdout) == (0, expected.stdout), searched.stderr
+    write_photos(photos, 1, size=(96, 72), seed=4200)
+    for command in (["index"], ["doctor"], ["forget", str(photos)]):
+        result = run_cli(*command, *args, obey_permissions=True)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith(
+            f"error: Cannot write to the library at {indexed}: permission denied."
+        )
+    (indexed / "library.lock").chmod(0o644)
+    with Library.open(indexed) as library:  # nothing was changed: the next run adds the photo
+        assert library.check().healthy
+        assert library.index().added == 1

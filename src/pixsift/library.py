@@ -318,10 +318,14 @@ class Library:
     ) -> Iterator[None]:
         """Hold the library's write lock, waiting up to `wait` seconds (None: for ever); while
         it waits, `progress` shows a waiting phase, so a wait never looks like a hang."""
+        from pixsift.storage.database import write_error
+
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
             self._wait_for_lock(wait, doing, progress)
+        except OSError as exc:  # a lock file this user may not write (another user made it)
+            raise write_error(self.path, exc) from exc
         try:
             yield
         finally:

@@ -17,9 +17,10 @@ from typing import Any
 from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 
+from pixsift.config import INDEX_NAME
 from pixsift.errors import LibraryFormatError, LibraryWriteError
 from pixsift.storage.interrupts import interrupts_deferred
-from pixsift.storage.migrations import migrate
+from pixsift.storage.migrations import migrate, schema_version
 
 BUSY_TIMEOUT_MS = 30_000
 # Connections per process: an HTTP service reads from many threads at once; SQLite connections
@@ -38,7 +39,10 @@ def open_engine(db_path: Path) -> Engine:
     event.listen(engine, "begin", _begin)
     try:
         with interrupts_deferred(), writer(engine).begin() as connection:
+            created = schema_version(connection) == 0  # no file, or an empty one
             migrate(connection)
+            if created:
+                _discard_orphan_index(db_path.parent)
     except DBAPIError as exc:  # not a database, another program's database, no permission
         engine.dispose()
         if not _writable(db_path):
@@ -81,6 +85,17 @@ def damaged_error(folder: Path, exc: DBAPIError) -> LibraryFormatError:
         f"The library database at {folder} is damaged ({_reason(exc.orig)}). Run pixsift doctor "
         "to see what is wrong; restore a backup, or index your folders into a new library."
     )
+
+
+def _discard_orphan_index(folder: Path) -> None:
+    """Remove a search index file that outlived its database (library.db deleted or emptied,
+    the rest left). A new database counts generations from 0 again, so that file would pass
+    for one merely behind, and its vectors would answer for other images under the same ids.
+    Called under the new database's write lock: no index of this database can exist yet."""
+    try:
+        (folder / INDEX_NAME).unlink(missing_ok=True)
+    except OSError as exc:  # a folder in its place, no permission
+        raise write_error(folder, exc) from exc
 
 
 def _writable(db_path: Path) -> bool:

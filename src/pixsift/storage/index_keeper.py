@@ -119,6 +119,8 @@ class IndexKeeper:
                 self._write_lock.acquire(timeout=0)
             except Timeout:
                 return  # an index run holds the lock and will save a newer index itself
+            except OSError:
+                return  # a lock file this user may not write: answer from memory, as above
         try:
             self._write(vectors)
         except LibraryWriteError:

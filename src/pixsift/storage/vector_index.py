@@ -296,7 +296,7 @@ class VectorIndex:
         try:
             with open(path, "rb") as file:
                 return cls._read(file)
-        except FileNotFoundError:
+        except OSError:  # none, no permission, an I/O error: a cache, rebuilt from the catalog
             return None
         except (ValueError, RuntimeError, KeyError, AttributeError, TypeError):  # bad header or bytes
             return None
