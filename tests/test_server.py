@@ -23,7 +23,7 @@ from PIL import Image
 from conftest import TinyModel
 from pixsift import Library, SearchFilters
 from pixsift.config import LOCK_WAIT_S
-from pixsift.errors import LibraryWriteError
+from pixsift.errors import ImageError, LibraryWriteError
 from pixsift.server import ServerSettings, check_bind
 from pixsift.server.errors import status_of
 from pixsift.server.settings import UnsafeBindError
@@ -329,6 +329,19 @@ def test_an_indexed_file_replaced_by_a_link_out_is_not_served(
     with running_server(library) as url, httpx.Client(base_url=url) as http:
         assert_error(http.get(f"/images/{known.id}/thumbnail"), 403, "access_denied")
     assert not (library.path / "thumbnails").exists()
+
+
+def test_a_thumbnail_of_a_file_deleted_since_indexing_is_not_found(own: tuple[Library, Path]) -> None:
+    library, photos = own
+    target = photos / "photo_0105.jpg"
+    known = library._catalog.known_file(str(target))
+    assert known is not None
+    target.unlink()
+    with running_server(library) as url, httpx.Client(base_url=url) as http:
+        missing = assert_error(http.get(f"/images/{known.id}/thumbnail"), 404, "image_file_missing")
+        assert str(target) in missing["message"]
+    with pytest.raises(ImageError, match="no longer there"):  # the Python API: still an ImageError
+        library.thumbnail(known.id)
 
 
 def test_a_library_that_cannot_be_written_is_a_server_error(own: tuple[Library, Path]) -> None:

@@ -57,6 +57,10 @@ class QueryError(PixsiftError):
     """A search query is empty or malformed."""
 
 
+class ImageFileMissingError(ImageError):
+    """An indexed image whose file is no longer on disk (the next index run drops it)."""
+
+
 class ImageTooLargeError(ImageError):
     """An image has more pixels than the limit allowed for it (a possible decompression bomb)."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from pixsift.errors import ImageError, ImageTooLargeError
+from pixsift.errors import ImageError, ImageFileMissingError, ImageTooLargeError
 from pixsift.indexer.decode import allowed_formats, describe_error
 from pixsift.storage.database import write_error
 
@@ -43,6 +43,11 @@ def thumbnail(
         raise ImageError(f"A thumbnail size must be from {MIN_SIZE} to {MAX_SIZE} pixels, not {size}.")
     try:
         stat = os.stat(source)
+    except FileNotFoundError:
+        raise ImageFileMissingError(
+            f"The file of image {image_id}, {source}, is no longer there; the next index run of "
+            "its folder drops it from the library."
+        ) from None
     except OSError as exc:
         raise ImageError(f"Cannot read image {source}: {describe_error(exc)}") from None
     version = f"{stat.st_size}-{stat.st_mtime_ns}"

@@ -20,6 +20,7 @@ from pixsift.errors import (
     AccessDeniedError,
     EmptyLibraryError,
     ImageError,
+    ImageFileMissingError,
     ImageNotFoundError,
     ImageTooLargeError,
     InvalidPathError,
@@ -36,6 +37,7 @@ log = logging.getLogger("pixsift.server")
 # Most specific first: the first class an error is an instance of decides.
 _STATUS: list[tuple[type[PixsiftError], int, str]] = [
     (ImageNotFoundError, 404, "image_not_found"),
+    (ImageFileMissingError, 404, "image_file_missing"),
     (AccessDeniedError, 403, "access_denied"),
     (ImageTooLargeError, 413, "image_too_large"),
     (ImageError, 422, "bad_image"),
