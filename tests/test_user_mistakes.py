@@ -28,6 +28,7 @@ from pixsift import (
     QueryError,
     QueryTerm,
     SearchFilters,
+    SearchResult,
 )
 from pixsift.cli import app
 from pixsift.search import parse_weighted_text
@@ -121,6 +122,26 @@ def test_empty_and_mistyped_examples_are_query_errors(library: Library) -> None:
         library.similar(3.5)  # type: ignore[arg-type]
     with pytest.raises(QueryError, match="not NoneType"):
         library.recommend([None])  # type: ignore[list-item]
+
+
+def test_one_example_given_alone_is_that_example_not_its_characters(library: Library) -> None:
+    from pixsift import search_once
+
+    def ids(hits: list[SearchResult]) -> list[int]:
+        return [hit.id for hit in hits]
+
+    as_list = ids(library.search("a cat", k=5, plus=["a dog"], minus=["snow"]))
+    assert ids(library.search("a cat", k=5, plus="a dog", minus="snow")) == as_list
+    assert ids(search_once("a cat", k=5, library=library.path, plus="a dog", minus="snow")) == as_list
+    data = library.search("a cat", k=1)[0].path.read_bytes()  # its byte values are not image ids
+    assert ids(library.recommend(data, k=5)) == ids(library.recommend([data], k=5))
+    assert ids(library.recommend("a red square", "a cat", k=5)) == ids(
+        library.recommend(["a red square"], ["a cat"], k=5)
+    )
+    with pytest.raises(QueryError, match=r"search_many takes a list of queries; for one, call search"):
+        library.search_many("a cat")
+    with pytest.raises(QueryError, match=r"similar_many takes a list of queries; for one, call similar"):
+        library.similar_many(data)
 
 
 @pytest.mark.parametrize("min_score", [math.nan, math.inf, -math.inf])

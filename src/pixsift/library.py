@@ -41,7 +41,7 @@ from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
 from pixsift.search.diversity import mmr_order
 from pixsift.search.engine import fetch_size, nearest, ranked_hits, to_results
-from pixsift.search.examples import Example, ExampleVectors
+from pixsift.search.examples import Example, ExampleVectors, example_list, refuse_single
 from pixsift.search.recommend import RocchioWeights, rocchio
 from pixsift.storage import Catalog, CatalogCounts, Failure, ImageInfo, RootInfo
 from pixsift.storage.index_keeper import IndexKeeper
@@ -407,6 +407,7 @@ class Library:
         filters: SearchFilters | None = None,
     ) -> list[list[SearchResult]]:
         """`search` for many texts at once: one model call and one FAISS call for them all."""
+        refuse_single(texts, "search_many", "search(text)")
         if not texts:
             return []
         vectors, _ = self._examples.of([QueryTerm(text=text) for text in texts])
@@ -441,6 +442,7 @@ class Library:
         filters: SearchFilters | None = None,
     ) -> list[list[SearchResult]]:
         """`similar` for many images at once (ids, files or bytes): one FAISS call for all."""
+        refuse_single(images, "similar_many", "similar(image)")
         if not images:
             return []
         examples: list[Example] = [
@@ -453,8 +455,8 @@ class Library:
 
     def recommend(
         self,
-        positive: Sequence[Example],
-        negative: Sequence[Example] = (),
+        positive: Example | Sequence[Example],
+        negative: Example | Sequence[Example] = (),
         k: int = 10,
         *,
         filters: SearchFilters | None = None,
@@ -466,17 +468,19 @@ class Library:
         """Images like the `positive` examples and unlike the `negative` ones.
 
         Examples are image ids (int), image files (a Path), texts (a str), encoded image bytes
-        or QueryTerms; they are combined with Rocchio's formula. The examples that are indexed
-        images and the `exclude` ids (say, what the user has already seen) are never returned.
+        or QueryTerms (one alone may be given as it is); they are combined with Rocchio's
+        formula. The examples that are indexed images and the `exclude` ids (say, what the
+        user has already seen) are never returned.
         `diversity` from 0 (plain ranking) to 1 trades relevance for variety with MMR.
         """
         if not 0.0 <= diversity <= 1.0:
             raise QueryError(f"diversity must be from 0 to 1, not {diversity}.")
         _check_k(k)
-        if not positive:  # before any vector is made: nothing to stack is no error of numpy's
+        liked, disliked = example_list(positive), example_list(negative)
+        if not liked:  # before any vector is made: nothing to stack is no error of numpy's
             raise QueryError("A recommendation needs at least one positive example.")
-        rows, ids = self._examples.of([*positive, *negative])
-        query = rocchio(rows[: len(positive)], rows[len(positive) :], weights)
+        rows, ids = self._examples.of([*liked, *disliked])
+        query = rocchio(rows[: len(liked)], rows[len(liked) :], weights)
         excluded = {int(i) for i in exclude} | {i for i in ids if i is not None}
         if diversity == 0.0:
             return self._rank(query[None, :], k, filters, [excluded], min_score)[0]
