@@ -16,6 +16,7 @@ from pixsift import (
     ImageTooLargeError,
     Library,
     QueryError,
+    QueryTerm,
     SearchFilters,
 )
 from pixsift.search.diversity import mmr_order
@@ -54,6 +55,27 @@ def test_recommend_is_rocchio_over_stored_and_text_vectors(library: Library, pho
     assert [hit.id for hit in got] == [hit.id for hit in expected]
     assert [hit.score for hit in got] == pytest.approx([hit.score for hit in expected], abs=1e-5)
     assert not {*liked, disliked, 5} & {hit.id for hit in got}
+
+
+def test_a_query_terms_weight_counts_in_rocchio(library: Library, photos: Path) -> None:
+    liked = id_of(library, photos / "photo_0100.jpg")
+    disliked = id_of(library, photos / "photo_0102.jpg")
+    stored = library._catalog.vectors([liked, disliked])
+    text = library._embedder_or_load().embed_texts(["a horse"])[0]
+    expected_query = unit(
+        np.mean([3.0 * unit(text), unit(stored[liked])], axis=0) - 0.25 * 0.5 * unit(stored[disliked])
+    )
+    got = library.recommend(
+        [QueryTerm(text="a horse", weight=3.0), liked],
+        [QueryTerm(image=str(photos / "photo_0102.jpg"), weight=0.5)],
+        k=8,
+    )
+    expected = library.search_vector(expected_query, k=8, exclude_ids={liked, disliked})
+    assert [hit.id for hit in got] == [hit.id for hit in expected]
+    assert [hit.score for hit in got] == pytest.approx([hit.score for hit in expected], abs=1e-5)
+    for weight in (0.0, -1.0):  # a minus sign on a positive example must not be dropped
+        with pytest.raises(QueryError, match="weight must be positive"):
+            library.recommend([QueryTerm(text="a horse", weight=weight)])
 
 
 def test_recommend_accepts_files_and_bytes(library: Library, photos: Path, tmp_path: Path) -> None:

@@ -41,7 +41,13 @@ from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
 from pixsift.search.diversity import mmr_order
 from pixsift.search.engine import fetch_size, nearest, ranked_hits, to_results
-from pixsift.search.examples import Example, ExampleVectors, example_list, refuse_single
+from pixsift.search.examples import (
+    Example,
+    ExampleVectors,
+    example_list,
+    example_weights,
+    refuse_single,
+)
 from pixsift.search.recommend import RocchioWeights, rocchio
 from pixsift.storage import Catalog, CatalogCounts, Failure, ImageInfo, RootInfo
 from pixsift.storage.index_keeper import IndexKeeper
@@ -468,10 +474,10 @@ class Library:
         """Images like the `positive` examples and unlike the `negative` ones.
 
         Examples are image ids (int), image files (a Path), texts (a str), encoded image bytes
-        or QueryTerms (one alone may be given as it is); they are combined with Rocchio's
-        formula. The examples that are indexed images and the `exclude` ids (say, what the
-        user has already seen) are never returned.
-        `diversity` from 0 (plain ranking) to 1 trades relevance for variety with MMR.
+        or QueryTerms (one alone may be given as it is; a QueryTerm counts as its weight, which
+        must be positive); they are combined with Rocchio's formula. The examples that are
+        indexed images and the `exclude` ids (say, what the user has already seen) are never
+        returned. `diversity` from 0 (plain ranking) to 1 trades relevance for variety with MMR.
         """
         if not 0.0 <= diversity <= 1.0:
             raise QueryError(f"diversity must be from 0 to 1, not {diversity}.")
@@ -479,8 +485,9 @@ class Library:
         liked, disliked = example_list(positive), example_list(negative)
         if not liked:  # before any vector is made: nothing to stack is no error of numpy's
             raise QueryError("A recommendation needs at least one positive example.")
+        scales = (example_weights(liked), example_weights(disliked))
         rows, ids = self._examples.of([*liked, *disliked])
-        query = rocchio(rows[: len(liked)], rows[len(liked) :], weights)
+        query = rocchio(rows[: len(liked)], rows[len(liked) :], weights, scales=scales)
         excluded = {int(i) for i in exclude} | {i for i in ids if i is not None}
         if diversity == 0.0:
             return self._rank(query[None, :], k, filters, [excluded], min_score)[0]
