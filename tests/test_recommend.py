@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import TinyModel
 from pixsift import (
@@ -19,6 +20,7 @@ from pixsift import (
     QueryTerm,
     SearchFilters,
 )
+from pixsift.library import MMR_POOL_MAX
 from pixsift.search.diversity import mmr_order
 from pixsift.search.recommend import RocchioWeights, rocchio
 from sample_photos import make_photo, save, write_photos
@@ -125,6 +127,22 @@ def test_diversity_spreads_the_results(library: Library, photos: Path) -> None:
         return float(similarity[np.triu_indices(len(ids), 1)].mean())
 
     assert spread([hit.id for hit in varied]) <= spread([hit.id for hit in plain]) + 1e-6
+
+
+def test_diversity_returns_k_results_beyond_its_candidate_pool(tmp_path: Path, tiny_model: TinyModel) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    count = MMR_POOL_MAX + 10
+    for number in range(count):
+        pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{number:04d}.png")
+    library = indexed_library(tmp_path / "library", folder, tiny_model)
+    example = id_of(library, folder / "0000.png")
+    k = count - 1  # every image but the example
+    assert len(library.recommend([example], k=k)) == k
+    varied = library.recommend([example], k=k, diversity=0.3)
+    assert len(varied) == k and len({hit.id for hit in varied}) == k
 
 
 def test_batch_queries_equal_single_ones(library: Library, photos: Path, tmp_path: Path) -> None:

@@ -491,7 +491,8 @@ class Library:
         excluded = {int(i) for i in exclude} | {i for i in ids if i is not None}
         if diversity == 0.0:
             return self._rank(query[None, :], k, filters, [excluded], min_score)[0]
-        pool = min(max(4 * k, MMR_POOL_MIN), MMR_POOL_MAX)
+        # The pool is capped for speed, but never below k: that would return fewer than asked.
+        pool = max(k, min(max(4 * k, MMR_POOL_MIN), MMR_POOL_MAX))
         hits = self._hits(query[None, :], pool, filters, [excluded], min_score)[0]
         stored = self._catalog.vectors(image_id for _, image_id in hits)
         hits = [hit for hit in hits if hit[1] in stored]
