@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from conftest import TinyModel, run_cli
 from pixsift import (
+    ImageNotFoundError,
     InvalidOptionError,
     InvalidPathError,
     Library,
@@ -142,6 +143,18 @@ def test_one_example_given_alone_is_that_example_not_its_characters(library: Lib
         library.search_many("a cat")
     with pytest.raises(QueryError, match=r"similar_many takes a list of queries; for one, call similar"):
         library.similar_many(data)
+
+
+@pytest.mark.parametrize("image_id", [2**63, 2**64, -(2**63) - 1])
+def test_an_id_no_database_can_hold_is_an_image_not_found(library: Library, image_id: int) -> None:
+    for call in (
+        lambda: library.image(image_id),
+        lambda: library.similar(image_id),
+        lambda: library.recommend([image_id]),
+        lambda: library.thumbnail(image_id),
+    ):
+        with pytest.raises(ImageNotFoundError, match=f"has id {image_id}"):
+            call()
 
 
 @pytest.mark.parametrize("min_score", [math.nan, math.inf, -math.inf])
