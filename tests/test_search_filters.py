@@ -183,6 +183,23 @@ def test_nothing_matching_gives_nothing(filtered: FilteredLibrary) -> None:
     assert filtered.library.search_vector(query, filters=SearchFilters(after="2030-01-01")) == []
 
 
+@pytest.mark.parametrize("case", ["format png", "taken in 2021 or later", "under a (with its subfolder)"])
+def test_a_filtered_search_finds_every_match_when_k_is_near_their_number(
+    filtered: FilteredLibrary, case: str
+) -> None:
+    make, keep = CASES[case]
+    filters = make(filtered.root)
+    wanted = allowed(filtered, keep)
+    unseen = set(sorted(wanted)[::50])  # what a shop's user has not been shown yet
+    for query in next(clustered_vectors(5, DIM, clusters=CLUSTERS, seed=78)):
+        every = filtered.library.search_vector(query, k=len(wanted), filters=filters)
+        assert {r.id for r in every} == wanted
+        rest = filtered.library.search_vector(
+            query, k=len(unseen), filters=filters, exclude_ids=wanted - unseen
+        )
+        assert {r.id for r in rest} == unseen
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

@@ -16,6 +16,10 @@ from pixsift.search.results import SearchResult
 from pixsift.storage.index_choice import IndexKind
 from pixsift.storage.rerank import VectorFetcher, rerank
 
+# A filter keeping at most this many times the results asked for may be ranked exactly when
+# the index's search comes back short of them.
+SHORT_FILTER_FACTOR = 2
+
 if TYPE_CHECKING:  # importing FAISS takes a while; only search time needs it
     from pixsift.storage.records import ImageInfo
     from pixsift.storage.vector_index import VectorIndex
@@ -44,18 +48,39 @@ def nearest(
 
     The restriction is applied inside FAISS, so it never leaves fewer results than exist.
     An approximate index's candidates are re-ranked with the `stored` vectors; and when a
-    filter leaves at most `exact_filter_max` images, those are ranked exactly from their
-    stored vectors, since a graph or a few IVF cells could miss them.
+    filter leaves at most `exact_filter_max` images, or about as few as are asked for and
+    the index missed some, those are ranked exactly from their stored vectors, since a graph
+    or a few IVF cells could miss them.
     """
     from pixsift.storage.index_build import ann_search
 
     if allowed is not None and not len(allowed):
         empty = np.full((len(queries), 1), -1, dtype=np.int64)
         return np.zeros((len(queries), 1), dtype=np.float32), empty
-    if allowed is not None and index.kind is not IndexKind.flat and len(allowed) <= exact_filter_max:
-        candidates = np.broadcast_to(np.asarray(allowed, dtype=np.int64), (len(queries), len(allowed)))
-        return rerank(queries, candidates, stored, fetch)
-    return ann_search(index, queries, fetch, stored, allowed=allowed)
+    approximate = index.kind is not IndexKind.flat
+    if allowed is not None and approximate and len(allowed) <= exact_filter_max:
+        return _ranked_exactly(queries, allowed, stored, fetch)
+    scores, ids = ann_search(index, queries, fetch, stored, allowed=allowed)
+    # A graph searched through a filter misses some of the images it keeps: harmless when they
+    # are many more than asked for, but asking for about all of them came back short. Ranking
+    # them exactly then reads at most twice as many vectors as were asked for.
+    few = allowed is not None and approximate and len(allowed) <= SHORT_FILTER_FACTOR * fetch
+    if few and allowed is not None and _found_fewest(ids) < min(fetch, len(allowed)):
+        return _ranked_exactly(queries, allowed, stored, fetch)
+    return scores, ids
+
+
+def _found_fewest(ids: np.ndarray) -> int:
+    """The fewest results any query row got (FAISS pads a short row with id -1)."""
+    return int((ids >= 0).sum(axis=1).min())
+
+
+def _ranked_exactly(
+    queries: np.ndarray, allowed: np.ndarray, stored: VectorFetcher, fetch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top-`fetch` (scores, ids) per query among all `allowed` ids, from stored vectors."""
+    candidates = np.broadcast_to(np.asarray(allowed, dtype=np.int64), (len(queries), len(allowed)))
+    return rerank(queries, candidates, stored, fetch)
 
 
 def ranked_hits(
