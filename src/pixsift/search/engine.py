@@ -16,9 +16,9 @@ from pixsift.search.results import SearchResult
 from pixsift.storage.index_choice import IndexKind
 from pixsift.storage.rerank import VectorFetcher, rerank
 
-# A filter keeping at most this many times the results asked for may be ranked exactly when
-# the index's search comes back short of them.
-SHORT_FILTER_FACTOR = 2
+# When at most this many times the results asked for may be returned (those a filter keeps,
+# else all), they are ranked exactly if the approximate index came back short of them.
+SHORT_FACTOR = 2
 
 if TYPE_CHECKING:  # importing FAISS takes a while; only search time needs it
     from pixsift.storage.records import ImageInfo
@@ -48,9 +48,9 @@ def nearest(
 
     The restriction is applied inside FAISS, so it never leaves fewer results than exist.
     An approximate index's candidates are re-ranked with the `stored` vectors; and when a
-    filter leaves at most `exact_filter_max` images, or about as few as are asked for and
-    the index missed some, those are ranked exactly from their stored vectors, since a graph
-    or a few IVF cells could miss them.
+    filter leaves at most `exact_filter_max` images, those are ranked exactly from their
+    stored vectors, since a graph or a few IVF cells could miss them; so are the images that
+    may be returned when they are about as few as are asked for and the index missed some.
     """
     from pixsift.storage.index_build import ann_search
 
@@ -61,12 +61,13 @@ def nearest(
     if allowed is not None and approximate and len(allowed) <= exact_filter_max:
         return _ranked_exactly(queries, allowed, stored, fetch)
     scores, ids = ann_search(index, queries, fetch, stored, allowed=allowed)
-    # A graph searched through a filter misses some of the images it keeps: harmless when they
-    # are many more than asked for, but asking for about all of them came back short. Ranking
-    # them exactly then reads at most twice as many vectors as were asked for.
-    few = allowed is not None and approximate and len(allowed) <= SHORT_FILTER_FACTOR * fetch
-    if few and allowed is not None and _found_fewest(ids) < min(fetch, len(allowed)):
-        return _ranked_exactly(queries, allowed, stored, fetch)
+    # A graph searched through a filter, or past deleted images' tombstones, misses some of the
+    # images it may return: harmless when they are many more than asked for, but asking for
+    # about all of them came back short. Ranking them exactly then reads at most twice as many
+    # vectors as were asked for.
+    matching = index.count if allowed is None else len(allowed)
+    if approximate and matching <= SHORT_FACTOR * fetch and _found_fewest(ids) < min(fetch, matching):
+        return _ranked_exactly(queries, index.ids() if allowed is None else allowed, stored, fetch)
     return scores, ids
 
 
