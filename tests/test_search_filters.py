@@ -295,6 +295,25 @@ def test_date_filters_through_the_library(dated_photos: Path, tiny_model: TinyMo
         assert len(recent) == 11 and first.name not in {r.path.name for r in recent}
 
 
+def test_under_a_folder_reached_through_links_finds_its_images(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    (root / "own").mkdir(parents=True)
+    for photo in sorted(photos.glob("*.jpg"))[:3]:
+        os.replace(photo, root / "own" / photo.name)
+    (root / "linked").symlink_to(photos)  # a root indexed with links followed keeps the link's path
+    alias = tmp_path / "alias"
+    alias.symlink_to(root)  # a root given through a link is kept resolved
+    with Library.open(tmp_path / "library") as library:
+        model, weights = str(tiny_model.config), str(tiny_model.checkpoint)
+        library.index(alias, model=model, pretrained=weights, follow_symlinks=True, workers=2)
+        linked = library.search("x", k=20, filters=SearchFilters(under=str(root / "linked")))
+        assert sorted(r.path.name for r in linked) == sorted(p.name for p in photos.glob("*.jpg"))
+        own = library.search("x", k=20, filters=SearchFilters(under=str(alias / "own")))
+        assert len(own) == 3 and all(r.path.parent == root / "own" for r in own)
+
+
 def test_files_that_failed_to_index_never_fill_a_filtered_search(
     photos: Path, tiny_model: TinyModel, tmp_path: Path
 ) -> None:

@@ -573,22 +573,29 @@ class Library:
         """The ids a search may return under `filters`, or None when nothing is filtered."""
         if filters is None or filters.is_empty:
             return None
-        folder = None if filters.under is None else self._existing_folder(filters.under)
+        folders = [None] if filters.under is None else self._existing_folders(filters.under)
         taken_after, taken_before = filters.taken_range()
-        return self._catalog.ids_matching(
-            folder=folder,
-            formats=filters.format_names(),
-            min_width=filters.min_width,
-            min_height=filters.min_height,
-            taken_after=taken_after,
-            taken_before=taken_before,
-        )
+        found = [
+            self._catalog.ids_matching(
+                folder=folder,
+                formats=filters.format_names(),
+                min_width=filters.min_width,
+                min_height=filters.min_height,
+                taken_after=taken_after,
+                taken_before=taken_before,
+            )
+            for folder in folders
+        ]
+        return found[0] if len(found) == 1 else np.union1d(found[0], found[1])
 
     @property
     def _examples(self) -> ExampleVectors:
         return ExampleVectors(self._catalog, self._embedder_or_load, self.max_pixels)
 
-    def _existing_folder(self, under: str | os.PathLike[str]) -> str:
+    def _existing_folders(self, under: str | os.PathLike[str]) -> list[str]:
+        """The folder to search under as written (absolute) and resolved, when they differ:
+        files found through a link that a root follows are stored under the link's path, and
+        a root given through a link is stored resolved."""
         folder = Path(under).expanduser()
         try:
             exists = folder.is_dir()
@@ -596,7 +603,7 @@ class Library:
             exists = False
         if not exists:
             raise InvalidPathError(f"The folder to search under, {folder}, does not exist.")
-        return str(folder.resolve())
+        return list(dict.fromkeys([os.path.abspath(folder), str(folder.resolve())]))
 
     # ---- single images -------------------------------------------------------------------------
 
