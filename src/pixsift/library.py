@@ -634,8 +634,11 @@ class Library:
         return thumbnail(source, self.path / THUMBNAILS_DIR, image_id, size, default_max_pixels(), long_side)
 
     def resolve_inside_roots(self, path: str | os.PathLike[str]) -> str:
-        """`path`, resolved, if it lies inside one of the library's roots; else AccessDeniedError."""
-        return resolve_inside(path, [root.path for root in self._catalog.roots()])
+        """`path`, resolved, if it lies inside one of the library's roots (or, as written, inside
+        one indexed with links followed, as `image_file` allows); else AccessDeniedError."""
+        roots = self._catalog.roots()
+        linked = [root.path for root in roots if root.follow_symlinks]
+        return resolve_inside(path, [root.path for root in roots], linked_roots=linked)
 
     def check_reindex(self, paths: Sequence[str | os.PathLike[str]]) -> None:
         """Raise now what `reindex(*paths)` would refuse (a path outside the roots, no roots),
