@@ -179,6 +179,18 @@ def test_one_format_given_as_a_string_is_that_format(library: Library) -> None:
     assert len(hits) == 3 and {hit.format for hit in hits} == {"JPEG"}
 
 
+def test_an_empty_folder_filter_is_refused_not_read_as_the_working_directory(
+    library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = library.path.parent / "Photos"
+    monkeypatch.chdir(photos)  # where "" would otherwise point: every image is under it
+    for under in ("", "  "):
+        with pytest.raises(QueryError, match="Filter under is empty"):
+            library.search("a cat", filters=SearchFilters(under=under))
+    result = runner.invoke(app, ["search", "a cat", "--under", "", "--library", str(library.path)])
+    assert result.exit_code == 1 and "Filter under is empty" in result.output
+
+
 # ---- weights on --plus and --minus -------------------------------------------------------------
 
 
