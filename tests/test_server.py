@@ -329,7 +329,12 @@ def test_a_folder_reached_through_a_followed_link_can_be_searched_under(
             found = http.get("/search", params={"q": "x", "k": 50, "under": str(root / "linked")})
             assert found.status_code == 200, found.text
             paths = {hit["path"] for hit in found.json()["results"]}
+            example = str(root / "linked" / "photo_0100.jpg")
+            liked = http.post("/recommend", json={"positive": [{"path": example}], "k": 50})
+            assert liked.status_code == 200, liked.text
+            recommended = {hit["path"] for hit in liked.json()["results"]}
     assert paths == {str(root / "linked" / photo.name) for photo in photo_set.glob("*.jpg")}
+    assert recommended == paths - {example}  # the example itself is left out
 
 
 def test_an_indexed_file_replaced_by_a_link_out_is_not_served(
