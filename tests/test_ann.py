@@ -303,6 +303,21 @@ def test_hnsw_tombstones_are_compacted_by_a_rebuild(tmp_path: Path) -> None:
         assert (summary.tombstones, summary.vectors) == (0, COUNT - COUNT // 3)
 
 
+def test_asking_for_every_image_past_tombstones_returns_every_image(tmp_path: Path) -> None:
+    folder = tmp_path / "library"
+    ids = fill(folder, COUNT)
+    with Library.open(folder, index_thresholds=THRESHOLDS[IndexKind.hnsw]) as library:
+        library.search_vector(queries(1)[0])  # the graph is built for every image
+        catalog = Catalog.open(folder / "library.db")
+        with catalog.write() as batch:
+            batch.delete_images(ids[::2])
+        catalog.close()
+        left = set(ids) - set(ids[::2])
+        for query in queries(5):  # half the graph is tombstones
+            assert library.index_summary().tombstones == len(ids[::2])
+            assert {hit.id for hit in library.search_vector(query, k=len(left))} == left
+
+
 def test_a_forced_kind_is_kept_and_auto_releases_it(tmp_path: Path) -> None:
     folder = tmp_path / "library"
     fill(folder, COUNT)

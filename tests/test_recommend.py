@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import TinyModel
 from pixsift import (
@@ -16,8 +17,10 @@ from pixsift import (
     ImageTooLargeError,
     Library,
     QueryError,
+    QueryTerm,
     SearchFilters,
 )
+from pixsift.library import MMR_POOL_MAX
 from pixsift.search.diversity import mmr_order
 from pixsift.search.recommend import RocchioWeights, rocchio
 from sample_photos import make_photo, save, write_photos
@@ -54,6 +57,27 @@ def test_recommend_is_rocchio_over_stored_and_text_vectors(library: Library, pho
     assert [hit.id for hit in got] == [hit.id for hit in expected]
     assert [hit.score for hit in got] == pytest.approx([hit.score for hit in expected], abs=1e-5)
     assert not {*liked, disliked, 5} & {hit.id for hit in got}
+
+
+def test_a_query_terms_weight_counts_in_rocchio(library: Library, photos: Path) -> None:
+    liked = id_of(library, photos / "photo_0100.jpg")
+    disliked = id_of(library, photos / "photo_0102.jpg")
+    stored = library._catalog.vectors([liked, disliked])
+    text = library._embedder_or_load().embed_texts(["a horse"])[0]
+    expected_query = unit(
+        np.mean([3.0 * unit(text), unit(stored[liked])], axis=0) - 0.25 * 0.5 * unit(stored[disliked])
+    )
+    got = library.recommend(
+        [QueryTerm(text="a horse", weight=3.0), liked],
+        [QueryTerm(image=str(photos / "photo_0102.jpg"), weight=0.5)],
+        k=8,
+    )
+    expected = library.search_vector(expected_query, k=8, exclude_ids={liked, disliked})
+    assert [hit.id for hit in got] == [hit.id for hit in expected]
+    assert [hit.score for hit in got] == pytest.approx([hit.score for hit in expected], abs=1e-5)
+    for weight in (0.0, -1.0):  # a minus sign on a positive example must not be dropped
+        with pytest.raises(QueryError, match="weight must be positive"):
+            library.recommend([QueryTerm(text="a horse", weight=weight)])
 
 
 def test_recommend_accepts_files_and_bytes(library: Library, photos: Path, tmp_path: Path) -> None:
@@ -103,6 +127,22 @@ def test_diversity_spreads_the_results(library: Library, photos: Path) -> None:
         return float(similarity[np.triu_indices(len(ids), 1)].mean())
 
     assert spread([hit.id for hit in varied]) <= spread([hit.id for hit in plain]) + 1e-6
+
+
+def test_diversity_returns_k_results_beyond_its_candidate_pool(tmp_path: Path, tiny_model: TinyModel) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    count = MMR_POOL_MAX + 10
+    for number in range(count):
+        pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{number:04d}.png")
+    library = indexed_library(tmp_path / "library", folder, tiny_model)
+    example = id_of(library, folder / "0000.png")
+    k = count - 1  # every image but the example
+    assert len(library.recommend([example], k=k)) == k
+    varied = library.recommend([example], k=k, diversity=0.3)
+    assert len(varied) == k and len({hit.id for hit in varied}) == k
 
 
 def test_batch_queries_equal_single_ones(library: Library, photos: Path, tmp_path: Path) -> None:

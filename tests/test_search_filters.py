@@ -183,6 +183,23 @@ def test_nothing_matching_gives_nothing(filtered: FilteredLibrary) -> None:
     assert filtered.library.search_vector(query, filters=SearchFilters(after="2030-01-01")) == []
 
 
+@pytest.mark.parametrize("case", ["format png", "taken in 2021 or later", "under a (with its subfolder)"])
+def test_a_filtered_search_finds_every_match_when_k_is_near_their_number(
+    filtered: FilteredLibrary, case: str
+) -> None:
+    make, keep = CASES[case]
+    filters = make(filtered.root)
+    wanted = allowed(filtered, keep)
+    unseen = set(sorted(wanted)[::50])  # what a shop's user has not been shown yet
+    for query in next(clustered_vectors(5, DIM, clusters=CLUSTERS, seed=78)):
+        every = filtered.library.search_vector(query, k=len(wanted), filters=filters)
+        assert {r.id for r in every} == wanted
+        rest = filtered.library.search_vector(
+            query, k=len(unseen), filters=filters, exclude_ids=wanted - unseen
+        )
+        assert {r.id for r in rest} == unseen
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -276,6 +293,25 @@ def test_date_filters_through_the_library(dated_photos: Path, tiny_model: TinyMo
         assert [r.path.name for r in old] == [first.name]
         recent = library.search("x", k=20, filters=SearchFilters(after="2022-01-01"))
         assert len(recent) == 11 and first.name not in {r.path.name for r in recent}
+
+
+def test_under_a_folder_reached_through_links_finds_its_images(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    (root / "own").mkdir(parents=True)
+    for photo in sorted(photos.glob("*.jpg"))[:3]:
+        os.replace(photo, root / "own" / photo.name)
+    (root / "linked").symlink_to(photos)  # a root indexed with links followed keeps the link's path
+    alias = tmp_path / "alias"
+    alias.symlink_to(root)  # a root given through a link is kept resolved
+    with Library.open(tmp_path / "library") as library:
+        model, weights = str(tiny_model.config), str(tiny_model.checkpoint)
+        library.index(alias, model=model, pretrained=weights, follow_symlinks=True, workers=2)
+        linked = library.search("x", k=20, filters=SearchFilters(under=str(root / "linked")))
+        assert sorted(r.path.name for r in linked) == sorted(p.name for p in photos.glob("*.jpg"))
+        own = library.search("x", k=20, filters=SearchFilters(under=str(alias / "own")))
+        assert len(own) == 3 and all(r.path.parent == root / "own" for r in own)
 
 
 def test_files_that_failed_to_index_never_fill_a_filtered_search(

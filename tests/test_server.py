@@ -316,6 +316,27 @@ def test_files_outside_the_roots_are_refused(
     assert_error(client.post("/recommend", json={"positive": [{"path": "/a\u0000b"}]}), 400, "invalid_path")
 
 
+def test_a_folder_reached_through_a_followed_link_can_be_searched_under(
+    photo_set: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "linked").symlink_to(photo_set)  # the root is indexed with its links followed
+    with Library.open(tmp_path / "library") as library:
+        model, weights = str(tiny_model.config), str(tiny_model.checkpoint)
+        library.index(root, model=model, pretrained=weights, follow_symlinks=True, workers=2)
+        with running_server(library) as url, httpx.Client(base_url=url, timeout=60) as http:
+            found = http.get("/search", params={"q": "x", "k": 50, "under": str(root / "linked")})
+            assert found.status_code == 200, found.text
+            paths = {hit["path"] for hit in found.json()["results"]}
+            example = str(root / "linked" / "photo_0100.jpg")
+            liked = http.post("/recommend", json={"positive": [{"path": example}], "k": 50})
+            assert liked.status_code == 200, liked.text
+            recommended = {hit["path"] for hit in liked.json()["results"]}
+    assert paths == {str(root / "linked" / photo.name) for photo in photo_set.glob("*.jpg")}
+    assert recommended == paths - {example}  # the example itself is left out
+
+
 def test_an_indexed_file_replaced_by_a_link_out_is_not_served(
     own: tuple[Library, Path], tmp_path: Path
 ) -> None:

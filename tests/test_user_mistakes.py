@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from conftest import TinyModel, run_cli
 from pixsift import (
+    ImageNotFoundError,
     InvalidOptionError,
     InvalidPathError,
     Library,
@@ -28,6 +29,7 @@ from pixsift import (
     QueryError,
     QueryTerm,
     SearchFilters,
+    SearchResult,
 )
 from pixsift.cli import app
 from pixsift.search import parse_weighted_text
@@ -123,6 +125,38 @@ def test_empty_and_mistyped_examples_are_query_errors(library: Library) -> None:
         library.recommend([None])  # type: ignore[list-item]
 
 
+def test_one_example_given_alone_is_that_example_not_its_characters(library: Library) -> None:
+    from pixsift import search_once
+
+    def ids(hits: list[SearchResult]) -> list[int]:
+        return [hit.id for hit in hits]
+
+    as_list = ids(library.search("a cat", k=5, plus=["a dog"], minus=["snow"]))
+    assert ids(library.search("a cat", k=5, plus="a dog", minus="snow")) == as_list
+    assert ids(search_once("a cat", k=5, library=library.path, plus="a dog", minus="snow")) == as_list
+    data = library.search("a cat", k=1)[0].path.read_bytes()  # its byte values are not image ids
+    assert ids(library.recommend(data, k=5)) == ids(library.recommend([data], k=5))
+    assert ids(library.recommend("a red square", "a cat", k=5)) == ids(
+        library.recommend(["a red square"], ["a cat"], k=5)
+    )
+    with pytest.raises(QueryError, match=r"search_many takes a list of queries; for one, call search"):
+        library.search_many("a cat")
+    with pytest.raises(QueryError, match=r"similar_many takes a list of queries; for one, call similar"):
+        library.similar_many(data)
+
+
+@pytest.mark.parametrize("image_id", [2**63, 2**64, -(2**63) - 1])
+def test_an_id_no_database_can_hold_is_an_image_not_found(library: Library, image_id: int) -> None:
+    for call in (
+        lambda: library.image(image_id),
+        lambda: library.similar(image_id),
+        lambda: library.recommend([image_id]),
+        lambda: library.thumbnail(image_id),
+    ):
+        with pytest.raises(ImageNotFoundError, match=f"has id {image_id}"):
+            call()
+
+
 @pytest.mark.parametrize("min_score", [math.nan, math.inf, -math.inf])
 def test_a_min_score_that_is_not_finite_is_refused(library: Library, min_score: float) -> None:
     from pixsift import search_once
@@ -143,6 +177,18 @@ def test_one_format_given_as_a_string_is_that_format(library: Library) -> None:
     assert SearchFilters(formats="JPEG").formats == ("JPEG",)  # type: ignore[arg-type]
     hits = library.search("a cat", k=3, filters=SearchFilters(formats="jpg"))  # type: ignore[arg-type]
     assert len(hits) == 3 and {hit.format for hit in hits} == {"JPEG"}
+
+
+def test_an_empty_folder_filter_is_refused_not_read_as_the_working_directory(
+    library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = library.path.parent / "Photos"
+    monkeypatch.chdir(photos)  # where "" would otherwise point: every image is under it
+    for under in ("", "  "):
+        with pytest.raises(QueryError, match="Filter under is empty"):
+            library.search("a cat", filters=SearchFilters(under=under))
+    result = runner.invoke(app, ["search", "a cat", "--under", "", "--library", str(library.path)])
+    assert result.exit_code == 1 and "Filter under is empty" in result.output
 
 
 # ---- weights on --plus and --minus -------------------------------------------------------------

@@ -81,8 +81,8 @@ MinScoreOpt = Annotated[
     typer.Option("--min-score", help="Leave out results below this cosine similarity.", show_default=False),
 ]
 UnderOpt = Annotated[
-    Optional[Path],  # noqa: UP045
-    typer.Option("--under", help="Only images inside this folder.", show_default=False),
+    Optional[str],  # noqa: UP045 (text, not a Path: Path("") would turn an empty value into ".")
+    typer.Option("--under", metavar="PATH", help="Only images inside this folder.", show_default=False),
 ]
 AfterOpt = Annotated[
     Optional[str],  # noqa: UP045
@@ -534,7 +534,7 @@ def doctor(
 
 
 def _filters(
-    under: Path | None,
+    under: str | None,
     after: str | None,
     before: str | None,
     min_width: int | None,
@@ -544,7 +544,7 @@ def _filters(
     from pixsift.search import SearchFilters
 
     return SearchFilters(
-        under=None if under is None else str(under),
+        under=under,
         formats=tuple(image_format or ()),
         min_width=min_width,
         min_height=min_height,

@@ -42,7 +42,13 @@ from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
 from pixsift.search.diversity import mmr_order
 from pixsift.search.engine import fetch_size, nearest, ranked_hits, to_results
-from pixsift.search.examples import Example, ExampleVectors
+from pixsift.search.examples import (
+    Example,
+    ExampleVectors,
+    example_list,
+    example_weights,
+    refuse_single,
+)
 from pixsift.search.recommend import RocchioWeights, rocchio
 from pixsift.storage import Catalog, CatalogCounts, Failure, ImageInfo, RootInfo
 from pixsift.storage.index_keeper import IndexKeeper
@@ -427,6 +433,7 @@ class Library:
         filters: SearchFilters | None = None,
     ) -> list[list[SearchResult]]:
         """`search` for many texts at once: one model call and one FAISS call for them all."""
+        refuse_single(texts, "search_many", "search(text)")
         if not texts:
             return []
         vectors, _ = self._examples.of([QueryTerm(text=text) for text in texts])
@@ -461,6 +468,7 @@ class Library:
         filters: SearchFilters | None = None,
     ) -> list[list[SearchResult]]:
         """`similar` for many images at once (ids, files or bytes): one FAISS call for all."""
+        refuse_single(images, "similar_many", "similar(image)")
         if not images:
             return []
         examples: list[Example] = [
@@ -473,8 +481,8 @@ class Library:
 
     def recommend(
         self,
-        positive: Sequence[Example],
-        negative: Sequence[Example] = (),
+        positive: Example | Sequence[Example],
+        negative: Example | Sequence[Example] = (),
         k: int = 10,
         *,
         filters: SearchFilters | None = None,
@@ -486,21 +494,25 @@ class Library:
         """Images like the `positive` examples and unlike the `negative` ones.
 
         Examples are image ids (int), image files (a Path), texts (a str), encoded image bytes
-        or QueryTerms; they are combined with Rocchio's formula. The examples that are indexed
-        images and the `exclude` ids (say, what the user has already seen) are never returned.
-        `diversity` from 0 (plain ranking) to 1 trades relevance for variety with MMR.
+        or QueryTerms (one alone may be given as it is; a QueryTerm counts as its weight, which
+        must be positive); they are combined with Rocchio's formula. The examples that are
+        indexed images and the `exclude` ids (say, what the user has already seen) are never
+        returned. `diversity` from 0 (plain ranking) to 1 trades relevance for variety with MMR.
         """
         if not 0.0 <= diversity <= 1.0:
             raise QueryError(f"diversity must be from 0 to 1, not {diversity}.")
         _check_k(k)
-        if not positive:  # before any vector is made: nothing to stack is no error of numpy's
+        liked, disliked = example_list(positive), example_list(negative)
+        if not liked:  # before any vector is made: nothing to stack is no error of numpy's
             raise QueryError("A recommendation needs at least one positive example.")
-        rows, ids = self._examples.of([*positive, *negative])
-        query = rocchio(rows[: len(positive)], rows[len(positive) :], weights)
+        scales = (example_weights(liked), example_weights(disliked))
+        rows, ids = self._examples.of([*liked, *disliked])
+        query = rocchio(rows[: len(liked)], rows[len(liked) :], weights, scales=scales)
         excluded = {int(i) for i in exclude} | {i for i in ids if i is not None}
         if diversity == 0.0:
             return self._rank(query[None, :], k, filters, [excluded], min_score)[0]
-        pool = min(max(4 * k, MMR_POOL_MIN), MMR_POOL_MAX)
+        # The pool is capped for speed, but never below k: that would return fewer than asked.
+        pool = max(k, min(max(4 * k, MMR_POOL_MIN), MMR_POOL_MAX))
         hits = self._hits(query[None, :], pool, filters, [excluded], min_score)[0]
         stored = self._catalog.vectors(image_id for _, image_id in hits)
         hits = [hit for hit in hits if hit[1] in stored]
@@ -581,22 +593,29 @@ class Library:
         """The ids a search may return under `filters`, or None when nothing is filtered."""
         if filters is None or filters.is_empty:
             return None
-        folder = None if filters.under is None else self._existing_folder(filters.under)
+        folders = [None] if filters.under is None else self._existing_folders(filters.under)
         taken_after, taken_before = filters.taken_range()
-        return self._catalog.ids_matching(
-            folder=folder,
-            formats=filters.format_names(),
-            min_width=filters.min_width,
-            min_height=filters.min_height,
-            taken_after=taken_after,
-            taken_before=taken_before,
-        )
+        found = [
+            self._catalog.ids_matching(
+                folder=folder,
+                formats=filters.format_names(),
+                min_width=filters.min_width,
+                min_height=filters.min_height,
+                taken_after=taken_after,
+                taken_before=taken_before,
+            )
+            for folder in folders
+        ]
+        return found[0] if len(found) == 1 else np.union1d(found[0], found[1])
 
     @property
     def _examples(self) -> ExampleVectors:
         return ExampleVectors(self._catalog, self._embedder_or_load, self.max_pixels)
 
-    def _existing_folder(self, under: str | os.PathLike[str]) -> str:
+    def _existing_folders(self, under: str | os.PathLike[str]) -> list[str]:
+        """The folder to search under as written (absolute) and resolved, when they differ:
+        files found through a link that a root follows are stored under the link's path, and
+        a root given through a link is stored resolved."""
         folder = Path(under).expanduser()
         try:
             exists = folder.is_dir()
@@ -604,7 +623,7 @@ class Library:
             exists = False
         if not exists:
             raise InvalidPathError(f"The folder to search under, {folder}, does not exist.")
-        return str(folder.resolve())
+        return list(dict.fromkeys([os.path.abspath(folder), str(folder.resolve())]))
 
     # ---- single images -------------------------------------------------------------------------
 
@@ -635,8 +654,11 @@ class Library:
         return thumbnail(source, self.path / THUMBNAILS_DIR, image_id, size, default_max_pixels(), long_side)
 
     def resolve_inside_roots(self, path: str | os.PathLike[str]) -> str:
-        """`path`, resolved, if it lies inside one of the library's roots; else AccessDeniedError."""
-        return resolve_inside(path, [root.path for root in self._catalog.roots()])
+        """`path`, resolved, if it lies inside one of the library's roots (or, as written, inside
+        one indexed with links followed, as `image_file` allows); else AccessDeniedError."""
+        roots = self._catalog.roots()
+        linked = [root.path for root in roots if root.follow_symlinks]
+        return resolve_inside(path, [root.path for root in roots], linked_roots=linked)
 
     def check_reindex(self, paths: Sequence[str | os.PathLike[str]]) -> None:
         """Raise now what `reindex(*paths)` would refuse (a path outside the roots, no roots),

@@ -16,6 +16,10 @@ from pixsift.search.results import SearchResult
 from pixsift.storage.index_choice import IndexKind
 from pixsift.storage.rerank import VectorFetcher, rerank
 
+# When at most this many times the results asked for may be returned (those a filter keeps,
+# else all), they are ranked exactly if the approximate index came back short of them.
+SHORT_FACTOR = 2
+
 if TYPE_CHECKING:  # importing FAISS takes a while; only search time needs it
     from pixsift.storage.records import ImageInfo
     from pixsift.storage.vector_index import VectorIndex
@@ -45,17 +49,39 @@ def nearest(
     The restriction is applied inside FAISS, so it never leaves fewer results than exist.
     An approximate index's candidates are re-ranked with the `stored` vectors; and when a
     filter leaves at most `exact_filter_max` images, those are ranked exactly from their
-    stored vectors, since a graph or a few IVF cells could miss them.
+    stored vectors, since a graph or a few IVF cells could miss them; so are the images that
+    may be returned when they are about as few as are asked for and the index missed some.
     """
     from pixsift.storage.index_build import ann_search
 
     if allowed is not None and not len(allowed):
         empty = np.full((len(queries), 1), -1, dtype=np.int64)
         return np.zeros((len(queries), 1), dtype=np.float32), empty
-    if allowed is not None and index.kind is not IndexKind.flat and len(allowed) <= exact_filter_max:
-        candidates = np.broadcast_to(np.asarray(allowed, dtype=np.int64), (len(queries), len(allowed)))
-        return rerank(queries, candidates, stored, fetch)
-    return ann_search(index, queries, fetch, stored, allowed=allowed)
+    approximate = index.kind is not IndexKind.flat
+    if allowed is not None and approximate and len(allowed) <= exact_filter_max:
+        return _ranked_exactly(queries, allowed, stored, fetch)
+    scores, ids = ann_search(index, queries, fetch, stored, allowed=allowed)
+    # A graph searched through a filter, or past deleted images' tombstones, misses some of the
+    # images it may return: harmless when they are many more than asked for, but asking for
+    # about all of them came back short. Ranking them exactly then reads at most twice as many
+    # vectors as were asked for.
+    matching = index.count if allowed is None else len(allowed)
+    if approximate and matching <= SHORT_FACTOR * fetch and _found_fewest(ids) < min(fetch, matching):
+        return _ranked_exactly(queries, index.ids() if allowed is None else allowed, stored, fetch)
+    return scores, ids
+
+
+def _found_fewest(ids: np.ndarray) -> int:
+    """The fewest results any query row got (FAISS pads a short row with id -1)."""
+    return int((ids >= 0).sum(axis=1).min())
+
+
+def _ranked_exactly(
+    queries: np.ndarray, allowed: np.ndarray, stored: VectorFetcher, fetch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top-`fetch` (scores, ids) per query among all `allowed` ids, from stored vectors."""
+    candidates = np.broadcast_to(np.asarray(allowed, dtype=np.int64), (len(queries), len(allowed)))
+    return rerank(queries, candidates, stored, fetch)
 
 
 def ranked_hits(

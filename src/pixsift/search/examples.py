@@ -28,6 +28,35 @@ if TYPE_CHECKING:
 Example = Union[int, str, "os.PathLike[str]", bytes, QueryTerm]
 
 
+def example_list(examples: Example | Sequence[Example]) -> list[Example]:
+    """`examples` as a list; one example given alone is a list of one, not its characters
+    read as texts or its bytes read as image ids."""
+    if isinstance(examples, (str, bytes, int, os.PathLike, QueryTerm)):
+        return [examples]
+    return list(examples)
+
+
+def example_weights(examples: Sequence[Example]) -> list[float]:
+    """How much each example counts: a QueryTerm's weight, else 1. A weight that is not
+    positive is refused: what to move away from is a negative example, not a positive one
+    with a minus sign (whose sign Rocchio's means would otherwise have to guess)."""
+    weights = [example.weight if isinstance(example, QueryTerm) else 1.0 for example in examples]
+    for weight in weights:
+        if weight <= 0:
+            raise QueryError(
+                f"An example's weight must be positive, not {weight:g}: give what to avoid as a "
+                "negative example."
+            )
+    return weights
+
+
+def refuse_single(items: object, method: str, one: str) -> None:
+    """Refuse one text, file or image's bytes given to a `*_many` method, which takes a list
+    and would otherwise run one query per character or byte."""
+    if isinstance(items, (str, bytes, os.PathLike)):
+        raise QueryError(f"{method} takes a list of queries; for one, call {one}.")
+
+
 class ExampleVectors:
     """The vectors of query examples, from the `catalog`'s stored vectors or the model that
     `embedder()` loads (only when some example needs it)."""

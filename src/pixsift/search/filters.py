@@ -39,6 +39,10 @@ class SearchFilters:
     before: DateLike | None = None
 
     def __post_init__(self) -> None:
+        # An empty folder would be read as the working directory: a script's unset variable
+        # (--under "$DIR") would quietly search wherever it happens to run.
+        if self.under is not None and not str(self.under).strip():
+            raise QueryError("Filter under is empty: name a folder, or leave it out.")
         for name in ("after", "before"):
             value = getattr(self, name)
             if value is not None:

@@ -80,8 +80,13 @@ def parse_weighted_text(term: str) -> QueryTerm:
     return QueryTerm(text=text, weight=weight)
 
 
-def as_terms(items: Sequence[str | QueryTerm], sign: float) -> list[QueryTerm]:
-    """Plain strings become text terms; every weight is multiplied by `sign` (+1 or -1)."""
+def as_terms(items: str | QueryTerm | Sequence[str | QueryTerm], sign: float) -> list[QueryTerm]:
+    """Plain strings become text terms; every weight is multiplied by `sign` (+1 or -1).
+
+    One term given alone (plus="sunset") is that term, not a term per character.
+    """
+    if isinstance(items, (str, QueryTerm)):
+        items = [items]
     return [(item if isinstance(item, QueryTerm) else QueryTerm(text=item)).scaled(sign) for item in items]
 
 

@@ -31,9 +31,14 @@ def jobs_of(request: Request) -> JobManager:
 
 
 def core_filters(library: Library, filters: Filters) -> SearchFilters:
-    """The core's filters; a folder must lie inside the roots, so nothing else can be probed."""
-    under = None if filters.under is None else library.resolve_inside_roots(filters.under)
-    return filters.to_core(under)
+    """The core's filters; a folder must lie inside the roots, so nothing else can be probed.
+
+    Once checked, the folder goes to the core as written: images found through a link that a
+    root follows are stored under the link's path, which resolving it would lose.
+    """
+    if filters.under is not None:
+        library.resolve_inside_roots(filters.under)
+    return filters.to_core(filters.under)
 
 
 def filter_params(

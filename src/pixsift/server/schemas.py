@@ -49,7 +49,7 @@ class Filters(_Strict):
     before: datetime | None = Field(default=None, description="Taken strictly before this date or time.")
 
     def to_core(self, under: str | None) -> SearchFilters:
-        """The core's filters, with `under` already resolved inside the roots by the caller."""
+        """The core's filters, with `under` already checked to lie inside the roots by the caller."""
         return SearchFilters(
             under=under,
             formats=tuple(self.formats),

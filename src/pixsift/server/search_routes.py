@@ -124,7 +124,10 @@ def recommend(library: LibraryDep, body: RecommendBody) -> Results:
 
 
 def _example(library: Library, example: int | str | PathExample) -> Example:
-    """Ids and texts as they are; a path only once it is known to lie inside the roots."""
+    """Ids and texts as they are; a path only once it is known to lie inside the roots, and
+    then as written: a file found through a link that its root follows is indexed under the
+    link's path, and is only known by it (known examples are left out of the results)."""
     if isinstance(example, PathExample):
-        return QueryTerm(image=library.resolve_inside_roots(example.path))
+        library.resolve_inside_roots(example.path)
+        return QueryTerm(image=example.path)
     return example

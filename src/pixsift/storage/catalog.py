@@ -38,6 +38,7 @@ from pixsift.storage.schema import (
 LOG_FLOOR_KEY = "vector_log_floor"
 T = TypeVar("T")
 _SQL_CHUNK = 500  # ids per IN (...) clause, well below SQLite's variable limit
+_SQLITE_INT_MIN, _SQLITE_INT_MAX = -(2**63), 2**63 - 1  # the ids SQLite can store
 
 
 def vector_to_blob(vector: np.ndarray) -> bytes:
@@ -190,7 +191,7 @@ class Catalog:
         return found
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageInfo]:
-        wanted = [int(i) for i in ids]
+        wanted = _storable_ids(ids)
         found: dict[int, ImageInfo] = {}
         with self._read() as session:
             for chunk in _chunks(wanted):
@@ -320,7 +321,7 @@ class Catalog:
 
     def vectors(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         """The stored vectors of the images among `ids` that have one, by id."""
-        wanted = [int(i) for i in ids]
+        wanted = _storable_ids(ids)
         found: dict[int, np.ndarray] = {}
         # Plain SQL rather than a compiled select: this runs for every search that re-ranks,
         # where building and processing the statement was most of the cost.
@@ -672,6 +673,12 @@ def _set_setting(session: Session, key: str, value: int | str) -> None:
         session.add(Setting(key=key, value=str(value)))
     else:
         setting.value = str(value)
+
+
+def _storable_ids(ids: Iterable[int]) -> list[int]:
+    """The ids an image may have: SQLite's integers. A caller's 2**64 is no image's id, not
+    an OverflowError from the driver."""
+    return [int(i) for i in ids if _SQLITE_INT_MIN <= int(i) <= _SQLITE_INT_MAX]
 
 
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
