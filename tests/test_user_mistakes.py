@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -177,6 +178,16 @@ def test_one_format_given_as_a_string_is_that_format(library: Library) -> None:
     assert SearchFilters(formats="JPEG").formats == ("JPEG",)  # type: ignore[arg-type]
     hits = library.search("a cat", k=3, filters=SearchFilters(formats="jpg"))  # type: ignore[arg-type]
     assert len(hits) == 3 and {hit.format for hit in hits} == {"JPEG"}
+
+
+def test_a_mistyped_format_is_refused_not_an_empty_result(library: Library) -> None:
+    for name in ("jpge", "xyz", "no such!"):
+        with pytest.raises(QueryError, match=f"Filter format '{re.escape(name)}' is not one pixsift indexes"):
+            SearchFilters(formats=(name,))
+    for name in ("jpg", "JPEG", "tif", "heic", "webp", "mpo", " png "):
+        assert SearchFilters(formats=(name,)).formats == (name,)  # every alias a user may write
+    result = runner.invoke(app, ["search", "a cat", "--image-format", "jpge", "--library", str(library.path)])
+    assert result.exit_code == 1 and "is not one pixsift indexes: BMP, DIB, GIF" in result.stderr
 
 
 def test_an_empty_folder_filter_is_refused_not_read_as_the_working_directory(

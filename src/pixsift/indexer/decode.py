@@ -23,9 +23,8 @@ from typing import Any, BinaryIO, NamedTuple
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Pillow parsers the indexer allows; a file named .jpg is never handed to exotic plugins.
-# (Multi-picture JPEGs open through the JPEG parser and report format "MPO".)
-WANTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "HEIF")
+from pixsift.image_formats import WANTED_FORMATS
+
 # Files larger than this are decoded from disk and hashed as a stream rather than read whole:
 # a valid image header followed by gigabytes (a damaged copy, a mislabelled archive) must not
 # cost that much memory in each decode worker. Photos, even with a video appended, are smaller.

@@ -11,12 +11,9 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
 from pixsift.errors import QueryError
+from pixsift.image_formats import FILTER_NAMES, FORMAT_ALIASES
 
 DateLike = date | datetime | str  # a datetime, a date (its midnight) or ISO text
-
-# Format names a user may write for Pillow's: "jpg" is a JPEG, and a phone's multi-picture
-# JPEG (Pillow's "MPO") is a JPEG to anyone asking for JPEGs.
-_FORMAT_ALIASES = {"JPG": ("JPEG", "MPO"), "JPEG": ("JPEG", "MPO"), "TIF": ("TIFF",), "HEIC": ("HEIF",)}
 
 
 @dataclass(frozen=True)
@@ -57,8 +54,10 @@ class SearchFilters:
         formats = (self.formats,) if isinstance(self.formats, str) else self.formats
         object.__setattr__(self, "formats", tuple(formats))
         for name in self.formats:
-            if not isinstance(name, str) or not name.strip() or not name.strip().isalnum():
-                raise QueryError(f"Filter format {name!r} is not an image format name such as JPEG.")
+            # A typo ("jpge") would otherwise match nothing, and look like an empty library.
+            if not isinstance(name, str) or name.strip().upper() not in FILTER_NAMES:
+                known = ", ".join(sorted(FILTER_NAMES))
+                raise QueryError(f"Filter format {name!r} is not one pixsift indexes: {known}.")
 
     @property
     def is_empty(self) -> bool:
@@ -83,7 +82,7 @@ class SearchFilters:
         names: list[str] = []
         for name in self.formats:
             upper = name.strip().upper()
-            names.extend(_FORMAT_ALIASES.get(upper, (upper,)))
+            names.extend(FORMAT_ALIASES.get(upper, (upper,)))
         return tuple(dict.fromkeys(names))
 
     def with_under(self, under: str | None) -> SearchFilters:
