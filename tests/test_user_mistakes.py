@@ -146,6 +146,19 @@ def test_one_example_given_alone_is_that_example_not_its_characters(library: Lib
         library.similar_many(data)
 
 
+def test_ids_from_numpy_arrays_are_ids(library: Library) -> None:
+    hits = library.search("a cat", k=3)
+    ids = np.array([hit.id for hit in hits])  # as an application keeps them
+    expected = [hit.id for hit in library.similar(int(ids[0]), k=5)]
+    assert [hit.id for hit in library.similar(ids[0], k=5)] == expected
+    assert [hit.id for hit in library.recommend(list(ids[:2]), [ids[2]], k=5)] == [
+        hit.id for hit in library.recommend([int(i) for i in ids[:2]], [int(ids[2])], k=5)
+    ]
+    assert [hit.id for hit in library.recommend(ids[0], k=5)] == [
+        hit.id for hit in library.recommend([int(ids[0])], k=5)
+    ]
+
+
 @pytest.mark.parametrize("image_id", [2**63, 2**64, -(2**63) - 1])
 def test_an_id_no_database_can_hold_is_an_image_not_found(library: Library, image_id: int) -> None:
     for call in (

@@ -31,9 +31,14 @@ Example = Union[int, str, "os.PathLike[str]", bytes, QueryTerm]
 def example_list(examples: Example | Sequence[Example]) -> list[Example]:
     """`examples` as a list; one example given alone is a list of one, not its characters
     read as texts or its bytes read as image ids."""
-    if isinstance(examples, (str, bytes, int, os.PathLike, QueryTerm)):
-        return [examples]
-    return list(examples)
+    if isinstance(examples, (str, bytes, int, np.integer, os.PathLike, QueryTerm)):
+        return [_plain(examples)]
+    return [_plain(example) for example in examples]
+
+
+def _plain(example: Example) -> Example:
+    """A numpy integer (an id taken from an array or a data frame) is that id."""
+    return int(example) if isinstance(example, np.integer) else example
 
 
 def example_weights(examples: Sequence[Example]) -> list[float]:
@@ -70,6 +75,7 @@ class ExampleVectors:
         """One vector per example, in order; also the id of each that is an indexed image."""
         if not examples:
             raise QueryError("A query needs at least one example.")
+        examples = [_plain(example) for example in examples]
         rows: list[np.ndarray | None] = [None] * len(examples)
         ids: list[int | None] = [None] * len(examples)
         wanted_ids = [e for e in examples if isinstance(e, int) and not isinstance(e, bool)]
