@@ -239,6 +239,8 @@ def test_exif_date_taken_is_read_and_bad_dates_are_none(photo_set: Path, tmp_pat
     source = sorted(photo_set.glob("*.jpg"))[0]
     dated = with_exif_date(source, tmp_path / "dated.jpg", "2019:05:05 10:00:00")
     assert exif_taken_at(dated.read_bytes()) == "2019-05-05 10:00:00"
+    early = with_exif_date(source, tmp_path / "early.jpg", "0999:05:05 10:00:00")  # a camera's junk
+    assert exif_taken_at(early.read_bytes()) == "0999-05-05 10:00:00"  # sorts before "1000-..."
     blank = with_exif_date(source, tmp_path / "blank.jpg", "0000:00:00 00:00:00")
     assert exif_taken_at(blank.read_bytes()) is None
     assert exif_taken_at(source.read_bytes()) is None  # no EXIF at all

@@ -178,7 +178,9 @@ def _taken_at(image: Image.Image) -> str | None:
         taken = datetime.strptime(value.strip().rstrip("\x00")[:19], "%Y:%m:%d %H:%M:%S")
     except Exception:  # broken EXIF must not cost the image: it just has no date
         return None
-    return taken.strftime("%Y-%m-%d %H:%M:%S")
+    # isoformat, not strftime: glibc writes a year below 1000 without leading zeros, which
+    # would compare wrongly as text with the date filters' (isoformat) bounds.
+    return taken.isoformat(sep=" ")
 
 
 def is_read_failure(exc: BaseException) -> bool:
