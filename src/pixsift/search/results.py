@@ -19,5 +19,6 @@ class SearchResult:
     format: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        """The stable machine-readable form used by `--format json` and the HTTP service."""
+        """The stable machine-readable form of `--format json` (the HTTP service adds the image's
+        width, height and format)."""
         return {"rank": self.rank, "score": round(self.score, 6), "path": str(self.path), "id": self.id}
