@@ -8,6 +8,7 @@ Ctrl-C.
 
 from __future__ import annotations
 
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -582,6 +583,18 @@ def _print_results(results: list[SearchResult], output: ResultFormat) -> None:
         typer.echo("No matching images.", err=True)
 
 
+def _stop_as_on_ctrl_c(_signum: int, _frame: object) -> None:
+    """SIGTERM (a service manager stopping pixsift, `timeout`, `kill`) stops a command as Ctrl-C
+    does: an index run commits what it embedded, saves the search index and prints its
+    summary, where the default would end it at once. It goes through the SIGINT handler in
+    place, so a commit under way holds it back as it holds Ctrl-C back."""
+    if callable(signal.getsignal(signal.SIGINT)):
+        signal.raise_signal(signal.SIGINT)
+    else:  # Ctrl-C is ignored here (a script's background job): end as SIGTERM always did
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+
+
 def main() -> None:
     """Console-script entry point."""
     # File names need not be valid UTF-8: print them back as the bytes they are.
@@ -593,6 +606,7 @@ def main() -> None:
     # large-but-allowed ones would only break the progress display. Matched by its text, as
     # importing Pillow for its class would cost every command (a search included) 20 ms.
     warnings.filterwarnings("ignore", message=_PILLOW_BOMB_WARNING)
+    signal.signal(signal.SIGTERM, _stop_as_on_ctrl_c)
     try:
         app()
     except KeyboardInterrupt:
