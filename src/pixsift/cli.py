@@ -259,7 +259,11 @@ def index(
     show_progress = not quiet and stderr.is_terminal
     with _user_errors():  # before the library is made: a mistake must not leave an empty one
         check_index_arguments(folders or [], model, pretrained)
-    with _user_errors(), _open(library, create=True, device=device, engine=engine) as lib:
+    with (
+        _terminate_as_ctrl_c(),
+        _user_errors(),
+        _open(library, create=True, device=device, engine=engine) as lib,
+    ):
         bar = TerminalProgress(stderr) if show_progress else None
         try:
             with bar if bar is not None else nullcontext():
@@ -583,11 +587,21 @@ def _print_results(results: list[SearchResult], output: ResultFormat) -> None:
         typer.echo("No matching images.", err=True)
 
 
+@contextmanager
+def _terminate_as_ctrl_c() -> Iterator[None]:
+    """Within the block, SIGTERM (`timeout`, a plain `kill`, a scheduler stopping the job)
+    stops an index run as Ctrl-C does: it commits what it embedded, saves the search index and
+    prints its summary, where the default would end it at once."""
+    previous = signal.signal(signal.SIGTERM, _stop_as_on_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _stop_as_on_ctrl_c(_signum: int, _frame: object) -> None:
-    """SIGTERM (a service manager stopping pixsift, `timeout`, `kill`) stops a command as Ctrl-C
-    does: an index run commits what it embedded, saves the search index and prints its
-    summary, where the default would end it at once. It goes through the SIGINT handler in
-    place, so a commit under way holds it back as it holds Ctrl-C back."""
+    """Deliver SIGTERM as SIGINT, through the SIGINT handler in place: a commit under way
+    holds it back as it holds Ctrl-C back."""
     if callable(signal.getsignal(signal.SIGINT)):
         signal.raise_signal(signal.SIGINT)
     else:  # Ctrl-C is ignored here (a script's background job): end as SIGTERM always did
@@ -606,7 +620,6 @@ def main() -> None:
     # large-but-allowed ones would only break the progress display. Matched by its text, as
     # importing Pillow for its class would cost every command (a search included) 20 ms.
     warnings.filterwarnings("ignore", message=_PILLOW_BOMB_WARNING)
-    signal.signal(signal.SIGTERM, _stop_as_on_ctrl_c)
     try:
         app()
     except KeyboardInterrupt:
