@@ -59,6 +59,17 @@ def test_a_quiet_run_still_says_why_it_exits_with_3(indexed: dict[str, Path]) ->
     )
 
 
+def test_broken_exif_prints_no_warning_among_the_output(tmp_path: Path, tiny_model: TinyModel) -> None:
+    from sample_photos import make_photo
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    make_photo(46, (640, 480)).save(photos / "garbage-exif.jpg", exif=b"Exif\x00\x00II*\x00garbage")
+    result = run_cli("index", str(photos), "--library", str(tmp_path / "lib"), *tiny_model.index_args())
+    assert (result.returncode, result.stderr) == (0, "")  # Pillow warned "Corrupt EXIF data" here
+    assert "1 new" in result.stdout
+
+
 def test_forget_a_folder_gone_for_good(photos: Path, tiny_model: TinyModel, tmp_path: Path) -> None:
     library = ["--library", str(tmp_path / "library")]
     assert run_cli("index", str(photos), *library, *tiny_model.index_args()).returncode == 0

@@ -32,6 +32,7 @@ EXIT_USER_ERROR = 1
 EXIT_TROUBLE = 3  # finished, but some files could not be read, or problems remain
 EXIT_INTERRUPTED = 130
 _PILLOW_BOMB_WARNING = r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels"
+_PILLOW_EXIF_WARNING = r"(Possibly )?[Cc]orrupt EXIF"
 
 app = typer.Typer(
     name="pixsift",
@@ -620,6 +621,9 @@ def main() -> None:
     # large-but-allowed ones would only break the progress display. Matched by its text, as
     # importing Pillow for its class would cost every command (a search included) 20 ms.
     warnings.filterwarnings("ignore", message=_PILLOW_BOMB_WARNING)
+    # Broken EXIF only costs a photo its date and rotation, as pixsift handles it; Pillow's
+    # warning about it would print in the middle of the progress display.
+    warnings.filterwarnings("ignore", message=_PILLOW_EXIF_WARNING)
     try:
         app()
     except KeyboardInterrupt:
