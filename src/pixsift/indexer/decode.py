@@ -1,10 +1,10 @@
 """Reading one image file into what the model needs, fast and safely.
 
 Each file is read once: the same bytes are hashed (to recognise moved and duplicate files)
-and decoded (one over `READ_WHOLE_MAX_BYTES` is decoded from disk and hashed as a stream,
-so memory stays bounded). Its header is checked first, so a huge file that is not an image (or claims too
-many pixels) is refused without being read into memory. A CLIP model looks at about 224
-pixels, so a 12-megapixel JPEG is decoded at reduced scale by libjpeg's DCT scaling
+and decoded (one over `READ_WHOLE_MAX_BYTES` is decoded from disk and hashed as a stream, so
+memory stays bounded). Its header is checked first, so a huge file that is not an image (or
+claims too many pixels) is refused without being read into memory. A CLIP model looks at
+about 224 pixels, so a 12-megapixel JPEG is decoded at reduced scale by libjpeg's DCT scaling
 (Pillow's `draft`), several times faster than a full decode, while staying at least the
 model's size so the final resize is the model's own.
 EXIF orientation is applied before the model's preprocessing, as a viewer shows the photo.
