@@ -224,6 +224,24 @@ def test_work_left_by_a_killed_export_is_removed_by_the_next(tiny_model: TinyMod
     assert under_way.exists()  # another process's export may be under way: left alone
 
 
+def test_a_cache_that_cannot_be_written_leaves_the_model_on_torch(
+    tiny_model: TinyModel, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache folder that cannot be made (a file in its way; read-only or full disks end the
+    same): auto runs on torch, the ONNX engines say why, and neither ends in a traceback."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("", encoding="utf-8")
+    cache = str(blocker / "cache")
+    monkeypatch.setenv("PIXSIFT_CACHE_DIR", cache)
+    spec = tiny_spec(tiny_model)
+    assert isinstance(load_embedder(spec, "cpu", "auto"), ClipEmbedder)
+    library = str(tmp_path / "lib")
+    forced = run_cli("index", str(photos), "--library", library, "--engine", "onnx", *tiny_model.index_args())
+    assert forced.returncode == 1, forced.stderr
+    assert f"error: Cannot write the ONNX export of {spec.describe()} into {cache}/onnx" in forced.stderr
+    assert "PIXSIFT_CACHE_DIR" in forced.stderr and "Traceback" not in forced.stderr
+
+
 def test_explicit_engines(tiny_model: TinyModel, photo_set: Path) -> None:
     spec = tiny_spec(tiny_model)
     photos = sorted(photo_set.iterdir())[:3]

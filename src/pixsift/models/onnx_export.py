@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pixsift.config import cache_dir
+from pixsift.config import CACHE_ENV_VAR, cache_dir
+from pixsift.errors import ExportCacheError
 from pixsift.models.pixels import PixelConfig
 from pixsift.models.spec import ModelRecord, ModelSpec
 
@@ -131,9 +132,27 @@ def discard(export: Export) -> None:
 
 
 def export_model(clip: ClipEmbedder) -> Export:
-    """Export `clip` into the cache (replacing any earlier export of it) and return it."""
+    """Export `clip` into the cache (replacing any earlier export of it) and return it.
+
+    Raises ExportCacheError when the cache cannot be written."""
     spec = clip.record.spec
     final = export_folder(spec)
+    try:
+        meta = _export_into_place(clip, final)
+    except OSError as exc:
+        raise ExportCacheError(
+            f"Cannot write the ONNX export of {spec.describe()} into {final.parent}: "
+            f"{exc.strerror or exc}. Free some space there, or point {CACHE_ENV_VAR} at a "
+            "writable folder."
+        ) from exc
+    export = read_export(spec)
+    if export is None:  # the weights changed while exporting: use it this once, not again
+        return _export_of(final, meta, meta["files"])
+    return export
+
+
+def _export_into_place(clip: ClipEmbedder, final: Path) -> dict[str, Any]:
+    """Export `clip` into a work folder beside `final`, then rename it to `final`."""
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_work(final)
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
@@ -143,10 +162,7 @@ def export_model(clip: ClipEmbedder) -> Export:
         _move_into_place(work, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    export = read_export(spec)
-    if export is None:  # the weights changed while exporting: use it this once, not again
-        return _export_of(final, meta, meta["files"])
-    return export
+    return meta
 
 
 def _remove_abandoned_work(final: Path) -> None:
