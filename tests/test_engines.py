@@ -242,6 +242,35 @@ def test_a_cache_that_cannot_be_written_leaves_the_model_on_torch(
     assert "PIXSIFT_CACHE_DIR" in forced.stderr and "Traceback" not in forced.stderr
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+def test_an_export_cut_short_by_a_full_disk_is_not_kept(tiny_model: TinyModel, private_cache: Path) -> None:
+    """The text tower's files do not fit (a 4 MB file size limit stands in for a full disk):
+    that run stays on torch, and the next one, with room, exports both towers, rather than
+    remembering the text tower as one that cannot be exported."""
+    spec = tiny_spec(tiny_model)
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4_000_000, 4_000_000))\n"
+        "from pixsift.models.loading import load_embedder\n"
+        "from pixsift.models.naming import resolve_model_spec\n"
+        "embedder = load_embedder(resolve_model_spec(sys.argv[1], sys.argv[2]), 'cpu', 'auto')\n"
+        "print(type(embedder).__name__)\n"
+    )
+    full = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_model.config), str(tiny_model.checkpoint)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert full.returncode == 0, full.stderr
+    assert full.stdout.strip() == "ClipEmbedder" and "Running on torch" in full.stderr
+    assert read_export(spec) is None
+    embedder = load_embedder(spec, "cpu", "auto")
+    assert isinstance(embedder, OnnxEmbedder) and set(embedder.precisions) == {"image", "text"}
+
+
 def test_explicit_engines(tiny_model: TinyModel, photo_set: Path) -> None:
     spec = tiny_spec(tiny_model)
     photos = sorted(photo_set.iterdir())[:3]

@@ -205,6 +205,8 @@ def _export_into(folder: Path, clip: ClipEmbedder) -> dict[str, Any]:
     reasons = []
     try:
         meta["context_length"] = _export_text(folder, clip, meta)
+    except OSError:  # a full disk, not the model: recorded, it would keep the tower off for good
+        raise
     except Exception as exc:  # any export failure means: this tower stays on torch, and why
         reasons.append(f"text tower: {_first_line(exc)}")
         _forget(meta, "text")
@@ -212,6 +214,8 @@ def _export_into(folder: Path, clip: ClipEmbedder) -> dict[str, Any]:
         if pixels is None:
             raise ValueError("its image preprocessing needs open_clip's own transform")
         _export_image(folder, clip, pixels, meta)
+    except OSError:
+        raise
     except Exception as exc:
         reasons.append(f"image tower: {_first_line(exc)}")
         _forget(meta, "image")
