@@ -171,6 +171,20 @@ def test_damaged_export_is_made_again(tiny_model: TinyModel, photo_set: Path) ->
     assert read_export(spec) is not None
 
 
+def test_metadata_of_another_shape_is_a_damaged_export(tiny_model: TinyModel) -> None:
+    """meta.json that is JSON but not an export's (null, a list, a field of the wrong kind)."""
+    spec = tiny_spec(tiny_model)
+    load_embedder(spec, "cpu", "auto")
+    meta_file = export_folder(spec) / "meta.json"
+    good = json.loads(meta_file.read_text(encoding="utf-8"))
+    shapes: list[object] = [None, [], "meta", {**good, "cosine": []}, {**good, "files": ["image-fp32.onnx"]}]
+    for damaged in shapes:
+        meta_file.write_text(json.dumps(damaged), encoding="utf-8")
+        assert read_export(spec) is None
+    assert isinstance(load_embedder(spec, "cpu", "auto"), OnnxEmbedder)
+    assert read_export(spec) is not None
+
+
 def test_new_weights_in_the_same_file_are_exported_again(
     tiny_model: TinyModel, other_tiny_checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -122,8 +122,8 @@ def read_export(spec: ModelSpec) -> Export | None:
             if (folder / name).stat().st_size != size:
                 return None
         return _export_of(folder, meta, files)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # missing, unreadable or damaged: made again
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # missing, unreadable or damaged (JSON of another shape too): made again
 
 
 def discard(export: Export) -> None:
