@@ -171,6 +171,20 @@ def test_damaged_export_is_made_again(tiny_model: TinyModel, photo_set: Path) ->
     assert read_export(spec) is not None
 
 
+def test_metadata_of_another_shape_is_a_damaged_export(tiny_model: TinyModel) -> None:
+    """meta.json that is JSON but not an export's (null, a list, a field of the wrong kind)."""
+    spec = tiny_spec(tiny_model)
+    load_embedder(spec, "cpu", "auto")
+    meta_file = export_folder(spec) / "meta.json"
+    good = json.loads(meta_file.read_text(encoding="utf-8"))
+    shapes: list[object] = [None, [], "meta", {**good, "cosine": []}, {**good, "files": ["image-fp32.onnx"]}]
+    for damaged in shapes:
+        meta_file.write_text(json.dumps(damaged), encoding="utf-8")
+        assert read_export(spec) is None
+    assert isinstance(load_embedder(spec, "cpu", "auto"), OnnxEmbedder)
+    assert read_export(spec) is not None
+
+
 def test_new_weights_in_the_same_file_are_exported_again(
     tiny_model: TinyModel, other_tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -222,6 +236,53 @@ def test_work_left_by_a_killed_export_is_removed_by_the_next(tiny_model: TinyMod
     load_embedder(spec, "cpu", "auto")  # exports the model
     assert not abandoned.exists()
     assert under_way.exists()  # another process's export may be under way: left alone
+
+
+def test_a_cache_that_cannot_be_written_leaves_the_model_on_torch(
+    tiny_model: TinyModel, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache folder that cannot be made (a file in its way; read-only or full disks end the
+    same): auto runs on torch, the ONNX engines say why, and neither ends in a traceback."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("", encoding="utf-8")
+    cache = str(blocker / "cache")
+    monkeypatch.setenv("PIXSIFT_CACHE_DIR", cache)
+    spec = tiny_spec(tiny_model)
+    assert isinstance(load_embedder(spec, "cpu", "auto"), ClipEmbedder)
+    library = str(tmp_path / "lib")
+    forced = run_cli("index", str(photos), "--library", library, "--engine", "onnx", *tiny_model.index_args())
+    assert forced.returncode == 1, forced.stderr
+    assert f"error: Cannot write the ONNX export of {spec.describe()} into {cache}/onnx" in forced.stderr
+    assert "PIXSIFT_CACHE_DIR" in forced.stderr and "Traceback" not in forced.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+def test_an_export_cut_short_by_a_full_disk_is_not_kept(tiny_model: TinyModel, private_cache: Path) -> None:
+    """The text tower's files do not fit (a 4 MB file size limit stands in for a full disk):
+    that run stays on torch, and the next one, with room, exports both towers, rather than
+    remembering the text tower as one that cannot be exported."""
+    spec = tiny_spec(tiny_model)
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4_000_000, 4_000_000))\n"
+        "from pixsift.models.loading import load_embedder\n"
+        "from pixsift.models.naming import resolve_model_spec\n"
+        "embedder = load_embedder(resolve_model_spec(sys.argv[1], sys.argv[2]), 'cpu', 'auto')\n"
+        "print(type(embedder).__name__)\n"
+    )
+    full = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_model.config), str(tiny_model.checkpoint)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert full.returncode == 0, full.stderr
+    assert full.stdout.strip() == "ClipEmbedder" and "Running on torch" in full.stderr
+    assert read_export(spec) is None
+    embedder = load_embedder(spec, "cpu", "auto")
+    assert isinstance(embedder, OnnxEmbedder) and set(embedder.precisions) == {"image", "text"}
 
 
 def test_explicit_engines(tiny_model: TinyModel, photo_set: Path) -> None:

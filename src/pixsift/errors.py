@@ -41,6 +41,11 @@ class ModelMismatchError(ModelError):
     """The model asked for is not the one the library's vectors were made with."""
 
 
+class ExportCacheError(ModelError):
+    """A model's ONNX export could not be written into the cache folder (a full disk, a
+    read-only or misnamed folder): the model can still run on torch."""
+
+
 class InvalidPathError(PixsiftError):
     """A path given by the user does not exist or is not what the command needs."""
 

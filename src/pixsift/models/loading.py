@@ -15,11 +15,12 @@ once it is cached, loading imports neither torch nor open_clip.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 from typing import TYPE_CHECKING
 
-from pixsift.errors import ModelError
+from pixsift.errors import ExportCacheError, ModelError
 from pixsift.models.embedder import Embedder
 from pixsift.models.onnx_export import TOWERS, Export, export_model, read_export
 from pixsift.models.spec import ModelSpec
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 ENGINES = ("auto", "torch", "onnx", "onnx-int8")
 DEFAULT_ENGINE = "auto"
+
+log = logging.getLogger(__name__)
 
 
 def check_engine(engine: str) -> str:
@@ -59,7 +62,14 @@ def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_E
     loaded: ClipEmbedder | None = None
     if export is None:  # first use of this model (or its weights changed): export it now
         loaded = _torch_embedder(spec, "cpu")
-        export = export_model(loaded)
+        try:
+            export = export_model(loaded)
+        except ExportCacheError as exc:
+            if engine != "auto":
+                raise
+            # The fast path is an optimisation: without a cache to keep it in, run on torch.
+            log.warning("%s Running on torch meanwhile.", exc)
+            return loaded
     precisions = _precisions(export, engine)
     if not precisions:
         if engine != "auto":

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pixsift.config import cache_dir
+from pixsift.config import CACHE_ENV_VAR, cache_dir
+from pixsift.errors import ExportCacheError
 from pixsift.models.pixels import PixelConfig
 from pixsift.models.spec import ModelRecord, ModelSpec
 
@@ -121,8 +122,8 @@ def read_export(spec: ModelSpec) -> Export | None:
             if (folder / name).stat().st_size != size:
                 return None
         return _export_of(folder, meta, files)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # missing, unreadable or damaged: made again
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # missing, unreadable or damaged (JSON of another shape too): made again
 
 
 def discard(export: Export) -> None:
@@ -131,9 +132,27 @@ def discard(export: Export) -> None:
 
 
 def export_model(clip: ClipEmbedder) -> Export:
-    """Export `clip` into the cache (replacing any earlier export of it) and return it."""
+    """Export `clip` into the cache (replacing any earlier export of it) and return it.
+
+    Raises ExportCacheError when the cache cannot be written."""
     spec = clip.record.spec
     final = export_folder(spec)
+    try:
+        meta = _export_into_place(clip, final)
+    except OSError as exc:
+        raise ExportCacheError(
+            f"Cannot write the ONNX export of {spec.describe()} into {final.parent}: "
+            f"{exc.strerror or exc}. Free some space there, or point {CACHE_ENV_VAR} at a "
+            "writable folder."
+        ) from exc
+    export = read_export(spec)
+    if export is None:  # the weights changed while exporting: use it this once, not again
+        return _export_of(final, meta, meta["files"])
+    return export
+
+
+def _export_into_place(clip: ClipEmbedder, final: Path) -> dict[str, Any]:
+    """Export `clip` into a work folder beside `final`, then rename it to `final`."""
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_work(final)
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
@@ -143,10 +162,7 @@ def export_model(clip: ClipEmbedder) -> Export:
         _move_into_place(work, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    export = read_export(spec)
-    if export is None:  # the weights changed while exporting: use it this once, not again
-        return _export_of(final, meta, meta["files"])
-    return export
+    return meta
 
 
 def _remove_abandoned_work(final: Path) -> None:
@@ -189,6 +205,8 @@ def _export_into(folder: Path, clip: ClipEmbedder) -> dict[str, Any]:
     reasons = []
     try:
         meta["context_length"] = _export_text(folder, clip, meta)
+    except OSError:  # a full disk, not the model: recorded, it would keep the tower off for good
+        raise
     except Exception as exc:  # any export failure means: this tower stays on torch, and why
         reasons.append(f"text tower: {_first_line(exc)}")
         _forget(meta, "text")
@@ -196,6 +214,8 @@ def _export_into(folder: Path, clip: ClipEmbedder) -> dict[str, Any]:
         if pixels is None:
             raise ValueError("its image preprocessing needs open_clip's own transform")
         _export_image(folder, clip, pixels, meta)
+    except OSError:
+        raise
     except Exception as exc:
         reasons.append(f"image tower: {_first_line(exc)}")
         _forget(meta, "image")
