@@ -223,6 +223,19 @@ def test_a_running_library_keeps_its_weights_when_another_process_reexports(
         assert running.search("a horse", k=5) == expected
 
 
+def test_an_export_of_the_same_weights_finished_first_is_kept(tiny_model: TinyModel) -> None:
+    """Two processes exporting one model at once: the later one keeps the earlier's files."""
+    from pixsift.models.onnx_export import export_model
+
+    clip = ClipEmbedder.load(tiny_spec(tiny_model), "cpu")
+    first = export_model(clip)
+    files = {name: (first.folder / name).stat().st_ino for name in ["meta.json", *first.files]}
+    second = export_model(clip)  # as the slower process finishes the same export
+    assert second == first
+    assert {name: (second.folder / name).stat().st_ino for name in files} == files
+    assert [p.name for p in second.folder.parent.iterdir()] == [second.folder.name]  # no work left
+
+
 def test_work_left_by_a_killed_export_is_removed_by_the_next(tiny_model: TinyModel) -> None:
     spec = tiny_spec(tiny_model)
     final = export_folder(spec)

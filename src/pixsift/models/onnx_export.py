@@ -159,7 +159,12 @@ def _export_into_place(clip: ClipEmbedder, final: Path) -> dict[str, Any]:
     try:
         meta = _export_into(work, clip)
         (work / META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        _move_into_place(work, final)
+        finished = read_export(clip.record.spec)
+        # Another process that exported the same weights first keeps its export: replacing it
+        # would make that process, if it is opening a tower right then, take it for damaged
+        # and export the model once more.
+        if finished is None or finished.record != clip.record:
+            _move_into_place(work, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return meta
