@@ -317,6 +317,25 @@ def test_explicit_engines(tiny_model: TinyModel, photo_set: Path) -> None:
     assert np.all(np.sum(image_vectors(int8, photos) * reference, axis=1) >= COSINE_BAR)
 
 
+def test_forced_int8_below_the_bar_is_said(tiny_model: TinyModel, caplog: pytest.LogCaptureFixture) -> None:
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "pixsift.models.loading"]
+
+    spec = tiny_spec(tiny_model)
+    load_embedder(spec, "cpu", "auto")  # exports the model
+    meta_path = export_folder(spec) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert "int8" in meta["cosine"]["text"]
+    caplog.clear()
+    load_embedder(spec, "cpu", "onnx-int8")
+    assert said() == []  # within the bar: nothing to say
+    meta["cosine"]["text"]["int8"] = 0.95  # as a model whose int8 text tower lost accuracy
+    meta_path.write_text(json.dumps(meta))
+    assert isinstance(load_embedder(spec, "cpu", "onnx-int8"), OnnxEmbedder)  # still as asked
+    assert len(said()) == 1
+    assert "int8 text tower" in said()[0] and "cosine 0.9500" in said()[0]
+
+
 def test_unknown_engine_is_a_clear_error(tiny_model: TinyModel, tmp_path: Path) -> None:
     from pixsift import Library
     from pixsift.errors import ModelError

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from pixsift.errors import ExportCacheError, ModelError
 from pixsift.models.embedder import Embedder
-from pixsift.models.onnx_export import TOWERS, Export, export_model, read_export
+from pixsift.models.onnx_export import COSINE_BAR, TOWERS, Export, export_model, read_export
 from pixsift.models.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -80,10 +80,28 @@ def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_E
         return loaded if loaded is not None else _torch_embedder(spec, device)
     from pixsift.models.onnx_embedder import OnnxEmbedder
 
+    if engine == "onnx-int8":
+        _warn_below_bar(export)
     # Keep the torch model just loaded only if a tower needs it: it may be 600 MB.
     kept = loaded if len(precisions) < len(TOWERS) else None
     torch_model = functools.cache(lambda: kept if kept is not None else _torch_embedder(spec, "cpu"))
     return OnnxEmbedder(export, precisions, lambda: _remake(spec), fallback=torch_model)
+
+
+def _warn_below_bar(export: Export) -> None:
+    """`onnx-int8` runs int8 towers whatever their accuracy: say so when one missed the bar
+    that `auto` holds them to."""
+    for tower in TOWERS:
+        cosine = export.cosine.get(tower, {}).get("int8")
+        if cosine is not None and cosine < COSINE_BAR:
+            log.warning(
+                "The int8 %s tower of %s stayed only within cosine %.4f of fp32 open_clip, below "
+                "the %.2f that --engine auto asks of it; results may differ from fp32.",
+                tower,
+                export.record.spec.describe(),
+                cosine,
+                COSINE_BAR,
+            )
 
 
 def text_precision(export: Export, engine: str) -> str | None:
