@@ -559,6 +559,28 @@ def test_nested_roots_with_other_options_keep_each_others_images(
     assert (again.removed, again.embedded, again.unchanged) == (0, 0, 14)
 
 
+def test_a_root_inside_a_hidden_folder_of_another_root_keeps_its_images(
+    open_library: Library, photos: Path, tiny_model: TinyModel
+) -> None:
+    """`index R/.archive`, then `index R` (both without --include-hidden): the walk of R never
+    enters `.archive`, which must not make the images of that root look deleted."""
+    archive = photos / ".archive" / "2019"
+    write_photos(archive, 3, seed=840)
+    index(open_library, tiny_model, archive)
+    index(open_library, tiny_model, photos)
+    ids = {hit.path: hit.id for hit in open_library.search("a photo", k=20)}
+    assert len(ids) == 15
+    runs: list[Callable[[], IndexReport]] = [
+        lambda: open_library.index(photos),
+        lambda: open_library.index(archive),
+        open_library.index,
+    ]
+    for run in runs:
+        report = run()
+        assert (report.removed, report.embedded) == (0, 0)
+        assert {hit.path: hit.id for hit in open_library.search("a photo", k=20)} == ids
+
+
 def test_the_library_folder_inside_a_root_is_not_indexed(photos: Path, tiny_model: TinyModel) -> None:
     write_photos(photos / "pixsift-library" / "cache", 2, seed=900)  # images of its own
     with Library.open(photos / "pixsift-library") as library:

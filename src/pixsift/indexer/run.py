@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import PurePath
 
 from pixsift.indexer.decode import default_max_pixels, describe_error, hash_file
 from pixsift.indexer.pipeline import Embedded, Outcome, embed_files
@@ -128,7 +129,9 @@ class Indexer:
         With `R --follow-symlinks` and `R/trips` both roots, a run over `R/trips` alone would
         otherwise take the images `R` reaches through links for deleted, and the next run over
         `R` would add them again. So the run also walks the part it shares with each enclosing
-        or enclosed root as that root would: what any root finds is kept.
+        or enclosed root as that root would: what any root finds is kept. An enclosed root of
+        the same options is walked too when the run's own walk cannot reach it (`R/.archive`
+        indexed as a root of its own, while `R` is walked without hidden folders).
         """
         whole = {root.path for root in roots if root.scope is None}
         extra: set[RootRequest] = set()
@@ -136,19 +139,20 @@ class Indexer:
             if other.path in whole:  # walked whole already, with its own options
                 continue
             for root in roots:
-                if (other.include_hidden, other.follow_symlinks) == (
+                same_options = (other.include_hidden, other.follow_symlinks) == (
                     root.include_hidden,
                     root.follow_symlinks,
-                ):
-                    continue  # the run's own walk finds the same files
+                )
                 if is_within(root.folder, other.path):  # `other` encloses the run's folder
-                    extra.add(
-                        RootRequest(other.path, other.include_hidden, other.follow_symlinks, root.folder)
-                    )
+                    scope = root.folder
+                    needed = not same_options  # else the run's own walk finds the same files
                 elif is_within(other.path, root.folder):  # `other` lies inside it
-                    extra.add(
-                        RootRequest(other.path, other.include_hidden, other.follow_symlinks, other.path)
-                    )
+                    scope = other.path
+                    needed = not same_options or not _walk_enters(root, other.path)
+                else:
+                    continue
+                if needed:
+                    extra.add(RootRequest(other.path, other.include_hidden, other.follow_symlinks, scope))
         return sorted(extra, key=lambda request: request.folder)
 
     # ---- phase 2: moves, touches, duplicates and deletions, decided by content hash -------
@@ -316,6 +320,18 @@ def _store(batch: CatalogWriter, outcomes: Sequence[Outcome[Candidate]], report:
             )
             report.failed += 1
     batch.save_embeddings(fresh)
+
+
+def _walk_enters(root: RootRequest, folder: str) -> bool:
+    """Whether walking `root` reaches `folder`, a folder under it.
+
+    Root paths are stored resolved, so no link lies between them; a hidden folder on the way
+    stops a walk without --include-hidden, and `R/.archive` indexed as a root of its own must
+    not look deleted to a run over `R`.
+    """
+    if root.include_hidden:
+        return True
+    return not any(part.startswith(".") for part in PurePath(folder).relative_to(root.folder).parts)
 
 
 def _hash_or_none(path: str) -> str | None:
