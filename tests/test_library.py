@@ -317,6 +317,25 @@ def test_an_empty_nested_root_keeps_its_images_whichever_run_meets_it(
     assert open_library.index().removed == 3
 
 
+def test_an_unmounted_nested_root_of_other_options_is_only_skipped(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """A drive mounted inside the photo folder, indexed with other options, then unplugged:
+    a warning that it was skipped, as for any unmounted root, not also a folder that "could
+    not be read", which made the run exit with 3."""
+    drive = photos / "drive"
+    write_photos(drive, 3, seed=850)
+    index(open_library, tiny_model, photos)
+    open_library.index(drive, include_hidden=True)
+    drive.rename(tmp_path / "unplugged")
+    every_root, enclosing_root = open_library.index(), open_library.index(photos)
+    assert every_root.skipped_roots == [str(drive)]
+    for report in (every_root, enclosing_root):
+        assert (report.unreadable_dirs, report.removed) == ([], 0)
+        assert report.complete
+    assert open_library.status().counts.indexed == 15
+
+
 def test_a_folder_renamed_for_good_is_forgotten_with_its_images_only(
     open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
 ) -> None:

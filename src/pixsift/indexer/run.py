@@ -138,6 +138,8 @@ class Indexer:
         for other in self._catalog.roots():
             if other.path in whole:  # walked whole already, with its own options
                 continue
+            if other.path in self._settings.keep:  # unmounted: kept as is, nothing there to walk
+                continue
             for root in roots:
                 same_options = (other.include_hidden, other.follow_symlinks) == (
                     root.include_hidden,
