@@ -243,6 +243,25 @@ def test_two_files_that_swap_names_swap_vectors(
     assert np.allclose(stored_vector(open_library, second), vectors[first])
 
 
+def test_other_content_of_the_same_size_and_mtime_is_not_seen_until_touched(
+    open_library: Library, photos: Path, tiny_model: TinyModel
+) -> None:
+    """The documented limit of skipping files by size and mtime (docs/reliability.md)."""
+    target, other = sorted(photos.glob("*.jpg"), key=lambda path: path.stat().st_size)[-1:-3:-1]
+    index(open_library, tiny_model, photos)
+    old_vector, new_vector = stored_vector(open_library, target), stored_vector(open_library, other)
+    before = target.stat()
+    padding = before.st_size - other.stat().st_size  # a JPEG ignores bytes after its end
+    target.write_bytes(other.read_bytes() + b"\0" * padding)
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `touch -r` or `cp -p`
+
+    assert open_library.index(photos).unchanged == 12  # not opened: the old vector stays
+    assert np.allclose(stored_vector(open_library, target), old_vector)
+    target.touch()
+    assert open_library.index(photos).embedded == 1
+    assert float(stored_vector(open_library, target) @ new_vector) > 0.999
+
+
 def test_changed_file_gets_a_new_vector(
     open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
 ) -> None:
