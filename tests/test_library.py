@@ -262,6 +262,24 @@ def test_other_content_of_the_same_size_and_mtime_is_not_seen_until_touched(
     assert float(stored_vector(open_library, target) @ new_vector) > 0.999
 
 
+def test_a_file_moved_keeps_its_id_when_a_known_path_also_takes_its_content(
+    open_library: Library, photos: Path, tiny_model: TinyModel
+) -> None:
+    """`cp a.jpg b.jpg; mv a.jpg z.jpg`: b (a known path, earlier in the run) is a copy, and z
+    is where a went, keeping its id."""
+    moved, overwritten = photos / "photo_0101.jpg", photos / "photo_0100.jpg"
+    index(open_library, tiny_model, photos)
+    ids_before = {str(h.path): h.id for h in open_library.search("x", k=50)}
+    shutil.copy(moved, overwritten)
+    moved.rename(photos / "z_moved.jpg")
+
+    report = open_library.index(photos)
+    assert (report.moved, report.reused, report.removed, report.embedded) == (1, 1, 0, 0)
+    after = {str(h.path): h.id for h in open_library.search("x", k=50)}
+    assert after[str(photos / "z_moved.jpg")] == ids_before[str(moved)]
+    assert after[str(overwritten)] == ids_before[str(overwritten)]
+
+
 def test_changed_file_gets_a_new_vector(
     open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
 ) -> None:

@@ -193,8 +193,10 @@ class Indexer:
             batch.touch_image(known.id, size=file.size, mtime_ns=file.mtime_ns)
             report.touched += 1
             return True
-        moved_from = missing_by_hash.pop(content_hash, None)
-        if known is None and moved_from is not None:
+        # Only a new path can be where a missing file went: a known path that now holds its
+        # content is a copy, and must leave the missing row to a new path found later.
+        moved_from = missing_by_hash.pop(content_hash, None) if known is None else None
+        if moved_from is not None:
             batch.move_image(moved_from.id, file.path, size=file.size, mtime_ns=file.mtime_ns)
             gone.discard(moved_from.id)
             report.moved += 1
