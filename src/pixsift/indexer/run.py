@@ -12,14 +12,20 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import PurePath
 
 from pixsift.indexer.decode import default_max_pixels, describe_error, hash_file
 from pixsift.indexer.pipeline import Embedded, Outcome, embed_files
 from pixsift.indexer.plan import Candidate, IndexPlan, plan_folder
 from pixsift.indexer.progress import IndexProgress, SilentProgress
 from pixsift.indexer.report import IndexInterrupted, IndexReport
-from pixsift.indexer.scan import ScanOptions, ScanResult, image_extensions, is_within, scan_folder
+from pixsift.indexer.scan import (
+    ScanOptions,
+    ScanResult,
+    hidden_between,
+    image_extensions,
+    is_within,
+    scan_folder,
+)
 from pixsift.models.embedder import Embedder
 from pixsift.storage.catalog import Catalog, CatalogWriter, StoredEmbedding
 from pixsift.storage.records import FreshEmbedding, KnownFile
@@ -150,7 +156,8 @@ class Indexer:
                     needed = not same_options  # else the run's own walk finds the same files
                 elif is_within(other.path, root.folder):  # `other` lies inside it
                     scope = other.path
-                    needed = not same_options or not _walk_enters(root, other.path)
+                    unreached = not root.include_hidden and hidden_between(root.folder, other.path)
+                    needed = not same_options or unreached
                 else:
                     continue
                 if needed:
@@ -324,18 +331,6 @@ def _store(batch: CatalogWriter, outcomes: Sequence[Outcome[Candidate]], report:
             )
             report.failed += 1
     batch.save_embeddings(fresh)
-
-
-def _walk_enters(root: RootRequest, folder: str) -> bool:
-    """Whether walking `root` reaches `folder`, a folder under it.
-
-    Root paths are stored resolved, so no link lies between them; a hidden folder on the way
-    stops a walk without --include-hidden, and `R/.archive` indexed as a root of its own must
-    not look deleted to a run over `R`.
-    """
-    if root.include_hidden:
-        return True
-    return not any(part.startswith(".") for part in PurePath(folder).relative_to(root.folder).parts)
 
 
 def _hash_or_none(path: str) -> str | None:
