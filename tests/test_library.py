@@ -243,6 +243,43 @@ def test_two_files_that_swap_names_swap_vectors(
     assert np.allclose(stored_vector(open_library, second), vectors[first])
 
 
+def test_other_content_of_the_same_size_and_mtime_is_not_seen_until_touched(
+    open_library: Library, photos: Path, tiny_model: TinyModel
+) -> None:
+    """The documented limit of skipping files by size and mtime (docs/reliability.md)."""
+    target, other = sorted(photos.glob("*.jpg"), key=lambda path: path.stat().st_size)[-1:-3:-1]
+    index(open_library, tiny_model, photos)
+    old_vector, new_vector = stored_vector(open_library, target), stored_vector(open_library, other)
+    before = target.stat()
+    padding = before.st_size - other.stat().st_size  # a JPEG ignores bytes after its end
+    target.write_bytes(other.read_bytes() + b"\0" * padding)
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `touch -r` or `cp -p`
+
+    assert open_library.index(photos).unchanged == 12  # not opened: the old vector stays
+    assert np.allclose(stored_vector(open_library, target), old_vector)
+    target.touch()
+    assert open_library.index(photos).embedded == 1
+    assert float(stored_vector(open_library, target) @ new_vector) > 0.999
+
+
+def test_a_file_moved_keeps_its_id_when_a_known_path_also_takes_its_content(
+    open_library: Library, photos: Path, tiny_model: TinyModel
+) -> None:
+    """`cp a.jpg b.jpg; mv a.jpg z.jpg`: b (a known path, earlier in the run) is a copy, and z
+    is where a went, keeping its id."""
+    moved, overwritten = photos / "photo_0101.jpg", photos / "photo_0100.jpg"
+    index(open_library, tiny_model, photos)
+    ids_before = {str(h.path): h.id for h in open_library.search("x", k=50)}
+    shutil.copy(moved, overwritten)
+    moved.rename(photos / "z_moved.jpg")
+
+    report = open_library.index(photos)
+    assert (report.moved, report.reused, report.removed, report.embedded) == (1, 1, 0, 0)
+    after = {str(h.path): h.id for h in open_library.search("x", k=50)}
+    assert after[str(photos / "z_moved.jpg")] == ids_before[str(moved)]
+    assert after[str(overwritten)] == ids_before[str(overwritten)]
+
+
 def test_changed_file_gets_a_new_vector(
     open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
 ) -> None:
@@ -315,6 +352,25 @@ def test_an_empty_nested_root_keeps_its_images_whichever_run_meets_it(
     # Gone for good: forgotten as a root; the enclosing root's next run drops what it no longer finds
     assert open_library.forget(drive) == 0
     assert open_library.index().removed == 3
+
+
+def test_an_unmounted_nested_root_of_other_options_is_only_skipped(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """A drive mounted inside the photo folder, indexed with other options, then unplugged:
+    a warning that it was skipped, as for any unmounted root, not also a folder that "could
+    not be read", which made the run exit with 3."""
+    drive = photos / "drive"
+    write_photos(drive, 3, seed=850)
+    index(open_library, tiny_model, photos)
+    open_library.index(drive, include_hidden=True)
+    drive.rename(tmp_path / "unplugged")
+    every_root, enclosing_root = open_library.index(), open_library.index(photos)
+    assert every_root.skipped_roots == [str(drive)]
+    for report in (every_root, enclosing_root):
+        assert (report.unreadable_dirs, report.removed) == ([], 0)
+        assert report.complete
+    assert open_library.status().counts.indexed == 15
 
 
 def test_a_folder_renamed_for_good_is_forgotten_with_its_images_only(
@@ -557,6 +613,28 @@ def test_nested_roots_with_other_options_keep_each_others_images(
         assert {hit.path: hit.id for hit in open_library.search("a photo", k=20)} == ids
     again = open_library.index(photos, **{option: True})  # type: ignore[arg-type]  # the enclosing root, later
     assert (again.removed, again.embedded, again.unchanged) == (0, 0, 14)
+
+
+def test_a_root_inside_a_hidden_folder_of_another_root_keeps_its_images(
+    open_library: Library, photos: Path, tiny_model: TinyModel
+) -> None:
+    """`index R/.archive`, then `index R` (both without --include-hidden): the walk of R never
+    enters `.archive`, which must not make the images of that root look deleted."""
+    archive = photos / ".archive" / "2019"
+    write_photos(archive, 3, seed=840)
+    index(open_library, tiny_model, archive)
+    index(open_library, tiny_model, photos)
+    ids = {hit.path: hit.id for hit in open_library.search("a photo", k=20)}
+    assert len(ids) == 15
+    runs: list[Callable[[], IndexReport]] = [
+        lambda: open_library.index(photos),
+        lambda: open_library.index(archive),
+        open_library.index,
+    ]
+    for run in runs:
+        report = run()
+        assert (report.removed, report.embedded) == (0, 0)
+        assert {hit.path: hit.id for hit in open_library.search("a photo", k=20)} == ids
 
 
 def test_the_library_folder_inside_a_root_is_not_indexed(photos: Path, tiny_model: TinyModel) -> None:

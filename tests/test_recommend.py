@@ -15,6 +15,7 @@ from pixsift import (
     AccessDeniedError,
     ImageNotFoundError,
     ImageTooLargeError,
+    InvalidPathError,
     Library,
     QueryError,
     QueryTerm,
@@ -228,6 +229,20 @@ def test_reindex_touches_only_the_part_asked_for(library: Library, photos: Path)
     assert library.reindex(photos).removed == 1
     with pytest.raises(AccessDeniedError):
         library.reindex(photos.parent)
+
+
+def test_reindex_refuses_a_hidden_folder_its_root_does_not_index(library: Library, photos: Path) -> None:
+    """Re-indexing `R/.hidden` (POST /index) added its images, which the next run over R, a
+    root indexed without hidden files, removed again: every time, embedding them anew."""
+    write_photos(photos / ".hidden" / "sub", 2, seed=610)
+    for asked in (photos / ".hidden", photos / ".hidden" / "sub"):
+        with pytest.raises(InvalidPathError, match="hidden folder"):
+            library.check_reindex([asked])
+        with pytest.raises(InvalidPathError, match="hidden folder"):
+            library.reindex(asked)
+    assert library.index().removed == 0
+    library.index(photos, include_hidden=True)  # a root that takes hidden files takes them there
+    assert library.reindex(photos / ".hidden").unchanged == 2
 
 
 def test_query_images_above_the_pixel_limit_are_refused(library: Library, photos: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ from pixsift.errors import (
 from pixsift.evaluation import DEFAULT_CUTOFFS, EvalReport, LabelledQuery, evaluate, read_queries
 from pixsift.indexer import Indexer, IndexProgress, IndexReport, IndexSettings, RootRequest
 from pixsift.indexer.decode import default_max_pixels
-from pixsift.indexer.scan import is_within, looks_unmounted
+from pixsift.indexer.scan import hidden_between, is_within, looks_unmounted
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
 from pixsift.search.diversity import mmr_order
@@ -283,7 +284,14 @@ class Library:
             ),
             key=lambda r: len(r.path),
         )
-        scope = None if folder == os.path.realpath(root.path) else folder
+        walked = os.path.realpath(root.path)
+        scope = None if folder == walked else folder
+        if scope is not None and not root.include_hidden and hidden_between(walked, scope):
+            # What a run added there, the next run over the whole root would take for deleted.
+            raise InvalidPathError(
+                f"{os.fspath(path)} lies in a hidden folder, which {root.path} is indexed without; "
+                f"to index hidden files there: pixsift index --include-hidden {shlex.quote(root.path)}"
+            )
         return RootRequest(root.path, root.include_hidden, root.follow_symlinks, scope=scope)
 
     def _run_indexer(

@@ -18,7 +18,14 @@ from pixsift.indexer.pipeline import Embedded, Outcome, embed_files
 from pixsift.indexer.plan import Candidate, IndexPlan, plan_folder
 from pixsift.indexer.progress import IndexProgress, SilentProgress
 from pixsift.indexer.report import IndexInterrupted, IndexReport
-from pixsift.indexer.scan import ScanOptions, ScanResult, image_extensions, is_within, scan_folder
+from pixsift.indexer.scan import (
+    ScanOptions,
+    ScanResult,
+    hidden_between,
+    image_extensions,
+    is_within,
+    scan_folder,
+)
 from pixsift.models.embedder import Embedder
 from pixsift.storage.catalog import Catalog, CatalogWriter, StoredEmbedding
 from pixsift.storage.records import FreshEmbedding, KnownFile
@@ -128,27 +135,33 @@ class Indexer:
         With `R --follow-symlinks` and `R/trips` both roots, a run over `R/trips` alone would
         otherwise take the images `R` reaches through links for deleted, and the next run over
         `R` would add them again. So the run also walks the part it shares with each enclosing
-        or enclosed root as that root would: what any root finds is kept.
+        or enclosed root as that root would: what any root finds is kept. An enclosed root of
+        the same options is walked too when the run's own walk cannot reach it (`R/.archive`
+        indexed as a root of its own, while `R` is walked without hidden folders).
         """
         whole = {root.path for root in roots if root.scope is None}
         extra: set[RootRequest] = set()
         for other in self._catalog.roots():
             if other.path in whole:  # walked whole already, with its own options
                 continue
+            if other.path in self._settings.keep:  # unmounted: kept as is, nothing there to walk
+                continue
             for root in roots:
-                if (other.include_hidden, other.follow_symlinks) == (
+                same_options = (other.include_hidden, other.follow_symlinks) == (
                     root.include_hidden,
                     root.follow_symlinks,
-                ):
-                    continue  # the run's own walk finds the same files
+                )
                 if is_within(root.folder, other.path):  # `other` encloses the run's folder
-                    extra.add(
-                        RootRequest(other.path, other.include_hidden, other.follow_symlinks, root.folder)
-                    )
+                    scope = root.folder
+                    needed = not same_options  # else the run's own walk finds the same files
                 elif is_within(other.path, root.folder):  # `other` lies inside it
-                    extra.add(
-                        RootRequest(other.path, other.include_hidden, other.follow_symlinks, other.path)
-                    )
+                    scope = other.path
+                    unreached = not root.include_hidden and hidden_between(root.folder, other.path)
+                    needed = not same_options or unreached
+                else:
+                    continue
+                if needed:
+                    extra.add(RootRequest(other.path, other.include_hidden, other.follow_symlinks, scope))
         return sorted(extra, key=lambda request: request.folder)
 
     # ---- phase 2: moves, touches, duplicates and deletions, decided by content hash -------
@@ -187,8 +200,10 @@ class Indexer:
             batch.touch_image(known.id, size=file.size, mtime_ns=file.mtime_ns)
             report.touched += 1
             return True
-        moved_from = missing_by_hash.pop(content_hash, None)
-        if known is None and moved_from is not None:
+        # Only a new path can be where a missing file went: a known path that now holds its
+        # content is a copy, and must leave the missing row to a new path found later.
+        moved_from = missing_by_hash.pop(content_hash, None) if known is None else None
+        if moved_from is not None:
             batch.move_image(moved_from.id, file.path, size=file.size, mtime_ns=file.mtime_ns)
             gone.discard(moved_from.id)
             report.moved += 1

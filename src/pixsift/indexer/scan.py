@@ -13,6 +13,7 @@ import os
 import stat
 from collections.abc import Callable, Collection, Sized
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Protocol
 
 from PIL import features
@@ -154,6 +155,12 @@ def _classify(entry: os.DirEntry[str], options: ScanOptions) -> ScannedFile | st
 def is_within(path: str, folder: str) -> bool:
     """Whether `path` is `folder` or lies under it, as written (no link is resolved)."""
     return path == folder or path.startswith(os.path.join(folder, ""))
+
+
+def hidden_between(folder: str, inner: str) -> bool:
+    """Whether a hidden name lies on the way from `folder` down to `inner`, a path under it
+    (both as written): a walk without hidden files never reaches `inner`."""
+    return any(part.startswith(".") for part in PurePath(inner).relative_to(folder).parts)
 
 
 def looks_unmounted(folder: str, catalog: HoldsImages) -> bool:
