@@ -217,6 +217,20 @@ def test_non_utf8_file_names_print_as_their_bytes(tmp_path: Path, tiny_model: Ti
     assert json.loads(as_json.stdout)[0]["path"].encode("utf-8", "surrogateescape") == odd
 
 
+def test_a_newline_in_a_file_name_stays_in_its_row(tmp_path: Path, tiny_model: TinyModel) -> None:
+    photos = tmp_path / "photos"
+    (path,) = write_photos(photos, 1)
+    path.rename(photos / "two\nlines.jpg")
+    library = ["--library", str(tmp_path / "lib")]
+    assert run_cli("index", str(photos), *library, *tiny_model.index_args()).returncode == 0
+    table = run_cli("search", "x", *library)
+    assert table.stdout.splitlines()[1:] == [f"   1  {table.stdout.split()[-2]}  {photos}/two\\nlines.jpg"]
+    status = run_cli("status", *library)
+    assert f"{photos}  (last indexed" in status.stdout
+    as_json = run_cli("search", "x", "-f", "json", *library)  # machine formats keep the name exact
+    assert json.loads(as_json.stdout)[0]["path"] == str(photos / "two\nlines.jpg")
+
+
 def indexed_count(library: Path) -> int:
     try:
         with sqlite3.connect(f"file:{library / 'library.db'}?mode=ro", uri=True, timeout=5) as db:

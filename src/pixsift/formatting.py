@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import unicodedata
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -47,8 +48,16 @@ def format_results(results: Sequence[SearchResult], fmt: ResultFormat) -> str:
     if fmt is ResultFormat.paths:
         return "\n".join(str(r.path) for r in results)
     lines = [f"{'rank':>4}  {'score':>6}  path"]
-    lines += [f"{r.rank:>4}  {r.score:>6.4f}  {r.path}" for r in results]
+    lines += [f"{r.rank:>4}  {r.score:>6.4f}  {shown(r.path)}" for r in results]
     return "\n".join(lines)
+
+
+def shown(path: object) -> str:
+    """A path for a row of text: control characters (a newline in a file name) escaped as
+    Python writes them, so one path stays one row. Other characters, invalid UTF-8 included,
+    are printed as they are."""
+    text = str(path)
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
 
 
 def format_report(report: IndexReport) -> str:
@@ -117,11 +126,11 @@ def format_status(status: LibraryStatus, failures: Sequence[Failure] | None) -> 
         lines.append("Roots    none")
     for number, root in enumerate(status.roots):
         when = root.last_indexed_at.strftime("%Y-%m-%d %H:%M UTC") if root.last_indexed_at else "never"
-        lines.append(f"{'Roots' if number == 0 else '':<8} {root.path}  (last indexed {when})")
+        lines.append(f"{'Roots' if number == 0 else '':<8} {shown(root.path)}  (last indexed {when})")
     if failures is not None:
         lines.append("")
         lines.append(f"Failed files ({len(failures)}):" if failures else "No failed files.")
-        lines += [f"  {f.path}: {f.error}" for f in failures]
+        lines += [f"  {shown(f.path)}: {f.error}" for f in failures]
     return "\n".join(lines)
 
 
