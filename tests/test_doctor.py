@@ -188,7 +188,11 @@ def test_files_gone_from_disk_are_dropped_but_not_an_unmounted_folder(
         path.unlink()
     found = check(indexed)
     assert kinds(found) == ["missing-files"]
-    assert found.problems[0].message == "2 indexed file(s) no longer exist on disk."
+    assert (
+        found.problems[0].message
+        == "2 indexed file(s) no longer exist on disk (if moved, pixsift index finds them again and "
+        "keeps their ids)."
+    )
     repaired = repair(indexed)
     assert repaired.healthy and "dropped 2 row(s) of files gone from disk" in repaired.repairs
     assert (repaired.images, repaired.index_vectors) == (10, 10)
@@ -258,13 +262,18 @@ def test_doctor_command(indexed: Path, photos: Path) -> None:
     sick = runner.invoke(app, ["doctor", "--library", str(indexed)])
     assert sick.exit_code == 3
     assert (
-        "problem: 1 indexed file(s) no longer exist on disk. (pixsift doctor --repair fixes this)"
-        in sick.stdout
+        "problem: 1 indexed file(s) no longer exist on disk (if moved, pixsift index finds them again "
+        "and keeps their ids). (pixsift doctor --repair fixes this)" in sick.stdout
     )
     as_json = json.loads(runner.invoke(app, ["doctor", "-f", "json", "--library", str(indexed)]).stdout)
     assert as_json["healthy"] is False
     assert as_json["problems"] == [
-        {"kind": "missing-files", "message": "1 indexed file(s) no longer exist on disk.", "repairable": True}
+        {
+            "kind": "missing-files",
+            "message": "1 indexed file(s) no longer exist on disk (if moved, pixsift index finds them "
+            "again and keeps their ids).",
+            "repairable": True,
+        }
     ]
 
     fixed = runner.invoke(app, ["doctor", "--repair", "--library", str(indexed)])

@@ -207,7 +207,10 @@ def _check_files(catalog: Catalog, report: HealthReport) -> None:
         report.problems.append(
             Problem(
                 "missing-files",
-                f"{gone} indexed file(s) no longer exist on disk.",
+                # A moved file is only missing until the next index run finds it under its new
+                # path (same id); a repair would drop it, and that run would add it anew.
+                f"{gone} indexed file(s) no longer exist on disk (if moved, pixsift index finds them "
+                "again and keeps their ids).",
                 repairable=True,
             )
         )
