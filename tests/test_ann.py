@@ -287,15 +287,21 @@ def test_crossing_a_threshold_changes_the_kind_at_the_next_index_run(tmp_path: P
         assert recall_at_10(library, folder, queries(50)) >= RECALL_TARGET
 
 
+def delete_behind_the_graph(library: Library, ids: list[int]) -> None:
+    """Delete `ids` from the catalog of `library` (an HNSW one) after its graph holds them,
+    as another process would: the graph keeps them as tombstones."""
+    library.search_vector(queries(1)[0])  # the graph is built for every image
+    catalog = Catalog.open(library.path / "library.db")
+    with catalog.write() as batch:
+        batch.delete_images(ids)
+    catalog.close()
+
+
 def test_hnsw_tombstones_are_compacted_by_a_rebuild(tmp_path: Path) -> None:
     folder = tmp_path / "library"
     ids = fill(folder, COUNT)
     with Library.open(folder, index_thresholds=THRESHOLDS[IndexKind.hnsw]) as library:
-        library.search_vector(queries(1)[0])  # the graph is built for every image
-        catalog = Catalog.open(folder / "library.db")
-        with catalog.write() as batch:
-            batch.delete_images(ids[: COUNT // 3])
-        catalog.close()
+        delete_behind_the_graph(library, ids[: COUNT // 3])
         library.search_vector(queries(1)[0])  # caught up: a third of the graph is tombstones
         assert library.index_summary().tombstones == COUNT // 3
         index_run(library, tmp_path)
@@ -307,11 +313,7 @@ def test_asking_for_every_image_past_tombstones_returns_every_image(tmp_path: Pa
     folder = tmp_path / "library"
     ids = fill(folder, COUNT)
     with Library.open(folder, index_thresholds=THRESHOLDS[IndexKind.hnsw]) as library:
-        library.search_vector(queries(1)[0])  # the graph is built for every image
-        catalog = Catalog.open(folder / "library.db")
-        with catalog.write() as batch:
-            batch.delete_images(ids[::2])
-        catalog.close()
+        delete_behind_the_graph(library, ids[::2])
         left = set(ids) - set(ids[::2])
         for query in queries(5):  # half the graph is tombstones
             assert library.index_summary().tombstones == len(ids[::2])
