@@ -74,7 +74,11 @@ def hash_bytes(data: bytes) -> str:
 
 def hash_file(path: str) -> str:
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        return _hash_stream(f)
+
+
+def _hash_stream(file: io.BufferedReader) -> str:
+    return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def load_image(
@@ -91,7 +95,7 @@ def load_image(
         if size > READ_WHOLE_MAX_BYTES:
             opened = open_oriented(f, target_size, max_pixels)
             f.seek(0)
-            content_hash = hashlib.file_digest(f, "sha256").hexdigest()
+            content_hash = _hash_stream(f)
         else:
             data = f.read()
             opened = open_oriented(data, target_size, max_pixels)
@@ -129,7 +133,7 @@ class OrientedImage(NamedTuple):
     width: int  # the full-size width and height as displayed
     height: int
     format: str
-    taken_at: str | None  # EXIF date taken, see `exif_taken_at`
+    taken_at: str | None  # EXIF date taken, see `_taken_at`
 
 
 def open_oriented(source: bytes | BinaryIO, target_size: int, max_pixels: int) -> OrientedImage:
@@ -150,15 +154,6 @@ def open_oriented(source: bytes | BinaryIO, target_size: int, max_pixels: int) -
         if upright.size != image.size:  # rotated by 90 degrees
             width, height = height, width
         return OrientedImage(_to_rgb(upright), width, height, image_format, taken)
-
-
-def exif_taken_at(data: bytes) -> str | None:
-    """The EXIF DateTimeOriginal (else DateTime) of an encoded image, or None (see `_taken_at`)."""
-    try:
-        with Image.open(io.BytesIO(data), formats=allowed_formats()) as image:
-            return _taken_at(image)
-    except Exception:  # not an image: no date either
-        return None
 
 
 def _taken_at(image: Image.Image) -> str | None:
