@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pixsift.models.clip_tokenizer import ClipTokenizer, clean
+from pixsift.models.clip_tokenizer import ClipTokenizer, KnownWords, clean
 
 STRINGS = [
     "a photo of a dog",
@@ -96,3 +97,43 @@ def test_saved_tokenizer_loads_the_same(tmp_path: object) -> None:
     assert np.array_equal(loaded(texts), ours(texts))
     merges = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]["merges"]
     assert len(merges) == 49152 - 256 - 2 and all(isinstance(merge, str) for merge in merges)
+
+
+PLAIN_QUERIES = [
+    "a photo of a dog",
+    "Dog running on a beach",
+    "two cats, sleeping on a red sofa!",
+    "it's 3 o'clock in the afternoon",
+    "sunset over the mountains... 1999",
+]
+
+
+def saved_with_known_words(folder: Path) -> tuple[ClipTokenizer, ClipTokenizer]:
+    """The full tokenizer, and the one read back from its files with the known-words table."""
+    full = ClipTokenizer.from_open_clip(77)
+    full.save(folder / "tokenizer.json")
+    full.save_known_words(folder / "known-words.json")
+    return full, ClipTokenizer.from_file(folder / "tokenizer.json", 77, folder / "known-words.json")
+
+
+def test_plain_words_are_tokenized_without_building_the_bpe(tmp_path: Path) -> None:
+    full, quick = saved_with_known_words(tmp_path)
+    assert np.array_equal(quick(PLAIN_QUERIES), full(PLAIN_QUERIES))
+    assert not quick.bpe_loaded
+
+
+def test_text_with_unknown_pieces_builds_the_bpe_and_gets_the_same_ids(tmp_path: Path) -> None:
+    full, quick = saved_with_known_words(tmp_path)
+    assert np.array_equal(quick(["a photo of a xyzzyq"]), full(["a photo of a xyzzyq"]))
+    assert quick.bpe_loaded
+    texts = STRINGS + random_strings(200) + ascii_strings(40) + PLAIN_QUERIES
+    assert np.array_equal(quick(texts), full(texts))
+
+
+def test_known_words_are_whole_pieces_of_the_vocabulary(tmp_path: Path) -> None:
+    full, quick = saved_with_known_words(tmp_path)
+    table = KnownWords.load(tmp_path / "known-words.json")
+    assert 30_000 < len(table) < 49_408
+    assert table.ids("dog") is not None and table.ids("dog's") is not None
+    assert table.ids("café") is None  # not plain ASCII: the BPE decides
+    assert table.ids("<start_of_text>") is None  # a special token, as the BPE reads it

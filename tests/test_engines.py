@@ -171,6 +171,21 @@ def test_damaged_export_is_made_again(tiny_model: TinyModel, photo_set: Path) ->
     assert read_export(spec) is not None
 
 
+def test_damaged_tokenizer_read_late_is_made_again(tiny_model: TinyModel) -> None:
+    """A query of known words never reads the BPE file, so damage in it shows only at the
+    first text that needs it: that text still gets its vector, from a fresh export."""
+    spec = tiny_spec(tiny_model)
+    rare = ["a photo of a xyzzyq"]
+    good = load_embedder(spec, "cpu", "auto").embed_texts([*TEXTS[:2], *rare])
+    tokenizer_file = export_folder(spec) / "tokenizer.json"
+    tokenizer_file.write_bytes(b"\0" * tokenizer_file.stat().st_size)  # same size: not noticed early
+    embedder = load_embedder(spec, "cpu", "auto")
+    assert np.allclose(embedder.embed_texts(TEXTS[:2]), good[:2], atol=1e-5)
+    assert tokenizer_file.read_bytes().startswith(b"\0")  # not needed for known words
+    assert np.allclose(embedder.embed_texts(rare), good[2:], atol=1e-5)
+    assert json.loads(tokenizer_file.read_text(encoding="utf-8"))  # exported again
+
+
 def test_metadata_of_another_shape_is_a_damaged_export(tiny_model: TinyModel) -> None:
     """meta.json that is JSON but not an export's (null, a list, a field of the wrong kind)."""
     spec = tiny_spec(tiny_model)

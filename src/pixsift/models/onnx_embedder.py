@@ -25,6 +25,7 @@ import numpy as np
 
 from pixsift.errors import ModelError, ModelMismatchError
 from pixsift.models.onnx_export import (
+    KNOWN_WORDS,
     META,
     ONE_INPUT_PER_CALL,
     TOKENIZER,
@@ -107,7 +108,7 @@ class OnnxEmbedder:
             return np.asarray(self._torch().embed_texts(texts), dtype=np.float32)
         # One text at a time: a text's vector must not depend on the others in its call (int8
         # activation scales are per call, and the tokens are trimmed to the call's longest).
-        tokens = self._tokens()(list(texts))
+        tokens = self._tokenize(list(texts))
         rows = [trim_tokens(row[None, :]) if self._export.text_trim else row[None, :] for row in tokens]
         if not rows:
             return np.zeros((0, self.record.embed_dim), dtype=np.float32)
@@ -180,6 +181,22 @@ class OnnxEmbedder:
             options.intra_op_num_threads = 1  # its calls run side by side on their own threads
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
+    def _tokenize(self, texts: list[str]) -> np.ndarray:
+        """Token ids; a damaged tokenizer file (it may be read only now, for the first text
+        that is not all known words) makes the model export again, once."""
+        from pixsift.models.clip_tokenizer import TokenizerFileError
+
+        tokenizer = self._tokens()
+        try:
+            return tokenizer(texts)
+        except TokenizerFileError:
+            with self._lock:
+                if self._tokenizer is tokenizer:  # not remade by another thread meanwhile
+                    discard(self._export)
+                    self._export = self._remake()
+                    self._tokenizer = None
+            return self._tokens()(texts)
+
     def _tokens(self) -> ClipTokenizer:
         with self._lock:
             if self._tokenizer is None:
@@ -187,14 +204,19 @@ class OnnxEmbedder:
             return self._tokenizer
 
     def _load_tokenizer(self) -> ClipTokenizer:
-        from pixsift.models.clip_tokenizer import ClipTokenizer
-
         try:
-            return ClipTokenizer.from_file(self._export.folder / TOKENIZER, self._export.context_length)
+            return self._read_tokenizer()
         except Exception:
             discard(self._export)
             self._export = self._remake()
-            return ClipTokenizer.from_file(self._export.folder / TOKENIZER, self._export.context_length)
+            return self._read_tokenizer()
+
+    def _read_tokenizer(self) -> ClipTokenizer:
+        from pixsift.models.clip_tokenizer import ClipTokenizer
+
+        folder = self._export.folder
+        known = folder / KNOWN_WORDS if KNOWN_WORDS in self._export.files else None  # older exports: none
+        return ClipTokenizer.from_file(folder / TOKENIZER, self._export.context_length, known)
 
     def _torch(self) -> Any:
         if self._fallback is None:

@@ -54,6 +54,7 @@ TOWERS = ("image", "text")
 META = "meta.json"
 ABANDONED_WORK_S = 3 * 3600  # a work folder untouched this long belongs to a killed export
 TOKENIZER = "tokenizer.json"
+KNOWN_WORDS = "known-words.json"  # lets a query of plain words skip building the BPE
 _CALIBRATION_IMAGES = 12
 _CALIBRATION_TEXTS = (
     "a photo of a dog",
@@ -241,7 +242,7 @@ def _forget(meta: dict[str, Any], tower: str) -> None:
     meta["cosine"].pop(tower, None)
     names = [f"{tower}-{precision}.onnx" for precision in PRECISIONS]
     if tower == "text":
-        names.append(TOKENIZER)
+        names += [TOKENIZER, KNOWN_WORDS]
     for name in names:
         meta["files"].pop(name, None)
 
@@ -280,7 +281,8 @@ def _export_text(folder: Path, clip: ClipEmbedder, meta: dict[str, Any]) -> int:
     if not np.array_equal(tokens, clip.tokenizer(list(_CALIBRATION_TEXTS)).numpy()):
         raise ValueError("the torch-free tokenizer does not give open_clip's token ids")
     tokenizer.save(folder / TOKENIZER)
-    meta["files"][TOKENIZER] = 0
+    tokenizer.save_known_words(folder / KNOWN_WORDS)
+    meta["files"][TOKENIZER] = meta["files"][KNOWN_WORDS] = 0
     reference = clip.embed_texts(list(_CALIBRATION_TEXTS))  # the full context, as open_clip runs it
     meta["text_trim"] = _trims_text(clip.model)
     if meta["text_trim"]:
