@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install  ## the offline demo: synthetic images, the bundled synthetic-tiny model, index and search
-	$(BIN)/python tools/demo.py
+	$(BIN)/python -m pixsift.demo
 
 lint: install
 	$(BIN)/ruff check src tests tools benchmarks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -37,10 +38,35 @@ def test_readme_commands_exist() -> None:
         assert f"\n{target}:" in (ROOT / "Makefile").read_text(), target
 
 
+def test_readme_python_commands_exist() -> None:
+    """`python -m` in the README runs a module of the package, which a wheel ships too (the
+    offline demo among them); `python some/file.py` runs a file of a clone."""
+    blocks = "\n".join(re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL))
+    modules = re.findall(r"^python -m ([\w.]+)", blocks, flags=re.MULTILINE)
+    assert "pixsift.demo" in modules
+    for module in modules:
+        assert module.split(".")[0] == "pixsift" and importlib.util.find_spec(module), module
+    for script in re.findall(r"^python ([\w/.-]+\.py)", blocks, flags=re.MULTILINE):
+        assert (ROOT / script).is_file(), script
+
+
+def test_demo_refuses_to_replace_a_folder_it_did_not_make(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pixsift import demo
+
+    (tmp_path / "holiday.jpg").write_bytes(b"not a demo image")
+    monkeypatch.setattr(sys, "argv", ["python -m pixsift.demo", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main()
+    assert exit_info.value.code == 2
+    assert (tmp_path / "holiday.jpg").exists()
+
+
 @pytest.mark.slow
 def test_demo_runs_offline_and_finds_what_it_asks_for(tmp_path: Path) -> None:
     env = {**os.environ, "HF_ENDPOINT": CLOSED_PORT_URL, "HF_HOME": str(tmp_path / "hf")}
-    demo = [sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(tmp_path / "demo"), "--count", "96"]
+    demo = [sys.executable, "-m", "pixsift.demo", "--out", str(tmp_path / "demo"), "--count", "96"]
     result = subprocess.run(demo, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().splitlines()[-1].startswith('try: pixsift search "two green triangles"')

@@ -226,6 +226,22 @@ def test_new_changed_moved_copied_touched_and_deleted_files(
     assert open_library.status().counts.indexed == 13
 
 
+def test_heif_files_without_the_heif_extra_are_counted_and_the_summary_says_what_to_install(
+    open_library: Library, photos: Path, tiny_model: TinyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pixsift.formatting import format_report
+    from pixsift.indexer.scan import BASE_EXTENSIONS
+
+    monkeypatch.setattr("pixsift.indexer.run.image_extensions", lambda: BASE_EXTENSIONS)  # no pillow-heif
+    shutil.copy(photos / "photo_0100.jpg", photos / "IMG_0001.HEIC")  # the name is what counts
+    report = index(open_library, tiny_model, photos, photos)  # twice the same root: counted once
+    assert (report.scanned, report.added, report.unsupported_heif) == (12, 12, 1)
+    assert report.complete  # not a failure: the run exits with 0
+    assert "1 HEIC/HEIF file(s) skipped; to index them: pip install 'pixsift[heif]'" in format_report(report)
+    (photos / "IMG_0001.HEIC").unlink()
+    assert "HEIC" not in format_report(open_library.index(photos))
+
+
 def test_two_files_that_swap_names_swap_vectors(
     open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
 ) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pixsift.indexer.plan import plan_folder
-from pixsift.indexer.scan import BASE_EXTENSIONS, ScannedFile, ScanOptions, scan_folder
+from pixsift.indexer.scan import BASE_EXTENSIONS, HEIF_EXTENSIONS, ScannedFile, ScanOptions, scan_folder
 from pixsift.storage.records import KnownFile
 
 
@@ -39,6 +39,19 @@ def test_only_image_extensions_any_case(tmp_path: Path) -> None:
     ]:
         touch(tmp_path / name)
     assert names(tmp_path) == ["a.jpg", "b.JPEG", "c.png", "d.webp", "e.gif", "f.bmp", "g.tif", "h.TIFF"]
+
+
+def test_heif_files_this_install_cannot_read_are_told_apart(tmp_path: Path) -> None:
+    for name in ["a.jpg", "IMG_0001.HEIC", "sub/b.heif", ".hidden.heic", "notes.txt"]:
+        touch(tmp_path / name)
+    without = scan_folder(str(tmp_path), ScanOptions(extensions=BASE_EXTENSIONS))
+    assert sorted(os.path.relpath(p, tmp_path) for p in without.files) == ["a.jpg"]
+    assert sorted(os.path.relpath(p, tmp_path) for p in without.unsupported_heif) == [
+        "IMG_0001.HEIC",
+        "sub/b.heif",
+    ]
+    with_heif = scan_folder(str(tmp_path), ScanOptions(extensions=BASE_EXTENSIONS | HEIF_EXTENSIONS))
+    assert len(with_heif.files) == 3 and not with_heif.unsupported_heif
 
 
 def test_recursive_and_hidden(tmp_path: Path) -> None:

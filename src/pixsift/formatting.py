@@ -92,6 +92,10 @@ def report_warnings(report: IndexReport) -> list[str]:
             f"warning: folder {root} is missing or empty (unmounted?); its images were kept "
             f"(if it is gone for good: pixsift forget {shlex.quote(root)})"
         )
+    if report.unsupported_heif:
+        lines.append(
+            f"{report.unsupported_heif} HEIC/HEIF file(s) skipped; to index them: pip install 'pixsift[heif]'"
+        )
     if report.failed:
         lines.append(f"{report.failed} file(s) could not be read; list them with: pixsift status --failed")
     if report.still_failed:

@@ -19,6 +19,7 @@ class IndexReport:
     failed: int = 0  # files that could not be read this run
     still_failed: int = 0  # unchanged files whose content failed in an earlier run (not retried)
     unreadable_dirs: list[tuple[str, str]] = field(default_factory=list)
+    unsupported_heif: int = 0  # HEIC/HEIF files not indexed: the heif extra is not installed
     skipped_roots: list[str] = field(default_factory=list)  # known roots not on disk: kept as is
     elapsed_s: float = 0.0
     embed_s: float = 0.0  # time spent in the embedding phase (decode + model)

@@ -106,6 +106,7 @@ class Indexer:
         extensions = image_extensions()
         self._progress.start("Scanning")
         scan = ScanResult()
+        unsupported_heif: set[str] = set()  # a set: nested roots walk the same files twice
         known: dict[str, KnownFile] = {}
         # Nested roots simply scan the same files twice into one dict: a file stays while any
         # root that holds it reaches it with its own options.
@@ -119,10 +120,12 @@ class Indexer:
             found = scan_folder(root.folder, options, on_folder=self._progress.advance)
             scan.files.update(found.files)
             scan.unreadable_dirs.extend(found.unreadable_dirs)
+            unsupported_heif.update(found.unsupported_heif)
             known.update(self._catalog.known_files(root.folder))
         self._progress.stop()
         report.scanned = len(scan.files)
         report.unreadable_dirs = scan.unreadable_dirs
+        report.unsupported_heif = len(unsupported_heif)
         unknown = [folder for folder, _ in scan.unreadable_dirs] + list(self._settings.keep)
         plan = plan_folder(scan.files, known, unknown)
         report.unchanged = plan.unchanged

@@ -53,6 +53,8 @@ class ScannedFile:
 class ScanResult:
     files: dict[str, ScannedFile] = field(default_factory=dict)
     unreadable_dirs: list[tuple[str, str]] = field(default_factory=list)  # (folder, reason)
+    # HEIC/HEIF files left out because this install cannot read them (no pillow-heif)
+    unsupported_heif: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ def scan_folder(
                 result.files[entry.path] = found
             elif found == "dir":
                 subfolders.append(entry.path)
+            elif found == "heif":
+                result.unsupported_heif.append(entry.path)
         if unknown_entry is not None:
             result.unreadable_dirs.append(unknown_entry)
         stack.extend(reversed(subfolders))  # pop() then visits them in name order
@@ -130,7 +134,8 @@ def _folder_keys(folders: Collection[str]) -> set[tuple[int, int]]:
 
 
 def _classify(entry: os.DirEntry[str], options: ScanOptions) -> ScannedFile | str | None:
-    """'dir' for a folder to enter, a ScannedFile for an image file, None for anything else.
+    """'dir' for a folder to enter, a ScannedFile for an image file, 'heif' for a HEIC/HEIF file
+    that `options` leaves out (pillow-heif is not installed), None for anything else.
 
     Raises OSError when the entry is there but cannot be examined (a folder without search
     permission, a stale network mount): its images must be kept, not taken for deleted.
@@ -147,8 +152,9 @@ def _classify(entry: os.DirEntry[str], options: ScanOptions) -> ScannedFile | st
         return "dir"
     if not stat.S_ISREG(entry_stat.st_mode):
         return None
-    if os.path.splitext(entry.name)[1].lower() not in options.extensions:
-        return None
+    extension = os.path.splitext(entry.name)[1].lower()
+    if extension not in options.extensions:
+        return "heif" if extension in HEIF_EXTENSIONS else None
     return ScannedFile(entry.path, entry_stat.st_size, entry_stat.st_mtime_ns)
 
 

@@ -1,8 +1,9 @@
 """The offline demo: a folder of synthetic images, indexed and searched with the bundled model.
 
-Runs on a fresh machine without network access (`make demo` sets up the environment first):
+Runs on a fresh machine without network access, from an installed pixsift (`make demo` in a
+clone sets up the environment first):
 
-    python tools/demo.py [--out .demo] [--count 300]
+    python -m pixsift.demo [--out .demo] [--count 300]
 
 `synthetic-tiny` ships with pixsift and was trained on the same synthetic world (other seeds),
 so the searches below are real semantic retrieval, not a random ranking. With network access,
@@ -26,7 +27,16 @@ DEMO_SEED = 4242  # not a training seed: the demo images are new to the model
 def pixsift(*args: str) -> None:
     """Run the real `pixsift` command and show it, as a user would type it."""
     print(f"\n$ pixsift {shlex.join(args)}", flush=True)
-    subprocess.run([sys.executable, "-m", "pixsift", *args], check=True)
+    code = subprocess.run([sys.executable, "-m", "pixsift", *args], check=False).returncode
+    if code:  # the command said why on stderr
+        sys.exit(code)
+
+
+def _is_demo_folder(out: Path) -> bool:
+    """Whether `out` may be deleted and made anew: missing, empty, or an earlier demo's folder."""
+    if not out.exists():
+        return True
+    return out.is_dir() and {entry.name for entry in out.iterdir()} <= {"shapes", "library"}
 
 
 def _example(images: Path, kind: str) -> Path:
@@ -35,12 +45,20 @@ def _example(images: Path, kind: str) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", type=Path, default=Path(".demo"), help="Demo folder (recreated).")
-    parser.add_argument("--count", type=int, default=300, help="How many images to make.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pixsift.demo", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(".demo"), help="Demo folder (made anew; default .demo)."
+    )
+    parser.add_argument("--count", type=int, default=300, help="How many images to make (default 300).")
     args = parser.parse_args()
+    if args.count < 1:
+        parser.error("--count must be at least 1")
 
     out: Path = args.out.absolute()
+    if not _is_demo_folder(out):
+        parser.error(f"{out} is not an earlier demo's folder, which the demo replaces: choose another --out")
     shutil.rmtree(out, ignore_errors=True)
     images, library = out / "shapes", out / "library"
     print(f"Making {args.count} synthetic images (coloured shapes) in {images} ...", flush=True)
