@@ -8,7 +8,6 @@ and `library.lock` (held by the one process allowed to index at a time).
 
 from __future__ import annotations
 
-import math
 import os
 import shlex
 import threading
@@ -23,11 +22,19 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from pixsift.access import resolve_inside
+from pixsift.arguments import (
+    check_k,
+    check_min_score,
+    check_run_sizes,
+    index_type_setting,
+    memory_budget_setting,
+    merge_under,
+    unit_query_vector,
+)
 from pixsift.config import DB_NAME, INDEX_NAME, LOCK_WAIT_S, resolve_library_dir
 from pixsift.errors import (
     EmptyLibraryError,
     ImageNotFoundError,
-    InvalidOptionError,
     InvalidPathError,
     LibraryBusyError,
     LibraryNotFoundError,
@@ -225,7 +232,7 @@ class Library:
         One process indexes a library at a time: if another one is, this waits up to `wait`
         seconds (None: as long as it takes) and then raises LibraryBusyError.
         """
-        _check_run_sizes(batch_size, workers)
+        check_run_sizes(batch_size, workers)
         requests = self._root_requests(roots, include_hidden, follow_symlinks)
         with self._locked(wait, "indexing", progress):
             # A library without a model yet records the model only once it loads: if it cannot
@@ -258,7 +265,7 @@ class Library:
         the rest of its folder (unchanged files there are not opened). Waits for another index
         run as `index` does.
         """
-        _check_run_sizes(batch_size, workers)
+        check_run_sizes(batch_size, workers)
         if not paths:
             return self.index(batch_size=batch_size, workers=workers, progress=progress, wait=wait)
         # A caller's "~/Photos/new" means their home, as it does for index(); the server never
@@ -465,7 +472,7 @@ class Library:
                 raise QueryError("plus and minus terms combine with an image file only.")
             terms = [QueryTerm(image=os.fspath(image)), *as_terms(plus, 1.0), *as_terms(minus, -1.0)]
             return self.search_terms(terms, k, min_score=min_score, under=under, filters=filters)
-        return self.similar_many([image], k, min_score=min_score, filters=_merge(filters, under))[0]
+        return self.similar_many([image], k, min_score=min_score, filters=merge_under(filters, under))[0]
 
     def similar_many(
         self,
@@ -509,7 +516,7 @@ class Library:
         """
         if not 0.0 <= diversity <= 1.0:
             raise QueryError(f"diversity must be from 0 to 1, not {diversity}.")
-        _check_k(k)
+        check_k(k)
         liked, disliked = example_list(positive), example_list(negative)
         if not liked:  # before any vector is made: nothing to stack is no error of numpy's
             raise QueryError("A recommendation needs at least one positive example.")
@@ -545,7 +552,7 @@ class Library:
         vectors, query_ids = self._examples.of(terms)
         query = combine(vectors, [term.weight for term in terms])
         excluded = {image_id for image_id in query_ids if image_id is not None}
-        return self._rank(query[None, :], k, _merge(filters, under), [excluded], min_score)[0]
+        return self._rank(query[None, :], k, merge_under(filters, under), [excluded], min_score)[0]
 
     def search_vector(
         self,
@@ -558,8 +565,8 @@ class Library:
         exclude_ids: Sequence[int] | set[int] = (),
     ) -> list[SearchResult]:
         """Images ranked by cosine similarity to an embedding `vector`."""
-        query = _unit_query_vector(vector)
-        return self._rank(query[None, :], k, _merge(filters, under), [set(exclude_ids)], min_score)[0]
+        query = unit_query_vector(vector)
+        return self._rank(query[None, :], k, merge_under(filters, under), [set(exclude_ids)], min_score)[0]
 
     def _rank(
         self,
@@ -580,8 +587,8 @@ class Library:
         excludes: Sequence[set[int]],
         min_score: float | None,
     ) -> list[list[tuple[float, int]]]:
-        _check_k(k)
-        _check_min_score(min_score)
+        check_k(k)
+        check_min_score(min_score)
         allowed = self._allowed_ids(filters)
         with self._index.current(self._require_model().embed_dim, save=False) as vectors:
             if queries.shape[1:] != (vectors.dim,):
@@ -770,8 +777,8 @@ class Library:
         from pixsift.storage.index_lifecycle import INDEX_TYPE_KEY, MEMORY_BUDGET_KEY
 
         self._require_model()
-        kind = _index_type_setting(index_type)
-        budget = _memory_budget_setting(memory_budget)
+        kind = index_type_setting(index_type)
+        budget = memory_budget_setting(memory_budget)
         with self._locked(wait, "rebuilding the search index"):
             policy = self._index.policy()
             if kind is not None:
@@ -900,78 +907,6 @@ def _make_library_folder(folder: Path) -> None:
         raise InvalidPathError(f"Cannot create the library folder {folder}: {reason}.") from None
     except OSError as exc:  # no permission, a read-only or full disk
         raise write_error(folder, exc) from exc
-
-
-def _check_run_sizes(batch_size: int, workers: int | None) -> None:
-    """Refuse a batch size or worker count below 1: a batch of 0 images would index nothing
-    and still report a complete run."""
-    for name, value in (("batch_size", batch_size), ("workers", workers)):
-        if value is None and name == "workers":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidOptionError(f"{name} must be a whole number of at least 1, not {value!r}.")
-
-
-def _check_k(k: int) -> None:
-    """Refuse a result count that is not a whole number of at least 1."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise QueryError(f"k (how many results) must be a whole number of at least 1, not {k!r}.")
-
-
-def _check_min_score(min_score: float | None) -> None:
-    """Refuse a NaN or infinite threshold: NaN compares false with every score, so it would
-    silently return nothing."""
-    if min_score is None:
-        return
-    if isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.floating)):
-        raise QueryError(f"min_score must be a number, not {min_score!r}.")
-    if not math.isfinite(min_score):
-        raise QueryError(f"min_score must be a finite number, not {min_score}.")
-
-
-def _unit_query_vector(vector: np.ndarray) -> np.ndarray:
-    """`vector` scaled to length 1, so that scores are cosine similarities as for any query
-    (the index holds unit vectors); QueryError for a vector that has no direction."""
-    try:
-        query = np.asarray(vector, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise QueryError("A query vector must be a sequence of numbers.") from None
-    if query.ndim != 1:
-        raise QueryError(f"A query vector must be one-dimensional, not of shape {query.shape}.")
-    if not np.all(np.isfinite(query)):
-        raise QueryError("A query vector holds values that are not finite numbers (NaN or infinity).")
-    length = float(np.linalg.norm(query.astype(np.float64)))
-    if length < 1e-12:
-        raise QueryError("A query vector of length zero has no direction to search in.")
-    return np.asarray(query / length, dtype=np.float32)
-
-
-def _index_type_setting(index_type: str | None) -> str | None:
-    from pixsift.storage.index_choice import IndexKind
-
-    if index_type is None:
-        return None
-    names = ["auto", *(kind.value for kind in IndexKind)]
-    if index_type not in names:
-        raise QueryError(f"Index type {index_type!r} is not one of {', '.join(names)}.")
-    return index_type
-
-
-def _memory_budget_setting(budget: str | int | None) -> int | None:
-    from pixsift.storage.index_choice import parse_memory_budget
-
-    if budget is None:
-        return None
-    return parse_memory_budget(str(budget))
-
-
-def _merge(filters: SearchFilters | None, under: str | os.PathLike[str] | None) -> SearchFilters | None:
-    """`filters` with the older `under=` argument folded in."""
-    if under is None:
-        return filters
-    if filters is not None and filters.under is not None:
-        raise QueryError("Give the folder once: either under= or filters.under, not both.")
-    return (filters or SearchFilters()).with_under(os.fspath(under))
 
 
 def check_index_arguments(
