@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
 from pixsift.errors import InvalidOptionError, QueryError
+from pixsift.indexer.roots import new_root
+from pixsift.models import resolve_model_spec
 from pixsift.search import SearchFilters
 
 
@@ -84,3 +87,14 @@ def merge_under(filters: SearchFilters | None, under: str | os.PathLike[str] | N
     if filters is not None and filters.under is not None:
         raise QueryError("Give the folder once: either under= or filters.under, not both.")
     return (filters or SearchFilters()).with_under(os.fspath(under))
+
+
+def check_index_arguments(
+    roots: Sequence[str | os.PathLike[str]], model: str | None, pretrained: str | None
+) -> None:
+    """Raise now what `Library.index` would refuse in its folders and model names, so a
+    command can check them before it creates a library (weights are not loaded here)."""
+    for root in roots:
+        new_root(root, include_hidden=False, follow_symlinks=False)
+    if model or pretrained:
+        resolve_model_spec(model, pretrained)

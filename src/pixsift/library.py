@@ -9,7 +9,6 @@ and `library.lock` (held by the one process allowed to index at a time).
 from __future__ import annotations
 
 import os
-import shlex
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -45,7 +44,8 @@ from pixsift.errors import (
 from pixsift.evaluation import DEFAULT_CUTOFFS, EvalReport, LabelledQuery, evaluate, read_queries
 from pixsift.indexer import Indexer, IndexProgress, IndexReport, IndexSettings, RootRequest
 from pixsift.indexer.decode import default_max_pixels
-from pixsift.indexer.scan import hidden_between, is_within, looks_unmounted
+from pixsift.indexer.roots import drop_roots_except, root_named, root_requests, scoped_request
+from pixsift.indexer.scan import is_within, looks_unmounted
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
 from pixsift.search.diversity import mmr_order
@@ -233,7 +233,7 @@ class Library:
         seconds (None: as long as it takes) and then raises LibraryBusyError.
         """
         check_run_sizes(batch_size, workers)
-        requests = self._root_requests(roots, include_hidden, follow_symlinks)
+        requests = root_requests(self._catalog, roots, include_hidden, follow_symlinks)
         with self._locked(wait, "indexing", progress):
             # A library without a model yet records the model only once it loads: if it cannot
             # (weights not downloadable), the folders named are not kept either, so a later
@@ -244,7 +244,7 @@ class Library:
                 report = self._run_indexer(requests, embedder, batch_size, workers, progress)
             except ModelError:
                 if roots_before is not None and self._catalog.model() is None:
-                    self._drop_roots_except(roots_before)
+                    drop_roots_except(self._catalog, roots_before)
                 raise
             if (model or pretrained) and self._catalog.model() is None and not report.interrupted:
                 embedder()  # nothing to embed yet: still make the model asked for the library's
@@ -270,36 +270,10 @@ class Library:
             return self.index(batch_size=batch_size, workers=workers, progress=progress, wait=wait)
         # A caller's "~/Photos/new" means their home, as it does for index(); the server never
         # calls this with a path it has not checked as absolute (check_reindex does not expand).
-        requests = [self._scoped_request(os.path.expanduser(os.fspath(path))) for path in paths]
+        requests = [scoped_request(self._catalog, os.path.expanduser(os.fspath(path))) for path in paths]
         with self._locked(wait, "indexing", progress):
             embedder = self._embedder_for_indexing(None, None, reembed=False)
             return self._run_indexer(requests, embedder, batch_size, workers, progress)
-
-    def _scoped_request(self, path: str | os.PathLike[str]) -> RootRequest:
-        roots = self._catalog.roots()
-        resolved = resolve_inside(path, [root.path for root in roots])
-        if not os.path.exists(resolved):
-            raise InvalidPathError(f"{os.fspath(path)} does not exist.")
-        folder = resolved if os.path.isdir(resolved) else os.path.dirname(resolved)
-        # The innermost root holding it decides how to walk (hidden files, links).
-        root = max(
-            (
-                r
-                for r in roots
-                if folder == os.path.realpath(r.path)
-                or folder.startswith(os.path.join(os.path.realpath(r.path), ""))
-            ),
-            key=lambda r: len(r.path),
-        )
-        walked = os.path.realpath(root.path)
-        scope = None if folder == walked else folder
-        if scope is not None and not root.include_hidden and hidden_between(walked, scope):
-            # What a run added there, the next run over the whole root would take for deleted.
-            raise InvalidPathError(
-                f"{os.fspath(path)} lies in a hidden folder, which {root.path} is indexed without; "
-                f"to index hidden files there: pixsift index --include-hidden {shlex.quote(root.path)}"
-            )
-        return RootRequest(root.path, root.include_hidden, root.follow_symlinks, scope=scope)
 
     def _run_indexer(
         self,
@@ -366,32 +340,6 @@ class Library:
         finally:
             if progress is not None and wait != 0:
                 progress.stop()
-
-    def _root_requests(
-        self, roots: Sequence[str | os.PathLike[str]], include_hidden: bool, follow_symlinks: bool
-    ) -> list[RootRequest]:
-        """The folders to index: those named, else every known root."""
-        if roots:
-            return [self._new_root(r, include_hidden, follow_symlinks) for r in roots]
-        known = self._catalog.roots()
-        if not known:
-            raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
-        return [RootRequest(r.path, r.include_hidden, r.follow_symlinks) for r in known]
-
-    @staticmethod
-    def _new_root(root: str | os.PathLike[str], include_hidden: bool, follow_symlinks: bool) -> RootRequest:
-        folder = Path(root).expanduser()
-        if not folder.exists():
-            raise InvalidPathError(f"Folder {folder} does not exist.")
-        if not folder.is_dir():
-            raise InvalidPathError(f"{folder} is not a folder; give the folder that holds it.")
-        return RootRequest(str(folder.resolve()), include_hidden, follow_symlinks)
-
-    def _drop_roots_except(self, kept: set[str]) -> None:
-        with self._catalog.write() as batch:
-            for root in self._catalog.roots():
-                if root.path not in kept:
-                    batch.delete_root(root.path)
 
     def _embedder_for_indexing(
         self, model: str | None, pretrained: str | None, reembed: bool
@@ -681,7 +629,7 @@ class Library:
         if not paths and not self._catalog.roots():
             raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
         for path in paths:
-            self._scoped_request(path)
+            scoped_request(self._catalog, path)
 
     def delete(self, image_id: int, *, wait_s: float = 2.0) -> ImageInfo:
         """Remove an image (its metadata and vector) from the library; its file is left alone.
@@ -706,7 +654,7 @@ class Library:
         Returns how many images were removed."""
         with self._locked(wait, "forgetting a folder"):
             roots = [root.path for root in self._catalog.roots()]
-            root = _root_named(folder, roots)
+            root = root_named(folder, roots)
             others = [other for other in roots if other != root]
             ids: set[int] = set()
             if not any(is_within(root, other) for other in others):  # else only the root goes
@@ -907,24 +855,3 @@ def _make_library_folder(folder: Path) -> None:
         raise InvalidPathError(f"Cannot create the library folder {folder}: {reason}.") from None
     except OSError as exc:  # no permission, a read-only or full disk
         raise write_error(folder, exc) from exc
-
-
-def check_index_arguments(
-    roots: Sequence[str | os.PathLike[str]], model: str | None, pretrained: str | None
-) -> None:
-    """Raise now what `Library.index` would refuse in its folders and model names, so a
-    command can check them before it creates a library (weights are not loaded here)."""
-    for root in roots:
-        Library._new_root(root, include_hidden=False, follow_symlinks=False)
-    if model or pretrained:
-        resolve_model_spec(model, pretrained)
-
-
-def _root_named(folder: str | os.PathLike[str], roots: Sequence[str]) -> str:
-    """The indexed folder `folder` names, however written (it may no longer exist)."""
-    written = os.path.expanduser(os.fspath(folder))
-    for candidate in (os.path.abspath(written), os.path.realpath(written)):
-        if candidate in roots:
-            return candidate
-    known = ", ".join(roots) or "none yet"
-    raise InvalidPathError(f"{os.fspath(folder)} is not an indexed folder (indexed folders: {known}).")
