@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 import numpy as np
-from filelock import FileLock, Timeout
 
 from pixsift.access import resolve_inside
 from pixsift.arguments import (
@@ -35,7 +33,6 @@ from pixsift.errors import (
     EmptyLibraryError,
     ImageNotFoundError,
     InvalidPathError,
-    LibraryBusyError,
     LibraryNotFoundError,
     ModelError,
     ModelMismatchError,
@@ -44,6 +41,7 @@ from pixsift.errors import (
 from pixsift.evaluation import DEFAULT_CUTOFFS, EvalReport, LabelledQuery, evaluate, read_queries
 from pixsift.indexer import Indexer, IndexProgress, IndexReport, IndexSettings, RootRequest
 from pixsift.indexer.decode import default_max_pixels
+from pixsift.indexer.lock import WriteLock
 from pixsift.indexer.roots import drop_roots_except, root_named, root_requests, scoped_request
 from pixsift.indexer.scan import is_within, looks_unmounted
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
@@ -66,7 +64,6 @@ if TYPE_CHECKING:
     from pixsift.doctor import HealthReport
     from pixsift.storage.index_choice import IndexThresholds
 
-LOCK_NAME = "library.lock"
 THUMBNAILS_DIR = "thumbnails"
 MMR_POOL_MIN = 50  # candidates MMR chooses from: enough variety beyond the top k
 MMR_POOL_MAX = 1000
@@ -138,8 +135,8 @@ class Library:
         self._device = device
         self._load_embedder = load_embedder or _loader(engine)
         self._embedder: Embedder | None = None
-        self._lock = FileLock(folder / LOCK_NAME)
-        self._index = IndexKeeper(catalog, folder / INDEX_NAME, self._lock, index_thresholds)
+        self._write_lock = WriteLock(folder)
+        self._index = IndexKeeper(catalog, folder / INDEX_NAME, self._write_lock.file_lock, index_thresholds)
         # One Library may serve many threads (the HTTP service): the model is loaded only once.
         self._embedder_lock = threading.Lock()
 
@@ -234,7 +231,7 @@ class Library:
         """
         check_run_sizes(batch_size, workers)
         requests = root_requests(self._catalog, roots, include_hidden, follow_symlinks)
-        with self._locked(wait, "indexing", progress):
+        with self._write_lock.held(wait, "indexing", progress):
             # A library without a model yet records the model only once it loads: if it cannot
             # (weights not downloadable), the folders named are not kept either, so a later
             # plain `pixsift index` cannot index them with the default model instead.
@@ -271,7 +268,7 @@ class Library:
         # A caller's "~/Photos/new" means their home, as it does for index(); the server never
         # calls this with a path it has not checked as absolute (check_reindex does not expand).
         requests = [scoped_request(self._catalog, os.path.expanduser(os.fspath(path))) for path in paths]
-        with self._locked(wait, "indexing", progress):
+        with self._write_lock.held(wait, "indexing", progress):
             embedder = self._embedder_for_indexing(None, None, reembed=False)
             return self._run_indexer(requests, embedder, batch_size, workers, progress)
 
@@ -306,40 +303,6 @@ class Library:
             prune_thumbnails(self.path / THUMBNAILS_DIR, self._catalog.images)
         report.skipped_roots = skipped
         return report
-
-    @contextmanager
-    def _locked(
-        self, wait: float | None, doing: str, progress: IndexProgress | None = None
-    ) -> Iterator[None]:
-        """Hold the library's write lock, waiting up to `wait` seconds (None: for ever); while
-        it waits, `progress` shows a waiting phase, so a wait never looks like a hang."""
-        from pixsift.storage.database import write_error
-
-        try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
-            self._wait_for_lock(wait, doing, progress)
-        except OSError as exc:  # a lock file this user may not write (another user made it)
-            raise write_error(self.path, exc) from exc
-        try:
-            yield
-        finally:
-            self._lock.release()
-
-    def _wait_for_lock(self, wait: float | None, doing: str, progress: IndexProgress | None) -> None:
-        if progress is not None and wait != 0:
-            progress.start("Waiting for another index run")
-        try:
-            self._lock.acquire(timeout=-1 if wait is None else max(0.0, wait))
-        except Timeout:
-            waited = "" if not wait else f" (waited {wait:g} s)"
-            raise LibraryBusyError(
-                f"Another pixsift process is indexing or repairing the library at {self.path}"
-                f"{waited}; {doing} needs the library to itself. Try again when it has finished."
-            ) from None
-        finally:
-            if progress is not None and wait != 0:
-                progress.stop()
 
     def _embedder_for_indexing(
         self, model: str | None, pretrained: str | None, reembed: bool
@@ -638,7 +601,7 @@ class Library:
         `wait_s` seconds for a running index run, then raises LibraryBusyError.
         """
         info = self.image(image_id)
-        with self._locked(wait_s, "deleting"):
+        with self._write_lock.held(wait_s, "deleting"):
             with self._catalog.write() as batch:
                 batch.delete_images([image_id])
             if (model := self._catalog.model()) is not None:
@@ -652,7 +615,7 @@ class Library:
         another indexed folder nested inside it stay; a folder inside another indexed folder
         is only dropped as a root (that folder's next index run decides what of it stays).
         Returns how many images were removed."""
-        with self._locked(wait, "forgetting a folder"):
+        with self._write_lock.held(wait, "forgetting a folder"):
             roots = [root.path for root in self._catalog.roots()]
             root = root_named(folder, roots)
             others = [other for other in roots if other != root]
@@ -727,7 +690,7 @@ class Library:
         self._require_model()
         kind = index_type_setting(index_type)
         budget = memory_budget_setting(memory_budget)
-        with self._locked(wait, "rebuilding the search index"):
+        with self._write_lock.held(wait, "rebuilding the search index"):
             policy = self._index.policy()
             if kind is not None:
                 policy = replace(policy, forced=None if kind == "auto" else IndexKind(kind))
@@ -816,7 +779,7 @@ class Library:
         """
         from pixsift import doctor
 
-        with self._locked(wait, "a check"):
+        with self._write_lock.held(wait, "a check"):
             return doctor.check(self._catalog, self.index_path)
 
     def repair(self, *, wait: float | None = LOCK_WAIT_S) -> HealthReport:
@@ -829,7 +792,7 @@ class Library:
         from pixsift import doctor
         from pixsift.storage.database import write_error
 
-        with self._locked(wait, "a repair"):
+        with self._write_lock.held(wait, "a repair"):
             before = doctor.check(self._catalog, self.index_path)
             if any(problem.kind == "database" for problem in before.problems):
                 return before
