@@ -39,11 +39,12 @@ from pixsift.errors import (
     QueryError,
 )
 from pixsift.evaluation import DEFAULT_CUTOFFS, EvalReport, LabelledQuery, evaluate, read_queries
-from pixsift.indexer import Indexer, IndexProgress, IndexReport, IndexSettings, RootRequest
+from pixsift.indexer import IndexProgress, IndexReport
 from pixsift.indexer.decode import default_max_pixels
+from pixsift.indexer.library_run import index_library
 from pixsift.indexer.lock import WriteLock
 from pixsift.indexer.roots import drop_roots_except, root_named, root_requests, scoped_request
-from pixsift.indexer.scan import is_within, looks_unmounted
+from pixsift.indexer.scan import is_within
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
 from pixsift.search.diversity import mmr_order
@@ -58,13 +59,12 @@ from pixsift.search.examples import (
 from pixsift.search.recommend import RocchioWeights, rocchio
 from pixsift.storage import Catalog, CatalogCounts, Failure, ImageInfo, RootInfo
 from pixsift.storage.index_keeper import IndexKeeper
-from pixsift.thumbnails import forget_thumbnails, prune_thumbnails, thumbnail
+from pixsift.thumbnails import THUMBNAILS_DIR, forget_thumbnails, prune_thumbnails, thumbnail
 
 if TYPE_CHECKING:
     from pixsift.doctor import HealthReport
     from pixsift.storage.index_choice import IndexThresholds
 
-THUMBNAILS_DIR = "thumbnails"
 MMR_POOL_MIN = 50  # candidates MMR chooses from: enough variety beyond the top k
 MMR_POOL_MAX = 1000
 DEFAULT_ROCCHIO = RocchioWeights()
@@ -238,7 +238,9 @@ class Library:
             roots_before = None if self._catalog.model() else {r.path for r in self._catalog.roots()}
             try:
                 embedder = self._embedder_for_indexing(model, pretrained, reembed)
-                report = self._run_indexer(requests, embedder, batch_size, workers, progress)
+                report = index_library(
+                    self._catalog, self._index, self.path, requests, embedder, batch_size, workers, progress
+                )
             except ModelError:
                 if roots_before is not None and self._catalog.model() is None:
                     drop_roots_except(self._catalog, roots_before)
@@ -270,39 +272,9 @@ class Library:
         requests = [scoped_request(self._catalog, os.path.expanduser(os.fspath(path))) for path in paths]
         with self._write_lock.held(wait, "indexing", progress):
             embedder = self._embedder_for_indexing(None, None, reembed=False)
-            return self._run_indexer(requests, embedder, batch_size, workers, progress)
-
-    def _run_indexer(
-        self,
-        requests: Sequence[RootRequest],
-        embedder: Callable[[], Embedder],
-        batch_size: int,
-        workers: int | None,
-        progress: IndexProgress | None,
-    ) -> IndexReport:
-        # An unmounted drive must not look like a deleted folder: a known root that looks
-        # unmounted is not walked, and no other root's walk drops what it held.
-        unmounted = [r.path for r in self._catalog.roots() if looks_unmounted(r.path, self._catalog)]
-        skipped = [r.path for r in requests if r.scope is None and r.path in unmounted]
-        settings = IndexSettings(
-            batch_size=batch_size,
-            workers=workers or IndexSettings().workers,
-            max_pixels=default_max_pixels(),
-            exclude=(str(self.path),),
-            keep=tuple(unmounted),
-        )
-        walked = [r for r in requests if r.path not in skipped]
-        try:
-            report = Indexer(self._catalog, embedder, settings, progress).run(walked)
-        finally:  # also after Ctrl-C: save what was committed into the FAISS index
-            if (model := self._catalog.model()) is not None:
-                self._index.refresh(model.embed_dim, save=True)
-        if model is not None:
-            self._index.rebuild_if_drifted(model.embed_dim)
-        if report.removed:
-            prune_thumbnails(self.path / THUMBNAILS_DIR, self._catalog.images)
-        report.skipped_roots = skipped
-        return report
+            return index_library(
+                self._catalog, self._index, self.path, requests, embedder, batch_size, workers, progress
+            )
 
     def _embedder_for_indexing(
         self, model: str | None, pretrained: str | None, reembed: bool
