@@ -21,7 +21,6 @@ import numpy as np
 from pixsift.access import resolve_inside
 from pixsift.arguments import (
     check_k,
-    check_min_score,
     check_run_sizes,
     index_type_setting,
     memory_budget_setting,
@@ -47,8 +46,6 @@ from pixsift.indexer.roots import drop_roots_except, root_named, root_requests, 
 from pixsift.indexer.scan import is_within
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
-from pixsift.search.diversity import mmr_order
-from pixsift.search.engine import fetch_size, nearest, ranked_hits, to_results
 from pixsift.search.examples import (
     Example,
     ExampleVectors,
@@ -56,6 +53,7 @@ from pixsift.search.examples import (
     example_weights,
     refuse_single,
 )
+from pixsift.search.ranking import Ranker
 from pixsift.search.recommend import RocchioWeights, rocchio
 from pixsift.storage import Catalog, CatalogCounts, Failure, ImageInfo, RootInfo
 from pixsift.storage.index_keeper import IndexKeeper
@@ -65,8 +63,6 @@ if TYPE_CHECKING:
     from pixsift.doctor import HealthReport
     from pixsift.storage.index_choice import IndexThresholds
 
-MMR_POOL_MIN = 50  # candidates MMR chooses from: enough variety beyond the top k
-MMR_POOL_MAX = 1000
 DEFAULT_ROCCHIO = RocchioWeights()
 
 EmbedderLoader = Callable[[ModelSpec, str], Embedder]
@@ -335,7 +331,7 @@ class Library:
         if not texts:
             return []
         vectors, _ = self._examples.of([QueryTerm(text=text) for text in texts])
-        return self._rank(vectors, k, filters, [set() for _ in texts], min_score)
+        return self._ranker.rank(vectors, k, filters, [set() for _ in texts], min_score)
 
     def similar(
         self,
@@ -375,7 +371,7 @@ class Library:
         examples = [QueryTerm(image=item) if isinstance(item, str) else item for item in examples]
         vectors, ids = self._examples.of(examples)
         excludes = [set() if image_id is None else {image_id} for image_id in ids]
-        return self._rank(vectors, k, filters, excludes, min_score)
+        return self._ranker.rank(vectors, k, filters, excludes, min_score)
 
     def recommend(
         self,
@@ -408,17 +404,8 @@ class Library:
         query = rocchio(rows[: len(liked)], rows[len(liked) :], weights, scales=scales)
         excluded = {int(i) for i in exclude} | {i for i in ids if i is not None}
         if diversity == 0.0:
-            return self._rank(query[None, :], k, filters, [excluded], min_score)[0]
-        # The pool is capped for speed, but never below k: that would return fewer than asked.
-        pool = max(k, min(max(4 * k, MMR_POOL_MIN), MMR_POOL_MAX))
-        hits = self._hits(query[None, :], pool, filters, [excluded], min_score)[0]
-        stored = self._catalog.vectors(image_id for _, image_id in hits)
-        hits = [hit for hit in hits if hit[1] in stored]
-        if not hits:
-            return []
-        relevance = np.array([score for score, _ in hits], dtype=np.float32)
-        order = mmr_order(relevance, np.stack([stored[i] for _, i in hits]), k, diversity)
-        return to_results(self._catalog, [[hits[position] for position in order]])[0]
+            return self._ranker.rank(query[None, :], k, filters, [excluded], min_score)[0]
+        return self._ranker.rank_diverse(query, k, filters, excluded, min_score, diversity)
 
     def search_terms(
         self,
@@ -435,7 +422,7 @@ class Library:
         vectors, query_ids = self._examples.of(terms)
         query = combine(vectors, [term.weight for term in terms])
         excluded = {image_id for image_id in query_ids if image_id is not None}
-        return self._rank(query[None, :], k, merge_under(filters, under), [excluded], min_score)[0]
+        return self._ranker.rank(query[None, :], k, merge_under(filters, under), [excluded], min_score)[0]
 
     def search_vector(
         self,
@@ -449,79 +436,17 @@ class Library:
     ) -> list[SearchResult]:
         """Images ranked by cosine similarity to an embedding `vector`."""
         query = unit_query_vector(vector)
-        return self._rank(query[None, :], k, merge_under(filters, under), [set(exclude_ids)], min_score)[0]
-
-    def _rank(
-        self,
-        queries: np.ndarray,
-        k: int,
-        filters: SearchFilters | None,
-        excludes: Sequence[set[int]],
-        min_score: float | None,
-    ) -> list[list[SearchResult]]:
-        """The top `k` results of each query row (one FAISS call), named from the catalog."""
-        return to_results(self._catalog, self._hits(queries, k, filters, excludes, min_score))
-
-    def _hits(
-        self,
-        queries: np.ndarray,
-        k: int,
-        filters: SearchFilters | None,
-        excludes: Sequence[set[int]],
-        min_score: float | None,
-    ) -> list[list[tuple[float, int]]]:
-        check_k(k)
-        check_min_score(min_score)
-        allowed = self._allowed_ids(filters)
-        with self._index.current(self._require_model().embed_dim, save=False) as vectors:
-            if queries.shape[1:] != (vectors.dim,):
-                raise QueryError(
-                    f"A query vector of shape {queries.shape[1:]} does not fit this library, whose "
-                    f"model makes {vectors.dim}-dimensional vectors."
-                )
-            fetch = fetch_size(vectors, k, max(len(excluded) for excluded in excludes))
-            exact_max = self._index.thresholds.exact_filter_max
-            scores, ids = nearest(vectors, queries, fetch, allowed, self._catalog.vectors, exact_max)
-        return [
-            ranked_hits(row_scores, row_ids, exclude_ids=excluded, min_score=min_score)[:k]
-            for row_scores, row_ids, excluded in zip(scores, ids, excludes, strict=True)
-        ]
-
-    def _allowed_ids(self, filters: SearchFilters | None) -> np.ndarray | None:
-        """The ids a search may return under `filters`, or None when nothing is filtered."""
-        if filters is None or filters.is_empty:
-            return None
-        folders = [None] if filters.under is None else self._existing_folders(filters.under)
-        taken_after, taken_before = filters.taken_range()
-        found = [
-            self._catalog.ids_matching(
-                folder=folder,
-                formats=filters.format_names(),
-                min_width=filters.min_width,
-                min_height=filters.min_height,
-                taken_after=taken_after,
-                taken_before=taken_before,
-            )
-            for folder in folders
-        ]
-        return found[0] if len(found) == 1 else np.union1d(found[0], found[1])
+        return self._ranker.rank(
+            query[None, :], k, merge_under(filters, under), [set(exclude_ids)], min_score
+        )[0]
 
     @property
     def _examples(self) -> ExampleVectors:
         return ExampleVectors(self._catalog, self._embedder_or_load, self.max_pixels)
 
-    def _existing_folders(self, under: str | os.PathLike[str]) -> list[str]:
-        """The folder to search under as written (absolute) and resolved, when they differ:
-        files found through a link that a root follows are stored under the link's path, and
-        a root given through a link is stored resolved."""
-        folder = Path(under).expanduser()
-        try:
-            exists = folder.is_dir()
-        except (OSError, ValueError):
-            exists = False
-        if not exists:
-            raise InvalidPathError(f"The folder to search under, {folder}, does not exist.")
-        return list(dict.fromkeys([os.path.abspath(folder), str(folder.resolve())]))
+    @property
+    def _ranker(self) -> Ranker:
+        return Ranker(self._catalog, self._index, self._require_model)
 
     # ---- single images -------------------------------------------------------------------------
 
