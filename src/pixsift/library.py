@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -55,7 +55,8 @@ from pixsift.search.examples import (
 )
 from pixsift.search.ranking import Ranker
 from pixsift.search.recommend import RocchioWeights, rocchio
-from pixsift.storage import Catalog, CatalogCounts, Failure, ImageInfo, RootInfo
+from pixsift.status import IndexSummary, LibraryStatus, library_status, summarize_index
+from pixsift.storage import Catalog, Failure, ImageInfo
 from pixsift.storage.index_keeper import IndexKeeper
 from pixsift.thumbnails import THUMBNAILS_DIR, forget_thumbnails, prune_thumbnails, thumbnail
 
@@ -72,43 +73,6 @@ def _loader(engine: str) -> EmbedderLoader:
     from pixsift.models.loading import load_embedder
 
     return lambda spec, device: load_embedder(spec, device, engine)
-
-
-@dataclass(frozen=True)
-class IndexFileState:
-    """Whether `vectors.faiss` reflects the database: "up to date", "stale" or "missing";
-    its kind ("flat", "hnsw", "ivfpq"), its tuned nprobe/efSearch and the recall@10 measured
-    when it was tuned, as its header records them."""
-
-    state: str
-    generation: int | None
-    kind: str | None = None
-    search_param: int | None = None
-    recall: float | None = None
-
-
-@dataclass(frozen=True)
-class IndexSummary:
-    """The search index in use: its kind ("flat", "hnsw", "ivfpq"), size and tuning."""
-
-    kind: str
-    vectors: int
-    memory_bytes: int
-    search_param: int | None  # nprobe (ivfpq) or efSearch (hnsw)
-    recall: float | None  # recall@10 against exact search, measured when it was tuned
-    trained_count: int
-    tombstones: int
-
-
-@dataclass(frozen=True)
-class LibraryStatus:
-    path: Path
-    model: ModelRecord | None
-    counts: CatalogCounts
-    roots: list[RootInfo]
-    generation: int
-    index_file: IndexFileState
-    disk_bytes: int
 
 
 class Library:
@@ -607,47 +571,13 @@ class Library:
     def index_summary(self) -> IndexSummary:
         """The kind of search index in use, its size and how it was tuned."""
         with self._index.current(self._require_model().embed_dim, save=False) as vectors:
-            meta = vectors.meta
-            return IndexSummary(
-                kind=vectors.kind.value,
-                vectors=vectors.count,
-                memory_bytes=vectors.memory_bytes(),
-                search_param=meta.search_param or None,
-                recall=meta.recall,
-                trained_count=meta.trained_count,
-                tombstones=vectors.tombstones,
-            )
+            return summarize_index(vectors)
 
     # ---- status --------------------------------------------------------------------------------
 
     def status(self) -> LibraryStatus:
         """What is indexed, with which model, where, and how fresh the search index is."""
-        from pixsift.storage.index_header import IndexMeta, read_header
-
-        generation = self._catalog.generation()
-        header = read_header(self.index_path)
-        if header is None:
-            state = IndexFileState("missing", None)
-        else:
-            saved = int(header["generation"])
-            meta = IndexMeta.from_dict(header)
-            state = IndexFileState(
-                "up to date" if saved == generation else "stale",
-                saved,
-                meta.plan.kind.value,
-                meta.search_param or None,
-                meta.recall,
-            )
-        disk = sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
-        return LibraryStatus(
-            path=self.path,
-            model=self._catalog.model(),
-            counts=self._catalog.counts(),
-            roots=self._catalog.roots(),
-            generation=generation,
-            index_file=state,
-            disk_bytes=disk,
-        )
+        return library_status(self.path, self._catalog, self.index_path)
 
     def failures(self, limit: int | None = None) -> list[Failure]:
         """Files that could not be indexed, with the reason, by path."""
