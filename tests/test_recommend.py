@@ -21,8 +21,8 @@ from pixsift import (
     QueryTerm,
     SearchFilters,
 )
-from pixsift.library import MMR_POOL_MAX
 from pixsift.search.diversity import mmr_order
+from pixsift.search.ranking import MMR_POOL_MAX
 from pixsift.search.recommend import RocchioWeights, rocchio
 from sample_photos import make_photo, save, write_photos
 from serving import indexed_library

@@ -34,8 +34,8 @@ _EXPORTS = {
     "IndexProgress": "pixsift.indexer",
     "IndexReport": "pixsift.indexer",
     "Library": "pixsift.library",
-    "LibraryStatus": "pixsift.library",
-    "IndexSummary": "pixsift.library",
+    "LibraryStatus": "pixsift.status",
+    "IndexSummary": "pixsift.status",
     "IndexThresholds": "pixsift.storage.index_choice",
     "ModelRecord": "pixsift.models",
     "ModelSpec": "pixsift.models",
@@ -77,10 +77,11 @@ if TYPE_CHECKING:
         QueryError,
     )
     from pixsift.indexer import IndexInterrupted, IndexProgress, IndexReport
-    from pixsift.library import IndexSummary, Library, LibraryStatus
+    from pixsift.library import Library
     from pixsift.models import ModelRecord, ModelSpec
     from pixsift.search import QueryTerm, SearchFilters, SearchResult
     from pixsift.search.quick import search_once
+    from pixsift.status import IndexSummary, LibraryStatus
     from pixsift.storage import Failure
     from pixsift.storage.index_choice import IndexThresholds
 

@@ -251,9 +251,9 @@ def index(
     """
     from rich.console import Console
 
+    from pixsift.arguments import check_index_arguments
     from pixsift.formatting import format_report, report_warnings
     from pixsift.indexer import IndexInterrupted
-    from pixsift.library import check_index_arguments
     from pixsift.terminal_progress import TerminalProgress
 
     stderr = Console(stderr=True)

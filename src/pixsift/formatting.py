@@ -20,8 +20,8 @@ if TYPE_CHECKING:  # the command line imports this module before it needs the co
     from pixsift.doctor import HealthReport
     from pixsift.evaluation import EvalReport
     from pixsift.indexer import IndexReport
-    from pixsift.library import IndexSummary, LibraryStatus
     from pixsift.search import SearchResult
+    from pixsift.status import IndexSummary, LibraryStatus
     from pixsift.storage import Failure
 
 

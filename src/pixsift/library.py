@@ -8,41 +8,44 @@ and `library.lock` (held by the one process allowed to index at a time).
 
 from __future__ import annotations
 
-import math
 import os
-import shlex
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 import numpy as np
-from filelock import FileLock, Timeout
 
 from pixsift.access import resolve_inside
+from pixsift.arguments import (
+    check_k,
+    check_run_sizes,
+    index_type_setting,
+    memory_budget_setting,
+    merge_under,
+    unit_query_vector,
+)
 from pixsift.config import DB_NAME, INDEX_NAME, LOCK_WAIT_S, resolve_library_dir
 from pixsift.errors import (
     EmptyLibraryError,
     ImageNotFoundError,
-    InvalidOptionError,
     InvalidPathError,
-    LibraryBusyError,
     LibraryNotFoundError,
     ModelError,
     ModelMismatchError,
     QueryError,
 )
 from pixsift.evaluation import DEFAULT_CUTOFFS, EvalReport, LabelledQuery, evaluate, read_queries
-from pixsift.indexer import Indexer, IndexProgress, IndexReport, IndexSettings, RootRequest
+from pixsift.indexer import IndexProgress, IndexReport
 from pixsift.indexer.decode import default_max_pixels
-from pixsift.indexer.scan import hidden_between, is_within, looks_unmounted
+from pixsift.indexer.library_run import index_library
+from pixsift.indexer.lock import WriteLock
+from pixsift.indexer.roots import drop_roots_except, root_named, root_requests, scoped_request
+from pixsift.indexer.scan import is_within
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
-from pixsift.search.diversity import mmr_order
-from pixsift.search.engine import fetch_size, nearest, ranked_hits, to_results
 from pixsift.search.examples import (
     Example,
     ExampleVectors,
@@ -50,19 +53,17 @@ from pixsift.search.examples import (
     example_weights,
     refuse_single,
 )
+from pixsift.search.ranking import Ranker
 from pixsift.search.recommend import RocchioWeights, rocchio
-from pixsift.storage import Catalog, CatalogCounts, Failure, ImageInfo, RootInfo
+from pixsift.status import IndexSummary, LibraryStatus, library_status, summarize_index
+from pixsift.storage import Catalog, Failure, ImageInfo
 from pixsift.storage.index_keeper import IndexKeeper
-from pixsift.thumbnails import forget_thumbnails, prune_thumbnails, thumbnail
+from pixsift.thumbnails import THUMBNAILS_DIR, forget_thumbnails, prune_thumbnails, thumbnail
 
 if TYPE_CHECKING:
     from pixsift.doctor import HealthReport
     from pixsift.storage.index_choice import IndexThresholds
 
-LOCK_NAME = "library.lock"
-THUMBNAILS_DIR = "thumbnails"
-MMR_POOL_MIN = 50  # candidates MMR chooses from: enough variety beyond the top k
-MMR_POOL_MAX = 1000
 DEFAULT_ROCCHIO = RocchioWeights()
 
 EmbedderLoader = Callable[[ModelSpec, str], Embedder]
@@ -72,43 +73,6 @@ def _loader(engine: str) -> EmbedderLoader:
     from pixsift.models.loading import load_embedder
 
     return lambda spec, device: load_embedder(spec, device, engine)
-
-
-@dataclass(frozen=True)
-class IndexFileState:
-    """Whether `vectors.faiss` reflects the database: "up to date", "stale" or "missing";
-    its kind ("flat", "hnsw", "ivfpq"), its tuned nprobe/efSearch and the recall@10 measured
-    when it was tuned, as its header records them."""
-
-    state: str
-    generation: int | None
-    kind: str | None = None
-    search_param: int | None = None
-    recall: float | None = None
-
-
-@dataclass(frozen=True)
-class IndexSummary:
-    """The search index in use: its kind ("flat", "hnsw", "ivfpq"), size and tuning."""
-
-    kind: str
-    vectors: int
-    memory_bytes: int
-    search_param: int | None  # nprobe (ivfpq) or efSearch (hnsw)
-    recall: float | None  # recall@10 against exact search, measured when it was tuned
-    trained_count: int
-    tombstones: int
-
-
-@dataclass(frozen=True)
-class LibraryStatus:
-    path: Path
-    model: ModelRecord | None
-    counts: CatalogCounts
-    roots: list[RootInfo]
-    generation: int
-    index_file: IndexFileState
-    disk_bytes: int
 
 
 class Library:
@@ -131,8 +95,8 @@ class Library:
         self._device = device
         self._load_embedder = load_embedder or _loader(engine)
         self._embedder: Embedder | None = None
-        self._lock = FileLock(folder / LOCK_NAME)
-        self._index = IndexKeeper(catalog, folder / INDEX_NAME, self._lock, index_thresholds)
+        self._write_lock = WriteLock(folder)
+        self._index = IndexKeeper(catalog, folder / INDEX_NAME, self._write_lock.file_lock, index_thresholds)
         # One Library may serve many threads (the HTTP service): the model is loaded only once.
         self._embedder_lock = threading.Lock()
 
@@ -225,19 +189,21 @@ class Library:
         One process indexes a library at a time: if another one is, this waits up to `wait`
         seconds (None: as long as it takes) and then raises LibraryBusyError.
         """
-        _check_run_sizes(batch_size, workers)
-        requests = self._root_requests(roots, include_hidden, follow_symlinks)
-        with self._locked(wait, "indexing", progress):
+        check_run_sizes(batch_size, workers)
+        requests = root_requests(self._catalog, roots, include_hidden, follow_symlinks)
+        with self._write_lock.held(wait, "indexing", progress):
             # A library without a model yet records the model only once it loads: if it cannot
             # (weights not downloadable), the folders named are not kept either, so a later
             # plain `pixsift index` cannot index them with the default model instead.
             roots_before = None if self._catalog.model() else {r.path for r in self._catalog.roots()}
             try:
                 embedder = self._embedder_for_indexing(model, pretrained, reembed)
-                report = self._run_indexer(requests, embedder, batch_size, workers, progress)
+                report = index_library(
+                    self._catalog, self._index, self.path, requests, embedder, batch_size, workers, progress
+                )
             except ModelError:
                 if roots_before is not None and self._catalog.model() is None:
-                    self._drop_roots_except(roots_before)
+                    drop_roots_except(self._catalog, roots_before)
                 raise
             if (model or pretrained) and self._catalog.model() is None and not report.interrupted:
                 embedder()  # nothing to embed yet: still make the model asked for the library's
@@ -258,133 +224,17 @@ class Library:
         the rest of its folder (unchanged files there are not opened). Waits for another index
         run as `index` does.
         """
-        _check_run_sizes(batch_size, workers)
+        check_run_sizes(batch_size, workers)
         if not paths:
             return self.index(batch_size=batch_size, workers=workers, progress=progress, wait=wait)
         # A caller's "~/Photos/new" means their home, as it does for index(); the server never
         # calls this with a path it has not checked as absolute (check_reindex does not expand).
-        requests = [self._scoped_request(os.path.expanduser(os.fspath(path))) for path in paths]
-        with self._locked(wait, "indexing", progress):
+        requests = [scoped_request(self._catalog, os.path.expanduser(os.fspath(path))) for path in paths]
+        with self._write_lock.held(wait, "indexing", progress):
             embedder = self._embedder_for_indexing(None, None, reembed=False)
-            return self._run_indexer(requests, embedder, batch_size, workers, progress)
-
-    def _scoped_request(self, path: str | os.PathLike[str]) -> RootRequest:
-        roots = self._catalog.roots()
-        resolved = resolve_inside(path, [root.path for root in roots])
-        if not os.path.exists(resolved):
-            raise InvalidPathError(f"{os.fspath(path)} does not exist.")
-        folder = resolved if os.path.isdir(resolved) else os.path.dirname(resolved)
-        # The innermost root holding it decides how to walk (hidden files, links).
-        root = max(
-            (
-                r
-                for r in roots
-                if folder == os.path.realpath(r.path)
-                or folder.startswith(os.path.join(os.path.realpath(r.path), ""))
-            ),
-            key=lambda r: len(r.path),
-        )
-        walked = os.path.realpath(root.path)
-        scope = None if folder == walked else folder
-        if scope is not None and not root.include_hidden and hidden_between(walked, scope):
-            # What a run added there, the next run over the whole root would take for deleted.
-            raise InvalidPathError(
-                f"{os.fspath(path)} lies in a hidden folder, which {root.path} is indexed without; "
-                f"to index hidden files there: pixsift index --include-hidden {shlex.quote(root.path)}"
+            return index_library(
+                self._catalog, self._index, self.path, requests, embedder, batch_size, workers, progress
             )
-        return RootRequest(root.path, root.include_hidden, root.follow_symlinks, scope=scope)
-
-    def _run_indexer(
-        self,
-        requests: Sequence[RootRequest],
-        embedder: Callable[[], Embedder],
-        batch_size: int,
-        workers: int | None,
-        progress: IndexProgress | None,
-    ) -> IndexReport:
-        # An unmounted drive must not look like a deleted folder: a known root that looks
-        # unmounted is not walked, and no other root's walk drops what it held.
-        unmounted = [r.path for r in self._catalog.roots() if looks_unmounted(r.path, self._catalog)]
-        skipped = [r.path for r in requests if r.scope is None and r.path in unmounted]
-        settings = IndexSettings(
-            batch_size=batch_size,
-            workers=workers or IndexSettings().workers,
-            max_pixels=default_max_pixels(),
-            exclude=(str(self.path),),
-            keep=tuple(unmounted),
-        )
-        walked = [r for r in requests if r.path not in skipped]
-        try:
-            report = Indexer(self._catalog, embedder, settings, progress).run(walked)
-        finally:  # also after Ctrl-C: save what was committed into the FAISS index
-            if (model := self._catalog.model()) is not None:
-                self._index.refresh(model.embed_dim, save=True)
-        if model is not None:
-            self._index.rebuild_if_drifted(model.embed_dim)
-        if report.removed:
-            prune_thumbnails(self.path / THUMBNAILS_DIR, self._catalog.images)
-        report.skipped_roots = skipped
-        return report
-
-    @contextmanager
-    def _locked(
-        self, wait: float | None, doing: str, progress: IndexProgress | None = None
-    ) -> Iterator[None]:
-        """Hold the library's write lock, waiting up to `wait` seconds (None: for ever); while
-        it waits, `progress` shows a waiting phase, so a wait never looks like a hang."""
-        from pixsift.storage.database import write_error
-
-        try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
-            self._wait_for_lock(wait, doing, progress)
-        except OSError as exc:  # a lock file this user may not write (another user made it)
-            raise write_error(self.path, exc) from exc
-        try:
-            yield
-        finally:
-            self._lock.release()
-
-    def _wait_for_lock(self, wait: float | None, doing: str, progress: IndexProgress | None) -> None:
-        if progress is not None and wait != 0:
-            progress.start("Waiting for another index run")
-        try:
-            self._lock.acquire(timeout=-1 if wait is None else max(0.0, wait))
-        except Timeout:
-            waited = "" if not wait else f" (waited {wait:g} s)"
-            raise LibraryBusyError(
-                f"Another pixsift process is indexing or repairing the library at {self.path}"
-                f"{waited}; {doing} needs the library to itself. Try again when it has finished."
-            ) from None
-        finally:
-            if progress is not None and wait != 0:
-                progress.stop()
-
-    def _root_requests(
-        self, roots: Sequence[str | os.PathLike[str]], include_hidden: bool, follow_symlinks: bool
-    ) -> list[RootRequest]:
-        """The folders to index: those named, else every known root."""
-        if roots:
-            return [self._new_root(r, include_hidden, follow_symlinks) for r in roots]
-        known = self._catalog.roots()
-        if not known:
-            raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
-        return [RootRequest(r.path, r.include_hidden, r.follow_symlinks) for r in known]
-
-    @staticmethod
-    def _new_root(root: str | os.PathLike[str], include_hidden: bool, follow_symlinks: bool) -> RootRequest:
-        folder = Path(root).expanduser()
-        if not folder.exists():
-            raise InvalidPathError(f"Folder {folder} does not exist.")
-        if not folder.is_dir():
-            raise InvalidPathError(f"{folder} is not a folder; give the folder that holds it.")
-        return RootRequest(str(folder.resolve()), include_hidden, follow_symlinks)
-
-    def _drop_roots_except(self, kept: set[str]) -> None:
-        with self._catalog.write() as batch:
-            for root in self._catalog.roots():
-                if root.path not in kept:
-                    batch.delete_root(root.path)
 
     def _embedder_for_indexing(
         self, model: str | None, pretrained: str | None, reembed: bool
@@ -445,7 +295,7 @@ class Library:
         if not texts:
             return []
         vectors, _ = self._examples.of([QueryTerm(text=text) for text in texts])
-        return self._rank(vectors, k, filters, [set() for _ in texts], min_score)
+        return self._ranker.rank(vectors, k, filters, [set() for _ in texts], min_score)
 
     def similar(
         self,
@@ -465,7 +315,7 @@ class Library:
                 raise QueryError("plus and minus terms combine with an image file only.")
             terms = [QueryTerm(image=os.fspath(image)), *as_terms(plus, 1.0), *as_terms(minus, -1.0)]
             return self.search_terms(terms, k, min_score=min_score, under=under, filters=filters)
-        return self.similar_many([image], k, min_score=min_score, filters=_merge(filters, under))[0]
+        return self.similar_many([image], k, min_score=min_score, filters=merge_under(filters, under))[0]
 
     def similar_many(
         self,
@@ -485,7 +335,7 @@ class Library:
         examples = [QueryTerm(image=item) if isinstance(item, str) else item for item in examples]
         vectors, ids = self._examples.of(examples)
         excludes = [set() if image_id is None else {image_id} for image_id in ids]
-        return self._rank(vectors, k, filters, excludes, min_score)
+        return self._ranker.rank(vectors, k, filters, excludes, min_score)
 
     def recommend(
         self,
@@ -509,7 +359,7 @@ class Library:
         """
         if not 0.0 <= diversity <= 1.0:
             raise QueryError(f"diversity must be from 0 to 1, not {diversity}.")
-        _check_k(k)
+        check_k(k)
         liked, disliked = example_list(positive), example_list(negative)
         if not liked:  # before any vector is made: nothing to stack is no error of numpy's
             raise QueryError("A recommendation needs at least one positive example.")
@@ -518,17 +368,8 @@ class Library:
         query = rocchio(rows[: len(liked)], rows[len(liked) :], weights, scales=scales)
         excluded = {int(i) for i in exclude} | {i for i in ids if i is not None}
         if diversity == 0.0:
-            return self._rank(query[None, :], k, filters, [excluded], min_score)[0]
-        # The pool is capped for speed, but never below k: that would return fewer than asked.
-        pool = max(k, min(max(4 * k, MMR_POOL_MIN), MMR_POOL_MAX))
-        hits = self._hits(query[None, :], pool, filters, [excluded], min_score)[0]
-        stored = self._catalog.vectors(image_id for _, image_id in hits)
-        hits = [hit for hit in hits if hit[1] in stored]
-        if not hits:
-            return []
-        relevance = np.array([score for score, _ in hits], dtype=np.float32)
-        order = mmr_order(relevance, np.stack([stored[i] for _, i in hits]), k, diversity)
-        return to_results(self._catalog, [[hits[position] for position in order]])[0]
+            return self._ranker.rank(query[None, :], k, filters, [excluded], min_score)[0]
+        return self._ranker.rank_diverse(query, k, filters, excluded, min_score, diversity)
 
     def search_terms(
         self,
@@ -545,7 +386,7 @@ class Library:
         vectors, query_ids = self._examples.of(terms)
         query = combine(vectors, [term.weight for term in terms])
         excluded = {image_id for image_id in query_ids if image_id is not None}
-        return self._rank(query[None, :], k, _merge(filters, under), [excluded], min_score)[0]
+        return self._ranker.rank(query[None, :], k, merge_under(filters, under), [excluded], min_score)[0]
 
     def search_vector(
         self,
@@ -558,80 +399,18 @@ class Library:
         exclude_ids: Sequence[int] | set[int] = (),
     ) -> list[SearchResult]:
         """Images ranked by cosine similarity to an embedding `vector`."""
-        query = _unit_query_vector(vector)
-        return self._rank(query[None, :], k, _merge(filters, under), [set(exclude_ids)], min_score)[0]
-
-    def _rank(
-        self,
-        queries: np.ndarray,
-        k: int,
-        filters: SearchFilters | None,
-        excludes: Sequence[set[int]],
-        min_score: float | None,
-    ) -> list[list[SearchResult]]:
-        """The top `k` results of each query row (one FAISS call), named from the catalog."""
-        return to_results(self._catalog, self._hits(queries, k, filters, excludes, min_score))
-
-    def _hits(
-        self,
-        queries: np.ndarray,
-        k: int,
-        filters: SearchFilters | None,
-        excludes: Sequence[set[int]],
-        min_score: float | None,
-    ) -> list[list[tuple[float, int]]]:
-        _check_k(k)
-        _check_min_score(min_score)
-        allowed = self._allowed_ids(filters)
-        with self._index.current(self._require_model().embed_dim, save=False) as vectors:
-            if queries.shape[1:] != (vectors.dim,):
-                raise QueryError(
-                    f"A query vector of shape {queries.shape[1:]} does not fit this library, whose "
-                    f"model makes {vectors.dim}-dimensional vectors."
-                )
-            fetch = fetch_size(vectors, k, max(len(excluded) for excluded in excludes))
-            exact_max = self._index.thresholds.exact_filter_max
-            scores, ids = nearest(vectors, queries, fetch, allowed, self._catalog.vectors, exact_max)
-        return [
-            ranked_hits(row_scores, row_ids, exclude_ids=excluded, min_score=min_score)[:k]
-            for row_scores, row_ids, excluded in zip(scores, ids, excludes, strict=True)
-        ]
-
-    def _allowed_ids(self, filters: SearchFilters | None) -> np.ndarray | None:
-        """The ids a search may return under `filters`, or None when nothing is filtered."""
-        if filters is None or filters.is_empty:
-            return None
-        folders = [None] if filters.under is None else self._existing_folders(filters.under)
-        taken_after, taken_before = filters.taken_range()
-        found = [
-            self._catalog.ids_matching(
-                folder=folder,
-                formats=filters.format_names(),
-                min_width=filters.min_width,
-                min_height=filters.min_height,
-                taken_after=taken_after,
-                taken_before=taken_before,
-            )
-            for folder in folders
-        ]
-        return found[0] if len(found) == 1 else np.union1d(found[0], found[1])
+        query = unit_query_vector(vector)
+        return self._ranker.rank(
+            query[None, :], k, merge_under(filters, under), [set(exclude_ids)], min_score
+        )[0]
 
     @property
     def _examples(self) -> ExampleVectors:
         return ExampleVectors(self._catalog, self._embedder_or_load, self.max_pixels)
 
-    def _existing_folders(self, under: str | os.PathLike[str]) -> list[str]:
-        """The folder to search under as written (absolute) and resolved, when they differ:
-        files found through a link that a root follows are stored under the link's path, and
-        a root given through a link is stored resolved."""
-        folder = Path(under).expanduser()
-        try:
-            exists = folder.is_dir()
-        except (OSError, ValueError):
-            exists = False
-        if not exists:
-            raise InvalidPathError(f"The folder to search under, {folder}, does not exist.")
-        return list(dict.fromkeys([os.path.abspath(folder), str(folder.resolve())]))
+    @property
+    def _ranker(self) -> Ranker:
+        return Ranker(self._catalog, self._index, self._require_model)
 
     # ---- single images -------------------------------------------------------------------------
 
@@ -674,7 +453,7 @@ class Library:
         if not paths and not self._catalog.roots():
             raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
         for path in paths:
-            self._scoped_request(path)
+            scoped_request(self._catalog, path)
 
     def delete(self, image_id: int, *, wait_s: float = 2.0) -> ImageInfo:
         """Remove an image (its metadata and vector) from the library; its file is left alone.
@@ -683,7 +462,7 @@ class Library:
         `wait_s` seconds for a running index run, then raises LibraryBusyError.
         """
         info = self.image(image_id)
-        with self._locked(wait_s, "deleting"):
+        with self._write_lock.held(wait_s, "deleting"):
             with self._catalog.write() as batch:
                 batch.delete_images([image_id])
             if (model := self._catalog.model()) is not None:
@@ -697,9 +476,9 @@ class Library:
         another indexed folder nested inside it stay; a folder inside another indexed folder
         is only dropped as a root (that folder's next index run decides what of it stays).
         Returns how many images were removed."""
-        with self._locked(wait, "forgetting a folder"):
+        with self._write_lock.held(wait, "forgetting a folder"):
             roots = [root.path for root in self._catalog.roots()]
-            root = _root_named(folder, roots)
+            root = root_named(folder, roots)
             others = [other for other in roots if other != root]
             ids: set[int] = set()
             if not any(is_within(root, other) for other in others):  # else only the root goes
@@ -770,9 +549,9 @@ class Library:
         from pixsift.storage.index_lifecycle import INDEX_TYPE_KEY, MEMORY_BUDGET_KEY
 
         self._require_model()
-        kind = _index_type_setting(index_type)
-        budget = _memory_budget_setting(memory_budget)
-        with self._locked(wait, "rebuilding the search index"):
+        kind = index_type_setting(index_type)
+        budget = memory_budget_setting(memory_budget)
+        with self._write_lock.held(wait, "rebuilding the search index"):
             policy = self._index.policy()
             if kind is not None:
                 policy = replace(policy, forced=None if kind == "auto" else IndexKind(kind))
@@ -792,47 +571,13 @@ class Library:
     def index_summary(self) -> IndexSummary:
         """The kind of search index in use, its size and how it was tuned."""
         with self._index.current(self._require_model().embed_dim, save=False) as vectors:
-            meta = vectors.meta
-            return IndexSummary(
-                kind=vectors.kind.value,
-                vectors=vectors.count,
-                memory_bytes=vectors.memory_bytes(),
-                search_param=meta.search_param or None,
-                recall=meta.recall,
-                trained_count=meta.trained_count,
-                tombstones=vectors.tombstones,
-            )
+            return summarize_index(vectors)
 
     # ---- status --------------------------------------------------------------------------------
 
     def status(self) -> LibraryStatus:
         """What is indexed, with which model, where, and how fresh the search index is."""
-        from pixsift.storage.index_header import IndexMeta, read_header
-
-        generation = self._catalog.generation()
-        header = read_header(self.index_path)
-        if header is None:
-            state = IndexFileState("missing", None)
-        else:
-            saved = int(header["generation"])
-            meta = IndexMeta.from_dict(header)
-            state = IndexFileState(
-                "up to date" if saved == generation else "stale",
-                saved,
-                meta.plan.kind.value,
-                meta.search_param or None,
-                meta.recall,
-            )
-        disk = sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
-        return LibraryStatus(
-            path=self.path,
-            model=self._catalog.model(),
-            counts=self._catalog.counts(),
-            roots=self._catalog.roots(),
-            generation=generation,
-            index_file=state,
-            disk_bytes=disk,
-        )
+        return library_status(self.path, self._catalog, self.index_path)
 
     def failures(self, limit: int | None = None) -> list[Failure]:
         """Files that could not be indexed, with the reason, by path."""
@@ -861,7 +606,7 @@ class Library:
         """
         from pixsift import doctor
 
-        with self._locked(wait, "a check"):
+        with self._write_lock.held(wait, "a check"):
             return doctor.check(self._catalog, self.index_path)
 
     def repair(self, *, wait: float | None = LOCK_WAIT_S) -> HealthReport:
@@ -874,7 +619,7 @@ class Library:
         from pixsift import doctor
         from pixsift.storage.database import write_error
 
-        with self._locked(wait, "a repair"):
+        with self._write_lock.held(wait, "a repair"):
             before = doctor.check(self._catalog, self.index_path)
             if any(problem.kind == "database" for problem in before.problems):
                 return before
@@ -900,96 +645,3 @@ def _make_library_folder(folder: Path) -> None:
         raise InvalidPathError(f"Cannot create the library folder {folder}: {reason}.") from None
     except OSError as exc:  # no permission, a read-only or full disk
         raise write_error(folder, exc) from exc
-
-
-def _check_run_sizes(batch_size: int, workers: int | None) -> None:
-    """Refuse a batch size or worker count below 1: a batch of 0 images would index nothing
-    and still report a complete run."""
-    for name, value in (("batch_size", batch_size), ("workers", workers)):
-        if value is None and name == "workers":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidOptionError(f"{name} must be a whole number of at least 1, not {value!r}.")
-
-
-def _check_k(k: int) -> None:
-    """Refuse a result count that is not a whole number of at least 1."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise QueryError(f"k (how many results) must be a whole number of at least 1, not {k!r}.")
-
-
-def _check_min_score(min_score: float | None) -> None:
-    """Refuse a NaN or infinite threshold: NaN compares false with every score, so it would
-    silently return nothing."""
-    if min_score is None:
-        return
-    if isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.floating)):
-        raise QueryError(f"min_score must be a number, not {min_score!r}.")
-    if not math.isfinite(min_score):
-        raise QueryError(f"min_score must be a finite number, not {min_score}.")
-
-
-def _unit_query_vector(vector: np.ndarray) -> np.ndarray:
-    """`vector` scaled to length 1, so that scores are cosine similarities as for any query
-    (the index holds unit vectors); QueryError for a vector that has no direction."""
-    try:
-        query = np.asarray(vector, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise QueryError("A query vector must be a sequence of numbers.") from None
-    if query.ndim != 1:
-        raise QueryError(f"A query vector must be one-dimensional, not of shape {query.shape}.")
-    if not np.all(np.isfinite(query)):
-        raise QueryError("A query vector holds values that are not finite numbers (NaN or infinity).")
-    length = float(np.linalg.norm(query.astype(np.float64)))
-    if length < 1e-12:
-        raise QueryError("A query vector of length zero has no direction to search in.")
-    return np.asarray(query / length, dtype=np.float32)
-
-
-def _index_type_setting(index_type: str | None) -> str | None:
-    from pixsift.storage.index_choice import IndexKind
-
-    if index_type is None:
-        return None
-    names = ["auto", *(kind.value for kind in IndexKind)]
-    if index_type not in names:
-        raise QueryError(f"Index type {index_type!r} is not one of {', '.join(names)}.")
-    return index_type
-
-
-def _memory_budget_setting(budget: str | int | None) -> int | None:
-    from pixsift.storage.index_choice import parse_memory_budget
-
-    if budget is None:
-        return None
-    return parse_memory_budget(str(budget))
-
-
-def _merge(filters: SearchFilters | None, under: str | os.PathLike[str] | None) -> SearchFilters | None:
-    """`filters` with the older `under=` argument folded in."""
-    if under is None:
-        return filters
-    if filters is not None and filters.under is not None:
-        raise QueryError("Give the folder once: either under= or filters.under, not both.")
-    return (filters or SearchFilters()).with_under(os.fspath(under))
-
-
-def check_index_arguments(
-    roots: Sequence[str | os.PathLike[str]], model: str | None, pretrained: str | None
-) -> None:
-    """Raise now what `Library.index` would refuse in its folders and model names, so a
-    command can check them before it creates a library (weights are not loaded here)."""
-    for root in roots:
-        Library._new_root(root, include_hidden=False, follow_symlinks=False)
-    if model or pretrained:
-        resolve_model_spec(model, pretrained)
-
-
-def _root_named(folder: str | os.PathLike[str], roots: Sequence[str]) -> str:
-    """The indexed folder `folder` names, however written (it may no longer exist)."""
-    written = os.path.expanduser(os.fspath(folder))
-    for candidate in (os.path.abspath(written), os.path.realpath(written)):
-        if candidate in roots:
-            return candidate
-    known = ", ".join(roots) or "none yet"
-    raise InvalidPathError(f"{os.fspath(folder)} is not an indexed folder (indexed folders: {known}).")

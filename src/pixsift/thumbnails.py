@@ -24,6 +24,7 @@ from pixsift.errors import ImageError, ImageFileMissingError, ImageTooLargeError
 from pixsift.indexer.decode import allowed_formats, describe_error
 from pixsift.storage.database import write_error
 
+THUMBNAILS_DIR = "thumbnails"  # the cache's folder inside the library folder
 MIN_SIZE = 16
 MAX_SIZE = 1024
 JPEG_QUALITY = 85

@@ -167,7 +167,7 @@ def _saved_index(reader: CatalogReader, path: Path, generation: int, dim: int) -
 def _ranked(
     reader: CatalogReader, index: VectorIndex, query: np.ndarray, k: int, min_score: float | None
 ) -> list[SearchResult]:
-    """What `Library._rank` makes of one query vector with no filter and nothing excluded."""
+    """What `Ranker.rank` makes of one query vector with no filter and nothing excluded."""
     from pixsift.search.engine import fetch_size, nearest, ranked_hits, to_results
 
     # Without a filter the exact-filter threshold plays no part: any value gives the same.

@@ -1,0 +1,100 @@
+"""Checks of the arguments `Library` takes, done before any work: what a caller may get wrong
+(a count below 1, a NaN threshold, a vector with no direction, an unknown index kind) is
+refused with a message written for them, not met later as a numpy or FAISS error.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from pixsift.errors import InvalidOptionError, QueryError
+from pixsift.indexer.roots import new_root
+from pixsift.models import resolve_model_spec
+from pixsift.search import SearchFilters
+
+
+def check_run_sizes(batch_size: int, workers: int | None) -> None:
+    """Refuse a batch size or worker count below 1: a batch of 0 images would index nothing
+    and still report a complete run."""
+    for name, value in (("batch_size", batch_size), ("workers", workers)):
+        if value is None and name == "workers":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidOptionError(f"{name} must be a whole number of at least 1, not {value!r}.")
+
+
+def check_k(k: int) -> None:
+    """Refuse a result count that is not a whole number of at least 1."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise QueryError(f"k (how many results) must be a whole number of at least 1, not {k!r}.")
+
+
+def check_min_score(min_score: float | None) -> None:
+    """Refuse a NaN or infinite threshold: NaN compares false with every score, so it would
+    silently return nothing."""
+    if min_score is None:
+        return
+    if isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.floating)):
+        raise QueryError(f"min_score must be a number, not {min_score!r}.")
+    if not math.isfinite(min_score):
+        raise QueryError(f"min_score must be a finite number, not {min_score}.")
+
+
+def unit_query_vector(vector: np.ndarray) -> np.ndarray:
+    """`vector` scaled to length 1, so that scores are cosine similarities as for any query
+    (the index holds unit vectors); QueryError for a vector that has no direction."""
+    try:
+        query = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise QueryError("A query vector must be a sequence of numbers.") from None
+    if query.ndim != 1:
+        raise QueryError(f"A query vector must be one-dimensional, not of shape {query.shape}.")
+    if not np.all(np.isfinite(query)):
+        raise QueryError("A query vector holds values that are not finite numbers (NaN or infinity).")
+    length = float(np.linalg.norm(query.astype(np.float64)))
+    if length < 1e-12:
+        raise QueryError("A query vector of length zero has no direction to search in.")
+    return np.asarray(query / length, dtype=np.float32)
+
+
+def index_type_setting(index_type: str | None) -> str | None:
+    from pixsift.storage.index_choice import IndexKind
+
+    if index_type is None:
+        return None
+    names = ["auto", *(kind.value for kind in IndexKind)]
+    if index_type not in names:
+        raise QueryError(f"Index type {index_type!r} is not one of {', '.join(names)}.")
+    return index_type
+
+
+def memory_budget_setting(budget: str | int | None) -> int | None:
+    from pixsift.storage.index_choice import parse_memory_budget
+
+    if budget is None:
+        return None
+    return parse_memory_budget(str(budget))
+
+
+def merge_under(filters: SearchFilters | None, under: str | os.PathLike[str] | None) -> SearchFilters | None:
+    """`filters` with the older `under=` argument folded in."""
+    if under is None:
+        return filters
+    if filters is not None and filters.under is not None:
+        raise QueryError("Give the folder once: either under= or filters.under, not both.")
+    return (filters or SearchFilters()).with_under(os.fspath(under))
+
+
+def check_index_arguments(
+    roots: Sequence[str | os.PathLike[str]], model: str | None, pretrained: str | None
+) -> None:
+    """Raise now what `Library.index` would refuse in its folders and model names, so a
+    command can check them before it creates a library (weights are not loaded here)."""
+    for root in roots:
+        new_root(root, include_hidden=False, follow_symlinks=False)
+    if model or pretrained:
+        resolve_model_spec(model, pretrained)

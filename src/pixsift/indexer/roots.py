@@ -1,0 +1,89 @@
+"""Which folders an index run walks: the roots a caller names (checked, then resolved), every
+root the library knows, or a part of one (`reindex`), walked with that root's options.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pixsift.access import resolve_inside
+from pixsift.errors import InvalidPathError
+from pixsift.indexer.run import RootRequest
+from pixsift.indexer.scan import hidden_between
+
+if TYPE_CHECKING:
+    from pixsift.storage import Catalog
+
+
+def root_requests(
+    catalog: Catalog,
+    roots: Sequence[str | os.PathLike[str]],
+    include_hidden: bool,
+    follow_symlinks: bool,
+) -> list[RootRequest]:
+    """The folders to index: those named, else every known root."""
+    if roots:
+        return [new_root(r, include_hidden, follow_symlinks) for r in roots]
+    known = catalog.roots()
+    if not known:
+        raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
+    return [RootRequest(r.path, r.include_hidden, r.follow_symlinks) for r in known]
+
+
+def new_root(root: str | os.PathLike[str], include_hidden: bool, follow_symlinks: bool) -> RootRequest:
+    folder = Path(root).expanduser()
+    if not folder.exists():
+        raise InvalidPathError(f"Folder {folder} does not exist.")
+    if not folder.is_dir():
+        raise InvalidPathError(f"{folder} is not a folder; give the folder that holds it.")
+    return RootRequest(str(folder.resolve()), include_hidden, follow_symlinks)
+
+
+def scoped_request(catalog: Catalog, path: str | os.PathLike[str]) -> RootRequest:
+    """The part of an indexed root that `path` names (a folder, or a file's folder), to be walked
+    with that root's options; AccessDeniedError outside every root."""
+    roots = catalog.roots()
+    resolved = resolve_inside(path, [root.path for root in roots])
+    if not os.path.exists(resolved):
+        raise InvalidPathError(f"{os.fspath(path)} does not exist.")
+    folder = resolved if os.path.isdir(resolved) else os.path.dirname(resolved)
+    # The innermost root holding it decides how to walk (hidden files, links).
+    root = max(
+        (
+            r
+            for r in roots
+            if folder == os.path.realpath(r.path)
+            or folder.startswith(os.path.join(os.path.realpath(r.path), ""))
+        ),
+        key=lambda r: len(r.path),
+    )
+    walked = os.path.realpath(root.path)
+    scope = None if folder == walked else folder
+    if scope is not None and not root.include_hidden and hidden_between(walked, scope):
+        # What a run added there, the next run over the whole root would take for deleted.
+        raise InvalidPathError(
+            f"{os.fspath(path)} lies in a hidden folder, which {root.path} is indexed without; "
+            f"to index hidden files there: pixsift index --include-hidden {shlex.quote(root.path)}"
+        )
+    return RootRequest(root.path, root.include_hidden, root.follow_symlinks, scope=scope)
+
+
+def drop_roots_except(catalog: Catalog, kept: set[str]) -> None:
+    with catalog.write() as batch:
+        for root in catalog.roots():
+            if root.path not in kept:
+                batch.delete_root(root.path)
+
+
+def root_named(folder: str | os.PathLike[str], roots: Sequence[str]) -> str:
+    """The indexed folder `folder` names, however written (it may no longer exist)."""
+    written = os.path.expanduser(os.fspath(folder))
+    for candidate in (os.path.abspath(written), os.path.realpath(written)):
+        if candidate in roots:
+            return candidate
+    known = ", ".join(roots) or "none yet"
+    raise InvalidPathError(f"{os.fspath(folder)} is not an indexed folder (indexed folders: {known}).")

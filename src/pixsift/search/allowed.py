@@ -1,0 +1,51 @@
+"""The images a search filter allows, as the ids FAISS may return: one catalog query per form
+of the folder to search under (as written and resolved), for the other filters as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pixsift.errors import InvalidPathError
+from pixsift.search.filters import SearchFilters
+
+if TYPE_CHECKING:
+    from pixsift.storage import Catalog
+
+
+def allowed_ids(catalog: Catalog, filters: SearchFilters | None) -> np.ndarray | None:
+    """The ids a search may return under `filters`, or None when nothing is filtered."""
+    if filters is None or filters.is_empty:
+        return None
+    folders = [None] if filters.under is None else _existing_folders(filters.under)
+    taken_after, taken_before = filters.taken_range()
+    found = [
+        catalog.ids_matching(
+            folder=folder,
+            formats=filters.format_names(),
+            min_width=filters.min_width,
+            min_height=filters.min_height,
+            taken_after=taken_after,
+            taken_before=taken_before,
+        )
+        for folder in folders
+    ]
+    return found[0] if len(found) == 1 else np.union1d(found[0], found[1])
+
+
+def _existing_folders(under: str | os.PathLike[str]) -> list[str]:
+    """The folder to search under as written (absolute) and resolved, when they differ:
+    files found through a link that a root follows are stored under the link's path, and
+    a root given through a link is stored resolved."""
+    folder = Path(under).expanduser()
+    try:
+        exists = folder.is_dir()
+    except (OSError, ValueError):
+        exists = False
+    if not exists:
+        raise InvalidPathError(f"The folder to search under, {folder}, does not exist.")
+    return list(dict.fromkeys([os.path.abspath(folder), str(folder.resolve())]))

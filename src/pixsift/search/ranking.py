@@ -1,0 +1,96 @@
+"""Ranking a library's images for query vectors, as every `Library` search does: the ids a
+filter allows, one FAISS call for all the query rows (the search index held meanwhile), then
+the hits named from the catalog; and, for a recommendation asked to vary, MMR over a larger
+pool of candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pixsift.arguments import check_k, check_min_score
+from pixsift.errors import QueryError
+from pixsift.search.allowed import allowed_ids
+from pixsift.search.diversity import mmr_order
+from pixsift.search.engine import fetch_size, nearest, ranked_hits, to_results
+from pixsift.search.filters import SearchFilters
+from pixsift.search.results import SearchResult
+
+if TYPE_CHECKING:
+    from pixsift.models import ModelRecord
+    from pixsift.storage import Catalog
+    from pixsift.storage.index_keeper import IndexKeeper
+
+MMR_POOL_MIN = 50  # candidates MMR chooses from: enough variety beyond the top k
+MMR_POOL_MAX = 1000
+
+
+class Ranker:
+    """Ranks the images of `catalog` through its search `index`; `model()` is the library's
+    model record (it raises EmptyLibraryError for a library without a model yet)."""
+
+    def __init__(self, catalog: Catalog, index: IndexKeeper, model: Callable[[], ModelRecord]) -> None:
+        self._catalog = catalog
+        self._index = index
+        self._model = model
+
+    def rank(
+        self,
+        queries: np.ndarray,
+        k: int,
+        filters: SearchFilters | None,
+        excludes: Sequence[set[int]],
+        min_score: float | None,
+    ) -> list[list[SearchResult]]:
+        """The top `k` results of each query row (one FAISS call), named from the catalog."""
+        return to_results(self._catalog, self._hits(queries, k, filters, excludes, min_score))
+
+    def rank_diverse(
+        self,
+        query: np.ndarray,
+        k: int,
+        filters: SearchFilters | None,
+        excluded: set[int],
+        min_score: float | None,
+        diversity: float,
+    ) -> list[SearchResult]:
+        """The `k` results for one query vector that MMR picks, with `diversity` from 0 (plain
+        ranking) to 1, among the best candidates."""
+        # The pool is capped for speed, but never below k: that would return fewer than asked.
+        pool = max(k, min(max(4 * k, MMR_POOL_MIN), MMR_POOL_MAX))
+        hits = self._hits(query[None, :], pool, filters, [excluded], min_score)[0]
+        stored = self._catalog.vectors(image_id for _, image_id in hits)
+        hits = [hit for hit in hits if hit[1] in stored]
+        if not hits:
+            return []
+        relevance = np.array([score for score, _ in hits], dtype=np.float32)
+        order = mmr_order(relevance, np.stack([stored[i] for _, i in hits]), k, diversity)
+        return to_results(self._catalog, [[hits[position] for position in order]])[0]
+
+    def _hits(
+        self,
+        queries: np.ndarray,
+        k: int,
+        filters: SearchFilters | None,
+        excludes: Sequence[set[int]],
+        min_score: float | None,
+    ) -> list[list[tuple[float, int]]]:
+        check_k(k)
+        check_min_score(min_score)
+        allowed = allowed_ids(self._catalog, filters)
+        with self._index.current(self._model().embed_dim, save=False) as vectors:
+            if queries.shape[1:] != (vectors.dim,):
+                raise QueryError(
+                    f"A query vector of shape {queries.shape[1:]} does not fit this library, whose "
+                    f"model makes {vectors.dim}-dimensional vectors."
+                )
+            fetch = fetch_size(vectors, k, max(len(excluded) for excluded in excludes))
+            exact_max = self._index.thresholds.exact_filter_max
+            scores, ids = nearest(vectors, queries, fetch, allowed, self._catalog.vectors, exact_max)
+        return [
+            ranked_hits(row_scores, row_ids, exclude_ids=excluded, min_score=min_score)[:k]
+            for row_scores, row_ids, excluded in zip(scores, ids, excludes, strict=True)
+        ]

@@ -1,0 +1,98 @@
+"""What a library reports about itself: `LibraryStatus` (what is indexed, with which model,
+where, and how fresh the search index file is) and `IndexSummary` (the search index in use).
+
+The status is read from the catalog and the index file's header alone, so `pixsift status`
+loads neither FAISS nor the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pixsift.models import ModelRecord
+    from pixsift.storage import Catalog, CatalogCounts, RootInfo
+    from pixsift.storage.vector_index import VectorIndex
+
+
+@dataclass(frozen=True)
+class IndexFileState:
+    """Whether `vectors.faiss` reflects the database: "up to date", "stale" or "missing";
+    its kind ("flat", "hnsw", "ivfpq"), its tuned nprobe/efSearch and the recall@10 measured
+    when it was tuned, as its header records them."""
+
+    state: str
+    generation: int | None
+    kind: str | None = None
+    search_param: int | None = None
+    recall: float | None = None
+
+
+@dataclass(frozen=True)
+class IndexSummary:
+    """The search index in use: its kind ("flat", "hnsw", "ivfpq"), size and tuning."""
+
+    kind: str
+    vectors: int
+    memory_bytes: int
+    search_param: int | None  # nprobe (ivfpq) or efSearch (hnsw)
+    recall: float | None  # recall@10 against exact search, measured when it was tuned
+    trained_count: int
+    tombstones: int
+
+
+@dataclass(frozen=True)
+class LibraryStatus:
+    path: Path
+    model: ModelRecord | None
+    counts: CatalogCounts
+    roots: list[RootInfo]
+    generation: int
+    index_file: IndexFileState
+    disk_bytes: int
+
+
+def library_status(folder: Path, catalog: Catalog, index_path: Path) -> LibraryStatus:
+    """The status of the library in `folder`, whose catalog is `catalog`."""
+    from pixsift.storage.index_header import IndexMeta, read_header
+
+    generation = catalog.generation()
+    header = read_header(index_path)
+    if header is None:
+        state = IndexFileState("missing", None)
+    else:
+        saved = int(header["generation"])
+        meta = IndexMeta.from_dict(header)
+        state = IndexFileState(
+            "up to date" if saved == generation else "stale",
+            saved,
+            meta.plan.kind.value,
+            meta.search_param or None,
+            meta.recall,
+        )
+    disk = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    return LibraryStatus(
+        path=folder,
+        model=catalog.model(),
+        counts=catalog.counts(),
+        roots=catalog.roots(),
+        generation=generation,
+        index_file=state,
+        disk_bytes=disk,
+    )
+
+
+def summarize_index(vectors: VectorIndex) -> IndexSummary:
+    """The kind of the search index `vectors`, its size and how it was tuned."""
+    meta = vectors.meta
+    return IndexSummary(
+        kind=vectors.kind.value,
+        vectors=vectors.count,
+        memory_bytes=vectors.memory_bytes(),
+        search_param=meta.search_param or None,
+        recall=meta.recall,
+        trained_count=meta.trained_count,
+        tombstones=vectors.tombstones,
+    )
