@@ -131,7 +131,7 @@ def test_text_with_unknown_pieces_builds_the_bpe_and_gets_the_same_ids(tmp_path:
 
 
 def test_known_words_are_whole_pieces_of_the_vocabulary(tmp_path: Path) -> None:
-    full, quick = saved_with_known_words(tmp_path)
+    saved_with_known_words(tmp_path)
     table = KnownWords.load(tmp_path / "known-words.json")
     assert 30_000 < len(table) < 49_408
     assert table.ids("dog") is not None and table.ids("dog's") is not None
