@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import subprocess
 import sys
 import textwrap
+import typing
 import venv
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import pixsift
+from pixsift import errors as pixsift_errors
 
 SOURCE_ROOT = Path(pixsift.__file__).resolve().parent.parent  # the folder holding the package
 
@@ -53,3 +58,64 @@ def test_type_checkers_see_the_hints_of_an_installed_pixsift(tmp_path: Path) -> 
     )
     assert "py.typed" not in result.stdout, result.stdout
     assert 'Incompatible return value type (got "Path", expected "int")' in result.stdout, result.stdout
+
+
+def _pixsift_classes(annotation: object) -> Iterator[type]:
+    """The pixsift classes an annotation names, however nested (`list[SearchResult] | None`)."""
+    if isinstance(annotation, type):
+        if annotation.__module__.startswith("pixsift."):
+            yield annotation
+        return
+    for argument in typing.get_args(annotation):
+        yield from _pixsift_classes(argument)
+
+
+def _hints(owner: object, module: str) -> dict[str, object]:
+    names = {**vars(sys.modules[module]), **{name: getattr(pixsift, name) for name in pixsift.__all__}}
+    return typing.get_type_hints(owner, globalns=names)
+
+
+def test_every_type_the_library_takes_or_returns_is_exported() -> None:
+    """An application annotates what it keeps (`info: ImageInfo = library.image(id)`), so
+    every class in a public method's signature, and in the fields of those records, must be
+    importable from `pixsift` itself, not from a private module."""
+    from pixsift.library import Library
+
+    found: set[type] = set()
+    todo = [
+        cls
+        for name, method in inspect.getmembers(Library, callable)
+        if not name.startswith("_")
+        for annotation in _hints(method, "pixsift.library").values()
+        for cls in _pixsift_classes(annotation)
+    ]
+    while todo:
+        cls = todo.pop()
+        if cls in found:
+            continue
+        found.add(cls)
+        if dataclasses.is_dataclass(cls):
+            todo.extend(c for hint in _hints(cls, cls.__module__).values() for c in _pixsift_classes(hint))
+
+    assert {"ImageInfo", "LibraryStatus", "CatalogCounts", "EvalReport"} <= {cls.__name__ for cls in found}
+    for cls in found:
+        assert cls.__name__ in pixsift.__all__, cls
+        assert getattr(pixsift, cls.__name__) is cls
+
+
+def test_every_error_is_exported_and_listed() -> None:
+    errors = [
+        cls
+        for cls in vars(pixsift_errors).values()
+        if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == pixsift_errors.__name__
+    ]
+    assert errors
+    for cls in errors:
+        assert cls.__name__ in pixsift.__all__, cls
+        assert getattr(pixsift, cls.__name__) is cls
+
+
+def test_an_interactive_shell_completes_the_exported_names() -> None:
+    assert set(pixsift.__all__) <= set(dir(pixsift))
+    for name in pixsift.__all__:
+        assert getattr(pixsift, name) is not None

@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AccessDeniedError": "pixsift.errors",
     "EmptyLibraryError": "pixsift.errors",
+    "ExportCacheError": "pixsift.errors",
     "ImageError": "pixsift.errors",
     "ImageFileMissingError": "pixsift.errors",
     "ImageNotFoundError": "pixsift.errors",
@@ -36,6 +37,10 @@ _EXPORTS = {
     "Library": "pixsift.library",
     "LibraryStatus": "pixsift.library",
     "IndexSummary": "pixsift.library",
+    "IndexFileState": "pixsift.library",
+    "EvalReport": "pixsift.evaluation",
+    "QueryOutcome": "pixsift.evaluation",
+    "RocchioWeights": "pixsift.search.recommend",
     "IndexThresholds": "pixsift.storage.index_choice",
     "ModelRecord": "pixsift.models",
     "ModelSpec": "pixsift.models",
@@ -44,6 +49,9 @@ _EXPORTS = {
     "SearchResult": "pixsift.search",
     "search_once": "pixsift.search.quick",
     "Failure": "pixsift.storage",
+    "CatalogCounts": "pixsift.storage",
+    "ImageInfo": "pixsift.storage",
+    "RootInfo": "pixsift.storage",
     "HealthReport": "pixsift.doctor",
     "Problem": "pixsift.doctor",
 }
@@ -56,11 +64,17 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def __dir__() -> list[str]:
+    """The lazily imported names too, for completion in an interactive shell or an editor."""
+    return sorted({*globals(), *_EXPORTS})
+
+
 if TYPE_CHECKING:
     from pixsift.doctor import HealthReport, Problem
     from pixsift.errors import (
         AccessDeniedError,
         EmptyLibraryError,
+        ExportCacheError,
         ImageError,
         ImageFileMissingError,
         ImageNotFoundError,
@@ -76,23 +90,30 @@ if TYPE_CHECKING:
         PixsiftError,
         QueryError,
     )
+    from pixsift.evaluation import EvalReport, QueryOutcome
     from pixsift.indexer import IndexInterrupted, IndexProgress, IndexReport
-    from pixsift.library import IndexSummary, Library, LibraryStatus
+    from pixsift.library import IndexFileState, IndexSummary, Library, LibraryStatus
     from pixsift.models import ModelRecord, ModelSpec
     from pixsift.search import QueryTerm, SearchFilters, SearchResult
     from pixsift.search.quick import search_once
-    from pixsift.storage import Failure
+    from pixsift.search.recommend import RocchioWeights
+    from pixsift.storage import CatalogCounts, Failure, ImageInfo, RootInfo
     from pixsift.storage.index_choice import IndexThresholds
 
 __all__ = [
     "AccessDeniedError",
+    "CatalogCounts",
     "EmptyLibraryError",
+    "EvalReport",
+    "ExportCacheError",
     "Failure",
     "HealthReport",
     "ImageError",
     "ImageFileMissingError",
+    "ImageInfo",
     "ImageNotFoundError",
     "ImageTooLargeError",
+    "IndexFileState",
     "IndexInterrupted",
     "IndexProgress",
     "IndexReport",
@@ -113,7 +134,10 @@ __all__ = [
     "PixsiftError",
     "Problem",
     "QueryError",
+    "QueryOutcome",
     "QueryTerm",
+    "RocchioWeights",
+    "RootInfo",
     "SearchFilters",
     "SearchResult",
     "__version__",
