@@ -159,6 +159,30 @@ def test_ids_from_numpy_arrays_are_ids(library: Library) -> None:
     ]
 
 
+def test_a_result_count_from_numpy_is_that_count(library: Library) -> None:
+    from pixsift import search_once
+
+    vector = np.ones(64, dtype=np.float32)
+    under = SearchFilters(under=str(library.search("a cat", k=1)[0].path.parent))
+    calls: list[Callable[[int], list[SearchResult]]] = [
+        lambda k: library.search("a cat", k),
+        lambda k: library.search("a cat", k, filters=under),
+        lambda k: library.similar(1, k),
+        lambda k: library.search_vector(vector, k),
+        lambda k: library.search_many(["a cat"], k)[0],
+        lambda k: library.similar_many([1], k)[0],
+        lambda k: library.search_terms([QueryTerm(text="a cat")], k),
+        lambda k: library.recommend(["a cat"], k=k),
+        lambda k: library.recommend(["a cat"], k=k, diversity=0.5),
+        lambda k: search_once("a cat", k, library=library.path),
+    ]
+    for call in calls:
+        expected = [hit.id for hit in call(3)]
+        assert len(expected) == 3
+        for count in (np.int64(3), np.int32(3), np.uint8(3)):
+            assert [hit.id for hit in call(count)] == expected  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("image_id", [2**63, 2**64, -(2**63) - 1])
 def test_an_id_no_database_can_hold_is_an_image_not_found(library: Library, image_id: int) -> None:
     for call in (
