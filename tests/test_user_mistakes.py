@@ -126,6 +126,33 @@ def test_empty_and_mistyped_examples_are_query_errors(library: Library) -> None:
         library.recommend([None])  # type: ignore[list-item]
 
 
+@pytest.mark.parametrize("text", [5, b"a cat", ["a cat"], Path("a cat"), QueryTerm(text="a cat")])
+def test_a_query_text_that_is_no_string_is_a_query_error(library: Library, text: object) -> None:
+    from pixsift import search_once
+
+    calls: list[Callable[[], object]] = [
+        lambda: library.search(text),  # type: ignore[arg-type]
+        lambda: library.search_many(["a cat", text]),  # type: ignore[list-item]
+        lambda: library.search_terms([QueryTerm(text=text)]),  # type: ignore[arg-type]
+        lambda: search_once(text, library=library.path),  # type: ignore[arg-type]
+    ]
+    if not isinstance(text, QueryTerm):  # plus and minus take terms as well as texts
+        calls.append(lambda: library.search("a cat", plus=[text]))  # type: ignore[list-item]
+    for call in calls:
+        with pytest.raises(QueryError, match=f"A query text must be a string, not {type(text).__name__}"):
+            call()
+
+
+def test_a_query_image_or_weight_of_the_wrong_kind_is_a_query_error(library: Library) -> None:
+    with pytest.raises(QueryError, match="A query image must be a file path, not int"):
+        library.search_terms([QueryTerm(image=5)])  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match="A query weight must be a number, not str"):
+        library.search("a cat", plus=[QueryTerm(text="a dog", weight="2")])  # type: ignore[arg-type]
+    photo = library.search("a cat", k=1)[0].path  # a Path and numpy weights are fine
+    hits = library.search_terms([QueryTerm(image=photo), QueryTerm(text="a dog", weight=np.float32(0.5))])  # type: ignore[arg-type]
+    assert hits
+
+
 def test_one_example_given_alone_is_that_example_not_its_characters(library: Library) -> None:
     from pixsift import search_once
 
