@@ -173,6 +173,21 @@ def test_one_example_given_alone_is_that_example_not_its_characters(library: Lib
         library.similar_many(data)
 
 
+def test_the_many_methods_take_generators_as_lists(library: Library) -> None:
+    texts = ["a cat", "a red square"]
+    ids = [hit.id for hit in library.search("a cat", k=2)]
+
+    def ranked(batches: list[list[SearchResult]]) -> list[list[int]]:
+        return [[hit.id for hit in hits] for hits in batches]
+
+    from_generator = library.search_many(text for text in texts)  # type: ignore[arg-type]
+    assert ranked(from_generator) == ranked(library.search_many(texts))
+    assert ranked(library.similar_many(i for i in ids)) == ranked(library.similar_many(ids))  # type: ignore[arg-type]
+    nothing: list[int] = []
+    assert library.search_many(str(i) for i in nothing) == []  # type: ignore[arg-type]
+    assert library.similar_many(i for i in nothing) == []  # type: ignore[arg-type]
+
+
 def test_ids_from_numpy_arrays_are_ids(library: Library) -> None:
     hits = library.search("a cat", k=3)
     ids = np.array([hit.id for hit in hits])  # as an application keeps them

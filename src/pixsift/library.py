@@ -446,6 +446,7 @@ class Library:
     ) -> list[list[SearchResult]]:
         """`search` for many texts at once: one model call and one FAISS call for them all."""
         refuse_single(texts, "search_many", "search(text)")
+        texts = list(texts)  # a generator is read once
         if not texts:
             return []
         vectors, _ = self._examples.of([QueryTerm(text=text) for text in texts])
@@ -481,6 +482,7 @@ class Library:
     ) -> list[list[SearchResult]]:
         """`similar` for many images at once (ids, files or bytes): one FAISS call for all."""
         refuse_single(images, "similar_many", "similar(image)")
+        images = list(images)  # a generator is read once
         if not images:
             return []
         examples: list[Example] = [
