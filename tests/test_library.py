@@ -461,6 +461,35 @@ def test_interrupted_run_keeps_committed_batches_and_the_next_run_finishes(
         assert indexed_paths(library) == {str(p) for p in photos.iterdir()}
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_a_first_run_stopped_before_its_model_loaded_keeps_no_folder(
+    library_dir: Path, photos: Path, tiny_model: TinyModel, stop: type[BaseException]
+) -> None:
+    """Ctrl-C (or a progress listener's error) while a new library's model loads: a later plain
+    run must not index the folder with the default model instead of the one asked for."""
+
+    class StopWhileLoading:
+        def start(self, phase: str, total: int | None = None) -> None:
+            if phase == "Loading model":
+                raise stop("stopped while the model loads")
+
+        def advance(self, steps: int = 1) -> None:
+            pass
+
+        def stop(self) -> None:
+            pass
+
+    with Library.open(library_dir) as library:
+        with pytest.raises(stop):
+            index(library, tiny_model, photos, progress=StopWhileLoading())
+        assert (library.status().model, library.status().roots) == (None, [])
+        with pytest.raises(InvalidPathError, match="Nothing to index yet"):
+            library.index()
+        assert index(library, tiny_model, photos).added == 12
+        assert library.status().model is not None
+        assert library.status().model.spec.pretrained == str(tiny_model.checkpoint)  # type: ignore[union-attr]
+
+
 def test_index_file_is_rebuilt_when_missing_or_stale(
     library_dir: Path, photos: Path, tiny_model: TinyModel
 ) -> None:

@@ -31,7 +31,6 @@ from pixsift.errors import (
     InvalidPathError,
     LibraryBusyError,
     LibraryNotFoundError,
-    ModelError,
     ModelMismatchError,
     QueryError,
 )
@@ -232,14 +231,15 @@ class Library:
         _check_run_sizes(batch_size, workers)
         requests = self._root_requests(roots, include_hidden, follow_symlinks)
         with self._locked(wait, "indexing", progress):
-            # A library without a model yet records the model only once it loads: if it cannot
-            # (weights not downloadable), the folders named are not kept either, so a later
-            # plain `pixsift index` cannot index them with the default model instead.
+            # A library without a model yet records the model only once it loads: if the run
+            # stops before (weights not downloadable, Ctrl-C or a progress listener's error while
+            # scanning or loading), the folders named are not kept either, so a later plain
+            # `pixsift index` cannot index them with the default model instead.
             roots_before = None if self._catalog.model() else {r.path for r in self._catalog.roots()}
             try:
                 embedder = self._embedder_for_indexing(model, pretrained, reembed)
                 report = self._run_indexer(requests, embedder, batch_size, workers, progress)
-            except ModelError:
+            except BaseException:
                 if roots_before is not None and self._catalog.model() is None:
                     self._drop_roots_except(roots_before)
                 raise
