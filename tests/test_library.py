@@ -18,8 +18,10 @@ from pixsift import (
     IndexReport,
     InvalidPathError,
     Library,
+    LibraryClosedError,
     LibraryNotFoundError,
     ModelMismatchError,
+    PixsiftError,
     QueryError,
     QueryTerm,
 )
@@ -488,6 +490,58 @@ def test_a_first_run_stopped_before_its_model_loaded_keeps_no_folder(
         assert index(library, tiny_model, photos).added == 12
         assert library.status().model is not None
         assert library.status().model.spec.pretrained == str(tiny_model.checkpoint)  # type: ignore[union-attr]
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    """The files under `folder` this process holds open (Linux's /proc)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+        if target.startswith(str(folder)):
+            held.append(target)
+    return held
+
+
+def test_a_closed_library_says_so_and_holds_nothing(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    library = Library.open(library_dir)
+    index(library, tiny_model, photos)
+    image_id = library.search("a cat", k=1)[0].id
+    library.close()
+    library.close()  # closing twice is harmless
+
+    calls: list[Callable[[], object]] = [
+        lambda: library.search("a cat"),
+        lambda: library.similar(image_id),
+        lambda: library.similar(photos / sorted(os.listdir(photos))[0]),
+        lambda: library.recommend([image_id], ["a dog"]),
+        lambda: library.search_vector(np.ones(64, dtype=np.float32)),
+        lambda: library.image(image_id),
+        lambda: library.thumbnail(image_id),
+        lambda: library.delete(image_id),
+        lambda: library.status(),
+        lambda: library.failures(),
+        lambda: library.index(),
+        lambda: library.index(photos),
+        lambda: library.check(),
+        lambda: library.warm_up(),
+        lambda: library.index_summary(),
+    ]
+    for call in calls:
+        with pytest.raises(LibraryClosedError, match=f"library at {library_dir} was closed"):
+            call()
+    assert not issubclass(LibraryClosedError, PixsiftError)  # the program's mistake, not its user's
+    if os.path.isdir("/proc/self/fd"):
+        assert _open_files_under(library_dir) == []  # no connection was opened again
+
+    with Library.open(library_dir) as reopened:
+        assert reopened.image(image_id).id == image_id
+    with pytest.raises(LibraryClosedError):
+        reopened.search("a cat")  # the with block closed it
 
 
 def test_index_file_is_rebuilt_when_missing_or_stale(
