@@ -333,6 +333,23 @@ def test_batch_size_and_workers_below_one_are_refused(
         library.reindex(folder, **options)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("path", ["", "  "])
+def test_an_empty_library_path_is_refused_not_read_as_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    from pixsift import search_once
+
+    monkeypatch.chdir(tmp_path)
+    for call in (
+        lambda: Library.open(path),
+        lambda: Library.open(path, create=False),
+        lambda: search_once("a cat", library=path),
+    ):
+        with pytest.raises(InvalidPathError, match="The library path is empty"):
+            call()
+    assert os.listdir(tmp_path) == []  # no library.db made where the program runs
+
+
 def test_reindex_expands_the_home_folder(library: Library, monkeypatch: pytest.MonkeyPatch) -> None:
     root = Path(library.status().roots[0].path)
     monkeypatch.setenv("HOME", str(root.parent))
