@@ -463,6 +463,32 @@ def test_interrupted_run_keeps_committed_batches_and_the_next_run_finishes(
         assert indexed_paths(library) == {str(p) for p in photos.iterdir()}
 
 
+def test_a_progress_listeners_error_stops_the_run_and_keeps_what_was_embedded(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    class FailsAfterFirstBatch:
+        phase = ""
+
+        def start(self, phase: str, total: int | None = None) -> None:
+            self.phase = phase
+
+        def advance(self, steps: int = 1) -> None:
+            if self.phase == "Embedding":
+                raise RuntimeError("the progress window was closed")
+
+        def stop(self) -> None:
+            pass
+
+    with Library.open(library_dir) as library:
+        with pytest.raises(RuntimeError, match="progress window"):
+            index(library, tiny_model, photos, batch_size=4, progress=FailsAfterFirstBatch())
+        assert library.status().counts.indexed == 4
+        assert library.status().index_file.state == "up to date"
+        assert len(library.search("a cat", k=12)) == 4
+        report = library.index()
+        assert (report.unchanged, report.added) == (4, 8)
+
+
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
 def test_a_first_run_stopped_before_its_model_loaded_keeps_no_folder(
     library_dir: Path, photos: Path, tiny_model: TinyModel, stop: type[BaseException]
