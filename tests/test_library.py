@@ -18,8 +18,10 @@ from pixsift import (
     IndexReport,
     InvalidPathError,
     Library,
+    LibraryClosedError,
     LibraryNotFoundError,
     ModelMismatchError,
+    PixsiftError,
     QueryError,
     QueryTerm,
 )
@@ -475,6 +477,113 @@ def test_interrupted_run_keeps_committed_batches_and_the_next_run_finishes(
         report = library.index(photos)
         assert (report.unchanged, report.added) == (4, 8)
         assert indexed_paths(library) == {str(p) for p in photos.iterdir()}
+
+
+def test_a_progress_listeners_error_stops_the_run_and_keeps_what_was_embedded(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    class FailsAfterFirstBatch:
+        phase = ""
+
+        def start(self, phase: str, total: int | None = None) -> None:
+            self.phase = phase
+
+        def advance(self, steps: int = 1) -> None:
+            if self.phase == "Embedding":
+                raise RuntimeError("the progress window was closed")
+
+        def stop(self) -> None:
+            pass
+
+    with Library.open(library_dir) as library:
+        with pytest.raises(RuntimeError, match="progress window"):
+            index(library, tiny_model, photos, batch_size=4, progress=FailsAfterFirstBatch())
+        assert library.status().counts.indexed == 4
+        assert library.status().index_file.state == "up to date"
+        assert len(library.search("a cat", k=12)) == 4
+        report = library.index()
+        assert (report.unchanged, report.added) == (4, 8)
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_a_first_run_stopped_before_its_model_loaded_keeps_no_folder(
+    library_dir: Path, photos: Path, tiny_model: TinyModel, stop: type[BaseException]
+) -> None:
+    """Ctrl-C (or a progress listener's error) while a new library's model loads: a later plain
+    run must not index the folder with the default model instead of the one asked for."""
+
+    class StopWhileLoading:
+        def start(self, phase: str, total: int | None = None) -> None:
+            if phase == "Loading model":
+                raise stop("stopped while the model loads")
+
+        def advance(self, steps: int = 1) -> None:
+            pass
+
+        def stop(self) -> None:
+            pass
+
+    with Library.open(library_dir) as library:
+        with pytest.raises(stop):
+            index(library, tiny_model, photos, progress=StopWhileLoading())
+        assert (library.status().model, library.status().roots) == (None, [])
+        with pytest.raises(InvalidPathError, match="Nothing to index yet"):
+            library.index()
+        assert index(library, tiny_model, photos).added == 12
+        assert library.status().model is not None
+        assert library.status().model.spec.pretrained == str(tiny_model.checkpoint)  # type: ignore[union-attr]
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    """The files under `folder` this process holds open (Linux's /proc)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+        if target.startswith(str(folder)):
+            held.append(target)
+    return held
+
+
+def test_a_closed_library_says_so_and_holds_nothing(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    library = Library.open(library_dir)
+    index(library, tiny_model, photos)
+    image_id = library.search("a cat", k=1)[0].id
+    library.close()
+    library.close()  # closing twice is harmless
+
+    calls: list[Callable[[], object]] = [
+        lambda: library.search("a cat"),
+        lambda: library.similar(image_id),
+        lambda: library.similar(photos / sorted(os.listdir(photos))[0]),
+        lambda: library.recommend([image_id], ["a dog"]),
+        lambda: library.search_vector(np.ones(64, dtype=np.float32)),
+        lambda: library.image(image_id),
+        lambda: library.thumbnail(image_id),
+        lambda: library.delete(image_id),
+        lambda: library.status(),
+        lambda: library.failures(),
+        lambda: library.index(),
+        lambda: library.index(photos),
+        lambda: library.check(),
+        lambda: library.warm_up(),
+        lambda: library.index_summary(),
+    ]
+    for call in calls:
+        with pytest.raises(LibraryClosedError, match=f"library at {library_dir} was closed"):
+            call()
+    assert not issubclass(LibraryClosedError, PixsiftError)  # the program's mistake, not its user's
+    if os.path.isdir("/proc/self/fd"):
+        assert _open_files_under(library_dir) == []  # no connection was opened again
+
+    with Library.open(library_dir) as reopened:
+        assert reopened.image(image_id).id == image_id
+    with pytest.raises(LibraryClosedError):
+        reopened.search("a cat")  # the with block closed it
 
 
 def test_index_file_is_rebuilt_when_missing_or_stale(

@@ -126,6 +126,33 @@ def test_empty_and_mistyped_examples_are_query_errors(library: Library) -> None:
         library.recommend([None])  # type: ignore[list-item]
 
 
+@pytest.mark.parametrize("text", [5, b"a cat", ["a cat"], Path("a cat"), QueryTerm(text="a cat")])
+def test_a_query_text_that_is_no_string_is_a_query_error(library: Library, text: object) -> None:
+    from pixsift import search_once
+
+    calls: list[Callable[[], object]] = [
+        lambda: library.search(text),  # type: ignore[arg-type]
+        lambda: library.search_many(["a cat", text]),  # type: ignore[list-item]
+        lambda: library.search_terms([QueryTerm(text=text)]),  # type: ignore[arg-type]
+        lambda: search_once(text, library=library.path),  # type: ignore[arg-type]
+    ]
+    if not isinstance(text, QueryTerm):  # plus and minus take terms as well as texts
+        calls.append(lambda: library.search("a cat", plus=[text]))  # type: ignore[list-item]
+    for call in calls:
+        with pytest.raises(QueryError, match=f"A query text must be a string, not {type(text).__name__}"):
+            call()
+
+
+def test_a_query_image_or_weight_of_the_wrong_kind_is_a_query_error(library: Library) -> None:
+    with pytest.raises(QueryError, match="A query image must be a file path, not int"):
+        library.search_terms([QueryTerm(image=5)])  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match="A query weight must be a number, not str"):
+        library.search("a cat", plus=[QueryTerm(text="a dog", weight="2")])  # type: ignore[arg-type]
+    photo = library.search("a cat", k=1)[0].path  # a Path and numpy weights are fine
+    hits = library.search_terms([QueryTerm(image=photo), QueryTerm(text="a dog", weight=np.float32(0.5))])  # type: ignore[arg-type]
+    assert hits
+
+
 def test_one_example_given_alone_is_that_example_not_its_characters(library: Library) -> None:
     from pixsift import search_once
 
@@ -146,6 +173,21 @@ def test_one_example_given_alone_is_that_example_not_its_characters(library: Lib
         library.similar_many(data)
 
 
+def test_the_many_methods_take_generators_as_lists(library: Library) -> None:
+    texts = ["a cat", "a red square"]
+    ids = [hit.id for hit in library.search("a cat", k=2)]
+
+    def ranked(batches: list[list[SearchResult]]) -> list[list[int]]:
+        return [[hit.id for hit in hits] for hits in batches]
+
+    from_generator = library.search_many(text for text in texts)  # type: ignore[arg-type]
+    assert ranked(from_generator) == ranked(library.search_many(texts))
+    assert ranked(library.similar_many(i for i in ids)) == ranked(library.similar_many(ids))  # type: ignore[arg-type]
+    nothing: list[int] = []
+    assert library.search_many(str(i) for i in nothing) == []  # type: ignore[arg-type]
+    assert library.similar_many(i for i in nothing) == []  # type: ignore[arg-type]
+
+
 def test_ids_from_numpy_arrays_are_ids(library: Library) -> None:
     hits = library.search("a cat", k=3)
     ids = np.array([hit.id for hit in hits])  # as an application keeps them
@@ -157,6 +199,30 @@ def test_ids_from_numpy_arrays_are_ids(library: Library) -> None:
     assert [hit.id for hit in library.recommend(ids[0], k=5)] == [
         hit.id for hit in library.recommend([int(ids[0])], k=5)
     ]
+
+
+def test_a_result_count_from_numpy_is_that_count(library: Library) -> None:
+    from pixsift import search_once
+
+    vector = np.ones(64, dtype=np.float32)
+    under = SearchFilters(under=str(library.search("a cat", k=1)[0].path.parent))
+    calls: list[Callable[[int], list[SearchResult]]] = [
+        lambda k: library.search("a cat", k),
+        lambda k: library.search("a cat", k, filters=under),
+        lambda k: library.similar(1, k),
+        lambda k: library.search_vector(vector, k),
+        lambda k: library.search_many(["a cat"], k)[0],
+        lambda k: library.similar_many([1], k)[0],
+        lambda k: library.search_terms([QueryTerm(text="a cat")], k),
+        lambda k: library.recommend(["a cat"], k=k),
+        lambda k: library.recommend(["a cat"], k=k, diversity=0.5),
+        lambda k: search_once("a cat", k, library=library.path),
+    ]
+    for call in calls:
+        expected = [hit.id for hit in call(3)]
+        assert len(expected) == 3
+        for count in (np.int64(3), np.int32(3), np.uint8(3)):
+            assert [hit.id for hit in call(count)] == expected  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("image_id", [2**63, 2**64, -(2**63) - 1])
@@ -265,6 +331,23 @@ def test_batch_size_and_workers_below_one_are_refused(
         library.index(folder, **options)  # type: ignore[arg-type]
     with pytest.raises(InvalidOptionError, match=f"{name} must be a whole number of at least 1"):
         library.reindex(folder, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", ["", "  "])
+def test_an_empty_library_path_is_refused_not_read_as_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    from pixsift import search_once
+
+    monkeypatch.chdir(tmp_path)
+    for call in (
+        lambda: Library.open(path),
+        lambda: Library.open(path, create=False),
+        lambda: search_once("a cat", library=path),
+    ):
+        with pytest.raises(InvalidPathError, match="The library path is empty"):
+            call()
+    assert os.listdir(tmp_path) == []  # no library.db made where the program runs
 
 
 def test_reindex_expands_the_home_folder(library: Library, monkeypatch: pytest.MonkeyPatch) -> None:

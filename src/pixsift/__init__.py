@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AccessDeniedError": "pixsift.errors",
     "EmptyLibraryError": "pixsift.errors",
+    "ExportCacheError": "pixsift.errors",
     "ImageError": "pixsift.errors",
     "ImageFileMissingError": "pixsift.errors",
     "ImageNotFoundError": "pixsift.errors",
@@ -23,6 +24,7 @@ _EXPORTS = {
     "InvalidOptionError": "pixsift.errors",
     "InvalidPathError": "pixsift.errors",
     "LibraryBusyError": "pixsift.errors",
+    "LibraryClosedError": "pixsift.errors",
     "LibraryFormatError": "pixsift.errors",
     "LibraryNotFoundError": "pixsift.errors",
     "LibraryWriteError": "pixsift.errors",
@@ -36,6 +38,10 @@ _EXPORTS = {
     "Library": "pixsift.library",
     "LibraryStatus": "pixsift.status",
     "IndexSummary": "pixsift.status",
+    "IndexFileState": "pixsift.status",
+    "EvalReport": "pixsift.evaluation",
+    "QueryOutcome": "pixsift.evaluation",
+    "RocchioWeights": "pixsift.search.recommend",
     "IndexThresholds": "pixsift.storage.index_choice",
     "ModelRecord": "pixsift.models",
     "ModelSpec": "pixsift.models",
@@ -44,6 +50,9 @@ _EXPORTS = {
     "SearchResult": "pixsift.search",
     "search_once": "pixsift.search.quick",
     "Failure": "pixsift.storage",
+    "CatalogCounts": "pixsift.storage",
+    "ImageInfo": "pixsift.storage",
+    "RootInfo": "pixsift.storage",
     "HealthReport": "pixsift.doctor",
     "Problem": "pixsift.doctor",
 }
@@ -56,11 +65,17 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def __dir__() -> list[str]:
+    """The lazily imported names too, for completion in an interactive shell or an editor."""
+    return sorted({*globals(), *_EXPORTS})
+
+
 if TYPE_CHECKING:
     from pixsift.doctor import HealthReport, Problem
     from pixsift.errors import (
         AccessDeniedError,
         EmptyLibraryError,
+        ExportCacheError,
         ImageError,
         ImageFileMissingError,
         ImageNotFoundError,
@@ -68,6 +83,7 @@ if TYPE_CHECKING:
         InvalidOptionError,
         InvalidPathError,
         LibraryBusyError,
+        LibraryClosedError,
         LibraryFormatError,
         LibraryNotFoundError,
         LibraryWriteError,
@@ -76,24 +92,31 @@ if TYPE_CHECKING:
         PixsiftError,
         QueryError,
     )
+    from pixsift.evaluation import EvalReport, QueryOutcome
     from pixsift.indexer import IndexInterrupted, IndexProgress, IndexReport
     from pixsift.library import Library
     from pixsift.models import ModelRecord, ModelSpec
     from pixsift.search import QueryTerm, SearchFilters, SearchResult
     from pixsift.search.quick import search_once
-    from pixsift.status import IndexSummary, LibraryStatus
-    from pixsift.storage import Failure
+    from pixsift.search.recommend import RocchioWeights
+    from pixsift.status import IndexFileState, IndexSummary, LibraryStatus
+    from pixsift.storage import CatalogCounts, Failure, ImageInfo, RootInfo
     from pixsift.storage.index_choice import IndexThresholds
 
 __all__ = [
     "AccessDeniedError",
+    "CatalogCounts",
     "EmptyLibraryError",
+    "EvalReport",
+    "ExportCacheError",
     "Failure",
     "HealthReport",
     "ImageError",
     "ImageFileMissingError",
+    "ImageInfo",
     "ImageNotFoundError",
     "ImageTooLargeError",
+    "IndexFileState",
     "IndexInterrupted",
     "IndexProgress",
     "IndexReport",
@@ -103,6 +126,7 @@ __all__ = [
     "InvalidPathError",
     "Library",
     "LibraryBusyError",
+    "LibraryClosedError",
     "LibraryFormatError",
     "LibraryNotFoundError",
     "LibraryStatus",
@@ -114,7 +138,10 @@ __all__ = [
     "PixsiftError",
     "Problem",
     "QueryError",
+    "QueryOutcome",
     "QueryTerm",
+    "RocchioWeights",
+    "RootInfo",
     "SearchFilters",
     "SearchResult",
     "__version__",

@@ -41,6 +41,16 @@ def cache_dir() -> Path:
 
 
 def resolve_library_dir(path: str | os.PathLike[str] | None) -> Path:
-    """An absolute library folder for `path`, or the default one when `path` is None."""
+    """An absolute library folder for `path`, or the default one when `path` is None.
+
+    An empty path is refused: it would name the working directory, so a program's unset
+    setting (`Library.open(os.environ.get("LIB", ""))`) would make a library wherever it runs.
+    """
+    if isinstance(path, str) and not path.strip():
+        from pixsift.errors import InvalidPathError
+
+        raise InvalidPathError(
+            "The library path is empty: name a folder, or leave it out for the default library."
+        )
     chosen = Path(path).expanduser() if path is not None else default_library_dir()
     return chosen.absolute()

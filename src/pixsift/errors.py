@@ -10,6 +10,11 @@ class PixsiftError(Exception):
     """Base class: anything a user can cause and fix. `str(error)` is the message to show."""
 
 
+class LibraryClosedError(RuntimeError):
+    """A `Library` used after `close()` (or after its `with` block). A mistake of the calling
+    program, which no user can fix, so not a PixsiftError: open the library again instead."""
+
+
 class LibraryNotFoundError(PixsiftError):
     """A command that reads a library was pointed at a folder that holds none."""
 

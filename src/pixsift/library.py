@@ -33,7 +33,6 @@ from pixsift.errors import (
     ImageNotFoundError,
     InvalidPathError,
     LibraryNotFoundError,
-    ModelError,
     ModelMismatchError,
     QueryError,
 )
@@ -192,16 +191,17 @@ class Library:
         check_run_sizes(batch_size, workers)
         requests = root_requests(self._catalog, roots, include_hidden, follow_symlinks)
         with self._write_lock.held(wait, "indexing", progress):
-            # A library without a model yet records the model only once it loads: if it cannot
-            # (weights not downloadable), the folders named are not kept either, so a later
-            # plain `pixsift index` cannot index them with the default model instead.
+            # A library without a model yet records the model only once it loads: if the run
+            # stops before (weights not downloadable, Ctrl-C or a progress listener's error while
+            # scanning or loading), the folders named are not kept either, so a later plain
+            # `pixsift index` cannot index them with the default model instead.
             roots_before = None if self._catalog.model() else {r.path for r in self._catalog.roots()}
             try:
                 embedder = self._embedder_for_indexing(model, pretrained, reembed)
                 report = index_library(
                     self._catalog, self._index, self.path, requests, embedder, batch_size, workers, progress
                 )
-            except ModelError:
+            except BaseException:
                 if roots_before is not None and self._catalog.model() is None:
                     drop_roots_except(self._catalog, roots_before)
                 raise
@@ -292,6 +292,7 @@ class Library:
     ) -> list[list[SearchResult]]:
         """`search` for many texts at once: one model call and one FAISS call for them all."""
         refuse_single(texts, "search_many", "search(text)")
+        texts = list(texts)  # a generator is read once
         if not texts:
             return []
         vectors, _ = self._examples.of([QueryTerm(text=text) for text in texts])
@@ -327,6 +328,7 @@ class Library:
     ) -> list[list[SearchResult]]:
         """`similar` for many images at once (ids, files or bytes): one FAISS call for all."""
         refuse_single(images, "similar_many", "similar(image)")
+        images = list(images)  # a generator is read once
         if not images:
             return []
         examples: list[Example] = [

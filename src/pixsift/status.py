@@ -45,6 +45,10 @@ class IndexSummary:
 
 @dataclass(frozen=True)
 class LibraryStatus:
+    """What `Library.status()` reports: the library folder, its model (None before the first
+    index run), image counts, indexed folders, the catalog's generation (it grows with every
+    change of vectors), the search index file's state, and the bytes its files take."""
+
     path: Path
     model: ModelRecord | None
     counts: CatalogCounts

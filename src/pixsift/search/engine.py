@@ -32,8 +32,11 @@ class ImageRows(Protocol):
 
 
 def fetch_size(index: VectorIndex, k: int, excluded: int) -> int:
-    """How many neighbours to ask FAISS for so that `k` remain after dropping `excluded` ids."""
-    return max(1, min(k + excluded, index.count))
+    """How many neighbours to ask FAISS for so that `k` remain after dropping `excluded` ids.
+
+    A Python int whatever `k` was: FAISS refuses a numpy integer (a count read from an array).
+    """
+    return int(max(1, min(k + excluded, index.count)))
 
 
 def nearest(

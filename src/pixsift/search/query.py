@@ -8,6 +8,8 @@ query costs one index search, like a plain one.
 from __future__ import annotations
 
 import math
+import numbers
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +38,13 @@ class QueryTerm:
     def __post_init__(self) -> None:
         if (self.text is None) == (self.image is None):
             raise QueryError("A query term is either a text or an image, not both or neither.")
+        # A caller's number, bytes or list would otherwise fail deep inside as an AttributeError.
+        if self.text is not None and not isinstance(self.text, str):
+            raise QueryError(f"A query text must be a string, not {type(self.text).__name__}.")
+        if self.image is not None and not isinstance(self.image, (str, os.PathLike)):
+            raise QueryError(f"A query image must be a file path, not {type(self.image).__name__}.")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, numbers.Real):
+            raise QueryError(f"A query weight must be a number, not {type(self.weight).__name__}.")
         if self.text is not None and not self.text.strip():
             raise QueryError("A query text is empty.")
         if self.text is not None and not _encodable(self.text):

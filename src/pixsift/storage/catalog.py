@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, Engine, Select, delete, func, insert, sele
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
+from pixsift.errors import LibraryClosedError
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.storage.catalog_reader import GENERATION_KEY, blob_to_vector
 from pixsift.storage.database import damaged_error, open_engine, write_error, writer
@@ -83,16 +84,27 @@ class Catalog:
         self._engine = engine
         self._writer = writer(engine)
         self._folder = folder  # named in errors
+        self._closed = False
 
     @classmethod
     def open(cls, db_path: Path) -> Catalog:
         return cls(open_engine(db_path), db_path.parent)
 
     def close(self) -> None:
+        """Close the database's connections. Every later use raises LibraryClosedError: the
+        engine would open new connections silently, and keep them."""
+        self._closed = True
         self._engine.dispose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LibraryClosedError(
+                f"The library at {self._folder} was closed; open it again with Library.open to use it."
+            )
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
+        self._check_open()
         try:
             with Session(self._engine) as session, session.begin():
                 yield session
@@ -109,6 +121,7 @@ class Catalog:
         raised as LibraryWriteError; the transactions committed before it are kept. Ctrl-C
         during the transaction is delivered when it has ended (see `interrupts.py`).
         """
+        self._check_open()
         try:
             with (
                 interrupts_deferred(),
@@ -266,6 +279,7 @@ class Catalog:
 
     def integrity_errors(self) -> list[str]:
         """What SQLite's own integrity check finds wrong in the file; empty when sound."""
+        self._check_open()
         try:
             with Session(self._engine) as session, session.begin():
                 rows = [str(row[0]) for row in session.execute(text("PRAGMA integrity_check"))]

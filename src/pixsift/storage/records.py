@@ -42,6 +42,9 @@ class ImageInfo:
 
 @dataclass(frozen=True)
 class RootInfo:
+    """An indexed folder (resolved), how it is walked, when it was added and when an index run
+    last went through it whole (None if none has finished yet)."""
+
     path: str
     include_hidden: bool
     follow_symlinks: bool
@@ -51,6 +54,8 @@ class RootInfo:
 
 @dataclass(frozen=True)
 class Failure:
+    """A file that could not be indexed, and why (the message the indexer recorded)."""
+
     path: str
     error: str
 
