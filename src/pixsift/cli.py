@@ -44,11 +44,14 @@ app = typer.Typer(
 )
 
 LibraryOpt = Annotated[
-    Optional[Path],  # noqa: UP045 (typer reads the annotation at run time)
+    # A string, not a Path: typer would turn an empty value into "." (the working directory),
+    # and make a library wherever the command runs; the library refuses an empty path.
+    Optional[str],  # noqa: UP045 (typer reads the annotation at run time)
     typer.Option(
         "--library",
         help="Library folder. Default: $PIXSIFT_LIBRARY, else the user data folder.",
         show_default=False,
+        metavar="PATH",
     ),
 ]
 DeviceOpt = Annotated[
@@ -185,7 +188,7 @@ def _user_errors() -> Iterator[None]:
 
 
 def _open(
-    library: Path | None, *, create: bool = False, device: str = "auto", engine: Engine = Engine.auto
+    library: str | None, *, create: bool = False, device: str = "auto", engine: Engine = Engine.auto
 ) -> Library:
     from pixsift.library import Library
 
@@ -566,7 +569,7 @@ def _terms(texts: list[str] | None) -> list[QueryTerm]:
 
 
 def _query(
-    library: Path | None,
+    library: str | None,
     device: str,
     engine: Engine,
     output: ResultFormat,
