@@ -96,8 +96,10 @@ def test_recommend_errors(library: Library) -> None:
         library.recommend([], ["a cat"])
     with pytest.raises(ImageNotFoundError):
         library.recommend([987654])
-    with pytest.raises(QueryError, match="diversity"):
-        library.recommend(["a cat"], diversity=1.5)
+    for diversity in (1.5, float("nan"), "0.3", None, True):  # a form field passed on unread
+        with pytest.raises(QueryError, match="diversity must be a number from 0 to 1"):
+            library.recommend(["a cat"], diversity=diversity)  # type: ignore[arg-type]
+    assert len(library.recommend(["a cat"], diversity=np.float32(0.5), k=3)) == 3  # type: ignore[arg-type]
     with pytest.raises(QueryError, match="cancel"):
         rocchio(np.ones((1, 4)), np.ones((1, 4)), RocchioWeights(positive=1.0, negative=1.0))
 

@@ -350,6 +350,30 @@ def test_an_empty_library_path_is_refused_not_read_as_the_working_directory(
     assert os.listdir(tmp_path) == []  # no library.db made where the program runs
 
 
+def test_image_ids_that_are_not_integers_are_refused(library: Library) -> None:
+    """A string id is not looked up as though it were none: "3" would be "no image has id 3"
+    while image 3 exists."""
+    image_id = library.search("a cat", k=1)[0].id
+    assert library.image(np.int64(image_id)).id == image_id  # type: ignore[arg-type]
+    for wrong in (str(image_id), float(image_id), None):
+        with pytest.raises(QueryError, match="Image ids are whole numbers"):
+            library.image(wrong)  # type: ignore[arg-type]
+        with pytest.raises(QueryError, match="Image ids are whole numbers"):
+            library.thumbnail(wrong)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("command", [["status"], ["search", "a cat"], ["index", "."]])
+def test_an_empty_library_option_is_refused_by_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """`--library "$UNSET_VARIABLE"`: typer would read "" as ".", the working directory."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, [*command, "--library", ""])
+    assert result.exit_code == 1, result.output
+    assert "The library path is empty" in result.output
+    assert os.listdir(tmp_path) == []
+
+
 def test_reindex_expands_the_home_folder(library: Library, monkeypatch: pytest.MonkeyPatch) -> None:
     root = Path(library.status().roots[0].path)
     monkeypatch.setenv("HOME", str(root.parent))

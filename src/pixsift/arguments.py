@@ -33,6 +33,21 @@ def check_k(k: int) -> None:
         raise QueryError(f"k (how many results) must be a whole number of at least 1, not {k!r}.")
 
 
+def check_image_id(image_id: int) -> int:
+    """An image id as the catalog keys it; a numpy integer is one. A string or a float is
+    refused rather than looked up: "3" would be reported as no image, though image 3 exists."""
+    if isinstance(image_id, bool) or not isinstance(image_id, (int, np.integer)):
+        raise QueryError(f"Image ids are whole numbers, not {image_id!r}.")
+    return int(image_id)
+
+
+def check_diversity(diversity: float) -> None:
+    """Refuse a diversity that is not a number from 0 to 1 (NaN included)."""
+    number = isinstance(diversity, (int, float, np.integer, np.floating)) and not isinstance(diversity, bool)
+    if not number or not 0.0 <= diversity <= 1.0:
+        raise QueryError(f"diversity must be a number from 0 to 1, not {diversity!r}.")
+
+
 def check_min_score(min_score: float | None) -> None:
     """Refuse a NaN or infinite threshold: NaN compares false with every score, so it would
     silently return nothing."""

@@ -20,6 +20,8 @@ import numpy as np
 
 from pixsift.access import resolve_inside
 from pixsift.arguments import (
+    check_diversity,
+    check_image_id,
     check_k,
     check_run_sizes,
     index_type_setting,
@@ -359,8 +361,7 @@ class Library:
         indexed images and the `exclude` ids (say, what the user has already seen) are never
         returned. `diversity` from 0 (plain ranking) to 1 trades relevance for variety with MMR.
         """
-        if not 0.0 <= diversity <= 1.0:
-            raise QueryError(f"diversity must be from 0 to 1, not {diversity}.")
+        check_diversity(diversity)
         check_k(k)
         liked, disliked = example_list(positive), example_list(negative)
         if not liked:  # before any vector is made: nothing to stack is no error of numpy's
@@ -418,7 +419,7 @@ class Library:
 
     def image(self, image_id: int) -> ImageInfo:
         """An image's stored metadata; ImageNotFoundError if the library holds no such id."""
-        info = self._catalog.image(image_id)
+        info = self._catalog.image(check_image_id(image_id))
         if info is None:
             raise ImageNotFoundError(f"No image in the library has id {image_id}.")
         return info

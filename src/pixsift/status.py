@@ -7,6 +7,7 @@ loads neither FAISS nor the model.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,7 +77,7 @@ def library_status(folder: Path, catalog: Catalog, index_path: Path) -> LibraryS
             meta.search_param or None,
             meta.recall,
         )
-    disk = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    disk = sum(_file_size(entry) for entry in os.scandir(folder))
     return LibraryStatus(
         path=folder,
         model=catalog.model(),
@@ -100,3 +101,12 @@ def summarize_index(vectors: VectorIndex) -> IndexSummary:
         trained_count=meta.trained_count,
         tombstones=vectors.tombstones,
     )
+
+
+def _file_size(entry: os.DirEntry[str]) -> int:
+    """The size of a file of the library folder; 0 for a folder, or for a file gone since the
+    folder was listed (an index run renames its new index file over the old one meanwhile)."""
+    try:
+        return entry.stat().st_size if entry.is_file() else 0
+    except FileNotFoundError:
+        return 0
