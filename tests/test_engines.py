@@ -21,7 +21,7 @@ from pixsift.models.embedder import Embedder
 from pixsift.models.loading import load_embedder
 from pixsift.models.naming import resolve_model_spec
 from pixsift.models.onnx_embedder import OnnxEmbedder
-from pixsift.models.onnx_export import COSINE_BAR, export_folder, read_export
+from pixsift.models.onnx_export import COSINE_BAR, Export, export_folder, read_export
 from pixsift.models.pixels import PixelConfig, preprocess
 from pixsift.models.spec import ModelSpec
 
@@ -169,6 +169,23 @@ def test_damaged_export_is_made_again(tiny_model: TinyModel, photo_set: Path) ->
     assert read_export(spec) is None
     assert isinstance(load_embedder(spec, "cpu", "auto"), OnnxEmbedder)
     assert read_export(spec) is not None
+
+
+def test_one_shot_int8_text_tower_gives_the_same_vectors(tiny_model: TinyModel) -> None:
+    """A cold search loads the int8 text tower without repacking its weights: it must give
+    exactly the vectors a long-running library's tower gives, or the two would rank apart."""
+    spec = tiny_spec(tiny_model)
+    load_embedder(spec, "cpu", "auto")
+    export = read_export(spec)
+    assert export is not None and export.model_file("text", "int8") is not None
+
+    def no_remake() -> Export:
+        raise AssertionError("the export is whole")
+
+    texts = [*TEXTS, "a photo of a xyzzyq", "x" * 300]
+    kept = OnnxEmbedder(export, {"text": "int8"}, no_remake).embed_texts(texts)
+    one_shot = OnnxEmbedder(export, {"text": "int8"}, no_remake, one_shot=True).embed_texts(texts)
+    assert np.array_equal(one_shot, kept)
 
 
 def test_damaged_tokenizer_read_late_is_made_again(tiny_model: TinyModel) -> None:

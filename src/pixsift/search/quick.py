@@ -192,4 +192,4 @@ def _text_embedder(record: ModelRecord, engine: str) -> OnnxEmbedder:
     def cannot_remake() -> Export:
         raise _NotQuickError  # a damaged file (now discarded): the library exports the model again
 
-    return OnnxEmbedder(export, {"text": precision}, cannot_remake)
+    return OnnxEmbedder(export, {"text": precision}, cannot_remake, one_shot=True)
