@@ -56,6 +56,56 @@ def test_serve_on_an_address_in_use_says_so_in_one_line(tmp_path: Path) -> None:
     )
 
 
+def wait_until_up(process: subprocess.Popen[str], url: str) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, process.communicate()[0]
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "pixsift serve did not come up"
+        time.sleep(0.2)
+
+
+def test_a_client_that_never_finishes_its_request_does_not_keep_serve_running(tmp_path: Path) -> None:
+    """SIGTERM waits for requests under way only so long: a client that keeps sending its body
+    a byte at a time (or stalls) kept the service up until it gave up, or for ever."""
+    from pixsift import Library
+    from pixsift.server.run import SHUTDOWN_GRACE_S
+
+    Library.open(tmp_path / "lib").close()
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pixsift", "serve", "--library", str(tmp_path / "lib"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until_up(process, f"http://127.0.0.1:{port}")
+        with socket.create_connection(("127.0.0.1", port)) as slow_client:
+            slow_client.sendall(
+                b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100000\r\n\r\n{"image_base64": "AAAA'
+            )
+            time.sleep(0.5)  # the request is under way, its body far from complete
+            stopped_at = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=SHUTDOWN_GRACE_S + 30)
+            except subprocess.TimeoutExpired:
+                pytest.fail("pixsift serve kept running after SIGTERM while a request was left unfinished")
+            took = time.monotonic() - stopped_at
+    finally:
+        if process.poll() is None:
+            process.kill()
+        output = process.communicate(timeout=60)[0]
+    assert took < SHUTDOWN_GRACE_S + 10, output
+    assert process.returncode in (0, -signal.SIGTERM), output
+
+
 def test_serve_answers_over_http(tmp_path: Path, photos: Path, tiny_model: TinyModel) -> None:
     library = tmp_path / "lib"
     indexed = run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args())
@@ -70,16 +120,7 @@ def test_serve_answers_over_http(tmp_path: Path, photos: Path, tiny_model: TinyM
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.communicate()[0]
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "pixsift serve did not come up"
-            time.sleep(0.2)
+        wait_until_up(process, url)
         hits = httpx.get(f"{url}/search", params={"q": "a rocket", "k": 3}).json()["results"]
         assert len(hits) == 3 and all(Path(hit["path"]).parent == photos for hit in hits)
         # the key came from the environment: writes are enabled with it
