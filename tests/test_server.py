@@ -641,3 +641,12 @@ def test_openapi_docs_are_served(client: httpx.Client) -> None:
     similar = schema["paths"]["/similar"]["post"]["responses"]
     assert {"413", "415", "422", "503"} <= set(similar)
     assert client.get("/docs").status_code == 200
+
+    # an error as sent has the fields the schema declares for it, 422's details included
+    declared = schema["paths"]["/search"]["get"]["responses"]["422"]["content"]["application/json"]
+    error_schema = schema["components"]["schemas"][declared["schema"]["$ref"].rsplit("/", 1)[-1]]
+    refused = assert_error(client.get("/search", params={"q": "x", "k": 0}), 422, "invalid_request")
+    assert set(refused) <= set(error_schema["properties"]) and set(error_schema["required"]) <= set(refused)
+    detail_ref = error_schema["properties"]["details"]["items"]["$ref"].rsplit("/", 1)[-1]
+    detail_schema = schema["components"]["schemas"][detail_ref]
+    assert all(set(detail) == set(detail_schema["properties"]) for detail in refused["details"])
