@@ -378,6 +378,48 @@ def test_a_library_that_cannot_be_written_is_a_server_error(own: tuple[Library, 
     assert status_of(LibraryWriteError("disk full")) == (503, "library_write_failed")
 
 
+def test_a_library_deleted_or_made_anew_while_served_is_a_server_error(
+    own: tuple[Library, Path], tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    """The service's open database outlives its folder: it went on answering from the deleted
+    library and took deletes and index jobs that no restart would see, and its thumbnails and
+    index saves made files in a folder of that name."""
+    library, photos = own
+    image_id = library.search("x", k=1)[0].id
+    others = tmp_path / "Others"
+    write_photos(others, 4, size=(320, 240), seed=600)
+
+    def every_kind_of_request(http: httpx.Client) -> list[httpx.Response]:
+        return [
+            http.get("/search", params={"q": "x"}),
+            http.get(f"/images/{image_id}"),
+            http.get(f"/images/{image_id}/thumbnail"),
+            http.post("/recommend", json={"positive": [image_id]}),
+            http.delete(f"/images/{image_id}"),
+            http.post("/index", json={"paths": [str(photos / "small")]}),
+            http.get("/stats"),
+        ]
+
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        assert http.get(f"/images/{image_id}/thumbnail").status_code == 200
+        shutil.rmtree(library.path)  # say, to index the photos again from scratch
+        for answer in every_kind_of_request(http):
+            assert "restart" in assert_error(answer, 503, "library_missing")["message"]
+        assert not library.path.exists()  # nothing made anew there
+        assert http.get("/healthz").status_code == 200
+
+        with Library.open(library.path) as fresh:  # a new library in the same folder
+            fresh.index(others, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint))
+            expected = [(hit.path, hit.score) for hit in fresh.search("x", k=4)]
+        index_file = (library.path / "vectors.faiss").read_bytes()
+        for answer in every_kind_of_request(http):
+            assert_error(answer, 503, "library_missing")
+    assert (library.path / "vectors.faiss").read_bytes() == index_file
+    with Library.open(library.path) as fresh:
+        assert [(hit.path, hit.score) for hit in fresh.search("x", k=4)] == expected
+        assert fresh.status().counts.total == 4
+
+
 def test_write_endpoints_need_the_key(own: tuple[Library, Path]) -> None:
     library = own[0]
     image_id = library.search("x", k=1)[0].id

@@ -117,7 +117,8 @@ def _write(target: Path, data: bytes, cache_dir: Path) -> None:
     read-only folder), told as such rather than as the image's."""
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{id(data)}")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        cache_dir.mkdir(exist_ok=True)  # in the library folder, never making that folder anew
+        target.parent.mkdir(exist_ok=True)
         tmp.write_bytes(data)
         os.replace(tmp, target)
     except OSError as exc:

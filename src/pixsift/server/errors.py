@@ -26,6 +26,7 @@ from pixsift.errors import (
     InvalidPathError,
     LibraryBusyError,
     LibraryFormatError,
+    LibraryNotFoundError,
     LibraryWriteError,
     ModelError,
     PixsiftError,
@@ -49,6 +50,7 @@ _STATUS: list[tuple[type[PixsiftError], int, str]] = [
     (ModelError, 503, "model_unavailable"),
     (LibraryWriteError, 503, "library_write_failed"),  # a full disk, a read-only folder
     (LibraryFormatError, 500, "library_damaged"),
+    (LibraryNotFoundError, 503, "library_missing"),  # deleted or replaced while the service ran
 ]
 # An error not listed above is not one a request is known to cause: the server's, told as such.
 _UNMAPPED = (500, "server_error")
