@@ -7,7 +7,9 @@ what the core computes, not to hard-coded results.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import os
 import shutil
 import threading
 import time
@@ -350,6 +352,47 @@ def test_an_indexed_file_replaced_by_a_link_out_is_not_served(
     with running_server(library) as url, httpx.Client(base_url=url) as http:
         assert_error(http.get(f"/images/{known.id}/thumbnail"), 403, "access_denied")
     assert not (library.path / "thumbnails").exists()
+
+
+def bytes_read_by_this_process() -> int:
+    """What every thread of this process (the served app's included) has read from files."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").is_file(), reason="counts reads through Linux's /proc")
+def test_files_in_the_roots_that_are_no_images_are_refused_unread(own: tuple[Library, Path]) -> None:
+    """A path example was read whole before anything else: a video in the photo folder cost
+    its size in memory for every request naming it, and a named pipe held a request thread
+    for ever (so did the thumbnail of an image replaced by one)."""
+    library, photos = own
+    video = photos / "clip.mp4"
+    with open(video, "wb") as f:
+        f.truncate(1 << 30)  # 1 GB, sparse: no disk used
+    pipe = photos / "small" / "pipe.jpg"
+    os.mkfifo(pipe)
+    replaced = photos / "photo_0107.jpg"
+    known = library._catalog.known_file(str(replaced))
+    assert known is not None
+    replaced.unlink()
+    os.mkfifo(replaced)
+    try:
+        with running_server(library) as url, httpx.Client(base_url=url, timeout=30) as http:
+            before = bytes_read_by_this_process()
+            refused = http.post("/recommend", json={"positive": [{"path": str(video)}]})
+            assert "not an image" in assert_error(refused, 422, "bad_image")["message"]
+            assert bytes_read_by_this_process() - before < 16 << 20
+            refused = http.post("/recommend", json={"positive": [{"path": str(pipe)}]})
+            assert "not a file" in assert_error(refused, 422, "bad_image")["message"]
+            refused = http.get(f"/images/{known.id}/thumbnail")
+            assert "no longer a file" in assert_error(refused, 422, "bad_image")["message"]
+            assert http.get("/search", params={"q": "x"}).status_code == 200
+    finally:
+        for fifo in (pipe, replaced):  # let go of a request still waiting to read it
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
 def test_a_thumbnail_of_a_file_deleted_since_indexing_is_not_found(own: tuple[Library, Path]) -> None:

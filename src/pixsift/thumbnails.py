@@ -17,6 +17,7 @@ import os
 import shutil
 from collections.abc import Callable, Collection
 from pathlib import Path
+from stat import S_ISREG
 
 from PIL import Image, ImageOps
 
@@ -50,6 +51,8 @@ def thumbnail(
         ) from None
     except OSError as exc:
         raise ImageError(f"Cannot read image {source}: {describe_error(exc)}") from None
+    if not S_ISREG(stat.st_mode):  # replaced by a folder or a named pipe (opening it would wait)
+        raise ImageError(f"Cannot read image {source}: it is no longer a file.")
     version = f"{stat.st_size}-{stat.st_mtime_ns}"
     folder = cache_dir / str(image_id)
     if long_side:  # the image's size as indexed: a cached thumbnail is found without opening it
