@@ -678,6 +678,45 @@ def test_one_job_at_a_time_and_a_busy_library(own: tuple[Library, Path]) -> None
         assert http.post("/index", json={}).status_code == 202
 
 
+def wait_for_phase(http: httpx.Client, job_id: str, phase: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while http.get(f"/jobs/{job_id}").json()["phase"] != phase:
+        assert time.monotonic() < deadline, f"job {job_id} never reached {phase}"
+        time.sleep(0.05)
+
+
+def test_a_job_that_waited_for_another_run_indexes_what_that_run_left(
+    own: tuple[Library, Path], tmp_path: Path
+) -> None:
+    """A job read its roots and folders when it was submitted, then waited for the other
+    process's run: a folder that run forgot was indexed again, roots and images back, and a
+    folder deleted meanwhile was a job that succeeded without looking at anything."""
+    library, photos = own
+    extra = tmp_path / "Extra"
+    write_photos(extra, 3, size=(320, 240), seed=900)
+    library.index(extra)
+    with (
+        Library.open(library.path) as other_process,
+        running_server(library, KEYED) as url,
+        httpx.Client(base_url=url, headers=AUTH, timeout=60) as http,
+    ):
+        with other_process._lock:  # held as its own index run would
+            everything = http.post("/index", json={}).json()["id"]
+            wait_for_phase(http, everything, "Waiting for another index run")
+            assert other_process.forget(extra, wait=0) == 3  # pixsift forget, in that process
+        job = wait_for_job(http, everything)
+        assert job["state"] == "succeeded" and job["report"]["roots"] == [str(photos)], job
+        assert [root["path"] for root in http.get("/stats").json()["roots"]] == [str(photos)]
+        assert http.get("/stats").json()["images"] == 15
+
+        with other_process._lock:
+            scoped = http.post("/index", json={"paths": [str(photos / "small")]}).json()["id"]
+            wait_for_phase(http, scoped, "Waiting for another index run")
+            shutil.rmtree(photos / "small")
+        job = wait_for_job(http, scoped)
+        assert job["state"] == "failed" and "does not exist" in job["error"], job
+
+
 def test_searches_run_while_an_index_job_runs(own: tuple[Library, Path]) -> None:
     library, photos = own
     write_photos(photos / "batch", 16, size=(1600, 1200), seed=900)

@@ -226,8 +226,10 @@ class Library:
         seconds (None: as long as it takes) and then raises LibraryBusyError.
         """
         _check_run_sizes(batch_size, workers)
-        requests = self._root_requests(roots, include_hidden, follow_symlinks)
+        self._root_requests(roots, include_hidden, follow_symlinks)  # refused now, not after a wait
         with self._locked(wait, "indexing", progress):
+            # As they are once the lock is held: a run waited for may have forgotten a root.
+            requests = self._root_requests(roots, include_hidden, follow_symlinks)
             # A library without a model yet records the model only once it loads: if it cannot
             # (weights not downloadable), the folders named are not kept either, so a later
             # plain `pixsift index` cannot index them with the default model instead.
@@ -261,12 +263,16 @@ class Library:
         _check_run_sizes(batch_size, workers)
         if not paths:
             return self.index(batch_size=batch_size, workers=workers, progress=progress, wait=wait)
+
         # A caller's "~/Photos/new" means their home, as it does for index(); the server never
         # calls this with a path it has not checked as absolute (check_reindex does not expand).
-        requests = [self._scoped_request(os.path.expanduser(os.fspath(path))) for path in paths]
+        def requests() -> list[RootRequest]:  # refused now, and again as they are once locked
+            return [self._scoped_request(os.path.expanduser(os.fspath(path))) for path in paths]
+
+        requests()
         with self._locked(wait, "indexing", progress):
             embedder = self._embedder_for_indexing(None, None, reembed=False)
-            return self._run_indexer(requests, embedder, batch_size, workers, progress)
+            return self._run_indexer(requests(), embedder, batch_size, workers, progress)
 
     def _scoped_request(self, path: str | os.PathLike[str]) -> RootRequest:
         roots = self._catalog.roots()
