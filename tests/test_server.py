@@ -549,6 +549,14 @@ def test_bad_requests_get_json_errors(client: httpx.Client) -> None:
     )
     assert_error(client.post("/search", json={"q": "   "}), 400, "bad_query")
     assert_error(client.post("/search", json={"q": "x", "extra": 1}), 422, "invalid_request")
+    # JSON that cannot be decoded at all was a 400 with a code of its own, not documented
+    for undecodable in (b'{"q": "caf\xe9"}', b'{"q": "x", "plus": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"):
+        for path in ("/search", "/recommend", "/index"):
+            refused = client.post(path, content=undecodable, headers={"content-type": "application/json"})
+            assert assert_error(refused, 422, "invalid_request")["details"][0]["loc"] == ["body"]
+    huge_number = b'{"q": "x", "k": ' + b"1" * 5000 + b"}"
+    refused = client.post("/search", content=huge_number, headers={"content-type": "application/json"})
+    assert assert_error(refused, 422, "invalid_request")["details"][0]["type"] == "json_invalid"
     lone_surrogate = b'{"q": "\\ud800"}'  # valid JSON, but not a valid string
     assert_error(
         client.post("/search", content=lone_surrogate, headers={"content-type": "application/json"}), 422
