@@ -12,8 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from filelock import FileLock
 
 from conftest import TinyModel, run_cli
+from sample_photos import write_photos
 from serving import API_KEY
 
 pytestmark = pytest.mark.slow
@@ -56,6 +58,110 @@ def test_serve_on_an_address_in_use_says_so_in_one_line(tmp_path: Path) -> None:
     )
 
 
+def wait_until_up(process: subprocess.Popen[str], url: str) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, process.communicate()[0]
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "pixsift serve did not come up"
+        time.sleep(0.2)
+
+
+def test_a_client_that_never_finishes_its_request_does_not_keep_serve_running(tmp_path: Path) -> None:
+    """SIGTERM waits for requests under way only so long: a client that keeps sending its body
+    a byte at a time (or stalls) kept the service up until it gave up, or for ever."""
+    from pixsift import Library
+    from pixsift.server.run import SHUTDOWN_GRACE_S
+
+    Library.open(tmp_path / "lib").close()
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pixsift", "serve", "--library", str(tmp_path / "lib"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until_up(process, f"http://127.0.0.1:{port}")
+        with socket.create_connection(("127.0.0.1", port)) as slow_client:
+            slow_client.sendall(
+                b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100000\r\n\r\n{"image_base64": "AAAA'
+            )
+            time.sleep(0.5)  # the request is under way, its body far from complete
+            stopped_at = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=SHUTDOWN_GRACE_S + 30)
+            except subprocess.TimeoutExpired:
+                pytest.fail("pixsift serve kept running after SIGTERM while a request was left unfinished")
+            took = time.monotonic() - stopped_at
+    finally:
+        if process.poll() is None:
+            process.kill()
+        output = process.communicate(timeout=60)[0]
+    assert took < SHUTDOWN_GRACE_S + 10, output
+    assert process.returncode in (0, -signal.SIGTERM), output
+
+
+def start_serve(library: Path, port: int) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pixsift", "serve", "--library", str(library), "--port", str(port)],
+        env={**os.environ, "PIXSIFT_API_KEY": API_KEY},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_until_up(process, f"http://127.0.0.1:{port}")
+    return process
+
+
+def test_an_index_job_cut_short_by_a_stop_is_done_again_after_the_restart(
+    tmp_path: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    """Jobs live in the service's memory: after a restart the old id is job_not_found, nothing
+    the job committed is lost, and the same POST /index does the rest."""
+    library = tmp_path / "lib"
+    indexed = run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args())
+    assert indexed.returncode == 0, indexed.stderr
+    write_photos(photos / "new", 3, size=(320, 240), seed=800)
+    port = free_port()
+    url, auth = f"http://127.0.0.1:{port}", {"X-API-Key": API_KEY}
+    process = start_serve(library, port)
+    try:
+        with FileLock(library / "library.lock", thread_local=False):  # another index run
+            job = httpx.post(f"{url}/index", json={"paths": [str(photos / "new")]}, headers=auth).json()
+            deadline = time.monotonic() + 30
+            while httpx.get(f"{url}/jobs/{job['id']}").json()["phase"] != "Waiting for another index run":
+                assert time.monotonic() < deadline, "the job did not start waiting"
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)  # the job is under way: stopping does not wait for it
+            process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=60)
+    process = start_serve(library, port)
+    try:
+        gone = httpx.get(f"{url}/jobs/{job['id']}")
+        assert gone.status_code == 404 and gone.json()["error"] == "job_not_found"
+        assert "restart" in gone.json()["message"]
+        again = httpx.post(f"{url}/index", json={"paths": [str(photos / "new")]}, headers=auth).json()
+        deadline = time.monotonic() + 120
+        while (done := httpx.get(f"{url}/jobs/{again['id']}").json())["state"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, "the job did not finish"
+            time.sleep(0.1)
+        assert done["state"] == "succeeded" and done["report"]["added"] == 3, done
+        assert httpx.get(f"{url}/stats").json()["indexed"] == 15
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+
+
 def test_serve_answers_over_http(tmp_path: Path, photos: Path, tiny_model: TinyModel) -> None:
     library = tmp_path / "lib"
     indexed = run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args())
@@ -70,16 +176,7 @@ def test_serve_answers_over_http(tmp_path: Path, photos: Path, tiny_model: TinyM
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.communicate()[0]
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "pixsift serve did not come up"
-            time.sleep(0.2)
+        wait_until_up(process, url)
         hits = httpx.get(f"{url}/search", params={"q": "a rocket", "k": 3}).json()["results"]
         assert len(hits) == 3 and all(Path(hit["path"]).parent == photos for hit in hits)
         # the key came from the environment: writes are enabled with it

@@ -7,7 +7,9 @@ what the core computes, not to hard-coded results.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import os
 import shutil
 import threading
 import time
@@ -352,6 +354,47 @@ def test_an_indexed_file_replaced_by_a_link_out_is_not_served(
     assert not (library.path / "thumbnails").exists()
 
 
+def bytes_read_by_this_process() -> int:
+    """What every thread of this process (the served app's included) has read from files."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").is_file(), reason="counts reads through Linux's /proc")
+def test_files_in_the_roots_that_are_no_images_are_refused_unread(own: tuple[Library, Path]) -> None:
+    """A path example was read whole before anything else: a video in the photo folder cost
+    its size in memory for every request naming it, and a named pipe held a request thread
+    for ever (so did the thumbnail of an image replaced by one)."""
+    library, photos = own
+    video = photos / "clip.mp4"
+    with open(video, "wb") as f:
+        f.truncate(1 << 30)  # 1 GB, sparse: no disk used
+    pipe = photos / "small" / "pipe.jpg"
+    os.mkfifo(pipe)
+    replaced = photos / "photo_0107.jpg"
+    known = library._catalog.known_file(str(replaced))
+    assert known is not None
+    replaced.unlink()
+    os.mkfifo(replaced)
+    try:
+        with running_server(library) as url, httpx.Client(base_url=url, timeout=30) as http:
+            before = bytes_read_by_this_process()
+            refused = http.post("/recommend", json={"positive": [{"path": str(video)}]})
+            assert "not an image" in assert_error(refused, 422, "bad_image")["message"]
+            assert bytes_read_by_this_process() - before < 16 << 20
+            refused = http.post("/recommend", json={"positive": [{"path": str(pipe)}]})
+            assert "not a file" in assert_error(refused, 422, "bad_image")["message"]
+            refused = http.get(f"/images/{known.id}/thumbnail")
+            assert "no longer a file" in assert_error(refused, 422, "bad_image")["message"]
+            assert http.get("/search", params={"q": "x"}).status_code == 200
+    finally:
+        for fifo in (pipe, replaced):  # let go of a request still waiting to read it
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
 def test_a_thumbnail_of_a_file_deleted_since_indexing_is_not_found(own: tuple[Library, Path]) -> None:
     library, photos = own
     target = photos / "photo_0105.jpg"
@@ -376,6 +419,48 @@ def test_a_library_that_cannot_be_written_is_a_server_error(own: tuple[Library, 
     assert sorted(p.name for p in library.path.iterdir() if ".tmp-" in p.name) == []
     # the same for a delete or an index write on a full disk: the server's failure, not the client's
     assert status_of(LibraryWriteError("disk full")) == (503, "library_write_failed")
+
+
+def test_a_library_deleted_or_made_anew_while_served_is_a_server_error(
+    own: tuple[Library, Path], tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    """The service's open database outlives its folder: it went on answering from the deleted
+    library and took deletes and index jobs that no restart would see, and its thumbnails and
+    index saves made files in a folder of that name."""
+    library, photos = own
+    image_id = library.search("x", k=1)[0].id
+    others = tmp_path / "Others"
+    write_photos(others, 4, size=(320, 240), seed=600)
+
+    def every_kind_of_request(http: httpx.Client) -> list[httpx.Response]:
+        return [
+            http.get("/search", params={"q": "x"}),
+            http.get(f"/images/{image_id}"),
+            http.get(f"/images/{image_id}/thumbnail"),
+            http.post("/recommend", json={"positive": [image_id]}),
+            http.delete(f"/images/{image_id}"),
+            http.post("/index", json={"paths": [str(photos / "small")]}),
+            http.get("/stats"),
+        ]
+
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        assert http.get(f"/images/{image_id}/thumbnail").status_code == 200
+        shutil.rmtree(library.path)  # say, to index the photos again from scratch
+        for answer in every_kind_of_request(http):
+            assert "restart" in assert_error(answer, 503, "library_missing")["message"]
+        assert not library.path.exists()  # nothing made anew there
+        assert http.get("/healthz").status_code == 200
+
+        with Library.open(library.path) as fresh:  # a new library in the same folder
+            fresh.index(others, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint))
+            expected = [(hit.path, hit.score) for hit in fresh.search("x", k=4)]
+        index_file = (library.path / "vectors.faiss").read_bytes()
+        for answer in every_kind_of_request(http):
+            assert_error(answer, 503, "library_missing")
+    assert (library.path / "vectors.faiss").read_bytes() == index_file
+    with Library.open(library.path) as fresh:
+        assert [(hit.path, hit.score) for hit in fresh.search("x", k=4)] == expected
+        assert fresh.status().counts.total == 4
 
 
 def test_write_endpoints_need_the_key(own: tuple[Library, Path]) -> None:
@@ -464,6 +549,14 @@ def test_bad_requests_get_json_errors(client: httpx.Client) -> None:
     )
     assert_error(client.post("/search", json={"q": "   "}), 400, "bad_query")
     assert_error(client.post("/search", json={"q": "x", "extra": 1}), 422, "invalid_request")
+    # JSON that cannot be decoded at all was a 400 with a code of its own, not documented
+    for undecodable in (b'{"q": "caf\xe9"}', b'{"q": "x", "plus": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"):
+        for path in ("/search", "/recommend", "/index"):
+            refused = client.post(path, content=undecodable, headers={"content-type": "application/json"})
+            assert assert_error(refused, 422, "invalid_request")["details"][0]["loc"] == ["body"]
+    huge_number = b'{"q": "x", "k": ' + b"1" * 5000 + b"}"
+    refused = client.post("/search", content=huge_number, headers={"content-type": "application/json"})
+    assert assert_error(refused, 422, "invalid_request")["details"][0]["type"] == "json_invalid"
     lone_surrogate = b'{"q": "\\ud800"}'  # valid JSON, but not a valid string
     assert_error(
         client.post("/search", content=lone_surrogate, headers={"content-type": "application/json"}), 422
@@ -593,6 +686,45 @@ def test_one_job_at_a_time_and_a_busy_library(own: tuple[Library, Path]) -> None
         assert http.post("/index", json={}).status_code == 202
 
 
+def wait_for_phase(http: httpx.Client, job_id: str, phase: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while http.get(f"/jobs/{job_id}").json()["phase"] != phase:
+        assert time.monotonic() < deadline, f"job {job_id} never reached {phase}"
+        time.sleep(0.05)
+
+
+def test_a_job_that_waited_for_another_run_indexes_what_that_run_left(
+    own: tuple[Library, Path], tmp_path: Path
+) -> None:
+    """A job read its roots and folders when it was submitted, then waited for the other
+    process's run: a folder that run forgot was indexed again, roots and images back, and a
+    folder deleted meanwhile was a job that succeeded without looking at anything."""
+    library, photos = own
+    extra = tmp_path / "Extra"
+    write_photos(extra, 3, size=(320, 240), seed=900)
+    library.index(extra)
+    with (
+        Library.open(library.path) as other_process,
+        running_server(library, KEYED) as url,
+        httpx.Client(base_url=url, headers=AUTH, timeout=60) as http,
+    ):
+        with other_process._write_lock.held(0, "indexing"):  # held as its own index run would
+            everything = http.post("/index", json={}).json()["id"]
+            wait_for_phase(http, everything, "Waiting for another index run")
+            assert other_process.forget(extra, wait=0) == 3  # pixsift forget, in that process
+        job = wait_for_job(http, everything)
+        assert job["state"] == "succeeded" and job["report"]["roots"] == [str(photos)], job
+        assert [root["path"] for root in http.get("/stats").json()["roots"]] == [str(photos)]
+        assert http.get("/stats").json()["images"] == 15
+
+        with other_process._write_lock.held(0, "indexing"):
+            scoped = http.post("/index", json={"paths": [str(photos / "small")]}).json()["id"]
+            wait_for_phase(http, scoped, "Waiting for another index run")
+            shutil.rmtree(photos / "small")
+        job = wait_for_job(http, scoped)
+        assert job["state"] == "failed" and "does not exist" in job["error"], job
+
+
 def test_searches_run_while_an_index_job_runs(own: tuple[Library, Path]) -> None:
     library, photos = own
     write_photos(photos / "batch", 16, size=(1600, 1200), seed=900)
@@ -641,3 +773,12 @@ def test_openapi_docs_are_served(client: httpx.Client) -> None:
     similar = schema["paths"]["/similar"]["post"]["responses"]
     assert {"413", "415", "422", "503"} <= set(similar)
     assert client.get("/docs").status_code == 200
+
+    # an error as sent has the fields the schema declares for it, 422's details included
+    declared = schema["paths"]["/search"]["get"]["responses"]["422"]["content"]["application/json"]
+    error_schema = schema["components"]["schemas"][declared["schema"]["$ref"].rsplit("/", 1)[-1]]
+    refused = assert_error(client.get("/search", params={"q": "x", "k": 0}), 422, "invalid_request")
+    assert set(refused) <= set(error_schema["properties"]) and set(error_schema["required"]) <= set(refused)
+    detail_ref = error_schema["properties"]["details"]["items"]["$ref"].rsplit("/", 1)[-1]
+    detail_schema = schema["components"]["schemas"][detail_ref]
+    assert all(set(detail) == set(detail_schema["properties"]) for detail in refused["details"])

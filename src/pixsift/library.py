@@ -44,6 +44,7 @@ from pixsift.indexer.decode import default_max_pixels
 from pixsift.indexer.library_run import index_library
 from pixsift.indexer.lock import WriteLock
 from pixsift.indexer.roots import drop_roots_except, root_named, root_requests, scoped_request
+from pixsift.indexer.run import RootRequest
 from pixsift.indexer.scan import is_within
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
@@ -191,8 +192,10 @@ class Library:
         seconds (None: as long as it takes) and then raises LibraryBusyError.
         """
         check_run_sizes(batch_size, workers)
-        requests = root_requests(self._catalog, roots, include_hidden, follow_symlinks)
+        root_requests(self._catalog, roots, include_hidden, follow_symlinks)  # refused now, not after a wait
         with self._write_lock.held(wait, "indexing", progress):
+            # As they are once the lock is held: a run waited for may have forgotten a root.
+            requests = root_requests(self._catalog, roots, include_hidden, follow_symlinks)
             # A library without a model yet records the model only once it loads: if the run
             # stops before (weights not downloadable, Ctrl-C or a progress listener's error while
             # scanning or loading), the folders named are not kept either, so a later plain
@@ -229,13 +232,17 @@ class Library:
         check_run_sizes(batch_size, workers)
         if not paths:
             return self.index(batch_size=batch_size, workers=workers, progress=progress, wait=wait)
+
         # A caller's "~/Photos/new" means their home, as it does for index(); the server never
         # calls this with a path it has not checked as absolute (check_reindex does not expand).
-        requests = [scoped_request(self._catalog, os.path.expanduser(os.fspath(path))) for path in paths]
+        def requests() -> list[RootRequest]:  # refused now, and again as they are once locked
+            return [scoped_request(self._catalog, os.path.expanduser(os.fspath(path))) for path in paths]
+
+        requests()
         with self._write_lock.held(wait, "indexing", progress):
             embedder = self._embedder_for_indexing(None, None, reembed=False)
             return index_library(
-                self._catalog, self._index, self.path, requests, embedder, batch_size, workers, progress
+                self._catalog, self._index, self.path, requests(), embedder, batch_size, workers, progress
             )
 
     def _embedder_for_indexing(

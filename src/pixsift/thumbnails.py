@@ -17,6 +17,7 @@ import os
 import shutil
 from collections.abc import Callable, Collection
 from pathlib import Path
+from stat import S_ISREG
 
 from PIL import Image, ImageOps
 
@@ -51,6 +52,8 @@ def thumbnail(
         ) from None
     except OSError as exc:
         raise ImageError(f"Cannot read image {source}: {describe_error(exc)}") from None
+    if not S_ISREG(stat.st_mode):  # replaced by a folder or a named pipe (opening it would wait)
+        raise ImageError(f"Cannot read image {source}: it is no longer a file.")
     version = f"{stat.st_size}-{stat.st_mtime_ns}"
     folder = cache_dir / str(image_id)
     if long_side:  # the image's size as indexed: a cached thumbnail is found without opening it
@@ -118,7 +121,8 @@ def _write(target: Path, data: bytes, cache_dir: Path) -> None:
     read-only folder), told as such rather than as the image's."""
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{id(data)}")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        cache_dir.mkdir(exist_ok=True)  # in the library folder, never making that folder anew
+        target.parent.mkdir(exist_ok=True)
         tmp.write_bytes(data)
         os.replace(tmp, target)
     except OSError as exc:

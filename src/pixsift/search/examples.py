@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from stat import S_ISREG
 from typing import TYPE_CHECKING, Union
 
 import numpy as np
 from PIL import Image
 
 from pixsift.errors import ImageError, ImageNotFoundError, ImageTooLargeError, InvalidPathError, QueryError
-from pixsift.indexer.decode import describe_error, open_oriented
+from pixsift.indexer.decode import check_header, describe_error, open_oriented
 from pixsift.search.query import QueryTerm
 
 if TYPE_CHECKING:
@@ -125,10 +126,18 @@ class ExampleVectors:
             stored = self._catalog.vector(known.id) if known.has_vector else None
             if stored is not None:
                 return stored, known.id
+        if not S_ISREG(stat.st_mode):  # a folder, a named pipe (opening it waits for a writer)...
+            raise ImageError(f"Cannot read image {path}: it is not a file.")
         try:
             with open(path, "rb") as f:
+                check_header(f, self._max_pixels)  # a large file that is no image (a video) is not read
+                f.seek(0)
                 data = f.read()
-        except OSError as exc:
+        except Image.DecompressionBombError:
+            raise ImageTooLargeError(
+                f"Cannot read image {path}: it has more pixels than the limit of {self._max_pixels:,}."
+            ) from None
+        except Exception as exc:  # unreadable, or no image: the file's fault, told as such
             raise ImageError(f"Cannot read image {path}: {describe_error(exc)}") from exc
         return self.of_bytes(data, name=path), known.id if known else None
 

@@ -10,7 +10,7 @@ from pixsift.library import Library
 from pixsift.server.auth import require_write_access
 from pixsift.server.deps import ERRORS, jobs_of, library_of
 from pixsift.server.errors import ApiError
-from pixsift.server.jobs import Job, JobManager
+from pixsift.server.jobs import HISTORY, Job, JobManager
 from pixsift.server.schemas import IndexBody, JobView, ModelView, RootView, Stats
 
 router = APIRouter(responses=ERRORS)
@@ -40,7 +40,11 @@ def job(jobs: JobsDep, job_id: Annotated[str, Path(min_length=1, max_length=64)]
     """An index job's state and progress: phase, steps done of total, and its report at the end."""
     found = jobs.get(job_id)
     if found is None:
-        raise ApiError(404, "job_not_found", f"No index job {job_id} (finished jobs are kept for a while).")
+        raise ApiError(
+            404,
+            "job_not_found",
+            f"No index job {job_id}: the service remembers its last {HISTORY} jobs, until it restarts.",
+        )
     return _view(found)
 
 

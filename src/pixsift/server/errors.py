@@ -26,6 +26,7 @@ from pixsift.errors import (
     InvalidPathError,
     LibraryBusyError,
     LibraryFormatError,
+    LibraryNotFoundError,
     LibraryWriteError,
     ModelError,
     PixsiftError,
@@ -49,6 +50,7 @@ _STATUS: list[tuple[type[PixsiftError], int, str]] = [
     (ModelError, 503, "model_unavailable"),
     (LibraryWriteError, 503, "library_write_failed"),  # a full disk, a read-only folder
     (LibraryFormatError, 500, "library_damaged"),
+    (LibraryNotFoundError, 503, "library_missing"),  # deleted or replaced while the service ran
 ]
 # An error not listed above is not one a request is known to cause: the server's, told as such.
 _UNMAPPED = (500, "server_error")
@@ -89,6 +91,19 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def _invalid(details: list[dict[str, Any]]) -> JSONResponse:
+    return error_response(422, "invalid_request", "The request does not match the API.", details=details)
+
+
+def _undecodable(cause: BaseException) -> str:
+    """Why a JSON body could not be decoded, without the input."""
+    if isinstance(cause, UnicodeDecodeError):
+        return "Invalid JSON: not UTF-8 text"
+    if isinstance(cause, RecursionError):
+        return "Invalid JSON: nested too deeply"
+    return "Invalid JSON: a value out of range"  # a number of thousands of digits
+
+
 def status_of(error: PixsiftError) -> tuple[int, str]:
     for cls, status, code in _STATUS:
         if isinstance(error, cls):
@@ -114,11 +129,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = _validation_details(exc)
-        return error_response(422, "invalid_request", "The request does not match the API.", details=details)
+        return _invalid(_validation_details(exc))
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI's, for a JSON body it cannot decode at all: malformed JSON, as any other
+        if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
+            return _invalid([{"loc": ["body"], "msg": _undecodable(exc.__cause__), "type": "json_invalid"}])
         codes = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
         code = codes.get(exc.status_code, "http_error")
         response = error_response(exc.status_code, code, str(exc.detail))

@@ -12,6 +12,11 @@ from pixsift.library import Library
 from pixsift.server.app import create_app
 from pixsift.server.settings import ServerSettings
 
+# On SIGTERM or Ctrl-C, requests under way get this long to finish; then the service stops
+# anyway. Without a bound, one client that keeps a request open (a slow upload) would keep it
+# running for as long as that client likes, until a process manager killed it.
+SHUTDOWN_GRACE_S = 5
+
 
 class ListenError(PixsiftError):
     """The service cannot listen where it was asked to (a port in use, an address not here)."""
@@ -27,7 +32,15 @@ def serve(
     app = create_app(library, settings)
     try:
         # One process: the model and the index are loaded once and shared by every request thread.
-        uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, server_header=False)
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            workers=1,
+            server_header=False,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        )
     except SystemExit as exc:
         # uvicorn exits with 3 when it cannot start, which is pixsift's "finished, with trouble"
         if exc.code in (0, None):

@@ -224,6 +224,16 @@ class Stats(BaseModel):
     running_job: str | None
 
 
+class ErrorDetail(BaseModel):
+    loc: list[str] = Field(description='Where: "body" or "query"/"path" and a parameter, then fields.')
+    msg: str
+    type: str
+
+
 class ErrorBody(BaseModel):
     error: str
     message: str
+    details: list[ErrorDetail] = Field(
+        default_factory=list,
+        description="Only with 422 invalid_request: each place the request does not match the API.",
+    )

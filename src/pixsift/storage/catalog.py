@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, Engine, Select, delete, func, insert, sele
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
-from pixsift.errors import LibraryClosedError
+from pixsift.errors import LibraryClosedError, LibraryNotFoundError
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.storage.catalog_reader import GENERATION_KEY, blob_to_vector
 from pixsift.storage.database import damaged_error, open_engine, write_error, writer
@@ -40,6 +40,18 @@ LOG_FLOOR_KEY = "vector_log_floor"
 T = TypeVar("T")
 _SQL_CHUNK = 500  # ids per IN (...) clause, well below SQLite's variable limit
 _SQLITE_INT_MIN, _SQLITE_INT_MAX = -(2**63), 2**63 - 1  # the ids SQLite can store
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """The device and inode of the file at `path`: `(0, 0)` when there is none, None when it
+    cannot be told (no permission, an I/O error; SQLite reports those itself)."""
+    try:
+        stat = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return (0, 0)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino)
 
 
 def vector_to_blob(vector: np.ndarray) -> bytes:
@@ -80,15 +92,18 @@ class VectorDelta:
 class Catalog:
     """Metadata, vectors and the model record of one library, in one SQLite file."""
 
-    def __init__(self, engine: Engine, folder: Path) -> None:
+    def __init__(self, engine: Engine, folder: Path, db_path: Path | None = None) -> None:
         self._engine = engine
         self._writer = writer(engine)
         self._folder = folder  # named in errors
         self._closed = False
+        # The file opened, to notice it deleted or replaced under a long-lived process (a server)
+        self._db_path = db_path
+        self._db_identity = None if db_path is None else _file_identity(db_path)
 
     @classmethod
     def open(cls, db_path: Path) -> Catalog:
-        return cls(open_engine(db_path), db_path.parent)
+        return cls(open_engine(db_path), db_path.parent, db_path)
 
     def close(self) -> None:
         """Close the database's connections. Every later use raises LibraryClosedError: the
@@ -102,9 +117,24 @@ class Catalog:
                 f"The library at {self._folder} was closed; open it again with Library.open to use it."
             )
 
+    def check_in_place(self) -> None:
+        """Raise LibraryNotFoundError if the database file opened is no longer the one at its
+        path (the library folder deleted, moved away or made anew). Connections already open
+        would go on reading and writing the old file unseen, and new ones would create an
+        empty database there: every read and write checks first."""
+        if self._db_path is None or self._db_identity is None:
+            return
+        if _file_identity(self._db_path) in (self._db_identity, None):
+            return
+        raise LibraryNotFoundError(
+            f"The library at {self._folder} was deleted, moved or replaced after it was opened: "
+            "nothing more is read from or written to it here. Open it again (restart the service)."
+        )
+
     @contextmanager
     def _read(self) -> Iterator[Session]:
         self._check_open()
+        self.check_in_place()
         try:
             with Session(self._engine) as session, session.begin():
                 yield session
@@ -122,6 +152,7 @@ class Catalog:
         during the transaction is delivered when it has ended (see `interrupts.py`).
         """
         self._check_open()
+        self.check_in_place()
         try:
             with (
                 interrupts_deferred(),

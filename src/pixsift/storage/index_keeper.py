@@ -134,6 +134,7 @@ class IndexKeeper:
         from pixsift.storage.database import write_error
         from pixsift.storage.vector_index import leftover_files
 
+        self._catalog.check_in_place()  # never over the index file of a library made anew there
         try:
             for leftover in leftover_files(self.path):  # a crash cut a save short
                 leftover.unlink(missing_ok=True)
