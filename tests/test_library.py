@@ -244,6 +244,24 @@ def test_heif_files_without_the_heif_extra_are_counted_and_the_summary_says_what
     assert "HEIC" not in format_report(open_library.index(photos))
 
 
+def test_heif_files_indexed_before_are_kept_when_the_heif_extra_is_gone(
+    open_library: Library, photos: Path, tiny_model: TinyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uninstalling pillow-heif must not cost the HEIC photos' vectors: they are still there."""
+    from pixsift.indexer.scan import BASE_EXTENSIONS, HEIF_EXTENSIONS
+
+    shutil.copy(photos / "photo_0100.jpg", photos / "IMG_0001.HEIC")  # Pillow reads it by content
+    monkeypatch.setattr("pixsift.indexer.run.image_extensions", lambda: BASE_EXTENSIONS | HEIF_EXTENSIONS)
+    assert index(open_library, tiny_model, photos).added == 13
+    heic_id = next(r.id for r in open_library.search("a photo", k=13) if r.path.name == "IMG_0001.HEIC")
+    monkeypatch.setattr("pixsift.indexer.run.image_extensions", lambda: BASE_EXTENSIONS)  # extra gone
+    report = open_library.index(photos)
+    assert (report.removed, report.unsupported_heif) == (0, 1)
+    assert open_library.image(heic_id).path.endswith("IMG_0001.HEIC")
+    (photos / "IMG_0001.HEIC").unlink()  # deleted for real: removed as any file is
+    assert open_library.index(photos).removed == 1
+
+
 def test_two_files_that_swap_names_swap_vectors(
     open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
 ) -> None:

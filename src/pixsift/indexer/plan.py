@@ -35,8 +35,13 @@ def plan_folder(
     scanned: dict[str, ScannedFile],
     known: dict[str, KnownFile],
     unreadable_dirs: Iterable[str] = (),
+    unsupported: Iterable[str] = (),
 ) -> IndexPlan:
-    """Compare one folder's scan with the catalog's rows for that folder."""
+    """Compare one folder's scan with the catalog's rows for that folder.
+
+    `unsupported` are files still there that this install cannot read (HEIC without the heif
+    extra): what was indexed of them is kept, not taken for deleted.
+    """
     plan = IndexPlan()
     for path, file in scanned.items():
         row = known.get(path)
@@ -46,8 +51,11 @@ def plan_folder(
         else:
             plan.candidates.append(Candidate(file, row))
     unknown_prefixes = tuple(os.path.join(folder, "") for folder in unreadable_dirs)
+    still_there = set(unsupported)
     plan.missing = [
-        row for path, row in known.items() if path not in scanned and not path.startswith(unknown_prefixes)
+        row
+        for path, row in known.items()
+        if path not in scanned and path not in still_there and not path.startswith(unknown_prefixes)
     ]
     return plan
 

@@ -127,7 +127,7 @@ class Indexer:
         report.unreadable_dirs = scan.unreadable_dirs
         report.unsupported_heif = len(unsupported_heif)
         unknown = [folder for folder, _ in scan.unreadable_dirs] + list(self._settings.keep)
-        plan = plan_folder(scan.files, known, unknown)
+        plan = plan_folder(scan.files, known, unknown, unsupported_heif)
         report.unchanged = plan.unchanged
         report.still_failed = plan.still_failed
         return plan
