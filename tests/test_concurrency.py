@@ -45,13 +45,15 @@ def test_a_second_index_run_refuses_with_a_clear_message(
         with pytest.raises(LibraryBusyError) as busy:
             library.index(photos, wait=0)
         assert str(busy.value) == (
-            f"Another pixsift process is indexing or repairing the library at {library_dir}; "
+            f"Another pixsift run is indexing or repairing the library at {library_dir}; "
             "indexing needs the library to itself. Try again when it has finished."
         )
         with pytest.raises(LibraryBusyError, match=r"\(waited 0.2 s\)"):
             library.index(photos, wait=0.2)
         with pytest.raises(LibraryBusyError):
             library.check(wait=0)
+        with pytest.raises(LibraryBusyError, match="deleting needs the library to itself"):
+            library.delete(library.search("x", k=1)[0].id, wait=0)  # `wait`, as every method
         assert library.status().counts == before.counts  # nothing was written
         assert len(library.search("x", k=50)) == 12  # searching needs no lock
     with Library.open(library_dir) as library:
@@ -66,7 +68,7 @@ def test_the_command_refuses_in_one_line(library_dir: Path, photos: Path, tiny_m
         )
     assert result.exit_code == 1
     assert result.stderr.startswith(
-        f"error: Another pixsift process is indexing or repairing the library at {library_dir};"
+        f"error: Another pixsift run is indexing or repairing the library at {library_dir};"
     )
     assert result.stderr.endswith("To wait longer, use --wait SECONDS.\n")
     assert result.stderr.count("\n") == 1

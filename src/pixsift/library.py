@@ -465,14 +465,15 @@ class Library:
         for path in paths:
             scoped_request(self._catalog, path)
 
-    def delete(self, image_id: int, *, wait_s: float = 2.0) -> ImageInfo:
+    def delete(self, image_id: int, *, wait: float | None = 2.0) -> ImageInfo:
         """Remove an image (its metadata and vector) from the library; its file is left alone.
 
         A later index run of its folder adds the file again if it is still there. Waits up to
-        `wait_s` seconds for a running index run, then raises LibraryBusyError.
+        `wait` seconds (None: as long as it takes) for a running index run, then raises
+        LibraryBusyError.
         """
         info = self.image(image_id)
-        with self._write_lock.held(wait_s, "deleting"):
+        with self._write_lock.held(wait, "deleting"):
             with self._catalog.write() as batch:
                 batch.delete_images([image_id])
             if (model := self._catalog.model()) is not None:

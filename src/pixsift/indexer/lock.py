@@ -51,7 +51,8 @@ class WriteLock:
         except Timeout:
             waited = "" if not wait else f" (waited {wait:g} s)"
             raise LibraryBusyError(
-                f"Another pixsift process is indexing or repairing the library at {self.folder}"
+                # "run", not "process": it may be a job of this very server, or another thread
+                f"Another pixsift run is indexing or repairing the library at {self.folder}"
                 f"{waited}; {doing} needs the library to itself. Try again when it has finished."
             ) from None
         finally:
