@@ -10,7 +10,7 @@ same; a test compares them with open_clip's on many strings.
 
 Building that BPE (49,408 tokens, 48,894 merges) takes `tokenizers` about 0.13 s, a fifth of
 a cold text search. Most queries are plain words the vocabulary holds whole, so an export also
-saves those words with their ids (`KnownWords`, read in a few milliseconds): a query made only
+saves those words with their ids (`KnownWords`, read in about 15 ms): a query made only
 of them is tokenized from that table, and the BPE is built only for a text that needs it.
 """
 
@@ -167,7 +167,8 @@ class KnownWords:
         return cls(dict(zip(words, data["ids"], strict=True)), int(data["start"]), int(data["end"]))
 
     def save(self, path: Path) -> None:
-        # One string of words rather than a JSON object: it loads in a third of the time.
+        # One string of words and a list of ids: a little quicker to load than a JSON object of
+        # 33,000 keys (14 against 16 ms).
         words, ids = "\n".join(self._ids), list(self._ids.values())
         data = {"start": self.start, "end": self.end, "words": words, "ids": ids}
         path.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
