@@ -62,5 +62,6 @@ def test_wheel_holds_the_package_and_nothing_else(tmp_path: Path) -> None:
     assert shipped == source
     assert "pixsift/py.typed" in shipped and "pixsift/models/builtin/synthetic-tiny.pt" in shipped
     assert "pixsift = pixsift.cli:main" in scripts
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "the MIT licence text ships"
     extras = set(re.findall(r"^Provides-Extra: (\S+)$", metadata, flags=re.MULTILINE))
     assert {"server", "heif", "dev"} <= extras
