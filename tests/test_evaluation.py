@@ -86,6 +86,7 @@ def test_eval_command_prints_a_table_and_json(indexed: Library, photos: Path, tm
             "Line 1: give either a 'query' text or an 'image'",
         ),
         (["", {"query": "x", "relevant": ["nowhere/*.png"]}], "Line 2: no indexed image matches"),
+        ([{"query": " \t ", "relevant": ["Photos/*.jpg"]}], "Line 1: A query text is empty"),
         ([], "has no queries"),
     ],
 )
@@ -97,6 +98,24 @@ def test_bad_query_files_are_refused_by_line(
         indexed.evaluate(queries)
     result = runner.invoke(app, ["eval", str(queries), "--library", str(indexed.path)])
     assert result.exit_code == 1 and message in result.output
+
+
+def test_a_query_image_that_cannot_be_read_is_named_by_line(
+    indexed: Library, photos: Path, tmp_path: Path
+) -> None:
+    """The search's own message, with the line: among hundreds of queries it says which."""
+    queries = write_queries(
+        tmp_path / "q.jsonl",
+        {"query": "anything", "relevant": ["Photos/*.jpg"]},
+        {"image": "Photos/gone.jpg", "relevant": ["Photos/*.jpg"]},
+        {"image": "Photos", "relevant": ["Photos/*.jpg"]},
+    )
+    with pytest.raises(QueryError, match=r"^Line 2: Image .*gone\.jpg not found"):
+        indexed.evaluate(queries)
+    queries.write_text(queries.read_text().replace("Photos/gone.jpg", "Photos/twin.jpg"))
+    result = runner.invoke(app, ["eval", str(queries), "--library", str(indexed.path)])
+    assert result.exit_code == 1
+    assert f"Line 3: Cannot read image {photos}: it is not a file." in result.output
 
 
 def test_eval_usage_errors(indexed: Library, tmp_path: Path) -> None:

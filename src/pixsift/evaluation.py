@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixsift.errors import QueryError
+from pixsift.errors import ImageError, InvalidPathError, QueryError
+from pixsift.search.query import QueryTerm
 from pixsift.search.results import SearchResult
 
 DEFAULT_CUTOFFS = (1, 5, 10)
@@ -134,6 +135,7 @@ def _parse_line(number: int, line: str, base: Path) -> LabelledQuery:
     text, image, relevant = record.get("query"), record.get("image"), record.get("relevant")
     if (text is None) == (image is None) or not isinstance(text or image, str) or not (text or image):
         raise QueryError(f"Line {number}: give either a 'query' text or an 'image' path.")
+    _check_text(number, text)
     if isinstance(relevant, str):
         relevant = [relevant]
     if not isinstance(relevant, list) or not relevant or not all(isinstance(r, str) for r in relevant):
@@ -144,6 +146,16 @@ def _parse_line(number: int, line: str, base: Path) -> LabelledQuery:
         text=text,
         image=_absolute(image, base) if image is not None else None,
     )
+
+
+def _check_text(number: int, text: str | None) -> None:
+    """Refuse a query text no search takes (blank, broken Unicode) before any query runs."""
+    if text is None:
+        return
+    try:
+        QueryTerm(text=text)
+    except QueryError as exc:
+        raise QueryError(f"Line {number}: {exc}") from None
 
 
 def _absolute(pattern: str, base: Path) -> str:
@@ -199,12 +211,21 @@ def evaluate(
     depth = max(cutoffs)
     indexed_set = set(indexed)
     judged = [(query, relevant_paths(query, indexed, indexed_set)) for query in queries]
-    search(queries[0], depth)
+    _run(search, queries[0], depth)
     outcomes = []
     for query, relevant in judged:
         started = time.perf_counter()
-        results = search(query, depth)
+        results = _run(search, query, depth)
         latency_ms = (time.perf_counter() - started) * 1000
         ranks = tuple(hit.rank for hit in results if str(hit.path) in relevant)
         outcomes.append(QueryOutcome(query.describe(), len(relevant), ranks, latency_ms))
     return EvalReport(cutoffs, len(indexed), tuple(outcomes), model)
+
+
+def _run(search: Searcher, query: LabelledQuery, depth: int) -> list[SearchResult]:
+    """`search(query, depth)`, with a query's own fault (an image not found or not readable)
+    told with its line: in a file of hundreds of queries the message alone does not say which."""
+    try:
+        return search(query, depth)
+    except (QueryError, ImageError, InvalidPathError) as exc:
+        raise QueryError(f"Line {query.line}: {exc}") from exc
