@@ -59,6 +59,14 @@ def test_relevant_paths_may_go_through_a_linked_folder(
     assert some.relevant == len(list(photos.glob("photo_01*.jpg")))
 
 
+def test_a_query_file_saved_with_a_byte_order_mark_is_read(indexed: Library, tmp_path: Path) -> None:
+    queries = tmp_path / "notepad.jsonl"
+    queries.write_text('{"query": "anything at all", "relevant": ["Photos/*.jpg"]}\n', encoding="utf-8-sig")
+    result = runner.invoke(app, ["eval", str(queries), "--library", str(indexed.path)])
+    assert result.exit_code == 0, result.output
+    assert "1 queries on 13 images" in result.output
+
+
 def test_eval_command_prints_a_table_and_json(indexed: Library, photos: Path, tmp_path: Path) -> None:
     queries = write_queries(
         tmp_path / "q.jsonl",

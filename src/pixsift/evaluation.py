@@ -113,7 +113,8 @@ class EvalReport:
 def read_queries(path: Path) -> list[LabelledQuery]:
     """Parse a query file, with an error naming the line for anything malformed."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: editors on Windows (Notepad, PowerShell 5's Out-File) start the file with a BOM
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise QueryError(f"Query file {path} not found.") from None
     except (OSError, UnicodeDecodeError) as exc:
