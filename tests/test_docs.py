@@ -64,6 +64,29 @@ def test_demo_refuses_to_replace_a_folder_it_did_not_make(
 
 
 @pytest.mark.slow
+def test_demo_run_again_in_its_folder_keeps_the_folder(tmp_path: Path) -> None:
+    """`--out .` from inside an earlier demo's folder: the demo replaces what is in it, and
+    the folder itself (the user's working directory) is not deleted and made anew."""
+    from pixsift.synthetic import write_world
+
+    out = tmp_path / "demo"
+    write_world(out / "shapes", 2, seed=1)  # an earlier demo's images, and its library below
+    (out / "library").mkdir()
+    handle = os.open(out, os.O_RDONLY)
+    try:
+        env = {**os.environ, "HF_ENDPOINT": CLOSED_PORT_URL, "HF_HOME": str(tmp_path / "hf")}
+        demo = [sys.executable, "-m", "pixsift.demo", "--out", ".", "--count", "3"]
+        result = subprocess.run(
+            demo, capture_output=True, text=True, env=env, cwd=out, timeout=600, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert os.fstat(handle).st_nlink > 0  # a deleted folder has no links left
+    finally:
+        os.close(handle)
+    assert len(list((out / "shapes").glob("*.jpg"))) == 3
+
+
+@pytest.mark.slow
 def test_demo_runs_offline_and_finds_what_it_asks_for(tmp_path: Path) -> None:
     env = {**os.environ, "HF_ENDPOINT": CLOSED_PORT_URL, "HF_HOME": str(tmp_path / "hf")}
     demo = [sys.executable, "-m", "pixsift.demo", "--out", str(tmp_path / "demo"), "--count", "96"]

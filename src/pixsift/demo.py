@@ -32,11 +32,25 @@ def pixsift(*args: str) -> None:
         sys.exit(code)
 
 
+DEMO_ENTRIES = ("shapes", "library")
+
+
 def _is_demo_folder(out: Path) -> bool:
-    """Whether `out` may be deleted and made anew: missing, empty, or an earlier demo's folder."""
+    """Whether `out` may be emptied and filled anew: missing, empty, or an earlier demo's folder."""
     if not out.exists():
         return True
-    return out.is_dir() and {entry.name for entry in out.iterdir()} <= {"shapes", "library"}
+    return out.is_dir() and {entry.name for entry in out.iterdir()} <= set(DEMO_ENTRIES)
+
+
+def _clear(out: Path) -> None:
+    """Remove an earlier demo's images and library but keep `out` itself: it may be the
+    working directory (`--out .`), which removing would leave the user's shell in a deleted folder."""
+    for name in DEMO_ENTRIES:
+        entry = out / name
+        if entry.is_symlink() or entry.is_file():
+            entry.unlink()
+        elif entry.exists():
+            shutil.rmtree(entry)
 
 
 def _example(images: Path, kind: str) -> Path:
@@ -59,7 +73,7 @@ def main() -> None:
     out: Path = args.out.absolute()
     if not _is_demo_folder(out):
         parser.error(f"{out} is not an earlier demo's folder, which the demo replaces: choose another --out")
-    shutil.rmtree(out, ignore_errors=True)
+    _clear(out)
     images, library = out / "shapes", out / "library"
     print(f"Making {args.count} synthetic images (coloured shapes) in {images} ...", flush=True)
     write_world(images, args.count, seed=DEMO_SEED)
