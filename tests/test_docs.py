@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cli_reference import reference
-from conftest import CLOSED_PORT_URL
+from conftest import CLOSED_PORT_URL, PERMISSION_PREFIX, needs_permissions
 
 ROOT = Path(__file__).parent.parent
 
@@ -61,6 +63,57 @@ def test_demo_refuses_to_replace_a_folder_it_did_not_make(
         demo.main()
     assert exit_info.value.code == 2
     assert (tmp_path / "holiday.jpg").exists()
+
+
+def run_demo(
+    *args: str, prefix: list[str] | None = None, max_bytes: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The demo in a subprocess, with writes past `max_bytes` failing as on a full disk."""
+
+    def limit() -> None:
+        if max_bytes is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "pixsift.demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=limit,
+        check=False,
+    )
+
+
+@needs_permissions
+def test_demo_in_a_read_only_folder_says_so(tmp_path: Path) -> None:
+    earlier = tmp_path / "earlier"
+    (earlier / "shapes").mkdir(parents=True)
+    tmp_path.chmod(0o555)
+    earlier.chmod(0o555)
+    try:
+        fresh = run_demo("--out", str(tmp_path / "demo"), prefix=PERMISSION_PREFIX)
+        again = run_demo("--out", str(earlier), prefix=PERMISSION_PREFIX)
+        earlier.chmod(0o111)
+        unlisted = run_demo("--out", str(earlier), prefix=PERMISSION_PREFIX)
+    finally:
+        tmp_path.chmod(0o755)
+        earlier.chmod(0o755)
+    for result, message in [
+        (fresh, f"cannot write the demo's images into {tmp_path / 'demo' / 'shapes'}: Permission denied"),
+        (again, f"cannot replace the earlier demo in {earlier}: Permission denied"),
+        (unlisted, f"cannot look into {earlier}: Permission denied"),
+    ]:
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"error: {message}" in result.stderr
+
+
+def test_demo_on_a_full_disk_says_so(tmp_path: Path) -> None:
+    result = run_demo("--out", str(tmp_path / "demo"), "--count", "3", max_bytes=8192)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"error: cannot write the demo's images into {tmp_path / 'demo' / 'shapes'}: File too large" in (
+        result.stderr
+    )
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from pixsift.synthetic import write_world
 
@@ -53,6 +54,18 @@ def _clear(out: Path) -> None:
             shutil.rmtree(entry)
 
 
+def _fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _write_images(folder: Path, count: int, seed: int) -> None:
+    try:
+        write_world(folder, count, seed=seed)
+    except OSError as exc:  # a read-only or full output folder, a path through a file
+        _fail(f"cannot write the demo's images into {folder}: {exc.strerror or exc}")
+
+
 def _example(images: Path, kind: str) -> Path:
     """The first image of `kind` (e.g. green_triangle), or the first image at all."""
     return min(images.glob(f"*_{kind}.jpg"), default=min(images.glob("*.jpg")))
@@ -71,16 +84,23 @@ def main() -> None:
         parser.error("--count must be at least 1")
 
     out: Path = args.out.absolute()
-    if not _is_demo_folder(out):
+    try:
+        replaceable = _is_demo_folder(out)
+    except OSError as exc:  # a folder that cannot be listed
+        _fail(f"cannot look into {out}: {exc.strerror or exc}")
+    if not replaceable:
         parser.error(f"{out} is not an earlier demo's folder, which the demo replaces: choose another --out")
-    _clear(out)
+    try:
+        _clear(out)
+    except OSError as exc:  # a read-only folder, or one a file of it cannot leave
+        _fail(f"cannot replace the earlier demo in {out}: {exc.strerror or exc}")
     images, library = out / "shapes", out / "library"
     print(f"Making {args.count} synthetic images (coloured shapes) in {images} ...", flush=True)
-    write_world(images, args.count, seed=DEMO_SEED)
+    _write_images(images, args.count, DEMO_SEED)
     lib = ["--library", str(library)]
 
     pixsift("index", str(images), *lib, "--model", "synthetic-tiny")
-    write_world(images / "more", 12, seed=DEMO_SEED + 1)
+    _write_images(images / "more", 12, DEMO_SEED + 1)
     pixsift("index", *lib)  # incremental: only the 12 new images are embedded
     pixsift("search", "a red circle", "-k", "5", *lib)
     pixsift("search", "three yellow stars", "-k", "5", *lib)
