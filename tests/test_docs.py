@@ -65,6 +65,22 @@ def test_demo_refuses_to_replace_a_folder_it_did_not_make(
     assert (tmp_path / "holiday.jpg").exists()
 
 
+@pytest.mark.parametrize("kept", ["library/library.db", "shapes/holiday.jpg"])
+def test_demo_refuses_a_folder_of_the_users_named_like_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: str
+) -> None:
+    """A folder holding only the user's pixsift library (or photos in `shapes`) is no demo's."""
+    from pixsift import demo
+
+    (tmp_path / kept).parent.mkdir()
+    (tmp_path / kept).write_bytes(b"the user's own")
+    monkeypatch.setattr(sys, "argv", ["python -m pixsift.demo", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main()
+    assert exit_info.value.code == 2
+    assert (tmp_path / kept).read_bytes() == b"the user's own"
+
+
 def run_demo(
     *args: str, prefix: list[str] | None = None, max_bytes: int | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -89,6 +105,7 @@ def run_demo(
 def test_demo_in_a_read_only_folder_says_so(tmp_path: Path) -> None:
     earlier = tmp_path / "earlier"
     (earlier / "shapes").mkdir(parents=True)
+    (earlier / "shapes" / "captions.jsonl").write_text("")  # what an earlier demo leaves first
     tmp_path.chmod(0o555)
     earlier.chmod(0o555)
     try:

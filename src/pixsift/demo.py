@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from pixsift.synthetic import write_world
+from pixsift.synthetic.world import MANIFEST
 
 DEMO_SEED = 4242  # not a training seed: the demo images are new to the model
 
@@ -37,10 +38,17 @@ DEMO_ENTRIES = ("shapes", "library")
 
 
 def _is_demo_folder(out: Path) -> bool:
-    """Whether `out` may be emptied and filled anew: missing, empty, or an earlier demo's folder."""
+    """Whether `out` may be emptied and filled anew: missing, empty, or an earlier demo's folder.
+
+    The names alone do not tell: a user's own `library` (a real pixsift library) or `shapes`
+    folder would be deleted. An earlier demo wrote its images' manifest before anything else.
+    """
     if not out.exists():
         return True
-    return out.is_dir() and {entry.name for entry in out.iterdir()} <= set(DEMO_ENTRIES)
+    if not out.is_dir():
+        return False
+    names = {entry.name for entry in out.iterdir()}
+    return not names or (names <= set(DEMO_ENTRIES) and (out / "shapes" / MANIFEST).is_file())
 
 
 def _clear(out: Path) -> None:
