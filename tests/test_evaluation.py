@@ -67,6 +67,17 @@ def test_a_query_file_saved_with_a_byte_order_mark_is_read(indexed: Library, tmp
     assert "1 queries on 13 images" in result.output
 
 
+def test_a_relevant_file_named_with_brackets_is_found(indexed: Library, photos: Path, tmp_path: Path) -> None:
+    """A name such as "beach [1].jpg" is a path, though [1] would also read as a glob's class."""
+    shutil.copy(photos / "photo_0100.jpg", photos / "beach [1].jpg")
+    indexed.index(photos)
+    queries = write_queries(
+        tmp_path / "q.jsonl", {"image": "Photos/photo_0100.jpg", "relevant": ["Photos/beach [1].jpg"]}
+    )
+    (outcome,) = indexed.evaluate(queries, cutoffs=[2]).per_query
+    assert outcome.relevant == 1 and outcome.ranks in {(1,), (2,)}  # it ties with twin.jpg
+
+
 def test_eval_command_prints_a_table_and_json(indexed: Library, photos: Path, tmp_path: Path) -> None:
     queries = write_queries(
         tmp_path / "q.jsonl",

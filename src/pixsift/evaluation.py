@@ -179,9 +179,8 @@ def relevant_paths(query: LabelledQuery, indexed: Sequence[str], indexed_set: se
     found: set[str] = set()
     for written in query.relevant:
         for pattern in {written, _with_real_folders(written)}:
-            if _GLOB_CHARS.isdisjoint(pattern):
-                found.update({pattern} & indexed_set)
-            else:
+            found.update({pattern} & indexed_set)  # a name may hold [ itself: "beach [1].jpg"
+            if not _GLOB_CHARS.isdisjoint(pattern):
                 found.update(fnmatch.filter(indexed, pattern))
     if query.image is not None:  # the query image is never among its own results
         found -= {query.image, os.path.realpath(query.image)}
