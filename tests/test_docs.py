@@ -166,3 +166,20 @@ def test_demo_runs_offline_and_finds_what_it_asks_for(tmp_path: Path) -> None:
     red_circles = result.stdout.split("$ pixsift search 'a red circle'")[1].splitlines()
     first_hit = next(line for line in red_circles if line.lstrip().startswith("1 "))
     assert "_red_circle.jpg" in first_hit
+
+
+def test_the_recall_ceiling_quoted_for_the_held_out_images() -> None:
+    """The best recall@10 any model can reach on the quality tests' images, text and image
+    queries alike (an image query's relevant images are the others of its kind)."""
+    from collections import Counter
+
+    from pixsift.synthetic import sample_scenes
+    from test_quality import HELD_OUT_COUNT, HELD_OUT_SEED
+
+    kinds = Counter((scene.colour, scene.shape) for scene in sample_scenes(HELD_OUT_COUNT, HELD_OUT_SEED))
+    text = sum(min(10, n) / n for n in kinds.values()) / len(kinds)
+    image = sum(n * min(10, n - 1) / (n - 1) for n in kinds.values()) / HELD_OUT_COUNT
+    assert (min(kinds.values()), max(kinds.values())) == (5, 26)
+    quoted = f"recall@10 cannot exceed {max(text, image):.2f}"
+    assert quoted in (ROOT / "README.md").read_text()
+    assert quoted in (ROOT / "docs" / "synthetic-model.md").read_text()
