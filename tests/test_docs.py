@@ -133,6 +133,18 @@ def test_demo_on_a_full_disk_says_so(tmp_path: Path) -> None:
     )
 
 
+def test_demo_stopped_with_ctrl_c_says_so(tmp_path: Path) -> None:
+    demo = [sys.executable, "-m", "pixsift.demo", "--out", str(tmp_path / "demo")]
+    with subprocess.Popen(
+        demo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as process:
+        assert process.stdout is not None and process.stdout.readline().startswith("Making 300")
+        os.killpg(process.pid, signal.SIGINT)  # as the terminal does, while the images are made
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert "The demo was interrupted" in stderr
+
+
 @pytest.mark.slow
 def test_demo_run_again_in_its_folder_keeps_the_folder(tmp_path: Path) -> None:
     """`--out .` from inside an earlier demo's folder: the demo replaces what is in it, and

@@ -91,7 +91,14 @@ def main() -> None:
     if args.count < 1:
         parser.error("--count must be at least 1")
 
-    out: Path = args.out.absolute()
+    try:
+        _demo(parser, args.out.absolute(), args.count)
+    except KeyboardInterrupt:  # Ctrl-C, here or in a pixsift command (which said so itself)
+        print("\nThe demo was interrupted; run it again to start over.", file=sys.stderr)
+        sys.exit(130)
+
+
+def _demo(parser: argparse.ArgumentParser, out: Path, count: int) -> None:
     try:
         replaceable = _is_demo_folder(out)
     except OSError as exc:  # a folder that cannot be listed
@@ -103,8 +110,8 @@ def main() -> None:
     except OSError as exc:  # a read-only folder, or one a file of it cannot leave
         _fail(f"cannot replace the earlier demo in {out}: {exc.strerror or exc}")
     images, library = out / "shapes", out / "library"
-    print(f"Making {args.count} synthetic images (coloured shapes) in {images} ...", flush=True)
-    _write_images(images, args.count, DEMO_SEED)
+    print(f"Making {count} synthetic images (coloured shapes) in {images} ...", flush=True)
+    _write_images(images, count, DEMO_SEED)
     lib = ["--library", str(library)]
 
     pixsift("index", str(images), *lib, "--model", "synthetic-tiny")
