@@ -43,6 +43,11 @@ def test_metrics_follow_the_ranking(indexed: Library, photos: Path, tmp_path: Pa
     assert everything.precision(5) == 1.0 and everything.recall(10) == pytest.approx(10 / 13)
     assert report.recall(1) == pytest.approx((1.0 + 1 / 13) / 2)
     assert report.mrr == 1.0 and report.images == 13 and report.median_latency_ms > 0
+    assert report.recall(3) == pytest.approx((1.0 + 3 / 13) / 2)  # any rank the ranking reached
+    with pytest.raises(ValueError, match="a cut-off of 11"):
+        report.recall(11)  # the 11th result was never asked for: not a miss
+    with pytest.raises(ValueError, match="known at 1 to 10"):
+        report.precision(0)
 
 
 def test_relevant_paths_may_go_through_a_linked_folder(

@@ -75,10 +75,20 @@ class EvalReport:
         return max(self.cutoffs)
 
     def recall(self, k: int) -> float:
-        return statistics.fmean(outcome.recall(k) for outcome in self.per_query)
+        return statistics.fmean(outcome.recall(self._within_depth(k)) for outcome in self.per_query)
 
     def precision(self, k: int) -> float:
-        return statistics.fmean(outcome.precision(k) for outcome in self.per_query)
+        return statistics.fmean(outcome.precision(self._within_depth(k)) for outcome in self.per_query)
+
+    def _within_depth(self, k: int) -> int:
+        """`k`, if the ranking went that deep: beyond it every relevant image would count as
+        missed, a wrong figure given as a right one."""
+        if not 1 <= k <= self.depth:
+            raise ValueError(
+                f"Recall and precision are known at 1 to {self.depth} here (the deepest cut-off): "
+                f"evaluate with a cut-off of {k} for @{k}."
+            )
+        return k
 
     @property
     def mrr(self) -> float:
