@@ -83,6 +83,17 @@ def test_a_relevant_file_named_with_brackets_is_found(indexed: Library, photos: 
     assert outcome.relevant == 1 and outcome.ranks in {(1,), (2,)}  # it ties with twin.jpg
 
 
+def test_a_query_text_may_hold_any_unicode_line_separator(indexed: Library, tmp_path: Path) -> None:
+    """JSON Lines ends lines with \\n only; Python writes U+2028 and U+0085 unescaped with
+    ensure_ascii=False, and Windows files end lines with \\r\\n."""
+    text = "beach\u2028at dusk\x85and\x1cnight"
+    line = json.dumps({"query": text, "relevant": ["Photos/*.jpg"]}, ensure_ascii=False)
+    queries = tmp_path / "q.jsonl"
+    queries.write_bytes(f"{line}\r\n\r\n{line}\r\n".encode())
+    report = indexed.evaluate(queries)
+    assert [outcome.query for outcome in report.per_query] == [text, text]
+
+
 def test_eval_command_prints_a_table_and_json(indexed: Library, photos: Path, tmp_path: Path) -> None:
     queries = write_queries(
         tmp_path / "q.jsonl",

@@ -124,7 +124,9 @@ def read_queries(path: Path) -> list[LabelledQuery]:
     """Parse a query file, with an error naming the line for anything malformed."""
     try:
         # utf-8-sig: editors on Windows (Notepad, PowerShell 5's Out-File) start the file with a BOM
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        # split("\n"), not splitlines(): JSON text may hold U+2028, U+0085 and the like unescaped,
+        # which splitlines() takes for line ends (a trailing "\r" is whitespace to json.loads)
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
     except FileNotFoundError:
         raise QueryError(f"Query file {path} not found.") from None
     except (OSError, UnicodeDecodeError) as exc:
