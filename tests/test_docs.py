@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cli_reference import reference
-from conftest import CLOSED_PORT_URL
+from conftest import CLOSED_PORT_URL, PERMISSION_PREFIX, needs_permissions
 
 ROOT = Path(__file__).parent.parent
 
@@ -63,6 +65,109 @@ def test_demo_refuses_to_replace_a_folder_it_did_not_make(
     assert (tmp_path / "holiday.jpg").exists()
 
 
+@pytest.mark.parametrize("kept", ["library/library.db", "shapes/holiday.jpg"])
+def test_demo_refuses_a_folder_of_the_users_named_like_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: str
+) -> None:
+    """A folder holding only the user's pixsift library (or photos in `shapes`) is no demo's."""
+    from pixsift import demo
+
+    (tmp_path / kept).parent.mkdir()
+    (tmp_path / kept).write_bytes(b"the user's own")
+    monkeypatch.setattr(sys, "argv", ["python -m pixsift.demo", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main()
+    assert exit_info.value.code == 2
+    assert (tmp_path / kept).read_bytes() == b"the user's own"
+
+
+def run_demo(
+    *args: str, prefix: list[str] | None = None, max_bytes: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The demo in a subprocess, with writes past `max_bytes` failing as on a full disk."""
+
+    def limit() -> None:
+        if max_bytes is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "pixsift.demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=limit,
+        check=False,
+    )
+
+
+@needs_permissions
+def test_demo_in_a_read_only_folder_says_so(tmp_path: Path) -> None:
+    earlier = tmp_path / "earlier"
+    (earlier / "shapes").mkdir(parents=True)
+    (earlier / "shapes" / "captions.jsonl").write_text("")  # what an earlier demo leaves first
+    tmp_path.chmod(0o555)
+    earlier.chmod(0o555)
+    try:
+        fresh = run_demo("--out", str(tmp_path / "demo"), prefix=PERMISSION_PREFIX)
+        again = run_demo("--out", str(earlier), prefix=PERMISSION_PREFIX)
+        earlier.chmod(0o111)
+        unlisted = run_demo("--out", str(earlier), prefix=PERMISSION_PREFIX)
+    finally:
+        tmp_path.chmod(0o755)
+        earlier.chmod(0o755)
+    for result, message in [
+        (fresh, f"cannot write the demo's images into {tmp_path / 'demo' / 'shapes'}: Permission denied"),
+        (again, f"cannot replace the earlier demo in {earlier}: Permission denied"),
+        (unlisted, f"cannot look into {earlier}: Permission denied"),
+    ]:
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"error: {message}" in result.stderr
+
+
+def test_demo_on_a_full_disk_says_so(tmp_path: Path) -> None:
+    result = run_demo("--out", str(tmp_path / "demo"), "--count", "3", max_bytes=8192)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"error: cannot write the demo's images into {tmp_path / 'demo' / 'shapes'}: File too large" in (
+        result.stderr
+    )
+
+
+def test_demo_stopped_with_ctrl_c_says_so(tmp_path: Path) -> None:
+    demo = [sys.executable, "-m", "pixsift.demo", "--out", str(tmp_path / "demo")]
+    with subprocess.Popen(
+        demo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as process:
+        assert process.stdout is not None and process.stdout.readline().startswith("Making 300")
+        os.killpg(process.pid, signal.SIGINT)  # as the terminal does, while the images are made
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert "The demo was interrupted" in stderr
+
+
+@pytest.mark.slow
+def test_demo_run_again_in_its_folder_keeps_the_folder(tmp_path: Path) -> None:
+    """`--out .` from inside an earlier demo's folder: the demo replaces what is in it, and
+    the folder itself (the user's working directory) is not deleted and made anew."""
+    from pixsift.synthetic import write_world
+
+    out = tmp_path / "demo"
+    write_world(out / "shapes", 2, seed=1)  # an earlier demo's images, and its library below
+    (out / "library").mkdir()
+    handle = os.open(out, os.O_RDONLY)
+    try:
+        env = {**os.environ, "HF_ENDPOINT": CLOSED_PORT_URL, "HF_HOME": str(tmp_path / "hf")}
+        demo = [sys.executable, "-m", "pixsift.demo", "--out", ".", "--count", "3"]
+        result = subprocess.run(
+            demo, capture_output=True, text=True, env=env, cwd=out, timeout=600, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert os.fstat(handle).st_nlink > 0  # a deleted folder has no links left
+    finally:
+        os.close(handle)
+    assert len(list((out / "shapes").glob("*.jpg"))) == 3
+
+
 @pytest.mark.slow
 def test_demo_runs_offline_and_finds_what_it_asks_for(tmp_path: Path) -> None:
     env = {**os.environ, "HF_ENDPOINT": CLOSED_PORT_URL, "HF_HOME": str(tmp_path / "hf")}
@@ -73,3 +178,20 @@ def test_demo_runs_offline_and_finds_what_it_asks_for(tmp_path: Path) -> None:
     red_circles = result.stdout.split("$ pixsift search 'a red circle'")[1].splitlines()
     first_hit = next(line for line in red_circles if line.lstrip().startswith("1 "))
     assert "_red_circle.jpg" in first_hit
+
+
+def test_the_recall_ceiling_quoted_for_the_held_out_images() -> None:
+    """The best recall@10 any model can reach on the quality tests' images, text and image
+    queries alike (an image query's relevant images are the others of its kind)."""
+    from collections import Counter
+
+    from pixsift.synthetic import sample_scenes
+    from test_quality import HELD_OUT_COUNT, HELD_OUT_SEED
+
+    kinds = Counter((scene.colour, scene.shape) for scene in sample_scenes(HELD_OUT_COUNT, HELD_OUT_SEED))
+    text = sum(min(10, n) / n for n in kinds.values()) / len(kinds)
+    image = sum(n * min(10, n - 1) / (n - 1) for n in kinds.values()) / HELD_OUT_COUNT
+    assert (min(kinds.values()), max(kinds.values())) == (5, 26)
+    quoted = f"recall@10 cannot exceed {max(text, image):.2f}"
+    assert quoted in (ROOT / "README.md").read_text()
+    assert quoted in (ROOT / "docs" / "synthetic-model.md").read_text()

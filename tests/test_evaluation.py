@@ -43,6 +43,11 @@ def test_metrics_follow_the_ranking(indexed: Library, photos: Path, tmp_path: Pa
     assert everything.precision(5) == 1.0 and everything.recall(10) == pytest.approx(10 / 13)
     assert report.recall(1) == pytest.approx((1.0 + 1 / 13) / 2)
     assert report.mrr == 1.0 and report.images == 13 and report.median_latency_ms > 0
+    assert report.recall(3) == pytest.approx((1.0 + 3 / 13) / 2)  # any rank the ranking reached
+    with pytest.raises(ValueError, match="a cut-off of 11"):
+        report.recall(11)  # the 11th result was never asked for: not a miss
+    with pytest.raises(ValueError, match="known at 1 to 10"):
+        report.precision(0)
 
 
 def test_relevant_paths_may_go_through_a_linked_folder(
@@ -57,6 +62,36 @@ def test_relevant_paths_may_go_through_a_linked_folder(
     twin, some = indexed.evaluate(queries, cutoffs=[1]).per_query
     assert twin.ranks == (1,)
     assert some.relevant == len(list(photos.glob("photo_01*.jpg")))
+
+
+def test_a_query_file_saved_with_a_byte_order_mark_is_read(indexed: Library, tmp_path: Path) -> None:
+    queries = tmp_path / "notepad.jsonl"
+    queries.write_text('{"query": "anything at all", "relevant": ["Photos/*.jpg"]}\n', encoding="utf-8-sig")
+    result = runner.invoke(app, ["eval", str(queries), "--library", str(indexed.path)])
+    assert result.exit_code == 0, result.output
+    assert "1 queries on 13 images" in result.output
+
+
+def test_a_relevant_file_named_with_brackets_is_found(indexed: Library, photos: Path, tmp_path: Path) -> None:
+    """A name such as "beach [1].jpg" is a path, though [1] would also read as a glob's class."""
+    shutil.copy(photos / "photo_0100.jpg", photos / "beach [1].jpg")
+    indexed.index(photos)
+    queries = write_queries(
+        tmp_path / "q.jsonl", {"image": "Photos/photo_0100.jpg", "relevant": ["Photos/beach [1].jpg"]}
+    )
+    (outcome,) = indexed.evaluate(queries, cutoffs=[2]).per_query
+    assert outcome.relevant == 1 and outcome.ranks in {(1,), (2,)}  # it ties with twin.jpg
+
+
+def test_a_query_text_may_hold_any_unicode_line_separator(indexed: Library, tmp_path: Path) -> None:
+    """JSON Lines ends lines with \\n only; Python writes U+2028 and U+0085 unescaped with
+    ensure_ascii=False, and Windows files end lines with \\r\\n."""
+    text = "beach\u2028at dusk\x85and\x1cnight"
+    line = json.dumps({"query": text, "relevant": ["Photos/*.jpg"]}, ensure_ascii=False)
+    queries = tmp_path / "q.jsonl"
+    queries.write_bytes(f"{line}\r\n\r\n{line}\r\n".encode())
+    report = indexed.evaluate(queries)
+    assert [outcome.query for outcome in report.per_query] == [text, text]
 
 
 def test_eval_command_prints_a_table_and_json(indexed: Library, photos: Path, tmp_path: Path) -> None:
@@ -86,6 +121,7 @@ def test_eval_command_prints_a_table_and_json(indexed: Library, photos: Path, tm
             "Line 1: give either a 'query' text or an 'image'",
         ),
         (["", {"query": "x", "relevant": ["nowhere/*.png"]}], "Line 2: no indexed image matches"),
+        ([{"query": " \t ", "relevant": ["Photos/*.jpg"]}], "Line 1: A query text is empty"),
         ([], "has no queries"),
     ],
 )
@@ -97,6 +133,24 @@ def test_bad_query_files_are_refused_by_line(
         indexed.evaluate(queries)
     result = runner.invoke(app, ["eval", str(queries), "--library", str(indexed.path)])
     assert result.exit_code == 1 and message in result.output
+
+
+def test_a_query_image_that_cannot_be_read_is_named_by_line(
+    indexed: Library, photos: Path, tmp_path: Path
+) -> None:
+    """The search's own message, with the line: among hundreds of queries it says which."""
+    queries = write_queries(
+        tmp_path / "q.jsonl",
+        {"query": "anything", "relevant": ["Photos/*.jpg"]},
+        {"image": "Photos/gone.jpg", "relevant": ["Photos/*.jpg"]},
+        {"image": "Photos", "relevant": ["Photos/*.jpg"]},
+    )
+    with pytest.raises(QueryError, match=r"^Line 2: Image .*gone\.jpg not found"):
+        indexed.evaluate(queries)
+    queries.write_text(queries.read_text().replace("Photos/gone.jpg", "Photos/twin.jpg"))
+    result = runner.invoke(app, ["eval", str(queries), "--library", str(indexed.path)])
+    assert result.exit_code == 1
+    assert f"Line 3: Cannot read image {photos}: it is not a file." in result.output
 
 
 def test_eval_usage_errors(indexed: Library, tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +68,23 @@ def test_command_line_writes_images_and_manifest(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "--count must be at least 1" in bad.stderr
+
+
+def _file_size_limit(max_bytes: int) -> None:
+    """In the child: writes past `max_bytes` fail with EFBIG, where a full disk fails with ENOSPC."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+
+def test_a_full_disk_is_an_error_not_truncated_images(tmp_path: Path) -> None:
+    """Each image (about 12 KB) outgrows the limit while the manifest stays under it."""
+    out = tmp_path / "world"
+    result = subprocess.run(
+        [sys.executable, "-m", "pixsift.synthetic", str(out), "--count", "3", "--seed", "1"],
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: _file_size_limit(8192),
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout
+    assert f"error: cannot write into {out}: File too large" in result.stderr

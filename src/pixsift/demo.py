@@ -18,8 +18,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from pixsift.synthetic import write_world
+from pixsift.synthetic.world import MANIFEST
 
 DEMO_SEED = 4242  # not a training seed: the demo images are new to the model
 
@@ -32,11 +34,44 @@ def pixsift(*args: str) -> None:
         sys.exit(code)
 
 
+DEMO_ENTRIES = ("shapes", "library")
+
+
 def _is_demo_folder(out: Path) -> bool:
-    """Whether `out` may be deleted and made anew: missing, empty, or an earlier demo's folder."""
+    """Whether `out` may be emptied and filled anew: missing, empty, or an earlier demo's folder.
+
+    The names alone do not tell: a user's own `library` (a real pixsift library) or `shapes`
+    folder would be deleted. An earlier demo wrote its images' manifest before anything else.
+    """
     if not out.exists():
         return True
-    return out.is_dir() and {entry.name for entry in out.iterdir()} <= {"shapes", "library"}
+    if not out.is_dir():
+        return False
+    names = {entry.name for entry in out.iterdir()}
+    return not names or (names <= set(DEMO_ENTRIES) and (out / "shapes" / MANIFEST).is_file())
+
+
+def _clear(out: Path) -> None:
+    """Remove an earlier demo's images and library but keep `out` itself: it may be the
+    working directory (`--out .`), which removing would leave the user's shell in a deleted folder."""
+    for name in DEMO_ENTRIES:
+        entry = out / name
+        if entry.is_symlink() or entry.is_file():
+            entry.unlink()
+        elif entry.exists():
+            shutil.rmtree(entry)
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _write_images(folder: Path, count: int, seed: int) -> None:
+    try:
+        write_world(folder, count, seed=seed)
+    except OSError as exc:  # a read-only or full output folder, a path through a file
+        _fail(f"cannot write the demo's images into {folder}: {exc.strerror or exc}")
 
 
 def _example(images: Path, kind: str) -> Path:
@@ -56,17 +91,31 @@ def main() -> None:
     if args.count < 1:
         parser.error("--count must be at least 1")
 
-    out: Path = args.out.absolute()
-    if not _is_demo_folder(out):
+    try:
+        _demo(parser, args.out.absolute(), args.count)
+    except KeyboardInterrupt:  # Ctrl-C, here or in a pixsift command (which said so itself)
+        print("\nThe demo was interrupted; run it again to start over.", file=sys.stderr)
+        sys.exit(130)
+
+
+def _demo(parser: argparse.ArgumentParser, out: Path, count: int) -> None:
+    try:
+        replaceable = _is_demo_folder(out)
+    except OSError as exc:  # a folder that cannot be listed
+        _fail(f"cannot look into {out}: {exc.strerror or exc}")
+    if not replaceable:
         parser.error(f"{out} is not an earlier demo's folder, which the demo replaces: choose another --out")
-    shutil.rmtree(out, ignore_errors=True)
+    try:
+        _clear(out)
+    except OSError as exc:  # a read-only folder, or one a file of it cannot leave
+        _fail(f"cannot replace the earlier demo in {out}: {exc.strerror or exc}")
     images, library = out / "shapes", out / "library"
-    print(f"Making {args.count} synthetic images (coloured shapes) in {images} ...", flush=True)
-    write_world(images, args.count, seed=DEMO_SEED)
+    print(f"Making {count} synthetic images (coloured shapes) in {images} ...", flush=True)
+    _write_images(images, count, DEMO_SEED)
     lib = ["--library", str(library)]
 
     pixsift("index", str(images), *lib, "--model", "synthetic-tiny")
-    write_world(images / "more", 12, seed=DEMO_SEED + 1)
+    _write_images(images / "more", 12, DEMO_SEED + 1)
     pixsift("index", *lib)  # incremental: only the 12 new images are embedded
     pixsift("search", "a red circle", "-k", "5", *lib)
     pixsift("search", "three yellow stars", "-k", "5", *lib)

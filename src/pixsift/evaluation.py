@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixsift.errors import QueryError
+from pixsift.errors import ImageError, InvalidPathError, QueryError
+from pixsift.search.query import QueryTerm
 from pixsift.search.results import SearchResult
 
 DEFAULT_CUTOFFS = (1, 5, 10)
@@ -74,10 +75,20 @@ class EvalReport:
         return max(self.cutoffs)
 
     def recall(self, k: int) -> float:
-        return statistics.fmean(outcome.recall(k) for outcome in self.per_query)
+        return statistics.fmean(outcome.recall(self._within_depth(k)) for outcome in self.per_query)
 
     def precision(self, k: int) -> float:
-        return statistics.fmean(outcome.precision(k) for outcome in self.per_query)
+        return statistics.fmean(outcome.precision(self._within_depth(k)) for outcome in self.per_query)
+
+    def _within_depth(self, k: int) -> int:
+        """`k`, if the ranking went that deep: beyond it every relevant image would count as
+        missed, a wrong figure given as a right one."""
+        if not 1 <= k <= self.depth:
+            raise ValueError(
+                f"Recall and precision are known at 1 to {self.depth} here (the deepest cut-off): "
+                f"evaluate with a cut-off of {k} for @{k}."
+            )
+        return k
 
     @property
     def mrr(self) -> float:
@@ -112,7 +123,10 @@ class EvalReport:
 def read_queries(path: Path) -> list[LabelledQuery]:
     """Parse a query file, with an error naming the line for anything malformed."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: editors on Windows (Notepad, PowerShell 5's Out-File) start the file with a BOM
+        # split("\n"), not splitlines(): JSON text may hold U+2028, U+0085 and the like unescaped,
+        # which splitlines() takes for line ends (a trailing "\r" is whitespace to json.loads)
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
     except FileNotFoundError:
         raise QueryError(f"Query file {path} not found.") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -134,6 +148,7 @@ def _parse_line(number: int, line: str, base: Path) -> LabelledQuery:
     text, image, relevant = record.get("query"), record.get("image"), record.get("relevant")
     if (text is None) == (image is None) or not isinstance(text or image, str) or not (text or image):
         raise QueryError(f"Line {number}: give either a 'query' text or an 'image' path.")
+    _check_text(number, text)
     if isinstance(relevant, str):
         relevant = [relevant]
     if not isinstance(relevant, list) or not relevant or not all(isinstance(r, str) for r in relevant):
@@ -144,6 +159,16 @@ def _parse_line(number: int, line: str, base: Path) -> LabelledQuery:
         text=text,
         image=_absolute(image, base) if image is not None else None,
     )
+
+
+def _check_text(number: int, text: str | None) -> None:
+    """Refuse a query text no search takes (blank, broken Unicode) before any query runs."""
+    if text is None:
+        return
+    try:
+        QueryTerm(text=text)
+    except QueryError as exc:
+        raise QueryError(f"Line {number}: {exc}") from None
 
 
 def _absolute(pattern: str, base: Path) -> str:
@@ -166,9 +191,8 @@ def relevant_paths(query: LabelledQuery, indexed: Sequence[str], indexed_set: se
     found: set[str] = set()
     for written in query.relevant:
         for pattern in {written, _with_real_folders(written)}:
-            if _GLOB_CHARS.isdisjoint(pattern):
-                found.update({pattern} & indexed_set)
-            else:
+            found.update({pattern} & indexed_set)  # a name may hold [ itself: "beach [1].jpg"
+            if not _GLOB_CHARS.isdisjoint(pattern):
                 found.update(fnmatch.filter(indexed, pattern))
     if query.image is not None:  # the query image is never among its own results
         found -= {query.image, os.path.realpath(query.image)}
@@ -199,12 +223,21 @@ def evaluate(
     depth = max(cutoffs)
     indexed_set = set(indexed)
     judged = [(query, relevant_paths(query, indexed, indexed_set)) for query in queries]
-    search(queries[0], depth)
+    _run(search, queries[0], depth)
     outcomes = []
     for query, relevant in judged:
         started = time.perf_counter()
-        results = search(query, depth)
+        results = _run(search, query, depth)
         latency_ms = (time.perf_counter() - started) * 1000
         ranks = tuple(hit.rank for hit in results if str(hit.path) in relevant)
         outcomes.append(QueryOutcome(query.describe(), len(relevant), ranks, latency_ms))
     return EvalReport(cutoffs, len(indexed), tuple(outcomes), model)
+
+
+def _run(search: Searcher, query: LabelledQuery, depth: int) -> list[SearchResult]:
+    """`search(query, depth)`, with a query's own fault (an image not found or not readable)
+    told with its line: in a file of hundreds of queries the message alone does not say which."""
+    try:
+        return search(query, depth)
+    except (QueryError, ImageError, InvalidPathError) as exc:
+        raise QueryError(f"Line {query.line}: {exc}") from exc

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from PIL import Image
 
 from pixsift.synthetic.captions import caption_variants
 from pixsift.synthetic.render import render_scene
@@ -34,6 +37,14 @@ def sample_scenes(count: int, seed: int) -> Iterator[Scene]:
         yield sample_scene(rng)
 
 
+def _save_jpeg(image: Image.Image, path: Path) -> None:
+    """Encode in memory, then write: Pillow saving into a file takes a short write (a full
+    disk) for success and leaves a truncated JPEG without a word."""
+    encoded = io.BytesIO()
+    image.save(encoded, format="JPEG", quality=90)
+    path.write_bytes(encoded.getvalue())
+
+
 def write_world(
     out_dir: Path,
     count: int,
@@ -52,7 +63,7 @@ def write_world(
     with manifest.open("w", encoding="utf-8") as lines:
         for number, scene in enumerate(sample_scenes(count, seed)):
             name = f"{number:05d}_{scene.colour}_{scene.shape}.jpg"
-            render_scene(scene, size).save(out_dir / name, quality=90)
+            _save_jpeg(render_scene(scene, size), out_dir / name)
             caption = caption_rng.choice(caption_variants(scene))
             record = {"path": name, "caption": caption, "attributes": scene.attributes()}
             lines.write(json.dumps(record) + "\n")
