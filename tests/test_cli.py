@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TinyModel, run_cli
+from conftest import TinyModel, needs_permissions, run_cli
 from pixsift.cli import app
 from sample_photos import write_photos
 
@@ -302,6 +302,44 @@ def test_ctrl_c_while_the_model_loads_says_so(
     for args in (["index", "--reembed"], ["search", "a rocket", "--engine", "torch"]):
         result = runner.invoke(app, [*args, *library])
         assert (result.exit_code, result.stdout, result.stderr) == (130, "", "Interrupted.\n"), args
+
+
+@needs_permissions
+def test_files_without_read_permission_are_user_errors_not_bad_usage(
+    indexed: dict[str, Path], tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    """typer refused them itself as bad usage (exit 2, a boxed "is not readable"), before the
+    library could say what it cannot read and what it keeps."""
+    image = tmp_path / "locked.jpg"
+    shutil.copy(indexed["photos"] / "photo_0100.jpg", image)
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text('{"query": "a dog", "relevant": ["locked.jpg"]}\n')
+    folder = tmp_path / "locked-folder"
+    folder.mkdir()
+    for path in (image, queries, folder):
+        path.chmod(0o000)
+    library = ["--library", str(indexed["library"])]
+    try:
+        similar = run_cli("similar", str(image), *library, obey_permissions=True)
+        evaluation = run_cli("eval", str(queries), *library, obey_permissions=True)
+        index = run_cli(
+            "index",
+            str(folder),
+            "--library",
+            str(tmp_path / "lib"),
+            *tiny_model.index_args(),
+            obey_permissions=True,
+        )
+    finally:
+        for path in (image, queries, folder):
+            path.chmod(0o755)
+    assert (similar.returncode, similar.stdout) == (1, "")
+    assert similar.stderr == f"error: Cannot read image {image}: permission denied\n"
+    assert (evaluation.returncode, evaluation.stdout) == (1, "")
+    assert evaluation.stderr.startswith(f"error: Cannot read query file {queries}: ")
+    assert evaluation.stderr.count("\n") == 1
+    assert (index.returncode, index.stderr) == (3, "")  # walked what it could, said what it could not
+    assert f"warning: could not read folder {folder} (Permission denied)" in index.stdout
 
 
 def test_exit_codes_of_the_real_command(tmp_path: Path) -> None:

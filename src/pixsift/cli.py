@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from pixsift.library import Library
     from pixsift.search import QueryTerm, SearchFilters, SearchResult
 
+# _NO_ACCESS_CHECK: path arguments are declared readable=False, as typer's own check would
+# refuse a file or folder without read permission as bad usage (exit 2, a boxed "is not
+# readable"); the library says what it cannot read, as for any unreadable file (exit 1, or 3
+# with a warning for a folder an index run could not walk).
 EXIT_USER_ERROR = 1
 EXIT_TROUBLE = 3  # finished, but some files could not be read, or problems remain
 EXIT_INTERRUPTED = 130
@@ -199,7 +203,11 @@ def _open(
 def index(
     folders: Annotated[
         Optional[list[Path]],  # noqa: UP045
-        typer.Argument(help="Folders to index. Default: every folder indexed before.", show_default=False),
+        typer.Argument(
+            help="Folders to index. Default: every folder indexed before.",
+            show_default=False,
+            readable=False,  # see _NO_ACCESS_CHECK
+        ),
     ] = None,
     library: LibraryOpt = None,
     model: Annotated[
@@ -332,7 +340,9 @@ def search(
 
 @app.command()
 def similar(
-    image: Annotated[Path, typer.Argument(help="An image file, indexed or not.")],
+    image: Annotated[
+        Path, typer.Argument(help="An image file, indexed or not.", readable=False)  # _NO_ACCESS_CHECK
+    ],
     plus: PlusOpt = None,
     minus: MinusOpt = None,
     limit: LimitOpt = 10,
@@ -443,7 +453,10 @@ def forget(
 def evaluate(
     queries: Annotated[
         Path,
-        typer.Argument(help='JSONL file: {"query": TEXT or "image": PATH, "relevant": [PATHS or GLOBS]}.'),
+        typer.Argument(
+            help='JSONL file: {"query": TEXT or "image": PATH, "relevant": [PATHS or GLOBS]}.',
+            readable=False,  # see _NO_ACCESS_CHECK
+        ),
     ],
     cutoffs: Annotated[
         str, typer.Option("--cutoffs", help="Ranks at which to measure recall and precision.")
