@@ -217,6 +217,25 @@ def test_non_utf8_file_names_print_as_their_bytes(tmp_path: Path, tiny_model: Ti
     assert json.loads(as_json.stdout)[0]["path"].encode("utf-8", "surrogateescape") == odd
 
 
+def test_names_the_output_encoding_cannot_hold_print_escaped(tmp_path: Path, tiny_model: TinyModel) -> None:
+    """A stdout in another encoding than the file names' (Windows gives a redirected one its
+    code page) printed a traceback for a Japanese name, after the search had run."""
+    photos = tmp_path / "photos"
+    (path,) = write_photos(photos, 1)
+    path.rename(photos / "日本.jpg")
+    library = ["--library", str(tmp_path / "lib")]
+    assert run_cli("index", str(photos), *library, *tiny_model.index_args()).returncode == 0
+    latin1 = {"PYTHONIOENCODING": "latin-1"}
+    table = run_cli("search", "x", *library, env=latin1)
+    assert (table.returncode, table.stderr) == (0, "")
+    assert table.stdout.splitlines()[1].endswith(f"  {photos}/\\u65e5\\u672c.jpg")
+    paths = run_cli("search", "x", "-f", "paths", *library, env=latin1)
+    assert (paths.returncode, paths.stdout) == (0, f"{photos}/\\u65e5\\u672c.jpg\n")
+    missing = run_cli("similar", str(photos / "日本-2.jpg"), *library, env=latin1)
+    assert missing.returncode == 1
+    assert missing.stderr == f"error: Image {photos}/\\u65e5\\u672c-2.jpg not found.\n"
+
+
 def test_a_newline_in_a_file_name_stays_in_its_row(tmp_path: Path, tiny_model: TinyModel) -> None:
     photos = tmp_path / "photos"
     (path,) = write_photos(photos, 1)

@@ -8,6 +8,7 @@ Ctrl-C.
 
 from __future__ import annotations
 
+import codecs
 import signal
 import sys
 import warnings
@@ -626,13 +627,29 @@ def _stop_as_on_ctrl_c(_signum: int, _frame: object) -> None:
         signal.raise_signal(signal.SIGTERM)
 
 
+_OUTPUT_ERRORS = "pixsift-output"
+
+
+def _escape_unencodable(error: UnicodeError) -> tuple[str | bytes, int]:
+    """How text the output's encoding cannot hold is written, one character at a time.
+    A file name that is not valid UTF-8 goes back as the bytes it is (surrogateescape); a
+    character the encoding lacks (a Japanese name on a Latin-1 or cp1252 stdout, as Windows
+    gives a redirected one) is written as a backslash escape instead of a traceback."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    char = error.object[error.start]
+    if 0xDC80 <= ord(char) <= 0xDCFF:  # a byte surrogateescape decoding kept
+        return bytes([ord(char) - 0xDC00]), error.start + 1
+    return char.encode("ascii", "backslashreplace").decode("ascii"), error.start + 1
+
+
 def main() -> None:
     """Console-script entry point."""
-    # File names need not be valid UTF-8: print them back as the bytes they are.
+    codecs.register_error(_OUTPUT_ERRORS, _escape_unencodable)
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
-            reconfigure(errors="surrogateescape")
+            reconfigure(errors=_OUTPUT_ERRORS)
     # pixsift refuses oversized images itself (recorded as failures); Pillow's warning for
     # large-but-allowed ones would only break the progress display. Matched by its text, as
     # importing Pillow for its class would cost every command (a search included) 20 ms.
