@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -15,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import TinyModel, needs_permissions, run_cli
+from pixsift import SearchResult
 from pixsift.cli import app
 from sample_photos import write_photos
 
@@ -104,7 +106,9 @@ def test_search_formats_agree(indexed: dict[str, Path]) -> None:
         "search", "a red car", "-k", "4", "--format", "paths", "--library", library
     ).stdout.splitlines()
 
-    assert [set(item) for item in as_json] == [{"rank", "score", "path", "id"}] * 4
+    fields = {field.name for field in dataclasses.fields(SearchResult)}  # what the Python API returns
+    assert [set(item) for item in as_json] == [fields] * 4
+    assert {(item["width"], item["height"], item["format"]) for item in as_json} == {(1600, 1200, "JPEG")}
     assert [json.loads(line) for line in lines] == as_json
     assert paths == [item["path"] for item in as_json]
     assert [item["rank"] for item in as_json] == [1, 2, 3, 4]
@@ -143,6 +147,7 @@ def test_similar(indexed: dict[str, Path]) -> None:
     hits = json.loads(result.stdout)
     assert hits[0]["path"] == str(indexed["photos"] / "copy.jpg")
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert (hits[0]["width"], hits[0]["height"], hits[0]["format"]) == (1600, 1200, "JPEG")
     assert str(query) not in [hit["path"] for hit in hits]
 
 
