@@ -123,5 +123,6 @@ def test_eval_usage_errors(indexed: Library, tmp_path: Path) -> None:
     queries = write_queries(tmp_path / "q.jsonl", {"query": "x", "relevant": ["Photos/*"]})
     bad = runner.invoke(app, ["eval", str(queries), *library, "--cutoffs", "one"])
     assert bad.exit_code == 2
+    assert "Invalid value for '--cutoffs'" in bad.output and "expected whole numbers" in bad.output
     zero = runner.invoke(app, ["eval", str(queries), *library, "--cutoffs", "0"])
     assert zero.exit_code == 1 and "Cut-offs must be positive" in zero.output

@@ -481,7 +481,10 @@ def _cutoffs(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise typer.BadParameter(f"expected whole numbers separated by commas, got {text!r}") from None
+        # Raised in the command's body, where typer does not know the option: name it here.
+        raise typer.BadParameter(
+            f"expected whole numbers separated by commas, got {text!r}", param_hint="'--cutoffs'"
+        ) from None
 
 
 @app.command()
