@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import signal
 import sqlite3
@@ -180,6 +181,29 @@ def test_status(indexed: dict[str, Path], tiny_model: TinyModel) -> None:
     ]
     failed = run_cli("status", "--failed", "--library", library)
     assert f"  {indexed['photos'] / 'broken.jpg'}: not an image format" in failed.stdout
+
+
+def test_status_shows_the_options_each_folder_is_walked_with(tmp_path: Path, tiny_model: TinyModel) -> None:
+    """`pixsift index` alone walks each folder with the options it was last indexed with;
+    status showed neither, in the table nor in JSON."""
+    plain, hidden = tmp_path / "plain", tmp_path / "hidden"
+    write_photos(plain, 1)
+    write_photos(hidden / ".inside", 1, seed=7)
+    library = ["--library", str(tmp_path / "lib")]
+    assert run_cli("index", str(plain), *library, *tiny_model.index_args()).returncode == 0
+    walked = run_cli("index", str(hidden), "--include-hidden", "--follow-symlinks", *library)
+    assert walked.returncode == 0, walked.stderr
+    table = run_cli("status", *library).stdout
+    assert re.search(
+        rf"{re.escape(str(hidden))}  \(last indexed [^)]*, --include-hidden, --follow-symlinks\)\n", table
+    )
+    assert re.search(rf"{re.escape(str(plain))}  \(last indexed [\d:\- ]+UTC\)\n", table)
+    roots = json.loads(run_cli("status", "-f", "json", *library).stdout)["roots"]
+    assert [(r["path"], r["include_hidden"], r["follow_symlinks"]) for r in roots] == [
+        (str(hidden), True, True),
+        (str(plain), False, False),
+    ]
+    assert all(r["added_at"] <= r["last_indexed_at"] for r in roots)
 
 
 def test_status_loads_neither_the_model_nor_the_search_index(indexed: dict[str, Path]) -> None:
