@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import shutil
 import signal
 import sqlite3
@@ -14,7 +16,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TinyModel, run_cli
+from conftest import TinyModel, needs_permissions, run_cli
+from pixsift import SearchResult
 from pixsift.cli import app
 from sample_photos import write_photos
 
@@ -104,7 +107,9 @@ def test_search_formats_agree(indexed: dict[str, Path]) -> None:
         "search", "a red car", "-k", "4", "--format", "paths", "--library", library
     ).stdout.splitlines()
 
-    assert [set(item) for item in as_json] == [{"rank", "score", "path", "id"}] * 4
+    fields = {field.name for field in dataclasses.fields(SearchResult)}  # what the Python API returns
+    assert [set(item) for item in as_json] == [fields] * 4
+    assert {(item["width"], item["height"], item["format"]) for item in as_json} == {(1600, 1200, "JPEG")}
     assert [json.loads(line) for line in lines] == as_json
     assert paths == [item["path"] for item in as_json]
     assert [item["rank"] for item in as_json] == [1, 2, 3, 4]
@@ -143,6 +148,7 @@ def test_similar(indexed: dict[str, Path]) -> None:
     hits = json.loads(result.stdout)
     assert hits[0]["path"] == str(indexed["photos"] / "copy.jpg")
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert (hits[0]["width"], hits[0]["height"], hits[0]["format"]) == (1600, 1200, "JPEG")
     assert str(query) not in [hit["path"] for hit in hits]
 
 
@@ -175,6 +181,29 @@ def test_status(indexed: dict[str, Path], tiny_model: TinyModel) -> None:
     ]
     failed = run_cli("status", "--failed", "--library", library)
     assert f"  {indexed['photos'] / 'broken.jpg'}: not an image format" in failed.stdout
+
+
+def test_status_shows_the_options_each_folder_is_walked_with(tmp_path: Path, tiny_model: TinyModel) -> None:
+    """`pixsift index` alone walks each folder with the options it was last indexed with;
+    status showed neither, in the table nor in JSON."""
+    plain, hidden = tmp_path / "plain", tmp_path / "hidden"
+    write_photos(plain, 1)
+    write_photos(hidden / ".inside", 1, seed=7)
+    library = ["--library", str(tmp_path / "lib")]
+    assert run_cli("index", str(plain), *library, *tiny_model.index_args()).returncode == 0
+    walked = run_cli("index", str(hidden), "--include-hidden", "--follow-symlinks", *library)
+    assert walked.returncode == 0, walked.stderr
+    table = run_cli("status", *library).stdout
+    assert re.search(
+        rf"{re.escape(str(hidden))}  \(last indexed [^)]*, --include-hidden, --follow-symlinks\)\n", table
+    )
+    assert re.search(rf"{re.escape(str(plain))}  \(last indexed [\d:\- ]+UTC\)\n", table)
+    roots = json.loads(run_cli("status", "-f", "json", *library).stdout)["roots"]
+    assert [(r["path"], r["include_hidden"], r["follow_symlinks"]) for r in roots] == [
+        (str(hidden), True, True),
+        (str(plain), False, False),
+    ]
+    assert all(r["added_at"] <= r["last_indexed_at"] for r in roots)
 
 
 def test_status_loads_neither_the_model_nor_the_search_index(indexed: dict[str, Path]) -> None:
@@ -215,6 +244,25 @@ def test_non_utf8_file_names_print_as_their_bytes(tmp_path: Path, tiny_model: Ti
     assert result.stdout == odd + b"\n"
     as_json = run_cli("search", "x", "-f", "json", "--library", library)
     assert json.loads(as_json.stdout)[0]["path"].encode("utf-8", "surrogateescape") == odd
+
+
+def test_names_the_output_encoding_cannot_hold_print_escaped(tmp_path: Path, tiny_model: TinyModel) -> None:
+    """A stdout in another encoding than the file names' (Windows gives a redirected one its
+    code page) printed a traceback for a Japanese name, after the search had run."""
+    photos = tmp_path / "photos"
+    (path,) = write_photos(photos, 1)
+    path.rename(photos / "日本.jpg")
+    library = ["--library", str(tmp_path / "lib")]
+    assert run_cli("index", str(photos), *library, *tiny_model.index_args()).returncode == 0
+    latin1 = {"PYTHONIOENCODING": "latin-1"}
+    table = run_cli("search", "x", *library, env=latin1)
+    assert (table.returncode, table.stderr) == (0, "")
+    assert table.stdout.splitlines()[1].endswith(f"  {photos}/\\u65e5\\u672c.jpg")
+    paths = run_cli("search", "x", "-f", "paths", *library, env=latin1)
+    assert (paths.returncode, paths.stdout) == (0, f"{photos}/\\u65e5\\u672c.jpg\n")
+    missing = run_cli("similar", str(photos / "日本-2.jpg"), *library, env=latin1)
+    assert missing.returncode == 1
+    assert missing.stderr == f"error: Image {photos}/\\u65e5\\u672c-2.jpg not found.\n"
 
 
 def test_a_newline_in_a_file_name_stays_in_its_row(tmp_path: Path, tiny_model: TinyModel) -> None:
@@ -302,6 +350,43 @@ def test_ctrl_c_while_the_model_loads_says_so(
     for args in (["index", "--reembed"], ["search", "a rocket", "--engine", "torch"]):
         result = runner.invoke(app, [*args, *library])
         assert (result.exit_code, result.stdout, result.stderr) == (130, "", "Interrupted.\n"), args
+
+
+@needs_permissions
+def test_files_without_read_permission_are_user_errors_not_bad_usage(
+    indexed: dict[str, Path], tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    """typer refused them itself as bad usage (exit 2, a boxed "is not readable"), before the
+    library could say what it cannot read and what it keeps."""
+    image = tmp_path / "locked.jpg"
+    shutil.copy(indexed["photos"] / "photo_0100.jpg", image)
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text('{"query": "a dog", "relevant": ["locked.jpg"]}\n')
+    folder = tmp_path / "locked-folder"
+    folder.mkdir()
+    for path in (image, queries, folder):
+        path.chmod(0o000)
+    library = ["--library", str(indexed["library"])]
+    try:
+        similar = run_cli("similar", str(image), *library, obey_permissions=True)
+        evaluation = run_cli("eval", str(queries), *library, obey_permissions=True)
+        index = run_cli(
+            "index",
+            str(folder),
+            "--library",
+            str(tmp_path / "lib"),
+            *tiny_model.index_args(),
+            obey_permissions=True,
+        )
+    finally:
+        for path in (image, queries, folder):
+            path.chmod(0o755)
+    assert (similar.returncode, similar.stdout) == (1, "")
+    assert similar.stderr == f"error: Cannot read image {image}: permission denied\n"
+    assert (evaluation.returncode, evaluation.stdout) == (1, "")
+    assert evaluation.stderr == f"error: Cannot read query file {queries}: permission denied.\n"
+    assert (index.returncode, index.stderr) == (3, "")  # walked what it could, said what it could not
+    assert f"warning: could not read folder {folder} (Permission denied)" in index.stdout
 
 
 def test_exit_codes_of_the_real_command(tmp_path: Path) -> None:

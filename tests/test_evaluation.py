@@ -153,6 +153,23 @@ def test_a_query_image_that_cannot_be_read_is_named_by_line(
     assert f"Line 3: Cannot read image {photos}: it is not a file." in result.output
 
 
+def test_a_folder_or_an_image_given_as_the_query_file_is_named_so(
+    indexed: Library, photos: Path, tmp_path: Path
+) -> None:
+    """Python's own texts came through: "[Errno 21] Is a directory: '...'", and a UTF-8
+    decoding error for an image given by mistake."""
+    library = ["--library", str(indexed.path)]
+    folder = runner.invoke(app, ["eval", str(photos), *library])
+    assert (folder.exit_code, folder.stdout) == (1, "")
+    assert folder.stderr == f"error: {photos} is a folder; give a query file (JSONL, one query a line).\n"
+    image = photos / "photo_0100.jpg"
+    binary = runner.invoke(app, ["eval", str(image), *library])
+    assert (binary.exit_code, binary.stdout) == (1, "")
+    assert binary.stderr == (
+        f"error: {image} is not a query file: not UTF-8 text (JSONL, one query a line).\n"
+    )
+
+
 def test_eval_usage_errors(indexed: Library, tmp_path: Path) -> None:
     library = ["--library", str(indexed.path)]
     missing = runner.invoke(app, ["eval", str(tmp_path / "none.jsonl"), *library])
@@ -160,5 +177,6 @@ def test_eval_usage_errors(indexed: Library, tmp_path: Path) -> None:
     queries = write_queries(tmp_path / "q.jsonl", {"query": "x", "relevant": ["Photos/*"]})
     bad = runner.invoke(app, ["eval", str(queries), *library, "--cutoffs", "one"])
     assert bad.exit_code == 2
+    assert "Invalid value for '--cutoffs'" in bad.output and "expected whole numbers" in bad.output
     zero = runner.invoke(app, ["eval", str(queries), *library, "--cutoffs", "0"])
     assert zero.exit_code == 1 and "Cut-offs must be positive" in zero.output

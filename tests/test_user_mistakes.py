@@ -281,6 +281,18 @@ def test_an_empty_folder_filter_is_refused_not_read_as_the_working_directory(
     assert result.exit_code == 1 and "Filter under is empty" in result.output
 
 
+def test_a_file_as_the_folder_to_search_under_is_named_a_file(library: Library) -> None:
+    """It was reported as a folder that "does not exist", next to the file the user could see."""
+    image = next((library.path.parent / "Photos").glob("*.jpg"))
+    for command in (["search", "a cat"], ["similar", str(image)]):
+        result = run_cli(*command, "--under", str(image), "--library", str(library.path))
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr == (
+            f"error: The folder to search under, {image}, is a file, not a folder; "
+            "give the folder that holds it.\n"
+        )
+
+
 # ---- weights on --plus and --minus -------------------------------------------------------------
 
 

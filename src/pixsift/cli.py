@@ -8,6 +8,7 @@ Ctrl-C.
 
 from __future__ import annotations
 
+import codecs
 import signal
 import sys
 import warnings
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
     from pixsift.library import Library
     from pixsift.search import QueryTerm, SearchFilters, SearchResult
 
+# _NO_ACCESS_CHECK: path arguments are declared readable=False, as typer's own check would
+# refuse a file or folder without read permission as bad usage (exit 2, a boxed "is not
+# readable"); the library says what it cannot read, as for any unreadable file (exit 1, or 3
+# with a warning for a folder an index run could not walk).
 EXIT_USER_ERROR = 1
 EXIT_TROUBLE = 3  # finished, but some files could not be read, or problems remain
 EXIT_INTERRUPTED = 130
@@ -199,7 +204,11 @@ def _open(
 def index(
     folders: Annotated[
         Optional[list[Path]],  # noqa: UP045
-        typer.Argument(help="Folders to index. Default: every folder indexed before.", show_default=False),
+        typer.Argument(
+            help="Folders to index. Default: every folder indexed before.",
+            show_default=False,
+            readable=False,  # see _NO_ACCESS_CHECK
+        ),
     ] = None,
     library: LibraryOpt = None,
     model: Annotated[
@@ -332,7 +341,9 @@ def search(
 
 @app.command()
 def similar(
-    image: Annotated[Path, typer.Argument(help="An image file, indexed or not.")],
+    image: Annotated[
+        Path, typer.Argument(help="An image file, indexed or not.", readable=False)  # _NO_ACCESS_CHECK
+    ],
     plus: PlusOpt = None,
     minus: MinusOpt = None,
     limit: LimitOpt = 10,
@@ -443,7 +454,10 @@ def forget(
 def evaluate(
     queries: Annotated[
         Path,
-        typer.Argument(help='JSONL file: {"query": TEXT or "image": PATH, "relevant": [PATHS or GLOBS]}.'),
+        typer.Argument(
+            help='JSONL file: {"query": TEXT or "image": PATH, "relevant": [PATHS or GLOBS]}.',
+            readable=False,  # see _NO_ACCESS_CHECK
+        ),
     ],
     cutoffs: Annotated[
         str, typer.Option("--cutoffs", help="Ranks at which to measure recall and precision.")
@@ -467,7 +481,10 @@ def _cutoffs(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise typer.BadParameter(f"expected whole numbers separated by commas, got {text!r}") from None
+        # Raised in the command's body, where typer does not know the option: name it here.
+        raise typer.BadParameter(
+            f"expected whole numbers separated by commas, got {text!r}", param_hint="'--cutoffs'"
+        ) from None
 
 
 @app.command()
@@ -613,13 +630,29 @@ def _stop_as_on_ctrl_c(_signum: int, _frame: object) -> None:
         signal.raise_signal(signal.SIGTERM)
 
 
+_OUTPUT_ERRORS = "pixsift-output"
+
+
+def _escape_unencodable(error: UnicodeError) -> tuple[str | bytes, int]:
+    """How text the output's encoding cannot hold is written, one character at a time.
+    A file name that is not valid UTF-8 goes back as the bytes it is (surrogateescape); a
+    character the encoding lacks (a Japanese name on a Latin-1 or cp1252 stdout, as Windows
+    gives a redirected one) is written as a backslash escape instead of a traceback."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    char = error.object[error.start]
+    if 0xDC80 <= ord(char) <= 0xDCFF:  # a byte surrogateescape decoding kept
+        return bytes([ord(char) - 0xDC00]), error.start + 1
+    return char.encode("ascii", "backslashreplace").decode("ascii"), error.start + 1
+
+
 def main() -> None:
     """Console-script entry point."""
-    # File names need not be valid UTF-8: print them back as the bytes they are.
+    codecs.register_error(_OUTPUT_ERRORS, _escape_unencodable)
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
-            reconfigure(errors="surrogateescape")
+            reconfigure(errors=_OUTPUT_ERRORS)
     # pixsift refuses oversized images itself (recorded as failures); Pillow's warning for
     # large-but-allowed ones would only break the progress display. Matched by its text, as
     # importing Pillow for its class would cost every command (a search included) 20 ms.

@@ -129,8 +129,13 @@ def read_queries(path: Path) -> list[LabelledQuery]:
         lines = path.read_text(encoding="utf-8-sig").split("\n")
     except FileNotFoundError:
         raise QueryError(f"Query file {path} not found.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise QueryError(f"Cannot read query file {path}: {exc}") from exc
+    except IsADirectoryError:
+        raise QueryError(f"{path} is a folder; give a query file (JSONL, one query a line).") from None
+    except UnicodeDecodeError:  # an image or another binary file given by mistake
+        raise QueryError(f"{path} is not a query file: not UTF-8 text (JSONL, one query a line).") from None
+    except OSError as exc:  # the reason alone: Python's text repeats the path, with its errno
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise QueryError(f"Cannot read query file {path}: {reason}.") from exc
     base = path.resolve().parent
     queries = [_parse_line(number, line, base) for number, line in enumerate(lines, 1) if line.strip()]
     if not queries:

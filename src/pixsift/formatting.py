@@ -130,12 +130,21 @@ def format_status(status: LibraryStatus, failures: Sequence[Failure] | None) -> 
         lines.append("Roots    none")
     for number, root in enumerate(status.roots):
         when = root.last_indexed_at.strftime("%Y-%m-%d %H:%M UTC") if root.last_indexed_at else "never"
-        lines.append(f"{'Roots' if number == 0 else '':<8} {shown(root.path)}  (last indexed {when})")
+        options = _root_options(root.include_hidden, root.follow_symlinks)
+        lines.append(
+            f"{'Roots' if number == 0 else '':<8} {shown(root.path)}  (last indexed {when}{options})"
+        )
     if failures is not None:
         lines.append("")
         lines.append(f"Failed files ({len(failures)}):" if failures else "No failed files.")
         lines += [f"  {shown(f.path)}: {f.error}" for f in failures]
     return "\n".join(lines)
+
+
+def _root_options(include_hidden: bool, follow_symlinks: bool) -> str:
+    """The walking options a folder was indexed with, which `pixsift index` alone reuses."""
+    chosen = [("--include-hidden", include_hidden), ("--follow-symlinks", follow_symlinks)]
+    return "".join(f", {name}" for name, on in chosen if on)
 
 
 def status_as_json(status: LibraryStatus, failures: Sequence[Failure] | None) -> str:
@@ -158,6 +167,9 @@ def status_as_json(status: LibraryStatus, failures: Sequence[Failure] | None) ->
         "roots": [
             {
                 "path": r.path,
+                "include_hidden": r.include_hidden,
+                "follow_symlinks": r.follow_symlinks,
+                "added_at": r.added_at.isoformat(),
                 "last_indexed_at": r.last_indexed_at.isoformat() if r.last_indexed_at else None,
             }
             for r in status.roots

@@ -43,9 +43,13 @@ def _existing_folders(under: str | os.PathLike[str]) -> list[str]:
     a root given through a link is stored resolved."""
     folder = Path(under).expanduser()
     try:
-        exists = folder.is_dir()
+        is_folder, exists = folder.is_dir(), folder.exists()
     except (OSError, ValueError):
-        exists = False
-    if not exists:
+        is_folder = exists = False
+    if exists and not is_folder:  # an image's own path, say: not "does not exist", since it does
+        raise InvalidPathError(
+            f"The folder to search under, {folder}, is a file, not a folder; give the folder that holds it."
+        )
+    if not is_folder:
         raise InvalidPathError(f"The folder to search under, {folder}, does not exist.")
     return list(dict.fromkeys([os.path.abspath(folder), str(folder.resolve())]))

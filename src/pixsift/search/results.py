@@ -19,6 +19,14 @@ class SearchResult:
     format: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        """The stable machine-readable form of `--format json` (the HTTP service adds the image's
-        width, height and format)."""
-        return {"rank": self.rank, "score": round(self.score, 6), "path": str(self.path), "id": self.id}
+        """The stable machine-readable form of `--format json`: every field, as the HTTP
+        service's results have them (width, height and format are null when not known)."""
+        return {
+            "rank": self.rank,
+            "score": round(self.score, 6),
+            "path": str(self.path),
+            "id": self.id,
+            "width": self.width,
+            "height": self.height,
+            "format": self.format,
+        }
