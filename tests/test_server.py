@@ -25,13 +25,14 @@ from PIL import Image
 from conftest import TinyModel
 from pixsift import Library, SearchFilters
 from pixsift.config import LOCK_WAIT_S
-from pixsift.errors import ImageError, LibraryWriteError
+from pixsift.errors import BusyError, ImageError, LibraryWriteError
 from pixsift.server import ServerSettings, check_bind
 from pixsift.server.errors import status_of
 from pixsift.server.settings import UnsafeBindError
 from pixsift.thumbnails import MAX_VARIANTS
 from sample_photos import make_photo, save, write_photos
 from serving import API_KEY, indexed_library, running_server
+from test_decode import png_claiming
 
 KEYED = ServerSettings(api_key=API_KEY)
 AUTH = {"X-API-Key": API_KEY}
@@ -406,6 +407,22 @@ def test_a_thumbnail_of_a_file_deleted_since_indexing_is_not_found(own: tuple[Li
         assert str(target) in missing["message"]
     with pytest.raises(ImageError, match="no longer there"):  # the Python API: still an ImageError
         library.thumbnail(known.id)
+
+
+def test_a_thumbnail_of_a_decompression_bomb_is_refused_as_too_large(own: tuple[Library, Path]) -> None:
+    """Pillow refuses such a header before pixsift's own pixel check: that refusal was told as
+    422 bad_image, where the same limit checked by pixsift is 413 image_too_large."""
+    library, photos = own
+    target = photos / "photo_0105.jpg"
+    known = library._catalog.known_file(str(target))
+    assert known is not None
+    target.write_bytes(png_claiming(100_000, 100_000))  # replaced since it was indexed
+    with running_server(library) as url, httpx.Client(base_url=url) as http:
+        refused = assert_error(http.get(f"/images/{known.id}/thumbnail"), 413, "image_too_large")
+        assert "decompression bomb" in refused["message"] and str(target) in refused["message"]
+    assert not (library.path / "thumbnails" / str(known.id)).exists()
+    # a thumbnail that finds no room among the large images being decoded: the server's, for now
+    assert status_of(BusyError("busy")) == (503, "busy")
 
 
 def test_a_library_that_cannot_be_written_is_a_server_error(own: tuple[Library, Path]) -> None:

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 
 from pixsift.errors import (
     AccessDeniedError,
+    BusyError,
     EmptyLibraryError,
     ImageError,
     ImageFileMissingError,
@@ -51,7 +52,9 @@ _STATUS: list[tuple[type[PixsiftError], int, str]] = [
     (LibraryWriteError, 503, "library_write_failed"),  # a full disk, a read-only folder
     (LibraryFormatError, 500, "library_damaged"),
     (LibraryNotFoundError, 503, "library_missing"),  # deleted or replaced while the service ran
+    (BusyError, 503, "busy"),  # too much under way at once: the same request succeeds later
 ]
+RETRY_AFTER_S = 1  # told to a client refused for a load that passes in moments
 # An error not listed above is not one a request is known to cause: the server's, told as such.
 _UNMAPPED = (500, "server_error")
 
@@ -74,8 +77,11 @@ class AsciiJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-def error_response(status: int, code: str, message: str, **extra: object) -> JSONResponse:
-    return AsciiJSONResponse({"error": code, "message": message, **extra}, status_code=status)
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: object
+) -> JSONResponse:
+    body = {"error": code, "message": message, **extra}
+    return AsciiJSONResponse(body, status_code=status, headers=headers)
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -115,6 +121,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PixsiftError)
     async def _pixsift(_: Request, exc: PixsiftError) -> JSONResponse:
         status, code = status_of(exc)
+        if isinstance(exc, BusyError):  # a load, not a fault: the client only has to wait
+            return error_response(status, code, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
         if status >= 500:  # the operator has something to fix: keep it in the server log too
             log.error("%s: %s", code, exc)
         return error_response(status, code, str(exc))
