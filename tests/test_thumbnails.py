@@ -6,13 +6,18 @@ import io
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from conftest import TinyModel
+from pixsift import ImageNotFoundError, thumbnails
 from pixsift.thumbnails import JPEG_QUALITY, thumbnail
+from serving import indexed_library
 
 LIMIT = 200_000_000  # pixels: the tests' images are all within it
 
@@ -118,3 +123,31 @@ def test_thumbnails_of_large_pngs_take_one_decoded_copy_at_a_time(tmp_path: Path
     assert (int(made), failed.strip()) == (4, "[]")
     # one decoded copy and a band of rows being converted; it was 3 copies for each thread
     assert int(grown) < 1.5 * decoded, f"peak memory grew by {int(grown) / 2**20:.0f} MiB"
+
+
+def test_a_thumbnail_made_while_its_image_is_deleted_leaves_nothing_behind(
+    photos: Path, tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    """The delete removed the image's cache folder while its thumbnail was being decoded; the
+    thumbnail was then written into a folder made anew, kept for an image gone for good."""
+    library = indexed_library(tmp_path / "library", photos, tiny_model)
+    image_id = library.search("x", k=1)[0].id
+    outcome: list[BaseException | Path] = []
+
+    def make() -> None:
+        try:
+            outcome.append(library.thumbnail(image_id, 200))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    # Room for no other decode: the thumbnail waits there, its image looked up, until released.
+    with thumbnails._DECODES.room_for(thumbnails.DECODE_BUDGET_BYTES):
+        maker = threading.Thread(target=make)
+        maker.start()
+        time.sleep(0.5)
+        assert maker.is_alive()  # waiting to decode
+        library.delete(image_id)
+    maker.join(timeout=60)
+    assert len(outcome) == 1 and isinstance(outcome[0], ImageNotFoundError), outcome
+    assert not (library.path / "thumbnails" / str(image_id)).exists()
+    library.close()
