@@ -11,9 +11,10 @@ import contextlib
 import io
 import os
 import shutil
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from PIL import Image
 from conftest import TinyModel
 from pixsift import Library, SearchFilters
 from pixsift.config import LOCK_WAIT_S
-from pixsift.errors import BusyError, ImageError, LibraryWriteError
+from pixsift.errors import BusyError, ImageError, InvalidOptionError, LibraryWriteError
 from pixsift.server import ServerSettings, check_bind
 from pixsift.server.errors import status_of
 from pixsift.server.settings import UnsafeBindError
@@ -556,6 +557,41 @@ def test_limits(own: tuple[Library, Path], tmp_path: Path) -> None:
         assert_error(http.get("/search", params={"q": "x", "k": 0}), 422, "invalid_request")
         assert_error(http.post("/search", json={"q": "x" * 1001}), 422, "invalid_request")
         assert_error(http.get("/images/1/thumbnail", params={"size": 4096}), 422, "invalid_request")
+
+
+def test_uploads_beyond_the_limit_at_once_are_refused_until_one_ends(own: tuple[Library, Path]) -> None:
+    """Each upload under way holds its body and then its decoded pixels (eight 15 MB PNGs of
+    49 megapixels at once took the service from 0.1 to 4.4 GB): past the limit, the next one is
+    refused before its body is read, and taken again once one ends."""
+    library, photos = own
+    image = (photos / "photo_0100.jpg").read_bytes()
+    with running_server(library, ServerSettings(max_concurrent_uploads=1)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with httpx.Client(base_url=url, timeout=60) as http:
+            with socket.create_connection(("127.0.0.1", port)) as slow:  # an upload on a slow link
+                slow.sendall(
+                    b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b'Content-Length: 1000000\r\n\r\n{"image_base64": "AAAA'
+                )
+                refused = until(lambda: http.post("/similar", files={"file": image}), 503)
+                body = assert_error(refused, 503, "busy")
+                assert "1 uploaded image" in body["message"] and "--max-concurrent-uploads" in body["message"]
+                assert refused.headers["retry-after"] == "1"
+                # other requests go on meanwhile
+                assert http.get("/search", params={"q": "x"}).status_code == 200
+            # the slow client gave up: its slot is free again
+            assert until(lambda: http.post("/similar", files={"file": image}), 200).json()["results"]
+    with pytest.raises(InvalidOptionError, match="at least 1 upload"):
+        ServerSettings(max_concurrent_uploads=0)
+
+
+def until(request: Callable[[], httpx.Response], status: int, within_s: float = 20) -> httpx.Response:
+    """The first answer of `request`, tried again and again, with `status`."""
+    deadline = time.monotonic() + within_s
+    while (response := request()).status_code != status:
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.05)
+    return response
 
 
 def test_bad_requests_get_json_errors(client: httpx.Client) -> None:

@@ -62,11 +62,12 @@ _UNMAPPED = (500, "server_error")
 class ApiError(Exception):
     """An error the service itself raises (auth, limits, jobs), with its status and code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -129,11 +130,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "ApiKey"} if exc.status == 401 else None
-        response = error_response(exc.status, exc.code, exc.message)
-        if headers:
-            response.headers.update(headers)
-        return response
+        headers = {"WWW-Authenticate": "ApiKey"} if exc.status == 401 else {}
+        return error_response(exc.status, exc.code, exc.message, headers={**headers, **exc.headers})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
