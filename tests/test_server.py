@@ -585,6 +585,26 @@ def test_uploads_beyond_the_limit_at_once_are_refused_until_one_ends(own: tuple[
         ServerSettings(max_concurrent_uploads=0)
 
 
+def test_a_client_that_drops_its_upload_is_not_logged_as_a_server_error(
+    own: tuple[Library, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A client closing its connection in the middle of an upload (a cancelled page, a lost
+    network) is no fault of the service: it was logged as an unexpected error, with a traceback."""
+    library = own[0]
+    with running_server(library) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(
+                b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000000\r\n\r\n{"image_base64": "AAAA'
+            )
+            time.sleep(0.5)  # the upload under way
+        time.sleep(0.5)  # the service sees it end
+        assert httpx.get(f"{url}/healthz").status_code == 200
+    logged = capfd.readouterr().err
+    assert "Traceback" not in logged and "unexpected error" not in logged, logged
+
+
 def until(request: Callable[[], httpx.Response], status: int, within_s: float = 20) -> httpx.Response:
     """The first answer of `request`, tried again and again, with `status`."""
     deadline = time.monotonic() + within_s

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from pixsift.errors import (
     AccessDeniedError,
@@ -147,6 +148,12 @@ def install_error_handlers(app: FastAPI) -> None:
         response = error_response(exc.status_code, code, str(exc.detail))
         response.headers.update(exc.headers or {})
         return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, _exc: ClientDisconnect) -> JSONResponse:
+        # The client closed the connection mid-body (POST /similar reads its own): no one is
+        # left to answer, and nothing is wrong with the service.
+        return error_response(400, "client_disconnected", "The client closed the connection.")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # a bug: say so, log it
