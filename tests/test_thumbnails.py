@@ -72,6 +72,28 @@ def test_a_thumbnail_is_upright(tmp_path: Path, orientation: int, suffix: str) -
         assert mean_difference(image, expected) < 3  # a JPEG's: decoded at reduced scale
 
 
+@pytest.mark.parametrize(("dimensions", "size"), [((300, 200), 64), ((3000, 2000), 256)])
+@pytest.mark.parametrize("kind", ["16-bit PNG", "float TIFF"])
+def test_a_thumbnail_of_a_16_bit_or_float_image_keeps_its_tones(
+    tmp_path: Path, kind: str, dimensions: tuple[int, int], size: int
+) -> None:
+    """Scans and scientific images: Pillow's own conversion clips 16-bit values above 255 to
+    white (a grey ramp's thumbnail was almost all white) and casts floats of 0..1 to black."""
+    width, height = dimensions
+    ramp = np.tile(np.linspace(0.0, 1.0, width), (height, 1))
+    if kind == "16-bit PNG":
+        source = tmp_path / "scan.png"
+        Image.fromarray((ramp * 65535).astype(np.uint16)).save(source)
+    else:
+        source = tmp_path / "measure.tif"
+        Image.fromarray(ramp.astype(np.float32)).save(source)
+    with Image.open(thumbnail(str(source), tmp_path / "thumbnails", 1, size, LIMIT)) as made:
+        grey = np.asarray(made.convert("L"), dtype=np.float64)
+    assert grey.shape == (round(height * size / width), size)
+    assert grey[:, :3].mean() < 10 and grey[:, -3:].mean() > 245  # black to white, as the ramp
+    assert abs(grey[:, size // 2].mean() - 128) < 10
+
+
 # Run in a process of its own, so that its peak memory is the thumbnails' alone.
 MEASURE = textwrap.dedent(
     """

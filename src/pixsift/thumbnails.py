@@ -31,6 +31,7 @@ from stat import S_ISREG
 from PIL import ExifTags, Image
 
 from pixsift.errors import BusyError, ImageError, ImageFileMissingError, ImageTooLargeError
+from pixsift.indexer.decode import _to_rgb as to_rgb
 from pixsift.indexer.decode import allowed_formats, describe_error
 from pixsift.storage.database import write_error
 
@@ -156,6 +157,8 @@ def _shrunk(image: Image.Image, size: int) -> Image.Image:
     """`image` (decoded), in RGB within `size` x `size`, resampled as Image.thumbnail does. A
     large one is first reduced by a whole factor, to at least twice the size, a band of rows at
     a time, so that converting it to RGB never takes a second full-size copy."""
+    if image.mode == "F":  # scaled by the whole image's range (as indexing does): converted whole
+        image = _rgb(image)
     width, height = image.size
     final = _fit(width, height, size)
     factor = max(width, height) // (2 * size)
@@ -171,7 +174,8 @@ def _shrunk(image: Image.Image, size: int) -> Image.Image:
 
 
 def _rgb(image: Image.Image) -> Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
+    """As indexing converts: 16-bit and float images scaled to 8 bits, not clipped to white."""
+    return image if image.mode == "RGB" else to_rgb(image)
 
 
 def _fit(width: int, height: int, size: int) -> tuple[int, int]:
@@ -197,8 +201,11 @@ def _orientation(image: Image.Image) -> int:
 
 def _decode_bytes(image: Image.Image) -> int:
     """About what decoding `image` (at its draft size) takes: Pillow keeps most modes in 4 bytes
-    a pixel, 16-bit ones in 2, palette, grey and black-and-white in 1; plus a band in RGB."""
+    a pixel, 16-bit ones in 2, palette, grey and black-and-white in 1; plus a band in RGB. Float
+    images are converted whole (to grey, then RGB): 5 bytes a pixel more."""
     per_pixel = 1 if image.mode in ("1", "L", "P") else 2 if image.mode.startswith("I;16") else 4
+    if image.mode == "F":
+        per_pixel += 5
     return image.width * image.height * per_pixel + 2 * BAND_BYTES
 
 
