@@ -11,9 +11,10 @@ import contextlib
 import io
 import os
 import shutil
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,14 @@ from PIL import Image
 from conftest import TinyModel
 from pixsift import Library, SearchFilters
 from pixsift.config import LOCK_WAIT_S
-from pixsift.errors import ImageError, LibraryWriteError
+from pixsift.errors import BusyError, ImageError, InvalidOptionError, LibraryWriteError
 from pixsift.server import ServerSettings, check_bind
 from pixsift.server.errors import status_of
 from pixsift.server.settings import UnsafeBindError
 from pixsift.thumbnails import MAX_VARIANTS
 from sample_photos import make_photo, save, write_photos
 from serving import API_KEY, indexed_library, running_server
+from test_decode import png_claiming
 
 KEYED = ServerSettings(api_key=API_KEY)
 AUTH = {"X-API-Key": API_KEY}
@@ -408,6 +410,22 @@ def test_a_thumbnail_of_a_file_deleted_since_indexing_is_not_found(own: tuple[Li
         library.thumbnail(known.id)
 
 
+def test_a_thumbnail_of_a_decompression_bomb_is_refused_as_too_large(own: tuple[Library, Path]) -> None:
+    """Pillow refuses such a header before pixsift's own pixel check: that refusal was told as
+    422 bad_image, where the same limit checked by pixsift is 413 image_too_large."""
+    library, photos = own
+    target = photos / "photo_0105.jpg"
+    known = library._catalog.known_file(str(target))
+    assert known is not None
+    target.write_bytes(png_claiming(100_000, 100_000))  # replaced since it was indexed
+    with running_server(library) as url, httpx.Client(base_url=url) as http:
+        refused = assert_error(http.get(f"/images/{known.id}/thumbnail"), 413, "image_too_large")
+        assert "decompression bomb" in refused["message"] and str(target) in refused["message"]
+    assert not (library.path / "thumbnails" / str(known.id)).exists()
+    # a thumbnail that finds no room among the large images being decoded: the server's, for now
+    assert status_of(BusyError("busy")) == (503, "busy")
+
+
 def test_a_library_that_cannot_be_written_is_a_server_error(own: tuple[Library, Path]) -> None:
     library = own[0]
     image_id = library.search("x", k=1)[0].id
@@ -539,6 +557,61 @@ def test_limits(own: tuple[Library, Path], tmp_path: Path) -> None:
         assert_error(http.get("/search", params={"q": "x", "k": 0}), 422, "invalid_request")
         assert_error(http.post("/search", json={"q": "x" * 1001}), 422, "invalid_request")
         assert_error(http.get("/images/1/thumbnail", params={"size": 4096}), 422, "invalid_request")
+
+
+def test_uploads_beyond_the_limit_at_once_are_refused_until_one_ends(own: tuple[Library, Path]) -> None:
+    """Each upload under way holds its body and then its decoded pixels (eight 15 MB PNGs of
+    49 megapixels at once took the service from 0.1 to 4.4 GB): past the limit, the next one is
+    refused before its body is read, and taken again once one ends."""
+    library, photos = own
+    image = (photos / "photo_0100.jpg").read_bytes()
+    with running_server(library, ServerSettings(max_concurrent_uploads=1)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with httpx.Client(base_url=url, timeout=60) as http:
+            with socket.create_connection(("127.0.0.1", port)) as slow:  # an upload on a slow link
+                slow.sendall(
+                    b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b'Content-Length: 1000000\r\n\r\n{"image_base64": "AAAA'
+                )
+                refused = until(lambda: http.post("/similar", files={"file": image}), 503)
+                body = assert_error(refused, 503, "busy")
+                assert "1 uploaded image" in body["message"] and "--max-concurrent-uploads" in body["message"]
+                assert refused.headers["retry-after"] == "1"
+                # other requests go on meanwhile
+                assert http.get("/search", params={"q": "x"}).status_code == 200
+            # the slow client gave up: its slot is free again
+            assert until(lambda: http.post("/similar", files={"file": image}), 200).json()["results"]
+    with pytest.raises(InvalidOptionError, match="at least 1 upload"):
+        ServerSettings(max_concurrent_uploads=0)
+
+
+def test_a_client_that_drops_its_upload_is_not_logged_as_a_server_error(
+    own: tuple[Library, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A client closing its connection in the middle of an upload (a cancelled page, a lost
+    network) is no fault of the service: it was logged as an unexpected error, with a traceback."""
+    library = own[0]
+    with running_server(library) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(
+                b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000000\r\n\r\n{"image_base64": "AAAA'
+            )
+            time.sleep(0.5)  # the upload under way
+        time.sleep(0.5)  # the service sees it end
+        assert httpx.get(f"{url}/healthz").status_code == 200
+    logged = capfd.readouterr().err
+    assert "Traceback" not in logged and "unexpected error" not in logged, logged
+
+
+def until(request: Callable[[], httpx.Response], status: int, within_s: float = 20) -> httpx.Response:
+    """The first answer of `request`, tried again and again, with `status`."""
+    deadline = time.monotonic() + within_s
+    while (response := request()).status_code != status:
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.05)
+    return response
 
 
 def test_bad_requests_get_json_errors(client: httpx.Client) -> None:

@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 # Names are imported on first use, so `import pixsift` (and `pixsift --help`) stays instant.
 _EXPORTS = {
     "AccessDeniedError": "pixsift.errors",
+    "BusyError": "pixsift.errors",
     "EmptyLibraryError": "pixsift.errors",
     "ExportCacheError": "pixsift.errors",
     "ImageError": "pixsift.errors",
@@ -74,6 +75,7 @@ if TYPE_CHECKING:
     from pixsift.doctor import HealthReport, Problem
     from pixsift.errors import (
         AccessDeniedError,
+        BusyError,
         EmptyLibraryError,
         ExportCacheError,
         ImageError,
@@ -105,6 +107,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AccessDeniedError",
+    "BusyError",
     "CatalogCounts",
     "EmptyLibraryError",
     "EvalReport",

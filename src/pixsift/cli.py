@@ -510,6 +510,15 @@ def serve(
     max_megapixels: Annotated[
         float, typer.Option("--max-megapixels", min=0.1, max=1000, help="Largest query image, in megapixels.")
     ] = 50.0,
+    max_concurrent_uploads: Annotated[
+        int,
+        typer.Option(
+            "--max-concurrent-uploads",
+            min=1,
+            max=256,
+            help="Query image uploads handled at once; more get 503 busy (each can take 0.5 GB).",
+        ),
+    ] = 4,
     device: DeviceOpt = "auto",
     engine: EngineOpt = Engine.auto,
 ) -> None:
@@ -530,6 +539,7 @@ def serve(
             check_bind(host, api_key),
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
             max_megapixels=max_megapixels,
+            max_concurrent_uploads=max_concurrent_uploads,
         )
         with _open(library, device=device, engine=engine) as lib:
             run_server(lib, host, port, settings)

@@ -23,6 +23,11 @@ class LibraryBusyError(PixsiftError):
     """Another process holds the library's write lock (an index run is going on)."""
 
 
+class BusyError(PixsiftError):
+    """Too much work of one kind is under way at once (large images being decoded for
+    thumbnails): nothing is wrong with the request, and the same one succeeds a little later."""
+
+
 class LibraryWriteError(PixsiftError):
     """The library could not be written: a full disk, a read-only folder, an I/O error.
 

@@ -447,8 +447,16 @@ class Library:
         info = self.image(image_id)
         source = self.image_file(image_id)
         long_side = max(info.width or 0, info.height or 0) or None
+        cache = self.path / THUMBNAILS_DIR
         # Indexed files passed the indexer's own pixel limit: the query limit is for uploads.
-        return thumbnail(source, self.path / THUMBNAILS_DIR, image_id, size, default_max_pixels(), long_side)
+        made = thumbnail(source, cache, image_id, size, default_max_pixels(), long_side)
+        # Deleted or forgotten while it was made, perhaps by another process: that removal's
+        # cleaning of the cache may have run before the thumbnail was written, so it is undone
+        # here (a removal commits before it cleans, so one of the two sees the other).
+        if self._catalog.image(image_id) is None:
+            forget_thumbnails(cache, image_id)
+            raise ImageNotFoundError(f"No image in the library has id {image_id}.")
+        return made
 
     def resolve_inside_roots(self, path: str | os.PathLike[str]) -> str:
         """`path`, resolved, if it lies inside one of the library's roots (or, as written, inside

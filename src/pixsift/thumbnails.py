@@ -7,21 +7,31 @@ never enlarged, so every larger size is the same file), writing a thumbnail remo
 earlier versions of the file, and at most MAX_VARIANTS sizes are kept per image (the oldest made
 go first). Files are written to a temporary name and renamed, so concurrent requests never see
 half a JPEG.
+
+Memory: a JPEG is decoded at reduced scale (libjpeg's DCT scaling), but PNG, TIFF and WebP can
+only be decoded whole, 4 bytes a pixel for most modes (a 12,000 x 12,000 PNG: 550 MiB). That
+decoded copy is the only full-size one: it is converted to RGB and reduced a band of rows at a
+time, and turned upright once small (it was turned and converted whole, three copies in all).
+The decodes under way at once share DECODE_BUDGET_BYTES, so many requests for large images
+cannot add up to more than that (one larger than the budget runs alone).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import shutil
-from collections.abc import Callable, Collection
+import threading
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from stat import S_ISREG
 
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 
-from pixsift.errors import ImageError, ImageFileMissingError, ImageTooLargeError
+from pixsift.errors import BusyError, ImageError, ImageFileMissingError, ImageTooLargeError
+from pixsift.indexer.decode import _to_rgb as to_rgb
 from pixsift.indexer.decode import allowed_formats, describe_error
 from pixsift.storage.database import write_error
 
@@ -30,6 +40,21 @@ MIN_SIZE = 16
 MAX_SIZE = 1024
 JPEG_QUALITY = 85
 MAX_VARIANTS = 8  # sizes kept per image: room for a UI's few, a bound for any client
+DECODE_BUDGET_BYTES = 1024 * 1024 * 1024  # pixels being decoded for thumbnails at once, all told
+BAND_BYTES = 16 * 1024 * 1024  # a large image is converted and reduced this much at a time
+DECODE_WAIT_S = 30.0  # how long a thumbnail waits for room in that budget before giving up
+
+# Orientation (EXIF tag 274) -> what turns the image upright, as ImageOps.exif_transpose does;
+# read from the decoded image, applied to its shrunk copy (which carries no EXIF).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def thumbnail(
@@ -93,6 +118,8 @@ def _open(source: str, max_pixels: int) -> Image.Image:
     """The image, its header read (not yet decoded), once known to be within `max_pixels`."""
     try:
         image = Image.open(source, formats=allowed_formats())
+    except Image.DecompressionBombError as exc:  # Pillow's own check, the same as ours
+        raise ImageTooLargeError(f"Cannot read image {source}: {describe_error(exc)}") from None
     except Exception as exc:  # any failure to read is the file's fault, told as such
         raise ImageError(f"Cannot read image {source}: {describe_error(exc)}") from exc
     width, height = image.size
@@ -105,15 +132,111 @@ def _open(source: str, max_pixels: int) -> Image.Image:
 
 
 def _render(image: Image.Image, source: str, size: int) -> bytes:
+    """The JPEG thumbnail of `image` (opened, not decoded); `image` is closed on return."""
     try:
         image.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster
-        upright = ImageOps.exif_transpose(image).convert("RGB")
+        with _DECODES.room_for(_decode_bytes(image)):
+            image.load()
+            upright = _UPRIGHT.get(_orientation(image))  # read after the pixels: a PNG's may follow them
+            small = _shrunk(image, size)
+        if upright is not None:
+            small = small.transpose(upright)
+        small = small.convert("RGB")  # a copy: `image` can be closed
+    except BusyError:
+        raise
     except Exception as exc:  # any decode failure is the file's fault, told as such
         raise ImageError(f"Cannot read image {source}: {describe_error(exc)}") from exc
-    upright.thumbnail((size, size))
+    finally:
+        image.close()
     out = io.BytesIO()
-    upright.save(out, "JPEG", quality=JPEG_QUALITY)
+    small.save(out, "JPEG", quality=JPEG_QUALITY)
     return out.getvalue()
+
+
+def _shrunk(image: Image.Image, size: int) -> Image.Image:
+    """`image` (decoded), in RGB within `size` x `size`, resampled as Image.thumbnail does. A
+    large one is first reduced by a whole factor, to at least twice the size, a band of rows at
+    a time, so that converting it to RGB never takes a second full-size copy."""
+    if image.mode == "F":  # scaled by the whole image's range (as indexing does): converted whole
+        image = _rgb(image)
+    width, height = image.size
+    final = _fit(width, height, size)
+    factor = max(width, height) // (2 * size)
+    if factor < 2:
+        return _rgb(image).resize(final, Image.Resampling.BICUBIC)
+    reduced = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+    rows = factor * max(1, BAND_BYTES // (4 * width * factor))  # whole blocks of factor rows
+    for top in range(0, height, rows):
+        band = _rgb(image.crop((0, top, width, min(top + rows, height))))
+        reduced.paste(band.reduce(factor), (0, top // factor))
+    # The box: the image's own extent, as the last block of a side may be partly outside it.
+    return reduced.resize(final, Image.Resampling.BICUBIC, box=(0, 0, width / factor, height / factor))
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """As indexing converts: 16-bit and float images scaled to 8 bits, not clipped to white."""
+    return image if image.mode == "RGB" else to_rgb(image)
+
+
+def _fit(width: int, height: int, size: int) -> tuple[int, int]:
+    """Within `size` x `size`, the aspect ratio kept as Image.thumbnail keeps it."""
+    if max(width, height) <= size:
+        return width, height
+    aspect = width / height
+
+    def nearest(number: float, error: Callable[[int], float]) -> int:
+        return max(min(math.floor(number), math.ceil(number), key=error), 1)
+
+    if aspect <= 1:
+        return nearest(size * aspect, lambda n: abs(aspect - n / size)), size
+    return size, nearest(size / aspect, lambda n: abs(aspect - size / n) if n else math.inf)
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # broken EXIF must not cost the thumbnail: show the image as stored
+        return 1
+
+
+def _decode_bytes(image: Image.Image) -> int:
+    """About what decoding `image` (at its draft size) takes: Pillow keeps most modes in 4 bytes
+    a pixel, 16-bit ones in 2, palette, grey and black-and-white in 1; plus a band in RGB. Float
+    images are converted whole (to grey, then RGB): 5 bytes a pixel more."""
+    per_pixel = 1 if image.mode in ("1", "L", "P") else 2 if image.mode.startswith("I;16") else 4
+    if image.mode == "F":
+        per_pixel += 5
+    return image.width * image.height * per_pixel + 2 * BAND_BYTES
+
+
+class _DecodeBudget:
+    """Room for the full-size decodes under way at once, shared by every thread."""
+
+    def __init__(self) -> None:
+        self._used = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def room_for(self, nbytes: int) -> Iterator[None]:
+        with self._changed:
+            # One decode larger than the whole budget still runs, alone.
+            fits = self._changed.wait_for(
+                lambda: self._used == 0 or self._used + nbytes <= DECODE_BUDGET_BYTES, DECODE_WAIT_S
+            )
+            if not fits:
+                raise BusyError(
+                    "Too many large images are being decoded for thumbnails right now; try again shortly."
+                )
+            self._used += nbytes
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._used -= nbytes
+                self._changed.notify_all()
+
+
+_DECODES = _DecodeBudget()
 
 
 def _write(target: Path, data: bytes, cache_dir: Path) -> None:

@@ -15,6 +15,7 @@ from pixsift.server.jobs import JobManager
 from pixsift.server.limits import BodyLimitMiddleware
 from pixsift.server.schemas import Health
 from pixsift.server.settings import ServerSettings
+from pixsift.server.uploads import UploadSlots
 
 log = logging.getLogger("pixsift.server")
 
@@ -38,6 +39,7 @@ def create_app(library: Library, settings: ServerSettings | None = None) -> Fast
     app.state.library = library
     app.state.settings = settings
     app.state.jobs = JobManager(library)
+    app.state.uploads = UploadSlots(settings.max_concurrent_uploads)
     install_error_handlers(app)
     # Room for an upload at the limit in base64 or multipart; other bodies are far smaller.
     app.add_middleware(

@@ -15,9 +15,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from pixsift.errors import (
     AccessDeniedError,
+    BusyError,
     EmptyLibraryError,
     ImageError,
     ImageFileMissingError,
@@ -51,7 +53,9 @@ _STATUS: list[tuple[type[PixsiftError], int, str]] = [
     (LibraryWriteError, 503, "library_write_failed"),  # a full disk, a read-only folder
     (LibraryFormatError, 500, "library_damaged"),
     (LibraryNotFoundError, 503, "library_missing"),  # deleted or replaced while the service ran
+    (BusyError, 503, "busy"),  # too much under way at once: the same request succeeds later
 ]
+RETRY_AFTER_S = 1  # told to a client refused for a load that passes in moments
 # An error not listed above is not one a request is known to cause: the server's, told as such.
 _UNMAPPED = (500, "server_error")
 
@@ -59,11 +63,12 @@ _UNMAPPED = (500, "server_error")
 class ApiError(Exception):
     """An error the service itself raises (auth, limits, jobs), with its status and code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -74,8 +79,11 @@ class AsciiJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-def error_response(status: int, code: str, message: str, **extra: object) -> JSONResponse:
-    return AsciiJSONResponse({"error": code, "message": message, **extra}, status_code=status)
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: object
+) -> JSONResponse:
+    body = {"error": code, "message": message, **extra}
+    return AsciiJSONResponse(body, status_code=status, headers=headers)
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -115,17 +123,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PixsiftError)
     async def _pixsift(_: Request, exc: PixsiftError) -> JSONResponse:
         status, code = status_of(exc)
+        if isinstance(exc, BusyError):  # a load, not a fault: the client only has to wait
+            return error_response(status, code, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
         if status >= 500:  # the operator has something to fix: keep it in the server log too
             log.error("%s: %s", code, exc)
         return error_response(status, code, str(exc))
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "ApiKey"} if exc.status == 401 else None
-        response = error_response(exc.status, exc.code, exc.message)
-        if headers:
-            response.headers.update(headers)
-        return response
+        headers = {"WWW-Authenticate": "ApiKey"} if exc.status == 401 else {}
+        return error_response(exc.status, exc.code, exc.message, headers={**headers, **exc.headers})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -141,6 +148,12 @@ def install_error_handlers(app: FastAPI) -> None:
         response = error_response(exc.status_code, code, str(exc.detail))
         response.headers.update(exc.headers or {})
         return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, _exc: ClientDisconnect) -> JSONResponse:
+        # The client closed the connection mid-body (POST /similar reads its own): no one is
+        # left to answer, and nothing is wrong with the service.
+        return error_response(400, "client_disconnected", "The client closed the connection.")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # a bug: say so, log it

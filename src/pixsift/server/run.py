@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import errno
+import signal
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 import uvicorn
 
@@ -28,24 +33,46 @@ def serve(
     """Serve `library` until interrupted. The model and index are loaded before the first request,
     so the first search is as fast as the rest."""
     check_address(host, port)  # before the model loads, which can take a minute
-    library.warm_up()
-    app = create_app(library, settings)
+    with _sigterm_exits_cleanly():
+        library.warm_up()
+        app = create_app(library, settings)
+        try:
+            # One process: the model and the index are loaded once and shared by every request thread.
+            uvicorn.run(
+                app,
+                host=host,
+                port=port,
+                log_level=log_level,
+                workers=1,
+                server_header=False,
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+            )
+        except SystemExit as exc:
+            # uvicorn exits with 3 when it cannot start, which is pixsift's "finished, with trouble"
+            if exc.code in (0, None):
+                raise
+            message = f"The HTTP service could not start on {host} port {port} (see above)."
+            raise ListenError(message) from None
+
+
+@contextmanager
+def _sigterm_exits_cleanly() -> Iterator[None]:
+    """SIGTERM (systemd, `docker stop`, `kill`) is how a service is asked to stop: the stop must
+    exit with 0, or a service manager counts it a failure. uvicorn stops on it as on Ctrl-C, then
+    sends it again to the handler in place before it started, by default the one that kills the
+    process (status 143); this one exits with 0 instead, also while the model is loading."""
+    if threading.current_thread() is not threading.main_thread():  # only it can set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
-        # One process: the model and the index are loaded once and shared by every request thread.
-        uvicorn.run(
-            app,
-            host=host,
-            port=port,
-            log_level=log_level,
-            workers=1,
-            server_header=False,
-            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
-        )
-    except SystemExit as exc:
-        # uvicorn exits with 3 when it cannot start, which is pixsift's "finished, with trouble"
-        if exc.code in (0, None):
-            raise
-        raise ListenError(f"The HTTP service could not start on {host} port {port} (see above).") from None
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def check_address(host: str, port: int) -> None:

@@ -25,7 +25,7 @@ from pixsift.server.schemas import (
     SearchBody,
 )
 from pixsift.server.settings import K_MAX
-from pixsift.server.uploads import SIMILAR_REQUEST_BODY, read_query_image
+from pixsift.server.uploads import SIMILAR_REQUEST_BODY, UploadSlots, read_query_image
 
 router = APIRouter(responses=ERRORS)
 LibraryDep = Annotated[Library, Depends(library_of)]
@@ -88,7 +88,10 @@ def similar_to_indexed(
     response_model=Results,
     tags=["search"],
     openapi_extra=SIMILAR_REQUEST_BODY,
-    responses={415: {"model": ErrorBody, "description": "Neither multipart nor JSON."}},
+    responses={
+        415: {"model": ErrorBody, "description": "Neither multipart nor JSON."},
+        503: {"model": ErrorBody, "description": "As many uploads under way as the service takes (busy)."},
+    },
 )
 async def similar_to_upload(
     request: Request,
@@ -98,13 +101,16 @@ async def similar_to_upload(
     min_score: MinScoreParam = None,
 ) -> Results:
     """Images most like an image sent with the request: a multipart upload (field `file`) or
-    JSON `{"image_base64": ...}`. Size and megapixel limits apply."""
-    data = await read_query_image(request, request.app.state.settings.max_upload_bytes)
+    JSON `{"image_base64": ...}`. Size and megapixel limits apply, and a limit on uploads
+    handled at once (503 `busy` beyond it: try again after Retry-After seconds)."""
+    uploads: UploadSlots = request.app.state.uploads
+    with uploads.slot():  # held until the search is done: the body, then the decoded pixels
+        data = await read_query_image(request, request.app.state.settings.max_upload_bytes)
 
-    def run() -> list[SearchResult]:  # decoding and the model: off the event loop
-        return library.similar(data, k, min_score=min_score, filters=core_filters(library, filters))
+        def run() -> list[SearchResult]:  # decoding and the model: off the event loop
+            return library.similar(data, k, min_score=min_score, filters=core_filters(library, filters))
 
-    return Results.of(await run_in_threadpool(run))
+        return Results.of(await run_in_threadpool(run))
 
 
 @router.post("/recommend", response_model=Results, tags=["search"])

@@ -5,12 +5,15 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from pixsift.errors import PixsiftError
+from pixsift.errors import InvalidOptionError, PixsiftError
 
 API_KEY_ENV = "PIXSIFT_API_KEY"
 K_MAX = 200  # results per query: enough for any page of results, small enough to stay cheap
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_MEGAPIXELS = 50.0
+# Query images read and decoded at once: each can take a body of the upload limit and, decoded,
+# 4 bytes a pixel up to the megapixel limit and copies (about 0.55 GB for a 50-megapixel PNG).
+DEFAULT_MAX_CONCURRENT_UPLOADS = 4
 MIN_API_KEY_LENGTH = 16
 
 
@@ -22,16 +25,20 @@ class UnsafeBindError(PixsiftError):
 class ServerSettings:
     """`api_key` enables the write endpoints (and is required for them); with
     `require_key_for_reads` every endpoint but /healthz and the docs needs it too, as it must
-    when the service listens beyond loopback."""
+    when the service listens beyond loopback. `max_concurrent_uploads` POST /similar requests
+    are handled at once; one more is refused with 503 `busy`."""
 
     api_key: str | None = None
     require_key_for_reads: bool = False
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
 
     def __post_init__(self) -> None:
         if self.api_key is not None:
             check_api_key(self.api_key)
+        if self.max_concurrent_uploads < 1:
+            raise InvalidOptionError("The service must accept at least 1 upload at a time.")
 
     @property
     def max_pixels(self) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import Request
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from pixsift.server.errors import ApiError
+from pixsift.server.errors import RETRY_AFTER_S, ApiError
 from pixsift.server.limits import too_large_message
 from pixsift.server.schemas import SimilarUpload
 
@@ -33,6 +34,36 @@ SIMILAR_REQUEST_BODY: dict[str, Any] = {
         },
     }
 }
+
+
+class UploadSlots:
+    """How many query images are read, decoded and searched at once. A body at the upload limit,
+    its base64 text and the decoded pixels take hundreds of MB each: without a bound, many
+    clients uploading at once could take all the memory there is. One more is refused at once,
+    before its body is read (a client retries; a queue would hold its connection open).
+
+    Used from the event loop only (the route is async): taking a slot has no await in it, so
+    needs no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._taken = 0
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if self._taken >= self.limit:
+            raise ApiError(
+                503,
+                "busy",
+                f"The service is already handling {self.limit} uploaded images, as many as it "
+                "takes at once (--max-concurrent-uploads); try again shortly.",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        self._taken += 1
+        try:
+            yield
+        finally:
+            self._taken -= 1
 
 
 def _too_large(upload_limit: int) -> ApiError:

@@ -1,0 +1,175 @@
+"""Thumbnails of real image files: what they look like, and what making them costs in memory."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from conftest import TinyModel
+from pixsift import ImageNotFoundError, thumbnails
+from pixsift.thumbnails import JPEG_QUALITY, thumbnail
+from serving import indexed_library
+
+LIMIT = 200_000_000  # pixels: the tests' images are all within it
+
+
+def smooth_image(width: int, height: int, seed: int) -> Image.Image:
+    """A photo-like RGB image (smooth colour fields), cheap to make at any size."""
+    cells = np.random.default_rng(seed).integers(0, 256, (height // 64 + 2, width // 64 + 2, 3), np.uint8)
+    return Image.fromarray(cells).resize((width, height), Image.Resampling.BILINEAR)
+
+
+def reference(path: Path, size: int) -> Image.Image:
+    """What Pillow itself makes of the whole file (upright, RGB, Image.thumbnail), as a JPEG."""
+    with Image.open(path) as image:
+        upright = ImageOps.exif_transpose(image).convert("RGB")
+    upright.thumbnail((size, size))
+    encoded = io.BytesIO()
+    upright.save(encoded, "JPEG", quality=JPEG_QUALITY)
+    return Image.open(encoded)
+
+
+def mean_difference(a: Image.Image, b: Image.Image) -> float:
+    return float(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).mean())
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "LA"])
+@pytest.mark.parametrize(("dimensions", "size"), [((2600, 1700), 256), ((900, 3000), 512), ((900, 700), 128)])
+def test_a_thumbnail_is_the_image_shrunk_whatever_its_mode(
+    tmp_path: Path, mode: str, dimensions: tuple[int, int], size: int
+) -> None:
+    """Large images are shrunk a band of rows at a time: the thumbnail has the size and the
+    look of Pillow's own thumbnail of the whole image."""
+    source = tmp_path / "image.png"
+    smooth_image(*dimensions, seed=len(mode)).convert(mode).save(source, compress_level=1)
+    made = thumbnail(str(source), tmp_path / "thumbnails", 1, size, LIMIT)
+    with Image.open(made) as image:
+        assert image.format == "JPEG" and image.mode == "RGB"
+        expected = reference(source, size)
+        assert image.size == expected.size
+        assert mean_difference(image, expected) < 1
+
+
+@pytest.mark.parametrize(("orientation", "suffix"), [(6, ".jpg"), (8, ".png"), (3, ".png")])
+def test_a_thumbnail_is_upright(tmp_path: Path, orientation: int, suffix: str) -> None:
+    source = tmp_path / f"rotated{suffix}"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    smooth_image(3000, 1000, seed=orientation).save(source, exif=exif.tobytes())
+    made = thumbnail(str(source), tmp_path / "thumbnails", 1, 300, LIMIT)
+    with Image.open(made) as image:
+        expected = reference(source, 300)
+        assert image.size == expected.size == ((100, 300) if orientation in (6, 8) else (300, 100))
+        assert mean_difference(image, expected) < 3  # a JPEG's: decoded at reduced scale
+
+
+@pytest.mark.parametrize(("dimensions", "size"), [((300, 200), 64), ((3000, 2000), 256)])
+@pytest.mark.parametrize("kind", ["16-bit PNG", "float TIFF"])
+def test_a_thumbnail_of_a_16_bit_or_float_image_keeps_its_tones(
+    tmp_path: Path, kind: str, dimensions: tuple[int, int], size: int
+) -> None:
+    """Scans and scientific images: Pillow's own conversion clips 16-bit values above 255 to
+    white (a grey ramp's thumbnail was almost all white) and casts floats of 0..1 to black."""
+    width, height = dimensions
+    ramp = np.tile(np.linspace(0.0, 1.0, width), (height, 1))
+    if kind == "16-bit PNG":
+        source = tmp_path / "scan.png"
+        Image.fromarray((ramp * 65535).astype(np.uint16)).save(source)
+    else:
+        source = tmp_path / "measure.tif"
+        Image.fromarray(ramp.astype(np.float32)).save(source)
+    with Image.open(thumbnail(str(source), tmp_path / "thumbnails", 1, size, LIMIT)) as made:
+        grey = np.asarray(made.convert("L"), dtype=np.float64)
+    assert grey.shape == (round(height * size / width), size)
+    assert grey[:, :3].mean() < 10 and grey[:, -3:].mean() > 245  # black to white, as the ramp
+    assert abs(grey[:, size // 2].mean() - 128) < 10
+
+
+# Run in a process of its own, so that its peak memory is the thumbnails' alone.
+MEASURE = textwrap.dedent(
+    """
+    import resource, sys, threading
+    from pathlib import Path
+    from PIL import Image
+    import pixsift.thumbnails as thumbnails
+
+    source, cache = sys.argv[1], Path(sys.argv[2])
+    thumbnails.DECODE_BUDGET_BYTES = 1  # no room for two at once: each runs alone
+    Image.open(source).close()  # Pillow's plugins loaded before the baseline
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    failed = []
+
+    def make(image_id):
+        try:
+            thumbnails.thumbnail(source, cache, image_id, 256, 200_000_000)
+        except Exception as exc:
+            failed.append(repr(exc))
+
+    threads = [threading.Thread(target=make, args=(image_id,)) for image_id in range(1, 5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    print(grown * 1024, len(list(cache.glob("*/256-*.jpg"))), failed)
+    """
+)
+
+
+def test_thumbnails_of_large_pngs_take_one_decoded_copy_at_a_time(tmp_path: Path) -> None:
+    """A PNG cannot be decoded at reduced scale as a JPEG can: a thumbnail decoded it whole and
+    then made two more full-size copies (upright, RGB), about 3 x 550 MB for 12,000 x 12,000
+    pixels, and any number of requests did so at once. Four thumbnails made at once by four
+    threads now take about one decoded image (4 bytes a pixel) at the peak."""
+    source = tmp_path / "large.png"
+    width, height = 6000, 4000
+    smooth_image(width, height, seed=7).save(source, compress_level=1)
+    decoded = width * height * 4  # Pillow keeps RGB in 4 bytes a pixel
+    measured = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(source), str(tmp_path / "thumbnails")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    grown, made, failed = measured.stdout.split(" ", 2)
+    assert (int(made), failed.strip()) == (4, "[]")
+    # one decoded copy and a band of rows being converted; it was 3 copies for each thread
+    assert int(grown) < 1.5 * decoded, f"peak memory grew by {int(grown) / 2**20:.0f} MiB"
+
+
+def test_a_thumbnail_made_while_its_image_is_deleted_leaves_nothing_behind(
+    photos: Path, tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    """The delete removed the image's cache folder while its thumbnail was being decoded; the
+    thumbnail was then written into a folder made anew, kept for an image gone for good."""
+    library = indexed_library(tmp_path / "library", photos, tiny_model)
+    image_id = library.search("x", k=1)[0].id
+    outcome: list[BaseException | Path] = []
+
+    def make() -> None:
+        try:
+            outcome.append(library.thumbnail(image_id, 200))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    # Room for no other decode: the thumbnail waits there, its image looked up, until released.
+    with thumbnails._DECODES.room_for(thumbnails.DECODE_BUDGET_BYTES):
+        maker = threading.Thread(target=make)
+        maker.start()
+        time.sleep(0.5)
+        assert maker.is_alive()  # waiting to decode
+        library.delete(image_id)
+    maker.join(timeout=60)
+    assert len(outcome) == 1 and isinstance(outcome[0], ImageNotFoundError), outcome
+    assert not (library.path / "thumbnails" / str(image_id)).exists()
+    library.close()
