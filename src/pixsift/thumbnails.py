@@ -31,8 +31,7 @@ from stat import S_ISREG
 from PIL import ExifTags, Image
 
 from pixsift.errors import BusyError, ImageError, ImageFileMissingError, ImageTooLargeError
-from pixsift.indexer.decode import _to_rgb as to_rgb
-from pixsift.indexer.decode import allowed_formats, describe_error
+from pixsift.indexer.decode import allowed_formats, describe_error, to_rgb
 from pixsift.storage.database import write_error
 
 THUMBNAILS_DIR = "thumbnails"  # the cache's folder inside the library folder

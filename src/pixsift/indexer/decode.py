@@ -153,7 +153,7 @@ def open_oriented(source: bytes | BinaryIO, target_size: int, max_pixels: int) -
         upright = _upright(image)
         if upright.size != image.size:  # rotated by 90 degrees
             width, height = height, width
-        return OrientedImage(_to_rgb(upright), width, height, image_format, taken)
+        return OrientedImage(to_rgb(upright), width, height, image_format, taken)
 
 
 def _taken_at(image: Image.Image) -> str | None:
@@ -206,7 +206,7 @@ def describe_error(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode.startswith("I"):
         # 16-bit greyscale (scans, medical, astronomy): Pillow's own conversion clips every
         # value above 255 to white, so scale the 16-bit range down to 8 bits first.
