@@ -22,7 +22,14 @@ from sqlalchemy.orm import Session
 from pixsift.errors import LibraryClosedError, LibraryNotFoundError
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.storage.catalog_reader import GENERATION_KEY, blob_to_vector
-from pixsift.storage.database import damaged_error, open_engine, write_error, writer
+from pixsift.storage.database import (
+    damaged_error,
+    is_damage,
+    open_engine,
+    read_error,
+    write_error,
+    writer,
+)
 from pixsift.storage.interrupts import interrupts_deferred
 from pixsift.storage.records import CatalogCounts, Failure, FreshEmbedding, ImageInfo, KnownFile, RootInfo
 from pixsift.storage.schema import (
@@ -138,10 +145,8 @@ class Catalog:
         try:
             with Session(self._engine) as session, session.begin():
                 yield session
-        except DatabaseError as exc:
-            if isinstance(exc, OperationalError):  # locked, I/O: not a sign of damage
-                raise
-            raise damaged_error(self._folder, exc) from exc
+        except DatabaseError as exc:  # locked, damaged, changed by hand, an I/O error
+            raise read_error(self._folder, exc) from exc
 
     @contextmanager
     def write(self) -> Iterator[CatalogWriter]:
@@ -315,6 +320,8 @@ class Catalog:
             with Session(self._engine) as session, session.begin():
                 rows = [str(row[0]) for row in session.execute(text("PRAGMA integrity_check"))]
         except DatabaseError as exc:  # damaged where the check itself must read
+            if not is_damage(exc):  # held by another program: no finding about the file
+                raise read_error(self._folder, exc) from exc
             return [str(exc.orig)]
         return [] if rows == ["ok"] else rows
 
