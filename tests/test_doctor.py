@@ -228,6 +228,38 @@ def test_a_changed_schema_is_reported_not_repaired(indexed: Path) -> None:
     assert not repair(indexed).healthy
 
 
+@pytest.mark.parametrize(
+    ("statement", "difference"),
+    [
+        ("DROP TABLE roots", "roots is missing"),
+        ("ALTER TABLE embeddings RENAME COLUMN vector TO v", "embeddings has columns ['image_id', 'v']"),
+    ],
+)
+def test_a_schema_missing_a_table_or_column_is_reported_not_a_crash(
+    indexed: Path, statement: str, difference: str
+) -> None:
+    """The checks after the schema's read the missing part: doctor stopped with an error there."""
+    with sqlite3.connect(indexed / "library.db") as db:
+        db.execute(statement)
+    before = dump(indexed)
+    result = run_cli("doctor", "--repair", "--library", str(indexed))
+    assert result.returncode == 3, result.stderr
+    assert f"problem: The database schema differs: table {difference}" in result.stdout
+    assert (
+        "Nothing more can be checked or repaired without it: restore the database from a backup, "
+        "or index your folders into a new library." in result.stdout
+    )
+    assert "repaired:" not in result.stdout and result.stderr == ""
+    assert dump(indexed) == before
+    assert kinds(check(indexed)) == ["schema"]
+
+
+def dump(library_dir: Path) -> list[str]:
+    """The database's content as SQL (its file's bytes change when SQLite checkpoints it)."""
+    with sqlite3.connect(library_dir / "library.db") as db:
+        return list(db.iterdump())
+
+
 def test_a_damaged_database_is_reported_and_left_alone(indexed: Path, photos: Path) -> None:
     db_path = indexed / "library.db"
     with sqlite3.connect(db_path) as db:

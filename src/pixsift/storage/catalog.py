@@ -328,18 +328,27 @@ class Catalog:
     def schema_differences(self) -> list[str]:
         """Tables or columns that differ from what this pixsift expects."""
         differences = []
+        for name, found, expected in self._tables():
+            if not found:
+                differences.append(f"table {name} is missing")
+            elif found != expected:
+                differences.append(f"table {name} has columns {sorted(found)}, not {sorted(expected)}")
+        return differences
+
+    def lacks_schema(self) -> bool:
+        """Whether a table or column this pixsift reads is missing (an extra one is harmless):
+        then most reads fail, and nothing else about the library can be checked."""
+        return any(not expected <= found for _, found, expected in self._tables())
+
+    def _tables(self) -> list[tuple[str, set[str], set[str]]]:
+        """(name, columns found, columns expected) of every table of the schema."""
+        tables = []
         with self._read() as session:
             for table in Base.metadata.sorted_tables:
                 info = session.execute(text(f"PRAGMA table_info({table.name})"))  # our own names
                 found = {str(row[1]) for row in info}
-                expected = {column.name for column in table.columns}
-                if not found:
-                    differences.append(f"table {table.name} is missing")
-                elif found != expected:
-                    differences.append(
-                        f"table {table.name} has columns {sorted(found)}, not {sorted(expected)}"
-                    )
-        return differences
+                tables.append((table.name, found, {column.name for column in table.columns}))
+        return tables
 
     def orphan_vector_ids(self) -> list[int]:
         """Vectors whose image row is gone (the foreign key should make this impossible)."""
