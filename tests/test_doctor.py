@@ -90,6 +90,23 @@ def test_a_search_index_that_differs_from_the_database_is_rebuilt(
         assert library.search("a photo", k=12) == expected
 
 
+def test_a_bit_flipped_in_the_index_file_is_caught_not_searched(indexed: Path) -> None:
+    """FAISS loaded the damaged vector as it was: a search ranked its image first with a score
+    of 4.7e36, and only doctor's sample could notice."""
+    args = ["search", "a photo", "-k", "12", "-f", "json", "--library", str(indexed)]
+    expected = run_cli(*args)
+    assert expected.returncode == 0, expected.stderr
+    data = bytearray((indexed / "vectors.faiss").read_bytes())
+    middle = len(data) // 2  # inside the stored vectors: one bit of each byte of one float
+    data[middle : middle + 4] = bytes(byte ^ 0x40 for byte in data[middle : middle + 4])
+    (indexed / "vectors.faiss").write_bytes(bytes(data))
+    found = check(indexed)
+    assert kinds(found) == ["index-damaged"] and found.problems[0].repairable
+    searched = run_cli(*args)  # answered from an index rebuilt from the database
+    assert (searched.returncode, searched.stdout) == (0, expected.stdout), searched.stderr
+    assert repair(indexed).healthy
+
+
 def test_a_damaged_or_foreign_index_file(
     indexed: Path, tmp_path: Path, photos: Path, tiny_model: TinyModel
 ) -> None:
