@@ -104,7 +104,8 @@ def test_a_bit_flipped_in_the_index_file_is_caught_not_searched(indexed: Path) -
     assert kinds(found) == ["index-damaged"] and found.problems[0].repairable
     searched = run_cli(*args)  # answered from an index rebuilt from the database
     assert (searched.returncode, searched.stdout) == (0, expected.stdout), searched.stderr
-    assert repair(indexed).healthy
+    # and saved: the next searches load it, where each rebuilt the whole index from the database
+    assert check(indexed).healthy and VectorIndex.load(indexed / "vectors.faiss") is not None
 
 
 def test_a_damaged_or_foreign_index_file(
