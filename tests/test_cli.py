@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import signal
@@ -16,8 +17,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import crash_soak
 from conftest import TinyModel, needs_permissions, run_cli
-from pixsift import SearchResult
+from crash_soak import PAUSE_ENV
+from pixsift import Library, SearchResult
 from pixsift.cli import app
 from sample_photos import write_photos
 
@@ -331,6 +334,39 @@ def test_an_interrupted_run_keeps_its_work_and_the_next_one_finishes(
     assert status["index"]["state"] == "up to date"
     everything = run_cli("search", "x", "-k", "100", "-f", "paths", "--library", str(library))
     assert sorted(everything.stdout.splitlines()) == sorted(str(p) for p in photos.iterdir())
+
+
+def test_ctrl_c_while_the_search_index_is_saved_stops_with_the_summary(
+    photos: Path, tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    """Every file was committed; Ctrl-C came in the run's last step, saving the search index.
+    The command said only "Interrupted.", without what it had done (and Library.index raised a
+    plain KeyboardInterrupt, not IndexInterrupted with its report)."""
+    library = ["--library", str(tmp_path / "lib")]
+    assert run_cli("index", str(photos), *library, *tiny_model.index_args()).returncode == 0
+    write_photos(photos, 3, size=(96, 72), seed=2100)
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    process = subprocess.Popen(  # the real command, its rename of the new index file paused
+        [sys.executable, crash_soak.__file__, "child", "index", *library],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, PAUSE_ENV: str(pause)},
+        preexec_fn=ctrl_c_as_in_a_terminal,
+    )
+    deadline = time.monotonic() + 120
+    while not (pause / "saving").exists() and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.startswith("15 images found: 3 new, 0 updated,") and "(interrupted after " in stderr
+    assert "Traceback" not in stderr
+    with Library.open(tmp_path / "lib") as opened:  # nothing lost: the index catches up
+        assert opened.check().healthy
+        assert len(opened.search("a photo", k=100)) == 15
 
 
 def test_ctrl_c_while_the_model_loads_says_so(

@@ -90,6 +90,24 @@ def test_a_search_index_that_differs_from_the_database_is_rebuilt(
         assert library.search("a photo", k=12) == expected
 
 
+def test_a_bit_flipped_in_the_index_file_is_caught_not_searched(indexed: Path) -> None:
+    """FAISS loaded the damaged vector as it was: a search ranked its image first with a score
+    of 4.7e36, and only doctor's sample could notice."""
+    args = ["search", "a photo", "-k", "12", "-f", "json", "--library", str(indexed)]
+    expected = run_cli(*args)
+    assert expected.returncode == 0, expected.stderr
+    data = bytearray((indexed / "vectors.faiss").read_bytes())
+    middle = len(data) // 2  # inside the stored vectors: one bit of each byte of one float
+    data[middle : middle + 4] = bytes(byte ^ 0x40 for byte in data[middle : middle + 4])
+    (indexed / "vectors.faiss").write_bytes(bytes(data))
+    found = check(indexed)
+    assert kinds(found) == ["index-damaged"] and found.problems[0].repairable
+    searched = run_cli(*args)  # answered from an index rebuilt from the database
+    assert (searched.returncode, searched.stdout) == (0, expected.stdout), searched.stderr
+    # and saved: the next searches load it, where each rebuilt the whole index from the database
+    assert check(indexed).healthy and VectorIndex.load(indexed / "vectors.faiss") is not None
+
+
 def test_a_damaged_or_foreign_index_file(
     indexed: Path, tmp_path: Path, photos: Path, tiny_model: TinyModel
 ) -> None:
@@ -226,6 +244,38 @@ def test_a_changed_schema_is_reported_not_repaired(indexed: Path) -> None:
     found = check(indexed)
     assert kinds(found) == ["schema"] and "table images has columns" in found.problems[0].message
     assert not repair(indexed).healthy
+
+
+@pytest.mark.parametrize(
+    ("statement", "difference"),
+    [
+        ("DROP TABLE roots", "roots is missing"),
+        ("ALTER TABLE embeddings RENAME COLUMN vector TO v", "embeddings has columns ['image_id', 'v']"),
+    ],
+)
+def test_a_schema_missing_a_table_or_column_is_reported_not_a_crash(
+    indexed: Path, statement: str, difference: str
+) -> None:
+    """The checks after the schema's read the missing part: doctor stopped with an error there."""
+    with sqlite3.connect(indexed / "library.db") as db:
+        db.execute(statement)
+    before = dump(indexed)
+    result = run_cli("doctor", "--repair", "--library", str(indexed))
+    assert result.returncode == 3, result.stderr
+    assert f"problem: The database schema differs: table {difference}" in result.stdout
+    assert (
+        "Nothing more can be checked or repaired without it: restore the database from a backup, "
+        "or index your folders into a new library." in result.stdout
+    )
+    assert "repaired:" not in result.stdout and result.stderr == ""
+    assert dump(indexed) == before
+    assert kinds(check(indexed)) == ["schema"]
+
+
+def dump(library_dir: Path) -> list[str]:
+    """The database's content as SQL (its file's bytes change when SQLite checkpoints it)."""
+    with sqlite3.connect(library_dir / "library.db") as db:
+        return list(db.iterdump())
 
 
 def test_a_damaged_database_is_reported_and_left_alone(indexed: Path, photos: Path) -> None:

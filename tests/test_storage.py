@@ -7,16 +7,19 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
 from pixsift.errors import LibraryFormatError
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.storage import Catalog
+from pixsift.storage.index_choice import IndexKind, IndexPlan
+from pixsift.storage.index_header import MAGIC
 from pixsift.storage.index_lifecycle import catch_up, open_vector_index
 from pixsift.storage.migrations import MIGRATIONS, SCHEMA_VERSION
 from pixsift.storage.schema import Base
-from pixsift.storage.vector_index import VectorIndex, read_generation
+from pixsift.storage.vector_index import IndexMeta, VectorIndex, read_generation
 
 DIM = 8
 
@@ -204,6 +207,33 @@ def test_an_index_file_cut_anywhere_or_padded_is_not_loaded(tmp_path: Path) -> N
         assert VectorIndex.load(path) is None, cut
     path.write_bytes(data + b"\0" * 8)
     assert VectorIndex.load(path) is None
+
+
+def small_index(kind: IndexKind) -> VectorIndex:
+    vectors = np.stack([unit(seed) for seed in range(20)])
+    if kind is IndexKind.flat:
+        index = VectorIndex.empty(DIM, generation=3)
+    else:
+        meta = IndexMeta(IndexPlan(kind, hnsw_m=8), trained_count=20, search_param=32, recall=0.97)
+        index = VectorIndex(faiss.IndexHNSWFlat(DIM, 8, faiss.METRIC_INNER_PRODUCT), 3, meta)
+    index.add(np.arange(100, 120), vectors)
+    return index
+
+
+@pytest.mark.parametrize("kind", [IndexKind.flat, IndexKind.hnsw])
+def test_a_bit_flipped_anywhere_in_an_index_file_is_not_loaded(tmp_path: Path, kind: IndexKind) -> None:
+    """A bit flipped on disk in the vectors or the ids loaded without complaint: other scores
+    (one came out as 4.7e36) or other images, until the file happened to be rewritten."""
+    path = tmp_path / "v.faiss"
+    small_index(kind).save(path)
+    data = path.read_bytes()
+    loaded = VectorIndex.load(path)
+    assert loaded is not None and np.array_equal(loaded.ids(), np.arange(100, 120))
+    for position in range(len(MAGIC), len(data)):
+        damaged = bytearray(data)
+        damaged[position] ^= 1 << (position % 8)
+        path.write_bytes(bytes(damaged))
+        assert VectorIndex.load(path) is None, position
 
 
 def test_filtered_search_matches_brute_force(tmp_path: Path) -> None:

@@ -29,6 +29,10 @@ VECTOR_SAMPLE = 256  # stored vectors compared with the search index's copies, p
 VECTOR_TOLERANCE = 1e-6
 FILE_THERE = "there"
 FILE_GONE = "gone"
+SCHEMA_LACKING = (
+    " Nothing more can be checked or repaired without it: restore the database from a backup, "
+    "or index your folders into a new library."
+)
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,17 @@ def check(catalog: Catalog, index_path: Path, *, seed: int = 0) -> HealthReport:
             )
         )
         return report  # nothing read from a damaged file can be trusted
+    lacking = catalog.lacks_schema()  # then the other checks would read what is missing
     report.problems += [
-        Problem("schema", f"The database schema differs: {difference}.", repairable=False)
+        Problem(
+            "schema",
+            f"The database schema differs: {difference}.{SCHEMA_LACKING if lacking else ''}",
+            repairable=False,
+        )
         for difference in catalog.schema_differences()
     ]
+    if lacking:
+        return report
     _check_vectors(catalog, report)
     _check_index(catalog, index_path, report, np.random.default_rng(seed))
     _check_files(catalog, report)
@@ -241,6 +252,8 @@ def repair(catalog: Catalog, index_path: Path, policy: IndexPolicy | None = None
     vectors that fit nothing are dropped (their images are embedded again by the next index
     run), and the search index is rebuilt from the stored vectors.
     """
+    if catalog.lacks_schema():  # nothing can be read to repair from; check() says so
+        return []
     done: list[str] = []
     model = catalog.model()
     orphans = catalog.orphan_vector_ids()

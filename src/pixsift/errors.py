@@ -35,6 +35,11 @@ class LibraryWriteError(PixsiftError):
     """
 
 
+class LibraryReadError(PixsiftError):
+    """The library's database could not be read: another program holds it locked, or an I/O
+    error. Nothing stored is changed; the library is usable once the cause is gone."""
+
+
 class LibraryFormatError(PixsiftError):
     """The library's database is from a newer pixsift or is not a pixsift library."""
 

@@ -4,13 +4,14 @@ left alone, then the search index and the thumbnail cache brought in line with w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pixsift.indexer.decode import default_max_pixels
 from pixsift.indexer.progress import IndexProgress
-from pixsift.indexer.report import IndexReport
+from pixsift.indexer.report import IndexInterrupted, IndexReport
 from pixsift.indexer.run import Indexer, IndexSettings, RootRequest
 from pixsift.indexer.scan import looks_unmounted
 from pixsift.thumbnails import THUMBNAILS_DIR, prune_thumbnails
@@ -45,14 +46,37 @@ def index_library(
         keep=tuple(unmounted),
     )
     walked = [r for r in requests if r.path not in skipped]
+    report: IndexReport | None = None
     try:
         report = Indexer(catalog, embedder, settings, progress).run(walked)
+    except IndexInterrupted as interrupted:
+        report = interrupted.report
+        raise
     finally:  # also after Ctrl-C: save what was committed into the FAISS index
-        if (model := catalog.model()) is not None:
-            index.refresh(model.embed_dim, save=True)
-    if model is not None:
-        index.rebuild_if_drifted(model.embed_dim)
-    if report.removed:
-        prune_thumbnails(folder / THUMBNAILS_DIR, catalog.images)
+        with _interrupt_reported(report):
+            if (model := catalog.model()) is not None:
+                index.refresh(model.embed_dim, save=True)
     report.skipped_roots = skipped
+    with _interrupt_reported(report):
+        if model is not None:
+            index.rebuild_if_drifted(model.embed_dim)
+        if report.removed:
+            prune_thumbnails(folder / THUMBNAILS_DIR, catalog.images)
     return report
+
+
+@contextmanager
+def _interrupt_reported(report: IndexReport | None) -> Iterator[None]:
+    """Ctrl-C after the files were indexed (while the search index is saved or rebuilt) ends
+    the run as Ctrl-C during it does: IndexInterrupted with the report of what was committed,
+    which the command prints. The search index is left behind; the next search or run
+    catches it up from the database's change log."""
+    try:
+        yield
+    except IndexInterrupted:
+        raise
+    except KeyboardInterrupt as interrupt:
+        if report is None:  # the run itself failed: its error is the one to see
+            raise
+        report.interrupted = True
+        raise IndexInterrupted(report) from interrupt

@@ -29,6 +29,7 @@ from pixsift.errors import (
     LibraryBusyError,
     LibraryFormatError,
     LibraryNotFoundError,
+    LibraryReadError,
     LibraryWriteError,
     ModelError,
     PixsiftError,
@@ -51,6 +52,7 @@ _STATUS: list[tuple[type[PixsiftError], int, str]] = [
     # The server, not the request, is at fault: its model, its disk, its database.
     (ModelError, 503, "model_unavailable"),
     (LibraryWriteError, 503, "library_write_failed"),  # a full disk, a read-only folder
+    (LibraryReadError, 503, "library_unreadable"),  # locked by another program, an I/O error
     (LibraryFormatError, 500, "library_damaged"),
     (LibraryNotFoundError, 503, "library_missing"),  # deleted or replaced while the service ran
     (BusyError, 503, "busy"),  # too much under way at once: the same request succeeds later

@@ -22,7 +22,14 @@ from sqlalchemy.orm import Session
 from pixsift.errors import LibraryClosedError, LibraryNotFoundError
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.storage.catalog_reader import GENERATION_KEY, blob_to_vector
-from pixsift.storage.database import damaged_error, open_engine, write_error, writer
+from pixsift.storage.database import (
+    damaged_error,
+    is_damage,
+    open_engine,
+    read_error,
+    write_error,
+    writer,
+)
 from pixsift.storage.interrupts import interrupts_deferred
 from pixsift.storage.records import CatalogCounts, Failure, FreshEmbedding, ImageInfo, KnownFile, RootInfo
 from pixsift.storage.schema import (
@@ -138,10 +145,8 @@ class Catalog:
         try:
             with Session(self._engine) as session, session.begin():
                 yield session
-        except DatabaseError as exc:
-            if isinstance(exc, OperationalError):  # locked, I/O: not a sign of damage
-                raise
-            raise damaged_error(self._folder, exc) from exc
+        except DatabaseError as exc:  # locked, damaged, changed by hand, an I/O error
+            raise read_error(self._folder, exc) from exc
 
     @contextmanager
     def write(self) -> Iterator[CatalogWriter]:
@@ -315,24 +320,35 @@ class Catalog:
             with Session(self._engine) as session, session.begin():
                 rows = [str(row[0]) for row in session.execute(text("PRAGMA integrity_check"))]
         except DatabaseError as exc:  # damaged where the check itself must read
+            if not is_damage(exc):  # held by another program: no finding about the file
+                raise read_error(self._folder, exc) from exc
             return [str(exc.orig)]
         return [] if rows == ["ok"] else rows
 
     def schema_differences(self) -> list[str]:
         """Tables or columns that differ from what this pixsift expects."""
         differences = []
+        for name, found, expected in self._tables():
+            if not found:
+                differences.append(f"table {name} is missing")
+            elif found != expected:
+                differences.append(f"table {name} has columns {sorted(found)}, not {sorted(expected)}")
+        return differences
+
+    def lacks_schema(self) -> bool:
+        """Whether a table or column this pixsift reads is missing (an extra one is harmless):
+        then most reads fail, and nothing else about the library can be checked."""
+        return any(not expected <= found for _, found, expected in self._tables())
+
+    def _tables(self) -> list[tuple[str, set[str], set[str]]]:
+        """(name, columns found, columns expected) of every table of the schema."""
+        tables = []
         with self._read() as session:
             for table in Base.metadata.sorted_tables:
                 info = session.execute(text(f"PRAGMA table_info({table.name})"))  # our own names
                 found = {str(row[1]) for row in info}
-                expected = {column.name for column in table.columns}
-                if not found:
-                    differences.append(f"table {table.name} is missing")
-                elif found != expected:
-                    differences.append(
-                        f"table {table.name} has columns {sorted(found)}, not {sorted(expected)}"
-                    )
-        return differences
+                tables.append((table.name, found, {column.name for column in table.columns}))
+        return tables
 
     def orphan_vector_ids(self) -> list[int]:
         """Vectors whose image row is gone (the foreign key should make this impossible)."""

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pixsift.config import INDEX_NAME
-from pixsift.errors import LibraryFormatError, LibraryWriteError
+from pixsift.errors import LibraryFormatError, LibraryReadError, LibraryWriteError, PixsiftError
 from pixsift.storage.interrupts import interrupts_deferred
 from pixsift.storage.migrations import migrate, schema_version
 
@@ -28,6 +28,8 @@ BUSY_TIMEOUT_MS = 30_000
 POOL_SIZE = 8
 POOL_OVERFLOW = 64
 _BEGIN_OPTION = "pixsift_begin"
+_LOCKED_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+_DAMAGED_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 def open_engine(db_path: Path) -> Engine:
@@ -51,6 +53,8 @@ def open_engine(db_path: Path) -> Engine:
                 "to search (SQLite keeps its journal beside the database): make the folder "
                 "writable, or copy the library to a writable place and use --library."
             ) from exc
+        if _sqlite_code(exc) in _LOCKED_CODES:  # a usable library, held by another program
+            raise locked_error(db_path.parent, exc) from exc
         # exc.orig: SQLAlchemy's own text adds a second line pointing at its documentation.
         raise LibraryFormatError(f"Cannot use {db_path} as a pixsift library: {_reason(exc.orig)}.") from exc
     _use_wal(engine)
@@ -85,6 +89,48 @@ def damaged_error(folder: Path, exc: DBAPIError) -> LibraryFormatError:
         f"The library database at {folder} is damaged ({_reason(exc.orig)}). Run pixsift doctor "
         "to see what is wrong; restore a backup, or index your folders into a new library."
     )
+
+
+def read_error(folder: Path, exc: DBAPIError) -> PixsiftError:
+    """A user-facing error for a read of the library's database that SQLite refused.
+
+    Every read goes through here, so that a user meets one line that says what to do, never
+    SQLAlchemy's traceback."""
+    code = _sqlite_code(exc)
+    if code in _DAMAGED_CODES or not isinstance(exc, OperationalError):
+        return damaged_error(folder, exc)
+    if code in _LOCKED_CODES:
+        return locked_error(folder, exc)
+    if code == sqlite3.SQLITE_ERROR and "no such" in _reason(exc.orig):  # a table or column
+        return LibraryFormatError(
+            f"The library database at {folder} lacks a table or column this pixsift needs "
+            f"({_reason(exc.orig)}); was it changed by another program? Run pixsift doctor to see "
+            "what differs; restore a backup, or index your folders into a new library."
+        )
+    return LibraryReadError(
+        f"Cannot read the library at {folder}: {_reason(exc.orig)}. Nothing stored was changed; "
+        "fix the cause (a failing disk, a network drive gone) and run the command again."
+    )
+
+
+def locked_error(folder: Path, exc: DBAPIError) -> LibraryReadError:
+    """The database held locked by another program for longer than SQLite's busy timeout: not
+    a pixsift run (those commit in short transactions), so waiting on would not help."""
+    return LibraryReadError(
+        f"The library database at {folder} is locked by another program ({_reason(exc.orig)}). "
+        "Close the program that holds it (a database browser, say) and run the command again."
+    )
+
+
+def is_damage(exc: DBAPIError) -> bool:
+    """Whether SQLite refused because the file is damaged, rather than held or unreadable."""
+    return _sqlite_code(exc) not in _LOCKED_CODES
+
+
+def _sqlite_code(exc: DBAPIError) -> int | None:
+    """SQLite's primary result code for the failure (extended codes carry it in the low byte)."""
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
 
 
 def _discard_orphan_index(folder: Path) -> None:

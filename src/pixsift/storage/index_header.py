@@ -15,8 +15,10 @@ from typing import Any, BinaryIO
 from pixsift.storage.index_choice import IndexKind, IndexPlan
 
 MAGIC = b"PIXSIFT-VECTORS\n"
-FILE_FORMAT = 2
-READABLE_FORMATS = (1, 2)  # format 1: a flat index without the fields added in 2
+FILE_FORMAT = 3
+# format 1: a flat index without the fields added in 2; format 3 adds the checksum, required
+READABLE_FORMATS = (1, 2, 3)
+CHECKSUMMED_FORMAT = 3
 MAX_HEADER_BYTES = 4096
 FLAT_PLAN = IndexPlan(IndexKind.flat)
 

@@ -96,15 +96,18 @@ class IndexKeeper:
             self._save(self._vectors, holding_lock=True)
 
     def _refresh(self, dim: int, *, save: bool) -> VectorIndex:
-        from pixsift.storage.index_lifecycle import catch_up, open_vector_index
+        from pixsift.storage.index_lifecycle import catch_up, load_or_rebuild
         from pixsift.storage.vector_index import read_generation
 
         policy = self.policy()
+        from_file = True
         if self._vectors is not None and self._vectors.dim == dim:
             self._vectors = catch_up(self._catalog, self._vectors, policy)
         else:
-            self._vectors = open_vector_index(self._catalog, self.path, dim, policy)
-        if read_generation(self.path) != self._vectors.generation:
+            self._vectors, from_file = load_or_rebuild(self._catalog, self.path, dim, policy)
+        # A damaged file whose header still reads at the current generation is saved over too:
+        # else every search and index run would rebuild the whole index from the database.
+        if not from_file or read_generation(self.path) != self._vectors.generation:
             self._save(self._vectors, holding_lock=save)
         return self._vectors
 

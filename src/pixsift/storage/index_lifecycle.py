@@ -64,10 +64,18 @@ def open_vector_index(
     catalog: Catalog, path: Path, dim: int, policy: IndexPolicy | None = None
 ) -> VectorIndex:
     """The index saved at `path`, caught up with the catalog, or rebuilt if it cannot be."""
+    return load_or_rebuild(catalog, path, dim, policy)[0]
+
+
+def load_or_rebuild(
+    catalog: Catalog, path: Path, dim: int, policy: IndexPolicy | None = None
+) -> tuple[VectorIndex, bool]:
+    """`open_vector_index`, and whether the index came from the file (False: rebuilt, as the
+    file is missing, damaged or of another dimension, and should be saved anew)."""
     index = VectorIndex.load(path)
     if index is None or index.dim != dim:
-        return rebuild(catalog, dim, policy)
-    return catch_up(catalog, index, policy)
+        return rebuild(catalog, dim, policy), False
+    return catch_up(catalog, index, policy), True
 
 
 def catch_up(catalog: Catalog, index: VectorIndex, policy: IndexPolicy | None = None) -> VectorIndex:
