@@ -7,6 +7,7 @@ so that the equality is not the library compared with itself.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import sqlite3
@@ -25,6 +26,7 @@ from pixsift.models.loading import load_embedder
 from pixsift.models.naming import resolve_model_spec
 from pixsift.models.onnx_export import export_folder
 from pixsift.search import QueryTerm, SearchResult
+from pixsift.search.engine import ranked_hits
 from pixsift.search.quick import answer_quickly, search_once
 from pixsift.storage import Catalog
 from pixsift.storage.catalog_reader import COLUMNS, CatalogReader
@@ -122,6 +124,32 @@ def test_quick_answers_equal_the_librarys(indexed: Path) -> None:
     assert quick_answer(indexed, "a photo", 1000) == every
     cut = (every[3].score + every[4].score) / 2
     assert quick_answer(indexed, "a photo", 10, min_score=cut) == every[:4]
+
+
+def test_copies_of_a_photo_are_listed_by_id_on_both_paths(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """Copies share one vector, so one score: their order is the ids', not FAISS's heap's."""
+    original = sorted(photos.glob("*.jpg"))[0]
+    for number in range(5):
+        shutil.copy2(original, photos / f"copy_{number}.jpg")
+    folder = tmp_path / "with-copies"
+    with Library.open(folder) as library:
+        library.index(photos, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint))
+    for text in TEXTS:
+        every = library_answer(folder, text, 1000)
+        assert quick_answer(folder, text, 1000) == every
+        twins = [hit for hit in every if hit.path.name.startswith("copy_") or hit.path == original]
+        assert len(twins) == 6 and len({hit.score for hit in twins}) == 1
+        for before, after in itertools.pairwise(every):
+            assert (-before.score, before.id) < (-after.score, after.id)
+
+
+def test_equal_scores_are_ordered_by_id() -> None:
+    scores = np.array([0.9, 0.9, 0.9, 0.5, 0.5], dtype=np.float32)
+    ids = np.array([7, 3, 5, 9, 1])
+    hits = ranked_hits(scores, ids, exclude_ids={5}, min_score=None)
+    assert [image_id for _, image_id in hits] == [3, 7, 1, 9]
 
 
 @pytest.mark.parametrize("kind", [IndexKind.hnsw, IndexKind.ivfpq], ids=lambda kind: kind.value)

@@ -90,14 +90,17 @@ def _ranked_exactly(
 def ranked_hits(
     scores: np.ndarray, ids: np.ndarray, *, exclude_ids: Collection[int], min_score: float | None
 ) -> list[tuple[float, int]]:
-    """One query's (score, id) pairs, best first, without misses, excluded ids or weak scores."""
-    return [
+    """One query's (score, id) pairs, best first, without misses, excluded ids or weak scores.
+    Equal scores (copies of one photo) are ordered by id: FAISS leaves their order to its
+    heap, so the same query could list them differently from one search path to another."""
+    hits = [
         (float(score), int(image_id))
         for score, image_id in zip(scores, ids, strict=True)
         if image_id >= 0
         and int(image_id) not in exclude_ids
         and (min_score is None or float(score) >= min_score)
     ]
+    return sorted(hits, key=lambda hit: (-hit[0], hit[1]))
 
 
 def to_results(
