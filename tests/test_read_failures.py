@@ -103,3 +103,33 @@ def test_the_cli_says_when_another_program_holds_the_database(
                 "is locked). Close the program that holds it (a database browser, say) and run the "
                 "command again.\n"
             )
+
+
+@contextmanager
+def write_held_by_another_program(library_dir: Path) -> Iterator[None]:
+    """A write transaction of another program left open: pixsift still reads (WAL), but cannot write."""
+    db = sqlite3.connect(library_dir / "library.db", isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        yield
+        db.execute("ROLLBACK")
+    finally:
+        db.close()
+
+
+def test_a_write_locked_out_by_another_program_says_so_not_disk_full(
+    indexed: Path, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 200)
+    locked = f"The library database at {indexed} is locked by another program (database is locked)."
+    with Library.open(indexed) as library:
+        image_id = library.search("a photo", k=1)[0].id
+        with write_held_by_another_program(indexed), pytest.raises(LibraryReadError) as caught:
+            library.delete(image_id)
+        assert str(caught.value).startswith(locked)
+        assert library.image(image_id).id == image_id  # nothing was removed
+    (photos / "photo_0100.jpg").touch()  # changed: the run must write
+    with write_held_by_another_program(indexed):
+        result = CliRunner().invoke(app, ["index", str(photos), "--library", str(indexed)])
+    assert result.exit_code == 1, result.output
+    assert locked in result.stderr and "disk full" not in result.stderr

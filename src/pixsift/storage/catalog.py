@@ -16,18 +16,17 @@ from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import ColumnElement, Engine, Select, delete, func, insert, select, text, update
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
 from pixsift.errors import LibraryClosedError, LibraryNotFoundError
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.storage.catalog_reader import GENERATION_KEY, blob_to_vector
 from pixsift.storage.database import (
-    damaged_error,
+    failed_write_error,
     is_damage,
     open_engine,
     read_error,
-    write_error,
     writer,
 )
 from pixsift.storage.interrupts import interrupts_deferred
@@ -153,7 +152,8 @@ class Catalog:
         """One write transaction; its vector changes are logged under a new generation.
 
         A write that fails (full disk, read-only folder, I/O error) is rolled back whole and
-        raised as LibraryWriteError; the transactions committed before it are kept. Ctrl-C
+        raised as LibraryWriteError (a lock held by another program, damage or a changed schema
+        as a read's error); the transactions committed before it are kept. Ctrl-C
         during the transaction is delivered when it has ended (see `interrupts.py`).
         """
         self._check_open()
@@ -167,10 +167,8 @@ class Catalog:
                 batch = CatalogWriter(session)
                 yield batch
                 batch._log_vector_changes()
-        except OperationalError as exc:
-            raise write_error(self._folder, exc) from exc
-        except DatabaseError as exc:
-            raise damaged_error(self._folder, exc) from exc
+        except DatabaseError as exc:  # a full disk, a read-only folder, a lock, damage
+            raise failed_write_error(self._folder, exc) from exc
 
     # ---- the model and settings ------------------------------------------------------------
 

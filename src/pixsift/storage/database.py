@@ -83,6 +83,24 @@ def write_error(folder: Path, exc: BaseException) -> LibraryWriteError:
     )
 
 
+def failed_write_error(folder: Path, exc: DBAPIError) -> PixsiftError:
+    """A user-facing error for a write transaction SQLite refused: a lock held by another
+    program, damage or a table changed by hand are told as a read's are (asking whether the
+    disk is full would send the user the wrong way); anything else is the folder's."""
+    if isinstance(exc, OperationalError) and not _is_held_damaged_or_changed(exc):
+        return write_error(folder, exc)
+    return read_error(folder, exc)
+
+
+def _is_held_damaged_or_changed(exc: OperationalError) -> bool:
+    code = _sqlite_code(exc)
+    return (
+        code in _LOCKED_CODES
+        or code in _DAMAGED_CODES
+        or (code == sqlite3.SQLITE_ERROR and "no such" in _reason(exc.orig))
+    )
+
+
 def damaged_error(folder: Path, exc: DBAPIError) -> LibraryFormatError:
     """A user-facing error for a database that SQLite finds damaged."""
     return LibraryFormatError(
