@@ -268,8 +268,11 @@ def test_a_schema_missing_a_table_or_column_is_reported_not_a_crash(
         "or index your folders into a new library." in result.stdout
     )
     assert "repaired:" not in result.stdout and result.stderr == ""
+    assert "Checked  the database only: its images could not be read (below)" in result.stdout
     assert dump(indexed) == before
     assert kinds(check(indexed)) == ["schema"]
+    as_json = json.loads(run_cli("doctor", "--format", "json", "--library", str(indexed)).stdout)
+    assert as_json["contents_read"] is False and as_json["healthy"] is False
 
 
 def dump(library_dir: Path) -> list[str]:
@@ -292,6 +295,7 @@ def test_a_damaged_database_is_reported_and_left_alone(indexed: Path, photos: Pa
 
     found = check(indexed)
     assert kinds(found) == ["database"] and not found.problems[0].repairable
+    assert not found.contents_read  # nothing read from a damaged file can be trusted
     assert "Restore it from a backup" in found.problems[0].message
     assert repair(indexed).repairs == []
     assert db_path.read_bytes() == bytes(data)
@@ -316,7 +320,7 @@ def test_doctor_command(indexed: Path, photos: Path) -> None:
         "and keeps their ids). (pixsift doctor --repair fixes this)" in sick.stdout
     )
     as_json = json.loads(runner.invoke(app, ["doctor", "-f", "json", "--library", str(indexed)]).stdout)
-    assert as_json["healthy"] is False
+    assert as_json["healthy"] is False and as_json["contents_read"] is True
     assert as_json["problems"] == [
         {
             "kind": "missing-files",

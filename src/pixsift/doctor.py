@@ -49,6 +49,7 @@ class HealthReport:
     """What a check found (and, after a repair, what the repair did)."""
 
     library: Path
+    contents_read: bool = False  # False when damage or a missing table stopped the check first
     images: int = 0  # image rows in the database
     vectors: int = 0  # stored vectors
     index_vectors: int | None = None  # vectors in the search index file, once caught up
@@ -104,6 +105,7 @@ def check(catalog: Catalog, index_path: Path, *, seed: int = 0) -> HealthReport:
 
 def _check_vectors(catalog: Catalog, report: HealthReport) -> None:
     counts = catalog.counts()
+    report.contents_read = True
     report.images, report.vectors = counts.total, counts.indexed
     orphans = catalog.orphan_vector_ids()
     if orphans:

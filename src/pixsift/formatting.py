@@ -212,11 +212,13 @@ def eval_as_json(report: EvalReport) -> str:
 def format_health(report: HealthReport) -> str:
     """What `pixsift doctor` found and did, problems first."""
     index = "none" if report.index_vectors is None else f"{report.index_vectors:,} vectors"
-    lines = [
-        f"Library  {report.library}",
-        f"Checked  {report.images:,} images, {report.vectors:,} stored vectors, search index {index}, "
-        f"{report.sampled} vectors compared",
-    ]
+    checked = (
+        f"{report.images:,} images, {report.vectors:,} stored vectors, search index {index}, "
+        f"{report.sampled} vectors compared"
+        if report.contents_read
+        else "the database only: its images could not be read (below)"
+    )
+    lines = [f"Library  {report.library}", f"Checked  {checked}"]
     lines += [f"repaired: {action}" for action in report.repairs]
     lines += [f"note: {note}" for note in report.notes]
     for problem in report.problems:
@@ -230,6 +232,7 @@ def health_as_json(report: HealthReport) -> str:
     data = {
         "library": str(report.library),
         "healthy": report.healthy,
+        "contents_read": report.contents_read,  # false: images and vectors were not counted
         "images": report.images,
         "vectors": report.vectors,
         "index_vectors": report.index_vectors,
