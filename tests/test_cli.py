@@ -437,6 +437,36 @@ def test_exit_codes_of_the_real_command(tmp_path: Path) -> None:
     assert usage.returncode == 2 and "Invalid value" in usage.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["search", "x", "--format", "paths", "--library", "{library}"],
+        ["search", "x", "-k", "100", "--library", "{library}"],
+        ["status", "--library", "{library}"],
+        ["--version"],
+    ],
+)
+def test_output_to_a_closed_pipe_ends_quietly_with_141(indexed: dict[str, Path], args: list[str]) -> None:
+    """As `pixsift search x | head -1` once head has gone, deterministically: the pipe's read end
+    is closed before pixsift starts, so its first write finds no reader."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pixsift", *(a.format(library=indexed["library"]) for a in args)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    # 128 + SIGPIPE, as a shell shows for a Unix tool; not 1, kept for errors with a message,
+    # and no "Exception ignored ... BrokenPipeError" from Python's exit
+    assert (result.returncode, result.stderr) == (141, "")
+
+
 runner = CliRunner()
 
 
