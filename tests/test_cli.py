@@ -282,6 +282,22 @@ def test_a_newline_in_a_file_name_stays_in_its_row(tmp_path: Path, tiny_model: T
     assert json.loads(as_json.stdout)[0]["path"] == str(photos / "two\nlines.jpg")
 
 
+def test_paths0_keeps_a_name_with_a_newline_whole(tmp_path: Path, tiny_model: TinyModel) -> None:
+    photos = tmp_path / "photos"
+    first, second = write_photos(photos, 2)
+    first = first.rename(photos / "two\nlines.jpg")
+    library = ["--library", str(tmp_path / "lib")]
+    assert run_cli("index", str(photos), *library, *tiny_model.index_args()).returncode == 0
+    as_json = run_cli("search", "x", "-f", "json", *library)
+    found = run_cli("search", "x", "--format", "paths0", *library)
+    assert (found.returncode, found.stderr) == (0, "")
+    # each path ended by a NUL, nothing else: what xargs -0 reads as two file names
+    assert found.stdout.split("\0") == [item["path"] for item in json.loads(as_json.stdout)] + [""]
+    assert sorted(found.stdout.split("\0")[:-1]) == sorted([str(first), str(second)])
+    alike = run_cli("similar", str(second), "-f", "paths0", *library)
+    assert (alike.returncode, alike.stdout) == (0, f"{first}\0")
+
+
 def indexed_count(library: Path) -> int:
     try:
         with sqlite3.connect(f"file:{library / 'library.db'}?mode=ro", uri=True, timeout=5) as db:

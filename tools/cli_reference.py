@@ -27,7 +27,9 @@ output stops early (`| head -1`). See docs/reliability.md.
 `search` and `similar` with `--format json` print a list of results, `--format jsonl` one
 result a line, each with the fields of the Python API's `SearchResult`: `rank`, `score` (cosine
 similarity, a number), `path` (absolute), `id`, `width`, `height` and `format` (as Pillow
-names it, e.g. `"JPEG"`).
+names it, e.g. `"JPEG"`). `--format paths` prints one path a line; `--format paths0` ends each
+path with a NUL byte instead, as `find -print0` does, for `xargs -0`: a file name may hold a
+newline.
 """
 
 

@@ -193,7 +193,11 @@ WaitOpt = Annotated[
 ]
 FormatOpt = Annotated[
     ResultFormat,
-    typer.Option("--format", "-f", help="table, paths (one per line), json or jsonl."),
+    typer.Option(
+        "--format",
+        "-f",
+        help="table, paths (one per line), paths0 (each ended by a NUL, for xargs -0), json or jsonl.",
+    ),
 ]
 
 
@@ -650,7 +654,7 @@ def _print_results(results: list[SearchResult], output: ResultFormat) -> None:
 
     text = format_results(results, output)
     if text:
-        typer.echo(text)
+        typer.echo(text, nl=output is not ResultFormat.paths0)
     if not results:
         typer.echo("No matching images.", err=True)
 
