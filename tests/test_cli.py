@@ -102,6 +102,24 @@ def test_search_table(indexed: dict[str, Path]) -> None:
     assert all(Path(row.split(maxsplit=2)[2]).is_file() for row in rows)
 
 
+def test_search_table_columns_hold_negative_scores(indexed: dict[str, Path]) -> None:
+    library = ["--library", str(indexed["library"]), "-k", "13"]
+    # "x" pulled away from tenfold itself: the query is minus "x", whose scores are those of "x"
+    # negated, so one of the two tables has negative scores whatever the model
+    tables = [run_cli("search", "x", *library), run_cli("search", "x", "--minus", "10*x", *library)]
+    scores = []
+    for table in tables:
+        assert table.returncode == 0, table.stderr
+        header, *rows = table.stdout.splitlines()
+        path_at = header.index("path")
+        for row in rows:
+            _rank, score = row[:path_at].split()
+            assert row[path_at:].startswith(str(indexed["photos"]))  # every path in the path column
+            assert row.index(score) + len(score) == header.index("score") + len("score")
+            scores.append(float(score))
+    assert min(scores) < 0
+
+
 def test_search_formats_agree(indexed: dict[str, Path]) -> None:
     library = str(indexed["library"])
     as_json = json.loads(run_cli("search", "a red car", "-k", "4", "-f", "json", "--library", library).stdout)
@@ -275,7 +293,7 @@ def test_a_newline_in_a_file_name_stays_in_its_row(tmp_path: Path, tiny_model: T
     library = ["--library", str(tmp_path / "lib")]
     assert run_cli("index", str(photos), *library, *tiny_model.index_args()).returncode == 0
     table = run_cli("search", "x", *library)
-    assert table.stdout.splitlines()[1:] == [f"   1  {table.stdout.split()[-2]}  {photos}/two\\nlines.jpg"]
+    assert table.stdout.splitlines()[1:] == [f"   1  {table.stdout.split()[-2]:>7}  {photos}/two\\nlines.jpg"]
     status = run_cli("status", *library)
     assert f"{photos}  (last indexed" in status.stdout
     as_json = run_cli("search", "x", "-f", "json", *library)  # machine formats keep the name exact

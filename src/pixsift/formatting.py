@@ -51,8 +51,9 @@ def format_results(results: Sequence[SearchResult], fmt: ResultFormat) -> str:
         return "\n".join(str(r.path) for r in results)
     if fmt is ResultFormat.paths0:
         return "".join(f"{r.path}\0" for r in results)
-    lines = [f"{'rank':>4}  {'score':>6}  path"]
-    lines += [f"{r.rank:>4}  {r.score:>6.4f}  {shown(r.path)}" for r in results]
+    # Seven characters: a cosine may be negative ("-0.0536"), and its sign must not push the path.
+    lines = [f"{'rank':>4}  {'score':>7}  path"]
+    lines += [f"{r.rank:>4}  {r.score:>7.4f}  {shown(r.path)}" for r in results]
     return "\n".join(lines)
 
 
