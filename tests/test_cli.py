@@ -93,6 +93,15 @@ def test_forget_a_folder_gone_for_good(photos: Path, tiny_model: TinyModel, tmp_
     assert unknown.stderr == f"error: {photos} is not an indexed folder (indexed folders: none yet).\n"
 
 
+@pytest.mark.parametrize("folder", ["", "  "])
+def test_forget_an_empty_path_says_it_is_empty(indexed: dict[str, Path], folder: str) -> None:
+    result = run_cli("forget", folder, "--library", str(indexed["library"]))  # pixsift forget "$UNSET"
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: The folder path is empty: name an indexed folder (indexed folders: {indexed['photos']}).\n"
+    )
+
+
 def test_search_table(indexed: dict[str, Path]) -> None:
     result = run_cli("search", "dog running on a beach", "-k", "3", "--library", str(indexed["library"]))
     assert result.returncode == 0, result.stderr

@@ -81,9 +81,13 @@ def drop_roots_except(catalog: Catalog, kept: set[str]) -> None:
 
 def root_named(folder: str | os.PathLike[str], roots: Sequence[str]) -> str:
     """The indexed folder `folder` names, however written (it may no longer exist)."""
+    known = ", ".join(roots) or "none yet"
+    if not os.fspath(folder).strip():  # an unset variable ("$OLD"): say so, not " is not indexed"
+        raise InvalidPathError(
+            f"The folder path is empty: name an indexed folder (indexed folders: {known})."
+        )
     written = os.path.expanduser(os.fspath(folder))
     for candidate in (os.path.abspath(written), os.path.realpath(written)):
         if candidate in roots:
             return candidate
-    known = ", ".join(roots) or "none yet"
     raise InvalidPathError(f"{os.fspath(folder)} is not an indexed folder (indexed folders: {known}).")
