@@ -564,6 +564,23 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     assert runner.invoke(app, args).exit_code == 2
 
 
+def test_wait_help_names_every_run_that_holds_the_library() -> None:
+    """Not only indexing: a repair, a forget or a server's job holds the library too, and the
+    busy message says "Another pixsift run is indexing or repairing..."."""
+    import typer
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    helps = {
+        name: next(param.help for param in command.params if param.name == "wait")
+        for name, command in commands.items()
+        if any(param.name == "wait" for param in command.params)
+    }
+    assert sorted(helps) == ["doctor", "forget", "index", "reindex"]
+    for name, text in helps.items():
+        assert "another pixsift run is indexing or repairing this library" in text, name
+        assert "process" not in text, name
+
+
 def test_every_command_has_help() -> None:
     import typer
 

@@ -188,7 +188,9 @@ WaitOpt = Annotated[
         "--wait",
         min=0,
         metavar="SECONDS",
-        help="Seconds to wait for another pixsift process that is indexing this library (0: refuse at once).",
+        # Any run that writes holds the library: an index run, a repair, a forget, a server's job.
+        help="Seconds to wait while another pixsift run is indexing or repairing this library "
+        "(0: refuse at once).",
     ),
 ]
 FormatOpt = Annotated[
