@@ -545,6 +545,22 @@ def test_user_errors_are_one_line_and_exit_1(args: list[str], message: str, tmp_
     assert result.stdout == ""
 
 
+def test_a_file_given_as_the_library_is_named_a_file(indexed: dict[str, Path], tmp_path: Path) -> None:
+    photo = indexed["photos"] / "photo_0100.jpg"
+    database = indexed["library"] / "library.db"
+    for args in (["status"], ["search", "x"], ["index", str(indexed["photos"])]):
+        result = runner.invoke(app, [*args, "--library", str(photo)])
+        # not "No pixsift library ... create one by indexing": an index run there fails as well
+        assert (result.exit_code, result.stdout) == (1, ""), args
+        assert result.stderr == f"error: Library path {photo} is a file, not a library folder.\n"
+    result = runner.invoke(app, ["status", "--library", str(database)])  # the library's own database
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: Library path {database} is a file, not a library folder; "
+        f"give the folder that holds it, {indexed['library']}.\n"
+    )
+
+
 def test_searching_an_empty_library_says_what_to_do(tmp_path: Path) -> None:
     from pixsift import Library
 
