@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 import crash_soak
 from conftest import TinyModel, needs_permissions, run_cli
 from crash_soak import PAUSE_ENV
-from pixsift import Library, SearchResult
+from pixsift import InvalidPathError, Library, SearchResult
 from pixsift.cli import app
 from sample_photos import write_photos
 
@@ -559,6 +559,21 @@ def test_a_file_given_as_the_library_is_named_a_file(indexed: dict[str, Path], t
         f"error: Library path {database} is a file, not a library folder; "
         f"give the folder that holds it, {indexed['library']}.\n"
     )
+
+
+def test_index_refuses_an_empty_folder_path(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(photos)  # where pixsift index "$UNSET" indexed the working directory
+    result = runner.invoke(app, ["index", "", "--library", str(tmp_path / "lib")])
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert (
+        result.stderr
+        == "error: A folder path to index is empty: name a folder, e.g. pixsift index ~/Photos\n"
+    )
+    assert not (tmp_path / "lib").exists()  # refused before a library is made
+    with Library.open(tmp_path / "api-lib") as library, pytest.raises(InvalidPathError, match="is empty"):
+        library.index(" ")
 
 
 def test_searching_an_empty_library_says_what_to_do(tmp_path: Path) -> None:

@@ -246,11 +246,12 @@ def _open(
 @app.command()
 def index(
     folders: Annotated[
-        Optional[list[Path]],  # noqa: UP045
+        # Text, not Paths: typer would turn an empty one ("$UNSET") into "." and index the
+        # working directory; the library refuses it. (No read access check: _NO_ACCESS_CHECK.)
+        Optional[list[str]],  # noqa: UP045
         typer.Argument(
             help="Folders to index. Default: every folder indexed before.",
             show_default=False,
-            readable=False,  # see _NO_ACCESS_CHECK
         ),
     ] = None,
     library: LibraryOpt = None,

@@ -35,6 +35,8 @@ def root_requests(
 
 
 def new_root(root: str | os.PathLike[str], include_hidden: bool, follow_symlinks: bool) -> RootRequest:
+    if not os.fspath(root).strip():  # Path("") is the working directory: an unset "$DIR" would index it
+        raise InvalidPathError("A folder path to index is empty: name a folder, e.g. pixsift index ~/Photos")
     folder = Path(root).expanduser()
     if not folder.exists():
         raise InvalidPathError(f"Folder {folder} does not exist.")
