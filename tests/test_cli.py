@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 import crash_soak
 from conftest import TinyModel, needs_permissions, run_cli
 from crash_soak import PAUSE_ENV
-from pixsift import Library, SearchResult
+from pixsift import InvalidPathError, Library, SearchResult
 from pixsift.cli import app
 from sample_photos import write_photos
 
@@ -93,6 +93,15 @@ def test_forget_a_folder_gone_for_good(photos: Path, tiny_model: TinyModel, tmp_
     assert unknown.stderr == f"error: {photos} is not an indexed folder (indexed folders: none yet).\n"
 
 
+@pytest.mark.parametrize("folder", ["", "  "])
+def test_forget_an_empty_path_says_it_is_empty(indexed: dict[str, Path], folder: str) -> None:
+    result = run_cli("forget", folder, "--library", str(indexed["library"]))  # pixsift forget "$UNSET"
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: The folder path is empty: name an indexed folder (indexed folders: {indexed['photos']}).\n"
+    )
+
+
 def test_search_table(indexed: dict[str, Path]) -> None:
     result = run_cli("search", "dog running on a beach", "-k", "3", "--library", str(indexed["library"]))
     assert result.returncode == 0, result.stderr
@@ -100,6 +109,24 @@ def test_search_table(indexed: dict[str, Path]) -> None:
     assert header.split() == ["rank", "score", "path"]
     assert [row.split()[0] for row in rows] == ["1", "2", "3"]
     assert all(Path(row.split(maxsplit=2)[2]).is_file() for row in rows)
+
+
+def test_search_table_columns_hold_negative_scores(indexed: dict[str, Path]) -> None:
+    library = ["--library", str(indexed["library"]), "-k", "13"]
+    # "x" pulled away from tenfold itself: the query is minus "x", whose scores are those of "x"
+    # negated, so one of the two tables has negative scores whatever the model
+    tables = [run_cli("search", "x", *library), run_cli("search", "x", "--minus", "10*x", *library)]
+    scores = []
+    for table in tables:
+        assert table.returncode == 0, table.stderr
+        header, *rows = table.stdout.splitlines()
+        path_at = header.index("path")
+        for row in rows:
+            _rank, score = row[:path_at].split()
+            assert row[path_at:].startswith(str(indexed["photos"]))  # every path in the path column
+            assert row.index(score) + len(score) == header.index("score") + len("score")
+            scores.append(float(score))
+    assert min(scores) < 0
 
 
 def test_search_formats_agree(indexed: dict[str, Path]) -> None:
@@ -275,11 +302,27 @@ def test_a_newline_in_a_file_name_stays_in_its_row(tmp_path: Path, tiny_model: T
     library = ["--library", str(tmp_path / "lib")]
     assert run_cli("index", str(photos), *library, *tiny_model.index_args()).returncode == 0
     table = run_cli("search", "x", *library)
-    assert table.stdout.splitlines()[1:] == [f"   1  {table.stdout.split()[-2]}  {photos}/two\\nlines.jpg"]
+    assert table.stdout.splitlines()[1:] == [f"   1  {table.stdout.split()[-2]:>7}  {photos}/two\\nlines.jpg"]
     status = run_cli("status", *library)
     assert f"{photos}  (last indexed" in status.stdout
     as_json = run_cli("search", "x", "-f", "json", *library)  # machine formats keep the name exact
     assert json.loads(as_json.stdout)[0]["path"] == str(photos / "two\nlines.jpg")
+
+
+def test_paths0_keeps_a_name_with_a_newline_whole(tmp_path: Path, tiny_model: TinyModel) -> None:
+    photos = tmp_path / "photos"
+    first, second = write_photos(photos, 2)
+    first = first.rename(photos / "two\nlines.jpg")
+    library = ["--library", str(tmp_path / "lib")]
+    assert run_cli("index", str(photos), *library, *tiny_model.index_args()).returncode == 0
+    as_json = run_cli("search", "x", "-f", "json", *library)
+    found = run_cli("search", "x", "--format", "paths0", *library)
+    assert (found.returncode, found.stderr) == (0, "")
+    # each path ended by a NUL, nothing else: what xargs -0 reads as two file names
+    assert found.stdout.split("\0") == [item["path"] for item in json.loads(as_json.stdout)] + [""]
+    assert sorted(found.stdout.split("\0")[:-1]) == sorted([str(first), str(second)])
+    alike = run_cli("similar", str(second), "-f", "paths0", *library)
+    assert (alike.returncode, alike.stdout) == (0, f"{first}\0")
 
 
 def indexed_count(library: Path) -> int:
@@ -437,6 +480,36 @@ def test_exit_codes_of_the_real_command(tmp_path: Path) -> None:
     assert usage.returncode == 2 and "Invalid value" in usage.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["search", "x", "--format", "paths", "--library", "{library}"],
+        ["search", "x", "-k", "100", "--library", "{library}"],
+        ["status", "--library", "{library}"],
+        ["--version"],
+    ],
+)
+def test_output_to_a_closed_pipe_ends_quietly_with_141(indexed: dict[str, Path], args: list[str]) -> None:
+    """As `pixsift search x | head -1` once head has gone, deterministically: the pipe's read end
+    is closed before pixsift starts, so its first write finds no reader."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pixsift", *(a.format(library=indexed["library"]) for a in args)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    # 128 + SIGPIPE, as a shell shows for a Unix tool; not 1, kept for errors with a message,
+    # and no "Exception ignored ... BrokenPipeError" from Python's exit
+    assert (result.returncode, result.stderr) == (141, "")
+
+
 runner = CliRunner()
 
 
@@ -472,6 +545,37 @@ def test_user_errors_are_one_line_and_exit_1(args: list[str], message: str, tmp_
     assert result.stdout == ""
 
 
+def test_a_file_given_as_the_library_is_named_a_file(indexed: dict[str, Path], tmp_path: Path) -> None:
+    photo = indexed["photos"] / "photo_0100.jpg"
+    database = indexed["library"] / "library.db"
+    for args in (["status"], ["search", "x"], ["index", str(indexed["photos"])]):
+        result = runner.invoke(app, [*args, "--library", str(photo)])
+        # not "No pixsift library ... create one by indexing": an index run there fails as well
+        assert (result.exit_code, result.stdout) == (1, ""), args
+        assert result.stderr == f"error: Library path {photo} is a file, not a library folder.\n"
+    result = runner.invoke(app, ["status", "--library", str(database)])  # the library's own database
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: Library path {database} is a file, not a library folder; "
+        f"give the folder that holds it, {indexed['library']}.\n"
+    )
+
+
+def test_index_refuses_an_empty_folder_path(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(photos)  # where pixsift index "$UNSET" indexed the working directory
+    result = runner.invoke(app, ["index", "", "--library", str(tmp_path / "lib")])
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert (
+        result.stderr
+        == "error: A folder path to index is empty: name a folder, e.g. pixsift index ~/Photos\n"
+    )
+    assert not (tmp_path / "lib").exists()  # refused before a library is made
+    with Library.open(tmp_path / "api-lib") as library, pytest.raises(InvalidPathError, match="is empty"):
+        library.index(" ")
+
+
 def test_searching_an_empty_library_says_what_to_do(tmp_path: Path) -> None:
     from pixsift import Library
 
@@ -489,6 +593,23 @@ def test_searching_an_empty_library_says_what_to_do(tmp_path: Path) -> None:
 )
 def test_usage_errors_exit_2(args: list[str]) -> None:
     assert runner.invoke(app, args).exit_code == 2
+
+
+def test_wait_help_names_every_run_that_holds_the_library() -> None:
+    """Not only indexing: a repair, a forget or a server's job holds the library too, and the
+    busy message says "Another pixsift run is indexing or repairing..."."""
+    import typer
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    helps = {
+        name: next(param.help for param in command.params if param.name == "wait")
+        for name, command in commands.items()
+        if any(param.name == "wait" for param in command.params)
+    }
+    assert sorted(helps) == ["doctor", "forget", "index", "reindex"]
+    for name, text in helps.items():
+        assert "another pixsift run is indexing or repairing this library" in text, name
+        assert "process" not in text, name
 
 
 def test_every_command_has_help() -> None:

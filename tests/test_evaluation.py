@@ -111,6 +111,31 @@ def test_eval_command_prints_a_table_and_json(indexed: Library, photos: Path, tm
     assert data["mrr@2"] == 1.0 and data["per_query"][0]["ranks"] == [1]
 
 
+def test_eval_json_names_each_query_as_the_file_does(indexed: Library, photos: Path, tmp_path: Path) -> None:
+    twin = str(photos / "twin.jpg")
+    queries = write_queries(
+        tmp_path / "q.jsonl",
+        {"image": twin, "relevant": [str(photos / "photo_0100.jpg")]},
+        "",
+        {"query": f"image {twin}", "relevant": ["Photos/*.jpg"]},  # the words an image query shows as
+    )
+    for cutoffs in ("1,5,10", "3"):
+        result = runner.invoke(
+            app, ["eval", str(queries), "--library", str(indexed.path), "-f", "json", "--cutoffs", cutoffs]
+        )
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.output)
+        depth = max(int(k) for k in cutoffs.split(","))
+        # the same keys whatever the cut-offs, the older mrr@DEPTH beside them
+        assert (data["mrr"], data["mrr_depth"]) == (data[f"mrr@{depth}"], depth)
+        image, text = data["per_query"]
+        assert image["query"] == text["query"] == f"image {twin}"
+        assert (image["image"], image["text"], image["line"]) == (twin, None, 1)
+        assert (text["image"], text["text"], text["line"]) == (None, f"image {twin}", 3)
+    outcome = indexed.evaluate(queries).per_query[1]  # the Python API carries them too
+    assert (outcome.text, outcome.image, outcome.line) == (f"image {twin}", None, 3)
+
+
 @pytest.mark.parametrize(
     ("lines", "message"),
     [

@@ -21,12 +21,15 @@ everywhere, and `pixsift --version` prints the version.
 Exit codes: 0 on success (also when a search finds nothing; a message goes to stderr), 1 on a
 user error (a one-line message on stderr), 2 on bad usage, 3 when the command finished but found
 trouble (`index`: some files or folders could not be read, the rest was indexed; `doctor`:
-problems remain), 130 when interrupted (Ctrl-C). See docs/reliability.md.
+problems remain), 130 when interrupted (Ctrl-C), 141 (quietly) when the program reading the
+output stops early (`| head -1`). See docs/reliability.md.
 
 `search` and `similar` with `--format json` print a list of results, `--format jsonl` one
 result a line, each with the fields of the Python API's `SearchResult`: `rank`, `score` (cosine
 similarity, a number), `path` (absolute), `id`, `width`, `height` and `format` (as Pillow
-names it, e.g. `"JPEG"`).
+names it, e.g. `"JPEG"`). `--format paths` prints one path a line; `--format paths0` ends each
+path with a NUL byte instead, as `find -print0` does, for `xargs -0`: a file name may hold a
+newline.
 """
 
 

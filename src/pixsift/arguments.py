@@ -50,13 +50,14 @@ def check_diversity(diversity: float) -> None:
 
 def check_min_score(min_score: float | None) -> None:
     """Refuse a NaN or infinite threshold: NaN compares false with every score, so it would
-    silently return nothing."""
+    silently return nothing. Worded for both faces: min_score to the API, --min-score on the
+    command line."""
     if min_score is None:
         return
     if isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.floating)):
-        raise QueryError(f"min_score must be a number, not {min_score!r}.")
+        raise QueryError(f"The minimum score must be a number, not {min_score!r}.")
     if not math.isfinite(min_score):
-        raise QueryError(f"min_score must be a finite number, not {min_score}.")
+        raise QueryError(f"The minimum score must be a finite number, not {min_score}.")
 
 
 def unit_query_vector(vector: np.ndarray) -> np.ndarray:

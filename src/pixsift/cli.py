@@ -3,22 +3,24 @@
 Exit codes: 0 on success (also when a search finds nothing: the message goes to stderr),
 1 on a user error (one line on stderr, never a traceback), 2 on bad usage, 3 when a command
 finished but found trouble (files an index run could not read, problems doctor left), 130 on
-Ctrl-C.
+Ctrl-C, 141 when the output's reader stopped reading (`| head -1`), as other Unix tools do.
 """
 
 from __future__ import annotations
 
 import codecs
+import os
 import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from pixsift import __version__
 from pixsift.config import LOCK_WAIT_S
@@ -36,11 +38,46 @@ if TYPE_CHECKING:
 EXIT_USER_ERROR = 1
 EXIT_TROUBLE = 3  # finished, but some files could not be read, or problems remain
 EXIT_INTERRUPTED = 130
+EXIT_CLOSED_PIPE = 128 + 13  # 128 + SIGPIPE: what a shell shows for a tool its pipe stopped
 _PILLOW_BOMB_WARNING = r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels"
 _PILLOW_EXIF_WARNING = r"(Possibly )?[Cc]orrupt EXIF"
 
+
+@contextmanager
+def _quiet_on_closed_pipe() -> Iterator[None]:
+    """End quietly with 141 when the reader of the output has gone (`pixsift search x | head -1`):
+    typer would exit with 1, which pixsift keeps for errors it explains."""
+    try:
+        yield
+    except BrokenPipeError:
+        # What is still buffered would fail again at exit, where Python prints "Exception
+        # ignored ... BrokenPipeError": let it go to /dev/null instead.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(OSError, ValueError):  # not a real file (a test runner's capture)
+                os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+        sys.exit(EXIT_CLOSED_PIPE)
+
+
+class _Commands(TyperGroup):
+    """pixsift's commands, with a closed output pipe handled where they write: in a command
+    (`invoke`) and in `--version` (`make_context`). Help is printed by rich, which handles a
+    closed pipe itself (exit 1, no traceback)."""
+
+    # Untyped on purpose: typer vendors its own click, whose classes it does not export.
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _quiet_on_closed_pipe():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, *args: Any, **kwargs: Any) -> Any:
+        with _quiet_on_closed_pipe():
+            return super().invoke(*args, **kwargs)
+
+
 app = typer.Typer(
     name="pixsift",
+    cls=_Commands,
     help="Semantic image search: index photo folders with CLIP, then search them by text or image.",
     no_args_is_help=True,
     add_completion=False,
@@ -151,12 +188,18 @@ WaitOpt = Annotated[
         "--wait",
         min=0,
         metavar="SECONDS",
-        help="Seconds to wait for another pixsift process that is indexing this library (0: refuse at once).",
+        # Any run that writes holds the library: an index run, a repair, a forget, a server's job.
+        help="Seconds to wait while another pixsift run is indexing or repairing this library "
+        "(0: refuse at once).",
     ),
 ]
 FormatOpt = Annotated[
     ResultFormat,
-    typer.Option("--format", "-f", help="table, paths (one per line), json or jsonl."),
+    typer.Option(
+        "--format",
+        "-f",
+        help="table, paths (one per line), paths0 (each ended by a NUL, for xargs -0), json or jsonl.",
+    ),
 ]
 
 
@@ -203,11 +246,12 @@ def _open(
 @app.command()
 def index(
     folders: Annotated[
-        Optional[list[Path]],  # noqa: UP045
+        # Text, not Paths: typer would turn an empty one ("$UNSET") into "." and index the
+        # working directory; the library refuses it. (No read access check: _NO_ACCESS_CHECK.)
+        Optional[list[str]],  # noqa: UP045
         typer.Argument(
             help="Folders to index. Default: every folder indexed before.",
             show_default=False,
-            readable=False,  # see _NO_ACCESS_CHECK
         ),
     ] = None,
     library: LibraryOpt = None,
@@ -613,7 +657,7 @@ def _print_results(results: list[SearchResult], output: ResultFormat) -> None:
 
     text = format_results(results, output)
     if text:
-        typer.echo(text)
+        typer.echo(text, nl=output is not ResultFormat.paths0)
     if not results:
         typer.echo("No matching images.", err=True)
 

@@ -44,12 +44,18 @@ class LabelledQuery:
 
 @dataclass(frozen=True)
 class QueryOutcome:
-    """How one query fared: where its relevant images ranked (1-based) among the results."""
+    """How one query fared: where its relevant images ranked (1-based) among the results.
+
+    `query` describes it for people ("image /path" for an image query); `text` or `image`
+    says which it was, and `line` where it is in the query file (0 when not from a file)."""
 
     query: str
     relevant: int
     ranks: tuple[int, ...]
     latency_ms: float
+    line: int = 0
+    text: str | None = None
+    image: str | None = None
 
     def recall(self, k: int) -> float:
         return sum(rank <= k for rank in self.ranks) / self.relevant
@@ -106,11 +112,16 @@ class EvalReport:
             "model": self.model,
             "recall": {str(k): round(self.recall(k), 4) for k in self.cutoffs},
             "precision": {str(k): round(self.precision(k), 4) for k in self.cutoffs},
-            f"mrr@{self.depth}": round(self.mrr, 4),
+            f"mrr@{self.depth}": round(self.mrr, 4),  # kept for scripts that read it so
+            "mrr": round(self.mrr, 4),  # a key that does not move with the cut-offs
+            "mrr_depth": self.depth,
             "median_latency_ms": round(self.median_latency_ms, 2),
             "per_query": [
                 {
                     "query": o.query,
+                    "line": o.line,
+                    "text": o.text,
+                    "image": o.image,
                     "relevant": o.relevant,
                     "ranks": list(o.ranks),
                     "latency_ms": round(o.latency_ms, 2),
@@ -235,7 +246,11 @@ def evaluate(
         results = _run(search, query, depth)
         latency_ms = (time.perf_counter() - started) * 1000
         ranks = tuple(hit.rank for hit in results if str(hit.path) in relevant)
-        outcomes.append(QueryOutcome(query.describe(), len(relevant), ranks, latency_ms))
+        outcomes.append(
+            QueryOutcome(
+                query.describe(), len(relevant), ranks, latency_ms, query.line, query.text, query.image
+            )
+        )
     return EvalReport(cutoffs, len(indexed), tuple(outcomes), model)
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the command line imports this module before it needs the co
 class ResultFormat(StrEnum):
     table = "table"
     paths = "paths"
+    paths0 = "paths0"  # each path ended by a NUL, as find -print0: a name may hold a newline
     json = "json"
     jsonl = "jsonl"
 
@@ -38,7 +39,8 @@ class StatusFormat(StrEnum):
 
 
 def format_results(results: Sequence[SearchResult], fmt: ResultFormat) -> str:
-    """Search results as text; empty for no results, except JSON's `[]`."""
+    """Search results as text; empty for no results, except JSON's `[]`. Every format but
+    `paths0` (which ends each path with its NUL) is printed with a newline after it."""
     if fmt is ResultFormat.json:
         return json.dumps([r.to_dict() for r in results], indent=2)
     if not results:
@@ -47,8 +49,11 @@ def format_results(results: Sequence[SearchResult], fmt: ResultFormat) -> str:
         return "\n".join(json.dumps(r.to_dict()) for r in results)
     if fmt is ResultFormat.paths:
         return "\n".join(str(r.path) for r in results)
-    lines = [f"{'rank':>4}  {'score':>6}  path"]
-    lines += [f"{r.rank:>4}  {r.score:>6.4f}  {shown(r.path)}" for r in results]
+    if fmt is ResultFormat.paths0:
+        return "".join(f"{r.path}\0" for r in results)
+    # Seven characters: a cosine may be negative ("-0.0536"), and its sign must not push the path.
+    lines = [f"{'rank':>4}  {'score':>7}  path"]
+    lines += [f"{r.rank:>4}  {r.score:>7.4f}  {shown(r.path)}" for r in results]
     return "\n".join(lines)
 
 

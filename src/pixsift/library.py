@@ -134,12 +134,14 @@ class Library:
         folder = resolve_library_dir(path)
         db_path = folder / DB_NAME
         if not db_path.is_file():
+            if folder.exists() and not folder.is_dir():
+                # Not "no library, index to make one": an index run there would fail too.
+                error = InvalidPathError if create else LibraryNotFoundError
+                raise error(_not_a_folder(folder))
             if not create:
                 raise LibraryNotFoundError(
                     f"No pixsift library at {folder}. Create one by indexing a folder: pixsift index ~/Photos"
                 )
-            if folder.exists() and not folder.is_dir():
-                raise InvalidPathError(f"Library path {folder} exists and is not a folder.")
             _make_library_folder(folder)
         return cls(
             folder,
@@ -650,6 +652,12 @@ class Library:
             after = doctor.check(self._catalog, self.index_path)
         after.repairs = done
         return after
+
+
+def _not_a_folder(path: Path) -> str:
+    """Why a file cannot be a library, with the likely meant folder for its own database."""
+    hint = f"; give the folder that holds it, {path.parent}" if path.name == DB_NAME else ""
+    return f"Library path {path} is a file, not a library folder{hint}."
 
 
 def _make_library_folder(folder: Path) -> None:

@@ -35,6 +35,8 @@ def root_requests(
 
 
 def new_root(root: str | os.PathLike[str], include_hidden: bool, follow_symlinks: bool) -> RootRequest:
+    if not os.fspath(root).strip():  # Path("") is the working directory: an unset "$DIR" would index it
+        raise InvalidPathError("A folder path to index is empty: name a folder, e.g. pixsift index ~/Photos")
     folder = Path(root).expanduser()
     if not folder.exists():
         raise InvalidPathError(f"Folder {folder} does not exist.")
@@ -81,9 +83,13 @@ def drop_roots_except(catalog: Catalog, kept: set[str]) -> None:
 
 def root_named(folder: str | os.PathLike[str], roots: Sequence[str]) -> str:
     """The indexed folder `folder` names, however written (it may no longer exist)."""
+    known = ", ".join(roots) or "none yet"
+    if not os.fspath(folder).strip():  # an unset variable ("$OLD"): say so, not " is not indexed"
+        raise InvalidPathError(
+            f"The folder path is empty: name an indexed folder (indexed folders: {known})."
+        )
     written = os.path.expanduser(os.fspath(folder))
     for candidate in (os.path.abspath(written), os.path.realpath(written)):
         if candidate in roots:
             return candidate
-    known = ", ".join(roots) or "none yet"
     raise InvalidPathError(f"{os.fspath(folder)} is not an indexed folder (indexed folders: {known}).")
