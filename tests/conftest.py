@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -133,3 +134,9 @@ def run_cli(
         env={**os.environ, **(env or {})},
         check=False,
     )
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """In a child process (`preexec_fn`): Ctrl-C's default action, which a test run started in
+    the background would otherwise pass on as ignored (so the command would rightly not stop)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

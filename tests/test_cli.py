@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 import crash_soak
-from conftest import TinyModel, needs_permissions, run_cli
+from conftest import TinyModel, ctrl_c_as_in_a_terminal, needs_permissions, run_cli
 from crash_soak import PAUSE_ENV
 from pixsift import InvalidPathError, Library, SearchResult
 from pixsift.cli import app
@@ -331,12 +331,6 @@ def indexed_count(library: Path) -> int:
             return int(db.execute("SELECT count(*) FROM embeddings").fetchone()[0])
     except sqlite3.Error:
         return 0
-
-
-def ctrl_c_as_in_a_terminal() -> None:
-    """In the child: Ctrl-C's default action, which a test run started in the background would
-    otherwise pass on as ignored (so the command would rightly not stop)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize(

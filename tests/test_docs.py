@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cli_reference import reference
-from conftest import CLOSED_PORT_URL, PERMISSION_PREFIX, needs_permissions
+from conftest import CLOSED_PORT_URL, PERMISSION_PREFIX, ctrl_c_as_in_a_terminal, needs_permissions
 
 ROOT = Path(__file__).parent.parent
 
@@ -136,7 +136,12 @@ def test_demo_on_a_full_disk_says_so(tmp_path: Path) -> None:
 def test_demo_stopped_with_ctrl_c_says_so(tmp_path: Path) -> None:
     demo = [sys.executable, "-m", "pixsift.demo", "--out", str(tmp_path / "demo")]
     with subprocess.Popen(
-        demo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        demo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,
     ) as process:
         assert process.stdout is not None and process.stdout.readline().startswith("Making 300")
         os.killpg(process.pid, signal.SIGINT)  # as the terminal does, while the images are made
