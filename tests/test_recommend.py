@@ -91,6 +91,21 @@ def test_recommend_accepts_files_and_bytes(library: Library, photos: Path, tmp_p
     assert [hit.id for hit in by_bytes[1:]] == [hit.id for hit in by_id]
 
 
+def test_image_bytes_in_a_buffer_are_one_image_not_ids(library: Library, photos: Path) -> None:
+    """A bytearray or memoryview (an upload's buffer) is an image's bytes, as `bytes` is; one
+    alone was read as a list of image ids, one per byte ("No indexed image has id 255")."""
+    data = (photos / "photo_0104.jpg").read_bytes()
+    expected = [(hit.id, hit.score) for hit in library.recommend(data, k=4)]
+    expected_similar = [(hit.id, hit.score) for hit in library.similar(data, k=4)]
+    for buffer in (bytearray(data), memoryview(data)):
+        assert [(hit.id, hit.score) for hit in library.recommend(buffer, k=4)] == expected
+        assert [(hit.id, hit.score) for hit in library.recommend([buffer], k=4)] == expected  # type: ignore[list-item]
+        similar = library.similar(buffer, k=4)  # type: ignore[arg-type]
+        assert [(hit.id, hit.score) for hit in similar] == expected_similar
+        with pytest.raises(QueryError, match="takes a list of queries"):
+            library.similar_many(buffer)
+
+
 def test_recommend_errors(library: Library) -> None:
     with pytest.raises(QueryError, match="at least one positive"):
         library.recommend([], ["a cat"])
