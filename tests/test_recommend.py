@@ -91,6 +91,39 @@ def test_recommend_accepts_files_and_bytes(library: Library, photos: Path, tmp_p
     assert [hit.id for hit in by_bytes[1:]] == [hit.id for hit in by_id]
 
 
+def test_image_bytes_in_a_buffer_are_one_image_not_ids(library: Library, photos: Path) -> None:
+    """A bytearray or memoryview (an upload's buffer) is an image's bytes, as `bytes` is; one
+    alone was read as a list of image ids, one per byte ("No indexed image has id 255")."""
+    data = (photos / "photo_0104.jpg").read_bytes()
+    expected = [(hit.id, hit.score) for hit in library.recommend(data, k=4)]
+    expected_similar = [(hit.id, hit.score) for hit in library.similar(data, k=4)]
+    for buffer in (bytearray(data), memoryview(data)):
+        assert [(hit.id, hit.score) for hit in library.recommend(buffer, k=4)] == expected
+        assert [(hit.id, hit.score) for hit in library.recommend([buffer], k=4)] == expected  # type: ignore[list-item]
+        similar = library.similar(buffer, k=4)  # type: ignore[arg-type]
+        assert [(hit.id, hit.score) for hit in similar] == expected_similar
+        with pytest.raises(QueryError, match="takes a list of queries"):
+            library.similar_many(buffer)
+
+
+def test_exclude_takes_one_id_and_refuses_what_is_no_id(library: Library, photos: Path) -> None:
+    """One id alone excludes that id; a float, a string or None is a QueryError, where int()
+    had turned 2.7 into image 2, "a" into a ValueError and one id into a TypeError."""
+    liked = id_of(library, photos / "photo_0104.jpg")
+    top = library.recommend([liked], k=3)
+    for one in (top[0].id, np.int64(top[0].id)):
+        assert [hit.id for hit in library.recommend([liked], k=2, exclude=one)] == [h.id for h in top[1:]]
+        vector = library._catalog.vector(liked)
+        assert vector is not None
+        kept = library.search_vector(vector, k=2, exclude_ids=[liked, one])
+        assert [hit.id for hit in kept] == [h.id for h in top[1:]]
+    for wrong in ([top[0].id + 0.7], ["a"], [None], "12", 2.0, [True]):
+        with pytest.raises(QueryError, match="whole numbers"):
+            library.recommend([liked], exclude=wrong)  # type: ignore[arg-type]
+        with pytest.raises(QueryError, match="whole numbers"):
+            library.search_vector(np.ones(64, dtype=np.float32), exclude_ids=wrong)  # type: ignore[arg-type]
+
+
 def test_recommend_errors(library: Library) -> None:
     with pytest.raises(QueryError, match="at least one positive"):
         library.recommend([], ["a cat"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -33,12 +33,27 @@ def check_k(k: int) -> None:
         raise QueryError(f"k (how many results) must be a whole number of at least 1, not {k!r}.")
 
 
-def check_image_id(image_id: int) -> int:
+def check_image_id(image_id: int | np.integer) -> int:
     """An image id as the catalog keys it; a numpy integer is one. A string or a float is
     refused rather than looked up: "3" would be reported as no image, though image 3 exists."""
     if isinstance(image_id, bool) or not isinstance(image_id, (int, np.integer)):
         raise QueryError(f"Image ids are whole numbers, not {image_id!r}.")
     return int(image_id)
+
+
+def excluded_ids(ids: int | np.integer | Iterable[int | np.integer]) -> set[int]:
+    """The ids never to return, as whole numbers; one id may be given alone. A string, a
+    float or None is refused: int() would have turned 2.7 into image 2 and "a" into a
+    ValueError that is no PixsiftError."""
+    if isinstance(ids, (int, np.integer)):
+        return {check_image_id(ids)}
+    if isinstance(ids, (str, bytes)):
+        raise QueryError(f"Ids to exclude are whole numbers, not {ids!r}.")
+    try:
+        items = list(ids)
+    except TypeError:
+        raise QueryError(f"Ids to exclude are whole numbers, not {ids!r}.") from None
+    return {check_image_id(image_id) for image_id in items}
 
 
 def check_diversity(diversity: float) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +24,7 @@ from pixsift.arguments import (
     check_image_id,
     check_k,
     check_run_sizes,
+    excluded_ids,
     index_type_setting,
     memory_budget_setting,
     merge_under,
@@ -357,7 +358,7 @@ class Library:
         k: int = 10,
         *,
         filters: SearchFilters | None = None,
-        exclude: Sequence[int] = (),
+        exclude: int | np.integer | Iterable[int | np.integer] = (),
         diversity: float = 0.0,
         min_score: float | None = None,
         weights: RocchioWeights = DEFAULT_ROCCHIO,
@@ -372,13 +373,14 @@ class Library:
         """
         check_diversity(diversity)
         check_k(k)
+        never = excluded_ids(exclude)
         liked, disliked = example_list(positive), example_list(negative)
         if not liked:  # before any vector is made: nothing to stack is no error of numpy's
             raise QueryError("A recommendation needs at least one positive example.")
         scales = (example_weights(liked), example_weights(disliked))
         rows, ids = self._examples.of([*liked, *disliked])
         query = rocchio(rows[: len(liked)], rows[len(liked) :], weights, scales=scales)
-        excluded = {int(i) for i in exclude} | {i for i in ids if i is not None}
+        excluded = never | {i for i in ids if i is not None}
         if diversity == 0.0:
             return self._ranker.rank(query[None, :], k, filters, [excluded], min_score)[0]
         return self._ranker.rank_diverse(query, k, filters, excluded, min_score, diversity)
@@ -408,12 +410,12 @@ class Library:
         min_score: float | None = None,
         under: str | os.PathLike[str] | None = None,
         filters: SearchFilters | None = None,
-        exclude_ids: Sequence[int] | set[int] = (),
+        exclude_ids: int | np.integer | Iterable[int | np.integer] = (),
     ) -> list[SearchResult]:
         """Images ranked by cosine similarity to an embedding `vector`."""
         query = unit_query_vector(vector)
         return self._ranker.rank(
-            query[None, :], k, merge_under(filters, under), [set(exclude_ids)], min_score
+            query[None, :], k, merge_under(filters, under), [excluded_ids(exclude_ids)], min_score
         )[0]
 
     @property

@@ -32,14 +32,19 @@ Example = Union[int, str, "os.PathLike[str]", bytes, QueryTerm]
 def example_list(examples: Example | Sequence[Example]) -> list[Example]:
     """`examples` as a list; one example given alone is a list of one, not its characters
     read as texts or its bytes read as image ids."""
-    if isinstance(examples, (str, bytes, int, np.integer, os.PathLike, QueryTerm)):
+    if isinstance(examples, (str, bytes, bytearray, memoryview, int, np.integer, os.PathLike, QueryTerm)):
         return [_plain(examples)]
     return [_plain(example) for example in examples]
 
 
-def _plain(example: Example) -> Example:
-    """A numpy integer (an id taken from an array or a data frame) is that id."""
-    return int(example) if isinstance(example, np.integer) else example
+def _plain(example: Example | bytearray | memoryview) -> Example:
+    """A numpy integer (an id taken from an array or a data frame) is that id; a bytearray or
+    memoryview (an upload's buffer) is the image's bytes, not a list of ids, one per byte."""
+    if isinstance(example, np.integer):
+        return int(example)
+    if isinstance(example, (bytearray, memoryview)):
+        return bytes(example)
+    return example
 
 
 def example_weights(examples: Sequence[Example]) -> list[float]:
@@ -59,7 +64,7 @@ def example_weights(examples: Sequence[Example]) -> list[float]:
 def refuse_single(items: object, method: str, one: str) -> None:
     """Refuse one text, file or image's bytes given to a `*_many` method, which takes a list
     and would otherwise run one query per character or byte."""
-    if isinstance(items, (str, bytes, os.PathLike)):
+    if isinstance(items, (str, bytes, bytearray, memoryview, os.PathLike)):
         raise QueryError(f"{method} takes a list of queries; for one, call {one}.")
 
 
