@@ -316,6 +316,34 @@ def test_a_file_moved_keeps_its_id_when_a_known_path_also_takes_its_content(
     assert after[str(overwritten)] == ids_before[str(overwritten)]
 
 
+def test_a_file_moved_into_another_root_keeps_its_id_when_only_that_root_is_indexed(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """`mv ~/Inbox/a.jpg ~/Photos/; pixsift index ~/Photos` (or `reindex` of one folder): the
+    run does not walk the source, but the file is gone from there, so it is a move, not a copy."""
+    inbox = tmp_path / "Inbox"
+    inbox.mkdir()
+    (photos / "photo_0100.jpg").rename(inbox / "a.jpg")
+    (photos / "sub").mkdir()
+    index(open_library, tiny_model, photos, inbox)
+    ids_before = {str(h.path): h.id for h in open_library.search("x", k=50)}
+    unmoved = photos / "photo_0101.jpg"
+    shutil.copy(unmoved, inbox / "copy.jpg")  # a copy whose original stays is still a copy
+
+    (inbox / "a.jpg").rename(photos / "a.jpg")
+    report = open_library.index(photos)
+    assert (report.moved, report.reused, report.embedded, report.removed) == (1, 0, 0, 0)
+    (photos / "photo_0102.jpg").rename(photos / "sub" / "b.jpg")
+    assert open_library.reindex(photos / "sub").moved == 1
+    assert open_library.index(inbox).reused == 1
+
+    after = {str(h.path): h.id for h in open_library.search("x", k=50)}
+    assert set(after) == {str(p) for p in (*photos.rglob("*.jpg"), *inbox.rglob("*.jpg"))}
+    assert after[str(photos / "a.jpg")] == ids_before[str(inbox / "a.jpg")]
+    assert after[str(photos / "sub" / "b.jpg")] == ids_before[str(photos / "photo_0102.jpg")]
+    assert after[str(unmoved)] == ids_before[str(unmoved)]
+
+
 def test_changed_file_gets_a_new_vector(
     open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
 ) -> None:
