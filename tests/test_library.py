@@ -392,6 +392,30 @@ def test_an_unmounted_root_keeps_its_images(
     assert open_library.index().removed == 11  # not empty: a folder whose photos were deleted
 
 
+def test_a_root_moved_elsewhere_and_left_as_a_link_is_not_indexed_twice(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """`mv ~/Photos /mnt/big/; ln -s /mnt/big/Photos ~/Photos`: naming either path again is the
+    known root, not a second root holding every photo a second time."""
+    index(open_library, tiny_model, photos)
+    ids_before = {str(h.path): h.id for h in open_library.search("x", k=50)}
+    moved = tmp_path / "big-disk" / "Photos"
+    moved.parent.mkdir()
+    photos.rename(moved)
+    photos.symlink_to(moved, target_is_directory=True)
+
+    for named in (photos, moved):
+        report = open_library.index(named)
+        assert (report.roots, report.unchanged, report.embedded, report.reused) == ([str(photos)], 12, 0, 0)
+    assert [root.path for root in open_library.status().roots] == [str(photos)]
+    (moved / "trips").mkdir()
+    (moved / "photo_0100.jpg").rename(moved / "trips" / "a.jpg")
+    assert open_library.index(moved / "trips").moved == 1  # a root inside it, not a second copy
+    ids_before[str(photos / "trips" / "a.jpg")] = ids_before.pop(str(photos / "photo_0100.jpg"))
+    assert {str(h.path): h.id for h in open_library.search("x", k=50)} == ids_before
+    assert open_library.forget(moved) == 11
+
+
 def test_an_empty_nested_root_keeps_its_images_whichever_run_meets_it(
     open_library: Library, photos: Path, tiny_model: TinyModel
 ) -> None:
