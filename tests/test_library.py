@@ -416,6 +416,27 @@ def test_a_root_moved_elsewhere_and_left_as_a_link_is_not_indexed_twice(
     assert open_library.forget(moved) == 11
 
 
+def test_reindex_of_a_part_of_a_root_left_as_a_link_adds_no_second_copy(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """Reindexing a folder of a root moved elsewhere and left as a link walks it under the root's
+    path, the one its images have: under the other, every file was added again, for good."""
+    (photos / "trips").mkdir()
+    (photos / "photo_0100.jpg").rename(photos / "trips" / "a.jpg")
+    index(open_library, tiny_model, photos)
+    moved = tmp_path / "big-disk" / "Photos"
+    moved.parent.mkdir()
+    photos.rename(moved)
+    photos.symlink_to(moved, target_is_directory=True)
+    save(make_photo(600), moved / "trips" / "new.jpg")
+
+    report = open_library.reindex(moved / "trips")
+    assert (report.roots, report.added, report.reused, report.unchanged) == ([str(photos / "trips")], 1, 0, 1)
+    assert open_library.reindex(photos / "trips" / "a.jpg").unchanged == 2
+    assert indexed_paths(open_library) == {str(photos / p.relative_to(moved)) for p in moved.rglob("*.jpg")}
+    assert open_library.index().unchanged == 13
+
+
 def test_an_empty_nested_root_keeps_its_images_whichever_run_meets_it(
     open_library: Library, photos: Path, tiny_model: TinyModel
 ) -> None:

@@ -59,10 +59,15 @@ def _as_known_root(request: RootRequest, known: Sequence[str]) -> RootRequest:
     walked = {root: os.path.realpath(root) for root in known}
     for root in sorted(known, key=lambda r: len(walked[r]), reverse=True):  # the innermost first
         if is_within(request.path, walked[root]):
-            inside = os.path.relpath(request.path, walked[root])
-            path = root if inside == os.curdir else os.path.join(root, inside)
+            path = _path_under(root, walked[root], request.path)
             return RootRequest(path, request.include_hidden, request.follow_symlinks)
     return request
+
+
+def _path_under(root: str, walked: str, folder: str) -> str:
+    """`folder`, a resolved path inside `walked` (the resolved `root`), written under `root`."""
+    inside = os.path.relpath(folder, walked)
+    return root if inside == os.curdir else os.path.join(root, inside)
 
 
 def scoped_request(catalog: Catalog, path: str | os.PathLike[str]) -> RootRequest:
@@ -81,11 +86,13 @@ def scoped_request(catalog: Catalog, path: str | os.PathLike[str]) -> RootReques
             if folder == os.path.realpath(r.path)
             or folder.startswith(os.path.join(os.path.realpath(r.path), ""))
         ),
-        key=lambda r: len(r.path),
+        key=lambda r: len(os.path.realpath(r.path)),
     )
     walked = os.path.realpath(root.path)
-    scope = None if folder == walked else folder
-    if scope is not None and not root.include_hidden and hidden_between(walked, scope):
+    # Under the root's own path: a root left as a link to where its folder went has its
+    # images there, and a walk under the other path would add every file a second time.
+    scope = None if folder == walked else _path_under(root.path, walked, folder)
+    if scope is not None and not root.include_hidden and hidden_between(root.path, scope):
         # What a run added there, the next run over the whole root would take for deleted.
         raise InvalidPathError(
             f"{os.fspath(path)} lies in a hidden folder, which {root.path} is indexed without; "
