@@ -316,6 +316,34 @@ def test_a_file_moved_keeps_its_id_when_a_known_path_also_takes_its_content(
     assert after[str(overwritten)] == ids_before[str(overwritten)]
 
 
+def test_a_file_moved_into_another_root_keeps_its_id_when_only_that_root_is_indexed(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """`mv ~/Inbox/a.jpg ~/Photos/; pixsift index ~/Photos` (or `reindex` of one folder): the
+    run does not walk the source, but the file is gone from there, so it is a move, not a copy."""
+    inbox = tmp_path / "Inbox"
+    inbox.mkdir()
+    (photos / "photo_0100.jpg").rename(inbox / "a.jpg")
+    (photos / "sub").mkdir()
+    index(open_library, tiny_model, photos, inbox)
+    ids_before = {str(h.path): h.id for h in open_library.search("x", k=50)}
+    unmoved = photos / "photo_0101.jpg"
+    shutil.copy(unmoved, inbox / "copy.jpg")  # a copy whose original stays is still a copy
+
+    (inbox / "a.jpg").rename(photos / "a.jpg")
+    report = open_library.index(photos)
+    assert (report.moved, report.reused, report.embedded, report.removed) == (1, 0, 0, 0)
+    (photos / "photo_0102.jpg").rename(photos / "sub" / "b.jpg")
+    assert open_library.reindex(photos / "sub").moved == 1
+    assert open_library.index(inbox).reused == 1
+
+    after = {str(h.path): h.id for h in open_library.search("x", k=50)}
+    assert set(after) == {str(p) for p in (*photos.rglob("*.jpg"), *inbox.rglob("*.jpg"))}
+    assert after[str(photos / "a.jpg")] == ids_before[str(inbox / "a.jpg")]
+    assert after[str(photos / "sub" / "b.jpg")] == ids_before[str(photos / "photo_0102.jpg")]
+    assert after[str(unmoved)] == ids_before[str(unmoved)]
+
+
 def test_changed_file_gets_a_new_vector(
     open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
 ) -> None:
@@ -362,6 +390,51 @@ def test_an_unmounted_root_keeps_its_images(
     assert open_library.check().healthy and open_library.repair().images == 12
     (photos / "new.jpg").write_bytes((tmp_path / "unplugged" / "photo_0100.jpg").read_bytes())
     assert open_library.index().removed == 11  # not empty: a folder whose photos were deleted
+
+
+def test_a_root_moved_elsewhere_and_left_as_a_link_is_not_indexed_twice(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """`mv ~/Photos /mnt/big/; ln -s /mnt/big/Photos ~/Photos`: naming either path again is the
+    known root, not a second root holding every photo a second time."""
+    index(open_library, tiny_model, photos)
+    ids_before = {str(h.path): h.id for h in open_library.search("x", k=50)}
+    moved = tmp_path / "big-disk" / "Photos"
+    moved.parent.mkdir()
+    photos.rename(moved)
+    photos.symlink_to(moved, target_is_directory=True)
+
+    for named in (photos, moved):
+        report = open_library.index(named)
+        assert (report.roots, report.unchanged, report.embedded, report.reused) == ([str(photos)], 12, 0, 0)
+    assert [root.path for root in open_library.status().roots] == [str(photos)]
+    (moved / "trips").mkdir()
+    (moved / "photo_0100.jpg").rename(moved / "trips" / "a.jpg")
+    assert open_library.index(moved / "trips").moved == 1  # a root inside it, not a second copy
+    ids_before[str(photos / "trips" / "a.jpg")] = ids_before.pop(str(photos / "photo_0100.jpg"))
+    assert {str(h.path): h.id for h in open_library.search("x", k=50)} == ids_before
+    assert open_library.forget(moved) == 11
+
+
+def test_reindex_of_a_part_of_a_root_left_as_a_link_adds_no_second_copy(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """Reindexing a folder of a root moved elsewhere and left as a link walks it under the root's
+    path, the one its images have: under the other, every file was added again, for good."""
+    (photos / "trips").mkdir()
+    (photos / "photo_0100.jpg").rename(photos / "trips" / "a.jpg")
+    index(open_library, tiny_model, photos)
+    moved = tmp_path / "big-disk" / "Photos"
+    moved.parent.mkdir()
+    photos.rename(moved)
+    photos.symlink_to(moved, target_is_directory=True)
+    save(make_photo(600), moved / "trips" / "new.jpg")
+
+    report = open_library.reindex(moved / "trips")
+    assert (report.roots, report.added, report.reused, report.unchanged) == ([str(photos / "trips")], 1, 0, 1)
+    assert open_library.reindex(photos / "trips" / "a.jpg").unchanged == 2
+    assert indexed_paths(open_library) == {str(photos / p.relative_to(moved)) for p in moved.rglob("*.jpg")}
+    assert open_library.index().unchanged == 13
 
 
 def test_an_empty_nested_root_keeps_its_images_whichever_run_meets_it(

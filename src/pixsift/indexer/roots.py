@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from pixsift.access import resolve_inside
 from pixsift.errors import InvalidPathError
 from pixsift.indexer.run import RootRequest
-from pixsift.indexer.scan import hidden_between
+from pixsift.indexer.scan import hidden_between, is_within
 
 if TYPE_CHECKING:
     from pixsift.storage import Catalog
@@ -26,9 +26,10 @@ def root_requests(
     follow_symlinks: bool,
 ) -> list[RootRequest]:
     """The folders to index: those named, else every known root."""
-    if roots:
-        return [new_root(r, include_hidden, follow_symlinks) for r in roots]
     known = catalog.roots()
+    if roots:
+        requests = [new_root(r, include_hidden, follow_symlinks) for r in roots]
+        return [_as_known_root(request, [root.path for root in known]) for request in requests]
     if not known:
         raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
     return [RootRequest(r.path, r.include_hidden, r.follow_symlinks) for r in known]
@@ -43,6 +44,30 @@ def new_root(root: str | os.PathLike[str], include_hidden: bool, follow_symlinks
     if not folder.is_dir():
         raise InvalidPathError(f"{folder} is not a folder; give the folder that holds it.")
     return RootRequest(str(folder.resolve()), include_hidden, follow_symlinks)
+
+
+def _as_known_root(request: RootRequest, known: Sequence[str]) -> RootRequest:
+    """`request` under the path of the known root holding its folder, reached another way.
+
+    A root whose folder was moved (to a bigger disk) and left as a link to where it went
+    resolves elsewhere now: as a new root, its files (or a subfolder's) would be indexed a
+    second time under the other path, and every photo found twice. So the folder is named
+    under the path the root's images have.
+    """
+    if request.path in known:
+        return request
+    walked = {root: os.path.realpath(root) for root in known}
+    for root in sorted(known, key=lambda r: len(walked[r]), reverse=True):  # the innermost first
+        if is_within(request.path, walked[root]):
+            path = _path_under(root, walked[root], request.path)
+            return RootRequest(path, request.include_hidden, request.follow_symlinks)
+    return request
+
+
+def _path_under(root: str, walked: str, folder: str) -> str:
+    """`folder`, a resolved path inside `walked` (the resolved `root`), written under `root`."""
+    inside = os.path.relpath(folder, walked)
+    return root if inside == os.curdir else os.path.join(root, inside)
 
 
 def scoped_request(catalog: Catalog, path: str | os.PathLike[str]) -> RootRequest:
@@ -61,11 +86,13 @@ def scoped_request(catalog: Catalog, path: str | os.PathLike[str]) -> RootReques
             if folder == os.path.realpath(r.path)
             or folder.startswith(os.path.join(os.path.realpath(r.path), ""))
         ),
-        key=lambda r: len(r.path),
+        key=lambda r: len(os.path.realpath(r.path)),
     )
     walked = os.path.realpath(root.path)
-    scope = None if folder == walked else folder
-    if scope is not None and not root.include_hidden and hidden_between(walked, scope):
+    # Under the root's own path: a root left as a link to where its folder went has its
+    # images there, and a walk under the other path would add every file a second time.
+    scope = None if folder == walked else _path_under(root.path, walked, folder)
+    if scope is not None and not root.include_hidden and hidden_between(root.path, scope):
         # What a run added there, the next run over the whole root would take for deleted.
         raise InvalidPathError(
             f"{os.fspath(path)} lies in a hidden folder, which {root.path} is indexed without; "
@@ -92,4 +119,8 @@ def root_named(folder: str | os.PathLike[str], roots: Sequence[str]) -> str:
     for candidate in (os.path.abspath(written), os.path.realpath(written)):
         if candidate in roots:
             return candidate
+    # A root moved elsewhere and left as a link to where it went, named by its new place.
+    for root in roots:
+        if os.path.realpath(root) == os.path.realpath(written):
+            return root
     raise InvalidPathError(f"{os.fspath(folder)} is not an indexed folder (indexed folders: {known}).")

@@ -19,6 +19,7 @@ from pixsift.indexer.plan import Candidate, IndexPlan, plan_folder
 from pixsift.indexer.progress import IndexProgress, SilentProgress
 from pixsift.indexer.report import IndexInterrupted, IndexReport
 from pixsift.indexer.scan import (
+    GONE_ERRNOS,
     ScanOptions,
     ScanResult,
     hidden_between,
@@ -173,6 +174,10 @@ class Indexer:
         """Apply everything that needs no model; return the candidates left to embed."""
         hashes = self._hash_move_candidates(plan.candidates)
         missing_by_hash = {row.content_hash: row for row in plan.missing if row.has_vector}
+        new_paths = [c.file.path for c in plan.candidates if c.known is None]
+        new_hashes = {hashes[path] for path in new_paths if path in hashes}
+        for row in self._gone_elsewhere(new_hashes - missing_by_hash.keys()):
+            missing_by_hash.setdefault(row.content_hash, row)
         sources = self._catalog.embeddings_by_hash(hashes.values())  # read before any write
         gone = {row.id for row in plan.missing}
         to_embed: list[Candidate] = []
@@ -186,6 +191,23 @@ class Indexer:
             batch.delete_images(gone)
             report.removed = len(gone)
         return to_embed
+
+    def _gone_elsewhere(self, hashes: set[str]) -> list[KnownFile]:
+        """Embedded images with these hashes, outside what this run walks, whose file is gone.
+
+        A run over one root (or `reindex` of one folder) finds a file moved in from another
+        root or folder as new: its old row is where it came from, kept with its id and vector,
+        rather than copied from before the next run over the source drops it. Images of an
+        unmounted root are not gone: their drive is only away.
+        """
+        if not hashes:
+            return []
+        kept = self._settings.keep
+        return [
+            row
+            for row in self._catalog.embedded_files_with_hashes(hashes)
+            if not any(is_within(row.path, folder) for folder in kept) and _is_gone(row.path)
+        ]
 
     def _reuse(
         self,
@@ -334,6 +356,15 @@ def _store(batch: CatalogWriter, outcomes: Sequence[Outcome[Candidate]], report:
             )
             report.failed += 1
     batch.save_embeddings(fresh)
+
+
+def _is_gone(path: str) -> bool:
+    """Whether nothing is at `path` (not merely unreadable: that keeps its image)."""
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        return exc.errno in GONE_ERRNOS
+    return False
 
 
 def _hash_or_none(path: str) -> str | None:

@@ -211,6 +211,16 @@ class Catalog:
             found = list(_known_files(session.execute(_known_file_query().where(Image.path == path))))
         return found[0] if found else None
 
+    def embedded_files_with_hashes(self, hashes: Iterable[str]) -> list[KnownFile]:
+        """Every embedded image whose content hash is one of `hashes`, wherever it lies."""
+        wanted = list(set(hashes))
+        query = _known_file_query().where(Embedding.image_id.is_not(None))
+        found: list[KnownFile] = []
+        with self._read() as session:
+            for chunk in _chunks(wanted):
+                found.extend(_known_files(session.execute(query.where(Image.content_hash.in_(chunk)))))
+        return found
+
     def sizes_with_vectors(self) -> set[int]:
         """File sizes of embedded images: only a file of one of these sizes can be a move."""
         query = select(Image.size).join(Embedding, Embedding.image_id == Image.id).distinct()
