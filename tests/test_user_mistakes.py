@@ -279,6 +279,34 @@ def test_an_empty_folder_filter_is_refused_not_read_as_the_working_directory(
     assert result.exit_code == 1 and "Filter under is empty" in result.output
 
 
+@pytest.mark.parametrize("path", ["", "  "])
+def test_an_empty_image_or_query_file_path_is_refused_not_read_as_the_working_directory(
+    library: Library, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """It was read as the working directory: "Cannot read image /home/me: it is not a file",
+    and for eval ". is a folder"."""
+    monkeypatch.chdir(library.path.parent / "Photos")
+    calls: list[Callable[[], object]] = [
+        lambda: library.similar(path),
+        lambda: library.similar(Path(path) if path else path, plus=["at night"]),
+        lambda: library.recommend(QueryTerm(image=path)),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidPathError, match="An image path is empty: name an image file"):
+            call()
+    with pytest.raises(QueryError, match="The query file path is empty"):
+        library.evaluate(path)
+    for command, message in (
+        (["similar", path], "error: An image path is empty: name an image file.\n"),
+        (
+            ["eval", path],
+            "error: The query file path is empty: name a query file (JSONL, one query a line).\n",
+        ),
+    ):
+        result = runner.invoke(app, [*command, "--library", str(library.path)])
+        assert (result.exit_code, result.stdout, result.stderr) == (1, "", message)
+
+
 def test_a_file_as_the_folder_to_search_under_is_named_a_file(library: Library) -> None:
     """It was reported as a folder that "does not exist", next to the file the user could see."""
     image = next((library.path.parent / "Photos").glob("*.jpg"))

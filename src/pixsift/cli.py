@@ -16,7 +16,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
@@ -31,10 +30,10 @@ if TYPE_CHECKING:
     from pixsift.library import Library
     from pixsift.search import QueryTerm, SearchFilters, SearchResult
 
-# _NO_ACCESS_CHECK: path arguments are declared readable=False, as typer's own check would
-# refuse a file or folder without read permission as bad usage (exit 2, a boxed "is not
-# readable"); the library says what it cannot read, as for any unreadable file (exit 1, or 3
-# with a warning for a folder an index run could not walk).
+# File and folder arguments are taken as text, not typer Paths: typer turns an empty one
+# ("$UNSET") into ".", the working directory, and refuses one without read permission as bad
+# usage (exit 2, a boxed "is not readable"). The library says what is wrong with either (exit 1,
+# or 3 with a warning for a folder an index run could not walk).
 EXIT_USER_ERROR = 1
 EXIT_TROUBLE = 3  # finished, but some files could not be read, or problems remain
 EXIT_INTERRUPTED = 130
@@ -246,8 +245,7 @@ def _open(
 @app.command()
 def index(
     folders: Annotated[
-        # Text, not Paths: typer would turn an empty one ("$UNSET") into "." and index the
-        # working directory; the library refuses it. (No read access check: _NO_ACCESS_CHECK.)
+        # text, not Paths: see the note on file arguments at the top
         Optional[list[str]],  # noqa: UP045
         typer.Argument(
             help="Folders to index. Default: every folder indexed before.",
@@ -386,7 +384,8 @@ def search(
 @app.command()
 def similar(
     image: Annotated[
-        Path, typer.Argument(help="An image file, indexed or not.", readable=False)  # _NO_ACCESS_CHECK
+        str,  # text, not a Path: see the note on file arguments at the top
+        typer.Argument(help="An image file, indexed or not.", show_default=False),
     ],
     plus: PlusOpt = None,
     minus: MinusOpt = None,
@@ -410,7 +409,7 @@ def similar(
         engine,
         output,
         lambda lib: lib.similar(
-            image,
+            image,  # a file's path: similar reads text as one
             limit,
             plus=_terms(plus),
             minus=_terms(minus),
@@ -497,10 +496,10 @@ def forget(
 @app.command("eval")
 def evaluate(
     queries: Annotated[
-        Path,
+        str,  # text, not a Path: see the note on file arguments at the top
         typer.Argument(
             help='JSONL file: {"query": TEXT or "image": PATH, "relevant": [PATHS or GLOBS]}.',
-            readable=False,  # see _NO_ACCESS_CHECK
+            show_default=False,
         ),
     ],
     cutoffs: Annotated[

@@ -610,6 +610,8 @@ class Library:
         self, query_file: str | os.PathLike[str], cutoffs: Sequence[int] = DEFAULT_CUTOFFS
     ) -> EvalReport:
         """Retrieval quality on labelled queries (see `pixsift.evaluation` for the file format)."""
+        if not os.fspath(query_file).strip():  # Path("") would be the working directory
+            raise QueryError("The query file path is empty: name a query file (JSONL, one query a line).")
         record = self._require_model()
         queries = read_queries(Path(query_file).expanduser())
 

@@ -118,6 +118,9 @@ class ExampleVectors:
     def of_file(self, image: str) -> tuple[np.ndarray, int | None]:
         """An image file's vector (the stored one if the file is indexed and unchanged), and
         its id if it is indexed."""
+        image = os.fspath(image)  # a QueryTerm may hold a path object
+        if not image.strip():  # abspath would make it the working directory
+            raise InvalidPathError("An image path is empty: name an image file.")
         path = os.path.abspath(os.path.expanduser(image))
         try:
             stat = os.stat(path)

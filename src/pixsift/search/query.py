@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pixsift.errors import QueryError
+from pixsift.errors import InvalidPathError, QueryError
 
 # "W*TEXT": whatever stands before the first "*", when it is one word (no spaces), is a
 # weight, and must be a positive number; "red car * 2" is text. A typo such as "abc*red" or
@@ -47,6 +47,8 @@ class QueryTerm:
             raise QueryError(f"A query weight must be a number, not {type(self.weight).__name__}.")
         if self.text is not None and not self.text.strip():
             raise QueryError("A query text is empty.")
+        if self.image is not None and not os.fspath(self.image).strip():  # not the working directory
+            raise InvalidPathError("An image path is empty: name an image file.")
         if self.text is not None and not _encodable(self.text):
             raise QueryError("A query text holds characters that are not valid Unicode.")
         if not math.isfinite(self.weight):
