@@ -186,16 +186,9 @@ def test_serve_answers_over_http(tmp_path: Path, photos: Path, tiny_model: TinyM
     indexed = run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args())
     assert indexed.returncode == 0, indexed.stderr
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pixsift", "serve", "--library", str(library), "--port", str(port)],
-        env={**os.environ, "PIXSIFT_API_KEY": API_KEY},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_serve(library, port)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until_up(process, url)
         hits = httpx.get(f"{url}/search", params={"q": "a rocket", "k": 3}).json()["results"]
         assert len(hits) == 3 and all(Path(hit["path"]).parent == photos for hit in hits)
         # the key came from the environment: writes are enabled with it

@@ -87,18 +87,10 @@ def failed_write_error(folder: Path, exc: DBAPIError) -> PixsiftError:
     """A user-facing error for a write transaction SQLite refused: a lock held by another
     program, damage or a table changed by hand are told as a read's are (asking whether the
     disk is full would send the user the wrong way); anything else is the folder's."""
-    if isinstance(exc, OperationalError) and not _is_held_damaged_or_changed(exc):
+    told_as_read = _sqlite_code(exc) in (*_LOCKED_CODES, *_DAMAGED_CODES) or _lacks_table_or_column(exc)
+    if isinstance(exc, OperationalError) and not told_as_read:
         return write_error(folder, exc)
     return read_error(folder, exc)
-
-
-def _is_held_damaged_or_changed(exc: OperationalError) -> bool:
-    code = _sqlite_code(exc)
-    return (
-        code in _LOCKED_CODES
-        or code in _DAMAGED_CODES
-        or (code == sqlite3.SQLITE_ERROR and "no such" in _reason(exc.orig))
-    )
 
 
 def damaged_error(folder: Path, exc: DBAPIError) -> LibraryFormatError:
@@ -119,7 +111,7 @@ def read_error(folder: Path, exc: DBAPIError) -> PixsiftError:
         return damaged_error(folder, exc)
     if code in _LOCKED_CODES:
         return locked_error(folder, exc)
-    if code == sqlite3.SQLITE_ERROR and "no such" in _reason(exc.orig):  # a table or column
+    if _lacks_table_or_column(exc):
         return LibraryFormatError(
             f"The library database at {folder} lacks a table or column this pixsift needs "
             f"({_reason(exc.orig)}); was it changed by another program? Run pixsift doctor to see "
@@ -143,6 +135,11 @@ def locked_error(folder: Path, exc: DBAPIError) -> LibraryReadError:
 def is_damage(exc: DBAPIError) -> bool:
     """Whether SQLite refused because the file is damaged, rather than held or unreadable."""
     return _sqlite_code(exc) not in _LOCKED_CODES
+
+
+def _lacks_table_or_column(exc: DBAPIError) -> bool:
+    """Whether SQLite refused for a table or column it does not have ("no such column: ...")."""
+    return _sqlite_code(exc) == sqlite3.SQLITE_ERROR and "no such" in _reason(exc.orig)
 
 
 def _sqlite_code(exc: DBAPIError) -> int | None:
