@@ -344,6 +344,35 @@ def test_a_file_moved_into_another_root_keeps_its_id_when_only_that_root_is_inde
     assert after[str(unmoved)] == ids_before[str(unmoved)]
 
 
+def test_files_moved_between_roots_keep_their_ids_whichever_root_is_walked_first(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """`mv ~/Inbox/a.jpg ~/Inbox/a-copy.jpg ~/Photos/; pixsift index ~/Inbox ~/Photos`: the
+    source root comes first in the run, and the two files moved are identical copies, which
+    share a content hash: each keeps its own id, not one the other's and one a new id."""
+    inbox = tmp_path / "Inbox"
+    inbox.mkdir()
+    (photos / "photo_0100.jpg").rename(inbox / "a.jpg")
+    shutil.copy(inbox / "a.jpg", inbox / "a-copy.jpg")
+    (photos / "photo_0101.jpg").rename(inbox / "stays.jpg")  # an emptied root looks unmounted
+    index(open_library, tiny_model, inbox, photos)
+    ids_before = {h.path.name: h.id for h in open_library.search("x", k=50)}
+
+    for name in ("a.jpg", "a-copy.jpg"):
+        (inbox / name).rename(photos / name)
+    report = open_library.index(inbox, photos)  # the source first
+    assert (report.moved, report.reused, report.embedded, report.removed) == (2, 0, 0, 0)
+    assert {h.path.name: h.id for h in open_library.search("x", k=50)} == ids_before
+
+    (photos / "a-copy.jpg").rename(inbox / "a-copy.jpg")
+    (photos / "a.jpg").rename(inbox / "renamed.jpg")  # moved and renamed: still a move
+    report = open_library.index()  # every root, the source (Photos) last
+    assert (report.moved, report.reused, report.embedded, report.removed) == (2, 0, 0, 0)
+    after = {h.path.name: h.id for h in open_library.search("x", k=50)}
+    assert after["renamed.jpg"] == ids_before["a.jpg"]
+    assert after["a-copy.jpg"] == ids_before["a-copy.jpg"]
+
+
 def test_changed_file_gets_a_new_vector(
     open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
 ) -> None:

@@ -173,11 +173,20 @@ class Indexer:
     def _settle_by_content(self, plan: IndexPlan, report: IndexReport) -> list[Candidate]:
         """Apply everything that needs no model; return the candidates left to embed."""
         hashes = self._hash_move_candidates(plan.candidates)
-        missing_by_hash = {row.content_hash: row for row in plan.missing if row.has_vector}
-        new_paths = [c.file.path for c in plan.candidates if c.known is None]
-        new_hashes = {hashes[path] for path in new_paths if path in hashes}
-        for row in self._gone_elsewhere(new_hashes - missing_by_hash.keys()):
-            missing_by_hash.setdefault(row.content_hash, row)
+        departed: dict[str | None, list[KnownFile]] = {}
+        for row in plan.missing:
+            if row.has_vector:
+                departed.setdefault(row.content_hash, []).append(row)
+        # Only a new path can be where a missing file went: a known path that now holds its
+        # content is a copy, and must leave the missing row to a new path found later.
+        arrived = {
+            c.file.path: hashes[c.file.path]
+            for c in plan.candidates
+            if c.known is None and c.file.path in hashes
+        }
+        for row in self._gone_elsewhere(set(arrived.values()) - departed.keys()):
+            departed.setdefault(row.content_hash, []).append(row)
+        moves = _pair_moves(arrived, departed)
         sources = self._catalog.embeddings_by_hash(hashes.values())  # read before any write
         gone = {row.id for row in plan.missing}
         to_embed: list[Candidate] = []
@@ -185,7 +194,7 @@ class Indexer:
             for candidate in plan.candidates:
                 content_hash = hashes.get(candidate.file.path)
                 if content_hash is None or not self._reuse(
-                    batch, candidate, content_hash, missing_by_hash, sources, gone, report
+                    batch, candidate, content_hash, moves, sources, gone, report
                 ):
                     to_embed.append(candidate)
             batch.delete_images(gone)
@@ -214,7 +223,7 @@ class Indexer:
         batch: CatalogWriter,
         candidate: Candidate,
         content_hash: str,
-        missing_by_hash: dict[str | None, KnownFile],
+        moves: dict[str, KnownFile],
         sources: dict[str, StoredEmbedding],
         gone: set[int],
         report: IndexReport,
@@ -225,9 +234,7 @@ class Indexer:
             batch.touch_image(known.id, size=file.size, mtime_ns=file.mtime_ns)
             report.touched += 1
             return True
-        # Only a new path can be where a missing file went: a known path that now holds its
-        # content is a copy, and must leave the missing row to a new path found later.
-        moved_from = missing_by_hash.pop(content_hash, None) if known is None else None
+        moved_from = moves.get(file.path)
         if moved_from is not None:
             batch.move_image(moved_from.id, file.path, size=file.size, mtime_ns=file.mtime_ns)
             gone.discard(moved_from.id)
@@ -356,6 +363,31 @@ def _store(batch: CatalogWriter, outcomes: Sequence[Outcome[Candidate]], report:
             )
             report.failed += 1
     batch.save_embeddings(fresh)
+
+
+def _pair_moves(arrived: dict[str, str], departed: dict[str | None, list[KnownFile]]) -> dict[str, KnownFile]:
+    """Which departed row each arrived path (new, with its content hash) is, when it is one.
+
+    Identical copies moved together (`mv a.jpg a-copy.jpg ~/Photos/`) share a hash: each
+    takes the row of its own name first, so each keeps its own id; then any row of that
+    content still unclaimed, in walk order (a file moved and renamed).
+    """
+    moves: dict[str, KnownFile] = {}
+    claimed: set[int] = set()
+
+    def claim(path: str, rows: list[KnownFile]) -> None:
+        if rows:
+            moves[path] = rows[0]
+            claimed.add(rows[0].id)
+
+    for path, content_hash in arrived.items():
+        name = os.path.basename(path)
+        rows = departed.get(content_hash, [])
+        claim(path, [r for r in rows if r.id not in claimed and os.path.basename(r.path) == name])
+    for path, content_hash in arrived.items():
+        if path not in moves:
+            claim(path, [r for r in departed.get(content_hash, []) if r.id not in claimed])
+    return moves
 
 
 def _is_gone(path: str) -> bool:
