@@ -567,6 +567,73 @@ def test_bad_files_are_recorded_and_indexing_goes_on(
     assert [f.path for f in open_library.failures()] == [str(photos / "truncated.jpg")]
 
 
+class ChangesWhenEmbeddingStarts:
+    """A progress listener that runs `change` once the scan is over, before any file is read."""
+
+    def __init__(self, change: Callable[[], object]) -> None:
+        self.change = change
+
+    def start(self, phase: str, total: int | None = None) -> None:
+        if phase == "Embedding":
+            self.change()
+
+    def advance(self, steps: int = 1) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def test_files_deleted_between_the_scan_and_their_reading_are_gone_not_failed(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """A file deleted (or replaced by a folder) while the run reads the others is not a file that
+    could not be read: the run is complete (exit 0), no failed row is left to retry, and the next
+    run has nothing to do."""
+    index(open_library, tiny_model, photos)
+    changed, replaced, new = photos / "photo_0100.jpg", photos / "photo_0101.jpg", photos / "new.jpg"
+    save(make_photo(900), changed)  # known, with new content to read
+    save(make_photo(901), replaced)
+    save(make_photo(902), new)
+    ids = {h.path.name: h.id for h in open_library.search("x", k=50)}
+
+    def delete_them() -> None:
+        changed.unlink()
+        new.unlink()
+        replaced.unlink()
+        replaced.mkdir()
+
+    from pixsift.formatting import format_report
+
+    report = open_library.index(photos, progress=ChangesWhenEmbeddingStarts(delete_them))
+    assert report.complete and (report.failed, report.vanished, report.removed) == (0, 3, 2)
+    assert format_report(report).splitlines()[1] == "3 file(s) deleted during the run, left out"
+    assert (report.added, report.updated) == (0, 0)
+    assert open_library.failures() == []
+    assert open_library._catalog.images([ids[changed.name], ids[replaced.name]]) == {}
+    assert indexed_paths(open_library) == {str(p) for p in photos.glob("*.jpg") if p.is_file()}
+    again = open_library.index(photos)
+    assert (again.unchanged, again.removed, again.failed, again.embedded) == (10, 0, 0, 0)
+
+
+def test_a_root_gone_during_the_run_keeps_its_images(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """Files missing because their whole folder went away (a drive unplugged during the run)
+    are not taken for deleted: the next run skips the folder as unmounted, and keeps them."""
+    index(open_library, tiny_model, photos)
+    changed = photos / "photo_0100.jpg"
+    save(make_photo(900), changed)
+    unplug = ChangesWhenEmbeddingStarts(lambda: photos.rename(tmp_path / "unplugged"))
+
+    report = open_library.index(photos, progress=unplug)
+    assert (report.failed, report.vanished, report.removed) == (1, 0, 0)
+    assert open_library.status().counts.total == 12
+    assert open_library.index().skipped_roots == [str(photos)]
+    (tmp_path / "unplugged").rename(photos)
+    assert open_library.index().updated == 1
+
+
 def test_interrupted_run_keeps_committed_batches_and_the_next_run_finishes(
     library_dir: Path, photos: Path, tiny_model: TinyModel
 ) -> None:

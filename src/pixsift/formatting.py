@@ -84,7 +84,9 @@ def format_report(report: IndexReport) -> str:
     )
     took = f"{'interrupted after ' if report.interrupted else ''}{report.elapsed_s:.1f} s{rate}"
     summary = f"{report.scanned} images found: {', '.join(parts)} ({took})."
-    return "\n".join([summary, *report_warnings(report)])
+    # Found, but in none of the counts above: say where they went.
+    gone = [f"{report.vanished} file(s) deleted during the run, left out"] if report.vanished else []
+    return "\n".join([summary, *gone, *report_warnings(report)])
 
 
 def report_warnings(report: IndexReport) -> list[str]:
