@@ -421,6 +421,29 @@ def test_an_unmounted_root_keeps_its_images(
     assert open_library.index().removed == 11  # not empty: a folder whose photos were deleted
 
 
+def test_a_root_emptied_on_purpose_is_kept_until_a_file_is_left_in_it(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """`mv ~/Inbox/* ~/Photos/`: an empty indexed folder looks like the mount point of an
+    unplugged drive, so its images are kept, and the summary says how to tell pixsift it is
+    not (a file left in it), after which its deleted photos leave the library."""
+    from pixsift.formatting import format_report
+
+    inbox = tmp_path / "Inbox"
+    inbox.mkdir()
+    (photos / "photo_0100.jpg").rename(inbox / "a.jpg")
+    index(open_library, tiny_model, inbox, photos)
+    (inbox / "a.jpg").rename(photos / "a.jpg")
+    emptied = open_library.index()
+    assert (emptied.skipped_roots, emptied.removed) == ([str(inbox)], 0)
+    assert f"leave any file in it: touch {inbox / '.keep'}" in format_report(emptied)
+
+    (inbox / ".keep").touch()
+    report = open_library.index()
+    assert (report.skipped_roots, report.removed) == ([], 1)
+    assert indexed_paths(open_library) == {str(p) for p in photos.glob("*.jpg")}
+
+
 def test_a_root_moved_elsewhere_and_left_as_a_link_is_not_indexed_twice(
     open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
 ) -> None:
