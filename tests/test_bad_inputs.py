@@ -35,7 +35,10 @@ ROOT = os.name == "posix" and os.geteuid() == 0
 class Case:
     name: str  # the file's name in the corpus folder (bytes where it is not UTF-8)
     make: Callable[[Path], None]  # writes the file at this path
-    error: str | None  # None: indexed; else a part of the recorded reason
+    error: str | None  # None: indexed; VANISHED: neither indexed nor failed; else a part of the reason
+
+
+VANISHED = "(deleted during the run: left out, not a failure)"
 
 
 def photo_bytes(seed: int, fmt: str = "JPEG", size: tuple[int, int] = (320, 240)) -> bytes:
@@ -103,8 +106,9 @@ CASES = [
     Case(os.fsdecode(b"caf\xe9 latin-1.jpg"), write(photo_bytes(49)), None),
     Case("unreadable.jpg", unreadable, "permission denied"),
     # Made, then deleted by the run itself (see CorpusEvents): after the scan, before decoding.
-    Case("vanishes.jpg", write(photo_bytes(50)), "disappeared"),
-    Case("vanishing-folder/inside.jpg", write(photo_bytes(51)), "disappeared"),
+    Case("vanishes.jpg", write(photo_bytes(50)), VANISHED),
+    Case("vanishing-folder/inside.jpg", write(photo_bytes(51)), VANISHED),
+    Case("becomes-a-folder.jpg", write(photo_bytes(53)), VANISHED),
 ]
 GOOD = ["photo_0100.jpg", "photo_0101.jpg", "photo_0102.jpg", "photo_0103.jpg"]
 
@@ -126,7 +130,8 @@ class CorpusEvents:
     """A progress listener that changes the folder while the run goes, as users do.
 
     After the scan lists the top folder, `gone-during-scan/` disappears; when embedding starts,
-    `vanishes.jpg` and the folder `vanishing-folder/` disappear.
+    `vanishes.jpg` and the folder `vanishing-folder/` disappear, and `becomes-a-folder.jpg`
+    is replaced by a folder of that name.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -138,6 +143,8 @@ class CorpusEvents:
         if phase == "Embedding":
             (self.folder / "vanishes.jpg").unlink()
             shutil.rmtree(self.folder / "vanishing-folder")
+            (self.folder / "becomes-a-folder.jpg").unlink()
+            (self.folder / "becomes-a-folder.jpg").mkdir()
 
     def advance(self, steps: int = 1) -> None:
         if self.phase == "Scanning" and (self.folder / "gone-during-scan").exists():
@@ -193,15 +200,21 @@ def test_each_bad_input_has_a_clear_outcome(case: Case, corpus: Indexed) -> None
     if case.error is None:
         assert path in corpus.indexed, corpus.failures.get(path)
         assert path not in corpus.failures
+    elif case.error == VANISHED:
+        assert path not in corpus.indexed and path not in corpus.failures
     else:
         assert case.error in corpus.failures[path], corpus.failures
         assert path not in corpus.indexed
 
 
 def test_the_run_goes_on_and_its_report_says_what_failed(corpus: Indexed) -> None:
-    failing = [c for c in CASES if c.error is not None and not (ROOT and c.name == "unreadable.jpg")]
+    vanished = [c for c in CASES if c.error == VANISHED]
+    failing = [
+        c for c in CASES if c.error not in (None, VANISHED) and not (ROOT and c.name == "unreadable.jpg")
+    ]
     readable = [c for c in CASES if c.error is None or (ROOT and c.name == "unreadable.jpg")]
     assert corpus.report.failed == len(failing) == len(corpus.failures)
+    assert (corpus.report.vanished, corpus.report.removed) == (len(vanished), 0)
     assert corpus.report.added == len(GOOD) + len(readable)
     assert not corpus.report.complete
     assert corpus.report.unreadable_dirs == [
@@ -230,7 +243,7 @@ def test_good_photos_are_indexed_exactly_as_without_the_bad_ones(
 def test_the_command_says_so_in_its_summary_and_exit_code(
     tmp_path: Path, photo_set: Path, tiny_model: TinyModel
 ) -> None:
-    static = [c for c in CASES if c.error and "vanish" not in c.name and c.name != "unreadable.jpg"]
+    static = [c for c in CASES if c.error not in (None, VANISHED) and c.name != "unreadable.jpg"]
     make_corpus(tmp_path / "Photos", photo_set, static)
     library = str(tmp_path / "library")
     result = run_cli("index", str(tmp_path / "Photos"), "--library", library, *tiny_model.index_args())

@@ -344,6 +344,35 @@ def test_a_file_moved_into_another_root_keeps_its_id_when_only_that_root_is_inde
     assert after[str(unmoved)] == ids_before[str(unmoved)]
 
 
+def test_files_moved_between_roots_keep_their_ids_whichever_root_is_walked_first(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """`mv ~/Inbox/a.jpg ~/Inbox/a-copy.jpg ~/Photos/; pixsift index ~/Inbox ~/Photos`: the
+    source root comes first in the run, and the two files moved are identical copies, which
+    share a content hash: each keeps its own id, not one the other's and one a new id."""
+    inbox = tmp_path / "Inbox"
+    inbox.mkdir()
+    (photos / "photo_0100.jpg").rename(inbox / "a.jpg")
+    shutil.copy(inbox / "a.jpg", inbox / "a-copy.jpg")
+    (photos / "photo_0101.jpg").rename(inbox / "stays.jpg")  # an emptied root looks unmounted
+    index(open_library, tiny_model, inbox, photos)
+    ids_before = {h.path.name: h.id for h in open_library.search("x", k=50)}
+
+    for name in ("a.jpg", "a-copy.jpg"):
+        (inbox / name).rename(photos / name)
+    report = open_library.index(inbox, photos)  # the source first
+    assert (report.moved, report.reused, report.embedded, report.removed) == (2, 0, 0, 0)
+    assert {h.path.name: h.id for h in open_library.search("x", k=50)} == ids_before
+
+    (photos / "a-copy.jpg").rename(inbox / "a-copy.jpg")
+    (photos / "a.jpg").rename(inbox / "renamed.jpg")  # moved and renamed: still a move
+    report = open_library.index()  # every root, the source (Photos) last
+    assert (report.moved, report.reused, report.embedded, report.removed) == (2, 0, 0, 0)
+    after = {h.path.name: h.id for h in open_library.search("x", k=50)}
+    assert after["renamed.jpg"] == ids_before["a.jpg"]
+    assert after["a-copy.jpg"] == ids_before["a-copy.jpg"]
+
+
 def test_changed_file_gets_a_new_vector(
     open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
 ) -> None:
@@ -390,6 +419,29 @@ def test_an_unmounted_root_keeps_its_images(
     assert open_library.check().healthy and open_library.repair().images == 12
     (photos / "new.jpg").write_bytes((tmp_path / "unplugged" / "photo_0100.jpg").read_bytes())
     assert open_library.index().removed == 11  # not empty: a folder whose photos were deleted
+
+
+def test_a_root_emptied_on_purpose_is_kept_until_a_file_is_left_in_it(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """`mv ~/Inbox/* ~/Photos/`: an empty indexed folder looks like the mount point of an
+    unplugged drive, so its images are kept, and the summary says how to tell pixsift it is
+    not (a file left in it), after which its deleted photos leave the library."""
+    from pixsift.formatting import format_report
+
+    inbox = tmp_path / "Inbox"
+    inbox.mkdir()
+    (photos / "photo_0100.jpg").rename(inbox / "a.jpg")
+    index(open_library, tiny_model, inbox, photos)
+    (inbox / "a.jpg").rename(photos / "a.jpg")
+    emptied = open_library.index()
+    assert (emptied.skipped_roots, emptied.removed) == ([str(inbox)], 0)
+    assert f"leave any file in it: touch {inbox / '.keep'}" in format_report(emptied)
+
+    (inbox / ".keep").touch()
+    report = open_library.index()
+    assert (report.skipped_roots, report.removed) == ([], 1)
+    assert indexed_paths(open_library) == {str(p) for p in photos.glob("*.jpg")}
 
 
 def test_a_root_moved_elsewhere_and_left_as_a_link_is_not_indexed_twice(
@@ -536,6 +588,73 @@ def test_bad_files_are_recorded_and_indexing_goes_on(
     fixed = open_library.index(photos)
     assert (fixed.updated, fixed.removed) == (1, 1)
     assert [f.path for f in open_library.failures()] == [str(photos / "truncated.jpg")]
+
+
+class ChangesWhenEmbeddingStarts:
+    """A progress listener that runs `change` once the scan is over, before any file is read."""
+
+    def __init__(self, change: Callable[[], object]) -> None:
+        self.change = change
+
+    def start(self, phase: str, total: int | None = None) -> None:
+        if phase == "Embedding":
+            self.change()
+
+    def advance(self, steps: int = 1) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def test_files_deleted_between_the_scan_and_their_reading_are_gone_not_failed(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """A file deleted (or replaced by a folder) while the run reads the others is not a file that
+    could not be read: the run is complete (exit 0), no failed row is left to retry, and the next
+    run has nothing to do."""
+    index(open_library, tiny_model, photos)
+    changed, replaced, new = photos / "photo_0100.jpg", photos / "photo_0101.jpg", photos / "new.jpg"
+    save(make_photo(900), changed)  # known, with new content to read
+    save(make_photo(901), replaced)
+    save(make_photo(902), new)
+    ids = {h.path.name: h.id for h in open_library.search("x", k=50)}
+
+    def delete_them() -> None:
+        changed.unlink()
+        new.unlink()
+        replaced.unlink()
+        replaced.mkdir()
+
+    from pixsift.formatting import format_report
+
+    report = open_library.index(photos, progress=ChangesWhenEmbeddingStarts(delete_them))
+    assert report.complete and (report.failed, report.vanished, report.removed) == (0, 3, 2)
+    assert format_report(report).splitlines()[1] == "3 file(s) deleted during the run, left out"
+    assert (report.added, report.updated) == (0, 0)
+    assert open_library.failures() == []
+    assert open_library._catalog.images([ids[changed.name], ids[replaced.name]]) == {}
+    assert indexed_paths(open_library) == {str(p) for p in photos.glob("*.jpg") if p.is_file()}
+    again = open_library.index(photos)
+    assert (again.unchanged, again.removed, again.failed, again.embedded) == (10, 0, 0, 0)
+
+
+def test_a_root_gone_during_the_run_keeps_its_images(
+    open_library: Library, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """Files missing because their whole folder went away (a drive unplugged during the run)
+    are not taken for deleted: the next run skips the folder as unmounted, and keeps them."""
+    index(open_library, tiny_model, photos)
+    changed = photos / "photo_0100.jpg"
+    save(make_photo(900), changed)
+    unplug = ChangesWhenEmbeddingStarts(lambda: photos.rename(tmp_path / "unplugged"))
+
+    report = open_library.index(photos, progress=unplug)
+    assert (report.failed, report.vanished, report.removed) == (1, 0, 0)
+    assert open_library.status().counts.total == 12
+    assert open_library.index().skipped_roots == [str(photos)]
+    (tmp_path / "unplugged").rename(photos)
+    assert open_library.index().updated == 1
 
 
 def test_interrupted_run_keeps_committed_batches_and_the_next_run_finishes(

@@ -10,6 +10,7 @@ can check the output without a terminal.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import unicodedata
 from collections.abc import Sequence
@@ -84,7 +85,9 @@ def format_report(report: IndexReport) -> str:
     )
     took = f"{'interrupted after ' if report.interrupted else ''}{report.elapsed_s:.1f} s{rate}"
     summary = f"{report.scanned} images found: {', '.join(parts)} ({took})."
-    return "\n".join([summary, *report_warnings(report)])
+    # Found, but in none of the counts above: say where they went.
+    gone = [f"{report.vanished} file(s) deleted during the run, left out"] if report.vanished else []
+    return "\n".join([summary, *gone, *report_warnings(report)])
 
 
 def report_warnings(report: IndexReport) -> list[str]:
@@ -93,9 +96,12 @@ def report_warnings(report: IndexReport) -> list[str]:
     for folder, reason in report.unreadable_dirs:
         lines.append(f"warning: could not read folder {folder} ({reason}); its images were kept")
     for root in report.skipped_roots:
+        # An emptied folder cannot be told from the mount point of an unplugged drive: a file
+        # left in it (any, even hidden) says it is there, and its deleted photos then leave.
         lines.append(
             f"warning: folder {root} is missing or empty (unmounted?); its images were kept "
-            f"(if it is gone for good: pixsift forget {shlex.quote(root)})"
+            f"(if it is gone for good: pixsift forget {shlex.quote(root)}; if you emptied it "
+            f"on purpose, leave any file in it: touch {shlex.quote(os.path.join(root, '.keep'))})"
         )
     if report.unsupported_heif:
         lines.append(

@@ -12,6 +12,7 @@ EXIF orientation is applied before the model's preprocessing, as a viewer shows 
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -188,6 +189,16 @@ def is_read_failure(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
     return isinstance(exc, OSError) and exc.errno is not None
+
+
+# What opening a path reports when no file is there any more: deleted, a path through what is
+# no longer a folder, a link to nowhere, or a folder put in the file's place.
+VANISHED_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR})
+
+
+def is_vanished(exc: BaseException) -> bool:
+    """Whether `exc` says the file is no longer there (rather than there but unreadable)."""
+    return isinstance(exc, OSError) and exc.errno in VANISHED_ERRNOS
 
 
 def describe_error(exc: BaseException) -> str:

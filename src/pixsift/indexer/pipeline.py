@@ -18,7 +18,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from pixsift.indexer.decode import DecodedImage, describe_error, is_read_failure, load_image
+from pixsift.indexer.decode import DecodedImage, describe_error, is_read_failure, is_vanished, load_image
 from pixsift.models.embedder import Embedder
 
 JobT = TypeVar("JobT")
@@ -36,6 +36,7 @@ class Unreadable(Generic[JobT]):
     job: JobT
     error: str
     retry: bool = False  # the file could not be read (not bad content): try it again next run
+    vanished: bool = False  # nothing (or a folder) was at its path any more: deleted meanwhile
 
 
 Outcome = Embedded[JobT] | Unreadable[JobT]
@@ -108,7 +109,9 @@ def _outcomes(batch: Sequence[tuple[JobT, Future[DecodedImage]]], embedder: Embe
         try:
             decoded.append((job, future.result()))
         except Exception as exc:  # one bad file, whatever its fault, is only recorded
-            failed.append(Unreadable(job, describe_error(exc), retry=is_read_failure(exc)))
+            failed.append(
+                Unreadable(job, describe_error(exc), retry=is_read_failure(exc), vanished=is_vanished(exc))
+            )
     return failed + _embed(decoded, embedder)
 
 

@@ -17,6 +17,7 @@ class IndexReport:
     touched: int = 0  # files whose timestamp changed but not their content
     removed: int = 0  # files gone from disk, dropped from the library
     failed: int = 0  # files that could not be read this run
+    vanished: int = 0  # files deleted (or replaced by a folder) between the scan and their reading
     still_failed: int = 0  # unchanged files whose content failed in an earlier run (not retried)
     unreadable_dirs: list[tuple[str, str]] = field(default_factory=list)
     unsupported_heif: int = 0  # HEIC/HEIF files not indexed: the heif extra is not installed

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from pixsift.indexer.decode import default_max_pixels, describe_error, hash_file
-from pixsift.indexer.pipeline import Embedded, Outcome, embed_files
+from pixsift.indexer.decode import default_max_pixels, describe_error, hash_file, is_vanished
+from pixsift.indexer.pipeline import Embedded, Outcome, Unreadable, embed_files
 from pixsift.indexer.plan import Candidate, IndexPlan, plan_folder
 from pixsift.indexer.progress import IndexProgress, SilentProgress
 from pixsift.indexer.report import IndexInterrupted, IndexReport
@@ -25,6 +25,7 @@ from pixsift.indexer.scan import (
     hidden_between,
     image_extensions,
     is_within,
+    looks_unmounted,
     scan_folder,
 )
 from pixsift.models.embedder import Embedder
@@ -85,9 +86,10 @@ class Indexer:
                 )
         try:
             plan = self._plan(roots, report)
-            embed_queue = self._without_still_unreadable(self._settle_by_content(plan, report), report)
+            settled = self._settle_by_content(plan, report)
+            embed_queue = self._without_still_unreadable(settled, roots, report)
             if embed_queue:
-                self._embed(embed_queue, report)
+                self._embed(embed_queue, roots, report)
             with self._catalog.write() as batch:
                 for root in roots:
                     if root.scope is None:  # only a whole root counts as indexed
@@ -173,11 +175,20 @@ class Indexer:
     def _settle_by_content(self, plan: IndexPlan, report: IndexReport) -> list[Candidate]:
         """Apply everything that needs no model; return the candidates left to embed."""
         hashes = self._hash_move_candidates(plan.candidates)
-        missing_by_hash = {row.content_hash: row for row in plan.missing if row.has_vector}
-        new_paths = [c.file.path for c in plan.candidates if c.known is None]
-        new_hashes = {hashes[path] for path in new_paths if path in hashes}
-        for row in self._gone_elsewhere(new_hashes - missing_by_hash.keys()):
-            missing_by_hash.setdefault(row.content_hash, row)
+        departed: dict[str | None, list[KnownFile]] = {}
+        for row in plan.missing:
+            if row.has_vector:
+                departed.setdefault(row.content_hash, []).append(row)
+        # Only a new path can be where a missing file went: a known path that now holds its
+        # content is a copy, and must leave the missing row to a new path found later.
+        arrived = {
+            c.file.path: hashes[c.file.path]
+            for c in plan.candidates
+            if c.known is None and c.file.path in hashes
+        }
+        for row in self._gone_elsewhere(set(arrived.values()) - departed.keys()):
+            departed.setdefault(row.content_hash, []).append(row)
+        moves = _pair_moves(arrived, departed)
         sources = self._catalog.embeddings_by_hash(hashes.values())  # read before any write
         gone = {row.id for row in plan.missing}
         to_embed: list[Candidate] = []
@@ -185,7 +196,7 @@ class Indexer:
             for candidate in plan.candidates:
                 content_hash = hashes.get(candidate.file.path)
                 if content_hash is None or not self._reuse(
-                    batch, candidate, content_hash, missing_by_hash, sources, gone, report
+                    batch, candidate, content_hash, moves, sources, gone, report
                 ):
                     to_embed.append(candidate)
             batch.delete_images(gone)
@@ -214,7 +225,7 @@ class Indexer:
         batch: CatalogWriter,
         candidate: Candidate,
         content_hash: str,
-        missing_by_hash: dict[str | None, KnownFile],
+        moves: dict[str, KnownFile],
         sources: dict[str, StoredEmbedding],
         gone: set[int],
         report: IndexReport,
@@ -225,9 +236,7 @@ class Indexer:
             batch.touch_image(known.id, size=file.size, mtime_ns=file.mtime_ns)
             report.touched += 1
             return True
-        # Only a new path can be where a missing file went: a known path that now holds its
-        # content is a copy, and must leave the missing row to a new path found later.
-        moved_from = missing_by_hash.pop(content_hash, None) if known is None else None
+        moved_from = moves.get(file.path)
         if moved_from is not None:
             batch.move_image(moved_from.id, file.path, size=file.size, mtime_ns=file.mtime_ns)
             gone.discard(moved_from.id)
@@ -265,11 +274,14 @@ class Indexer:
         self._progress.stop()
         return hashes
 
-    def _without_still_unreadable(self, queue: list[Candidate], report: IndexReport) -> list[Candidate]:
+    def _without_still_unreadable(
+        self, queue: list[Candidate], roots: Sequence[RootRequest], report: IndexReport
+    ) -> list[Candidate]:
         """Files that could not be read last time and have not changed are tried with a cheap
         read first: one that still cannot be read is recorded again here, so it does not make
-        every run load the model."""
+        every run load the model (and one deleted since the scan leaves the library)."""
         failed: list[tuple[KnownFile, str]] = []
+        vanished: list[Candidate] = []
         for candidate in queue:
             known = candidate.known
             if known is None or not known.error_retry:
@@ -280,21 +292,36 @@ class Indexer:
                 with open(candidate.file.path, "rb") as f:
                     f.read(1)
             except OSError as exc:
-                failed.append((known, describe_error(exc)))
-        if not failed:
+                if is_vanished(exc) and self._is_vanished(candidate.file.path, roots):
+                    vanished.append(candidate)
+                else:
+                    failed.append((known, describe_error(exc)))
+        if not failed and not vanished:
             return queue
         with self._catalog.write() as batch:
             for known, error in failed:
                 batch.record_failure(
                     known.id, error, size=known.size, mtime_ns=known.mtime_ns, content_hash=None, retry=True
                 )
+            _forget_vanished(batch, vanished, report)
         report.failed += len(failed)
-        still = {known.id for known, _ in failed}
-        return [c for c in queue if c.known is None or c.known.id not in still]
+        settled = {known.id for known, _ in failed} | {c.known.id for c in vanished if c.known is not None}
+        return [c for c in queue if c.known is None or c.known.id not in settled]
+
+    def _is_vanished(self, path: str, roots: Sequence[RootRequest]) -> bool:
+        """Whether the file at `path`, which could not be opened as gone, was deleted during
+        the run: nothing, or a folder, is there now, and its root is still there. A root that
+        went away meanwhile (a drive unplugged during the run) keeps its images: the failure is
+        recorded, and the next run skips the root as unmounted."""
+        if not _is_gone(path) and not os.path.isdir(path):  # a file is back: read it next time
+            return False
+        return not any(
+            is_within(path, root.path) and looks_unmounted(root.path, self._catalog) for root in roots
+        )
 
     # ---- phase 3: decode and embed, committing batch by batch ------------------------------
 
-    def _embed(self, queue: list[Candidate], report: IndexReport) -> None:
+    def _embed(self, queue: list[Candidate], roots: Sequence[RootRequest], report: IndexReport) -> None:
         self._progress.start("Loading model")
         embedder = self._embedder()
         self._progress.stop()
@@ -302,8 +329,16 @@ class Indexer:
         started = time.monotonic()
         try:
             for outcomes in self._outcomes(queue, embedder):
+                # A file deleted (or replaced by a folder) since the scan is not a failure to
+                # report and retry: it is gone, as if deleted before the run.
+                vanished = [
+                    o
+                    for o in outcomes
+                    if isinstance(o, Unreadable) and o.vanished and self._is_vanished(o.job.file.path, roots)
+                ]
                 with self._catalog.write() as batch:
-                    _store(batch, outcomes, report)
+                    _store(batch, [o for o in outcomes if all(o is not v for v in vanished)], report)
+                    _forget_vanished(batch, [o.job for o in vanished], report)
                 self._progress.advance(len(outcomes))
         finally:
             report.embed_s = time.monotonic() - started
@@ -356,6 +391,39 @@ def _store(batch: CatalogWriter, outcomes: Sequence[Outcome[Candidate]], report:
             )
             report.failed += 1
     batch.save_embeddings(fresh)
+
+
+def _pair_moves(arrived: dict[str, str], departed: dict[str | None, list[KnownFile]]) -> dict[str, KnownFile]:
+    """Which departed row each arrived path (new, with its content hash) is, when it is one.
+
+    Identical copies moved together (`mv a.jpg a-copy.jpg ~/Photos/`) share a hash: each
+    takes the row of its own name first, so each keeps its own id; then any row of that
+    content still unclaimed, in walk order (a file moved and renamed).
+    """
+    moves: dict[str, KnownFile] = {}
+    claimed: set[int] = set()
+
+    def claim(path: str, rows: list[KnownFile]) -> None:
+        if rows:
+            moves[path] = rows[0]
+            claimed.add(rows[0].id)
+
+    for path, content_hash in arrived.items():
+        name = os.path.basename(path)
+        rows = departed.get(content_hash, [])
+        claim(path, [r for r in rows if r.id not in claimed and os.path.basename(r.path) == name])
+    for path, content_hash in arrived.items():
+        if path not in moves:
+            claim(path, [r for r in departed.get(content_hash, []) if r.id not in claimed])
+    return moves
+
+
+def _forget_vanished(batch: CatalogWriter, vanished: Sequence[Candidate], report: IndexReport) -> None:
+    """Drop the rows of files deleted during the run; a new one is simply not added."""
+    known = [c.known.id for c in vanished if c.known is not None]
+    batch.delete_images(known)
+    report.removed += len(known)
+    report.vanished += len(vanished)
 
 
 def _is_gone(path: str) -> bool:
