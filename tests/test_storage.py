@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import faiss
@@ -67,8 +70,12 @@ def test_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     Catalog.open(tmp_path / "library.db").close()
     with sqlite3.connect(tmp_path / "library.db") as db:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    before = (tmp_path / "library.db").read_bytes()
     with pytest.raises(LibraryFormatError, match="newer"):
         Catalog.open(tmp_path / "library.db")
+    assert (tmp_path / "library.db").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["library.db"]  # no journal left open
 
 
 def test_a_library_is_kept_in_wal_mode(tmp_path: Path) -> None:
@@ -271,6 +278,37 @@ def test_failures_recorded_before_schema_3_that_may_pass_are_retried(tmp_path: P
     try:
         known = catalog.known_files(str(tmp_path))
         assert [known[str(tmp_path / f"{n}.jpg")].error_retry for n in range(3)] == [True, True, False]
+        assert catalog.schema_differences() == []
+    finally:
+        catalog.close()
+
+
+OPEN_AT_GO = """
+import sys, time
+from pathlib import Path
+from pixsift.storage import Catalog
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.001)
+Catalog.open(Path(sys.argv[2])).close()
+"""
+
+
+def test_a_new_library_opened_by_many_processes_at_once_is_created_once(tmp_path: Path) -> None:
+    """Each sees no schema with its plain read; only the first to take the write lock creates
+    it, the others find it made when they look again under the lock."""
+    go, path = tmp_path / "go", tmp_path / "library.db"
+    children = [
+        subprocess.Popen([sys.executable, "-c", OPEN_AT_GO, str(go), str(path)], stderr=subprocess.PIPE)
+        for _ in range(6)
+    ]
+    time.sleep(2)  # all started and waiting
+    go.touch()
+    for child in children:
+        _, stderr = child.communicate(timeout=120)
+        assert child.returncode == 0, stderr.decode()
+    catalog = Catalog.open(path)
+    try:
         assert catalog.schema_differences() == []
     finally:
         catalog.close()

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from pixsift.config import INDEX_NAME
 from pixsift.errors import LibraryFormatError, LibraryReadError, LibraryWriteError, PixsiftError
 from pixsift.storage.interrupts import interrupts_deferred
-from pixsift.storage.migrations import migrate, schema_version
+from pixsift.storage.migrations import SCHEMA_VERSION, check_supported, migrate, schema_version
 
 BUSY_TIMEOUT_MS = 30_000
 # Connections per process: an HTTP service reads from many threads at once; SQLite connections
@@ -40,11 +40,8 @@ def open_engine(db_path: Path) -> Engine:
     event.listen(engine, "connect", _configure_connection)
     event.listen(engine, "begin", _begin)
     try:
-        with interrupts_deferred(), writer(engine).begin() as connection:
-            created = schema_version(connection) == 0  # no file, or an empty one
-            migrate(connection)
-            if created:
-                _discard_orphan_index(db_path.parent)
+        if not _up_to_date(engine):
+            _create_or_migrate(engine, db_path)
     except DBAPIError as exc:  # not a database, another program's database, no permission
         engine.dispose()
         if not _writable(db_path):
@@ -57,8 +54,34 @@ def open_engine(db_path: Path) -> Engine:
             raise locked_error(db_path.parent, exc) from exc
         # exc.orig: SQLAlchemy's own text adds a second line pointing at its documentation.
         raise LibraryFormatError(f"Cannot use {db_path} as a pixsift library: {_reason(exc.orig)}.") from exc
+    except BaseException:  # a newer schema, another program's tables: refused, nothing kept open
+        engine.dispose()
+        raise
     _use_wal(engine)
     return engine
+
+
+def _up_to_date(engine: Engine) -> bool:
+    """Whether the schema is this pixsift's, seen with a plain read: the usual open (a search,
+    a status) takes no write lock, so it does not wait for another process's long write
+    transaction (a large forget, a migration), which WAL lets it read beside.
+
+    Raises LibraryFormatError for a schema newer than this pixsift knows."""
+    with engine.begin() as connection:
+        version = schema_version(connection)
+    check_supported(version)
+    return version == SCHEMA_VERSION
+
+
+def _create_or_migrate(engine: Engine, db_path: Path) -> None:
+    """Create or migrate the schema under the write lock. The version is read again under it:
+    another process may have created or migrated the library since `_up_to_date` looked, and
+    a new library must be created, and an orphan index discarded, exactly once."""
+    with interrupts_deferred(), writer(engine).begin() as connection:
+        created = schema_version(connection) == 0  # no file, or an empty one
+        migrate(connection)
+        if created:
+            _discard_orphan_index(db_path.parent)
 
 
 def _use_wal(engine: Engine) -> None:
