@@ -10,6 +10,7 @@ writers can take the write lock up front with BEGIN IMMEDIATE.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from pixsift.config import INDEX_NAME
+from pixsift.config import INDEX_NAME, THUMBNAILS_DIR
 from pixsift.errors import LibraryFormatError, LibraryReadError, LibraryWriteError, PixsiftError
 from pixsift.storage.interrupts import interrupts_deferred
 from pixsift.storage.migrations import SCHEMA_VERSION, check_supported, migrate, schema_version
@@ -76,12 +77,12 @@ def _up_to_date(engine: Engine) -> bool:
 def _create_or_migrate(engine: Engine, db_path: Path) -> None:
     """Create or migrate the schema under the write lock. The version is read again under it:
     another process may have created or migrated the library since `_up_to_date` looked, and
-    a new library must be created, and an orphan index discarded, exactly once."""
+    a new library must be created, and orphan caches discarded, exactly once."""
     with interrupts_deferred(), writer(engine).begin() as connection:
         created = schema_version(connection) == 0  # no file, or an empty one
         migrate(connection)
         if created:
-            _discard_orphan_index(db_path.parent)
+            _discard_orphan_caches(db_path.parent)
 
 
 def _use_wal(engine: Engine) -> None:
@@ -171,14 +172,18 @@ def _sqlite_code(exc: DBAPIError) -> int | None:
     return None if code is None else int(code) & 0xFF
 
 
-def _discard_orphan_index(folder: Path) -> None:
-    """Remove a search index file that outlived its database (library.db deleted or emptied,
-    the rest left). A new database counts generations from 0 again, so that file would pass
-    for one merely behind, and its vectors would answer for other images under the same ids.
-    Called under the new database's write lock: no index of this database can exist yet."""
+def _discard_orphan_caches(folder: Path) -> None:
+    """Remove the search index file and thumbnails that outlived their database (library.db
+    deleted or emptied, the rest left). A new database gives ids and counts generations from
+    the start again, so that index would pass for one merely behind, its vectors answering for
+    other images under the same ids, and the thumbnails cached under an id would be shown for
+    another image of the same file size and time. Both are caches, made again when needed.
+    Called under the new database's write lock: no index or thumbnail of it can exist yet."""
     try:
         (folder / INDEX_NAME).unlink(missing_ok=True)
-    except OSError as exc:  # a folder in its place, no permission
+        if (folder / THUMBNAILS_DIR).exists():
+            shutil.rmtree(folder / THUMBNAILS_DIR)
+    except OSError as exc:  # a folder in the index's place, no permission
         raise write_error(folder, exc) from exc
 
 
