@@ -8,6 +8,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
@@ -259,16 +261,71 @@ def test_filtered_search_matches_brute_force(tmp_path: Path) -> None:
     assert list(found[0]) == list(expected)
 
 
+@contextmanager
+def old_library(path: Path, version: int) -> Iterator[sqlite3.Connection]:
+    """A database as pixsift made it at schema `version` (the frozen DDL), to fill, committed
+    and closed after the block."""
+    db = sqlite3.connect(path)
+    try:
+        for migration in MIGRATIONS[:version]:
+            for statement in migration.statements:
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {version}")
+        yield db
+        db.commit()
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
+def test_a_library_of_every_older_schema_is_migrated_keeping_its_contents(
+    tmp_path: Path, version: int
+) -> None:
+    path = tmp_path / "library.db"
+    vector = unit(7)
+    with old_library(path, version) as db:
+        db.execute(
+            "INSERT INTO images (path, size, mtime_ns, content_hash, width, height, format, indexed_at) "
+            "VALUES (?, 10, 20, 'h7', 640, 480, 'JPEG', '2024-05-01T10:00:00+00:00')",
+            (b"/photos/a.jpg",),
+        )
+        db.execute("INSERT INTO embeddings VALUES (1, ?)", (vector.astype("<f4").tobytes(),))
+        db.execute(
+            "INSERT INTO model VALUES (1, 'test', 'none', NULL, ?, ?, '2024-05-01T10:00:00+00:00')",
+            (DIM, "f" * 16),
+        )
+        db.execute("INSERT INTO roots VALUES (1, ?, 0, 0, '2024-05-01T10:00:00+00:00', NULL)", (b"/photos",))
+        db.execute("INSERT INTO settings VALUES ('vector_generation', '1')")
+    catalog = Catalog.open(path)
+    try:
+        assert catalog.schema_differences() == []
+        assert catalog.model() == ModelRecord(ModelSpec("test", "none"), DIM, "f" * 16)
+        assert [root.path for root in catalog.roots()] == ["/photos"]
+        known = catalog.known_files("/photos")["/photos/a.jpg"]
+        assert (known.id, known.size, known.has_vector, known.error, known.error_retry) == (
+            1,
+            10,
+            True,
+            None,
+            False,
+        )
+        assert np.array_equal(catalog.vectors([1])[1], vector)
+        assert catalog.generation() == 1
+        add(catalog, "/photos/b.jpg", 8)  # and it takes new images, under new ids
+        assert sorted(catalog.known_files("/photos")) == ["/photos/a.jpg", "/photos/b.jpg"]
+    finally:
+        catalog.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()
+
+
 def test_failures_recorded_before_schema_3_that_may_pass_are_retried(tmp_path: Path) -> None:
     """Upgrading marks the failures to read a file (by their recorded reasons) for retry;
     failures of the content stay as they were."""
     path = tmp_path / "library.db"
     errors = ["permission denied", "[Errno 5] Input/output error", "image file is truncated"]
-    with sqlite3.connect(path) as db:
-        for migration in MIGRATIONS[:2]:
-            for statement in migration.statements:
-                db.execute(statement)
-        db.execute("PRAGMA user_version = 2")
+    with old_library(path, 2) as db:
         for number, error in enumerate(errors):
             db.execute(
                 "INSERT INTO images (path, size, mtime_ns, error, indexed_at) VALUES (?, 1, 1, ?, '2024')",
