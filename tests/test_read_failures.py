@@ -19,6 +19,7 @@ from conftest import TinyModel, run_cli
 from pixsift import Library, LibraryFormatError, LibraryReadError
 from pixsift.cli import app
 from pixsift.storage import database
+from pixsift.storage.migrations import MIGRATIONS, SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -133,3 +134,50 @@ def test_a_write_locked_out_by_another_program_says_so_not_disk_full(
         result = CliRunner().invoke(app, ["index", str(photos), "--library", str(indexed)])
     assert result.exit_code == 1, result.output
     assert locked in result.stderr and "disk full" not in result.stderr
+
+
+def test_an_up_to_date_library_opens_and_answers_beside_another_programs_write(
+    indexed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening checks the schema with a read: WAL lets it, and searches, go on beside a long
+    write transaction (a large forget, a batch commit) instead of waiting for it to end."""
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 200)  # waiting for the lock would fail
+    with Library.open(indexed) as library:
+        expected = library.search("a photo", k=3)
+    with write_held_by_another_program(indexed):
+        with Library.open(indexed) as library:
+            assert library.search("a photo", k=3) == expected
+            assert library.status().counts.indexed == 12
+        status = CliRunner().invoke(app, ["status", "--library", str(indexed)])
+        assert status.exit_code == 0, status.output
+
+
+def old_library(path: Path, version: int) -> None:
+    """A database as pixsift made it at schema `version`, from the frozen DDL."""
+    with sqlite3.connect(path) as db:
+        for migration in MIGRATIONS[:version]:
+            for statement in migration.statements:
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {version}")
+    db.close()
+
+
+def test_a_library_to_migrate_waits_for_the_write_lock_and_says_who_holds_it(
+    library_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 200)
+    library_dir.mkdir()
+    old_library(library_dir / "library.db", 2)
+    with write_held_by_another_program(library_dir), pytest.raises(LibraryReadError) as caught:
+        Library.open(library_dir)
+    assert str(caught.value).startswith(
+        f"The library database at {library_dir} is locked by another program (database is locked)."
+    )
+    with sqlite3.connect(library_dir / "library.db") as db:  # refused untouched
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+    with Library.open(library_dir) as library:  # released: migrated now
+        assert library.check().healthy
+    with sqlite3.connect(library_dir / "library.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()

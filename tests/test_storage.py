@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
@@ -67,8 +72,12 @@ def test_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     Catalog.open(tmp_path / "library.db").close()
     with sqlite3.connect(tmp_path / "library.db") as db:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    before = (tmp_path / "library.db").read_bytes()
     with pytest.raises(LibraryFormatError, match="newer"):
         Catalog.open(tmp_path / "library.db")
+    assert (tmp_path / "library.db").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["library.db"]  # no journal left open
 
 
 def test_a_library_is_kept_in_wal_mode(tmp_path: Path) -> None:
@@ -252,16 +261,71 @@ def test_filtered_search_matches_brute_force(tmp_path: Path) -> None:
     assert list(found[0]) == list(expected)
 
 
+@contextmanager
+def old_library(path: Path, version: int) -> Iterator[sqlite3.Connection]:
+    """A database as pixsift made it at schema `version` (the frozen DDL), to fill, committed
+    and closed after the block."""
+    db = sqlite3.connect(path)
+    try:
+        for migration in MIGRATIONS[:version]:
+            for statement in migration.statements:
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {version}")
+        yield db
+        db.commit()
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
+def test_a_library_of_every_older_schema_is_migrated_keeping_its_contents(
+    tmp_path: Path, version: int
+) -> None:
+    path = tmp_path / "library.db"
+    vector = unit(7)
+    with old_library(path, version) as db:
+        db.execute(
+            "INSERT INTO images (path, size, mtime_ns, content_hash, width, height, format, indexed_at) "
+            "VALUES (?, 10, 20, 'h7', 640, 480, 'JPEG', '2024-05-01T10:00:00+00:00')",
+            (b"/photos/a.jpg",),
+        )
+        db.execute("INSERT INTO embeddings VALUES (1, ?)", (vector.astype("<f4").tobytes(),))
+        db.execute(
+            "INSERT INTO model VALUES (1, 'test', 'none', NULL, ?, ?, '2024-05-01T10:00:00+00:00')",
+            (DIM, "f" * 16),
+        )
+        db.execute("INSERT INTO roots VALUES (1, ?, 0, 0, '2024-05-01T10:00:00+00:00', NULL)", (b"/photos",))
+        db.execute("INSERT INTO settings VALUES ('vector_generation', '1')")
+    catalog = Catalog.open(path)
+    try:
+        assert catalog.schema_differences() == []
+        assert catalog.model() == ModelRecord(ModelSpec("test", "none"), DIM, "f" * 16)
+        assert [root.path for root in catalog.roots()] == ["/photos"]
+        known = catalog.known_files("/photos")["/photos/a.jpg"]
+        assert (known.id, known.size, known.has_vector, known.error, known.error_retry) == (
+            1,
+            10,
+            True,
+            None,
+            False,
+        )
+        assert np.array_equal(catalog.vectors([1])[1], vector)
+        assert catalog.generation() == 1
+        add(catalog, "/photos/b.jpg", 8)  # and it takes new images, under new ids
+        assert sorted(catalog.known_files("/photos")) == ["/photos/a.jpg", "/photos/b.jpg"]
+    finally:
+        catalog.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()
+
+
 def test_failures_recorded_before_schema_3_that_may_pass_are_retried(tmp_path: Path) -> None:
     """Upgrading marks the failures to read a file (by their recorded reasons) for retry;
     failures of the content stay as they were."""
     path = tmp_path / "library.db"
     errors = ["permission denied", "[Errno 5] Input/output error", "image file is truncated"]
-    with sqlite3.connect(path) as db:
-        for migration in MIGRATIONS[:2]:
-            for statement in migration.statements:
-                db.execute(statement)
-        db.execute("PRAGMA user_version = 2")
+    with old_library(path, 2) as db:
         for number, error in enumerate(errors):
             db.execute(
                 "INSERT INTO images (path, size, mtime_ns, error, indexed_at) VALUES (?, 1, 1, ?, '2024')",
@@ -271,6 +335,37 @@ def test_failures_recorded_before_schema_3_that_may_pass_are_retried(tmp_path: P
     try:
         known = catalog.known_files(str(tmp_path))
         assert [known[str(tmp_path / f"{n}.jpg")].error_retry for n in range(3)] == [True, True, False]
+        assert catalog.schema_differences() == []
+    finally:
+        catalog.close()
+
+
+OPEN_AT_GO = """
+import sys, time
+from pathlib import Path
+from pixsift.storage import Catalog
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.001)
+Catalog.open(Path(sys.argv[2])).close()
+"""
+
+
+def test_a_new_library_opened_by_many_processes_at_once_is_created_once(tmp_path: Path) -> None:
+    """Each sees no schema with its plain read; only the first to take the write lock creates
+    it, the others find it made when they look again under the lock."""
+    go, path = tmp_path / "go", tmp_path / "library.db"
+    children = [
+        subprocess.Popen([sys.executable, "-c", OPEN_AT_GO, str(go), str(path)], stderr=subprocess.PIPE)
+        for _ in range(6)
+    ]
+    time.sleep(2)  # all started and waiting
+    go.touch()
+    for child in children:
+        _, stderr = child.communicate(timeout=120)
+        assert child.returncode == 0, stderr.decode()
+    catalog = Catalog.open(path)
+    try:
         assert catalog.schema_differences() == []
     finally:
         catalog.close()

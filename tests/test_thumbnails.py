@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import textwrap
@@ -173,3 +174,34 @@ def test_a_thumbnail_made_while_its_image_is_deleted_leaves_nothing_behind(
     assert len(outcome) == 1 and isinstance(outcome[0], ImageNotFoundError), outcome
     assert not (library.path / "thumbnails" / str(image_id)).exists()
     library.close()
+
+
+def colour_of(thumbnail_path: Path) -> str:
+    with Image.open(thumbnail_path) as image:
+        red, _, blue = image.convert("RGB").resize((1, 1)).tobytes()
+    return "red" if red > blue else "blue"
+
+
+@pytest.mark.parametrize("loss", ["deleted", "emptied"])
+def test_a_library_made_anew_does_not_show_the_old_ones_thumbnails(
+    tmp_path: Path, tiny_model: TinyModel, loss: str
+) -> None:
+    """library.db deleted or left empty, the rest left: the new database gives ids from 1 again,
+    so a thumbnail cached for the old image 1 was served for the new image 1 whenever the two
+    files had the same size and modification time (uncompressed images of one size, copied
+    from a camera card with its times kept)."""
+    red, blue = tmp_path / "Red", tmp_path / "Blue"
+    for folder, colour in ((red, (255, 0, 0)), (blue, (0, 0, 255))):
+        folder.mkdir()
+        Image.new("RGB", (64, 48), colour).save(folder / "photo.bmp")
+        os.utime(folder / "photo.bmp", ns=(10**18, 10**18))
+    library_dir = tmp_path / "library"
+    with indexed_library(library_dir, red, tiny_model) as library:
+        assert colour_of(library.thumbnail(1, 32)) == "red"
+    if loss == "deleted":
+        (library_dir / "library.db").unlink()
+    else:
+        (library_dir / "library.db").write_bytes(b"")
+    with indexed_library(library_dir, blue, tiny_model) as library:
+        assert library.image(1).path == str(blue / "photo.bmp")
+        assert colour_of(library.thumbnail(1, 32)) == "blue"  # not the old image's red

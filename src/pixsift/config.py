@@ -15,6 +15,7 @@ APP_NAME = "pixsift"
 # The files of a library folder: the catalog, the search index (a cache of the catalog's vectors).
 DB_NAME = "library.db"
 INDEX_NAME = "vectors.faiss"
+THUMBNAILS_DIR = "thumbnails"  # the thumbnail cache's folder inside the library folder
 # How long an index run (or doctor) waits by default for another one holding the library's lock.
 LOCK_WAIT_S = 10.0
 

@@ -30,7 +30,7 @@ from pixsift.arguments import (
     merge_under,
     unit_query_vector,
 )
-from pixsift.config import DB_NAME, INDEX_NAME, LOCK_WAIT_S, resolve_library_dir
+from pixsift.config import DB_NAME, INDEX_NAME, LOCK_WAIT_S, THUMBNAILS_DIR, resolve_library_dir
 from pixsift.errors import (
     EmptyLibraryError,
     ImageNotFoundError,
@@ -61,7 +61,7 @@ from pixsift.search.recommend import RocchioWeights, rocchio
 from pixsift.status import IndexSummary, LibraryStatus, library_status, summarize_index
 from pixsift.storage import Catalog, Failure, ImageInfo
 from pixsift.storage.index_keeper import IndexKeeper
-from pixsift.thumbnails import THUMBNAILS_DIR, forget_thumbnails, prune_thumbnails, thumbnail
+from pixsift.thumbnails import forget_thumbnails, prune_thumbnails, thumbnail
 
 if TYPE_CHECKING:
     from pixsift.doctor import HealthReport

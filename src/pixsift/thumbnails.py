@@ -34,7 +34,6 @@ from pixsift.errors import BusyError, ImageError, ImageFileMissingError, ImageTo
 from pixsift.indexer.decode import allowed_formats, describe_error, to_rgb
 from pixsift.storage.database import write_error
 
-THUMBNAILS_DIR = "thumbnails"  # the cache's folder inside the library folder
 MIN_SIZE = 16
 MAX_SIZE = 1024
 JPEG_QUALITY = 85

@@ -9,12 +9,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pixsift.config import THUMBNAILS_DIR
 from pixsift.indexer.decode import default_max_pixels
 from pixsift.indexer.progress import IndexProgress
 from pixsift.indexer.report import IndexInterrupted, IndexReport
 from pixsift.indexer.run import Indexer, IndexSettings, RootRequest
 from pixsift.indexer.scan import looks_unmounted
-from pixsift.thumbnails import THUMBNAILS_DIR, prune_thumbnails
+from pixsift.thumbnails import prune_thumbnails
 
 if TYPE_CHECKING:
     from pixsift.models import Embedder

@@ -10,6 +10,7 @@ writers can take the write lock up front with BEGIN IMMEDIATE.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,10 @@ from typing import Any
 from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from pixsift.config import INDEX_NAME
+from pixsift.config import INDEX_NAME, THUMBNAILS_DIR
 from pixsift.errors import LibraryFormatError, LibraryReadError, LibraryWriteError, PixsiftError
 from pixsift.storage.interrupts import interrupts_deferred
-from pixsift.storage.migrations import migrate, schema_version
+from pixsift.storage.migrations import SCHEMA_VERSION, check_supported, migrate, schema_version
 
 BUSY_TIMEOUT_MS = 30_000
 # Connections per process: an HTTP service reads from many threads at once; SQLite connections
@@ -40,11 +41,8 @@ def open_engine(db_path: Path) -> Engine:
     event.listen(engine, "connect", _configure_connection)
     event.listen(engine, "begin", _begin)
     try:
-        with interrupts_deferred(), writer(engine).begin() as connection:
-            created = schema_version(connection) == 0  # no file, or an empty one
-            migrate(connection)
-            if created:
-                _discard_orphan_index(db_path.parent)
+        if not _up_to_date(engine):
+            _create_or_migrate(engine, db_path)
     except DBAPIError as exc:  # not a database, another program's database, no permission
         engine.dispose()
         if not _writable(db_path):
@@ -57,8 +55,34 @@ def open_engine(db_path: Path) -> Engine:
             raise locked_error(db_path.parent, exc) from exc
         # exc.orig: SQLAlchemy's own text adds a second line pointing at its documentation.
         raise LibraryFormatError(f"Cannot use {db_path} as a pixsift library: {_reason(exc.orig)}.") from exc
+    except BaseException:  # a newer schema, another program's tables: refused, nothing kept open
+        engine.dispose()
+        raise
     _use_wal(engine)
     return engine
+
+
+def _up_to_date(engine: Engine) -> bool:
+    """Whether the schema is this pixsift's, seen with a plain read: the usual open (a search,
+    a status) takes no write lock, so it does not wait for another process's long write
+    transaction (a large forget, a migration), which WAL lets it read beside.
+
+    Raises LibraryFormatError for a schema newer than this pixsift knows."""
+    with engine.begin() as connection:
+        version = schema_version(connection)
+    check_supported(version)
+    return version == SCHEMA_VERSION
+
+
+def _create_or_migrate(engine: Engine, db_path: Path) -> None:
+    """Create or migrate the schema under the write lock. The version is read again under it:
+    another process may have created or migrated the library since `_up_to_date` looked, and
+    a new library must be created, and orphan caches discarded, exactly once."""
+    with interrupts_deferred(), writer(engine).begin() as connection:
+        created = schema_version(connection) == 0  # no file, or an empty one
+        migrate(connection)
+        if created:
+            _discard_orphan_caches(db_path.parent)
 
 
 def _use_wal(engine: Engine) -> None:
@@ -148,14 +172,18 @@ def _sqlite_code(exc: DBAPIError) -> int | None:
     return None if code is None else int(code) & 0xFF
 
 
-def _discard_orphan_index(folder: Path) -> None:
-    """Remove a search index file that outlived its database (library.db deleted or emptied,
-    the rest left). A new database counts generations from 0 again, so that file would pass
-    for one merely behind, and its vectors would answer for other images under the same ids.
-    Called under the new database's write lock: no index of this database can exist yet."""
+def _discard_orphan_caches(folder: Path) -> None:
+    """Remove the search index file and thumbnails that outlived their database (library.db
+    deleted or emptied, the rest left). A new database gives ids and counts generations from
+    the start again, so that index would pass for one merely behind, its vectors answering for
+    other images under the same ids, and the thumbnails cached under an id would be shown for
+    another image of the same file size and time. Both are caches, made again when needed.
+    Called under the new database's write lock: no index or thumbnail of it can exist yet."""
     try:
         (folder / INDEX_NAME).unlink(missing_ok=True)
-    except OSError as exc:  # a folder in its place, no permission
+        if (folder / THUMBNAILS_DIR).exists():
+            shutil.rmtree(folder / THUMBNAILS_DIR)
+    except OSError as exc:  # a folder in the index's place, no permission
         raise write_error(folder, exc) from exc
 
 

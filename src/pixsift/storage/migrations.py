@@ -115,6 +115,15 @@ def schema_version(connection: Connection) -> int:
     return int(connection.exec_driver_sql("PRAGMA user_version").scalar_one())
 
 
+def check_supported(version: int) -> None:
+    """Raise LibraryFormatError if schema `version` is newer than this pixsift knows."""
+    if version > SCHEMA_VERSION:
+        raise LibraryFormatError(
+            f"This library uses schema version {version}, newer than this pixsift "
+            f"understands ({SCHEMA_VERSION}). Upgrade pixsift to use it."
+        )
+
+
 def migrate(connection: Connection) -> list[Migration]:
     """Bring the schema up to `SCHEMA_VERSION` inside the caller's transaction.
 
@@ -123,11 +132,7 @@ def migrate(connection: Connection) -> list[Migration]:
     from sqlalchemy import text
 
     current = schema_version(connection)
-    if current > SCHEMA_VERSION:
-        raise LibraryFormatError(
-            f"This library uses schema version {current}, newer than this pixsift "
-            f"understands ({SCHEMA_VERSION}). Upgrade pixsift to use it."
-        )
+    check_supported(current)
     if current == 0:
         _check_no_foreign_tables(connection)
     applied = []
