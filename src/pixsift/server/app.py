@@ -41,7 +41,8 @@ def create_app(library: Library, settings: ServerSettings | None = None) -> Fast
     app.state.jobs = JobManager(library)
     app.state.uploads = UploadSlots(settings.max_concurrent_uploads)
     install_error_handlers(app)
-    # Room for an upload at the limit in base64 or multipart; other bodies are far smaller.
+    # POST /similar: room for an upload at the limit in base64 or multipart; every other body
+    # is JSON and has a cap of its own, far smaller (limits.MAX_JSON_BYTES).
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_upload_bytes * 4 // 3 + 64 * 1024,
