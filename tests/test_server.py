@@ -28,8 +28,10 @@ from conftest import TinyModel
 from pixsift import Library, SearchFilters
 from pixsift.config import LOCK_WAIT_S
 from pixsift.errors import BusyError, ImageError, InvalidOptionError, LibraryWriteError
+from pixsift.indexer.report import IndexInterrupted
 from pixsift.server import ServerSettings, check_bind
 from pixsift.server.errors import status_of
+from pixsift.server.jobs import Job, JobManager, _JobProgress
 from pixsift.server.limits import MAX_JSON_BYTES
 from pixsift.server.settings import UnsafeBindError
 from pixsift.thumbnails import MAX_VARIANTS
@@ -730,7 +732,7 @@ def wait_for_job(http: httpx.Client, job_id: str, timeout: float = 120) -> dict[
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job: dict[str, Any] = http.get(f"/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "failed"):
+        if job["state"] in ("succeeded", "failed", "cancelled"):
             return job
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not finish")
@@ -819,6 +821,65 @@ def test_a_job_that_waited_for_another_run_indexes_what_that_run_left(
             shutil.rmtree(photos / "small")
         job = wait_for_job(http, scoped)
         assert job["state"] == "failed" and "does not exist" in job["error"], job
+
+
+def test_a_client_cancels_a_job_that_waits_for_another_run(own: tuple[Library, Path]) -> None:
+    """A job waited for another index run for as long as it took, and held the service's jobs
+    meanwhile (409 job_running): nothing but a restart could end it."""
+    library = own[0]
+    other_process = FileLock(library.path / "library.lock", thread_local=False)
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        with other_process:  # a `pixsift index` that takes its time
+            waiting = http.post("/index", json={}).json()["id"]
+            wait_for_phase(http, waiting, "Waiting for another index run")
+            assert_error(http.delete(f"/jobs/{waiting}", headers={"X-API-Key": "wrong"}), 401)
+            cancelling = http.delete(f"/jobs/{waiting}")
+            assert cancelling.status_code == 202 and cancelling.json()["cancel_requested"] is True
+            job = wait_for_job(http, waiting, timeout=10)
+            assert (job["state"], job["report"], job["error"]) == ("cancelled", None, None), job
+            assert http.get("/stats").json()["running_job"] is None
+            assert_error(http.delete(f"/jobs/{waiting}"), 409, "job_finished")
+            assert_error(http.delete("/jobs/none"), 404, "job_not_found")
+            waiting = http.post("/index", json={}).json()["id"]  # no longer 409 job_running
+            wait_for_phase(http, waiting, "Waiting for another index run")
+        assert wait_for_job(http, waiting)["state"] == "succeeded"
+
+
+def test_a_job_cancelled_while_it_embeds_keeps_what_it_committed(own: tuple[Library, Path]) -> None:
+    """Cancelled at the first step after its first batch, a job stops as a Ctrl-C'd run does:
+    that batch stays, and the search index is saved with it."""
+    library, photos = own
+    write_photos(photos / "new", 4, size=(320, 240), seed=950)
+    job = Job(id="j", paths=[str(photos / "new")])
+
+    class CancelledOnceEmbedding(_JobProgress):
+        def start(self, phase: str, total: int | None = None) -> None:
+            super().start(phase, total)
+            job.cancel_requested = job.cancel_requested or phase == "Embedding"
+
+    progress = CancelledOnceEmbedding(job, threading.Lock())
+    with pytest.raises(IndexInterrupted) as stopped:
+        library.reindex(photos / "new", batch_size=2, workers=1, progress=progress)
+    assert stopped.value.report.added == 2 and stopped.value.report.interrupted
+    with Library.open(library.path) as reopened:
+        assert reopened.status().index_file.state == "up to date"
+        assert len(reopened.search("x", k=50, filters=SearchFilters(under=str(photos / "new")))) == 2
+
+
+def test_stopping_the_service_cancels_its_job(own: tuple[Library, Path]) -> None:
+    library = own[0]
+    jobs = JobManager(library)
+    with FileLock(library.path / "library.lock", thread_local=False):
+        job = jobs.submit([])
+        deadline = time.monotonic() + 10
+        while (jobs.get(job.id) or job).phase != "Waiting for another index run":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        started = time.monotonic()
+        jobs.stop(timeout=5)
+        assert time.monotonic() - started < 2
+    assert (jobs.get(job.id) or job).state == "cancelled"
+    assert jobs.running() is None
 
 
 def test_searches_run_while_an_index_job_runs(own: tuple[Library, Path]) -> None:
