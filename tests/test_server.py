@@ -680,6 +680,21 @@ def test_bad_requests_get_json_errors(client: httpx.Client) -> None:
     assert_error(client.get("/jobs/none"), 404, "job_not_found")
 
 
+def test_only_requests_that_are_not_http_get_a_plain_text_error(client: httpx.Client) -> None:
+    """As docs/server.md says: the HTTP server refuses these before the app sees them; every
+    body that is merely not JSON, or not the JSON asked for, is the service's own JSON 422."""
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        not_json = client.post("/index", content=b"paths=x", headers={"content-type": content_type, **AUTH})
+        assert assert_error(not_json, 422, "invalid_request")["details"][0]["loc"] == ["body"]
+    port = int(str(client.base_url).rsplit(":", 1)[1].rstrip("/"))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /index HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(b"Invalid HTTP request received."), answer
+
+
 def test_json_booleans_are_not_numbers(client: httpx.Client) -> None:
     # lax parsing took `true` for 1: image 1, k=1, a width of 1
     for body in (
