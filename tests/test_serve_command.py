@@ -158,12 +158,14 @@ def test_an_index_job_cut_short_by_a_stop_is_done_again_after_the_restart(
             while httpx.get(f"{url}/jobs/{job['id']}").json()["phase"] != "Waiting for another index run":
                 assert time.monotonic() < deadline, "the job did not start waiting"
                 time.sleep(0.1)
-            process.send_signal(signal.SIGTERM)  # the job is under way: stopping does not wait for it
+            process.send_signal(signal.SIGTERM)  # the job is under way: the stop cancels it
             process.wait(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
-        process.communicate(timeout=60)
+        logged = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, logged
+    assert f"index job {job['id']} was cancelled by the stop" in logged, logged
     process = start_serve(library, port)
     try:
         gone = httpx.get(f"{url}/jobs/{job['id']}")

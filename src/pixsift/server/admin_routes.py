@@ -40,12 +40,32 @@ def job(jobs: JobsDep, job_id: Annotated[str, Path(min_length=1, max_length=64)]
     """An index job's state and progress: phase, steps done of total, and its report at the end."""
     found = jobs.get(job_id)
     if found is None:
-        raise ApiError(
-            404,
-            "job_not_found",
-            f"No index job {job_id}: the service remembers its last {HISTORY} jobs, until it restarts.",
-        )
+        raise _not_found(job_id)
     return _view(found)
+
+
+def _not_found(job_id: str) -> ApiError:
+    return ApiError(
+        404,
+        "job_not_found",
+        f"No index job {job_id}: the service remembers its last {HISTORY} jobs, until it restarts.",
+    )
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=JobView,
+    status_code=202,
+    tags=["indexing"],
+    dependencies=[Depends(require_write_access)],
+)
+def cancel_job(jobs: JobsDep, job_id: Annotated[str, Path(min_length=1, max_length=64)]) -> JobView:
+    """Cancel a queued or running index job: it stops at its next step (after the batch under
+    way is committed; what it committed stays) with the state `cancelled`. Needs the API key."""
+    cancelled = jobs.cancel(job_id)
+    if cancelled is None:
+        raise _not_found(job_id)
+    return _view(cancelled)
 
 
 @router.get("/stats", response_model=Stats, tags=["service"])

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from pixsift import __version__
 from pixsift.library import Library
@@ -22,8 +25,20 @@ log = logging.getLogger("pixsift.server")
 DESCRIPTION = """Semantic image search over one pixsift library: text search, "more like
 this", recommendations from examples, and background indexing.
 
-Reads are open on loopback; writes (`POST /index`, `DELETE /images/{id}`) need the API key in
-the `X-API-Key` header, and so does everything when the service listens beyond loopback."""
+Reads are open on loopback; writes (`POST /index`, `DELETE /jobs/{id}`, `DELETE /images/{id}`)
+need the API key in the `X-API-Key` header, and so does everything when the service listens
+beyond loopback."""
+
+
+# On a stop, a running index job is cancelled and given this long to commit the batch under
+# way and save the search index (docker stop kills after 10 s, requests have 5 of them first).
+JOB_STOP_WAIT_S = 5
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    await run_in_threadpool(app.state.jobs.stop, JOB_STOP_WAIT_S)
 
 
 def create_app(library: Library, settings: ServerSettings | None = None) -> FastAPI:
@@ -35,13 +50,15 @@ def create_app(library: Library, settings: ServerSettings | None = None) -> Fast
         version=__version__,
         description=DESCRIPTION,
         default_response_class=AsciiJSONResponse,
+        lifespan=_lifespan,
     )
     app.state.library = library
     app.state.settings = settings
     app.state.jobs = JobManager(library)
     app.state.uploads = UploadSlots(settings.max_concurrent_uploads)
     install_error_handlers(app)
-    # Room for an upload at the limit in base64 or multipart; other bodies are far smaller.
+    # POST /similar: room for an upload at the limit in base64 or multipart; every other body
+    # is JSON and has a cap of its own, far smaller (limits.MAX_JSON_BYTES).
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_upload_bytes * 4 // 3 + 64 * 1024,

@@ -3,6 +3,9 @@
 A job runs `Library.reindex` in its own thread; the index's own progress protocol
 (`IndexProgress`) feeds the job's phase and counts. Searches keep running meanwhile: the
 catalog is read in WAL snapshots and the FAISS index catches up between searches.
+
+A job is cancelled through its progress: the next step it reports raises JobCancelled, which
+an index run takes as it takes Ctrl-C (what was committed stays, the FAISS index is saved).
 """
 
 from __future__ import annotations
@@ -18,20 +21,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pixsift.errors import PixsiftError
+from pixsift.errors import LibraryBusyError, PixsiftError
+from pixsift.indexer.report import IndexReport
 from pixsift.library import Library
 from pixsift.server.errors import ApiError
 
 log = logging.getLogger("pixsift.server")
 HISTORY = 100  # finished jobs remembered for GET /jobs/{id}
 JOB_NICENESS = 10
+# A job waits for another index run this long at a time, then looks whether it was cancelled
+# and waits again: a run that never ends must not hold the service's jobs for ever.
+WAIT_SLICE_S = 0.5
+FINISHED = ("succeeded", "failed", "cancelled")
 
 
 @dataclass
 class Job:
     id: str
     paths: list[str]
-    state: str = "queued"  # queued, running, succeeded, failed
+    state: str = "queued"  # queued, running, succeeded, failed, cancelled
     phase: str | None = None
     done: int = 0
     total: int | None = None
@@ -40,10 +48,17 @@ class Job:
     finished_at: datetime | None = None
     report: dict[str, Any] | None = None
     error: str | None = None
+    cancel_requested: bool = False
+
+
+class JobCancelled(KeyboardInterrupt):
+    """Raised in a job's thread at its next step once a client cancelled it. A KeyboardInterrupt,
+    so that the index run stops as on Ctrl-C: after committing the batch under way."""
 
 
 class _JobProgress:
-    """An IndexProgress that writes into a job, under the manager's lock."""
+    """An IndexProgress that writes into a job, under the manager's lock, and stops the job
+    once it is cancelled."""
 
     def __init__(self, job: Job, lock: threading.Lock) -> None:
         self._job = job
@@ -56,6 +71,8 @@ class _JobProgress:
     def advance(self, steps: int = 1) -> None:
         with self._lock:
             self._job.done += steps
+            if self._job.cancel_requested:
+                raise JobCancelled
 
     def stop(self) -> None:
         pass
@@ -69,6 +86,7 @@ class JobManager:
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._running: Job | None = None
+        self._thread: threading.Thread | None = None
 
     def submit(self, paths: list[str]) -> Job:
         """Start indexing `paths` (all roots when empty); 409 while another job runs."""
@@ -84,8 +102,43 @@ class JobManager:
             while len(self._jobs) > HISTORY:
                 self._jobs.popitem(last=False)
             snapshot = dataclasses.replace(job)
-        threading.Thread(target=self._run, args=(job,), name=f"pixsift-job-{job.id}", daemon=True).start()
+            self._thread = threading.Thread(
+                target=self._run, args=(job,), name=f"pixsift-job-{job.id}", daemon=True
+            )
+            self._thread.start()
         return snapshot
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Ask a queued or running job to stop (None: no such job; 409 once it has finished).
+        It stops at its next step, keeping what it committed, with the state `cancelled`."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            if job.state in FINISHED:
+                raise ApiError(409, "job_finished", f"Index job {job.id} has already finished ({job.state}).")
+            job.cancel_requested = True
+            return dataclasses.replace(job)
+
+    def stop(self, timeout: float) -> None:
+        """Cancel the running job, if any, and wait up to `timeout` seconds for it to stop, so
+        that a service stopping leaves the batch under way committed and the FAISS index saved."""
+        with self._lock:
+            job, thread = self._running, self._thread
+            if job is None or thread is None:
+                return
+            job.cancel_requested = True
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning(
+                "index job %s was still running when the service stopped; what it committed stays", job.id
+            )
+        else:
+            log.warning(
+                "index job %s was cancelled by the stop; what it committed stays: the same POST /index "
+                "after the restart does the rest",
+                job.id,
+            )
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -101,22 +154,41 @@ class JobManager:
         with self._lock:
             job.state, job.started_at = "running", datetime.now(UTC)
         try:
-            # wait=None: a job queued behind a command-line index run starts when that one ends
-            report = self._library.reindex(*job.paths, progress=_JobProgress(job, self._lock), wait=None)
+            report = self._reindex(job)
         except PixsiftError as exc:
-            self._finish(job, error=str(exc))
+            self._finish(job, "failed", error=str(exc))
+        except KeyboardInterrupt as exc:  # only JobCancelled: Ctrl-C goes to the main thread
+            cut_short: IndexReport | None = getattr(exc, "report", None)  # IndexInterrupted's
+            self._finish(
+                job, "cancelled", report=None if cut_short is None else dataclasses.asdict(cut_short)
+            )
         except BaseException as exc:  # a bug: the job fails, the service goes on
             log.exception("index job %s failed", job.id)
-            self._finish(job, error=f"unexpected error: {type(exc).__name__}: {exc}")
+            self._finish(job, "failed", error=f"unexpected error: {type(exc).__name__}: {exc}")
         else:
-            self._finish(job, report=dataclasses.asdict(report))
+            self._finish(job, "succeeded", report=dataclasses.asdict(report))
 
-    def _finish(self, job: Job, *, report: dict[str, Any] | None = None, error: str | None = None) -> None:
+    def _reindex(self, job: Job) -> IndexReport:
+        """The job's index run. A job queued behind another index run (a command-line one)
+        starts when that one ends, however long it takes, unless it is cancelled meanwhile."""
+        progress = _JobProgress(job, self._lock)
+        while True:
+            with self._lock:
+                if job.cancel_requested:  # before it started, or while it waited
+                    raise JobCancelled
+            try:
+                return self._library.reindex(*job.paths, progress=progress, wait=WAIT_SLICE_S)
+            except LibraryBusyError:
+                continue  # another run still holds the library: look again, then wait on
+
+    def _finish(
+        self, job: Job, state: str, *, report: dict[str, Any] | None = None, error: str | None = None
+    ) -> None:
         with self._lock:
-            job.state = "failed" if error is not None else "succeeded"
-            job.report, job.error = report, error
+            job.state, job.report, job.error = state, report, error
             job.finished_at = datetime.now(UTC)
             self._running = None
+            self._thread = None
 
 
 def _lower_priority() -> None:

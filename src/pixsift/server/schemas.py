@@ -184,7 +184,7 @@ class Deleted(BaseModel):
 class JobView(BaseModel):
     id: str
     paths: list[str]
-    state: str = Field(description="queued, running, succeeded or failed")
+    state: str = Field(description="queued, running, succeeded, failed or cancelled")
     phase: str | None
     done: int
     total: int | None
@@ -193,6 +193,7 @@ class JobView(BaseModel):
     finished_at: datetime | None
     report: dict[str, Any] | None
     error: str | None
+    cancel_requested: bool = Field(description="A client cancelled it: it stops at its next step.")
 
 
 class Health(BaseModel):
