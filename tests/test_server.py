@@ -593,12 +593,10 @@ def test_uploads_beyond_the_limit_at_once_are_refused_until_one_ends(own: tuple[
     with running_server(library, ServerSettings(max_concurrent_uploads=1)) as url:
         port = int(url.rsplit(":", 1)[1])
         with httpx.Client(base_url=url, timeout=60) as http:
-            with socket.create_connection(("127.0.0.1", port)) as slow:  # an upload on a slow link
-                slow.sendall(
-                    b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                    b'Content-Length: 1000000\r\n\r\n{"image_base64": "AAAA'
-                )
-                refused = until(lambda: http.post("/similar", files={"file": image}), 503)
+            slow, refused = slow_upload_holding_the_slot(
+                port, lambda: http.post("/similar", files={"file": image})
+            )
+            with slow:
                 body = assert_error(refused, 503, "busy")
                 assert "1 uploaded image" in body["message"] and "--max-concurrent-uploads" in body["message"]
                 assert refused.headers["retry-after"] == "1"
@@ -628,6 +626,26 @@ def test_a_client_that_drops_its_upload_is_not_logged_as_a_server_error(
         assert httpx.get(f"{url}/healthz").status_code == 200
     logged = capfd.readouterr().err
     assert "Traceback" not in logged and "unexpected error" not in logged, logged
+
+
+def slow_upload_holding_the_slot(
+    port: int, upload: Callable[[], httpx.Response], within_s: float = 20
+) -> tuple[socket.socket, httpx.Response]:
+    """An upload on a slow link (its body half sent) that holds the only upload slot, and the
+    answer to `upload` made meanwhile. On a busy machine `upload` may reach the slot first, and
+    the slow one is then refused: start a new slow one until the slow one holds it."""
+    deadline = time.monotonic() + within_s
+    while True:
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(
+            b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000000\r\n\r\n{"image_base64": "AAAA'
+        )
+        time.sleep(0.05)
+        if (response := upload()).status_code == 503:
+            return slow, response
+        slow.close()
+        assert time.monotonic() < deadline, response.text
 
 
 def until(request: Callable[[], httpx.Response], status: int, within_s: float = 20) -> httpx.Response:
