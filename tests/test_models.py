@@ -201,3 +201,29 @@ def test_a_new_library_whose_model_cannot_load_keeps_no_folder(tmp_path: Path) -
         1,
         "error: Nothing to index yet: name a folder, e.g. pixsift index ~/Photos\n",
     )
+
+
+def test_a_bundled_model_with_other_weights_is_shown_by_its_name(tmp_path: Path, photos: Path) -> None:
+    """`--model synthetic-tiny --pretrained my.pt` is that model to `pixsift status`, not the path
+    of its config inside the installed package; asking for it again is the same model, also to
+    a library that recorded the path."""
+    import sqlite3
+
+    checkpoint = tmp_path / "my-weights.pt"
+    checkpoint.write_bytes(BUNDLED_MODELS["synthetic-tiny"].checkpoint.read_bytes())
+    library = tmp_path / "lib"
+    args = ["index", str(photos), "--library", str(library), "--engine", "torch", "-q"]
+    args += ["--model", "synthetic-tiny", "--pretrained", str(checkpoint)]
+    assert run_cli(*args).returncode == 0
+
+    status = run_cli("status", "--library", str(library))
+    assert f"synthetic-tiny ({checkpoint})" in status.stdout, status.stdout
+    assert "builtin" not in status.stdout
+    model = json.loads(run_cli("status", "--library", str(library), "--format", "json").stdout)["model"]
+    assert (model["name"], model["pretrained"]) == ("synthetic-tiny", str(checkpoint))
+    assert run_cli(*args).returncode == 0
+
+    with sqlite3.connect(library / "library.db") as db:  # as earlier versions recorded it
+        db.execute("UPDATE model SET name = ?", (str(BUNDLED_MODELS["synthetic-tiny"].config),))
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
