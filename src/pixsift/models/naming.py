@@ -72,6 +72,8 @@ def _config_file_spec(config_path: Path, pretrained: str | None) -> ModelSpec:
             "with --pretrained /path/to/checkpoint.pt"
         )
     checkpoint = Path(pretrained).expanduser()
+    if checkpoint.is_dir():
+        raise ModelError(f"Checkpoint {checkpoint} is a folder: --pretrained takes a checkpoint file.")
     if not checkpoint.is_file():
         raise ModelError(
             f"Checkpoint {checkpoint} not found. With a bundled model or a model-config file, "
