@@ -301,6 +301,37 @@ def test_a_cache_that_cannot_be_written_leaves_the_model_on_torch(
     assert "PIXSIFT_CACHE_DIR" in forced.stderr and "Traceback" not in forced.stderr
 
 
+def test_an_install_without_onnx_runtime_leaves_the_cache_alone(
+    tiny_model: TinyModel, photos: Path, tmp_path: Path
+) -> None:
+    """onnxruntime that cannot be imported (a package that fails as a broken install does stands
+    in for it): auto runs on torch and says so, the ONNX engines say why, and the cache keeps
+    nothing of it: no record of towers that "cannot be exported", which kept the fast path off
+    once onnxruntime was back, and no removal of an export a whole install made."""
+    shim = tmp_path / "shim" / "onnxruntime"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError(\"No module named 'onnxruntime'\")\n")
+    paths = [str(shim.parent), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    broken = {"PYTHONPATH": os.pathsep.join(paths)}
+    spec = tiny_spec(tiny_model)
+    library = str(tmp_path / "lib")
+
+    indexed = run_cli("index", str(photos), "--library", library, "-q", *tiny_model.index_args(), env=broken)
+    assert indexed.returncode == 0, indexed.stderr
+    assert "No module named 'onnxruntime'" in indexed.stderr and "running on torch" in indexed.stderr
+    assert not export_folder(spec).exists()
+    forced = run_cli("search", "a dog", "--library", library, "--engine", "onnx", env=broken)
+    assert forced.returncode == 1 and "Traceback" not in forced.stderr
+    assert "cannot run through ONNX Runtime" in forced.stderr and "--engine torch" in forced.stderr
+
+    assert isinstance(load_embedder(spec, "cpu", "auto"), OnnxEmbedder)  # a whole install exports
+    made = read_export(spec)
+    assert made is not None and not made.reason
+    searched = run_cli("search", "a dog", "--library", library, "--format", "paths", env=broken)
+    assert searched.returncode == 0 and len(searched.stdout.splitlines()) == 10, searched.stderr
+    assert read_export(spec) == made
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
 def test_an_export_cut_short_by_a_full_disk_is_not_kept(tiny_model: TinyModel, private_cache: Path) -> None:
     """The text tower's files do not fit (a 4 MB file size limit stands in for a full disk):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -84,6 +85,44 @@ def test_a_checkpoint_that_does_not_fit_is_a_model_error(tmp_path: Path, tiny_mo
     spec = resolve_model_spec(str(tiny_model.config), str(tmp_path / "junk.pt"))
     with pytest.raises(ModelError, match="Cannot load"):
         ClipEmbedder.load(spec, "cpu")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("empty", r"the checkpoint cannot be read \(the file is empty\)"),
+        ("text", r"the checkpoint cannot be read \(.*\): it may be cut short or damaged"),
+        ("truncated", r"the checkpoint cannot be read \(.*\): it may be cut short or damaged"),
+        (
+            "another model",
+            r"the checkpoint's weights do not fit the model's architecture \(.*\): they were made",
+        ),
+    ],
+)
+def test_a_checkpoint_that_cannot_load_says_why(
+    tmp_path: Path, tiny_model: TinyModel, content: str, message: str
+) -> None:
+    """torch said only "EOFError" for an empty file, "101" for a text file, and for another
+    model's weights the heading of a list of keys it then cut off."""
+    checkpoint = tmp_path / "weights.pt"
+    whole = tiny_model.checkpoint.read_bytes()
+    checkpoint.write_bytes(
+        {
+            "empty": b"",
+            "text": b"hello\n",
+            "truncated": whole[: len(whole) // 2],
+            "another model": BUNDLED_MODELS["synthetic-tiny"].checkpoint.read_bytes(),
+        }[content]
+    )
+    spec = resolve_model_spec(str(tiny_model.config), str(checkpoint))
+    with pytest.raises(ModelError, match=f"^Cannot load {re.escape(spec.describe())}: {message}") as raised:
+        ClipEmbedder.load(spec, "cpu")
+    assert "\n" not in str(raised.value)
+
+
+def test_a_folder_given_as_checkpoint_is_named_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="is a folder: --pretrained takes a checkpoint file"):
+        resolve_model_spec("synthetic-tiny", str(tmp_path))
 
 
 def test_fingerprint_identifies_the_weights_not_the_file(tiny_model: TinyModel, tmp_path: Path) -> None:
@@ -201,3 +240,29 @@ def test_a_new_library_whose_model_cannot_load_keeps_no_folder(tmp_path: Path) -
         1,
         "error: Nothing to index yet: name a folder, e.g. pixsift index ~/Photos\n",
     )
+
+
+def test_a_bundled_model_with_other_weights_is_shown_by_its_name(tmp_path: Path, photos: Path) -> None:
+    """`--model synthetic-tiny --pretrained my.pt` is that model to `pixsift status`, not the path
+    of its config inside the installed package; asking for it again is the same model, also to
+    a library that recorded the path."""
+    import sqlite3
+
+    checkpoint = tmp_path / "my-weights.pt"
+    checkpoint.write_bytes(BUNDLED_MODELS["synthetic-tiny"].checkpoint.read_bytes())
+    library = tmp_path / "lib"
+    args = ["index", str(photos), "--library", str(library), "--engine", "torch", "-q"]
+    args += ["--model", "synthetic-tiny", "--pretrained", str(checkpoint)]
+    assert run_cli(*args).returncode == 0
+
+    status = run_cli("status", "--library", str(library))
+    assert f"synthetic-tiny ({checkpoint})" in status.stdout, status.stdout
+    assert "builtin" not in status.stdout
+    model = json.loads(run_cli("status", "--library", str(library), "--format", "json").stdout)["model"]
+    assert (model["name"], model["pretrained"]) == ("synthetic-tiny", str(checkpoint))
+    assert run_cli(*args).returncode == 0
+
+    with sqlite3.connect(library / "library.db") as db:  # as earlier versions recorded it
+        db.execute("UPDATE model SET name = ?", (str(BUNDLED_MODELS["synthetic-tiny"].config),))
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr

@@ -260,7 +260,7 @@ class Library:
         if stored is None:
             spec = requested or resolve_model_spec()
             return lambda: self._adopt(spec)
-        if requested is not None and requested != stored.spec:
+        if requested is not None and not requested.same_model(stored.spec):
             raise ModelMismatchError(
                 f"This library was indexed with {stored.spec.describe()}, not "
                 f"{requested.describe()}. Leave out --model to keep using it, use another "

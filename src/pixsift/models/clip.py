@@ -71,7 +71,7 @@ class ClipEmbedder:
                 name, pretrained=str(weights.path), **overrides
             )
         except Exception as exc:  # a checkpoint that does not fit the architecture, a bad file
-            raise ModelError(f"Cannot load {spec.describe()}: {_first_line(exc)}") from exc
+            raise ModelError(f"Cannot load {spec.describe()}: {_load_failure(weights.path, exc)}") from exc
         model.eval()
         record = ModelRecord(
             spec,
@@ -196,6 +196,46 @@ def _registered_name(spec: ModelSpec) -> str:
             config_file.write_text(spec.config_json, encoding="utf-8")
             open_clip.add_model_config(config_file)
     return name
+
+
+def _load_failure(checkpoint: Path, exc: Exception) -> str:
+    """Why open_clip could not load `checkpoint`, in words a user can act on.
+
+    open_clip reads the file and fits it to the architecture in one call, and either step fails
+    in many ways (a bare EOFError for an empty file, a KeyError's number for a text file, a list
+    of hundreds of keys, or an assertion about position embeddings, for another model's
+    weights): on failure only, the file is read again on its own to tell which step it was.
+    """
+    from open_clip.factory import load_state_dict
+
+    if isinstance(exc, (MemoryError, OSError)):  # the machine, not the file
+        return _first_line(exc)
+    try:
+        empty = checkpoint.stat().st_size == 0
+        load_state_dict(str(checkpoint))
+    except Exception as unreadable:
+        what = "the file is empty" if empty else _shortened(_first_line(unreadable))
+        return (
+            f"the checkpoint cannot be read ({what}): it may be cut short or damaged, or be no "
+            "PyTorch or safetensors file."
+        )
+    return (
+        f"the checkpoint's weights do not fit the model's architecture ({_shortened(_mismatch(exc))}): "
+        "they were made for another model. Give --model the architecture they were trained as."
+    )
+
+
+def _mismatch(exc: Exception) -> str:
+    """The first particular of torch's "Error(s) in loading state_dict" (its first line is a
+    heading), or the first line of any other error."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        return lines[1]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _shortened(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 3].rstrip(" ,") + "..."
 
 
 def _first_line(exc: BaseException) -> str:

@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING
 
 from pixsift.errors import ExportCacheError, ModelError
 from pixsift.models.embedder import Embedder
-from pixsift.models.onnx_export import COSINE_BAR, TOWERS, Export, export_model, read_export
+from pixsift.models.onnx_export import (
+    COSINE_BAR,
+    TOWERS,
+    Export,
+    export_model,
+    onnx_runtime_missing,
+    read_export,
+)
 from pixsift.models.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -58,6 +65,9 @@ def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_E
     check_device(device)
     if engine == "torch" or not _runs_on_cpu(device, engine):
         return _torch_embedder(spec, device)
+    missing = onnx_runtime_missing()
+    if missing is not None:
+        return _without_onnx(spec, device, engine, missing)
     export = read_export(spec)
     loaded: ClipEmbedder | None = None
     if export is None:  # first use of this model (or its weights changed): export it now
@@ -70,6 +80,8 @@ def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_E
             # The fast path is an optimisation: without a cache to keep it in, run on torch.
             log.warning("%s Running on torch meanwhile.", exc)
             return loaded
+        except ImportError as exc:  # onnx or onnxscript, which only the export needs
+            return _without_onnx(spec, device, engine, str(exc) or type(exc).__name__, loaded)
     precisions = _precisions(export, engine)
     if not precisions:
         if engine != "auto":
@@ -86,6 +98,21 @@ def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_E
     kept = loaded if len(precisions) < len(TOWERS) else None
     torch_model = functools.cache(lambda: kept if kept is not None else _torch_embedder(spec, "cpu"))
     return OnnxEmbedder(export, precisions, lambda: _remake(spec), fallback=torch_model)
+
+
+def _without_onnx(
+    spec: ModelSpec, device: str, engine: str, reason: str, loaded: ClipEmbedder | None = None
+) -> Embedder:
+    """The model on torch when `auto` cannot use ONNX Runtime; an error for an ONNX engine.
+    Nothing is recorded in the export cache: the next run with a whole install exports."""
+    message = (
+        f"{spec.describe()} cannot run through ONNX Runtime: a module it needs cannot be imported "
+        f"({reason}). Reinstall pixsift"
+    )
+    if engine != "auto":
+        raise ModelError(f"{message}, or use --engine torch.")
+    log.warning("%s; running on torch meanwhile, which is slower.", message)
+    return loaded if loaded is not None else _torch_embedder(spec, device)
 
 
 def _warn_below_bar(export: Export) -> None:

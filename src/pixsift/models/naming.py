@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from pixsift.errors import ModelError
@@ -23,7 +24,9 @@ def resolve_model_spec(model: str | None = None, pretrained: str | None = None) 
     if model in BUNDLED_MODELS:
         if pretrained is None or pretrained == BUNDLED_TAG:
             return bundled_spec(model)
-        return _config_file_spec(BUNDLED_MODELS[model].config, pretrained)
+        # Its architecture with other weights: named as the user named it, not by the path of
+        # its config inside the installed package (which `pixsift status` would show).
+        return replace(_config_file_spec(BUNDLED_MODELS[model].config, pretrained), name=model)
     if _looks_like_path(model):
         return _config_file_spec(Path(model).expanduser(), pretrained)
     return _builtin_spec(model, pretrained)
@@ -69,6 +72,8 @@ def _config_file_spec(config_path: Path, pretrained: str | None) -> ModelSpec:
             "with --pretrained /path/to/checkpoint.pt"
         )
     checkpoint = Path(pretrained).expanduser()
+    if checkpoint.is_dir():
+        raise ModelError(f"Checkpoint {checkpoint} is a folder: --pretrained takes a checkpoint file.")
     if not checkpoint.is_file():
         raise ModelError(
             f"Checkpoint {checkpoint} not found. With a bundled model or a model-config file, "

@@ -31,6 +31,7 @@ from pixsift.models.onnx_export import (
     TOKENIZER,
     Export,
     discard,
+    onnx_runtime_missing,
     read_export,
     trim_tokens,
 )
@@ -163,6 +164,14 @@ class OnnxEmbedder:
         self._tokenizer = None
 
     def _load_or_remake(self, tower: str) -> onnxruntime.InferenceSession:
+        # Checked first: without ONNX Runtime no file would open, and a whole export must not
+        # be taken for a damaged one and removed.
+        missing = onnx_runtime_missing()
+        if missing is not None:
+            raise ModelError(
+                f"Cannot run the ONNX export of {self.record.spec.describe()}: ONNX Runtime cannot "
+                f"be imported ({missing}). Reinstall pixsift, or use --engine torch."
+            )
         try:
             return self._open_session(tower)
         except Exception:  # a damaged cached file: export the model again, once

@@ -127,6 +127,15 @@ def read_export(spec: ModelSpec) -> Export | None:
         return None  # missing, unreadable or damaged (JSON of another shape too): made again
 
 
+def onnx_runtime_missing() -> str | None:
+    """Why ONNX Runtime cannot be imported here (a broken or partial install), or None."""
+    try:
+        import onnxruntime  # noqa: F401 (imported to see whether it can be)
+    except ImportError as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
 def discard(export: Export) -> None:
     """Remove a damaged export, so the next use makes it again."""
     shutil.rmtree(export.folder, ignore_errors=True)
@@ -135,7 +144,8 @@ def discard(export: Export) -> None:
 def export_model(clip: ClipEmbedder) -> Export:
     """Export `clip` into the cache (replacing any earlier export of it) and return it.
 
-    Raises ExportCacheError when the cache cannot be written."""
+    Raises ExportCacheError when the cache cannot be written, ImportError when a module the
+    export needs (onnxruntime, onnx, onnxscript) cannot be imported."""
     spec = clip.record.spec
     final = export_folder(spec)
     try:
@@ -211,7 +221,10 @@ def _export_into(folder: Path, clip: ClipEmbedder) -> dict[str, Any]:
     reasons = []
     try:
         meta["context_length"] = _export_text(folder, clip, meta)
-    except OSError:  # a full disk, not the model: recorded, it would keep the tower off for good
+    # A full disk, or onnxruntime, onnx or onnxscript missing from this install: not the model.
+    # Recorded, either would keep the tower off for good, here and in every other environment
+    # that shares the cache.
+    except (OSError, ImportError):
         raise
     except Exception as exc:  # any export failure means: this tower stays on torch, and why
         reasons.append(f"text tower: {_first_line(exc)}")
@@ -220,7 +233,7 @@ def _export_into(folder: Path, clip: ClipEmbedder) -> dict[str, Any]:
         if pixels is None:
             raise ValueError("its image preprocessing needs open_clip's own transform")
         _export_image(folder, clip, pixels, meta)
-    except OSError:
+    except (OSError, ImportError):
         raise
     except Exception as exc:
         reasons.append(f"image tower: {_first_line(exc)}")

@@ -17,7 +17,8 @@ BUNDLED_TAG = "bundled"  # the `pretrained` of a model whose weights ship with p
 class ModelSpec:
     """A model as the user named it, resolved to something that can be loaded again later.
 
-    `name` is an open_clip architecture name or the absolute path of a model-config JSON;
+    `name` is an open_clip architecture name, the absolute path of a model-config JSON, or
+    the name of a bundled model (`synthetic-tiny`, with its own weights or a checkpoint file);
     `pretrained` is an open_clip pretrained tag, the absolute path of a checkpoint file, or
     `bundled` for the weights of a model that ships with pixsift (`synthetic-tiny`).
     For config-file models `config_json` keeps the architecture itself, so the library does
@@ -38,6 +39,14 @@ class ModelSpec:
 
     def describe(self) -> str:
         return f"{self.name} ({self.pretrained})"
+
+    def same_model(self, other: ModelSpec) -> bool:
+        """Whether `other` is this model: for one given by its config, the same architecture
+        and weights whatever the config was called or wherever it was (libraries made before
+        pixsift named a bundled architecture with other weights by name hold its path)."""
+        if self.config_json is not None and other.config_json is not None:
+            return (self.config_json, self.pretrained) == (other.config_json, other.pretrained)
+        return self == other
 
 
 @dataclass(frozen=True)
