@@ -21,8 +21,9 @@ everywhere, and `pixsift --version` prints the version.
 Exit codes: 0 on success (also when a search finds nothing; a message goes to stderr), 1 on a
 user error (a one-line message on stderr), 2 on bad usage, 3 when the command finished but found
 trouble (`index`: some files or folders could not be read, the rest was indexed; `doctor`:
-problems remain), 130 when interrupted (Ctrl-C), 141 (quietly) when the program reading the
-output stops early (`| head -1`). See docs/reliability.md.
+problems remain), 130 when interrupted (Ctrl-C, or SIGTERM during `index`), 141 (quietly) when
+the program reading the output stops early (`| head -1`); `serve` stopped by Ctrl-C or SIGTERM
+exits with 0. See docs/reliability.md.
 
 `search` and `similar` with `--format json` print a list of results, `--format jsonl` one
 result a line, each with the fields of the Python API's `SearchResult`: `rank`, `score` (cosine
