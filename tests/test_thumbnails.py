@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import TinyModel
-from pixsift import ImageNotFoundError, thumbnails
+from pixsift import BusyError, ImageNotFoundError, thumbnails
 from pixsift.thumbnails import JPEG_QUALITY, thumbnail
 from serving import indexed_library
 
@@ -173,6 +173,42 @@ def test_a_thumbnail_made_while_its_image_is_deleted_leaves_nothing_behind(
     maker.join(timeout=60)
     assert len(outcome) == 1 and isinstance(outcome[0], ImageNotFoundError), outcome
     assert not (library.path / "thumbnails" / str(image_id)).exists()
+    library.close()
+
+
+def test_thumbnails_waiting_for_room_to_decode_are_bounded(
+    photos: Path, tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    """Each thumbnail waiting for room among the large decodes under way holds its thread (in
+    the service, a worker thread that searches need too) for up to 30 s: past a few waiting,
+    one more is refused at once as busy, and the waiting ones are made once room is freed."""
+    library = indexed_library(tmp_path / "library", photos, tiny_model)
+    image_id = library.search("x", k=1)[0].id
+    made: list[Path | BaseException] = []
+
+    def make(size: int) -> None:
+        try:
+            made.append(library.thumbnail(image_id, size))
+        except BaseException as exc:
+            made.append(exc)
+
+    with thumbnails._DECODES.room_for(thumbnails.DECODE_BUDGET_BYTES):  # no room for another
+        waiting = [threading.Thread(target=make, args=(100 + n,)) for n in range(thumbnails.MAX_WAITING)]
+        for thread in waiting:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while thumbnails._DECODES._waiting < thumbnails.MAX_WAITING:  # each one looked its image up
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(BusyError, match="try again shortly"):
+            library.thumbnail(image_id, 99)
+        assert all(thread.is_alive() for thread in waiting)  # refused at once, not after waiting
+    for thread in waiting:
+        thread.join(timeout=60)
+    assert len(made) == thumbnails.MAX_WAITING and all(
+        isinstance(path, Path) and path.is_file() for path in made
+    )
+    assert library.thumbnail(image_id, 99).is_file()  # room again
     library.close()
 
 

@@ -41,6 +41,9 @@ MAX_VARIANTS = 8  # sizes kept per image: room for a UI's few, a bound for any c
 DECODE_BUDGET_BYTES = 1024 * 1024 * 1024  # pixels being decoded for thumbnails at once, all told
 BAND_BYTES = 16 * 1024 * 1024  # a large image is converted and reduced this much at a time
 DECODE_WAIT_S = 30.0  # how long a thumbnail waits for room in that budget before giving up
+# Thumbnails waiting for room at once: each waiting one holds a thread (in the HTTP service,
+# one of the worker threads that searches also run on), so one more is refused at once.
+MAX_WAITING = 4
 
 # Orientation (EXIF tag 274) -> what turns the image upright, as ImageOps.exif_transpose does;
 # read from the decoded image, applied to its shrunk copy (which carries no EXIF).
@@ -212,19 +215,23 @@ class _DecodeBudget:
 
     def __init__(self) -> None:
         self._used = 0
+        self._waiting = 0
         self._changed = threading.Condition()
 
     @contextlib.contextmanager
     def room_for(self, nbytes: int) -> Iterator[None]:
+        def fits() -> bool:  # one decode larger than the whole budget still runs, alone
+            return self._used == 0 or self._used + nbytes <= DECODE_BUDGET_BYTES
+
         with self._changed:
-            # One decode larger than the whole budget still runs, alone.
-            fits = self._changed.wait_for(
-                lambda: self._used == 0 or self._used + nbytes <= DECODE_BUDGET_BYTES, DECODE_WAIT_S
-            )
-            if not fits:
-                raise BusyError(
-                    "Too many large images are being decoded for thumbnails right now; try again shortly."
-                )
+            if not fits() and self._waiting >= MAX_WAITING:
+                raise _busy()
+            self._waiting += 1
+            try:
+                if not self._changed.wait_for(fits, DECODE_WAIT_S):
+                    raise _busy()
+            finally:
+                self._waiting -= 1
             self._used += nbytes
         try:
             yield
@@ -232,6 +239,10 @@ class _DecodeBudget:
             with self._changed:
                 self._used -= nbytes
                 self._changed.notify_all()
+
+
+def _busy() -> BusyError:
+    return BusyError("Too many large images are being decoded for thumbnails right now; try again shortly.")
 
 
 _DECODES = _DecodeBudget()
