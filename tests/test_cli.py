@@ -82,7 +82,7 @@ def test_forget_a_folder_gone_for_good(photos: Path, tiny_model: TinyModel, tmp_
     photos.rename(tmp_path / "Moved")
     kept = run_cli("index", *library)
     assert kept.returncode == 0
-    assert f"its images were kept (if it is gone for good: pixsift forget {photos})" in kept.stdout
+    assert f"; if it is gone for good: pixsift forget {photos}; if you emptied it" in kept.stdout
     forgot = run_cli("forget", str(photos), *library)
     assert forgot.returncode == 0, forgot.stderr
     assert forgot.stdout == f"Forgot {photos}: 12 image(s) removed from the library; no file was touched.\n"
@@ -600,7 +600,7 @@ def test_wait_help_names_every_run_that_holds_the_library() -> None:
         for name, command in commands.items()
         if any(param.name == "wait" for param in command.params)
     }
-    assert sorted(helps) == ["doctor", "forget", "index", "reindex"]
+    assert sorted(helps) == ["doctor", "forget", "index", "reindex", "relocate"]
     for name, text in helps.items():
         assert "another pixsift run is indexing or repairing this library" in text, name
         assert "process" not in text, name
@@ -616,6 +616,7 @@ def test_every_command_has_help() -> None:
         "forget",
         "index",
         "reindex",
+        "relocate",
         "search",
         "serve",
         "similar",

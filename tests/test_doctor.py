@@ -220,7 +220,8 @@ def test_files_gone_from_disk_are_dropped_but_not_an_unmounted_folder(
     assert unmounted.healthy
     assert unmounted.notes == [
         "10 image(s) under folders that are missing or empty (unmounted?): kept as they are "
-        "(pixsift forget FOLDER drops a folder gone for good)"
+        "(pixsift relocate FOLDER NEW for a folder that moved; "
+        "pixsift forget FOLDER drops a folder gone for good)"
     ]
     assert unmounted.images == 10
 

@@ -487,10 +487,41 @@ def forget(
     For a folder renamed, moved or gone for good, whose images index runs keep (it may only be
     unmounted). Index the folder under its new name to add its images again. A folder inside
     another indexed folder is only dropped as a root: that folder's next run decides what stays.
+    For a folder that moved, `pixsift relocate OLD NEW` keeps its images' ids instead.
     """
     with _user_errors(), _open(library) as lib:
         removed = lib.forget(folder, wait=wait)
     typer.echo(f"Forgot {folder}: {removed:,} image(s) removed from the library; no file was touched.")
+
+
+@app.command()
+def relocate(
+    old: Annotated[
+        str, typer.Argument(help="An indexed folder, as `pixsift status` lists it, now gone or empty.")
+    ],
+    new: Annotated[str, typer.Argument(help="The existing folder it now lives at.")],
+    library: LibraryOpt = None,
+    wait: WaitOpt = LOCK_WAIT_S,
+) -> None:
+    """Tell the library that an indexed folder moved: its images keep their ids and vectors.
+
+    For a folder renamed or moved, or copied to a new disk and the old one gone: its images
+    take their new paths, and the folder keeps its options. pixsift cannot tell a moved
+    folder from an unplugged drive with a copy elsewhere, so say it here, before indexing the
+    new place (which would give every image a new id). Refused when OLD still holds files
+    (index the copy instead) or NEW is, holds or lies in another indexed folder. Then run the
+    `pixsift index` command it prints, for what changed meanwhile.
+    """
+    from pixsift.indexer.relocation import index_command
+
+    with _user_errors(), _open(library) as lib:
+        moved = lib.relocate(old, new, wait=wait)
+        target = os.path.realpath(os.path.expanduser(new))  # as relocate stores it
+        root = next((root for root in lib.status().roots if root.path == target), None)
+    typer.echo(
+        f"Relocated {old} to {target}: {moved:,} image(s) moved, their ids and vectors kept. "
+        f"To pick up what changed meanwhile: {index_command(target, root)}"
+    )
 
 
 @app.command("eval")

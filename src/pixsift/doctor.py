@@ -230,7 +230,8 @@ def _check_files(catalog: Catalog, report: HealthReport) -> None:
     if kept:
         report.notes.append(
             f"{kept} image(s) under folders that are missing or empty (unmounted?): kept as they are "
-            "(pixsift forget FOLDER drops a folder gone for good)"
+            "(pixsift relocate FOLDER NEW for a folder that moved; "
+            "pixsift forget FOLDER drops a folder gone for good)"
         )
     for reason, count in unknown.items():
         report.notes.append(f"{count} indexed file(s) could not be checked ({reason}): kept as they are")

@@ -100,7 +100,8 @@ def report_warnings(report: IndexReport) -> list[str]:
         # left in it (any, even hidden) says it is there, and its deleted photos then leave.
         lines.append(
             f"warning: folder {root} is missing or empty (unmounted?); its images were kept "
-            f"(if it is gone for good: pixsift forget {shlex.quote(root)}; if you emptied it "
+            f"(if it moved: pixsift relocate {shlex.quote(root)} NEW; "
+            f"if it is gone for good: pixsift forget {shlex.quote(root)}; if you emptied it "
             f"on purpose, leave any file in it: touch {shlex.quote(os.path.join(root, '.keep'))})"
         )
     if report.unsupported_heif:

@@ -516,6 +516,30 @@ class Library:
             prune_thumbnails(self.path / THUMBNAILS_DIR, self._catalog.images)
         return len(ids)
 
+    def relocate(
+        self, old: str | os.PathLike[str], new: str | os.PathLike[str], *, wait: float | None = LOCK_WAIT_S
+    ) -> int:
+        """Tell the library that the indexed folder `old` now lives at `new` (renamed, moved,
+        copied to a new disk and the old one gone): its images keep their ids and vectors and
+        take their new paths, and the folder keeps its options. Returns how many images moved.
+
+        pixsift cannot tell a moved folder from an unplugged one with a copy elsewhere, so only
+        this says it. Refused (InvalidPathError, nothing changed) unless `old` is an indexed
+        folder and `new` an existing folder that neither is, holds nor lies in another indexed
+        folder, and unless `old` is gone or empty (a folder that still holds files was copied:
+        index the copy instead). Run `index(new)` after it to pick up what changed meanwhile.
+        Waits for an index run as `forget` does.
+        """
+        from pixsift.indexer.relocation import moved_prefix, plan_relocation
+
+        plan_relocation(self._catalog.roots(), old, new)  # refused now, not after a wait
+        with self._write_lock.held(wait, "relocating a folder"):
+            plan = plan_relocation(self._catalog.roots(), old, new)  # as the roots are now
+            if len(self._catalog.ids_under(plan.new)):  # no root holds it, so none should be there
+                raise InvalidPathError(f"The library already holds images under {plan.new}.")
+            with self._catalog.write() as batch:
+                return batch.move_paths(*moved_prefix(plan.old, plan.new), plan.roots)
+
     def warm_up(self) -> None:
         """Load the model and the search index now rather than on the first search (a server
         does this at start); an empty library has neither yet, and is left as it is."""

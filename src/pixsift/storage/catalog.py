@@ -665,6 +665,25 @@ class CatalogWriter:
         """Forget an indexed folder (its images are deleted with `delete_images`)."""
         self._session.execute(delete(Root).where(Root.path == path))
 
+    def move_paths(self, old: bytes, new: bytes, roots: Sequence[tuple[str, str]]) -> int:
+        """Give every image whose path starts with the folder prefix `old` ("/a/Photos/") the
+        prefix `new` instead, and rename `roots` (old path, new path); ids, vectors and every
+        other column stay, so the search index needs no change. Returns how many images moved.
+
+        Done on the stored bytes, so a name that is not UTF-8 keeps its bytes. The caller
+        makes sure nothing lies under `new` yet (a path there would collide)."""
+        connection = self._session.connection()
+        high = old[:-1] + bytes([old[-1] + 1])  # as folder_prefix_range: "/a/Photos0"
+        rows = connection.exec_driver_sql(
+            "SELECT id, path FROM images WHERE path >= ? AND path < ?", (old, high)
+        ).all()
+        if rows:
+            moved = [(new + bytes(path)[len(old) :], image_id) for image_id, path in rows]
+            connection.exec_driver_sql("UPDATE images SET path = ? WHERE id = ?", moved)
+        for before, after in roots:
+            self._session.execute(update(Root).where(Root.path == before).values(path=after))
+        return len(rows)
+
     def delete_images(self, ids: Iterable[int]) -> None:
         wanted = [int(i) for i in ids]
         for chunk in _chunks(wanted):

@@ -1,0 +1,129 @@
+"""Telling the library that an indexed folder moved (`pixsift relocate OLD NEW`).
+
+An index run cannot tell a folder that moved from one that is unplugged while a backup copy
+of it is indexed: both leave the old folder missing and the same photos elsewhere. So a moved
+folder indexed under its new path gets every image anew (new ids, vectors copied), and only
+the user can say it moved. `relocate` then rewrites the paths, keeping ids and vectors; this
+module decides whether it may, refusing with one line whatever would leave the library wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pixsift.errors import InvalidPathError
+from pixsift.indexer.roots import root_named
+from pixsift.indexer.scan import is_within
+from pixsift.storage.records import RootInfo
+
+
+@dataclass(frozen=True)
+class Relocation:
+    """An indexed folder `old` (as stored) that now lives at `new` (resolved), with the roots
+    nested inside it, which move with it: (path as stored, path at the new place)."""
+
+    old: str
+    new: str
+    roots: list[tuple[str, str]]
+
+
+def plan_relocation(
+    roots: Sequence[RootInfo], old: str | os.PathLike[str], new: str | os.PathLike[str]
+) -> Relocation:
+    """What moving the indexed folder `old` to the existing folder `new` changes, or
+    InvalidPathError saying why it must not."""
+    paths = [root.path for root in roots]
+    root = root_named(old, paths)
+    target = _existing_folder(new)
+    if target == root:
+        raise InvalidPathError(f"{root} is where the library already has it: nothing to relocate.")
+    inner = [path for path in paths if is_within(path, root)]  # the root itself and roots inside it
+    _refuse_overlap(root, target, [path for path in paths if path not in inner])
+    _refuse_if_still_there(root, target)
+    moved = [(path, _moved_path(path, root, target)) for path in inner]
+    return Relocation(root, target, moved)
+
+
+def moved_prefix(old: str, new: str) -> tuple[bytes, bytes]:
+    """The stored-path prefixes (bytes, as paths are stored) of what lies under `old`, and
+    what it becomes under `new`: "/a/Photos/" and "/b/Pictures/" ("/" stays "/")."""
+    return os.fsencode(os.path.join(old, "")), os.fsencode(os.path.join(new, ""))
+
+
+def index_command(folder: str, root: RootInfo | None) -> str:
+    """The `pixsift index` command that walks `folder` with the options its root is indexed
+    with (naming a folder without them would index it without its hidden files, say)."""
+    options = [
+        *(["--include-hidden"] if root and root.include_hidden else []),
+        *(["--follow-symlinks"] if root and root.follow_symlinks else []),
+    ]
+    return shlex.join(["pixsift", "index", *options, folder])
+
+
+def _moved_path(path: str, old: str, new: str) -> str:
+    if path == old:
+        return new
+    low, replacement = moved_prefix(old, new)
+    return os.fsdecode(replacement + os.fsencode(path)[len(low) :])
+
+
+def _existing_folder(new: str | os.PathLike[str]) -> str:
+    """`new` resolved, as `pixsift index` stores a folder, if it is an existing folder."""
+    if not os.fspath(new).strip():  # an unset "$NEW"
+        raise InvalidPathError("The new folder path is empty: name the folder the indexed folder moved to.")
+    folder = os.path.expanduser(os.fspath(new))
+    if not os.path.exists(folder):
+        raise InvalidPathError(f"Folder {folder} does not exist: move the folder there first.")
+    if not os.path.isdir(folder):
+        raise InvalidPathError(f"{folder} is not a folder; give the folder the indexed folder moved to.")
+    return os.path.realpath(folder)
+
+
+def _refuse_overlap(root: str, target: str, others: Sequence[str]) -> None:
+    """Refuse a new place that overlaps the old one or another indexed folder: two folders'
+    images would mix (and paths under both could not be rewritten one by one)."""
+    if is_within(target, root):
+        raise InvalidPathError(f"{target} lies inside {root}: a folder cannot move into itself.")
+    if is_within(root, target):
+        raise InvalidPathError(
+            f"{target} holds {root}'s place: relocate moves a folder to a place of its own."
+        )
+    for other in others:
+        for form in dict.fromkeys([other, os.path.realpath(other)]):
+            if target == form:
+                raise InvalidPathError(
+                    f"{target} is already an indexed folder, with ids of its own. If it holds the "
+                    f"photos of {root}, indexed there again, drop the old ones: "
+                    f"pixsift forget {shlex.quote(root)}"
+                )
+            if is_within(target, form):
+                raise InvalidPathError(f"{target} lies inside the indexed folder {other}.")
+            if is_within(form, target):
+                raise InvalidPathError(f"{target} holds the indexed folder {other}.")
+
+
+def _refuse_if_still_there(root: str, target: str) -> None:
+    """Refuse an old folder still there with anything in it: it was copied, not moved (or the
+    copy is a backup), and its photos must keep their place. An empty folder is the mount
+    point of a drive now mounted elsewhere, or a folder emptied by the move; a link to the
+    new place is the folder moved and left as a link."""
+    if not os.path.exists(root) or os.path.realpath(root) == target:
+        return
+    if not os.path.isdir(root):
+        raise InvalidPathError(f"{root} is still there (as a file): relocate is for a folder moved away.")
+    try:
+        with os.scandir(root) as listing:
+            empty = next(listing, None) is None
+    except OSError as exc:
+        raise InvalidPathError(
+            f"Cannot tell whether {root} was moved away: it cannot be read ({exc.strerror or exc})."
+        ) from None
+    if not empty:
+        raise InvalidPathError(
+            f"{root} still holds files, so it was copied, not moved: to index the copy as a folder "
+            f"of its own, pixsift index {shlex.quote(target)} (its images get the vectors of the "
+            "originals without being embedded again)."
+        )
