@@ -60,6 +60,24 @@ def test_a_second_index_run_refuses_with_a_clear_message(
         assert library.index(photos, wait=0).added == 1
 
 
+def test_relocating_a_folder_waits_for_an_index_run_and_refuses_when_it_goes_on(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    with Library.open(library_dir) as library:
+        index(library, tiny_model, photos)
+        ids = sorted(hit.id for hit in library.search("x", k=50))
+    moved = photos.with_name("moved")
+    photos.rename(moved)
+    with lock_of(library_dir), Library.open(library_dir) as library:
+        with pytest.raises(LibraryBusyError, match="relocating a folder needs the library to itself"):
+            library.relocate(photos, moved, wait=0)
+        assert {Path(hit.path).parent for hit in library.search("x", k=50)} == {photos}  # untouched
+    with Library.open(library_dir) as library:
+        assert library.relocate(photos, moved, wait=0) == len(ids)
+        hits = library.search("x", k=50)
+        assert sorted(hit.id for hit in hits) == ids and {Path(hit.path).parent for hit in hits} == {moved}
+
+
 def test_the_command_refuses_in_one_line(library_dir: Path, photos: Path, tiny_model: TinyModel) -> None:
     with lock_of(library_dir):
         result = CliRunner().invoke(
