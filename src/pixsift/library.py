@@ -499,7 +499,9 @@ class Library:
         another indexed folder nested inside it stay; a folder inside another indexed folder
         is only dropped as a root (that folder's next index run decides what of it stays).
         Returns how many images were removed."""
+        root_named(folder, [root.path for root in self._catalog.roots()])  # refused now, not after a wait
         with self._write_lock.held(wait, "forgetting a folder"):
+            # As they are once the lock is held: a run waited for may have forgotten it meanwhile.
             roots = [root.path for root in self._catalog.roots()]
             root = root_named(folder, roots)
             others = [other for other in roots if other != root]
