@@ -44,7 +44,7 @@ from pixsift.indexer import IndexProgress, IndexReport
 from pixsift.indexer.decode import default_max_pixels
 from pixsift.indexer.library_run import index_library
 from pixsift.indexer.lock import WriteLock
-from pixsift.indexer.roots import drop_roots_except, root_named, root_requests, scoped_request
+from pixsift.indexer.roots import caller_path, drop_roots_except, root_named, root_requests, scoped_request
 from pixsift.indexer.run import RootRequest
 from pixsift.indexer.scan import is_within
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
@@ -228,18 +228,19 @@ class Library:
         """Bring folders or files inside the library's roots up to date; with none, every root.
 
         Unlike `index`, this never adds a root: each path must lie inside one already indexed
-        (else AccessDeniedError), and is walked with that root's options. A file is indexed with
-        the rest of its folder (unchanged files there are not opened). Waits for another index
-        run as `index` does.
+        (else AccessDeniedError), and is walked with that root's options. Paths are read as
+        `index` reads them (`~` expanded, a relative one from the working directory). A file is
+        indexed with the rest of its folder (unchanged files there are not opened). Waits for
+        another index run as `index` does.
         """
         check_run_sizes(batch_size, workers)
         if not paths:
             return self.index(batch_size=batch_size, workers=workers, progress=progress, wait=wait)
 
-        # A caller's "~/Photos/new" means their home, as it does for index(); the server never
-        # calls this with a path it has not checked as absolute (check_reindex does not expand).
+        # A caller's "~/Photos/new" or "Photos/new" means what it does to index(); the server
+        # never calls this with a path it has not checked as absolute (check_reindex is strict).
         def requests() -> list[RootRequest]:  # refused now, and again as they are once locked
-            return [scoped_request(self._catalog, os.path.expanduser(os.fspath(path))) for path in paths]
+            return [scoped_request(self._catalog, caller_path(path)) for path in paths]
 
         requests()
         with self._write_lock.held(wait, "indexing", progress):
@@ -471,7 +472,9 @@ class Library:
 
     def check_reindex(self, paths: Sequence[str | os.PathLike[str]]) -> None:
         """Raise now what `reindex(*paths)` would refuse (a path outside the roots, no roots),
-        so a caller that runs it in the background can answer at once."""
+        so a caller that runs it in the background can answer at once. Stricter than `reindex`
+        for a service's clients: a path must be absolute as written (no `~`, nothing relative
+        to this process's working directory)."""
         if not paths and not self._catalog.roots():
             raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
         for path in paths:
