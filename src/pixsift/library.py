@@ -48,6 +48,7 @@ from pixsift.indexer.roots import caller_path, drop_roots_except, root_named, ro
 from pixsift.indexer.run import RootRequest
 from pixsift.indexer.scan import is_within
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
+from pixsift.models.naming import refuse_empty_names
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
 from pixsift.search.examples import (
     Example,
@@ -195,6 +196,7 @@ class Library:
         seconds (None: as long as it takes) and then raises LibraryBusyError.
         """
         check_run_sizes(batch_size, workers)
+        refuse_empty_names(model, pretrained)  # "" would mean the default model, or the library's
         root_requests(self._catalog, roots, include_hidden, follow_symlinks)  # refused now, not after a wait
         with self._write_lock.held(wait, "indexing", progress):
             # As they are once the lock is held: a run waited for may have forgotten a root.
