@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from conftest import TinyModel
 from crash_soak import PAUSE_ENV, FreshProcesses
-from pixsift import Library, LibraryBusyError
+from pixsift import InvalidPathError, Library, LibraryBusyError
 from pixsift.cli import app
+from pixsift.storage import Catalog
 from sample_photos import make_photo, save, write_photos
 
 
@@ -174,3 +175,51 @@ def test_searches_during_an_index_run_succeed_and_are_consistent(
         assert library.check().healthy
         assert library.status().index_file.state == "up to date"
     assert os.path.exists(library_dir / "vectors.faiss")
+
+
+def test_forgetting_a_folder_not_indexed_is_refused_without_waiting(
+    library_dir: Path, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    with Library.open(library_dir) as library:
+        index(library, tiny_model, photos)
+    with lock_of(library_dir), Library.open(library_dir) as library:  # another index run holds it
+        for folder in (tmp_path / "Elsewhere", ""):
+            started = time.monotonic()
+            with pytest.raises(InvalidPathError):  # not LibraryBusyError after the wait
+                library.forget(folder, wait=5)
+            assert time.monotonic() - started < 2
+        result = CliRunner().invoke(
+            app, ["forget", str(tmp_path / "Elsewhere"), "--library", str(library_dir)]
+        )
+        assert (result.exit_code, result.stderr) == (
+            1,
+            f"error: {tmp_path / 'Elsewhere'} is not an indexed folder (indexed folders: {photos}).\n",
+        )
+
+
+def test_a_folder_forgotten_while_forget_waits_is_refused_once_locked(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    with Library.open(library_dir) as library:
+        index(library, tiny_model, photos)
+    outcome: list[BaseException | int] = []
+
+    def forget() -> None:
+        with Library.open(library_dir) as waiting:
+            try:
+                outcome.append(waiting.forget(photos, wait=None))
+            except InvalidPathError as exc:
+                outcome.append(exc)
+
+    with lock_of(library_dir):  # the run waited for forgets the folder before it ends
+        forgetter = threading.Thread(target=forget)
+        forgetter.start()
+        time.sleep(0.5)
+        catalog = Catalog.open(library_dir / "library.db")
+        with catalog.write() as batch:
+            batch.delete_root(str(photos))
+        catalog.close()
+    forgetter.join()
+    assert [str(error) for error in outcome] == [
+        f"{photos} is not an indexed folder (indexed folders: none yet)."
+    ]

@@ -301,6 +301,32 @@ def test_a_cache_that_cannot_be_written_leaves_the_model_on_torch(
     assert "PIXSIFT_CACHE_DIR" in forced.stderr and "Traceback" not in forced.stderr
 
 
+def test_the_command_prints_a_model_warning_as_its_own_lines(
+    tiny_model: TinyModel, photos: Path, tmp_path: Path
+) -> None:
+    """Once open_clip was imported (to export, or to run on torch), its logging.info() calls set
+    the root logger to basicConfig's format: "WARNING:pixsift.models.loading:Cannot write...",
+    where the command's own warnings read "warning: ..."."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("", encoding="utf-8")
+    unwritable = {"PIXSIFT_CACHE_DIR": str(blocker / "cache")}
+    spec = tiny_spec(tiny_model)
+    warning = (
+        f"warning: Cannot write the ONNX export of {spec.describe()} into {blocker}/cache/onnx: "
+        "Not a directory. Free some space there, or point PIXSIFT_CACHE_DIR at a writable folder. "
+        "Running on torch meanwhile.\n"
+    )
+    library = ["--library", str(tmp_path / "lib")]
+    indexed = run_cli("index", str(photos), *library, "-q", *tiny_model.index_args(), env=unwritable)
+    assert (indexed.returncode, indexed.stderr) == (0, warning)
+    searched = run_cli("search", "a dog", *library, "--format", "paths", env=unwritable)
+    assert (searched.returncode, searched.stderr) == (0, warning)
+    # Only the command prints so: a program using the library keeps Python's logging as it is.
+    script = "import logging, pixsift.cli; print(logging.getLogger().handlers)"
+    imported = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert imported.stdout == "[]\n"
+
+
 def test_an_install_without_onnx_runtime_leaves_the_cache_alone(
     tiny_model: TinyModel, photos: Path, tmp_path: Path
 ) -> None:
@@ -319,6 +345,7 @@ def test_an_install_without_onnx_runtime_leaves_the_cache_alone(
     indexed = run_cli("index", str(photos), "--library", library, "-q", *tiny_model.index_args(), env=broken)
     assert indexed.returncode == 0, indexed.stderr
     assert "No module named 'onnxruntime'" in indexed.stderr and "running on torch" in indexed.stderr
+    assert indexed.stderr.startswith("warning: ") and indexed.stderr.count("\n") == 1
     assert not export_folder(spec).exists()
     forced = run_cli("search", "a dog", "--library", library, "--engine", "onnx", env=broken)
     assert forced.returncode == 1 and "Traceback" not in forced.stderr

@@ -266,3 +266,48 @@ def test_a_bundled_model_with_other_weights_is_shown_by_its_name(tmp_path: Path,
         db.execute("UPDATE model SET name = ?", (str(BUNDLED_MODELS["synthetic-tiny"].config),))
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr
+
+
+EMPTY_MODEL = (
+    "The model name (--model) is empty: name one, e.g. ViT-B-32 or synthetic-tiny, "
+    "or leave the option out for the default."
+)
+EMPTY_WEIGHTS = (
+    "The weights (--pretrained) are empty: give a pretrained tag or a checkpoint file, "
+    "or leave the option out for the model's default."
+)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--model", ""], EMPTY_MODEL),  # meant the default model, silently
+        (["--model", "  "], EMPTY_MODEL),
+        (["--pretrained", ""], EMPTY_WEIGHTS),  # the default model too
+        (["--model", "synthetic-tiny", "--pretrained", ""], EMPTY_WEIGHTS),  # "Checkpoint . is a folder"
+    ],
+)
+def test_an_empty_model_or_weights_option_is_refused(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    """`pixsift index --model "$MODEL"` with MODEL unset."""
+    from sample_photos import write_photos
+
+    write_photos(tmp_path / "photos", 1)
+    new = run_cli("index", str(tmp_path / "photos"), "--library", str(tmp_path / "lib"), *options)
+    assert (new.returncode, new.stdout, new.stderr) == (1, "", f"error: {message}\n")
+    assert not (tmp_path / "lib").exists()
+
+
+def test_an_empty_model_is_refused_by_a_library_that_has_one(library_dir: Path, photos: Path) -> None:
+    """An existing library kept its own model when asked for "": refused all the same."""
+    from pixsift import Library
+
+    with Library.open(library_dir) as library:
+        library.index(photos, model="synthetic-tiny")
+        for model, pretrained, message in (("", None, EMPTY_MODEL), (None, " ", EMPTY_WEIGHTS)):
+            with pytest.raises(ModelError) as refused:
+                library.index(model=model, pretrained=pretrained)
+            assert str(refused.value) == message
+    result = run_cli("index", "--library", str(library_dir), "--model", "")
+    assert (result.returncode, result.stderr) == (1, f"error: {EMPTY_MODEL}\n")

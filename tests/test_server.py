@@ -796,6 +796,20 @@ def test_index_job_adds_new_files_under_a_root(own: tuple[Library, Path]) -> Non
         assert_error(http.post("/index", json={"paths": [str(photos / "gone")]}), 400, "invalid_path")
 
 
+def test_an_index_job_refuses_paths_that_are_not_absolute(
+    own: tuple[Library, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's relative path or ~ would name what the server's own working directory or
+    home holds: refused, though `Library.reindex` reads them for a Python caller."""
+    library, photos = own
+    monkeypatch.chdir(photos.parent)
+    monkeypatch.setenv("HOME", str(photos.parent))
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        for path in (photos.name, f"~/{photos.name}", "."):
+            body = assert_error(http.post("/index", json={"paths": [path]}), 400, "invalid_path")
+            assert body["message"] == f"Path {path!r} must be absolute."
+
+
 def test_one_job_at_a_time_and_a_busy_library(own: tuple[Library, Path]) -> None:
     library = own[0]
     image_id = library.search("x", k=1)[0].id

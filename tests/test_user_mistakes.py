@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from conftest import TinyModel, run_cli
 from pixsift import (
+    AccessDeniedError,
     ImageNotFoundError,
     InvalidOptionError,
     InvalidPathError,
@@ -420,6 +421,23 @@ def test_reindex_expands_the_home_folder(library: Library, monkeypatch: pytest.M
     # The server's check (which never expands ~) still refuses a path that is not absolute.
     with pytest.raises(InvalidPathError, match="must be absolute"):
         library.check_reindex([f"~/{root.name}"])
+
+
+def test_reindex_reads_a_relative_path_as_index_does(
+    library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = Path(library.status().roots[0].path)
+    monkeypatch.chdir(root.parent)
+    assert library.reindex(root.name).scanned == 12  # refused as "must be absolute" before
+    assert library.reindex(f"{root.name}/photo_0100.jpg").scanned == 12  # a file: its folder
+    monkeypatch.chdir(root)
+    assert library.reindex(".").scanned == 12
+    with pytest.raises(InvalidPathError, match="A path to re-index is empty"):  # not "."
+        library.reindex("")
+    with pytest.raises(AccessDeniedError, match=f"Path {root}/.. is outside"):
+        library.reindex("..")
+    with pytest.raises(InvalidPathError, match="must be absolute"):  # the server's check, still
+        library.check_reindex(["."])
 
 
 # ---- devices -------------------------------------------------------------------------------------

@@ -127,5 +127,5 @@ def check_index_arguments(
     command can check them before it creates a library (weights are not loaded here)."""
     for root in roots:
         new_root(root, include_hidden=False, follow_symlinks=False)
-    if model or pretrained:
+    if model is not None or pretrained is not None:
         resolve_model_spec(model, pretrained)

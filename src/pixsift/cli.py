@@ -9,6 +9,7 @@ Ctrl-C, 141 when the output's reader stopped reading (`| head -1`), as other Uni
 from __future__ import annotations
 
 import codecs
+import logging
 import os
 import signal
 import sys
@@ -730,6 +731,37 @@ def _escape_unencodable(error: UnicodeError) -> tuple[str | bytes, int]:
     return char.encode("ascii", "backslashreplace").decode("ascii"), error.start + 1
 
 
+class _CliLogLines(logging.Handler):
+    """Log records as the command's other lines on stderr: "warning: ...", "error: ..."."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(_CliLogFormat())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            # sys.stderr as it is now: during a progress bar, rich's proxy prints above the bar.
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+class _CliLogFormat(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}"  # the message, any traceback
+
+
+def _log_as_the_command() -> None:
+    """Print the warnings logged by pixsift's core (a model that falls back to torch) and by
+    the libraries it uses in the command's own format. With no handler, Python printed the bare
+    message; and once open_clip is imported, its first logging.info() call configured the root
+    logger (logging.basicConfig) to print "WARNING:pixsift.models.loading:...". With a handler
+    in place first, basicConfig does nothing. Only the command does this: a program using the
+    library keeps its own logging."""
+    logging.getLogger().addHandler(_CliLogLines())
+
+
 def main() -> None:
     """Console-script entry point."""
     codecs.register_error(_OUTPUT_ERRORS, _escape_unencodable)
@@ -737,6 +769,7 @@ def main() -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors=_OUTPUT_ERRORS)
+    _log_as_the_command()
     # pixsift refuses oversized images itself (recorded as failures); Pillow's warning for
     # large-but-allowed ones would only break the progress display. Matched by its text, as
     # importing Pillow for its class would cost every command (a search included) 20 ms.

@@ -44,10 +44,11 @@ from pixsift.indexer import IndexProgress, IndexReport
 from pixsift.indexer.decode import default_max_pixels
 from pixsift.indexer.library_run import index_library
 from pixsift.indexer.lock import WriteLock
-from pixsift.indexer.roots import drop_roots_except, root_named, root_requests, scoped_request
+from pixsift.indexer.roots import caller_path, drop_roots_except, root_named, root_requests, scoped_request
 from pixsift.indexer.run import RootRequest
 from pixsift.indexer.scan import is_within
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
+from pixsift.models.naming import refuse_empty_names
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
 from pixsift.search.examples import (
     Example,
@@ -195,6 +196,7 @@ class Library:
         seconds (None: as long as it takes) and then raises LibraryBusyError.
         """
         check_run_sizes(batch_size, workers)
+        refuse_empty_names(model, pretrained)  # "" would mean the default model, or the library's
         root_requests(self._catalog, roots, include_hidden, follow_symlinks)  # refused now, not after a wait
         with self._write_lock.held(wait, "indexing", progress):
             # As they are once the lock is held: a run waited for may have forgotten a root.
@@ -228,18 +230,19 @@ class Library:
         """Bring folders or files inside the library's roots up to date; with none, every root.
 
         Unlike `index`, this never adds a root: each path must lie inside one already indexed
-        (else AccessDeniedError), and is walked with that root's options. A file is indexed with
-        the rest of its folder (unchanged files there are not opened). Waits for another index
-        run as `index` does.
+        (else AccessDeniedError), and is walked with that root's options. Paths are read as
+        `index` reads them (`~` expanded, a relative one from the working directory). A file is
+        indexed with the rest of its folder (unchanged files there are not opened). Waits for
+        another index run as `index` does.
         """
         check_run_sizes(batch_size, workers)
         if not paths:
             return self.index(batch_size=batch_size, workers=workers, progress=progress, wait=wait)
 
-        # A caller's "~/Photos/new" means their home, as it does for index(); the server never
-        # calls this with a path it has not checked as absolute (check_reindex does not expand).
+        # A caller's "~/Photos/new" or "Photos/new" means what it does to index(); the server
+        # never calls this with a path it has not checked as absolute (check_reindex is strict).
         def requests() -> list[RootRequest]:  # refused now, and again as they are once locked
-            return [scoped_request(self._catalog, os.path.expanduser(os.fspath(path))) for path in paths]
+            return [scoped_request(self._catalog, caller_path(path)) for path in paths]
 
         requests()
         with self._write_lock.held(wait, "indexing", progress):
@@ -471,7 +474,9 @@ class Library:
 
     def check_reindex(self, paths: Sequence[str | os.PathLike[str]]) -> None:
         """Raise now what `reindex(*paths)` would refuse (a path outside the roots, no roots),
-        so a caller that runs it in the background can answer at once."""
+        so a caller that runs it in the background can answer at once. Stricter than `reindex`
+        for a service's clients: a path must be absolute as written (no `~`, nothing relative
+        to this process's working directory)."""
         if not paths and not self._catalog.roots():
             raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
         for path in paths:
@@ -499,7 +504,9 @@ class Library:
         another indexed folder nested inside it stay; a folder inside another indexed folder
         is only dropped as a root (that folder's next index run decides what of it stays).
         Returns how many images were removed."""
+        root_named(folder, [root.path for root in self._catalog.roots()])  # refused now, not after a wait
         with self._write_lock.held(wait, "forgetting a folder"):
+            # As they are once the lock is held: a run waited for may have forgotten it meanwhile.
             roots = [root.path for root in self._catalog.roots()]
             root = root_named(folder, roots)
             others = [other for other in roots if other != root]

@@ -70,6 +70,17 @@ def _path_under(root: str, walked: str, folder: str) -> str:
     return root if inside == os.curdir else os.path.join(root, inside)
 
 
+def caller_path(path: str | os.PathLike[str]) -> str:
+    """A path a Python caller names, as `index` reads one: `~` expanded, a relative path from
+    the working directory. An empty one (an unset variable) is refused, not read as the latter."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise InvalidPathError("A path to re-index is empty: name a folder or file inside an indexed folder.")
+    written = os.path.expanduser(text)
+    # Joined, not normalised: "link/.." is resolved later, links first, as the file system does.
+    return written if os.path.isabs(written) else os.path.join(os.getcwd(), written)
+
+
 def scoped_request(catalog: Catalog, path: str | os.PathLike[str]) -> RootRequest:
     """The part of an indexed root that `path` names (a folder, or a file's folder), to be walked
     with that root's options; AccessDeniedError outside every root."""

@@ -20,6 +20,7 @@ def resolve_model_spec(model: str | None = None, pretrained: str | None = None) 
     (`ViT-B-32`) or the path of a model-config JSON in open_clip's format. `pretrained`: an
     open_clip pretrained tag, or a checkpoint file path.
     """
+    refuse_empty_names(model, pretrained)
     model = model or DEFAULT_MODEL
     if model in BUNDLED_MODELS:
         if pretrained is None or pretrained == BUNDLED_TAG:
@@ -30,6 +31,21 @@ def resolve_model_spec(model: str | None = None, pretrained: str | None = None) 
     if _looks_like_path(model):
         return _config_file_spec(Path(model).expanduser(), pretrained)
     return _builtin_spec(model, pretrained)
+
+
+def refuse_empty_names(model: str | None, pretrained: str | None) -> None:
+    """Refuse a model name or weights given empty (a script's unset "$MODEL"): read as left
+    out, it would silently mean the default model, or "." as a checkpoint."""
+    if isinstance(model, str) and not model.strip():
+        raise ModelError(
+            f"The model name (--model) is empty: name one, e.g. {DEFAULT_MODEL} or synthetic-tiny, "
+            "or leave the option out for the default."
+        )
+    if isinstance(pretrained, str) and not pretrained.strip():
+        raise ModelError(
+            "The weights (--pretrained) are empty: give a pretrained tag or a checkpoint file, "
+            "or leave the option out for the model's default."
+        )
 
 
 def _exported_spec(model: str, pretrained: str | None) -> ModelSpec | None:

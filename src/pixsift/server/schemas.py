@@ -110,7 +110,7 @@ class IndexBody(_Strict):
     paths: list[PathText] = Field(
         default_factory=list,
         max_length=256,
-        description="Folders or files inside the roots; none: all roots.",
+        description="Absolute paths of folders or files inside the roots; none: all roots.",
     )
 
 
