@@ -436,7 +436,8 @@ def test_a_root_emptied_on_purpose_is_kept_until_a_file_is_left_in_it(
     (inbox / "a.jpg").rename(photos / "a.jpg")
     emptied = open_library.index()
     assert (emptied.skipped_roots, emptied.removed) == ([str(inbox)], 0)
-    assert f"leave any file in it: touch {inbox / '.keep'}" in format_report(emptied)
+    assert f"folder {inbox} is empty (unmounted?)" in format_report(emptied)
+    assert f"leave any file in it: touch {inbox / '.keep'})" in format_report(emptied)
 
     (inbox / ".keep").touch()
     report = open_library.index()

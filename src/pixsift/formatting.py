@@ -90,20 +90,27 @@ def format_report(report: IndexReport) -> str:
     return "\n".join([summary, *gone, *report_warnings(report)])
 
 
+def _skipped_root_warning(root: str) -> str:
+    """What to do about an indexed folder found missing or empty, whose images were kept."""
+    quoted = shlex.quote(root)
+    choices = f"if it moved: pixsift relocate {quoted} NEW; if it is gone for good: pixsift forget {quoted}"
+    if not os.path.isdir(root):
+        return f"warning: folder {root} is missing (unmounted?); its images were kept ({choices})"
+    # An emptied folder cannot be told from the mount point of an unplugged drive: a file left
+    # in it (any, even hidden) says it is there, and its deleted photos then leave.
+    keep = shlex.quote(os.path.join(root, ".keep"))
+    return (
+        f"warning: folder {root} is empty (unmounted?); its images were kept ({choices}; "
+        f"if you emptied it on purpose, leave any file in it: touch {keep})"
+    )
+
+
 def report_warnings(report: IndexReport) -> list[str]:
     """What an index run could not do, and what to do about it: one line each."""
     lines = []
     for folder, reason in report.unreadable_dirs:
         lines.append(f"warning: could not read folder {folder} ({reason}); its images were kept")
-    for root in report.skipped_roots:
-        # An emptied folder cannot be told from the mount point of an unplugged drive: a file
-        # left in it (any, even hidden) says it is there, and its deleted photos then leave.
-        lines.append(
-            f"warning: folder {root} is missing or empty (unmounted?); its images were kept "
-            f"(if it moved: pixsift relocate {shlex.quote(root)} NEW; "
-            f"if it is gone for good: pixsift forget {shlex.quote(root)}; if you emptied it "
-            f"on purpose, leave any file in it: touch {shlex.quote(os.path.join(root, '.keep'))})"
-        )
+    lines.extend(_skipped_root_warning(root) for root in report.skipped_roots)
     if report.unsupported_heif:
         lines.append(
             f"{report.unsupported_heif} HEIC/HEIF file(s) skipped; to index them: pip install 'pixsift[heif]'"
