@@ -260,6 +260,8 @@ class Indexer:
         Only a file with the size of some embedded image can be one, so a first index of a
         folder hashes nothing here (its files are hashed from the bytes read for decoding).
         """
+        if not candidates:  # an unchanged re-run: no need to read the size of every image
+            return {}
         sizes = self._catalog.sizes_with_vectors()
         paths = [c.file.path for c in candidates if c.file.size in sizes]
         if not paths:
