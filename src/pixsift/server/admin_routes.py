@@ -15,6 +15,7 @@ from pixsift.server.schemas import IndexBody, JobView, ModelView, RootView, Stat
 
 router = APIRouter(responses=ERRORS)
 LibraryDep = Annotated[Library, Depends(library_of)]
+JobId = Annotated[str, Path(min_length=1, max_length=64)]
 JobsDep = Annotated[JobManager, Depends(jobs_of)]
 
 
@@ -36,7 +37,7 @@ def start_index(jobs: JobsDep, body: IndexBody | None = None) -> JobView:
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, tags=["indexing"])
-def job(jobs: JobsDep, job_id: Annotated[str, Path(min_length=1, max_length=64)]) -> JobView:
+def job(jobs: JobsDep, job_id: JobId) -> JobView:
     """An index job's state and progress: phase, steps done of total, and its report at the end."""
     found = jobs.get(job_id)
     if found is None:
@@ -59,7 +60,7 @@ def _not_found(job_id: str) -> ApiError:
     tags=["indexing"],
     dependencies=[Depends(require_write_access)],
 )
-def cancel_job(jobs: JobsDep, job_id: Annotated[str, Path(min_length=1, max_length=64)]) -> JobView:
+def cancel_job(jobs: JobsDep, job_id: JobId) -> JobView:
     """Cancel a queued or running index job: it stops at its next step (after the batch under
     way is committed; what it committed stays) with the state `cancelled`. Needs the API key."""
     cancelled = jobs.cancel(job_id)
