@@ -89,6 +89,17 @@ class SearchFilters:
         return replace(self, under=under)
 
 
+def checked_filters(filters: object) -> SearchFilters | None:
+    """`filters` if it is a SearchFilters (or None); QueryError otherwise, rather than an
+    AttributeError from deep in the search for a dict of filter values, say."""
+    if filters is None or isinstance(filters, SearchFilters):
+        return filters
+    raise QueryError(
+        f'filters must be a pixsift.SearchFilters, such as SearchFilters(after="2024-05-01"), '
+        f"not {type(filters).__name__}."
+    )
+
+
 def _iso_moment(name: str, value: DateLike) -> str:
     """A date filter's value as "YYYY-MM-DDTHH:MM:SS" (naive local time); QueryError if unreadable."""
     if isinstance(value, datetime):
