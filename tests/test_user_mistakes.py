@@ -278,6 +278,21 @@ def test_filters_that_are_not_a_search_filters_are_refused_clearly(library: Libr
             call()
 
 
+def test_size_filters_from_numpy_and_no_formats_given_as_none(library: Library) -> None:
+    """A numpy integer was refused as "not a whole number" (k takes one), and formats=None
+    was a TypeError, where None means no restriction in every other field."""
+    wide = library.search("a cat", k=20, filters=SearchFilters(min_width=2))
+    assert len(wide) > 1
+    for count in (np.int64(2), np.int32(2), np.uint16(2)):
+        filters = SearchFilters(min_width=count, min_height=count)  # type: ignore[arg-type]
+        assert type(filters.min_width) is int and type(filters.min_height) is int
+        assert [hit.id for hit in library.search("a cat", k=20, filters=filters)] == [hit.id for hit in wide]
+    for wrong in (np.float64(2), np.int64(0), np.bool_(True)):
+        with pytest.raises(QueryError, match="Filter min_width must be a whole number"):
+            SearchFilters(min_width=wrong)  # type: ignore[arg-type]
+    assert SearchFilters(formats=None).is_empty  # type: ignore[arg-type]
+
+
 def test_a_mistyped_format_is_refused_not_an_empty_result(library: Library) -> None:
     for name in ("jpge", "xyz", "no such!"):
         with pytest.raises(QueryError, match=f"Filter format '{re.escape(name)}' is not one pixsift indexes"):
