@@ -250,6 +250,19 @@ def test_exif_date_taken_is_read_and_bad_dates_are_none(photo_set: Path, tmp_pat
     assert exif_taken_at(source) is None  # no EXIF at all
 
 
+@pytest.mark.parametrize("original", ["0000:00:00 00:00:00", "    :  :     :  :  ", "2023:13:45 10:00:00"])
+def test_an_unreadable_date_taken_gives_way_to_the_exif_date_time(
+    original: str, photo_set: Path, tmp_path: Path
+) -> None:
+    """Cameras that blank DateTimeOriginal still write DateTime: the documented fallback."""
+    with Image.open(sorted(photo_set.glob("*.jpg"))[0]) as image:
+        exif = Image.Exif()
+        exif[0x0132] = "2022:01:02 03:04:05"  # DateTime, in IFD0
+        exif.get_ifd(0x8769)[0x9003] = original
+        image.save(tmp_path / "blanked.jpg", exif=exif)
+    assert exif_taken_at(tmp_path / "blanked.jpg") == "2022-01-02 03:04:05"
+
+
 def test_an_old_library_is_upgraded_and_its_rows_fall_back_to_file_time(tmp_path: Path) -> None:
     folder = tmp_path / "library"
     folder.mkdir()

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -256,6 +257,40 @@ def test_one_format_given_as_a_string_is_that_format(library: Library) -> None:
     assert SearchFilters(formats="JPEG").formats == ("JPEG",)  # type: ignore[arg-type]
     hits = library.search("a cat", k=3, filters=SearchFilters(formats="jpg"))  # type: ignore[arg-type]
     assert len(hits) == 3 and {hit.format for hit in hits} == {"JPEG"}
+
+
+@pytest.mark.parametrize("filters", [{"after": "2024-05-01"}, ["JPEG"], "JPEG"], ids=["dict", "list", "str"])
+def test_filters_that_are_not_a_search_filters_are_refused_clearly(library: Library, filters: object) -> None:
+    """A dict of filter values was an AttributeError from deep inside the search."""
+    from pixsift import search_once
+
+    wrong: Any = filters
+    calls: list[Callable[[], object]] = [
+        lambda: library.search("a cat", filters=wrong),
+        lambda: library.search("a cat", under=library.path.parent, filters=wrong),
+        lambda: library.similar(1, filters=wrong),
+        lambda: library.search_many(["a cat"], filters=wrong),
+        lambda: library.recommend(["a cat"], filters=wrong),
+        lambda: search_once("a cat", library=library.path, filters=wrong),
+    ]
+    for call in calls:
+        with pytest.raises(QueryError, match=r"filters must be a pixsift\.SearchFilters"):
+            call()
+
+
+def test_size_filters_from_numpy_and_no_formats_given_as_none(library: Library) -> None:
+    """A numpy integer was refused as "not a whole number" (k takes one), and formats=None
+    was a TypeError, where None means no restriction in every other field."""
+    wide = library.search("a cat", k=20, filters=SearchFilters(min_width=2))
+    assert len(wide) > 1
+    for count in (np.int64(2), np.int32(2), np.uint16(2)):
+        filters = SearchFilters(min_width=count, min_height=count)  # type: ignore[arg-type]
+        assert type(filters.min_width) is int and type(filters.min_height) is int
+        assert [hit.id for hit in library.search("a cat", k=20, filters=filters)] == [hit.id for hit in wide]
+    for wrong in (np.float64(2), np.int64(0), np.bool_(True)):
+        with pytest.raises(QueryError, match="Filter min_width must be a whole number"):
+            SearchFilters(min_width=wrong)  # type: ignore[arg-type]
+    assert SearchFilters(formats=None).is_empty  # type: ignore[arg-type]
 
 
 def test_a_mistyped_format_is_refused_not_an_empty_result(library: Library) -> None:

@@ -15,6 +15,7 @@ from pixsift.errors import InvalidOptionError, QueryError
 from pixsift.indexer.roots import new_root
 from pixsift.models import resolve_model_spec
 from pixsift.search import SearchFilters
+from pixsift.search.filters import checked_filters
 
 
 def check_run_sizes(batch_size: int, workers: int | None) -> None:
@@ -113,6 +114,7 @@ def memory_budget_setting(budget: str | int | None) -> int | None:
 
 def merge_under(filters: SearchFilters | None, under: str | os.PathLike[str] | None) -> SearchFilters | None:
     """`filters` with the older `under=` argument folded in."""
+    filters = checked_filters(filters)
     if under is None:
         return filters
     if filters is not None and filters.under is not None:

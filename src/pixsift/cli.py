@@ -137,7 +137,7 @@ AfterOpt = Annotated[
         "--after",
         metavar="DATE",
         help="Only images taken on or after DATE, e.g. 2024-05-01 or 2024-05-01T18:30 "
-        "(the EXIF date, else the file's time).",
+        "(the EXIF date, else the file's time; local time).",
         show_default=False,
     ),
 ]

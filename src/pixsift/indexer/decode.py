@@ -161,18 +161,27 @@ def _taken_at(image: Image.Image) -> str | None:
     """The EXIF DateTimeOriginal (else DateTime) as "YYYY-MM-DD HH:MM:SS", or None.
 
     Cameras write "YYYY:MM:DD HH:MM:SS"; blank or impossible dates ("0000:00:00 ...") are
-    common in the wild and read as no date, as is EXIF that Pillow cannot parse.
+    common in the wild and read as no date, as is EXIF that Pillow cannot parse. A blank or
+    impossible DateTimeOriginal gives way to a readable DateTime, as one left out would.
     """
     try:
         exif = image.getexif()
         # Only follow the Exif sub-IFD when IFD0 points to one: reading it from a damaged
         # block makes Pillow warn on stderr, in the middle of an index run's progress.
         original = exif.get_ifd(EXIF_IFD).get(EXIF_DATE_TIME_ORIGINAL) if EXIF_IFD in exif else None
-        value = original or exif.get(EXIF_DATE_TIME)
-        if not isinstance(value, str):
-            return None
-        taken = datetime.strptime(value.strip().rstrip("\x00")[:19], "%Y:%m:%d %H:%M:%S")
+        candidates = (original, exif.get(EXIF_DATE_TIME))
     except Exception:  # broken EXIF must not cost the image: it just has no date
+        return None
+    return next((taken for taken in map(_exif_date, candidates) if taken is not None), None)
+
+
+def _exif_date(value: object) -> str | None:
+    """One EXIF date ("YYYY:MM:DD HH:MM:SS") as "YYYY-MM-DD HH:MM:SS", or None if unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        taken = datetime.strptime(value.strip().rstrip("\x00")[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
         return None
     # isoformat, not strftime: glibc writes a year below 1000 without leading zeros, which
     # would compare wrongly as text with the date filters' (isoformat) bounds.

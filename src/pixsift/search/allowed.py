@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pixsift.errors import InvalidPathError
-from pixsift.search.filters import SearchFilters
+from pixsift.search.filters import SearchFilters, checked_filters
 
 if TYPE_CHECKING:
     from pixsift.storage import Catalog
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 def allowed_ids(catalog: Catalog, filters: SearchFilters | None) -> np.ndarray | None:
     """The ids a search may return under `filters`, or None when nothing is filtered."""
+    filters = checked_filters(filters)
     if filters is None or filters.is_empty:
         return None
     folders = [None] if filters.under is None else _existing_folders(filters.under)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
+import numpy as np
+
 from pixsift.errors import QueryError
 from pixsift.image_formats import FILTER_NAMES, FORMAT_ALIASES
 
@@ -47,11 +49,10 @@ class SearchFilters:
         if self.after is not None and self.before is not None and str(self.after) >= str(self.before):
             raise QueryError(f"Filter after ({self.after}) must be earlier than before ({self.before}).")
         for name in ("min_width", "min_height"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise QueryError(f"Filter {name} must be a whole number of pixels of at least 1.")
-        # One name given as a string is one format: tuple("JPEG") would be four letters.
-        formats = (self.formats,) if isinstance(self.formats, str) else self.formats
+            object.__setattr__(self, name, _pixels(name, getattr(self, name)))
+        # One name given as a string is one format: tuple("JPEG") would be four letters; None
+        # is no format filter, as for every other field.
+        formats = (self.formats,) if isinstance(self.formats, str) else self.formats or ()
         object.__setattr__(self, "formats", tuple(formats))
         for name in self.formats:
             # A typo ("jpge") would otherwise match nothing, and look like an empty library.
@@ -87,6 +88,27 @@ class SearchFilters:
 
     def with_under(self, under: str | None) -> SearchFilters:
         return replace(self, under=under)
+
+
+def checked_filters(filters: object) -> SearchFilters | None:
+    """`filters` if it is a SearchFilters (or None); QueryError otherwise, rather than an
+    AttributeError from deep in the search for a dict of filter values, say."""
+    if filters is None or isinstance(filters, SearchFilters):
+        return filters
+    raise QueryError(
+        f'filters must be a pixsift.SearchFilters, such as SearchFilters(after="2024-05-01"), '
+        f"not {type(filters).__name__}."
+    )
+
+
+def _pixels(name: str, value: object) -> int | None:
+    """A size filter as a Python int (a numpy integer, read from an array, is one: SQLite
+    cannot bind it); QueryError unless it is a whole number of at least 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise QueryError(f"Filter {name} must be a whole number of pixels of at least 1.")
+    return int(value)
 
 
 def _iso_moment(name: str, value: DateLike) -> str:

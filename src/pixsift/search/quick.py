@@ -100,7 +100,8 @@ def answer_quickly(
 
     if not _plain_arguments(k, min_score):
         return None  # the library refuses them, with its message
-    if k < 1 or (filters is not None and not filters.is_empty) or not surely_on_cpu(device, engine):
+    filtered = filters is not None and not (isinstance(filters, SearchFilters) and filters.is_empty)
+    if k < 1 or filtered or not surely_on_cpu(device, engine):
         return None
     try:
         terms = [QueryTerm(text=text), *as_terms(plus, 1.0), *as_terms(minus, -1.0)]
