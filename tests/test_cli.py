@@ -193,6 +193,27 @@ def test_empty_result_is_success_with_a_message(indexed: dict[str, Path]) -> Non
     assert (as_json.returncode, json.loads(as_json.stdout)) == (0, [])
 
 
+def test_an_empty_result_under_a_folder_outside_the_library_says_so(
+    indexed: dict[str, Path], tmp_path: Path
+) -> None:
+    """A mistyped or another library's folder given to --under matched nothing, with no word
+    why; a folder inside the indexed ones that merely matches nothing gets no hint."""
+    library = str(indexed["library"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for command in (["search", "anything"], ["similar", str(indexed["photos"] / "photo_0100.jpg")]):
+        outside = run_cli(*command, "--under", str(elsewhere), "--library", library)
+        assert (outside.returncode, outside.stdout) == (0, ""), outside.stderr
+        assert outside.stderr == (
+            f"No matching images. {elsewhere} is not inside an indexed folder "
+            f"(indexed: {indexed['photos']}).\n"
+        )
+    inside = run_cli(
+        "search", "anything", "--under", str(indexed["photos"]), "--min-score", "1.5", "--library", library
+    )
+    assert (inside.returncode, inside.stderr) == (0, "No matching images.\n")
+
+
 def test_status(indexed: dict[str, Path], tiny_model: TinyModel) -> None:
     library = str(indexed["library"])
     table = run_cli("status", "--library", library)

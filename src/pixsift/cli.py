@@ -379,7 +379,7 @@ def search(
             device=device,
             engine=engine.value,
         )
-    _print_results(results, output)
+    _print_results(results, output, _outside_roots_hint(library, under) if not results else "")
 
 
 @app.command()
@@ -417,6 +417,7 @@ def similar(
             min_score=min_score,
             filters=_filters(under, after, before, min_width, min_height, image_format),
         ),
+        under,
     )
 
 
@@ -676,21 +677,42 @@ def _query(
     engine: Engine,
     output: ResultFormat,
     run: Callable[[Library], list[SearchResult]],
+    under: str | None = None,
 ) -> None:
     """Open the library, run one query on it, print the results."""
     with _user_errors(), _open(library, device=device, engine=engine) as lib:
         results = run(lib)
-    _print_results(results, output)
+    _print_results(results, output, _outside_roots_hint(library, under) if not results else "")
 
 
-def _print_results(results: list[SearchResult], output: ResultFormat) -> None:
+def _print_results(results: list[SearchResult], output: ResultFormat, hint: str = "") -> None:
     from pixsift.formatting import format_results
 
     text = format_results(results, output)
     if text:
         typer.echo(text, nl=output is not ResultFormat.paths0)
     if not results:
-        typer.echo("No matching images.", err=True)
+        typer.echo(f"No matching images.{hint}", err=True)
+
+
+def _outside_roots_hint(library: str | None, under: str | None) -> str:
+    """Why a search with --under found nothing, when the folder lies outside every indexed one
+    (a typo, another library's folder): said only then, so a search that merely matched
+    nothing pays no second open of the library."""
+    from pixsift.indexer.scan import is_within
+
+    if under is None:
+        return ""
+    written = os.path.abspath(os.path.expanduser(under))
+    try:
+        with _open(library) as lib:
+            roots = [root.path for root in lib.status().roots]
+    except PixsiftError:
+        return ""
+    folders = {written, os.path.realpath(written)}
+    if any(is_within(folder, root) or is_within(root, folder) for root in roots for folder in folders):
+        return ""
+    return f" {written} is not inside an indexed folder (indexed: {', '.join(roots) or 'none'})."
 
 
 @contextmanager
