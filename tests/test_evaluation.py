@@ -83,6 +83,28 @@ def test_a_relevant_file_named_with_brackets_is_found(indexed: Library, photos: 
     assert outcome.relevant == 1 and outcome.ranks in {(1,), (2,)}  # it ties with twin.jpg
 
 
+def test_a_glob_stays_in_its_folder_unless_it_says_double_star(
+    indexed: Library, photos: Path, tmp_path: Path
+) -> None:
+    """As in the shell: `Photos/*.jpg` is the folder's own photos, not those of its subfolders
+    (fnmatch's `*` also took `Photos/rejects/...`, which inflated the relevant count); `**`
+    spans folders, none included."""
+    (photos / "rejects" / "old").mkdir(parents=True)
+    shutil.copy(photos / "photo_0100.jpg", photos / "rejects" / "x.jpg")
+    shutil.copy(photos / "photo_0101.jpg", photos / "rejects" / "old" / "y.jpg")
+    indexed.index(photos)
+    queries = write_queries(
+        tmp_path / "q.jsonl",
+        {"query": "anything", "relevant": ["Photos/*.jpg"]},
+        {"query": "anything", "relevant": ["Photos/*/*.jpg"]},
+        {"query": "anything", "relevant": ["Photos/**/*.jpg"]},
+        {"query": "anything", "relevant": ["Photos/rejects/**"]},
+        {"query": "anything", "relevant": ["Photos/photo_01?[0-3].jpg"]},
+    )
+    counts = [outcome.relevant for outcome in indexed.evaluate(queries, cutoffs=[1]).per_query]
+    assert counts == [13, 1, 15, 2, 6]
+
+
 def test_a_query_text_may_hold_any_unicode_line_separator(indexed: Library, tmp_path: Path) -> None:
     """JSON Lines ends lines with \\n only; Python writes U+2028 and U+0085 unescaped with
     ensure_ascii=False, and Windows files end lines with \\r\\n."""

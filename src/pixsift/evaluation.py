@@ -6,15 +6,18 @@ A query file is JSON Lines, one query per line:
     {"image": "shapes/00012_blue_star.jpg", "relevant": ["shapes/*blue_star*"]}
 
 `relevant` lists paths or glob patterns (relative ones are relative to the query file's folder)
-naming the images that answer the query. An image query leaves the query image itself out, as
-`pixsift similar` does.
+naming the images that answer the query. As in the shell, `*`, `?` and `[...]` stay within one
+folder's names, and a `**` folder matches any number of folders (`2024/**/*.jpg`). An image
+query leaves the query image itself out, as `pixsift similar` does.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -209,7 +212,8 @@ def relevant_paths(query: LabelledQuery, indexed: Sequence[str], indexed_set: se
         for pattern in {written, _with_real_folders(written)}:
             found.update({pattern} & indexed_set)  # a name may hold [ itself: "beach [1].jpg"
             if not _GLOB_CHARS.isdisjoint(pattern):
-                found.update(fnmatch.filter(indexed, pattern))
+                matches = _glob_regex(pattern).match
+                found.update(path for path in indexed if matches(path))
     if query.image is not None:  # the query image is never among its own results
         found -= {query.image, os.path.realpath(query.image)}
     if not found:
@@ -217,6 +221,63 @@ def relevant_paths(query: LabelledQuery, indexed: Sequence[str], indexed_set: se
             f"Line {query.line}: no indexed image matches its relevant paths ({', '.join(query.relevant)})."
         )
     return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """`pattern` as the shell reads it: `*`, `?` and `[...]` match within one name, never across
+    a folder separator, so `2024/*.jpg` leaves out `2024/rejects/x.jpg` (fnmatch's `*` would
+    take it); a whole `**` name matches any number of folders, none included."""
+    sep = re.escape(os.sep)
+    parts: list[str] = []
+    names = pattern.split(os.sep)
+    for position, name in enumerate(names):
+        last = position == len(names) - 1
+        if name == "**":
+            parts.append(".*" if last else f"(?:[^{sep}]*{sep})*")
+        else:
+            parts.append(_name_regex(name, sep) + ("" if last else sep))
+    return re.compile("".join(parts) + r"\Z", re.DOTALL)
+
+
+def _name_regex(name: str, sep: str) -> str:
+    """One folder or file name of a glob pattern as a regular expression that never crosses `sep`."""
+    out: list[str] = []
+    i = 0
+    while i < len(name):
+        char = name[i]
+        if char == "*":
+            while i < len(name) and name[i] == "*":
+                i += 1
+            out.append(f"[^{sep}]*")
+            continue
+        if char == "?":
+            out.append(f"[^{sep}]")
+        elif char == "[" and (end := _class_end(name, i)) != -1:
+            out.append(f"(?!{sep})" + _class_regex(name[i : end + 1]))
+            i = end + 1
+            continue
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return "".join(out)
+
+
+def _class_end(name: str, start: int) -> int:
+    """Where the `[...]` class opened at `start` closes (as fnmatch reads it), or -1: a literal `[`."""
+    end = start + 1
+    if end < len(name) and name[end] == "!":
+        end += 1
+    if end < len(name) and name[end] == "]":
+        end += 1
+    return name.find("]", end)
+
+
+def _class_regex(bracketed: str) -> str:
+    """A `[...]` class as fnmatch translates it (ranges, `!`, empty ranges), without its anchors."""
+    translated = fnmatch.translate(bracketed)  # "(?s:[...])\Z"
+    body = re.fullmatch(r"\(\?s:(.*)\)\\[zZ]", translated, re.DOTALL)
+    return body.group(1) if body else re.escape(bracketed)
 
 
 Searcher = Callable[[LabelledQuery, int], list[SearchResult]]
