@@ -93,7 +93,7 @@ def test_recommend_accepts_files_and_bytes(library: Library, photos: Path, tmp_p
 
 def test_image_bytes_in_a_buffer_are_one_image_not_ids(library: Library, photos: Path) -> None:
     """A bytearray or memoryview (an upload's buffer) is an image's bytes, as `bytes` is; one
-    alone was read as a list of image ids, one per byte ("No indexed image has id 255")."""
+    alone was read as a list of image ids, one per byte ("No image in the library has id 255")."""
     data = (photos / "photo_0104.jpg").read_bytes()
     expected = [(hit.id, hit.score) for hit in library.recommend(data, k=4)]
     expected_similar = [(hit.id, hit.score) for hit in library.similar(data, k=4)]

@@ -227,7 +227,7 @@ def test_what_is_refused_changes_nothing(
     )
     inner = other / "inner"
     refused(open_library, photos, inner, f"{inner} lies inside the indexed folder {other}.")
-    around_old = f"{tmp_path} holds {photos}'s place: relocate moves a folder to a place of its own."
+    around_old = f"{tmp_path} contains {photos}: relocate moves a folder to a new place outside where it was."
     refused(open_library, photos, tmp_path, around_old)
     around = tmp_path / "around"
     around.mkdir()

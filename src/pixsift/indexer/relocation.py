@@ -89,7 +89,7 @@ def _refuse_overlap(root: str, target: str, others: Sequence[str]) -> None:
         raise InvalidPathError(f"{target} lies inside {root}: a folder cannot move into itself.")
     if is_within(root, target):
         raise InvalidPathError(
-            f"{target} holds {root}'s place: relocate moves a folder to a place of its own."
+            f"{target} contains {root}: relocate moves a folder to a new place outside where it was."
         )
     for other in others:
         for form in dict.fromkeys([other, os.path.realpath(other)]):

@@ -92,7 +92,7 @@ class ExampleVectors:
                 raise QueryError("An example is an image id, an image file, a text or image bytes.")
             if isinstance(example, int):
                 if example not in stored:
-                    raise ImageNotFoundError(f"No indexed image has id {example}.")
+                    raise ImageNotFoundError(f"No image in the library has id {example}.")
                 rows[position], ids[position] = stored[example], example
             elif isinstance(example, bytes):
                 rows[position] = self.of_bytes(example)
