@@ -696,23 +696,22 @@ def _print_results(results: list[SearchResult], output: ResultFormat, hint: str 
 
 
 def _outside_roots_hint(library: str | None, under: str | None) -> str:
-    """Why a search with --under found nothing, when the folder lies outside every indexed one
-    (a typo, another library's folder): said only then, so a search that merely matched
-    nothing pays no second open of the library."""
-    from pixsift.indexer.scan import is_within
+    """Why a search under a folder found nothing, when that folder lies outside every indexed
+    one (a typo, another library's folder). Asked only once nothing matched: it opens the
+    library a second time."""
+    from pixsift.indexer.roots import reaches_a_root
 
     if under is None:
         return ""
-    written = os.path.abspath(os.path.expanduser(under))
     try:
         with _open(library) as lib:
             roots = [root.path for root in lib.status().roots]
     except PixsiftError:
         return ""
-    folders = {written, os.path.realpath(written)}
-    if any(is_within(folder, root) or is_within(root, folder) for root in roots for folder in folders):
+    if reaches_a_root(under, roots):
         return ""
-    return f" {written} is not inside an indexed folder (indexed: {', '.join(roots) or 'none'})."
+    folder = os.path.abspath(os.path.expanduser(under))
+    return f" {folder} is not inside an indexed folder (indexed: {', '.join(roots) or 'none'})."
 
 
 @contextmanager

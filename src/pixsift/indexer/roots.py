@@ -70,6 +70,14 @@ def _path_under(root: str, walked: str, folder: str) -> str:
     return root if inside == os.curdir else os.path.join(root, inside)
 
 
+def reaches_a_root(folder: str | os.PathLike[str], roots: Sequence[str]) -> bool:
+    """Whether images of `roots` can lie under `folder` (`~` expanded, relative to the working
+    directory): it is inside one of them or holds one, as written or with its links resolved."""
+    written = os.path.abspath(os.path.expanduser(os.fspath(folder)))
+    forms = {written, os.path.realpath(written)}
+    return any(is_within(form, root) or is_within(root, form) for root in roots for form in forms)
+
+
 def caller_path(path: str | os.PathLike[str]) -> str:
     """A path a Python caller names, as `index` reads one: `~` expanded, a relative path from
     the working directory. An empty one (an unset variable) is refused, not read as the latter."""
