@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -338,6 +339,30 @@ def test_failures_recorded_before_schema_3_that_may_pass_are_retried(tmp_path: P
         assert catalog.schema_differences() == []
     finally:
         catalog.close()
+
+
+def test_a_library_made_a_moment_ago_is_switched_to_wal_once_its_readers_let_it(tmp_path: Path) -> None:
+    """The first open of a new library switches it to WAL, which needs the database to itself,
+    and SQLite does not wait for that while another connection holds the write lock: another
+    process opening the library at the same moment (checking its schema under that lock) made
+    it fail with a bare "sqlite3.OperationalError: database is locked"."""
+    path = tmp_path / "library.db"
+    Catalog.open(path).close()
+    setup = sqlite3.connect(path)
+    setup.execute("PRAGMA journal_mode = DELETE")  # as it is made, before the switch
+    setup.close()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process opening it, under the write lock to check
+    releases = threading.Timer(0.5, other.execute, args=("COMMIT",))
+    releases.start()
+    try:
+        Catalog.open(path).close()
+    finally:
+        releases.join()
+        other.close()
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    check.close()
 
 
 OPEN_AT_GO = """

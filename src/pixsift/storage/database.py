@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,20 @@ def _use_wal(engine: Engine) -> None:
     """
     connection = engine.raw_connection()
     try:
-        connection.cursor().execute("PRAGMA journal_mode = WAL")
+        cursor = connection.cursor()
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            return  # every open but the first: switched when the library was made
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                # The switch needs the database to itself and SQLite does not wait for that:
+                # other processes opening the new library at the same moment read its schema.
+                if exc.sqlite_errorcode & 0xFF not in _LOCKED_CODES or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
     finally:
         connection.close()
 
