@@ -514,15 +514,14 @@ def relocate(
     (index the copy instead) or NEW is, holds or lies in another indexed folder. Then run the
     `pixsift index` command it prints, for what changed meanwhile.
     """
-    from pixsift.indexer.relocation import index_command
+    from pixsift.indexer.relocation import catch_up_command
 
     with _user_errors(), _open(library) as lib:
         moved = lib.relocate(old, new, wait=wait)
-        target = os.path.realpath(os.path.expanduser(new))  # as relocate stores it
-        root = next((root for root in lib.status().roots if root.path == target), None)
+        target, command = catch_up_command(lib.status().roots, new)
     typer.echo(
         f"Relocated {old} to {target}: {moved:,} image(s) moved, their ids and vectors kept. "
-        f"To pick up what changed meanwhile: {index_command(target, root)}"
+        f"To pick up what changed meanwhile: {command}"
     )
 
 

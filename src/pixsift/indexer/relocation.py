@@ -53,14 +53,17 @@ def moved_prefix(old: str, new: str) -> tuple[bytes, bytes]:
     return os.fsencode(os.path.join(old, "")), os.fsencode(os.path.join(new, ""))
 
 
-def index_command(folder: str, root: RootInfo | None) -> str:
-    """The `pixsift index` command that walks `folder` with the options its root is indexed
-    with (naming a folder without them would index it without its hidden files, say)."""
+def catch_up_command(roots: Sequence[RootInfo], new: str | os.PathLike[str]) -> tuple[str, str]:
+    """Where a folder was relocated to `new` is now stored, and the `pixsift index` command that
+    walks it with the options its root keeps (naming the folder without them would index it
+    without its hidden files, say)."""
+    folder = _existing_folder(new)
+    root = next((root for root in roots if root.path == folder), None)
     options = [
         *(["--include-hidden"] if root and root.include_hidden else []),
         *(["--follow-symlinks"] if root and root.follow_symlinks else []),
     ]
-    return shlex.join(["pixsift", "index", *options, folder])
+    return folder, shlex.join(["pixsift", "index", *options, folder])
 
 
 def _moved_path(path: str, old: str, new: str) -> str:

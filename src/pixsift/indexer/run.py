@@ -333,14 +333,16 @@ class Indexer:
             for outcomes in self._outcomes(queue, embedder):
                 # A file deleted (or replaced by a folder) since the scan is not a failure to
                 # report and retry: it is gone, as if deleted before the run.
-                vanished = [
-                    o
-                    for o in outcomes
-                    if isinstance(o, Unreadable) and o.vanished and self._is_vanished(o.job.file.path, roots)
-                ]
+                kept: list[Outcome[Candidate]] = []
+                vanished: list[Candidate] = []
+                for o in outcomes:
+                    if isinstance(o, Unreadable) and o.vanished and self._is_vanished(o.job.file.path, roots):
+                        vanished.append(o.job)
+                    else:
+                        kept.append(o)
                 with self._catalog.write() as batch:
-                    _store(batch, [o for o in outcomes if all(o is not v for v in vanished)], report)
-                    _forget_vanished(batch, [o.job for o in vanished], report)
+                    _store(batch, kept, report)
+                    _forget_vanished(batch, vanished, report)
                 self._progress.advance(len(outcomes))
         finally:
             report.embed_s = time.monotonic() - started
