@@ -106,6 +106,36 @@ def test_the_cli_says_when_another_program_holds_the_database(
             )
 
 
+def test_a_library_not_yet_in_wal_read_by_another_program_is_a_read_error(
+    indexed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Switching a library to WAL (on its first open, or after sqlite3 turned it back) needs
+    the database to itself: another program reading it for longer than SQLite's wait made the
+    open fail with a bare "sqlite3.OperationalError: database is locked" traceback."""
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 200)
+    change_schema(indexed, "PRAGMA journal_mode = DELETE")
+    reader = sqlite3.connect(indexed / "library.db", isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM images").fetchone()  # holds its read lock
+        with pytest.raises(LibraryReadError) as caught:
+            Library.open(indexed)
+        assert str(caught.value).startswith(
+            f"The library database at {indexed} is locked by another program (database is locked)."
+        )
+        result = CliRunner().invoke(app, ["status", "--library", str(indexed)])
+        assert (result.exit_code, result.stdout) == (1, ""), result.output
+        assert result.stderr.startswith(f"error: The library database at {indexed} is locked")
+        reader.execute("ROLLBACK")
+    finally:
+        reader.close()
+    with Library.open(indexed) as library:  # released: switched, and as it was
+        assert library.check().healthy
+    with sqlite3.connect(indexed / "library.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
 @contextmanager
 def write_held_by_another_program(library_dir: Path) -> Iterator[None]:
     """A write transaction of another program left open: pixsift still reads (WAL), but cannot write."""

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+import crash_soak
 from conftest import TinyModel, run_cli
 from pixsift import InvalidPathError, Library
 from pixsift.search.quick import answer_quickly
@@ -263,3 +268,48 @@ def test_the_command_says_what_moved_and_how_to_catch_up(
     twice = run_cli("relocate", str(photos), str(new), *library)
     assert (twice.returncode, twice.stdout) == (1, "")
     assert twice.stderr == f"error: {photos} is not an indexed folder (indexed folders: {new}).\n"
+
+
+@pytest.mark.slow
+def test_killed_before_its_transaction_commits_it_changes_nothing_and_runs_again(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """The real `pixsift relocate`, killed with SIGKILL after rewriting every path and root,
+    before its commit (the soak's child pauses it there): the library opens, checks clean and
+    answers with the old paths; the same command then moves everything, ids and vectors kept."""
+    folder = tmp_path / "library"
+    drive = photos / "drive"
+    write_photos(drive, 2, seed=760)
+    with Library.open(folder) as library:
+        index(library, tiny_model, photos)
+        index(library, tiny_model, drive, include_hidden=True)
+        before, known = by_path(library), roots(library)
+    new = tmp_path / "Pictures"
+    photos.rename(new)
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    argv = ["relocate", str(photos), str(new), "--library", str(folder)]
+    child = subprocess.Popen(
+        [sys.executable, crash_soak.__file__, "child", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, crash_soak.PAUSE_ENV: str(pause)},
+    )
+    deadline = time.monotonic() + 60
+    while not (pause / "moving").exists():
+        assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+
+    with Library.open(folder) as library:
+        assert library.check(wait=0).healthy
+        assert (by_path(library), roots(library)) == (before, known)
+        hits = library.search("a photo", k=100)
+        assert {str(hit.path): hit.id for hit in hits} == before
+        assert library.relocate(photos, new, wait=0) == 14
+        moved = {new_path(path, photos, new): image_id for path, image_id in before.items()}
+        assert by_path(library) == moved
+        report = library.index()
+        assert (report.unchanged, report.added, report.reused, report.removed) == (14, 0, 0, 0)
+        assert library.check(wait=0).healthy

@@ -420,24 +420,53 @@ def run_soak(
 
 def child(argv: list[str]) -> None:
     """Run `pixsift ARGV`. With PAUSE_ENV set, renaming the new search index over the old one
-    first waits for PAUSE_DIR/go (which the soak never creates: it kills the child there)."""
+    first waits for PAUSE_DIR/go (which the soak never creates: it kills the child there), and
+    so does `relocate` once it has rewritten the paths, inside its transaction (PAUSE_DIR/moving
+    says it is there; tests/test_relocate.py kills it there)."""
     pause_dir = os.environ.get(PAUSE_ENV)
     if pause_dir:
-        real_replace = os.replace
+        _pause_before(
+            os, "replace", Path(pause_dir), "saving", lambda _src, dst: Path(dst).name == "vectors.faiss"
+        )
+        from pixsift.storage.catalog import CatalogWriter
 
-        def paused_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-            if Path(dst).name == "vectors.faiss":
-                (Path(pause_dir) / "saving").touch()
-                deadline = time.monotonic() + CHILD_TIMEOUT_S
-                while not (Path(pause_dir) / "go").exists() and time.monotonic() < deadline:
-                    time.sleep(0.01)
-            real_replace(src, dst)
-
-        os.replace = paused_replace  # type: ignore[assignment]
+        _pause_after(CatalogWriter, "move_paths", Path(pause_dir), "moving")
     from pixsift.cli import main
 
     sys.argv = ["pixsift", *argv]
     main()
+
+
+def _wait_for_go(pause_dir: Path, marker: str) -> None:
+    (pause_dir / marker).touch()
+    deadline = time.monotonic() + CHILD_TIMEOUT_S
+    while not (pause_dir / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _pause_before(owner: Any, name: str, pause_dir: Path, marker: str, when: Callable[..., bool]) -> None:
+    """Make `owner.name` wait for PAUSE_DIR/go (after touching PAUSE_DIR/marker) before it runs,
+    on the calls `when` picks."""
+    real = getattr(owner, name)
+
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        if when(*args, **kwargs):
+            _wait_for_go(pause_dir, marker)
+        return real(*args, **kwargs)
+
+    setattr(owner, name, paused)
+
+
+def _pause_after(owner: Any, name: str, pause_dir: Path, marker: str) -> None:
+    """Make `owner.name` wait for PAUSE_DIR/go (after touching PAUSE_DIR/marker) once it has run."""
+    real = getattr(owner, name)
+
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        _wait_for_go(pause_dir, marker)
+        return result
+
+    setattr(owner, name, paused)
 
 
 def main() -> None:

@@ -59,7 +59,13 @@ def open_engine(db_path: Path) -> Engine:
     except BaseException:  # a newer schema, another program's tables: refused, nothing kept open
         engine.dispose()
         raise
-    _use_wal(engine)
+    try:
+        _use_wal(engine)
+    except sqlite3.OperationalError as exc:  # held for longer than SQLite's wait, by another program
+        engine.dispose()
+        if exc.sqlite_errorcode & 0xFF in _LOCKED_CODES:
+            raise locked_error(db_path.parent, exc) from exc
+        raise write_error(db_path.parent, exc) from exc
     return engine
 
 
@@ -161,11 +167,12 @@ def read_error(folder: Path, exc: DBAPIError) -> PixsiftError:
     )
 
 
-def locked_error(folder: Path, exc: DBAPIError) -> LibraryReadError:
+def locked_error(folder: Path, exc: DBAPIError | sqlite3.Error) -> LibraryReadError:
     """The database held locked by another program for longer than SQLite's busy timeout: not
     a pixsift run (those commit in short transactions), so waiting on would not help."""
+    reason = _reason(exc.orig if isinstance(exc, DBAPIError) else exc)
     return LibraryReadError(
-        f"The library database at {folder} is locked by another program ({_reason(exc.orig)}). "
+        f"The library database at {folder} is locked by another program ({reason}). "
         "Close the program that holds it (a database browser, say) and run the command again."
     )
 
