@@ -92,7 +92,7 @@ class ExampleVectors:
                 raise QueryError("An example is an image id, an image file, a text or image bytes.")
             if isinstance(example, int):
                 if example not in stored:
-                    raise ImageNotFoundError(f"No image in the library has id {example}.")
+                    raise self._no_vector(example)
                 rows[position], ids[position] = stored[example], example
             elif isinstance(example, bytes):
                 rows[position] = self.of_bytes(example)
@@ -114,6 +114,25 @@ class ExampleVectors:
             for (position, _), vector in zip(texts, embedded, strict=True):
                 rows[position] = vector
         return np.stack([row for row in rows if row is not None]), ids
+
+    def _no_vector(self, image_id: int) -> ImageNotFoundError:
+        """Why image `image_id` has no stored vector to search with: the library holds no such
+        image, its file could not be indexed, or it is not embedded yet (a re-embedding under
+        way, or stopped). Not found as a query either way (the service's 404), but only the
+        first is "no image": `image(id)` returns the others, so the message says why."""
+        info = self._catalog.image(image_id)
+        if info is None:
+            return ImageNotFoundError(f"No image in the library has id {image_id}.")
+        if info.error is not None:
+            return ImageNotFoundError(
+                f"Image {image_id} ({info.path}) could not be indexed, so it has no vector to "
+                f"search with: {info.error}"
+            )
+        return ImageNotFoundError(
+            f"Image {image_id} ({info.path}) has no vector yet: an index run embeds it (one that "
+            "re-embeds the library may be under way, or was stopped before it). Try again once an "
+            "index run has finished."
+        )
 
     def of_file(self, image: str) -> tuple[np.ndarray, int | None]:
         """An image file's vector (the stored one if the file is indexed and unchanged), and
