@@ -254,9 +254,22 @@ def test_a_min_score_that_is_not_finite_is_refused(library: Library, min_score: 
 
 
 def test_one_format_given_as_a_string_is_that_format(library: Library) -> None:
-    assert SearchFilters(formats="JPEG").formats == ("JPEG",)  # type: ignore[arg-type]
-    hits = library.search("a cat", k=3, filters=SearchFilters(formats="jpg"))  # type: ignore[arg-type]
+    assert SearchFilters(formats="JPEG").formats == ("JPEG",)
+    hits = library.search("a cat", k=3, filters=SearchFilters(formats="jpg"))
     assert len(hits) == 3 and {hit.format for hit in hits} == {"JPEG"}
+
+
+def test_filters_take_a_folder_as_a_path_and_formats_as_a_list(library: Library) -> None:
+    """As typed for an application's type checker: kept as text and a tuple, so filters made
+    either way are equal and hash alike."""
+    root = library.status().roots[0].path
+    from_path = SearchFilters(under=Path(root), formats=["jpg"])
+    assert from_path == SearchFilters(under=root, formats=("jpg",))
+    assert isinstance(from_path.under, str) and from_path.formats == ("jpg",)
+    assert len(library.search("a cat", k=3, filters=from_path)) == 3
+    for wrong in ({"under": 5}, {"under": b"/photos"}, {"formats": 5}):
+        with pytest.raises(QueryError, match="Filter"):
+            SearchFilters(**wrong)
 
 
 @pytest.mark.parametrize("filters", [{"after": "2024-05-01"}, ["JPEG"], "JPEG"], ids=["dict", "list", "str"])
