@@ -137,6 +137,21 @@ def test_recommend_errors(library: Library) -> None:
         rocchio(np.ones((1, 4)), np.ones((1, 4)), RocchioWeights(positive=1.0, negative=1.0))
 
 
+def test_rocchio_weights_that_would_mislead_are_refused(library: Library) -> None:
+    """A NaN weight returned nothing without a word, a positive weight of 0 or less ranked the
+    liked examples' opposite first, and a tuple was an AttributeError from the formula."""
+    nan, inf = float("nan"), float("inf")
+    for positive, negative in ((nan, 0.25), (0.0, 0.25), (-1.0, 0.0), (1.0, -0.5), (1.0, inf)):
+        with pytest.raises(QueryError, match="The Rocchio weight"):
+            RocchioWeights(positive=positive, negative=negative)
+    with pytest.raises(QueryError, match="The Rocchio weight positive"):
+        RocchioWeights(positive="1")  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match=r"weights must be a pixsift\.RocchioWeights"):
+        library.recommend(["a cat"], weights=(1.0, 0.25))  # type: ignore[arg-type]
+    hits = library.recommend(["a cat"], ["a dog"], k=3, weights=RocchioWeights(positive=2, negative=0))
+    assert [hit.id for hit in hits] == [hit.id for hit in library.search("a cat", k=3)]
+
+
 def test_an_image_that_failed_to_index_is_named_with_its_reason_as_a_query(
     tmp_path: Path, photos: Path, tiny_model: TinyModel
 ) -> None:

@@ -58,7 +58,7 @@ from pixsift.search.examples import (
     refuse_single,
 )
 from pixsift.search.ranking import Ranker
-from pixsift.search.recommend import RocchioWeights, rocchio
+from pixsift.search.recommend import RocchioWeights, checked_weights, rocchio
 from pixsift.status import IndexSummary, LibraryStatus, library_status, summarize_index
 from pixsift.storage import Catalog, Failure, ImageInfo
 from pixsift.storage.index_keeper import IndexKeeper
@@ -376,6 +376,7 @@ class Library:
         """
         check_diversity(diversity)
         check_k(k)
+        weights = checked_weights(weights)
         never = excluded_ids(exclude)
         liked, disliked = example_list(positive), example_list(negative)
         if not liked:  # before any vector is made: nothing to stack is no error of numpy's
