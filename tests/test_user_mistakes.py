@@ -175,6 +175,20 @@ def test_one_example_given_alone_is_that_example_not_its_characters(library: Lib
         library.similar_many(data)
 
 
+def test_search_terms_refuses_what_is_no_list_of_query_terms(library: Library) -> None:
+    """Plain texts or ids (as `recommend` takes) were embedded, then failed as an
+    AttributeError ("'str' object has no attribute 'weight'"); one text was one term per
+    character."""
+    for terms in (["a cat", "snow"], [QueryTerm(text="a cat"), 3]):
+        with pytest.raises(QueryError, match=r"search_terms takes QueryTerms, such as QueryTerm\(text="):
+            library.search_terms(terms)  # type: ignore[arg-type]
+    for single in ("a cat", QueryTerm(text="a cat"), None):
+        with pytest.raises(QueryError, match="search_terms takes a list of queries"):
+            library.search_terms(single)  # type: ignore[arg-type]
+    from_generator = library.search_terms(term for term in [QueryTerm(text="a cat")])  # type: ignore[arg-type]
+    assert from_generator == library.search_terms([QueryTerm(text="a cat")])
+
+
 def test_the_many_methods_take_generators_as_lists(library: Library) -> None:
     texts = ["a cat", "a red square"]
     ids = [hit.id for hit in library.search("a cat", k=2)]

@@ -55,6 +55,7 @@ from pixsift.search.examples import (
     ExampleVectors,
     example_list,
     example_weights,
+    query_list,
     refuse_single,
 )
 from pixsift.search.ranking import Ranker
@@ -399,8 +400,15 @@ class Library:
         filters: SearchFilters | None = None,
     ) -> list[SearchResult]:
         """Images ranked by a weighted combination of text and image terms."""
+        terms = query_list(terms, "search_terms", "search(text) or search_terms([term])")
         if not terms:
             raise QueryError("A search needs at least one query term.")
+        for term in terms:  # a plain text or id would otherwise fail inside as an AttributeError
+            if not isinstance(term, QueryTerm):
+                raise QueryError(
+                    f"search_terms takes QueryTerms, such as QueryTerm(text=...) or QueryTerm(image=...), "
+                    f"not {type(term).__name__}."
+                )
         vectors, query_ids = self._examples.of(terms)
         query = combine(vectors, [term.weight for term in terms])
         excluded = {image_id for image_id in query_ids if image_id is not None}

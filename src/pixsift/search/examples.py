@@ -9,9 +9,9 @@ else is embedded, texts together in one call.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from stat import S_ISREG
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, TypeVar, Union
 
 import numpy as np
 from PIL import Image
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 # An example for `recommend` and `similar`: an image id, an image file (a Path, or a str for
 # `similar`), a text (a str for `recommend`), an image's encoded bytes, or a weighted term.
 Example = Union[int, str, "os.PathLike[str]", bytes, QueryTerm]
+T = TypeVar("T")
 
 
 def example_list(examples: Example | Sequence[Example]) -> list[Example]:
@@ -66,6 +67,16 @@ def refuse_single(items: object, method: str, one: str) -> None:
     and would otherwise run one query per character or byte."""
     if isinstance(items, (str, bytes, bytearray, memoryview, os.PathLike)):
         raise QueryError(f"{method} takes a list of queries; for one, call {one}.")
+
+
+def query_list(items: Iterable[T], method: str, one: str) -> list[T]:
+    """`items` as a list (a generator is read once), for a method that takes a list of
+    queries: one query alone, or what is no list at all, is refused as `refuse_single` says."""
+    refuse_single(items, method, one)
+    if not isinstance(items, Iterable):  # None, a number, one QueryTerm
+        what = type(items).__name__
+        raise QueryError(f"{method} takes a list of queries, not {what}; for one, call {one}.")
+    return list(items)
 
 
 class ExampleVectors:
