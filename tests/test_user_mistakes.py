@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from conftest import TinyModel, run_cli
 from pixsift import (
     AccessDeniedError,
+    ImageError,
     ImageNotFoundError,
     InvalidOptionError,
     InvalidPathError,
@@ -187,6 +188,27 @@ def test_search_terms_refuses_what_is_no_list_of_query_terms(library: Library) -
             library.search_terms(single)  # type: ignore[arg-type]
     from_generator = library.search_terms(term for term in [QueryTerm(text="a cat")])  # type: ignore[arg-type]
     assert from_generator == library.search_terms([QueryTerm(text="a cat")])
+
+
+def test_arguments_of_the_wrong_kind_are_pixsift_errors(library: Library) -> None:
+    """Each was a TypeError or ValueError from inside (a thumbnail size of 100.5 even blamed
+    the image file: "Cannot read image ...: 'float' object cannot be interpreted as an
+    integer"), and a negative failures limit listed every failure."""
+    image_id = library.search("a cat", k=1)[0].id
+    with pytest.raises(QueryError, match="search_many takes a list of queries, not int"):
+        library.search_many(5)  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match="similar_many takes a list of queries, not NoneType"):
+        library.similar_many(None)  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match="not NoneType"):
+        library.recommend(None)  # type: ignore[arg-type]
+    for size in (100.5, "64", None):
+        with pytest.raises(ImageError, match="A thumbnail size must be from 16 to 1024 pixels"):
+            library.thumbnail(image_id, size=size)  # type: ignore[arg-type]
+    assert library.thumbnail(image_id, size=np.int64(64)).is_file()  # type: ignore[arg-type]
+    for limit in (-1, "a", 2.5):
+        with pytest.raises(InvalidOptionError, match="limit must be a whole number"):
+            library.failures(limit)  # type: ignore[arg-type]
+    assert library.failures(0) == []
 
 
 def test_the_many_methods_take_generators_as_lists(library: Library) -> None:

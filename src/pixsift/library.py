@@ -34,6 +34,7 @@ from pixsift.config import DB_NAME, INDEX_NAME, LOCK_WAIT_S, THUMBNAILS_DIR, res
 from pixsift.errors import (
     EmptyLibraryError,
     ImageNotFoundError,
+    InvalidOptionError,
     InvalidPathError,
     LibraryNotFoundError,
     ModelMismatchError,
@@ -56,7 +57,6 @@ from pixsift.search.examples import (
     example_list,
     example_weights,
     query_list,
-    refuse_single,
 )
 from pixsift.search.ranking import Ranker
 from pixsift.search.recommend import RocchioWeights, checked_weights, rocchio
@@ -307,8 +307,7 @@ class Library:
         filters: SearchFilters | None = None,
     ) -> list[list[SearchResult]]:
         """`search` for many texts at once: one model call and one FAISS call for them all."""
-        refuse_single(texts, "search_many", "search(text)")
-        texts = list(texts)  # a generator is read once
+        texts = query_list(texts, "search_many", "search(text)")
         if not texts:
             return []
         vectors, _ = self._examples.of([QueryTerm(text=text) for text in texts])
@@ -343,8 +342,7 @@ class Library:
         filters: SearchFilters | None = None,
     ) -> list[list[SearchResult]]:
         """`similar` for many images at once (ids, files or bytes): one FAISS call for all."""
-        refuse_single(images, "similar_many", "similar(image)")
-        images = list(images)  # a generator is read once
+        images = query_list(images, "similar_many", "similar(image)")
         if not images:
             return []
         examples: list[Example] = [
@@ -643,8 +641,13 @@ class Library:
         return library_status(self.path, self._catalog, self.index_path)
 
     def failures(self, limit: int | None = None) -> list[Failure]:
-        """Files that could not be indexed, with the reason, by path."""
-        return self._catalog.failures(limit)
+        """Files that could not be indexed, with the reason, by path (at most `limit`)."""
+        if limit is None:
+            return self._catalog.failures(None)
+        # SQLite reads a negative limit as none, and SQLAlchemy fails on text with a ValueError.
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
+            raise InvalidOptionError(f"limit must be a whole number of at least 0, not {limit!r}.")
+        return self._catalog.failures(int(limit))
 
     def evaluate(
         self, query_file: str | os.PathLike[str], cutoffs: Sequence[int] = DEFAULT_CUTOFFS

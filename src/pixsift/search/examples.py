@@ -35,6 +35,11 @@ def example_list(examples: Example | Sequence[Example]) -> list[Example]:
     read as texts or its bytes read as image ids."""
     if isinstance(examples, (str, bytes, bytearray, memoryview, int, np.integer, os.PathLike, QueryTerm)):
         return [_plain(examples)]
+    if not isinstance(examples, Iterable):  # None, a float: a caller's mistake, told as such
+        raise QueryError(
+            f"Examples are image ids, image files, texts, image bytes or QueryTerms (a list, or one "
+            f"alone), not {type(examples).__name__}."
+        )
     return [_plain(example) for example in examples]
 
 
