@@ -41,10 +41,17 @@ def test_type_checkers_see_the_hints_of_an_installed_pixsift(tmp_path: Path) -> 
     app.write_text(
         textwrap.dedent(
             """
-            from pixsift import Library
+            from pathlib import Path
+
+            from pixsift import Library, SearchFilters
 
             def first_path(library: Library) -> int:
                 return library.search("a dog", k=3)[0].path
+
+            def documented_filters(library: Library) -> None:
+                # As the README gives them: one format alone as a string, a folder as a path.
+                library.search("a dog", filters=SearchFilters(under=Path("~/shop"), formats="JPEG"))
+                library.search("a dog", filters=SearchFilters(formats=["JPEG", "PNG"]))
             """
         )
     )
@@ -58,6 +65,7 @@ def test_type_checkers_see_the_hints_of_an_installed_pixsift(tmp_path: Path) -> 
     )
     assert "py.typed" not in result.stdout, result.stdout
     assert 'Incompatible return value type (got "Path", expected "int")' in result.stdout, result.stdout
+    assert "Found 1 error" in result.stdout, result.stdout  # that one, not the documented calls
 
 
 def _pixsift_classes(annotation: object) -> Iterator[type]:

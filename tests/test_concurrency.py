@@ -223,3 +223,65 @@ def test_a_folder_forgotten_while_forget_waits_is_refused_once_locked(
     assert [str(error) for error in outcome] == [
         f"{photos} is not an indexed folder (indexed folders: none yet)."
     ]
+
+
+def test_one_library_shared_by_search_threads_while_another_thread_indexes(
+    tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    """As an application (or the HTTP service) shares one `Library`: every kind of query runs in
+    its own thread while another thread indexes new photos and removes some. Each answer is
+    whole (no error, no duplicate, best first, nothing excluded), and all end in time."""
+    photos, shared = tmp_path / "photos", tmp_path / "shared"
+    known = {str(path) for path in write_photos(photos, 8, size=(96, 72), seed=4000)}
+    library = Library.open(tmp_path / "library")
+    index(library, tiny_model, photos)
+    anchor = library.search("a photo", k=1)[0]
+    upload = anchor.path.read_bytes()
+    queries = {
+        "search": lambda: library.search("a red square", k=50),
+        "search_many": lambda: library.search_many(["a cat", "snow"], k=50)[1],
+        "similar": lambda: library.similar(anchor.id, k=50),
+        "similar_many": lambda: library.similar_many([upload, anchor.id], k=50)[1],
+        "recommend": lambda: library.recommend([anchor.id, "a dog"], ["a car"], k=50),
+        "diverse": lambda: library.recommend(anchor.id, k=10, diversity=0.5),
+    }
+    done = threading.Event()
+    failures: list[str] = []
+    answered = dict.fromkeys(queries, 0)
+
+    def ask(name: str) -> None:
+        while not done.is_set() and answered[name] < 200:  # bounded, however slow the machine
+            try:
+                hits = queries[name]()
+                ids = [hit.id for hit in hits]
+                assert len(set(ids)) == len(ids), ids
+                assert anchor.id not in ids or name in ("search", "search_many"), ids
+                assert {str(hit.path) for hit in hits} <= known, hits
+                if name != "diverse":  # MMR reorders by design
+                    assert [hit.rank for hit in hits] == list(range(1, len(hits) + 1))
+                    assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
+            except Exception as error:  # any: the test reports them all below
+                failures.append(f"{name}: {error!r}")
+                return
+            answered[name] += 1
+
+    askers = [threading.Thread(target=ask, args=(name,), daemon=True) for name in queries]
+    for asker in askers:
+        asker.start()
+    try:
+        for batch in range(3):
+            added = write_photos(shared / f"batch{batch}", 4, size=(96, 72), seed=4100 + 10 * batch)
+            known |= {str(path) for path in added}
+            if batch == 2:  # one photo gone: the next run drops it while the threads search
+                (shared / "batch0" / "photo_4100.jpg").unlink()
+            index(library, tiny_model, shared, batch_size=1, wait=None)
+    finally:
+        done.set()
+        for asker in askers:
+            asker.join(timeout=60)
+    assert not [asker.name for asker in askers if asker.is_alive()], "a query thread hung"
+    assert not failures, failures
+    assert all(answered.values()), answered
+    assert library.status().counts.indexed == 8 + 12 - 1
+    assert len(library.search("a photo", k=100)) == 19
+    library.close()

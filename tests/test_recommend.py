@@ -137,6 +137,65 @@ def test_recommend_errors(library: Library) -> None:
         rocchio(np.ones((1, 4)), np.ones((1, 4)), RocchioWeights(positive=1.0, negative=1.0))
 
 
+def test_rocchio_weights_that_would_mislead_are_refused(library: Library) -> None:
+    """A NaN weight returned nothing without a word, a positive weight of 0 or less ranked the
+    liked examples' opposite first, and a tuple was an AttributeError from the formula."""
+    nan, inf = float("nan"), float("inf")
+    for positive, negative in ((nan, 0.25), (0.0, 0.25), (-1.0, 0.0), (1.0, -0.5), (1.0, inf)):
+        with pytest.raises(QueryError, match="The Rocchio weight"):
+            RocchioWeights(positive=positive, negative=negative)
+    with pytest.raises(QueryError, match="The Rocchio weight positive"):
+        RocchioWeights(positive="1")  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match=r"weights must be a pixsift\.RocchioWeights"):
+        library.recommend(["a cat"], weights=(1.0, 0.25))  # type: ignore[arg-type]
+    hits = library.recommend(["a cat"], ["a dog"], k=3, weights=RocchioWeights(positive=2, negative=0))
+    assert [hit.id for hit in hits] == [hit.id for hit in library.search("a cat", k=3)]
+
+
+def test_an_image_that_failed_to_index_is_named_with_its_reason_as_a_query(
+    tmp_path: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    """Its id is in the library (`image(id)` returns it, with `.error`): searching with it is
+    refused, but not as an id the library does not hold."""
+    (photos / "broken.jpg").write_bytes(b"not a jpeg at all")
+    library = indexed_library(tmp_path / "library", photos, tiny_model)
+    broken = library.image(id_of(library, photos / "broken.jpg"))
+    assert broken.error is not None
+    with pytest.raises(ImageNotFoundError) as from_similar:
+        library.similar(broken.id)
+    with pytest.raises(ImageNotFoundError) as from_recommend:
+        library.recommend([broken.id, "a cat"])
+    for raised in (from_similar, from_recommend):
+        message = str(raised.value)
+        assert "could not be indexed" in message and broken.path in message and broken.error in message
+        assert "No image in the library" not in message
+    with pytest.raises(ImageNotFoundError, match="No image in the library has id 987654"):
+        library.similar(987654)
+
+
+class StopBeforeEmbedding:
+    def start(self, phase: str, total: int | None = None) -> None:
+        if phase == "Embedding":
+            raise RuntimeError("stopped by the test")
+
+    def advance(self, steps: int = 1) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def test_an_image_not_embedded_again_yet_is_named_as_such_as_a_query(library: Library, photos: Path) -> None:
+    """A re-embedding stopped before its embedding step leaves the images without vectors until
+    the next run: they are still in the library, which the message must not deny."""
+    image_id = id_of(library, photos / "photo_0100.jpg")
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        library.index(reembed=True, progress=StopBeforeEmbedding())
+    assert library.image(image_id).error is None
+    with pytest.raises(ImageNotFoundError, match=f"Image {image_id} .* has no vector yet"):
+        library.similar(image_id)
+
+
 def test_mmr_demotes_near_duplicates() -> None:
     a = unit(np.array([1.0, 0.0, 0.0]))
     a_twin = unit(np.array([1.0, 0.05, 0.0]))

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from conftest import TinyModel, run_cli
 from pixsift import (
     AccessDeniedError,
+    ImageError,
     ImageNotFoundError,
     InvalidOptionError,
     InvalidPathError,
@@ -175,6 +176,41 @@ def test_one_example_given_alone_is_that_example_not_its_characters(library: Lib
         library.similar_many(data)
 
 
+def test_search_terms_refuses_what_is_no_list_of_query_terms(library: Library) -> None:
+    """Plain texts or ids (as `recommend` takes) were embedded, then failed as an
+    AttributeError ("'str' object has no attribute 'weight'"); one text was one term per
+    character."""
+    for terms in (["a cat", "snow"], [QueryTerm(text="a cat"), 3]):
+        with pytest.raises(QueryError, match=r"search_terms takes QueryTerms, such as QueryTerm\(text="):
+            library.search_terms(terms)  # type: ignore[arg-type]
+    for single in ("a cat", QueryTerm(text="a cat"), None):
+        with pytest.raises(QueryError, match="search_terms takes a list of queries"):
+            library.search_terms(single)  # type: ignore[arg-type]
+    from_generator = library.search_terms(term for term in [QueryTerm(text="a cat")])  # type: ignore[arg-type]
+    assert from_generator == library.search_terms([QueryTerm(text="a cat")])
+
+
+def test_arguments_of_the_wrong_kind_are_pixsift_errors(library: Library) -> None:
+    """Each was a TypeError or ValueError from inside (a thumbnail size of 100.5 even blamed
+    the image file: "Cannot read image ...: 'float' object cannot be interpreted as an
+    integer"), and a negative failures limit listed every failure."""
+    image_id = library.search("a cat", k=1)[0].id
+    with pytest.raises(QueryError, match="search_many takes a list of queries, not int"):
+        library.search_many(5)  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match="similar_many takes a list of queries, not NoneType"):
+        library.similar_many(None)  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match="not NoneType"):
+        library.recommend(None)  # type: ignore[arg-type]
+    for size in (100.5, "64", None):
+        with pytest.raises(ImageError, match="A thumbnail size must be from 16 to 1024 pixels"):
+            library.thumbnail(image_id, size=size)  # type: ignore[arg-type]
+    assert library.thumbnail(image_id, size=np.int64(64)).is_file()  # type: ignore[arg-type]
+    for limit in (-1, "a", 2.5):
+        with pytest.raises(InvalidOptionError, match="limit must be a whole number"):
+            library.failures(limit)  # type: ignore[arg-type]
+    assert library.failures(0) == []
+
+
 def test_the_many_methods_take_generators_as_lists(library: Library) -> None:
     texts = ["a cat", "a red square"]
     ids = [hit.id for hit in library.search("a cat", k=2)]
@@ -254,9 +290,22 @@ def test_a_min_score_that_is_not_finite_is_refused(library: Library, min_score: 
 
 
 def test_one_format_given_as_a_string_is_that_format(library: Library) -> None:
-    assert SearchFilters(formats="JPEG").formats == ("JPEG",)  # type: ignore[arg-type]
-    hits = library.search("a cat", k=3, filters=SearchFilters(formats="jpg"))  # type: ignore[arg-type]
+    assert SearchFilters(formats="JPEG").formats == ("JPEG",)
+    hits = library.search("a cat", k=3, filters=SearchFilters(formats="jpg"))
     assert len(hits) == 3 and {hit.format for hit in hits} == {"JPEG"}
+
+
+def test_filters_take_a_folder_as_a_path_and_formats_as_a_list(library: Library) -> None:
+    """As typed for an application's type checker: kept as text and a tuple, so filters made
+    either way are equal and hash alike."""
+    root = library.status().roots[0].path
+    from_path = SearchFilters(under=Path(root), formats=["jpg"])
+    assert from_path == SearchFilters(under=root, formats=("jpg",))
+    assert isinstance(from_path.under, str) and from_path.formats == ("jpg",)
+    assert len(library.search("a cat", k=3, filters=from_path)) == 3
+    for wrong in ({"under": 5}, {"under": b"/photos"}, {"formats": 5}):
+        with pytest.raises(QueryError, match="Filter"):
+            SearchFilters(**wrong)
 
 
 @pytest.mark.parametrize("filters", [{"after": "2024-05-01"}, ["JPEG"], "JPEG"], ids=["dict", "list", "str"])

@@ -34,6 +34,7 @@ from pixsift.config import DB_NAME, INDEX_NAME, LOCK_WAIT_S, THUMBNAILS_DIR, res
 from pixsift.errors import (
     EmptyLibraryError,
     ImageNotFoundError,
+    InvalidOptionError,
     InvalidPathError,
     LibraryNotFoundError,
     ModelMismatchError,
@@ -55,10 +56,10 @@ from pixsift.search.examples import (
     ExampleVectors,
     example_list,
     example_weights,
-    refuse_single,
+    query_list,
 )
 from pixsift.search.ranking import Ranker
-from pixsift.search.recommend import RocchioWeights, rocchio
+from pixsift.search.recommend import RocchioWeights, checked_weights, rocchio
 from pixsift.status import IndexSummary, LibraryStatus, library_status, summarize_index
 from pixsift.storage import Catalog, Failure, ImageInfo
 from pixsift.storage.index_keeper import IndexKeeper
@@ -306,8 +307,7 @@ class Library:
         filters: SearchFilters | None = None,
     ) -> list[list[SearchResult]]:
         """`search` for many texts at once: one model call and one FAISS call for them all."""
-        refuse_single(texts, "search_many", "search(text)")
-        texts = list(texts)  # a generator is read once
+        texts = query_list(texts, "search_many", "search(text)")
         if not texts:
             return []
         vectors, _ = self._examples.of([QueryTerm(text=text) for text in texts])
@@ -342,8 +342,7 @@ class Library:
         filters: SearchFilters | None = None,
     ) -> list[list[SearchResult]]:
         """`similar` for many images at once (ids, files or bytes): one FAISS call for all."""
-        refuse_single(images, "similar_many", "similar(image)")
-        images = list(images)  # a generator is read once
+        images = query_list(images, "similar_many", "similar(image)")
         if not images:
             return []
         examples: list[Example] = [
@@ -376,6 +375,7 @@ class Library:
         """
         check_diversity(diversity)
         check_k(k)
+        weights = checked_weights(weights)
         never = excluded_ids(exclude)
         liked, disliked = example_list(positive), example_list(negative)
         if not liked:  # before any vector is made: nothing to stack is no error of numpy's
@@ -398,8 +398,15 @@ class Library:
         filters: SearchFilters | None = None,
     ) -> list[SearchResult]:
         """Images ranked by a weighted combination of text and image terms."""
+        terms = query_list(terms, "search_terms", "search(text) or search_terms([term])")
         if not terms:
             raise QueryError("A search needs at least one query term.")
+        for term in terms:  # a plain text or id would otherwise fail inside as an AttributeError
+            if not isinstance(term, QueryTerm):
+                raise QueryError(
+                    f"search_terms takes QueryTerms, such as QueryTerm(text=...) or QueryTerm(image=...), "
+                    f"not {type(term).__name__}."
+                )
         vectors, query_ids = self._examples.of(terms)
         query = combine(vectors, [term.weight for term in terms])
         excluded = {image_id for image_id in query_ids if image_id is not None}
@@ -634,8 +641,13 @@ class Library:
         return library_status(self.path, self._catalog, self.index_path)
 
     def failures(self, limit: int | None = None) -> list[Failure]:
-        """Files that could not be indexed, with the reason, by path."""
-        return self._catalog.failures(limit)
+        """Files that could not be indexed, with the reason, by path (at most `limit`)."""
+        if limit is None:
+            return self._catalog.failures(None)
+        # SQLite reads a negative limit as none, and SQLAlchemy fails on text with a ValueError.
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
+            raise InvalidOptionError(f"limit must be a whole number of at least 0, not {limit!r}.")
+        return self._catalog.failures(int(limit))
 
     def evaluate(
         self, query_file: str | os.PathLike[str], cutoffs: Sequence[int] = DEFAULT_CUTOFFS

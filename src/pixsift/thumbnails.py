@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import numbers
 import os
 import shutil
 import threading
@@ -67,8 +68,11 @@ def thumbnail(
     soon after, or ask again. `long_side`, the image's longest side as indexed, lets a cached
     thumbnail be served without reading the image's header.
     """
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        raise ImageError(f"A thumbnail size must be from {MIN_SIZE} to {MAX_SIZE} pixels, not {size}.")
+    # A float or a text would otherwise fail later, as a message blaming the image file.
+    whole = isinstance(size, numbers.Integral) and not isinstance(size, bool)  # numpy's too
+    if not whole or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ImageError(f"A thumbnail size must be from {MIN_SIZE} to {MAX_SIZE} pixels, not {size!r}.")
+    size = int(size)
     try:
         stat = os.stat(source)
     except FileNotFoundError:

@@ -9,9 +9,9 @@ else is embedded, texts together in one call.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from stat import S_ISREG
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, TypeVar, Union
 
 import numpy as np
 from PIL import Image
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 # An example for `recommend` and `similar`: an image id, an image file (a Path, or a str for
 # `similar`), a text (a str for `recommend`), an image's encoded bytes, or a weighted term.
 Example = Union[int, str, "os.PathLike[str]", bytes, QueryTerm]
+T = TypeVar("T")
 
 
 def example_list(examples: Example | Sequence[Example]) -> list[Example]:
@@ -34,6 +35,11 @@ def example_list(examples: Example | Sequence[Example]) -> list[Example]:
     read as texts or its bytes read as image ids."""
     if isinstance(examples, (str, bytes, bytearray, memoryview, int, np.integer, os.PathLike, QueryTerm)):
         return [_plain(examples)]
+    if not isinstance(examples, Iterable):  # None, a float: a caller's mistake, told as such
+        raise QueryError(
+            f"Examples are image ids, image files, texts, image bytes or QueryTerms (a list, or one "
+            f"alone), not {type(examples).__name__}."
+        )
     return [_plain(example) for example in examples]
 
 
@@ -68,6 +74,16 @@ def refuse_single(items: object, method: str, one: str) -> None:
         raise QueryError(f"{method} takes a list of queries; for one, call {one}.")
 
 
+def query_list(items: Iterable[T], method: str, one: str) -> list[T]:
+    """`items` as a list (a generator is read once), for a method that takes a list of
+    queries: one query alone, or what is no list at all, is refused as `refuse_single` says."""
+    refuse_single(items, method, one)
+    if not isinstance(items, Iterable):  # None, a number, one QueryTerm
+        what = type(items).__name__
+        raise QueryError(f"{method} takes a list of queries, not {what}; for one, call {one}.")
+    return list(items)
+
+
 class ExampleVectors:
     """The vectors of query examples, from the `catalog`'s stored vectors or the model that
     `embedder()` loads (only when some example needs it)."""
@@ -92,7 +108,7 @@ class ExampleVectors:
                 raise QueryError("An example is an image id, an image file, a text or image bytes.")
             if isinstance(example, int):
                 if example not in stored:
-                    raise ImageNotFoundError(f"No image in the library has id {example}.")
+                    raise self._no_vector(example)
                 rows[position], ids[position] = stored[example], example
             elif isinstance(example, bytes):
                 rows[position] = self.of_bytes(example)
@@ -114,6 +130,25 @@ class ExampleVectors:
             for (position, _), vector in zip(texts, embedded, strict=True):
                 rows[position] = vector
         return np.stack([row for row in rows if row is not None]), ids
+
+    def _no_vector(self, image_id: int) -> ImageNotFoundError:
+        """Why image `image_id` has no stored vector to search with: the library holds no such
+        image, its file could not be indexed, or it is not embedded yet (a re-embedding under
+        way, or stopped). Not found as a query either way (the service's 404), but only the
+        first is "no image": `image(id)` returns the others, so the message says why."""
+        info = self._catalog.image(image_id)
+        if info is None:
+            return ImageNotFoundError(f"No image in the library has id {image_id}.")
+        if info.error is not None:
+            return ImageNotFoundError(
+                f"Image {image_id} ({info.path}) could not be indexed, so it has no vector to "
+                f"search with: {info.error}"
+            )
+        return ImageNotFoundError(
+            f"Image {image_id} ({info.path}) has no vector yet: an index run embeds it (one that "
+            "re-embeds the library may be under way, or was stopped before it). Try again once an "
+            "index run has finished."
+        )
 
     def of_file(self, image: str) -> tuple[np.ndarray, int | None]:
         """An image file's vector (the stored one if the file is indexed and unchanged), and

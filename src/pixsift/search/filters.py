@@ -7,6 +7,8 @@ images returns `k` whenever at least `k` images match.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
@@ -22,26 +24,25 @@ DateLike = date | datetime | str  # a datetime, a date (its midnight) or ISO tex
 class SearchFilters:
     """Restrictions on the images a search returns; every field left empty allows everything.
 
-    `under`: a folder (recursively); `formats`: image formats such as "JPEG" or "png" (one
-    name alone may be given as a string);
+    `under`: a folder (recursively), as a string or a path; `formats`: image formats such as
+    "JPEG" or "png", a tuple or list (one name alone may be given as a string);
     `min_width`, `min_height`: the smallest size in pixels, as displayed; `after`, `before`:
     when the photo was taken (EXIF date, else the file's modification time), on or after
     `after` and strictly before `before`, in local time. Dates are a `date` (its midnight), a
     `datetime` or ISO text ("2024-05-01", "2024-05-01T18:30"); they are kept as ISO text.
     """
 
-    under: str | None = None
-    formats: tuple[str, ...] = field(default=())
+    # Typed as callers may give them; kept as plain text and a tuple (see __post_init__).
+    under: str | os.PathLike[str] | None = None
+    formats: str | Sequence[str] = field(default=())
     min_width: int | None = None
     min_height: int | None = None
     after: DateLike | None = None
     before: DateLike | None = None
 
     def __post_init__(self) -> None:
-        # An empty folder would be read as the working directory: a script's unset variable
-        # (--under "$DIR") would quietly search wherever it happens to run.
-        if self.under is not None and not str(self.under).strip():
-            raise QueryError("Filter under is empty: name a folder, or leave it out.")
+        if self.under is not None:
+            object.__setattr__(self, "under", _folder(self.under))
         for name in ("after", "before"):
             value = getattr(self, name)
             if value is not None:
@@ -50,10 +51,7 @@ class SearchFilters:
             raise QueryError(f"Filter after ({self.after}) must be earlier than before ({self.before}).")
         for name in ("min_width", "min_height"):
             object.__setattr__(self, name, _pixels(name, getattr(self, name)))
-        # One name given as a string is one format: tuple("JPEG") would be four letters; None
-        # is no format filter, as for every other field.
-        formats = (self.formats,) if isinstance(self.formats, str) else self.formats or ()
-        object.__setattr__(self, "formats", tuple(formats))
+        object.__setattr__(self, "formats", _format_tuple(self.formats))
         for name in self.formats:
             # A typo ("jpge") would otherwise match nothing, and look like an empty library.
             if not isinstance(name, str) or name.strip().upper() not in FILTER_NAMES:
@@ -99,6 +97,33 @@ def checked_filters(filters: object) -> SearchFilters | None:
         f'filters must be a pixsift.SearchFilters, such as SearchFilters(after="2024-05-01"), '
         f"not {type(filters).__name__}."
     )
+
+
+def _format_tuple(formats: object) -> tuple[object, ...]:
+    """The formats as a tuple, each then checked: one name alone is one format (tuple("JPEG")
+    would be four letters) and None is no format filter, as for every other field."""
+    if formats is None:
+        return ()
+    if isinstance(formats, str):
+        return (formats,)
+    if not isinstance(formats, Iterable):
+        raise QueryError(f"Filter formats must be format names, not {type(formats).__name__}.")
+    return tuple(formats)
+
+
+def _folder(under: object) -> str:
+    """The folder to search under as text (a path object is one: records compare and print
+    alike whichever was given); QueryError for an empty one or for what is no path."""
+    if not isinstance(under, (str, os.PathLike)):
+        raise QueryError(f"Filter under must be a folder path, not {type(under).__name__}.")
+    folder = os.fspath(under)
+    if not isinstance(folder, str):  # a bytes path: the catalog keeps paths as text
+        raise QueryError("Filter under must be a folder path as text, not bytes.")
+    # An empty folder would be read as the working directory: a script's unset variable
+    # (--under "$DIR") would quietly search wherever it happens to run.
+    if not folder.strip():
+        raise QueryError("Filter under is empty: name a folder, or leave it out.")
+    return folder
 
 
 def _pixels(name: str, value: object) -> int | None:

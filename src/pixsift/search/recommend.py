@@ -9,6 +9,8 @@ one disliked image steers the results without overwhelming what was liked.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,8 +21,40 @@ from pixsift.errors import QueryError
 
 @dataclass(frozen=True)
 class RocchioWeights:
+    """How much the mean of the positive examples counts (above 0), and how much the mean of
+    the negative ones is taken away (0 or more)."""
+
     positive: float = 1.0
     negative: float = 0.25
+
+    def __post_init__(self) -> None:
+        # A NaN would make every score NaN, and so return nothing without a word; a positive
+        # weight of 0 or less would rank what was liked last, or what was disliked first.
+        _check_weight("positive", self.positive, lowest_allowed=False)
+        _check_weight("negative", self.negative, lowest_allowed=True)
+
+
+def _check_weight(name: str, value: object, *, lowest_allowed: bool) -> None:
+    """Refuse a weight that is not a finite number above 0 (or, where allowed, 0 itself)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        weight = float(value)
+        if math.isfinite(weight) and (weight > 0 or (lowest_allowed and weight == 0)):
+            return
+    lowest = "0 or more" if lowest_allowed else "above 0"
+    raise QueryError(f"The Rocchio weight {name} must be a number {lowest}, not {value!r}.")
+
+
+def checked_weights(weights: object) -> RocchioWeights:
+    """`weights` if it is a RocchioWeights (None: the default); QueryError otherwise, rather
+    than an AttributeError from inside the formula for a tuple of two numbers, say."""
+    if weights is None:
+        return RocchioWeights()
+    if not isinstance(weights, RocchioWeights):
+        raise QueryError(
+            "weights must be a pixsift.RocchioWeights, such as RocchioWeights(positive=1.0, "
+            f"negative=0.5), not {type(weights).__name__}."
+        )
+    return weights
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
