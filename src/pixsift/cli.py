@@ -318,7 +318,9 @@ def index(
     with (
         _terminate_as_ctrl_c(),
         _user_errors(),
-        _open(library, create=True, device=device, engine=engine) as lib,
+        # With no folder named, only an existing library has folders to index again: a new
+        # one would be left behind empty, with the error "nothing to index yet".
+        _open(library, create=bool(folders), device=device, engine=engine) as lib,
     ):
         bar = TerminalProgress(stderr) if show_progress else None
         try:
