@@ -58,12 +58,17 @@ def _quiet_on_closed_pipe() -> Iterator[None]:
                 os.dup2(devnull, stream.fileno())
         os.close(devnull)
         sys.exit(EXIT_CLOSED_PIPE)
+    except SystemExit as exit_:
+        # rich, which prints the help, meets a closed pipe itself: it sends the rest to
+        # /dev/null and exits with 1, raised while it handles the BrokenPipeError.
+        if exit_.code == 1 and isinstance(exit_.__context__, BrokenPipeError):
+            sys.exit(EXIT_CLOSED_PIPE)
+        raise
 
 
 class _Commands(TyperGroup):
     """pixsift's commands, with a closed output pipe handled where they write: in a command
-    (`invoke`) and in `--version` (`make_context`). Help is printed by rich, which handles a
-    closed pipe itself (exit 1, no traceback)."""
+    (`invoke`), and in `--version` and `--help` (`make_context`)."""
 
     # Untyped on purpose: typer vendors its own click, whose classes it does not export.
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
