@@ -76,8 +76,20 @@ class _Commands(TyperGroup):
             return super().make_context(*args, **kwargs)
 
     def invoke(self, *args: Any, **kwargs: Any) -> Any:
-        with _quiet_on_closed_pipe():
+        with _quiet_on_closed_pipe(), _interrupt_reported():
             return super().invoke(*args, **kwargs)
+
+
+@contextmanager
+def _interrupt_reported() -> Iterator[None]:
+    """Ctrl-C anywhere in a command (its imports, its output while the reader lags) says so
+    and exits with 130: typer would end with 130 without a word. An index run reports its own
+    interruption (IndexInterrupted) with its summary before this."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo("Interrupted.", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 app = typer.Typer(
@@ -225,7 +237,8 @@ def _main(
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn the core's errors into one line on stderr and exit code 1."""
+    """Turn the core's errors into one line on stderr and exit code 1 (Ctrl-C: see
+    _interrupt_reported)."""
     try:
         yield
     except LibraryBusyError as exc:  # only the commands that take --wait meet it
@@ -234,10 +247,6 @@ def _user_errors() -> Iterator[None]:
     except PixsiftError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
-    except KeyboardInterrupt:  # an index run's own (IndexInterrupted) is reported before this
-        # typer turns it into exit 130 without a word, so main() never sees it: say so here
-        typer.echo("Interrupted.", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def _open(
