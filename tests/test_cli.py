@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import array
 import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -11,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -449,6 +452,43 @@ def test_ctrl_c_while_the_model_loads_says_so(
         assert (result.exit_code, result.stdout, result.stderr) == (130, "", "Interrupted.\n"), args
 
 
+@pytest.mark.skipif(not hasattr(fcntl, "F_SETPIPE_SZ"), reason="sizing a pipe is Linux's")
+def test_ctrl_c_while_the_output_waits_for_its_reader_says_so(tmp_path: Path) -> None:
+    """Ctrl-C while a search's results wait for a slow reader (`pixsift search x | less`)
+    ended the command with 130 and no word, where everywhere else it says "Interrupted."."""
+    photos = tmp_path / "photos with a name long enough to fill a small pipe in a few results"
+    write_photos(photos, 40, size=(64, 48), seed=2200)
+    library = ["--library", str(tmp_path / "lib")]
+    assert run_cli("index", str(photos), *library, "--model", "synthetic-tiny").returncode == 0
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # the smallest pipe: 40 results overflow it
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pixsift", "search", "a photo", "-k", "40", "-f", "json", *library],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=ctrl_c_as_in_a_terminal,
+        )
+        os.close(write_end)
+        deadline = time.monotonic() + 120
+        while _bytes_waiting(read_end) < 4096 and time.monotonic() < deadline:  # it is blocked
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.01)
+        time.sleep(0.2)  # into its write, which waits for room in the pipe
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        os.close(read_end)
+    assert (process.returncode, stderr) == (130, "Interrupted.\n")
+
+
+def _bytes_waiting(read_end: int) -> int:
+    waiting = array.array("i", [0])
+    fcntl.ioctl(read_end, termios.FIONREAD, waiting)
+    return waiting[0]
+
+
 @needs_permissions
 def test_files_without_read_permission_are_user_errors_not_bad_usage(
     indexed: dict[str, Path], tmp_path: Path, tiny_model: TinyModel
@@ -505,6 +545,8 @@ def test_exit_codes_of_the_real_command(tmp_path: Path) -> None:
         ["search", "x", "-k", "100", "--library", "{library}"],
         ["status", "--library", "{library}"],
         ["--version"],
+        ["--help"],  # printed by rich, which has its own way with a closed pipe
+        ["search", "-h"],
     ],
 )
 def test_output_to_a_closed_pipe_ends_quietly_with_141(indexed: dict[str, Path], args: list[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import resource
@@ -14,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from cli_reference import reference
-from conftest import CLOSED_PORT_URL, PERMISSION_PREFIX, ctrl_c_as_in_a_terminal, needs_permissions
+from conftest import (
+    CLOSED_PORT_URL,
+    PERMISSION_PREFIX,
+    ctrl_c_as_in_a_terminal,
+    needs_permissions,
+    run_cli,
+)
+from sample_photos import write_photos
 
 ROOT = Path(__file__).parent.parent
 
@@ -200,3 +208,42 @@ def test_the_recall_ceiling_quoted_for_the_held_out_images() -> None:
     quoted = f"recall@10 cannot exceed {max(text, image):.2f}"
     assert quoted in (ROOT / "README.md").read_text()
     assert quoted in (ROOT / "docs" / "synthetic-model.md").read_text()
+
+
+def _keys(value: object) -> set[str]:
+    """Every key of the objects in `value`, however deep."""
+    if isinstance(value, dict):
+        return set(value) | {key for item in value.values() for key in _keys(item)}
+    if isinstance(value, list):
+        return {key for item in value for key in _keys(item)}
+    return set()
+
+
+def test_cli_reference_names_every_key_of_the_json_outputs(tmp_path: Path) -> None:
+    """Scripts read these keys: docs/cli.md names each one that `status`, `doctor` and `eval`
+    print with --format json, and each kind of problem doctor can report."""
+    photos = tmp_path / "photos"
+    write_photos(photos, 3, size=(64, 48), seed=5)
+    (photos / "broken.jpg").write_text("not a jpeg")  # so that --failed lists one
+    library = ["--library", str(tmp_path / "lib")]
+    assert run_cli("index", str(photos), *library, "--model", "synthetic-tiny").returncode == 3
+    (tmp_path / "queries.jsonl").write_text('{"query": "a photo", "relevant": ["photos/*.jpg"]}\n')
+    (photos / "photo_0005.jpg").unlink()  # a file gone: a problem for doctor to report
+    outputs = {
+        "status": run_cli("status", "--failed", "--format", "json", *library),
+        "doctor": run_cli("doctor", "--format", "json", *library),
+        "eval": run_cli("eval", str(tmp_path / "queries.jsonl"), "--format", "json", *library),
+    }
+    reference = (ROOT / "docs" / "cli.md").read_text()
+    for command, result in outputs.items():
+        keys = _keys(json.loads(result.stdout))
+        assert keys, result.stderr
+        # cut-offs ("1", "5") key recall and precision; mrr@10 is written mrr@N
+        keys = {re.sub(r"^mrr@\d+$", "mrr@N", key) for key in keys if not key.isdigit()}
+        undocumented = sorted(key for key in keys if f"`{key}`" not in reference)
+        assert not undocumented, f"docs/cli.md does not name {command}'s JSON keys {undocumented}"
+    doctor = json.loads(outputs["doctor"].stdout)
+    assert [problem["kind"] for problem in doctor["problems"]] == ["missing-files"]
+    source = (ROOT / "src" / "pixsift" / "doctor.py").read_text()
+    kinds = set(re.findall(r'Problem\(\s*"([a-z-]+)"', source))
+    assert len(kinds) >= 9 and not sorted(k for k in kinds if f"`{k}`" not in reference)

@@ -593,6 +593,7 @@ def test_another_programs_database_is_not_taken_over(tmp_path: Path) -> None:
         (lambda tmp: [str(tmp / "missing")], "does not exist"),
         (lambda tmp: [str(tmp / "afile.txt")], "is not a folder"),
         (lambda tmp: [str(tmp / "Photos"), "--model", "NoSuchNet"], "Unknown model"),
+        (lambda tmp: [], "No pixsift library"),  # no folder named: nothing to index again
     ],
 )
 def test_a_failed_first_index_run_leaves_no_library_behind(

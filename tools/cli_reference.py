@@ -31,6 +31,31 @@ similarity, a number), `path` (absolute), `id`, `width`, `height` and `format` (
 names it, e.g. `"JPEG"`). `--format paths` prints one path a line; `--format paths0` ends each
 path with a NUL byte instead, as `find -print0` does, for `xargs -0`: a file name may hold a
 newline.
+
+`status --format json` prints one object: `library` (its folder); `model`, null before the
+first index run, else `name`, `pretrained`, `embed_dim` and `fingerprint`; `images` with the
+counts `indexed`, `failed` and `pending`; `roots`, each with `path`, `include_hidden`,
+`follow_symlinks`, `added_at` and `last_indexed_at` (ISO 8601 times in UTC, the last null
+before the folder's first run); `index`, the search index file, with `state` (`"up to date"`,
+`"stale"` or `"missing"`), the `generation` it was saved at, its `kind` (`flat`, `hnsw` or
+`ivfpq`), `search_param` (its tuned efSearch or nprobe) and `tuned_recall_at_10`, each null
+when not known; `generation`, the database's, which grows with every change of vectors; and
+`disk_bytes`. With `--failed` it adds `failures`, each with `path` and `error`.
+
+`doctor --format json` prints one object: `library`, `healthy` (true when no problem
+remains), `contents_read` (false when a damaged database or schema stopped the check before
+the images were counted), the counts `images`, `vectors` (stored), `index_vectors` (in the
+search index, null without one) and `sampled` (vectors compared), `problems`, each with
+`message`, `repairable` and a `kind` scripts may test (`database`, `schema`,
+`orphan-vectors`, `model`, `vector-size`, `index-damaged`, `index-foreign`,
+`index-mismatch`, `missing-files`), and `notes` and `repairs`, lists of sentences.
+
+`eval --format json` prints one object: `queries` (how many), `images` (in the library),
+`model`, `recall` and `precision` (each an object from cut-off, as text, to its value), `mrr`
+with its depth `mrr_depth` (also as `mrr@N`, N the largest cut-off), `median_latency_ms`, and
+`per_query`, one object per query with `query` (what it was, as text), `line` (in the query
+file), `text` or `image` (the other null), `relevant` (how many images answer it), `ranks`
+(where they came, 1 being first, within the largest cut-off) and `latency_ms`.
 """
 
 

@@ -58,12 +58,17 @@ def _quiet_on_closed_pipe() -> Iterator[None]:
                 os.dup2(devnull, stream.fileno())
         os.close(devnull)
         sys.exit(EXIT_CLOSED_PIPE)
+    except SystemExit as exit_:
+        # rich, which prints the help, meets a closed pipe itself: it sends the rest to
+        # /dev/null and exits with 1, raised while it handles the BrokenPipeError.
+        if exit_.code == 1 and isinstance(exit_.__context__, BrokenPipeError):
+            sys.exit(EXIT_CLOSED_PIPE)
+        raise
 
 
 class _Commands(TyperGroup):
     """pixsift's commands, with a closed output pipe handled where they write: in a command
-    (`invoke`) and in `--version` (`make_context`). Help is printed by rich, which handles a
-    closed pipe itself (exit 1, no traceback)."""
+    (`invoke`), and in `--version` and `--help` (`make_context`)."""
 
     # Untyped on purpose: typer vendors its own click, whose classes it does not export.
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
@@ -71,8 +76,20 @@ class _Commands(TyperGroup):
             return super().make_context(*args, **kwargs)
 
     def invoke(self, *args: Any, **kwargs: Any) -> Any:
-        with _quiet_on_closed_pipe():
+        with _quiet_on_closed_pipe(), _interrupt_reported():
             return super().invoke(*args, **kwargs)
+
+
+@contextmanager
+def _interrupt_reported() -> Iterator[None]:
+    """Ctrl-C anywhere in a command (its imports, its output while the reader lags) says so
+    and exits with 130: typer would end with 130 without a word. An index run reports its own
+    interruption (IndexInterrupted) with its summary before this."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo("Interrupted.", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 app = typer.Typer(
@@ -220,7 +237,8 @@ def _main(
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn the core's errors into one line on stderr and exit code 1."""
+    """Turn the core's errors into one line on stderr and exit code 1 (Ctrl-C: see
+    _interrupt_reported)."""
     try:
         yield
     except LibraryBusyError as exc:  # only the commands that take --wait meet it
@@ -229,10 +247,6 @@ def _user_errors() -> Iterator[None]:
     except PixsiftError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
-    except KeyboardInterrupt:  # an index run's own (IndexInterrupted) is reported before this
-        # typer turns it into exit 130 without a word, so main() never sees it: say so here
-        typer.echo("Interrupted.", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def _open(
@@ -318,7 +332,9 @@ def index(
     with (
         _terminate_as_ctrl_c(),
         _user_errors(),
-        _open(library, create=True, device=device, engine=engine) as lib,
+        # With no folder named, only an existing library has folders to index again: a new
+        # one would be left behind empty, with the error "nothing to index yet".
+        _open(library, create=bool(folders), device=device, engine=engine) as lib,
     ):
         bar = TerminalProgress(stderr) if show_progress else None
         try:
