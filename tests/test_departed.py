@@ -243,3 +243,54 @@ def test_the_row_delete_and_the_departed_record_are_one_transaction(
     assert open_library.index(photos).removed == 1
     assert departed_ids(library_dir) == [image_id]
     assert sql(library_dir, "SELECT count(*) FROM images WHERE id = ?", image_id) == [(0,)]
+
+
+def test_forget_and_delete_keep_no_record_and_forget_drops_the_folders_records(
+    open_library: Library, library_dir: Path, photos: Path, inbox: Path, away: Path, tiny_model: TinyModel
+) -> None:
+    """What the user removes on purpose does not come back: `forget` keeps no record of the
+    folder's images and drops the records of those that left it before; deleting an image by
+    id keeps none either. Records of other folders (an indexed folder inside it too) stay."""
+    inner = photos / "inner"
+    inner.mkdir()
+    (photos / "photo_0102.jpg").rename(inner / "c.jpg")
+    (photos / "photo_0104.jpg").rename(inner / "d.jpg")  # (a root emptied would look unmounted)
+    index(open_library, tiny_model, inbox, photos)
+    open_library.index(inner)
+    ids = ids_by_path(open_library)
+    for path in (photos / "photo_0103.jpg", inner / "c.jpg", inbox / "photo_0100.jpg"):
+        path.rename(away / path.name)
+    open_library.index()
+    assert len(departed_ids(library_dir)) == 3
+
+    assert open_library.forget(str(photos)) == 7  # its 12 photos, less 2 in Inbox, 2 inner, 1 gone
+    assert departed_ids(library_dir) == sorted([ids[inner / "c.jpg"], ids[inbox / "photo_0100.jpg"]])
+    deleted = ids[inbox / "photo_0101.jpg"]
+    open_library.delete(deleted)
+    assert deleted not in departed_ids(library_dir)
+
+    (away / "photo_0103.jpg").rename(inbox / "photo_0103.jpg")  # forgotten: a new image now
+    report = open_library.index(inbox)
+    assert (report.moved, report.added) == (0, 2)  # and the deleted one, still on disk, is new too
+    assert ids_by_path(open_library)[inbox / "photo_0103.jpg"] not in ids.values()
+
+
+def test_rows_doctor_repair_drops_come_back_when_their_files_are_found(
+    open_library: Library, library_dir: Path, photos: Path, away: Path, tiny_model: TinyModel
+) -> None:
+    """`doctor --repair` drops the rows of files gone from disk as an index run would, and keeps
+    their records as a run does: a file moved out of every indexed folder, repaired away, and
+    then moved into one keeps its id."""
+    index(open_library, tiny_model, photos)
+    path = photos / "photo_0107.jpg"
+    image_id = ids_by_path(open_library)[path]
+    path.rename(away / path.name)
+    repaired = open_library.repair()
+    assert "dropped 1 row(s) of files gone from disk" in repaired.repairs and repaired.healthy
+    assert departed_ids(library_dir) == [image_id]
+
+    (away / path.name).rename(photos / "back.jpg")
+    report = open_library.index(photos)
+    assert (report.moved, report.embedded) == (1, 0)
+    assert ids_by_path(open_library)[photos / "back.jpg"] == image_id
+    assert open_library.check().healthy

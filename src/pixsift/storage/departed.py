@@ -7,9 +7,10 @@ kept its old id ("more like this") would lose it. So the first run keeps a depar
 content hash, size, old path, vector and decoded metadata, when), and the second, finding a new
 path with that content, inserts the image again under its old id with its old vector.
 
-Only rows an index run drops because their files are gone get a record: what the user removes
-on purpose (`forget`, deleting an image by id) is not kept, and a model change drops every
-record with the vectors (`set_model`).
+Only rows an index run (or `doctor --repair`) drops because their files are gone get a record:
+what the user removes on purpose is not kept (`forget` drops the records of what left the
+folder too; deleting an image by id keeps none), and a model change drops every record with
+the vectors (`set_model`).
 
 These functions run inside the caller's transaction (`CatalogWriter`, `Catalog._read`).
 """
