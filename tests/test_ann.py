@@ -230,6 +230,31 @@ def test_a_replaced_vector_is_found_by_its_new_value_only(synthetic: tuple[Libra
     assert [r.id for r in found].count(target) == 1  # one entry, never the old one twice
 
 
+def test_an_image_that_departs_and_comes_back_is_found_under_its_id(
+    synthetic: tuple[Library, Path], kind: IndexKind
+) -> None:
+    """An index run drops an image whose file is gone (one change of the search index), and a
+    later run gives it back its id and vector (another): each kind follows both, in place."""
+    library, folder = synthetic
+    ids, vectors = stored_vectors(folder)
+    target, vector = int(ids[5]), vectors[5]
+    write_vector(folder, target, vector)  # as an index run stores it: with a content hash ("x")
+    catalog = Catalog.open(folder / "library.db")
+    try:
+        with catalog.write() as batch:
+            batch.depart_images([target])
+        assert target not in [r.id for r in library.search_vector(vector, k=50)]
+        [gone] = catalog.departed_with_hashes(["x"])["x"]
+        with catalog.write() as batch:
+            batch.restore_departed(gone, "/synthetic/moved/a.jpg", size=1, mtime_ns=1)
+    finally:
+        catalog.close()
+    found = library.search_vector(vector, k=COUNT)
+    assert found[0].id == target and str(found[0].path) == "/synthetic/moved/a.jpg"
+    assert [r.id for r in found].count(target) == 1
+    assert library.index_summary().kind == kind.value  # changed in place, not rebuilt
+
+
 def test_the_index_survives_a_reopen_with_its_kind_and_tuning(
     synthetic: tuple[Library, Path], kind: IndexKind
 ) -> None:

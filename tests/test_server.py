@@ -796,6 +796,25 @@ def test_index_job_adds_new_files_under_a_root(own: tuple[Library, Path]) -> Non
         assert_error(http.post("/index", json={"paths": [str(photos / "gone")]}), 400, "invalid_path")
 
 
+def test_a_photo_moved_between_two_index_jobs_keeps_its_id(own: tuple[Library, Path]) -> None:
+    """A job over the folder a photo left, then one over the folder it went to: the photo keeps
+    the id a client stored, with its vector (no embedding)."""
+    library, photos = own
+    small = sorted((photos / "small").iterdir())
+    image_id = library._catalog.known_file(str(small[0])).id  # type: ignore[union-attr]
+    (photos / "album").mkdir()
+    small[0].rename(photos / "album" / small[0].name)
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        job = wait_for_job(http, http.post("/index", json={"paths": [str(photos / "small")]}).json()["id"])
+        assert job["state"] == "succeeded" and job["report"]["removed"] == 1
+        job = wait_for_job(http, http.post("/index", json={"paths": [str(photos / "album")]}).json()["id"])
+        assert job["state"] == "succeeded", job
+        assert (job["report"]["moved"], job["report"]["added"]) == (1, 0)
+        assert http.get(f"/images/{image_id}").json()["path"] == str(photos / "album" / small[0].name)
+        found = http.get("/search", params={"q": "x", "under": str(photos / "album")})
+        assert ids_of(found) == [image_id]  # the search index has it back
+
+
 def test_an_index_job_refuses_paths_that_are_not_absolute(
     own: tuple[Library, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

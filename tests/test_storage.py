@@ -341,6 +341,48 @@ def test_failures_recorded_before_schema_3_that_may_pass_are_retried(tmp_path: P
         catalog.close()
 
 
+def test_a_library_of_schema_3_keeps_departed_images_once_migrated(tmp_path: Path) -> None:
+    """Schema 4 adds the table of departed images: an image of a migrated library leaves, is
+    found by its content, and comes back under its id with its vector, as the search index's
+    change log says (removed, then added again)."""
+    path = tmp_path / "library.db"
+    vector = unit(3)
+    with old_library(path, 3) as db:
+        db.execute(
+            "INSERT INTO images (path, size, mtime_ns, content_hash, width, height, format, indexed_at) "
+            "VALUES (?, 10, 20, 'h3', 640, 480, 'JPEG', '2024-05-01T10:00:00+00:00')",
+            (b"/photos/a.jpg",),
+        )
+        db.execute("INSERT INTO embeddings VALUES (1, ?)", (vector.astype("<f4").tobytes(),))
+        db.execute(
+            "INSERT INTO model VALUES (1, 'test', 'none', NULL, ?, ?, '2024-05-01T10:00:00+00:00')",
+            (DIM, "f" * 16),
+        )
+    catalog = Catalog.open(path)
+    try:
+        assert catalog.schema_differences() == []
+        with catalog.write() as batch:
+            batch.depart_images([1])
+        assert catalog.images([1]) == {}
+        [gone] = catalog.departed_with_hashes(["h3"])["h3"]
+        assert (gone.id, gone.path, gone.size) == (1, "/photos/a.jpg", 10)
+        assert catalog.departed_sizes() == {10}
+        with catalog.write() as batch:
+            batch.restore_departed(gone, "/photos/2024/a.jpg", size=10, mtime_ns=30)
+        image = catalog.images([1])[1]
+        assert (image.path, image.mtime_ns, image.width) == ("/photos/2024/a.jpg", 30, 640)
+        assert np.array_equal(catalog.vectors([1])[1], vector)
+        assert catalog.departed_with_hashes(["h3"]) == {}
+        delta = catalog.vector_delta(0)
+        assert delta is not None and delta.upserted_ids.tolist() == [1] and delta.removed_ids.size == 0
+        assert add(catalog, "/photos/b.jpg", 8) == 2  # new images still take new ids
+    finally:
+        catalog.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+    db.close()
+
+
 def test_a_library_made_a_moment_ago_is_switched_to_wal_once_its_readers_let_it(tmp_path: Path) -> None:
     """The first open of a new library switches it to WAL, which needs the database to itself,
     and SQLite does not wait for that while another connection holds the write lock: another

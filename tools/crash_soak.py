@@ -276,6 +276,8 @@ class Soak:
         problems = []
         if not (self.library / "library.db").exists():
             return []  # killed before the database was made: nothing to check yet
+        if _live_and_departed(self.library):
+            problems.append("an image is both in the library and departed (two transactions)")
         with Library.open(self.library, create=False, device="cpu") as library:
             health = library.check(wait=0)
             for problem in health.problems:
@@ -379,6 +381,17 @@ class Soak:
         self.next_photo += 1
         size = self.rng.choice([(96, 72), (120, 90), (72, 96)])
         save(make_photo(self.next_photo, size), self.photos / (name or f"p{self.next_photo}.jpg"))
+
+
+def _live_and_departed(library: Path) -> int:
+    """How many ids are both a live image's and a departed record's: the row's delete and the
+    record are one transaction, so a kill must never leave any."""
+    query = "SELECT count(*) FROM departed JOIN images ON images.id = departed.image_id"
+    with sqlite3.connect(f"file:{library / 'library.db'}?mode=ro", uri=True, timeout=5) as db:
+        try:
+            return int(db.execute(query).fetchone()[0])
+        except sqlite3.OperationalError:  # killed before the schema was made
+            return 0
 
 
 def _embedding_count(library: Path) -> int:

@@ -251,9 +251,11 @@ def _file_state(path: str) -> str:
 def repair(catalog: Catalog, index_path: Path, policy: IndexPolicy | None = None) -> list[str]:
     """Fix what a check can find, short of a damaged database; returns what was done.
 
-    Rows of files gone from disk are dropped (not those under a folder that is not there),
-    vectors that fit nothing are dropped (their images are embedded again by the next index
-    run), and the search index is rebuilt from the stored vectors.
+    Rows of files gone from disk are dropped (not those under a folder that is not there) and
+    kept as departed records, as an index run keeps them (`storage/departed.py`), so a file
+    found moved by a later run gets its id and vector back; vectors that fit nothing are
+    dropped (their images are embedded again by the next index run), and the search index is
+    rebuilt from the stored vectors.
     """
     if catalog.lacks_schema():  # nothing can be read to repair from; check() says so
         return []
@@ -270,7 +272,7 @@ def repair(catalog: Catalog, index_path: Path, policy: IndexPolicy | None = None
     if orphans or misfits or gone:
         with catalog.write() as batch:
             batch.drop_vectors([*orphans, *misfits])
-            batch.delete_images(gone)
+            batch.depart_images(gone)  # as an index run would: found moved later, they come back
     if orphans:
         done.append(f"dropped {len(orphans)} vector(s) that belonged to no image")
     if misfits:

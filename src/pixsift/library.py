@@ -518,12 +518,16 @@ class Library:
             root = root_named(folder, roots)
             others = [other for other in roots if other != root]
             ids: set[int] = set()
-            if not any(is_within(root, other) for other in others):  # else only the root goes
+            whole = not any(is_within(root, other) for other in others)  # else only the root goes
+            inner = [other for other in others if is_within(other, root)]
+            if whole:
                 ids = set(self._catalog.ids_under(root).tolist())
-                for inner in (other for other in others if is_within(other, root)):
-                    ids -= set(self._catalog.ids_under(inner).tolist())
+                for folder in inner:
+                    ids -= set(self._catalog.ids_under(folder).tolist())
             with self._catalog.write() as batch:
                 batch.delete_images(sorted(ids))
+                if whole:  # what left the folder earlier is forgotten too: it never comes back
+                    batch.forget_departed_under(root, keep=inner)
                 batch.delete_root(root)
             if (model := self._catalog.model()) is not None:
                 self._index.refresh(model.embed_dim, save=True)

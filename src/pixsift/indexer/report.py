@@ -12,7 +12,7 @@ class IndexReport:
     unchanged: int = 0  # skipped without being opened (same size and mtime)
     added: int = 0  # new files embedded
     updated: int = 0  # changed files re-embedded
-    moved: int = 0  # files found under a new path: row, id and vector kept
+    moved: int = 0  # files found under a new path (or back after a run): id and vector kept
     reused: int = 0  # files identical to an indexed one: its vector copied
     touched: int = 0  # files whose timestamp changed but not their content
     removed: int = 0  # files gone from disk, dropped from the library

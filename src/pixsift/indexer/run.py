@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from pixsift.indexer.decode import default_max_pixels, describe_error, hash_file, is_vanished
 from pixsift.indexer.pipeline import Embedded, Outcome, Unreadable, embed_files
@@ -30,6 +31,7 @@ from pixsift.indexer.scan import (
 )
 from pixsift.models.embedder import Embedder
 from pixsift.storage.catalog import Catalog, CatalogWriter, StoredEmbedding
+from pixsift.storage.departed import DepartedImage
 from pixsift.storage.records import FreshEmbedding, KnownFile
 
 
@@ -94,6 +96,7 @@ class Indexer:
                 for root in roots:
                     if root.scope is None:  # only a whole root counts as indexed
                         batch.mark_root_indexed(root.path)
+                batch.purge_departed()
         except KeyboardInterrupt as interrupt:
             report.interrupted = True
             report.elapsed_s = time.monotonic() - started
@@ -175,10 +178,10 @@ class Indexer:
     def _settle_by_content(self, plan: IndexPlan, report: IndexReport) -> list[Candidate]:
         """Apply everything that needs no model; return the candidates left to embed."""
         hashes = self._hash_move_candidates(plan.candidates)
-        departed: dict[str | None, list[KnownFile]] = {}
+        leaving: dict[str, list[KnownFile]] = {}
         for row in plan.missing:
-            if row.has_vector:
-                departed.setdefault(row.content_hash, []).append(row)
+            if row.has_vector and row.content_hash is not None:  # (imports have no hash)
+                leaving.setdefault(row.content_hash, []).append(row)
         # Only a new path can be where a missing file went: a known path that now holds its
         # content is a copy, and must leave the missing row to a new path found later.
         arrived = {
@@ -186,20 +189,25 @@ class Indexer:
             for c in plan.candidates
             if c.known is None and c.file.path in hashes
         }
-        for row in self._gone_elsewhere(set(arrived.values()) - departed.keys()):
-            departed.setdefault(row.content_hash, []).append(row)
-        moves = _pair_moves(arrived, departed)
+        for row in self._gone_elsewhere(set(arrived.values()) - leaving.keys()):
+            leaving.setdefault(row.content_hash or "", []).append(row)  # (found by its hash)
+        moves = _pair_moves(arrived, leaving)
+        # A live row claims first; what no live row claims may be an image an earlier run
+        # found gone from its folder (walked before the folder it moved to).
+        unclaimed = {path: digest for path, digest in arrived.items() if path not in moves}
+        returns = _pair_moves(unclaimed, self._catalog.departed_with_hashes(unclaimed.values()))
         sources = self._catalog.embeddings_by_hash(hashes.values())  # read before any write
+        matches = _Matches(moves, returns, sources)
         gone = {row.id for row in plan.missing}
         to_embed: list[Candidate] = []
         with self._catalog.write() as batch:
             for candidate in plan.candidates:
                 content_hash = hashes.get(candidate.file.path)
                 if content_hash is None or not self._reuse(
-                    batch, candidate, content_hash, moves, sources, gone, report
+                    batch, candidate, content_hash, matches, gone, report
                 ):
                     to_embed.append(candidate)
-            batch.delete_images(gone)
+            batch.depart_images(gone)  # in this transaction: a kill keeps the rows or the records
             report.removed = len(gone)
         return to_embed
 
@@ -225,8 +233,7 @@ class Indexer:
         batch: CatalogWriter,
         candidate: Candidate,
         content_hash: str,
-        moves: dict[str, KnownFile],
-        sources: dict[str, StoredEmbedding],
+        matches: _Matches,
         gone: set[int],
         report: IndexReport,
     ) -> bool:
@@ -236,13 +243,18 @@ class Indexer:
             batch.touch_image(known.id, size=file.size, mtime_ns=file.mtime_ns)
             report.touched += 1
             return True
-        moved_from = moves.get(file.path)
+        moved_from = matches.moves.get(file.path)
         if moved_from is not None:
             batch.move_image(moved_from.id, file.path, size=file.size, mtime_ns=file.mtime_ns)
             gone.discard(moved_from.id)
             report.moved += 1
             return True
-        source = sources.get(content_hash)
+        returning = matches.returns.get(file.path)
+        if returning is not None:  # moved out of a folder an earlier run walked: same id, vector
+            batch.restore_departed(returning, file.path, size=file.size, mtime_ns=file.mtime_ns)
+            report.moved += 1
+            return True
+        source = matches.sources.get(content_hash)
         if source is None:
             return False
         if known is None:
@@ -262,7 +274,7 @@ class Indexer:
         """
         if not candidates:  # an unchanged re-run: no need to read the size of every image
             return {}
-        sizes = self._catalog.sizes_with_vectors()
+        sizes = self._catalog.sizes_with_vectors() | self._catalog.departed_sizes()
         paths = [c.file.path for c in candidates if c.file.size in sizes]
         if not paths:
             return {}
@@ -397,17 +409,39 @@ def _store(batch: CatalogWriter, outcomes: Sequence[Outcome[Candidate]], report:
     batch.save_embeddings(fresh)
 
 
-def _pair_moves(arrived: dict[str, str], departed: dict[str | None, list[KnownFile]]) -> dict[str, KnownFile]:
-    """Which departed row each arrived path (new, with its content hash) is, when it is one.
+@dataclass(frozen=True)
+class _Matches:
+    """What a new path's content may already be, by path: a live row that moved (`moves`), an
+    image a run found gone (`returns`); by content hash: an embedded image (`sources`)."""
+
+    moves: dict[str, KnownFile]
+    returns: dict[str, DepartedImage]
+    sources: dict[str, StoredEmbedding]
+
+
+class _Row(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def path(self) -> str: ...
+
+
+R = TypeVar("R", bound=_Row)
+
+
+def _pair_moves(arrived: dict[str, str], departed: Mapping[str, list[R]]) -> dict[str, R]:
+    """Which departed row each arrived path (new, with its content hash) is, when it is one: a
+    live row whose file is gone, or the record of an image an earlier run found gone.
 
     Identical copies moved together (`mv a.jpg a-copy.jpg ~/Photos/`) share a hash: each
     takes the row of its own name first, so each keeps its own id; then any row of that
     content still unclaimed, in walk order (a file moved and renamed).
     """
-    moves: dict[str, KnownFile] = {}
+    moves: dict[str, R] = {}
     claimed: set[int] = set()
 
-    def claim(path: str, rows: list[KnownFile]) -> None:
+    def claim(path: str, rows: list[R]) -> None:
         if rows:
             moves[path] = rows[0]
             claimed.add(rows[0].id)
@@ -425,7 +459,7 @@ def _pair_moves(arrived: dict[str, str], departed: dict[str | None, list[KnownFi
 def _forget_vanished(batch: CatalogWriter, vanished: Sequence[Candidate], report: IndexReport) -> None:
     """Drop the rows of files deleted during the run; a new one is simply not added."""
     known = [c.known.id for c in vanished if c.known is not None]
-    batch.delete_images(known)
+    batch.depart_images(known)
     report.removed += len(known)
     report.vanished += len(vanished)
 

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from pixsift.errors import LibraryClosedError, LibraryNotFoundError
 from pixsift.models.spec import ModelRecord, ModelSpec
+from pixsift.storage import departed
 from pixsift.storage.catalog_reader import GENERATION_KEY, blob_to_vector
 from pixsift.storage.database import (
     failed_write_error,
@@ -234,6 +235,16 @@ class Catalog:
         query = select(Image.size).join(Embedding, Embedding.image_id == Image.id).distinct()
         with self._read() as session:
             return set(session.scalars(query))
+
+    def departed_sizes(self) -> set[int]:
+        """File sizes of departed images (see `departed.py`): a file of one may be coming back."""
+        with self._read() as session:
+            return departed.sizes(session)
+
+    def departed_with_hashes(self, hashes: Iterable[str]) -> dict[str, list[departed.DepartedImage]]:
+        """The departed images of each of these content hashes, the latest departed first."""
+        with self._read() as session:
+            return departed.with_hashes(session, hashes, utcnow())
 
     def embeddings_by_hash(self, hashes: Iterable[str]) -> dict[str, StoredEmbedding]:
         """For each content hash, the vector and metadata of one embedded image that has it.
@@ -465,6 +476,7 @@ class CatalogWriter:
         if existing is not None:
             self._changed_ids.update(self._session.scalars(select(Embedding.image_id)))
             self._session.execute(delete(Embedding))
+            departed.forget_all(self._session)  # made by that model too: never to come back
             self._session.delete(existing)
             self._session.flush()
         spec = record.spec
@@ -691,6 +703,26 @@ class CatalogWriter:
         for before, after in roots:
             self._session.execute(update(Root).where(Root.path == before).values(path=after))
         return len(rows)
+
+    def depart_images(self, ids: Iterable[int]) -> None:
+        """Delete the images of files found gone from disk, keeping a departed record of each
+        embedded one, so that a later run finding its file moved gives back its id and vector."""
+        wanted = [int(i) for i in ids]
+        departed.record(self._session, wanted)
+        self.delete_images(wanted)
+
+    def restore_departed(self, image: departed.DepartedImage, path: str, *, size: int, mtime_ns: int) -> None:
+        """Bring a departed image back at `path`, under its old id, with its old vector."""
+        departed.restore(self._session, image, path, size=size, mtime_ns=mtime_ns)
+        self._changed_ids.add(image.id)
+
+    def purge_departed(self) -> None:
+        """Drop the departed records past their retention or beyond the cap (see `departed.py`)."""
+        departed.purge(self._session, utcnow())
+
+    def forget_departed_under(self, folder: str, keep: Sequence[str] = ()) -> None:
+        """Drop the departed records of images that were inside `folder`, except inside `keep`."""
+        departed.forget_under(self._session, *folder_prefix_range(folder), keep)
 
     def delete_images(self, ids: Iterable[int]) -> None:
         wanted = [int(i) for i in ids]

@@ -106,6 +106,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        4,
+        "departed: images whose files an index run found gone, so a later run finding them moved "
+        "gives back their ids and vectors",
+        (
+            """
+            CREATE TABLE departed (
+                image_id INTEGER NOT NULL PRIMARY KEY,
+                content_hash VARCHAR(64) NOT NULL,
+                size INTEGER NOT NULL,
+                path BLOB NOT NULL,
+                vector BLOB NOT NULL,
+                width INTEGER,
+                height INTEGER,
+                format VARCHAR(16),
+                taken_at VARCHAR(19),
+                departed_at VARCHAR(32) NOT NULL
+            )
+            """,
+            "CREATE INDEX ix_departed_content_hash ON departed (content_hash)",
+            "CREATE INDEX ix_departed_size ON departed (size)",
+            "CREATE INDEX ix_departed_departed_at ON departed (departed_at)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

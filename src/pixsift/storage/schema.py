@@ -90,6 +90,27 @@ class Embedding(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class Departed(Base):
+    """An embedded image that an index run found gone from disk, kept a while so that a later
+    run finding its content at a new path gives it back its id and vector (see `departed.py`).
+
+    Its id is no live image's: ids are never reused, and it is removed when the image returns.
+    """
+
+    __tablename__ = "departed"
+
+    image_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(index=True)
+    path: Mapped[str] = mapped_column(FsPath)  # where it was: a name to pair identical copies by
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # the bytes it had in `embeddings`
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+    format: Mapped[str | None] = mapped_column(String(16))
+    taken_at: Mapped[str | None] = mapped_column(String(19))
+    departed_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
 class VectorChange(Base):
     """One image whose vector was added, replaced or removed at a given generation."""
 
