@@ -294,3 +294,23 @@ def test_rows_doctor_repair_drops_come_back_when_their_files_are_found(
     assert (report.moved, report.embedded) == (1, 0)
     assert ids_by_path(open_library)[photos / "back.jpg"] == image_id
     assert open_library.check().healthy
+
+
+def test_a_relocated_folder_takes_its_departed_records_along(
+    open_library: Library, library_dir: Path, photos: Path, inbox: Path, away: Path, tiny_model: TinyModel
+) -> None:
+    """After `relocate`, the records of what left the folder name its new place: forgetting
+    the folder there drops them, as it would had the folder never moved."""
+    index(open_library, tiny_model, inbox, photos)
+    gone = inbox / "photo_0100.jpg"
+    gone_id = ids_by_path(open_library)[gone]
+    gone.rename(away / gone.name)
+    open_library.index(inbox)
+    assert departed_ids(library_dir) == [gone_id]
+
+    moved = inbox.with_name("Inbox-2025")
+    inbox.rename(moved)
+    assert open_library.relocate(inbox, moved) == 1
+    assert sql(library_dir, "SELECT path FROM departed") == [(str(moved / gone.name).encode(),)]
+    open_library.forget(moved)
+    assert departed_ids(library_dir) == []

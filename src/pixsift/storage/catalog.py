@@ -691,17 +691,27 @@ class CatalogWriter:
         other column stay, so the search index needs no change. Returns how many images moved.
 
         Done on the stored bytes, so a name that is not UTF-8 keeps its bytes. The caller
-        makes sure nothing lies under `new` yet (a path there would collide)."""
+        makes sure nothing lies under `new` yet (a path there would collide).
+
+        The departed records under `old` move too: `forget` of the folder at its new place
+        must drop them, as it drops those of a folder never moved."""
+        moved = self._move_prefix("images", "id", old, new)
+        self._move_prefix("departed", "image_id", old, new)
+        for before, after in roots:
+            self._session.execute(update(Root).where(Root.path == before).values(path=after))
+        return moved
+
+    def _move_prefix(self, table: str, key: str, old: bytes, new: bytes) -> int:
+        """Rewrite the paths of `table` that start with the folder prefix `old` to start with
+        `new`; returns how many rows changed. (`table` and `key` are ours, never user input.)"""
         connection = self._session.connection()
         high = old[:-1] + bytes([old[-1] + 1])  # as folder_prefix_range: "/a/Photos0"
         rows = connection.exec_driver_sql(
-            "SELECT id, path FROM images WHERE path >= ? AND path < ?", (old, high)
+            f"SELECT {key}, path FROM {table} WHERE path >= ? AND path < ?", (old, high)
         ).all()
         if rows:
-            moved = [(new + bytes(path)[len(old) :], image_id) for image_id, path in rows]
-            connection.exec_driver_sql("UPDATE images SET path = ? WHERE id = ?", moved)
-        for before, after in roots:
-            self._session.execute(update(Root).where(Root.path == before).values(path=after))
+            moved = [(new + bytes(path)[len(old) :], row_id) for row_id, path in rows]
+            connection.exec_driver_sql(f"UPDATE {table} SET path = ? WHERE {key} = ?", moved)
         return len(rows)
 
     def depart_images(self, ids: Iterable[int]) -> None:
