@@ -69,7 +69,7 @@ def test_a_query_file_saved_with_a_byte_order_mark_is_read(indexed: Library, tmp
     queries.write_text('{"query": "anything at all", "relevant": ["Photos/*.jpg"]}\n', encoding="utf-8-sig")
     result = runner.invoke(app, ["eval", str(queries), "--library", str(indexed.path)])
     assert result.exit_code == 0, result.output
-    assert "1 queries on 13 images" in result.output
+    assert "1 query on 13 images" in result.output
 
 
 def test_a_relevant_file_named_with_brackets_is_found(indexed: Library, photos: Path, tmp_path: Path) -> None:
@@ -124,7 +124,7 @@ def test_eval_command_prints_a_table_and_json(indexed: Library, photos: Path, tm
     library = ["--library", str(indexed.path)]
     table = runner.invoke(app, ["eval", str(queries), *library])
     assert table.exit_code == 0, table.output
-    assert "1 queries on 13 images" in table.output
+    assert "1 query on 13 images" in table.output
     assert "recall         1.000   1.000   1.000" in table.output
 
     as_json = runner.invoke(app, ["eval", str(queries), *library, "--format", "json", "--cutoffs", "2,1"])

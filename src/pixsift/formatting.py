@@ -211,8 +211,9 @@ def status_as_json(status: LibraryStatus, failures: Sequence[Failure] | None) ->
 def format_eval(report: EvalReport) -> str:
     """The evaluation as a small table: recall and precision at each cut-off, then MRR and latency."""
     header = "".join(f"{'@' + str(k):>8}" for k in report.cutoffs)
+    queries = "1 query" if len(report.per_query) == 1 else f"{len(report.per_query)} queries"
     lines = [
-        f"{len(report.per_query)} queries on {report.images:,} images, model {report.model}",
+        f"{queries} on {report.images:,} images, model {report.model}",
         "",
         f"{'':<12}{header}",
         f"{'recall':<12}" + "".join(f"{report.recall(k):>8.3f}" for k in report.cutoffs),
