@@ -24,7 +24,7 @@ from typer.core import TyperGroup
 
 from pixsift import __version__
 from pixsift.config import LOCK_WAIT_S
-from pixsift.errors import LibraryBusyError, PixsiftError
+from pixsift.errors import LibraryBusyError, PixsiftError, given_path
 from pixsift.formatting import ResultFormat, StatusFormat
 
 if TYPE_CHECKING:
@@ -723,8 +723,7 @@ def _outside_roots_hint(library: str | None, under: str | None) -> str:
         return ""
     if reaches_a_root(under, roots):
         return ""
-    folder = os.path.abspath(os.path.expanduser(under))
-    return f" {folder} is not inside an indexed folder (indexed: {', '.join(roots) or 'none'})."
+    return f" {given_path(under)} is not inside an indexed folder (indexed: {', '.join(roots) or 'none'})."
 
 
 @contextmanager

@@ -647,7 +647,7 @@ class Library:
         if not os.fspath(query_file).strip():  # Path("") would be the working directory
             raise QueryError("The query file path is empty: name a query file (JSONL, one query a line).")
         record = self._require_model()
-        queries = read_queries(Path(query_file).expanduser())
+        queries = read_queries(query_file)
 
         def run(query: LabelledQuery, k: int) -> list[SearchResult]:
             if query.text is not None:
