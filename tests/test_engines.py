@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +18,9 @@ import pytest
 from PIL import Image
 
 from conftest import TinyModel, run_cli
+from pixsift import Library
 from pixsift.indexer.decode import default_max_pixels, load_image
+from pixsift.indexer.progress import LOADING_PHASE
 from pixsift.models.clip import ClipEmbedder
 from pixsift.models.embedder import Embedder
 from pixsift.models.loading import load_embedder
@@ -23,6 +28,7 @@ from pixsift.models.naming import resolve_model_spec
 from pixsift.models.onnx_embedder import OnnxEmbedder
 from pixsift.models.onnx_export import COSINE_BAR, Export, export_folder, read_export
 from pixsift.models.pixels import PixelConfig, preprocess
+from pixsift.models.preparing import PREPARING_PHASE, preparing_message
 from pixsift.models.spec import ModelSpec
 
 
@@ -325,6 +331,109 @@ def test_the_command_prints_a_model_warning_as_its_own_lines(
     script = "import logging, pixsift.cli; print(logging.getLogger().handlers)"
     imported = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert imported.stdout == "[]\n"
+
+
+class Phases:
+    """An index run's progress listener that records the phases begun and ended."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def start(self, phase: str, total: int | None = None) -> None:
+        self.events.append(phase)
+
+    def advance(self, steps: int = 1) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.events.append("(end)")
+
+    def around_the_model(self) -> list[str]:
+        """The phases from the model's loading to the embedding, each with its end."""
+        first = self.events.index(LOADING_PHASE)
+        return self.events[first : self.events.index("Embedding", first)]
+
+
+def test_a_models_first_use_is_a_phase_of_its_own(
+    tiny_model: TinyModel, other_tiny_checkpoint: Path, photos: Path, tmp_path: Path
+) -> None:
+    """Exporting a model takes a minute for ViT-B-32, once: an index run says so in its own
+    phase, not under "Loading model", and a run with the export cached does not."""
+    first, again, reembedded = Phases(), Phases(), Phases()
+    with Library.open(tmp_path / "first") as library:
+        library.index(
+            photos, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint), progress=first
+        )
+    assert first.around_the_model() == [LOADING_PHASE, "(end)", PREPARING_PHASE, "(end)"]
+    with Library.open(tmp_path / "second") as library:
+        library.index(
+            photos, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint), progress=again
+        )
+        # --reembed loads the new model before anything else: its first use is said there too
+        other = str(other_tiny_checkpoint)
+        library.index(
+            photos, model=str(tiny_model.config), pretrained=other, reembed=True, progress=reembedded
+        )
+    assert again.around_the_model() == [LOADING_PHASE, "(end)"]
+    assert reembedded.events[:4] == [LOADING_PHASE, "(end)", PREPARING_PHASE, "(end)"]
+    assert PREPARING_PHASE not in reembedded.events[4:]
+
+
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+
+
+def run_cli_on_a_terminal(*args: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """The `pixsift` command with its stderr on a terminal (a pseudo-terminal), as in a shell:
+    what it printed to stdout, and to the terminal without its escape codes."""
+    terminal, its_side = pty.openpty()
+    transcript: list[bytes] = []
+
+    def read() -> None:  # drained as it comes: a full terminal buffer would stop the command
+        while True:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # the command ended, closing its side
+                return
+            if not chunk:
+                return
+            transcript.append(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-m", "pixsift", *args], stdout=subprocess.PIPE, stderr=its_side, text=True
+        ) as command:
+            os.close(its_side)
+            stdout, _ = command.communicate(timeout=180)
+        reader.join(timeout=10)
+    finally:
+        os.close(terminal)
+    shown = _ESCAPES.sub("", b"".join(transcript).decode("utf-8", "replace"))
+    return subprocess.CompletedProcess(command.args, command.returncode, stdout, ""), shown
+
+
+def test_the_command_says_a_models_first_use_takes_longer(
+    tiny_model: TinyModel, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal, the first index run with a model shows the one-time setup among its
+    progress bars, and a search that has to export the model says so in a line; later runs,
+    with the export cached, show neither."""
+    library = ["--library", str(tmp_path / "lib")]
+    indexed, shown = run_cli_on_a_terminal("index", str(photos), *library, *tiny_model.index_args())
+    assert indexed.returncode == 0, shown
+    assert PREPARING_PHASE in shown and "Embedding" in shown
+    other = ["--library", str(tmp_path / "other")]
+    indexed, shown = run_cli_on_a_terminal("index", str(photos), *other, *tiny_model.index_args())
+    assert indexed.returncode == 0, shown
+    assert LOADING_PHASE in shown and PREPARING_PHASE not in shown
+    monkeypatch.setenv("PIXSIFT_CACHE_DIR", str(tmp_path / "emptied-cache"))
+    searched, shown = run_cli_on_a_terminal("search", "a dog", *library, "--format", "paths")
+    assert searched.returncode == 0, shown
+    assert shown == preparing_message(tiny_spec(tiny_model)) + "\n"
+    assert len(searched.stdout.splitlines()) == 10
+    searched, shown = run_cli_on_a_terminal("search", "a dog", *library, "--format", "paths")
+    assert (searched.returncode, shown) == (0, "")
 
 
 def test_an_install_without_onnx_runtime_leaves_the_cache_alone(

@@ -3,11 +3,12 @@ checked against a brute-force reference computed here from the metadata written.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -311,6 +312,71 @@ def test_date_filters_through_the_library(dated_photos: Path, tiny_model: TinyMo
         assert [r.path.name for r in old] == [first.name]
         recent = library.search("x", k=20, filters=SearchFilters(after="2022-01-01"))
         assert len(recent) == 11 and first.name not in {r.path.name for r in recent}
+
+
+NS = 1_000_000_000
+# File times around 10:00:00 local time, in nanoseconds from that second: whole, a microsecond
+# on, a fraction below a microsecond, either side of the half second, the last nanosecond.
+SUB_SECOND_OFFSETS = (0, 999, 1_000, 250_000_000, 499_999_999, 500_000_000, 500_000_001, NS - 1, NS)
+
+
+def taken_exactly(path: Path) -> tuple[datetime, int]:
+    """When `path` was taken, exactly: the local second, and the nanoseconds past it; an EXIF
+    date (to the second) wins over the file time."""
+    exif = exif_taken_at(path)
+    if exif is not None:
+        return datetime.fromisoformat(exif), 0
+    ns = path.stat().st_mtime_ns
+    return datetime.fromtimestamp(ns // NS), ns % NS
+
+
+def in_range(taken: tuple[datetime, int], after: datetime | None, before: datetime | None) -> bool:
+    """The reference: on or after `after`, strictly before `before`, to the nanosecond."""
+
+    def exact(bound: datetime) -> tuple[datetime, int]:
+        return bound.replace(microsecond=0), bound.microsecond * 1000
+
+    return (after is None or taken >= exact(after)) and (before is None or taken < exact(before))
+
+
+def test_date_filters_compare_fractions_of_a_second(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """A bound's fraction of a second was cut off: `after=10:00:00.5` let in a file modified at
+    10:00:00.2, `before=10:00:00.5` left it out, and after 10:00:00.3 with before 10:00:00.6 was
+    refused as empty. Checked against a reference on real files, EXIF-dated and from before
+    1970 among them, for bounds either side of every file's time."""
+    files = sorted(photos.glob("*.jpg"))
+    second = int(datetime(2024, 5, 1, 10).timestamp()) * NS
+    times = [second + offset for offset in SUB_SECOND_OFFSETS]
+    times += [-NS // 4, -NS]  # a quarter of a second, and a whole one, before 1970 began
+    for path, ns in zip(files, times, strict=False):
+        os.utime(path, ns=(ns, ns))
+    exif_dated = files[len(times)]  # to the second, with a file time far from it
+    with_exif_date(exif_dated, exif_dated, "2024:05:01 10:00:01")
+    os.utime(exif_dated, ns=(second + NS // 2, second + NS // 2))
+    taken = {path.name: taken_exactly(path) for path in files}
+    moments = {moment + timedelta(microseconds=ns // 1000) for moment, ns in taken.values()}
+    bounds = sorted(
+        {moment + timedelta(microseconds=shift) for moment in moments for shift in (-1, 0, 1, 300_000)}
+    )
+    with indexed_library(tmp_path / "library", photos, tiny_model) as library:
+
+        def found(after: datetime | None, before: datetime | None) -> list[str]:
+            filters = SearchFilters(after=after, before=before)
+            # as ISO text, as the command line and the server pass them: the same filters
+            assert filters == SearchFilters(
+                after=after and after.isoformat(), before=before and before.isoformat()
+            )
+            return sorted(result.path.name for result in library.search("x", k=50, filters=filters))
+
+        for bound in bounds:
+            for after, before in ((bound, None), (None, bound)):
+                expected = sorted(name for name, when in taken.items() if in_range(when, after, before))
+                assert found(after, before) == expected, (after, before)
+        for after, before in itertools.pairwise(bounds):  # every narrow range
+            expected = sorted(name for name, when in taken.items() if in_range(when, after, before))
+            assert found(after, before) == expected, (after, before)
 
 
 def test_under_a_folder_reached_through_links_finds_its_images(

@@ -781,7 +781,7 @@ def test_index_job_adds_new_files_under_a_root(own: tuple[Library, Path]) -> Non
         job = wait_for_job(http, started.json()["id"])
         assert job["state"] == "succeeded", job
         assert job["report"]["added"] == 4 and job["report"]["removed"] == 0
-        assert job["phase"] == "Embedding" and job["done"] == job["total"] == 4
+        assert job["phase"] is None and job["done"] == job["total"] == 4  # ended: of its last phase
         found = http.get("/search", params={"q": "x", "k": 50, "under": str(photos / "new")}).json()[
             "results"
         ]
@@ -909,6 +909,28 @@ def test_a_client_cancels_a_job_that_waits_for_another_run(own: tuple[Library, P
             waiting = http.post("/index", json={}).json()["id"]  # no longer 409 job_running
             wait_for_phase(http, waiting, "Waiting for another index run")
         assert wait_for_job(http, waiting)["state"] == "succeeded"
+
+
+def test_a_job_that_has_ended_reports_no_phase(own: tuple[Library, Path]) -> None:
+    """A job that succeeded, was cancelled or failed kept the phase it was in last ("Embedding",
+    "Waiting for another index run") beside its final state, as if still under way."""
+    library, photos = own
+    write_photos(photos / "new", 2, size=(320, 240), seed=960)
+    other_process = FileLock(library.path / "library.lock", thread_local=False)
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        job = wait_for_job(http, http.post("/index", json={"paths": [str(photos / "new")]}).json()["id"])
+        assert (job["state"], job["phase"], job["done"], job["total"]) == ("succeeded", None, 2, 2)
+        with other_process:  # a `pixsift index` in another process
+            cancelled = http.post("/index", json={}).json()["id"]
+            wait_for_phase(http, cancelled, "Waiting for another index run")
+            assert http.delete(f"/jobs/{cancelled}").json()["phase"] == "Waiting for another index run"
+            job = wait_for_job(http, cancelled, timeout=10)
+            assert (job["state"], job["phase"]) == ("cancelled", None)
+            failed = http.post("/index", json={"paths": [str(photos / "new")]}).json()["id"]
+            wait_for_phase(http, failed, "Waiting for another index run")
+            shutil.rmtree(photos / "new")
+        job = wait_for_job(http, failed)
+        assert (job["state"], job["phase"]) == ("failed", None), job
 
 
 def test_a_job_cancelled_while_it_embeds_keeps_what_it_committed(own: tuple[Library, Path]) -> None:

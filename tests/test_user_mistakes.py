@@ -404,6 +404,55 @@ def test_a_file_as_the_folder_to_search_under_is_named_a_file(library: Library) 
         )
 
 
+def test_a_path_in_a_message_is_named_as_written_and_where_it_was_looked_for(
+    library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages named a path the user gave three ways: as typed ("./missing" by forget), cut
+    down ("missing" by index and --under) or absolute (similar, the --under hint). Now as
+    typed, with the absolute path it was read as when that differs; an absolute one as it is."""
+    folder = library.path.parent
+    monkeypatch.chdir(folder)
+    photo = next(path.name for path in (folder / "Photos").glob("*.jpg"))
+    (folder / "Elsewhere").mkdir(exist_ok=True)
+    lib = ["--library", str(library.path)]
+    not_indexed = f"is not an indexed folder (indexed folders: {folder / 'Photos'})."
+
+    def said(where: str) -> str:
+        return f"./{where} ({folder / where})"
+
+    for command, message in (
+        (["index", "./missing"], f"Folder {said('missing')} does not exist."),
+        (
+            ["index", f"./Photos/{photo}"],
+            f"{said(f'Photos/{photo}')} is not a folder; give the folder that holds it.",
+        ),
+        (["forget", "./missing"], f"{said('missing')} {not_indexed}"),
+        (["relocate", "./missing", "./Elsewhere"], f"{said('missing')} {not_indexed}"),
+        (
+            ["relocate", "./Photos", "./missing"],
+            f"Folder {said('missing')} does not exist: move the folder there first.",
+        ),
+        (["similar", "./missing.jpg"], f"Image {said('missing.jpg')} not found."),
+        (["similar", "./Elsewhere"], f"Cannot read image {said('Elsewhere')}: it is not a file."),
+        (
+            ["search", "a cat", "--under", "./missing"],
+            f"The folder to search under, {said('missing')}, does not exist.",
+        ),
+        (["eval", "./missing.jsonl"], f"Query file {said('missing.jsonl')} not found."),
+        (
+            ["forget", "~/no-such-folder"],
+            f"~/no-such-folder ({Path.home() / 'no-such-folder'}) {not_indexed}",
+        ),
+        (["index", str(folder / "missing")], f"Folder {folder / 'missing'} does not exist."),
+        (["similar", str(folder / "missing.jpg")], f"Image {folder / 'missing.jpg'} not found."),
+    ):
+        result = runner.invoke(app, [*command, *lib])
+        assert (result.exit_code, result.stderr) == (1, f"error: {message}\n"), command
+    outside = runner.invoke(app, ["search", "a cat", "--under", "./Elsewhere", *lib])
+    hint = f"{said('Elsewhere')} is not inside an indexed folder (indexed: {folder / 'Photos'})."
+    assert outside.stderr == f"No matching images. {hint}\n"
+
+
 # ---- weights on --plus and --minus -------------------------------------------------------------
 
 

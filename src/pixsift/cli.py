@@ -24,7 +24,7 @@ from typer.core import TyperGroup
 
 from pixsift import __version__
 from pixsift.config import LOCK_WAIT_S
-from pixsift.errors import LibraryBusyError, PixsiftError
+from pixsift.errors import LibraryBusyError, PixsiftError, given_path
 from pixsift.formatting import ResultFormat, StatusFormat
 
 if TYPE_CHECKING:
@@ -249,6 +249,20 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_USER_ERROR) from None
 
 
+@contextmanager
+def _first_use_explained() -> Iterator[None]:
+    """A command without progress bars (search, similar, eval, serve) says on stderr why a
+    model's first use waits (its export, a minute for ViT-B-32) and that later runs will not.
+    Only on a terminal, as index shows its phases: a script's stderr stays as it was."""
+    from pixsift.models.preparing import listen_for_preparing, preparing_message
+
+    if not sys.stderr.isatty():
+        yield
+        return
+    with listen_for_preparing(lambda spec: typer.echo(preparing_message(spec), err=True)):
+        yield
+
+
 def _open(
     library: str | None, *, create: bool = False, device: str = "auto", engine: Engine = Engine.auto
 ) -> Library:
@@ -383,7 +397,7 @@ def search(
     """Images that match TEXT, best first."""
     from pixsift.search.quick import search_once  # one search per process: the quick path
 
-    with _user_errors():
+    with _user_errors(), _first_use_explained():
         results = search_once(
             text,
             limit,
@@ -563,7 +577,7 @@ def evaluate(
     """How well the library answers labelled queries: recall@k, precision@k, MRR, latency."""
     from pixsift.formatting import eval_as_json, format_eval
 
-    with _user_errors(), _open(library, device=device, engine=engine) as lib:
+    with _user_errors(), _first_use_explained(), _open(library, device=device, engine=engine) as lib:
         report = lib.evaluate(queries, _cutoffs(cutoffs))
     typer.echo(eval_as_json(report) if output is StatusFormat.json else format_eval(report))
 
@@ -632,7 +646,7 @@ def serve(
             max_megapixels=max_megapixels,
             max_concurrent_uploads=max_concurrent_uploads,
         )
-        with _open(library, device=device, engine=engine) as lib:
+        with _first_use_explained(), _open(library, device=device, engine=engine) as lib:
             run_server(lib, host, port, settings)
 
 
@@ -695,7 +709,7 @@ def _query(
     under: str | None = None,
 ) -> None:
     """Open the library, run one query on it, print the results."""
-    with _user_errors(), _open(library, device=device, engine=engine) as lib:
+    with _user_errors(), _first_use_explained(), _open(library, device=device, engine=engine) as lib:
         results = run(lib)
     _print_results(results, output, _outside_roots_hint(library, under) if not results else "")
 
@@ -725,8 +739,7 @@ def _outside_roots_hint(library: str | None, under: str | None) -> str:
         return ""
     if reaches_a_root(under, roots):
         return ""
-    folder = os.path.abspath(os.path.expanduser(under))
-    return f" {folder} is not inside an indexed folder (indexed: {', '.join(roots) or 'none'})."
+    return f" {given_path(under)} is not inside an indexed folder (indexed: {', '.join(roots) or 'none'})."
 
 
 @contextmanager

@@ -5,6 +5,8 @@ The core raises; only the command line prints them and chooses exit codes.
 
 from __future__ import annotations
 
+import os
+
 
 class PixsiftError(Exception):
     """Base class: anything a user can cause and fix. `str(error)` is the message to show."""
@@ -87,6 +89,18 @@ class ImageTooLargeError(ImageError):
 
 class ImageNotFoundError(PixsiftError):
     """An image id that the library does not hold (never indexed, or removed since)."""
+
+
+def given_path(path: str | os.PathLike[str]) -> str:
+    """A path the user gave, as a message names it. The rule for every message about a path
+    given on the command line or to the library: the path as written, followed by the absolute
+    path it was read as when the two differ (a relative path, `~`, `..`), so the user sees
+    both what they typed and where pixsift looked: "./Photso (/home/me/Photso)". Links are not
+    resolved: the user did not write where they lead. (A library's own folder, and folders
+    the library stores, are named as the library holds them: absolute.)"""
+    written = os.fspath(path)
+    absolute = os.path.abspath(os.path.expanduser(written))
+    return written if absolute == written else f"{written} ({absolute})"
 
 
 class AccessDeniedError(InvalidPathError):

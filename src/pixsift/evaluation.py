@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixsift.errors import ImageError, InvalidPathError, QueryError
+from pixsift.errors import ImageError, InvalidPathError, QueryError, given_path
 from pixsift.search.query import QueryTerm
 from pixsift.search.results import SearchResult
 
@@ -134,26 +134,27 @@ class EvalReport:
         }
 
 
-def read_queries(path: Path) -> list[LabelledQuery]:
+def read_queries(query_file: str | os.PathLike[str]) -> list[LabelledQuery]:
     """Parse a query file, with an error naming the line for anything malformed."""
+    path, named = Path(query_file).expanduser(), given_path(query_file)
     try:
         # utf-8-sig: editors on Windows (Notepad, PowerShell 5's Out-File) start the file with a BOM
         # split("\n"), not splitlines(): JSON text may hold U+2028, U+0085 and the like unescaped,
         # which splitlines() takes for line ends (a trailing "\r" is whitespace to json.loads)
         lines = path.read_text(encoding="utf-8-sig").split("\n")
     except FileNotFoundError:
-        raise QueryError(f"Query file {path} not found.") from None
+        raise QueryError(f"Query file {named} not found.") from None
     except IsADirectoryError:
-        raise QueryError(f"{path} is a folder; give a query file (JSONL, one query a line).") from None
+        raise QueryError(f"{named} is a folder; give a query file (JSONL, one query a line).") from None
     except UnicodeDecodeError:  # an image or another binary file given by mistake
-        raise QueryError(f"{path} is not a query file: not UTF-8 text (JSONL, one query a line).") from None
+        raise QueryError(f"{named} is not a query file: not UTF-8 text (JSONL, one query a line).") from None
     except OSError as exc:  # the reason alone: Python's text repeats the path, with its errno
         reason = (exc.strerror or type(exc).__name__).lower()
-        raise QueryError(f"Cannot read query file {path}: {reason}.") from exc
+        raise QueryError(f"Cannot read query file {named}: {reason}.") from exc
     base = path.resolve().parent
     queries = [_parse_line(number, line, base) for number, line in enumerate(lines, 1) if line.strip()]
     if not queries:
-        raise QueryError(f"Query file {path} has no queries.")
+        raise QueryError(f"Query file {named} has no queries.")
     return queries
 
 

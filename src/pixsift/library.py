@@ -45,6 +45,7 @@ from pixsift.indexer import IndexProgress, IndexReport
 from pixsift.indexer.decode import default_max_pixels
 from pixsift.indexer.library_run import index_library
 from pixsift.indexer.lock import WriteLock
+from pixsift.indexer.progress import SilentProgress, model_loading
 from pixsift.indexer.roots import caller_path, drop_roots_except, root_named, root_requests, scoped_request
 from pixsift.indexer.run import RootRequest
 from pixsift.indexer.scan import is_within
@@ -208,7 +209,7 @@ class Library:
             # `pixsift index` cannot index them with the default model instead.
             roots_before = None if self._catalog.model() else {r.path for r in self._catalog.roots()}
             try:
-                embedder = self._embedder_for_indexing(model, pretrained, reembed)
+                embedder = self._embedder_for_indexing(model, pretrained, reembed, progress)
                 report = index_library(
                     self._catalog, self._index, self.path, requests, embedder, batch_size, workers, progress
                 )
@@ -217,7 +218,8 @@ class Library:
                     drop_roots_except(self._catalog, roots_before)
                 raise
             if (model or pretrained) and self._catalog.model() is None and not report.interrupted:
-                embedder()  # nothing to embed yet: still make the model asked for the library's
+                with model_loading(progress or SilentProgress()):
+                    embedder()  # nothing to embed yet: still make the model asked for the library's
         return report
 
     def reindex(
@@ -247,19 +249,20 @@ class Library:
 
         requests()
         with self._write_lock.held(wait, "indexing", progress):
-            embedder = self._embedder_for_indexing(None, None, reembed=False)
+            embedder = self._embedder_for_indexing(None, None, False, progress)
             return index_library(
                 self._catalog, self._index, self.path, requests(), embedder, batch_size, workers, progress
             )
 
     def _embedder_for_indexing(
-        self, model: str | None, pretrained: str | None, reembed: bool
+        self, model: str | None, pretrained: str | None, reembed: bool, progress: IndexProgress | None
     ) -> Callable[[], Embedder]:
         """A loader for the model this run embeds with, after checking it fits the library."""
         stored = self._catalog.model()
         requested = resolve_model_spec(model, pretrained) if (model or pretrained) else None
         if reembed:  # load first: a model that fails to load must not cost the old vectors
-            embedder = self._adopt(requested or (stored.spec if stored else resolve_model_spec()))
+            with model_loading(progress or SilentProgress()):
+                embedder = self._adopt(requested or (stored.spec if stored else resolve_model_spec()))
             return lambda: embedder
         if stored is None:
             spec = requested or resolve_model_spec()
@@ -660,7 +663,7 @@ class Library:
         if not os.fspath(query_file).strip():  # Path("") would be the working directory
             raise QueryError("The query file path is empty: name a query file (JSONL, one query a line).")
         record = self._require_model()
-        queries = read_queries(Path(query_file).expanduser())
+        queries = read_queries(query_file)
 
         def run(query: LabelledQuery, k: int) -> list[SearchResult]:
             if query.text is not None:

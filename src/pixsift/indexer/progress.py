@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
+
+from pixsift.models.preparing import PREPARING_PHASE, listen_for_preparing
+from pixsift.models.spec import ModelSpec
+
+LOADING_PHASE = "Loading model"
 
 
 class IndexProgress(Protocol):
@@ -32,3 +39,19 @@ class SilentProgress:
 
     def stop(self) -> None:
         pass
+
+
+@contextmanager
+def model_loading(progress: IndexProgress) -> Iterator[None]:
+    """The phase shown while the block loads a model: LOADING_PHASE, replaced by
+    PREPARING_PHASE when the model is exported for its first use (a minute for ViT-B-32), so
+    the user sees why this run waits, and that the next one will not."""
+    progress.start(LOADING_PHASE)
+
+    def preparing(_spec: ModelSpec) -> None:
+        progress.stop()
+        progress.start(PREPARING_PHASE)
+
+    with listen_for_preparing(preparing):
+        yield
+    progress.stop()

@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pixsift.errors import InvalidPathError
+from pixsift.errors import InvalidPathError, given_path
 from pixsift.indexer.roots import root_named
 from pixsift.indexer.scan import is_within
 from pixsift.storage.records import RootInfo
@@ -79,9 +79,11 @@ def _existing_folder(new: str | os.PathLike[str]) -> str:
         raise InvalidPathError("The new folder path is empty: name the folder the indexed folder moved to.")
     folder = os.path.expanduser(os.fspath(new))
     if not os.path.exists(folder):
-        raise InvalidPathError(f"Folder {folder} does not exist: move the folder there first.")
+        raise InvalidPathError(f"Folder {given_path(new)} does not exist: move the folder there first.")
     if not os.path.isdir(folder):
-        raise InvalidPathError(f"{folder} is not a folder; give the folder the indexed folder moved to.")
+        raise InvalidPathError(
+            f"{given_path(new)} is not a folder; give the folder the indexed folder moved to."
+        )
     return os.path.realpath(folder)
 
 

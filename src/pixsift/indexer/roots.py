@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pixsift.access import resolve_inside
-from pixsift.errors import InvalidPathError
+from pixsift.errors import InvalidPathError, given_path
 from pixsift.indexer.run import RootRequest
 from pixsift.indexer.scan import hidden_between, is_within
 
@@ -40,9 +40,9 @@ def new_root(root: str | os.PathLike[str], include_hidden: bool, follow_symlinks
         raise InvalidPathError("A folder path to index is empty: name a folder, e.g. pixsift index ~/Photos")
     folder = Path(root).expanduser()
     if not folder.exists():
-        raise InvalidPathError(f"Folder {folder} does not exist.")
+        raise InvalidPathError(f"Folder {given_path(root)} does not exist.")
     if not folder.is_dir():
-        raise InvalidPathError(f"{folder} is not a folder; give the folder that holds it.")
+        raise InvalidPathError(f"{given_path(root)} is not a folder; give the folder that holds it.")
     return RootRequest(str(folder.resolve()), include_hidden, follow_symlinks)
 
 
@@ -142,4 +142,4 @@ def root_named(folder: str | os.PathLike[str], roots: Sequence[str]) -> str:
     for root in roots:
         if os.path.realpath(root) == os.path.realpath(written):
             return root
-    raise InvalidPathError(f"{os.fspath(folder)} is not an indexed folder (indexed folders: {known}).")
+    raise InvalidPathError(f"{given_path(folder)} is not an indexed folder (indexed folders: {known}).")

@@ -17,7 +17,7 @@ from typing import Protocol, TypeVar
 from pixsift.indexer.decode import default_max_pixels, describe_error, hash_file, is_vanished
 from pixsift.indexer.pipeline import Embedded, Outcome, Unreadable, embed_files
 from pixsift.indexer.plan import Candidate, IndexPlan, plan_folder
-from pixsift.indexer.progress import IndexProgress, SilentProgress
+from pixsift.indexer.progress import IndexProgress, SilentProgress, model_loading
 from pixsift.indexer.report import IndexInterrupted, IndexReport
 from pixsift.indexer.scan import (
     GONE_ERRNOS,
@@ -336,9 +336,8 @@ class Indexer:
     # ---- phase 3: decode and embed, committing batch by batch ------------------------------
 
     def _embed(self, queue: list[Candidate], roots: Sequence[RootRequest], report: IndexReport) -> None:
-        self._progress.start("Loading model")
-        embedder = self._embedder()
-        self._progress.stop()
+        with model_loading(self._progress):
+            embedder = self._embedder()
         self._progress.start("Embedding", len(queue))
         started = time.monotonic()
         try:

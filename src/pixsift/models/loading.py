@@ -30,6 +30,7 @@ from pixsift.models.onnx_export import (
     onnx_runtime_missing,
     read_export,
 )
+from pixsift.models.preparing import announce_preparing
 from pixsift.models.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_E
     export = read_export(spec)
     loaded: ClipEmbedder | None = None
     if export is None:  # first use of this model (or its weights changed): export it now
+        announce_preparing(spec)  # the wait is long, once: say so where the user looks
         loaded = _torch_embedder(spec, "cpu")
         try:
             export = export_model(loaded)

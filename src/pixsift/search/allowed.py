@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pixsift.errors import InvalidPathError
+from pixsift.errors import InvalidPathError, given_path
 from pixsift.search.filters import SearchFilters, checked_filters
 
 if TYPE_CHECKING:
@@ -49,8 +49,9 @@ def _existing_folders(under: str | os.PathLike[str]) -> list[str]:
         is_folder = exists = False
     if exists and not is_folder:  # an image's own path, say: not "does not exist", since it does
         raise InvalidPathError(
-            f"The folder to search under, {folder}, is a file, not a folder; give the folder that holds it."
+            f"The folder to search under, {given_path(under)}, is a file, not a folder; "
+            "give the folder that holds it."
         )
     if not is_folder:
-        raise InvalidPathError(f"The folder to search under, {folder}, does not exist.")
+        raise InvalidPathError(f"The folder to search under, {given_path(under)}, does not exist.")
     return list(dict.fromkeys([os.path.abspath(folder), str(folder.resolve())]))

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, TypeVar, Union
 import numpy as np
 from PIL import Image
 
-from pixsift.errors import ImageError, ImageNotFoundError, ImageTooLargeError, InvalidPathError, QueryError
+from pixsift.errors import (
+    ImageError,
+    ImageNotFoundError,
+    ImageTooLargeError,
+    InvalidPathError,
+    QueryError,
+    given_path,
+)
 from pixsift.indexer.decode import check_header, describe_error, open_oriented
 from pixsift.search.query import QueryTerm
 
@@ -157,12 +164,13 @@ class ExampleVectors:
         if not image.strip():  # abspath would make it the working directory
             raise InvalidPathError("An image path is empty: name an image file.")
         path = os.path.abspath(os.path.expanduser(image))
+        named = given_path(image)
         try:
             stat = os.stat(path)
         except FileNotFoundError:
-            raise InvalidPathError(f"Image {path} not found.") from None
+            raise InvalidPathError(f"Image {named} not found.") from None
         except (OSError, ValueError) as exc:
-            raise InvalidPathError(f"Cannot read image {path}: {describe_error(exc)}") from None
+            raise InvalidPathError(f"Cannot read image {named}: {describe_error(exc)}") from None
         # Indexed paths start from a resolved root: a path given through a link may differ.
         known = self._catalog.known_file(path) or self._catalog.known_file(os.path.realpath(path))
         if known is not None and known.size == stat.st_size and known.mtime_ns == stat.st_mtime_ns:
@@ -170,7 +178,7 @@ class ExampleVectors:
             if stored is not None:
                 return stored, known.id
         if not S_ISREG(stat.st_mode):  # a folder, a named pipe (opening it waits for a writer)...
-            raise ImageError(f"Cannot read image {path}: it is not a file.")
+            raise ImageError(f"Cannot read image {named}: it is not a file.")
         try:
             with open(path, "rb") as f:
                 check_header(f, self._max_pixels)  # a large file that is no image (a video) is not read
@@ -178,11 +186,11 @@ class ExampleVectors:
                 data = f.read()
         except Image.DecompressionBombError:
             raise ImageTooLargeError(
-                f"Cannot read image {path}: it has more pixels than the limit of {self._max_pixels:,}."
+                f"Cannot read image {named}: it has more pixels than the limit of {self._max_pixels:,}."
             ) from None
         except Exception as exc:  # unreadable, or no image: the file's fault, told as such
-            raise ImageError(f"Cannot read image {path}: {describe_error(exc)}") from exc
-        return self.of_bytes(data, name=path), known.id if known else None
+            raise ImageError(f"Cannot read image {named}: {describe_error(exc)}") from exc
+        return self.of_bytes(data, name=named), known.id if known else None
 
     def of_bytes(self, data: bytes, *, name: str | None = None) -> np.ndarray:
         """The vector of an encoded image (JPEG, PNG...) given as bytes, read from file `name`."""

@@ -29,7 +29,8 @@ class SearchFilters:
     `min_width`, `min_height`: the smallest size in pixels, as displayed; `after`, `before`:
     when the photo was taken (EXIF date, else the file's modification time), on or after
     `after` and strictly before `before`, in local time. Dates are a `date` (its midnight), a
-    `datetime` or ISO text ("2024-05-01", "2024-05-01T18:30"); they are kept as ISO text.
+    `datetime` or ISO text ("2024-05-01", "2024-05-01T18:30"); they are kept as ISO text, to
+    the microsecond (a fraction of a second only when there is one).
     """
 
     # Typed as callers may give them; kept as plain text and a tuple (see __post_init__).
@@ -70,7 +71,7 @@ class SearchFilters:
         )
 
     def taken_range(self) -> tuple[str | None, str | None]:
-        """`after` and `before` as the catalog compares them: "YYYY-MM-DD HH:MM:SS"."""
+        """`after` and `before` as the catalog compares them: "YYYY-MM-DD HH:MM:SS[.ffffff]"."""
         return (
             None if self.after is None else str(self.after).replace("T", " "),
             None if self.before is None else str(self.before).replace("T", " "),
@@ -137,7 +138,9 @@ def _pixels(name: str, value: object) -> int | None:
 
 
 def _iso_moment(name: str, value: DateLike) -> str:
-    """A date filter's value as "YYYY-MM-DDTHH:MM:SS" (naive local time); QueryError if unreadable."""
+    """A date filter's value as "YYYY-MM-DDTHH:MM:SS[.ffffff]" (naive local time, six digits of
+    fraction when not zero: the form the catalog writes file times in, so that the two compare
+    as text); QueryError if unreadable."""
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, date):
@@ -156,4 +159,5 @@ def _iso_moment(name: str, value: DateLike) -> str:
             moment = moment.astimezone().replace(tzinfo=None)
         except OverflowError:  # 9999-12-31T23:59-14:00 is after the last local datetime
             raise QueryError(f"Filter {name} {str(value)!r} is outside the range of dates.") from None
-    return moment.replace(microsecond=0).isoformat()
+    # Not cut to the second: a bound of 10:00:00.5 would let in a file modified at 10:00:00.2.
+    return moment.isoformat()

@@ -40,7 +40,7 @@ class Job:
     id: str
     paths: list[str]
     state: str = "queued"  # queued, running, succeeded, failed, cancelled
-    phase: str | None = None
+    phase: str | None = None  # what a running job is doing; None before it starts and once it ends
     done: int = 0
     total: int | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -186,6 +186,9 @@ class JobManager:
     ) -> None:
         with self._lock:
             job.state, job.report, job.error = state, report, error
+            # Its last phase ("Embedding") beside a final state read as still under way; `done`
+            # and `total` keep how far that phase got (a cancelled job's 2 of 4).
+            job.phase = None
             job.finished_at = datetime.now(UTC)
             self._running = None
             self._thread = None

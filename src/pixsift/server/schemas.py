@@ -185,9 +185,12 @@ class JobView(BaseModel):
     id: str
     paths: list[str]
     state: str = Field(description="queued, running, succeeded, failed or cancelled")
-    phase: str | None
-    done: int
-    total: int | None
+    phase: str | None = Field(
+        description="What a running job is doing (Scanning, Embedding, ...); null while it is "
+        "queued and once it has ended"
+    )
+    done: int = Field(description="Steps of its phase done; once it has ended, of its last phase")
+    total: int | None = Field(description="Steps in its phase, null while not known")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

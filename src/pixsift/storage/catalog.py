@@ -15,7 +15,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import ColumnElement, Engine, Select, delete, func, insert, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Select,
+    String,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
@@ -294,7 +309,7 @@ class Catalog:
     ) -> np.ndarray:
         """Ids of the images inside `folder` (recursively), in one of `formats`, at least
         `min_width` by `min_height` pixels, taken at or after `taken_after` and before
-        `taken_before` ("YYYY-MM-DD HH:MM:SS", local time); an argument left out does not
+        `taken_before` ("YYYY-MM-DD HH:MM:SS[.ffffff]", local time); an argument left out does not
         restrict. The date taken is the EXIF one, else the file's modification time.
 
         Images that failed to index are among them: a search restricted to these ids finds
@@ -311,12 +326,10 @@ class Catalog:
             query = query.where(Image.width >= min_width)
         if min_height is not None:
             query = query.where(Image.height >= min_height)
-        if taken_after is not None or taken_before is not None:
-            taken = _taken_or_modified()
-            if taken_after is not None:
-                query = query.where(taken >= taken_after)
-            if taken_before is not None:
-                query = query.where(taken < taken_before)
+        if taken_after is not None:
+            query = query.where(_taken_on_or_after(taken_after))
+        if taken_before is not None:
+            query = query.where(not_(_taken_on_or_after(taken_before)))
         with self._read() as session:  # Core rows, not the ORM's: 15% less time for 200,000 ids
             return np.fromiter(session.connection().execute(query).scalars(), dtype=np.int64)
 
@@ -769,11 +782,42 @@ class CatalogWriter:
         self._changed_ids.clear()
 
 
-def _taken_or_modified() -> ColumnElement[str]:
-    """The date an image was taken: EXIF's, else its file's mtime in local time, both as
+_NS = 1_000_000_000  # nanoseconds in a second
+
+
+def _taken_on_or_after(moment: str) -> ColumnElement[bool]:
+    """Whether an image was taken at or after `moment` ("YYYY-MM-DD HH:MM:SS[.ffffff]", local
+    time, as `SearchFilters.taken_range` writes it), to the microsecond. The date taken is the
+    EXIF one, else the file's mtime. Compared to the second, as text, and only within the
+    bound's own second by the microseconds: so a bound of whole seconds (a date, the common
+    case) costs what the comparison always did, where building the full text for every row
+    made a date filter three times slower."""
+    second, _, fraction = moment.partition(".")
+    taken = _taken_second()
+    if not fraction.strip("0"):
+        return taken >= second
+    micro = int(fraction[:6].ljust(6, "0"))
+    return or_(taken > second, and_(taken == second, _taken_microsecond() >= micro))
+
+
+def _taken_second() -> ColumnElement[str]:
+    """The second an image was taken: EXIF's, else its file's mtime in local time (the second
+    it began in, also before 1970, where SQLite's / rounds towards zero), both as
     "YYYY-MM-DD HH:MM:SS" text so they compare as dates."""
-    modified = func.datetime(Image.mtime_ns / 1_000_000_000, "unixepoch", "localtime")
+    whole_seconds = (Image.mtime_ns - _ns_into_second()) // _NS
+    modified = func.datetime(whole_seconds, "unixepoch", "localtime", type_=String)
     return func.coalesce(Image.taken_at, modified)
+
+
+def _taken_microsecond() -> ColumnElement[int]:
+    """The microseconds past `_taken_second`: none for an EXIF date, which has none."""
+    return case((Image.taken_at.is_not(None), 0), else_=_ns_into_second() // 1000)
+
+
+def _ns_into_second() -> ColumnElement[int]:
+    """The nanoseconds of an image's mtime since its last whole second (SQLite's % keeps the
+    sign of a time before 1970: counted from below here)."""
+    return (Image.mtime_ns % _NS + _NS) % _NS
 
 
 # What `_known_file_query` selects, for the rows under a folder (a range of stored paths)
