@@ -548,7 +548,7 @@ class Library:
         index the copy instead). Run `index(new)` after it to pick up what changed meanwhile.
         Waits for an index run as `forget` does.
         """
-        from pixsift.indexer.relocation import moved_prefix, plan_relocation
+        from pixsift.indexer.relocation import plan_relocation
 
         plan_relocation(self._catalog.roots(), old, new)  # refused now, not after a wait
         with self._write_lock.held(wait, "relocating a folder"):
@@ -556,7 +556,7 @@ class Library:
             if len(self._catalog.ids_under(plan.new)):  # no root holds it, so none should be there
                 raise InvalidPathError(f"The library already holds images under {plan.new}.")
             with self._catalog.write() as batch:
-                return batch.move_paths(*moved_prefix(plan.old, plan.new), plan.roots)
+                return batch.move_paths(plan.old, plan.new, plan.roots)
 
     def warm_up(self) -> None:
         """Load the model and the search index now rather than on the first search (a server

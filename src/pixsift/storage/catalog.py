@@ -683,10 +683,10 @@ class CatalogWriter:
         """Forget an indexed folder (its images are deleted with `delete_images`)."""
         self._session.execute(delete(Root).where(Root.path == path))
 
-    def move_paths(self, old: bytes, new: bytes, roots: Sequence[tuple[str, str]]) -> int:
-        """Give every image whose path starts with the folder prefix `old` ("/a/Photos/") the
-        prefix `new` instead, and rename `roots` (old path, new path); ids, vectors and every
-        other column stay, so the search index needs no change. Returns how many images moved.
+    def move_paths(self, old: str, new: str, roots: Sequence[tuple[str, str]]) -> int:
+        """Move every image inside the folder `old` ("/a/Photos") to the same place inside
+        `new`, and rename `roots` (old path, new path); ids, vectors and every other column
+        stay, so the search index needs no change. Returns how many images moved.
 
         Done on the stored bytes, so a name that is not UTF-8 keeps its bytes. The caller
         makes sure nothing lies under `new` yet (a path there would collide).
@@ -699,16 +699,17 @@ class CatalogWriter:
             self._session.execute(update(Root).where(Root.path == before).values(path=after))
         return moved
 
-    def _move_prefix(self, table: str, key: str, old: bytes, new: bytes) -> int:
-        """Rewrite the paths of `table` that start with the folder prefix `old` to start with
-        `new`; returns how many rows changed. (`table` and `key` are ours, never user input.)"""
+    def _move_prefix(self, table: str, key: str, old: str, new: str) -> int:
+        """Rewrite the paths of `table` inside the folder `old` to lie inside `new` instead;
+        returns how many rows changed. (`table` and `key` are ours, never user input.)"""
         connection = self._session.connection()
-        high = old[:-1] + bytes([old[-1] + 1])  # as folder_prefix_range: "/a/Photos0"
+        low, high = folder_prefix_range(old)  # "/a/Photos/" up to "/a/Photos0"
+        prefix = os.fsencode(os.path.join(new, ""))  # "/" stays "/"
         rows = connection.exec_driver_sql(
-            f"SELECT {key}, path FROM {table} WHERE path >= ? AND path < ?", (old, high)
+            f"SELECT {key}, path FROM {table} WHERE path >= ? AND path < ?", (low, high)
         ).all()
         if rows:
-            moved = [(new + bytes(path)[len(old) :], row_id) for row_id, path in rows]
+            moved = [(prefix + bytes(path)[len(low) :], row_id) for row_id, path in rows]
             connection.exec_driver_sql(f"UPDATE {table} SET path = ? WHERE {key} = ?", moved)
         return len(rows)
 
