@@ -449,10 +449,7 @@ class Library:
         """The file of an image, resolved, after checking it still lies inside an indexed root
         (a file replaced by a link to elsewhere is refused with AccessDeniedError, unless the
         root was indexed with links followed)."""
-        info = self.image(image_id)
-        roots = self._catalog.roots()
-        linked = [root.path for root in roots if root.follow_symlinks]
-        return resolve_inside(info.path, [root.path for root in roots], linked_roots=linked, what="Image")
+        return self._resolve_inside_roots(self.image(image_id).path, "Image")
 
     def thumbnail(self, image_id: int, size: int = 256) -> Path:
         """A JPEG thumbnail of an image, at most `size` pixels on its long side (never more than
@@ -475,9 +472,14 @@ class Library:
     def resolve_inside_roots(self, path: str | os.PathLike[str]) -> str:
         """`path`, resolved, if it lies inside one of the library's roots (or, as written, inside
         one indexed with links followed, as `image_file` allows); else AccessDeniedError."""
+        return self._resolve_inside_roots(path, "Path")
+
+    def _resolve_inside_roots(self, path: str | os.PathLike[str], what: str) -> str:
+        """`resolve_inside` the library's roots, following links in those indexed with them;
+        `what` names the path in its errors."""
         roots = self._catalog.roots()
         linked = [root.path for root in roots if root.follow_symlinks]
-        return resolve_inside(path, [root.path for root in roots], linked_roots=linked)
+        return resolve_inside(path, [root.path for root in roots], linked_roots=linked, what=what)
 
     def check_reindex(self, paths: Sequence[str | os.PathLike[str]]) -> None:
         """Raise now what `reindex(*paths)` would refuse (a path outside the roots, no roots),
