@@ -486,8 +486,8 @@ class Library:
         so a caller that runs it in the background can answer at once. Stricter than `reindex`
         for a service's clients: a path must be absolute as written (no `~`, nothing relative
         to this process's working directory)."""
-        if not paths and not self._catalog.roots():
-            raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
+        if not paths:  # every root: refused, as `index()` refuses it, when there is none
+            root_requests(self._catalog, (), include_hidden=False, follow_symlinks=False)
         for path in paths:
             scoped_request(self._catalog, path)
 
