@@ -524,8 +524,8 @@ class Library:
             inner = [other for other in others if is_within(other, root)]
             if whole:
                 ids = set(self._catalog.ids_under(root).tolist())
-                for folder in inner:
-                    ids -= set(self._catalog.ids_under(folder).tolist())
+                for nested in inner:
+                    ids -= set(self._catalog.ids_under(nested).tolist())
             with self._catalog.write() as batch:
                 batch.delete_images(sorted(ids))
                 if whole:  # what left the folder earlier is forgotten too: it never comes back
