@@ -370,8 +370,8 @@ def index(
             raise typer.Exit(EXIT_INTERRUPTED) from None
     if not quiet:
         typer.echo(format_report(report))
-    elif warnings := report_warnings(report):  # a quiet run still says why it exits with 3
-        typer.echo("\n".join(warnings), err=True)
+    elif trouble := report_warnings(report):  # a quiet run still says why it exits with 3
+        typer.echo("\n".join(trouble), err=True)
     if not report.complete:
         raise typer.Exit(EXIT_TROUBLE)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixsift.indexer.scan import GONE_ERRNOS, looks_unmounted
+from pixsift.indexer.scan import GONE_ERRNOS, unmounted_roots
 from pixsift.storage import Catalog
 from pixsift.storage.catalog import folder_prefix_range
 from pixsift.storage.index_build import IndexPolicy
@@ -202,7 +202,7 @@ def _compare(catalog: Catalog, index: VectorIndex, report: HealthReport, rng: np
 
 
 def _check_files(catalog: Catalog, report: HealthReport) -> None:
-    absent_roots = [root.path for root in catalog.roots() if looks_unmounted(root.path, catalog)]
+    absent_roots = unmounted_roots(catalog)
     gone = 0
     kept = 0
     unknown: Counter[str] = Counter()
@@ -263,7 +263,7 @@ def repair(catalog: Catalog, index_path: Path, policy: IndexPolicy | None = None
     model = catalog.model()
     orphans = catalog.orphan_vector_ids()
     misfits = catalog.misfit_vector_ids(model.embed_dim) if model is not None else []
-    absent_roots = [root.path for root in catalog.roots() if looks_unmounted(root.path, catalog)]
+    absent_roots = unmounted_roots(catalog)
     gone = [
         image_id
         for image_id, path in catalog.image_paths()

@@ -452,10 +452,7 @@ class Library:
         """The file of an image, resolved, after checking it still lies inside an indexed root
         (a file replaced by a link to elsewhere is refused with AccessDeniedError, unless the
         root was indexed with links followed)."""
-        info = self.image(image_id)
-        roots = self._catalog.roots()
-        linked = [root.path for root in roots if root.follow_symlinks]
-        return resolve_inside(info.path, [root.path for root in roots], linked_roots=linked, what="Image")
+        return self._resolve_inside_roots(self.image(image_id).path, "Image")
 
     def thumbnail(self, image_id: int, size: int = 256) -> Path:
         """A JPEG thumbnail of an image, at most `size` pixels on its long side (never more than
@@ -478,17 +475,22 @@ class Library:
     def resolve_inside_roots(self, path: str | os.PathLike[str]) -> str:
         """`path`, resolved, if it lies inside one of the library's roots (or, as written, inside
         one indexed with links followed, as `image_file` allows); else AccessDeniedError."""
+        return self._resolve_inside_roots(path, "Path")
+
+    def _resolve_inside_roots(self, path: str | os.PathLike[str], what: str) -> str:
+        """`resolve_inside` the library's roots, following links in those indexed with them;
+        `what` names the path in its errors."""
         roots = self._catalog.roots()
         linked = [root.path for root in roots if root.follow_symlinks]
-        return resolve_inside(path, [root.path for root in roots], linked_roots=linked)
+        return resolve_inside(path, [root.path for root in roots], linked_roots=linked, what=what)
 
     def check_reindex(self, paths: Sequence[str | os.PathLike[str]]) -> None:
         """Raise now what `reindex(*paths)` would refuse (a path outside the roots, no roots),
         so a caller that runs it in the background can answer at once. Stricter than `reindex`
         for a service's clients: a path must be absolute as written (no `~`, nothing relative
         to this process's working directory)."""
-        if not paths and not self._catalog.roots():
-            raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
+        if not paths:  # every root: refused, as `index()` refuses it, when there is none
+            root_requests(self._catalog, (), include_hidden=False, follow_symlinks=False)
         for path in paths:
             scoped_request(self._catalog, path)
 
@@ -525,8 +527,8 @@ class Library:
             inner = [other for other in others if is_within(other, root)]
             if whole:
                 ids = set(self._catalog.ids_under(root).tolist())
-                for folder in inner:
-                    ids -= set(self._catalog.ids_under(folder).tolist())
+                for nested in inner:
+                    ids -= set(self._catalog.ids_under(nested).tolist())
             with self._catalog.write() as batch:
                 batch.delete_images(sorted(ids))
                 if whole:  # what left the folder earlier is forgotten too: it never comes back
@@ -551,7 +553,7 @@ class Library:
         index the copy instead). Run `index(new)` after it to pick up what changed meanwhile.
         Waits for an index run as `forget` does.
         """
-        from pixsift.indexer.relocation import moved_prefix, plan_relocation
+        from pixsift.indexer.relocation import plan_relocation
 
         plan_relocation(self._catalog.roots(), old, new)  # refused now, not after a wait
         with self._write_lock.held(wait, "relocating a folder"):
@@ -559,7 +561,7 @@ class Library:
             if len(self._catalog.ids_under(plan.new)):  # no root holds it, so none should be there
                 raise InvalidPathError(f"The library already holds images under {plan.new}.")
             with self._catalog.write() as batch:
-                return batch.move_paths(*moved_prefix(plan.old, plan.new), plan.roots)
+                return batch.move_paths(plan.old, plan.new, plan.roots)
 
     def warm_up(self) -> None:
         """Load the model and the search index now rather than on the first search (a server

@@ -14,7 +14,7 @@ from pixsift.indexer.decode import default_max_pixels
 from pixsift.indexer.progress import IndexProgress
 from pixsift.indexer.report import IndexInterrupted, IndexReport
 from pixsift.indexer.run import Indexer, IndexSettings, RootRequest
-from pixsift.indexer.scan import looks_unmounted
+from pixsift.indexer.scan import unmounted_roots
 from pixsift.thumbnails import prune_thumbnails
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def index_library(
     search index are `catalog` and `index`; the caller holds the library's write lock."""
     # An unmounted drive must not look like a deleted folder: a known root that looks
     # unmounted is not walked, and no other root's walk drops what it held.
-    unmounted = [r.path for r in catalog.roots() if looks_unmounted(r.path, catalog)]
+    unmounted = unmounted_roots(catalog)
     skipped = [r.path for r in requests if r.scope is None and r.path in unmounted]
     settings = IndexSettings(
         batch_size=batch_size,

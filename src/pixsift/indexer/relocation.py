@@ -47,12 +47,6 @@ def plan_relocation(
     return Relocation(root, target, moved)
 
 
-def moved_prefix(old: str, new: str) -> tuple[bytes, bytes]:
-    """The stored-path prefixes (bytes, as paths are stored) of what lies under `old`, and
-    what it becomes under `new`: "/a/Photos/" and "/b/Pictures/" ("/" stays "/")."""
-    return os.fsencode(os.path.join(old, "")), os.fsencode(os.path.join(new, ""))
-
-
 def catch_up_command(roots: Sequence[RootInfo], new: str | os.PathLike[str]) -> tuple[str, str]:
     """Where a folder was relocated to `new` is now stored, and the `pixsift index` command that
     walks it with the options its root keeps (naming the folder without them would index it
@@ -67,10 +61,10 @@ def catch_up_command(roots: Sequence[RootInfo], new: str | os.PathLike[str]) -> 
 
 
 def _moved_path(path: str, old: str, new: str) -> str:
+    """`path`, the folder `old` or a path inside it, at the same place inside `new`."""
     if path == old:
         return new
-    low, replacement = moved_prefix(old, new)
-    return os.fsdecode(replacement + os.fsencode(path)[len(low) :])
+    return os.path.join(new, "") + path[len(os.path.join(old, "")) :]  # "/" stays "/"
 
 
 def _existing_folder(new: str | os.PathLike[str]) -> str:

@@ -99,12 +99,7 @@ def scoped_request(catalog: Catalog, path: str | os.PathLike[str]) -> RootReques
     folder = resolved if os.path.isdir(resolved) else os.path.dirname(resolved)
     # The innermost root holding it decides how to walk (hidden files, links).
     root = max(
-        (
-            r
-            for r in roots
-            if folder == os.path.realpath(r.path)
-            or folder.startswith(os.path.join(os.path.realpath(r.path), ""))
-        ),
+        (r for r in roots if is_within(folder, os.path.realpath(r.path))),
         key=lambda r: len(os.path.realpath(r.path)),
     )
     walked = os.path.realpath(root.path)

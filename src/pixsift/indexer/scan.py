@@ -11,14 +11,17 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Collection, Sized
+from collections.abc import Callable, Collection, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from PIL import features
 
 from pixsift.indexer.decode import heif_support
+
+if TYPE_CHECKING:
+    from pixsift.storage.records import RootInfo
 
 BASE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff"}
@@ -37,9 +40,11 @@ def image_extensions() -> frozenset[str]:
 
 
 class HoldsImages(Protocol):
-    """What `looks_unmounted` asks of the catalog."""
+    """What `looks_unmounted` and `unmounted_roots` ask of the catalog."""
 
     def ids_under(self, folder: str) -> Sized: ...
+
+    def roots(self) -> Sequence[RootInfo]: ...
 
 
 class ScannedFile(NamedTuple):
@@ -193,3 +198,9 @@ def looks_unmounted(folder: str, catalog: HoldsImages) -> bool:
     except OSError:  # unreadable: the walk reports it and keeps what it held
         return False
     return len(catalog.ids_under(folder)) > 0
+
+
+def unmounted_roots(catalog: HoldsImages) -> list[str]:
+    """The indexed folders that look unmounted (`looks_unmounted`): what they hold is kept
+    as it is, neither walked nor taken for deleted."""
+    return [root.path for root in catalog.roots() if looks_unmounted(root.path, catalog)]

@@ -38,7 +38,7 @@ def core_filters(library: Library, filters: Filters) -> SearchFilters:
     """
     if filters.under is not None:
         library.resolve_inside_roots(filters.under)
-    return filters.to_core(filters.under)
+    return filters.to_core()
 
 
 def filter_params(

@@ -48,10 +48,10 @@ class Filters(_Strict):
     )
     before: datetime | None = Field(default=None, description="Taken strictly before this date or time.")
 
-    def to_core(self, under: str | None) -> SearchFilters:
+    def to_core(self) -> SearchFilters:
         """The core's filters, with `under` already checked to lie inside the roots by the caller."""
         return SearchFilters(
-            under=under,
+            under=self.under,
             formats=tuple(self.formats),
             min_width=self.min_width,
             min_height=self.min_height,

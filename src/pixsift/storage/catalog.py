@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from sqlalchemy import (
@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from pixsift.errors import LibraryClosedError, LibraryNotFoundError
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.storage import departed
-from pixsift.storage.catalog_reader import GENERATION_KEY, blob_to_vector
+from pixsift.storage.catalog_reader import GENERATION_KEY, blob_to_vector, sql_chunks
 from pixsift.storage.database import (
     failed_write_error,
     is_damage,
@@ -59,8 +59,6 @@ from pixsift.storage.schema import (
 )
 
 LOG_FLOOR_KEY = "vector_log_floor"
-T = TypeVar("T")
-_SQL_CHUNK = 500  # ids per IN (...) clause, well below SQLite's variable limit
 _SQLITE_INT_MIN, _SQLITE_INT_MAX = -(2**63), 2**63 - 1  # the ids SQLite can store
 
 
@@ -241,7 +239,7 @@ class Catalog:
         query = _known_file_query().where(Embedding.image_id.is_not(None))
         found: list[KnownFile] = []
         with self._read() as session:
-            for chunk in _chunks(wanted):
+            for chunk in sql_chunks(wanted):
                 found.extend(_known_files(session.execute(query.where(Image.content_hash.in_(chunk)))))
         return found
 
@@ -273,7 +271,7 @@ class Catalog:
         )
         query = query.join(Embedding, Embedding.image_id == Image.id)
         with self._read() as session:
-            for chunk in _chunks(wanted):
+            for chunk in sql_chunks(wanted):
                 for content_hash, vector, width, height, image_format, taken in session.execute(
                     query.where(Image.content_hash.in_(chunk))
                 ):
@@ -285,7 +283,7 @@ class Catalog:
         wanted = _storable_ids(ids)
         found: dict[int, ImageInfo] = {}
         with self._read() as session:
-            for chunk in _chunks(wanted):
+            for chunk in sql_chunks(wanted):
                 for row in session.scalars(select(Image).where(Image.id.in_(chunk))):
                     found[row.id] = _image_info(row)
         return found
@@ -428,7 +426,7 @@ class Catalog:
         # where building and processing the statement was most of the cost.
         with self._read() as session:
             connection = session.connection()
-            for chunk in _chunks(wanted):
+            for chunk in sql_chunks(wanted):
                 marks = ", ".join("?" * len(chunk))
                 rows = connection.exec_driver_sql(
                     f"SELECT image_id, vector FROM embeddings WHERE image_id IN ({marks})", tuple(chunk)
@@ -460,7 +458,7 @@ class Catalog:
                 )
             )
             upserted: list[tuple[int, bytes]] = []
-            for chunk in _chunks(changed):
+            for chunk in sql_chunks(changed):
                 query = select(Embedding.image_id, Embedding.vector).where(Embedding.image_id.in_(chunk))
                 upserted.extend((row[0], row[1]) for row in session.execute(query))
         present = {image_id for image_id, _ in upserted}
@@ -592,7 +590,7 @@ class CatalogWriter:
         ]
         self._session.execute(update(Image), rows)  # executemany, by primary key
         ids = [item.image_id for item in fresh]
-        for chunk in _chunks(ids):
+        for chunk in sql_chunks(ids):
             self._session.execute(delete(Embedding).where(Embedding.image_id.in_(chunk)))
         vectors = [{"image_id": item.image_id, "vector": vector_to_blob(item.vector)} for item in fresh]
         self._session.execute(insert(Embedding), vectors)
@@ -690,7 +688,7 @@ class CatalogWriter:
 
     def drop_vectors(self, ids: Iterable[int]) -> None:
         """Forget these vectors; their images are embedded again by the next index run."""
-        for chunk in _chunks([int(i) for i in ids]):
+        for chunk in sql_chunks([int(i) for i in ids]):
             self._session.execute(delete(Embedding).where(Embedding.image_id.in_(chunk)))
             self._changed_ids.update(chunk)
 
@@ -698,10 +696,10 @@ class CatalogWriter:
         """Forget an indexed folder (its images are deleted with `delete_images`)."""
         self._session.execute(delete(Root).where(Root.path == path))
 
-    def move_paths(self, old: bytes, new: bytes, roots: Sequence[tuple[str, str]]) -> int:
-        """Give every image whose path starts with the folder prefix `old` ("/a/Photos/") the
-        prefix `new` instead, and rename `roots` (old path, new path); ids, vectors and every
-        other column stay, so the search index needs no change. Returns how many images moved.
+    def move_paths(self, old: str, new: str, roots: Sequence[tuple[str, str]]) -> int:
+        """Move every image inside the folder `old` ("/a/Photos") to the same place inside
+        `new`, and rename `roots` (old path, new path); ids, vectors and every other column
+        stay, so the search index needs no change. Returns how many images moved.
 
         Done on the stored bytes, so a name that is not UTF-8 keeps its bytes. The caller
         makes sure nothing lies under `new` yet (a path there would collide).
@@ -714,16 +712,17 @@ class CatalogWriter:
             self._session.execute(update(Root).where(Root.path == before).values(path=after))
         return moved
 
-    def _move_prefix(self, table: str, key: str, old: bytes, new: bytes) -> int:
-        """Rewrite the paths of `table` that start with the folder prefix `old` to start with
-        `new`; returns how many rows changed. (`table` and `key` are ours, never user input.)"""
+    def _move_prefix(self, table: str, key: str, old: str, new: str) -> int:
+        """Rewrite the paths of `table` inside the folder `old` to lie inside `new` instead;
+        returns how many rows changed. (`table` and `key` are ours, never user input.)"""
         connection = self._session.connection()
-        high = old[:-1] + bytes([old[-1] + 1])  # as folder_prefix_range: "/a/Photos0"
+        low, high = folder_prefix_range(old)  # "/a/Photos/" up to "/a/Photos0"
+        prefix = os.fsencode(os.path.join(new, ""))  # "/" stays "/"
         rows = connection.exec_driver_sql(
-            f"SELECT {key}, path FROM {table} WHERE path >= ? AND path < ?", (old, high)
+            f"SELECT {key}, path FROM {table} WHERE path >= ? AND path < ?", (low, high)
         ).all()
         if rows:
-            moved = [(new + bytes(path)[len(old) :], row_id) for row_id, path in rows]
+            moved = [(prefix + bytes(path)[len(low) :], row_id) for row_id, path in rows]
             connection.exec_driver_sql(f"UPDATE {table} SET path = ? WHERE {key} = ?", moved)
         return len(rows)
 
@@ -749,7 +748,7 @@ class CatalogWriter:
 
     def delete_images(self, ids: Iterable[int]) -> None:
         wanted = [int(i) for i in ids]
-        for chunk in _chunks(wanted):
+        for chunk in sql_chunks(wanted):
             self._changed_ids.update(
                 self._session.scalars(select(Embedding.image_id).where(Embedding.image_id.in_(chunk)))
             )
@@ -870,8 +869,3 @@ def _storable_ids(ids: Iterable[int]) -> list[int]:
     """The ids an image may have: SQLite's integers. A caller's 2**64 is no image's id, not
     an OverflowError from the driver."""
     return [int(i) for i in ids if _SQLITE_INT_MIN <= int(i) <= _SQLITE_INT_MAX]
-
-
-def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), _SQL_CHUNK):
-        yield items[start : start + _SQL_CHUNK]

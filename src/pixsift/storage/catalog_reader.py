@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from pixsift.storage.records import ImageInfo
 GENERATION_KEY = "vector_generation"  # catalog setting: the generation of the latest vector change
 BUSY_TIMEOUT_S = 30.0
 SQL_CHUNK = 500  # ids per IN (...) clause, well below SQLite's variable limit
+T = TypeVar("T")
 
 # Every table and the columns of it this module names (a test checks them against schema.py).
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -106,7 +108,7 @@ class CatalogReader:
     def images(self, ids: Iterable[int]) -> dict[int, ImageInfo]:
         """The rows of the images among `ids`, by id, as `Catalog.images` returns them."""
         found: dict[int, ImageInfo] = {}
-        for chunk in _chunks([int(i) for i in ids]):
+        for chunk in sql_chunks([int(i) for i in ids]):
             marks = ", ".join("?" * len(chunk))
             query = f"SELECT {_IMAGE_COLUMNS} FROM images WHERE id IN ({marks})"
             rows = self._connection.execute(query, chunk)
@@ -127,7 +129,7 @@ class CatalogReader:
     def vectors(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         """The stored vectors of the images among `ids` that have one, by id."""
         found: dict[int, np.ndarray] = {}
-        for chunk in _chunks([int(i) for i in ids]):
+        for chunk in sql_chunks([int(i) for i in ids]):
             marks = ", ".join("?" * len(chunk))
             query = f"SELECT image_id, vector FROM embeddings WHERE image_id IN ({marks})"
             for image_id, blob in self._connection.execute(query, chunk):
@@ -135,6 +137,8 @@ class CatalogReader:
         return found
 
 
-def _chunks(items: list[int]) -> Iterator[list[int]]:
+def sql_chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """`items` in slices of `SQL_CHUNK`, one IN (...) clause each (the `Catalog` and
+    `storage/departed.py` use it too)."""
     for start in range(0, len(items), SQL_CHUNK):
         yield items[start : start + SQL_CHUNK]

@@ -18,14 +18,14 @@ These functions run inside the caller's transaction (`CatalogWriter`, `Catalog._
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 from sqlalchemy import delete, func, insert, literal, select
 from sqlalchemy.orm import Session
 
+from pixsift.storage.catalog_reader import sql_chunks
 from pixsift.storage.schema import Departed, Embedding, Image, UtcDateTime, utcnow
 
 # How long a departed image waits to be found again, and how many wait at most. A move between
@@ -35,9 +35,6 @@ from pixsift.storage.schema import Departed, Embedding, Image, UtcDateTime, utcn
 # file that comes back is only embedded again under a new id, as it was before this existed.
 RETENTION = timedelta(days=30)
 MAX_RECORDS = 20_000
-
-_SQL_CHUNK = 500  # ids per IN (...) clause, well below SQLite's variable limit
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,7 +59,7 @@ def record(session: Session, ids: Sequence[int]) -> None:
     now = literal(utcnow(), UtcDateTime())
     columns = ["image_id", "content_hash", "size", "path", "vector"]
     columns += ["width", "height", "format", "taken_at", "departed_at"]
-    for chunk in _chunks(list(ids)[:MAX_RECORDS]):
+    for chunk in sql_chunks(list(ids)[:MAX_RECORDS]):
         rows = (
             select(
                 Image.id,
@@ -90,7 +87,7 @@ def with_hashes(session: Session, hashes: Iterable[str], now: datetime) -> dict[
     live = select(Image.id).where(Image.id == Departed.image_id).exists()  # never, unless edited
     query = select(*columns).where(Departed.departed_at >= now - RETENTION, ~live)
     query = query.order_by(Departed.departed_at.desc(), Departed.image_id)
-    for chunk in _chunks(sorted(set(hashes))):
+    for chunk in sql_chunks(sorted(set(hashes))):
         for row in session.execute(query.where(Departed.content_hash.in_(chunk))):
             found.setdefault(row.content_hash, []).append(DepartedImage(*row))
     return found
@@ -133,7 +130,7 @@ def purge(session: Session, now: datetime) -> None:
         return
     oldest = select(Departed.image_id).order_by(Departed.departed_at, Departed.image_id)
     doomed = list(session.scalars(oldest.limit(count - MAX_RECORDS)))
-    for chunk in _chunks(doomed):
+    for chunk in sql_chunks(doomed):
         session.execute(delete(Departed).where(Departed.image_id.in_(chunk)))
 
 
@@ -143,15 +140,10 @@ def forget_under(session: Session, low: bytes, high: bytes, keep: Sequence[str])
     query = select(Departed.image_id, Departed.path).where(Departed.path >= low, Departed.path < high)
     kept = tuple(os.path.join(folder, "") for folder in keep)
     doomed = [image_id for image_id, path in session.execute(query) if not path.startswith(kept)]
-    for chunk in _chunks(doomed):
+    for chunk in sql_chunks(doomed):
         session.execute(delete(Departed).where(Departed.image_id.in_(chunk)))
 
 
 def forget_all(session: Session) -> None:
     """Drop every record: their vectors were made by a model the library no longer uses."""
     session.execute(delete(Departed))
-
-
-def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), _SQL_CHUNK):
-        yield items[start : start + _SQL_CHUNK]

@@ -81,12 +81,6 @@ def hnsw_bytes(count: int, dim: int, m: int = HNSW_M) -> int:
     return count * (4 * dim + 2 * m * 4 + 8 + 8)
 
 
-def ivfpq_bytes(count: int, dim: int, nlist: int, pq_m: int, pq_bits: int) -> int:
-    """Memory of IVF-PQ: a code and an id per vector, plus the centroids and the rotation."""
-    code = math.ceil(pq_m * pq_bits / 8)
-    return count * (code + 8) + 4 * dim * (nlist + dim)
-
-
 def choose_index(
     count: int,
     dim: int,
