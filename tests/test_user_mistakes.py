@@ -567,10 +567,29 @@ def test_reindex_reads_a_relative_path_as_index_does(
     assert library.reindex(".").scanned == 12
     with pytest.raises(InvalidPathError, match="A path to re-index is empty"):  # not "."
         library.reindex("")
-    with pytest.raises(AccessDeniedError, match=f"Path {root}/.. is outside"):
-        library.reindex("..")
     with pytest.raises(InvalidPathError, match="must be absolute"):  # the server's check, still
         library.check_reindex(["."])
+
+
+def test_reindex_names_a_path_as_written_and_where_it_was_looked_for(
+    library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As every message about a path the user gave does (`errors.given_path`), not as
+    "/cwd/./x" (what the user did not write, with the "./" left in)."""
+    root = Path(library.status().roots[0].path)
+    monkeypatch.chdir(root)
+    with pytest.raises(InvalidPathError, match=re.escape(f"./x ({root}/x) does not exist.")):
+        library.reindex("./x")
+    with pytest.raises(AccessDeniedError, match=re.escape(f"Path .. ({root.parent}) is outside")):
+        library.reindex("..")
+    (root / ".hidden").mkdir()
+    try:
+        with pytest.raises(InvalidPathError, match=re.escape(f".hidden ({root}/.hidden) lies in a hidden")):
+            library.reindex(".hidden")
+    finally:
+        (root / ".hidden").rmdir()  # the library is shared by the module's tests
+    with pytest.raises(InvalidPathError, match=f"^{re.escape(str(root))}/nope.jpg does not exist"):
+        library.check_reindex([root / "nope.jpg"])  # absolute as written: named once
 
 
 # ---- devices -------------------------------------------------------------------------------------

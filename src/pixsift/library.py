@@ -245,7 +245,7 @@ class Library:
         # A caller's "~/Photos/new" or "Photos/new" means what it does to index(); the server
         # never calls this with a path it has not checked as absolute (check_reindex is strict).
         def requests() -> list[RootRequest]:  # refused now, and again as they are once locked
-            return [scoped_request(self._catalog, caller_path(path)) for path in paths]
+            return [scoped_request(self._catalog, caller_path(path), written=path) for path in paths]
 
         requests()
         with self._write_lock.held(wait, "indexing", progress):
