@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,33 @@ def test_search_vector_scores_are_cosine_similarities_whatever_the_length(librar
 
 
 @pytest.mark.parametrize(
+    "scale",
+    [
+        np.float32(3e38),  # its length overflows float32 (all scores were 0.0)
+        np.float32(1e-40),  # subnormal: its squares vanish
+        1e300,  # float64: overflows float32 (and its length float64)
+        1e-300,
+    ],
+)
+def test_search_vector_takes_any_finite_nonzero_vector(library: Library, scale: float) -> None:
+    """Scaled to length 1 without overflow or underflow: the same ranking and cosines as the
+    vector of ordinary size, and no numpy warning."""
+    query = library._embedder_or_load().embed_texts(["a red square"])[0]
+    unit = library.search_vector(query, k=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        largest = (query / np.abs(query).max()).astype(type(scale))  # its largest value 1
+        scaled = library.search_vector(largest * scale, k=5)
+    assert [hit.id for hit in scaled] == [hit.id for hit in unit]
+    assert [hit.score for hit in scaled] == pytest.approx([hit.score for hit in unit], abs=1e-5)
+
+
+@pytest.mark.parametrize(
     ("vector", "message"),
     [
         (np.zeros(64), "length zero"),
+        (np.zeros(64, dtype=np.float32), "length zero"),
+        (np.array([10**400] * 64, dtype=object), "too large"),
         (np.full(64, np.nan), "not finite"),
         (np.full(64, np.inf), "not finite"),
         (np.ones(512), "64-dimensional"),
