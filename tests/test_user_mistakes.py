@@ -211,7 +211,7 @@ def test_search_terms_refuses_what_is_no_list_of_query_terms(library: Library) -
     for single in ("a cat", QueryTerm(text="a cat"), None):
         with pytest.raises(QueryError, match="search_terms takes a list of queries"):
             library.search_terms(single)  # type: ignore[arg-type]
-    from_generator = library.search_terms(term for term in [QueryTerm(text="a cat")])  # type: ignore[arg-type]
+    from_generator = library.search_terms(term for term in [QueryTerm(text="a cat")])
     assert from_generator == library.search_terms([QueryTerm(text="a cat")])
 
 
@@ -243,12 +243,12 @@ def test_the_many_methods_take_generators_as_lists(library: Library) -> None:
     def ranked(batches: list[list[SearchResult]]) -> list[list[int]]:
         return [[hit.id for hit in hits] for hits in batches]
 
-    from_generator = library.search_many(text for text in texts)  # type: ignore[arg-type]
+    from_generator = library.search_many(text for text in texts)
     assert ranked(from_generator) == ranked(library.search_many(texts))
-    assert ranked(library.similar_many(i for i in ids)) == ranked(library.similar_many(ids))  # type: ignore[arg-type]
+    assert ranked(library.similar_many(i for i in ids)) == ranked(library.similar_many(ids))
     nothing: list[int] = []
-    assert library.search_many(str(i) for i in nothing) == []  # type: ignore[arg-type]
-    assert library.similar_many(i for i in nothing) == []  # type: ignore[arg-type]
+    assert library.search_many(str(i) for i in nothing) == []
+    assert library.similar_many(i for i in nothing) == []
 
 
 def test_ids_from_numpy_arrays_are_ids(library: Library) -> None:
