@@ -144,6 +144,35 @@ def test_of_two_identical_copies_deleted_each_comes_back_under_its_own_id(
     assert departed_ids(library_dir) == []
 
 
+def test_two_new_copies_of_one_departed_image_both_take_its_vector(
+    library_dir: Path, photos: Path, inbox: Path, away: Path, tiny_model: TinyModel
+) -> None:
+    """The first copy takes the old id back; the second is a copy of it, its vector known, so
+    nothing is embedded and no model is loaded."""
+    with Library.open(library_dir) as library:
+        index(library, tiny_model, inbox, photos)
+        old_id = ids_by_path(library)[inbox / "photo_0100.jpg"]
+        vector = library._catalog.vector(old_id)
+    (inbox / "photo_0100.jpg").rename(away / "photo_0100.jpg")
+    with Library.open(library_dir) as library:
+        assert library.index(inbox).removed == 1
+    for name in ("photo_0100.jpg", "second.jpg"):
+        shutil.copy(away / "photo_0100.jpg", photos / name)
+
+    with Library.open(library_dir) as library:
+        report = library.index(photos)
+        assert (report.moved, report.reused, report.embedded) == (1, 1, 0)
+        assert library._embedder is None
+        after = ids_by_path(library)
+        assert after[photos / "photo_0100.jpg"] == old_id
+        second = library._catalog.vector(after[photos / "second.jpg"])
+        assert vector is not None and second is not None and np.array_equal(second, vector)
+        image = library.image(after[photos / "second.jpg"])
+        assert (image.width, image.height, image.format) == (1600, 1200, "JPEG")  # as decoded then
+        assert library.check().healthy
+    assert departed_ids(library_dir) == []
+
+
 def test_a_photo_back_at_its_old_path_after_a_run_keeps_its_id(
     open_library: Library, photos: Path, away: Path, tiny_model: TinyModel
 ) -> None:

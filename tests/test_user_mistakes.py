@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,33 @@ def test_search_vector_scores_are_cosine_similarities_whatever_the_length(librar
 
 
 @pytest.mark.parametrize(
+    "scale",
+    [
+        np.float32(3e38),  # its length overflows float32 (all scores were 0.0)
+        np.float32(1e-40),  # subnormal: its squares vanish
+        1e300,  # float64: overflows float32 (and its length float64)
+        1e-300,
+    ],
+)
+def test_search_vector_takes_any_finite_nonzero_vector(library: Library, scale: float) -> None:
+    """Scaled to length 1 without overflow or underflow: the same ranking and cosines as the
+    vector of ordinary size, and no numpy warning."""
+    query = library._embedder_or_load().embed_texts(["a red square"])[0]
+    unit = library.search_vector(query, k=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        largest = (query / np.abs(query).max()).astype(type(scale))  # its largest value 1
+        scaled = library.search_vector(largest * scale, k=5)
+    assert [hit.id for hit in scaled] == [hit.id for hit in unit]
+    assert [hit.score for hit in scaled] == pytest.approx([hit.score for hit in unit], abs=1e-5)
+
+
+@pytest.mark.parametrize(
     ("vector", "message"),
     [
         (np.zeros(64), "length zero"),
+        (np.zeros(64, dtype=np.float32), "length zero"),
+        (np.array([10**400] * 64, dtype=object), "too large"),
         (np.full(64, np.nan), "not finite"),
         (np.full(64, np.inf), "not finite"),
         (np.ones(512), "64-dimensional"),
@@ -186,7 +211,7 @@ def test_search_terms_refuses_what_is_no_list_of_query_terms(library: Library) -
     for single in ("a cat", QueryTerm(text="a cat"), None):
         with pytest.raises(QueryError, match="search_terms takes a list of queries"):
             library.search_terms(single)  # type: ignore[arg-type]
-    from_generator = library.search_terms(term for term in [QueryTerm(text="a cat")])  # type: ignore[arg-type]
+    from_generator = library.search_terms(term for term in [QueryTerm(text="a cat")])
     assert from_generator == library.search_terms([QueryTerm(text="a cat")])
 
 
@@ -218,12 +243,12 @@ def test_the_many_methods_take_generators_as_lists(library: Library) -> None:
     def ranked(batches: list[list[SearchResult]]) -> list[list[int]]:
         return [[hit.id for hit in hits] for hits in batches]
 
-    from_generator = library.search_many(text for text in texts)  # type: ignore[arg-type]
+    from_generator = library.search_many(text for text in texts)
     assert ranked(from_generator) == ranked(library.search_many(texts))
-    assert ranked(library.similar_many(i for i in ids)) == ranked(library.similar_many(ids))  # type: ignore[arg-type]
+    assert ranked(library.similar_many(i for i in ids)) == ranked(library.similar_many(ids))
     nothing: list[int] = []
-    assert library.search_many(str(i) for i in nothing) == []  # type: ignore[arg-type]
-    assert library.similar_many(i for i in nothing) == []  # type: ignore[arg-type]
+    assert library.search_many(str(i) for i in nothing) == []
+    assert library.similar_many(i for i in nothing) == []
 
 
 def test_ids_from_numpy_arrays_are_ids(library: Library) -> None:
@@ -567,10 +592,29 @@ def test_reindex_reads_a_relative_path_as_index_does(
     assert library.reindex(".").scanned == 12
     with pytest.raises(InvalidPathError, match="A path to re-index is empty"):  # not "."
         library.reindex("")
-    with pytest.raises(AccessDeniedError, match=f"Path {root}/.. is outside"):
-        library.reindex("..")
     with pytest.raises(InvalidPathError, match="must be absolute"):  # the server's check, still
         library.check_reindex(["."])
+
+
+def test_reindex_names_a_path_as_written_and_where_it_was_looked_for(
+    library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As every message about a path the user gave does (`errors.given_path`), not as
+    "/cwd/./x" (what the user did not write, with the "./" left in)."""
+    root = Path(library.status().roots[0].path)
+    monkeypatch.chdir(root)
+    with pytest.raises(InvalidPathError, match=re.escape(f"./x ({root}/x) does not exist.")):
+        library.reindex("./x")
+    with pytest.raises(AccessDeniedError, match=re.escape(f"Path .. ({root.parent}) is outside")):
+        library.reindex("..")
+    (root / ".hidden").mkdir()
+    try:
+        with pytest.raises(InvalidPathError, match=re.escape(f".hidden ({root}/.hidden) lies in a hidden")):
+            library.reindex(".hidden")
+    finally:
+        (root / ".hidden").rmdir()  # the library is shared by the module's tests
+    with pytest.raises(InvalidPathError, match=f"^{re.escape(str(root))}/nope.jpg does not exist"):
+        library.check_reindex([root / "nope.jpg"])  # absolute as written: named once
 
 
 # ---- devices -------------------------------------------------------------------------------------

@@ -21,12 +21,14 @@ def resolve_inside(
     *,
     linked_roots: Iterable[str] = (),
     what: str = "Path",
+    named: str | None = None,
 ) -> str:
     """`path` with every link resolved, if that lies inside one of `roots`; else AccessDeniedError.
 
     `linked_roots` are roots indexed with links followed: there the user chose to take in what
     links lead to, so a path inside one of them as written (without `..`) is accepted wherever
-    its links lead.
+    its links lead. `named`: how a refusal names the path, if not as `path` is written (a
+    caller's relative path made absolute here names both, see `errors.given_path`).
     """
     try:
         text = os.fspath(path)
@@ -44,7 +46,7 @@ def resolve_inside(
             return resolved
     if ".." not in text.split(os.sep) and any(_written_inside(text, root) for root in linked_roots):
         return resolved
-    raise AccessDeniedError(f"{what} {text} is outside the library's indexed folders.")
+    raise AccessDeniedError(f"{what} {named or text} is outside the library's indexed folders.")
 
 
 def _written_inside(path: str, root: str) -> bool:

@@ -78,19 +78,27 @@ def check_min_score(min_score: float | None) -> None:
 
 def unit_query_vector(vector: np.ndarray) -> np.ndarray:
     """`vector` scaled to length 1, so that scores are cosine similarities as for any query
-    (the index holds unit vectors); QueryError for a vector that has no direction."""
+    (the index holds unit vectors); QueryError for a vector that has no direction.
+
+    Any finite vector not all zeros has one, whatever its scale: it is read in float64 and
+    divided by its largest value before its length is taken, so neither the length (of 1e38s
+    in float32, 1e300s in float64) overflows nor the squares (of 1e-40s) vanish.
+    """
     try:
-        query = np.asarray(vector, dtype=np.float32)
+        query = np.asarray(vector, dtype=np.float64)
+    except OverflowError:  # Python ints beyond float64
+        raise QueryError("A query vector holds numbers too large to be floating-point numbers.") from None
     except (TypeError, ValueError):
         raise QueryError("A query vector must be a sequence of numbers.") from None
     if query.ndim != 1:
         raise QueryError(f"A query vector must be one-dimensional, not of shape {query.shape}.")
     if not np.all(np.isfinite(query)):
         raise QueryError("A query vector holds values that are not finite numbers (NaN or infinity).")
-    length = float(np.linalg.norm(query.astype(np.float64)))
-    if length < 1e-12:
+    largest = float(np.max(np.abs(query), initial=0.0))
+    if largest == 0.0:
         raise QueryError("A query vector of length zero has no direction to search in.")
-    return np.asarray(query / length, dtype=np.float32)
+    scaled = query / largest  # values in [-1, 1], one of them ±1: a length in [1, sqrt(dim)]
+    return np.asarray(scaled / np.linalg.norm(scaled), dtype=np.float32)
 
 
 def index_type_setting(index_type: str | None) -> str | None:

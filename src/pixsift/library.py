@@ -245,7 +245,7 @@ class Library:
         # A caller's "~/Photos/new" or "Photos/new" means what it does to index(); the server
         # never calls this with a path it has not checked as absolute (check_reindex is strict).
         def requests() -> list[RootRequest]:  # refused now, and again as they are once locked
-            return [scoped_request(self._catalog, caller_path(path)) for path in paths]
+            return [scoped_request(self._catalog, caller_path(path), written=path) for path in paths]
 
         requests()
         with self._write_lock.held(wait, "indexing", progress):
@@ -303,18 +303,19 @@ class Library:
 
     def search_many(
         self,
-        texts: Sequence[str],
+        texts: Iterable[str],
         k: int = 10,
         *,
         min_score: float | None = None,
         filters: SearchFilters | None = None,
     ) -> list[list[SearchResult]]:
-        """`search` for many texts at once: one model call and one FAISS call for them all."""
-        texts = query_list(texts, "search_many", "search(text)")
-        if not texts:
+        """`search` for many texts at once: one model call and one FAISS call for them all.
+        Any iterable of texts (a generator is read once), but not one text alone."""
+        queries = query_list(texts, "search_many", "search(text)")
+        if not queries:
             return []
-        vectors, _ = self._examples.of([QueryTerm(text=text) for text in texts])
-        return self._ranker.rank(vectors, k, filters, [set() for _ in texts], min_score)
+        vectors, _ = self._examples.of([QueryTerm(text=text) for text in queries])
+        return self._ranker.rank(vectors, k, filters, [set() for _ in queries], min_score)
 
     def similar(
         self,
@@ -338,18 +339,19 @@ class Library:
 
     def similar_many(
         self,
-        images: Sequence[int | str | os.PathLike[str] | bytes],
+        images: Iterable[int | str | os.PathLike[str] | bytes],
         k: int = 10,
         *,
         min_score: float | None = None,
         filters: SearchFilters | None = None,
     ) -> list[list[SearchResult]]:
-        """`similar` for many images at once (ids, files or bytes): one FAISS call for all."""
-        images = query_list(images, "similar_many", "similar(image)")
-        if not images:
+        """`similar` for many images at once (ids, files or bytes): one FAISS call for all.
+        Any iterable of them (a generator is read once), but not one alone."""
+        queries = query_list(images, "similar_many", "similar(image)")
+        if not queries:
             return []
         examples: list[Example] = [
-            os.fspath(item) if isinstance(item, os.PathLike) else item for item in images
+            os.fspath(item) if isinstance(item, os.PathLike) else item for item in queries
         ]
         examples = [QueryTerm(image=item) if isinstance(item, str) else item for item in examples]
         vectors, ids = self._examples.of(examples)
@@ -393,25 +395,26 @@ class Library:
 
     def search_terms(
         self,
-        terms: Sequence[QueryTerm],
+        terms: Iterable[QueryTerm],
         k: int = 10,
         *,
         min_score: float | None = None,
         under: str | os.PathLike[str] | None = None,
         filters: SearchFilters | None = None,
     ) -> list[SearchResult]:
-        """Images ranked by a weighted combination of text and image terms."""
-        terms = query_list(terms, "search_terms", "search(text) or search_terms([term])")
-        if not terms:
+        """Images ranked by a weighted combination of text and image terms (any iterable of
+        them: a generator is read once)."""
+        given = query_list(terms, "search_terms", "search(text) or search_terms([term])")
+        if not given:
             raise QueryError("A search needs at least one query term.")
-        for term in terms:  # a plain text or id would otherwise fail inside as an AttributeError
+        for term in given:  # a plain text or id would otherwise fail inside as an AttributeError
             if not isinstance(term, QueryTerm):
                 raise QueryError(
                     f"search_terms takes QueryTerms, such as QueryTerm(text=...) or QueryTerm(image=...), "
                     f"not {type(term).__name__}."
                 )
-        vectors, query_ids = self._examples.of(terms)
-        query = combine(vectors, [term.weight for term in terms])
+        vectors, query_ids = self._examples.of(given)
+        query = combine(vectors, [term.weight for term in given])
         excluded = {image_id for image_id in query_ids if image_id is not None}
         return self._ranker.rank(query[None, :], k, merge_under(filters, under), [excluded], min_score)[0]
 

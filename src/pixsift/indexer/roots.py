@@ -89,13 +89,17 @@ def caller_path(path: str | os.PathLike[str]) -> str:
     return written if os.path.isabs(written) else os.path.join(os.getcwd(), written)
 
 
-def scoped_request(catalog: Catalog, path: str | os.PathLike[str]) -> RootRequest:
-    """The part of an indexed root that `path` names (a folder, or a file's folder), to be walked
-    with that root's options; AccessDeniedError outside every root."""
+def scoped_request(
+    catalog: Catalog, path: str | os.PathLike[str], written: str | os.PathLike[str] | None = None
+) -> RootRequest:
+    """The part of an indexed root that `path` (absolute) names (a folder, or a file's folder),
+    to be walked with that root's options; AccessDeniedError outside every root. Messages name
+    the path as the caller wrote it (`written`: relative, with `~`) and where it was looked for."""
     roots = catalog.roots()
-    resolved = resolve_inside(path, [root.path for root in roots])
+    named = given_path(path if written is None else written)
+    resolved = resolve_inside(path, [root.path for root in roots], named=named)
     if not os.path.exists(resolved):
-        raise InvalidPathError(f"{os.fspath(path)} does not exist.")
+        raise InvalidPathError(f"{named} does not exist.")
     folder = resolved if os.path.isdir(resolved) else os.path.dirname(resolved)
     # The innermost root holding it decides how to walk (hidden files, links).
     root = max(
@@ -109,7 +113,7 @@ def scoped_request(catalog: Catalog, path: str | os.PathLike[str]) -> RootReques
     if scope is not None and not root.include_hidden and hidden_between(root.path, scope):
         # What a run added there, the next run over the whole root would take for deleted.
         raise InvalidPathError(
-            f"{os.fspath(path)} lies in a hidden folder, which {root.path} is indexed without; "
+            f"{named} lies in a hidden folder, which {root.path} is indexed without; "
             f"to index hidden files there: pixsift index --include-hidden {shlex.quote(root.path)}"
         )
     return RootRequest(root.path, root.include_hidden, root.follow_symlinks, scope=scope)

@@ -30,9 +30,9 @@ from pixsift.indexer.scan import (
     scan_folder,
 )
 from pixsift.models.embedder import Embedder
-from pixsift.storage.catalog import Catalog, CatalogWriter, StoredEmbedding
+from pixsift.storage.catalog import Catalog, CatalogWriter
 from pixsift.storage.departed import DepartedImage
-from pixsift.storage.records import FreshEmbedding, KnownFile
+from pixsift.storage.records import FreshEmbedding, KnownFile, StoredEmbedding
 
 
 @dataclass(frozen=True)

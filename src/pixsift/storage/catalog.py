@@ -46,7 +46,15 @@ from pixsift.storage.database import (
     writer,
 )
 from pixsift.storage.interrupts import interrupts_deferred
-from pixsift.storage.records import CatalogCounts, Failure, FreshEmbedding, ImageInfo, KnownFile, RootInfo
+from pixsift.storage.records import (
+    CatalogCounts,
+    Failure,
+    FreshEmbedding,
+    ImageInfo,
+    KnownFile,
+    RootInfo,
+    StoredEmbedding,
+)
 from pixsift.storage.schema import (
     Base,
     Embedding,
@@ -86,17 +94,6 @@ def folder_prefix_range(folder: str) -> tuple[bytes, bytes]:
     """
     low = os.fsencode(os.path.join(folder, ""))
     return low, low[:-1] + bytes([low[-1] + 1])
-
-
-@dataclass(frozen=True)
-class StoredEmbedding:
-    """A stored vector (raw float32 bytes) with the metadata of the image it was made from."""
-
-    vector: bytes
-    width: int | None
-    height: int | None
-    format: str | None
-    taken_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -260,7 +257,8 @@ class Catalog:
             return departed.with_hashes(session, hashes, utcnow())
 
     def embeddings_by_hash(self, hashes: Iterable[str]) -> dict[str, StoredEmbedding]:
-        """For each content hash, the vector and metadata of one embedded image that has it.
+        """For each content hash, the vector and metadata of one embedded image that has it, or
+        else of a departed image (see `departed.py`) that had it.
 
         A snapshot: writes made afterwards (even to that image) do not change what it holds.
         """
@@ -277,6 +275,10 @@ class Catalog:
                 ):
                     stored = StoredEmbedding(vector, width, height, image_format, taken)
                     found.setdefault(str(content_hash), stored)
+            # Two copies of a departed image found in one run: the first takes its id back, the
+            # second is a copy of it, whose vector is known without the model.
+            unknown = [content_hash for content_hash in wanted if content_hash not in found]
+            found.update(departed.embeddings_by_hash(session, unknown, utcnow()))
         return found
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageInfo]:

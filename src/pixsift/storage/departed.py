@@ -26,6 +26,7 @@ from sqlalchemy import delete, func, insert, literal, select
 from sqlalchemy.orm import Session
 
 from pixsift.storage.catalog_reader import sql_chunks
+from pixsift.storage.records import StoredEmbedding
 from pixsift.storage.schema import Departed, Embedding, Image, UtcDateTime, utcnow
 
 # How long a departed image waits to be found again, and how many wait at most. A move between
@@ -90,6 +91,21 @@ def with_hashes(session: Session, hashes: Iterable[str], now: datetime) -> dict[
     for chunk in sql_chunks(sorted(set(hashes))):
         for row in session.execute(query.where(Departed.content_hash.in_(chunk))):
             found.setdefault(row.content_hash, []).append(DepartedImage(*row))
+    return found
+
+
+def embeddings_by_hash(session: Session, hashes: Iterable[str], now: datetime) -> dict[str, StoredEmbedding]:
+    """For each of these content hashes that a departed image had, that image's vector and
+    metadata (the latest departed); not those past `RETENTION`, as in `with_hashes`."""
+    found: dict[str, StoredEmbedding] = {}
+    columns = (Departed.content_hash, Departed.vector, Departed.width, Departed.height, Departed.format)
+    query = select(*columns, Departed.taken_at).where(Departed.departed_at >= now - RETENTION)
+    query = query.order_by(Departed.departed_at.desc(), Departed.image_id)
+    for chunk in sql_chunks(sorted(set(hashes))):
+        for content_hash, vector, width, height, image_format, taken in session.execute(
+            query.where(Departed.content_hash.in_(chunk))
+        ):
+            found.setdefault(content_hash, StoredEmbedding(vector, width, height, image_format, taken))
     return found
 
 

@@ -25,6 +25,17 @@ class KnownFile:
 
 
 @dataclass(frozen=True)
+class StoredEmbedding:
+    """A stored vector (raw float32 bytes) with the metadata of the image it was made from."""
+
+    vector: bytes
+    width: int | None
+    height: int | None
+    format: str | None
+    taken_at: str | None = None
+
+
+@dataclass(frozen=True)
 class ImageInfo:
     """An image's stored metadata. `error` says why its file could not be indexed (it then has
     no vector, and its size and format may be unknown); None when it was indexed."""
