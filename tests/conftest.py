@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import pty
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,3 +143,49 @@ def ctrl_c_as_in_a_terminal() -> None:
     """In a child process (`preexec_fn`): Ctrl-C's default action, which a test run started in
     the background would otherwise pass on as ignored (so the command would rightly not stop)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class TerminalRun:
+    """The real `pixsift` command with its stderr on a terminal (a pseudo-terminal), where the
+    command draws its progress and waiting lines as a user sees them; stdout is a pipe."""
+
+    def __init__(self, *args: str) -> None:
+        controller, terminal = pty.openpty()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pixsift", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            env={**os.environ, "TERM": "xterm", "COLUMNS": "160"},
+            preexec_fn=ctrl_c_as_in_a_terminal,
+        )
+        os.close(terminal)
+        self._shown = bytearray()
+        self._reader = threading.Thread(target=self._read, args=(controller,), daemon=True)
+        self._reader.start()
+
+    def _read(self, controller: int) -> None:
+        """Drain the terminal (a full one would block the command) until the command is gone."""
+        try:
+            while chunk := os.read(controller, 4096):
+                self._shown += chunk
+        except OSError:  # EIO once no process holds the terminal any more
+            pass
+        finally:
+            os.close(controller)
+
+    def shown(self) -> str:
+        return self._shown.decode(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.shown():
+            assert self.process.poll() is None, (self.process.returncode, self.shown())
+            assert time.monotonic() < deadline, self.shown()
+            time.sleep(0.02)
+
+    def finish(self, timeout: float = 120) -> tuple[int, str, str]:
+        """Exit code, stdout and what the terminal showed (escape codes and all)."""
+        stdout, _ = self.process.communicate(timeout=timeout)
+        self._reader.join(timeout)
+        return self.process.returncode, stdout.decode(), self.shown()

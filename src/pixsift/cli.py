@@ -15,7 +15,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, suppress
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -30,6 +30,7 @@ from pixsift.formatting import ResultFormat, StatusFormat
 if TYPE_CHECKING:
     from pixsift.library import Library
     from pixsift.search import QueryTerm, SearchFilters, SearchResult
+    from pixsift.terminal_progress import TerminalProgress
 
 # File and folder arguments are taken as text, not typer Paths: typer turns an empty one
 # ("$UNSET") into ".", the working directory, and refuses one without read permission as bad
@@ -235,6 +236,23 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
+@contextmanager
+def _terminal_progress(quiet: bool = False) -> Iterator[TerminalProgress | None]:
+    """Progress bars on stderr when it is a terminal (and not `quiet`), else None: an index
+    run's phases, and the line that says a command waits for another run to let go of the
+    library (so a wait never looks like a hang)."""
+    from rich.console import Console
+
+    from pixsift.terminal_progress import TerminalProgress
+
+    stderr = Console(stderr=True)
+    if quiet or not stderr.is_terminal:
+        yield None
+        return
+    with TerminalProgress(stderr) as bar:
+        yield bar
+
+
 def _open(
     library: str | None, *, create: bool = False, device: str = "auto", engine: Engine = Engine.auto
 ) -> Library:
@@ -304,15 +322,10 @@ def index(
 
     Exits with 3 when some files or folders could not be read (the rest is indexed).
     """
-    from rich.console import Console
-
     from pixsift.arguments import check_index_arguments
     from pixsift.formatting import format_report, report_warnings
     from pixsift.indexer import IndexInterrupted
-    from pixsift.terminal_progress import TerminalProgress
 
-    stderr = Console(stderr=True)
-    show_progress = not quiet and stderr.is_terminal
     with _user_errors():  # before the library is made: a mistake must not leave an empty one
         check_index_arguments(folders or [], model, pretrained)
     with (
@@ -320,9 +333,8 @@ def index(
         _user_errors(),
         _open(library, create=True, device=device, engine=engine) as lib,
     ):
-        bar = TerminalProgress(stderr) if show_progress else None
         try:
-            with bar if bar is not None else nullcontext():
+            with _terminal_progress(quiet) as bar:
                 report = lib.index(
                     *(folders or []),
                     model=model,
@@ -450,8 +462,8 @@ def reindex(
     """
     from pixsift.formatting import format_index_summary
 
-    with _user_errors(), _open(library) as lib:
-        summary = lib.rebuild_index(index_type, memory_budget, wait=wait)
+    with _user_errors(), _open(library) as lib, _terminal_progress() as waiting:
+        summary = lib.rebuild_index(index_type, memory_budget, wait=wait, progress=waiting)
     typer.echo(format_index_summary(summary))
 
 
@@ -491,8 +503,8 @@ def forget(
     another indexed folder is only dropped as a root: that folder's next run decides what stays.
     For a folder that moved, `pixsift relocate OLD NEW` keeps its images' ids instead.
     """
-    with _user_errors(), _open(library) as lib:
-        removed = lib.forget(folder, wait=wait)
+    with _user_errors(), _open(library) as lib, _terminal_progress() as waiting:
+        removed = lib.forget(folder, wait=wait, progress=waiting)
     typer.echo(f"Forgot {folder}: {removed:,} image(s) removed from the library; no file was touched.")
 
 
@@ -517,7 +529,8 @@ def relocate(
     from pixsift.indexer.relocation import catch_up_command
 
     with _user_errors(), _open(library) as lib:
-        moved = lib.relocate(old, new, wait=wait)
+        with _terminal_progress() as waiting:
+            moved = lib.relocate(old, new, wait=wait, progress=waiting)
         target, command = catch_up_command(lib.status().roots, new)
     typer.echo(
         f"Relocated {old} to {target}: {moved:,} image(s) moved, their ids and vectors kept. "
@@ -637,8 +650,8 @@ def doctor(
     """Check the library: database, search index against it, indexed files. Exits 3 if problems remain."""
     from pixsift.formatting import format_health, health_as_json
 
-    with _user_errors(), _open(library) as lib:
-        report = lib.repair(wait=wait) if repair else lib.check(wait=wait)
+    with _user_errors(), _open(library) as lib, _terminal_progress() as waiting:
+        report = lib.repair(wait=wait, progress=waiting) if repair else lib.check(wait=wait, progress=waiting)
     typer.echo(health_as_json(report) if output is StatusFormat.json else format_health(report))
     if not report.healthy:
         raise typer.Exit(EXIT_TROUBLE)
