@@ -189,3 +189,29 @@ class TerminalRun:
         stdout, _ = self.process.communicate(timeout=timeout)
         self._reader.join(timeout)
         return self.process.returncode, stdout.decode(), self.shown()
+
+
+def interrupted_at(marker: str, pause: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real `pixsift ARGS` through tools/crash_soak.py's child, which pauses it at a
+    point of its work (see `child` there: "moving" inside relocate's transaction, "saving"
+    before the search index file replaces the old one); send Ctrl-C there, then let it go on."""
+    import crash_soak
+
+    pause.mkdir(exist_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, crash_soak.__file__, "child", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, crash_soak.PAUSE_ENV: str(pause)},
+        preexec_fn=ctrl_c_as_in_a_terminal,
+    )
+    deadline = time.monotonic() + 120
+    while not (pause / marker).exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.2)  # delivered (to a handler that holds it back, inside a transaction)
+    (pause / "go").touch()
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 import crash_soak
-from conftest import TinyModel, run_cli
+from conftest import TerminalRun, TinyModel, interrupted_at, run_cli
 from pixsift import InvalidPathError, Library
 from pixsift.search.quick import answer_quickly
 from pixsift.storage.vector_index import read_header
@@ -313,3 +314,56 @@ def test_killed_before_its_transaction_commits_it_changes_nothing_and_runs_again
         report = library.index()
         assert (report.unchanged, report.added, report.reused, report.removed) == (14, 0, 0, 0)
         assert library.check(wait=0).healthy
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_it_commits_reports_the_move_it_kept(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """Ctrl-C inside the real `pixsift relocate`'s transaction is held back until it has
+    committed; the command then said only "Interrupted." (exit 130), though every path had
+    moved. It now prints what moved, then that the change is kept."""
+    folder = tmp_path / "library"
+    with Library.open(folder) as library:
+        index(library, tiny_model, photos)
+        before = by_path(library)
+    new = tmp_path / "Pictures"
+    photos.rename(new)
+    done = interrupted_at(
+        "moving", tmp_path / "pause", "relocate", str(photos), str(new), "--library", str(folder)
+    )
+    assert (done.returncode, done.stderr) == (
+        130,
+        "Interrupted once the change above was saved: it is kept.\n",
+    )
+    assert done.stdout.startswith(
+        f"Relocated {photos} to {new}: 12 image(s) moved, their ids and vectors kept."
+    )
+    with Library.open(folder) as library:
+        assert by_path(library) == {
+            new_path(path, photos, new): image_id for path, image_id in before.items()
+        }
+        assert library.check(wait=0).healthy
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_it_commits_says_nothing_changed(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """Ctrl-C while the real `pixsift relocate` waits for another run (its line on the
+    terminal says so) ends it with a line that says nothing changed, not a bare "Interrupted."."""
+    folder = tmp_path / "library"
+    with Library.open(folder) as library:
+        index(library, tiny_model, photos)
+        before, known = by_path(library), roots(library)
+    new = tmp_path / "Pictures"
+    photos.rename(new)
+    with FileLock(folder / "library.lock"):  # another run holds the library
+        run = TerminalRun("relocate", str(photos), str(new), "--library", str(folder), "--wait", "60")
+        run.wait_for("Waiting for another index run")
+        run.process.send_signal(signal.SIGINT)
+        code, stdout, shown = run.finish()
+    assert (code, stdout) == (130, "")
+    assert shown.endswith("\x1b[?25hInterrupted: nothing was changed.\r\n"), shown  # once the line is gone
+    with Library.open(folder) as library:
+        assert (by_path(library), roots(library)) == (before, known)

@@ -62,6 +62,7 @@ from pixsift.search.recommend import RocchioWeights, rocchio
 from pixsift.status import IndexSummary, LibraryStatus, library_status, summarize_index
 from pixsift.storage import Catalog, Failure, ImageInfo
 from pixsift.storage.index_keeper import IndexKeeper
+from pixsift.storage.interrupts import kept_on_interrupt
 from pixsift.thumbnails import forget_thumbnails, prune_thumbnails, thumbnail
 
 if TYPE_CHECKING:
@@ -510,9 +511,13 @@ class Library:
         another indexed folder nested inside it stay; a folder inside another indexed folder
         is only dropped as a root (that folder's next index run decides what of it stays).
         Returns how many images were removed. While it waits for an index run (as `index`
-        does), `progress` shows a waiting phase."""
+        does), `progress` shows a waiting phase.
+
+        Ctrl-C before the change is committed leaves the library as it was (KeyboardInterrupt);
+        one while it is committed, or after, raises InterruptedAfterCommit, whose `result` is
+        that count: the change is kept."""
         root_named(folder, [root.path for root in self._catalog.roots()])  # refused now, not after a wait
-        with self._write_lock.held(wait, "forgetting a folder", progress):
+        with kept_on_interrupt() as change, self._write_lock.held(wait, "forgetting a folder", progress):
             # As they are once the lock is held: a run waited for may have forgotten it meanwhile.
             roots = [root.path for root in self._catalog.roots()]
             root = root_named(folder, roots)
@@ -522,9 +527,11 @@ class Library:
                 ids = set(self._catalog.ids_under(root).tolist())
                 for inner in (other for other in others if is_within(other, root)):
                     ids -= set(self._catalog.ids_under(inner).tolist())
-            with self._catalog.write() as batch:
+            change.result = len(ids)
+            with change.transaction(self._catalog.write()) as batch:
                 batch.delete_images(sorted(ids))
                 batch.delete_root(root)
+            # Caches, after the commit: a Ctrl-C here leaves them for the next search to catch up.
             if (model := self._catalog.model()) is not None:
                 self._index.refresh(model.embed_dim, save=True)
             prune_thumbnails(self.path / THUMBNAILS_DIR, self._catalog.images)
@@ -547,17 +554,20 @@ class Library:
         folder and `new` an existing folder that neither is, holds nor lies in another indexed
         folder, and unless `old` is gone or empty (a folder that still holds files was copied:
         index the copy instead). Run `index(new)` after it to pick up what changed meanwhile.
-        Waits for an index run as `forget` does, showing it on `progress`.
+        Waits for an index run as `forget` does, showing it on `progress`, and tells a Ctrl-C that
+        came once the paths were committed as `forget` does (InterruptedAfterCommit, `result`: how
+        many moved).
         """
         from pixsift.indexer.relocation import moved_prefix, plan_relocation
 
         plan_relocation(self._catalog.roots(), old, new)  # refused now, not after a wait
-        with self._write_lock.held(wait, "relocating a folder", progress):
+        with kept_on_interrupt() as change, self._write_lock.held(wait, "relocating a folder", progress):
             plan = plan_relocation(self._catalog.roots(), old, new)  # as the roots are now
             if len(self._catalog.ids_under(plan.new)):  # no root holds it, so none should be there
                 raise InvalidPathError(f"The library already holds images under {plan.new}.")
-            with self._catalog.write() as batch:
-                return batch.move_paths(*moved_prefix(plan.old, plan.new), plan.roots)
+            with change.transaction(self._catalog.write()) as batch:
+                moved = change.result = batch.move_paths(*moved_prefix(plan.old, plan.new), plan.roots)
+        return moved
 
     def warm_up(self) -> None:
         """Load the model and the search index now rather than on the first search (a server
@@ -689,16 +699,20 @@ class Library:
         Rebuilds the search index from the stored vectors, drops rows of files gone from disk
         (not of folders that are not there), and drops vectors that fit nothing. A database that
         SQLite finds damaged is left alone: the report says so. Waits as `check` does.
+
+        Ctrl-C before the first repair is kept leaves the library as it was (KeyboardInterrupt);
+        one after raises InterruptedAfterCommit, whose `result` lists the repairs kept so far
+        (as `repairs` does): running the repair again finishes the job.
         """
         from pixsift import doctor
         from pixsift.storage.database import write_error
 
-        with self._write_lock.held(wait, "a repair", progress):
+        with kept_on_interrupt() as change, self._write_lock.held(wait, "a repair", progress):
             before = doctor.check(self._catalog, self.index_path)
             if any(problem.kind == "database" for problem in before.problems):
                 return before
             try:
-                done = doctor.repair(self._catalog, self.index_path, self._index.policy())
+                done = doctor.repair(self._catalog, self.index_path, self._index.policy(), change)
             except OSError as exc:
                 raise write_error(self.path, exc) from exc
             self._index.forget()  # reload the rebuilt index on the next search
