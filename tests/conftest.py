@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import pty
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,3 +143,75 @@ def ctrl_c_as_in_a_terminal() -> None:
     """In a child process (`preexec_fn`): Ctrl-C's default action, which a test run started in
     the background would otherwise pass on as ignored (so the command would rightly not stop)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class TerminalRun:
+    """The real `pixsift` command with its stderr on a terminal (a pseudo-terminal), where the
+    command draws its progress and waiting lines as a user sees them; stdout is a pipe."""
+
+    def __init__(self, *args: str) -> None:
+        controller, terminal = pty.openpty()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pixsift", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            env={**os.environ, "TERM": "xterm", "COLUMNS": "160"},
+            preexec_fn=ctrl_c_as_in_a_terminal,
+        )
+        os.close(terminal)
+        self._shown = bytearray()
+        self._reader = threading.Thread(target=self._read, args=(controller,), daemon=True)
+        self._reader.start()
+
+    def _read(self, controller: int) -> None:
+        """Drain the terminal (a full one would block the command) until the command is gone."""
+        try:
+            while chunk := os.read(controller, 4096):
+                self._shown += chunk
+        except OSError:  # EIO once no process holds the terminal any more
+            pass
+        finally:
+            os.close(controller)
+
+    def shown(self) -> str:
+        return self._shown.decode(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.shown():
+            assert self.process.poll() is None, (self.process.returncode, self.shown())
+            assert time.monotonic() < deadline, self.shown()
+            time.sleep(0.02)
+
+    def finish(self, timeout: float = 120) -> tuple[int, str, str]:
+        """Exit code, stdout and what the terminal showed (escape codes and all)."""
+        stdout, _ = self.process.communicate(timeout=timeout)
+        self._reader.join(timeout)
+        return self.process.returncode, stdout.decode(), self.shown()
+
+
+def interrupted_at(marker: str, pause: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real `pixsift ARGS` through tools/crash_soak.py's child, which pauses it at a
+    point of its work (see `child` there: "moving" inside relocate's transaction, "saving"
+    before the search index file replaces the old one); send Ctrl-C there, then let it go on."""
+    import crash_soak
+
+    pause.mkdir(exist_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, crash_soak.__file__, "child", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, crash_soak.PAUSE_ENV: str(pause)},
+        preexec_fn=ctrl_c_as_in_a_terminal,
+    )
+    deadline = time.monotonic() + 120
+    while not (pause / marker).exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.2)  # delivered (to a handler that holds it back, inside a transaction)
+    (pause / "go").touch()
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)

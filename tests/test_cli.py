@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 import crash_soak
-from conftest import TinyModel, ctrl_c_as_in_a_terminal, needs_permissions, run_cli
+from conftest import TinyModel, ctrl_c_as_in_a_terminal, interrupted_at, needs_permissions, run_cli
 from crash_soak import PAUSE_ENV
 from pixsift import InvalidPathError, Library, SearchResult
 from pixsift.cli import app
@@ -431,6 +431,49 @@ def test_ctrl_c_while_the_search_index_is_saved_stops_with_the_summary(
     with Library.open(tmp_path / "lib") as opened:  # nothing lost: the index catches up
         assert opened.check().healthy
         assert len(opened.search("a photo", k=100)) == 15
+
+
+def test_ctrl_c_once_forget_has_committed_reports_what_it_removed(
+    photos: Path, tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    """Ctrl-C while the real `pixsift forget` saves the search index, its change committed:
+    it said only "Interrupted.", so the user could not tell whether the folder was forgotten.
+    Now it prints what it removed, then that the change is kept (exit 130)."""
+    library = ["--library", str(tmp_path / "lib")]
+    other = tmp_path / "Other"
+    write_photos(other, 3, size=(96, 72), seed=2200)
+    assert run_cli("index", str(photos), str(other), *library, *tiny_model.index_args()).returncode == 0
+    done = interrupted_at("saving", tmp_path / "pause", "forget", str(other), *library)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        130,
+        f"Forgot {other}: 3 image(s) removed from the library; no file was touched.\n",
+        "Interrupted once the change above was saved: it is kept.\n",
+    )
+    with Library.open(tmp_path / "lib") as opened:  # the search index catches up
+        assert [root.path for root in opened.status().roots] == [str(photos)]
+        assert opened.check().healthy
+        assert len(opened.search("a photo", k=100)) == 12
+
+
+def test_ctrl_c_part_way_through_a_repair_lists_the_repairs_kept(
+    photos: Path, tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    """Ctrl-C while `pixsift doctor --repair` rebuilds the search index, after it dropped the
+    rows of files gone: it said only "Interrupted.". Now it lists what it did and kept."""
+    library = ["--library", str(tmp_path / "lib")]
+    assert run_cli("index", str(photos), *library, *tiny_model.index_args()).returncode == 0
+    (photos / "photo_0100.jpg").unlink()
+    done = interrupted_at("saving", tmp_path / "pause", "doctor", "--repair", *library)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        130,
+        "",
+        "Interrupted part-way through the repair. Done and kept: dropped 1 row(s) of files gone "
+        "from disk. To finish: pixsift doctor --repair\n",
+    )
+    again = run_cli("doctor", "--repair", *library)
+    assert again.returncode == 0, again.stdout + again.stderr
+    with Library.open(tmp_path / "lib") as opened:
+        assert opened.status().counts.indexed == 11
 
 
 def test_ctrl_c_while_the_model_loads_says_so(

@@ -13,7 +13,7 @@ import pytest
 from filelock import FileLock
 from typer.testing import CliRunner
 
-from conftest import TinyModel
+from conftest import TerminalRun, TinyModel
 from crash_soak import PAUSE_ENV, FreshProcesses
 from pixsift import InvalidPathError, Library, LibraryBusyError
 from pixsift.cli import app
@@ -77,6 +77,35 @@ def test_relocating_a_folder_waits_for_an_index_run_and_refuses_when_it_goes_on(
         assert library.relocate(photos, moved, wait=0) == len(ids)
         hits = library.search("x", k=50)
         assert sorted(hit.id for hit in hits) == ids and {Path(hit.path).parent for hit in hits} == {moved}
+
+
+def test_the_short_write_commands_say_that_they_wait_as_index_does(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    """relocate, forget, doctor and reindex waited for another run's lock (10 s by
+    default) without a word, where `pixsift index` shows a line on the terminal: now each shows
+    the same line, then does its work once the lock is let go."""
+    with Library.open(library_dir) as library:
+        index(library, tiny_model, photos)
+    moved = photos.with_name("moved")
+    photos.rename(moved)
+    commands = [
+        ["relocate", str(photos), str(moved)],
+        ["doctor", "--repair"],
+        ["reindex"],
+        ["doctor"],
+        ["forget", str(moved)],
+    ]
+    for command in commands:
+        with lock_of(library_dir):  # another run holds the library
+            run = TerminalRun(*command, "--library", str(library_dir), "--wait", "60")
+            run.wait_for("Waiting for another index run")
+        code, stdout, shown = run.finish()
+        assert code == 0, (command, stdout, shown)
+        assert "error" not in shown.lower()
+    assert "Forgot" in stdout
+    with Library.open(library_dir) as library:
+        assert library.status().roots == []
 
 
 def test_the_command_refuses_in_one_line(library_dir: Path, photos: Path, tiny_model: TinyModel) -> None:

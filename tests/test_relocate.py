@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 import crash_soak
-from conftest import TinyModel, run_cli
+from conftest import TerminalRun, TinyModel, interrupted_at, run_cli
 from pixsift import InvalidPathError, Library
 from pixsift.search.quick import answer_quickly
 from pixsift.storage.vector_index import read_header
@@ -231,7 +232,14 @@ def test_what_is_refused_changes_nothing(
         f"{photos}, indexed there again, drop the old ones: pixsift forget {photos}",
     )
     inner = other / "inner"
-    refused(open_library, photos, inner, f"{inner} lies inside the indexed folder {other}.")
+    refused(
+        open_library,
+        photos,
+        inner,
+        f"{inner} lies inside the indexed folder {other}, which relocate does not move folders "
+        f"into. To index its photos as part of {other} instead: pixsift index {other} && "
+        f"pixsift forget {photos} (they get new ids; their vectors are reused, not embedded again).",
+    )
     around_old = f"{tmp_path} contains {photos}: relocate moves a folder to a new place outside where it was."
     refused(open_library, photos, tmp_path, around_old)
     around = tmp_path / "around"
@@ -313,3 +321,94 @@ def test_killed_before_its_transaction_commits_it_changes_nothing_and_runs_again
         report = library.index()
         assert (report.unchanged, report.added, report.reused, report.removed) == (14, 0, 0, 0)
         assert library.check(wait=0).healthy
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_it_commits_reports_the_move_it_kept(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """Ctrl-C inside the real `pixsift relocate`'s transaction is held back until it has
+    committed; the command then said only "Interrupted." (exit 130), though every path had
+    moved. It now prints what moved, then that the change is kept."""
+    folder = tmp_path / "library"
+    with Library.open(folder) as library:
+        index(library, tiny_model, photos)
+        before = by_path(library)
+    new = tmp_path / "Pictures"
+    photos.rename(new)
+    done = interrupted_at(
+        "moving", tmp_path / "pause", "relocate", str(photos), str(new), "--library", str(folder)
+    )
+    assert (done.returncode, done.stderr) == (
+        130,
+        "Interrupted once the change above was saved: it is kept.\n",
+    )
+    assert done.stdout.startswith(
+        f"Relocated {photos} to {new}: 12 image(s) moved, their ids and vectors kept."
+    )
+    with Library.open(folder) as library:
+        assert by_path(library) == {
+            new_path(path, photos, new): image_id for path, image_id in before.items()
+        }
+        assert library.check(wait=0).healthy
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_it_commits_says_nothing_changed(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """Ctrl-C while the real `pixsift relocate` waits for another run (its line on the
+    terminal says so) ends it with a line that says nothing changed, not a bare "Interrupted."."""
+    folder = tmp_path / "library"
+    with Library.open(folder) as library:
+        index(library, tiny_model, photos)
+        before, known = by_path(library), roots(library)
+    new = tmp_path / "Pictures"
+    photos.rename(new)
+    with FileLock(folder / "library.lock"):  # another run holds the library
+        run = TerminalRun("relocate", str(photos), str(new), "--library", str(folder), "--wait", "60")
+        run.wait_for("Waiting for another index run")
+        run.process.send_signal(signal.SIGINT)
+        code, stdout, shown = run.finish()
+    assert (code, stdout) == (130, "")
+    assert shown.endswith("\x1b[?25hInterrupted: nothing was changed.\r\n"), shown  # once the line is gone
+    with Library.open(folder) as library:
+        assert (by_path(library), roots(library)) == (before, known)
+
+
+@pytest.mark.slow
+def test_a_nested_folder_renamed_inside_its_enclosing_one_is_told_how_to_keep_its_ids(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """~/Photos and ~/Photos/trips both indexed, trips renamed to travel: relocate refuses
+    (travel lies inside ~/Photos) and said only that, leaving the user no way forward. It now
+    gives the commands that keep the ids; run as given, they do, and travel is indexed with
+    trips' options."""
+    library = ["--library", str(tmp_path / "library")]
+    trips = photos / "trips"
+    write_photos(trips, 3, size=(96, 72), seed=780)
+    save(make_photo(790), trips / ".hidden.jpg")
+    assert run_cli("index", str(photos), *library, *tiny_model.index_args()).returncode == 0
+    assert run_cli("index", "--include-hidden", str(trips), *library).returncode == 0
+    with Library.open(tmp_path / "library") as library_before:
+        before = by_path(library_before)
+    travel = photos / "travel"
+    trips.rename(travel)
+
+    refusal = run_cli("relocate", str(trips), str(travel), *library)
+    assert (refusal.returncode, refusal.stdout) == (1, "")
+    commands = f"pixsift forget {trips} && pixsift index --include-hidden {travel}"
+    assert refusal.stderr == (
+        f"error: {travel} lies inside the indexed folder {photos}, which relocate does not move "
+        f"folders into. As {trips} lies in it too, forget the old name and index the new one: "
+        f"{commands} (its photos are matched by content: those unchanged keep their ids and vectors).\n"
+    )
+    for command in commands.split(" && "):
+        done = run_cli(*command.split()[1:], *library)
+        assert done.returncode == 0, done.stderr
+    assert "4 moved, 0 copies" in done.stdout
+    with Library.open(tmp_path / "library") as opened:
+        assert by_path(opened) == {
+            new_path(path, trips, travel): image_id for path, image_id in before.items()
+        }
+        assert roots(opened) == [(str(photos), False, False), (str(travel), True, False)]

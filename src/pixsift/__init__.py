@@ -35,6 +35,7 @@ _EXPORTS = {
     "PixsiftError": "pixsift.errors",
     "QueryError": "pixsift.errors",
     "IndexInterrupted": "pixsift.indexer",
+    "InterruptedAfterCommit": "pixsift.storage.interrupts",
     "IndexProgress": "pixsift.indexer",
     "IndexReport": "pixsift.indexer",
     "Library": "pixsift.library",
@@ -106,6 +107,7 @@ if TYPE_CHECKING:
     from pixsift.status import IndexFileState, IndexSummary, LibraryStatus
     from pixsift.storage import CatalogCounts, Failure, ImageInfo, RootInfo
     from pixsift.storage.index_choice import IndexThresholds
+    from pixsift.storage.interrupts import InterruptedAfterCommit
 
 __all__ = [
     "AccessDeniedError",
@@ -127,6 +129,7 @@ __all__ = [
     "IndexReport",
     "IndexSummary",
     "IndexThresholds",
+    "InterruptedAfterCommit",
     "InvalidOptionError",
     "InvalidPathError",
     "Library",

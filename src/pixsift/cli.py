@@ -15,9 +15,9 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, suppress
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar, cast
 
 import typer
 from typer.core import TyperGroup
@@ -30,6 +30,7 @@ from pixsift.formatting import ResultFormat, StatusFormat
 if TYPE_CHECKING:
     from pixsift.library import Library
     from pixsift.search import QueryTerm, SearchFilters, SearchResult
+    from pixsift.terminal_progress import TerminalProgress
 
 # File and folder arguments are taken as text, not typer Paths: typer turns an empty one
 # ("$UNSET") into ".", the working directory, and refuses one without read permission as bad
@@ -41,6 +42,7 @@ EXIT_INTERRUPTED = 130
 EXIT_CLOSED_PIPE = 128 + 13  # 128 + SIGPIPE: what a shell shows for a tool its pipe stopped
 _PILLOW_BOMB_WARNING = r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels"
 _PILLOW_EXIF_WARNING = r"(Possibly )?[Cc]orrupt EXIF"
+T = TypeVar("T")
 
 
 @contextmanager
@@ -263,6 +265,68 @@ def _first_use_explained() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _terminal_progress(quiet: bool = False) -> Iterator[TerminalProgress | None]:
+    """Progress bars on stderr when it is a terminal (and not `quiet`), else None: an index
+    run's phases, and the line that says a command waits for another run to let go of the
+    library (so a wait never looks like a hang)."""
+    from rich.console import Console
+
+    from pixsift.terminal_progress import TerminalProgress
+
+    stderr = Console(stderr=True)
+    if quiet or not stderr.is_terminal:
+        yield None
+        return
+    with TerminalProgress(stderr) as bar:
+        yield bar
+
+
+def _committed(change: Callable[[TerminalProgress | None], T]) -> tuple[T, bool]:
+    """Run a short change of the library (relocate, forget), given the terminal's progress
+    display for its wait: its result, and whether Ctrl-C came once it was committed (it is
+    kept; the command reports it, then exits with 130). A Ctrl-C before ends the command
+    here, saying that nothing changed, where a bare "Interrupted." would leave the user to
+    guess."""
+    from pixsift.storage.interrupts import InterruptedAfterCommit
+
+    try:  # the message once the display is gone, not in the middle of its line
+        with _nothing_changed_on_interrupt(), _terminal_progress() as waiting:
+            return change(waiting), False
+    except InterruptedAfterCommit as interrupt:
+        return cast(T, interrupt.result), True
+
+
+@contextmanager
+def _nothing_changed_on_interrupt() -> Iterator[None]:
+    """A Ctrl-C before the library's change was committed: one line, exit 130."""
+    from pixsift.storage.interrupts import InterruptedAfterCommit
+
+    try:
+        yield
+    except InterruptedAfterCommit:
+        raise
+    except KeyboardInterrupt:
+        typer.echo("Interrupted: nothing was changed.", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+@contextmanager
+def _report_of_kept_change(interrupted: bool) -> Iterator[None]:
+    """Print the report of a committed change with Ctrl-C held back (a Ctrl-C must not hide what
+    was done), then exit with 130 if one came, while the change was made or while this printed."""
+    from pixsift.storage.interrupts import interrupts_deferred
+
+    try:
+        with interrupts_deferred():
+            yield
+    except KeyboardInterrupt:
+        interrupted = True
+    if interrupted:
+        typer.echo("Interrupted once the change above was saved: it is kept.", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
 def _open(
     library: str | None, *, create: bool = False, device: str = "auto", engine: Engine = Engine.auto
 ) -> Library:
@@ -332,15 +396,10 @@ def index(
 
     Exits with 3 when some files or folders could not be read (the rest is indexed).
     """
-    from rich.console import Console
-
     from pixsift.arguments import check_index_arguments
     from pixsift.formatting import format_report, report_warnings
     from pixsift.indexer import IndexInterrupted
-    from pixsift.terminal_progress import TerminalProgress
 
-    stderr = Console(stderr=True)
-    show_progress = not quiet and stderr.is_terminal
     with _user_errors():  # before the library is made: a mistake must not leave an empty one
         check_index_arguments(folders or [], model, pretrained)
     with (
@@ -350,9 +409,8 @@ def index(
         # one would be left behind empty, with the error "nothing to index yet".
         _open(library, create=bool(folders), device=device, engine=engine) as lib,
     ):
-        bar = TerminalProgress(stderr) if show_progress else None
         try:
-            with bar if bar is not None else nullcontext():
+            with _terminal_progress(quiet) as bar:
                 report = lib.index(
                     *(folders or []),
                     model=model,
@@ -480,8 +538,8 @@ def reindex(
     """
     from pixsift.formatting import format_index_summary
 
-    with _user_errors(), _open(library) as lib:
-        summary = lib.rebuild_index(index_type, memory_budget, wait=wait)
+    with _user_errors(), _open(library) as lib, _terminal_progress() as waiting:
+        summary = lib.rebuild_index(index_type, memory_budget, wait=wait, progress=waiting)
     typer.echo(format_index_summary(summary))
 
 
@@ -522,8 +580,11 @@ def forget(
     For a folder that moved, `pixsift relocate OLD NEW` keeps its images' ids instead.
     """
     with _user_errors(), _open(library) as lib:
-        removed = lib.forget(folder, wait=wait)
-    typer.echo(f"Forgot {folder}: {removed:,} image(s) removed from the library; no file was touched.")
+        removed, interrupted = _committed(lambda waiting: lib.forget(folder, wait=wait, progress=waiting))
+        with _report_of_kept_change(interrupted):
+            typer.echo(
+                f"Forgot {folder}: {removed:,} image(s) removed from the library; no file was touched."
+            )
 
 
 @app.command()
@@ -547,12 +608,13 @@ def relocate(
     from pixsift.indexer.relocation import catch_up_command
 
     with _user_errors(), _open(library) as lib:
-        moved = lib.relocate(old, new, wait=wait)
-        target, command = catch_up_command(lib.status().roots, new)
-    typer.echo(
-        f"Relocated {old} to {target}: {moved:,} image(s) moved, their ids and vectors kept. "
-        f"To pick up what changed meanwhile: {command}"
-    )
+        moved, interrupted = _committed(lambda waiting: lib.relocate(old, new, wait=wait, progress=waiting))
+        with _report_of_kept_change(interrupted):
+            target, command = catch_up_command(lib.status().roots, new)
+            typer.echo(
+                f"Relocated {old} to {target}: {moved:,} image(s) moved, their ids and vectors kept. "
+                f"To pick up what changed meanwhile: {command}"
+            )
 
 
 @app.command("eval")
@@ -666,9 +728,24 @@ def doctor(
 ) -> None:
     """Check the library: database, search index against it, indexed files. Exits 3 if problems remain."""
     from pixsift.formatting import format_health, health_as_json
+    from pixsift.storage.interrupts import InterruptedAfterCommit
 
     with _user_errors(), _open(library) as lib:
-        report = lib.repair(wait=wait) if repair else lib.check(wait=wait)
+        try:
+            with _nothing_changed_on_interrupt(), _terminal_progress() as waiting:
+                report = (
+                    lib.repair(wait=wait, progress=waiting)
+                    if repair
+                    else lib.check(wait=wait, progress=waiting)
+                )
+        except InterruptedAfterCommit as interrupt:
+            kept = "; ".join(cast(list[str], interrupt.result))
+            typer.echo(
+                f"Interrupted part-way through the repair. Done and kept: {kept}. "
+                "To finish: pixsift doctor --repair",
+                err=True,
+            )
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     typer.echo(health_as_json(report) if output is StatusFormat.json else format_health(report))
     if not report.healthy:
         raise typer.Exit(EXIT_TROUBLE)

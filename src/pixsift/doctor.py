@@ -23,6 +23,7 @@ from pixsift.storage import Catalog
 from pixsift.storage.catalog import folder_prefix_range
 from pixsift.storage.index_build import IndexPolicy
 from pixsift.storage.index_lifecycle import catch_up, rebuild
+from pixsift.storage.interrupts import Change
 from pixsift.storage.vector_index import VectorIndex, leftover_files, read_generation
 
 VECTOR_SAMPLE = 256  # stored vectors compared with the search index's copies, per check
@@ -248,18 +249,23 @@ def _file_state(path: str) -> str:
         return exc.strerror or type(exc).__name__
 
 
-def repair(catalog: Catalog, index_path: Path, policy: IndexPolicy | None = None) -> list[str]:
+def repair(
+    catalog: Catalog, index_path: Path, policy: IndexPolicy | None = None, change: Change | None = None
+) -> list[str]:
     """Fix what a check can find, short of a damaged database; returns what was done.
 
     Rows of files gone from disk are dropped (not those under a folder that is not there) and
     kept as departed records, as an index run keeps them (`storage/departed.py`), so a file
     found moved by a later run gets its id and vector back; vectors that fit nothing are
     dropped (their images are embedded again by the next index run), and the search index is
-    rebuilt from the stored vectors.
+    rebuilt from the stored vectors. `change` learns each repair as it is kept (see
+    `kept_on_interrupt`), so a Ctrl-C part-way can say which are.
     """
-    if catalog.lacks_schema():  # nothing can be read to repair from; check() says so
-        return []
+    change = change or Change()
     done: list[str] = []
+    change.result = done
+    if catalog.lacks_schema():  # nothing can be read to repair from; check() says so
+        return done
     model = catalog.model()
     orphans = catalog.orphan_vector_ids()
     misfits = catalog.misfit_vector_ids(model.embed_dim) if model is not None else []
@@ -270,26 +276,31 @@ def repair(catalog: Catalog, index_path: Path, policy: IndexPolicy | None = None
         if _file_state(path) == FILE_GONE and not _under_any(path, absent_roots)
     ]
     if orphans or misfits or gone:
-        with catalog.write() as batch:
+        with change.transaction(catalog.write()) as batch:
             batch.drop_vectors([*orphans, *misfits])
             batch.depart_images(gone)  # as an index run would: found moved later, they come back
-    if orphans:
-        done.append(f"dropped {len(orphans)} vector(s) that belonged to no image")
-    if misfits:
-        done.append(f"dropped {len(misfits)} vector(s) of the wrong size (re-embedded by the next index run)")
-    if gone:
-        done.append(f"dropped {len(gone)} row(s) of files gone from disk")
+            # Listed in the transaction: a Ctrl-C held back until it commits finds them there.
+            if orphans:
+                done.append(f"dropped {len(orphans)} vector(s) that belonged to no image")
+            if misfits:
+                done.append(
+                    f"dropped {len(misfits)} vector(s) of the wrong size (re-embedded by the next index run)"
+                )
+            if gone:
+                done.append(f"dropped {len(gone)} row(s) of files gone from disk")
     if model is not None:
         index = rebuild(catalog, model.embed_dim, policy)
         index.save(index_path)
-        with catalog.write() as batch:
-            batch.truncate_vector_log(index.generation)
         done.append(f"rebuilt the search index from {index.count} stored vector(s)")
+        change.committed = True
+        with change.transaction(catalog.write()) as batch:
+            batch.truncate_vector_log(index.generation)
     leftovers = leftover_files(index_path)
     for leftover in leftovers:
         leftover.unlink(missing_ok=True)
     if leftovers:
         done.append(f"removed {len(leftovers)} temporary file(s) of an interrupted save")
+        change.committed = True
     return done
 
 

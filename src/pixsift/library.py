@@ -64,6 +64,7 @@ from pixsift.search.recommend import RocchioWeights, checked_weights, rocchio
 from pixsift.status import IndexSummary, LibraryStatus, library_status, summarize_index
 from pixsift.storage import Catalog, Failure, ImageInfo
 from pixsift.storage.index_keeper import IndexKeeper
+from pixsift.storage.interrupts import kept_on_interrupt
 from pixsift.thumbnails import forget_thumbnails, prune_thumbnails, thumbnail
 
 if TYPE_CHECKING:
@@ -513,14 +514,25 @@ class Library:
         forget_thumbnails(self.path / THUMBNAILS_DIR, image_id)  # ids are never reused
         return info
 
-    def forget(self, folder: str | os.PathLike[str], *, wait: float | None = LOCK_WAIT_S) -> int:
+    def forget(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        wait: float | None = LOCK_WAIT_S,
+        progress: IndexProgress | None = None,
+    ) -> int:
         """Stop indexing an indexed folder: drop it and every image under it from the library
         (the files are left alone), for a folder renamed, moved or gone for good. Images of
         another indexed folder nested inside it stay; a folder inside another indexed folder
         is only dropped as a root (that folder's next index run decides what of it stays).
-        Returns how many images were removed."""
+        Returns how many images were removed. While it waits for an index run (as `index`
+        does), `progress` shows a waiting phase.
+
+        Ctrl-C before the change is committed leaves the library as it was (KeyboardInterrupt);
+        one while it is committed, or after, raises InterruptedAfterCommit, whose `result` is
+        that count: the change is kept."""
         root_named(folder, [root.path for root in self._catalog.roots()])  # refused now, not after a wait
-        with self._write_lock.held(wait, "forgetting a folder"):
+        with kept_on_interrupt() as change, self._write_lock.held(wait, "forgetting a folder", progress):
             # As they are once the lock is held: a run waited for may have forgotten it meanwhile.
             roots = [root.path for root in self._catalog.roots()]
             root = root_named(folder, roots)
@@ -532,18 +544,25 @@ class Library:
                 ids = set(self._catalog.ids_under(root).tolist())
                 for nested in inner:
                     ids -= set(self._catalog.ids_under(nested).tolist())
-            with self._catalog.write() as batch:
+            change.result = len(ids)
+            with change.transaction(self._catalog.write()) as batch:
                 batch.delete_images(sorted(ids))
                 if whole:  # what left the folder earlier is forgotten too: it never comes back
                     batch.forget_departed_under(root, keep=inner)
                 batch.delete_root(root)
+            # Caches, after the commit: a Ctrl-C here leaves them for the next search to catch up.
             if (model := self._catalog.model()) is not None:
                 self._index.refresh(model.embed_dim, save=True)
             prune_thumbnails(self.path / THUMBNAILS_DIR, self._catalog.images)
         return len(ids)
 
     def relocate(
-        self, old: str | os.PathLike[str], new: str | os.PathLike[str], *, wait: float | None = LOCK_WAIT_S
+        self,
+        old: str | os.PathLike[str],
+        new: str | os.PathLike[str],
+        *,
+        wait: float | None = LOCK_WAIT_S,
+        progress: IndexProgress | None = None,
     ) -> int:
         """Tell the library that the indexed folder `old` now lives at `new` (renamed, moved,
         copied to a new disk and the old one gone): its images keep their ids and vectors and
@@ -554,17 +573,20 @@ class Library:
         folder and `new` an existing folder that neither is, holds nor lies in another indexed
         folder, and unless `old` is gone or empty (a folder that still holds files was copied:
         index the copy instead). Run `index(new)` after it to pick up what changed meanwhile.
-        Waits for an index run as `forget` does.
+        Waits for an index run as `forget` does, showing it on `progress`, and tells a Ctrl-C that
+        came once the paths were committed as `forget` does (InterruptedAfterCommit, `result`: how
+        many moved).
         """
         from pixsift.indexer.relocation import plan_relocation
 
         plan_relocation(self._catalog.roots(), old, new)  # refused now, not after a wait
-        with self._write_lock.held(wait, "relocating a folder"):
+        with kept_on_interrupt() as change, self._write_lock.held(wait, "relocating a folder", progress):
             plan = plan_relocation(self._catalog.roots(), old, new)  # as the roots are now
             if len(self._catalog.ids_under(plan.new)):  # no root holds it, so none should be there
                 raise InvalidPathError(f"The library already holds images under {plan.new}.")
-            with self._catalog.write() as batch:
-                return batch.move_paths(plan.old, plan.new, plan.roots)
+            with change.transaction(self._catalog.write()) as batch:
+                moved = change.result = batch.move_paths(plan.old, plan.new, plan.roots)
+        return moved
 
     def warm_up(self) -> None:
         """Load the model and the search index now rather than on the first search (a server
@@ -610,13 +632,14 @@ class Library:
         memory_budget: str | int | None = None,
         *,
         wait: float | None = LOCK_WAIT_S,
+        progress: IndexProgress | None = None,
     ) -> IndexSummary:
         """Rebuild the search index from the stored vectors, retraining and retuning it.
 
         `index_type` is "auto" (chosen by size and memory budget), "flat", "hnsw" or "ivfpq";
         `memory_budget` is bytes or a size such as "2GB". Both are remembered by the library
         (left out: as before). Searches keep answering from the old index until the new one
-        is swapped in.
+        is swapped in. Waits for an index run as `forget` does, showing it on `progress`.
         """
         from pixsift.storage.index_choice import IndexKind
         from pixsift.storage.index_lifecycle import INDEX_TYPE_KEY, MEMORY_BUDGET_KEY
@@ -624,7 +647,7 @@ class Library:
         self._require_model()
         kind = index_type_setting(index_type)
         budget = memory_budget_setting(memory_budget)
-        with self._write_lock.held(wait, "rebuilding the search index"):
+        with self._write_lock.held(wait, "rebuilding the search index", progress):
             policy = self._index.policy()
             if kind is not None:
                 policy = replace(policy, forced=None if kind == "auto" else IndexKind(kind))
@@ -679,32 +702,41 @@ class Library:
 
     # ---- health ---------------------------------------------------------------------------------
 
-    def check(self, *, wait: float | None = LOCK_WAIT_S) -> HealthReport:
+    def check(
+        self, *, wait: float | None = LOCK_WAIT_S, progress: IndexProgress | None = None
+    ) -> HealthReport:
         """Check the database, the search index against it and the indexed files; change nothing.
 
-        Waits for an index run to finish (up to `wait` seconds), so it sees a settled library.
+        Waits for an index run to finish (up to `wait` seconds), so it sees a settled library;
+        meanwhile `progress` shows a waiting phase.
         """
         from pixsift import doctor
 
-        with self._write_lock.held(wait, "a check"):
+        with self._write_lock.held(wait, "a check", progress):
             return doctor.check(self._catalog, self.index_path)
 
-    def repair(self, *, wait: float | None = LOCK_WAIT_S) -> HealthReport:
+    def repair(
+        self, *, wait: float | None = LOCK_WAIT_S, progress: IndexProgress | None = None
+    ) -> HealthReport:
         """Repair what can be repaired, then check again: the report lists both.
 
         Rebuilds the search index from the stored vectors, drops rows of files gone from disk
         (not of folders that are not there), and drops vectors that fit nothing. A database that
-        SQLite finds damaged is left alone: the report says so.
+        SQLite finds damaged is left alone: the report says so. Waits as `check` does.
+
+        Ctrl-C before the first repair is kept leaves the library as it was (KeyboardInterrupt);
+        one after raises InterruptedAfterCommit, whose `result` lists the repairs kept so far
+        (as `repairs` does): running the repair again finishes the job.
         """
         from pixsift import doctor
         from pixsift.storage.database import write_error
 
-        with self._write_lock.held(wait, "a repair"):
+        with kept_on_interrupt() as change, self._write_lock.held(wait, "a repair", progress):
             before = doctor.check(self._catalog, self.index_path)
             if any(problem.kind == "database" for problem in before.problems):
                 return before
             try:
-                done = doctor.repair(self._catalog, self.index_path, self._index.policy())
+                done = doctor.repair(self._catalog, self.index_path, self._index.policy(), change)
             except OSError as exc:
                 raise write_error(self.path, exc) from exc
             self._index.forget()  # reload the rebuilt index on the next search

@@ -41,7 +41,7 @@ def plan_relocation(
     if target == root:
         raise InvalidPathError(f"{root} is where the library already has it: nothing to relocate.")
     inner = [path for path in paths if is_within(path, root)]  # the root itself and roots inside it
-    _refuse_overlap(root, target, [path for path in paths if path not in inner])
+    _refuse_overlap(root, target, [path for path in paths if path not in inner], _index_options(roots, root))
     _refuse_if_still_there(root, target)
     moved = [(path, _moved_path(path, root, target)) for path in inner]
     return Relocation(root, target, moved)
@@ -52,12 +52,16 @@ def catch_up_command(roots: Sequence[RootInfo], new: str | os.PathLike[str]) -> 
     walks it with the options its root keeps (naming the folder without them would index it
     without its hidden files, say)."""
     folder = _existing_folder(new)
-    root = next((root for root in roots if root.path == folder), None)
-    options = [
+    return folder, shlex.join(["pixsift", "index", *_index_options(roots, folder), folder])
+
+
+def _index_options(roots: Sequence[RootInfo], path: str) -> list[str]:
+    """The `pixsift index` options the indexed folder `path` keeps."""
+    root = next((root for root in roots if root.path == path), None)
+    return [
         *(["--include-hidden"] if root and root.include_hidden else []),
         *(["--follow-symlinks"] if root and root.follow_symlinks else []),
     ]
-    return folder, shlex.join(["pixsift", "index", *options, folder])
 
 
 def _moved_path(path: str, old: str, new: str) -> str:
@@ -81,9 +85,10 @@ def _existing_folder(new: str | os.PathLike[str]) -> str:
     return os.path.realpath(folder)
 
 
-def _refuse_overlap(root: str, target: str, others: Sequence[str]) -> None:
+def _refuse_overlap(root: str, target: str, others: Sequence[str], options: list[str]) -> None:
     """Refuse a new place that overlaps the old one or another indexed folder: two folders'
-    images would mix (and paths under both could not be rewritten one by one)."""
+    images would mix (and paths under both could not be rewritten one by one). `options` are
+    those `root` is indexed with, for the command that says what to do instead."""
     if is_within(target, root):
         raise InvalidPathError(f"{target} lies inside {root}: a folder cannot move into itself.")
     if is_within(root, target):
@@ -99,9 +104,32 @@ def _refuse_overlap(root: str, target: str, others: Sequence[str]) -> None:
                     f"pixsift forget {shlex.quote(root)}"
                 )
             if is_within(target, form):
-                raise InvalidPathError(f"{target} lies inside the indexed folder {other}.")
+                raise InvalidPathError(_inside_another(root, target, other, options))
             if is_within(form, target):
                 raise InvalidPathError(f"{target} holds the indexed folder {other}.")
+
+
+def _inside_another(root: str, target: str, other: str, options: list[str]) -> str:
+    """Why a folder cannot be relocated into the indexed folder `other`, and what does it.
+
+    Renamed inside `other`, which holds it too (~/Photos/trips to ~/Photos/travel): forgetting
+    it only drops it as a folder of its own, its images stay as `other`'s, and indexing the new
+    name finds them moved (same content), with their ids and vectors. Moved in from outside:
+    forgetting it first would drop its images, so `other` is indexed first (its new paths get
+    new ids and the vectors of the old ones, as copies) and the old folder forgotten after."""
+    refused = f"{target} lies inside the indexed folder {other}, which relocate does not move folders into"
+    if is_within(root, other):
+        index = shlex.join(["pixsift", "index", *options, target])
+        return (
+            f"{refused}. As {root} lies in it too, forget the old name and index the new one: "
+            f"pixsift forget {shlex.quote(root)} && {index} (its photos are matched by content: "
+            "those unchanged keep their ids and vectors)."
+        )
+    return (
+        f"{refused}. To index its photos as part of {other} instead: pixsift index "
+        f"{shlex.quote(other)} && pixsift forget {shlex.quote(root)} (they get new ids; their "
+        "vectors are reused, not embedded again)."
+    )
 
 
 def _refuse_if_still_there(root: str, target: str) -> None:
