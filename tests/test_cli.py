@@ -635,9 +635,9 @@ NO_LIBRARY = (
             "error: Unknown model 'NoSuchNet'. Give an open_clip model name such as ViT-B-32, a bundled "
             "model (synthetic-tiny) or the path of a model-config JSON file.\n",
         ),
-        (
+        (  # no folder named, no library yet: none is made (test_models: one with no folders)
             ["index", "--library", "{tmp}/lib"],
-            "error: Nothing to index yet: name a folder, e.g. pixsift index ~/Photos\n",
+            NO_LIBRARY.replace("{tmp}/none", "{tmp}/lib"),
         ),
     ],
 )
