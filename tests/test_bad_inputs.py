@@ -9,11 +9,14 @@ case goes through the whole indexer.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,7 @@ class Case:
 
 
 VANISHED = "(deleted during the run: left out, not a failure)"
+BECOMES_A_PIPE = "becomes-a-pipe.jpg"
 
 
 def photo_bytes(seed: int, fmt: str = "JPEG", size: tuple[int, int] = (320, 240)) -> bytes:
@@ -109,6 +113,8 @@ CASES = [
     Case("vanishes.jpg", write(photo_bytes(50)), VANISHED),
     Case("vanishing-folder/inside.jpg", write(photo_bytes(51)), VANISHED),
     Case("becomes-a-folder.jpg", write(photo_bytes(53)), VANISHED),
+    # Replaced by a named pipe by the run itself: opening it as a file would wait for a writer.
+    Case(BECOMES_A_PIPE, write(photo_bytes(54)), "not a regular file (a named pipe is in its place)"),
 ]
 GOOD = ["photo_0100.jpg", "photo_0101.jpg", "photo_0102.jpg", "photo_0103.jpg"]
 
@@ -130,8 +136,10 @@ class CorpusEvents:
     """A progress listener that changes the folder while the run goes, as users do.
 
     After the scan lists the top folder, `gone-during-scan/` disappears; when embedding starts,
-    `vanishes.jpg` and the folder `vanishing-folder/` disappear, and `becomes-a-folder.jpg`
-    is replaced by a folder of that name.
+    `vanishes.jpg` and the folder `vanishing-folder/` disappear, `becomes-a-folder.jpg` is
+    replaced by a folder of that name and `becomes-a-pipe.jpg` by a named pipe. Should a
+    decode thread wait on that pipe (a regression), a writer opened after 30 s releases it, so
+    the run ends and the case fails instead of the tests hanging.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -145,6 +153,10 @@ class CorpusEvents:
             shutil.rmtree(self.folder / "vanishing-folder")
             (self.folder / "becomes-a-folder.jpg").unlink()
             (self.folder / "becomes-a-folder.jpg").mkdir()
+            pipe = self.folder / BECOMES_A_PIPE
+            pipe.unlink()
+            os.mkfifo(pipe)
+            threading.Thread(target=release_after, args=(pipe, 30.0), daemon=True).start()
 
     def advance(self, steps: int = 1) -> None:
         if self.phase == "Scanning" and (self.folder / "gone-during-scan").exists():
@@ -152,6 +164,13 @@ class CorpusEvents:
 
     def stop(self) -> None:
         pass
+
+
+def release_after(pipe: Path, seconds: float) -> None:
+    """Open `pipe` for writing (and close it) if a reader is waiting on it after `seconds`."""
+    time.sleep(seconds)
+    with contextlib.suppress(OSError):  # ENXIO: no reader waits, as it should be
+        os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
 
 
 def make_corpus(folder: Path, photo_set: Path, cases: list[Case]) -> None:
@@ -243,7 +262,8 @@ def test_good_photos_are_indexed_exactly_as_without_the_bad_ones(
 def test_the_command_says_so_in_its_summary_and_exit_code(
     tmp_path: Path, photo_set: Path, tiny_model: TinyModel
 ) -> None:
-    static = [c for c in CASES if c.error not in (None, VANISHED) and c.name != "unreadable.jpg"]
+    changing = ("unreadable.jpg", BECOMES_A_PIPE)  # root reads the one; the other is a pipe only mid-run
+    static = [c for c in CASES if c.error not in (None, VANISHED) and c.name not in changing]
     make_corpus(tmp_path / "Photos", photo_set, static)
     library = str(tmp_path / "library")
     result = run_cli("index", str(tmp_path / "Photos"), "--library", library, *tiny_model.index_args())

@@ -6,8 +6,10 @@ import hashlib
 import io
 import os
 import struct
+import threading
 import tracemalloc
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,16 @@ import pytest
 from PIL import Image
 
 from conftest import TinyModel
-from pixsift.indexer.decode import default_max_pixels, describe_error, load_image, open_oriented
+from pixsift.indexer.decode import (
+    NotRegularFileError,
+    default_max_pixels,
+    describe_error,
+    hash_file,
+    is_read_failure,
+    is_vanished,
+    load_image,
+    open_oriented,
+)
 from pixsift.models.clip import ClipEmbedder
 from pixsift.models.naming import resolve_model_spec
 from sample_photos import make_photo, save
@@ -247,6 +258,50 @@ def test_a_photo_followed_by_much_more_data_is_indexed_without_reading_it_whole(
     plain = ours(photo, embedder)
     assert np.array_equal(decoded.pixels.numpy(), plain.numpy())  # type: ignore[attr-defined]
     assert (decoded.width, decoded.height, decoded.format) == (640, 480, "JPEG")
+
+
+def error_within(seconds: float, call: Callable[[], object], pipe: Path) -> BaseException | None:
+    """What `call()` raises, or None; if it still waits after `seconds` (opening a named pipe
+    for reading waits for a writer), a writer is opened to release it and the test fails."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the test
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        with open(pipe, "wb"):  # a writer that closes at once: the reader sees the end
+            pass
+        thread.join()
+        pytest.fail(f"reading {pipe} waited for a writer")
+    return raised[0] if raised else None
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_is_refused_at_once_not_waited_on(tmp_path: Path) -> None:
+    """The scan keeps regular files, but a named pipe may take a file's place before it is
+    read: hashing or decoding it must fail at once with a clear reason, not wait forever."""
+    pipe = tmp_path / "photo.jpg"
+    os.mkfifo(pipe)
+    max_pixels = default_max_pixels()
+    calls: list[Callable[[], object]] = [
+        lambda: hash_file(str(pipe)),
+        lambda: load_image(str(pipe), preprocess=lambda image: image, target_size=224, max_pixels=max_pixels),
+    ]
+    for call in calls:
+        error = error_within(10, call, pipe)
+        assert isinstance(error, NotRegularFileError)
+        assert describe_error(error) == "not a regular file (a named pipe is in its place)"
+        assert is_read_failure(error) and not is_vanished(error)  # a file put back is read again
+    device = error_within(10, lambda: hash_file(os.devnull), pipe)
+    assert device is not None and describe_error(device) == "not a regular file (a device is in its place)"
+    folder = error_within(10, lambda: hash_file(str(tmp_path)), pipe)
+    assert isinstance(folder, IsADirectoryError) and is_vanished(folder)  # as open() tells it
 
 
 def test_truncated_jpeg_fails(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from pixsift.models.embedder import Embedder
 from pixsift.models.loading import load_embedder
 from pixsift.models.naming import resolve_model_spec
 from pixsift.models.onnx_embedder import OnnxEmbedder
-from pixsift.models.onnx_export import COSINE_BAR, Export, export_folder, read_export
+from pixsift.models.onnx_export import COSINE_BAR, Export, export_folder, export_model, read_export
 from pixsift.models.pixels import PixelConfig, preprocess
 from pixsift.models.preparing import PREPARING_PHASE, preparing_message
 from pixsift.models.spec import ModelSpec
@@ -177,6 +177,114 @@ def test_damaged_export_is_made_again(tiny_model: TinyModel, photo_set: Path) ->
     assert read_export(spec) is not None
 
 
+def change_bytes_inside_a_weight(model_file: Path) -> None:
+    """Change 64 bytes in the middle of the file's largest weight tensor, its size kept: the
+    file still loads, and gives other vectors."""
+    import onnx
+
+    raw = max(
+        (init.raw_data for init in onnx.load(str(model_file), load_external_data=False).graph.initializer),
+        key=len,
+    )
+    data = bytearray(model_file.read_bytes())
+    start = data.find(raw)
+    assert len(raw) > 1000 and start > 0
+    middle = start + len(raw) // 2
+    data[middle : middle + 64] = bytes(byte ^ 0x5A for byte in data[middle : middle + 64])
+    model_file.write_bytes(bytes(data))
+
+
+def no_remake() -> Export:
+    raise AssertionError("the export was not to be made again")
+
+
+def test_bytes_changed_inside_an_export_file_are_found_by_the_next_index_run(
+    tiny_model: TinyModel, photos: Path, tmp_path: Path
+) -> None:
+    """A cached tower with other bytes of its size loads as well as the real one and embeds
+    every photo wrongly, without a word. An index run checks the checksums recorded at export,
+    says what it found, exports again and stores the vectors a fresh export gives."""
+    spec = tiny_spec(tiny_model)
+    files = sorted(photos.iterdir())
+    expected = image_vectors(load_embedder(spec, "cpu", "auto"), files)
+    folder = export_folder(spec)
+    change_bytes_inside_a_weight(folder / "image-int8.onnx")
+    export = read_export(spec)
+    assert export is not None  # every size as recorded: what a cold search checks sees nothing
+    damaged = image_vectors(OnnxEmbedder(export, {"image": "int8"}, no_remake), files[:2])
+    assert not np.allclose(damaged, expected[:2], atol=1e-2)  # the damage is real, and silent
+
+    library = tmp_path / "lib"
+    indexed = run_cli("index", str(photos), "--library", str(library), "-q", *tiny_model.index_args())
+    assert indexed.returncode == 0, indexed.stderr
+    assert indexed.stderr == (
+        f"warning: The cached ONNX export of {spec.describe()} in {folder} is damaged: image-int8.onnx "
+        "is not the file exported (its content changed since). Exporting the model again.\n"
+    )
+    with Library.open(library) as opened:
+        for path, vector in zip(files, expected, strict=True):
+            known = opened._catalog.known_file(str(path))
+            stored = opened._catalog.vector(known.id) if known is not None else None
+            assert stored is not None and np.allclose(stored, vector, atol=1e-5)
+    made = read_export(spec)
+    assert made is not None and set(made.checksums) == set(made.files)
+    again = run_cli("index", str(photos), "--library", str(tmp_path / "lib2"), "-q", *tiny_model.index_args())
+    assert (again.returncode, again.stderr) == (0, "")  # the new export passes its own check
+
+
+def test_an_export_without_checksums_is_kept_and_checked_from_then_on(
+    tiny_model: TinyModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An export made by a pixsift that recorded no checksums is used as it is (exporting
+    ViT-B-32 again would take minutes), and the checksums of the files loaded are recorded then:
+    bytes changed after that are found."""
+    spec = tiny_spec(tiny_model)
+    load_embedder(spec, "cpu", "auto")
+    folder = export_folder(spec)
+    meta_file = folder / "meta.json"
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    made = {name: (folder / name).stat().st_mtime_ns for name in meta["files"]}
+    meta_file.write_text(json.dumps({k: v for k, v in meta.items() if k != "sha256"}), encoding="utf-8")
+    unverified = read_export(spec)
+    assert unverified is not None and unverified.checksums == {}
+
+    embedder = load_embedder(spec, "cpu", "auto")
+    assert isinstance(embedder, OnnxEmbedder) and embedder.precisions == {"image": "int8", "text": "int8"}
+    assert {name: (folder / name).stat().st_mtime_ns for name in meta["files"]} == made  # not exported
+    recorded = json.loads(meta_file.read_text(encoding="utf-8"))["sha256"]
+    in_use = ["image-int8.onnx", "known-words.json", "text-int8.onnx", "tokenizer.json"]
+    assert recorded == {name: meta["sha256"][name] for name in in_use}
+    assert sorted(path.name for path in folder.iterdir()) == sorted([*meta["files"], "meta.json"])
+
+    good = embedder.embed_texts(TEXTS)
+    change_bytes_inside_a_weight(folder / "text-int8.onnx")
+    with caplog.at_level("WARNING"):
+        again = load_embedder(spec, "cpu", "auto")
+    assert "text-int8.onnx is not the file exported" in caplog.text
+    assert np.allclose(again.embed_texts(TEXTS), good, atol=1e-5)
+
+
+def test_an_export_file_cut_short_is_made_again_by_a_search(
+    tiny_model: TinyModel, photos: Path, tmp_path: Path
+) -> None:
+    """A cut-short text tower is seen by the cold search's size check: the search leaves it
+    to the library, which exports the model again and answers as before, with no traceback."""
+    library = str(tmp_path / "lib")
+    indexed = run_cli("index", str(photos), "--library", library, "-q", *tiny_model.index_args())
+    assert indexed.returncode == 0, indexed.stderr
+    before = run_cli("search", "a dog", "--library", library, "--format", "json")
+    assert before.returncode == 0, before.stderr
+    text_file = export_folder(tiny_spec(tiny_model)) / "text-int8.onnx"
+    size = text_file.stat().st_size
+    with open(text_file, "r+b") as cut:
+        cut.truncate(size // 2)
+    after = run_cli("search", "a dog", "--library", library, "--format", "json")
+    assert after.returncode == 0, after.stderr
+    assert "Traceback" not in after.stderr
+    assert json.loads(after.stdout) == json.loads(before.stdout)
+    assert text_file.stat().st_size == size
+
+
 def test_one_shot_int8_text_tower_gives_the_same_vectors(tiny_model: TinyModel) -> None:
     """A cold search loads the int8 text tower without repacking its weights: it must give
     exactly the vectors a long-running library's tower gives, or the two would rank apart."""
@@ -194,19 +302,31 @@ def test_one_shot_int8_text_tower_gives_the_same_vectors(tiny_model: TinyModel) 
     assert np.array_equal(one_shot, kept)
 
 
-def test_damaged_tokenizer_read_late_is_made_again(tiny_model: TinyModel) -> None:
-    """A query of known words never reads the BPE file, so damage in it shows only at the
-    first text that needs it: that text still gets its vector, from a fresh export."""
+def test_damaged_tokenizer_read_late_is_made_again(
+    tiny_model: TinyModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A query of known words never reads the BPE file, so where only sizes are checked (a cold
+    search) damage in it shows only at the first text that needs it: that text still gets its
+    vector, from a fresh export. A load through a library finds it at once, by its checksum."""
     spec = tiny_spec(tiny_model)
     rare = ["a photo of a xyzzyq"]
     good = load_embedder(spec, "cpu", "auto").embed_texts([*TEXTS[:2], *rare])
     tokenizer_file = export_folder(spec) / "tokenizer.json"
     tokenizer_file.write_bytes(b"\0" * tokenizer_file.stat().st_size)  # same size: not noticed early
-    embedder = load_embedder(spec, "cpu", "auto")
+    export = read_export(spec)
+    assert export is not None
+    embedder = OnnxEmbedder(export, {"text": "int8"}, lambda: export_model(ClipEmbedder.load(spec, "cpu")))
     assert np.allclose(embedder.embed_texts(TEXTS[:2]), good[:2], atol=1e-5)
     assert tokenizer_file.read_bytes().startswith(b"\0")  # not needed for known words
     assert np.allclose(embedder.embed_texts(rare), good[2:], atol=1e-5)
     assert json.loads(tokenizer_file.read_text(encoding="utf-8"))  # exported again
+
+    tokenizer_file.write_bytes(b"\0" * tokenizer_file.stat().st_size)
+    with caplog.at_level("WARNING"):
+        loaded = load_embedder(spec, "cpu", "auto")
+    assert "tokenizer.json is not the file exported" in caplog.text
+    assert json.loads(tokenizer_file.read_text(encoding="utf-8"))
+    assert np.allclose(loaded.embed_texts([*TEXTS[:2], *rare]), good, atol=1e-5)
 
 
 def test_metadata_of_another_shape_is_a_damaged_export(tiny_model: TinyModel) -> None:

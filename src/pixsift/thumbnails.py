@@ -32,7 +32,7 @@ from stat import S_ISREG
 from PIL import ExifTags, Image
 
 from pixsift.errors import BusyError, ImageError, ImageFileMissingError, ImageTooLargeError
-from pixsift.indexer.decode import allowed_formats, describe_error, to_rgb
+from pixsift.indexer.decode import allowed_formats, describe_error, open_regular, to_rgb
 from pixsift.storage.database import write_error
 
 MIN_SIZE = 16
@@ -90,7 +90,7 @@ def thumbnail(
         cached = folder / f"{min(size, long_side)}-{version}.jpg"
         if cached.is_file():
             return cached
-    with _open(source, max_pixels) as image:
+    with _open_file(source) as file, _open(file, source, max_pixels) as image:
         size = min(size, max(image.size))  # never enlarged: every larger size is this one
         target = folder / f"{size}-{version}.jpg"
         if target.is_file():
@@ -119,10 +119,20 @@ def prune_thumbnails(cache_dir: Path, present: Callable[[list[int]], Collection[
             forget_thumbnails(cache_dir, image_id)
 
 
-def _open(source: str, max_pixels: int) -> Image.Image:
-    """The image, its header read (not yet decoded), once known to be within `max_pixels`."""
+def _open_file(source: str) -> io.BufferedReader:
+    """`source` opened for reading; a named pipe put there since the stat is refused, not
+    waited on (opening one for reading waits for a writer)."""
     try:
-        image = Image.open(source, formats=allowed_formats())
+        return open_regular(source)
+    except OSError as exc:
+        raise ImageError(f"Cannot read image {source}: {describe_error(exc)}") from exc
+
+
+def _open(file: io.BufferedReader, source: str, max_pixels: int) -> Image.Image:
+    """The image in `file`, its header read (not yet decoded), once known to be within
+    `max_pixels`. Pillow leaves a file it was given open: its opener closes it."""
+    try:
+        image = Image.open(file, formats=allowed_formats())
     except Image.DecompressionBombError as exc:  # Pillow's own check, the same as ours
         raise ImageTooLargeError(f"Cannot read image {source}: {describe_error(exc)}") from None
     except Exception as exc:  # any failure to read is the file's fault, told as such

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from pixsift.indexer.decode import default_max_pixels, describe_error, hash_file, is_vanished
+from pixsift.indexer.decode import default_max_pixels, describe_error, hash_file, is_vanished, open_regular
 from pixsift.indexer.pipeline import Embedded, Outcome, Unreadable, embed_files
 from pixsift.indexer.plan import Candidate, IndexPlan, plan_folder
 from pixsift.indexer.progress import IndexProgress, SilentProgress, model_loading
@@ -303,7 +303,7 @@ class Indexer:
             if (known.size, known.mtime_ns) != (candidate.file.size, candidate.file.mtime_ns):
                 continue
             try:
-                with open(candidate.file.path, "rb") as f:
+                with open_regular(candidate.file.path) as f:  # a named pipe now: refused, not waited on
                     f.read(1)
             except OSError as exc:
                 if is_vanished(exc) and self._is_vanished(candidate.file.path, roots):

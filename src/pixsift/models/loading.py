@@ -25,10 +25,13 @@ from pixsift.models.embedder import Embedder
 from pixsift.models.onnx_export import (
     COSINE_BAR,
     TOWERS,
+    DamagedExportError,
     Export,
+    discard,
     export_model,
     onnx_runtime_missing,
     read_export,
+    verify_files,
 )
 from pixsift.models.preparing import announce_preparing
 from pixsift.models.spec import ModelSpec
@@ -70,8 +73,10 @@ def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_E
     if missing is not None:
         return _without_onnx(spec, device, engine, missing)
     export = read_export(spec)
+    if export is not None:
+        export = _verified(export, engine)
     loaded: ClipEmbedder | None = None
-    if export is None:  # first use of this model (or its weights changed): export it now
+    if export is None:  # first use of this model (or new weights, or a damaged export): export it
         announce_preparing(spec)  # the wait is long, once: say so where the user looks
         loaded = _torch_embedder(spec, "cpu")
         try:
@@ -100,6 +105,23 @@ def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_E
     kept = loaded if len(precisions) < len(TOWERS) else None
     torch_model = functools.cache(lambda: kept if kept is not None else _torch_embedder(spec, "cpu"))
     return OnnxEmbedder(export, precisions, lambda: _remake(spec), fallback=torch_model)
+
+
+def _verified(export: Export, engine: str) -> Export | None:
+    """`export`, once the files `engine` runs are found to be the files exported; None, the
+    export removed so that it is made again, when one is not. A file damaged in place may well
+    still load, and would give every image and query another vector without a word."""
+    try:
+        return verify_files(export, export.files_run(_precisions(export, engine)))
+    except DamagedExportError as exc:
+        log.warning(
+            "The cached ONNX export of %s in %s is damaged: %s. Exporting the model again.",
+            export.record.spec.describe(),
+            export.folder,
+            exc,
+        )
+        discard(export)
+        return None
 
 
 def _without_onnx(

@@ -24,7 +24,7 @@ from pixsift.errors import (
     QueryError,
     given_path,
 )
-from pixsift.indexer.decode import check_header, describe_error, open_oriented
+from pixsift.indexer.decode import check_header, describe_error, open_oriented, open_regular
 from pixsift.search.query import QueryTerm
 
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ class ExampleVectors:
         if not S_ISREG(stat.st_mode):  # a folder, a named pipe (opening it waits for a writer)...
             raise ImageError(f"Cannot read image {named}: it is not a file.")
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:  # a named pipe put there since the stat is not waited on
                 check_header(f, self._max_pixels)  # a large file that is no image (a video) is not read
                 f.seek(0)
                 data = f.read()
