@@ -443,5 +443,11 @@ def test_reindex_and_status_on_the_command_line(photos: Path, tiny_model: TinyMo
     small = run_cli("reindex", "--index-type", "ivfpq", "--library", library)
     assert small.returncode == 1 and "needs at least 256 images" in small.stderr
     assert ", hnsw (" in run_cli("status", "--library", library).stdout  # the refusal changed nothing
-    back = run_cli("reindex", "--library", library)
+    # A new budget, or a plain rebuild, keeps the kind forced before; only auto undoes it.
+    budget = run_cli("reindex", "--memory-budget", "2GB", "--library", library)
+    assert budget.returncode == 0 and budget.stdout.startswith("Index    hnsw, 12 vectors"), budget.stdout
+    again = run_cli("reindex", "--library", library)
+    assert again.returncode == 0 and again.stdout.startswith("Index    hnsw, 12 vectors"), again.stdout
+    back = run_cli("reindex", "--index-type", "auto", "--library", library)
     assert back.returncode == 0 and back.stdout.startswith("Index    flat, 12 vectors")
+    assert run_cli("reindex", "--library", library).stdout.startswith("Index    flat, 12 vectors")

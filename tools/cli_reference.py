@@ -30,7 +30,8 @@ result a line, each with the fields of the Python API's `SearchResult`: `rank`, 
 similarity, a number), `path` (absolute), `id`, `width`, `height` and `format` (as Pillow
 names it, e.g. `"JPEG"`). `--format paths` prints one path a line; `--format paths0` ends each
 path with a NUL byte instead, as `find -print0` does, for `xargs -0`: a file name may hold a
-newline.
+newline. Paths print as their bytes; in JSON, a byte of a name that is not UTF-8 is written
+`\\udcXX` (Python's surrogateescape: `path.encode("utf-8", "surrogateescape")` gives the bytes).
 
 `status --format json` prints one object: `library` (its folder); `model`, null before the
 first index run, else `name`, `pretrained`, `embed_dim` and `fingerprint`; `images` with the

@@ -512,13 +512,17 @@ def similar(
 @app.command()
 def reindex(
     index_type: Annotated[
-        str,
+        # None keeps the kind chosen before, as --memory-budget keeps the budget: a default of
+        # "auto" made `reindex --memory-budget 1GB` drop a kind forced earlier without a word.
+        Optional[str],  # noqa: UP045
         typer.Option(
             "--index-type",
             metavar="auto|flat|hnsw|ivfpq",
-            help="Search index kind: auto picks by size and memory budget; others force one.",
+            help="Search index kind: auto picks by size and memory budget; others force one. "
+            "Default: as before (auto at first).",
+            show_default=False,
         ),
-    ] = "auto",
+    ] = None,
     memory_budget: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
@@ -533,8 +537,9 @@ def reindex(
 ) -> None:
     """Rebuild the search index from the stored vectors: choose its kind, train and tune it.
 
-    No image is read again. The choice is remembered: later index runs keep a forced kind,
-    and rebuild an automatic one when the library has grown or shrunk a lot.
+    No image is read again. The choice is remembered: later reindex and index runs keep a
+    forced kind (until --index-type auto); index runs rebuild an automatic one when the
+    library has grown or shrunk a lot.
     """
     from pixsift.formatting import format_index_summary
 
