@@ -630,9 +630,109 @@ def test_an_unknown_device_is_refused_before_anything_runs(library: Library, dev
     assert result.stderr == f"error: Unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps.\n"
 
 
-@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
-def test_known_devices_open_a_library(library: Library, device: str) -> None:
+def _devices_absent() -> list[str]:
+    """Device names pixsift knows that this machine lacks: one past the last CUDA GPU always,
+    Apple's GPU everywhere but a Mac, CUDA itself where torch sees none."""
+    import torch
+
+    absent = [f"cuda:{torch.cuda.device_count()}"]
+    if not torch.cuda.is_available():
+        absent.append("cuda")
+    if not torch.backends.mps.is_available():
+        absent.append("mps")
+    return absent
+
+
+def _devices_present() -> list[str]:
+    import torch
+
+    present = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        present += ["cuda", "cuda:0"]
+    if torch.backends.mps.is_available():
+        present.append("mps")
+    return present
+
+
+@pytest.mark.parametrize("device", _devices_present())
+def test_devices_this_machine_has_open_a_library(library: Library, device: str) -> None:
     Library.open(library.path, device=device).close()
+
+
+def _absent_message(device: str) -> str:
+    import torch
+
+    if device == "mps":
+        why = "torch sees no Apple GPU (MPS) here"
+    elif not torch.cuda.is_available():
+        why = "torch sees no CUDA GPU here"
+    else:
+        why = f"torch sees {torch.cuda.device_count()} CUDA GPU(s) here, numbered from 0"
+    return f"Device {device!r} is not available: {why}. Use one of: "
+
+
+def _files_of(folder: Path) -> dict[str, tuple[int, int]]:
+    return {path.name: (path.stat().st_size, path.stat().st_mtime_ns) for path in folder.iterdir()}
+
+
+@pytest.mark.parametrize("device", _devices_absent())
+def test_a_device_this_machine_lacks_makes_no_library(
+    tmp_path: Path, photo_set: Path, tiny_model: TinyModel, device: str
+) -> None:
+    """`pixsift index ~/Photos --device cuda` without a GPU failed when the model loaded, after
+    the new library was made: the folder and an empty library.db stayed behind."""
+    new = tmp_path / "new"
+    with pytest.raises(ModelError, match=re.escape(_absent_message(device))):
+        Library.open(new, device=device)
+    assert not new.exists()
+    model = ["--model", str(tiny_model.config), "--pretrained", str(tiny_model.checkpoint)]
+    result = runner.invoke(app, ["index", str(photo_set), "--library", str(new), *model, "--device", device])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"error: {_absent_message(device)}")
+    assert result.stderr.count("\n") == 1 and "auto, cpu" in result.stderr
+    assert not new.exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["index"],  # over unchanged folders no model loads: the device must be checked anyway
+        ["search", "a red square"],
+        ["similar", "PHOTO"],  # an indexed image: its stored vector, no model either
+        ["eval", "QUERIES"],
+        ["serve", "--port", "8731"],
+    ],
+    ids=lambda command: command[0],
+)
+@pytest.mark.parametrize("device", _devices_absent())
+def test_every_command_refuses_a_device_this_machine_lacks(
+    library: Library, tmp_path: Path, command: list[str], device: str
+) -> None:
+    """Each command that takes --device refuses one this machine lacks in one line, before it
+    reads or changes anything: not a traceback, nor an answer that ignores the device."""
+    photo = library.search("a red square", 1)[0].path
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(f'{{"query": "a red square", "relevant": ["{photo}"]}}\n')
+    args = [{"PHOTO": str(photo), "QUERIES": str(queries)}.get(arg, arg) for arg in command]
+    before = _files_of(library.path)
+    result = runner.invoke(app, [*args, "--library", str(library.path), "--device", device])
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: {_absent_message(device)}")
+    assert result.stderr.count("\n") == 1
+    assert _files_of(library.path) == before
+
+
+def test_an_onnx_engine_on_a_gpu_makes_no_library(tmp_path: Path) -> None:
+    """The ONNX engines run on the CPU: asking for one on a GPU is refused before a library is made."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "mps"
+    if device == "mps" and not torch.backends.mps.is_available():
+        pytest.skip("needs a GPU: without one, the device itself is refused first")
+    with pytest.raises(ModelError, match="The onnx engine runs on the CPU"):
+        Library.open(tmp_path / "new", device=device, engine="onnx")
+    assert not (tmp_path / "new").exists()
 
 
 # ---- library folders and files ------------------------------------------------------------------
