@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import re
 import shutil
 import sqlite3
@@ -386,7 +387,64 @@ def test_an_empty_folder_filter_is_refused_not_read_as_the_working_directory(
         with pytest.raises(QueryError, match="Filter under is empty"):
             library.search("a cat", filters=SearchFilters(under=under))
     result = runner.invoke(app, ["search", "a cat", "--under", "", "--library", str(library.path)])
-    assert result.exit_code == 1 and "Filter under is empty" in result.output
+    assert result.exit_code == 1 and "--under is empty" in result.output
+
+
+@pytest.mark.parametrize(
+    ("options", "api_filters", "cli_message", "api_message"),
+    [
+        (
+            ["--under", ""],
+            {"under": ""},
+            "--under is empty: name a folder, or leave it out.",
+            "Filter under is empty: name a folder, or leave it out.",
+        ),
+        (
+            ["--after", "garbage"],
+            {"after": "garbage"},
+            "--after 'garbage' is not a date such as 2024-05-01 or 2024-05-01T18:30.",
+            "Filter after 'garbage' is not a date such as 2024-05-01 or 2024-05-01T18:30.",
+        ),
+        (
+            ["--before", "{x}"],  # braces in a value are kept as typed
+            {"before": "{x}"},
+            "--before '{x}' is not a date such as 2024-05-01 or 2024-05-01T18:30.",
+            "Filter before '{x}' is not a date such as 2024-05-01 or 2024-05-01T18:30.",
+        ),
+        (
+            ["--after", "2024-05-01", "--before", "2024-01-01"],
+            {"after": "2024-05-01", "before": "2024-01-01"},
+            "--after (2024-05-01T00:00:00) must be earlier than --before (2024-01-01T00:00:00).",
+            "Filter after (2024-05-01T00:00:00) must be earlier than before (2024-01-01T00:00:00).",
+        ),
+        (
+            ["--image-format", "jpge"],
+            {"formats": "jpge"},
+            "--image-format 'jpge' is not one pixsift indexes: ",
+            "Filter format 'jpge' is not one pixsift indexes: ",
+        ),
+    ],
+    ids=["under", "after", "braces", "after-before", "format"],
+)
+@pytest.mark.parametrize("command", ["search", "similar"])
+def test_a_bad_filter_on_the_command_line_names_the_option_typed(
+    library: Library,
+    options: list[str],
+    api_filters: dict[str, str],
+    cli_message: str,
+    api_message: str,
+    command: str,
+) -> None:
+    """The command line said "Filter under is empty" of `--under ''`: the Python API's name of
+    the filter, which the user never typed. It names the option now; the API keeps its words."""
+    with pytest.raises(QueryError) as raised:
+        SearchFilters(**api_filters)  # type: ignore[arg-type]
+    assert str(raised.value).startswith(api_message)
+    assert str(pickle.loads(pickle.dumps(raised.value))) == str(raised.value)  # braces too
+    query = "a cat" if command == "search" else str(library.search("a cat", 1)[0].path)
+    result = runner.invoke(app, [command, query, *options, "--library", str(library.path)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {cli_message}") and result.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize("path", ["", "  "])

@@ -759,16 +759,33 @@ def _filters(
     min_height: int | None,
     image_format: list[str] | None,
 ) -> SearchFilters:
+    from pixsift.errors import QueryError
     from pixsift.search import SearchFilters
+    from pixsift.search.filters import FilterError
 
-    return SearchFilters(
-        under=under,
-        formats=tuple(image_format or ()),
-        min_width=min_width,
-        min_height=min_height,
-        after=after,
-        before=before,
-    )
+    try:
+        return SearchFilters(
+            under=under,
+            formats=tuple(image_format or ()),
+            min_width=min_width,
+            min_height=min_height,
+            after=after,
+            before=before,
+        )
+    except FilterError as exc:  # named as typed here: --under, not the API's "Filter under"
+        raise QueryError(exc.worded(_FILTER_OPTIONS)) from None
+
+
+# The option that sets each filter, by the name a FilterError gives it.
+_FILTER_OPTIONS = {
+    "under": "--under",
+    "after": "--after",
+    "before": "--before",
+    "min_width": "--min-width",
+    "min_height": "--min-height",
+    "format": "--image-format",
+    "formats": "--image-format",
+}
 
 
 def _terms(texts: list[str] | None) -> list[QueryTerm]:
