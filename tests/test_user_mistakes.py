@@ -447,6 +447,43 @@ def test_a_bad_filter_on_the_command_line_names_the_option_typed(
     assert result.stderr.startswith(f"error: {cli_message}") and result.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["search", ""],
+            'The text to search for is empty: say what to look for, as in pixsift search "a dog".',
+        ),
+        (
+            ["search", " \t"],
+            'The text to search for is empty: say what to look for, as in pixsift search "a dog".',
+        ),
+        (
+            ["search", "a cat", "--plus", ""],
+            "--plus is given an empty text: give it one, or leave --plus out.",
+        ),
+        (
+            ["search", "a cat", "--minus", " "],
+            "--minus is given an empty text: give it one, or leave --minus out.",
+        ),
+        (
+            ["similar", "PHOTO", "--plus", ""],
+            "--plus is given an empty text: give it one, or leave --plus out.",
+        ),
+    ],
+)
+def test_an_empty_text_on_the_command_line_is_named(library: Library, args: list[str], message: str) -> None:
+    """`pixsift search dog --plus ''` said only "A query text is empty": of the texts typed,
+    not which. The core keeps its words for API callers."""
+    with pytest.raises(QueryError, match=r"^A query text is empty\.$"):
+        QueryTerm(text=" ")
+    photo = str(library.search("a cat", 1)[0].path)
+    typed = [photo if arg == "PHOTO" else arg for arg in args]
+    result = runner.invoke(app, [*typed, "--library", str(library.path)])
+    assert result.exit_code == 1
+    assert result.stderr == f"error: {message}\n"
+
+
 @pytest.mark.parametrize("path", ["", "  "])
 def test_an_empty_image_or_query_file_path_is_refused_not_read_as_the_working_directory(
     library: Library, monkeypatch: pytest.MonkeyPatch, path: str

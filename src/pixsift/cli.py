@@ -457,11 +457,13 @@ def search(
 
     with _user_errors(), _first_use_explained():
         results = search_once(
-            text,
+            _not_empty(
+                text, 'The text to search for is empty: say what to look for, as in pixsift search "a dog".'
+            ),
             limit,
             library=library,
-            plus=_terms(plus),
-            minus=_terms(minus),
+            plus=_terms(plus, "--plus"),
+            minus=_terms(minus, "--minus"),
             min_score=min_score,
             filters=_filters(under, after, before, min_width, min_height, image_format),
             device=device,
@@ -500,8 +502,8 @@ def similar(
         lambda lib: lib.similar(
             image,  # a file's path: similar reads text as one
             limit,
-            plus=_terms(plus),
-            minus=_terms(minus),
+            plus=_terms(plus, "--plus"),
+            minus=_terms(minus, "--minus"),
             min_score=min_score,
             filters=_filters(under, after, before, min_width, min_height, image_format),
         ),
@@ -788,10 +790,23 @@ _FILTER_OPTIONS = {
 }
 
 
-def _terms(texts: list[str] | None) -> list[QueryTerm]:
+def _terms(texts: list[str] | None, option: str) -> list[QueryTerm]:
+    """The texts given to `option` (--plus or --minus) as query terms."""
     from pixsift.search import parse_weighted_text
 
+    for text in texts or []:
+        _not_empty(text, f"{option} is given an empty text: give it one, or leave {option} out.")
     return [parse_weighted_text(text) for text in texts or []]
+
+
+def _not_empty(text: str, message: str) -> str:
+    """`text`; QueryError(message) when it is blank. The core's "A query text is empty" does
+    not say which of the command's texts it was."""
+    from pixsift.errors import QueryError
+
+    if not text.strip():
+        raise QueryError(message)
+    return text
 
 
 def _query(
