@@ -432,7 +432,7 @@ def test_date_and_size_filters_on_the_command_line(
     wide = run_cli("search", "x", "--library", library, "--min-width", "1601", "--image-format", "jpeg")
     assert wide.returncode == 0 and "No matching images." in wide.stderr
     bad = run_cli("search", "x", "--library", library, "--after", "someday")
-    assert bad.returncode == 1 and "error: Filter after 'someday' is not a date" in bad.stderr
+    assert bad.returncode == 1 and "error: --after 'someday' is not a date" in bad.stderr
 
 
 def test_date_filters_through_the_server(dated_photos: Path, tiny_model: TinyModel, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import re
 import shutil
 import sqlite3
@@ -386,7 +387,101 @@ def test_an_empty_folder_filter_is_refused_not_read_as_the_working_directory(
         with pytest.raises(QueryError, match="Filter under is empty"):
             library.search("a cat", filters=SearchFilters(under=under))
     result = runner.invoke(app, ["search", "a cat", "--under", "", "--library", str(library.path)])
-    assert result.exit_code == 1 and "Filter under is empty" in result.output
+    assert result.exit_code == 1 and "--under is empty" in result.output
+
+
+@pytest.mark.parametrize(
+    ("options", "api_filters", "cli_message", "api_message"),
+    [
+        (
+            ["--under", ""],
+            {"under": ""},
+            "--under is empty: name a folder, or leave it out.",
+            "Filter under is empty: name a folder, or leave it out.",
+        ),
+        (
+            ["--after", "garbage"],
+            {"after": "garbage"},
+            "--after 'garbage' is not a date such as 2024-05-01 or 2024-05-01T18:30.",
+            "Filter after 'garbage' is not a date such as 2024-05-01 or 2024-05-01T18:30.",
+        ),
+        (
+            ["--before", "{x}"],  # braces in a value are kept as typed
+            {"before": "{x}"},
+            "--before '{x}' is not a date such as 2024-05-01 or 2024-05-01T18:30.",
+            "Filter before '{x}' is not a date such as 2024-05-01 or 2024-05-01T18:30.",
+        ),
+        (
+            ["--after", "2024-05-01", "--before", "2024-01-01"],
+            {"after": "2024-05-01", "before": "2024-01-01"},
+            "--after (2024-05-01T00:00:00) must be earlier than --before (2024-01-01T00:00:00).",
+            "Filter after (2024-05-01T00:00:00) must be earlier than before (2024-01-01T00:00:00).",
+        ),
+        (
+            ["--image-format", "jpge"],
+            {"formats": "jpge"},
+            "--image-format 'jpge' is not one pixsift indexes: ",
+            "Filter format 'jpge' is not one pixsift indexes: ",
+        ),
+    ],
+    ids=["under", "after", "braces", "after-before", "format"],
+)
+@pytest.mark.parametrize("command", ["search", "similar"])
+def test_a_bad_filter_on_the_command_line_names_the_option_typed(
+    library: Library,
+    options: list[str],
+    api_filters: dict[str, str],
+    cli_message: str,
+    api_message: str,
+    command: str,
+) -> None:
+    """The command line said "Filter under is empty" of `--under ''`: the Python API's name of
+    the filter, which the user never typed. It names the option now; the API keeps its words."""
+    with pytest.raises(QueryError) as raised:
+        SearchFilters(**api_filters)  # type: ignore[arg-type]
+    assert str(raised.value).startswith(api_message)
+    assert str(pickle.loads(pickle.dumps(raised.value))) == str(raised.value)  # braces too
+    query = "a cat" if command == "search" else str(library.search("a cat", 1)[0].path)
+    result = runner.invoke(app, [command, query, *options, "--library", str(library.path)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {cli_message}") and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["search", ""],
+            'The text to search for is empty: say what to look for, as in pixsift search "a dog".',
+        ),
+        (
+            ["search", " \t"],
+            'The text to search for is empty: say what to look for, as in pixsift search "a dog".',
+        ),
+        (
+            ["search", "a cat", "--plus", ""],
+            "--plus is given an empty text: give it one, or leave --plus out.",
+        ),
+        (
+            ["search", "a cat", "--minus", " "],
+            "--minus is given an empty text: give it one, or leave --minus out.",
+        ),
+        (
+            ["similar", "PHOTO", "--plus", ""],
+            "--plus is given an empty text: give it one, or leave --plus out.",
+        ),
+    ],
+)
+def test_an_empty_text_on_the_command_line_is_named(library: Library, args: list[str], message: str) -> None:
+    """`pixsift search dog --plus ''` said only "A query text is empty": of the texts typed,
+    not which. The core keeps its words for API callers."""
+    with pytest.raises(QueryError, match=r"^A query text is empty\.$"):
+        QueryTerm(text=" ")
+    photo = str(library.search("a cat", 1)[0].path)
+    typed = [photo if arg == "PHOTO" else arg for arg in args]
+    result = runner.invoke(app, [*typed, "--library", str(library.path)])
+    assert result.exit_code == 1
+    assert result.stderr == f"error: {message}\n"
 
 
 @pytest.mark.parametrize("path", ["", "  "])
@@ -630,9 +725,109 @@ def test_an_unknown_device_is_refused_before_anything_runs(library: Library, dev
     assert result.stderr == f"error: Unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps.\n"
 
 
-@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
-def test_known_devices_open_a_library(library: Library, device: str) -> None:
+def _devices_absent() -> list[str]:
+    """Device names pixsift knows that this machine lacks: one past the last CUDA GPU always,
+    Apple's GPU everywhere but a Mac, CUDA itself where torch sees none."""
+    import torch
+
+    absent = [f"cuda:{torch.cuda.device_count()}"]
+    if not torch.cuda.is_available():
+        absent.append("cuda")
+    if not torch.backends.mps.is_available():
+        absent.append("mps")
+    return absent
+
+
+def _devices_present() -> list[str]:
+    import torch
+
+    present = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        present += ["cuda", "cuda:0"]
+    if torch.backends.mps.is_available():
+        present.append("mps")
+    return present
+
+
+@pytest.mark.parametrize("device", _devices_present())
+def test_devices_this_machine_has_open_a_library(library: Library, device: str) -> None:
     Library.open(library.path, device=device).close()
+
+
+def _absent_message(device: str) -> str:
+    import torch
+
+    if device == "mps":
+        why = "torch sees no Apple GPU (MPS) here"
+    elif not torch.cuda.is_available():
+        why = "torch sees no CUDA GPU here"
+    else:
+        why = f"torch sees {torch.cuda.device_count()} CUDA GPU(s) here, numbered from 0"
+    return f"Device {device!r} is not available: {why}. Use one of: "
+
+
+def _files_of(folder: Path) -> dict[str, tuple[int, int]]:
+    return {path.name: (path.stat().st_size, path.stat().st_mtime_ns) for path in folder.iterdir()}
+
+
+@pytest.mark.parametrize("device", _devices_absent())
+def test_a_device_this_machine_lacks_makes_no_library(
+    tmp_path: Path, photo_set: Path, tiny_model: TinyModel, device: str
+) -> None:
+    """`pixsift index ~/Photos --device cuda` without a GPU failed when the model loaded, after
+    the new library was made: the folder and an empty library.db stayed behind."""
+    new = tmp_path / "new"
+    with pytest.raises(ModelError, match=re.escape(_absent_message(device))):
+        Library.open(new, device=device)
+    assert not new.exists()
+    model = ["--model", str(tiny_model.config), "--pretrained", str(tiny_model.checkpoint)]
+    result = runner.invoke(app, ["index", str(photo_set), "--library", str(new), *model, "--device", device])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"error: {_absent_message(device)}")
+    assert result.stderr.count("\n") == 1 and "auto, cpu" in result.stderr
+    assert not new.exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["index"],  # over unchanged folders no model loads: the device must be checked anyway
+        ["search", "a red square"],
+        ["similar", "PHOTO"],  # an indexed image: its stored vector, no model either
+        ["eval", "QUERIES"],
+        ["serve", "--port", "8731"],
+    ],
+    ids=lambda command: command[0],
+)
+@pytest.mark.parametrize("device", _devices_absent())
+def test_every_command_refuses_a_device_this_machine_lacks(
+    library: Library, tmp_path: Path, command: list[str], device: str
+) -> None:
+    """Each command that takes --device refuses one this machine lacks in one line, before it
+    reads or changes anything: not a traceback, nor an answer that ignores the device."""
+    photo = library.search("a red square", 1)[0].path
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(f'{{"query": "a red square", "relevant": ["{photo}"]}}\n')
+    args = [{"PHOTO": str(photo), "QUERIES": str(queries)}.get(arg, arg) for arg in command]
+    before = _files_of(library.path)
+    result = runner.invoke(app, [*args, "--library", str(library.path), "--device", device])
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: {_absent_message(device)}")
+    assert result.stderr.count("\n") == 1
+    assert _files_of(library.path) == before
+
+
+def test_an_onnx_engine_on_a_gpu_makes_no_library(tmp_path: Path) -> None:
+    """The ONNX engines run on the CPU: asking for one on a GPU is refused before a library is made."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "mps"
+    if device == "mps" and not torch.backends.mps.is_available():
+        pytest.skip("needs a GPU: without one, the device itself is refused first")
+    with pytest.raises(ModelError, match="The onnx engine runs on the CPU"):
+        Library.open(tmp_path / "new", device=device, engine="onnx")
+    assert not (tmp_path / "new").exists()
 
 
 # ---- library folders and files ------------------------------------------------------------------

@@ -457,11 +457,13 @@ def search(
 
     with _user_errors(), _first_use_explained():
         results = search_once(
-            text,
+            _not_empty(
+                text, 'The text to search for is empty: say what to look for, as in pixsift search "a dog".'
+            ),
             limit,
             library=library,
-            plus=_terms(plus),
-            minus=_terms(minus),
+            plus=_terms(plus, "--plus"),
+            minus=_terms(minus, "--minus"),
             min_score=min_score,
             filters=_filters(under, after, before, min_width, min_height, image_format),
             device=device,
@@ -500,8 +502,8 @@ def similar(
         lambda lib: lib.similar(
             image,  # a file's path: similar reads text as one
             limit,
-            plus=_terms(plus),
-            minus=_terms(minus),
+            plus=_terms(plus, "--plus"),
+            minus=_terms(minus, "--minus"),
             min_score=min_score,
             filters=_filters(under, after, before, min_width, min_height, image_format),
         ),
@@ -764,22 +766,52 @@ def _filters(
     min_height: int | None,
     image_format: list[str] | None,
 ) -> SearchFilters:
+    from pixsift.errors import QueryError
     from pixsift.search import SearchFilters
+    from pixsift.search.filters import FilterError
 
-    return SearchFilters(
-        under=under,
-        formats=tuple(image_format or ()),
-        min_width=min_width,
-        min_height=min_height,
-        after=after,
-        before=before,
-    )
+    try:
+        return SearchFilters(
+            under=under,
+            formats=tuple(image_format or ()),
+            min_width=min_width,
+            min_height=min_height,
+            after=after,
+            before=before,
+        )
+    except FilterError as exc:  # named as typed here: --under, not the API's "Filter under"
+        raise QueryError(exc.worded(_FILTER_OPTIONS)) from None
 
 
-def _terms(texts: list[str] | None) -> list[QueryTerm]:
+# The option that sets each filter, by the name a FilterError gives it.
+_FILTER_OPTIONS = {
+    "under": "--under",
+    "after": "--after",
+    "before": "--before",
+    "min_width": "--min-width",
+    "min_height": "--min-height",
+    "format": "--image-format",
+    "formats": "--image-format",
+}
+
+
+def _terms(texts: list[str] | None, option: str) -> list[QueryTerm]:
+    """The texts given to `option` (--plus or --minus) as query terms."""
     from pixsift.search import parse_weighted_text
 
+    for text in texts or []:
+        _not_empty(text, f"{option} is given an empty text: give it one, or leave {option} out.")
     return [parse_weighted_text(text) for text in texts or []]
+
+
+def _not_empty(text: str, message: str) -> str:
+    """`text`; QueryError(message) when it is blank. The core's "A query text is empty" does
+    not say which of the command's texts it was."""
+    from pixsift.errors import QueryError
+
+    if not text.strip():
+        raise QueryError(message)
+    return text
 
 
 def _query(

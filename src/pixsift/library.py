@@ -124,7 +124,8 @@ class Library:
 
         With `create=False` a missing library raises LibraryNotFoundError instead of being made.
         `device` is where the model runs: "auto" (CUDA when available), "cpu", "cuda",
-        "cuda:N" (one GPU of several) or "mps"; another name raises ModelError.
+        "cuda:N" (one GPU of several) or "mps"; another name, or a GPU this machine does not
+        have, raises ModelError (and no library is made).
         `engine` is how it runs: "auto" (on a CPU, ONNX Runtime, exported and cached on first
         use: each tower in int8 when within cosine 0.99 of fp32 open_clip, else fp32), "torch",
         "onnx" (fp32) or "onnx-int8".
@@ -132,10 +133,9 @@ class Library:
         `index_thresholds` moves the sizes at which the search index turns from exact to HNSW
         to IVF-PQ (default: `IndexThresholds()`).
         """
-        from pixsift.models.loading import check_device, check_engine
+        from pixsift.models.loading import check_runs
 
-        check_engine(engine)
-        check_device(device)
+        check_runs(device, engine)  # before a library is made: a mistake must not leave one
         folder = resolve_library_dir(path)
         db_path = folder / DB_NAME
         if not db_path.is_file():

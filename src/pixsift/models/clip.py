@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from pixsift.errors import ModelError
+from pixsift.models.devices import check_device, check_device_present
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.models.weights import resolve_weights
 
@@ -142,21 +143,8 @@ def resolve_device(device: str) -> torch.device:
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError as exc:
-        raise ModelError(f"Unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps.") from exc
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda was asked for, but torch sees no CUDA GPU here.")
-    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
-        raise ModelError(
-            f"--device {device} was asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) "
-            "here, numbered from 0."
-        )
-    # torch's own error comes only when the model is moved there, as a traceback
-    if chosen.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelError("--device mps was asked for, but torch sees no Apple GPU (MPS) here.")
-    return chosen
+    check_device_present(check_device(device))
+    return torch.device(device)
 
 
 def weights_fingerprint(model: Any) -> str:

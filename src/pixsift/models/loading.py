@@ -17,10 +17,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 from typing import TYPE_CHECKING
 
 from pixsift.errors import ExportCacheError, ModelError
+from pixsift.models.devices import check_device, check_device_present
 from pixsift.models.embedder import Embedder
 from pixsift.models.onnx_export import (
     COSINE_BAR,
@@ -51,22 +51,21 @@ def check_engine(engine: str) -> str:
     return engine
 
 
-# The devices pixsift runs a model on: "cuda:1" names one GPU of several.
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
-
-
-def check_device(device: str) -> str:
-    """Refuse an unknown device name at once, not only when the model loads (which an index
-    run over unchanged files, or a quick search, never does)."""
-    if not isinstance(device, str) or _DEVICE.fullmatch(device) is None:
-        raise ModelError(f"Unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps.")
-    return device
+def check_runs(device: str, engine: str) -> None:
+    """Refuse, before anything is opened or made, a device or engine the model could not run
+    with here: an unknown name, a GPU this machine lacks, an ONNX engine on a GPU. Found only
+    when the model loads, the mistake would come after a new library was made for it, or not
+    at all (a run over unchanged files loads no model)."""
+    check_engine(engine)
+    check_device(device)
+    check_device_present(device)
+    if device not in ("auto", "cpu") and engine in ("onnx", "onnx-int8"):
+        raise ModelError(f"The {engine} engine runs on the CPU: use --device cpu or --engine torch.")
 
 
 def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_ENGINE) -> Embedder:
     """Load `spec` to run with `engine` on `device`."""
-    check_engine(engine)
-    check_device(device)
+    check_runs(device, engine)
     if engine == "torch" or not _runs_on_cpu(device, engine):
         return _torch_embedder(spec, device)
     missing = onnx_runtime_missing()
@@ -198,9 +197,7 @@ def _runs_on_cpu(device: str, engine: str) -> bool:
     if surely_on_cpu(device, engine):
         return True
     if device != "auto":
-        if engine in ("onnx", "onnx-int8"):
-            raise ModelError(f"The {engine} engine runs on the CPU: use --device cpu or --engine torch.")
-        return False
+        return False  # a GPU: check_runs refused an ONNX engine there
     import torch
 
     return not torch.cuda.is_available()

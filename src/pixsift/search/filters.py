@@ -8,7 +8,7 @@ images returns `k` whenever at least `k` images match.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
@@ -18,6 +18,37 @@ from pixsift.errors import QueryError
 from pixsift.image_formats import FILTER_NAMES, FORMAT_ALIASES
 
 DateLike = date | datetime | str  # a datetime, a date (its midnight) or ISO text
+
+
+class FilterError(QueryError):
+    """A filter value refused. `str()` names each filter as the Python API (and the HTTP
+    service) call it, "Filter under is empty..."; `worded()` names them as another face does,
+    so that the command line says "--under is empty..." of what its user typed.
+
+    `template` holds `{0}`, `{1}`... where the filters' names go, and `{value}`-style fields
+    filled from `values`: a value is never part of the template, so its braces are kept as
+    they are.
+    """
+
+    def __init__(self, template: str, *fields: str, **values: object) -> None:
+        self.template = template
+        self.fields = fields
+        self.values = values
+        super().__init__(self.worded({}, lead="Filter "))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled (sent to another process) as made, not from its message: a value's braces
+        # would be read as a template's.
+        return (_filter_error, (self.template, self.fields, self.values))
+
+    def worded(self, names: Mapping[str, str], lead: str = "") -> str:
+        """The message with each filter called as `names` says (its own name when absent),
+        and `lead` before the first word."""
+        return lead + self.template.format(*(names.get(field, field) for field in self.fields), **self.values)
+
+
+def _filter_error(template: str, fields: tuple[str, ...], values: dict[str, object]) -> FilterError:
+    return FilterError(template, *fields, **values)
 
 
 @dataclass(frozen=True)
@@ -49,7 +80,13 @@ class SearchFilters:
             if value is not None:
                 object.__setattr__(self, name, _iso_moment(name, value))
         if self.after is not None and self.before is not None and str(self.after) >= str(self.before):
-            raise QueryError(f"Filter after ({self.after}) must be earlier than before ({self.before}).")
+            raise FilterError(
+                "{0} ({after}) must be earlier than {1} ({before}).",
+                "after",
+                "before",
+                after=self.after,
+                before=self.before,
+            )
         for name in ("min_width", "min_height"):
             object.__setattr__(self, name, _pixels(name, getattr(self, name)))
         object.__setattr__(self, "formats", _format_tuple(self.formats))
@@ -57,7 +94,9 @@ class SearchFilters:
             # A typo ("jpge") would otherwise match nothing, and look like an empty library.
             if not isinstance(name, str) or name.strip().upper() not in FILTER_NAMES:
                 known = ", ".join(sorted(FILTER_NAMES))
-                raise QueryError(f"Filter format {name!r} is not one pixsift indexes: {known}.")
+                raise FilterError(
+                    "{0} {name!r} is not one pixsift indexes: {known}.", "format", name=name, known=known
+                )
 
     @property
     def is_empty(self) -> bool:
@@ -108,7 +147,7 @@ def _format_tuple(formats: object) -> tuple[object, ...]:
     if isinstance(formats, str):
         return (formats,)
     if not isinstance(formats, Iterable):
-        raise QueryError(f"Filter formats must be format names, not {type(formats).__name__}.")
+        raise FilterError("{0} must be format names, not {kind}.", "formats", kind=type(formats).__name__)
     return tuple(formats)
 
 
@@ -116,14 +155,14 @@ def _folder(under: object) -> str:
     """The folder to search under as text (a path object is one: records compare and print
     alike whichever was given); QueryError for an empty one or for what is no path."""
     if not isinstance(under, (str, os.PathLike)):
-        raise QueryError(f"Filter under must be a folder path, not {type(under).__name__}.")
+        raise FilterError("{0} must be a folder path, not {kind}.", "under", kind=type(under).__name__)
     folder = os.fspath(under)
     if not isinstance(folder, str):  # a bytes path: the catalog keeps paths as text
-        raise QueryError("Filter under must be a folder path as text, not bytes.")
+        raise FilterError("{0} must be a folder path as text, not bytes.", "under")
     # An empty folder would be read as the working directory: a script's unset variable
     # (--under "$DIR") would quietly search wherever it happens to run.
     if not folder.strip():
-        raise QueryError("Filter under is empty: name a folder, or leave it out.")
+        raise FilterError("{0} is empty: name a folder, or leave it out.", "under")
     return folder
 
 
@@ -133,7 +172,7 @@ def _pixels(name: str, value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise QueryError(f"Filter {name} must be a whole number of pixels of at least 1.")
+        raise FilterError("{0} must be a whole number of pixels of at least 1.", name)
     return int(value)
 
 
@@ -149,15 +188,19 @@ def _iso_moment(name: str, value: DateLike) -> str:
         try:
             moment = datetime.fromisoformat(value.strip())
         except ValueError:
-            raise QueryError(
-                f"Filter {name} {value!r} is not a date such as 2024-05-01 or 2024-05-01T18:30."
+            raise FilterError(
+                "{0} {value!r} is not a date such as 2024-05-01 or 2024-05-01T18:30.", name, value=value
             ) from None
     else:
-        raise QueryError(f"Filter {name} must be a date, a datetime or ISO text, not {type(value).__name__}.")
+        raise FilterError(
+            "{0} must be a date, a datetime or ISO text, not {kind}.", name, kind=type(value).__name__
+        )
     if moment.tzinfo is not None:  # an instant: compared as this machine's local time
         try:
             moment = moment.astimezone().replace(tzinfo=None)
         except OverflowError:  # 9999-12-31T23:59-14:00 is after the last local datetime
-            raise QueryError(f"Filter {name} {str(value)!r} is outside the range of dates.") from None
+            raise FilterError(
+                "{0} {value!r} is outside the range of dates.", name, value=str(value)
+            ) from None
     # Not cut to the second: a bound of 10:00:00.5 would let in a file modified at 10:00:00.2.
     return moment.isoformat()
