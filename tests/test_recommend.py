@@ -20,6 +20,7 @@ from pixsift import (
     QueryError,
     QueryTerm,
     SearchFilters,
+    search_once,
 )
 from pixsift.search.diversity import mmr_order
 from pixsift.search.ranking import MMR_POOL_MAX
@@ -150,6 +151,30 @@ def test_rocchio_weights_that_would_mislead_are_refused(library: Library) -> Non
         library.recommend(["a cat"], weights=(1.0, 0.25))  # type: ignore[arg-type]
     hits = library.recommend(["a cat"], ["a dog"], k=3, weights=RocchioWeights(positive=2, negative=0))
     assert [hit.id for hit in hits] == [hit.id for hit in library.search("a cat", k=3)]
+
+
+def test_whole_numbers_too_large_for_a_float_are_refused_as_query_errors(library: Library) -> None:
+    """A threshold or weight of 10**400 (a Python int, say from a form field read with int())
+    is no finite number: it was an OverflowError from math.isfinite or float(), which a caller
+    catching PixsiftError does not expect, and it named no argument."""
+    huge = 10**400
+    image_id = library.search("a cat", k=1)[0].id
+    refused = "minimum score must be a finite number, not a whole number of about 401 digits"
+    with pytest.raises(QueryError, match=refused):
+        library.search("a cat", min_score=huge)
+    with pytest.raises(QueryError, match=refused):
+        search_once("a cat", library=library.path, min_score=-huge)
+    with pytest.raises(QueryError, match=refused):
+        library.similar(image_id, min_score=huge)
+    with pytest.raises(QueryError, match=refused):
+        library.recommend([image_id], min_score=huge, diversity=0.5)
+    with pytest.raises(QueryError, match="query weight must be a finite number"):
+        QueryTerm(text="a cat", weight=huge)
+    with pytest.raises(QueryError, match="The Rocchio weight positive must be a number above 0"):
+        RocchioWeights(positive=huge)
+    with pytest.raises(QueryError, match="The Rocchio weight negative must be a number 0 or more"):
+        RocchioWeights(negative=-huge)
+    assert RocchioWeights(positive=10**30, negative=3).positive == 10**30  # large, but a float
 
 
 def test_an_image_that_failed_to_index_is_named_with_its_reason_as_a_query(

@@ -457,3 +457,22 @@ def test_date_filters_through_the_server(dated_photos: Path, tiny_model: TinyMod
         past_the_calendar = client.get("/search", params={"q": "x", "after": "9999-12-31T23:59:59-14:00"})
         assert past_the_calendar.status_code == 400
         assert "outside the range of dates" in past_the_calendar.json()["message"]
+
+
+def test_a_size_filter_beyond_any_integer_sqlite_holds_matches_nothing(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """A mistyped --min-width of 20 digits is a size no image has: no match, not a traceback
+    from SQLite, which cannot bind an integer beyond 2**63 - 1."""
+    huge = 10**20
+    with indexed_library(tmp_path / "library", photos, tiny_model) as library:
+        first = library.search("x", k=1)[0]
+        for filters in (SearchFilters(min_width=huge), SearchFilters(min_height=2**63)):
+            assert library.search("x", filters=filters) == []
+            assert library.similar(first.id, filters=filters) == []
+            assert library.recommend([first.id], filters=filters, diversity=0.5) == []
+        assert len(library.search("x", k=20, filters=SearchFilters(min_width=1, min_height=1))) == 12
+    for command in (["search", "x"], ["similar", str(first.path)]):
+        found = run_cli(*command, "--library", str(tmp_path / "library"), "--min-width", str(huge))
+        assert found.returncode == 0, found.stderr
+        assert "No matching images." in found.stderr and "Traceback" not in found.stderr

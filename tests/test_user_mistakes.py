@@ -216,6 +216,23 @@ def test_search_terms_refuses_what_is_no_list_of_query_terms(library: Library) -
     assert from_generator == library.search_terms([QueryTerm(text="a cat")])
 
 
+def test_what_similar_cannot_take_is_refused_in_its_own_terms(library: Library) -> None:
+    """A float, None or a bool given to `similar` was refused with `recommend`'s list of
+    example kinds: "an image id, an image file, a text, image bytes or a QueryTerm", though
+    to `similar` a text is a file's path."""
+    refused = r"An image for similar is an image id, an image file \(a path\) or an image's bytes, not "
+    for image in (3.5, None, True, ["photo.jpg"]):
+        with pytest.raises(QueryError, match=refused + type(image).__name__):
+            library.similar(image)  # type: ignore[arg-type]
+        with pytest.raises(QueryError, match=refused):
+            library.similar_many([1, image])  # type: ignore[list-item]
+    hit = library.search("a cat", k=1)[0]
+    by_id = library.similar(hit.id, k=5)
+    assert library.similar(np.int64(hit.id), k=5) == by_id == library.similar(str(hit.path), k=5)  # type: ignore[arg-type]
+    upload = hit.path.read_bytes()
+    assert library.similar(bytearray(upload), k=5) == library.similar(upload, k=5)  # type: ignore[arg-type]
+
+
 def test_arguments_of_the_wrong_kind_are_pixsift_errors(library: Library) -> None:
     """Each was a TypeError or ValueError from inside (a thumbnail size of 100.5 even blamed
     the image file: "Cannot read image ...: 'float' object cannot be interpreted as an

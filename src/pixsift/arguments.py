@@ -5,7 +5,6 @@ refused with a message written for them, not met later as a numpy or FAISS error
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Sequence
 
@@ -16,6 +15,7 @@ from pixsift.indexer.roots import new_root
 from pixsift.models import resolve_model_spec
 from pixsift.search import SearchFilters
 from pixsift.search.filters import checked_filters
+from pixsift.search.finite import is_finite, shown
 
 
 def check_run_sizes(batch_size: int, workers: int | None) -> None:
@@ -72,8 +72,8 @@ def check_min_score(min_score: float | None) -> None:
         return
     if isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.floating)):
         raise QueryError(f"The minimum score must be a number, not {min_score!r}.")
-    if not math.isfinite(min_score):
-        raise QueryError(f"The minimum score must be a finite number, not {min_score}.")
+    if not is_finite(min_score):
+        raise QueryError(f"The minimum score must be a finite number, not {shown(min_score)}.")
 
 
 def unit_query_vector(vector: np.ndarray) -> np.ndarray:

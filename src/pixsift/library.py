@@ -58,6 +58,7 @@ from pixsift.search.examples import (
     example_list,
     example_weights,
     query_list,
+    similar_example,
 )
 from pixsift.search.ranking import Ranker
 from pixsift.search.recommend import RocchioWeights, checked_weights, rocchio
@@ -351,11 +352,7 @@ class Library:
         queries = query_list(images, "similar_many", "similar(image)")
         if not queries:
             return []
-        examples: list[Example] = [
-            os.fspath(item) if isinstance(item, os.PathLike) else item for item in queries
-        ]
-        examples = [QueryTerm(image=item) if isinstance(item, str) else item for item in examples]
-        vectors, ids = self._examples.of(examples)
+        vectors, ids = self._examples.of([similar_example(item) for item in queries])
         excludes = [set() if image_id is None else {image_id} for image_id in ids]
         return self._ranker.rank(vectors, k, filters, excludes, min_score)
 

@@ -16,6 +16,10 @@ from pixsift.search.filters import SearchFilters, checked_filters
 if TYPE_CHECKING:
     from pixsift.storage import Catalog
 
+# The largest integer SQLite binds. A larger size filter (a mistyped --min-width) is one no
+# image meets, as this is: binding it raised an OverflowError from inside SQLite.
+SQLITE_INT_MAX = 2**63 - 1
+
 
 def allowed_ids(catalog: Catalog, filters: SearchFilters | None) -> np.ndarray | None:
     """The ids a search may return under `filters`, or None when nothing is filtered."""
@@ -28,14 +32,20 @@ def allowed_ids(catalog: Catalog, filters: SearchFilters | None) -> np.ndarray |
         catalog.ids_matching(
             folder=folder,
             formats=filters.format_names(),
-            min_width=filters.min_width,
-            min_height=filters.min_height,
+            min_width=_bindable(filters.min_width),
+            min_height=_bindable(filters.min_height),
             taken_after=taken_after,
             taken_before=taken_before,
         )
         for folder in folders
     ]
     return found[0] if len(found) == 1 else np.union1d(found[0], found[1])
+
+
+def _bindable(pixels: int | None) -> int | None:
+    """A size filter as SQLite can bind it: one beyond its integers is cut to the largest,
+    which no image reaches either, so the filter still matches nothing."""
+    return None if pixels is None else min(pixels, SQLITE_INT_MAX)
 
 
 def _existing_folders(under: str | os.PathLike[str]) -> list[str]:

@@ -60,6 +60,24 @@ def _plain(example: Example | bytearray | memoryview) -> Example:
     return example
 
 
+def similar_example(image: object) -> Example:
+    """An image to find images like, as `ExampleVectors` reads it: an id, image bytes, or a
+    file (text here is a file's path, never a query text). What is none of them is refused as
+    `similar`'s mistake: the message for `recommend`'s examples offered texts and QueryTerms."""
+    if isinstance(image, (str, os.PathLike)):
+        return QueryTerm(image=os.fspath(image))
+    if isinstance(image, QueryTerm):  # one made by a caller is read as `recommend` reads it
+        return image
+    if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
+        return int(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    raise QueryError(
+        f"An image for similar is an image id, an image file (a path) or an image's bytes, "
+        f"not {type(image).__name__}."
+    )
+
+
 def example_weights(examples: Sequence[Example]) -> list[float]:
     """How much each example counts: a QueryTerm's weight, else 1. A weight that is not
     positive is refused: what to move away from is a negative example, not a positive one

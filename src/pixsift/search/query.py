@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pixsift.errors import InvalidPathError, QueryError
+from pixsift.search.finite import is_finite, shown
 
 # "W*TEXT": whatever stands before the first "*", when it is one word (no spaces), is a
 # weight, and must be a positive number; "red car * 2" is text. A typo such as "abc*red" or
@@ -51,8 +52,8 @@ class QueryTerm:
             raise InvalidPathError("An image path is empty: name an image file.")
         if self.text is not None and not _encodable(self.text):
             raise QueryError("A query text holds characters that are not valid Unicode.")
-        if not math.isfinite(self.weight):
-            raise QueryError(f"Query weight {self.weight} is not a finite number.")
+        if not is_finite(self.weight):
+            raise QueryError(f"A query weight must be a finite number, not {shown(self.weight)}.")
 
     def scaled(self, factor: float) -> QueryTerm:
         return QueryTerm(self.text, self.image, self.weight * factor)

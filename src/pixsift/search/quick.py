@@ -19,7 +19,6 @@ nothing it sees; if it has saved a newer FAISS file by then, the generations dif
 
 from __future__ import annotations
 
-import math
 import os
 import sqlite3
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from pixsift.config import DB_NAME, INDEX_NAME, resolve_library_dir
 from pixsift.errors import PixsiftError
 from pixsift.models.spec import ModelRecord
 from pixsift.search.filters import SearchFilters
+from pixsift.search.finite import is_finite
 from pixsift.search.query import QueryTerm, as_terms, combine
 from pixsift.search.results import SearchResult
 from pixsift.storage.catalog_reader import CatalogReader
@@ -120,7 +120,7 @@ def _plain_arguments(k: object, min_score: object) -> bool:
     if min_score is None:
         return whole_k
     number = isinstance(min_score, (int, float)) and not isinstance(min_score, bool)
-    return whole_k and number and math.isfinite(min_score)  # type: ignore[arg-type]
+    return whole_k and number and is_finite(min_score)  # type: ignore[arg-type]
 
 
 def _answer(

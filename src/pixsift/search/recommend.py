@@ -9,7 +9,6 @@ one disliked image steers the results without overwhelming what was liked.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pixsift.errors import QueryError
+from pixsift.search.finite import is_finite, shown
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,12 @@ class RocchioWeights:
 
 def _check_weight(name: str, value: object, *, lowest_allowed: bool) -> None:
     """Refuse a weight that is not a finite number above 0 (or, where allowed, 0 itself)."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and is_finite(value):
         weight = float(value)
-        if math.isfinite(weight) and (weight > 0 or (lowest_allowed and weight == 0)):
+        if weight > 0 or (lowest_allowed and weight == 0):
             return
     lowest = "0 or more" if lowest_allowed else "above 0"
-    raise QueryError(f"The Rocchio weight {name} must be a number {lowest}, not {value!r}.")
+    raise QueryError(f"The Rocchio weight {name} must be a number {lowest}, not {shown(value)}.")
 
 
 def checked_weights(weights: object) -> RocchioWeights:
