@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +232,22 @@ def test_mmr_demotes_near_duplicates() -> None:
     assert mmr_order(relevance, vectors, 3, 0.5) == [0, 2, 1]
     assert mmr_order(relevance, vectors, 2, 0.5) == [0, 2]
     assert mmr_order(relevance[:0], vectors[:0], 3, 0.5) == []
+
+
+def test_mmr_memory_grows_with_the_pool_not_its_square() -> None:
+    """A pool of 4,000 candidates would need a 64 MB similarity table; MMR keeps one row."""
+    generator = np.random.default_rng(3)
+    vectors = generator.normal(size=(4000, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    relevance = generator.uniform(size=4000).astype(np.float32)
+    tracemalloc.start()
+    try:
+        order = mmr_order(relevance, vectors, 50, 0.5)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(order) == len(set(order)) == 50
+    assert peak < 4 * vectors.nbytes  # the square table alone is 64 MB; the vectors 1 MB
 
 
 def test_diversity_spreads_the_results(library: Library, photos: Path) -> None:

@@ -19,7 +19,6 @@ def mmr_order(relevance: np.ndarray, vectors: np.ndarray, k: int, diversity: flo
     if count == 0 or k < 1:
         return []
     vectors = np.asarray(vectors, dtype=np.float32)
-    pairwise = vectors @ vectors.T
     weight = 1.0 - diversity
     chosen: list[int] = []
     # The highest similarity of each candidate to anything chosen so far.
@@ -32,5 +31,7 @@ def mmr_order(relevance: np.ndarray, vectors: np.ndarray, k: int, diversity: flo
         best = int(np.argmax(marginal))
         chosen.append(best)
         available[best] = False
-        redundancy = np.maximum(redundancy, pairwise[best])
+        # One row of similarities per pick, not the whole candidate-by-candidate table: that
+        # table grows with the square of the pool (10 GB for a pool of 50,000).
+        redundancy = np.maximum(redundancy, vectors @ vectors[best])
     return chosen
