@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import math
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from enum import StrEnum
+from stat import S_ISREG
 from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar, cast
 
 import typer
@@ -472,12 +474,50 @@ def search(
     _print_results(results, output, _outside_roots_hint(library, under) if not results else "")
 
 
+UnlikeOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045 (text, not Paths: see the note on file arguments at the top)
+    typer.Option(
+        "--unlike",
+        metavar="IMAGE",
+        help="Away from this image file, indexed or not; repeatable.",
+        show_default=False,
+    ),
+]
+
+
+def _no_nan(value: float | None) -> float | None:
+    """Refuse NaN as the parser refuses 1.5: click's range lets NaN through, as it compares
+    false with both ends."""
+    if value is not None and math.isnan(value):
+        raise typer.BadParameter(f"{value} is not a number from 0 to 1.")
+    return value
+
+
+DiversityOpt = Annotated[
+    Optional[float],  # noqa: UP045
+    typer.Option(
+        "--diversity",
+        min=0.0,
+        max=1.0,
+        metavar="D",
+        callback=_no_nan,
+        help="From 0 (by relevance, as without it) to 1 (most varied): trades relevance for variety (MMR).",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 def similar(
-    image: Annotated[
-        str,  # text, not a Path: see the note on file arguments at the top
-        typer.Argument(help="An image file, indexed or not.", show_default=False),
+    images: Annotated[
+        list[str],  # text, not Paths: see the note on file arguments at the top
+        typer.Argument(
+            help="Image files, indexed or not; with several, images like all of them.",
+            show_default=False,
+        ),
     ],
+    unlike: UnlikeOpt = None,
+    diversity: DiversityOpt = None,
     plus: PlusOpt = None,
     minus: MinusOpt = None,
     limit: LimitOpt = 10,
@@ -493,22 +533,78 @@ def similar(
     device: DeviceOpt = "auto",
     engine: EngineOpt = Engine.auto,
 ) -> None:
-    """Images that look like IMAGE, best first (IMAGE itself left out)."""
-    _query(
-        library,
-        device,
-        engine,
-        output,
-        lambda lib: lib.similar(
-            image,  # a file's path: similar reads text as one
+    """Images that look like IMAGES, best first (the images given, --unlike ones too, left out).
+
+    With several images, --unlike or --diversity, the examples are combined as the Python
+    API's recommend() and the service's POST /recommend combine them (Rocchio): the mean of
+    the images and --plus texts, less a quarter of the mean of the --unlike images and --minus
+    texts. One image alone is searched with its --plus and --minus texts added in full.
+    """
+
+    def run(lib: Library) -> list[SearchResult]:
+        filters = _filters(under, after, before, min_width, min_height, image_format)
+        plus_terms, minus_terms = _terms(plus, "--plus"), _terms(minus, "--minus")
+        if len(images) == 1 and not unlike and diversity is None:
+            return lib.similar(
+                images[0],  # a file's path: similar reads text as one
+                limit,
+                plus=plus_terms,
+                minus=minus_terms,
+                min_score=min_score,
+                filters=filters,
+            )
+        _refuse_liked_and_unliked(images, unlike or [])
+        return lib.recommend(
+            [*_image_terms(images), *plus_terms],
+            [*_image_terms(_unlike_paths(unlike)), *minus_terms],
             limit,
-            plus=_terms(plus, "--plus"),
-            minus=_terms(minus, "--minus"),
+            filters=filters,
+            diversity=diversity or 0.0,
             min_score=min_score,
-            filters=_filters(under, after, before, min_width, min_height, image_format),
-        ),
-        under,
-    )
+        )
+
+    _query(library, device, engine, output, run, under)
+
+
+def _unlike_paths(paths: list[str] | None) -> list[str]:
+    """The files given to --unlike; an empty one is named as that option's, where the core's
+    "An image path is empty" would not say which of the command's images it was."""
+    message = "--unlike is given an empty path: name an image file, or leave --unlike out."
+    return [_not_empty(path, message) for path in paths or []]
+
+
+def _image_terms(paths: list[str]) -> list[QueryTerm]:
+    """Image files as examples for recommend(), which reads a plain string as a text."""
+    from pixsift.search import QueryTerm
+
+    return [QueryTerm(image=path) for path in paths]
+
+
+def _refuse_liked_and_unliked(images: list[str], unlike: list[str]) -> None:
+    """Refuse a file given both to match and with --unlike (under any spelling or link): the
+    query would quietly lean towards it anyway, which is no answer to a contradiction."""
+    from pixsift.errors import QueryError
+
+    liked = {key: path for path in images if (key := _file_key(path)) is not None}
+    for path in unlike:
+        key = _file_key(path)
+        same = liked.get(key) if key is not None else None
+        if same is None:
+            continue
+        written = "" if same == path else f" (as {same})"  # another spelling, or a link
+        raise QueryError(
+            f"--unlike {path} is also given as an image to match{written}: give each file on one side only."
+        )
+
+
+def _file_key(path: str) -> tuple[int, int] | None:
+    """What tells one file from another (device and inode), or None for a path that is no
+    file one can look at (missing, a folder, empty): the library says what is wrong with it."""
+    try:
+        stat = os.stat(os.path.expanduser(path)) if path.strip() else None
+    except (OSError, ValueError):
+        return None
+    return (stat.st_dev, stat.st_ino) if stat is not None and S_ISREG(stat.st_mode) else None
 
 
 @app.command()
