@@ -949,3 +949,27 @@ def test_the_synthetic_writer_refuses_a_file_in_one_line(tmp_path: Path) -> None
         )
         assert result.returncode in (1, 2) and "Traceback" not in result.stderr
         assert message in result.stderr and str(target) in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "refusal"),
+    [
+        (["index", "--wait", "nan"], "Invalid value for '--wait': nan is not a number of 0 or more."),
+        (
+            ["serve", "--max-upload-mb", "nan"],
+            "Invalid value for '--max-upload-mb': nan is not a number from 0.1 to 1024.",
+        ),
+        (
+            ["serve", "--max-megapixels", "nan"],
+            "Invalid value for '--max-megapixels': nan is not a number from 0.1 to 1000.",
+        ),
+    ],
+)
+def test_nan_for_a_number_option_is_bad_usage(tmp_path: Path, command: list[str], refusal: str) -> None:
+    """click's range check lets NaN through (it compares false with both ends): `serve
+    --max-upload-mb nan` ended in a traceback, `--wait nan` meant "do not wait"."""
+    library = tmp_path / "library"
+    result = run_cli(*command, "--library", str(library))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert refusal in " ".join(line.strip(" │") for line in result.stderr.splitlines())
+    assert not library.exists()

@@ -203,12 +203,28 @@ MinusOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _no_nan(param: typer.CallbackParam, value: float | None) -> float | None:
+    """Refuse NaN as the parser refuses a number out of range: click's range lets NaN through,
+    as it compares false with both ends."""
+    if value is not None and math.isnan(value):
+        low, high = getattr(param.type, "min", None), getattr(param.type, "max", None)
+        if low is not None and high is not None:
+            raise typer.BadParameter(f"{value} is not a number from {low:g} to {high:g}.")
+        raise typer.BadParameter(
+            f"{value} is not a number{f' of {low:g} or more' if low is not None else ''}."
+        )
+    return value
+
+
 WaitOpt = Annotated[
     float,
     typer.Option(
         "--wait",
         min=0,
         metavar="SECONDS",
+        callback=_no_nan,
         # Any run that writes holds the library: an index run, a repair, a forget, a server's job.
         help="Seconds to wait while another pixsift run is indexing or repairing this library "
         "(0: refuse at once).",
@@ -483,14 +499,6 @@ UnlikeOpt = Annotated[
         show_default=False,
     ),
 ]
-
-
-def _no_nan(value: float | None) -> float | None:
-    """Refuse NaN as the parser refuses 1.5: click's range lets NaN through, as it compares
-    false with both ends."""
-    if value is not None and math.isnan(value):
-        raise typer.BadParameter(f"{value} is not a number from 0 to 1.")
-    return value
 
 
 DiversityOpt = Annotated[
@@ -775,10 +783,20 @@ def serve(
         ),
     ] = None,
     max_upload_mb: Annotated[
-        float, typer.Option("--max-upload-mb", min=0.1, max=1024, help="Largest query image upload, in MB.")
+        float,
+        typer.Option(
+            "--max-upload-mb", min=0.1, max=1024, callback=_no_nan, help="Largest query image upload, in MB."
+        ),
     ] = 20.0,
     max_megapixels: Annotated[
-        float, typer.Option("--max-megapixels", min=0.1, max=1000, help="Largest query image, in megapixels.")
+        float,
+        typer.Option(
+            "--max-megapixels",
+            min=0.1,
+            max=1000,
+            callback=_no_nan,
+            help="Largest query image, in megapixels.",
+        ),
     ] = 50.0,
     max_concurrent_uploads: Annotated[
         int,
