@@ -973,3 +973,15 @@ def test_nan_for_a_number_option_is_bad_usage(tmp_path: Path, command: list[str]
     assert (result.returncode, result.stdout) == (2, "")
     assert refusal in " ".join(line.strip(" │") for line in result.stderr.splitlines())
     assert not library.exists()
+
+
+@pytest.mark.parametrize("wait", [math.nan, -1, -0.5, "2", True])
+def test_a_wait_that_is_no_number_of_seconds_is_refused(
+    library: Library, photo_set: Path, wait: object
+) -> None:
+    """NaN and negatives meant "do not wait" without a word; -1 (filelock's "for ever") too."""
+    with pytest.raises(InvalidOptionError, match="wait is the seconds to wait for another run"):
+        library.index(photo_set, wait=wait)  # type: ignore[arg-type]
+    with pytest.raises(InvalidOptionError, match="wait is the seconds"):
+        library.rebuild_index(wait=wait)  # type: ignore[arg-type]
+    assert library.index(wait=None).unchanged > 0  # None still waits as long as it takes

@@ -7,13 +7,14 @@ index run does: up to a given time, showing that it waits, then with LibraryBusy
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from pixsift.errors import LibraryBusyError
+from pixsift.errors import InvalidOptionError, LibraryBusyError
 from pixsift.indexer.progress import IndexProgress
 
 LOCK_NAME = "library.lock"
@@ -32,6 +33,7 @@ class WriteLock:
         it waits, `progress` shows a waiting phase, so a wait never looks like a hang."""
         from pixsift.storage.database import write_error
 
+        check_wait(wait)
         try:
             self.file_lock.acquire(timeout=0)
         except Timeout:
@@ -58,3 +60,20 @@ class WriteLock:
         finally:
             if progress is not None and wait != 0:
                 progress.stop()
+
+
+def check_wait(wait: object) -> None:
+    """Refuse a wait that is no number of seconds: NaN and negatives would have meant "do not
+    wait" without a word, and -1, which means "for ever" to filelock, is None here."""
+    if wait is None:
+        return
+    if (
+        isinstance(wait, bool)
+        or not isinstance(wait, (int, float))
+        or (isinstance(wait, float) and math.isnan(wait))  # an int too large for a float is no NaN
+        or wait < 0
+    ):
+        raise InvalidOptionError(
+            "wait is the seconds to wait for another run (0 or more; None: as long as it takes), "
+            f"not {wait!r}."
+        )
