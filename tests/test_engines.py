@@ -563,6 +563,28 @@ def test_a_cache_that_cannot_be_written_leaves_the_model_on_torch(
     assert "PIXSIFT_CACHE_DIR" in forced.stderr and "Traceback" not in forced.stderr
 
 
+@needs_permissions
+def test_a_read_only_cache_is_not_said_to_need_space(
+    tiny_model: TinyModel, photos: Path, tmp_path: Path, private_cache: Path
+) -> None:
+    """A cache folder the user may not write (or on a read-only disk) needs another place, not
+    room: the warning says so, and the run goes on on torch."""
+    private_cache.mkdir(parents=True)
+    private_cache.chmod(0o555)
+    try:
+        library = ["--library", str(tmp_path / "lib")]
+        args = ["index", str(photos), *library, "-q", *tiny_model.index_args()]
+        indexed = run_cli(*args, obey_permissions=True)
+    finally:
+        private_cache.chmod(0o755)
+    assert (indexed.returncode, indexed.stderr) == (
+        0,
+        f"warning: Cannot write the ONNX export of {tiny_spec(tiny_model).describe()} into "
+        f"{private_cache}/onnx: Permission denied. Point PIXSIFT_CACHE_DIR at a writable folder. "
+        "Running on torch meanwhile.\n",
+    )
+
+
 def test_the_command_prints_a_model_warning_as_its_own_lines(
     tiny_model: TinyModel, photos: Path, tmp_path: Path
 ) -> None:
@@ -575,8 +597,7 @@ def test_the_command_prints_a_model_warning_as_its_own_lines(
     spec = tiny_spec(tiny_model)
     warning = (
         f"warning: Cannot write the ONNX export of {spec.describe()} into {blocker}/cache/onnx: "
-        "Not a directory. Free some space there, or point PIXSIFT_CACHE_DIR at a writable folder. "
-        "Running on torch meanwhile.\n"
+        "Not a directory. Point PIXSIFT_CACHE_DIR at a writable folder. Running on torch meanwhile.\n"
     )
     library = ["--library", str(tmp_path / "lib")]
     indexed = run_cli("index", str(photos), *library, "-q", *tiny_model.index_args(), env=unwritable)

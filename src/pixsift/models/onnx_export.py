@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -309,13 +310,20 @@ def export_model(clip: ClipEmbedder) -> Export:
     except OSError as exc:
         raise ExportCacheError(
             f"Cannot write the ONNX export of {spec.describe()} into {final.parent}: "
-            f"{exc.strerror or exc}. Free some space there, or point {CACHE_ENV_VAR} at a "
-            "writable folder."
+            f"{exc.strerror or exc}. {_cache_advice(exc)}"
         ) from exc
     export = read_export(spec)
     if export is None:  # the weights changed while exporting: use it this once, not again
         return _export_of(final, meta, meta["files"])
     return export
+
+
+def _cache_advice(exc: OSError) -> str:
+    """What to do about a cache that cannot be written. Room helps only where room ran out: a
+    read-only disk, or a folder this user may not write, needs another place."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"Free some space there, or point {CACHE_ENV_VAR} at a folder with room."
+    return f"Point {CACHE_ENV_VAR} at a writable folder."
 
 
 def _export_into_place(clip: ClipEmbedder, final: Path) -> dict[str, Any]:
