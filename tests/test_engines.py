@@ -11,13 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TinyModel, run_cli
+from conftest import TinyModel, needs_permissions, run_cli
 from pixsift import Library
 from pixsift.indexer.decode import default_max_pixels, load_image
 from pixsift.indexer.progress import LOADING_PHASE
@@ -26,7 +27,14 @@ from pixsift.models.embedder import Embedder
 from pixsift.models.loading import load_embedder
 from pixsift.models.naming import resolve_model_spec
 from pixsift.models.onnx_embedder import OnnxEmbedder
-from pixsift.models.onnx_export import COSINE_BAR, Export, export_folder, export_model, read_export
+from pixsift.models.onnx_export import (
+    COSINE_BAR,
+    SETTLED_NS,
+    Export,
+    export_folder,
+    export_model,
+    read_export,
+)
 from pixsift.models.pixels import PixelConfig, preprocess
 from pixsift.models.preparing import PREPARING_PHASE, preparing_message
 from pixsift.models.spec import ModelSpec
@@ -107,10 +115,11 @@ def test_pixels_match_open_clip_transform(tiny_model: TinyModel, photo_set: Path
 def test_export_is_cached_and_reused_without_torch(tiny_model: TinyModel) -> None:
     spec = tiny_spec(tiny_model)
     load_embedder(spec, "cpu", "auto")
-    meta = export_folder(spec) / "meta.json"
-    made = meta.stat().st_mtime_ns
+    tower = export_folder(spec) / "text-int8.onnx"
+    made = tower.stat()
     again = load_embedder(spec, "cpu", "auto")
-    assert meta.stat().st_mtime_ns == made  # not exported again
+    kept = (tower.stat().st_ino, tower.stat().st_mtime_ns)
+    assert kept == (made.st_ino, made.st_mtime_ns)  # not exported again
     assert isinstance(again, OnnxEmbedder)
     # A fresh process embeds a text from the cache without ever importing torch or open_clip.
     args = json.dumps(json.dumps([spec.name, spec.pretrained, spec.config_json]))
@@ -285,6 +294,132 @@ def test_an_export_file_cut_short_is_made_again_by_a_search(
     assert text_file.stat().st_size == size
 
 
+def scramble_a_weight(model_file: Path, rank: int) -> None:
+    """Flip every byte of the file's `rank`-th largest weight tensor (0: the largest), its size
+    kept: the file still loads, and gives other vectors for every input that tensor sees."""
+    import onnx
+
+    initializers = onnx.load(str(model_file), load_external_data=False).graph.initializer
+    raw = sorted((init.raw_data for init in initializers), key=len, reverse=True)[rank]
+    data = bytearray(model_file.read_bytes())
+    start = data.find(raw)
+    assert len(raw) > 1000 and start > 0
+    data[start : start + len(raw)] = bytes(byte ^ 0x5A for byte in raw)
+    with open(model_file, "r+b") as file:  # in place: the same file, as a stray write would leave it
+        file.write(bytes(data))
+
+
+def settle(folder: Path) -> None:
+    """Wait until every file in `folder` was last changed SETTLED_NS ago: only then is the
+    signature of a file found right recorded."""
+    newest = max(path.stat().st_ctime_ns for path in folder.iterdir())
+    time.sleep(max(0.0, (newest + SETTLED_NS - time.time_ns()) / 1e9 + 0.05))
+
+
+# `pixsift search ARGS...` in a child that lists on stderr, after "opened:", the files Python opened.
+AUDITED_SEARCH = """
+import runpy, sys
+opened = []
+sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" else None)
+sys.argv = ["pixsift", "search", *sys.argv[1:]]
+try:
+    runpy.run_module("pixsift", run_name="__main__")
+finally:
+    sys.stderr.write("\\n".join(["opened:", *opened]))
+"""
+
+
+def opened_by_a_search(*args: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", AUDITED_SEARCH, *args], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stderr.split("opened:\n", 1)[1].splitlines()
+
+
+def cached_text_vector(spec: ModelSpec, text: str) -> np.ndarray:
+    """The vector of `text` from the cached int8 text tower as it is, unchecked."""
+    export = read_export(spec)
+    assert export is not None
+    return OnnxEmbedder(export, {"text": "int8"}, no_remake).embed_texts([text])
+
+
+@pytest.mark.parametrize("times", ["changed", "set back"])
+def test_a_text_tower_changed_in_place_is_found_by_a_cold_search(
+    tiny_model: TinyModel, photos: Path, tmp_path: Path, times: str
+) -> None:
+    """A cold search cannot read its text tower through on every query; it records the `stat`
+    of each file it found right, and reads through only a file whose `stat` changed. A text
+    tower changed in place, its size kept (it loads, and ranks the photos otherwise), is found
+    even when its modification time is set back: the search says so and answers as before."""
+    spec = tiny_spec(tiny_model)
+    library = str(tmp_path / "lib")
+    indexed = run_cli("index", str(photos), "--library", library, "-q", *tiny_model.index_args())
+    assert indexed.returncode == 0, indexed.stderr
+    folder = export_folder(spec)
+    text_file = folder / "text-int8.onnx"
+    search = ("a dog", "--library", library, "--format", "json")
+    settle(folder)
+    assert str(text_file) in opened_by_a_search(*search)  # not checked since it was exported
+    signed = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["verified"]
+    assert sorted(signed) == ["known-words.json", "text-int8.onnx", "tokenizer.json"]
+    assert str(text_file) not in opened_by_a_search(*search)  # checked: its stat is enough now
+    before = run_cli("search", *search)
+    assert (before.returncode, before.stderr) == (0, "")
+
+    made = text_file.stat()
+    good = cached_text_vector(spec, "a dog")
+    scramble_a_weight(text_file, rank=1)  # the largest is the token table: most rows unused
+    if times == "set back":
+        os.utime(text_file, ns=(made.st_atime_ns, made.st_mtime_ns))
+    assert (text_file.stat().st_size, text_file.stat().st_mtime_ns == made.st_mtime_ns) == (
+        made.st_size,
+        times == "set back",
+    )
+    damaged = cached_text_vector(spec, "a dog")
+    assert not np.allclose(damaged, good, atol=1e-2)  # the damage is real, and loads silently
+
+    after = run_cli("search", *search)
+    assert after.returncode == 0, after.stderr
+    assert after.stderr == (
+        f"warning: The cached ONNX export of {spec.describe()} in {folder} is damaged: text-int8.onnx "
+        "is not the file exported (its content changed since). Exporting the model again.\n"
+    )
+    assert json.loads(after.stdout) == json.loads(before.stdout)
+    again = run_cli("search", *search)
+    assert (again.returncode, again.stderr, again.stdout) == (0, "", before.stdout)
+
+
+@needs_permissions
+def test_a_cold_search_with_a_read_only_model_cache_still_answers(
+    tiny_model: TinyModel, photos: Path, tmp_path: Path
+) -> None:
+    """Where the cache cannot be written (shared, or on a read-only disk), a cold search cannot
+    record what it checked: it reads the text tower through each time, and answers as usual."""
+    library = str(tmp_path / "lib")
+    indexed = run_cli("index", str(photos), "--library", library, "-q", *tiny_model.index_args())
+    assert indexed.returncode == 0, indexed.stderr
+    search = ("search", "a dog", "--library", library, "--format", "json")
+    writable = run_cli(*search)
+    folder = export_folder(tiny_spec(tiny_model))
+    meta_file = folder / "meta.json"
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    meta.pop("verified", None)  # as before any file was checked: a search would record them
+    meta_file.write_text(json.dumps(meta), encoding="utf-8")
+    settle(folder)
+    folder.chmod(0o555)
+    try:
+        for _ in range(2):
+            read_only = run_cli(*search, obey_permissions=True)
+            assert (read_only.returncode, read_only.stderr) == (0, "")
+            assert json.loads(read_only.stdout) == json.loads(writable.stdout)
+        assert json.loads(meta_file.read_text(encoding="utf-8")) == meta
+    finally:
+        folder.chmod(0o755)
+    assert run_cli(*search).returncode == 0  # the control: where it can, a search records them
+    assert "verified" in json.loads(meta_file.read_text(encoding="utf-8"))
+
+
 def test_one_shot_int8_text_tower_gives_the_same_vectors(tiny_model: TinyModel) -> None:
     """A cold search loads the int8 text tower without repacking its weights: it must give
     exactly the vectors a long-running library's tower gives, or the two would rank apart."""
@@ -305,9 +440,10 @@ def test_one_shot_int8_text_tower_gives_the_same_vectors(tiny_model: TinyModel) 
 def test_damaged_tokenizer_read_late_is_made_again(
     tiny_model: TinyModel, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A query of known words never reads the BPE file, so where only sizes are checked (a cold
-    search) damage in it shows only at the first text that needs it: that text still gets its
-    vector, from a fresh export. A load through a library finds it at once, by its checksum."""
+    """A query of known words never reads the BPE file, so where only sizes are checked (an
+    embedder on an export as read) damage in it shows only at the first text that needs it:
+    that text still gets its vector, from a fresh export. A load through a library finds it at
+    once, by its checksum."""
     spec = tiny_spec(tiny_model)
     rare = ["a photo of a xyzzyq"]
     good = load_embedder(spec, "cpu", "auto").embed_texts([*TEXTS[:2], *rare])
@@ -427,6 +563,28 @@ def test_a_cache_that_cannot_be_written_leaves_the_model_on_torch(
     assert "PIXSIFT_CACHE_DIR" in forced.stderr and "Traceback" not in forced.stderr
 
 
+@needs_permissions
+def test_a_read_only_cache_is_not_said_to_need_space(
+    tiny_model: TinyModel, photos: Path, tmp_path: Path, private_cache: Path
+) -> None:
+    """A cache folder the user may not write (or on a read-only disk) needs another place, not
+    room: the warning says so, and the run goes on on torch."""
+    private_cache.mkdir(parents=True)
+    private_cache.chmod(0o555)
+    try:
+        library = ["--library", str(tmp_path / "lib")]
+        args = ["index", str(photos), *library, "-q", *tiny_model.index_args()]
+        indexed = run_cli(*args, obey_permissions=True)
+    finally:
+        private_cache.chmod(0o755)
+    assert (indexed.returncode, indexed.stderr) == (
+        0,
+        f"warning: Cannot write the ONNX export of {tiny_spec(tiny_model).describe()} into "
+        f"{private_cache}/onnx: Permission denied. Point PIXSIFT_CACHE_DIR at a writable folder. "
+        "Running on torch meanwhile.\n",
+    )
+
+
 def test_the_command_prints_a_model_warning_as_its_own_lines(
     tiny_model: TinyModel, photos: Path, tmp_path: Path
 ) -> None:
@@ -439,8 +597,7 @@ def test_the_command_prints_a_model_warning_as_its_own_lines(
     spec = tiny_spec(tiny_model)
     warning = (
         f"warning: Cannot write the ONNX export of {spec.describe()} into {blocker}/cache/onnx: "
-        "Not a directory. Free some space there, or point PIXSIFT_CACHE_DIR at a writable folder. "
-        "Running on torch meanwhile.\n"
+        "Not a directory. Point PIXSIFT_CACHE_DIR at a writable folder. Running on torch meanwhile.\n"
     )
     library = ["--library", str(tmp_path / "lib")]
     indexed = run_cli("index", str(photos), *library, "-q", *tiny_model.index_args(), env=unwritable)
@@ -585,7 +742,8 @@ def test_an_install_without_onnx_runtime_leaves_the_cache_alone(
     assert made is not None and not made.reason
     searched = run_cli("search", "a dog", "--library", library, "--format", "paths", env=broken)
     assert searched.returncode == 0 and len(searched.stdout.splitlines()) == 10, searched.stderr
-    assert read_export(spec) == made
+    kept = read_export(spec)  # its files checked (their signatures recorded), but not made again
+    assert kept is not None and replace(kept, signatures={}) == replace(made, signatures={})
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")

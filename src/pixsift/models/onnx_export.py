@@ -17,14 +17,17 @@ Its `meta.json` records each file's size and sha256. Every use checks the sizes 
 file); a process that loads the model through a `Library` (an index run, the HTTP service, a
 search the quick path leaves to the library) also checks the checksums of the files it will run
 (`verify_files`), so bytes changed inside a file, which would still load and give wrong vectors,
-are found there and the model exported again. The cold `pixsift search` checks sizes only: see
-`verify_files` for what each costs.
+are found there and the model exported again. The cold `pixsift search` cannot afford to read
+its text tower through; it compares each file's `stat` with the one recorded when its checksum
+was last found right, and reads through only the files whose `stat` changed
+(`verify_unchanged_files`): see `verify_files` for what each costs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -61,6 +64,15 @@ AUTO_PRECISIONS = {"image": ("int8", "fp32"), "text": ("int8", "fp32")}
 TOWERS = ("image", "text")
 META = "meta.json"
 CHECKSUMS = "sha256"  # meta.json's key: file name -> sha256 (hex) of the file as exported
+# meta.json's key: file name -> its signature (size, mtime_ns, ctime_ns, inode) when its
+# checksum was last found right. Writing to a file changes its ctime, which unlike its mtime
+# cannot be set back (os.utime sets it to now): a file whose signature is unchanged holds the
+# bytes that were checked.
+SIGNATURES = "verified"
+# A file changed less than this before it was checked is not given a signature yet: a change
+# made after the check but within the same tick of the file system's clock (2 s on FAT, a few
+# ms on ext4) would keep its times, so its signature, and the change would never be read.
+SETTLED_NS = 2_000_000_000
 ABANDONED_WORK_S = 3 * 3600  # a work folder untouched this long belongs to a killed export
 TOKENIZER = "tokenizer.json"
 KNOWN_WORDS = "known-words.json"  # lets a query of plain words skip building the BPE
@@ -79,6 +91,8 @@ _CALIBRATION_TEXTS = (
 
 log = logging.getLogger(__name__)
 
+Signature = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
+
 
 @dataclass(frozen=True)
 class Export:
@@ -94,6 +108,8 @@ class Export:
     text_trim: bool = False  # the text tower takes tokens up to the last END, not the full context
     # File name -> sha256 as exported; a file without one was exported by an older pixsift.
     checksums: dict[str, str] = field(default_factory=dict)
+    # File name -> its signature (see SIGNATURES) when its checksum was last found right.
+    signatures: dict[str, Signature] = field(default_factory=dict)
 
     def model_file(self, tower: str, precision: str) -> Path | None:
         name = f"{tower}-{precision}.onnx"
@@ -164,17 +180,19 @@ def verify_files(export: Export, names: Iterable[str]) -> Export:
     71 ms), against 145 ms to load the embedder and 350 ms to open its two towers, and seconds
     to hours for the index run around it; its fp32 files (607 MB, verified only where an
     engine runs them) 416 ms; synthetic-tiny's int8 files 4 ms. Too slow for the cold
-    `pixsift search` (0.45 to 0.55 s in all for ViT-B-32 there), which checks the sizes only:
-    `read_export`, stat included, takes 0.1 ms.
+    `pixsift search` (0.45 to 0.55 s in all for ViT-B-32 there), which uses
+    `verify_unchanged_files`: a `stat` per file, unless one changed.
 
     A file that has no checksum recorded (an export by a pixsift older than the checksums) is
     taken as it is, as that pixsift would take it, and its checksum recorded now, so that any
-    later change to it is found.
+    later change to it is found. Each file found right gets its signature recorded, for
+    `verify_unchanged_files`.
     """
     unrecorded: dict[str, str] = {}
+    signed: dict[str, Signature] = {}
     for name in names:
         try:
-            digest = _sha256(export.folder / name)
+            digest, signature = _sha256_and_signature(export.folder / name)
         except OSError as exc:  # removed or unreadable meanwhile: it cannot be run either
             raise DamagedExportError(f"{name} cannot be read ({exc.strerror or exc})") from exc
         recorded = export.checksums.get(name)
@@ -182,10 +200,56 @@ def verify_files(export: Export, names: Iterable[str]) -> Export:
             unrecorded[name] = digest
         elif digest != recorded:
             raise DamagedExportError(f"{name} is not the file exported (its content changed since)")
-    if not unrecorded:
+        if signature is not None and export.signatures.get(name) != signature:
+            signed[name] = signature
+    if not unrecorded and not signed:
         return export
-    _record_checksums(export, unrecorded)
-    return dataclasses.replace(export, checksums={**export.checksums, **unrecorded})
+    _record_verified(export, unrecorded, signed)
+    return dataclasses.replace(
+        export,
+        checksums={**export.checksums, **unrecorded},
+        signatures={**export.signatures, **signed},
+    )
+
+
+def verify_unchanged_files(export: Export, names: Iterable[str]) -> Export:
+    """`verify_files` for a cold search: a file whose signature is the one recorded when its
+    checksum was last found right is taken as verified, for the cost of a `stat`; the others
+    (a file changed since, in place or not, or not checked yet, or copied) are read through.
+
+    What this cannot see is a change that leaves the file's times alone: bytes changed on the
+    disk under the file system, or by a program writing to the device. Loads through a
+    `Library` read every file through, and find those.
+    """
+    changed = [name for name in names if not _unchanged_since_verified(export, name)]
+    return verify_files(export, changed) if changed else export
+
+
+def _unchanged_since_verified(export: Export, name: str) -> bool:
+    recorded = export.signatures.get(name)
+    if recorded is None or name not in export.checksums:
+        return False
+    try:
+        return _signature(os.stat(export.folder / name)) == recorded
+    except OSError:
+        return False
+
+
+def _signature(stat: os.stat_result) -> Signature:
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+
+
+def _sha256_and_signature(path: Path) -> tuple[str, Signature | None]:
+    """The sha256 of the file at `path`, and its signature if the file stood still while it was
+    read and had been still for SETTLED_NS before (None otherwise: not to be recorded)."""
+    with open(path, "rb") as file:
+        before = os.fstat(file.fileno())
+        started_ns = time.time_ns()
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+        after = os.fstat(file.fileno())
+    still = _signature(before) == _signature(after)
+    settled = started_ns - before.st_ctime_ns >= SETTLED_NS  # every change sets the ctime to now
+    return digest, _signature(before) if still and settled else None
 
 
 def _sha256(path: Path) -> str:
@@ -193,24 +257,31 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
-def _record_checksums(export: Export, digests: dict[str, str]) -> None:
-    """Add `digests` to the meta.json of `export`, unless another process replaced that export
-    meanwhile. Written to a temporary file and renamed over it, so a reader sees the old
-    meta.json or the new one. A cache that cannot be written stays as it is: its files are
-    checked again by the next load, against nothing."""
+def _record_verified(export: Export, digests: dict[str, str], signatures: dict[str, Signature]) -> None:
+    """Add `digests` and `signatures` to the meta.json of `export`, unless another process
+    replaced that export meanwhile. Written to a temporary file and renamed over it, so a reader
+    sees the old meta.json or the new one; of two processes recording at once, the last keeps
+    its own only, and the files the other checked are read through once more by a later use. A
+    cache that cannot be written stays as it is: its files are read through again by the next
+    load, or cold search, and checked against the checksums it has."""
     meta_file = export.folder / META
     work = export.folder / f".{META}-{os.getpid()}"
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         if meta.get("fingerprint") != export.record.fingerprint or meta.get("files") != export.files:
             return  # exported again meanwhile: the checksums are not of its files
-        meta[CHECKSUMS] = {**(meta.get(CHECKSUMS) or {}), **digests}
+        meta[CHECKSUMS] = {**_mapping(meta.get(CHECKSUMS)), **digests}
+        meta[SIGNATURES] = {**_mapping(meta.get(SIGNATURES)), **{n: list(s) for n, s in signatures.items()}}
         work.write_text(json.dumps(meta, indent=2), encoding="utf-8")
         os.replace(work, meta_file)
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         log.debug("Cannot record the checksums of %s: %s", export.folder, exc)
         with contextlib.suppress(OSError):
             work.unlink()
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def onnx_runtime_missing() -> str | None:
@@ -239,13 +310,20 @@ def export_model(clip: ClipEmbedder) -> Export:
     except OSError as exc:
         raise ExportCacheError(
             f"Cannot write the ONNX export of {spec.describe()} into {final.parent}: "
-            f"{exc.strerror or exc}. Free some space there, or point {CACHE_ENV_VAR} at a "
-            "writable folder."
+            f"{exc.strerror or exc}. {_cache_advice(exc)}"
         ) from exc
     export = read_export(spec)
     if export is None:  # the weights changed while exporting: use it this once, not again
         return _export_of(final, meta, meta["files"])
     return export
+
+
+def _cache_advice(exc: OSError) -> str:
+    """What to do about a cache that cannot be written. Room helps only where room ran out: a
+    read-only disk, or a folder this user may not write, needs another place."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"Free some space there, or point {CACHE_ENV_VAR} at a folder with room."
+    return f"Point {CACHE_ENV_VAR} at a writable folder."
 
 
 def _export_into_place(clip: ClipEmbedder, final: Path) -> dict[str, Any]:
@@ -664,4 +742,15 @@ def _export_of(folder: Path, meta: dict[str, Any], files: dict[str, int]) -> Exp
         reason=str(meta.get("reason", "")),
         text_trim=bool(meta.get("text_trim", False)),
         checksums={str(name): str(digest) for name, digest in (meta.get(CHECKSUMS) or {}).items()},
+        signatures=_signatures_of(meta),
     )
+
+
+def _signatures_of(meta: dict[str, Any]) -> dict[str, Signature]:
+    """The signatures recorded in `meta`; one of another shape is left out (its file is then
+    read through, and signed again), rather than the whole export taken for damaged."""
+    signatures: dict[str, Signature] = {}
+    for name, value in _mapping(meta.get(SIGNATURES)).items():
+        if isinstance(value, list) and len(value) == 4 and all(type(part) is int for part in value):
+            signatures[str(name)] = (value[0], value[1], value[2], value[3])
+    return signatures

@@ -9,7 +9,8 @@ cached ONNX text tower and the saved FAISS file whenever that gives exactly what
 - the library exists, its schema is this pixsift's, and it has a model;
 - the query is text terms only, with no filters;
 - the engine runs the text tower through ONNX Runtime on the CPU, from a cached export of the
-  library's very model (the same `OnnxEmbedder` the library would load, so the same vector);
+  library's very model (the same `OnnxEmbedder` the library would load, so the same vector),
+  whose files are still those checked against their checksums (`verify_unchanged_files`);
 - `vectors.faiss` is at the catalog's generation, so nothing needs catching up or saving.
 
 Everything is read inside one read transaction, so an index run committing meanwhile changes
@@ -181,7 +182,7 @@ def _text_embedder(record: ModelRecord, engine: str) -> OnnxEmbedder:
     """The ONNX text tower the library would load for `record` with `engine` (not loaded yet)."""
     from pixsift.models.loading import text_precision
     from pixsift.models.onnx_embedder import OnnxEmbedder
-    from pixsift.models.onnx_export import Export, read_export
+    from pixsift.models.onnx_export import DamagedExportError, Export, read_export, verify_unchanged_files
 
     export = read_export(record.spec)
     if export is None or export.record != record:
@@ -189,6 +190,12 @@ def _text_embedder(record: ModelRecord, engine: str) -> OnnxEmbedder:
     precision = text_precision(export, engine)
     if precision is None:
         raise _NotQuickError
+    try:
+        export = verify_unchanged_files(export, export.files_run({"text": precision}))
+    except DamagedExportError:
+        # Changed in place (it would load, and give other vectors): the library checks it
+        # again, says which file, and exports the model again, as every load does.
+        raise _NotQuickError from None
 
     def cannot_remake() -> Export:
         raise _NotQuickError  # a damaged file (now discarded): the library exports the model again
