@@ -309,6 +309,26 @@ def test_a_failed_first_index_leaves_a_folder_the_user_made_as_it_was(tmp_path: 
         assert _files_under(folder) == before[folder]
 
 
+def test_a_model_that_cannot_load_for_an_empty_folder_keeps_no_folder(tmp_path: Path) -> None:
+    """An empty folder's first run still loads the model asked for, to make it the library's:
+    when that fails, the folder is not kept either, so a later plain `pixsift index` cannot
+    choose the default model for it (and a new library is not left behind)."""
+    (tmp_path / "empty").mkdir()
+    not_a_checkpoint = tmp_path / "weights.pt"
+    not_a_checkpoint.write_text("not weights")
+    asked = ["--model", "synthetic-tiny", "--pretrained", str(not_a_checkpoint)]
+    new, unembedded = tmp_path / "new-lib", tmp_path / "unembedded-lib"
+    made = run_cli("index", str(tmp_path / "empty"), "--library", str(unembedded))
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "other").mkdir()
+    for library in (new, unembedded):
+        failed = run_cli("index", str(tmp_path / "other"), "--library", str(library), *asked)
+        assert failed.returncode == 1 and "Cannot load synthetic-tiny" in failed.stderr, failed.stderr
+    assert not new.exists()
+    status = run_cli("status", "--library", str(unembedded), "--format", "json")
+    assert [root["path"] for root in json.loads(status.stdout)["roots"]] == [str(tmp_path / "empty")]
+
+
 def _library_content(folder: Path) -> tuple[list[str], list[str]]:
     """The files of the library in `folder` but its lock file (which any run makes), and what
     its database holds."""

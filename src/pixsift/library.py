@@ -247,13 +247,15 @@ class Library:
                         workers,
                         progress,
                     )
+                    if (model or pretrained) and self._catalog.model() is None and not report.interrupted:
+                        # Nothing to embed yet: still make the model asked for the library's
+                        # (a model that fails to load then keeps no folder either).
+                        with model_loading(progress or SilentProgress()):
+                            embedder()
                 except BaseException:
                     if roots_before is not None and self._catalog.model() is None:
                         drop_roots_except(self._catalog, roots_before)
                     raise
-                if (model or pretrained) and self._catalog.model() is None and not report.interrupted:
-                    with model_loading(progress or SilentProgress()):
-                        embedder()  # nothing to embed yet: still make the model asked for the library's
         return report
 
     def reindex(
