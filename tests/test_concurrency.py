@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from conftest import TerminalRun, TinyModel
 from crash_soak import PAUSE_ENV, FreshProcesses
-from pixsift import InvalidPathError, Library, LibraryBusyError
+from pixsift import InvalidPathError, Library, LibraryBusyError, LibraryNotFoundError, ModelError
 from pixsift.cli import app
 from pixsift.storage import Catalog
 from sample_photos import make_photo, save, write_photos
@@ -314,3 +314,41 @@ def test_one_library_shared_by_search_threads_while_another_thread_indexes(
     assert library.status().counts.indexed == 8 + 12 - 1
     assert len(library.search("a photo", k=100)) == 19
     library.close()
+
+
+def test_a_failed_first_index_leaves_a_new_library_another_run_holds(library_dir: Path, photos: Path) -> None:
+    """The first run into a new library fails while another run holds its lock: the library
+    is that run's now, and stays."""
+    with Library.open(library_dir) as library:
+        with lock_of(library_dir), pytest.raises(LibraryBusyError):
+            library.index(photos, wait=0)
+        assert (library_dir / "library.db").is_file()
+        assert library.status().model is None
+
+
+def test_a_failed_first_index_leaves_a_new_library_another_run_indexed_into(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    """Two runs open the same new library; the one whose model cannot be had fails after the
+    other indexed: nothing of the other's is taken back."""
+    with Library.open(library_dir) as first, Library.open(library_dir) as second:
+        index(second, tiny_model, photos)
+        with pytest.raises(ModelError):
+            first.index(photos, model="nosuch")
+        assert len(second.search("a photo", k=20)) == 12
+    with Library.open(library_dir, create=False) as reopened:
+        assert reopened.status().counts.indexed == 12
+
+
+def test_a_run_that_opened_a_new_library_taken_back_meanwhile_writes_nothing(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    """A second run opened the new library before the first run's failure took it back: it
+    says the library is gone, rather than indexing into a database no longer on disk."""
+    with Library.open(library_dir) as first, Library.open(library_dir) as second:
+        with pytest.raises(ModelError):
+            first.index(photos, model="nosuch")
+        assert not library_dir.exists()
+        with pytest.raises(LibraryNotFoundError, match="deleted, moved or replaced"):
+            index(second, tiny_model, photos)
+        assert not library_dir.exists()

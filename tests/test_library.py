@@ -20,6 +20,7 @@ from pixsift import (
     Library,
     LibraryClosedError,
     LibraryNotFoundError,
+    ModelError,
     ModelMismatchError,
     PixsiftError,
     QueryError,
@@ -737,12 +738,34 @@ def test_a_first_run_stopped_before_its_model_loaded_keeps_no_folder(
     with Library.open(library_dir) as library:
         with pytest.raises(stop):
             index(library, tiny_model, photos, progress=StopWhileLoading())
-        assert (library.status().model, library.status().roots) == (None, [])
+        assert not library_dir.exists()  # nothing was kept: the new library was taken back
+        assert (library.status().model, library.status().roots) == (None, [])  # made again
         with pytest.raises(InvalidPathError, match="Nothing to index yet"):
             library.index()
         assert index(library, tiny_model, photos).added == 12
         assert library.status().model is not None
         assert library.status().model.spec.pretrained == str(tiny_model.checkpoint)  # type: ignore[union-attr]
+    assert (library_dir / "library.db").is_file()
+
+
+def test_a_failed_first_index_from_python_leaves_no_library(tmp_path: Path, photos: Path) -> None:
+    """`Library.open(NEW).index(...)` that fails before it keeps anything leaves the path as it
+    was; the same `Library`, used again, makes the library anew."""
+    new = tmp_path / "libraries" / "new"
+    library = Library.open(new)
+    with pytest.raises(ModelError, match="Unknown model 'nosuch'"):
+        library.index(photos, model="nosuch")
+    assert not (tmp_path / "libraries").exists()
+    with pytest.raises(InvalidPathError, match="Nothing to index yet"):
+        library.index()
+    assert not (tmp_path / "libraries").exists()
+    report = library.index(photos, model="synthetic-tiny")
+    assert report.added == 12 and len(library.search("a photo", k=20)) == 12
+    with pytest.raises(ModelError):  # the library is the user's now: kept, as it was
+        library.index(photos, model="nosuch")
+    library.close()
+    with Library.open(new, create=False) as reopened:
+        assert reopened.status().counts.indexed == 12
 
 
 def _open_files_under(folder: Path) -> list[str]:

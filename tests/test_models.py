@@ -227,7 +227,7 @@ def test_offline_mode_is_named_in_the_error(tmp_path: Path) -> None:
 
 def test_a_new_library_whose_model_cannot_load_keeps_no_folder(tmp_path: Path) -> None:
     """Else a later plain `pixsift index` would index the folder with the default model, not
-    the one asked for."""
+    the one asked for: the failed first run leaves no library to run it in."""
     from sample_photos import write_photos
 
     write_photos(tmp_path / "photos", 1)
@@ -238,8 +238,123 @@ def test_a_new_library_whose_model_cannot_load_keeps_no_folder(tmp_path: Path) -
     again = run_cli("index", *library, env=offline)
     assert (again.returncode, again.stderr) == (
         1,
-        "error: Nothing to index yet: name a folder, e.g. pixsift index ~/Photos\n",
+        f"error: No pixsift library at {tmp_path / 'lib'}. Create one by indexing a folder: "
+        "pixsift index ~/Photos\n",
     )
+
+
+def _files_under(folder: Path) -> dict[str, bytes | None]:
+    """Every path under `folder` (itself included), with the bytes of each file."""
+    return {
+        str(path.relative_to(folder.parent)): path.read_bytes() if path.is_file() else None
+        for path in sorted([folder, *folder.rglob("*")])
+    }
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],  # the default model: its weights are not cached, and the hub cannot be reached
+        ["--model", "nosuch"],
+        ["--model", "{config}"],  # a model-config file that is no open_clip config
+        ["--pretrained", "{missing}"],
+        ["--model", "synthetic-tiny", "--pretrained", "{config}"],  # a file, but no checkpoint
+    ],
+    ids=["unreachable-hub", "unknown-model", "bad-config", "missing-checkpoint", "not-a-checkpoint"],
+)
+def test_a_first_index_whose_model_cannot_be_had_leaves_no_library(
+    tmp_path: Path, options: list[str]
+) -> None:
+    """`pixsift index ~/Photos --library NEW` that fails before it indexed anything made an
+    empty library (library.db, library.lock and the folders above them), which every later
+    command then met as a library "with no images indexed yet"."""
+    from sample_photos import write_photos
+
+    write_photos(tmp_path / "photos", 2)
+    config = tmp_path / "config.json"
+    config.write_text('{"embed_dim": 8}')
+    names = {"config": str(config), "missing": str(tmp_path / "missing.pt")}
+    new = tmp_path / "libraries" / "nested" / "lib"
+    failed = run_cli(
+        "index",
+        str(tmp_path / "photos"),
+        "--library",
+        str(new),
+        *(option.format(**names) for option in options),
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert failed.returncode == 1 and failed.stderr.startswith("error: "), failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert not (tmp_path / "libraries").exists()  # the folders made for it went too
+    status = run_cli("status", "--library", str(new))
+    assert status.returncode == 1 and "No pixsift library at" in status.stderr
+
+
+def test_a_failed_first_index_leaves_a_folder_the_user_made_as_it_was(tmp_path: Path) -> None:
+    """Only what the failed run made goes: a folder made beforehand stays, empty or with what
+    else it held, and so does a lock file left there before."""
+    from sample_photos import write_photos
+
+    write_photos(tmp_path / "photos", 1)
+    empty, used = tmp_path / "empty", tmp_path / "used"
+    empty.mkdir()
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    (used / "library.lock").write_bytes(b"")
+    before = {folder: _files_under(folder) for folder in (empty, used)}
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    for folder in (empty, used):
+        failed = run_cli("index", str(tmp_path / "photos"), "--library", str(folder), env=offline)
+        assert failed.returncode == 1 and "Cannot get the weights" in failed.stderr
+        assert _files_under(folder) == before[folder]
+
+
+def test_a_model_that_cannot_load_for_an_empty_folder_keeps_no_folder(tmp_path: Path) -> None:
+    """An empty folder's first run still loads the model asked for, to make it the library's:
+    when that fails, the folder is not kept either, so a later plain `pixsift index` cannot
+    choose the default model for it (and a new library is not left behind)."""
+    (tmp_path / "empty").mkdir()
+    not_a_checkpoint = tmp_path / "weights.pt"
+    not_a_checkpoint.write_text("not weights")
+    asked = ["--model", "synthetic-tiny", "--pretrained", str(not_a_checkpoint)]
+    new, unembedded = tmp_path / "new-lib", tmp_path / "unembedded-lib"
+    made = run_cli("index", str(tmp_path / "empty"), "--library", str(unembedded))
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "other").mkdir()
+    for library in (new, unembedded):
+        failed = run_cli("index", str(tmp_path / "other"), "--library", str(library), *asked)
+        assert failed.returncode == 1 and "Cannot load synthetic-tiny" in failed.stderr, failed.stderr
+    assert not new.exists()
+    status = run_cli("status", "--library", str(unembedded), "--format", "json")
+    assert [root["path"] for root in json.loads(status.stdout)["roots"]] == [str(tmp_path / "empty")]
+
+
+def _library_content(folder: Path) -> tuple[list[str], list[str]]:
+    """The files of the library in `folder` but its lock file (which any run makes), and what
+    its database holds."""
+    import sqlite3
+    from contextlib import closing
+
+    names = sorted(path.name for path in folder.iterdir() if path.name != "library.lock")
+    with closing(sqlite3.connect(folder / "library.db")) as db:
+        return names, list(db.iterdump())
+
+
+def test_a_failed_index_leaves_an_existing_library_as_it_was(tmp_path: Path, photos: Path) -> None:
+    """A library made before, even one with nothing in it yet, is never taken back."""
+    from pixsift import Library
+
+    empty, unembedded = tmp_path / "empty-lib", tmp_path / "unembedded-lib"
+    Library.open(empty).close()
+    (tmp_path / "nothing").mkdir()  # indexed: a folder kept, no model chosen yet
+    made = run_cli("index", str(tmp_path / "nothing"), "--library", str(unembedded))
+    assert made.returncode == 0, made.stderr
+    before = {folder: _library_content(folder) for folder in (empty, unembedded)}
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    for folder in (empty, unembedded):
+        failed = run_cli("index", str(photos), "--library", str(folder), env=offline)
+        assert failed.returncode == 1 and "Cannot get the weights" in failed.stderr
+        assert _library_content(folder) == before[folder]
 
 
 def test_a_bundled_model_with_other_weights_is_shown_by_its_name(tmp_path: Path, photos: Path) -> None:

@@ -796,6 +796,37 @@ def test_index_job_adds_new_files_under_a_root(own: tuple[Library, Path]) -> Non
         assert_error(http.post("/index", json={"paths": [str(photos / "gone")]}), 400, "invalid_path")
 
 
+def test_a_first_index_job_whose_model_cannot_be_had_leaves_the_library_as_it_was(
+    tmp_path: Path, photo_set: Path
+) -> None:
+    """A library with a folder but no model yet (its folder was empty when indexed): the first
+    job that has images to embed fails on the default model (the hub cannot be reached), with
+    the reason; the library keeps its folder and stays without a model, for the next job."""
+    import sqlite3
+
+    photos = tmp_path / "Photos"
+    photos.mkdir()
+    with Library.open(tmp_path / "library") as library:
+        library.index(photos)
+    shutil.copytree(photo_set, photos, dirs_exist_ok=True)
+
+    def content() -> list[str]:
+        with contextlib.closing(sqlite3.connect(tmp_path / "library" / "library.db")) as db:
+            return list(db.iterdump())
+
+    before = content()
+    with (
+        Library.open(tmp_path / "library", create=False) as library,
+        running_server(library, KEYED) as url,
+        httpx.Client(base_url=url, headers=AUTH) as http,
+    ):
+        job = wait_for_job(http, http.post("/index", json={"paths": []}).json()["id"])
+        assert job["state"] == "failed" and job["error"].startswith("Cannot get the weights of ViT-B-32")
+        stats = http.get("/stats").json()
+        assert (stats["model"], [root["path"] for root in stats["roots"]]) == (None, [str(photos)])
+    assert content() == before
+
+
 def test_a_photo_moved_between_two_index_jobs_keeps_its_id(own: tuple[Library, Path]) -> None:
     """A job over the folder a photo left, then one over the folder it went to: the photo keeps
     the id a client stored, with its vector (no embedding)."""

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 import numpy as np
+from filelock import Timeout
 
 from pixsift.access import resolve_inside
 from pixsift.arguments import (
@@ -38,13 +40,14 @@ from pixsift.errors import (
     InvalidPathError,
     LibraryNotFoundError,
     ModelMismatchError,
+    PixsiftError,
     QueryError,
 )
 from pixsift.evaluation import DEFAULT_CUTOFFS, EvalReport, LabelledQuery, evaluate, read_queries
 from pixsift.indexer import IndexProgress, IndexReport
 from pixsift.indexer.decode import default_max_pixels
 from pixsift.indexer.library_run import index_library
-from pixsift.indexer.lock import WriteLock
+from pixsift.indexer.lock import LOCK_NAME, WriteLock
 from pixsift.indexer.progress import SilentProgress, model_loading
 from pixsift.indexer.roots import caller_path, drop_roots_except, root_named, root_requests, scoped_request
 from pixsift.indexer.run import RootRequest
@@ -65,7 +68,7 @@ from pixsift.search.recommend import RocchioWeights, checked_weights, rocchio
 from pixsift.status import IndexSummary, LibraryStatus, library_status, summarize_index
 from pixsift.storage import Catalog, Failure, ImageInfo
 from pixsift.storage.index_keeper import IndexKeeper
-from pixsift.storage.interrupts import kept_on_interrupt
+from pixsift.storage.interrupts import interrupts_deferred, kept_on_interrupt
 from pixsift.thumbnails import forget_thumbnails, prune_thumbnails, thumbnail
 
 if TYPE_CHECKING:
@@ -99,14 +102,35 @@ class Library:
     ) -> None:
         self.path = folder
         self.max_pixels = max_pixels or default_max_pixels()  # query images above it are refused
-        self._catalog = catalog
         self._device = device
         self._load_embedder = load_embedder or _loader(engine)
         self._embedder: Embedder | None = None
         self._write_lock = WriteLock(folder)
-        self._index = IndexKeeper(catalog, folder / INDEX_NAME, self._write_lock.file_lock, index_thresholds)
+        self._index_thresholds = index_thresholds
+        self._use(catalog)
+        # What `open` made for a new library, until something is kept in it (see `_Made`).
+        self._made: _Made | None = None
+        self._taken_back = False  # by a failed first index run: made again on the next use
         # One Library may serve many threads (the HTTP service): the model is loaded only once.
         self._embedder_lock = threading.Lock()
+
+    def _use(self, catalog: Catalog) -> None:
+        self._opened_catalog = catalog
+        self._opened_index = IndexKeeper(
+            catalog, self.path / INDEX_NAME, self._write_lock.file_lock, self._index_thresholds
+        )
+
+    @property
+    def _catalog(self) -> Catalog:
+        if self._taken_back:
+            self._make_again()
+        return self._opened_catalog
+
+    @property
+    def _index(self) -> IndexKeeper:
+        if self._taken_back:
+            self._make_again()
+        return self._opened_index
 
     # ---- opening and closing ---------------------------------------------------------------
 
@@ -138,29 +162,23 @@ class Library:
 
         check_runs(device, engine)  # before a library is made: a mistake must not leave one
         folder = resolve_library_dir(path)
-        db_path = folder / DB_NAME
-        if not db_path.is_file():
-            if folder.exists() and not folder.is_dir():
-                # Not "no library, index to make one": an index run there would fail too.
-                error = InvalidPathError if create else LibraryNotFoundError
-                raise error(_not_a_folder(folder))
-            if not create:
-                raise LibraryNotFoundError(
-                    f"No pixsift library at {folder}. Create one by indexing a folder: pixsift index ~/Photos"
-                )
-            _make_library_folder(folder)
-        return cls(
+        catalog, made = _open_catalog(folder, create)
+        library = cls(
             folder,
-            Catalog.open(db_path),
+            catalog,
             device=device,
             engine=engine,
             max_pixels=max_pixels,
             index_thresholds=index_thresholds,
         )
+        library._made = made
+        return library
 
     def close(self) -> None:
-        self._catalog.close()
-        self._index.forget()
+        # Not through the properties: closing a library taken back must not make it again.
+        self._taken_back = False
+        self._opened_catalog.close()
+        self._opened_index.forget()
         self._embedder = None
 
     def __enter__(self) -> Library:
@@ -198,30 +216,46 @@ class Library:
 
         One process indexes a library at a time: if another one is, this waits up to `wait`
         seconds (None: as long as it takes) and then raises LibraryBusyError.
+
+        When the first run into a library that `open` made fails or is interrupted before it
+        keeps anything (a model that cannot be had, Ctrl-C while it loads, no folder to index),
+        the library is taken back, its path left as it was before `open`; using this `Library`
+        again makes it anew.
         """
-        check_run_sizes(batch_size, workers)
-        refuse_empty_names(model, pretrained)  # "" would mean the default model, or the library's
-        root_requests(self._catalog, roots, include_hidden, follow_symlinks)  # refused now, not after a wait
-        with self._write_lock.held(wait, "indexing", progress):
-            # As they are once the lock is held: a run waited for may have forgotten a root.
-            requests = root_requests(self._catalog, roots, include_hidden, follow_symlinks)
-            # A library without a model yet records the model only once it loads: if the run
-            # stops before (weights not downloadable, Ctrl-C or a progress listener's error while
-            # scanning or loading), the folders named are not kept either, so a later plain
-            # `pixsift index` cannot index them with the default model instead.
-            roots_before = None if self._catalog.model() else {r.path for r in self._catalog.roots()}
-            try:
-                embedder = self._embedder_for_indexing(model, pretrained, reembed, progress)
-                report = index_library(
-                    self._catalog, self._index, self.path, requests, embedder, batch_size, workers, progress
-                )
-            except BaseException:
-                if roots_before is not None and self._catalog.model() is None:
-                    drop_roots_except(self._catalog, roots_before)
-                raise
-            if (model or pretrained) and self._catalog.model() is None and not report.interrupted:
-                with model_loading(progress or SilentProgress()):
-                    embedder()  # nothing to embed yet: still make the model asked for the library's
+        with self._taken_back_on_failure():
+            check_run_sizes(batch_size, workers)
+            refuse_empty_names(model, pretrained)  # "" would mean the default model, or the library's
+            # Refused now, not after a wait:
+            root_requests(self._catalog, roots, include_hidden, follow_symlinks)
+            with self._write_lock.held(wait, "indexing", progress):
+                # As they are once the lock is held: a run waited for may have forgotten a root.
+                requests = root_requests(self._catalog, roots, include_hidden, follow_symlinks)
+                # A library without a model yet records the model only once it loads: if the run
+                # stops before (weights not downloadable, Ctrl-C or a progress listener's error while
+                # scanning or loading), the folders named are not kept either, so a later plain
+                # `pixsift index` cannot index them with the default model instead.
+                roots_before = None if self._catalog.model() else {r.path for r in self._catalog.roots()}
+                try:
+                    embedder = self._embedder_for_indexing(model, pretrained, reembed, progress)
+                    report = index_library(
+                        self._catalog,
+                        self._index,
+                        self.path,
+                        requests,
+                        embedder,
+                        batch_size,
+                        workers,
+                        progress,
+                    )
+                    if (model or pretrained) and self._catalog.model() is None and not report.interrupted:
+                        # Nothing to embed yet: still make the model asked for the library's
+                        # (a model that fails to load then keeps no folder either).
+                        with model_loading(progress or SilentProgress()):
+                            embedder()
+                except BaseException:
+                    if roots_before is not None and self._catalog.model() is None:
+                        drop_roots_except(self._catalog, roots_before)
+                    raise
         return report
 
     def reindex(
@@ -255,6 +289,60 @@ class Library:
             return index_library(
                 self._catalog, self._index, self.path, requests(), embedder, batch_size, workers, progress
             )
+
+    @contextmanager
+    def _taken_back_on_failure(self) -> Iterator[None]:
+        """Around an index run: take back the library `open` made if the run fails before
+        anything is kept in it; once one succeeds, the library is the user's."""
+        try:
+            yield
+        except BaseException:
+            self._take_back_if_unused()
+            raise
+        self._made = None
+
+    def _take_back_if_unused(self) -> None:
+        """After a failed index run, remove the library `open` made when nothing is kept in it:
+        no model, no folder, no image. Only what `open` made goes (see `_Made`), and only while
+        no other run holds the library: one that opened it meanwhile and indexes into it has
+        made it its own, and one that waits for it finds it gone (its catalog checks that the
+        database it opened is still in place before every read and write)."""
+        made = self._made
+        if made is None:
+            return
+        lock = self._write_lock.file_lock
+        try:
+            lock.acquire(timeout=0)
+        except (Timeout, OSError):
+            return  # another run is at it: its library now, or its own error to report
+        try:
+            with interrupts_deferred():  # a second Ctrl-C must not leave half a library
+                if not self._unused():
+                    self._made = None
+                    return
+                self._opened_catalog.close()
+                self._opened_index.forget()
+                self._taken_back = True
+                _remove_library_files(self.path, made)  # the lock file while held: see there
+        finally:
+            lock.release()
+        _remove_folders(made.folders)
+        self._made = None
+
+    def _unused(self) -> bool:
+        """Whether the library holds nothing: no model, no folder, no image."""
+        catalog = self._opened_catalog
+        try:
+            return catalog.model() is None and not catalog.roots() and catalog.counts().total == 0
+        except PixsiftError:  # deleted or replaced meanwhile (not ours to remove), unreadable
+            return False
+
+    def _make_again(self) -> None:
+        """Make anew the library taken back after a failed first index run, as `open` did."""
+        catalog, made = _open_catalog(self.path, create=True)
+        self._use(catalog)
+        self._made = made
+        self._taken_back = False
 
     def _embedder_for_indexing(
         self, model: str | None, pretrained: str | None, reembed: bool, progress: IndexProgress | None
@@ -746,6 +834,74 @@ def _not_a_folder(path: Path) -> str:
     """Why a file cannot be a library, with the likely meant folder for its own database."""
     hint = f"; give the folder that holds it, {path.parent}" if path.name == DB_NAME else ""
     return f"Library path {path} is a file, not a library folder{hint}."
+
+
+@dataclass(frozen=True)
+class _Made:
+    """What `Library.open` created for a new library. A first index run that fails before it
+    keeps anything takes back exactly this, so the path is as it was: a folder the user made
+    stays (empty, or with what else was in it), and so does a lock file left there before."""
+
+    folders: tuple[Path, ...]  # created, innermost first
+    lock_file: bool  # library.lock was not there
+
+
+def _open_catalog(folder: Path, create: bool) -> tuple[Catalog, _Made | None]:
+    """The catalog of the library in `folder`, made if there is none and `create` is set, with
+    what was made for it then."""
+    db_path = folder / DB_NAME
+    if db_path.is_file():
+        return Catalog.open(db_path), None
+    if folder.exists() and not folder.is_dir():
+        # Not "no library, index to make one": an index run there would fail too.
+        error = InvalidPathError if create else LibraryNotFoundError
+        raise error(_not_a_folder(folder))
+    if not create:
+        raise LibraryNotFoundError(
+            f"No pixsift library at {folder}. Create one by indexing a folder: pixsift index ~/Photos"
+        )
+    made = _Made(_missing_folders(folder), not os.path.lexists(folder / LOCK_NAME))
+    _make_library_folder(folder)
+    try:
+        return Catalog.open(db_path), made
+    except BaseException:
+        _remove_folders(made.folders)  # those still empty: the database may have been made
+        raise
+
+
+def _missing_folders(folder: Path) -> tuple[Path, ...]:
+    """`folder` and those of its parents that do not exist, innermost first."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if os.path.lexists(path):
+            break
+        missing.append(path)
+    return tuple(missing)
+
+
+def _remove_library_files(folder: Path, made: _Made) -> None:
+    """Remove the files of a library made and left unused; the caller holds its write lock.
+
+    The lock file goes while it is held: a run that waits for it then locks a file no longer
+    there, which filelock notices and locks the path anew; one that had opened the library
+    finds its database gone (LibraryNotFoundError), rather than writing to a removed file.
+    """
+    names = [DB_NAME, *(DB_NAME + suffix for suffix in ("-wal", "-shm", "-journal"))]
+    if made.lock_file:
+        names.append(LOCK_NAME)
+    for name in names:
+        with suppress(OSError):  # best effort: what stays is an empty library, as before
+            (folder / name).unlink(missing_ok=True)
+
+
+def _remove_folders(folders: Sequence[Path]) -> None:
+    """Remove the folders made for a library, innermost first, while they are empty: one that
+    holds anything (another run's new library, a file put there meanwhile) stays."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:
+            return
 
 
 def _make_library_folder(folder: Path) -> None:
