@@ -1,6 +1,7 @@
 """Indexing throughput and cold query latency, per engine, measured side by side in one run.
 
     python benchmarks/index_throughput.py [--count 200] [--engines torch,onnx,auto] [--json FILE]
+    python benchmarks/index_throughput.py --device cuda --engines torch --only index --count 2000
 
 For each engine (`torch`: fp32 open_clip; `onnx`: ONNX Runtime fp32; `auto`: the default, ONNX
 Runtime in int8 for each tower that holds cosine 0.99 to fp32 open_clip, both for ViT-B-32):
@@ -12,10 +13,13 @@ Runtime in int8 for each tower that holds cosine 0.99 to fp32 open_clip, both fo
   3. the ratios end to end / encoder-only, and the peak memory (RSS) of each `pixsift index`;
   4. cold query: the median wall time of a `pixsift search "..."` process on a 10,000-image
      library (import, model load, text encode, search, print).
-`--only cold-query` measures the last alone; `--baseline-src DIR` also times, interleaved run
-by run, the cold searches of another pixsift source tree (say, `git archive main src` unpacked),
-so that a change is measured against what it replaces on the same machine at the same time.
-Photos are made by ../shared/photos.py (or --photos-script). The model is ViT-B-32 with random
+`--only cold-query` measures the last alone, `--only index` all but the last; `--device cuda`
+measures on a GPU (torch with fp16/bf16 autocast, the indexer's GPU path) with the same photos
+and steps. `--baseline-src DIR` also times, interleaved run by run, the cold searches of
+another pixsift source tree (say, `git archive main src` unpacked), so that a change is
+measured against what it replaces on the same machine at the same time.
+Photos are made by ../shared/photos.py (or --photos-script), in `--photo-jobs` processes at
+once for the thousands of photos a GPU needs to be timed on. The model is ViT-B-32 with random
 weights (speed does not depend on their values); its ONNX export is made once, before timing,
 into a private cache, as a first index run would, and that one-time cost is reported too.
 The 10,000 vectors of the query library are random, written through pixsift's storage layer
@@ -46,17 +50,38 @@ from serve_load import build_library, random_checkpoint  # noqa: E402
 
 DEFAULT_PHOTOS_SCRIPT = HERE.parent.parent / "shared" / "photos.py"
 GNU_TIME = "/usr/bin/time"  # for the peak memory of a command (Linux: apt install time)
+# GNU time's job where it is missing: run a command, write its peak RSS in KB to a file
+PEAK_OF_CHILD = """import resource, subprocess, sys
+code = subprocess.run(sys.argv[2:]).returncode
+with open(sys.argv[1], "w") as out:
+    out.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code)
+"""
 QUERIES = ["a dog running on the beach", "red car", "snow on the mountains at dawn", "a bowl of soup"]
 # rclip 4.0.8 on this machine type with the same photos (it cannot download its model here)
 RCLIP = {"index_rate": 8.4, "web_rate": 9.6, "cold_query_s": 1.37}
 
 
-def make_photos(script: Path, folder: Path, count: int, size: str, seed: int) -> Path:
-    """Photos from the shared generator, made once per folder (kept with --work)."""
-    if folder.is_dir() and len(list(folder.iterdir())) == count:
+def make_photos(script: Path, folder: Path, count: int, size: str, seed: int, jobs: int = 1) -> Path:
+    """Photos from the shared generator, made once per folder (kept with --work).
+
+    With several `jobs`, each generator process writes its share into a sub-folder of its own,
+    from a seed of its own (`pixsift index` walks sub-folders): the photos stay distinct.
+    """
+    if folder.is_dir() and sum(1 for f in folder.rglob("*") if f.is_file()) == count:
         return folder
-    command = [sys.executable, str(script), str(folder), "--count", str(count), "--size", size]
-    subprocess.run([*command, "--seed", str(seed)], check=True, capture_output=True)
+    if jobs <= 1:
+        command = [sys.executable, str(script), str(folder), "--count", str(count), "--size", size]
+        subprocess.run([*command, "--seed", str(seed)], check=True, capture_output=True)
+        return folder
+    shares = [count // jobs + (1 if part < count % jobs else 0) for part in range(jobs)]
+    running = []
+    for part, share in enumerate(shares):
+        command = [sys.executable, str(script), str(folder / f"part-{part}"), "--count", str(share)]
+        command += ["--size", size, "--seed", str(seed * 1000 + part)]
+        running.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
+    if any(process.wait() != 0 for process in running):
+        raise RuntimeError(f"{script} failed to make the photos in {folder}")
     return folder
 
 
@@ -84,14 +109,17 @@ def run_measured(command: list[str], env: dict[str, str]) -> tuple[str, float, f
 
     The peak comes from GNU time, which starts the command from its own small process: a
     child's high-water mark counts what it shared with its parent at fork, and this benchmark
-    holds a model in memory. (The wall time includes GNU time's own ~1 ms.)
+    holds a model in memory. (The wall time includes GNU time's own ~1 ms.) Where GNU time is
+    not installed, a small Python process does the same with `getrusage` (~20 ms more).
     """
     with tempfile.TemporaryDirectory() as folder:
         peak_file = Path(folder) / "peak"
+        if Path(GNU_TIME).is_file():
+            measured = [GNU_TIME, "-f", "%M", "-o", str(peak_file), *command]
+        else:
+            measured = [sys.executable, "-c", PEAK_OF_CHILD, str(peak_file), *command]
         started = time.perf_counter()
-        done = subprocess.run(
-            [GNU_TIME, "-f", "%M", "-o", str(peak_file), *command], capture_output=True, text=True, env=env
-        )
+        done = subprocess.run(measured, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - started
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr}")
@@ -100,11 +128,13 @@ def run_measured(command: list[str], env: dict[str, str]) -> tuple[str, float, f
 
 
 def end_to_end(
-    photos: Path, library: Path, checkpoint: Path, engine: str, batch_size: int, env: dict[str, str]
+    photos: Path, library: Path, checkpoint: Path, engine: str, args: argparse.Namespace, env: dict[str, str]
 ) -> dict[str, float]:
     command = [sys.executable, "-m", "pixsift", "index", str(photos), "--library", str(library)]
     command += ["--model", "ViT-B-32", "--pretrained", str(checkpoint), "--engine", engine]
-    command += ["--batch-size", str(batch_size), "--device", "cpu"]
+    command += ["--batch-size", str(args.batch_size), "--device", args.device]
+    if args.workers:
+        command += ["--workers", str(args.workers)]
     stdout, wall, peak_mb = run_measured(command, env)
     count = int(stdout.split()[0])
     found = re.search(r"([\d.]+) images/s", stdout)
@@ -141,13 +171,18 @@ def main() -> None:
     parser.add_argument("--web-size", default="640x480", help="web image size, WIDTHxHEIGHT")
     parser.add_argument("--engines", default="torch,onnx,auto", help="comma-separated --engine values")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU path (engine torch)")
+    parser.add_argument("--workers", type=int, help="`pixsift index --workers` (default: its own)")
+    parser.add_argument("--photo-jobs", type=int, default=1, help="photo generator processes at once")
     parser.add_argument("--seconds", type=float, default=15.0, help="how long to time encoder-only")
     parser.add_argument("--library-size", type=int, default=10_000, help="images in the query library")
     parser.add_argument("--query-runs", type=int, default=5, help="cold searches per engine")
     parser.add_argument("--photos-script", type=Path, default=DEFAULT_PHOTOS_SCRIPT)
     parser.add_argument("--work", type=Path, help="keep photos, weights and export here between runs")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
-    parser.add_argument("--only", choices=["all", "cold-query"], default="all", help="what to measure")
+    parser.add_argument(
+        "--only", choices=["all", "index", "cold-query"], default="all", help="what to measure"
+    )
     parser.add_argument(
         "--baseline-src", type=Path, help="also time the cold searches of the pixsift sources in this folder"
     )
@@ -187,40 +222,62 @@ def measure(args: argparse.Namespace, engines: list[str], work: Path, scratch: P
     from pixsift.models.naming import resolve_model_spec
     from pixsift.models.onnx_export import read_export
 
-    phone = make_photos(args.photos_script, work / "phone", args.count, args.size, seed=1)
-    web = make_photos(args.photos_script, work / "web", args.count, args.web_size, seed=2)
+    jobs = args.photo_jobs
+    phone = make_photos(args.photos_script, work / "phone", args.count, args.size, seed=1, jobs=jobs)
+    web = make_photos(args.photos_script, work / "web", args.count, args.web_size, seed=2, jobs=jobs)
     checkpoint = work / "vit-b-32-random.pt"
     if not checkpoint.is_file():
         random_checkpoint("ViT-B-32", checkpoint)
     spec = resolve_model_spec("ViT-B-32", str(checkpoint))
 
-    started = time.perf_counter()
-    fast = load_embedder(spec, "cpu", "auto")  # exports on first use, as a first index run does
-    export_s = time.perf_counter() - started
-    export = read_export(spec)
-    results: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "export_s": export_s,
-        "export_cosine": export.cosine if export else None,
-        "engines": {},
-    }
+    results: dict[str, Any] = {"machine": machine(args.device), "engines": {}}
+    if any(engine != "torch" for engine in engines):  # the ONNX engines' one-time export
+        started = time.perf_counter()
+        fast = load_embedder(spec, "cpu", "auto")  # exports on first use, as a first index run does
+        results["export_s"] = time.perf_counter() - started
+        export = read_export(spec)
+        results["export_cosine"] = export.cosine if export else None
+        del fast
     for engine in engines:
-        embedder = ClipEmbedder.load(spec, "cpu") if engine == "torch" else load_embedder(spec, "cpu", engine)
-        describe = getattr(embedder, "describe", lambda: "torch eager fp32")()
+        if engine == "torch":
+            embedder: Any = ClipEmbedder.load(spec, args.device)
+        else:
+            embedder = load_embedder(spec, args.device, engine)
+        describe = getattr(embedder, "describe", lambda: torch_precision(args.device))()
         rate = encoder_only(embedder, args.batch_size, args.seconds, as_numpy=engine != "torch")
         del embedder
         row: dict[str, Any] = {"runs_as": describe, "encoder_rate": rate}
         for name, photos in (("phone", phone), ("web", web)):
             library = scratch / f"library-{engine}-{name}"
-            row[name] = end_to_end(photos, library, checkpoint, engine, args.batch_size, env)
+            row[name] = end_to_end(photos, library, checkpoint, engine, args, env)
         results["engines"][engine] = row
-    del fast
 
+    if args.only == "index":
+        return results
     for engine, timed in cold_query_times(args, engines, work, checkpoint, env).items():
         results["engines"][engine]["cold_query"] = timed["current"]
         if "baseline" in timed:
             results["engines"][engine]["cold_query_baseline"] = timed["baseline"]
     return results
+
+
+def machine(device: str) -> str:
+    """The CPU, and the GPU where one is measured."""
+    described = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
+    if device.startswith("cuda"):
+        import torch
+
+        described += f"; GPU {torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__}"
+    return described
+
+
+def torch_precision(device: str) -> str:
+    """How the torch engine runs on `device` (the indexer's own choice, see ClipEmbedder)."""
+    if not device.startswith("cuda"):
+        return "torch eager fp32"
+    import torch
+
+    return "torch bf16 autocast" if torch.cuda.is_bf16_supported() else "torch fp16 autocast"
 
 
 def measure_cold_queries(args: argparse.Namespace, engines: list[str], work: Path) -> dict[str, Any]:
@@ -231,7 +288,7 @@ def measure_cold_queries(args: argparse.Namespace, engines: list[str], work: Pat
     if not (query_library / "library" / "library.db").is_file() and not checkpoint.is_file():
         random_checkpoint("ViT-B-32", checkpoint)
     return {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": machine("cpu"),
         "engines": cold_query_times(args, engines, work, checkpoint, env),
     }
 
@@ -304,6 +361,10 @@ def print_table(args: argparse.Namespace, engines: list[str], results: dict[str,
         [per[e]["phone"]["process_rate"] / RCLIP["index_rate"] for e in engines],
         ".2f",
     )
+    if args.only == "index":
+        print_heading(args, results)
+        print_rows(rows)
+        return
     add(
         f"cold search, {args.library_size:,} images, median (s)",
         [per[e]["cold_query"]["median_s"] for e in engines],
@@ -314,9 +375,19 @@ def print_table(args: argparse.Namespace, engines: list[str], results: dict[str,
         [per[e]["cold_query"]["median_s"] / RCLIP["cold_query_s"] for e in engines],
         ".2f",
     )
-    print(f"ViT-B-32 (random weights), {args.count} photos per set, CPU; {results['machine']}")
-    print(f"one-time ONNX export: {results['export_s']:.1f} s; cosine to fp32: {results['export_cosine']}")
+    print_heading(args, results)
     print_rows(rows)
+
+
+def print_heading(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    workers = f", {args.workers} decode workers" if args.workers else ""
+    print(
+        f"ViT-B-32 (random weights), {args.count} photos per set, {args.device}{workers}; "
+        f"{results['machine']}"
+    )
+    if "export_s" in results:
+        export = f"{results['export_s']:.1f} s; cosine to fp32: {results['export_cosine']}"
+        print(f"one-time ONNX export: {export}")
 
 
 def print_rows(rows: list[tuple[str, ...]]) -> None:
