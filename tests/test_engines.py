@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import TinyModel, needs_permissions, run_cli
 from pixsift import Library
 from pixsift.indexer.decode import default_max_pixels, load_image
 from pixsift.indexer.progress import LOADING_PHASE
-from pixsift.models.clip import ClipEmbedder
+from pixsift.models.clip import ClipEmbedder, normalised_on_device
 from pixsift.models.embedder import Embedder
 from pixsift.models.loading import load_embedder
 from pixsift.models.naming import resolve_model_spec
@@ -35,7 +36,7 @@ from pixsift.models.onnx_export import (
     export_model,
     read_export,
 )
-from pixsift.models.pixels import PixelConfig, preprocess
+from pixsift.models.pixels import PixelConfig, preprocess, resize_and_crop
 from pixsift.models.preparing import PREPARING_PHASE, preparing_message
 from pixsift.models.spec import ModelSpec
 
@@ -110,6 +111,10 @@ def test_pixels_match_open_clip_transform(tiny_model: TinyModel, photo_set: Path
             theirs = reference.preprocess(variant).numpy()
             assert ours.shape == theirs.shape == (3, 224, 224)
             assert np.allclose(ours, theirs, atol=1e-5)
+            # The GPU path: decode workers resize and crop to uint8, the device normalises.
+            resized = torch.from_numpy(resize_and_crop(variant, config)[np.newaxis])
+            assert resized.dtype == torch.uint8
+            assert np.allclose(normalised_on_device(resized, config)[0].numpy(), theirs, atol=1e-5)
 
 
 def test_export_is_cached_and_reused_without_torch(tiny_model: TinyModel) -> None:

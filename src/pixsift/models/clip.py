@@ -18,6 +18,7 @@ from PIL import Image
 
 from pixsift.errors import ModelError
 from pixsift.models.devices import check_device, check_device_present
+from pixsift.models.pixels import PixelConfig, resize_and_crop
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.models.weights import resolve_weights
 
@@ -53,6 +54,12 @@ class ClipEmbedder:
         self.weights_path = weights_path  # the checkpoint file it was loaded from
         size = model.visual.image_size
         self._image_size = int(max(size) if isinstance(size, (tuple, list)) else size)
+        # On a GPU, decode workers only resize and crop (Pillow, outside the GIL) and the GPU
+        # scales and normalises: torch's CPU ops in a dozen decode threads at once contend for
+        # the GIL and its thread pool, and uint8 pixels are a quarter of the bytes to copy.
+        self._gpu_pixels = (
+            PixelConfig.from_open_clip(dict(model.visual.preprocess_cfg)) if device.type == "cuda" else None
+        )
 
     @classmethod
     def load(cls, spec: ModelSpec, device: str = "auto") -> ClipEmbedder:
@@ -104,18 +111,26 @@ class ClipEmbedder:
         return self._device
 
     def preprocess(self, image: Image.Image) -> Any:
+        if self._gpu_pixels is not None:
+            return resize_and_crop(image, self._gpu_pixels)
         return self._preprocess(image)
 
     def embed_images(self, batch: Sequence[Any]) -> np.ndarray:
         import torch
 
-        pixels = torch.stack([torch.as_tensor(item) for item in batch])
+        if self._gpu_pixels is not None:
+            pixels = torch.from_numpy(np.stack(batch))  # uint8 (n, size, size, 3)
+        else:
+            pixels = torch.stack([torch.as_tensor(item) for item in batch])
         if self._device.type == "cuda":
             # Page-locked memory lets the copy run asynchronously, overlapped with the GPU.
             pixels = pixels.pin_memory()
         pixels = pixels.to(self._device, non_blocking=True)
-        with torch.inference_mode(), self._autocast():
-            features = self._model.encode_image(pixels, normalize=True)
+        with torch.inference_mode():
+            if self._gpu_pixels is not None:
+                pixels = normalised_on_device(pixels, self._gpu_pixels)
+            with self._autocast():
+                features = self._model.encode_image(pixels, normalize=True)
         return np.asarray(features.float().cpu().numpy(), dtype=np.float32)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -135,6 +150,17 @@ class ClipEmbedder:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
+
+
+def normalised_on_device(pixels: torch.Tensor, config: PixelConfig) -> torch.Tensor:
+    """uint8 (n, h, w, 3), as `resize_and_crop` makes them, to the model's float input on the
+    tensor's own device: the steps `pixels.preprocess` takes after the resize, in fp32."""
+    import torch
+
+    mean = torch.tensor(config.mean, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(config.std, device=pixels.device).view(1, 3, 1, 1)
+    scaled = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+    return scaled.sub_(mean).div_(std).contiguous()
 
 
 def resolve_device(device: str) -> torch.device:

@@ -73,6 +73,14 @@ class PixelConfig:
 
 def preprocess(image: Image.Image, config: PixelConfig) -> np.ndarray:
     """An RGB image to the model's input, float32 (3, size, size)."""
+    scaled = resize_and_crop(image, config).astype(np.float32) / np.float32(255.0)
+    normalised = (scaled - np.asarray(config.mean, np.float32)) / np.asarray(config.std, np.float32)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
+
+
+def resize_and_crop(image: Image.Image, config: PixelConfig) -> np.ndarray:
+    """The geometric steps alone: an RGB image to uint8 (size, size, 3), a quarter of the bytes
+    of the model's input, for a device that scales and normalises it itself (see ClipEmbedder)."""
     from PIL import Image  # here, not at the top: a text search reads PixelConfig, never pixels
 
     # open_clip maps "random" (a training option) to bicubic at inference, as here.
@@ -82,9 +90,7 @@ def preprocess(image: Image.Image, config: PixelConfig) -> np.ndarray:
         image = image.resize((size, size), resample)
     else:
         image = _crop_centre(image.resize(_shortest_side_to(image.size, size), resample), size)
-    scaled = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
-    normalised = (scaled - np.asarray(config.mean, np.float32)) / np.asarray(config.std, np.float32)
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def _shortest_side_to(current: tuple[int, int], size: int) -> tuple[int, int]:
