@@ -9,9 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import TinyModel, run_cli
+from pixsift.models.embedder import CPU_BATCH_SIZE, GPU_BATCH_SIZE
+from pixsift.models.loading import load_embedder
+from pixsift.models.naming import resolve_model_spec
 
 pytestmark = [
     pytest.mark.slow,
@@ -72,3 +77,15 @@ def test_a_gpu_run_resumes_a_library_begun_on_the_cpu(
     assert summary.startswith("12 images found: 7 new, 0 updated, 0 moved, 0 copies, 0 removed, 5 unchanged")
     assert len(_scores(library, QUERIES[0], "--device", "cuda")) == 12
     assert all(str(photo) in _scores(library, QUERIES[0]) for photo in first)
+
+
+def test_a_gpu_embeds_large_batches_of_uint8_pixels(tiny_model: TinyModel, photo_set: Path) -> None:
+    """On a GPU the decode workers hand over uint8 pixels (a quarter of the bytes of float32)
+    and the model takes 256 images a call unless told otherwise; on the CPU, 32 floats."""
+    spec = resolve_model_spec(str(tiny_model.config), str(tiny_model.checkpoint))
+    gpu, cpu = load_embedder(spec, "cuda", "auto"), load_embedder(spec, "cpu", "torch")
+    assert (gpu.batch_size, cpu.batch_size) == (GPU_BATCH_SIZE, CPU_BATCH_SIZE)
+    with Image.open(sorted(photo_set.iterdir())[0]) as photo:
+        rgb = photo.convert("RGB")
+    assert np.asarray(gpu.preprocess(rgb)).dtype == np.uint8
+    assert np.asarray(cpu.preprocess(rgb)).dtype == np.float32

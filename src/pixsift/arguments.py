@@ -18,11 +18,11 @@ from pixsift.search.filters import checked_filters
 from pixsift.search.finite import is_finite, shown
 
 
-def check_run_sizes(batch_size: int, workers: int | None) -> None:
-    """Refuse a batch size or worker count below 1: a batch of 0 images would index nothing
-    and still report a complete run."""
+def check_run_sizes(batch_size: int | None, workers: int | None) -> None:
+    """Refuse a batch size or worker count below 1 (None: the default): a batch of 0 images
+    would index nothing and still report a complete run."""
     for name, value in (("batch_size", batch_size), ("workers", workers)):
-        if value is None and name == "workers":
+        if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidOptionError(f"{name} must be a whole number of at least 1, not {value!r}.")

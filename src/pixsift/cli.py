@@ -393,8 +393,15 @@ def index(
     device: DeviceOpt = "auto",
     engine: EngineOpt = Engine.auto,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, max=4096, help="Images per model call.")
-    ] = 32,
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--batch-size",
+            min=1,
+            max=4096,
+            help="Images per model call. Default: 256 on a CUDA GPU, 32 otherwise.",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option(

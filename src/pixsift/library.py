@@ -203,7 +203,7 @@ class Library:
         reembed: bool = False,
         include_hidden: bool = False,
         follow_symlinks: bool = False,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         workers: int | None = None,
         progress: IndexProgress | None = None,
         wait: float | None = LOCK_WAIT_S,
@@ -213,6 +213,9 @@ class Library:
         A new library uses `model`/`pretrained` (default ViT-B-32, laion2b_s34b_b79k). An
         existing one keeps its model: asking for another raises ModelMismatchError unless
         `reembed` is set, which re-embeds every image with the new model.
+
+        `batch_size` images go to the model at a time (None: 256 on a CUDA GPU, 32 otherwise);
+        `workers` threads decode them (None: the CPU count, at most 8).
 
         One process indexes a library at a time: if another one is, this waits up to `wait`
         seconds (None: as long as it takes) and then raises LibraryBusyError.
@@ -261,7 +264,7 @@ class Library:
     def reindex(
         self,
         *paths: str | os.PathLike[str],
-        batch_size: int = 32,
+        batch_size: int | None = None,
         workers: int | None = None,
         progress: IndexProgress | None = None,
         wait: float | None = LOCK_WAIT_S,

@@ -29,7 +29,7 @@ def index_library(
     folder: Path,
     requests: Sequence[RootRequest],
     embedder: Callable[[], Embedder],
-    batch_size: int,
+    batch_size: int | None,
     workers: int | None,
     progress: IndexProgress | None,
 ) -> IndexReport:

@@ -52,7 +52,7 @@ class RootRequest:
 
 @dataclass(frozen=True)
 class IndexSettings:
-    batch_size: int = 32
+    batch_size: int | None = None  # None: the embedder's own (larger on a GPU)
     workers: int = min(8, os.cpu_count() or 2)
     max_pixels: int = default_max_pixels()
     exclude: tuple[str, ...] = ()  # folders never scanned (the library's own folder)
@@ -362,7 +362,7 @@ class Indexer:
         return embed_files(
             ((c.file.path, c) for c in queue),
             embedder,
-            batch_size=self._settings.batch_size,
+            batch_size=self._settings.batch_size or embedder.batch_size,
             workers=self._settings.workers,
             max_pixels=self._settings.max_pixels,
         )

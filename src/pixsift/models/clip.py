@@ -18,6 +18,7 @@ from PIL import Image
 
 from pixsift.errors import ModelError
 from pixsift.models.devices import check_device, check_device_present
+from pixsift.models.embedder import CPU_BATCH_SIZE, GPU_BATCH_SIZE
 from pixsift.models.pixels import PixelConfig, resize_and_crop
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.models.weights import resolve_weights
@@ -109,6 +110,10 @@ class ClipEmbedder:
     @property
     def device(self) -> torch.device:
         return self._device
+
+    @property
+    def batch_size(self) -> int:
+        return GPU_BATCH_SIZE if self._device.type == "cuda" else CPU_BATCH_SIZE
 
     def preprocess(self, image: Image.Image) -> Any:
         if self._gpu_pixels is not None:

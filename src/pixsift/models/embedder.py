@@ -12,6 +12,11 @@ from pixsift.models.spec import ModelRecord
 if TYPE_CHECKING:  # Pillow costs a text search's start-up 20 to 30 ms, for a type hint
     from PIL import Image
 
+# Images per model call by default. A GPU embeds a batch of 256 three times as fast per image
+# as one of 32 (docs/benchmarks.md); on a CPU a larger batch gains nothing and holds more memory.
+GPU_BATCH_SIZE = 256
+CPU_BATCH_SIZE = 32
+
 
 class Embedder(Protocol):
     """Maps images and texts into one space of L2-normalised float32 vectors."""
@@ -24,6 +29,12 @@ class Embedder(Protocol):
     @property
     def image_size(self) -> int:
         """The side in pixels the model sees; decoders may shrink images towards it early."""
+        ...
+
+    @property
+    def batch_size(self) -> int:
+        """Images per `embed_images` call when the caller names no number: what this model
+        runs best at where it runs."""
         ...
 
     def preprocess(self, image: Image.Image) -> Any:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pixsift.errors import ModelError, ModelMismatchError
+from pixsift.models.embedder import CPU_BATCH_SIZE
 from pixsift.models.onnx_export import (
     KNOWN_WORDS,
     META,
@@ -88,6 +89,10 @@ class OnnxEmbedder:
     @property
     def image_size(self) -> int:
         return self._image_size
+
+    @property
+    def batch_size(self) -> int:
+        return CPU_BATCH_SIZE
 
     @property
     def precisions(self) -> dict[str, str]:
