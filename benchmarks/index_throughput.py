@@ -85,17 +85,14 @@ def make_photos(script: Path, folder: Path, count: int, size: str, seed: int, jo
     return folder
 
 
-def encoder_only(embedder: Any, batch_size: int, seconds: float, as_numpy: bool) -> float:
-    """Images/s of `embedder.embed_images` on one ready batch, repeated for `seconds`."""
-    size = embedder.image_size
-    rng = np.random.default_rng(0)
-    arrays = [rng.standard_normal((3, size, size), dtype=np.float32) for _ in range(batch_size)]
-    if as_numpy:
-        batch: list[Any] = arrays
-    else:
-        import torch
+def encoder_only(embedder: Any, batch_size: int, seconds: float) -> float:
+    """Images/s of `embedder.embed_images` on one batch made by its own preprocessing (what
+    its decode workers hand it), repeated for `seconds`."""
+    from PIL import Image
 
-        batch = [torch.from_numpy(array) for array in arrays]
+    size = embedder.image_size
+    noise = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    batch = [embedder.preprocess(Image.fromarray(noise))] * batch_size
     embedder.embed_images(batch)  # warm-up
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
@@ -244,7 +241,7 @@ def measure(args: argparse.Namespace, engines: list[str], work: Path, scratch: P
         else:
             embedder = load_embedder(spec, args.device, engine)
         describe = getattr(embedder, "describe", lambda: torch_precision(args.device))()
-        rate = encoder_only(embedder, args.batch_size, args.seconds, as_numpy=engine != "torch")
+        rate = encoder_only(embedder, args.batch_size, args.seconds)
         del embedder
         row: dict[str, Any] = {"runs_as": describe, "encoder_rate": rate}
         for name, photos in (("phone", phone), ("web", web)):

@@ -58,9 +58,10 @@ class ClipEmbedder:
         # On a GPU, decode workers only resize and crop (Pillow, outside the GIL) and the GPU
         # scales and normalises: torch's CPU ops in a dozen decode threads at once contend for
         # the GIL and its thread pool, and uint8 pixels are a quarter of the bytes to copy.
-        self._gpu_pixels = (
-            PixelConfig.from_open_clip(dict(model.visual.preprocess_cfg)) if device.type == "cuda" else None
-        )
+        # A model whose transform these steps cannot reproduce keeps open_clip's own.
+        preprocess_cfg: dict[str, Any] = dict(getattr(model.visual, "preprocess_cfg", None) or {})
+        on_gpu = device.type == "cuda" and bool(preprocess_cfg)
+        self._gpu_pixels = PixelConfig.from_open_clip(preprocess_cfg) if on_gpu else None
 
     @classmethod
     def load(cls, spec: ModelSpec, device: str = "auto") -> ClipEmbedder:
