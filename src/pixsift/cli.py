@@ -449,7 +449,9 @@ def index(
                     wait=wait,
                 )
         except IndexInterrupted as interrupted:
-            typer.echo(format_report(interrupted.report), err=True)
+            typer.echo(
+                format_report(interrupted.report, library_removed=interrupted.library_removed), err=True
+            )
             raise typer.Exit(EXIT_INTERRUPTED) from None
     if not quiet:
         typer.echo(format_report(report))

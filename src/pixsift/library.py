@@ -44,7 +44,7 @@ from pixsift.errors import (
     QueryError,
 )
 from pixsift.evaluation import DEFAULT_CUTOFFS, EvalReport, LabelledQuery, evaluate, read_queries
-from pixsift.indexer import IndexProgress, IndexReport
+from pixsift.indexer import IndexInterrupted, IndexProgress, IndexReport
 from pixsift.indexer.decode import default_max_pixels
 from pixsift.indexer.library_run import index_library
 from pixsift.indexer.lock import LOCK_NAME, WriteLock
@@ -299,8 +299,10 @@ class Library:
         anything is kept in it; once one succeeds, the library is the user's."""
         try:
             yield
-        except BaseException:
+        except BaseException as failure:
             self._take_back_if_unused()
+            if isinstance(failure, IndexInterrupted):  # its summary must not say anything was kept
+                failure.library_removed = self._taken_back
             raise
         self._made = None
 
