@@ -61,7 +61,10 @@ def check_runs(device: str, engine: str) -> None:
     check_device(device)
     check_device_present(device)
     if device not in ("auto", "cpu") and engine in ("onnx", "onnx-int8"):
-        raise ModelError(f"The {engine} engine runs on the CPU: use --device cpu or --engine torch.")
+        lead = f"The {engine} engine runs on the CPU: use"
+        raise ModelError(
+            f"{lead} device='cpu' or engine='torch'.", command_line=f"{lead} --device cpu or --engine torch."
+        )
 
 
 def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_ENGINE) -> Embedder:
@@ -94,9 +97,10 @@ def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_E
     precisions = _precisions(export, engine)
     if not precisions:
         if engine != "auto":
+            reason = f": {export.reason}" if export.reason else ""
+            lead = f"{spec.describe()} cannot run on the {engine} engine{reason}."
             raise ModelError(
-                f"{spec.describe()} cannot run on the {engine} engine"
-                f"{': ' + export.reason if export.reason else ''}. Use --engine torch or auto."
+                f"{lead} Use engine='torch' or 'auto'.", command_line=f"{lead} Use --engine torch or auto."
             )
         return loaded if loaded is not None else _torch_embedder(spec, device)
     from pixsift.models.onnx_embedder import OnnxEmbedder
@@ -143,7 +147,9 @@ def _without_onnx(
         f"({reason}). Reinstall pixsift"
     )
     if engine != "auto":
-        raise ModelError(f"{message}, or use --engine torch.")
+        raise ModelError(
+            f"{message}, or use engine='torch'.", command_line=f"{message}, or use --engine torch."
+        )
     log.warning("%s; running on torch meanwhile, which is slower.", message)
     return loaded if loaded is not None else _torch_embedder(spec, device)
 
