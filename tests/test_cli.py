@@ -495,6 +495,26 @@ def test_ctrl_c_while_the_model_loads_says_so(
         assert (result.exit_code, result.stdout, result.stderr) == (130, "", "Interrupted.\n"), args
 
 
+def test_ctrl_c_while_a_first_run_loads_its_model_says_no_library_was_made(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first index run into a new library, interrupted before it kept anything, removes
+    the library again; its summary said "What was embedded so far is saved" all the same."""
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pixsift.models.loading.load_embedder", interrupted)
+    folder = tmp_path / "library"
+    result = runner.invoke(app, ["index", str(photos), "--library", str(folder), *tiny_model.index_args()])
+    assert result.exit_code == 130, result.stderr
+    assert "(interrupted after " in result.stderr and "so far" not in result.stderr
+    assert result.stderr.endswith(
+        "Nothing was kept, and no library was made; run the same command again to start.\n"
+    )
+    assert not folder.exists()
+
+
 @pytest.mark.skipif(not hasattr(fcntl, "F_SETPIPE_SZ"), reason="sizing a pipe is Linux's")
 def test_ctrl_c_while_the_output_waits_for_its_reader_says_so(tmp_path: Path) -> None:
     """Ctrl-C while a search's results wait for a slow reader (`pixsift search x | less`)

@@ -590,6 +590,52 @@ def test_a_read_only_cache_is_not_said_to_need_space(
     )
 
 
+@needs_permissions
+def test_a_damaged_export_in_a_read_only_cache_is_not_said_to_be_exported_again(
+    tiny_model: TinyModel, photos: Path, tmp_path: Path, private_cache: Path
+) -> None:
+    """A damaged export that cannot be removed (a read-only cache) cannot be made again: the
+    warning said "Exporting the model again", and the export then failed. Now it says so at
+    once: auto runs on torch, an ONNX engine is an error, and the damaged files are not used."""
+    spec = tiny_spec(tiny_model)
+    load_embedder(spec, "cpu", "auto")
+    folder = export_folder(spec)
+    change_bytes_inside_a_weight(folder / "image-int8.onnx")
+    damaged = (
+        f"The cached ONNX export of {spec.describe()} in {folder} is damaged: image-int8.onnx is not "
+        "the file exported (its content changed since). It cannot be removed to export the model "
+        "again (Permission denied): remove that folder, or point PIXSIFT_CACHE_DIR at a writable folder."
+    )
+    read_only = [folder, folder.parent, private_cache]
+    for path in read_only:
+        path.chmod(0o555)
+    try:
+        runs = {
+            engine: run_cli(
+                "index",
+                str(photos),
+                *("--library", str(tmp_path / f"lib-{engine}"), "-q", "--engine", engine),
+                *tiny_model.index_args(),
+                obey_permissions=True,
+            )
+            for engine in ("auto", "onnx-int8")
+        }
+    finally:
+        for path in read_only:
+            path.chmod(0o755)
+    assert (runs["auto"].returncode, runs["auto"].stderr) == (
+        0,
+        f"warning: {damaged} Running on torch meanwhile.\n",
+    )
+    assert (runs["onnx-int8"].returncode, runs["onnx-int8"].stderr) == (1, f"error: {damaged}\n")
+    torch_vectors = image_vectors(ClipEmbedder.load(spec, "cpu"), sorted(photos.iterdir())[:2])
+    with Library.open(tmp_path / "lib-auto") as opened:
+        for path, vector in zip(sorted(photos.iterdir())[:2], torch_vectors, strict=True):
+            known = opened._catalog.known_file(str(path))
+            stored = opened._catalog.vector(known.id) if known is not None else None
+            assert stored is not None and np.allclose(stored, vector, atol=1e-5)
+
+
 def test_the_command_prints_a_model_warning_as_its_own_lines(
     tiny_model: TinyModel, photos: Path, tmp_path: Path
 ) -> None:

@@ -877,8 +877,9 @@ def test_another_model_is_refused_unless_reembedding(
 ) -> None:
     index(open_library, tiny_model, photos)
     fingerprint = open_library.status().model.fingerprint  # type: ignore[union-attr]
-    with pytest.raises(ModelMismatchError, match="--reembed"):
+    with pytest.raises(ModelMismatchError, match=r"reembed=True") as refused:
         open_library.index(photos, model=str(tiny_model.config), pretrained=str(other_tiny_checkpoint))
+    assert "--" not in str(refused.value)  # the command line's options mean nothing here
 
     report = open_library.index(
         photos, model=str(tiny_model.config), pretrained=str(other_tiny_checkpoint), reembed=True
@@ -1017,3 +1018,54 @@ def test_the_library_folder_is_not_indexed_however_its_path_is_spelled(
         report = library.index()
         assert (report.scanned, report.added) == (12, 0)
         assert not any("/lib/" in p for p in indexed_paths(library))
+
+
+class CtrlCAtPhase:
+    """A progress listener that is interrupted (as by Ctrl-C) when `phase` begins."""
+
+    def __init__(self, phase: str) -> None:
+        self.interrupt_at = phase
+
+    def start(self, phase: str, total: int | None = None) -> None:
+        if phase == self.interrupt_at:
+            raise KeyboardInterrupt
+
+    def advance(self, steps: int = 1) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_first_run_interrupted_before_it_keeps_anything_does_not_say_it_saved_work(
+    tmp_path: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    """Ctrl-C while the model of a first run loads: the new library is taken back, so its
+    summary said "What was embedded so far is saved" of a library no longer there."""
+    from pixsift.formatting import format_report
+    from pixsift.indexer.progress import LOADING_PHASE
+
+    folder = tmp_path / "new-library"
+    with Library.open(folder) as library, pytest.raises(IndexInterrupted) as interrupted:
+        index(library, tiny_model, photos, progress=CtrlCAtPhase(LOADING_PHASE))
+    assert interrupted.value.library_removed and not folder.exists()
+    summary = format_report(interrupted.value.report, library_removed=interrupted.value.library_removed)
+    assert summary.splitlines()[-1] == (
+        "Nothing was kept, and no library was made; run the same command again to start."
+    )
+
+
+def test_a_run_interrupted_before_its_first_batch_says_nothing_was_embedded(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    """Ctrl-C once the model loaded but before a batch was committed: the library (and its
+    model) stays, but nothing was embedded, which "what was embedded so far is saved" hid."""
+    from pixsift.formatting import format_report
+
+    with Library.open(library_dir) as library:
+        with pytest.raises(IndexInterrupted) as interrupted:
+            index(library, tiny_model, photos, progress=CtrlCAtPhase("Embedding"))
+        assert not interrupted.value.library_removed
+        assert library.status().model is not None and library.status().counts.indexed == 0
+    summary = format_report(interrupted.value.report)
+    assert summary.splitlines()[-1] == "Nothing was embedded yet; run the same command again to continue."

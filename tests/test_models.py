@@ -72,7 +72,7 @@ def test_config_file_errors(tmp_path: Path, tiny_model: TinyModel) -> None:
         resolve_model_spec(str(tmp_path / "broken.json"), str(tiny_model.checkpoint))
     with pytest.raises(ModelError, match="not an open_clip model config"):
         resolve_model_spec(str(tmp_path / "other.json"), str(tiny_model.checkpoint))
-    with pytest.raises(ModelError, match="--pretrained"):
+    with pytest.raises(ModelError, match=r"as pretrained='/path/to/checkpoint.pt'\.$"):
         resolve_model_spec(str(tiny_model.config))
     with pytest.raises(ModelError, match=r"Checkpoint .* not found"):
         resolve_model_spec(str(tiny_model.config), str(tmp_path / "missing.pt"))
@@ -121,7 +121,7 @@ def test_a_checkpoint_that_cannot_load_says_why(
 
 
 def test_a_folder_given_as_checkpoint_is_named_a_folder(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="is a folder: --pretrained takes a checkpoint file"):
+    with pytest.raises(ModelError, match="is a folder: pretrained takes a checkpoint file"):
         resolve_model_spec("synthetic-tiny", str(tmp_path))
 
 
@@ -391,6 +391,15 @@ EMPTY_WEIGHTS = (
     "The weights (--pretrained) are empty: give a pretrained tag or a checkpoint file, "
     "or leave the option out for the model's default."
 )
+# As the Python API says them: its arguments, not the command's options.
+EMPTY_MODEL_ARGUMENT = (
+    "The model name (model) is empty: name one, e.g. ViT-B-32 or synthetic-tiny, "
+    "or leave it out for the default."
+)
+EMPTY_WEIGHTS_ARGUMENT = (
+    "The weights (pretrained) are empty: give a pretrained tag or a checkpoint file, "
+    "or leave them out for the model's default."
+)
 
 
 @pytest.mark.parametrize(
@@ -420,7 +429,10 @@ def test_an_empty_model_is_refused_by_a_library_that_has_one(library_dir: Path, 
 
     with Library.open(library_dir) as library:
         library.index(photos, model="synthetic-tiny")
-        for model, pretrained, message in (("", None, EMPTY_MODEL), (None, " ", EMPTY_WEIGHTS)):
+        for model, pretrained, message in (
+            ("", None, EMPTY_MODEL_ARGUMENT),
+            (None, " ", EMPTY_WEIGHTS_ARGUMENT),
+        ):
             with pytest.raises(ModelError) as refused:
                 library.index(model=model, pretrained=pretrained)
             assert str(refused.value) == message

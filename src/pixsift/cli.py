@@ -262,10 +262,10 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except LibraryBusyError as exc:  # only the commands that take --wait meet it
-        typer.echo(f"error: {exc} To wait longer, use --wait SECONDS.", err=True)
+        typer.echo(f"error: {exc.for_command_line()} To wait longer, use --wait SECONDS.", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
     except PixsiftError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {exc.for_command_line()}", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
 
 
@@ -449,7 +449,9 @@ def index(
                     wait=wait,
                 )
         except IndexInterrupted as interrupted:
-            typer.echo(format_report(interrupted.report), err=True)
+            typer.echo(
+                format_report(interrupted.report, library_removed=interrupted.library_removed), err=True
+            )
             raise typer.Exit(EXIT_INTERRUPTED) from None
     if not quiet:
         typer.echo(format_report(report))

@@ -9,7 +9,22 @@ import os
 
 
 class PixsiftError(Exception):
-    """Base class: anything a user can cause and fix. `str(error)` is the message to show."""
+    """Base class: anything a user can cause and fix. `str(error)` is the message to show to
+    a program's user and to the HTTP service's clients.
+
+    Advice differs by face: a Python caller passes `device="cpu"` where the command line takes
+    `--device cpu`. A message whose advice names what to pass says it in the API's words, and
+    `command_line` holds the same message in the `pixsift` command's words (None: the message
+    reads the same on both faces); only the command line prints it (`for_command_line`).
+    """
+
+    def __init__(self, *args: object, command_line: str | None = None) -> None:
+        super().__init__(*args)
+        self.command_line = command_line
+
+    def for_command_line(self) -> str:
+        """The message as the `pixsift` command shows it."""
+        return str(self) if self.command_line is None else self.command_line
 
 
 class LibraryClosedError(RuntimeError):

@@ -66,8 +66,10 @@ def shown(path: object) -> str:
     return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
 
 
-def format_report(report: IndexReport) -> str:
-    """The summary of an index run: what changed, what failed, how fast."""
+def format_report(report: IndexReport, *, library_removed: bool = False) -> str:
+    """The summary of an index run: what changed, what failed, how fast. `library_removed`:
+    the run was interrupted before it kept anything in the library it was to make, which is
+    gone again (IndexInterrupted.library_removed)."""
     parts = [
         f"{report.added} new",
         f"{report.updated} updated",
@@ -87,7 +89,7 @@ def format_report(report: IndexReport) -> str:
     summary = f"{report.scanned} images found: {', '.join(parts)} ({took})."
     # Found, but in none of the counts above: say where they went.
     gone = [f"{report.vanished} file(s) deleted during the run, left out"] if report.vanished else []
-    return "\n".join([summary, *gone, *report_warnings(report)])
+    return "\n".join([summary, *gone, *report_warnings(report, library_removed=library_removed)])
 
 
 def _skipped_root_warning(root: str) -> str:
@@ -105,7 +107,7 @@ def _skipped_root_warning(root: str) -> str:
     )
 
 
-def report_warnings(report: IndexReport) -> list[str]:
+def report_warnings(report: IndexReport, *, library_removed: bool = False) -> list[str]:
     """What an index run could not do, and what to do about it: one line each."""
     lines = []
     for folder, reason in report.unreadable_dirs:
@@ -123,8 +125,18 @@ def report_warnings(report: IndexReport) -> list[str]:
             " list them with: pixsift status --failed"
         )
     if report.interrupted:
-        lines.append("What was embedded so far is saved; run the same command again to continue.")
+        lines.append(_interrupted_line(report, library_removed))
     return lines
+
+
+def _interrupted_line(report: IndexReport, library_removed: bool) -> str:
+    """What an interrupted run kept, as it is: "what was embedded so far is saved" said of a
+    run that embedded nothing, or whose new library was taken back, promised what was not there."""
+    if library_removed:
+        return "Nothing was kept, and no library was made; run the same command again to start."
+    if not report.embedded:
+        return "Nothing was embedded yet; run the same command again to continue."
+    return "What was embedded so far is saved; run the same command again to continue."
 
 
 def format_status(status: LibraryStatus, failures: Sequence[Failure] | None) -> str:

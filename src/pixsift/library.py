@@ -44,7 +44,7 @@ from pixsift.errors import (
     QueryError,
 )
 from pixsift.evaluation import DEFAULT_CUTOFFS, EvalReport, LabelledQuery, evaluate, read_queries
-from pixsift.indexer import IndexProgress, IndexReport
+from pixsift.indexer import IndexInterrupted, IndexProgress, IndexReport
 from pixsift.indexer.decode import default_max_pixels
 from pixsift.indexer.library_run import index_library
 from pixsift.indexer.lock import LOCK_NAME, WriteLock
@@ -299,8 +299,10 @@ class Library:
         anything is kept in it; once one succeeds, the library is the user's."""
         try:
             yield
-        except BaseException:
+        except BaseException as failure:
             self._take_back_if_unused()
+            if isinstance(failure, IndexInterrupted):  # its summary must not say anything was kept
+                failure.library_removed = self._taken_back
             raise
         self._made = None
 
@@ -361,10 +363,12 @@ class Library:
             spec = requested or resolve_model_spec()
             return lambda: self._adopt(spec)
         if requested is not None and not requested.same_model(stored.spec):
+            lead = f"This library was indexed with {stored.spec.describe()}, not {requested.describe()}."
             raise ModelMismatchError(
-                f"This library was indexed with {stored.spec.describe()}, not "
-                f"{requested.describe()}. Leave out --model to keep using it, use another "
-                "--library, or pass --reembed to re-embed every image with the new model."
+                f"{lead} Leave out model to keep using it, open another library, or pass "
+                "reembed=True to re-embed every image with the new model.",
+                command_line=f"{lead} Leave out --model to keep using it, use another --library, "
+                "or pass --reembed to re-embed every image with the new model.",
             )
         return self._embedder_or_load
 
@@ -696,10 +700,13 @@ class Library:
             if self._embedder is None or self._embedder.record != record:
                 embedder = self._load_embedder(record.spec, self._device)
                 if embedder.record.fingerprint != record.fingerprint:
-                    raise ModelMismatchError(
+                    lead = (
                         f"The weights of {record.spec.describe()} are not the ones this library was "
                         f"indexed with (fingerprint {embedder.record.fingerprint}, expected "
-                        f"{record.fingerprint}). Restore them, or re-embed with pixsift index --reembed."
+                        f"{record.fingerprint}). Restore them, or re-embed with"
+                    )
+                    raise ModelMismatchError(
+                        f"{lead} index(reembed=True).", command_line=f"{lead} pixsift index --reembed."
                     )
                 self._embedder = embedder
             return self._embedder
@@ -707,8 +714,10 @@ class Library:
     def _require_model(self) -> ModelRecord:
         record = self._catalog.model()
         if record is None:
+            lead = f"The library at {self.path} has no images indexed yet:"
             raise EmptyLibraryError(
-                f"The library at {self.path} has no images indexed yet: run pixsift index FOLDER first."
+                f"{lead} index a folder into it first.",
+                command_line=f"{lead} run pixsift index FOLDER first.",
             )
         return record
 
@@ -860,8 +869,10 @@ def _open_catalog(folder: Path, create: bool) -> tuple[Catalog, _Made | None]:
         error = InvalidPathError if create else LibraryNotFoundError
         raise error(_not_a_folder(folder))
     if not create:
+        lead = f"No pixsift library at {folder}."
         raise LibraryNotFoundError(
-            f"No pixsift library at {folder}. Create one by indexing a folder: pixsift index ~/Photos"
+            f"{lead} Open it with create=True to make one, then index a folder into it.",
+            command_line=f"{lead} Create one by indexing a folder: pixsift index ~/Photos",
         )
     made = _Made(_missing_folders(folder), not os.path.lexists(folder / LOCK_NAME))
     _make_library_folder(folder)

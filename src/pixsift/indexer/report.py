@@ -38,8 +38,14 @@ class IndexReport:
 
 
 class IndexInterrupted(KeyboardInterrupt):
-    """Ctrl-C during an index run. Everything committed before it is kept; `report` says what."""
+    """Ctrl-C during an index run. Everything committed before it is kept; `report` says what.
+
+    `library_removed` is True when the run was the first into a library that `Library.open`
+    made and it stopped before keeping anything (while the model loaded, say): the library was
+    taken back, so nothing at all was kept.
+    """
 
     def __init__(self, report: IndexReport) -> None:
         super().__init__("index run interrupted")
         self.report = report
+        self.library_removed = False

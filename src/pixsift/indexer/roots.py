@@ -31,13 +31,19 @@ def root_requests(
         requests = [new_root(r, include_hidden, follow_symlinks) for r in roots]
         return [_as_known_root(request, [root.path for root in known]) for request in requests]
     if not known:
-        raise InvalidPathError("Nothing to index yet: name a folder, e.g. pixsift index ~/Photos")
+        raise InvalidPathError(
+            "Nothing to index yet: name a folder, e.g. index('~/Photos')",
+            command_line="Nothing to index yet: name a folder, e.g. pixsift index ~/Photos",
+        )
     return [RootRequest(r.path, r.include_hidden, r.follow_symlinks) for r in known]
 
 
 def new_root(root: str | os.PathLike[str], include_hidden: bool, follow_symlinks: bool) -> RootRequest:
     if not os.fspath(root).strip():  # Path("") is the working directory: an unset "$DIR" would index it
-        raise InvalidPathError("A folder path to index is empty: name a folder, e.g. pixsift index ~/Photos")
+        raise InvalidPathError(
+            "A folder path to index is empty: name a folder, e.g. index('~/Photos')",
+            command_line="A folder path to index is empty: name a folder, e.g. pixsift index ~/Photos",
+        )
     folder = Path(root).expanduser()
     if not folder.exists():
         raise InvalidPathError(f"Folder {given_path(root)} does not exist.")
@@ -112,9 +118,13 @@ def scoped_request(
     scope = None if folder == walked else _path_under(root.path, walked, folder)
     if scope is not None and not root.include_hidden and hidden_between(root.path, scope):
         # What a run added there, the next run over the whole root would take for deleted.
-        raise InvalidPathError(
+        lead = (
             f"{named} lies in a hidden folder, which {root.path} is indexed without; "
-            f"to index hidden files there: pixsift index --include-hidden {shlex.quote(root.path)}"
+            "to index hidden files there:"
+        )
+        raise InvalidPathError(
+            f"{lead} index({root.path!r}, include_hidden=True)",
+            command_line=f"{lead} pixsift index --include-hidden {shlex.quote(root.path)}",
         )
     return RootRequest(root.path, root.include_hidden, root.follow_symlinks, scope=scope)
 

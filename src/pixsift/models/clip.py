@@ -81,7 +81,7 @@ class ClipEmbedder:
                 name, pretrained=str(weights.path), **overrides
             )
         except Exception as exc:  # a checkpoint that does not fit the architecture, a bad file
-            raise ModelError(f"Cannot load {spec.describe()}: {_load_failure(weights.path, exc)}") from exc
+            raise _load_error(spec, weights.path, exc) from exc
         model.eval()
         record = ModelRecord(
             spec,
@@ -218,6 +218,21 @@ def _registered_name(spec: ModelSpec) -> str:
     return name
 
 
+_ANOTHER_MODEL = "they were made for another model."
+
+
+def _load_error(spec: ModelSpec, checkpoint: Path, exc: Exception) -> ModelError:
+    """The error for a checkpoint open_clip could not load; weights of another architecture
+    are told which argument names the architecture, as the face the user reached calls it."""
+    lead = f"Cannot load {spec.describe()}: {_load_failure(checkpoint, exc)}"
+    if not lead.endswith(_ANOTHER_MODEL):
+        return ModelError(lead)
+    return ModelError(
+        f"{lead} Give model the architecture they were trained as.",
+        command_line=f"{lead} Give --model the architecture they were trained as.",
+    )
+
+
 def _load_failure(checkpoint: Path, exc: Exception) -> str:
     """Why open_clip could not load `checkpoint`, in words a user can act on.
 
@@ -241,7 +256,7 @@ def _load_failure(checkpoint: Path, exc: Exception) -> str:
         )
     return (
         f"the checkpoint's weights do not fit the model's architecture ({_shortened(_mismatch(exc))}): "
-        "they were made for another model. Give --model the architecture they were trained as."
+        f"{_ANOTHER_MODEL}"
     )
 
 

@@ -19,6 +19,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from pixsift.config import CACHE_ENV_VAR
 from pixsift.errors import ExportCacheError, ModelError
 from pixsift.models.devices import check_device, check_device_present
 from pixsift.models.embedder import Embedder
@@ -60,7 +61,10 @@ def check_runs(device: str, engine: str) -> None:
     check_device(device)
     check_device_present(device)
     if device not in ("auto", "cpu") and engine in ("onnx", "onnx-int8"):
-        raise ModelError(f"The {engine} engine runs on the CPU: use --device cpu or --engine torch.")
+        lead = f"The {engine} engine runs on the CPU: use"
+        raise ModelError(
+            f"{lead} device='cpu' or engine='torch'.", command_line=f"{lead} --device cpu or --engine torch."
+        )
 
 
 def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_ENGINE) -> Embedder:
@@ -72,28 +76,31 @@ def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_E
     if missing is not None:
         return _without_onnx(spec, device, engine, missing)
     export = read_export(spec)
-    if export is not None:
-        export = _verified(export, engine)
     loaded: ClipEmbedder | None = None
-    if export is None:  # first use of this model (or new weights, or a damaged export): export it
-        announce_preparing(spec)  # the wait is long, once: say so where the user looks
-        loaded = _torch_embedder(spec, "cpu")
-        try:
+    try:
+        if export is not None:
+            export = _verified(export, engine)
+        if export is None:  # first use of this model (or new weights, or a damaged export): export it
+            announce_preparing(spec)  # the wait is long, once: say so where the user looks
+            loaded = _torch_embedder(spec, "cpu")
             export = export_model(loaded)
-        except ExportCacheError as exc:
-            if engine != "auto":
-                raise
-            # The fast path is an optimisation: without a cache to keep it in, run on torch.
-            log.warning("%s Running on torch meanwhile.", exc)
-            return loaded
-        except ImportError as exc:  # onnx or onnxscript, which only the export needs
-            return _without_onnx(spec, device, engine, str(exc) or type(exc).__name__, loaded)
+    except ExportCacheError as exc:
+        if engine != "auto":
+            raise
+        # The fast path is an optimisation: without a cache to keep it in, run on torch.
+        log.warning("%s Running on torch meanwhile.", exc)
+        return loaded if loaded is not None else _torch_embedder(spec, device)
+    except ImportError as exc:  # onnx or onnxscript, which only the export needs
+        if loaded is None:  # torch or open_clip itself: not ONNX's to explain
+            raise
+        return _without_onnx(spec, device, engine, str(exc) or type(exc).__name__, loaded)
     precisions = _precisions(export, engine)
     if not precisions:
         if engine != "auto":
+            reason = f": {export.reason}" if export.reason else ""
+            lead = f"{spec.describe()} cannot run on the {engine} engine{reason}."
             raise ModelError(
-                f"{spec.describe()} cannot run on the {engine} engine"
-                f"{': ' + export.reason if export.reason else ''}. Use --engine torch or auto."
+                f"{lead} Use engine='torch' or 'auto'.", command_line=f"{lead} Use --engine torch or auto."
             )
         return loaded if loaded is not None else _torch_embedder(spec, device)
     from pixsift.models.onnx_embedder import OnnxEmbedder
@@ -109,17 +116,24 @@ def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_E
 def _verified(export: Export, engine: str) -> Export | None:
     """`export`, once the files `engine` runs are found to be the files exported; None, the
     export removed so that it is made again, when one is not. A file damaged in place may well
-    still load, and would give every image and query another vector without a word."""
+    still load, and would give every image and query another vector without a word.
+
+    Raises ExportCacheError when a damaged export cannot be removed (a read-only cache): it
+    cannot be made again there, and must not be used."""
     try:
         return verify_files(export, export.files_run(_precisions(export, engine)))
     except DamagedExportError as exc:
-        log.warning(
-            "The cached ONNX export of %s in %s is damaged: %s. Exporting the model again.",
-            export.record.spec.describe(),
-            export.folder,
-            exc,
+        damaged = (
+            f"The cached ONNX export of {export.record.spec.describe()} in {export.folder} is damaged: {exc}."
         )
-        discard(export)
+        failure = discard(export)
+        if failure is not None:
+            raise ExportCacheError(
+                f"{damaged} It cannot be removed to export the model again "
+                f"({failure.strerror or failure}): remove that folder, or point {CACHE_ENV_VAR} "
+                "at a writable folder."
+            ) from failure
+        log.warning("%s Exporting the model again.", damaged)
         return None
 
 
@@ -133,7 +147,9 @@ def _without_onnx(
         f"({reason}). Reinstall pixsift"
     )
     if engine != "auto":
-        raise ModelError(f"{message}, or use --engine torch.")
+        raise ModelError(
+            f"{message}, or use engine='torch'.", command_line=f"{message}, or use --engine torch."
+        )
     log.warning("%s; running on torch meanwhile, which is slower.", message)
     return loaded if loaded is not None else _torch_embedder(spec, device)
 

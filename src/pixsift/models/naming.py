@@ -37,14 +37,16 @@ def refuse_empty_names(model: str | None, pretrained: str | None) -> None:
     """Refuse a model name or weights given empty (a script's unset "$MODEL"): read as left
     out, it would silently mean the default model, or "." as a checkpoint."""
     if isinstance(model, str) and not model.strip():
+        rest = f"is empty: name one, e.g. {DEFAULT_MODEL} or synthetic-tiny, or leave"
         raise ModelError(
-            f"The model name (--model) is empty: name one, e.g. {DEFAULT_MODEL} or synthetic-tiny, "
-            "or leave the option out for the default."
+            f"The model name (model) {rest} it out for the default.",
+            command_line=f"The model name (--model) {rest} the option out for the default.",
         )
     if isinstance(pretrained, str) and not pretrained.strip():
+        rest = "are empty: give a pretrained tag or a checkpoint file, or leave"
         raise ModelError(
-            "The weights (--pretrained) are empty: give a pretrained tag or a checkpoint file, "
-            "or leave the option out for the model's default."
+            f"The weights (pretrained) {rest} them out for the model's default.",
+            command_line=f"The weights (--pretrained) {rest} the option out for the model's default.",
         )
 
 
@@ -83,19 +85,25 @@ def _config_file_spec(config_path: Path, pretrained: str | None) -> ModelSpec:
             f"{', '.join(_CONFIG_KEYS)}."
         )
     if pretrained is None:
+        lead = f"Model config {config_path.name} has no weights of its own: pass the checkpoint"
         raise ModelError(
-            f"Model config {config_path.name} has no weights of its own: pass the checkpoint "
-            "with --pretrained /path/to/checkpoint.pt"
+            f"{lead} as pretrained='/path/to/checkpoint.pt'.",
+            command_line=f"{lead} with --pretrained /path/to/checkpoint.pt",
         )
     checkpoint = Path(pretrained).expanduser()
     if checkpoint.is_dir():
-        raise ModelError(f"Checkpoint {checkpoint} is a folder: --pretrained takes a checkpoint file.")
-    if not checkpoint.is_file():
+        lead = f"Checkpoint {checkpoint} is a folder:"
         raise ModelError(
-            f"Checkpoint {checkpoint} not found. With a bundled model or a model-config file, "
-            "--pretrained takes the path of a checkpoint file (a tag such as "
+            f"{lead} pretrained takes a checkpoint file.",
+            command_line=f"{lead} --pretrained takes a checkpoint file.",
+        )
+    if not checkpoint.is_file():
+        lead = f"Checkpoint {checkpoint} not found. With a bundled model or a model-config file,"
+        rest = (
+            "takes the path of a checkpoint file (a tag such as "
             f"{DEFAULT_PRETRAINED} names weights of an open_clip model such as {DEFAULT_MODEL})."
         )
+        raise ModelError(f"{lead} pretrained {rest}", command_line=f"{lead} --pretrained {rest}")
     return ModelSpec(
         name=str(config_path.resolve()),
         pretrained=str(checkpoint.resolve()),
@@ -119,7 +127,8 @@ def _builtin_spec(model: str, pretrained: str | None) -> ModelSpec:
     tags = open_clip.list_pretrained_tags_by_model(model)
     if pretrained is None:
         if not tags:
-            raise ModelError(f"Model {model} has no published weights: pass a checkpoint with --pretrained.")
+            lead = f"Model {model} has no published weights: pass a checkpoint"
+            raise ModelError(f"{lead} as pretrained.", command_line=f"{lead} with --pretrained.")
         pretrained = DEFAULT_PRETRAINED if DEFAULT_PRETRAINED in tags else tags[0]
     if not open_clip.get_pretrained_cfg(model, pretrained):
         raise ModelError(

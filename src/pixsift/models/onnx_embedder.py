@@ -173,10 +173,11 @@ class OnnxEmbedder:
         # be taken for a damaged one and removed.
         missing = onnx_runtime_missing()
         if missing is not None:
-            raise ModelError(
+            lead = (
                 f"Cannot run the ONNX export of {self.record.spec.describe()}: ONNX Runtime cannot "
-                f"be imported ({missing}). Reinstall pixsift, or use --engine torch."
+                f"be imported ({missing}). Reinstall pixsift, or use"
             )
+            raise ModelError(f"{lead} engine='torch'.", command_line=f"{lead} --engine torch.")
         try:
             return self._open_session(tower)
         except Exception:  # a damaged cached file: export the model again, once
@@ -186,9 +187,8 @@ class OnnxEmbedder:
             try:
                 return self._open_session(tower)
             except Exception as exc:
-                raise ModelError(
-                    f"Cannot run the ONNX export of {self.record.spec.describe()}: {exc}. Use --engine torch."
-                ) from exc
+                lead = f"Cannot run the ONNX export of {self.record.spec.describe()}: {exc}. Use"
+                raise ModelError(f"{lead} engine='torch'.", command_line=f"{lead} --engine torch.") from exc
 
     def _open_session(self, tower: str) -> onnxruntime.InferenceSession:
         import onnxruntime as ort
@@ -245,9 +245,8 @@ class OnnxEmbedder:
 
     def _torch(self) -> Any:
         if self._fallback is None:
-            raise ModelError(
-                f"{self.record.spec.describe()} has no ONNX export for this: use --engine torch."
-            )
+            lead = f"{self.record.spec.describe()} has no ONNX export for this: use"
+            raise ModelError(f"{lead} engine='torch'.", command_line=f"{lead} --engine torch.")
         return self._fallback()
 
 

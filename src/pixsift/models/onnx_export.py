@@ -293,9 +293,16 @@ def onnx_runtime_missing() -> str | None:
     return None
 
 
-def discard(export: Export) -> None:
-    """Remove a damaged export, so the next use makes it again."""
-    shutil.rmtree(export.folder, ignore_errors=True)
+def discard(export: Export) -> OSError | None:
+    """Remove a damaged export, so the next use makes it again; the error when it cannot be
+    removed (a read-only cache), where exporting again could not replace it either."""
+    try:
+        shutil.rmtree(export.folder)
+    except FileNotFoundError:
+        return None  # removed meanwhile (another process exporting again): as good
+    except OSError as exc:
+        return exc
+    return None
 
 
 def export_model(clip: ClipEmbedder) -> Export:

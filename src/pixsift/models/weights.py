@@ -37,9 +37,10 @@ def resolve_weights(spec: ModelSpec) -> Weights:
     if spec.weights_are_file:
         path = Path(spec.pretrained)
         if not path.is_file():
+            lead = f"The checkpoint {path} for model {spec.name} is missing. Put it back, or re-embed"
             raise ModelError(
-                f"The checkpoint {path} for model {spec.name} is missing. Put it back, or "
-                "re-embed the library with another model (pixsift index --reembed --model ...)."
+                f"{lead} the library with another model (index(model=..., reembed=True)).",
+                command_line=f"{lead} the library with another model (pixsift index --reembed --model ...).",
             )
         return Weights(path)
 
@@ -58,9 +59,13 @@ def resolve_weights(spec: ModelSpec) -> Weights:
 def _bundled_weights(spec: ModelSpec) -> Path:
     path = bundled_checkpoint(spec.name)
     if path is None or not path.is_file():
-        raise ModelError(
+        lead = (
             f"This pixsift installation has no bundled model {spec.name!r}: install the pixsift "
-            "version the library was indexed with, or re-embed it (pixsift index --reembed --model ...)."
+            "version the library was indexed with, or re-embed it"
+        )
+        raise ModelError(
+            f"{lead} (index(model=..., reembed=True)).",
+            command_line=f"{lead} (pixsift index --reembed --model ...).",
         )
     return path
 
@@ -80,7 +85,7 @@ def _fetch_tag(spec: ModelSpec, tag_cfg: dict[str, Any]) -> Path:
     try:
         return Path(open_clip.download_pretrained(tag_cfg))
     except Exception as exc:  # network, disk or hub errors all end the same way for the user
-        raise ModelError(_unavailable_message(spec, f"download failed: {exc}")) from exc
+        raise _unavailable(spec, f"download failed: {exc}") from exc
 
 
 def _hub_candidates(filename: str) -> list[str]:
@@ -107,12 +112,12 @@ def _check_hub_reachable(spec: ModelSpec, repo_id: str, filename: str) -> None:
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
 
     if constants.is_offline_mode():
-        raise ModelError(_unavailable_message(spec, "HF_HUB_OFFLINE is set"))
+        raise _unavailable(spec, "HF_HUB_OFFLINE is set")
     try:
         get_hf_file_metadata(hf_hub_url(repo_id, filename), timeout=HUB_PROBE_TIMEOUT_S)
     except Exception as exc:  # DNS, refused, timeout, proxy, HTTP error: the hub is not usable
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(_unavailable_message(spec, f"the hub did not answer: {reason}")) from exc
+        raise _unavailable(spec, f"the hub did not answer: {reason}") from exc
 
 
 def _download_from_url(spec: ModelSpec, tag_cfg: dict[str, Any]) -> Path:
@@ -121,12 +126,15 @@ def _download_from_url(spec: ModelSpec, tag_cfg: dict[str, Any]) -> Path:
     try:
         return Path(open_clip.download_pretrained(tag_cfg, prefer_hf_hub=False))
     except Exception as exc:
-        raise ModelError(_unavailable_message(spec, f"download failed: {exc}")) from exc
+        raise _unavailable(spec, f"download failed: {exc}") from exc
 
 
-def _unavailable_message(spec: ModelSpec, reason: str) -> str:
-    return (
+def _unavailable(spec: ModelSpec, reason: str) -> ModelError:
+    lead = (
         f"Cannot get the weights of {spec.describe()}: they are not in the local cache and "
-        f"{reason}. Connect to the internet once to download them, or use a local checkpoint: "
-        f"--model {spec.name} --pretrained /path/to/checkpoint.bin"
+        f"{reason}. Connect to the internet once to download them, or use a local checkpoint:"
+    )
+    return ModelError(
+        f"{lead} model={spec.name!r}, pretrained='/path/to/checkpoint.bin'",
+        command_line=f"{lead} --model {spec.name} --pretrained /path/to/checkpoint.bin",
     )

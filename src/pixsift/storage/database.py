@@ -47,11 +47,12 @@ def open_engine(db_path: Path) -> Engine:
     except DBAPIError as exc:  # not a database, another program's database, no permission
         engine.dispose()
         if not _writable(db_path):
-            raise LibraryWriteError(
+            lead = (
                 f"The library at {db_path.parent} is read-only. pixsift needs to write there, even "
                 "to search (SQLite keeps its journal beside the database): make the folder "
-                "writable, or copy the library to a writable place and use --library."
-            ) from exc
+                "writable, or copy the library to a writable place and"
+            )
+            raise LibraryWriteError(f"{lead} open it there.", command_line=f"{lead} use --library.") from exc
         if _sqlite_code(exc) in _LOCKED_CODES:  # a usable library, held by another program
             raise locked_error(db_path.parent, exc) from exc
         # exc.orig: SQLAlchemy's own text adds a second line pointing at its documentation.
@@ -139,9 +140,10 @@ def failed_write_error(folder: Path, exc: DBAPIError) -> PixsiftError:
 
 def damaged_error(folder: Path, exc: DBAPIError) -> LibraryFormatError:
     """A user-facing error for a database that SQLite finds damaged."""
+    lead = f"The library database at {folder} is damaged ({_reason(exc.orig)})."
+    rest = "to see what is wrong; restore a backup, or index your folders into a new library."
     return LibraryFormatError(
-        f"The library database at {folder} is damaged ({_reason(exc.orig)}). Run pixsift doctor "
-        "to see what is wrong; restore a backup, or index your folders into a new library."
+        f"{lead} Run Library.check() {rest}", command_line=f"{lead} Run pixsift doctor {rest}"
     )
 
 
@@ -156,10 +158,13 @@ def read_error(folder: Path, exc: DBAPIError) -> PixsiftError:
     if code in _LOCKED_CODES:
         return locked_error(folder, exc)
     if _lacks_table_or_column(exc):
-        return LibraryFormatError(
+        lead = (
             f"The library database at {folder} lacks a table or column this pixsift needs "
-            f"({_reason(exc.orig)}); was it changed by another program? Run pixsift doctor to see "
-            "what differs; restore a backup, or index your folders into a new library."
+            f"({_reason(exc.orig)}); was it changed by another program? Run"
+        )
+        rest = "to see what differs; restore a backup, or index your folders into a new library."
+        return LibraryFormatError(
+            f"{lead} Library.check() {rest}", command_line=f"{lead} pixsift doctor {rest}"
         )
     return LibraryReadError(
         f"Cannot read the library at {folder}: {_reason(exc.orig)}. Nothing stored was changed; "

@@ -64,9 +64,13 @@ class IndexPolicy:
     def check(self, count: int) -> None:
         """Refuse a forced kind that cannot be built for `count` vectors."""
         if self.forced is IndexKind.ivfpq and count < IVFPQ_MIN_VECTORS:
-            raise QueryError(
+            lead = (
                 f"An IVF-PQ index needs at least {IVFPQ_MIN_VECTORS} images to train on; this "
-                f"library has {count}. Use --index-type auto, flat or hnsw."
+                f"library has {count}. Use"
+            )
+            raise QueryError(
+                f"{lead} index_type='auto', 'flat' or 'hnsw'.",
+                command_line=f"{lead} --index-type auto, flat or hnsw.",
             )
 
 

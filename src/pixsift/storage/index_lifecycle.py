@@ -46,9 +46,10 @@ def load_policy(catalog: Settings, thresholds: IndexThresholds | None = None) ->
         forced = None if kind in (None, "auto") else IndexKind(kind)
         memory = DEFAULT_MEMORY_BUDGET if budget is None else int(budget)
     except ValueError:
+        lead = f"The library's index settings ({kind!r}, {budget!r}) are not ones this pixsift knows; set"
         raise LibraryFormatError(
-            f"The library's index settings ({kind!r}, {budget!r}) are not ones this pixsift knows; "
-            "set them again with pixsift reindex --index-type auto."
+            f"{lead} them again with rebuild_index(index_type='auto').",
+            command_line=f"{lead} them again with pixsift reindex --index-type auto.",
         ) from None
     return IndexPolicy(forced=forced, memory_budget=memory, thresholds=thresholds or IndexThresholds())
 

@@ -182,7 +182,10 @@ def _check_no_foreign_tables(connection: Connection) -> None:
     ]
     if tables:
         shown = ", ".join(sorted(tables)[:5])
+        lead = (
+            f"This database is not a pixsift library: it already holds tables of another program ({shown})."
+        )
         raise LibraryFormatError(
-            f"This database is not a pixsift library: it already holds tables of another program "
-            f"({shown}). Use another --library folder."
+            f"{lead} Use another folder for the library.",
+            command_line=f"{lead} Use another --library folder.",
         )
