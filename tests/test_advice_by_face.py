@@ -13,7 +13,8 @@ import pytest
 
 from conftest import TinyModel, run_cli
 from pixsift import Library, LibraryNotFoundError, QueryError
-from pixsift.server import ServerSettings
+from pixsift.server import ServerSettings, check_bind
+from pixsift.server.settings import UnsafeBindError
 from serving import API_KEY, running_server
 
 
@@ -63,4 +64,17 @@ def test_http_clients_are_not_told_command_line_options(
         nothing = httpx.get(f"{url}/search", params={"q": "a dog"})
     assert nothing.json()["message"] == (
         f"The library at {tmp_path / 'empty'} has no images indexed yet: index a folder into it first."
+    )
+
+
+def test_an_open_bind_without_a_key_is_refused_in_the_words_of_each_face(tmp_path: Path) -> None:
+    """From Python no `--api-key` nor `$PIXSIFT_API_KEY` is read: the key is an argument."""
+    lead = "Listening on 0.0.0.0 lets other machines reach the library: give an API key"
+    with pytest.raises(UnsafeBindError) as refused:
+        check_bind("0.0.0.0", None)
+    assert str(refused.value) == f"{lead} (api_key=...), or listen on 127.0.0.1."
+    command = run_cli("serve", "--library", str(tmp_path / "lib"), "--host", "0.0.0.0")
+    assert (command.returncode, command.stderr) == (
+        1,
+        f"error: {lead} with --api-key or $PIXSIFT_API_KEY, or listen on 127.0.0.1.\n",
     )

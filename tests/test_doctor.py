@@ -183,14 +183,22 @@ def test_an_index_file_without_read_permission_is_rebuilt(indexed: Path) -> None
 
 
 def test_missing_index_and_leftovers_are_notes_not_problems(indexed: Path) -> None:
+    """Notes in the words of the face: `repair()` from Python, `--repair` on the command line."""
     (indexed / "vectors.faiss").unlink()
     (indexed / "vectors.faiss.tmp-4242").write_bytes(b"half a save")
     report = check(indexed)
     assert report.healthy
     assert report.notes == [
-        "no search index file yet: the next search or --repair builds it",
-        "1 temporary file(s) of an interrupted index save; removed by the next save or by --repair",
+        "no search index file yet: the next search or repair() builds it",
+        "1 temporary file(s) of an interrupted index save; removed by the next save or by repair()",
     ]
+    doctor = runner.invoke(app, ["doctor", "--library", str(indexed)])
+    assert doctor.stdout.splitlines()[2:4] == [
+        "note: no search index file yet: the next search or --repair builds it",
+        "note: 1 temporary file(s) of an interrupted index save; removed by the next save or by --repair",
+    ]
+    as_json = json.loads(runner.invoke(app, ["doctor", "-f", "json", "--library", str(indexed)]).stdout)
+    assert as_json["notes"] == [line.removeprefix("note: ") for line in doctor.stdout.splitlines()[2:4]]
     repaired = repair(indexed)
     assert repaired.repairs == [
         "rebuilt the search index from 12 stored vector(s)",
@@ -208,7 +216,7 @@ def test_files_gone_from_disk_are_dropped_but_not_an_unmounted_folder(
     assert kinds(found) == ["missing-files"]
     assert (
         found.problems[0].message
-        == "2 indexed file(s) no longer exist on disk (if moved, pixsift index finds them again and "
+        == "2 indexed file(s) no longer exist on disk (if moved, index() finds them again and "
         "keeps their ids)."
     )
     repaired = repair(indexed)
@@ -218,11 +226,15 @@ def test_files_gone_from_disk_are_dropped_but_not_an_unmounted_folder(
     photos.rename(tmp_path / "unplugged")
     unmounted = repair(indexed)
     assert unmounted.healthy
+    kept = "10 image(s) under folders that are missing or empty (unmounted?): kept as they are"
     assert unmounted.notes == [
-        "10 image(s) under folders that are missing or empty (unmounted?): kept as they are "
-        "(pixsift relocate FOLDER NEW for a folder that moved; "
-        "pixsift forget FOLDER drops a folder gone for good)"
+        f"{kept} (relocate(folder, new) for a folder that moved; forget(folder) drops a folder gone for good)"
     ]
+    doctor = runner.invoke(app, ["doctor", "--library", str(indexed)])
+    assert (
+        f"note: {kept} (pixsift relocate FOLDER NEW for a folder that moved; "
+        "pixsift forget FOLDER drops a folder gone for good)\n" in doctor.stdout
+    )
     assert unmounted.images == 10
 
 

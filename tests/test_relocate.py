@@ -177,12 +177,16 @@ def test_a_new_folder_given_through_a_link_is_stored_resolved(
     assert open_library.index(link).unchanged == 12
 
 
-def refused(library: Library, old: str | Path, new: str | Path, message: str) -> None:
-    """`relocate(old, new)` is refused with `message` and leaves the library as it was."""
+def refused(
+    library: Library, old: str | Path, new: str | Path, message: str, command_line: str | None = None
+) -> None:
+    """`relocate(old, new)` is refused with `message` and leaves the library as it was; the
+    command line says it as `command_line` (by default, as `message`)."""
     paths, known, generation = by_path(library), roots(library), library._catalog.generation()
     with pytest.raises(InvalidPathError) as raised:
         library.relocate(old, new)
     assert str(raised.value) == message
+    assert raised.value.for_command_line() == (message if command_line is None else command_line)
     assert (by_path(library), roots(library), library._catalog.generation()) == (paths, known, generation)
 
 
@@ -211,34 +215,45 @@ def test_what_is_refused_changes_nothing(
 
     # Still there with files: copied, not moved (a backup, or a drive copied to a new one)
     shutil.copytree(photos, new)
+    copied = (
+        f"{photos} still holds files, so it was copied, not moved: to index the copy as a folder of its own,"
+    )
+    why = "(its images get the vectors of the originals without being embedded again)."
     refused(
         open_library,
         photos,
         new,
-        f"{photos} still holds files, so it was copied, not moved: to index the copy as a folder "
-        f"of its own, pixsift index {new} (its images get the vectors of the originals without "
-        "being embedded again).",
+        f"{copied} index({str(new)!r}) {why}",
+        f"{copied} pixsift index {new} {why}",
     )
     (photos / "sub").mkdir()
     inside = f"{photos / 'sub'} lies inside {photos}: a folder cannot move into itself."
     refused(open_library, photos, photos / "sub", inside)
 
     shutil.rmtree(photos)
+    indexed = (
+        f"{other} is already an indexed folder, with ids of its own. If it holds the photos of "
+        f"{photos}, indexed there again, drop the old ones:"
+    )
     refused(
         open_library,
         photos,
         other,
-        f"{other} is already an indexed folder, with ids of its own. If it holds the photos of "
-        f"{photos}, indexed there again, drop the old ones: pixsift forget {photos}",
+        f"{indexed} forget({str(photos)!r})",
+        f"{indexed} pixsift forget {photos}",
     )
     inner = other / "inner"
+    into = (
+        f"{inner} lies inside the indexed folder {other}, which relocate does not move folders "
+        f"into. To index its photos as part of {other} instead:"
+    )
+    why = "(they get new ids; their vectors are reused, not embedded again)."
     refused(
         open_library,
         photos,
         inner,
-        f"{inner} lies inside the indexed folder {other}, which relocate does not move folders "
-        f"into. To index its photos as part of {other} instead: pixsift index {other} && "
-        f"pixsift forget {photos} (they get new ids; their vectors are reused, not embedded again).",
+        f"{into} index({str(other)!r}), then forget({str(photos)!r}) {why}",
+        f"{into} pixsift index {other} && pixsift forget {photos} {why}",
     )
     around_old = f"{tmp_path} contains {photos}: relocate moves a folder to a new place outside where it was."
     refused(open_library, photos, tmp_path, around_old)
@@ -402,6 +417,14 @@ def test_a_nested_folder_renamed_inside_its_enclosing_one_is_told_how_to_keep_it
         f"error: {travel} lies inside the indexed folder {photos}, which relocate does not move "
         f"folders into. As {trips} lies in it too, forget the old name and index the new one: "
         f"{commands} (its photos are matched by content: those unchanged keep their ids and vectors).\n"
+    )
+    with Library.open(tmp_path / "library") as opened, pytest.raises(InvalidPathError) as from_python:
+        opened.relocate(trips, travel)
+    assert str(from_python.value) == (  # what to call, not the commands to run
+        f"{travel} lies inside the indexed folder {photos}, which relocate does not move folders "
+        f"into. As {trips} lies in it too, forget the old name and index the new one: "
+        f"forget({str(trips)!r}), then index({str(travel)!r}, include_hidden=True) (its photos are "
+        "matched by content: those unchanged keep their ids and vectors)."
     )
     for command in commands.split(" && "):
         done = run_cli(*command.split()[1:], *library)

@@ -1035,6 +1035,11 @@ class _CliLogLines(logging.Handler):
 
 class _CliLogFormat(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        # A core warning whose advice names what to pass says it in the API's words, and carries
+        # the command's (`--engine auto`) as `command_line`, as a PixsiftError does.
+        command_line = getattr(record, "command_line", None)
+        if isinstance(command_line, str):
+            record = logging.makeLogRecord({**record.__dict__, "msg": command_line, "args": ()})
         return f"{record.levelname.lower()}: {super().format(record)}"  # the message, any traceback
 
 

@@ -36,13 +36,37 @@ SCHEMA_LACKING = (
 )
 
 
+class Note(str):
+    """A note of a check, in the Python API's words (`repair()`), as `notes` hold it; where its
+    advice differs on the command line (`--repair`), `command_line` holds that form, as for a
+    PixsiftError. A str, so that `notes` stay the strings they were."""
+
+    command_line: str | None
+
+    def __new__(cls, text: str, command_line: str | None = None) -> Note:
+        note = super().__new__(cls, text)
+        note.command_line = command_line
+        return note
+
+
+def for_command_line(text: str) -> str:
+    """A note (or any text of a report) as the `pixsift doctor` command shows it."""
+    command_line = getattr(text, "command_line", None)
+    return text if command_line is None else command_line
+
+
 @dataclass(frozen=True)
 class Problem:
-    """Something wrong with a library. `kind` is a stable name for scripts."""
+    """Something wrong with a library. `kind` is a stable name for scripts. `message` is in the
+    Python API's words; `command_line`, where set, in the `pixsift` command's (as a Note)."""
 
     kind: str
     message: str
     repairable: bool
+    command_line: str | None = None
+
+    def for_command_line(self) -> str:
+        return self.message if self.command_line is None else self.command_line
 
 
 @dataclass
@@ -94,10 +118,10 @@ def check(catalog: Catalog, index_path: Path, *, seed: int = 0) -> HealthReport:
     _check_files(catalog, report)
     leftovers = leftover_files(index_path)
     if leftovers:
-        report.notes.append(
-            f"{len(leftovers)} temporary file(s) of an interrupted index save; "
-            "removed by the next save or by --repair"
+        lead = (
+            f"{len(leftovers)} temporary file(s) of an interrupted index save; removed by the next save or by"
         )
+        report.notes.append(Note(f"{lead} repair()", command_line=f"{lead} --repair"))
     pending = catalog.counts().pending
     if pending:
         report.notes.append(f"{pending} image(s) not embedded yet: the next index run embeds them")
@@ -139,7 +163,12 @@ def _check_index(catalog: Catalog, index_path: Path, report: HealthReport, rng: 
     generation = catalog.generation()
     saved = read_generation(index_path)
     if saved is None and not index_path.exists():
-        report.notes.append("no search index file yet: the next search or --repair builds it")
+        report.notes.append(
+            Note(
+                "no search index file yet: the next search or repair() builds it",
+                command_line="no search index file yet: the next search or --repair builds it",
+            )
+        )
         return
     index = VectorIndex.load(index_path)
     if index is None or saved is None:
@@ -218,21 +247,27 @@ def _check_files(catalog: Catalog, report: HealthReport) -> None:
         else:
             unknown[state] += 1
     if gone:
+        # A moved file is only missing until the next index run finds it under its new path
+        # (same id); a repair would drop it, and that run would add it anew.
+        lead = f"{gone} indexed file(s) no longer exist on disk (if moved,"
+        end = "finds them again and keeps their ids)."
         report.problems.append(
             Problem(
                 "missing-files",
-                # A moved file is only missing until the next index run finds it under its new
-                # path (same id); a repair would drop it, and that run would add it anew.
-                f"{gone} indexed file(s) no longer exist on disk (if moved, pixsift index finds them "
-                "again and keeps their ids).",
+                f"{lead} index() {end}",
                 repairable=True,
+                command_line=f"{lead} pixsift index {end}",
             )
         )
     if kept:
+        lead = f"{kept} image(s) under folders that are missing or empty (unmounted?): kept as they are"
         report.notes.append(
-            f"{kept} image(s) under folders that are missing or empty (unmounted?): kept as they are "
-            "(pixsift relocate FOLDER NEW for a folder that moved; "
-            "pixsift forget FOLDER drops a folder gone for good)"
+            Note(
+                f"{lead} (relocate(folder, new) for a folder that moved; "
+                "forget(folder) drops a folder gone for good)",
+                command_line=f"{lead} (pixsift relocate FOLDER NEW for a folder that moved; "
+                "pixsift forget FOLDER drops a folder gone for good)",
+            )
         )
     for reason, count in unknown.items():
         report.notes.append(f"{count} indexed file(s) could not be checked ({reason}): kept as they are")

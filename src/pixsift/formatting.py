@@ -243,6 +243,8 @@ def eval_as_json(report: EvalReport) -> str:
 
 def format_health(report: HealthReport) -> str:
     """What `pixsift doctor` found and did, problems first."""
+    from pixsift.doctor import for_command_line  # here: the doctor module loads numpy
+
     index = "none" if report.index_vectors is None else f"{report.index_vectors:,} vectors"
     checked = (
         f"{report.images:,} images, {report.vectors:,} stored vectors, search index {index}, "
@@ -252,15 +254,17 @@ def format_health(report: HealthReport) -> str:
     )
     lines = [f"Library  {report.library}", f"Checked  {checked}"]
     lines += [f"repaired: {action}" for action in report.repairs]
-    lines += [f"note: {note}" for note in report.notes]
+    lines += [f"note: {for_command_line(note)}" for note in report.notes]
     for problem in report.problems:
         fix = " (pixsift doctor --repair fixes this)" if problem.repairable and not report.repairs else ""
-        lines.append(f"problem: {problem.message}{fix}")
+        lines.append(f"problem: {problem.for_command_line()}{fix}")
     lines.append("No problems found." if report.healthy else f"{len(report.problems)} problem(s) found.")
     return "\n".join(lines)
 
 
 def health_as_json(report: HealthReport) -> str:
+    from pixsift.doctor import for_command_line
+
     data = {
         "library": str(report.library),
         "healthy": report.healthy,
@@ -270,9 +274,10 @@ def health_as_json(report: HealthReport) -> str:
         "index_vectors": report.index_vectors,
         "sampled": report.sampled,
         "problems": [
-            {"kind": p.kind, "message": p.message, "repairable": p.repairable} for p in report.problems
+            {"kind": p.kind, "message": p.for_command_line(), "repairable": p.repairable}
+            for p in report.problems
         ],
-        "notes": report.notes,
+        "notes": [for_command_line(note) for note in report.notes],
         "repairs": report.repairs,
     }
     return json.dumps(data, indent=2)

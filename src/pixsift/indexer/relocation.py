@@ -41,7 +41,7 @@ def plan_relocation(
     if target == root:
         raise InvalidPathError(f"{root} is where the library already has it: nothing to relocate.")
     inner = [path for path in paths if is_within(path, root)]  # the root itself and roots inside it
-    _refuse_overlap(root, target, [path for path in paths if path not in inner], _index_options(roots, root))
+    _refuse_overlap(root, target, [path for path in paths if path not in inner], _root_info(roots, root))
     _refuse_if_still_there(root, target)
     moved = [(path, _moved_path(path, root, target)) for path in inner]
     return Relocation(root, target, moved)
@@ -52,16 +52,34 @@ def catch_up_command(roots: Sequence[RootInfo], new: str | os.PathLike[str]) -> 
     walks it with the options its root keeps (naming the folder without them would index it
     without its hidden files, say)."""
     folder = _existing_folder(new)
-    return folder, shlex.join(["pixsift", "index", *_index_options(roots, folder), folder])
+    return folder, _index_command(folder, _root_info(roots, folder))
 
 
-def _index_options(roots: Sequence[RootInfo], path: str) -> list[str]:
-    """The `pixsift index` options the indexed folder `path` keeps."""
-    root = next((root for root in roots if root.path == path), None)
-    return [
-        *(["--include-hidden"] if root and root.include_hidden else []),
-        *(["--follow-symlinks"] if root and root.follow_symlinks else []),
+def _root_info(roots: Sequence[RootInfo], path: str) -> RootInfo | None:
+    return next((root for root in roots if root.path == path), None)
+
+
+def _index_command(folder: str, options: RootInfo | None = None) -> str:
+    """The `pixsift index` command that walks `folder` with the options of the root `options`."""
+    return shlex.join(
+        [
+            "pixsift",
+            "index",
+            *(["--include-hidden"] if options and options.include_hidden else []),
+            *(["--follow-symlinks"] if options and options.follow_symlinks else []),
+            folder,
+        ]
+    )
+
+
+def _index_call(folder: str, options: RootInfo | None = None) -> str:
+    """The same as `_index_command`, in the Python API's words: `index('/x', include_hidden=True)`."""
+    arguments = [
+        repr(folder),
+        *(["include_hidden=True"] if options and options.include_hidden else []),
+        *(["follow_symlinks=True"] if options and options.follow_symlinks else []),
     ]
+    return f"index({', '.join(arguments)})"
 
 
 def _moved_path(path: str, old: str, new: str) -> str:
@@ -85,10 +103,10 @@ def _existing_folder(new: str | os.PathLike[str]) -> str:
     return os.path.realpath(folder)
 
 
-def _refuse_overlap(root: str, target: str, others: Sequence[str], options: list[str]) -> None:
+def _refuse_overlap(root: str, target: str, others: Sequence[str], options: RootInfo | None) -> None:
     """Refuse a new place that overlaps the old one or another indexed folder: two folders'
-    images would mix (and paths under both could not be rewritten one by one). `options` are
-    those `root` is indexed with, for the command that says what to do instead."""
+    images would mix (and paths under both could not be rewritten one by one). `options` is
+    `root` as stored, whose options the advice on what to do instead keeps."""
     if is_within(target, root):
         raise InvalidPathError(f"{target} lies inside {root}: a folder cannot move into itself.")
     if is_within(root, target):
@@ -98,19 +116,22 @@ def _refuse_overlap(root: str, target: str, others: Sequence[str], options: list
     for other in others:
         for form in dict.fromkeys([other, os.path.realpath(other)]):
             if target == form:
-                raise InvalidPathError(
+                lead = (
                     f"{target} is already an indexed folder, with ids of its own. If it holds the "
-                    f"photos of {root}, indexed there again, drop the old ones: "
-                    f"pixsift forget {shlex.quote(root)}"
+                    f"photos of {root}, indexed there again, drop the old ones:"
+                )
+                raise InvalidPathError(
+                    f"{lead} forget({root!r})", command_line=f"{lead} pixsift forget {shlex.quote(root)}"
                 )
             if is_within(target, form):
-                raise InvalidPathError(_inside_another(root, target, other, options))
+                raise _inside_another(root, target, other, options)
             if is_within(form, target):
                 raise InvalidPathError(f"{target} holds the indexed folder {other}.")
 
 
-def _inside_another(root: str, target: str, other: str, options: list[str]) -> str:
-    """Why a folder cannot be relocated into the indexed folder `other`, and what does it.
+def _inside_another(root: str, target: str, other: str, options: RootInfo | None) -> InvalidPathError:
+    """Why a folder cannot be relocated into the indexed folder `other`, and what does it: the
+    calls to make from Python, the commands to run from the command line.
 
     Renamed inside `other`, which holds it too (~/Photos/trips to ~/Photos/travel): forgetting
     it only drops it as a folder of its own, its images stay as `other`'s, and indexing the new
@@ -118,17 +139,19 @@ def _inside_another(root: str, target: str, other: str, options: list[str]) -> s
     forgetting it first would drop its images, so `other` is indexed first (its new paths get
     new ids and the vectors of the old ones, as copies) and the old folder forgotten after."""
     refused = f"{target} lies inside the indexed folder {other}, which relocate does not move folders into"
+    forget = f"pixsift forget {shlex.quote(root)}"
     if is_within(root, other):
-        index = shlex.join(["pixsift", "index", *options, target])
-        return (
-            f"{refused}. As {root} lies in it too, forget the old name and index the new one: "
-            f"pixsift forget {shlex.quote(root)} && {index} (its photos are matched by content: "
-            "those unchanged keep their ids and vectors)."
+        lead = f"{refused}. As {root} lies in it too, forget the old name and index the new one:"
+        why = "(its photos are matched by content: those unchanged keep their ids and vectors)."
+        return InvalidPathError(
+            f"{lead} forget({root!r}), then {_index_call(target, options)} {why}",
+            command_line=f"{lead} {forget} && {_index_command(target, options)} {why}",
         )
-    return (
-        f"{refused}. To index its photos as part of {other} instead: pixsift index "
-        f"{shlex.quote(other)} && pixsift forget {shlex.quote(root)} (they get new ids; their "
-        "vectors are reused, not embedded again)."
+    lead = f"{refused}. To index its photos as part of {other} instead:"
+    why = "(they get new ids; their vectors are reused, not embedded again)."
+    return InvalidPathError(
+        f"{lead} {_index_call(other)}, then forget({root!r}) {why}",
+        command_line=f"{lead} {_index_command(other)} && {forget} {why}",
     )
 
 
@@ -149,8 +172,11 @@ def _refuse_if_still_there(root: str, target: str) -> None:
             f"Cannot tell whether {root} was moved away: it cannot be read ({exc.strerror or exc})."
         ) from None
     if not empty:
-        raise InvalidPathError(
+        lead = (
             f"{root} still holds files, so it was copied, not moved: to index the copy as a folder "
-            f"of its own, pixsift index {shlex.quote(target)} (its images get the vectors of the "
-            "originals without being embedded again)."
+            "of its own,"
+        )
+        why = "(its images get the vectors of the originals without being embedded again)."
+        raise InvalidPathError(
+            f"{lead} {_index_call(target)} {why}", command_line=f"{lead} {_index_command(target)} {why}"
         )

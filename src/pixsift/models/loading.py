@@ -160,13 +160,14 @@ def _warn_below_bar(export: Export) -> None:
     for tower in TOWERS:
         cosine = export.cosine.get(tower, {}).get("int8")
         if cosine is not None and cosine < COSINE_BAR:
+            lead = (
+                f"The int8 {tower} tower of {export.record.spec.describe()} stayed only within "
+                f"cosine {cosine:.4f} of fp32 open_clip, below the {COSINE_BAR:.2f} that"
+            )
+            end = "asks of it; results may differ from fp32."
+            # In the API's words for a program's log; the command prints `command_line` (cli.py).
             log.warning(
-                "The int8 %s tower of %s stayed only within cosine %.4f of fp32 open_clip, below "
-                "the %.2f that --engine auto asks of it; results may differ from fp32.",
-                tower,
-                export.record.spec.describe(),
-                cosine,
-                COSINE_BAR,
+                "%s engine='auto' %s", lead, end, extra={"command_line": f"{lead} --engine auto {end}"}
             )
 
 

@@ -74,8 +74,10 @@ def check_bind(host: str, api_key: str | None) -> ServerSettings:
     if is_loopback(host):
         return ServerSettings(api_key=api_key)
     if api_key is None:
+        # Reached from Python too (pixsift.server.check_bind), where no option or $PIXSIFT_API_KEY is read.
+        lead = f"Listening on {host} lets other machines reach the library: give an API key"
         raise UnsafeBindError(
-            f"Listening on {host} lets other machines reach the library: give an API key with "
-            f"--api-key or ${API_KEY_ENV}, or listen on 127.0.0.1."
+            f"{lead} (api_key=...), or listen on 127.0.0.1.",
+            command_line=f"{lead} with --api-key or ${API_KEY_ENV}, or listen on 127.0.0.1.",
         )
     return ServerSettings(api_key=api_key, require_key_for_reads=True)
