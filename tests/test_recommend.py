@@ -277,9 +277,15 @@ def test_diversity_returns_k_results_beyond_its_candidate_pool(tmp_path: Path, t
     library = indexed_library(tmp_path / "library", folder, tiny_model)
     example = id_of(library, folder / "0000.png")
     k = count - 1  # every image but the example
-    assert len(library.recommend([example], k=k)) == k
+    plain = library.recommend([example], k=k)
+    assert len(plain) == k
     varied = library.recommend([example], k=k, diversity=0.3)
     assert len(varied) == k and len({hit.id for hit in varied}) == k
+    # MMR reorders the best MMR_POOL_MAX; the results after those follow by score, as without it.
+    assert {hit.id for hit in varied[:MMR_POOL_MAX]} == {hit.id for hit in plain[:MMR_POOL_MAX]}
+    assert [hit.id for hit in varied[:MMR_POOL_MAX]] != [hit.id for hit in plain[:MMR_POOL_MAX]]
+    assert [hit.id for hit in varied[MMR_POOL_MAX:]] == [hit.id for hit in plain[MMR_POOL_MAX:]]
+    assert [hit.rank for hit in varied] == list(range(1, k + 1))
 
 
 def test_batch_queries_equal_single_ones(library: Library, photos: Path, tmp_path: Path) -> None:

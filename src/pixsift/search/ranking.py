@@ -58,17 +58,25 @@ class Ranker:
         diversity: float,
     ) -> list[SearchResult]:
         """The `k` results for one query vector that MMR picks, with `diversity` from 0 (plain
-        ranking) to 1, among the best candidates."""
+        ranking) to 1, among the best candidates.
+
+        MMR costs a pass over the pool for each pick, so it orders at most the first
+        `MMR_POOL_MAX` results; with a larger k, the results after those follow by score.
+        """
         # The pool is capped for speed, but never below k: that would return fewer than asked.
         pool = max(k, min(max(4 * k, MMR_POOL_MIN), MMR_POOL_MAX))
         hits = self._hits(query[None, :], pool, filters, [excluded], min_score)[0]
-        stored = self._catalog.vectors(image_id for _, image_id in hits)
-        hits = [hit for hit in hits if hit[1] in stored]
-        if not hits:
+        # With k <= MMR_POOL_MAX the pool holds at most MMR_POOL_MAX hits and nothing is left
+        # over; beyond, reordering all k would cost k * k * dim (minutes for k = 100,000).
+        candidates, rest = hits[:MMR_POOL_MAX], hits[MMR_POOL_MAX:]
+        stored = self._catalog.vectors(image_id for _, image_id in candidates)
+        candidates = [hit for hit in candidates if hit[1] in stored]
+        if not candidates:
             return []
-        relevance = np.array([score for score, _ in hits], dtype=np.float32)
-        order = mmr_order(relevance, np.stack([stored[i] for _, i in hits]), k, diversity)
-        return to_results(self._catalog, [[hits[position] for position in order]])[0]
+        relevance = np.array([score for score, _ in candidates], dtype=np.float32)
+        vectors = np.stack([stored[i] for _, i in candidates])
+        picked = [candidates[position] for position in mmr_order(relevance, vectors, k, diversity)]
+        return to_results(self._catalog, [picked + rest[: k - len(picked)]])[0]
 
     def _hits(
         self,
