@@ -102,7 +102,8 @@ class IndexKeeper:
         policy = self.policy()
         from_file = True
         if self._vectors is not None and self._vectors.dim == dim:
-            self._vectors = catch_up(self._catalog, self._vectors, policy)
+            held = self._saved_elsewhere(self._vectors) or self._vectors
+            self._vectors = catch_up(self._catalog, held, policy)
         else:
             self._vectors, from_file = load_or_rebuild(self._catalog, self.path, dim, policy)
         # A damaged file whose header still reads at the current generation is saved over too:
@@ -110,6 +111,30 @@ class IndexKeeper:
         if not from_file or read_generation(self.path) != self._vectors.generation:
             self._save(self._vectors, holding_lock=save)
         return self._vectors
+
+    def _saved_elsewhere(self, held: VectorIndex) -> VectorIndex | None:
+        """The index file, when another process saved one newer than `held` or of another
+        kind or tuning (an index run, `reindex --index-type`, a repair); else None.
+
+        Its save trimmed the change log up to its generation, so `held` could only be caught
+        up by rebuilding it from every stored vector (retraining an IVF-PQ index) on the next
+        search; and a rebuild of another kind is the library's choice now. Only the header is
+        read while the file holds nothing new.
+        """
+        from pixsift.storage.index_header import IndexMeta, read_header
+        from pixsift.storage.vector_index import VectorIndex
+
+        header = read_header(self.path)
+        if header is None or int(header["generation"]) < held.generation:
+            return None  # none, unreadable, or behind: ours is the one to keep (and save)
+        try:
+            same = int(header["generation"]) == held.generation and IndexMeta.from_dict(header) == held.meta
+        except (ValueError, KeyError, TypeError):
+            return None  # a header this pixsift cannot read: keep ours
+        if same:
+            return None
+        saved = VectorIndex.load(self.path)
+        return saved if saved is not None and saved.dim == held.dim else None
 
     def _save(self, vectors: VectorIndex, *, holding_lock: bool) -> None:
         """Write the index and trim the change log it now covers; readers only if no one indexes.
