@@ -349,6 +349,9 @@ def test_a_run_that_opened_a_new_library_taken_back_meanwhile_writes_nothing(
         with pytest.raises(ModelError):
             first.index(photos, model="nosuch")
         assert not library_dir.exists()
-        with pytest.raises(LibraryNotFoundError, match="deleted, moved or replaced"):
+        with pytest.raises(LibraryNotFoundError, match="deleted, moved or replaced") as gone:
             index(second, tiny_model, photos)
         assert not library_dir.exists()
+        # Advice for the face it reaches: a program opens it again, a command runs again.
+        assert "Library.open" in str(gone.value) and "pixsift" not in str(gone.value)
+        assert gone.value.for_command_line().endswith("Run the command again.")

@@ -143,9 +143,13 @@ class Catalog:
             return
         if _file_identity(self._db_path) in (self._db_identity, None):
             return
-        raise LibraryNotFoundError(
+        gone = (
             f"The library at {self._folder} was deleted, moved or replaced after it was opened: "
-            "nothing more is read from or written to it here. Open it again (restart the service)."
+            "nothing more is read from or written to it here."
+        )
+        raise LibraryNotFoundError(
+            f"{gone} Open it again with Library.open (a service that has it open: restart it).",
+            command_line=f"{gone} Run the command again.",
         )
 
     @contextmanager
