@@ -188,6 +188,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     engines = [engine.strip() for engine in args.engines.split(",") if engine.strip()]
+    refusal = refused_options(args, engines)
+    if refusal is not None:  # before minutes of photos and a model export, not a traceback after
+        parser.error(refusal)
 
     with tempfile.TemporaryDirectory(prefix="pixsift-bench-") as scratch:
         work = args.work or Path(scratch)
@@ -203,6 +206,38 @@ def main() -> None:
     if args.json:
         settings = {key: str(value) for key, value in vars(args).items()}
         args.json.write_text(json.dumps({"settings": settings, **results}, indent=2))
+
+
+def refused_options(args: argparse.Namespace, engines: list[str]) -> str | None:
+    """Why these options cannot be measured, or None. A count of 0, or a batch size of 0 (which
+    `pixsift index` refuses), would otherwise be run as the default or print an empty table, and
+    an unknown engine or a GPU this machine lacks would end in a traceback."""
+    from pixsift.config import MAX_BATCH_SIZE, MAX_WORKERS
+    from pixsift.errors import ModelError
+    from pixsift.models.loading import ENGINES, check_runs
+
+    at_least_one = ("count", "photo_jobs", "library_size", "query_runs")
+    for name in at_least_one:
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}"
+    if not args.seconds > 0:  # NaN included
+        return f"--seconds must be more than 0, not {args.seconds}"
+    for name, most in (("batch_size", MAX_BATCH_SIZE), ("workers", MAX_WORKERS)):
+        value = getattr(args, name)
+        if value is not None and not 1 <= value <= most:
+            return f"--{name.replace('_', '-')} must be from 1 to {most}, not {value}"
+    for name in ("size", "web_size"):
+        value = getattr(args, name)
+        if re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", value) is None:
+            return f"--{name.replace('_', '-')} must be WIDTHxHEIGHT, such as 640x480, not {value!r}"
+    if not engines:
+        return f"--engines names no engine: give one or more of {', '.join(ENGINES)}, separated by commas"
+    try:
+        for engine in engines:
+            check_runs(args.device, engine)
+    except ModelError as exc:
+        return exc.for_command_line()
+    return None
 
 
 def command_env(work: Path) -> dict[str, str]:

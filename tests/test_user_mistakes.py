@@ -630,16 +630,41 @@ def test_bad_weights_are_refused_on_the_command_line(library: Library, term: str
 
 
 @pytest.mark.parametrize(
-    ("options", "name"), [({"batch_size": 0}, "batch_size"), ({"workers": 0}, "workers")]
+    ("options", "name"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"workers": 0}, "workers"),
+        # Above what --batch-size and --workers take: 100,000 decoded images held at once.
+        ({"batch_size": 100_000}, "batch_size"),
+        ({"workers": 65}, "workers"),
+        ({"batch_size": 2.5}, "batch_size"),
+    ],
 )
-def test_batch_size_and_workers_below_one_are_refused(
+def test_batch_size_and_workers_out_of_range_are_refused(
     library: Library, options: dict[str, int], name: str
 ) -> None:
     folder = library.status().roots[0].path
-    with pytest.raises(InvalidOptionError, match=f"{name} must be a whole number of at least 1"):
+    with pytest.raises(InvalidOptionError, match=f"{name} must be a whole number from 1 to "):
         library.index(folder, **options)  # type: ignore[arg-type]
-    with pytest.raises(InvalidOptionError, match=f"{name} must be a whole number of at least 1"):
+    with pytest.raises(InvalidOptionError, match=f"{name} must be a whole number from 1 to "):
         library.reindex(folder, **options)  # type: ignore[arg-type]
+
+
+def test_the_command_line_and_the_api_take_the_same_batch_sizes(library: Library) -> None:
+    folder = library.status().roots[0].path
+    for option, most in (("--batch-size", 4096), ("--workers", 64)):
+        refused = runner.invoke(app, ["index", folder, "--library", str(library.path), option, str(most + 1)])
+        assert refused.exit_code == 2 and f"1<=x<={most}" in refused.output
+        name = option.removeprefix("--").replace("-", "_")
+        with pytest.raises(InvalidOptionError, match=f"{name} must be a whole number from 1 to {most}, "):
+            library.index(folder, **{name: most + 1})  # type: ignore[arg-type]
+
+
+def test_numpy_integers_are_taken_as_batch_sizes(library: Library) -> None:
+    """As `k` is: a count computed with numpy is a whole number."""
+    folder = library.status().roots[0].path
+    assert library.index(folder, batch_size=np.int64(4), workers=np.int32(2)).complete  # type: ignore[arg-type]
+    assert library.reindex(folder, batch_size=np.int64(4)).complete  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("path", ["", "  "])

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from pixsift.config import MAX_BATCH_SIZE, MAX_WORKERS
 from pixsift.errors import InvalidOptionError, QueryError
 from pixsift.indexer.roots import new_root
 from pixsift.models import resolve_model_spec
@@ -18,14 +19,21 @@ from pixsift.search.filters import checked_filters
 from pixsift.search.finite import is_finite, shown
 
 
-def check_run_sizes(batch_size: int | None, workers: int | None) -> None:
-    """Refuse a batch size or worker count below 1 (None: the default): a batch of 0 images
-    would index nothing and still report a complete run."""
-    for name, value in (("batch_size", batch_size), ("workers", workers)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidOptionError(f"{name} must be a whole number of at least 1, not {value!r}.")
+def run_sizes(batch_size: int | None, workers: int | None) -> tuple[int | None, int | None]:
+    """The batch size and worker count as plain ints (a numpy integer is one; None: the default),
+    refusing one outside what the command line takes: a batch of 0 images would index nothing
+    and still report a complete run, and one of 100,000 would hold that many decoded images in
+    memory at once, four times over."""
+    return _run_size("batch_size", batch_size, MAX_BATCH_SIZE), _run_size("workers", workers, MAX_WORKERS)
+
+
+def _run_size(name: str, value: int | None, most: int) -> int | None:
+    if value is None:
+        return None
+    whole = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not whole or not 1 <= value <= most:
+        raise InvalidOptionError(f"{name} must be a whole number from 1 to {most}, not {value!r}.")
+    return int(value)
 
 
 def check_k(k: int) -> None:

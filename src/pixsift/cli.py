@@ -25,7 +25,7 @@ import typer
 from typer.core import TyperGroup
 
 from pixsift import __version__
-from pixsift.config import LOCK_WAIT_S
+from pixsift.config import LOCK_WAIT_S, MAX_BATCH_SIZE, MAX_WORKERS
 from pixsift.errors import LibraryBusyError, PixsiftError, given_path
 from pixsift.formatting import ResultFormat, StatusFormat
 
@@ -397,7 +397,7 @@ def index(
         typer.Option(
             "--batch-size",
             min=1,
-            max=4096,
+            max=MAX_BATCH_SIZE,
             help="Images per model call. Default: 256 on a CUDA GPU, 32 otherwise.",
             show_default=False,
         ),
@@ -407,7 +407,7 @@ def index(
         typer.Option(
             "--workers",
             min=1,
-            max=64,
+            max=MAX_WORKERS,
             help="Decode threads. Default: CPU count, at most 8.",
             show_default=False,
         ),

@@ -18,6 +18,11 @@ INDEX_NAME = "vectors.faiss"
 THUMBNAILS_DIR = "thumbnails"  # the thumbnail cache's folder inside the library folder
 # How long an index run (or doctor) waits by default for another one holding the library's lock.
 LOCK_WAIT_S = 10.0
+# The most images per model call and decode threads an index run takes, on every face. An index
+# run holds up to four batches of decoded images at once: 4 x 4096 of ViT-B-32's float32 inputs
+# are 10 GB already.
+MAX_BATCH_SIZE = 4096
+MAX_WORKERS = 64
 
 
 def default_library_dir() -> Path:

@@ -25,11 +25,11 @@ from pixsift.arguments import (
     check_diversity,
     check_image_id,
     check_k,
-    check_run_sizes,
     excluded_ids,
     index_type_setting,
     memory_budget_setting,
     merge_under,
+    run_sizes,
     unit_query_vector,
 )
 from pixsift.config import DB_NAME, INDEX_NAME, LOCK_WAIT_S, THUMBNAILS_DIR, resolve_library_dir
@@ -214,8 +214,9 @@ class Library:
         existing one keeps its model: asking for another raises ModelMismatchError unless
         `reembed` is set, which re-embeds every image with the new model.
 
-        `batch_size` images go to the model at a time (None: 256 on a CUDA GPU, 32 otherwise);
-        `workers` threads decode them (None: the CPU count, at most 8).
+        `batch_size` images, 1 to 4096, go to the model at a time (None: 256 on a CUDA GPU, 32
+        otherwise); `workers` threads, 1 to 64, decode them (None: the CPU count, at most 8).
+        Both are this run's alone: the library does not remember them.
 
         One process indexes a library at a time: if another one is, this waits up to `wait`
         seconds (None: as long as it takes) and then raises LibraryBusyError.
@@ -226,7 +227,7 @@ class Library:
         again makes it anew.
         """
         with self._taken_back_on_failure():
-            check_run_sizes(batch_size, workers)
+            batch_size, workers = run_sizes(batch_size, workers)
             refuse_empty_names(model, pretrained)  # "" would mean the default model, or the library's
             # Refused now, not after a wait:
             root_requests(self._catalog, roots, include_hidden, follow_symlinks)
@@ -277,7 +278,7 @@ class Library:
         indexed with the rest of its folder (unchanged files there are not opened). Waits for
         another index run as `index` does.
         """
-        check_run_sizes(batch_size, workers)
+        batch_size, workers = run_sizes(batch_size, workers)
         if not paths:
             return self.index(batch_size=batch_size, workers=workers, progress=progress, wait=wait)
 

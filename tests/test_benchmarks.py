@@ -1,0 +1,53 @@
+"""The benchmark scripts as someone measuring runs them: options it cannot measure are refused
+at once, in one line, before minutes of photo making and model export."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+INDEX_THROUGHPUT = Path(__file__).resolve().parent.parent / "benchmarks" / "index_throughput.py"
+
+
+def run_benchmark(*options: str, work: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(INDEX_THROUGHPUT), "--work", str(work), *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},  # these sources' pixsift
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # Once run as pixsift's own batch size, as if none was given.
+        (["--engines", "torch", "--batch-size", "0"], "--batch-size must be from 1 to 4096, not 0"),
+        (["--engines", "torch", "--workers", "65"], "--workers must be from 1 to 64, not 65"),
+        # Once an empty table.
+        (["--engines", ","], "--engines names no engine"),
+        (["--engines", "torch", "--count", "0"], "--count must be at least 1, not 0"),
+        (["--engines", "torch", "--photo-jobs", "0"], "--photo-jobs must be at least 1, not 0"),
+        (["--engines", "torch", "--seconds", "0"], "--seconds must be more than 0"),
+        (["--engines", "torch", "--size", "4032"], "--size must be WIDTHxHEIGHT"),
+        # Once a traceback.
+        (["--engines", "tensorrt"], "Unknown engine 'tensorrt'"),
+        (["--engines", "torch", "--device", "gpu"], "Unknown device 'gpu'"),
+        (["--engines", "torch", "--device", "cuda:99"], "Device 'cuda:99' is not available"),
+    ],
+)
+def test_index_throughput_refuses_what_it_cannot_measure(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    result = run_benchmark("--only", "index", *options, work=tmp_path / "work")
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("index_throughput.py: error: ") and message in last, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "work" / "phone").exists()  # refused before any photo was made
