@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import pixsift
 from pixsift import Library
 from pixsift.synthetic.render import render_scene
 from pixsift.synthetic.scene import Scene
@@ -86,3 +90,29 @@ def test_a_transparent_image_is_seen_over_white(
         assert str(itself.path) == str(source) and itself.score > 0.999
         thumbnail = Image.open(library.thumbnail(found.id, 64))
         assert min(thumbnail.getpixel((0, 0))) > 240  # type: ignore[arg-type] # RGB: a tuple
+
+
+LONG_THIN_SCRIPT = """
+import resource, sys
+import numpy as np
+from PIL import Image
+from pixsift.models.pixels import PixelConfig, preprocess
+limit = 1024 * 1024 * 1024
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+image = Image.new("RGB", (300_000, 1), (255, 0, 0))
+pixels = preprocess(image, PixelConfig(224, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
+assert pixels.shape == (3, 224, 224), pixels.shape
+assert np.allclose(pixels[:, 100, 100], (1.0, 0.0, 0.0), atol=0.01), pixels[:, 100, 100]
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS bounds the address space on Linux")
+def test_a_long_thin_image_is_preprocessed_in_little_memory() -> None:
+    """A 300,000 x 1 PNG (a few hundred bytes) was resized whole before its centre was cut
+    out: its short side to 224 made it 67 million pixels wide, tens of gigabytes, and the
+    index run failed it with "not enough memory to decode" or took the machine's memory."""
+    env = {**os.environ, "PYTHONPATH": str(Path(pixsift.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", LONG_THIN_SCRIPT], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
