@@ -267,7 +267,13 @@ def describe_error(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+# Transparent areas are shown over white, as a browser or an image viewer shows them on a page.
+TRANSPARENT_BACKGROUND = (255, 255, 255)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
+    if has_transparency(image):
+        return _over_background(image)
     if image.mode.startswith("I"):
         # 16-bit greyscale (scans, medical, astronomy): Pillow's own conversion clips every
         # value above 255 to white, so scale the 16-bit range down to 8 bits first.
@@ -280,6 +286,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
         scale = 255.0 if highest <= 1.0 else 1.0
         image = image.point(lambda value: value * scale).convert("L")
     return image.convert("RGB")
+
+
+def has_transparency(image: Image.Image) -> bool:
+    """Whether `image` has an alpha band, or a colour marked transparent (a PNG's or GIF's)."""
+    return image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
+        image.mode in ("P", "L", "RGB", "1") and "transparency" in image.info
+    )
+
+
+def _over_background(image: Image.Image) -> Image.Image:
+    """`image` in RGB over the plain background. Its colours under transparent pixels are
+    what the encoder left there (black for most tools, anything for some): converted as they
+    are, a red logo on a transparent PNG was a red logo on black to the model and the thumbnail."""
+    if image.mode not in ("RGBA", "RGBa", "LA"):  # a palette or a colour key: as an alpha band
+        image = image.convert("RGBA")
+    background = Image.new("RGB", image.size, TRANSPARENT_BACKGROUND)
+    background.paste(image, mask=image)  # the alpha band of `image` is the mask
+    return background
 
 
 def _upright(image: Image.Image) -> Image.Image:

@@ -19,7 +19,8 @@ from PIL import Image
 from pixsift.errors import ModelError
 from pixsift.models.devices import check_device, check_device_present
 from pixsift.models.embedder import CPU_BATCH_SIZE, GPU_BATCH_SIZE
-from pixsift.models.pixels import PixelConfig, resize_and_crop
+from pixsift.models.pixels import PixelConfig, long_and_thin, resize_and_crop
+from pixsift.models.pixels import preprocess as preprocess_pixels
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.models.weights import resolve_weights
 
@@ -62,6 +63,9 @@ class ClipEmbedder:
         preprocess_cfg: dict[str, Any] = dict(getattr(model.visual, "preprocess_cfg", None) or {})
         on_gpu = device.type == "cuda" and bool(preprocess_cfg)
         self._gpu_pixels = PixelConfig.from_open_clip(preprocess_cfg) if on_gpu else None
+        # open_clip's transform resizes the whole image before cropping its centre: for a long
+        # thin one, gigabytes. Such images take these steps, which resize the centre alone.
+        self._pixels = PixelConfig.from_open_clip(preprocess_cfg) if preprocess_cfg else None
 
     @classmethod
     def load(cls, spec: ModelSpec, device: str = "auto") -> ClipEmbedder:
@@ -119,6 +123,8 @@ class ClipEmbedder:
     def preprocess(self, image: Image.Image) -> Any:
         if self._gpu_pixels is not None:
             return resize_and_crop(image, self._gpu_pixels)
+        if self._pixels is not None and long_and_thin(image.size):
+            return preprocess_pixels(image, self._pixels)
         return self._preprocess(image)
 
     def embed_images(self, batch: Sequence[Any]) -> np.ndarray:
