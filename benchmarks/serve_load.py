@@ -2,6 +2,7 @@
 concurrent clients, and of search while an index job runs.
 
     python benchmarks/serve_load.py [--images 10000] [--seconds 10] [--max-requests 3000]
+                                    [--engines auto,torch]
 
 1. Builds a library of `--images` real, small JPEG files (48x32, generated). Embedding 10,000
    files with the default model takes far too long on a small CPU machine, so their vectors
@@ -9,7 +10,8 @@ concurrent clients, and of search while an index job runs.
    the indexer makes). Searching a flat FAISS index costs the same whatever the vectors hold.
    The library's model is the default architecture (ViT-B-32) with random weights, so every
    text query pays the real text encoder's cost.
-2. Starts `pixsift serve` in its own process on a free loopback port.
+2. Starts `pixsift serve` in its own process on a free loopback port, with each of `--engines`
+   in turn (auto, pixsift's default, unless told otherwise), on the same library.
 3. For each scenario and each number of concurrent clients (async httpx, one connection per
    client), sends requests for `--seconds` or until `--max-requests`, after a warm-up, and
    reports requests/s and the 50th and 99th latency percentiles. Searches embed their text;
@@ -65,6 +67,7 @@ Request = tuple[str, str, dict[str, Any]]
 
 @dataclass
 class Measurement:
+    engine: str
     scenario: str
     clients: int
     requests: int
@@ -134,9 +137,9 @@ def free_port() -> int:
         return port
 
 
-def start_server(library: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(library: Path, port: int, engine: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "pixsift", "serve", "--library", str(library), "--port", str(port)]
-    command += ["--device", "cpu"]
+    command += ["--device", "cpu", "--engine", engine]
     env = {**os.environ, "PIXSIFT_API_KEY": API_KEY}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
@@ -205,6 +208,7 @@ async def load(
 
 
 def measure(
+    engine: str,
     scenario: str,
     url: str,
     make: Callable[[random.Random, int], Request],
@@ -217,6 +221,7 @@ def measure(
     latencies, errors, elapsed = asyncio.run(load(url, make, images, clients, seconds, max_requests, until))
     ms = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     return Measurement(
+        engine,
         scenario,
         clients,
         len(latencies) + errors,
@@ -229,12 +234,14 @@ def measure(
 
 
 def during_indexing(
-    url: str, photos: Path, count: int, images: int, seconds: float, max_requests: int
+    engine: str, url: str, photos: Path, count: int, images: int, seconds: float, max_requests: int, seed: int
 ) -> Measurement:
-    """Search load at 8 clients while an index job embeds `count` new photos."""
-    write_photos(photos / "new", count, size=(640, 480), seed=3)
+    """Search load at 8 clients while an index job embeds `count` new photos: photos of its
+    own for each engine (`seed`), as pixsift would reuse the vectors of copies."""
+    new = photos / f"new-{engine}"
+    write_photos(new, count, size=(640, 480), seed=seed)
     headers = {"X-API-Key": API_KEY}
-    job = httpx.post(f"{url}/index", json={"paths": [str(photos / "new")]}, headers=headers).json()
+    job = httpx.post(f"{url}/index", json={"paths": [str(new)]}, headers=headers).json()
 
     def job_done() -> bool:
         state = httpx.get(f"{url}/jobs/{job['id']}").json()["state"]
@@ -247,7 +254,9 @@ def during_indexing(
             checked["at"], checked["done"] = time.monotonic(), job_done()
         return bool(checked["done"])
 
-    result = measure("search while indexing", url, search_request, images, 8, seconds, max_requests, finished)
+    result = measure(
+        engine, "search while indexing", url, search_request, images, 8, seconds, max_requests, finished
+    )
     deadline = time.monotonic() + 300
     while not job_done() and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -255,8 +264,43 @@ def during_indexing(
     if final["state"] != "succeeded" or final["report"]["added"] != count:
         raise RuntimeError(f"the index job did not add the photos: {final}")
     elapsed = final["report"]["elapsed_s"]
-    print(f"index job: {count} photos in {elapsed:.1f} s ({count / elapsed:.1f} photos/s)", flush=True)
+    print(
+        f"index job ({engine}): {count} photos in {elapsed:.1f} s ({count / elapsed:.1f} photos/s)",
+        flush=True,
+    )
     return result
+
+
+def serve_and_measure(
+    engine: str, photos: Path, library: Path, args: argparse.Namespace, seed: int
+) -> list[Measurement]:
+    """Every scenario against one `pixsift serve --engine ENGINE` process (`seed`: its index
+    job's photos)."""
+    results: list[Measurement] = []
+    port = free_port()
+    server = start_server(library, port, engine)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        stats = httpx.get(f"{url}/stats").json()
+        assert stats["indexed"] >= args.images, stats
+        for scenario, make in (("search", search_request), ("recommend", recommend_request)):
+            for clients in args.clients:
+                results.append(
+                    measure(
+                        engine, scenario, url, make, args.images, clients, args.seconds, args.max_requests
+                    )
+                )
+                print(results[-1], flush=True)
+        if args.index_images:
+            results.append(
+                during_indexing(
+                    engine, url, photos, args.index_images, args.images, 60.0, args.max_requests, seed
+                )
+            )
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return results
 
 
 def main() -> None:
@@ -269,8 +313,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement, at most")
     parser.add_argument("--max-requests", type=int, default=3000, help="per measurement, at most")
     parser.add_argument("--index-images", type=int, default=48, help="photos the index job embeds")
+    parser.add_argument(
+        "--engines",
+        default="auto",
+        help="comma-separated engines the server runs, each in turn on the same library "
+        "(auto, torch, onnx, onnx-int8)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     args = parser.parse_args()
+    engines = [engine.strip() for engine in args.engines.split(",") if engine.strip()]
+    if not engines:
+        parser.error("--engines names no engine")
 
     results: list[Measurement] = []
     with tempfile.TemporaryDirectory(prefix="pixsift-serve-bench-") as folder:
@@ -279,32 +332,15 @@ def main() -> None:
         checkpoint = random_checkpoint(args.model, work / "weights.pt")
         photos, library = build_library(work, args.images, args.model, checkpoint)
         print(f"library of {args.images} images built in {time.perf_counter() - started:.0f} s", flush=True)
-        port = free_port()
-        server = start_server(library, port)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            stats = httpx.get(f"{url}/stats").json()
-            assert stats["indexed"] == args.images, stats
-            for scenario, make in (("search", search_request), ("recommend", recommend_request)):
-                for clients in args.clients:
-                    results.append(
-                        measure(scenario, url, make, args.images, clients, args.seconds, args.max_requests)
-                    )
-                    print(results[-1], flush=True)
-            if args.index_images:
-                results.append(
-                    during_indexing(url, photos, args.index_images, args.images, 60.0, args.max_requests)
-                )
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+        for number, engine in enumerate(engines):
+            results += serve_and_measure(engine, photos, library, args, seed=3 + number * args.index_images)
 
     print(f"\n{args.model} (random weights), {args.images} images, CPU, one server process")
-    print("| scenario | clients | requests | errors | requests/s | p50 ms | p99 ms |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| engine | scenario | clients | requests | errors | requests/s | p50 ms | p99 ms |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for m in results:
         print(
-            f"| {m.scenario} | {m.clients} | {m.requests} | {m.errors} | {m.per_second:.1f} "
+            f"| {m.engine} | {m.scenario} | {m.clients} | {m.requests} | {m.errors} | {m.per_second:.1f} "
             f"| {m.p50_ms:.0f} | {m.p99_ms:.0f} |"
         )
     if args.json:
