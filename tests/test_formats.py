@@ -112,6 +112,8 @@ def test_a_long_thin_image_is_preprocessed_in_little_memory() -> None:
     out: its short side to 224 made it 67 million pixels wide, tens of gigabytes, and the
     index run failed it with "not enough memory to decode" or took the machine's memory."""
     env = {**os.environ, "PYTHONPATH": str(Path(pixsift.__file__).parents[1])}
+    # numpy's BLAS reserves address space per thread: on a many-core machine, more than the limit.
+    env |= {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-c", LONG_THIN_SCRIPT], capture_output=True, text=True, timeout=120, env=env
     )
