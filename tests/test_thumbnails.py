@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import TinyModel
-from pixsift import BusyError, ImageNotFoundError, thumbnails
+from pixsift import BusyError, ImageError, ImageNotFoundError, thumbnails
 from pixsift.thumbnails import JPEG_QUALITY, thumbnail
 from serving import indexed_library
 
@@ -241,3 +241,20 @@ def test_a_library_made_anew_does_not_show_the_old_ones_thumbnails(
     with indexed_library(library_dir, blue, tiny_model) as library:
         assert library.image(1).path == str(blue / "photo.bmp")
         assert colour_of(library.thumbnail(1, 32)) == "blue"  # not the old image's red
+
+
+def test_a_thumbnail_of_an_emptied_file_says_empty_file_as_indexing_does(
+    tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    """A file left with no bytes (a copy cut short, a sync that truncated it) was "not an image
+    format pixsift reads (or a damaged file)" to its thumbnail, and "empty file" to indexing."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    smooth_image(64, 48, seed=1).save(photos / "photo.jpg")
+    with indexed_library(tmp_path / "library", photos, tiny_model) as library:
+        (photos / "photo.jpg").write_bytes(b"")
+        with pytest.raises(ImageError) as refused:
+            library.thumbnail(1, 32)
+        assert str(refused.value) == f"Cannot read image {photos / 'photo.jpg'}: empty file"
+        library.index(photos, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint))
+        assert [failure.error for failure in library.failures()] == ["empty file"]

@@ -32,7 +32,7 @@ from stat import S_ISREG
 from PIL import ExifTags, Image
 
 from pixsift.errors import BusyError, ImageError, ImageFileMissingError, ImageTooLargeError
-from pixsift.indexer.decode import allowed_formats, describe_error, open_regular, to_rgb
+from pixsift.indexer.decode import allowed_formats, check_not_empty, describe_error, open_regular, to_rgb
 from pixsift.storage.database import write_error
 
 MIN_SIZE = 16
@@ -132,6 +132,7 @@ def _open(file: io.BufferedReader, source: str, max_pixels: int) -> Image.Image:
     """The image in `file`, its header read (not yet decoded), once known to be within
     `max_pixels`. Pillow leaves a file it was given open: its opener closes it."""
     try:
+        check_not_empty(file)  # as indexing says it, not "not an image format pixsift reads"
         image = Image.open(file, formats=allowed_formats())
     except Image.DecompressionBombError as exc:  # Pillow's own check, the same as ours
         raise ImageTooLargeError(f"Cannot read image {source}: {describe_error(exc)}") from None
