@@ -598,7 +598,11 @@ def test_uploads_beyond_the_limit_at_once_are_refused_until_one_ends(own: tuple[
             )
             with slow:
                 body = assert_error(refused, 503, "busy")
-                assert "1 uploaded image" in body["message"] and "--max-concurrent-uploads" in body["message"]
+                assert body["message"] == (
+                    "The service is already handling 1 uploaded image, as many as it takes at once "
+                    "(its max_concurrent_uploads setting, `pixsift serve --max-concurrent-uploads`); "
+                    "try again shortly."
+                )
                 assert refused.headers["retry-after"] == "1"
                 # other requests go on meanwhile
                 assert http.get("/search", params={"q": "x"}).status_code == 200

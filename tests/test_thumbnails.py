@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
 from conftest import TinyModel
-from pixsift import BusyError, ImageNotFoundError, thumbnails
+from pixsift import BusyError, ImageError, ImageNotFoundError, thumbnails
 from pixsift.thumbnails import JPEG_QUALITY, thumbnail
 from serving import indexed_library
 
@@ -241,3 +242,111 @@ def test_a_library_made_anew_does_not_show_the_old_ones_thumbnails(
     with indexed_library(library_dir, blue, tiny_model) as library:
         assert library.image(1).path == str(blue / "photo.bmp")
         assert colour_of(library.thumbnail(1, 32)) == "blue"  # not the old image's red
+
+
+def test_a_thumbnail_of_an_emptied_file_says_empty_file_as_indexing_does(
+    tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    """A file left with no bytes (a copy cut short, a sync that truncated it) was "not an image
+    format pixsift reads (or a damaged file)" to its thumbnail, and "empty file" to indexing."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    smooth_image(64, 48, seed=1).save(photos / "photo.jpg")
+    with indexed_library(tmp_path / "library", photos, tiny_model) as library:
+        (photos / "photo.jpg").write_bytes(b"")
+        with pytest.raises(ImageError) as refused:
+            library.thumbnail(1, 32)
+        assert str(refused.value) == f"Cannot read image {photos / 'photo.jpg'}: empty file"
+        library.index(photos, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint))
+        assert [failure.error for failure in library.failures()] == ["empty file"]
+
+
+def rgb_profile(name: str, primaries: list[tuple[float, float, float]], gamma: float) -> bytes:
+    """A small ICC v2 RGB display profile (matrix and gamma curves): a colour space as a phone
+    or a camera names it in its photos, made here rather than shipped (Pillow can only make
+    sRGB's). `primaries`: the XYZ of red, green and blue, adapted to D50 as ICC wants them."""
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ " + bytes(4) + struct.pack(">3i", *(round(v * 65536) for v in (x, y, z)))
+
+    text = name.encode("ascii") + b"\0"
+    description = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(78)
+    curve = b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256))
+    tags = [
+        (b"desc", description),
+        (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+        (b"cprt", b"text" + bytes(4) + b"none\0"),
+    ]
+    tags += [
+        (band + b"XYZ", xyz(*colour)) for band, colour in zip((b"r", b"g", b"b"), primaries, strict=True)
+    ]
+    tags += [(band + b"TRC", curve) for band in (b"r", b"g", b"b")]
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for signature, body in tags:
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body + bytes(-len(body) % 4)
+    header = struct.pack(">I4sI", offset + len(data), bytes(4), 0x02100000) + b"mntrRGB XYZ " + bytes(12)
+    header += b"acsp" + bytes(28) + xyz(0.9642, 1.0, 0.8249)[8:]
+    return header + bytes(128 - len(header)) + struct.pack(">I", len(tags)) + table + data
+
+
+# Adobe RGB (1998), as cameras shoot it: a wider gamut than sRGB, greens most of all.
+ADOBE_RGB = rgb_profile(
+    "Adobe RGB (1998) lookalike",
+    [(0.60974, 0.31111, 0.01947), (0.20528, 0.62567, 0.06087), (0.14919, 0.06322, 0.74457)],
+    563 / 256,
+)
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def as_seen(image: Image.Image) -> Image.Image:
+    """`image` in sRGB, as a colour-managed viewer (a browser) shows it: by its profile, if any."""
+    profile = image.info.get("icc_profile")
+    if not profile:
+        return image.convert("RGB")
+    return in_srgb(image, profile)
+
+
+def in_srgb(image: Image.Image, profile: bytes) -> Image.Image:
+    source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    return ImageCms.buildTransform(source, SRGB, "RGB", "RGB").apply(image.convert("RGB"))
+
+
+@pytest.mark.parametrize("kind", ["JPEG", "PNG", "palette PNG", "large PNG"])
+def test_a_thumbnail_of_a_wide_gamut_photo_shows_its_colours(tmp_path: Path, kind: str) -> None:
+    """A photo in Adobe RGB (or a phone's Display P3) names its colour space in an ICC profile.
+    Its thumbnail, a JPEG without a profile, kept the pixel values as stored: read as sRGB, as
+    every viewer reads an untagged JPEG, its greens and reds were duller than the photo's."""
+    width = 3000 if kind == "large PNG" else 600  # shrunk a band at a time
+    photo = smooth_image(width, width * 2 // 3, seed=7)
+    if kind == "palette PNG":
+        photo = photo.quantize(64)
+    source = tmp_path / ("photo.jpg" if kind == "JPEG" else "photo.png")
+    photo.save(source, icc_profile=ADOBE_RGB, quality=95)  # PNG: no quality, a lossless copy
+    made = thumbnail(str(source), tmp_path / "thumbnails", 1, 200, LIMIT)
+    with Image.open(made) as image:
+        shown = as_seen(image)
+    # The photo as a colour-managed viewer shows it, and what a thumbnail of that looks like
+    seen = tmp_path / "seen.png"
+    in_srgb(photo, ADOBE_RGB).save(seen)
+    assert mean_difference(shown, reference(seen, 200)) < 3  # JPEG's losses, on saturated colours
+    assert mean_difference(shown, reference(source, 200)) > 8  # the colours as stored, as it had them
+
+
+def test_a_thumbnail_keeps_the_colours_of_a_photo_with_a_damaged_or_non_rgb_profile(tmp_path: Path) -> None:
+    """A profile that cannot be read, or one of another colour space than the thumbnail's RGB
+    (a CMYK photo's, converted to RGB by formula), leaves the colours as they were made before."""
+    photo = smooth_image(600, 400, seed=8)
+    cases = {
+        "damaged.jpg": (photo, ADOBE_RGB[:200]),
+        "cmyk.jpg": (photo.convert("CMYK"), ADOBE_RGB[:16] + b"CMYK" + ADOBE_RGB[20:]),
+        "grey.jpg": (photo.convert("L"), ADOBE_RGB),  # an RGB profile on grey pixels: not theirs
+    }
+    for name, (image, profile) in cases.items():
+        image.save(tmp_path / name, quality=95)
+        image.save(tmp_path / f"tagged-{name}", quality=95, icc_profile=profile)
+        plain = thumbnail(str(tmp_path / name), tmp_path / "thumbnails", 1, 200, LIMIT)
+        tagged = thumbnail(str(tmp_path / f"tagged-{name}"), tmp_path / "thumbnails", 2, 200, LIMIT)
+        with Image.open(plain) as expected, Image.open(tagged) as made:
+            assert "icc_profile" not in made.info
+            assert mean_difference(made, expected) < 0.5, name

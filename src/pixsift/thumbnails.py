@@ -14,11 +14,19 @@ decoded copy is the only full-size one: it is converted to RGB and reduced a ban
 time, and turned upright once small (it was turned and converted whole, three copies in all).
 The decodes under way at once share DECODE_BUDGET_BYTES, so many requests for large images
 cannot add up to more than that (one larger than the budget runs alone).
+
+Colour: a photo from a phone or a camera often holds its colours in a wider space than sRGB
+(Display P3, Adobe RGB), named by its embedded ICC profile. A thumbnail, which carries no
+profile, is converted to sRGB, what every viewer takes an untagged JPEG to be: kept as stored, its
+colours looked duller than the photo's. The small copy is converted, not the full-size image:
+0.7 ms for 256 x 192 pixels, 12 ms for 1024 x 768 (a 12-megapixel JPEG's thumbnail takes 13 and
+48 ms to make), where the full-size photo would take 200 ms; reading a profile first seen, 2.4 ms.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import numbers
@@ -29,10 +37,10 @@ from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from stat import S_ISREG
 
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, ImageCms
 
 from pixsift.errors import BusyError, ImageError, ImageFileMissingError, ImageTooLargeError
-from pixsift.indexer.decode import allowed_formats, describe_error, open_regular, to_rgb
+from pixsift.indexer.decode import allowed_formats, check_not_empty, describe_error, open_regular, to_rgb
 from pixsift.storage.database import write_error
 
 MIN_SIZE = 16
@@ -132,6 +140,7 @@ def _open(file: io.BufferedReader, source: str, max_pixels: int) -> Image.Image:
     """The image in `file`, its header read (not yet decoded), once known to be within
     `max_pixels`. Pillow leaves a file it was given open: its opener closes it."""
     try:
+        check_not_empty(file)  # as indexing says it, not "not an image format pixsift reads"
         image = Image.open(file, formats=allowed_formats())
     except Image.DecompressionBombError as exc:  # Pillow's own check, the same as ours
         raise ImageTooLargeError(f"Cannot read image {source}: {describe_error(exc)}") from None
@@ -153,10 +162,13 @@ def _render(image: Image.Image, source: str, size: int) -> bytes:
         with _DECODES.room_for(_decode_bytes(image)):
             image.load()
             upright = _UPRIGHT.get(_orientation(image))  # read after the pixels: a PNG's may follow them
+            colours = _srgb_transform(_rgb_profile(image))
             small = _shrunk(image, size)
         if upright is not None:
             small = small.transpose(upright)
         small = small.convert("RGB")  # a copy: `image` can be closed
+        if colours is not None:
+            small = colours.apply(small)
     except BusyError:
         raise
     except Exception as exc:  # any decode failure is the file's fault, told as such
@@ -205,6 +217,34 @@ def _fit(width: int, height: int, size: int) -> tuple[int, int]:
     if aspect <= 1:
         return nearest(size * aspect, lambda n: abs(aspect - n / size)), size
     return size, nearest(size / aspect, lambda n: abs(aspect - size / n) if n else math.inf)
+
+
+# Modes whose bands are the red, green and blue of the file's colour space (a palette's colours
+# too): its profile describes the thumbnail's pixels. A CMYK or grey image is converted to RGB
+# by formula, so a profile of its own space says nothing about the result.
+_RGB_MODES = frozenset({"RGB", "RGBA", "RGBX", "RGBa", "P", "PA"})
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _rgb_profile(image: Image.Image) -> bytes | None:
+    """The ICC profile of an image whose pixels are RGB in that profile's space, else None."""
+    profile = image.info.get("icc_profile")
+    if image.mode not in _RGB_MODES or not isinstance(profile, bytes):
+        return None
+    return profile if profile[16:20] == b"RGB " else None  # the header's colour space field
+
+
+@functools.lru_cache(maxsize=16)  # a library's photos come from a few devices: a few profiles
+def _srgb_transform(profile: bytes | None) -> ImageCms.ImageCmsTransform | None:
+    """What turns RGB pixels in `profile`'s space into sRGB; None if there is nothing to do, or
+    the profile is damaged (the image is then shown as stored, as before)."""
+    if profile is None:
+        return None
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        return ImageCms.buildTransform(source, _SRGB, "RGB", "RGB")
+    except Exception:  # a broken profile must not cost the thumbnail, as broken EXIF does not
+        return None
 
 
 def _orientation(image: Image.Image) -> int:

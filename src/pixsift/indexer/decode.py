@@ -154,11 +154,18 @@ def check_header(file: BinaryIO, max_pixels: int) -> int:
     Opening is lazy: Pillow reads the header (a few kilobytes), no pixels, so the whole file
     is read into memory only once it is known to be an image worth decoding.
     """
+    size = check_not_empty(file)
+    with Image.open(file, formats=allowed_formats()) as image:
+        _check_pixels(image, max_pixels)
+    return size
+
+
+def check_not_empty(file: BinaryIO) -> int:
+    """Raise unless `file` holds some bytes; return its size. An empty file (a copy that
+    never finished, a placeholder) is told as such, not as a format Pillow does not know."""
     size = os.fstat(file.fileno()).st_size
     if size == 0:
         raise ValueError("empty file")
-    with Image.open(file, formats=allowed_formats()) as image:
-        _check_pixels(image, max_pixels)
     return size
 
 

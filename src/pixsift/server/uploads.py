@@ -55,8 +55,10 @@ class UploadSlots:
             raise ApiError(
                 503,
                 "busy",
-                f"The service is already handling {self.limit} uploaded images, as many as it "
-                "takes at once (--max-concurrent-uploads); try again shortly.",
+                # Named as a setting and as an option: the app may come from create_app too.
+                f"The service is already handling {self.limit} uploaded image{_plural(self.limit)}, "
+                "as many as it takes at once (its max_concurrent_uploads setting, `pixsift serve "
+                "--max-concurrent-uploads`); try again shortly.",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         self._taken += 1
@@ -64,6 +66,10 @@ class UploadSlots:
             yield
         finally:
             self._taken -= 1
+
+
+def _plural(count: int) -> str:
+    return "" if count == 1 else "s"
 
 
 def _too_large(upload_limit: int) -> ApiError:
