@@ -303,6 +303,23 @@ def serve_and_measure(
     return results
 
 
+def refused_engines(engines: list[str]) -> str | None:
+    """Why the server cannot run these engines, or None. A misspelt one was found only when its
+    server exited at start, after the library was built and every engine before it measured:
+    a traceback, and their figures lost with it."""
+    from pixsift.errors import ModelError
+    from pixsift.models.loading import ENGINES, check_runs
+
+    if not engines:
+        return f"--engines names no engine: give one or more of {', '.join(ENGINES)}, separated by commas"
+    try:
+        for engine in engines:
+            check_runs("cpu", engine)  # the server runs on the CPU (start_server)
+    except ModelError as exc:
+        return exc.for_command_line()
+    return None
+
+
 def main() -> None:
     # the docstring's first paragraph: its first line alone stops mid-sentence
     summary = " ".join(__doc__.split("\n\n")[0].split()) if __doc__ else None
@@ -322,8 +339,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     args = parser.parse_args()
     engines = [engine.strip() for engine in args.engines.split(",") if engine.strip()]
-    if not engines:
-        parser.error("--engines names no engine")
+    refusal = refused_engines(engines)
+    if refusal is not None:  # before the library is built and the other engines are measured
+        parser.error(refusal)
 
     results: list[Measurement] = []
     with tempfile.TemporaryDirectory(prefix="pixsift-serve-bench-") as folder:

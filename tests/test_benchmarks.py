@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 INDEX_THROUGHPUT = Path(__file__).resolve().parent.parent / "benchmarks" / "index_throughput.py"
+SERVE_LOAD = INDEX_THROUGHPUT.with_name("serve_load.py")
 
 
 def run_benchmark(*options: str, work: Path) -> subprocess.CompletedProcess[str]:
@@ -51,3 +52,28 @@ def test_index_throughput_refuses_what_it_cannot_measure(
     assert last.startswith("index_throughput.py: error: ") and message in last, result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "work" / "phone").exists()  # refused before any photo was made
+
+
+@pytest.mark.parametrize(
+    ("engines", "message"),
+    [
+        # Once found after the library was built and the engines before it measured: a
+        # traceback ("pixsift serve exited"), their figures lost.
+        ("auto,tensorrt", "Unknown engine 'tensorrt'"),
+        (",", "--engines names no engine"),
+    ],
+)
+def test_serve_load_refuses_an_engine_it_cannot_run(tmp_path: Path, engines: str, message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SERVE_LOAD), "--images", "5", "--engines", engines],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TMPDIR": str(tmp_path)},
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("serve_load.py: error: ") and message in last, result.stderr
+    assert "Traceback" not in result.stderr and "library of" not in result.stdout
+    assert list(tmp_path.iterdir()) == []  # refused before the library was built

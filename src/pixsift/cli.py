@@ -518,7 +518,8 @@ DiversityOpt = Annotated[
         max=1.0,
         metavar="D",
         callback=_no_nan,
-        help="From 0 (by relevance, as without it) to 1 (most varied): trades relevance for variety (MMR).",
+        help="From 0 (by relevance, as without it) to 1 (most varied): trades relevance for variety (MMR;"
+        " with -k above 1000, the first 1000 are reordered and the rest follow by score).",
         show_default=False,
     ),
 ]

@@ -470,7 +470,8 @@ class Library:
         or QueryTerms (one alone may be given as it is; a QueryTerm counts as its weight, which
         must be positive); they are combined with Rocchio's formula. The examples that are
         indexed images and the `exclude` ids (say, what the user has already seen) are never
-        returned. `diversity` from 0 (plain ranking) to 1 trades relevance for variety with MMR.
+        returned. `diversity` from 0 (plain ranking) to 1 trades relevance for variety with MMR,
+        which orders the first 1000 results (with a larger k, the rest follow by score).
         """
         check_diversity(diversity)
         check_k(k)
