@@ -34,7 +34,7 @@ from pixsift.server.errors import status_of
 from pixsift.server.jobs import Job, JobManager, _JobProgress
 from pixsift.server.limits import MAX_JSON_BYTES
 from pixsift.server.settings import UnsafeBindError
-from pixsift.thumbnails import MAX_VARIANTS
+from pixsift.thumbnails import MAX_VARIANTS, RENDERING
 from sample_photos import make_photo, save, write_photos
 from serving import API_KEY, indexed_library, running_server
 from test_decode import png_claiming
@@ -281,7 +281,7 @@ def test_the_thumbnail_cache_stays_bounded(own: tuple[Library, Path]) -> None:
         assert Image.open(io.BytesIO(fresh.content)).size == (300, 200) and cached() == 2
         stat = big.path.stat()
         assert [p.name for p in (cache / str(big.id)).iterdir()] == [
-            f"300-{stat.st_size}-{stat.st_mtime_ns}.jpg"
+            f"300-{stat.st_size}-{stat.st_mtime_ns}-r{RENDERING}.jpg"
         ]
 
         # a deleted image: its thumbnails go with it

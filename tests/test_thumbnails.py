@@ -350,3 +350,24 @@ def test_a_thumbnail_keeps_the_colours_of_a_photo_with_a_damaged_or_non_rgb_prof
         with Image.open(plain) as expected, Image.open(tagged) as made:
             assert "icc_profile" not in made.info
             assert mean_difference(made, expected) < 0.5, name
+
+
+def test_thumbnails_cached_by_an_earlier_pixsift_are_made_anew(tmp_path: Path, tiny_model: TinyModel) -> None:
+    """pixsift changed how thumbnails look (transparent areas over white, wide-gamut colours to
+    sRGB), but a thumbnail cached before, named only by the file's size and time, went on being
+    served as it was: a transparent logo on black, in a browser too (its ETag was the same)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    logo = np.zeros((48, 64, 4), np.uint8)
+    logo[12:36, 16:48] = (0, 0, 255, 255)  # a blue square; black under the transparent rest
+    Image.fromarray(logo, "RGBA").save(photos / "logo.png")
+    with indexed_library(tmp_path / "library", photos, tiny_model) as library:
+        made = library.thumbnail(1, 32)
+        stat = (photos / "logo.png").stat()
+        # What an earlier pixsift left in the cache: its name, its black background.
+        earlier = made.with_name(f"32-{stat.st_size}-{stat.st_mtime_ns}.jpg")
+        made.rename(earlier)
+        Image.fromarray(logo[..., :3]).resize((32, 24)).save(earlier)
+        again = library.thumbnail(1, 32)
+        assert again.name == made.name and not earlier.exists()  # made anew, the old one pruned
+        assert min(Image.open(again).convert("RGB").getpixel((0, 0))) > 240  # type: ignore[arg-type]

@@ -1,12 +1,13 @@
 """JPEG thumbnails of indexed images, made once and kept in the library's `thumbnails/` folder.
 
-Each image has a folder of its own, `thumbnails/{id}/`, holding `{size}-{file size}-{mtime}.jpg`
-files, so a changed file gets a new thumbnail instead of a stale one. The cache stays bounded
-whatever sizes clients ask for: a size is capped at the image's own long side (thumbnails are
-never enlarged, so every larger size is the same file), writing a thumbnail removes those of
-earlier versions of the file, and at most MAX_VARIANTS sizes are kept per image (the oldest made
-go first). Files are written to a temporary name and renamed, so concurrent requests never see
-half a JPEG.
+Each image has a folder of its own, `thumbnails/{id}/`, holding
+`{size}-{file size}-{mtime}-r{RENDERING}.jpg` files, so a changed file gets a new thumbnail
+instead of a stale one, and so does every file when pixsift changes how thumbnails look. The
+cache stays bounded whatever sizes clients ask for: a size is capped at the image's own long
+side (thumbnails are never enlarged, so every larger size is the same file), writing a thumbnail
+removes those of earlier versions of the file, and at most MAX_VARIANTS sizes are kept per image
+(the oldest made go first). Files are written to a temporary name and renamed, so concurrent
+requests never see half a JPEG.
 
 Memory: a JPEG is decoded at reduced scale (libjpeg's DCT scaling), but PNG, TIFF and WebP can
 only be decoded whole, 4 bytes a pixel for most modes (a 12,000 x 12,000 PNG: 550 MiB). That
@@ -46,6 +47,10 @@ from pixsift.storage.database import write_error
 MIN_SIZE = 16
 MAX_SIZE = 1024
 JPEG_QUALITY = 85
+# How thumbnails are made, part of their names (and so of the HTTP ETag): raised whenever a
+# change makes them look different, so those cached by an earlier pixsift are made anew and a
+# client's copy is replaced. 2: transparent areas over white, wide-gamut colours to sRGB.
+RENDERING = 2
 MAX_VARIANTS = 8  # sizes kept per image: room for a UI's few, a bound for any client
 DECODE_BUDGET_BYTES = 1024 * 1024 * 1024  # pixels being decoded for thumbnails at once, all told
 BAND_BYTES = 16 * 1024 * 1024  # a large image is converted and reduced this much at a time
@@ -92,7 +97,7 @@ def thumbnail(
         raise ImageError(f"Cannot read image {source}: {describe_error(exc)}") from None
     if not S_ISREG(stat.st_mode):  # replaced by a folder or a named pipe (opening it would wait)
         raise ImageError(f"Cannot read image {source}: it is no longer a file.")
-    version = f"{stat.st_size}-{stat.st_mtime_ns}"
+    version = f"{stat.st_size}-{stat.st_mtime_ns}-r{RENDERING}"
     folder = cache_dir / str(image_id)
     if long_side:  # the image's size as indexed: a cached thumbnail is found without opening it
         cached = folder / f"{min(size, long_side)}-{version}.jpg"
