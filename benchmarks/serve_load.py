@@ -303,6 +303,23 @@ def serve_and_measure(
     return results
 
 
+def refused_counts(args: argparse.Namespace) -> str | None:
+    """Why these counts cannot be measured, or None: no images to search, no clients or no
+    time would print a table of nothing (requests/s of nan) after building the library."""
+    least = [
+        ("--images", args.images, 1),
+        ("--max-requests", args.max_requests, 1),
+        ("--index-images", args.index_images, 0),
+    ]
+    least += [("--clients", clients, 1) for clients in args.clients]
+    for option, value, minimum in least:
+        if value < minimum:
+            return f"{option} must be at least {minimum}, not {value}"
+    if not args.seconds > 0:  # NaN too
+        return f"--seconds must be more than 0, not {args.seconds}"
+    return None
+
+
 def refused_engines(engines: list[str]) -> str | None:
     """Why the server cannot run these engines, or None. A misspelt one was found only when its
     server exited at start, after the library was built and every engine before it measured:
@@ -339,7 +356,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     args = parser.parse_args()
     engines = [engine.strip() for engine in args.engines.split(",") if engine.strip()]
-    refusal = refused_engines(engines)
+    refusal = refused_counts(args) or refused_engines(engines)
     if refusal is not None:  # before the library is built and the other engines are measured
         parser.error(refusal)
 

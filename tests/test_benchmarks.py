@@ -64,8 +64,29 @@ def test_index_throughput_refuses_what_it_cannot_measure(
     ],
 )
 def test_serve_load_refuses_an_engine_it_cannot_run(tmp_path: Path, engines: str, message: str) -> None:
+    refused_by_serve_load(tmp_path, ["--images", "5", "--engines", engines], message)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # Once a library built for nothing, then a table of nan requests/s.
+        (["--images", "0"], "--images must be at least 1, not 0"),
+        (["--images", "5", "--clients", "8", "0"], "--clients must be at least 1, not 0"),
+        (["--images", "5", "--seconds", "0"], "--seconds must be more than 0, not 0.0"),
+        (["--images", "5", "--max-requests", "0"], "--max-requests must be at least 1, not 0"),
+        (["--images", "5", "--index-images", "-1"], "--index-images must be at least 0, not -1"),
+    ],
+)
+def test_serve_load_refuses_counts_it_cannot_measure(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    refused_by_serve_load(tmp_path, options, message)
+
+
+def refused_by_serve_load(tmp_path: Path, options: list[str], message: str) -> None:
     result = subprocess.run(
-        [sys.executable, str(SERVE_LOAD), "--images", "5", "--engines", engines],
+        [sys.executable, str(SERVE_LOAD), *options],
         capture_output=True,
         text=True,
         timeout=120,
