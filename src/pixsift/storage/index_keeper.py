@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
@@ -96,35 +96,39 @@ class IndexKeeper:
             self._save(self._vectors, holding_lock=True)
 
     def _refresh(self, dim: int, *, save: bool) -> VectorIndex:
+        from pixsift.storage.index_header import read_header
         from pixsift.storage.index_lifecycle import catch_up, load_or_rebuild
         from pixsift.storage.vector_index import read_generation
 
         policy = self.policy()
         from_file = True
         if self._vectors is not None and self._vectors.dim == dim:
-            held = self._saved_elsewhere(self._vectors) or self._vectors
-            self._vectors = catch_up(self._catalog, held, policy)
+            header = read_header(self.path)  # read once a search: what the file holds now
+            saved = self._saved_elsewhere(self._vectors, header)
+            file_generation = saved.generation if saved else _generation(header)
+            self._vectors = catch_up(self._catalog, saved or self._vectors, policy)
         else:
             self._vectors, from_file = load_or_rebuild(self._catalog, self.path, dim, policy)
+            file_generation = read_generation(self.path)
         # A damaged file whose header still reads at the current generation is saved over too:
         # else every search and index run would rebuild the whole index from the database.
-        if not from_file or read_generation(self.path) != self._vectors.generation:
+        if not from_file or file_generation != self._vectors.generation:
             self._save(self._vectors, holding_lock=save)
         return self._vectors
 
-    def _saved_elsewhere(self, held: VectorIndex) -> VectorIndex | None:
-        """The index file, when another process saved one newer than `held` or of another
-        kind or tuning (an index run, `reindex --index-type`, a repair); else None.
+    def _saved_elsewhere(self, held: VectorIndex, header: dict[str, Any] | None) -> VectorIndex | None:
+        """The index file (whose `header` was just read), when another process saved one newer
+        than `held` or of another kind or tuning (an index run, `reindex --index-type`, a
+        repair); else None.
 
         Its save trimmed the change log up to its generation, so `held` could only be caught
         up by rebuilding it from every stored vector (retraining an IVF-PQ index) on the next
         search; and a rebuild of another kind is the library's choice now. Only the header is
         read while the file holds nothing new.
         """
-        from pixsift.storage.index_header import IndexMeta, read_header
+        from pixsift.storage.index_header import IndexMeta
         from pixsift.storage.vector_index import VectorIndex
 
-        header = read_header(self.path)
         if header is None or int(header["generation"]) < held.generation:
             return None  # none, unreadable, or behind: ours is the one to keep (and save)
         try:
@@ -171,3 +175,8 @@ class IndexKeeper:
             raise write_error(self.path.parent, exc) from exc
         with self._catalog.write() as batch:
             batch.truncate_vector_log(vectors.generation)
+
+
+def _generation(header: dict[str, Any] | None) -> int | None:
+    """The generation a saved index's header names, as `read_generation` gives it."""
+    return None if header is None else int(header["generation"])
