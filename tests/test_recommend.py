@@ -139,6 +139,38 @@ def test_recommend_errors(library: Library) -> None:
         rocchio(np.ones((1, 4)), np.ones((1, 4)), RocchioWeights(positive=1.0, negative=1.0))
 
 
+def test_an_image_on_both_sides_is_refused(library: Library, photos: Path, tmp_path: Path) -> None:
+    """The same image liked and disliked (by id, file, link, bytes, or its file on one side and
+    its id on the other) is a contradiction Rocchio would quietly settle towards the positive
+    side: refused, while different images, and texts, are fine on either side."""
+    photo = photos / "photo_0104.jpg"
+    photo_id = id_of(library, photo)
+    link = tmp_path / "link.jpg"
+    link.symlink_to(photo)
+    data = photo.read_bytes()
+    both = "given both as a positive and as a negative example: give each image on one side only."
+    cases = [
+        (([photo_id, "a cat"], [photo_id]), f"Image {photo_id} is {both}"),
+        (([data], [data]), f"The same image's bytes are {both}"),
+        (
+            ([QueryTerm(image=str(link), weight=2.0)], [photo]),
+            f"Image {photo} is a negative example and also a positive one (as {link}): "
+            "give each image on one side only.",
+        ),
+        (
+            ([photo], [photo_id]),
+            f"Image {photo_id} is given both as a positive and as a negative example (once by its id, "
+            "once as its file): give each image on one side only.",
+        ),
+    ]
+    for (positive, negative), message in cases:
+        with pytest.raises(QueryError) as refused:
+            library.recommend(positive, negative)  # type: ignore[arg-type]
+        assert str(refused.value) == message
+    other = id_of(library, photos / "photo_0101.jpg")
+    assert [hit.id for hit in library.recommend([photo_id, "a cat"], [other, "a cat"], k=3)]
+
+
 def test_rocchio_weights_that_would_mislead_are_refused(library: Library) -> None:
     """A NaN weight returned nothing without a word, a positive weight of 0 or less ranked the
     liked examples' opposite first, and a tuple was an AttributeError from the formula."""

@@ -198,6 +198,11 @@ def test_recommend_combines_examples_and_excludes(
     assert path_id is not None
     assert path_id.id not in ids_of(client.post("/recommend", json=by_path))
 
+    contradiction = client.post("/recommend", json={"positive": [first], "negative": [first]})
+    refused = assert_error(contradiction, 400, "bad_query")
+    both = "given both as a positive and as a negative example: give each image on one side only."
+    assert refused["message"] == f"Image {first} is {both}"
+
     varied = client.post("/recommend", json={**body, "diversity": 0.7})
     assert sorted(ids_of(varied)) == sorted(got)  # k covers every candidate: same set, new order
     few = ids_of(client.post("/recommend", json={**body, "k": 4, "diversity": 0.7}))

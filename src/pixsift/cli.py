@@ -18,7 +18,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from enum import StrEnum
-from stat import S_ISREG
 from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar, cast
 
 import typer
@@ -571,7 +570,6 @@ def similar(
                 min_score=min_score,
                 filters=filters,
             )
-        _refuse_liked_and_unliked(images, unlike or [])
         return lib.recommend(
             [*_image_terms(images), *plus_terms],
             [*_image_terms(_unlike_paths(unlike)), *minus_terms],
@@ -596,33 +594,6 @@ def _image_terms(paths: list[str]) -> list[QueryTerm]:
     from pixsift.search import QueryTerm
 
     return [QueryTerm(image=path) for path in paths]
-
-
-def _refuse_liked_and_unliked(images: list[str], unlike: list[str]) -> None:
-    """Refuse a file given both to match and with --unlike (under any spelling or link): the
-    query would quietly lean towards it anyway, which is no answer to a contradiction."""
-    from pixsift.errors import QueryError
-
-    liked = {key: path for path in images if (key := _file_key(path)) is not None}
-    for path in unlike:
-        key = _file_key(path)
-        same = liked.get(key) if key is not None else None
-        if same is None:
-            continue
-        written = "" if same == path else f" (as {same})"  # another spelling, or a link
-        raise QueryError(
-            f"--unlike {path} is also given as an image to match{written}: give each file on one side only."
-        )
-
-
-def _file_key(path: str) -> tuple[int, int] | None:
-    """What tells one file from another (device and inode), or None for a path that is no
-    file one can look at (missing, a folder, empty): the library says what is wrong with it."""
-    try:
-        stat = os.stat(os.path.expanduser(path)) if path.strip() else None
-    except (OSError, ValueError):
-        return None
-    return (stat.st_dev, stat.st_ino) if stat is not None and S_ISREG(stat.st_mode) else None
 
 
 @app.command()

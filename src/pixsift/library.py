@@ -61,6 +61,8 @@ from pixsift.search.examples import (
     example_list,
     example_weights,
     query_list,
+    refuse_both_sides,
+    refuse_same_ids,
     similar_example,
 )
 from pixsift.search.ranking import Ranker
@@ -481,7 +483,9 @@ class Library:
         if not liked:  # before any vector is made: nothing to stack is no error of numpy's
             raise QueryError("A recommendation needs at least one positive example.")
         scales = (example_weights(liked), example_weights(disliked))
+        refuse_both_sides(liked, disliked)
         rows, ids = self._examples.of([*liked, *disliked])
+        refuse_same_ids(ids, len(liked))
         query = rocchio(rows[: len(liked)], rows[len(liked) :], weights, scales=scales)
         excluded = never | {i for i in ids if i is not None}
         if diversity == 0.0:

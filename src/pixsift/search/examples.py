@@ -92,6 +92,80 @@ def example_weights(examples: Sequence[Example]) -> list[float]:
     return weights
 
 
+def refuse_both_sides(positive: Sequence[Example], negative: Sequence[Example]) -> None:
+    """Refuse an image given as a positive and as a negative example (the same id, the same
+    file under any spelling or link, the same bytes): Rocchio's formula would quietly lean
+    towards it anyway, as positives count four times what negatives do, which is no answer to
+    a contradiction. Checked before anything is embedded. Texts are not compared: a text is
+    a direction, and "dog" against "dogs" is no contradiction a rule could tell."""
+    liked = {key: example for example in positive if (key := _image_key(example)) is not None}
+    for example in negative:
+        key = _image_key(example)
+        same = liked.get(key) if key is not None else None
+        if same is not None:
+            raise _on_both_sides(example, same)
+
+
+def refuse_same_ids(ids: Sequence[int | None], positives: int) -> None:
+    """Refuse what `refuse_both_sides` cannot see before the examples are read: an indexed
+    file on one side and its id on the other (`ids` as `ExampleVectors.of` returns them, the
+    first `positives` of them positive)."""
+    liked = {image_id for image_id in ids[:positives] if image_id is not None}
+    for image_id in ids[positives:]:
+        if image_id is not None and image_id in liked:
+            raise QueryError(
+                f"Image {image_id} is given both as a positive and as a negative example (once by "
+                "its id, once as its file): give each image on one side only."
+            )
+
+
+def _image_key(example: Example) -> tuple[object, ...] | None:
+    """What tells one image example from another: its id, its file (device and inode, so any
+    spelling or link of it), or its bytes; None for a text, or for a path that is no file one
+    can look at (missing, a folder), which `ExampleVectors.of` refuses with its own message."""
+    if isinstance(example, bool):
+        return None
+    if isinstance(example, int):
+        return ("id", example)
+    if isinstance(example, bytes):
+        return ("bytes", example)
+    path = _example_path(example)
+    if path is None or not path.strip():
+        return None
+    try:
+        stat = os.stat(os.path.expanduser(path))
+    except (OSError, ValueError):
+        return None
+    return ("file", stat.st_dev, stat.st_ino) if S_ISREG(stat.st_mode) else None
+
+
+def _example_path(example: Example) -> str | None:
+    """The file an example names (a path, or an image QueryTerm), or None."""
+    if isinstance(example, os.PathLike):
+        return os.fspath(example)
+    if isinstance(example, QueryTerm) and example.image is not None:
+        return os.fspath(example.image)
+    return None
+
+
+def _on_both_sides(negative: Example, positive: Example) -> QueryError:
+    """The refusal of `negative`, the same image as the positive example `positive`, in the
+    API's words (positive, negative) and the command's (an image to match, --unlike)."""
+    both = "given both as a positive and as a negative example: give each image on one side only."
+    if isinstance(negative, int):
+        return QueryError(f"Image {negative} is {both}")
+    if isinstance(negative, bytes):
+        return QueryError(f"The same image's bytes are {both}")
+    path, same = _example_path(negative) or "", _example_path(positive) or ""
+    written = "" if same == path else f" (as {given_path(same)})"  # another spelling, or a link
+    return QueryError(
+        f"Image {given_path(path)} is a negative example and also a positive one{written}: "
+        "give each image on one side only.",
+        command_line=f"--unlike {path} is also given as an image to match{written}: "
+        "give each file on one side only.",
+    )
+
+
 def refuse_single(items: object, method: str, one: str) -> None:
     """Refuse one text, file or image's bytes given to a `*_many` method, which takes a list
     and would otherwise run one query per character or byte."""
