@@ -6,7 +6,9 @@ and run where one is (see docs/benchmarks.md for the GPU figures).
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,12 @@ import pytest
 from PIL import Image
 
 from conftest import TinyModel, run_cli
+from pixsift import Library
 from pixsift.models.embedder import CPU_BATCH_SIZE, GPU_BATCH_SIZE
 from pixsift.models.loading import load_embedder
 from pixsift.models.naming import resolve_model_spec
+from pixsift.storage import Catalog
+from sample_photos import write_photos
 
 pytestmark = [
     pytest.mark.slow,
@@ -89,3 +94,47 @@ def test_a_gpu_embeds_large_batches_of_uint8_pixels(tiny_model: TinyModel, photo
         rgb = photo.convert("RGB")
     assert np.asarray(gpu.preprocess(rgb)).dtype == np.uint8
     assert np.asarray(cpu.preprocess(rgb)).dtype == np.float32
+
+
+def _vectors_by_path(library: Path) -> dict[str, np.ndarray]:
+    catalog = Catalog.open(library / "library.db")
+    try:
+        paths = dict(catalog.image_paths())
+        return {paths[image_id]: vector for image_id, vector in catalog.vectors(paths).items()}
+    finally:
+        catalog.close()
+
+
+def test_a_batch_too_large_for_the_gpu_is_split_and_the_run_finishes(
+    tmp_path: Path, tiny_model: TinyModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real out-of-memory error: this process may take only a few dozen MB more of the GPU
+    than the loaded model holds, and a batch of 128 images (about 1.4 MB each on the GPU, as
+    uint8, then float32 twice) needs more. The run backs off, says so once, and stores the
+    vectors a run with small batches stores."""
+    import torch
+
+    photos, warm_up = tmp_path / "Photos", tmp_path / "WarmUp"
+    write_photos(photos, 128, size=(320, 240), seed=300)
+    write_photos(warm_up, 1, size=(320, 240), seed=900)
+    model, pretrained = str(tiny_model.config), str(tiny_model.checkpoint)
+    with Library.open(tmp_path / "small", device="cuda", engine="torch") as library:
+        library.index(photos, model=model, pretrained=pretrained, batch_size=8)
+    with Library.open(tmp_path / "large", device="cuda", engine="torch") as library:
+        library.index(warm_up, model=model, pretrained=pretrained, batch_size=1)  # the model stays
+        gc.collect()  # the first library's model and cached blocks: not counted in the headroom
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_reserved() + (32 << 20)) / total)
+        try:
+            with caplog.at_level(logging.WARNING, logger="pixsift.models.oom"):
+                report = library.index(photos, batch_size=128)
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+    assert (report.added, report.failed) == (128, 0)
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1 and "ran out of memory at a batch of 128 images; going on with" in messages[0]
+    small, large = _vectors_by_path(tmp_path / "small"), _vectors_by_path(tmp_path / "large")
+    assert small.keys() <= large.keys() and len(small) == 128
+    for path, vector in small.items():
+        assert float(np.dot(vector, large[path])) >= 1 - SCORE_TOLERANCE

@@ -19,6 +19,7 @@ from PIL import Image
 from pixsift.errors import ModelError
 from pixsift.models.devices import check_device, check_device_present
 from pixsift.models.embedder import CPU_BATCH_SIZE, GPU_BATCH_SIZE
+from pixsift.models.oom import MemoryBackOff
 from pixsift.models.pixels import PixelConfig, long_and_thin, resize_and_crop
 from pixsift.models.pixels import preprocess as preprocess_pixels
 from pixsift.models.spec import ModelRecord, ModelSpec
@@ -66,6 +67,9 @@ class ClipEmbedder:
         # open_clip's transform resizes the whole image before cropping its centre: for a long
         # thin one, gigabytes. Such images take these steps, which resize the centre alone.
         self._pixels = PixelConfig.from_open_clip(preprocess_cfg) if preprocess_cfg else None
+        # A batch too large for the GPU's memory is split rather than ending the run (oom.py).
+        self._image_backoff = MemoryBackOff(str(device), "image")
+        self._text_backoff = MemoryBackOff(str(device), "text")
 
     @classmethod
     def load(cls, spec: ModelSpec, device: str = "auto") -> ClipEmbedder:
@@ -128,6 +132,16 @@ class ClipEmbedder:
         return self._preprocess(image)
 
     def embed_images(self, batch: Sequence[Any]) -> np.ndarray:
+        if self._device.type == "cuda":
+            return self._image_backoff.embed(self._embed_images, batch)
+        return self._embed_images(batch)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if self._device.type == "cuda":
+            return self._text_backoff.embed(self._embed_texts, texts)
+        return self._embed_texts(texts)
+
+    def _embed_images(self, batch: Sequence[Any]) -> np.ndarray:
         import torch
 
         if self._gpu_pixels is not None:
@@ -145,7 +159,7 @@ class ClipEmbedder:
                 features = self._model.encode_image(pixels, normalize=True)
         return np.asarray(features.float().cpu().numpy(), dtype=np.float32)
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+    def _embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 
         tokens = self._tokenizer(list(texts)).to(self._device)
