@@ -19,6 +19,7 @@ from typing import Any
 
 from ann import library_for  # the benchmarks' folder is on the path when run as a script
 from pixsift.storage import Catalog
+from pixsift.storage.records import ImageCriteria
 
 FILTERS: dict[str, dict[str, Any]] = {
     "format JPEG (every image)": {"formats": ("JPEG",)},
@@ -44,7 +45,7 @@ def main() -> None:
             times = []
             for _ in range(args.rounds):
                 started = time.perf_counter()
-                ids = catalog.ids_matching(**arguments)
+                ids = catalog.ids_matching(ImageCriteria(**arguments))
                 times.append(time.perf_counter() - started)
             print(f"{label:34s} {len(ids):12,d} {min(times) * 1000:8.1f}")
     finally:

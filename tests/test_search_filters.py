@@ -21,9 +21,11 @@ from pixsift import Library, SearchFilters
 from pixsift.errors import QueryError
 from pixsift.indexer.decode import default_max_pixels, open_oriented
 from pixsift.models.spec import ModelRecord, ModelSpec
+from pixsift.search.allowed import filter_criteria
 from pixsift.storage import Catalog
 from pixsift.storage.index_choice import IndexKind, IndexThresholds
 from pixsift.storage.migrations import MIGRATIONS, SCHEMA_VERSION
+from pixsift.storage.records import ImageCriteria
 from pixsift.synthetic.vectors import clustered_vectors
 from serving import indexed_library, running_server
 
@@ -284,9 +286,8 @@ def test_an_old_library_is_upgraded_and_its_rows_fall_back_to_file_time(tmp_path
             batch.set_model(ModelRecord(ModelSpec("synthetic", "none"), 4, "0" * 64))
             batch.add_embedded_images([str(tmp_path / "old" / "b.png")], np.ones((1, 4), np.float32))
         assert catalog.schema_differences() == []
-        assert catalog.ids_matching(
-            taken_after="2016-02-01 00:00:00", taken_before="2016-03-01 00:00:00"
-        ).tolist() == [1]
+        criteria = ImageCriteria(taken_after="2016-02-01 00:00:00", taken_before="2016-03-01 00:00:00")
+        assert catalog.ids_matching(criteria).tolist() == [1]
     finally:
         catalog.close()
     with sqlite3.connect(folder / "library.db") as db:
@@ -476,3 +477,35 @@ def test_a_size_filter_beyond_any_integer_sqlite_holds_matches_nothing(
         found = run_cli(*command, "--library", str(tmp_path / "library"), "--min-width", str(huge))
         assert found.returncode == 0, found.stderr
         assert "No matching images." in found.stderr and "Traceback" not in found.stderr
+
+
+def test_an_image_moved_out_of_the_folder_while_a_search_ran_is_not_returned(
+    tmp_path: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    """A search under a folder picks the ids allowed, asks FAISS, then names the hits: an
+    index run that moves an image out of the folder in between (a service searching while
+    the command line indexes) must not make it a result under a folder it has left. The move
+    is committed by a real index run between the two steps a search takes."""
+    kept, leaving = photos / "a", photos / "b"
+    for folder in (kept, leaving):
+        folder.mkdir()
+    files = sorted(photos.glob("*.jpg"))
+    for position, file in enumerate(files[:6]):
+        file.rename((kept if position % 2 else leaving) / file.name)
+    library = indexed_library(tmp_path / "library", photos, tiny_model)
+    try:
+        criteria = filter_criteria(SearchFilters(under=leaving))
+        vector = library._catalog.vector(library.search("x", k=1)[0].id)
+        assert vector is not None
+        hits = library._ranker._hits(vector[None, :], 10, criteria, [set()], None)
+        moved = hits[0][0][1]
+        moved_from = Path(library.image(moved).path)
+        moved_from.rename(kept / moved_from.name)
+        assert library.index(photos, workers=1).moved == 1
+        named = library._ranker._named(hits, criteria)[0]
+        assert moved not in [hit.id for hit in named] and len(named) == len(hits[0]) - 1
+        assert all(hit.path.parent == leaving for hit in named)
+        unfiltered = library._ranker._named(hits, [])[0]  # the move kept its id
+        assert [hit.path for hit in unfiltered if hit.id == moved] == [kept / moved_from.name]
+    finally:
+        library.close()

@@ -5,6 +5,7 @@ of the folder to search under (as written and resolved), for the other filters a
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from pixsift.errors import InvalidPathError, given_path
 from pixsift.search.filters import SearchFilters, checked_filters
+from pixsift.storage.records import ImageCriteria
 
 if TYPE_CHECKING:
     from pixsift.storage import Catalog
@@ -21,15 +23,16 @@ if TYPE_CHECKING:
 SQLITE_INT_MAX = 2**63 - 1
 
 
-def allowed_ids(catalog: Catalog, filters: SearchFilters | None) -> np.ndarray | None:
-    """The ids a search may return under `filters`, or None when nothing is filtered."""
+def filter_criteria(filters: SearchFilters | None) -> list[ImageCriteria]:
+    """`filters` as what the catalog checks: one set of criteria per form of the folder to
+    search under (as written and resolved); none when nothing is filtered."""
     filters = checked_filters(filters)
     if filters is None or filters.is_empty:
-        return None
+        return []
     folders = [None] if filters.under is None else _existing_folders(filters.under)
     taken_after, taken_before = filters.taken_range()
-    found = [
-        catalog.ids_matching(
+    return [
+        ImageCriteria(
             folder=folder,
             formats=filters.format_names(),
             min_width=_bindable(filters.min_width),
@@ -39,7 +42,15 @@ def allowed_ids(catalog: Catalog, filters: SearchFilters | None) -> np.ndarray |
         )
         for folder in folders
     ]
-    return found[0] if len(found) == 1 else np.union1d(found[0], found[1])
+
+
+def allowed_ids(catalog: Catalog, criteria: Sequence[ImageCriteria]) -> np.ndarray | None:
+    """The ids a search may return under `criteria` (any of them), or None when nothing is
+    filtered."""
+    if not criteria:
+        return None
+    found = [catalog.ids_matching(one) for one in criteria]
+    return found[0] if len(found) == 1 else np.unique(np.concatenate(found))
 
 
 def _bindable(pixels: int | None) -> int | None:

@@ -6,9 +6,9 @@ The search is split in two so the caller can hold its index lock only around the
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,12 +23,6 @@ SHORT_FACTOR = 2
 if TYPE_CHECKING:  # importing FAISS takes a while; only search time needs it
     from pixsift.storage.records import ImageInfo
     from pixsift.storage.vector_index import VectorIndex
-
-
-class ImageRows(Protocol):
-    """What names search hits: the catalog, or the read-only `CatalogReader`."""
-
-    def images(self, ids: Iterable[int]) -> dict[int, ImageInfo]: ...
 
 
 def fetch_size(index: VectorIndex, k: int, excluded: int) -> int:
@@ -104,16 +98,16 @@ def ranked_hits(
 
 
 def to_results(
-    catalog: ImageRows, hits_per_query: Sequence[Sequence[tuple[float, int]]]
+    infos: Mapping[int, ImageInfo], hits_per_query: Sequence[Sequence[tuple[float, int]]]
 ) -> list[list[SearchResult]]:
-    """Ranked results for each query's (score, id) pairs, named by one catalog read."""
-    infos = catalog.images({image_id for hits in hits_per_query for _, image_id in hits})
+    """Ranked results for each query's (score, id) pairs, named by `infos`: the catalog's
+    records of the hits (`hit_ids`), read in one go after the search."""
     all_results: list[list[SearchResult]] = []
     for hits in hits_per_query:
         results: list[SearchResult] = []
         for score, image_id in hits:
             info = infos.get(image_id)
-            if info is None:  # removed from the catalog after this index snapshot was taken
+            if info is None:  # removed (or moved out of a filter) after this index snapshot was taken
                 continue
             results.append(
                 SearchResult(
@@ -128,3 +122,8 @@ def to_results(
             )
         all_results.append(results)
     return all_results
+
+
+def hit_ids(hits_per_query: Sequence[Sequence[tuple[float, int]]]) -> set[int]:
+    """The ids of every hit of every query, to read their records at once."""
+    return {image_id for hits in hits_per_query for _, image_id in hits}

@@ -170,12 +170,12 @@ def _ranked(
     reader: CatalogReader, index: VectorIndex, query: np.ndarray, k: int, min_score: float | None
 ) -> list[SearchResult]:
     """What `Ranker.rank` makes of one query vector with no filter and nothing excluded."""
-    from pixsift.search.engine import fetch_size, nearest, ranked_hits, to_results
+    from pixsift.search.engine import fetch_size, hit_ids, nearest, ranked_hits, to_results
 
     # Without a filter the exact-filter threshold plays no part: any value gives the same.
     scores, ids = nearest(index, query[None, :], fetch_size(index, k, 0), None, reader.vectors, 0)
     hits = ranked_hits(scores[0], ids[0], exclude_ids=set(), min_score=min_score)[:k]
-    return to_results(reader, [hits])[0]
+    return to_results(reader.images(hit_ids([hits])), [hits])[0]
 
 
 def _text_embedder(record: ModelRecord, engine: str) -> OnnxEmbedder:

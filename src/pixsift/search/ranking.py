@@ -13,9 +13,9 @@ import numpy as np
 
 from pixsift.arguments import check_k, check_min_score
 from pixsift.errors import QueryError
-from pixsift.search.allowed import allowed_ids
+from pixsift.search.allowed import allowed_ids, filter_criteria
 from pixsift.search.diversity import mmr_order
-from pixsift.search.engine import fetch_size, nearest, ranked_hits, to_results
+from pixsift.search.engine import fetch_size, hit_ids, nearest, ranked_hits, to_results
 from pixsift.search.filters import SearchFilters
 from pixsift.search.results import SearchResult
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pixsift.models import ModelRecord
     from pixsift.storage import Catalog
     from pixsift.storage.index_keeper import IndexKeeper
+    from pixsift.storage.records import ImageCriteria
 
 MMR_POOL_MIN = 50  # candidates MMR chooses from: enough variety beyond the top k
 MMR_POOL_MAX = 1000
@@ -46,7 +47,8 @@ class Ranker:
         min_score: float | None,
     ) -> list[list[SearchResult]]:
         """The top `k` results of each query row (one FAISS call), named from the catalog."""
-        return to_results(self._catalog, self._hits(queries, k, filters, excludes, min_score))
+        criteria = filter_criteria(filters)
+        return self._named(self._hits(queries, k, criteria, excludes, min_score), criteria)
 
     def rank_diverse(
         self,
@@ -65,7 +67,8 @@ class Ranker:
         """
         # The pool is capped for speed, but never below k: that would return fewer than asked.
         pool = max(k, min(max(4 * k, MMR_POOL_MIN), MMR_POOL_MAX))
-        hits = self._hits(query[None, :], pool, filters, [excluded], min_score)[0]
+        criteria = filter_criteria(filters)
+        hits = self._hits(query[None, :], pool, criteria, [excluded], min_score)[0]
         # With k <= MMR_POOL_MAX the pool holds at most MMR_POOL_MAX hits and nothing is left
         # over; beyond, reordering all k would cost k * k * dim (minutes for k = 100,000).
         candidates, rest = hits[:MMR_POOL_MAX], hits[MMR_POOL_MAX:]
@@ -76,19 +79,19 @@ class Ranker:
         relevance = np.array([score for score, _ in candidates], dtype=np.float32)
         vectors = np.stack([stored[i] for _, i in candidates])
         picked = [candidates[position] for position in mmr_order(relevance, vectors, k, diversity)]
-        return to_results(self._catalog, [picked + rest[: k - len(picked)]])[0]
+        return self._named([picked + rest[: k - len(picked)]], criteria)[0]
 
     def _hits(
         self,
         queries: np.ndarray,
         k: int,
-        filters: SearchFilters | None,
+        criteria: Sequence[ImageCriteria],
         excludes: Sequence[set[int]],
         min_score: float | None,
     ) -> list[list[tuple[float, int]]]:
         check_k(k)
         check_min_score(min_score)
-        allowed = allowed_ids(self._catalog, filters)
+        allowed = allowed_ids(self._catalog, criteria)
         with self._index.current(self._model().embed_dim, save=False) as vectors:
             if queries.shape[1:] != (vectors.dim,):
                 raise QueryError(
@@ -102,3 +105,11 @@ class Ranker:
             ranked_hits(row_scores, row_ids, exclude_ids=excluded, min_score=min_score)[:k]
             for row_scores, row_ids, excluded in zip(scores, ids, excludes, strict=True)
         ]
+
+    def _named(
+        self, hits_per_query: Sequence[Sequence[tuple[float, int]]], criteria: Sequence[ImageCriteria]
+    ) -> list[list[SearchResult]]:
+        """The hits as results, named from the catalog as it is now. With a filter, the same
+        read checks it again: an index run may have moved an image out of the folder searched
+        while FAISS ran, and the search must not return it under that filter."""
+        return to_results(self._catalog.images(hit_ids(hits_per_query), criteria), hits_per_query)

@@ -29,6 +29,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.exc import DatabaseError
@@ -50,6 +51,7 @@ from pixsift.storage.records import (
     CatalogCounts,
     Failure,
     FreshEmbedding,
+    ImageCriteria,
     ImageInfo,
     KnownFile,
     RootInfo,
@@ -285,12 +287,17 @@ class Catalog:
             found.update(departed.embeddings_by_hash(session, unknown, utcnow()))
         return found
 
-    def images(self, ids: Iterable[int]) -> dict[int, ImageInfo]:
+    def images(self, ids: Iterable[int], matching: Sequence[ImageCriteria] = ()) -> dict[int, ImageInfo]:
+        """The records of `ids` that exist and, when `matching` is given, meet one of its
+        criteria now: a search names its hits this way, in the same statement that checks its
+        filter again, so an image moved out of the folder searched (or rewritten smaller) while
+        the search ran is not returned under a filter it no longer meets."""
         wanted = _storable_ids(ids)
+        meets = or_(*(and_(true(), *_criteria(one)) for one in matching)) if matching else true()
         found: dict[int, ImageInfo] = {}
         with self._read() as session:
             for chunk in sql_chunks(wanted):
-                for row in session.scalars(select(Image).where(Image.id.in_(chunk))):
+                for row in session.scalars(select(Image).where(Image.id.in_(chunk), meets)):
                     found[row.id] = _image_info(row)
         return found
 
@@ -299,41 +306,16 @@ class Catalog:
 
     def ids_under(self, folder: str) -> np.ndarray:
         """Ids of the images inside `folder` (recursively), as `ids_matching` gives them."""
-        return self.ids_matching(folder=folder)
+        return self.ids_matching(ImageCriteria(folder=folder))
 
-    def ids_matching(
-        self,
-        *,
-        folder: str | None = None,
-        formats: Sequence[str] = (),
-        min_width: int | None = None,
-        min_height: int | None = None,
-        taken_after: str | None = None,
-        taken_before: str | None = None,
-    ) -> np.ndarray:
-        """Ids of the images inside `folder` (recursively), in one of `formats`, at least
-        `min_width` by `min_height` pixels, taken at or after `taken_after` and before
-        `taken_before` ("YYYY-MM-DD HH:MM:SS[.ffffff]", local time); an argument left out does not
-        restrict. The date taken is the EXIF one, else the file's modification time.
+    def ids_matching(self, criteria: ImageCriteria) -> np.ndarray:
+        """Ids of the images that meet `criteria`.
 
         Images that failed to index are among them: a search restricted to these ids finds
         only those it holds vectors for. Asking SQLite for the vectors' presence as well would
         walk the whole vector table (2 KB rows): three to four times the cost of the filter.
         """
-        query = select(Image.id)
-        if folder is not None:
-            low, high = folder_prefix_range(folder)
-            query = query.where(Image.path >= low, Image.path < high)
-        if formats:
-            query = query.where(Image.format.in_(list(formats)))
-        if min_width is not None:
-            query = query.where(Image.width >= min_width)
-        if min_height is not None:
-            query = query.where(Image.height >= min_height)
-        if taken_after is not None:
-            query = query.where(_taken_on_or_after(taken_after))
-        if taken_before is not None:
-            query = query.where(not_(_taken_on_or_after(taken_before)))
+        query = select(Image.id).where(*_criteria(criteria))
         with self._read() as session:  # Core rows, not the ORM's: 15% less time for 200,000 ids
             return np.fromiter(session.connection().execute(query).scalars(), dtype=np.int64)
 
@@ -788,6 +770,25 @@ class CatalogWriter:
 
 
 _NS = 1_000_000_000  # nanoseconds in a second
+
+
+def _criteria(criteria: ImageCriteria) -> list[ColumnElement[bool]]:
+    """`criteria` as SQL conditions on the images table (all to be met)."""
+    conditions: list[ColumnElement[bool]] = []
+    if criteria.folder is not None:
+        low, high = folder_prefix_range(criteria.folder)
+        conditions += [Image.path >= low, Image.path < high]
+    if criteria.formats:
+        conditions.append(Image.format.in_(list(criteria.formats)))
+    if criteria.min_width is not None:
+        conditions.append(Image.width >= criteria.min_width)
+    if criteria.min_height is not None:
+        conditions.append(Image.height >= criteria.min_height)
+    if criteria.taken_after is not None:
+        conditions.append(_taken_on_or_after(criteria.taken_after))
+    if criteria.taken_before is not None:
+        conditions.append(not_(_taken_on_or_after(criteria.taken_before)))
+    return conditions
 
 
 def _taken_on_or_after(moment: str) -> ColumnElement[bool]:

@@ -52,6 +52,21 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
+class ImageCriteria:
+    """What a search filter asks of an image's record: inside `folder` (recursively), in one
+    of `formats`, at least `min_width` by `min_height` pixels, taken at or after `taken_after`
+    and before `taken_before` ("YYYY-MM-DD HH:MM:SS[.ffffff]", local time; the EXIF date, else
+    the file's modification time). A field left as None or () does not restrict."""
+
+    folder: str | None = None
+    formats: tuple[str, ...] = ()
+    min_width: int | None = None
+    min_height: int | None = None
+    taken_after: str | None = None
+    taken_before: str | None = None
+
+
+@dataclass(frozen=True)
 class RootInfo:
     """An indexed folder (resolved), how it is walked, when it was added and when an index run
     last went through it whole (None if none has finished yet)."""
