@@ -831,6 +831,8 @@ def test_a_first_index_job_whose_model_cannot_be_had_leaves_the_library_as_it_wa
     ):
         job = wait_for_job(http, http.post("/index", json={"paths": []}).json()["id"])
         assert job["state"] == "failed" and job["error"].startswith("Cannot get the weights of ViT-B-32")
+        # The run had begun: its report says what it kept before the error (nothing, here).
+        assert (job["report"]["roots"], job["report"]["added"]) == ([str(photos)], 0), job
         stats = http.get("/stats").json()
         assert (stats["model"], [root["path"] for root in stats["roots"]]) == (None, [str(photos)])
     assert content() == before

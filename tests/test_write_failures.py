@@ -23,6 +23,7 @@ import pytest
 
 from conftest import TinyModel, needs_permissions, run_cli
 from pixsift import Library
+from pixsift.errors import ModelError
 from sample_photos import write_photos
 
 pytestmark = pytest.mark.slow
@@ -62,17 +63,37 @@ def test_a_full_disk_stops_the_run_with_a_clear_message_and_loses_nothing(
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(f"error: Cannot write to the library at {indexed}: ")
     assert "Is the disk full, or the folder read-only?" in result.stderr
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    _, said_kept = result.stderr.splitlines()  # two lines, no traceback
+    assert "Traceback" not in result.stderr
 
     with Library.open(indexed) as library:  # space freed: everything committed is there
         health = library.check()
         assert health.healthy, health.problems
         kept = library.status().counts.indexed
-        assert 12 <= kept < 52
+        assert 12 < kept < 52
+        # The batch whose commit failed is not counted: the line says what the library holds.
+        count, _ = said_kept.split(" ", 1)
+        assert int(count) == kept - 12, said_kept
+        assert said_kept.endswith(" kept: run the command again to index the rest.")
         assert len(library.search("a photo", k=100)) == kept
         report = library.index()
         assert (report.added, report.unchanged) == (52 - kept, kept)
         assert library.check().healthy and library.check().notes == []
+
+
+def test_an_index_run_that_kept_nothing_prints_the_error_alone(tmp_path: Path, photos: Path) -> None:
+    """The default model cannot be had here (no hub): the run scans, then stops on the model,
+    before its first batch. Nothing was indexed, so nothing more is said than the error."""
+    library = tmp_path / "library"
+    result = run_cli("index", str(photos), "--library", str(library))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("error: Cannot get the weights of ViT-B-32")
+    assert result.stderr.count("\n") == 1, result.stderr
+    # The API's error carries the run's report.
+    with pytest.raises(ModelError) as stopped, Library.open(library) as opened:
+        opened.index(photos)
+    assert stopped.value.report is not None
+    assert (stopped.value.report.scanned, stopped.value.report.kept) == (12, 0)
 
 
 def test_a_search_on_a_full_disk_still_answers(indexed: Path) -> None:

@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 from pixsift import __version__
 from pixsift.config import LOCK_WAIT_S, MAX_BATCH_SIZE, MAX_WORKERS
 from pixsift.errors import LibraryBusyError, PixsiftError, given_path
-from pixsift.formatting import ResultFormat, StatusFormat
+from pixsift.formatting import ResultFormat, StatusFormat, format_kept
 
 if TYPE_CHECKING:
     from pixsift.library import Library
@@ -265,6 +265,8 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_USER_ERROR) from None
     except PixsiftError as exc:
         typer.echo(f"error: {exc.for_command_line()}", err=True)
+        if kept := format_kept(exc.report):  # an index run stopped part-way: not all was lost
+            typer.echo(kept, err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
 
 

@@ -6,6 +6,10 @@ The core raises; only the command line prints them and chooses exit codes.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pixsift.indexer.report import IndexReport
 
 
 class PixsiftError(Exception):
@@ -16,7 +20,13 @@ class PixsiftError(Exception):
     `--device cpu`. A message whose advice names what to pass says it in the API's words, and
     `command_line` holds the same message in the `pixsift` command's words (None: the message
     reads the same on both faces); only the command line prints it (`for_command_line`).
+
+    An error that stops an index run part-way (a full disk, a model that fails) carries in
+    `report` the IndexReport of what the run had committed before it, which stays in the
+    library (`report.kept` images); None when no run had begun, and on every other error.
     """
+
+    report: IndexReport | None = None
 
     def __init__(self, *args: object, command_line: str | None = None) -> None:
         super().__init__(*args)

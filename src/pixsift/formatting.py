@@ -92,6 +92,19 @@ def format_report(report: IndexReport, *, library_removed: bool = False) -> str:
     return "\n".join([summary, *gone, *report_warnings(report, library_removed=library_removed)])
 
 
+def format_kept(report: IndexReport | None) -> str | None:
+    """The line after the error that stopped an index run part-way: what it had indexed, which
+    is kept (PixsiftError.report). None when it had kept nothing, or no run had begun."""
+    if report is None or not report.kept:
+        return None
+    kept = (
+        "1 image was indexed before this and is"
+        if report.kept == 1
+        else f"{report.kept} images were indexed before this and are"
+    )
+    return f"{kept} kept: run the command again to index the rest."
+
+
 def _skipped_root_warning(root: str) -> str:
     """What to do about an indexed folder found missing or empty, whose images were kept."""
     quoted = shlex.quote(root)

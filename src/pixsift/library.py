@@ -223,6 +223,11 @@ class Library:
         One process indexes a library at a time: if another one is, this waits up to `wait`
         seconds (None: as long as it takes) and then raises LibraryBusyError.
 
+        Work is committed batch by batch. Ctrl-C raises IndexInterrupted, and an error that
+        stops the run part-way (LibraryWriteError for a full disk, ModelError...) is raised as
+        itself; either carries in `report` the IndexReport of what was committed before it
+        (`report.kept` images), which stays: the same call again goes on from there.
+
         When the first run into a library that `open` made fails or is interrupted before it
         keeps anything (a model that cannot be had, Ctrl-C while it loads, no folder to index),
         the library is taken back, its path left as it was before `open`; using this `Library`

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pixsift.config import THUMBNAILS_DIR
+from pixsift.errors import PixsiftError
 from pixsift.indexer.decode import default_max_pixels
 from pixsift.indexer.progress import IndexProgress
 from pixsift.indexer.report import IndexInterrupted, IndexReport
@@ -50,15 +51,16 @@ def index_library(
     report: IndexReport | None = None
     try:
         report = Indexer(catalog, embedder, settings, progress).run(walked)
-    except IndexInterrupted as interrupted:
-        report = interrupted.report
+    except (IndexInterrupted, PixsiftError) as stopped:  # each carries what was committed
+        report = stopped.report
         raise
-    finally:  # also after Ctrl-C: save what was committed into the FAISS index
-        with _interrupt_reported(report):
+    finally:  # also after Ctrl-C or an error: save what was committed into the FAISS index
+        if report is not None:
+            report.skipped_roots = skipped
+        with _interrupt_reported(report), _error_reported(report):
             if (model := catalog.model()) is not None:
                 index.refresh(model.embed_dim, save=True)
-    report.skipped_roots = skipped
-    with _interrupt_reported(report):
+    with _interrupt_reported(report), _error_reported(report):
         if model is not None:
             index.rebuild_if_drifted(model.embed_dim)
         if report.removed:
@@ -81,3 +83,16 @@ def _interrupt_reported(report: IndexReport | None) -> Iterator[None]:
             raise
         report.interrupted = True
         raise IndexInterrupted(report) from interrupt
+
+
+@contextmanager
+def _error_reported(report: IndexReport | None) -> Iterator[None]:
+    """An error while the search index is saved or rebuilt (a full disk) carries the report of
+    what the run committed, as an error during the run does: the database keeps it all, and
+    the next search or run catches the search index up."""
+    try:
+        yield
+    except PixsiftError as error:
+        if error.report is None:
+            error.report = report
+        raise

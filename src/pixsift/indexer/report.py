@@ -36,6 +36,22 @@ class IndexReport:
         went on). Files that failed in an earlier run and are unchanged count as failed still."""
         return not self.failed and not self.still_failed and not self.unreadable_dirs
 
+    @property
+    def kept(self) -> int:
+        """Images this run indexed into the library: new, re-embedded, moved, or copies of one
+        indexed (a run that an error stopped keeps these; the next run goes on from there)."""
+        return self.added + self.updated + self.moved + self.reused
+
+    def count_in(self, committed: IndexReport) -> None:
+        """Add the counts of `committed`, which one transaction made, once it was committed: a
+        write that failed is rolled back whole, and its files must not count as indexed."""
+        for name in _TRANSACTION_COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(committed, name))
+
+
+# What one transaction of a run counts (the rest is counted once, by the scan and the plan).
+_TRANSACTION_COUNTS = ("added", "updated", "moved", "reused", "touched", "removed", "failed", "vanished")
+
 
 class IndexInterrupted(KeyboardInterrupt):
     """Ctrl-C during an index run. Everything committed before it is kept; `report` says what.

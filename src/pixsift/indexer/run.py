@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from pixsift.errors import PixsiftError
 from pixsift.indexer.decode import default_max_pixels, describe_error, hash_file, is_vanished, open_regular
 from pixsift.indexer.pipeline import Embedded, Outcome, Unreadable, embed_files
 from pixsift.indexer.plan import Candidate, IndexPlan, plan_folder
@@ -77,7 +78,9 @@ class Indexer:
     def run(self, roots: Sequence[RootRequest]) -> IndexReport:
         """Index every image under `roots`, in one plan so files may move between them.
 
-        Ctrl-C raises IndexInterrupted, after the batches already embedded were committed.
+        Ctrl-C raises IndexInterrupted, after the batches already embedded were committed. A
+        PixsiftError that stops the run (a full disk, a model that fails) carries the report
+        of what was committed before it, as IndexInterrupted does.
         """
         started = time.monotonic()
         report = IndexReport(roots=[root.folder for root in roots])
@@ -101,6 +104,10 @@ class Indexer:
             report.interrupted = True
             report.elapsed_s = time.monotonic() - started
             raise IndexInterrupted(report) from interrupt
+        except PixsiftError as error:
+            report.elapsed_s = time.monotonic() - started
+            error.report = report
+            raise
         finally:
             self._progress.stop()
         report.elapsed_s = time.monotonic() - started
@@ -200,15 +207,17 @@ class Indexer:
         matches = _Matches(moves, returns, sources)
         gone = {row.id for row in plan.missing}
         to_embed: list[Candidate] = []
+        settled = IndexReport()
         with self._catalog.write() as batch:
             for candidate in plan.candidates:
                 content_hash = hashes.get(candidate.file.path)
                 if content_hash is None or not self._reuse(
-                    batch, candidate, content_hash, matches, gone, report
+                    batch, candidate, content_hash, matches, gone, settled
                 ):
                     to_embed.append(candidate)
             batch.depart_images(gone)  # in this transaction: a kill keeps the rows or the records
-            report.removed = len(gone)
+            settled.removed = len(gone)
+        report.count_in(settled)
         return to_embed
 
     def _gone_elsewhere(self, hashes: set[str]) -> list[KnownFile]:
@@ -312,12 +321,14 @@ class Indexer:
                     failed.append((known, describe_error(exc)))
         if not failed and not vanished:
             return queue
+        forgotten = IndexReport()
         with self._catalog.write() as batch:
             for known, error in failed:
                 batch.record_failure(
                     known.id, error, size=known.size, mtime_ns=known.mtime_ns, content_hash=None, retry=True
                 )
-            _forget_vanished(batch, vanished, report)
+            _forget_vanished(batch, vanished, forgotten)
+        report.count_in(forgotten)
         report.failed += len(failed)
         settled = {known.id for known, _ in failed} | {c.known.id for c in vanished if c.known is not None}
         return [c for c in queue if c.known is None or c.known.id not in settled]
@@ -351,9 +362,11 @@ class Indexer:
                         vanished.append(o.job)
                     else:
                         kept.append(o)
+                stored = IndexReport()
                 with self._catalog.write() as batch:
-                    _store(batch, kept, report)
-                    _forget_vanished(batch, vanished, report)
+                    _store(batch, kept, stored)
+                    _forget_vanished(batch, vanished, stored)
+                report.count_in(stored)
                 self._progress.advance(len(outcomes))
         finally:
             report.embed_s = time.monotonic() - started

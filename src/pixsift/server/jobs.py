@@ -155,13 +155,11 @@ class JobManager:
             job.state, job.started_at = "running", datetime.now(UTC)
         try:
             report = self._reindex(job)
-        except PixsiftError as exc:
-            self._finish(job, "failed", error=str(exc))
+        except PixsiftError as exc:  # what a run it stopped part-way committed stays: its report
+            self._finish(job, "failed", report=_as_dict(exc.report), error=str(exc))
         except KeyboardInterrupt as exc:  # only JobCancelled: Ctrl-C goes to the main thread
             cut_short: IndexReport | None = getattr(exc, "report", None)  # IndexInterrupted's
-            self._finish(
-                job, "cancelled", report=None if cut_short is None else dataclasses.asdict(cut_short)
-            )
+            self._finish(job, "cancelled", report=_as_dict(cut_short))
         except BaseException as exc:  # a bug: the job fails, the service goes on
             log.exception("index job %s failed", job.id)
             self._finish(job, "failed", error=f"unexpected error: {type(exc).__name__}: {exc}")
@@ -192,6 +190,10 @@ class JobManager:
             job.finished_at = datetime.now(UTC)
             self._running = None
             self._thread = None
+
+
+def _as_dict(report: IndexReport | None) -> dict[str, Any] | None:
+    return None if report is None else dataclasses.asdict(report)
 
 
 def _lower_priority() -> None:

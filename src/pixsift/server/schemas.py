@@ -194,7 +194,10 @@ class JobView(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    report: dict[str, Any] | None
+    report: dict[str, Any] | None = Field(
+        description="What the index run did (an IndexReport); for a cancelled or failed job, what "
+        "it committed before it stopped, which stays; null when no run had begun"
+    )
     error: str | None
     cancel_requested: bool = Field(description="A client cancelled it: it stops at its next step.")
 
