@@ -1,7 +1,8 @@
 """A batch too large for the GPU's memory is split, not the end of an index run (models/oom.py).
 
 These run on the CPU: the back-off is given a callable that runs out of memory as CUDA does
-(`torch.cuda.OutOfMemoryError`, which torch defines without a GPU) above a number of items.
+(`torch.cuda.OutOfMemoryError`, which torch defines without a GPU), or as Apple's MPS does (a
+RuntimeError in the words of torch's MPS allocator), above a number of items.
 tests/test_gpu.py makes a GPU really run out of memory, where one is.
 """
 
@@ -28,8 +29,19 @@ class SmallGpu:
     def __call__(self, items: Sequence[int]) -> np.ndarray:
         self.calls.append(len(items))
         if len(items) > self.fits:
-            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(items)} GiB.")
+            raise self.out_of_memory(len(items))
         return np.array([[item, -item, 0.5] for item in items], dtype=np.float32)
+
+    def out_of_memory(self, gib: int) -> RuntimeError:
+        return torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {gib} GiB.")
+
+
+class SmallAppleGpu(SmallGpu):
+    def out_of_memory(self, gib: int) -> RuntimeError:
+        return RuntimeError(
+            "MPS backend out of memory (MPS allocated: 7.64 GiB, other allocations: 0 bytes, "
+            f"max allowed: 9.07 GiB). Tried to allocate {gib} GiB on private pool."
+        )
 
 
 def one_at_a_time(items: Sequence[int]) -> np.ndarray:
@@ -90,6 +102,19 @@ def test_texts_back_off_on_their_own_terms(caplog: pytest.LogCaptureFixture) -> 
     )
 
 
+def test_apples_gpu_running_out_of_memory_backs_off_the_same_way(caplog: pytest.LogCaptureFixture) -> None:
+    gpu, backoff = SmallAppleGpu(fits=40), MemoryBackOff("mps", "image")
+    items = list(range(100))
+    with caplog.at_level(logging.WARNING, logger="pixsift.models.oom"):
+        np.testing.assert_array_equal(backoff.embed(gpu, items), one_at_a_time(items))
+    assert gpu.calls == [100, 50, 25, 25, 25, 25]
+    assert [record.getMessage() for record in caplog.records] == [
+        "The GPU (mps) ran out of memory at a batch of 100 images; going on with 25."
+    ]
+    with pytest.raises(ModelError, match=r"One image alone does not fit in the memory of the GPU \(mps\)"):
+        MemoryBackOff("mps", "image").embed(SmallAppleGpu(fits=0), [1, 2])
+
+
 def test_one_image_that_never_fits_is_a_model_error_with_advice_for_each_face() -> None:
     gpu, backoff = SmallGpu(fits=0), MemoryBackOff("cuda:0", "image")
     with pytest.raises(ModelError) as raised:
@@ -108,7 +133,7 @@ def test_one_image_that_never_fits_is_a_model_error_with_advice_for_each_face() 
 
 
 def test_other_errors_are_not_taken_for_running_out_of_memory() -> None:
-    """Only CUDA's out-of-memory error backs off: a model's own failure is not hidden by
+    """Only a GPU's out-of-memory error backs off: a model's own failure is not hidden by
     splitting the batch again and again."""
 
     def broken(items: Sequence[int]) -> np.ndarray:

@@ -1,12 +1,12 @@
-"""Backing off when a batch does not fit in a CUDA GPU's memory.
+"""Backing off when a batch does not fit in a GPU's memory (CUDA or Apple's MPS).
 
 How many images fit in a GPU's memory at once depends on the GPU, the model and what else
 runs there, and `--batch-size` takes up to 4096: a batch that does not fit must not end an
 index run in a torch traceback. A batch that runs out of memory is split in halves, each
 embedded on its own (split again if need be), and the size that fitted becomes the cap for
 the embedder's next batches, so a batch size too large for the GPU costs one failed attempt,
-not one per batch. Only CUDA's error is caught: Apple's MPS reports running out of memory as
-a plain RuntimeError, which is not told apart here.
+not one per batch. CUDA raises `torch.OutOfMemoryError`; Apple's MPS raises a plain
+RuntimeError that says "MPS backend out of memory", so it is told apart by its words.
 """
 
 from __future__ import annotations
@@ -61,15 +61,14 @@ class MemoryBackOff:
         return np.concatenate(parts)
 
     def _fitted(self, embed: Callable[[Sequence[Item]], np.ndarray], items: Sequence[Item]) -> np.ndarray:
-        import torch
-
         try:
             return embed(items)
-        except torch.cuda.OutOfMemoryError:
-            pass
+        except RuntimeError as error:
+            if not out_of_memory(error):
+                raise
         # Out of the except block: the error's traceback, which holds the failed call's tensors,
         # is gone, so the memory they took goes back to the GPU with the rest of torch's cache.
-        torch.cuda.empty_cache()
+        _empty_cache()
         if len(items) == 1:
             raise self._too_large()
         self.cap = min(self.cap or len(items), (len(items) + 1) // 2)
@@ -87,3 +86,23 @@ class MemoryBackOff:
         return ModelError(
             lead + advice.format('device="cpu"'), command_line=lead + advice.format("--device cpu")
         )
+
+
+MPS_OUT_OF_MEMORY = "MPS backend out of memory"  # how torch's MPS allocator words it
+
+
+def out_of_memory(error: RuntimeError) -> bool:
+    """Whether `error` is a GPU running out of memory, not a model's own failure: the one
+    kind a smaller batch can help."""
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or MPS_OUT_OF_MEMORY in str(error)
+
+
+def _empty_cache() -> None:
+    """Give torch's cached blocks back to whichever GPU ran out (a no-op for one not in use)."""
+    import torch
+
+    torch.cuda.empty_cache()
+    if torch.backends.mps.is_available():  # without MPS, torch.mps.empty_cache() raises
+        torch.mps.empty_cache()
