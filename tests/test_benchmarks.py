@@ -3,12 +3,14 @@ at once, in one line, before minutes of photo making and model export."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 INDEX_THROUGHPUT = Path(__file__).resolve().parent.parent / "benchmarks" / "index_throughput.py"
 SERVE_LOAD = INDEX_THROUGHPUT.with_name("serve_load.py")
@@ -98,3 +100,43 @@ def refused_by_serve_load(tmp_path: Path, options: list[str], message: str) -> N
     assert last.startswith("serve_load.py: error: ") and message in last, result.stderr
     assert "Traceback" not in result.stderr and "library of" not in result.stdout
     assert list(tmp_path.iterdir()) == []  # refused before the library was built
+
+
+DECODE_COST = INDEX_THROUGHPUT.with_name("decode_cost.py")
+
+
+def run_decode_cost(*options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(DECODE_COST), *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        check=False,
+    )
+
+
+def test_decode_cost_times_every_step_of_the_decode_path(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for number in range(6):
+        Image.new("RGB", (1024, 768), (40 * number, 90, 200)).save(photos / f"{number}.jpg", quality=90)
+    (photos / "notes.txt").write_text("not a photo")
+    result = run_decode_cost(
+        "--photos", str(photos), "--count", "6", "--rounds", "1", "--json", str(tmp_path / "t.json")
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("6 photos, ")
+    table = json.loads((tmp_path / "t.json").read_text())
+    assert table["photos"] == 6
+    steps = table["core_ms"]
+    assert {"read the file", "SHA-256 of its bytes", "whole load_image, as the indexer calls it"} <= set(
+        steps
+    )
+    assert all(f"| {step} | {ms:.1f} |" in result.stdout for step, ms in steps.items())
+
+
+def test_decode_cost_refuses_a_folder_without_jpegs(tmp_path: Path) -> None:
+    result = run_decode_cost("--photos", str(tmp_path), "--count", "6")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"decode_cost.py: error: no JPEG in {tmp_path}"
