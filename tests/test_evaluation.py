@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -180,6 +181,29 @@ def test_bad_query_files_are_refused_by_line(
         indexed.evaluate(queries)
     result = runner.invoke(app, ["eval", str(queries), "--library", str(indexed.path)])
     assert result.exit_code == 1 and message in result.output
+
+
+def test_each_relevant_path_must_name_an_indexed_image(
+    indexed: Library, photos: Path, tmp_path: Path
+) -> None:
+    """A typo among several relevant paths was dropped in silence: the query counted one
+    relevant image fewer than its line names, and its recall came out higher than it is."""
+    queries = write_queries(
+        tmp_path / "q.jsonl",
+        {"query": "anything", "relevant": ["Photos/photo_0100.jpg"]},
+        {"query": "anything", "relevant": ["Photos/photo_0101.jpg", "Photos/photo_1010.jpg", "Photos/*.png"]},
+    )
+    expected = f"Line 2: no indexed image matches {photos / 'photo_1010.jpg'} (a mistyped path"
+    with pytest.raises(QueryError, match=re.escape(expected)):
+        indexed.evaluate(queries)
+    result = runner.invoke(app, ["eval", str(queries), "--library", str(indexed.path)])
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr.startswith(f"error: {expected}") and result.stderr.count("\n") == 1
+    queries.write_text(queries.read_text().replace("photo_1010.jpg", "photo_0102.jpg"))
+    with pytest.raises(QueryError, match=re.escape(f"Line 2: no indexed image matches {photos / '*.png'}")):
+        indexed.evaluate(queries)  # a glob that matches nothing is as likely a mistake
+    queries.write_text(queries.read_text().replace("*.png", "photo_01*.jpg"))
+    assert [o.relevant for o in indexed.evaluate(queries).per_query] == [1, 12]  # each image once
 
 
 def test_a_query_image_that_cannot_be_read_is_named_by_line(

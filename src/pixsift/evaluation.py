@@ -210,11 +210,15 @@ def relevant_paths(query: LabelledQuery, indexed: Sequence[str], indexed_set: se
     relevant paths and patterns name."""
     found: set[str] = set()
     for written in query.relevant:
-        for pattern in {written, _with_real_folders(written)}:
-            found.update({pattern} & indexed_set)  # a name may hold [ itself: "beach [1].jpg"
-            if not _GLOB_CHARS.isdisjoint(pattern):
-                matches = _glob_regex(pattern).match
-                found.update(path for path in indexed if matches(path))
+        named = _named_by(written, indexed, indexed_set)
+        if not named:
+            # Each one, not only all together: a typo among several paths would otherwise drop
+            # an image the user counts as relevant, and recall would be measured without it.
+            raise QueryError(
+                f"Line {query.line}: no indexed image matches {written} "
+                "(a mistyped path, or an image not indexed?)."
+            )
+        found |= named
     if query.image is not None:  # the query image is never among its own results
         found -= {query.image, os.path.realpath(query.image)}
     if not found:
@@ -222,6 +226,17 @@ def relevant_paths(query: LabelledQuery, indexed: Sequence[str], indexed_set: se
             f"Line {query.line}: no indexed image matches its relevant paths ({', '.join(query.relevant)})."
         )
     return found
+
+
+def _named_by(written: str, indexed: Sequence[str], indexed_set: set[str]) -> set[str]:
+    """The indexed images that one relevant path or pattern names."""
+    named: set[str] = set()
+    for pattern in {written, _with_real_folders(written)}:
+        named.update({pattern} & indexed_set)  # a name may hold [ itself: "beach [1].jpg"
+        if not _GLOB_CHARS.isdisjoint(pattern):
+            matches = _glob_regex(pattern).match
+            named.update(path for path in indexed if matches(path))
+    return named
 
 
 @functools.lru_cache(maxsize=1024)
