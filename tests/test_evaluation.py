@@ -206,6 +206,20 @@ def test_each_relevant_path_must_name_an_indexed_image(
     assert [o.relevant for o in indexed.evaluate(queries).per_query] == [1, 12]  # each image once
 
 
+def test_an_image_query_that_names_only_itself_as_relevant_is_told_so(
+    indexed: Library, photos: Path, tmp_path: Path
+) -> None:
+    """It was told "no indexed image matches" the path of an image that is indexed."""
+    image = photos / "photo_0100.jpg"
+    queries = write_queries(tmp_path / "q.jsonl", {"image": str(image), "relevant": ["Photos/photo_0100.*"]})
+    result = runner.invoke(app, ["eval", str(queries), "--library", str(indexed.path)])
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: Line 1: its relevant paths name only the query image {image}, which is never "
+        "among its own results: name the other images that answer it.\n"
+    )
+
+
 def test_a_query_image_that_cannot_be_read_is_named_by_line(
     indexed: Library, photos: Path, tmp_path: Path
 ) -> None:

@@ -221,9 +221,10 @@ def relevant_paths(query: LabelledQuery, indexed: Sequence[str], indexed_set: se
         found |= named
     if query.image is not None:  # the query image is never among its own results
         found -= {query.image, os.path.realpath(query.image)}
-    if not found:
+    if not found:  # each path named an image, so only the query image itself: say so
         raise QueryError(
-            f"Line {query.line}: no indexed image matches its relevant paths ({', '.join(query.relevant)})."
+            f"Line {query.line}: its relevant paths name only the query image {query.image}, which is "
+            "never among its own results: name the other images that answer it."
         )
     return found
 
