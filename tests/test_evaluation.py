@@ -106,6 +106,29 @@ def test_a_glob_stays_in_its_folder_unless_it_says_double_star(
     assert counts == [13, 1, 15, 2, 6]
 
 
+def test_a_query_file_in_a_folder_named_with_brackets_finds_its_images(
+    indexed: Library, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The query file's folder (or the home folder of `~`) is a path the user did not write
+    as a pattern: "Trip [2023]" in it is a name, not a class matching "Trip 2" ("no indexed
+    image matches" every relevant glob)."""
+    trip = photos / "Trip [2023]"
+    trip.mkdir()
+    for name in ("photo_0100.jpg", "photo_0101.jpg", "photo_0102.jpg"):
+        shutil.copy(photos / name, trip / name)
+    indexed.index(photos)
+    monkeypatch.setenv("HOME", str(trip))
+    queries = write_queries(
+        trip / "q.jsonl",
+        {"query": "anything", "relevant": ["photo_010[01].jpg"]},  # a class the user wrote
+        {"query": "anything", "relevant": ["~/*.jpg"]},
+        {"query": "anything", "relevant": [str(trip / "photo_0102.jpg")]},
+        {"image": "photo_0101.jpg", "relevant": ["../Trip */photo_0100.jpg"]},
+    )
+    counts = [outcome.relevant for outcome in indexed.evaluate(queries, cutoffs=[1]).per_query]
+    assert counts == [2, 3, 1, 1]
+
+
 def test_a_query_text_may_hold_any_unicode_line_separator(indexed: Library, tmp_path: Path) -> None:
     """JSON Lines ends lines with \\n only; Python writes U+2028 and U+0085 unescaped with
     ensure_ascii=False, and Windows files end lines with \\r\\n."""
