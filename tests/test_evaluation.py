@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -105,6 +106,29 @@ def test_a_glob_stays_in_its_folder_unless_it_says_double_star(
     assert counts == [13, 1, 15, 2, 6]
 
 
+def test_a_query_file_in_a_folder_named_with_brackets_finds_its_images(
+    indexed: Library, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The query file's folder (or the home folder of `~`) is a path the user did not write
+    as a pattern: "Trip [2023]" in it is a name, not a class matching "Trip 2" ("no indexed
+    image matches" every relevant glob)."""
+    trip = photos / "Trip [2023]"
+    trip.mkdir()
+    for name in ("photo_0100.jpg", "photo_0101.jpg", "photo_0102.jpg"):
+        shutil.copy(photos / name, trip / name)
+    indexed.index(photos)
+    monkeypatch.setenv("HOME", str(trip))
+    queries = write_queries(
+        trip / "q.jsonl",
+        {"query": "anything", "relevant": ["photo_010[01].jpg"]},  # a class the user wrote
+        {"query": "anything", "relevant": ["~/*.jpg"]},
+        {"query": "anything", "relevant": [str(trip / "photo_0102.jpg")]},
+        {"image": "photo_0101.jpg", "relevant": ["../Trip */photo_0100.jpg"]},
+    )
+    counts = [outcome.relevant for outcome in indexed.evaluate(queries, cutoffs=[1]).per_query]
+    assert counts == [2, 3, 1, 1]
+
+
 def test_a_query_text_may_hold_any_unicode_line_separator(indexed: Library, tmp_path: Path) -> None:
     """JSON Lines ends lines with \\n only; Python writes U+2028 and U+0085 unescaped with
     ensure_ascii=False, and Windows files end lines with \\r\\n."""
@@ -180,6 +204,43 @@ def test_bad_query_files_are_refused_by_line(
         indexed.evaluate(queries)
     result = runner.invoke(app, ["eval", str(queries), "--library", str(indexed.path)])
     assert result.exit_code == 1 and message in result.output
+
+
+def test_each_relevant_path_must_name_an_indexed_image(
+    indexed: Library, photos: Path, tmp_path: Path
+) -> None:
+    """A typo among several relevant paths was dropped in silence: the query counted one
+    relevant image fewer than its line names, and its recall came out higher than it is."""
+    queries = write_queries(
+        tmp_path / "q.jsonl",
+        {"query": "anything", "relevant": ["Photos/photo_0100.jpg"]},
+        {"query": "anything", "relevant": ["Photos/photo_0101.jpg", "Photos/photo_1010.jpg", "Photos/*.png"]},
+    )
+    expected = f"Line 2: no indexed image matches {photos / 'photo_1010.jpg'} (a mistyped path"
+    with pytest.raises(QueryError, match=re.escape(expected)):
+        indexed.evaluate(queries)
+    result = runner.invoke(app, ["eval", str(queries), "--library", str(indexed.path)])
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr.startswith(f"error: {expected}") and result.stderr.count("\n") == 1
+    queries.write_text(queries.read_text().replace("photo_1010.jpg", "photo_0102.jpg"))
+    with pytest.raises(QueryError, match=re.escape(f"Line 2: no indexed image matches {photos / '*.png'}")):
+        indexed.evaluate(queries)  # a glob that matches nothing is as likely a mistake
+    queries.write_text(queries.read_text().replace("*.png", "photo_01*.jpg"))
+    assert [o.relevant for o in indexed.evaluate(queries).per_query] == [1, 12]  # each image once
+
+
+def test_an_image_query_that_names_only_itself_as_relevant_is_told_so(
+    indexed: Library, photos: Path, tmp_path: Path
+) -> None:
+    """It was told "no indexed image matches" the path of an image that is indexed."""
+    image = photos / "photo_0100.jpg"
+    queries = write_queries(tmp_path / "q.jsonl", {"image": str(image), "relevant": ["Photos/photo_0100.*"]})
+    result = runner.invoke(app, ["eval", str(queries), "--library", str(indexed.path)])
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: Line 1: its relevant paths name only the query image {image}, which is never "
+        "among its own results: name the other images that answer it.\n"
+    )
 
 
 def test_a_query_image_that_cannot_be_read_is_named_by_line(

@@ -7,7 +7,8 @@ A query file is JSON Lines, one query per line:
 
 `relevant` lists paths or glob patterns (relative ones are relative to the query file's folder)
 naming the images that answer the query. As in the shell, `*`, `?` and `[...]` stay within one
-folder's names, and a `**` folder matches any number of folders (`2024/**/*.jpg`). An image
+folder's names, and a `**` folder matches any number of folders (`2024/**/*.jpg`); in the folder
+a relative one is taken from (the query file's, or `~`'s) they are only themselves. An image
 query leaves the query image itself out, as `pixsift similar` does.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import glob
 import json
 import os
 import re
@@ -33,11 +35,26 @@ _GLOB_CHARS = frozenset("*?[")
 
 
 @dataclass(frozen=True)
+class RelevantPath:
+    """One of a query's relevant paths or glob patterns, made absolute.
+
+    Its first `literal` names are the folder it was made absolute with (the query file's, or
+    the home folder of `~`): names the user did not write as a pattern, so a `[`, `*` or `?`
+    in them is only itself."""
+
+    path: str
+    literal: int
+
+    def __str__(self) -> str:
+        return self.path
+
+
+@dataclass(frozen=True)
 class LabelledQuery:
     """One line of a query file: a text or an image query and the images that answer it."""
 
     line: int
-    relevant: tuple[str, ...]  # absolute paths or absolute glob patterns
+    relevant: tuple[RelevantPath, ...]
     text: str | None = None
     image: str | None = None
 
@@ -175,7 +192,7 @@ def _parse_line(number: int, line: str, base: Path) -> LabelledQuery:
         raise QueryError(f"Line {number}: 'relevant' must be a non-empty list of paths or glob patterns.")
     return LabelledQuery(
         line=number,
-        relevant=tuple(_absolute(pattern, base) for pattern in relevant),
+        relevant=tuple(_relevant_path(pattern, base) for pattern in relevant),
         text=text,
         image=_absolute(image, base) if image is not None else None,
     )
@@ -196,13 +213,35 @@ def _absolute(pattern: str, base: Path) -> str:
     return os.path.normpath(expanded if os.path.isabs(expanded) else os.path.join(base, expanded))
 
 
-def _with_real_folders(pattern: str) -> str:
-    """`pattern` with links resolved in its folders up to the first wildcard: roots are stored
-    resolved, so a relevant path written through a linked folder names them only this way."""
-    parts = pattern.split(os.sep)
-    fixed = next((i for i, part in enumerate(parts) if not _GLOB_CHARS.isdisjoint(part)), len(parts) - 1)
+def _relevant_path(written: str, base: Path) -> RelevantPath:
+    path = _absolute(written, base)
+    head = written.split(os.sep, 1)[0]
+    if head.startswith("~") and os.path.expanduser(head) != head:
+        folder = os.path.expanduser(head)  # "~/x" or "~user/x"
+    elif os.path.isabs(written):
+        return RelevantPath(path, 1)  # all written: only the root (or drive) is not a pattern
+    else:
+        folder = str(base)
+    # The names `path` shares with `folder`: what a ".." in `written` left of it
+    shared = os.path.commonpath([os.path.normpath(folder), path]).rstrip(os.sep)  # "/" as ""
+    return RelevantPath(path, len(shared.split(os.sep)))
+
+
+def _fixed_names(relevant: RelevantPath) -> int:
+    """How many of `relevant`'s names come before its first wildcard: a path's all but its last."""
+    parts = relevant.path.split(os.sep)
+    wild = (i for i, part in enumerate(parts) if i >= relevant.literal and not _GLOB_CHARS.isdisjoint(part))
+    return next(wild, len(parts) - 1)
+
+
+def _with_real_folders(relevant: RelevantPath) -> set[str]:
+    """`relevant` as a glob pattern (its literal folder escaped), as written and with links
+    resolved in its folders up to the first wildcard: roots are stored resolved, so a relevant
+    path written through a linked folder names them only this way."""
+    parts = relevant.path.split(os.sep)
+    fixed = _fixed_names(relevant)
     folder = os.sep.join(parts[:fixed]) or os.sep
-    return os.path.join(os.path.realpath(folder), *parts[fixed:])
+    return {os.path.join(glob.escape(name), *parts[fixed:]) for name in (folder, os.path.realpath(folder))}
 
 
 def relevant_paths(query: LabelledQuery, indexed: Sequence[str], indexed_set: set[str]) -> set[str]:
@@ -210,18 +249,36 @@ def relevant_paths(query: LabelledQuery, indexed: Sequence[str], indexed_set: se
     relevant paths and patterns name."""
     found: set[str] = set()
     for written in query.relevant:
-        for pattern in {written, _with_real_folders(written)}:
-            found.update({pattern} & indexed_set)  # a name may hold [ itself: "beach [1].jpg"
-            if not _GLOB_CHARS.isdisjoint(pattern):
-                matches = _glob_regex(pattern).match
-                found.update(path for path in indexed if matches(path))
+        named = _named_by(written, indexed, indexed_set)
+        if not named:
+            # Each one, not only all together: a typo among several paths would otherwise drop
+            # an image the user counts as relevant, and recall would be measured without it.
+            raise QueryError(
+                f"Line {query.line}: no indexed image matches {written} "
+                "(a mistyped path, or an image not indexed?)."
+            )
+        found |= named
     if query.image is not None:  # the query image is never among its own results
         found -= {query.image, os.path.realpath(query.image)}
-    if not found:
+    if not found:  # each path named an image, so only the query image itself: say so
         raise QueryError(
-            f"Line {query.line}: no indexed image matches its relevant paths ({', '.join(query.relevant)})."
+            f"Line {query.line}: its relevant paths name only the query image {query.image}, which is "
+            "never among its own results: name the other images that answer it."
         )
     return found
+
+
+def _named_by(relevant: RelevantPath, indexed: Sequence[str], indexed_set: set[str]) -> set[str]:
+    """The indexed images that one relevant path or pattern names."""
+    folder, name = os.path.split(relevant.path)
+    # as a path first: a name may hold [ itself, "beach [1].jpg"
+    named = {relevant.path, os.path.join(os.path.realpath(folder), name)} & indexed_set
+    parts = relevant.path.split(os.sep)
+    if any(not _GLOB_CHARS.isdisjoint(part) for part in parts[relevant.literal :]):
+        for pattern in _with_real_folders(relevant):
+            matches = _glob_regex(pattern).match
+            named.update(path for path in indexed if matches(path))
+    return named
 
 
 @functools.lru_cache(maxsize=1024)
