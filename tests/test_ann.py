@@ -345,6 +345,18 @@ def test_asking_for_every_image_past_tombstones_returns_every_image(tmp_path: Pa
             assert {hit.id for hit in library.search_vector(query, k=len(left))} == left
 
 
+def test_a_graph_mostly_of_tombstones_keeps_its_recall_until_the_next_index_run(tmp_path: Path) -> None:
+    """Deleting most images (forget, delete, another process) leaves them in the graph until
+    the next index run; searches walk past them and must still find the live neighbours."""
+    folder = tmp_path / "library"
+    ids = fill(folder, COUNT)
+    with Library.open(folder, index_thresholds=THRESHOLDS[IndexKind.hnsw]) as library:
+        gone = np.random.default_rng(0).choice(ids, int(0.8 * COUNT), replace=False)
+        delete_behind_the_graph(library, sorted(gone.tolist()))
+        assert library.index_summary().tombstones == len(gone)
+        assert recall_at_10(library, folder, queries()) >= RECALL_TARGET
+
+
 def test_a_forced_kind_is_kept_and_auto_releases_it(tmp_path: Path) -> None:
     folder = tmp_path / "library"
     fill(folder, COUNT)
