@@ -193,6 +193,27 @@ def test_each_kind_is_chosen_by_size_and_reaches_its_recall_target(
     assert recall_at_10(library, folder, queries()) >= RECALL_TARGET
 
 
+@pytest.mark.parametrize("kind", [IndexKind.hnsw, IndexKind.ivfpq], ids=lambda kind: kind.value)
+def test_a_library_of_copies_is_tuned_as_one_without(tmp_path: Path, kind: IndexKind) -> None:
+    """Every photo twice (a backup indexed beside the originals): a copy found in place of the
+    other is as good a result, and a tuning query's copy must not lead the search to it, so
+    tuning settles where it does without copies, not at its widest search."""
+    folder = tmp_path / "library"
+    fill(folder, COUNT // 2)
+    fill(folder, COUNT // 2, prefix="/backup")  # the same seed: the same vectors again
+    with Library.open(folder, index_thresholds=THRESHOLDS[kind]) as library:
+        summary = library.index_summary()
+        assert summary.kind == kind.value and summary.vectors == COUNT
+        assert summary.recall is not None and summary.recall >= RECALL_TARGET
+        assert summary.search_param is not None and summary.search_param <= 64
+        _, vectors = stored_vectors(folder)
+        hits = 0  # and searches reach the recall tuned for, a copy counting as the other
+        for query in queries():
+            tenth = np.sort(vectors @ query)[-10]
+            hits += sum(r.score >= tenth - 1e-5 for r in library.search_vector(query, k=10))
+        assert hits / (10 * len(queries())) >= RECALL_TARGET
+
+
 def test_scores_are_exact_cosines_even_from_compressed_codes(synthetic: tuple[Library, Path]) -> None:
     library, folder = synthetic
     ids, vectors = stored_vectors(folder)
@@ -343,6 +364,18 @@ def test_asking_for_every_image_past_tombstones_returns_every_image(tmp_path: Pa
         for query in queries(5):  # half the graph is tombstones
             assert library.index_summary().tombstones == len(ids[::2])
             assert {hit.id for hit in library.search_vector(query, k=len(left))} == left
+
+
+def test_a_graph_mostly_of_tombstones_keeps_its_recall_until_the_next_index_run(tmp_path: Path) -> None:
+    """Deleting most images (forget, delete, another process) leaves them in the graph until
+    the next index run; searches walk past them and must still find the live neighbours."""
+    folder = tmp_path / "library"
+    ids = fill(folder, COUNT)
+    with Library.open(folder, index_thresholds=THRESHOLDS[IndexKind.hnsw]) as library:
+        gone = np.random.default_rng(0).choice(ids, int(0.8 * COUNT), replace=False)
+        delete_behind_the_graph(library, sorted(gone.tolist()))
+        assert library.index_summary().tombstones == len(gone)
+        assert recall_at_10(library, folder, queries()) >= RECALL_TARGET
 
 
 def test_a_forced_kind_is_kept_and_auto_releases_it(tmp_path: Path) -> None:
