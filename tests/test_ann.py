@@ -333,6 +333,28 @@ def test_crossing_a_threshold_changes_the_kind_at_the_next_index_run(tmp_path: P
         assert recall_at_10(library, folder, queries(50)) >= RECALL_TARGET
 
 
+def test_a_library_hovering_at_a_threshold_is_not_rebuilt_at_every_run(tmp_path: Path) -> None:
+    """A larger kind as soon as the library outgrows the smaller, a smaller one only once the
+    library is 10% below the threshold: 20 images added and removed around 20,000 must not
+    rebuild the index flat, HNSW, flat at every index run."""
+    folder = tmp_path / "library"
+    fill(folder, 490)
+    with Library.open(folder, index_thresholds=THRESHOLDS[IndexKind.hnsw]) as library:  # flat_max 500
+        assert library.index_summary().kind == "flat"
+        added = fill(folder, 20, seed=2)  # 510
+        index_run(library, tmp_path)
+        assert library.index_summary().kind == "hnsw"
+        delete_behind_the_graph(library, added)  # 490: under the threshold, not 10% under
+        index_run(library, tmp_path)
+        summary = library.index_summary()
+        assert (summary.kind, summary.trained_count, summary.vectors) == ("hnsw", 510, 490)
+        assert recall_at_10(library, folder, queries(20)) >= RECALL_TARGET
+        ids, _ = stored_vectors(folder)
+        delete_behind_the_graph(library, [int(i) for i in ids[:50]])  # 440: 440 * 1.1 <= 500
+        index_run(library, tmp_path)
+        assert (library.index_summary().kind, library.index_summary().vectors) == ("flat", 440)
+
+
 def delete_behind_the_graph(library: Library, ids: list[int]) -> None:
     """Delete `ids` from the catalog of `library` (an HNSW one) after its graph holds them,
     as another process would: the graph keeps them as tombstones."""

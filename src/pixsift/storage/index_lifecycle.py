@@ -3,13 +3,15 @@
 Small changes are applied in place from the catalog's change log: new vectors are added,
 removed ones deleted (IVF-PQ) or tombstoned (HNSW, which cannot delete). The index is rebuilt,
 and an ANN index retrained, only when it has drifted from what the library needs: it is of
-another kind than the policy now picks, the collection has grown or shrunk by the drift factor
-since training, or tombstones have piled up. The caller builds the replacement without
+another kind than the policy now picks (a smaller kind only once the library is well below
+the threshold), the collection has grown or shrunk by the drift factor since training, or
+tombstones have piled up. The caller builds the replacement without
 blocking searches and swaps it in whole (see `Library`).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -30,6 +32,10 @@ if TYPE_CHECKING:
 INDEX_TYPE_KEY = "index_type"  # catalog setting: "auto" (absent) or a forced kind
 MEMORY_BUDGET_KEY = "index_memory_budget"  # catalog setting: bytes
 TOMBSTONE_SHARE = 0.2  # HNSW is compacted when this share of its positions are removed ones
+# A library gives its index up for a smaller kind only once it has shrunk this far below the
+# threshold: one hovering around 20,000 images is not rebuilt flat, HNSW, flat at every run.
+SHRINK_MARGIN = 0.1
+KINDS_BY_SIZE = (IndexKind.flat, IndexKind.hnsw, IndexKind.ivfpq)
 
 
 class Settings(Protocol):
@@ -93,7 +99,7 @@ def catch_up(catalog: Catalog, index: VectorIndex, policy: IndexPolicy | None = 
 
 def rebuild_reason(index: VectorIndex, policy: IndexPolicy) -> str | None:
     """Why `index` should be rebuilt for `policy`, or None while it still fits."""
-    wanted = policy.plan(index.count, index.dim).kind
+    wanted = wanted_kind(index, policy)
     if wanted is not index.kind:
         return f"{index.count:,} vectors now call for a {wanted.value} index, not {index.kind.value}"
     if index.kind is not IndexKind.flat and drifted(index.meta.trained_count, index.count, policy.thresholds):
@@ -102,3 +108,12 @@ def rebuild_reason(index: VectorIndex, policy: IndexPolicy) -> str | None:
     if index.tombstones and index.tombstones > TOMBSTONE_SHARE * positions:
         return f"{index.tombstones:,} of {positions:,} graph positions are removed images"
     return None
+
+
+def wanted_kind(index: VectorIndex, policy: IndexPolicy) -> IndexKind:
+    """The kind `policy` picks for `index`'s count: a larger one as soon as the library
+    outgrows this one, a smaller one only once it is `SHRINK_MARGIN` below the threshold."""
+    wanted = policy.plan(index.count, index.dim).kind
+    if KINDS_BY_SIZE.index(wanted) < KINDS_BY_SIZE.index(index.kind):
+        return policy.plan(math.ceil(index.count * (1 + SHRINK_MARGIN)), index.dim).kind
+    return wanted
