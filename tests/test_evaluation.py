@@ -157,6 +157,24 @@ def test_eval_command_prints_a_table_and_json(indexed: Library, photos: Path, tm
     assert data["mrr@2"] == 1.0 and data["per_query"][0]["ranks"] == [1]
 
 
+def test_eval_table_keeps_its_columns_apart_at_large_cutoffs(
+    indexed: Library, photos: Path, tmp_path: Path
+) -> None:
+    queries = write_queries(
+        tmp_path / "q.jsonl",
+        {"image": str(photos / "twin.jpg"), "relevant": [str(photos / "photo_0100.jpg")]},
+    )
+    library = ["--library", str(indexed.path)]
+    table = runner.invoke(app, ["eval", str(queries), *library, "--cutoffs", "1,100000000"])
+    assert table.exit_code == 0, table.output
+    lines = table.output.splitlines()
+    header = next(line for line in lines if "@1" in line)
+    assert header.split() == ["@1", "@100000000"]
+    recall = next(line for line in lines if line.startswith("recall"))
+    assert recall.split() == ["recall", "1.000", "1.000"]
+    assert next(line for line in lines if line.startswith("MRR")).split() == ["MRR@100000000", "1.000"]
+
+
 def test_eval_json_names_each_query_as_the_file_does(indexed: Library, photos: Path, tmp_path: Path) -> None:
     twin = str(photos / "twin.jpg")
     queries = write_queries(

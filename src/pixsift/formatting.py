@@ -13,7 +13,7 @@ import json
 import os
 import shlex
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -235,16 +235,23 @@ def status_as_json(status: LibraryStatus, failures: Sequence[Failure] | None) ->
 
 def format_eval(report: EvalReport) -> str:
     """The evaluation as a small table: recall and precision at each cut-off, then MRR and latency."""
-    header = "".join(f"{'@' + str(k):>8}" for k in report.cutoffs)
+    # A column is as wide as its label, with two spaces before it: @100000000 keeps its gap.
+    widths = [max(8, len(f"@{k}") + 2) for k in report.cutoffs]
+    header = "".join(f"{'@' + str(k):>{width}}" for k, width in zip(report.cutoffs, widths, strict=True))
     queries = "1 query" if len(report.per_query) == 1 else f"{len(report.per_query)} queries"
+
+    def row(name: str, value: Callable[[int], float]) -> str:
+        cells = (f"{value(k):>{width}.3f}" for k, width in zip(report.cutoffs, widths, strict=True))
+        return f"{name:<12}" + "".join(cells)
+
     lines = [
         f"{queries} on {report.images:,} images, model {report.model}",
         "",
         f"{'':<12}{header}",
-        f"{'recall':<12}" + "".join(f"{report.recall(k):>8.3f}" for k in report.cutoffs),
-        f"{'precision':<12}" + "".join(f"{report.precision(k):>8.3f}" for k in report.cutoffs),
+        row("recall", report.recall),
+        row("precision", report.precision),
         "",
-        f"MRR@{report.depth:<8}{report.mrr:.3f}",
+        f"{'MRR@' + str(report.depth):<11} {report.mrr:.3f}",
         f"median query latency  {report.median_latency_ms:.1f} ms",
     ]
     return "\n".join(lines)
