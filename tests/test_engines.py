@@ -536,6 +536,7 @@ def test_a_checkpoint_only_touched_by_chmod_keeps_its_export(tiny_model: TinyMod
     exported = read_export(spec)
     assert exported is not None
     checkpoint.chmod(0o600)
+    settle(tmp_path)  # a signature is recorded only for a file that has settled
     assert read_export(spec) == exported
     meta = json.loads((exported.folder / "meta.json").read_text(encoding="utf-8"))
     assert meta["weights"]["signature"][2] == checkpoint.stat().st_ctime_ns

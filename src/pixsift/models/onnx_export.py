@@ -716,22 +716,18 @@ def _calibration_images() -> list[Any]:
 
 
 def _weights_stat(path: Path | None) -> dict[str, Any] | None:
-    """What tells the checkpoint the export was made from: its size and times, and its sha256
-    for when its times alone cannot tell (see `_weights_unchanged`). None when the file changed
-    while it was read: the export is then used this once, not again."""
+    """What tells the checkpoint the export was made from: its size and mtime, its sha256 for
+    when those alone cannot tell, and its signature when the file had settled (see
+    `_sha256_and_signature` and `_weights_unchanged`)."""
     if path is None:
         return None
-    with open(path, "rb") as file:
-        before = os.fstat(file.fileno())
-        digest = hashlib.file_digest(file, "sha256").hexdigest()
-        after = os.fstat(file.fileno())
-    if _signature(before) != _signature(after):
-        return None
+    stat = path.stat()  # before the read: a file changed during it no longer matches these
+    digest, signature = _sha256_and_signature(path)
     return {
         "path": str(path.resolve()),
-        "size": before.st_size,
-        "mtime_ns": before.st_mtime_ns,
-        "signature": list(_signature(before)),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "signature": None if signature is None else list(signature),
         "sha256": digest,
     }
 
