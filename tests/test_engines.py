@@ -498,6 +498,50 @@ def test_new_weights_in_the_same_file_are_exported_again(
     assert second == ClipEmbedder.load(spec, "cpu").record.fingerprint
 
 
+def test_new_weights_written_with_the_old_mtime_are_not_run_from_the_old_export(
+    tiny_model: TinyModel, photos: Path, tmp_path: Path
+) -> None:
+    """A checkpoint overwritten with other weights of the same size whose mtime is put back
+    (`cp -p`, `rsync -t`, `touch -r`): the export was taken as still fitting it, so searches on
+    the default engine ran the old weights and passed the library's fingerprint check, while
+    `--engine torch` refused them."""
+    from pixsift.errors import ModelMismatchError
+    from tiny_model import make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path / "weights.pt", seed=0)
+    other = make_checkpoint(tmp_path / "other" / "weights.pt", seed=1)  # its name is in the file
+    library_dir = tmp_path / "library"
+    with Library.open(library_dir) as library:
+        library.index(photos, model=str(tiny_model.config), pretrained=str(checkpoint))
+    before = checkpoint.stat()
+    assert other.stat().st_size == before.st_size  # only the bytes tell them apart
+    checkpoint.write_bytes(other.read_bytes())
+    os.utime(checkpoint, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    spec = resolve_model_spec(str(tiny_model.config), str(checkpoint))
+    assert read_export(spec) is None
+    for engine in ("auto", "torch"):
+        with Library.open(library_dir, engine=engine) as library, pytest.raises(ModelMismatchError):
+            library.search("a horse")
+    assert load_embedder(spec, "cpu", "auto").record == ClipEmbedder.load(spec, "cpu").record
+
+
+def test_a_checkpoint_only_touched_by_chmod_keeps_its_export(tiny_model: TinyModel, tmp_path: Path) -> None:
+    """Its ctime changed, its bytes did not: the export is kept (read through once, then its
+    new signature recorded), not made again."""
+    checkpoint = tmp_path / "weights.pt"
+    checkpoint.write_bytes(tiny_model.checkpoint.read_bytes())
+    spec = resolve_model_spec(str(tiny_model.config), str(checkpoint))
+    load_embedder(spec, "cpu", "auto")
+    exported = read_export(spec)
+    assert exported is not None
+    checkpoint.chmod(0o600)
+    settle(tmp_path)  # a signature is recorded only for a file that has settled
+    assert read_export(spec) == exported
+    meta = json.loads((exported.folder / "meta.json").read_text(encoding="utf-8"))
+    assert meta["weights"]["signature"][2] == checkpoint.stat().st_ctime_ns
+
+
 def test_a_running_library_keeps_its_weights_when_another_process_reexports(
     tiny_model: TinyModel, other_tiny_checkpoint: Path, photos: Path, tmp_path: Path
 ) -> None:

@@ -691,6 +691,65 @@ def test_interrupted_run_keeps_committed_batches_and_the_next_run_finishes(
         assert indexed_paths(library) == {str(p) for p in photos.iterdir()}
 
 
+def test_an_interrupted_reembed_is_continued_without_reembed(
+    library_dir: Path, photos: Path, tiny_model: TinyModel, other_tiny_checkpoint: Path
+) -> None:
+    """Ctrl-C part-way through --reembed keeps what the new model embedded; its summary said
+    "run the same command again to continue", but with --reembed that command drops those
+    vectors and embeds every image again."""
+    from pixsift.formatting import format_report
+
+    class CtrlCAfterFirstBatch:
+        phase = ""
+
+        def start(self, phase: str, total: int | None = None) -> None:
+            self.phase = phase
+
+        def advance(self, steps: int = 1) -> None:
+            if self.phase == "Embedding":
+                raise KeyboardInterrupt
+
+        def stop(self) -> None:
+            pass
+
+    model, other = str(tiny_model.config), str(other_tiny_checkpoint)
+    with Library.open(library_dir) as library:
+        index(library, tiny_model, photos)
+        with pytest.raises(IndexInterrupted) as interrupted:
+            library.index(
+                model=model, pretrained=other, reembed=True, batch_size=4, progress=CtrlCAfterFirstBatch()
+            )
+        assert interrupted.value.reembedding and interrupted.value.report.updated == 4
+        summary = format_report(interrupted.value.report, reembedding=interrupted.value.reembedding)
+        assert summary.splitlines()[-1] == (
+            "What was embedded so far with the new model is saved; run the same command without "
+            "--reembed to continue (with it, every image is embedded again)."
+        )
+        report = library.index(model=model, pretrained=other)  # as advised: the four are kept
+        assert (report.unchanged, report.updated) == (4, 8)
+        assert library.status().model.spec.pretrained == str(other_tiny_checkpoint)  # type: ignore[union-attr]
+
+
+def test_a_reembed_interrupted_while_its_model_loads_is_run_again_as_it_was(
+    library_dir: Path, photos: Path, tiny_model: TinyModel, other_tiny_checkpoint: Path
+) -> None:
+    """Stopped before the new model became the library's, nothing changed: the same command,
+    --reembed included, is the one to run again."""
+    from pixsift.indexer.progress import LOADING_PHASE
+
+    with Library.open(library_dir) as library:
+        index(library, tiny_model, photos)
+        with pytest.raises(KeyboardInterrupt) as interrupted:
+            library.index(
+                model=str(tiny_model.config),
+                pretrained=str(other_tiny_checkpoint),
+                reembed=True,
+                progress=CtrlCAtPhase(LOADING_PHASE),
+            )
+        assert not getattr(interrupted.value, "reembedding", False)
+        assert library.status().model.spec.pretrained == str(tiny_model.checkpoint)  # type: ignore[union-attr]
+
+
 def test_a_progress_listeners_error_stops_the_run_and_keeps_what_was_embedded(
     library_dir: Path, photos: Path, tiny_model: TinyModel
 ) -> None:

@@ -451,7 +451,12 @@ def index(
                 )
         except IndexInterrupted as interrupted:
             typer.echo(
-                format_report(interrupted.report, library_removed=interrupted.library_removed), err=True
+                format_report(
+                    interrupted.report,
+                    library_removed=interrupted.library_removed,
+                    reembedding=interrupted.reembedding,
+                ),
+                err=True,
             )
             raise typer.Exit(EXIT_INTERRUPTED) from None
     if not quiet:

@@ -66,10 +66,11 @@ def shown(path: object) -> str:
     return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
 
 
-def format_report(report: IndexReport, *, library_removed: bool = False) -> str:
+def format_report(report: IndexReport, *, library_removed: bool = False, reembedding: bool = False) -> str:
     """The summary of an index run: what changed, what failed, how fast. `library_removed`:
     the run was interrupted before it kept anything in the library it was to make, which is
-    gone again (IndexInterrupted.library_removed)."""
+    gone again (IndexInterrupted.library_removed); `reembedding`: it was interrupted while
+    re-embedding with the library's new model (IndexInterrupted.reembedding)."""
     parts = [
         f"{report.added} new",
         f"{report.updated} updated",
@@ -89,7 +90,8 @@ def format_report(report: IndexReport, *, library_removed: bool = False) -> str:
     summary = f"{report.scanned} images found: {', '.join(parts)} ({took})."
     # Found, but in none of the counts above: say where they went.
     gone = [f"{report.vanished} file(s) deleted during the run, left out"] if report.vanished else []
-    return "\n".join([summary, *gone, *report_warnings(report, library_removed=library_removed)])
+    warnings = report_warnings(report, library_removed=library_removed, reembedding=reembedding)
+    return "\n".join([summary, *gone, *warnings])
 
 
 def format_kept(report: IndexReport | None) -> str | None:
@@ -120,7 +122,9 @@ def _skipped_root_warning(root: str) -> str:
     )
 
 
-def report_warnings(report: IndexReport, *, library_removed: bool = False) -> list[str]:
+def report_warnings(
+    report: IndexReport, *, library_removed: bool = False, reembedding: bool = False
+) -> list[str]:
     """What an index run could not do, and what to do about it: one line each."""
     lines = []
     for folder, reason in report.unreadable_dirs:
@@ -138,17 +142,24 @@ def report_warnings(report: IndexReport, *, library_removed: bool = False) -> li
             " list them with: pixsift status --failed"
         )
     if report.interrupted:
-        lines.append(_interrupted_line(report, library_removed))
+        lines.append(_interrupted_line(report, library_removed, reembedding))
     return lines
 
 
-def _interrupted_line(report: IndexReport, library_removed: bool) -> str:
+def _interrupted_line(report: IndexReport, library_removed: bool, reembedding: bool = False) -> str:
     """What an interrupted run kept, as it is: "what was embedded so far is saved" said of a
-    run that embedded nothing, or whose new library was taken back, promised what was not there."""
+    run that embedded nothing, or whose new library was taken back, promised what was not there.
+    A re-embedding run is continued without --reembed: the same command would drop what it
+    embedded with the new model and start over (hours, on a large library)."""
     if library_removed:
         return "Nothing was kept, and no library was made; run the same command again to start."
     if not report.embedded:
         return "Nothing was embedded yet; run the same command again to continue."
+    if reembedding:
+        return (
+            "What was embedded so far with the new model is saved; run the same command without "
+            "--reembed to continue (with it, every image is embedded again)."
+        )
     return "What was embedded so far is saved; run the same command again to continue."
 
 

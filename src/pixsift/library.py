@@ -226,7 +226,9 @@ class Library:
         Work is committed batch by batch. Ctrl-C raises IndexInterrupted, and an error that
         stops the run part-way (LibraryWriteError for a full disk, ModelError...) is raised as
         itself; either carries in `report` the IndexReport of what was committed before it
-        (`report.kept` images), which stays: the same call again goes on from there.
+        (`report.kept` images), which stays: the same call again goes on from there (without
+        `reembed` once the run had begun re-embedding, `IndexInterrupted.reembedding`: with
+        it, every image would be embedded again).
 
         When the first run into a library that `open` made fails or is interrupted before it
         keeps anything (a model that cannot be had, Ctrl-C while it loads, no folder to index),
@@ -246,8 +248,11 @@ class Library:
                 # scanning or loading), the folders named are not kept either, so a later plain
                 # `pixsift index` cannot index them with the default model instead.
                 roots_before = None if self._catalog.model() else {r.path for r in self._catalog.roots()}
+                adopted = False
                 try:
                     embedder = self._embedder_for_indexing(model, pretrained, reembed, progress)
+                    # The new model is the library's from here: another reembed would start over.
+                    adopted = reembed
                     report = index_library(
                         self._catalog,
                         self._index,
@@ -263,9 +268,11 @@ class Library:
                         # (a model that fails to load then keeps no folder either).
                         with model_loading(progress or SilentProgress()):
                             embedder()
-                except BaseException:
+                except BaseException as failure:
                     if roots_before is not None and self._catalog.model() is None:
                         drop_roots_except(self._catalog, roots_before)
+                    if isinstance(failure, IndexInterrupted):
+                        failure.reembedding = adopted
                     raise
         return report
 

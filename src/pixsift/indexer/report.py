@@ -59,9 +59,14 @@ class IndexInterrupted(KeyboardInterrupt):
     `library_removed` is True when the run was the first into a library that `Library.open`
     made and it stopped before keeping anything (while the model loaded, say): the library was
     taken back, so nothing at all was kept.
+
+    `reembedding` is True when the run re-embeds (`reembed=True`) and had already made its
+    model the library's: the images it embedded are kept, and the run is continued by the same
+    call without `reembed`, which with it would drop them and start over.
     """
 
     def __init__(self, report: IndexReport) -> None:
         super().__init__("index run interrupted")
         self.report = report
         self.library_removed = False
+        self.reembedding = False

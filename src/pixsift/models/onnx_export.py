@@ -10,8 +10,8 @@ are not within cosine `COSINE_BAR` of fp32 open_clip's is never chosen automatic
 
 An export lives in a folder named after the model's spec under `<cache>/onnx/`. It is made in
 a temporary folder and renamed into place, so a crash never leaves half of one; it is used only
-while the checkpoint file it came from is unchanged (size and modification time), and one that
-turns out damaged is removed and made again.
+while the checkpoint file it came from is unchanged (its size and times, else its sha256: see
+`_weights_unchanged`), and one that turns out damaged is removed and made again.
 
 Its `meta.json` records each file's size and sha256. Every use checks the sizes (a `stat` per
 file); a process that loads the model through a `Library` (an index run, the HTTP service, a
@@ -158,7 +158,7 @@ def read_export(spec: ModelSpec) -> Export | None:
     folder = export_folder(spec)
     try:
         meta = json.loads((folder / META).read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT or _spec_of(meta) != spec or not _weights_unchanged(meta):
+        if meta.get("format") != FORMAT or _spec_of(meta) != spec or not _weights_unchanged(folder, meta):
             return None
         files = {str(name): int(size) for name, size in meta["files"].items()}
         for name, size in files.items():
@@ -716,13 +716,29 @@ def _calibration_images() -> list[Any]:
 
 
 def _weights_stat(path: Path | None) -> dict[str, Any] | None:
+    """What tells the checkpoint the export was made from: its size and mtime, its sha256 for
+    when those alone cannot tell, and its signature when the file had settled (see
+    `_sha256_and_signature` and `_weights_unchanged`)."""
     if path is None:
         return None
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    stat = path.stat()  # before the read: a file changed during it no longer matches these
+    digest, signature = _sha256_and_signature(path)
+    return {
+        "path": str(path.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "signature": None if signature is None else list(signature),
+        "sha256": digest,
+    }
 
 
-def _weights_unchanged(meta: dict[str, Any]) -> bool:
+def _weights_unchanged(folder: Path, meta: dict[str, Any]) -> bool:
+    """Whether the checkpoint is still the one exported. Another size or mtime: changed. The
+    same signature (which has the ctime, set to now by every write and not to be set back):
+    unchanged, for the cost of a `stat`. The same size and mtime with another ctime or inode
+    is a file rewritten with its old mtime put back (`cp -p`, `rsync -t`, `touch -r`, a
+    training script saving every epoch to one path within a tick of a coarse clock) or just
+    moved, copied or chmod-ed: read through, and compared with the sha256 recorded."""
     weights = meta.get("weights")
     if weights is None:
         return False
@@ -730,7 +746,36 @@ def _weights_unchanged(meta: dict[str, Any]) -> bool:
         stat = os.stat(weights["path"])
     except OSError:
         return False
-    return bool(stat.st_size == weights["size"] and stat.st_mtime_ns == weights["mtime_ns"])
+    if not (stat.st_size == weights["size"] and stat.st_mtime_ns == weights["mtime_ns"]):
+        return False
+    recorded = weights.get("sha256")
+    if recorded is None:  # exported by an older pixsift, which kept size and mtime only
+        return True
+    if list(_signature(stat)) == weights.get("signature"):
+        return True
+    current = _weights_stat(Path(weights["path"]))
+    if current is None or current["sha256"] != recorded:
+        return False
+    _record_weights(folder, meta, current)  # the same bytes: a `stat` is enough next time
+    return True
+
+
+def _record_weights(folder: Path, meta: dict[str, Any], weights: dict[str, Any]) -> None:
+    """Keep `weights` as the export's checkpoint signature, if the cache can be written; a
+    meta.json another process replaced meanwhile is left to it."""
+    meta_file = folder / META
+    work = folder / f".{META}-{os.getpid()}"
+    try:
+        current = json.loads(meta_file.read_text(encoding="utf-8"))
+        if current.get("fingerprint") != meta.get("fingerprint") or current.get("weights") != meta["weights"]:
+            return
+        current["weights"] = weights
+        work.write_text(json.dumps(current, indent=2), encoding="utf-8")
+        os.replace(work, meta_file)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        log.debug("Cannot record the checkpoint of %s: %s", folder, exc)
+        with contextlib.suppress(OSError):
+            work.unlink()
 
 
 def _spec_of(meta: dict[str, Any]) -> ModelSpec:
