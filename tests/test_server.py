@@ -770,6 +770,31 @@ def test_delete_removes_from_database_and_index(own: tuple[Library, Path]) -> No
         assert len(reopened.search("x", k=50)) == 14
 
 
+def test_two_deletes_of_one_image_at_once_delete_it_once(own: tuple[Library, Path]) -> None:
+    """Two clients (or a client's retry) deleted one image while an index run held the library:
+    both waited for it, and both were told they had deleted the image."""
+    library = own[0]
+    hit = library.search("x", k=1)[0]
+    answers: list[httpx.Response] = []
+
+    def delete(url: str) -> None:
+        with httpx.Client(base_url=url, headers=AUTH, timeout=60) as http:
+            answers.append(http.delete(f"/images/{hit.id}"))
+
+    with running_server(library, KEYED) as url:
+        with FileLock(library.path / "library.lock", thread_local=False):  # an index run elsewhere
+            threads = [threading.Thread(target=delete, args=(url,)) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.5)  # both found the image, and wait for the run
+        for thread in threads:
+            thread.join(timeout=30)
+    assert sorted(answer.status_code for answer in answers) == [200, 404], [a.text for a in answers]
+    deleted = next(answer for answer in answers if answer.status_code == 200)
+    assert deleted.json()["deleted"]["path"] == str(hit.path)
+    assert_error(next(answer for answer in answers if answer.status_code == 404), 404, "image_not_found")
+
+
 def wait_for_job(http: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
