@@ -28,6 +28,7 @@ from conftest import TinyModel
 from pixsift import Library, SearchFilters
 from pixsift.config import LOCK_WAIT_S
 from pixsift.errors import BusyError, ImageError, InvalidOptionError, LibraryWriteError
+from pixsift.indexer.progress import SilentProgress
 from pixsift.indexer.report import IndexInterrupted
 from pixsift.server import ServerSettings, check_bind
 from pixsift.server.errors import status_of
@@ -828,6 +829,34 @@ def test_index_job_adds_new_files_under_a_root(own: tuple[Library, Path]) -> Non
         assert job["state"] == "succeeded" and job["report"]["removed"] == 1
         assert_error(http.post("/index", json={"paths": ["/etc"]}), 403, "access_denied")
         assert_error(http.post("/index", json={"paths": [str(photos / "gone")]}), 400, "invalid_path")
+
+
+def test_an_index_job_over_files_of_one_folder_walks_the_folder_once(own: tuple[Library, Path]) -> None:
+    """An application posted the new photos it had put in a folder, one path each: the job
+    walked the whole folder once per path (200 paths in a folder of 2,000 photos took 4 s where
+    one took 0.08 s), its report listed the folder once per path, and its scanning progress
+    counted every file once per path."""
+    library, photos = own
+    added = write_photos(photos / "new", 4, size=(320, 240), seed=720)
+    named = [*map(str, added), str(photos / "new"), f"{photos / 'new'}/", str(photos / "new" / ".")]
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        job = wait_for_job(http, http.post("/index", json={"paths": named}).json()["id"])
+    assert job["state"] == "succeeded" and job["report"]["added"] == 4, job
+    assert job["report"]["roots"] == [str(photos / "new")]
+
+    class Counted(SilentProgress):
+        scanned = 0
+        phase = ""
+
+        def start(self, phase: str, total: int | None = None) -> None:
+            self.phase = phase
+
+        def advance(self, steps: int = 1) -> None:
+            self.scanned += steps if self.phase == "Scanning" else 0
+
+    progress = Counted()  # the whole root and a folder inside it: the folder is walked once
+    report = library.reindex(photos, photos / "new", *added, progress=progress, workers=1)
+    assert report.roots == [str(photos)] and progress.scanned == report.scanned == 19
 
 
 def test_a_first_index_job_whose_model_cannot_be_had_leaves_the_library_as_it_was(
