@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pixsift.indexer.plan import plan_folder
+from pixsift.indexer.run import RootRequest, distinct_requests
 from pixsift.indexer.scan import BASE_EXTENSIONS, HEIF_EXTENSIONS, ScannedFile, ScanOptions, scan_folder
 from pixsift.storage.records import KnownFile
 
@@ -140,3 +141,20 @@ def test_plan_separates_unchanged_candidates_and_missing() -> None:
     assert plan.unchanged == 2  # same, and the unchanged failure (not retried)
     assert sorted(c.file.path for c in plan.candidates) == ["/r/grown", "/r/new", "/r/pending"]
     assert [row.path for row in plan.missing] == ["/r/gone"]
+
+
+def test_folders_named_twice_or_inside_another_are_walked_once() -> None:
+    """A folder inside another of the same root and options is left to the outer walk; a
+    sibling whose name only starts alike ("a b" beside "a") is not inside it; other options
+    walk other files, so they stay."""
+    requests = [
+        RootRequest("/p", scope="/p/a"),
+        RootRequest("/p", scope="/p/a/b"),
+        RootRequest("/p", scope="/p/a b"),
+        RootRequest("/p", scope="/p/a"),
+        RootRequest("/q", scope="/q/x"),
+        RootRequest("/q"),
+        RootRequest("/p", include_hidden=True, scope="/p/a/b"),
+        RootRequest("/q"),
+    ]
+    assert distinct_requests(requests) == [requests[0], requests[2], requests[5], requests[6]]

@@ -28,6 +28,7 @@ from conftest import TinyModel
 from pixsift import Library, SearchFilters
 from pixsift.config import LOCK_WAIT_S
 from pixsift.errors import BusyError, ImageError, InvalidOptionError, LibraryWriteError
+from pixsift.indexer.progress import SilentProgress
 from pixsift.indexer.report import IndexInterrupted
 from pixsift.server import ServerSettings, check_bind
 from pixsift.server.errors import status_of
@@ -770,6 +771,31 @@ def test_delete_removes_from_database_and_index(own: tuple[Library, Path]) -> No
         assert len(reopened.search("x", k=50)) == 14
 
 
+def test_two_deletes_of_one_image_at_once_delete_it_once(own: tuple[Library, Path]) -> None:
+    """Two clients (or a client's retry) deleted one image while an index run held the library:
+    both waited for it, and both were told they had deleted the image."""
+    library = own[0]
+    hit = library.search("x", k=1)[0]
+    answers: list[httpx.Response] = []
+
+    def delete(url: str) -> None:
+        with httpx.Client(base_url=url, headers=AUTH, timeout=60) as http:
+            answers.append(http.delete(f"/images/{hit.id}"))
+
+    with running_server(library, KEYED) as url:
+        with FileLock(library.path / "library.lock", thread_local=False):  # an index run elsewhere
+            threads = [threading.Thread(target=delete, args=(url,)) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.5)  # both found the image, and wait for the run
+        for thread in threads:
+            thread.join(timeout=30)
+    assert sorted(answer.status_code for answer in answers) == [200, 404], [a.text for a in answers]
+    deleted = next(answer for answer in answers if answer.status_code == 200)
+    assert deleted.json()["deleted"]["path"] == str(hit.path)
+    assert_error(next(answer for answer in answers if answer.status_code == 404), 404, "image_not_found")
+
+
 def wait_for_job(http: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -803,6 +829,34 @@ def test_index_job_adds_new_files_under_a_root(own: tuple[Library, Path]) -> Non
         assert job["state"] == "succeeded" and job["report"]["removed"] == 1
         assert_error(http.post("/index", json={"paths": ["/etc"]}), 403, "access_denied")
         assert_error(http.post("/index", json={"paths": [str(photos / "gone")]}), 400, "invalid_path")
+
+
+def test_an_index_job_over_files_of_one_folder_walks_the_folder_once(own: tuple[Library, Path]) -> None:
+    """An application posted the new photos it had put in a folder, one path each: the job
+    walked the whole folder once per path (200 paths in a folder of 2,000 photos took 4 s where
+    one took 0.08 s), its report listed the folder once per path, and its scanning progress
+    counted every file once per path."""
+    library, photos = own
+    added = write_photos(photos / "new", 4, size=(320, 240), seed=720)
+    named = [*map(str, added), str(photos / "new"), f"{photos / 'new'}/", str(photos / "new" / ".")]
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        job = wait_for_job(http, http.post("/index", json={"paths": named}).json()["id"])
+    assert job["state"] == "succeeded" and job["report"]["added"] == 4, job
+    assert job["report"]["roots"] == [str(photos / "new")]
+
+    class Counted(SilentProgress):
+        scanned = 0
+        phase = ""
+
+        def start(self, phase: str, total: int | None = None) -> None:
+            self.phase = phase
+
+        def advance(self, steps: int = 1) -> None:
+            self.scanned += steps if self.phase == "Scanning" else 0
+
+    progress = Counted()  # the whole root and a folder inside it: the folder is walked once
+    report = library.reindex(photos, photos / "new", *added, progress=progress, workers=1)
+    assert report.roots == [str(photos)] and progress.scanned == report.scanned == 19
 
 
 def test_a_first_index_job_whose_model_cannot_be_had_leaves_the_library_as_it_was(

@@ -613,10 +613,14 @@ class Library:
 
         A later index run of its folder adds the file again if it is still there. Waits up to
         `wait` seconds (None: as long as it takes) for a running index run, then raises
-        LibraryBusyError.
+        LibraryBusyError. ImageNotFoundError if the library holds no such image, also when
+        another delete removed it while this one waited.
         """
-        info = self.image(image_id)
+        self.image(image_id)  # an unknown id is refused at once, without waiting for a run
         with self._write_lock.held(wait, "deleting"):
+            # As it is once the lock is held: a delete waited for may have removed it (only one
+            # of two deletes of an image deletes it), a run waited for may have moved it.
+            info = self.image(image_id)
             with self._catalog.write() as batch:
                 batch.delete_images([image_id])
             if (model := self._catalog.model()) is not None:

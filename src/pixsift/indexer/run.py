@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Protocol, TypeVar
 
 from pixsift.errors import PixsiftError
@@ -51,6 +52,36 @@ class RootRequest:
         return self.scope or self.path
 
 
+def distinct_requests(requests: Sequence[RootRequest]) -> list[RootRequest]:
+    """`requests`, in their order, without those another one already walks: the same folder
+    named twice, a folder inside a root or part also named, each file's folder when a client
+    names the new files of one folder one by one. Each would walk the whole folder again (200
+    files of a folder of 2,000, 200 walks of it), and count its files again in the scanning
+    progress. Sorted by path parts, a folder's sub-folders follow it: n log n for many paths."""
+    groups: dict[tuple[str, bool, bool], list[int]] = {}
+    for i, request in enumerate(requests):  # a walk covers another only of the same root and options
+        groups.setdefault((request.path, request.include_hidden, request.follow_symlinks), []).append(i)
+    kept: set[int] = set()
+    for members in groups.values():
+        whole = [i for i in members if requests[i].scope is None]
+        kept.update(whole[:1] or _outermost_scopes(requests, members))
+    return [request for i, request in enumerate(requests) if i in kept]
+
+
+def _outermost_scopes(requests: Sequence[RootRequest], members: list[int]) -> list[int]:
+    """Of the scoped requests `members` of one root, the first of each folder that lies in no
+    other's (a folder in a hidden one is never a request of a root walked without hidden
+    files: see scoped_request)."""
+    outermost: list[int] = []
+    last: str | None = None
+    for i in sorted(members, key=lambda i: (PurePath(str(requests[i].scope)).parts, i)):
+        scope = str(requests[i].scope)
+        if last is None or not is_within(scope, last):
+            outermost.append(i)
+            last = scope
+    return outermost
+
+
 @dataclass(frozen=True)
 class IndexSettings:
     batch_size: int | None = None  # None: the embedder's own (larger on a GPU)
@@ -83,6 +114,7 @@ class Indexer:
         of what was committed before it, as IndexInterrupted does.
         """
         started = time.monotonic()
+        roots = distinct_requests(roots)
         report = IndexReport(roots=[root.folder for root in roots])
         with self._catalog.write() as batch:
             for root in roots:
