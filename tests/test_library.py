@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import Engine, event
 
 from conftest import TinyModel
 from pixsift import (
@@ -728,6 +731,96 @@ def test_an_interrupted_reembed_is_continued_without_reembed(
         report = library.index(model=model, pretrained=other)  # as advised: the four are kept
         assert (report.unchanged, report.updated) == (4, 8)
         assert library.status().model.spec.pretrained == str(other_tiny_checkpoint)  # type: ignore[union-attr]
+
+
+class CtrlCWhileCommitting:
+    """A progress listener that presses Ctrl-C (a real SIGINT, to this process) while the
+    `nth` write transaction since `phase` began commits: the catalog holds it back until the
+    commit is done, so what that transaction wrote is kept."""
+
+    def __init__(self, phase: str, nth: int = 1) -> None:
+        self.phase, self.nth = phase, nth
+        self.commits: int | None = None  # write transactions counted from the phase on
+        self.wrote = False  # the transaction now open changed something (reads commit too)
+
+    def start(self, phase: str, total: int | None = None) -> None:
+        if phase == self.phase and self.commits is None:
+            self.commits = 0
+
+    def advance(self, steps: int = 1) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def executed(self, connection: object, cursor: object, statement: str, *_: object) -> None:
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            self.wrote = True
+
+    def committing(self, connection: object) -> None:
+        wrote, self.wrote = self.wrote, False
+        if self.commits is not None and wrote:
+            self.commits += 1
+            if self.commits == self.nth:
+                signal.raise_signal(signal.SIGINT)
+
+    @contextmanager
+    def listening(self) -> Iterator[None]:
+        """SQLAlchemy's own hooks, on every engine, with Python's Ctrl-C handler."""
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        hooks: list[tuple[str, Callable[..., None]]] = [
+            ("after_cursor_execute", self.executed),
+            ("commit", self.committing),
+        ]
+        for name, hook in hooks:
+            event.listen(Engine, name, hook)
+        try:
+            yield
+        finally:
+            for name, hook in hooks:
+                event.remove(Engine, name, hook)
+            signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("reembed", [False, True], ids=["new", "reembed"])
+def test_ctrl_c_while_a_batch_commits_counts_the_batch(
+    library_dir: Path, photos: Path, tiny_model: TinyModel, other_tiny_checkpoint: Path, reembed: bool
+) -> None:
+    """The batch being committed when Ctrl-C came is kept: the report said one batch fewer
+    than the library held ("4 new" of 8 kept), and the next run found 8 unchanged."""
+    listener = CtrlCWhileCommitting("Embedding", nth=2)
+    with Library.open(library_dir) as library:
+        if reembed:
+            index(library, tiny_model, photos)
+        run: dict[str, Any] = (
+            {"model": str(tiny_model.config), "pretrained": str(other_tiny_checkpoint), "reembed": True}
+            if reembed
+            else {"model": str(tiny_model.config), "pretrained": str(tiny_model.checkpoint)}
+        )
+        with listener.listening(), pytest.raises(IndexInterrupted) as interrupted:
+            library.index(*([] if reembed else [photos]), batch_size=4, progress=listener, **run)
+        report = interrupted.value.report
+        assert library.status().counts.indexed == 8
+        assert (report.added, report.updated, report.kept) == ((0, 8, 8) if reembed else (8, 0, 8))
+        run.pop("reembed", None)
+        assert library.index(*([] if reembed else [photos]), **run).unchanged == 8
+
+
+def test_ctrl_c_while_moves_commit_counts_them(
+    library_dir: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    """Moves (and copies, touches, removals) are committed in one transaction: Ctrl-C while it
+    committed reported "0 moved" of the 12 the library had moved."""
+    with Library.open(library_dir) as library:
+        index(library, tiny_model, photos)
+        (photos / "trip").mkdir()
+        for photo in sorted(photos.glob("*.jpg")):
+            photo.rename(photos / "trip" / photo.name)
+        listener = CtrlCWhileCommitting("Checking moved files")
+        with listener.listening(), pytest.raises(IndexInterrupted) as interrupted:
+            library.index(photos, progress=listener)
+        assert (interrupted.value.report.moved, interrupted.value.report.kept) == (12, 12)
+        assert library.index(photos).unchanged == 12
 
 
 def test_a_reembed_interrupted_while_its_model_loads_is_run_again_as_it_was(

@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Protocol, TypeVar
@@ -34,6 +35,7 @@ from pixsift.indexer.scan import (
 from pixsift.models.embedder import Embedder
 from pixsift.storage.catalog import Catalog, CatalogWriter
 from pixsift.storage.departed import DepartedImage
+from pixsift.storage.interrupts import interrupts_deferred
 from pixsift.storage.records import FreshEmbedding, KnownFile, StoredEmbedding
 
 
@@ -145,6 +147,22 @@ class Indexer:
         report.elapsed_s = time.monotonic() - started
         return report
 
+    @contextmanager
+    def _counted_write(self, report: IndexReport) -> Iterator[tuple[CatalogWriter, IndexReport]]:
+        """A write transaction, and the counts of what it does, added to `report` once it has
+        committed (a write that failed is rolled back whole, and counts nothing).
+
+        Ctrl-C stays held back until the counts are in: the transaction alone holds it only
+        until it has committed, and delivers it there, so a batch committed with Ctrl-C
+        pressed while it was written was kept in the library but missing from the report of
+        the interrupted run (and counted as unchanged by the next run).
+        """
+        counts = IndexReport()
+        with interrupts_deferred():  # the transaction's own hold hands a Ctrl-C on to this one
+            with self._catalog.write() as batch:
+                yield batch, counts
+            report.count_in(counts)
+
     # ---- phase 1: scan and compare with the catalog ---------------------------------------
 
     def _plan(self, roots: Sequence[RootRequest], report: IndexReport) -> IndexPlan:
@@ -239,8 +257,7 @@ class Indexer:
         matches = _Matches(moves, returns, sources)
         gone = {row.id for row in plan.missing}
         to_embed: list[Candidate] = []
-        settled = IndexReport()
-        with self._catalog.write() as batch:
+        with self._counted_write(report) as (batch, settled):
             for candidate in plan.candidates:
                 content_hash = hashes.get(candidate.file.path)
                 if content_hash is None or not self._reuse(
@@ -249,7 +266,6 @@ class Indexer:
                     to_embed.append(candidate)
             batch.depart_images(gone)  # in this transaction: a kill keeps the rows or the records
             settled.removed = len(gone)
-        report.count_in(settled)
         return to_embed
 
     def _gone_elsewhere(self, hashes: set[str]) -> list[KnownFile]:
@@ -353,15 +369,13 @@ class Indexer:
                     failed.append((known, describe_error(exc)))
         if not failed and not vanished:
             return queue
-        forgotten = IndexReport()
-        with self._catalog.write() as batch:
+        with self._counted_write(report) as (batch, forgotten):
             for known, error in failed:
                 batch.record_failure(
                     known.id, error, size=known.size, mtime_ns=known.mtime_ns, content_hash=None, retry=True
                 )
             _forget_vanished(batch, vanished, forgotten)
-        report.count_in(forgotten)
-        report.failed += len(failed)
+            forgotten.failed += len(failed)
         settled = {known.id for known, _ in failed} | {c.known.id for c in vanished if c.known is not None}
         return [c for c in queue if c.known is None or c.known.id not in settled]
 
@@ -394,11 +408,9 @@ class Indexer:
                         vanished.append(o.job)
                     else:
                         kept.append(o)
-                stored = IndexReport()
-                with self._catalog.write() as batch:
+                with self._counted_write(report) as (batch, stored):
                     _store(batch, kept, stored)
                     _forget_vanished(batch, vanished, stored)
-                report.count_in(stored)
                 self._progress.advance(len(outcomes))
         finally:
             report.embed_s = time.monotonic() - started
