@@ -81,6 +81,23 @@ def test_a_full_disk_stops_the_run_with_a_clear_message_and_loses_nothing(
         assert library.check().healthy and library.check().notes == []
 
 
+def test_a_library_made_on_a_full_disk_says_the_disk_is_full(
+    tmp_path: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    """The database cannot even be made: the error is the write's, not a damaged library's."""
+    library = tmp_path / "library"
+    result = run_limited(1_000, "index", str(photos), "--library", str(library), *tiny_model.index_args())
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"error: Cannot write to the library at {library}: "), result.stderr
+    assert "Is the disk full, or the folder read-only?" in result.stderr
+    assert result.stderr.count("\n") == 1 and "as a pixsift library" not in result.stderr
+    # Space freed: the same command makes the library and indexes every photo.
+    again = run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args())
+    assert again.returncode == 0, again.stderr
+    with Library.open(library) as made:
+        assert made.status().counts.indexed == 12
+
+
 def test_an_index_run_that_kept_nothing_prints_the_error_alone(tmp_path: Path, photos: Path) -> None:
     """The default model cannot be had here (no hub): the run scans, then stops on the model,
     before its first batch. Nothing was indexed, so nothing more is said than the error."""

@@ -32,6 +32,7 @@ POOL_OVERFLOW = 64
 _BEGIN_OPTION = "pixsift_begin"
 _LOCKED_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 _DAMAGED_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+_WRITE_FAILED_CODES = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
 
 
 def open_engine(db_path: Path) -> Engine:
@@ -86,11 +87,18 @@ def _create_or_migrate(engine: Engine, db_path: Path) -> None:
     """Create or migrate the schema under the write lock. The version is read again under it:
     another process may have created or migrated the library since `_up_to_date` looked, and
     a new library must be created, and orphan caches discarded, exactly once."""
-    with interrupts_deferred(), writer(engine).begin() as connection:
-        created = schema_version(connection) == 0  # no file, or an empty one
-        migrate(connection)
-        if created:
-            _discard_orphan_caches(db_path.parent)
+    try:
+        with interrupts_deferred(), writer(engine).begin() as connection:
+            created = schema_version(connection) == 0  # no file, or an empty one
+            migrate(connection)
+            if created:
+                _discard_orphan_caches(db_path.parent)
+    except OperationalError as exc:
+        # Writing the schema, not reading a damaged file: a full disk is said as such, not
+        # as "Cannot use library.db as a pixsift library: disk I/O error".
+        if _sqlite_code(exc) in _WRITE_FAILED_CODES:
+            raise write_error(db_path.parent, exc) from exc
+        raise
 
 
 def _use_wal(engine: Engine) -> None:
