@@ -467,7 +467,8 @@ def test_doctor_checks_an_ann_index_against_the_catalog(tmp_path: Path, kind: In
         Path(path).touch()
     catalog.close()
     with Library.open(folder, index_thresholds=THRESHOLDS[kind]) as library:
-        library.delete(ids[0])  # a tombstone in HNSW, a removal in IVF-PQ
+        library.index_summary()  # builds and saves the index file
+        library.delete(ids[0])  # a tombstone in HNSW, a removal in IVF-PQ, replayed on load
         report = library.check()
         assert report.healthy, report.problems
         assert report.index_vectors == COUNT - 1

@@ -436,14 +436,14 @@ def test_ctrl_c_while_the_search_index_is_saved_stops_with_the_summary(
 def test_ctrl_c_once_forget_has_committed_reports_what_it_removed(
     photos: Path, tmp_path: Path, tiny_model: TinyModel
 ) -> None:
-    """Ctrl-C while the real `pixsift forget` saves the search index, its change committed:
-    it said only "Interrupted.", so the user could not tell whether the folder was forgotten.
-    Now it prints what it removed, then that the change is kept (exit 130)."""
+    """Ctrl-C once the real `pixsift forget` has committed its change (while it tidies up after
+    it): it said only "Interrupted.", so the user could not tell whether the folder was
+    forgotten. Now it prints what it removed, then that the change is kept (exit 130)."""
     library = ["--library", str(tmp_path / "lib")]
     other = tmp_path / "Other"
     write_photos(other, 3, size=(96, 72), seed=2200)
     assert run_cli("index", str(photos), str(other), *library, *tiny_model.index_args()).returncode == 0
-    done = interrupted_at("saving", tmp_path / "pause", "forget", str(other), *library)
+    done = interrupted_at("pruning", tmp_path / "pause", "forget", str(other), *library)
     assert (done.returncode, done.stdout, done.stderr) == (
         130,
         f"Forgot {other}: 3 image(s) removed from the library; no file was touched.\n",

@@ -37,11 +37,14 @@ newline. Paths print as their bytes; in JSON, a byte of a name that is not UTF-8
 first index run, else `name`, `pretrained`, `embed_dim` and `fingerprint`; `images` with the
 counts `indexed`, `failed` and `pending`; `roots`, each with `path`, `include_hidden`,
 `follow_symlinks`, `added_at` and `last_indexed_at` (ISO 8601 times in UTC, the last null
-before the folder's first run); `index`, the search index file, with `state` (`"up to date"`,
-`"stale"` or `"missing"`), the `generation` it was saved at, its `kind` (`flat`, `hnsw` or
-`ivfpq`), `search_param` (its tuned efSearch or nprobe) and `tuned_recall_at_10`, each null
-when not known; `generation`, the database's, which grows with every change of vectors; and
-`disk_bytes`. With `--failed` it adds `failures`, each with `path` and `error`.
+before the folder's first run); `index`, the search index file, with `state` (`"up to date"`;
+`"caught up on load"`, saved before a few changes such as deletes, which every search replays
+from the database as it loads the file, a normal state; `"stale"`, rebuilt as it is next
+loaded; or `"missing"`), the `generation` it was saved at, `changes` (how many changes loading
+it replays, when caught up on load), its `kind` (`flat`, `hnsw` or `ivfpq`), `search_param` (its
+tuned efSearch or nprobe) and `tuned_recall_at_10`, each null when not known; `generation`,
+the database's, which grows with every change of vectors; and `disk_bytes`. With `--failed`
+it adds `failures`, each with `path` and `error`.
 
 `doctor --format json` prints one object: `library`, `healthy` (true when no problem
 remains), `contents_read` (false when a damaged database or schema stopped the check before

@@ -435,15 +435,18 @@ def child(argv: list[str]) -> None:
     """Run `pixsift ARGV`. With PAUSE_ENV set, renaming the new search index over the old one
     first waits for PAUSE_DIR/go (which the soak never creates: it kills the child there), and
     so does `relocate` once it has rewritten the paths, inside its transaction (PAUSE_DIR/moving
-    says it is there; tests/test_relocate.py kills it there)."""
+    says it is there; tests/test_relocate.py kills it there), and `forget` once its change is
+    committed, before it prunes thumbnails (PAUSE_DIR/pruning)."""
     pause_dir = os.environ.get(PAUSE_ENV)
     if pause_dir:
         _pause_before(
             os, "replace", Path(pause_dir), "saving", lambda _src, dst: Path(dst).name == "vectors.faiss"
         )
+        import pixsift.library
         from pixsift.storage.catalog import CatalogWriter
 
         _pause_after(CatalogWriter, "move_paths", Path(pause_dir), "moving")
+        _pause_before(pixsift.library, "prune_thumbnails", Path(pause_dir), "pruning", lambda *_: True)
     from pixsift.cli import main
 
     sys.argv = ["pixsift", *argv]

@@ -188,9 +188,19 @@ def _check_index(catalog: Catalog, index_path: Path, report: HealthReport, rng: 
         )
         return
     if saved < generation:
-        report.notes.append(f"search index file is behind (generation {saved} of {generation}): caught up")
+        report.notes.append(_behind_note(catalog.changes_since(saved), saved, generation))
     index = catch_up(catalog, index)
     _compare(catalog, index, report, rng)
+
+
+def _behind_note(changes: int | None, saved: int, generation: int) -> str:
+    """What a search index file saved before the latest changes means: normally nothing (a
+    delete does not rewrite it; loading it replays the changes since), else a rebuild."""
+    behind = f"search index file is behind the database (generation {saved} of {generation})"
+    if changes is None:
+        return f"{behind}, further than its change log reaches: rebuilt as it is loaded"
+    count = "1 change since is" if changes == 1 else f"{changes:,} changes since are"
+    return f"{behind}: the {count} replayed as it is loaded, as every search does"
 
 
 def _compare(catalog: Catalog, index: VectorIndex, report: HealthReport, rng: np.random.Generator) -> None:

@@ -167,7 +167,11 @@ def format_status(status: LibraryStatus, failures: Sequence[Failure] | None) -> 
     model = status.model.describe() if status.model else "none yet (chosen by the first index run)"
     counts = status.counts
     index = status.index_file
-    index_text = index.state if index.generation is None else f"{index.state} (generation {index.generation})"
+    index_text = index.state if index.generation is None else f"{index.state} (generation {index.generation}"
+    if index.changes is not None:
+        count = f"{index.changes:,} change{'' if index.changes == 1 else 's'}"
+        index_text += f", the {count} since replayed from the database"
+    index_text += "" if index.generation is None else ")"
     if index.kind is not None:
         index_text += f", {index.kind}"
     if index.search_param is not None:
@@ -232,6 +236,7 @@ def status_as_json(status: LibraryStatus, failures: Sequence[Failure] | None) ->
         "index": {
             "state": status.index_file.state,
             "generation": status.index_file.generation,
+            "changes": status.index_file.changes,
             "kind": status.index_file.kind,
             "search_param": status.index_file.search_param,
             "tuned_recall_at_10": status.index_file.recall,

@@ -623,8 +623,10 @@ class Library:
             info = self.image(image_id)
             with self._catalog.write() as batch:
                 batch.delete_images([image_id])
+            # Not a rewrite of the whole index file (2 GB at a million vectors) for one image:
+            # every process replays the change log on load; saved once the log is long.
             if (model := self._catalog.model()) is not None:
-                self._index.refresh(model.embed_dim, save=True)
+                self._index.after_change(model.embed_dim)
         forget_thumbnails(self.path / THUMBNAILS_DIR, image_id)  # ids are never reused
         return info
 
@@ -666,7 +668,7 @@ class Library:
                 batch.delete_root(root)
             # Caches, after the commit: a Ctrl-C here leaves them for the next search to catch up.
             if (model := self._catalog.model()) is not None:
-                self._index.refresh(model.embed_dim, save=True)
+                self._index.after_change(model.embed_dim)
             prune_thumbnails(self.path / THUMBNAILS_DIR, self._catalog.images)
         return len(ids)
 
@@ -708,7 +710,7 @@ class Library:
         if self._catalog.model() is None:
             return
         self._embedder_or_load()
-        self._index.refresh(self._require_model().embed_dim, save=False)
+        self._index.refresh(self._require_model().embed_dim)
 
     # ---- the model and the vector index ------------------------------------------------------
 
@@ -785,7 +787,7 @@ class Library:
 
     def index_summary(self) -> IndexSummary:
         """The kind of search index in use, its size and how it was tuned."""
-        with self._index.current(self._require_model().embed_dim, save=False) as vectors:
+        with self._index.current(self._require_model().embed_dim) as vectors:
             return summarize_index(vectors)
 
     # ---- status --------------------------------------------------------------------------------

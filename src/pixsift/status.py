@@ -18,17 +18,27 @@ if TYPE_CHECKING:
     from pixsift.storage.vector_index import VectorIndex
 
 
+UP_TO_DATE = "up to date"
+# Behind the database by changes its log holds (deletes since the last save): every process
+# replays them as it loads the file, which is saved again once they are many. Normal.
+CAUGHT_UP_ON_LOAD = "caught up on load"
+STALE = "stale"  # the change log no longer reaches back to it: rebuilt as it is next loaded
+MISSING = "missing"
+
+
 @dataclass(frozen=True)
 class IndexFileState:
-    """Whether `vectors.faiss` reflects the database: "up to date", "stale" or "missing";
-    its kind ("flat", "hnsw", "ivfpq"), its tuned nprobe/efSearch and the recall@10 measured
-    when it was tuned, as its header records them."""
+    """Whether `vectors.faiss` reflects the database: "up to date", "caught up on load",
+    "stale" or "missing"; how many logged changes loading it replays (None unless caught up
+    on load); its kind ("flat", "hnsw", "ivfpq"), its tuned nprobe/efSearch and the recall@10
+    measured when it was tuned, as its header records them."""
 
     state: str
     generation: int | None
     kind: str | None = None
     search_param: int | None = None
     recall: float | None = None
+    changes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,16 +76,18 @@ def library_status(folder: Path, catalog: Catalog, index_path: Path) -> LibraryS
     generation = catalog.generation()
     header = read_header(index_path)
     if header is None:
-        state = IndexFileState("missing", None)
+        state = IndexFileState(MISSING, None)
     else:
         saved = int(header["generation"])
         meta = IndexMeta.from_dict(header)
+        changes = None if saved == generation else catalog.changes_since(saved)
         state = IndexFileState(
-            "up to date" if saved == generation else "stale",
+            UP_TO_DATE if saved == generation else STALE if changes is None else CAUGHT_UP_ON_LOAD,
             saved,
             meta.plan.kind.value,
             meta.search_param or None,
             meta.recall,
+            changes,
         )
     disk = sum(_file_size(entry) for entry in os.scandir(folder))
     return LibraryStatus(

@@ -59,7 +59,7 @@ def index_library(
             report.skipped_roots = skipped
         with _interrupt_reported(report), _error_reported(report):
             if (model := catalog.model()) is not None:
-                index.refresh(model.embed_dim, save=True)
+                index.save_current(model.embed_dim)
     with _interrupt_reported(report), _error_reported(report):
         if model is not None:
             index.rebuild_if_drifted(model.embed_dim)

@@ -11,7 +11,9 @@ cached ONNX text tower and the saved FAISS file whenever that gives exactly what
 - the engine runs the text tower through ONNX Runtime on the CPU, from a cached export of the
   library's very model (the same `OnnxEmbedder` the library would load, so the same vector),
   whose files are still those checked against their checksums (`verify_unchanged_files`);
-- `vectors.faiss` is at the catalog's generation, so nothing needs catching up or saving.
+- `vectors.faiss` is at the catalog's generation, or a little behind it (a delete since the
+  last save, see `replay_limit`): the changes logged since are replayed on it, as the library
+  would, and the library would not save it either.
 
 Everything is read inside one read transaction, so an index run committing meanwhile changes
 nothing it sees; if it has saved a newer FAISS file by then, the generations differ and the
@@ -24,7 +26,7 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -132,7 +134,7 @@ def _answer(
     min_score: float | None,
     engine: str,
 ) -> list[SearchResult]:
-    from pixsift.storage.index_header import read_generation
+    from pixsift.storage.index_header import read_header
     from pixsift.storage.migrations import SCHEMA_VERSION
 
     if reader.schema_version() != SCHEMA_VERSION:
@@ -141,8 +143,9 @@ def _answer(
     if record is None:
         raise _NotQuickError
     generation = reader.generation()
-    if read_generation(index_path) != generation:
-        raise _NotQuickError  # missing, unreadable or stale: the library catches it up
+    header = read_header(index_path)
+    if header is None or not _caught_up_as_saved(reader, header):
+        raise _NotQuickError  # missing, unreadable, or far behind: the library saves it anew
     embedder = _text_embedder(record, engine)
     # One step after another: building the text session in a thread beside the tokenizer and
     # FAISS saved nothing, as ONNX Runtime holds the GIL for most of the build.
@@ -154,15 +157,30 @@ def _answer(
     return _ranked(reader, index, query, k, min_score)
 
 
+def _caught_up_as_saved(reader: CatalogReader, header: dict[str, Any]) -> bool:
+    """Whether the index file with `header` is one the library would only catch up from the
+    change log, not save anew: at the catalog's generation, or behind it by few changes."""
+    from pixsift.storage.index_header import replay_limit, saved_count
+
+    changes = reader.changes_since(int(header["generation"]))
+    return changes is not None and changes <= replay_limit(saved_count(header))
+
+
 def _saved_index(reader: CatalogReader, path: Path, generation: int, dim: int) -> VectorIndex:
-    """The index saved at `path`, if it is still at `generation` and of vectors of size `dim`."""
+    """The index saved at `path`, of vectors of size `dim`, caught up to `generation` from the
+    change log."""
     from pixsift.storage.index_lifecycle import load_policy
     from pixsift.storage.vector_index import VectorIndex
 
     load_policy(reader)  # the library's settings: bad ones are the library's to report
     index = VectorIndex.load(path)
-    if index is None or index.generation != generation or index.dim != dim:
+    if index is None or index.dim != dim:
         raise _NotQuickError  # replaced since the header was read, or made for another model
+    if index.generation != generation:
+        delta = reader.vector_delta(index.generation)
+        if delta is None or delta.generation != generation:
+            raise _NotQuickError  # replaced by an older file, or one the log no longer reaches
+        index.apply(delta)
     return index
 
 

@@ -92,7 +92,7 @@ class Ranker:
         check_k(k)
         check_min_score(min_score)
         allowed = allowed_ids(self._catalog, criteria)
-        with self._index.current(self._model().embed_dim, save=False) as vectors:
+        with self._index.current(self._model().embed_dim) as vectors:
             if queries.shape[1:] != (vectors.dim,):
                 raise QueryError(
                     f"A query vector of shape {queries.shape[1:]} does not fit this library, whose "

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "Catalog": "pixsift.storage.catalog",
     "CatalogWriter": "pixsift.storage.catalog",
-    "VectorDelta": "pixsift.storage.catalog",
     "CatalogCounts": "pixsift.storage.records",
     "Failure": "pixsift.storage.records",
     "ImageInfo": "pixsift.storage.records",
     "KnownFile": "pixsift.storage.records",
     "RootInfo": "pixsift.storage.records",
+    "VectorDelta": "pixsift.storage.records",
 }
 
 
@@ -27,8 +27,8 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from pixsift.storage.catalog import Catalog, CatalogWriter, VectorDelta
-    from pixsift.storage.records import CatalogCounts, Failure, ImageInfo, KnownFile, RootInfo
+    from pixsift.storage.catalog import Catalog, CatalogWriter
+    from pixsift.storage.records import CatalogCounts, Failure, ImageInfo, KnownFile, RootInfo, VectorDelta
 
 __all__ = [
     "Catalog",

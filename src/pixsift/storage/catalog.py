@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from sqlalchemy.orm import Session
 from pixsift.errors import LibraryClosedError, LibraryNotFoundError
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.storage import departed
-from pixsift.storage.catalog_reader import GENERATION_KEY, blob_to_vector, sql_chunks
+from pixsift.storage.catalog_reader import GENERATION_KEY, LOG_FLOOR_KEY, blob_to_vector, sql_chunks
 from pixsift.storage.database import (
     failed_write_error,
     is_damage,
@@ -56,6 +55,7 @@ from pixsift.storage.records import (
     KnownFile,
     RootInfo,
     StoredEmbedding,
+    VectorDelta,
 )
 from pixsift.storage.schema import (
     Base,
@@ -68,7 +68,6 @@ from pixsift.storage.schema import (
     utcnow,
 )
 
-LOG_FLOOR_KEY = "vector_log_floor"
 _SQLITE_INT_MIN, _SQLITE_INT_MAX = -(2**63), 2**63 - 1  # the ids SQLite can store
 
 
@@ -96,16 +95,6 @@ def folder_prefix_range(folder: str) -> tuple[bytes, bytes]:
     """
     low = os.fsencode(os.path.join(folder, ""))
     return low, low[:-1] + bytes([low[-1] + 1])
-
-
-@dataclass(frozen=True)
-class VectorDelta:
-    """The vector changes between a generation and now, read in one snapshot."""
-
-    generation: int
-    removed_ids: np.ndarray
-    upserted_ids: np.ndarray
-    upserted_vectors: np.ndarray
 
 
 class Catalog:
@@ -431,6 +420,16 @@ class Catalog:
             for rows in result.partitions():
                 ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
                 yield ids, np.stack([blob_to_vector(r[1]) for r in rows])
+
+    def changes_since(self, since: int) -> int | None:
+        """How many vector changes the log holds after generation `since` (what loading an
+        index file saved at `since` replays), or None if the log no longer reaches back to it
+        (or `since` is ahead of the database): such a file is rebuilt when loaded."""
+        with self._read() as session:
+            if since < _int_setting(session, LOG_FLOOR_KEY) or since > _int_setting(session, GENERATION_KEY):
+                return None
+            query = select(func.count()).where(VectorChange.generation > since)
+            return int(session.scalar(query) or 0)
 
     def vector_delta(self, since: int) -> VectorDelta | None:
         """What changed after generation `since`, or None if the log no longer reaches back."""

@@ -25,9 +25,10 @@ from typing import TypeVar
 import numpy as np
 
 from pixsift.models.spec import ModelRecord, ModelSpec
-from pixsift.storage.records import ImageInfo
+from pixsift.storage.records import ImageInfo, VectorDelta
 
 GENERATION_KEY = "vector_generation"  # catalog setting: the generation of the latest vector change
+LOG_FLOOR_KEY = "vector_log_floor"  # catalog setting: the change log holds every change after it
 BUSY_TIMEOUT_S = 30.0
 SQL_CHUNK = 500  # ids per IN (...) clause, well below SQLite's variable limit
 T = TypeVar("T")
@@ -38,6 +39,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "embeddings": ("image_id", "vector"),
     "model": ("id", "name", "pretrained", "config_json", "embed_dim", "fingerprint"),
     "settings": ("key", "value"),
+    "vector_changes": ("generation", "image_id"),
 }
 _IMAGE_COLUMNS = ", ".join(COLUMNS["images"])
 
@@ -104,6 +106,28 @@ class CatalogReader:
     def generation(self) -> int:
         value = self.setting(GENERATION_KEY)
         return int(value) if value is not None else 0
+
+    def changes_since(self, since: int) -> int | None:
+        """`Catalog.changes_since`: the logged vector changes after `since`, None if the log
+        no longer reaches back to it."""
+        floor = int(self.setting(LOG_FLOOR_KEY) or 0)
+        if since < floor or since > self.generation():
+            return None
+        query = "SELECT COUNT(*) FROM vector_changes WHERE generation > ?"
+        return int(self._connection.execute(query, (since,)).fetchone()[0])
+
+    def vector_delta(self, since: int) -> VectorDelta | None:
+        """`Catalog.vector_delta`: what changed after generation `since`, to replay on an index
+        file saved then; None if the log no longer reaches back to it."""
+        if self.changes_since(since) is None:
+            return None
+        query = "SELECT DISTINCT image_id FROM vector_changes WHERE generation > ?"
+        changed = [int(row[0]) for row in self._connection.execute(query, (since,))]
+        upserted = self.vectors(changed)
+        removed = np.array([i for i in changed if i not in upserted], dtype=np.int64)
+        ids = np.array(list(upserted), dtype=np.int64)
+        vectors = np.stack(list(upserted.values())) if upserted else np.empty((0, 0), np.float32)
+        return VectorDelta(self.generation(), removed, ids, vectors)
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageInfo]:
         """The rows of the images among `ids`, by id, as `Catalog.images` returns them."""

@@ -21,6 +21,25 @@ READABLE_FORMATS = (1, 2, 3)
 CHECKSUMMED_FORMAT = 3
 MAX_HEADER_BYTES = 4096
 FLAT_PLAN = IndexPlan(IndexKind.flat)
+# A file behind the database is caught up on load from the catalog's change log, which a save
+# trims. Rewriting the whole file for every delete cost 2 GB of writes per image at a million
+# vectors, so a delete or a search saves it again only once the log since the file's
+# generation is this share of what it holds, or this many changes (an index run always does).
+REPLAY_SHARE = 0.01
+REPLAY_FLOOR = 1_000
+
+
+def replay_limit(count: int) -> int:
+    """How many logged changes an index of `count` vectors is left behind by before it is saved."""
+    return max(REPLAY_FLOOR, int(REPLAY_SHARE * count))
+
+
+def saved_count(header: dict[str, Any]) -> int:
+    """The vectors a saved index holds, as its header says (0 where it does not: older files)."""
+    try:
+        return int(header.get("count", 0))
+    except (ValueError, TypeError):
+        return 0
 
 
 def read_header(path: Path) -> dict[str, Any] | None:

@@ -3,8 +3,11 @@
 One `IndexKeeper` per open library. Its lock serialises the in-place changes (catching up with
 the catalog's change log, swapping in a rebuilt index) with the searches that read the index,
 so many threads may search one library while another indexes. The index file is only ever
-written by a process holding the library's write lock: an index run always, a search only
-when no index run holds it (the file is a cache; the catalog is the source of truth).
+written by a process holding the library's write lock: an index run always (once, at its
+end), a search only when no index run holds it (the file is a cache; the catalog is the source
+of truth). A delete or a search leaves a file a little behind as it is: every process catches
+it up on load from the catalog's change log, and it is saved again once that log has grown
+past `replay_limit` (a share of the index, with a floor), which also bounds the log.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class IndexKeeper:
         self._thresholds = thresholds  # None: the defaults of index_choice
         self._vectors: VectorIndex | None = None
         self._lock = threading.RLock()
+        # (file generation, index generation) last found not worth a save: not asked again
+        self._checked: tuple[int, int] | None = None
 
     @property
     def thresholds(self) -> IndexThresholds:
@@ -56,24 +61,48 @@ class IndexKeeper:
         return load_policy(self._catalog, self.thresholds)
 
     @contextmanager
-    def current(self, dim: int, *, save: bool) -> Iterator[VectorIndex]:
+    def current(self, dim: int, *, locked: bool = False) -> Iterator[VectorIndex]:
         """The index caught up with the catalog, held so that nothing changes it meanwhile.
 
-        `save=True` (the caller holds the write lock) saves it whenever the file is behind;
-        otherwise it is saved only if no index run holds the lock.
+        The file is saved only when it has fallen far behind the catalog (see `replay_limit`)
+        or could not be caught up (rebuilt, or of another kind): a file a little behind is
+        caught up on load from the change log, by every process. `locked`: the caller holds the
+        write lock; else the file is saved only if no index run holds it. A save that fails
+        (full disk, read-only folder) is no error: the index answers from memory.
         """
         with self._lock:
-            yield self._refresh(dim, save=save)
+            yield self._refresh(dim, locked=locked)
 
-    def refresh(self, dim: int, *, save: bool) -> None:
+    def refresh(self, dim: int, *, locked: bool = False) -> None:
         """Catch the index up (loading it if need be) and save it as `current` does."""
-        with self.current(dim, save=save):
+        with self.current(dim, locked=locked):
             pass
+
+    def save_current(self, dim: int) -> None:
+        """At the end of an index run (the caller holds the write lock): catch the index up and
+        save it whenever the file is behind at all, once a run; LibraryWriteError if it cannot."""
+        with self._lock:
+            self._refresh(dim, locked=True, always=True)
+
+    def after_change(self, dim: int) -> None:
+        """After a delete or a forget committed (the caller holds the write lock): catch the
+        index in memory up, and save the file if the change log has grown long since it was
+        saved. A process that has not loaded the index only reads the file's header: loading a
+        whole index to leave it unsaved would cost more than the delete."""
+        from pixsift.storage.index_header import read_header, saved_count
+
+        with self._lock:
+            if self._vectors is None or self._vectors.dim != dim:
+                header = read_header(self.path)  # none or unreadable: the next search builds it
+                if header is None or not self._far_behind(header, saved_count(header)):
+                    return
+            self._refresh(dim, locked=True)
 
     def forget(self) -> None:
         """Drop the index in memory: the next use reads the file (after a repair rewrote it)."""
         with self._lock:
             self._vectors = None
+            self._checked = None
 
     def rebuild_if_drifted(self, dim: int) -> None:
         """After an index run: rebuild the index if it no longer suits the library."""
@@ -93,28 +122,55 @@ class IndexKeeper:
         fresh = rebuild(self._catalog, dim, policy)
         with self._lock:
             self._vectors = catch_up(self._catalog, fresh, policy)
-            self._save(self._vectors, holding_lock=True)
+            self._save(self._vectors, holding_lock=True, required=True)
 
-    def _refresh(self, dim: int, *, save: bool) -> VectorIndex:
+    def _refresh(self, dim: int, *, locked: bool, always: bool = False) -> VectorIndex:
         from pixsift.storage.index_header import read_header
         from pixsift.storage.index_lifecycle import catch_up, load_or_rebuild
-        from pixsift.storage.vector_index import read_generation
 
         policy = self.policy()
-        from_file = True
         if self._vectors is not None and self._vectors.dim == dim:
             header = read_header(self.path)  # read once a search: what the file holds now
             saved = self._saved_elsewhere(self._vectors, header)
-            file_generation = saved.generation if saved else _generation(header)
             self._vectors = catch_up(self._catalog, saved or self._vectors, policy)
         else:
             self._vectors, from_file = load_or_rebuild(self._catalog, self.path, dim, policy)
-            file_generation = read_generation(self.path)
-        # A damaged file whose header still reads at the current generation is saved over too:
-        # else every search and index run would rebuild the whole index from the database.
-        if not from_file or file_generation != self._vectors.generation:
-            self._save(self._vectors, holding_lock=save)
+            # A damaged file whose header still reads is saved over too: else every search
+            # and index run would rebuild the whole index from the database.
+            header = read_header(self.path) if from_file else None
+        if self._save_due(self._vectors, header, always=always):
+            self._save(self._vectors, holding_lock=locked, required=always)
         return self._vectors
+
+    def _save_due(self, vectors: VectorIndex, header: dict[str, Any] | None, *, always: bool) -> bool:
+        """Whether the file (whose `header` was read; None: none, unreadable or damaged) should
+        be saved from `vectors`, which is caught up with the catalog."""
+        from pixsift.storage.index_header import IndexMeta
+
+        if header is None:
+            return True
+        file_generation = int(header["generation"])
+        if file_generation == vectors.generation:
+            return False
+        if always:
+            return True
+        if self._checked == (file_generation, vectors.generation):
+            return False  # asked at the last search, and nothing changed since
+        self._checked = (file_generation, vectors.generation)
+        try:
+            same_kind = IndexMeta.from_dict(header) == vectors.meta
+        except (ValueError, KeyError, TypeError):
+            return True  # a header this pixsift cannot read
+        # Of another kind or tuning: rebuilt in memory, which loading the file would redo.
+        return not same_kind or self._far_behind(header, vectors.count)
+
+    def _far_behind(self, header: dict[str, Any], count: int) -> bool:
+        """Whether the file whose `header` this is, of an index of `count` vectors, is too far
+        behind the change log to be left as it is (or cannot be caught up from it at all)."""
+        from pixsift.storage.index_header import replay_limit
+
+        changes = self._catalog.changes_since(int(header["generation"]))
+        return changes is None or changes > replay_limit(count)
 
     def _saved_elsewhere(self, held: VectorIndex, header: dict[str, Any] | None) -> VectorIndex | None:
         """The index file (whose `header` was just read), when another process saved one newer
@@ -140,11 +196,12 @@ class IndexKeeper:
         saved = VectorIndex.load(self.path)
         return saved if saved is not None and saved.dim == held.dim else None
 
-    def _save(self, vectors: VectorIndex, *, holding_lock: bool) -> None:
+    def _save(self, vectors: VectorIndex, *, holding_lock: bool, required: bool = False) -> None:
         """Write the index and trim the change log it now covers; readers only if no one indexes.
 
-        A search that cannot write the file (full disk, read-only folder) still answers, from
-        the index it built in memory.
+        Unless the save is `required` (an index run, a rebuild), a file that cannot be written
+        (full disk, read-only folder) is left behind: the index answers from memory, and other
+        processes catch the file up from the change log as they load it.
         """
         if not holding_lock:
             try:
@@ -156,7 +213,7 @@ class IndexKeeper:
         try:
             self._write(vectors)
         except LibraryWriteError:
-            if holding_lock:
+            if required:
                 raise
         finally:
             if not holding_lock:
@@ -175,8 +232,3 @@ class IndexKeeper:
             raise write_error(self.path.parent, exc) from exc
         with self._catalog.write() as batch:
             batch.truncate_vector_log(vectors.generation)
-
-
-def _generation(header: dict[str, Any] | None) -> int | None:
-    """The generation a saved index's header names, as `read_generation` gives it."""
-    return None if header is None else int(header["generation"])

@@ -113,3 +113,13 @@ class FreshEmbedding:
     taken_at: str | None
     size: int
     mtime_ns: int
+
+
+@dataclass(frozen=True)
+class VectorDelta:
+    """The vector changes between a generation and now, read in one snapshot."""
+
+    generation: int
+    removed_ids: np.ndarray
+    upserted_ids: np.ndarray
+    upserted_vectors: np.ndarray

@@ -34,8 +34,8 @@ from pixsift.storage.index_header import IndexMeta as IndexMeta
 from pixsift.storage.index_header import read_generation as read_generation
 from pixsift.storage.index_header import read_header as read_header
 
-if TYPE_CHECKING:  # the catalog brings in SQLAlchemy, which loading and searching do without
-    from pixsift.storage.catalog import VectorDelta
+if TYPE_CHECKING:
+    from pixsift.storage.records import VectorDelta
 
 TMP_INFIX = ".tmp-"  # vectors.faiss.tmp-PID: a save in progress, or one a crash cut short
 MAX_WIDENING = 64  # searching 1/x of what the index holds widens nprobe/efSearch by x, up to this
@@ -280,6 +280,7 @@ class VectorIndex:
             "dim": self.dim,
             "faiss_bytes": int(payload.size),
             "label_bytes": len(labels),
+            "count": self.count,  # what the file holds, for `replay_limit` without loading it
             **self.meta.as_dict(),
         }
         header[CHECKSUM_KEY] = _checksum(header, payload.data, labels)

@@ -1,0 +1,154 @@
+"""When the search index file is written: a delete does not rewrite it (every process replays
+the change log on load), a long log does, and a delete never fails for want of a save."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pixsift import Library
+from pixsift.models.spec import ModelRecord, ModelSpec
+from pixsift.storage import Catalog
+from pixsift.storage.index_header import REPLAY_FLOOR, read_header
+from pixsift.storage.vector_index import TMP_INFIX
+
+DIM = 16
+COUNT = REPLAY_FLOOR + 200
+
+
+@pytest.fixture
+def library_dir(tmp_path: Path) -> Path:
+    """A library of `COUNT` random unit vectors (no image files: deletes and searches never
+    open them), its index file saved by a first search."""
+    folder = tmp_path / "library"
+    folder.mkdir()
+    vectors = np.random.default_rng(3).standard_normal((COUNT, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    catalog = Catalog.open(folder / "library.db")
+    try:
+        with catalog.write() as batch:
+            batch.set_model(ModelRecord(ModelSpec("synthetic-16", "none"), DIM, "0" * 64))
+        with catalog.write() as batch:
+            batch.add_embedded_images([f"/synthetic/{n:05d}.jpg" for n in range(COUNT)], vectors)
+    finally:
+        catalog.close()
+    with Library.open(folder) as library:
+        library.search_vector(vectors[0], k=1)
+    return folder
+
+
+def file_state(path: Path) -> tuple[bytes, int, int]:
+    stat = path.stat()
+    return path.read_bytes(), stat.st_mtime_ns, stat.st_ino
+
+
+def vector_of(folder: Path, image_id: int) -> np.ndarray:
+    catalog = Catalog.open(folder / "library.db")
+    try:
+        return catalog.vectors([image_id])[image_id]
+    finally:
+        catalog.close()
+
+
+FRESH_PROCESS_SEARCH = """
+import json, sys
+import numpy as np
+from pixsift import Library
+with Library.open(sys.argv[1], create=False) as library:
+    query = np.array(json.loads(sys.argv[2]), dtype=np.float32)
+    print(json.dumps([r.id for r in library.search_vector(query, k=20)]))
+"""
+
+
+def ids_in_a_fresh_process(folder: Path, query: np.ndarray) -> list[int]:
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS_SEARCH, str(folder), json.dumps(query.tolist())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return list(json.loads(done.stdout))
+
+
+def test_a_delete_leaves_the_index_file_unwritten_and_no_process_returns_the_image(
+    library_dir: Path,
+) -> None:
+    index_file = library_dir / "vectors.faiss"
+    before = file_state(index_file)
+    victim = 7
+    query, other = vector_of(library_dir, victim), vector_of(library_dir, 8)
+    with Library.open(library_dir) as library:
+        assert library.search_vector(query, k=1)[0].id == victim  # loaded: as a server holds it
+        library.delete(victim)
+        assert victim not in [r.id for r in library.search_vector(query, k=20)]
+        status = library.status().index_file
+    assert (status.state, status.changes) == ("caught up on load", 1)
+    with Library.open(library_dir) as cold:  # a process that has not loaded the index
+        cold.delete(8)
+    assert file_state(index_file) == before  # neither delete rewrote it, nor the searches
+    assert victim not in ids_in_a_fresh_process(library_dir, query)
+    assert 8 not in ids_in_a_fresh_process(library_dir, other)
+    with Library.open(library_dir) as library:
+        found = [r.id for r in library.search_vector(query, k=COUNT)]
+        assert victim not in found and 8 not in found and len(found) == COUNT - 2
+        report = library.check()
+    assert {problem.kind for problem in report.problems} == {"missing-files"}  # no image files here
+    assert any("2 changes since are replayed as it is loaded" in str(note) for note in report.notes)
+    assert file_state(index_file) == before
+
+
+def test_deletes_past_the_replay_limit_save_the_index_file(library_dir: Path) -> None:
+    index_file = library_dir / "vectors.faiss"
+    before = file_state(index_file)
+    first, second = vector_of(library_dir, 1), vector_of(library_dir, 2)
+    catalog = Catalog.open(library_dir / "library.db")
+    try:  # a forget of a large folder elsewhere: the log reaches the limit
+        with catalog.write() as batch:
+            batch.delete_images(list(range(100, 100 + REPLAY_FLOOR)))
+    finally:
+        catalog.close()
+    with Library.open(library_dir) as library:
+        library.delete(1)  # one more: past it
+        assert file_state(index_file) != before
+        status = library.status().index_file
+        assert (status.state, status.changes) == ("up to date", None)
+        catalog = Catalog.open(library_dir / "library.db")
+        try:
+            assert catalog.changes_since(status.generation or 0) == 0  # the log was trimmed
+        finally:
+            catalog.close()
+        saved = file_state(index_file)
+        library.delete(2)  # the next one is replayed again
+        assert file_state(index_file) == saved
+    assert 1 not in ids_in_a_fresh_process(library_dir, first)
+    assert 2 not in ids_in_a_fresh_process(library_dir, second)
+
+
+def test_a_delete_whose_index_save_fails_still_deletes(library_dir: Path) -> None:
+    """The database delete is committed: a save of the index file that fails (a full disk, a
+    read-only file; here its temporary file cannot be cleared) leaves the file behind, caught up
+    from the log on load, and the delete answers as done rather than as an error."""
+    catalog = Catalog.open(library_dir / "library.db")
+    try:
+        with catalog.write() as batch:
+            batch.delete_images(list(range(100, 100 + REPLAY_FLOOR)))
+    finally:
+        catalog.close()
+    obstacle = library_dir / f"vectors.faiss{TMP_INFIX}{os.getpid()}"
+    obstacle.mkdir()
+    (obstacle / "in-the-way").write_text("x")
+    index_file = library_dir / "vectors.faiss"
+    before = read_header(index_file)
+    with Library.open(library_dir) as library:
+        query = vector_of(library_dir, 5)
+        assert library.delete(5).id == 5  # a save was due, and failed
+        assert read_header(index_file) == before
+        assert 5 not in [r.id for r in library.search_vector(query, k=20)]
+    assert 5 not in ids_in_a_fresh_process(library_dir, query)
