@@ -170,7 +170,7 @@ def format_status(status: LibraryStatus, failures: Sequence[Failure] | None) -> 
     index_text = index.state if index.generation is None else f"{index.state} (generation {index.generation}"
     if index.changes is not None:
         count = f"{index.changes:,} change{'' if index.changes == 1 else 's'}"
-        index_text += f", the {count} since replayed from the database"
+        index_text += f", plus {count} replayed from the database"
     index_text += "" if index.generation is None else ")"
     if index.kind is not None:
         index_text += f", {index.kind}"
