@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 from pixsift import Library
 from pixsift.models.spec import ModelRecord, ModelSpec
@@ -152,3 +153,32 @@ def test_a_delete_whose_index_save_fails_still_deletes(library_dir: Path) -> Non
         assert read_header(index_file) == before
         assert 5 not in [r.id for r in library.search_vector(query, k=20)]
     assert 5 not in ids_in_a_fresh_process(library_dir, query)
+
+
+def test_a_save_that_waited_never_puts_an_older_index_over_a_newer_file(library_dir: Path) -> None:
+    """A search that caught up (to generation G1) and only then got the write lock, after
+    another process had saved the file at a later generation and trimmed the log up to it,
+    leaves that file as it is: written over with G1, the log could no longer catch it up, and
+    every process would rebuild the whole index (retraining an IVF-PQ one) as it loads it."""
+    with Library.open(library_dir) as library:
+        keeper = library._index
+        library.search_vector(vector_of(library_dir, 1), k=1)  # loaded, as a server holds it
+        catalog = Catalog.open(library_dir / "library.db")
+        try:
+            with catalog.write() as batch:  # past the limit: a save is due
+                batch.delete_images(list(range(100, 100 + REPLAY_FLOOR + 1)))
+            with FileLock(library_dir / "library.lock"), keeper.current(DIM) as caught_up:
+                pass  # an index run holds the lock: the search leaves the save to it
+            with catalog.write() as batch:  # meanwhile: one more change...
+                batch.delete_images([5])
+        finally:
+            catalog.close()
+        with Library.open(library_dir) as other:  # ...and another process saved the file
+            other.delete(6)
+            other.search_vector(vector_of(library_dir, 1), k=1)
+        saved = read_header(library_dir / "vectors.faiss")
+        assert saved is not None and int(saved["generation"]) > caught_up.generation
+        newer = file_state(library_dir / "vectors.faiss")
+        keeper._save(caught_up, holding_lock=False)  # the waiting search's save
+        assert file_state(library_dir / "vectors.faiss") == newer
+        assert library.status().index_file.state in ("up to date", "caught up on load")

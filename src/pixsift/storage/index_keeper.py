@@ -224,6 +224,8 @@ class IndexKeeper:
         from pixsift.storage.vector_index import leftover_files
 
         self._catalog.check_in_place()  # never over the index file of a library made anew there
+        if self._saved_newer(vectors):
+            return
         try:
             for leftover in leftover_files(self.path):  # a crash cut a save short
                 leftover.unlink(missing_ok=True)
@@ -232,3 +234,15 @@ class IndexKeeper:
             raise write_error(self.path.parent, exc) from exc
         with self._catalog.write() as batch:
             batch.truncate_vector_log(vectors.generation)
+
+    def _saved_newer(self, vectors: VectorIndex) -> bool:
+        """Whether another process saved the file at a later generation than `vectors` since
+        they were caught up (a search that got the write lock just after an index run): written
+        over, the file would be older than the log it trimmed, and rebuilt by every process
+        that loads it. A file ahead of the database (from another one) is still saved over."""
+        from pixsift.storage.index_header import read_generation
+
+        saved = read_generation(self.path)
+        if saved is None or saved <= vectors.generation:
+            return False
+        return self._catalog.changes_since(saved) is not None  # None: ahead of the database
