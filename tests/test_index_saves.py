@@ -182,3 +182,26 @@ def test_a_save_that_waited_never_puts_an_older_index_over_a_newer_file(library_
         keeper._save(caught_up, holding_lock=False)  # the waiting search's save
         assert file_state(library_dir / "vectors.faiss") == newer
         assert library.status().index_file.state in ("up to date", "caught up on load")
+
+
+def test_vectors_left_unsaved_by_a_run_that_died_are_saved_by_the_next_search(library_dir: Path) -> None:
+    """Vectors committed by an index run killed before its save (written here through the
+    catalog, as its batches are) are few, but adding them to an HNSW graph on every load costs
+    more than one save: the first search that may write saves the file."""
+    extra = np.random.default_rng(4).standard_normal((5, DIM)).astype(np.float32)
+    extra /= np.linalg.norm(extra, axis=1, keepdims=True)
+    catalog = Catalog.open(library_dir / "library.db")
+    try:
+        with catalog.write() as batch:
+            batch.add_embedded_images([f"/synthetic/new-{n}.jpg" for n in range(5)], extra)
+        generation = catalog.generation()
+    finally:
+        catalog.close()
+    header = read_header(library_dir / "vectors.faiss")
+    assert header is not None and header["generation"] < generation  # 5 changes: few, but added
+    found = ids_in_a_fresh_process(library_dir, extra[0])
+    header = read_header(library_dir / "vectors.faiss")
+    assert header is not None and header["generation"] == generation
+    with Library.open(library_dir) as library:
+        assert found[0] == library.search_vector(extra[0], k=1)[0].id
+        assert library.status().index_file.state == "up to date"

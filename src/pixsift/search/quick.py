@@ -11,9 +11,9 @@ cached ONNX text tower and the saved FAISS file whenever that gives exactly what
 - the engine runs the text tower through ONNX Runtime on the CPU, from a cached export of the
   library's very model (the same `OnnxEmbedder` the library would load, so the same vector),
   whose files are still those checked against their checksums (`verify_unchanged_files`);
-- `vectors.faiss` is at the catalog's generation, or a little behind it (a delete since the
-  last save, see `replay_limit`): the changes logged since are replayed on it, as the library
-  would, and the library would not save it either.
+- `vectors.faiss` is at the catalog's generation, or a little behind it (a few deletes since
+  the last save, see `replay_is_cheap`): the changes logged since are replayed on it, as the
+  library would.
 
 Everything is read inside one read transaction, so an index run committing meanwhile changes
 nothing it sees; if it has saved a newer FAISS file by then, the generations differ and the
@@ -160,10 +160,12 @@ def _answer(
 def _caught_up_as_saved(reader: CatalogReader, header: dict[str, Any]) -> bool:
     """Whether the index file with `header` is one the library would only catch up from the
     change log, not save anew: at the catalog's generation, or behind it by few changes."""
-    from pixsift.storage.index_header import replay_limit, saved_count
+    from pixsift.storage.index_header import replay_is_cheap, saved_count
 
-    changes = reader.changes_since(int(header["generation"]))
-    return changes is not None and changes <= replay_limit(saved_count(header))
+    since = int(header["generation"])
+    changes = reader.changes_since(since)
+    added = changes is not None and reader.vectors_added_since(since)
+    return replay_is_cheap(changes, added, saved_count(header))
 
 
 def _saved_index(reader: CatalogReader, path: Path, generation: int, dim: int) -> VectorIndex:

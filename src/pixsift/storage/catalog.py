@@ -22,6 +22,7 @@ from sqlalchemy import (
     and_,
     case,
     delete,
+    exists,
     func,
     insert,
     not_,
@@ -430,6 +431,15 @@ class Catalog:
                 return None
             query = select(func.count()).where(VectorChange.generation > since)
             return int(session.scalar(query) or 0)
+
+    def vectors_added_since(self, since: int) -> bool:
+        """Whether the log after generation `since` holds an image whose vector is in the
+        database: added or re-embedded by an index run that stopped before saving the index
+        file (each run saves it at its end). Deletes are cheap to replay on load; additions
+        to an HNSW graph are not, and would be replayed by every process that loads it."""
+        added = exists().where(VectorChange.generation > since, VectorChange.image_id == Embedding.image_id)
+        with self._read() as session:
+            return bool(session.scalar(select(added)))
 
     def vector_delta(self, since: int) -> VectorDelta | None:
         """What changed after generation `since`, or None if the log no longer reaches back."""

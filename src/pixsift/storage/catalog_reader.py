@@ -116,6 +116,14 @@ class CatalogReader:
         query = "SELECT COUNT(*) FROM vector_changes WHERE generation > ?"
         return int(self._connection.execute(query, (since,)).fetchone()[0])
 
+    def vectors_added_since(self, since: int) -> bool:
+        """`Catalog.vectors_added_since`."""
+        query = (
+            "SELECT EXISTS (SELECT 1 FROM vector_changes c JOIN embeddings e ON e.image_id = c.image_id "
+            "WHERE c.generation > ?)"
+        )
+        return bool(self._connection.execute(query, (since,)).fetchone()[0])
+
     def vector_delta(self, since: int) -> VectorDelta | None:
         """`Catalog.vector_delta`: what changed after generation `since`, to replay on an index
         file saved then; None if the log no longer reaches back to it."""

@@ -34,6 +34,14 @@ def replay_limit(count: int) -> int:
     return max(REPLAY_FLOOR, int(REPLAY_SHARE * count))
 
 
+def replay_is_cheap(changes: int | None, added: bool, count: int) -> bool:
+    """Whether a file `changes` logged changes behind (None: further than the log reaches), of
+    an index of `count` vectors, may be left so and caught up on load. Not when the log holds
+    an added vector (`added`): only an index run that died before its save leaves one, and
+    adding to an HNSW graph on every load costs what a save once does not."""
+    return changes is not None and not added and changes <= replay_limit(count)
+
+
 def saved_count(header: dict[str, Any]) -> int:
     """The vectors a saved index holds, as its header says (0 where it does not: older files)."""
     try:

@@ -167,10 +167,12 @@ class IndexKeeper:
     def _far_behind(self, header: dict[str, Any], count: int) -> bool:
         """Whether the file whose `header` this is, of an index of `count` vectors, is too far
         behind the change log to be left as it is (or cannot be caught up from it at all)."""
-        from pixsift.storage.index_header import replay_limit
+        from pixsift.storage.index_header import replay_is_cheap
 
-        changes = self._catalog.changes_since(int(header["generation"]))
-        return changes is None or changes > replay_limit(count)
+        since = int(header["generation"])
+        changes = self._catalog.changes_since(since)
+        added = changes is not None and self._catalog.vectors_added_since(since)
+        return not replay_is_cheap(changes, added, count)
 
     def _saved_elsewhere(self, held: VectorIndex, header: dict[str, Any] | None) -> VectorIndex | None:
         """The index file (whose `header` was just read), when another process saved one newer
