@@ -10,7 +10,8 @@ its search index kind set to `--index-type`, and kept in `--workdir` so later ru
   - warm: one process that has searched once (the index in memory, as in `pixsift serve`)
     deletes `--deletes` images one at a time, each followed by a search;
   - cold: for each of `--deletes` more images, a fresh process deletes it, and another fresh
-    process then runs one search (as `pixsift delete` then `pixsift search` would).
+    process then runs one search (as an application deleting through the Python API, then a
+    cold `pixsift search`, would).
 For each step it reports the median seconds of the call, whether it rewrote the index file,
 and the bytes the process wrote (`wchar` of /proc/self/io: the index file, SQLite and its WAL).
 """
