@@ -806,6 +806,40 @@ def test_ctrl_c_while_a_batch_commits_counts_the_batch(
         assert library.index(*([] if reembed else [photos]), **run).unchanged == 8
 
 
+class CtrlCWhileTheModelSwitches(CtrlCWhileCommitting):
+    """Ctrl-C while the transaction that records a new model for the library commits."""
+
+    def __init__(self) -> None:
+        super().__init__(phase="")
+        self.commits = 0
+
+    def executed(self, connection: object, cursor: object, statement: str, *_: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO MODEL"):
+            self.wrote = True
+
+
+def test_ctrl_c_while_a_reembed_switches_models_says_what_changed(
+    library_dir: Path, photos: Path, tiny_model: TinyModel, other_tiny_checkpoint: Path
+) -> None:
+    """The switch is kept (the old vectors are gone): a bare "Interrupted." let the user think
+    nothing had changed. The advice given works: the next run without --reembed embeds all."""
+    from typer.testing import CliRunner
+
+    from pixsift.cli import app
+
+    with Library.open(library_dir) as library:
+        index(library, tiny_model, photos)
+    switch = ["--model", str(tiny_model.config), "--pretrained", str(other_tiny_checkpoint)]
+    with CtrlCWhileTheModelSwitches().listening():
+        result = CliRunner().invoke(app, ["index", "--library", str(library_dir), *switch, "--reembed", "-q"])
+    assert result.exit_code == 130, result.output
+    assert "switched to the new model" in result.output
+    assert "without --reembed" in result.output
+    with Library.open(library_dir) as library:
+        assert library.status().counts.indexed == 0
+        assert library.index(model=switch[1], pretrained=switch[3]).updated == 12
+
+
 def test_ctrl_c_while_moves_commit_counts_them(
     library_dir: Path, photos: Path, tiny_model: TinyModel
 ) -> None:

@@ -425,6 +425,7 @@ def index(
     from pixsift.arguments import check_index_arguments
     from pixsift.formatting import format_report, report_warnings
     from pixsift.indexer import IndexInterrupted
+    from pixsift.storage.interrupts import InterruptedAfterCommit
 
     with _user_errors():  # before the library is made: a mistake must not leave an empty one
         check_index_arguments(folders or [], model, pretrained)
@@ -456,6 +457,18 @@ def index(
                     library_removed=interrupted.library_removed,
                     reembedding=interrupted.reembedding,
                 ),
+                err=True,
+            )
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except InterruptedAfterCommit:
+            if not reembed:
+                raise
+            # Ctrl-C while the library switched models: the one write a re-embedding run makes
+            # before its scan, which reports interruptions itself (IndexInterrupted).
+            typer.echo(
+                "Interrupted once the library had switched to the new model: the old vectors are "
+                "dropped and none is made yet. Run the same command without --reembed to embed "
+                "the images with it.",
                 err=True,
             )
             raise typer.Exit(EXIT_INTERRUPTED) from None
