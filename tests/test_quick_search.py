@@ -187,16 +187,21 @@ def test_quick_answers_equal_the_librarys_on_approximate_indexes(
 # ---- handing over to the library ----------------------------------------------------------------
 
 
-def add_photo_row(folder: Path, vector: np.ndarray) -> None:
-    """Another process stores a vector: the catalog moves on, the FAISS file does not."""
+def add_photo_row(folder: Path) -> np.ndarray:
+    """Another process stores a vector (returned: a unit vector of the model's size): the
+    catalog moves on, the FAISS file does not."""
     catalog = Catalog.open(folder / "library.db")
     try:
+        model = catalog.model()
+        assert model is not None
+        vector: np.ndarray = np.ones(model.embed_dim, dtype=np.float32) / np.sqrt(model.embed_dim)
         with catalog.write() as batch:
             batch.add_embedded_images(
                 ["/elsewhere/new.jpg"], vector[None, :], width=8, height=8, format="PNG"
             )
     finally:
         catalog.close()
+    return vector
 
 
 def test_a_search_index_a_little_behind_is_caught_up_on_the_quick_path(indexed: Path) -> None:
@@ -219,11 +224,7 @@ def test_vectors_an_index_run_left_unsaved_are_saved_by_the_library(indexed: Pat
     """An added vector in the log (a run killed before its save) is not replayed on every
     load, as a delete is: the quick path leaves it to the library, which saves the file."""
     before = quick_answer(indexed, "a dog", 20)
-    with Library.open(indexed) as library:
-        model = library.status().model
-    assert model is not None
-    query = np.ones(model.embed_dim, dtype=np.float32) / np.sqrt(model.embed_dim)
-    add_photo_row(indexed, query)
+    add_photo_row(indexed)
     assert answer_quickly("a dog", 20, library=indexed) is None
     after = search_once("a dog", 20, library=indexed)
     assert len(after) == len(before) + 1 and "/elsewhere/new.jpg" in {str(r.path) for r in after}
@@ -232,11 +233,7 @@ def test_vectors_an_index_run_left_unsaved_are_saved_by_the_library(indexed: Pat
 
 def test_a_stale_far_behind_or_missing_search_index_is_left_to_the_library(indexed: Path) -> None:
     before = quick_answer(indexed, "a dog", 20)
-    with Library.open(indexed) as library:
-        model = library.status().model
-    assert model is not None
-    query = np.ones(model.embed_dim, dtype=np.float32) / np.sqrt(model.embed_dim)
-    add_photo_row(indexed, query)
+    query = add_photo_row(indexed)
     catalog = Catalog.open(indexed / "library.db")
     try:  # another process saved an index and trimmed the log, then that file was lost
         with catalog.write() as batch:
