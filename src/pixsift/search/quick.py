@@ -144,7 +144,7 @@ def _answer(
         raise _NotQuickError
     generation = reader.generation()
     header = read_header(index_path)
-    if header is None or not _caught_up_as_saved(reader, header):
+    if header is None or not _caught_up_as_saved(reader, header, generation):
         raise _NotQuickError  # missing, unreadable, or far behind: the library saves it anew
     embedder = _text_embedder(record, engine)
     # One step after another: building the text session in a thread beside the tokenizer and
@@ -157,12 +157,14 @@ def _answer(
     return _ranked(reader, index, query, k, min_score)
 
 
-def _caught_up_as_saved(reader: CatalogReader, header: dict[str, Any]) -> bool:
+def _caught_up_as_saved(reader: CatalogReader, header: dict[str, Any], generation: int) -> bool:
     """Whether the index file with `header` is one the library would only catch up from the
-    change log, not save anew: at the catalog's generation, or behind it by few changes."""
+    change log, not save anew: at the catalog's `generation`, or behind it by few changes."""
     from pixsift.storage.index_header import replay_is_cheap, saved_count
 
     since = int(header["generation"])
+    if since == generation:  # as after an index run: no log to look at on the cold path
+        return True
     changes = reader.changes_since(since)
     added = changes is not None and reader.vectors_added_since(since)
     return replay_is_cheap(changes, added, saved_count(header))
