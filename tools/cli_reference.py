@@ -40,9 +40,13 @@ counts `indexed`, `failed` and `pending`; `roots`, each with `path`, `include_hi
 before the folder's first run); `index`, the search index file, with `state` (`"up to date"`;
 `"caught up on load"`, saved before a few changes such as deletes, which every search replays
 from the database as it loads the file, a normal state; `"stale"`, rebuilt as it is next
-loaded; or `"missing"`), the `generation` it was saved at, `changes` (how many changes loading
-it replays, when caught up on load), its `kind` (`flat`, `hnsw` or `ivfpq`), `search_param` (its
-tuned efSearch or nprobe) and `tuned_recall_at_10`, each null when not known; `generation`,
+loaded; `"missing"`; `"damaged"`, its size or first bytes not what its header says, or its
+header unreadable, rebuilt by the next search or index run, or by `pixsift reindex`; or
+`"unreadable"`, the file cannot be opened, and every search rebuilds the index in memory),
+`damage` (why it is damaged or unreadable, else null), the `generation` it was saved at,
+`changes` (how many changes loading it replays, when caught up on load), its `kind` (`flat`,
+`hnsw` or `ivfpq`), `search_param` (its tuned efSearch or nprobe) and `tuned_recall_at_10`,
+each null when not known; `generation`,
 the database's, which grows with every change of vectors; and `disk_bytes`. With `--failed`
 it adds `failures`, each with `path` and `error`.
 

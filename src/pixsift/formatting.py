@@ -39,6 +39,14 @@ class StatusFormat(StrEnum):
     json = "json"
 
 
+# What becomes of a search index file that status finds damaged or cannot read: a search
+# refuses it as it loads it, and rebuilds the index from the stored vectors.
+INDEX_FILE_FIXES = {
+    "damaged": "rebuilt from the stored vectors by the next search or index run, or now by: pixsift reindex",
+    "unreadable": "every search rebuilds the index in memory until the file is fixed or removed",
+}
+
+
 def format_results(results: Sequence[SearchResult], fmt: ResultFormat) -> str:
     """Search results as text; empty for no results, except JSON's `[]`. Every format but
     `paths0` (which ends each path with its NUL) is printed with a newline after it."""
@@ -178,6 +186,8 @@ def format_status(status: LibraryStatus, failures: Sequence[Failure] | None) -> 
         index_text += f" ({'efSearch' if index.kind == 'hnsw' else 'nprobe'} {index.search_param}"
         index_text += "" if index.recall is None else f", recall@10 {index.recall:.3f} when tuned"
         index_text += ")"
+    if index.damage is not None:  # what is wrong, and what becomes of it, on lines of their own
+        index_text += f"\n         {index.damage}\n         {INDEX_FILE_FIXES[index.state]}"
     lines = [
         f"Library  {status.path}",
         f"Model    {model}",
@@ -240,6 +250,7 @@ def status_as_json(status: LibraryStatus, failures: Sequence[Failure] | None) ->
             "kind": status.index_file.kind,
             "search_param": status.index_file.search_param,
             "tuned_recall_at_10": status.index_file.recall,
+            "damage": status.index_file.damage,
         },
         "generation": status.generation,
         "disk_bytes": status.disk_bytes,

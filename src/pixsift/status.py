@@ -1,8 +1,8 @@
 """What a library reports about itself: `LibraryStatus` (what is indexed, with which model,
 where, and how fresh the search index file is) and `IndexSummary` (the search index in use).
 
-The status is read from the catalog and the index file's header alone, so `pixsift status`
-loads neither FAISS nor the model.
+The status is read from the catalog and the index file's header, size and first FAISS bytes
+alone, so `pixsift status` loads neither FAISS nor the model, however large the file.
 """
 
 from __future__ import annotations
@@ -24,14 +24,23 @@ UP_TO_DATE = "up to date"
 CAUGHT_UP_ON_LOAD = "caught up on load"
 STALE = "stale"  # the change log no longer reaches back to it: rebuilt as it is next loaded
 MISSING = "missing"
+# Its size or first bytes are not what its header says, or its header cannot be read: a
+# search refuses it and rebuilds it from the stored vectors, as it would a missing one.
+DAMAGED = "damaged"
+# It cannot be opened or read (no permission, a folder in its place): every search rebuilds
+# the index in memory, and nothing can save one there until it is fixed or removed.
+UNREADABLE = "unreadable"
 
 
 @dataclass(frozen=True)
 class IndexFileState:
     """Whether `vectors.faiss` reflects the database: "up to date", "caught up on load",
-    "stale" or "missing"; how many logged changes loading it replays (None unless caught up
-    on load); its kind ("flat", "hnsw", "ivfpq"), its tuned nprobe/efSearch and the recall@10
-    measured when it was tuned, as its header records them."""
+    "stale", "missing", "damaged" or "unreadable" (then `damage` says why); how many logged
+    changes loading it replays (None unless caught up on load); its kind ("flat", "hnsw",
+    "ivfpq"), its tuned nprobe/efSearch and the recall@10 measured when it was tuned, as its
+    header records them.
+    Damage is found from the file's size and first bytes only: bytes changed inside it are
+    found by its checksum, which a search verifies as it loads it (and rebuilds it)."""
 
     state: str
     generation: int | None
@@ -39,6 +48,7 @@ class IndexFileState:
     search_param: int | None = None
     recall: float | None = None
     changes: int | None = None
+    damage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,24 +81,8 @@ class LibraryStatus:
 
 def library_status(folder: Path, catalog: Catalog, index_path: Path) -> LibraryStatus:
     """The status of the library in `folder`, whose catalog is `catalog`."""
-    from pixsift.storage.index_header import IndexMeta, read_header
-
     generation = catalog.generation()
-    header = read_header(index_path)
-    if header is None:
-        state = IndexFileState(MISSING, None)
-    else:
-        saved = int(header["generation"])
-        meta = IndexMeta.from_dict(header)
-        changes = None if saved == generation else catalog.changes_since(saved)
-        state = IndexFileState(
-            UP_TO_DATE if saved == generation else STALE if changes is None else CAUGHT_UP_ON_LOAD,
-            saved,
-            meta.plan.kind.value,
-            meta.search_param or None,
-            meta.recall,
-            changes,
-        )
+    state = _index_file_state(catalog, index_path, generation)
     disk = sum(_file_size(entry) for entry in os.scandir(folder))
     return LibraryStatus(
         path=folder,
@@ -98,6 +92,31 @@ def library_status(folder: Path, catalog: Catalog, index_path: Path) -> LibraryS
         generation=generation,
         index_file=state,
         disk_bytes=disk,
+    )
+
+
+def _index_file_state(catalog: Catalog, index_path: Path, generation: int) -> IndexFileState:
+    """How `index_path` stands against the catalog at `generation`, from its header and size."""
+    from pixsift.storage.index_header import IndexMeta, check_file
+
+    found = check_file(index_path)
+    header = found.header
+    if header is None:
+        state = MISSING if found.damage is None else DAMAGED if found.readable else UNREADABLE
+        return IndexFileState(state, None, damage=found.damage)
+    saved = int(header["generation"])
+    if found.damage is not None:  # its header was read (a damaged one is told apart above)
+        kind = IndexMeta.from_dict(header).plan.kind.value
+        return IndexFileState(DAMAGED, saved, kind, damage=found.damage)
+    meta = IndexMeta.from_dict(header)
+    changes = None if saved == generation else catalog.changes_since(saved)
+    return IndexFileState(
+        UP_TO_DATE if saved == generation else STALE if changes is None else CAUGHT_UP_ON_LOAD,
+        saved,
+        meta.plan.kind.value,
+        meta.search_param or None,
+        meta.recall,
+        changes,
     )
 
 

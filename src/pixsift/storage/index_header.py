@@ -8,6 +8,8 @@ question of its header alone, which the quick query path asks before it loads an
 from __future__ import annotations
 
 import json
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,6 +29,10 @@ FLAT_PLAN = IndexPlan(IndexKind.flat)
 # generation is this share of what it holds, or this many changes (an index run always does).
 REPLAY_SHARE = 0.01
 REPLAY_FLOOR = 1_000
+# How FAISS begins each kind's bytes: the type's four letters, then its dimension (int32) and
+# vector count (int64). The hnsw count is of graph positions, tombstones included.
+FAISS_FOURCC = {IndexKind.flat: b"IxM2", IndexKind.hnsw: b"IHNf", IndexKind.ivfpq: b"IxPT"}
+FAISS_START = struct.Struct("<4siq")
 
 
 def replay_limit(count: int) -> int:
@@ -73,6 +79,78 @@ def header_from(file: BinaryIO) -> dict[str, Any] | None:
     except (ValueError, KeyError, TypeError):
         return None
     return header if line.endswith(b"\n") else None
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """What a look at a saved index file's header and size finds: the header (None when the
+    file is missing or its header unreadable) and, when the file cannot hold what the header
+    says, why (None when it may: only its checksum, as it is loaded, tells of damage inside)."""
+
+    header: dict[str, Any] | None
+    damage: str | None = None
+    readable: bool = True  # False: it cannot be opened or read at all (no permission, a folder)
+
+
+def check_file(path: Path) -> FileCheck:
+    """The header of a saved index and what its size and first FAISS bytes say of damage,
+    reading neither the rest of the file nor FAISS: at a million vectors the file is GBs."""
+    try:
+        with open(path, "rb") as f:
+            header = header_from(f)
+            if header is None or _meta_of(header) is None:
+                return FileCheck(None, "its header cannot be read")
+            return FileCheck(header, _damage(f, header))
+    except FileNotFoundError:
+        return FileCheck(None)
+    except OSError as error:  # no permission, a folder in its place: what a search cannot load
+        return FileCheck(None, f"it cannot be read ({error.strerror or error})", readable=False)
+
+
+def _meta_of(header: dict[str, Any]) -> IndexMeta | None:
+    """The build and tuning a header records; None when its fields are not what they should be."""
+    try:
+        return IndexMeta.from_dict(header)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _damage(file: BinaryIO, header: dict[str, Any]) -> str | None:
+    """Why `file`, left just after `header`, cannot be what the header says (cut short, longer,
+    or other FAISS bytes at its start); None when its size and start agree with it."""
+    start = file.tell()
+    try:
+        expected = start + int(header["faiss_bytes"]) + int(header["label_bytes"])
+    except KeyError:  # format 1 does not record its sizes
+        expected = None
+    except (ValueError, TypeError):
+        return "its header cannot be read"
+    size = os.fstat(file.fileno()).st_size
+    if expected is not None and size != expected:
+        if size < expected:
+            return f"cut short: {size:,} bytes of the {expected:,} its header says"
+        return f"{size:,} bytes, more than the {expected:,} its header says"
+    kind = IndexMeta.from_dict(header).plan.kind
+    head = file.read(FAISS_START.size)
+    if len(head) < FAISS_START.size or head[:4] != FAISS_FOURCC[kind]:
+        return f"its FAISS data does not begin as a {kind.value} index does"
+    _, dim, positions = FAISS_START.unpack(head)
+    try:
+        return _sizes_differ(header, kind, dim, positions)
+    except (ValueError, TypeError):
+        return "its header cannot be read"
+
+
+def _sizes_differ(header: dict[str, Any], kind: IndexKind, dim: int, positions: int) -> str | None:
+    """Why the FAISS bytes' dimension and count, `dim` and `positions`, are not the header's."""
+    said_dim = int(header.get("dim", dim))
+    if kind is IndexKind.hnsw:  # one label per position of the graph, tombstones included
+        said = int(header.get("label_bytes", 8 * positions)) // 8
+    else:
+        said = int(header.get("count", positions))
+    if (dim, positions) == (said_dim, said):
+        return None
+    return f"its FAISS data holds {positions:,} vectors of {dim}, its header says {said:,} of {said_dim}"
 
 
 def read_generation(path: Path) -> int | None:
