@@ -160,9 +160,18 @@ def test_an_index_file_that_cannot_be_opened_is_damaged_not_a_crash(indexed: Pat
         expected = library.search("a photo", k=12)
     (indexed / "vectors.faiss").unlink()
     (indexed / "vectors.faiss").mkdir()  # open() fails with an OSError, as for an I/O error
-    assert kinds(check(indexed)) == ["index-damaged"]
+    report = check(indexed)
+    assert kinds(report) == ["index-damaged"]
+    assert not report.problems[0].repairable  # no save can replace a folder
     with Library.open(indexed) as library:
         assert library.search("a photo", k=12) == expected  # rebuilt in memory; cannot be saved
+    checked = run_cli("doctor", "--library", str(indexed))
+    assert (checked.returncode, "Traceback" in checked.stderr) == (3, False)
+    assert "A folder stands where the search index file belongs" in checked.stdout
+    assert "--repair fixes" not in checked.stdout
+    repaired = run_cli("doctor", "--repair", "--library", str(indexed))  # the rest, and says so
+    assert (repaired.returncode, repaired.stderr) == (3, "")
+    assert "A folder stands where the search index file belongs" in repaired.stdout
 
 
 @needs_permissions

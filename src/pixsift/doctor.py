@@ -170,6 +170,16 @@ def _check_index(catalog: Catalog, index_path: Path, report: HealthReport, rng: 
             )
         )
         return
+    if index_path.is_dir():  # no save can replace a folder: only the user can move it away
+        report.problems.append(
+            Problem(
+                "index-damaged",
+                f"A folder stands where the search index file belongs ({index_path}): move it "
+                "away; until then every search rebuilds the index in memory.",
+                repairable=False,
+            )
+        )
+        return
     index = VectorIndex.load(index_path)
     if index is None or saved is None:
         report.problems.append(
@@ -333,7 +343,7 @@ def repair(
                 )
             if gone:
                 done.append(f"dropped {len(gone)} row(s) of files gone from disk")
-    if model is not None:
+    if model is not None and not index_path.is_dir():  # a folder there: check() says to move it
         index = rebuild(catalog, model.embed_dim, policy)
         index.save(index_path)
         done.append(f"rebuilt the search index from {index.count} stored vector(s)")
