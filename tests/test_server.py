@@ -1050,6 +1050,34 @@ def test_a_job_cancelled_while_it_embeds_keeps_what_it_committed(own: tuple[Libr
         assert len(reopened.search("x", k=50, filters=SearchFilters(under=str(photos / "new")))) == 2
 
 
+def test_a_running_job_shows_the_files_that_failed_so_far(own: tuple[Library, Path]) -> None:
+    """A client polling a long job saw no failed files (no report at all) until the job had
+    ended: its view now carries the counts committed so far, batch by batch."""
+    library, photos = own
+    new = photos / "new"
+    write_photos(new, 4, size=(320, 240), seed=970)
+    (new / "0-broken.jpg").write_bytes(next(new.glob("*.jpg")).read_bytes()[:300])  # walked first
+    (new / "0-notes.jpg").write_text("not an image")
+    job = Job(id="j", paths=[str(new)])
+    seen: list[tuple[int, dict[str, Any] | None]] = []
+
+    class Polled(_JobProgress):  # what a GET /jobs/{id} after each step would show
+        def advance(self, steps: int = 1) -> None:
+            super().advance(steps)
+            if job.phase == "Embedding":
+                seen.append((job.done, job.report and dict(job.report)))
+
+    library.reindex(new, batch_size=2, workers=1, progress=Polled(job, threading.Lock()))
+    first_done, first = seen[0]
+    assert first is not None and first_done == 2 < 6 and (first["failed"], first["added"]) == (2, 0)
+    assert first["scanned"] == 6 and first["interrupted"] is False
+    assert [(r or {}).get("added") for _, r in seen] == [0, 2, 4]
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        (new / "1-broken.jpg").write_bytes(b"\xff\xd8\xff")
+        ended = wait_for_job(http, http.post("/index", json={"paths": [str(new)]}).json()["id"])
+    assert ended["state"] == "succeeded" and ended["report"]["failed"] == 1, ended
+
+
 def test_stopping_the_service_cancels_its_job(own: tuple[Library, Path]) -> None:
     library = own[0]
     jobs = JobManager(library)

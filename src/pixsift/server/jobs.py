@@ -57,8 +57,8 @@ class JobCancelled(KeyboardInterrupt):
 
 
 class _JobProgress:
-    """An IndexProgress that writes into a job, under the manager's lock, and stops the job
-    once it is cancelled."""
+    """An IndexProgress (and CountsListener) that writes into a job, under the manager's lock,
+    and stops the job once it is cancelled."""
 
     def __init__(self, job: Job, lock: threading.Lock) -> None:
         self._job = job
@@ -76,6 +76,13 @@ class _JobProgress:
 
     def stop(self) -> None:
         pass
+
+    def counted(self, report: IndexReport) -> None:
+        # A client polling a long job sees the files that failed (and the rest) batch by
+        # batch, not only once it has ended.
+        counts = dataclasses.asdict(report)
+        with self._lock:
+            self._job.report = counts
 
 
 class JobManager:
