@@ -1078,6 +1078,40 @@ def test_a_running_job_shows_the_files_that_failed_so_far(own: tuple[Library, Pa
     assert ended["state"] == "succeeded" and ended["report"]["failed"] == 1, ended
 
 
+def test_a_cancel_after_the_last_step_says_it_came_too_late(
+    own: tuple[Library, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel that came while the job saved the search index (its last step done) was
+    answered 202 "stops at its next step", and the job then ended `succeeded` with nothing
+    to tell the client its cancel had not taken effect."""
+    library, photos = own
+    write_photos(photos / "new", 2, size=(320, 240), seed=980)
+    answers: list[httpx.Response] = []
+    save_current = library._index.save_current
+
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+
+        def cancelled_while_saving(embed_dim: int) -> None:
+            answers.append(http.delete(f"/jobs/{job_id}"))  # the client's cancel, just now
+            save_current(embed_dim)
+
+        monkeypatch.setattr(library._index, "save_current", cancelled_while_saving)
+        job_id = http.post("/index", json={"paths": [str(photos / "new")]}).json()["id"]
+        job = wait_for_job(http, job_id)
+        assert answers[0].status_code == 202 and answers[0].json()["state"] == "running"
+        assert (job["state"], job["cancel_requested"], job["cancel_too_late"]) == ("succeeded", True, True)
+        assert job["report"]["added"] == 2 and job["report"]["interrupted"] is False, job
+        assert_error(http.delete(f"/jobs/{job_id}"), 409, "job_finished")
+        monkeypatch.undo()
+        # a cancel in time stops the job: not too late
+        other_process = FileLock(library.path / "library.lock", thread_local=False)
+        with other_process:
+            waiting = http.post("/index", json={}).json()["id"]
+            assert http.delete(f"/jobs/{waiting}").json()["cancel_too_late"] is False
+            job = wait_for_job(http, waiting, timeout=10)
+        assert (job["state"], job["cancel_too_late"]) == ("cancelled", False), job
+
+
 def test_stopping_the_service_cancels_its_job(own: tuple[Library, Path]) -> None:
     library = own[0]
     jobs = JobManager(library)

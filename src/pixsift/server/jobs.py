@@ -49,6 +49,9 @@ class Job:
     report: dict[str, Any] | None = None
     error: str | None = None
     cancel_requested: bool = False
+    # Cancelled after its last step (while it saved the search index, say): it ended as it
+    # would have anyway, and says so, for the client that asked and expects `cancelled`.
+    cancel_too_late: bool = False
 
 
 class JobCancelled(KeyboardInterrupt):
@@ -117,7 +120,8 @@ class JobManager:
 
     def cancel(self, job_id: str) -> Job | None:
         """Ask a queued or running job to stop (None: no such job; 409 once it has finished).
-        It stops at its next step, keeping what it committed, with the state `cancelled`."""
+        It stops at its next step, keeping what it committed, with the state `cancelled`; one
+        past its last step ends as it would have, with `cancel_too_late`."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
@@ -140,6 +144,8 @@ class JobManager:
             log.warning(
                 "index job %s was still running when the service stopped; what it committed stays", job.id
             )
+        elif job.cancel_too_late:
+            log.warning("index job %s ended (%s) before the stop could cancel it", job.id, job.state)
         else:
             log.warning(
                 "index job %s was cancelled by the stop; what it committed stays: the same POST /index "
@@ -191,6 +197,7 @@ class JobManager:
     ) -> None:
         with self._lock:
             job.state, job.report, job.error = state, report, error
+            job.cancel_too_late = job.cancel_requested and state != "cancelled"
             # Its last phase ("Embedding") beside a final state read as still under way; `done`
             # and `total` keep how far that phase got (a cancelled job's 2 of 4).
             job.phase = None

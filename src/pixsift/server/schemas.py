@@ -202,7 +202,14 @@ class JobView(BaseModel):
         "ended before its run began"
     )
     error: str | None
-    cancel_requested: bool = Field(description="A client cancelled it: it stops at its next step.")
+    cancel_requested: bool = Field(
+        description="A client cancelled it: it stops at its next step with the state cancelled, "
+        "unless it had done its last one (see cancel_too_late)"
+    )
+    cancel_too_late: bool = Field(
+        description="It was cancelled after its last step (while it saved the search index, "
+        "say) and ended as it would have anyway: succeeded (its report is complete) or failed"
+    )
 
 
 class Health(BaseModel):
