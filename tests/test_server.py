@@ -1112,6 +1112,25 @@ def test_a_cancel_after_the_last_step_says_it_came_too_late(
         assert (job["state"], job["cancel_too_late"]) == ("cancelled", False), job
 
 
+def test_a_job_stopped_by_a_bug_reports_what_it_committed(
+    own: tuple[Library, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that an unexpected error stopped after it had indexed new photos (they stay in
+    the library) answered `report: null`, as if it had done nothing."""
+    library, photos = own
+    write_photos(photos / "new", 2, size=(320, 240), seed=990)
+
+    def broken(embed_dim: int) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(library._index, "save_current", broken)
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        job = wait_for_job(http, http.post("/index", json={"paths": [str(photos / "new")]}).json()["id"])
+        assert job["state"] == "failed" and job["error"] == "unexpected error: RuntimeError: a bug"
+        assert job["report"] is not None and job["report"]["added"] == 2, job
+    assert library.status().counts.total == 17
+
+
 def test_stopping_the_service_cancels_its_job(own: tuple[Library, Path]) -> None:
     library = own[0]
     jobs = JobManager(library)

@@ -175,7 +175,10 @@ class JobManager:
             self._finish(job, "cancelled", report=_as_dict(cut_short))
         except BaseException as exc:  # a bug: the job fails, the service goes on
             log.exception("index job %s failed", job.id)
-            self._finish(job, "failed", error=f"unexpected error: {type(exc).__name__}: {exc}")
+            # What the run committed before the bug stays in the library: its counts so far say so.
+            with self._lock:
+                so_far = job.report
+            self._finish(job, "failed", report=so_far, error=f"unexpected error: {type(exc).__name__}: {exc}")
         else:
             self._finish(job, "succeeded", report=dataclasses.asdict(report))
 
