@@ -1050,6 +1050,87 @@ def test_a_job_cancelled_while_it_embeds_keeps_what_it_committed(own: tuple[Libr
         assert len(reopened.search("x", k=50, filters=SearchFilters(under=str(photos / "new")))) == 2
 
 
+def test_a_running_job_shows_the_files_that_failed_so_far(own: tuple[Library, Path]) -> None:
+    """A client polling a long job saw no failed files (no report at all) until the job had
+    ended: its view now carries the counts committed so far, batch by batch."""
+    library, photos = own
+    new = photos / "new"
+    write_photos(new, 4, size=(320, 240), seed=970)
+    (new / "0-broken.jpg").write_bytes(next(new.glob("*.jpg")).read_bytes()[:300])  # walked first
+    (new / "0-notes.jpg").write_text("not an image")
+    job = Job(id="j", paths=[str(new)])
+    seen: list[tuple[int, dict[str, Any] | None]] = []
+
+    class Polled(_JobProgress):  # what a GET /jobs/{id} after each step would show
+        def advance(self, steps: int = 1) -> None:
+            super().advance(steps)
+            if job.phase == "Embedding":
+                seen.append((job.done, job.report and dict(job.report)))
+
+    library.reindex(new, batch_size=2, workers=1, progress=Polled(job, threading.Lock()))
+    first_done, first = seen[0]
+    assert first is not None and first_done == 2 < 6 and (first["failed"], first["added"]) == (2, 0)
+    assert first["scanned"] == 6 and first["interrupted"] is False
+    assert [(r or {}).get("added") for _, r in seen] == [0, 2, 4]
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        (new / "1-broken.jpg").write_bytes(b"\xff\xd8\xff")
+        ended = wait_for_job(http, http.post("/index", json={"paths": [str(new)]}).json()["id"])
+    assert ended["state"] == "succeeded" and ended["report"]["failed"] == 1, ended
+
+
+def test_a_cancel_after_the_last_step_says_it_came_too_late(
+    own: tuple[Library, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel that came while the job saved the search index (its last step done) was
+    answered 202 "stops at its next step", and the job then ended `succeeded` with nothing
+    to tell the client its cancel had not taken effect."""
+    library, photos = own
+    write_photos(photos / "new", 2, size=(320, 240), seed=980)
+    answers: list[httpx.Response] = []
+    save_current = library._index.save_current
+
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+
+        def cancelled_while_saving(embed_dim: int) -> None:
+            answers.append(http.delete(f"/jobs/{job_id}"))  # the client's cancel, just now
+            save_current(embed_dim)
+
+        monkeypatch.setattr(library._index, "save_current", cancelled_while_saving)
+        job_id = http.post("/index", json={"paths": [str(photos / "new")]}).json()["id"]
+        job = wait_for_job(http, job_id)
+        assert answers[0].status_code == 202 and answers[0].json()["state"] == "running"
+        assert (job["state"], job["cancel_requested"], job["cancel_too_late"]) == ("succeeded", True, True)
+        assert job["report"]["added"] == 2 and job["report"]["interrupted"] is False, job
+        assert_error(http.delete(f"/jobs/{job_id}"), 409, "job_finished")
+        monkeypatch.undo()
+        # a cancel in time stops the job: not too late
+        other_process = FileLock(library.path / "library.lock", thread_local=False)
+        with other_process:
+            waiting = http.post("/index", json={}).json()["id"]
+            assert http.delete(f"/jobs/{waiting}").json()["cancel_too_late"] is False
+            job = wait_for_job(http, waiting, timeout=10)
+        assert (job["state"], job["cancel_too_late"]) == ("cancelled", False), job
+
+
+def test_a_job_stopped_by_a_bug_reports_what_it_committed(
+    own: tuple[Library, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that an unexpected error stopped after it had indexed new photos (they stay in
+    the library) answered `report: null`, as if it had done nothing."""
+    library, photos = own
+    write_photos(photos / "new", 2, size=(320, 240), seed=990)
+
+    def broken(embed_dim: int) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(library._index, "save_current", broken)
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        job = wait_for_job(http, http.post("/index", json={"paths": [str(photos / "new")]}).json()["id"])
+        assert job["state"] == "failed" and job["error"] == "unexpected error: RuntimeError: a bug"
+        assert job["report"] is not None and job["report"]["added"] == 2, job
+    assert library.status().counts.total == 17
+
+
 def test_stopping_the_service_cancels_its_job(own: tuple[Library, Path]) -> None:
     library = own[0]
     jobs = JobManager(library)

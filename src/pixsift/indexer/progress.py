@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from pixsift.indexer.report import IndexReport
 from pixsift.models.preparing import PREPARING_PHASE, listen_for_preparing
 from pixsift.models.spec import ModelSpec
 
@@ -25,6 +26,18 @@ class IndexProgress(Protocol):
 
     def stop(self) -> None:
         """The current phase has ended."""
+        ...
+
+
+@runtime_checkable
+class CountsListener(Protocol):
+    """What an IndexProgress may also have, to see the run's counts grow as it goes: a
+    listener that only draws phases has no use for them, one that shows a long run to someone
+    else (a server's job) wants the files that failed so far before the end."""
+
+    def counted(self, report: IndexReport) -> None:
+        """What the run found and committed so far, after the scan and after each write. The
+        run's own report, still changing: read it now, keep a copy."""
         ...
 
 

@@ -20,7 +20,7 @@ from pixsift.errors import PixsiftError
 from pixsift.indexer.decode import default_max_pixels, describe_error, hash_file, is_vanished, open_regular
 from pixsift.indexer.pipeline import Embedded, Outcome, Unreadable, embed_files
 from pixsift.indexer.plan import Candidate, IndexPlan, plan_folder
-from pixsift.indexer.progress import IndexProgress, SilentProgress, model_loading
+from pixsift.indexer.progress import CountsListener, IndexProgress, SilentProgress, model_loading
 from pixsift.indexer.report import IndexInterrupted, IndexReport
 from pixsift.indexer.scan import (
     GONE_ERRNOS,
@@ -107,6 +107,7 @@ class Indexer:
         self._embedder = embedder  # called only when something needs embedding
         self._settings = settings
         self._progress = progress or SilentProgress()
+        self._counts = progress if isinstance(progress, CountsListener) else None
 
     def run(self, roots: Sequence[RootRequest]) -> IndexReport:
         """Index every image under `roots`, in one plan so files may move between them.
@@ -162,6 +163,11 @@ class Indexer:
             with self._catalog.write() as batch:
                 yield batch, counts
             report.count_in(counts)
+            self._counted(report)
+
+    def _counted(self, report: IndexReport) -> None:
+        if self._counts is not None:
+            self._counts.counted(report)
 
     # ---- phase 1: scan and compare with the catalog ---------------------------------------
 
@@ -193,6 +199,7 @@ class Indexer:
         plan = plan_folder(scan.files, known, unknown, unsupported_heif)
         report.unchanged = plan.unchanged
         report.still_failed = plan.still_failed
+        self._counted(report)
         return plan
 
     def _overlapping_roots(self, roots: Sequence[RootRequest]) -> list[RootRequest]:

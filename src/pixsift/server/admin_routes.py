@@ -62,7 +62,9 @@ def _not_found(job_id: str) -> ApiError:
 )
 def cancel_job(jobs: JobsDep, job_id: JobId) -> JobView:
     """Cancel a queued or running index job: it stops at its next step (after the batch under
-    way is committed; what it committed stays) with the state `cancelled`. Needs the API key."""
+    way is committed; what it committed stays) with the state `cancelled`. The answer is the job
+    as it is now: a job past its last step ends as it would have, `succeeded` say, with
+    `cancel_too_late: true`. Needs the API key."""
     cancelled = jobs.cancel(job_id)
     if cancelled is None:
         raise _not_found(job_id)

@@ -49,6 +49,9 @@ class Job:
     report: dict[str, Any] | None = None
     error: str | None = None
     cancel_requested: bool = False
+    # Cancelled after its last step (while it saved the search index, say): it ended as it
+    # would have anyway, and says so, for the client that asked and expects `cancelled`.
+    cancel_too_late: bool = False
 
 
 class JobCancelled(KeyboardInterrupt):
@@ -57,8 +60,8 @@ class JobCancelled(KeyboardInterrupt):
 
 
 class _JobProgress:
-    """An IndexProgress that writes into a job, under the manager's lock, and stops the job
-    once it is cancelled."""
+    """An IndexProgress (and CountsListener) that writes into a job, under the manager's lock,
+    and stops the job once it is cancelled."""
 
     def __init__(self, job: Job, lock: threading.Lock) -> None:
         self._job = job
@@ -76,6 +79,13 @@ class _JobProgress:
 
     def stop(self) -> None:
         pass
+
+    def counted(self, report: IndexReport) -> None:
+        # A client polling a long job sees the files that failed (and the rest) batch by
+        # batch, not only once it has ended.
+        counts = dataclasses.asdict(report)
+        with self._lock:
+            self._job.report = counts
 
 
 class JobManager:
@@ -110,7 +120,8 @@ class JobManager:
 
     def cancel(self, job_id: str) -> Job | None:
         """Ask a queued or running job to stop (None: no such job; 409 once it has finished).
-        It stops at its next step, keeping what it committed, with the state `cancelled`."""
+        It stops at its next step, keeping what it committed, with the state `cancelled`; one
+        past its last step ends as it would have, with `cancel_too_late`."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
@@ -133,6 +144,8 @@ class JobManager:
             log.warning(
                 "index job %s was still running when the service stopped; what it committed stays", job.id
             )
+        elif job.cancel_too_late:
+            log.warning("index job %s ended (%s) before the stop could cancel it", job.id, job.state)
         else:
             log.warning(
                 "index job %s was cancelled by the stop; what it committed stays: the same POST /index "
@@ -162,7 +175,10 @@ class JobManager:
             self._finish(job, "cancelled", report=_as_dict(cut_short))
         except BaseException as exc:  # a bug: the job fails, the service goes on
             log.exception("index job %s failed", job.id)
-            self._finish(job, "failed", error=f"unexpected error: {type(exc).__name__}: {exc}")
+            # What the run committed before the bug stays in the library: its counts so far say so.
+            with self._lock:
+                so_far = job.report
+            self._finish(job, "failed", report=so_far, error=f"unexpected error: {type(exc).__name__}: {exc}")
         else:
             self._finish(job, "succeeded", report=dataclasses.asdict(report))
 
@@ -184,6 +200,7 @@ class JobManager:
     ) -> None:
         with self._lock:
             job.state, job.report, job.error = state, report, error
+            job.cancel_too_late = job.cancel_requested and state != "cancelled"
             # Its last phase ("Embedding") beside a final state read as still under way; `done`
             # and `total` keep how far that phase got (a cancelled job's 2 of 4).
             job.phase = None

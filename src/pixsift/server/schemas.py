@@ -195,11 +195,21 @@ class JobView(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     report: dict[str, Any] | None = Field(
-        description="What the index run did (an IndexReport); for a cancelled or failed job, what "
-        "it committed before it stopped, which stays; null when no run had begun"
+        description="What the index run did (an IndexReport): while it runs, what it has found "
+        "and committed so far (`failed`: files that could not be read), growing batch by batch, "
+        "with its times filled in at the end; for a cancelled or failed job, what it committed "
+        "before it stopped, which stays; null until its scan has ended, and for a job that "
+        "ended before its run began"
     )
     error: str | None
-    cancel_requested: bool = Field(description="A client cancelled it: it stops at its next step.")
+    cancel_requested: bool = Field(
+        description="A client cancelled it: it stops at its next step with the state cancelled, "
+        "unless it had done its last one (see cancel_too_late)"
+    )
+    cancel_too_late: bool = Field(
+        description="It was cancelled after its last step (while it saved the search index, "
+        "say) and ended as it would have anyway: succeeded (its report is complete) or failed"
+    )
 
 
 class Health(BaseModel):
