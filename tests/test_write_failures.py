@@ -63,8 +63,12 @@ def test_a_full_disk_stops_the_run_with_a_clear_message_and_loses_nothing(
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(f"error: Cannot write to the library at {indexed}: ")
     assert "Is the disk full, or the folder read-only?" in result.stderr
-    _, said_kept = result.stderr.splitlines()  # two lines, no traceback
+    said_error, said_kept = result.stderr.splitlines()  # two lines, no traceback
     assert "Traceback" not in result.stderr
+    # What was kept is said once, in numbers: the error no longer says "Everything saved
+    # before is kept; ... run the command again" above "N images ... are kept: run the command".
+    assert said_error.endswith("Is the disk full, or the folder read-only?"), said_error
+    assert result.stderr.count("kept") == 1 and result.stderr.count("run the command again") == 1
 
     with Library.open(indexed) as library:  # space freed: everything committed is there
         health = library.check()

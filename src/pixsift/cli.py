@@ -266,10 +266,21 @@ def _user_errors() -> Iterator[None]:
         typer.echo(f"error: {exc.for_command_line()} To wait longer, use --wait SECONDS.", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
     except PixsiftError as exc:
-        typer.echo(f"error: {exc.for_command_line()}", err=True)
-        if kept := format_kept(exc.report):  # an index run stopped part-way: not all was lost
+        kept = format_kept(exc.report)  # an index run stopped part-way: not all was lost
+        typer.echo(f"error: {_problem(exc) if kept else exc.for_command_line()}", err=True)
+        if kept:
             typer.echo(kept, err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+def _problem(exc: PixsiftError) -> str:
+    """The error less its sentence on what was kept, which the line after it says in numbers
+    (a full disk's "Everything saved before is kept", then "4 images ... are kept")."""
+    from pixsift.errors import LibraryWriteError
+
+    if isinstance(exc, LibraryWriteError) and exc.problem is not None:
+        return exc.problem
+    return exc.for_command_line()
 
 
 @contextmanager

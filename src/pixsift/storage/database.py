@@ -130,9 +130,9 @@ def _use_wal(engine: Engine) -> None:
 def write_error(folder: Path, exc: BaseException) -> LibraryWriteError:
     """A user-facing error for a write to the library at `folder` that failed with `exc`."""
     reason = _reason(exc.orig if isinstance(exc, DBAPIError) else exc)
+    problem = f"Cannot write to the library at {folder}: {reason}. Is the disk full, or the folder read-only?"
     return LibraryWriteError(
-        f"Cannot write to the library at {folder}: {reason}. Is the disk full, or the folder "
-        "read-only? Everything saved before is kept; fix that and run the command again."
+        f"{problem} Everything saved before is kept; fix that and run the command again.", problem=problem
     )
 
 
