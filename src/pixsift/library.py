@@ -39,6 +39,7 @@ from pixsift.errors import (
     InvalidOptionError,
     InvalidPathError,
     LibraryNotFoundError,
+    LibraryWriteError,
     ModelMismatchError,
     PixsiftError,
     QueryError,
@@ -901,12 +902,30 @@ def _open_catalog(folder: Path, create: bool) -> tuple[Catalog, _Made | None]:
             command_line=f"{lead} Create one by indexing a folder: pixsift index ~/Photos",
         )
     made = _Made(_missing_folders(folder), not os.path.lexists(folder / LOCK_NAME))
-    _make_library_folder(folder)
     try:
+        _make_library_folder(folder)
         return Catalog.open(db_path), made
+    except LibraryWriteError as exc:
+        # The schema could not be written (a full disk): the empty file SQLite made would pass
+        # for a library, which `status` would report and later commands would write into.
+        from pixsift.storage.database import not_made_error
+
+        _remove_empty_database(db_path)
+        _remove_folders(made.folders)
+        raise not_made_error(exc) from exc.__cause__
     except BaseException:
         _remove_folders(made.folders)  # those still empty: the database may have been made
         raise
+
+
+def _remove_empty_database(db_path: Path) -> None:
+    """Remove a database file that holds nothing yet, made by a failed creation. Not while a
+    journal lies beside it: another process is then writing its schema, and its library would
+    be lost with the file."""
+    journals = [db_path.with_name(db_path.name + suffix) for suffix in ("-journal", "-wal")]
+    with suppress(OSError):  # best effort: an empty file stays, as before
+        if db_path.stat().st_size == 0 and not any(os.path.lexists(path) for path in journals):
+            db_path.unlink()
 
 
 def _missing_folders(folder: Path) -> tuple[Path, ...]:

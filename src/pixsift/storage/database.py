@@ -136,6 +136,16 @@ def write_error(folder: Path, exc: BaseException) -> LibraryWriteError:
     )
 
 
+def not_made_error(error: LibraryWriteError) -> LibraryWriteError:
+    """`error`, said of a new library that could not be made: nothing was saved before, and
+    nothing of it was left behind. An error without a `problem` (a read-only folder) as it is."""
+    if error.problem is None:
+        return error
+    return LibraryWriteError(
+        f"{error.problem} No library was made; fix that and run the command again.", problem=error.problem
+    )
+
+
 def failed_write_error(folder: Path, exc: DBAPIError) -> PixsiftError:
     """A user-facing error for a write transaction SQLite refused: a lock held by another
     program, damage or a table changed by hand are told as a read's are (asking whether the
