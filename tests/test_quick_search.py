@@ -276,6 +276,9 @@ def test_filters_images_and_other_engines_are_left_to_the_library(indexed: Path,
     assert answer_quickly("a dog", library=indexed, engine="torch") is None
     assert answer_quickly("a dog", library=indexed, device="cuda") is None
     assert answer_quickly("a dog", library=indexed, engine="onnx") is not None  # fp32 text tower
+    # As typed: the names are taken in any case, by the quick path too (once left to the library).
+    assert answer_quickly("a dog", library=indexed, device="CPU", engine="ONNX") is not None
+    assert answer_quickly("a dog", library=indexed, device="CPU", engine="Auto") is not None
 
 
 def test_other_engines_give_the_librarys_answers_too(indexed: Path) -> None:

@@ -4,6 +4,7 @@ silently wrong answer."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -757,7 +758,7 @@ def test_reindex_names_a_path_as_written_and_where_it_was_looked_for(
 # ---- devices -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("device", ["tpu", "cuda:x", "CPU", ""])
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "gpu", ""])
 def test_an_unknown_device_is_refused_before_anything_runs(library: Library, device: str) -> None:
     with pytest.raises(ModelError, match=f"Unknown device {device!r}"):
         Library.open(library.path, device=device)
@@ -765,6 +766,65 @@ def test_an_unknown_device_is_refused_before_anything_runs(library: Library, dev
     result = runner.invoke(app, ["index", "--library", str(library.path), "--device", device])
     assert result.exit_code == 1
     assert result.stderr == f"error: Unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps.\n"
+
+
+# ---- fixed choices, typed in any case -------------------------------------------------------------
+
+
+def test_devices_and_engines_are_taken_in_any_case(library: Library) -> None:
+    """CPU, ONNX, ONNX-INT8 as docs, blog posts and habit write them: once refused as unknown."""
+    with Library.open(library.path, create=False, device="cpu", engine="onnx-int8") as lower:
+        expected = lower.search("a dog", 3)
+    with Library.open(library.path, create=False, device="CPU", engine="ONNX-INT8") as upper:
+        assert upper.search("a dog", 3) == expected
+    with pytest.raises(ModelError, match="Unknown engine 'TensorRT'"):
+        Library.open(library.path, create=False, engine="TensorRT")
+    # A GPU's name in capitals is checked as the GPU it names (here or not), not as unknown.
+    with pytest.raises(ModelError, match=r"Device 'cuda' is not available|The onnx engine runs on the CPU"):
+        Library.open(library.path, create=False, device="CUDA", engine="ONNX")
+
+
+def test_every_fixed_choice_of_the_commands_is_taken_in_any_case(library: Library, tmp_path: Path) -> None:
+    where = ["--library", str(library.path)]
+    runs = ["--device", "CPU", "--engine", "ONNX"]
+    image = str(library.image(1).path)
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(json.dumps({"query": "a dog", "relevant": [image]}) + "\n")
+    for args in (
+        ["search", "a dog", "-k", "3", "--format", "JSON", *runs],
+        ["similar", image, "-k", "3", "-f", "Json", *runs],
+        ["eval", str(queries), "-f", "JSON", *runs],
+        ["status", "-f", "JSON"],
+        ["doctor", "-f", "JSON"],
+    ):
+        result = runner.invoke(app, [*args, *where])
+        assert result.exit_code == 0, (args, result.output)
+        assert json.loads(result.stdout) is not None
+    paths = runner.invoke(app, ["search", "a dog", "-k", "2", "-f", "PATHS0", *where])
+    assert paths.exit_code == 0 and paths.stdout.count("\0") == 2, paths.output
+    # Over an unchanged folder the model never loads; the names are checked (and taken) anyway.
+    indexed = runner.invoke(app, ["index", "--quiet", "--device", "Cpu", "--engine", "TORCH", *where])
+    assert indexed.exit_code == 0, indexed.output
+    unknown = runner.invoke(app, ["search", "a dog", "--engine", "TensorRT", *where])
+    assert unknown.exit_code == 2 and "'TensorRT' is not one of" in unknown.output
+
+
+def test_index_types_are_taken_in_any_case_and_kept_in_lower_case(library: Library) -> None:
+    """HNSW, IVFPQ and Flat, as FAISS's docs write them."""
+    where = ["--library", str(library.path)]
+    try:
+        forced = runner.invoke(app, ["reindex", "--index-type", "HNSW", *where])
+        assert forced.exit_code == 0, forced.output
+        assert forced.stdout.startswith("Index    hnsw, 12 vectors"), forced.stdout
+        status = json.loads(runner.invoke(app, ["status", "-f", "json", *where]).stdout)
+        assert status["index"]["kind"] == "hnsw", status
+        assert library.rebuild_index("Flat").kind == "flat"
+        with pytest.raises(QueryError, match="Index type 'Annoy' is not one of auto, flat, hnsw, ivfpq"):
+            library.rebuild_index("Annoy")
+    finally:  # the module's library chooses its index by itself again
+        assert library.rebuild_index("AUTO").kind == "flat"
+    kept = runner.invoke(app, ["reindex", *where])  # the choice was stored as "auto"
+    assert kept.exit_code == 0 and kept.stdout.startswith("Index    flat"), kept.output
 
 
 def _devices_absent() -> list[str]:

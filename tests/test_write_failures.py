@@ -63,8 +63,12 @@ def test_a_full_disk_stops_the_run_with_a_clear_message_and_loses_nothing(
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(f"error: Cannot write to the library at {indexed}: ")
     assert "Is the disk full, or the folder read-only?" in result.stderr
-    _, said_kept = result.stderr.splitlines()  # two lines, no traceback
+    said_error, said_kept = result.stderr.splitlines()  # two lines, no traceback
     assert "Traceback" not in result.stderr
+    # What was kept is said once, in numbers: the error no longer says "Everything saved
+    # before is kept; ... run the command again" above "N images ... are kept: run the command".
+    assert said_error.endswith("Is the disk full, or the folder read-only?"), said_error
+    assert result.stderr.count("kept") == 1 and result.stderr.count("run the command again") == 1
 
     with Library.open(indexed) as library:  # space freed: everything committed is there
         health = library.check()
@@ -84,18 +88,47 @@ def test_a_full_disk_stops_the_run_with_a_clear_message_and_loses_nothing(
 def test_a_library_made_on_a_full_disk_says_the_disk_is_full(
     tmp_path: Path, photos: Path, tiny_model: TinyModel
 ) -> None:
-    """The database cannot even be made: the error is the write's, not a damaged library's."""
-    library = tmp_path / "library"
+    """The database cannot even be made: the error is the write's, not a damaged library's,
+    and nothing is left that later commands would take for a library."""
+    library = tmp_path / "new" / "library"
     result = run_limited(1_000, "index", str(photos), "--library", str(library), *tiny_model.index_args())
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(f"error: Cannot write to the library at {library}: "), result.stderr
-    assert "Is the disk full, or the folder read-only?" in result.stderr
+    assert "Is the disk full, or the folder read-only? No library was made; fix that" in result.stderr
     assert result.stderr.count("\n") == 1 and "as a pixsift library" not in result.stderr
+    # Once an empty library.db stayed: status then made and showed an empty library there.
+    assert not (tmp_path / "new").exists()  # the folders made for it are gone too
+    status = run_cli("status", "--library", str(library))
+    assert status.returncode == 1 and status.stderr.startswith(f"error: No pixsift library at {library}.")
+    assert not library.exists()
     # Space freed: the same command makes the library and indexes every photo.
     again = run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args())
     assert again.returncode == 0, again.stderr
     with Library.open(library) as made:
         assert made.status().counts.indexed == 12
+
+
+def test_a_library_that_cannot_be_made_leaves_the_users_folder_as_it_was(
+    tmp_path: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "notes.txt").write_text("mine")
+    result = run_limited(1_000, "index", str(photos), "--library", str(library), *tiny_model.index_args())
+    assert result.returncode == 1 and "No library was made" in result.stderr, result.stderr
+    assert sorted(p.name for p in library.iterdir()) == ["notes.txt"]
+    searched = run_cli("search", "a photo", "--library", str(library))
+    assert searched.returncode == 1 and "No pixsift library at" in searched.stderr, searched.stderr
+
+
+def test_a_library_that_exists_is_never_removed_on_a_full_disk(indexed: Path) -> None:
+    """Opening an existing library on a full disk, whatever fails, leaves its files alone."""
+    before = digest(indexed)
+    result = run_limited(1_000, "index", "--library", str(indexed))
+    assert "No library was made" not in result.stderr
+    assert digest(indexed)["library.db"] == before["library.db"]
+    with Library.open(indexed, create=False) as library:
+        assert library.status().counts.indexed == 12
 
 
 def test_an_index_run_that_kept_nothing_prints_the_error_alone(tmp_path: Path, photos: Path) -> None:

@@ -115,9 +115,10 @@ def index_type_setting(index_type: str | None) -> str | None:
     if index_type is None:
         return None
     names = ["auto", *(kind.value for kind in IndexKind)]
-    if index_type not in names:
+    # Any case: FAISS's docs (and so users) write HNSW, IVFPQ and Flat; stored in lower case.
+    if not isinstance(index_type, str) or index_type.lower() not in names:
         raise QueryError(f"Index type {index_type!r} is not one of {', '.join(names)}.")
-    return index_type
+    return index_type.lower()
 
 
 def memory_budget_setting(budget: str | int | None) -> int | None:

@@ -137,6 +137,7 @@ EngineOpt = Annotated[
     Engine,
     typer.Option(
         "--engine",
+        case_sensitive=False,  # ONNX as ONNX Runtime writes it; echoed in lower case
         help="How the model runs: auto (on a CPU, ONNX Runtime in int8 for each tower within cosine "
         "0.99 of open_clip, else fp32; torch on a GPU), torch, onnx (fp32) or onnx-int8. Exported "
         "and cached on first use.",
@@ -234,6 +235,7 @@ FormatOpt = Annotated[
     typer.Option(
         "--format",
         "-f",
+        case_sensitive=False,  # JSON as it is usually written
         help="table, paths (one per line), paths0 (each ended by a NUL, for xargs -0), json or jsonl.",
     ),
 ]
@@ -264,10 +266,21 @@ def _user_errors() -> Iterator[None]:
         typer.echo(f"error: {exc.for_command_line()} To wait longer, use --wait SECONDS.", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
     except PixsiftError as exc:
-        typer.echo(f"error: {exc.for_command_line()}", err=True)
-        if kept := format_kept(exc.report):  # an index run stopped part-way: not all was lost
+        kept = format_kept(exc.report)  # an index run stopped part-way: not all was lost
+        typer.echo(f"error: {_problem(exc) if kept else exc.for_command_line()}", err=True)
+        if kept:
             typer.echo(kept, err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+def _problem(exc: PixsiftError) -> str:
+    """The error less its sentence on what was kept, which the line after it says in numbers
+    (a full disk's "Everything saved before is kept", then "4 images ... are kept")."""
+    from pixsift.errors import LibraryWriteError
+
+    if isinstance(exc, LibraryWriteError) and exc.problem is not None:
+        return exc.problem
+    return exc.for_command_line()
 
 
 @contextmanager
@@ -662,7 +675,7 @@ def status(
         bool, typer.Option("--failed", help="Also list the files that failed, with why.")
     ] = False,
     output: Annotated[
-        StatusFormat, typer.Option("--format", "-f", help="table or json.")
+        StatusFormat, typer.Option("--format", "-f", case_sensitive=False, help="table or json.")
     ] = StatusFormat.table,
 ) -> None:
     """What is indexed, with which model, and where the library is."""
@@ -742,7 +755,10 @@ def evaluate(
         str, typer.Option("--cutoffs", help="Ranks at which to measure recall and precision.")
     ] = "1,5,10",
     output: Annotated[
-        StatusFormat, typer.Option("--format", "-f", help="table or json (with every query's ranks).")
+        StatusFormat,
+        typer.Option(
+            "--format", "-f", case_sensitive=False, help="table or json (with every query's ranks)."
+        ),
     ] = StatusFormat.table,
     library: LibraryOpt = None,
     device: DeviceOpt = "auto",
@@ -844,7 +860,7 @@ def doctor(
     ] = False,
     library: LibraryOpt = None,
     output: Annotated[
-        StatusFormat, typer.Option("--format", "-f", help="table or json.")
+        StatusFormat, typer.Option("--format", "-f", case_sensitive=False, help="table or json.")
     ] = StatusFormat.table,
     wait: WaitOpt = LOCK_WAIT_S,
 ) -> None:

@@ -58,8 +58,17 @@ class BusyError(PixsiftError):
 class LibraryWriteError(PixsiftError):
     """The library could not be written: a full disk, a read-only folder, an I/O error.
 
-    What was committed before stays; the library is usable once the cause is fixed.
+    What was committed before stays; the library is usable once the cause is fixed. A library
+    that could not be made is not left behind, half made, to pass for one.
+
+    `problem` is the message less its last sentence, which says what became of the library
+    ("Everything saved before is kept"); None when the message has no such sentence. The
+    command prints it instead when a line of its own says what an index run kept.
     """
+
+    def __init__(self, *args: object, command_line: str | None = None, problem: str | None = None) -> None:
+        super().__init__(*args, command_line=command_line)
+        self.problem = problem
 
 
 class LibraryReadError(PixsiftError):

@@ -39,6 +39,7 @@ from pixsift.errors import (
     InvalidOptionError,
     InvalidPathError,
     LibraryNotFoundError,
+    LibraryWriteError,
     ModelMismatchError,
     PixsiftError,
     QueryError,
@@ -151,18 +152,19 @@ class Library:
 
         With `create=False` a missing library raises LibraryNotFoundError instead of being made.
         `device` is where the model runs: "auto" (CUDA when available), "cpu", "cuda",
-        "cuda:N" (one GPU of several) or "mps"; another name, or a GPU this machine does not
-        have, raises ModelError (and no library is made).
+        "cuda:N" (one GPU of several) or "mps", in any case; another name, or a GPU this
+        machine does not have, raises ModelError (and no library is made).
         `engine` is how it runs: "auto" (on a CPU, ONNX Runtime, exported and cached on first
         use: each tower in int8 when within cosine 0.99 of fp32 open_clip, else fp32), "torch",
-        "onnx" (fp32) or "onnx-int8".
+        "onnx" (fp32) or "onnx-int8", in any case.
         `max_pixels` bounds the images given as queries (default: Pillow's bomb threshold).
         `index_thresholds` moves the sizes at which the search index turns from exact to HNSW
         to IVF-PQ (default: `IndexThresholds()`).
         """
         from pixsift.models.loading import check_runs
 
-        check_runs(device, engine)  # before a library is made: a mistake must not leave one
+        # Before a library is made (a mistake must not leave one); "CPU" and "ONNX" as typed.
+        device, engine = check_runs(device, engine)
         folder = resolve_library_dir(path)
         catalog, made = _open_catalog(folder, create)
         library = cls(
@@ -757,7 +759,8 @@ class Library:
     ) -> IndexSummary:
         """Rebuild the search index from the stored vectors, retraining and retuning it.
 
-        `index_type` is "auto" (chosen by size and memory budget), "flat", "hnsw" or "ivfpq";
+        `index_type` is "auto" (chosen by size and memory budget), "flat", "hnsw" or "ivfpq"
+        (in any case: "HNSW" as FAISS writes it);
         `memory_budget` is bytes or a size such as "2GB". Both are remembered by the library
         (left out: as before). Searches keep answering from the old index until the new one
         is swapped in. Waits for an index run as `forget` does, showing it on `progress`.
@@ -899,12 +902,30 @@ def _open_catalog(folder: Path, create: bool) -> tuple[Catalog, _Made | None]:
             command_line=f"{lead} Create one by indexing a folder: pixsift index ~/Photos",
         )
     made = _Made(_missing_folders(folder), not os.path.lexists(folder / LOCK_NAME))
-    _make_library_folder(folder)
     try:
+        _make_library_folder(folder)
         return Catalog.open(db_path), made
+    except LibraryWriteError as exc:
+        # The schema could not be written (a full disk): the empty file SQLite made would pass
+        # for a library, which `status` would report and later commands would write into.
+        from pixsift.storage.database import not_made_error
+
+        _remove_empty_database(db_path)
+        _remove_folders(made.folders)
+        raise not_made_error(exc) from exc.__cause__
     except BaseException:
         _remove_folders(made.folders)  # those still empty: the database may have been made
         raise
+
+
+def _remove_empty_database(db_path: Path) -> None:
+    """Remove a database file that holds nothing yet, made by a failed creation. Not while a
+    journal lies beside it: another process is then writing its schema, and its library would
+    be lost with the file."""
+    journals = [db_path.with_name(db_path.name + suffix) for suffix in ("-journal", "-wal")]
+    with suppress(OSError):  # best effort: an empty file stays, as before
+        if db_path.stat().st_size == 0 and not any(os.path.lexists(path) for path in journals):
+            db_path.unlink()
 
 
 def _missing_folders(folder: Path) -> tuple[Path, ...]:

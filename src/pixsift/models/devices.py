@@ -14,11 +14,12 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 
 
 def check_device(device: str) -> str:
-    """Refuse an unknown device name at once, not only when the model loads (which an index
-    run over unchanged files, or a quick search, never does)."""
-    if not isinstance(device, str) or _DEVICE.fullmatch(device) is None:
+    """The device name in its canonical lower case ("CPU" is "cpu", as users and docs write
+    it); an unknown one is refused at once, not only when the model loads (which an index run
+    over unchanged files, or a quick search, never does)."""
+    if not isinstance(device, str) or _DEVICE.fullmatch(device.lower()) is None:
         raise ModelError(f"Unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps.")
-    return device
+    return device.lower()
 
 
 def check_device_present(device: str) -> None:

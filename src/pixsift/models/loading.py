@@ -47,29 +47,33 @@ log = logging.getLogger(__name__)
 
 
 def check_engine(engine: str) -> str:
-    if engine not in ENGINES:
+    """The engine name in its canonical lower case ("ONNX" is "onnx"); ModelError for another."""
+    if not isinstance(engine, str) or engine.lower() not in ENGINES:
         raise ModelError(f"Unknown engine {engine!r}: use one of {', '.join(ENGINES)}.")
-    return engine
+    return engine.lower()
 
 
-def check_runs(device: str, engine: str) -> None:
-    """Refuse, before anything is opened or made, a device or engine the model could not run
+def check_runs(device: str, engine: str) -> tuple[str, str]:
+    """The device and engine in their canonical lower case, as everything after compares them.
+
+    Refuses, before anything is opened or made, a device or engine the model could not run
     with here: an unknown name, a GPU this machine lacks, an ONNX engine on a GPU. Found only
     when the model loads, the mistake would come after a new library was made for it, or not
     at all (a run over unchanged files loads no model)."""
-    check_engine(engine)
-    check_device(device)
+    engine = check_engine(engine)
+    device = check_device(device)
     check_device_present(device)
     if device not in ("auto", "cpu") and engine in ("onnx", "onnx-int8"):
         lead = f"The {engine} engine runs on the CPU: use"
         raise ModelError(
             f"{lead} device='cpu' or engine='torch'.", command_line=f"{lead} --device cpu or --engine torch."
         )
+    return device, engine
 
 
 def load_embedder(spec: ModelSpec, device: str = "auto", engine: str = DEFAULT_ENGINE) -> Embedder:
     """Load `spec` to run with `engine` on `device`."""
-    check_runs(device, engine)
+    device, engine = check_runs(device, engine)
     if engine == "torch" or not _runs_on_cpu(device, engine):
         return _torch_embedder(spec, device)
     missing = onnx_runtime_missing()

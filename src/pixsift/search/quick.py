@@ -103,6 +103,8 @@ def answer_quickly(
 
     if not _plain_arguments(k, min_score):
         return None  # the library refuses them, with its message
+    # "CPU" or "ONNX" as typed: the library takes them in any case, so must the quick path.
+    device, engine = _lowered(device), _lowered(engine)
     filtered = filters is not None and not (isinstance(filters, SearchFilters) and filters.is_empty)
     if k < 1 or filtered or not surely_on_cpu(device, engine):
         return None
@@ -115,6 +117,12 @@ def answer_quickly(
             return _answer(reader, folder / INDEX_NAME, terms, k, min_score, engine)
     except (_NotQuickError, PixsiftError, sqlite3.Error, OSError):
         return None
+
+
+def _lowered(name: str) -> str:
+    """A device or engine name in the canonical lower case; anything else as given (the
+    library refuses it, with its message)."""
+    return name.lower() if isinstance(name, str) else name
 
 
 def _plain_arguments(k: object, min_score: object) -> bool:

@@ -130,9 +130,19 @@ def _use_wal(engine: Engine) -> None:
 def write_error(folder: Path, exc: BaseException) -> LibraryWriteError:
     """A user-facing error for a write to the library at `folder` that failed with `exc`."""
     reason = _reason(exc.orig if isinstance(exc, DBAPIError) else exc)
+    problem = f"Cannot write to the library at {folder}: {reason}. Is the disk full, or the folder read-only?"
     return LibraryWriteError(
-        f"Cannot write to the library at {folder}: {reason}. Is the disk full, or the folder "
-        "read-only? Everything saved before is kept; fix that and run the command again."
+        f"{problem} Everything saved before is kept; fix that and run the command again.", problem=problem
+    )
+
+
+def not_made_error(error: LibraryWriteError) -> LibraryWriteError:
+    """`error`, said of a new library that could not be made: nothing was saved before, and
+    nothing of it was left behind. An error without a `problem` (a read-only folder) as it is."""
+    if error.problem is None:
+        return error
+    return LibraryWriteError(
+        f"{error.problem} No library was made; fix that and run the command again.", problem=error.problem
     )
 
 
