@@ -174,6 +174,24 @@ def test_an_index_file_that_cannot_be_opened_is_damaged_not_a_crash(indexed: Pat
     assert "A folder stands where the search index file belongs" in repaired.stdout
 
 
+def test_index_runs_and_reindex_name_a_folder_in_place_of_the_index_file(indexed: Path, photos: Path) -> None:
+    """A save cannot replace a folder: the error says so, not "Is the disk full?", which would
+    send the user looking at the wrong thing (and running the command again changes nothing)."""
+    (indexed / "vectors.faiss").unlink()
+    (indexed / "vectors.faiss").mkdir()
+    shutil.copy(next(photos.glob("*.jpg")), photos / "a-new-copy.jpg")
+    told = f"A folder stands where the search index file belongs ({indexed / 'vectors.faiss'}): move it away"
+    for command in (["reindex"], ["index"]):
+        ran = run_cli(*command, "--library", str(indexed))
+        assert ran.returncode == 1, ran.stderr
+        assert ran.stderr.startswith(f"error: {told}"), ran.stderr
+        assert "disk full" not in ran.stderr
+    (indexed / "vectors.faiss").rmdir()
+    assert run_cli("reindex", "--library", str(indexed)).returncode == 0
+    with Library.open(indexed, create=False) as library:
+        assert library.status().counts.indexed == 13  # the copy, kept by the index run that failed
+
+
 @needs_permissions
 def test_an_index_file_without_read_permission_is_rebuilt(indexed: Path) -> None:
     args = ["--library", str(indexed)]

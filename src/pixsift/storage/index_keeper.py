@@ -226,6 +226,13 @@ class IndexKeeper:
         from pixsift.storage.vector_index import leftover_files
 
         self._catalog.check_in_place()  # never over the index file of a library made anew there
+        if self.path.is_dir():
+            # No save can replace a folder, and "is the disk full?" would send the user the
+            # wrong way: only moving it away helps (as `doctor` says).
+            raise LibraryWriteError(
+                f"A folder stands where the search index file belongs ({self.path}): move it "
+                "away, then run the command again. Everything saved before is kept."
+            )
         if self._saved_newer(vectors):
             return
         try:
