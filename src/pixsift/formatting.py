@@ -43,7 +43,9 @@ class StatusFormat(StrEnum):
 # refuses it as it loads it, and rebuilds the index from the stored vectors.
 INDEX_FILE_FIXES = {
     "damaged": "rebuilt from the stored vectors by the next search or index run, or now by: pixsift reindex",
-    "unreadable": "every search rebuilds the index in memory until the file is fixed or removed",
+    # No read permission: the next save replaces the file. A folder: no save can (doctor says so).
+    "unreadable": "rebuilt from the stored vectors by each search, and saved in its place when "
+    "it can be replaced: a folder there must be moved away",
 }
 
 
