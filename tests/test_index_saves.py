@@ -205,3 +205,42 @@ def test_vectors_left_unsaved_by_a_run_that_died_are_saved_by_the_next_search(li
     with Library.open(library_dir) as library:
         assert found[0] == library.search_vector(extra[0], k=1)[0].id
         assert library.status().index_file.state == "up to date"
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["index-held", "index-loaded-by-the-search"])
+def test_a_search_save_never_undoes_a_reindex_done_since_it_decided(
+    library_dir: Path, monkeypatch: pytest.MonkeyPatch, held: bool
+) -> None:
+    """A search that caught its flat index up and decided to save it, and only then got the
+    write lock, after `pixsift reindex --index-type hnsw` in another process had saved an HNSW
+    file at the same generation, leaves that file as it is: written over, the reindex was
+    silently undone (a flat file under a library set to HNSW, until the next index run). So
+    for a service that held the index, and for a search that has just loaded the file."""
+    query = vector_of(library_dir, 1)
+    with Library.open(library_dir) as library:
+        if held:
+            library.search_vector(query, k=1)  # loaded, as a server holds it
+        catalog = Catalog.open(library_dir / "library.db")
+        try:
+            with catalog.write() as batch:  # past the limit: the next search saves the file
+                batch.delete_images(list(range(100, 100 + REPLAY_FLOOR + 1)))
+        finally:
+            catalog.close()
+        lock = library._write_lock.file_lock
+        acquire = lock.acquire
+
+        def reindexed_first(*args: object, **kwargs: object) -> object:
+            """The search's try for the lock, just after another process's reindex."""
+            monkeypatch.setattr(lock, "acquire", acquire)
+            with Library.open(library_dir) as other:
+                assert other.rebuild_index("hnsw").kind == "hnsw"
+            return acquire(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(lock, "acquire", reindexed_first)
+        assert [r.id for r in library.search_vector(query, k=1)] == [1]
+        header = read_header(library_dir / "vectors.faiss")
+        assert header is not None and header["plan"]["kind"] == "hnsw"
+        assert library.index_summary().kind == "hnsw"  # the search adopts the rebuilt file
+    with Library.open(library_dir) as fresh:
+        status = fresh.status().index_file
+        assert (status.state, status.kind) == ("up to date", "hnsw")

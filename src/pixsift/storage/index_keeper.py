@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,17 +130,22 @@ class IndexKeeper:
         from pixsift.storage.index_lifecycle import catch_up, load_or_rebuild
 
         policy = self.policy()
+        # Read once a search, before the file is loaded: what the file holds now, and what a
+        # save decided from it may replace (see `_Seen`).
+        on_disk = read_header(self.path)
         if self._vectors is not None and self._vectors.dim == dim:
-            header = read_header(self.path)  # read once a search: what the file holds now
-            saved = self._saved_elsewhere(self._vectors, header)
+            saved = self._saved_elsewhere(self._vectors, on_disk)
             self._vectors = catch_up(self._catalog, saved or self._vectors, policy)
+            header = on_disk
         else:
             self._vectors, from_file = load_or_rebuild(self._catalog, self.path, dim, policy)
             # A damaged file whose header still reads is saved over too: else every search
             # and index run would rebuild the whole index from the database.
-            header = read_header(self.path) if from_file else None
+            header = on_disk if from_file else None
         if self._save_due(self._vectors, header, always=always):
-            self._save(self._vectors, holding_lock=locked, required=always)
+            # Only a caller without the write lock decided before it may write (see `_Seen`).
+            seen = None if locked else _Seen(on_disk)
+            self._save(self._vectors, holding_lock=locked, required=always, over=seen)
         return self._vectors
 
     def _save_due(self, vectors: VectorIndex, header: dict[str, Any] | None, *, always: bool) -> bool:
@@ -198,12 +204,16 @@ class IndexKeeper:
         saved = VectorIndex.load(self.path)
         return saved if saved is not None and saved.dim == held.dim else None
 
-    def _save(self, vectors: VectorIndex, *, holding_lock: bool, required: bool = False) -> None:
+    def _save(
+        self, vectors: VectorIndex, *, holding_lock: bool, required: bool = False, over: _Seen | None = None
+    ) -> None:
         """Write the index and trim the change log it now covers; readers only if no one indexes.
 
         Unless the save is `required` (an index run, a rebuild), a file that cannot be written
         (full disk, read-only folder) is left behind: the index answers from memory, and other
-        processes catch the file up from the change log as they load it.
+        processes catch the file up from the change log as they load it. `over`: the file as
+        it was when the save was decided, which it may replace only if it is still so; None:
+        whatever the file is (the caller held the write lock since it decided, or rebuilt).
         """
         if not holding_lock:
             try:
@@ -213,7 +223,7 @@ class IndexKeeper:
             except OSError:
                 return  # a lock file this user may not write: answer from memory, as above
         try:
-            self._write(vectors)
+            self._write(vectors, over)
         except LibraryWriteError:
             if required:
                 raise
@@ -221,7 +231,7 @@ class IndexKeeper:
             if not holding_lock:
                 self._write_lock.release()
 
-    def _write(self, vectors: VectorIndex) -> None:
+    def _write(self, vectors: VectorIndex, over: _Seen | None) -> None:
         from pixsift.storage.database import write_error
         from pixsift.storage.vector_index import leftover_files
 
@@ -233,7 +243,7 @@ class IndexKeeper:
                 f"A folder stands where the search index file belongs ({self.path}): move it "
                 "away, then run the command again. Everything saved before is kept."
             )
-        if self._saved_newer(vectors):
+        if (over is not None and over.changed(self.path)) or self._saved_newer(vectors):
             return
         try:
             for leftover in leftover_files(self.path):  # a crash cut a save short
@@ -255,3 +265,25 @@ class IndexKeeper:
         if saved is None or saved <= vectors.generation:
             return False
         return self._catalog.changes_since(saved) is not None  # None: ahead of the database
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """The index file's header as read when a save of it was decided (None: no file, or none
+    that reads).
+
+    A search decides to save without the write lock, and takes it only to write: meanwhile
+    another process may have saved a file at the very same generation, rebuilt of the kind
+    `pixsift reindex --index-type` asked for, or repaired. `_saved_newer` cannot tell that
+    file from the one the search saw, and writing over it undid the reindex (a flat file
+    under a library set to HNSW). The header names a build (its CRC-32 covers the FAISS
+    bytes), so a header other than the one seen means someone else saved since, and the save
+    is no longer due: the next search reads the new file and decides again.
+    """
+
+    header: dict[str, Any] | None
+
+    def changed(self, path: Path) -> bool:
+        from pixsift.storage.index_header import read_header
+
+        return read_header(path) != self.header
