@@ -131,6 +131,22 @@ def test_a_library_that_exists_is_never_removed_on_a_full_disk(indexed: Path) ->
         assert library.status().counts.indexed == 12
 
 
+def test_a_library_opened_on_a_full_disk_is_not_called_damaged(indexed: Path) -> None:
+    """No process has it open, so even a search must make SQLite's shared-memory file, which a
+    full disk refuses as an I/O error: said as a full disk, not as a file that is no library."""
+    before = digest(indexed)
+    for command in (["search", "a photo"], ["status"]):
+        result = run_limited(1_000, *command, "--library", str(indexed))
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"error: Cannot write to the library at {indexed}: disk I/O error. Is the disk full, or "
+            "the folder read-only? Everything saved before is kept; fix that and run the command again.\n"
+        )
+    after = digest(indexed)  # beside them, SQLite may leave its empty -wal and -shm files
+    assert {name: after[name] for name in before} == before
+    assert run_cli("search", "a photo", "--library", str(indexed)).returncode == 0  # room again
+
+
 def test_an_index_run_that_kept_nothing_prints_the_error_alone(tmp_path: Path, photos: Path) -> None:
     """The default model cannot be had here (no hub): the run scans, then stops on the model,
     before its first batch. Nothing was indexed, so nothing more is said than the error."""

@@ -56,6 +56,10 @@ def open_engine(db_path: Path) -> Engine:
             raise LibraryWriteError(f"{lead} open it there.", command_line=f"{lead} use --library.") from exc
         if _sqlite_code(exc) in _LOCKED_CODES:  # a usable library, held by another program
             raise locked_error(db_path.parent, exc) from exc
+        if _sqlite_code(exc) in _WRITE_FAILED_CODES:
+            # Even a read makes SQLite's shared-memory file beside the database: on a full disk
+            # that fails as an I/O error, which is no sign of a damaged library.
+            raise write_error(db_path.parent, exc) from exc
         # exc.orig: SQLAlchemy's own text adds a second line pointing at its documentation.
         raise LibraryFormatError(f"Cannot use {db_path} as a pixsift library: {_reason(exc.orig)}.") from exc
     except BaseException:  # a newer schema, another program's tables: refused, nothing kept open
