@@ -42,7 +42,8 @@ before the folder's first run); `index`, the search index file, with `state` (`"
 from the database as it loads the file, a normal state; `"stale"`, rebuilt as it is next
 loaded; `"missing"`; `"damaged"`, its size or first bytes not what its header says, or its
 header unreadable, rebuilt by the next search or index run, or by `pixsift reindex`; or
-`"unreadable"`, the file cannot be opened, and every search rebuilds the index in memory),
+`"unreadable"`, the file cannot be opened: a search rebuilds the index, and saves it in its
+place unless a folder stands there),
 `damage` (why it is damaged or unreadable, else null), the `generation` it was saved at,
 `changes` (how many changes loading it replays, when caught up on load), its `kind` (`flat`,
 `hnsw` or `ivfpq`), `search_param` (its tuned efSearch or nprobe) and `tuned_recall_at_10`,
