@@ -28,6 +28,7 @@ from conftest import TinyModel
 from pixsift import Library, SearchFilters
 from pixsift.config import LOCK_WAIT_S
 from pixsift.errors import BusyError, ImageError, InvalidOptionError, LibraryWriteError
+from pixsift.indexer import decode, pipeline
 from pixsift.indexer.progress import SilentProgress
 from pixsift.indexer.report import IndexInterrupted
 from pixsift.server import ServerSettings, check_bind
@@ -1076,6 +1077,55 @@ def test_a_running_job_shows_the_files_that_failed_so_far(own: tuple[Library, Pa
         (new / "1-broken.jpg").write_bytes(b"\xff\xd8\xff")
         ended = wait_for_job(http, http.post("/index", json={"paths": [str(new)]}).json()["id"])
     assert ended["state"] == "succeeded" and ended["report"]["failed"] == 1, ended
+
+
+def test_a_running_jobs_report_counts_its_time_while_it_goes(
+    own: tuple[Library, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client polling a job saw `elapsed_s` and `embed_s` at 0 until the job had ended, so
+    it could tell neither how long the run had taken so far nor its rate."""
+    library, photos = own
+    write_photos(photos / "new", 2, size=(320, 240), seed=975)
+    (photos / "new" / "notes.jpg").write_text("not an image")
+    decoding, decoded, saving, saved = (threading.Event() for _ in range(4))
+    load_image, save_current = decode.load_image, library._index.save_current
+
+    def held_while_decoding(*args: Any, **kwargs: Any) -> Any:
+        decoding.set()
+        decoded.wait(60)
+        return load_image(*args, **kwargs)
+
+    def held_while_saving(embed_dim: int) -> None:
+        saving.set()
+        saved.wait(60)
+        save_current(embed_dim)
+
+    monkeypatch.setattr(pipeline, "load_image", held_while_decoding)
+    monkeypatch.setattr(library._index, "save_current", held_while_saving)
+
+    def polled_twice(http: httpx.Client, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        first = http.get(f"/jobs/{job_id}").json()
+        time.sleep(0.3)
+        return first, http.get(f"/jobs/{job_id}").json()
+
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        job_id = http.post("/index", json={"paths": [str(photos / "new")]}).json()["id"]
+        assert decoding.wait(60)
+        first, then = polled_twice(http, job_id)  # while it embeds
+        decoded.set()
+        assert saving.wait(60)
+        last, later = polled_twice(http, job_id)  # its last phase over: its times stay
+        saved.set()
+        ended = wait_for_job(http, job_id)
+    assert first["state"] == then["state"] == "running" and first["phase"] == "Embedding", first
+    report, grown = first["report"], then["report"]
+    assert 0 <= report["embed_s"] < report["elapsed_s"] and report["scanned"] == 3
+    assert grown["elapsed_s"] - report["elapsed_s"] >= 0.25 and grown["embed_s"] - report["embed_s"] >= 0.25
+    assert (later["state"], later["report"]["added"], later["report"]["failed"]) == ("running", 2, 1), later
+    assert last["report"] == later["report"] and later["report"]["embed_s"] >= grown["embed_s"]
+    assert ended["state"] == "succeeded", ended
+    assert ended["report"]["elapsed_s"] >= later["report"]["elapsed_s"]
+    assert ended["report"]["embed_s"] >= later["report"]["embed_s"]
 
 
 def test_a_cancel_after_the_last_step_says_it_came_too_late(

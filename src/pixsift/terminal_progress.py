@@ -1,13 +1,15 @@
-"""Progress bars for index runs on a terminal (rich): count, rate and time left.
+"""Progress bars for index runs on a terminal (rich): count, rate and time left, and a line
+under them with the files that failed so far, once there are any.
 
 Used only by the command line, and only when stderr is a terminal.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import TracebackType
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     Progress,
@@ -17,13 +19,31 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
+
+from pixsift.indexer.report import IndexReport
+
+
+class _BarsAndFailures(Progress):
+    """The bars, then a line with the files that failed so far when some did. A line of its
+    own, not a column: a column takes its width on every row, and an 80-column terminal would
+    cut the bars' times short."""
+
+    failed = 0
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield from super().get_renderables()
+        if self.failed:
+            yield Text(f"  {self.failed:,} file(s) failed so far", style="red")  # under the phases
 
 
 class TerminalProgress:
-    """An `IndexProgress` that draws one bar per phase on stderr."""
+    """An `IndexProgress` (and `CountsListener`) that draws one bar per phase on stderr, and
+    the files that failed so far: a run over 50,000 photos, many of them unreadable, says so
+    while it goes, not only in its summary at the end."""
 
     def __init__(self, console: Console) -> None:
-        self._progress = Progress(
+        self._progress = _BarsAndFailures(
             SpinnerColumn(),
             TextColumn("{task.description:<20}"),
             BarColumn(bar_width=24),
@@ -58,6 +78,11 @@ class TerminalProgress:
         count = f"{task.completed:,.0f}" + (f"/{task.total:,.0f}" if task.total is not None else "")
         rate = f"{task.speed:,.1f}/s" if task.speed and task.total is not None else ""
         self._progress.update(self._task, count=count, rate=rate)
+
+    def counted(self, report: IndexReport) -> None:
+        # The run's own count, as its summary gives it: files of this run that could not be
+        # read (unchanged ones that failed in an earlier run are not tried again, nor counted).
+        self._progress.failed = report.failed
 
     def stop(self) -> None:
         if self._task is None:

@@ -11,6 +11,7 @@ from pixsift.models.preparing import PREPARING_PHASE, listen_for_preparing
 from pixsift.models.spec import ModelSpec
 
 LOADING_PHASE = "Loading model"
+EMBEDDING_PHASE = "Embedding"
 
 
 class IndexProgress(Protocol):
@@ -36,7 +37,8 @@ class CountsListener(Protocol):
     else (a server's job) wants the files that failed so far before the end."""
 
     def counted(self, report: IndexReport) -> None:
-        """What the run found and committed so far, after the scan and after each write. The
+        """What the run found and committed so far, after the scan and after each write, with
+        its `elapsed_s` (and, once the embedding phase has begun, `embed_s`) up to now. The
         run's own report, still changing: read it now, keep a copy."""
         ...
 

@@ -20,7 +20,13 @@ from pixsift.errors import PixsiftError
 from pixsift.indexer.decode import default_max_pixels, describe_error, hash_file, is_vanished, open_regular
 from pixsift.indexer.pipeline import Embedded, Outcome, Unreadable, embed_files
 from pixsift.indexer.plan import Candidate, IndexPlan, plan_folder
-from pixsift.indexer.progress import CountsListener, IndexProgress, SilentProgress, model_loading
+from pixsift.indexer.progress import (
+    EMBEDDING_PHASE,
+    CountsListener,
+    IndexProgress,
+    SilentProgress,
+    model_loading,
+)
 from pixsift.indexer.report import IndexInterrupted, IndexReport
 from pixsift.indexer.scan import (
     GONE_ERRNOS,
@@ -108,6 +114,8 @@ class Indexer:
         self._settings = settings
         self._progress = progress or SilentProgress()
         self._counts = progress if isinstance(progress, CountsListener) else None
+        self._started = time.monotonic()  # of the run, set again when it starts
+        self._embedding_since: float | None = None  # while the embedding phase goes on
 
     def run(self, roots: Sequence[RootRequest]) -> IndexReport:
         """Index every image under `roots`, in one plan so files may move between them.
@@ -116,7 +124,7 @@ class Indexer:
         PixsiftError that stops the run (a full disk, a model that fails) carries the report
         of what was committed before it, as IndexInterrupted does.
         """
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         roots = distinct_requests(roots)
         report = IndexReport(roots=[root.folder for root in roots])
         with self._catalog.write() as batch:
@@ -166,8 +174,15 @@ class Indexer:
             self._counted(report)
 
     def _counted(self, report: IndexReport) -> None:
-        if self._counts is not None:
-            self._counts.counted(report)
+        if self._counts is None:
+            return
+        # The times so far, with the counts: a listener showing a long run to someone else
+        # (a server's job) gives its time and rate while it goes, not zeros until it ends.
+        now = time.monotonic()
+        report.elapsed_s = now - self._started
+        if self._embedding_since is not None:
+            report.embed_s = now - self._embedding_since
+        self._counts.counted(report)
 
     # ---- phase 1: scan and compare with the catalog ---------------------------------------
 
@@ -402,8 +417,8 @@ class Indexer:
     def _embed(self, queue: list[Candidate], roots: Sequence[RootRequest], report: IndexReport) -> None:
         with model_loading(self._progress):
             embedder = self._embedder()
-        self._progress.start("Embedding", len(queue))
-        started = time.monotonic()
+        self._progress.start(EMBEDDING_PHASE, len(queue))
+        started = self._embedding_since = time.monotonic()
         try:
             for outcomes in self._outcomes(queue, embedder):
                 # A file deleted (or replaced by a folder) since the scan is not a failure to
@@ -421,6 +436,7 @@ class Indexer:
                 self._progress.advance(len(outcomes))
         finally:
             report.embed_s = time.monotonic() - started
+            self._embedding_since = None
 
     def _outcomes(self, queue: list[Candidate], embedder: Embedder) -> Iterator[list[Outcome[Candidate]]]:
         return embed_files(

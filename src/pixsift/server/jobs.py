@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pixsift.errors import LibraryBusyError, PixsiftError
+from pixsift.indexer.progress import EMBEDDING_PHASE
 from pixsift.indexer.report import IndexReport
 from pixsift.library import Library
 from pixsift.server.errors import ApiError
@@ -66,10 +68,17 @@ class _JobProgress:
     def __init__(self, job: Job, lock: threading.Lock) -> None:
         self._job = job
         self._lock = lock
+        # When the job's report was last counted, when its embedding phase began, and when
+        # its last phase stopped (None while one goes on): the times of its live report.
+        self._counted_at: float | None = None
+        self._embedding_since: float | None = None
+        self._stopped_at: float | None = None
 
     def start(self, phase: str, total: int | None = None) -> None:
         with self._lock:
             self._job.phase, self._job.total, self._job.done = phase, total, 0
+            self._embedding_since = time.monotonic() if phase == EMBEDDING_PHASE else None
+            self._stopped_at = None
 
     def advance(self, steps: int = 1) -> None:
         with self._lock:
@@ -78,7 +87,8 @@ class _JobProgress:
                 raise JobCancelled
 
     def stop(self) -> None:
-        pass
+        with self._lock:
+            self._stopped_at = time.monotonic()
 
     def counted(self, report: IndexReport) -> None:
         # A client polling a long job sees the files that failed (and the rest) batch by
@@ -86,6 +96,25 @@ class _JobProgress:
         counts = dataclasses.asdict(report)
         with self._lock:
             self._job.report = counts
+            self._counted_at = time.monotonic()
+
+    def live_report(self) -> dict[str, Any] | None:
+        """The job's report with its times up to now, under the manager's lock: the run gives
+        them as of its last count (a batch of a slow model may take a minute, a model's first
+        export longer), and a client polling the job wants them growing meanwhile.
+
+        They grow while a phase goes on, `embed_s` only while images are left to embed: once
+        the last phase stopped (the search index is saved) they wait for the run's own, a
+        little larger, so a client never sees a time go back."""
+        report, counted_at = self._job.report, self._counted_at
+        if report is None or counted_at is None:
+            return report
+        until = time.monotonic() if self._stopped_at is None else self._stopped_at
+        live = {**report, "elapsed_s": report["elapsed_s"] + max(0.0, until - counted_at)}
+        if self._embedding_since is not None and self._job.done < (self._job.total or 0):
+            # The run's embed_s went up to its last count (0 if that came before the phase).
+            live["embed_s"] = report["embed_s"] + max(0.0, until - max(counted_at, self._embedding_since))
+        return live
 
 
 class JobManager:
@@ -96,6 +125,7 @@ class JobManager:
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._running: Job | None = None
+        self._progress: _JobProgress | None = None  # the running job's, once its run began
         self._thread: threading.Thread | None = None
 
     def submit(self, paths: list[str]) -> Job:
@@ -129,7 +159,7 @@ class JobManager:
             if job.state in FINISHED:
                 raise ApiError(409, "job_finished", f"Index job {job.id} has already finished ({job.state}).")
             job.cancel_requested = True
-            return dataclasses.replace(job)
+            return self._snapshot(job)
 
     def stop(self, timeout: float) -> None:
         """Cancel the running job, if any, and wait up to `timeout` seconds for it to stop, so
@@ -156,11 +186,16 @@ class JobManager:
     def get(self, job_id: str) -> Job | None:
         with self._lock:
             job = self._jobs.get(job_id)
-            return None if job is None else dataclasses.replace(job)
+            return None if job is None else self._snapshot(job)
 
     def running(self) -> Job | None:
         with self._lock:
-            return None if self._running is None else dataclasses.replace(self._running)
+            return None if self._running is None else self._snapshot(self._running)
+
+    def _snapshot(self, job: Job) -> Job:
+        """A copy of `job` as it is now (under the lock): a running one's times up to now."""
+        progress = self._progress if job is self._running else None
+        return dataclasses.replace(job, report=job.report if progress is None else progress.live_report())
 
     def _run(self, job: Job) -> None:
         _lower_priority()
@@ -177,7 +212,7 @@ class JobManager:
             log.exception("index job %s failed", job.id)
             # What the run committed before the bug stays in the library: its counts so far say so.
             with self._lock:
-                so_far = job.report
+                so_far = self._snapshot(job).report  # its times up to the bug
             self._finish(job, "failed", report=so_far, error=f"unexpected error: {type(exc).__name__}: {exc}")
         else:
             self._finish(job, "succeeded", report=dataclasses.asdict(report))
@@ -186,6 +221,8 @@ class JobManager:
         """The job's index run. A job queued behind another index run (a command-line one)
         starts when that one ends, however long it takes, unless it is cancelled meanwhile."""
         progress = _JobProgress(job, self._lock)
+        with self._lock:
+            self._progress = progress
         while True:
             with self._lock:
                 if job.cancel_requested:  # before it started, or while it waited
@@ -206,6 +243,7 @@ class JobManager:
             job.phase = None
             job.finished_at = datetime.now(UTC)
             self._running = None
+            self._progress = None
             self._thread = None
 
 

@@ -197,7 +197,9 @@ class JobView(BaseModel):
     report: dict[str, Any] | None = Field(
         description="What the index run did (an IndexReport): while it runs, what it has found "
         "and committed so far (`failed`: files that could not be read), growing batch by batch, "
-        "with its times filled in at the end; for a cancelled or failed job, what it committed "
+        "with `elapsed_s` and `embed_s` (its embedding phase's time; (added + updated) / embed_s "
+        "is its rate) growing while it works, held while it saves the search index until the "
+        "final report; for a cancelled or failed job, what it committed "
         "before it stopped, which stays; null until its scan has ended, and for a job that "
         "ended before its run began"
     )
