@@ -175,7 +175,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--deletes", type=int, default=5)
-    parser.add_argument("--index-type", default="flat", choices=["flat", "hnsw", "ivfpq"])
+    # Any case, as `pixsift --index-type HNSW` takes it.
+    parser.add_argument("--index-type", type=str.lower, default="flat", choices=["flat", "hnsw", "ivfpq"])
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "pixsift-bench")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", choices=["delete", "search"], help=argparse.SUPPRESS)

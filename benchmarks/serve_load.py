@@ -355,7 +355,9 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     args = parser.parse_args()
-    engines = [engine.strip() for engine in args.engines.split(",") if engine.strip()]
+    # Any case, as `pixsift serve --engine ONNX` takes it; a row each, in the lower case it runs as.
+    named = (engine.strip().lower() for engine in args.engines.split(","))
+    engines = list(dict.fromkeys(engine for engine in named if engine))
     refusal = refused_counts(args) or refused_engines(engines)
     if refusal is not None:  # before the library is built and the other engines are measured
         parser.error(refusal)

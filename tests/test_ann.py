@@ -507,3 +507,25 @@ def test_reindex_and_status_on_the_command_line(photos: Path, tiny_model: TinyMo
     back = run_cli("reindex", "--index-type", "auto", "--library", library)
     assert back.returncode == 0 and back.stdout.startswith("Index    flat, 12 vectors")
     assert run_cli("reindex", "--library", library).stdout.startswith("Index    flat, 12 vectors")
+
+
+def test_an_ivfpq_index_mostly_forgotten_keeps_its_recall_until_the_next_index_run(tmp_path: Path) -> None:
+    """`pixsift forget` of most of the library leaves its IVF-PQ index in place until the next
+    index run picks a kind for what is left. The cells tuned for the whole library are mostly
+    empty then: the nprobe tuned for them reached too few of the rest, and recall@10 of the
+    images kept fell to 0.90."""
+    folder = tmp_path / "library"
+    fill(folder, 20_000, prefix="/synthetic/old")
+    fill(folder, 1_000, seed=2, prefix="/synthetic/kept")
+    catalog = Catalog.open(folder / "library.db")
+    with catalog.write() as batch:
+        for root in ("/synthetic/old", "/synthetic/kept"):
+            batch.upsert_root(root, include_hidden=False, follow_symlinks=False)
+    catalog.close()
+    with Library.open(folder, index_thresholds=THRESHOLDS[IndexKind.ivfpq]) as library:
+        library.search_vector(queries(1)[0])  # the index is built for every image
+        assert library.index_summary().kind == "ivfpq"
+        assert library.forget("/synthetic/old") == 20_000
+        summary = library.index_summary()
+        assert (summary.kind, summary.vectors, summary.trained_count) == ("ivfpq", 1_000, 21_000)
+        assert recall_at_10(library, folder, queries(50)) >= RECALL_TARGET

@@ -3,11 +3,13 @@ at once, in one line, before minutes of photo making and model export."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -140,3 +142,24 @@ def test_decode_cost_refuses_a_folder_without_jpegs(tmp_path: Path) -> None:
     result = run_decode_cost("--photos", str(tmp_path), "--count", "6")
     assert result.returncode == 1
     assert result.stderr.strip() == f"decode_cost.py: error: no JPEG in {tmp_path}"
+
+
+def load_benchmark(path: Path) -> Any:
+    """The benchmark script as a module, to call its option parsing without running it."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_index_throughput_takes_engines_and_device_in_any_case(tmp_path: Path) -> None:
+    # As `pixsift --engine TORCH --device CPU` takes them. Once kept as given: `--engines TORCH`
+    # then made the one-time ONNX export (half a minute) a torch-only run never needs, and
+    # reported TORCH and torch as two engines.
+    benchmark = load_benchmark(INDEX_THROUGHPUT)
+    args, engines = benchmark.parse_options(
+        ["--engines", "TORCH, Onnx,torch", "--device", "CPU", "--work", str(tmp_path)]
+    )
+    assert engines == ["torch", "onnx"]
+    assert args.device == "cpu"

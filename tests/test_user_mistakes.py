@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import TinyModel, run_cli
@@ -40,6 +41,7 @@ from pixsift import (
 )
 from pixsift.cli import app
 from pixsift.search import parse_weighted_text
+from pixsift.storage.migrations import MIGRATIONS, SCHEMA_VERSION
 from serving import indexed_library
 
 runner = CliRunner()
@@ -975,6 +977,103 @@ def test_another_programs_database_is_not_taken_over(tmp_path: Path) -> None:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 0
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # not switched to WAL
     db.close()
+
+
+def database_of_another_program(path: Path, script: str) -> bytes:
+    """An SQLite database made by `script` at `path` (its folder made), and its bytes."""
+    path.parent.mkdir()
+    with sqlite3.connect(path) as db:
+        db.executescript(script)
+    db.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("script", "why"),
+    [
+        # SQLite's user_version is set by many programs, not pixsift alone. Below pixsift's
+        # schema version, such a database was migrated: a pixsift table written into it, its
+        # version raised and its journal switched to WAL, then every command failed with
+        # "lacks a table or column ... Run pixsift doctor".
+        (
+            "CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('hi'); PRAGMA user_version = 3;",
+            "it holds tables of another program (notes), none of pixsift's, under SQLite schema version 3",
+        ),
+        # At pixsift's own version: switched to WAL, then the same failures.
+        (
+            "CREATE TABLE notes (body TEXT); PRAGMA user_version = 4;",
+            "it holds tables of another program (notes), none of pixsift's, under SQLite schema version 4",
+        ),
+        # Above it: "newer than this pixsift understands. Upgrade pixsift to use it."
+        (
+            "CREATE TABLE notes (body TEXT); PRAGMA user_version = 70;",
+            "it holds tables of another program (notes), none of pixsift's, under SQLite schema version 70",
+        ),
+        # A version and nothing else: "Cannot use ... as a pixsift library: no such table: images."
+        ("PRAGMA user_version = 2;", "it holds no tables under SQLite schema version 2"),
+        # A view of another program's (no table): pixsift's tables were made beside it.
+        ("CREATE VIEW answer AS SELECT 42;", "it already holds tables of another program (answer)"),
+    ],
+)
+def test_another_programs_database_with_a_schema_version_is_not_taken_over(
+    tmp_path: Path, script: str, why: str
+) -> None:
+    db_path = tmp_path / "other" / "library.db"
+    before = database_of_another_program(db_path, script)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 48), "red").save(photos / "a.jpg")
+    told = f"error: The database {db_path} is not a pixsift library: {why}. Use another --library folder."
+    for command in (["status"], ["search", "cat"], ["index", str(photos), "--model", "synthetic-tiny"]):
+        result = run_cli(*command, "--library", str(db_path.parent))
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.strip() == told
+    assert db_path.read_bytes() == before  # nothing written into it
+    assert sorted(path.name for path in db_path.parent.iterdir()) == ["library.db"]
+
+
+def test_an_old_library_lacking_tables_is_not_migrated(tmp_path: Path) -> None:
+    """Migrating writes into the database: a version-3 database with some of pixsift's tables
+    but not the rest is told what it lacks, and left as it is."""
+    db_path = tmp_path / "old" / "library.db"
+    before = database_of_another_program(
+        db_path, "CREATE TABLE settings (key TEXT, value TEXT); PRAGMA user_version = 3;"
+    )
+    result = run_cli("status", "--library", str(db_path.parent))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (
+        f"error: The database {db_path} cannot be used as a pixsift library: it lacks the tables "
+        "embeddings, images, model, roots, vector_changes of a pixsift library of schema version 3, "
+        "so pixsift does not upgrade it. If it is a pixsift library, restore a backup of it, or "
+        "index your folders into a new library."
+    )
+    assert db_path.read_bytes() == before
+
+
+@pytest.mark.parametrize("content", ["empty", "schema without settings"])
+def test_an_empty_database_or_one_interrupted_before_its_settings_is_a_library(
+    tmp_path: Path, content: str
+) -> None:
+    """A 0-byte library.db (nothing in it to lose) is made a library; so is one holding
+    pixsift's schema but no settings yet, such as a creation that stopped there."""
+    folder = tmp_path / "library"
+    folder.mkdir()
+    (folder / "library.db").touch()
+    if content != "empty":
+        with sqlite3.connect(folder / "library.db") as db:
+            for migration in MIGRATIONS:
+                for statement in migration.statements:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.close()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 48), "red").save(photos / "a.jpg")
+    assert run_cli("status", "--library", str(folder)).returncode == 0
+    indexed = run_cli("index", str(photos), "--library", str(folder), "--model", "synthetic-tiny")
+    assert indexed.returncode == 0, indexed.stderr
+    found = run_cli("search", "red", "--library", str(folder), "-k", "1")
+    assert found.returncode == 0 and str(photos / "a.jpg") in found.stdout, found.stderr
 
 
 @pytest.mark.parametrize(

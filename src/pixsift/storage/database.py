@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from pixsift.config import INDEX_NAME, THUMBNAILS_DIR
 from pixsift.errors import LibraryFormatError, LibraryReadError, LibraryWriteError, PixsiftError
 from pixsift.storage.interrupts import interrupts_deferred
-from pixsift.storage.migrations import SCHEMA_VERSION, check_supported, migrate, schema_version
+from pixsift.storage.migrations import SCHEMA_VERSION, check_is_library, migrate, schema_version
 
 BUSY_TIMEOUT_MS = 30_000
 # Connections per process: an HTTP service reads from many threads at once; SQLite connections
@@ -80,10 +80,12 @@ def _up_to_date(engine: Engine) -> bool:
     a status) takes no write lock, so it does not wait for another process's long write
     transaction (a large forget, a migration), which WAL lets it read beside.
 
-    Raises LibraryFormatError for a schema newer than this pixsift knows."""
+    Raises LibraryFormatError for a schema newer than this pixsift knows, and for a database
+    that is no pixsift library at all (another program's, which also sets SQLite's version)."""
     with engine.begin() as connection:
         version = schema_version(connection)
-    check_supported(version)
+        if version >= SCHEMA_VERSION:  # else checked under the write lock, before migrating
+            check_is_library(connection, version)
     return version == SCHEMA_VERSION
 
 

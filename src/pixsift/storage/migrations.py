@@ -6,9 +6,10 @@ entry at the end of `MIGRATIONS`. A library made by a newer pixsift is refused, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from pixsift.errors import LibraryFormatError
 
@@ -151,14 +152,13 @@ def check_supported(version: int) -> None:
 def migrate(connection: Connection) -> list[Migration]:
     """Bring the schema up to `SCHEMA_VERSION` inside the caller's transaction.
 
-    Returns the migrations applied. Raises LibraryFormatError for a newer, unknown schema.
+    Returns the migrations applied. Raises LibraryFormatError for a newer, unknown schema, and
+    for a database that is not a pixsift library (see `check_is_library`).
     """
     from sqlalchemy import text
 
     current = schema_version(connection)
-    check_supported(current)
-    if current == 0:
-        _check_no_foreign_tables(connection)
+    check_is_library(connection, current)
     applied = []
     for migration in MIGRATIONS:
         if migration.version <= current:
@@ -171,21 +171,75 @@ def migrate(connection: Connection) -> list[Migration]:
     return applied
 
 
-def _check_no_foreign_tables(connection: Connection) -> None:
-    """Refuse a database at version 0 that already holds tables: pixsift makes its own tables
-    and version together, so those are another program's, and must not be written into."""
-    tables = [
-        row[0]
-        for row in connection.exec_driver_sql(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+def check_is_library(connection: Connection, version: int) -> None:
+    """Raise LibraryFormatError unless this database, at schema `version`, may be used (and at
+    version 0 made, or below SCHEMA_VERSION migrated) as a pixsift library.
+
+    SQLite's `user_version` is no mark of pixsift's: other programs set it too. A database
+    that holds none of pixsift's tables is another program's (or none at all), whatever its
+    version: it must not be migrated into, nor called a library too new for this pixsift.
+    Before a migration writes, every table of the version must be there: the migrations
+    assume them. At this pixsift's own version, one table is enough to be opened, so that
+    a library missing a table is told as damaged (`pixsift doctor` names what differs)."""
+    tables = _tables(connection)
+    if version == 0:
+        if tables:
+            _refuse(connection, f"it already holds tables of another program ({_shown(tables)})")
+        return
+    ours = _tables_made(SCHEMA_VERSION if version > SCHEMA_VERSION else version)
+    if not tables & ours:
+        held = f"tables of another program ({_shown(tables)}), none of pixsift's," if tables else "no tables"
+        _refuse(connection, f"it holds {held} under SQLite schema version {version}")
+    check_supported(version)
+    missing = ours - tables
+    if version < SCHEMA_VERSION and missing:
+        _refuse(
+            connection,
+            f"it lacks the tables {_shown(missing)} of a pixsift library of schema version "
+            f"{version}, so pixsift does not upgrade it. If it is a pixsift library, restore "
+            "a backup of it, or index your folders into a new library",
+            other=False,
         )
-    ]
-    if tables:
-        shown = ", ".join(sorted(tables)[:5])
-        lead = (
-            f"This database is not a pixsift library: it already holds tables of another program ({shown})."
-        )
-        raise LibraryFormatError(
-            f"{lead} Use another folder for the library.",
-            command_line=f"{lead} Use another --library folder.",
-        )
+
+
+def _tables(connection: Connection) -> set[str]:
+    """The names of the tables and views in the database, SQLite's own left out."""
+    rows = connection.exec_driver_sql(
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+        "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+    )
+    return {str(row[0]) for row in rows}
+
+
+def _tables_made(version: int) -> set[str]:
+    """The tables pixsift's migrations up to `version` create."""
+    return {
+        name
+        for migration in MIGRATIONS[:version]
+        for statement in migration.statements
+        for name in re.findall(r"CREATE TABLE (\w+)", statement)
+    }
+
+
+def _shown(names: set[str]) -> str:
+    return ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+
+
+def _refuse(connection: Connection, why: str, *, other: bool = True) -> NoReturn:
+    """Refuse the database as a library, `why` said; it is left as it is, unwritten. `other`:
+    it is most likely another program's, so the user is sent to another folder."""
+    named = _file_name(connection)
+    if not other:
+        raise LibraryFormatError(f"The database {named} cannot be used as a pixsift library: {why}.")
+    lead = f"The database {named} is not a pixsift library: {why}."
+    raise LibraryFormatError(
+        f"{lead} Use another folder for the library.", command_line=f"{lead} Use another --library folder."
+    )
+
+
+def _file_name(connection: Connection) -> str:
+    """The file of the connection's main database, as SQLite names it."""
+    for row in connection.exec_driver_sql("PRAGMA database_list"):
+        if row[1] == "main" and row[2]:
+            return str(row[2])
+    return "(in memory)"
