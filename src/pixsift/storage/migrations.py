@@ -215,7 +215,8 @@ def _tables_made(version: int) -> set[str]:
     """The tables pixsift's migrations up to `version` create."""
     return {
         name
-        for migration in MIGRATIONS[:version]
+        for migration in MIGRATIONS
+        if migration.version <= version
         for statement in migration.statements
         for name in re.findall(r"CREATE TABLE (\w+)", statement)
     }
