@@ -3,6 +3,8 @@ its photos are copies of the old folder's, which is missing, and the run says wh
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -80,3 +82,19 @@ def test_a_few_copies_of_an_unplugged_drive_say_nothing_of_a_move(
     assert "warning" not in run_cli("index", "--library", str(open_library.path)).stdout.replace(
         f"warning: folder {photos} is missing", ""
     )
+
+
+def test_status_marks_an_indexed_folder_that_is_missing_now(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    library = ["--library", str(tmp_path / "library")]
+    scans = write_photos(tmp_path / "Scans", 2, size=(320, 240), seed=830)[0].parent
+    indexed = run_cli("index", str(photos), str(scans), *library, *tiny_model.index_args())
+    assert indexed.returncode == 0, indexed.stderr
+    scans.rename(tmp_path / "Scans-unplugged")
+
+    table = run_cli("status", *library).stdout
+    assert re.search(rf"\n         {re.escape(str(scans))}  missing  \(last indexed [\d:\- ]+UTC\)\n", table)
+    assert re.search(rf"\nRoots    {re.escape(str(photos))}  \(last indexed [\d:\- ]+UTC\)\n", table)
+    roots = json.loads(run_cli("status", "-f", "json", *library).stdout)["roots"]
+    assert [(root["path"], root["missing"]) for root in roots] == [(str(photos), False), (str(scans), True)]

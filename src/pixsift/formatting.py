@@ -224,8 +224,9 @@ def format_status(status: LibraryStatus, failures: Sequence[Failure] | None) -> 
     for number, root in enumerate(status.roots):
         when = root.last_indexed_at.strftime("%Y-%m-%d %H:%M UTC") if root.last_indexed_at else "never"
         options = _root_options(root.include_hidden, root.follow_symlinks)
+        missing = "  missing" if root.path in status.missing_roots else ""
         lines.append(
-            f"{'Roots' if number == 0 else '':<8} {shown(root.path)}  (last indexed {when}{options})"
+            f"{'Roots' if number == 0 else '':<8} {shown(root.path)}{missing}  (last indexed {when}{options})"
         )
     if failures is not None:
         lines.append("")
@@ -264,6 +265,7 @@ def status_as_json(status: LibraryStatus, failures: Sequence[Failure] | None) ->
                 "follow_symlinks": r.follow_symlinks,
                 "added_at": r.added_at.isoformat(),
                 "last_indexed_at": r.last_indexed_at.isoformat() if r.last_indexed_at else None,
+                "missing": r.path in status.missing_roots,
             }
             for r in status.roots
         ],
