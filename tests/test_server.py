@@ -912,6 +912,24 @@ def test_a_photo_moved_between_two_index_jobs_keeps_its_id(own: tuple[Library, P
         assert ids_of(found) == [image_id]  # the search index has it back
 
 
+def test_an_index_job_reports_copies_of_a_folder_that_went_missing(
+    own: tuple[Library, Path], tmp_path: Path
+) -> None:
+    """An indexed folder moved into another one: a job over every root skips it as unmounted,
+    finds its photos as copies, and its report says where the folder seems to have gone."""
+    library, photos = own
+    scans = tmp_path / "Scans"
+    write_photos(scans, 2, size=(320, 240), seed=820)
+    library.index(scans)
+    scans.rename(photos / "Scans")
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, headers=AUTH) as http:
+        job = wait_for_job(http, http.post("/index", json={"paths": []}).json()["id"])
+        assert job["state"] == "succeeded", job
+        assert (job["report"]["skipped_roots"], job["report"]["reused"]) == ([str(scans)], 2)
+        moved = {"root": str(scans), "copies": 2, "moved_to": str(photos / "Scans")}
+        assert job["report"]["copies_of_missing"] == [moved]
+
+
 def test_an_index_job_refuses_paths_that_are_not_absolute(
     own: tuple[Library, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

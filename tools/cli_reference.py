@@ -36,8 +36,10 @@ newline. Paths print as their bytes; in JSON, a byte of a name that is not UTF-8
 `status --format json` prints one object: `library` (its folder); `model`, null before the
 first index run, else `name`, `pretrained`, `embed_dim` and `fingerprint`; `images` with the
 counts `indexed`, `failed` and `pending`; `roots`, each with `path`, `include_hidden`,
-`follow_symlinks`, `added_at` and `last_indexed_at` (ISO 8601 times in UTC, the last null
-before the folder's first run); `index`, the search index file, with `state` (`"up to date"`;
+`follow_symlinks`, `added_at`, `last_indexed_at` (ISO 8601 times in UTC, the last null
+before the folder's first run) and `missing` (true when the folder is not on disk now:
+unmounted, moved or deleted; index runs keep its images, and the table says `missing` beside
+it); `index`, the search index file, with `state` (`"up to date"`;
 `"caught up on load"`, saved before a few changes such as deletes, which every search replays
 from the database as it loads the file, a normal state; `"stale"`, rebuilt as it is next
 loaded; `"missing"`; `"damaged"`, its size or first bytes not what its header says, or its

@@ -35,6 +35,7 @@ _EXPORTS = {
     "PixsiftError": "pixsift.errors",
     "QueryError": "pixsift.errors",
     "IndexInterrupted": "pixsift.indexer",
+    "CopiesOfMissingRoot": "pixsift.indexer",
     "InterruptedAfterCommit": "pixsift.storage.interrupts",
     "IndexProgress": "pixsift.indexer",
     "IndexReport": "pixsift.indexer",
@@ -98,7 +99,7 @@ if TYPE_CHECKING:
         QueryError,
     )
     from pixsift.evaluation import EvalReport, QueryOutcome
-    from pixsift.indexer import IndexInterrupted, IndexProgress, IndexReport
+    from pixsift.indexer import CopiesOfMissingRoot, IndexInterrupted, IndexProgress, IndexReport
     from pixsift.library import Library
     from pixsift.models import ModelRecord, ModelSpec
     from pixsift.search import QueryTerm, SearchFilters, SearchResult
@@ -113,6 +114,7 @@ __all__ = [
     "AccessDeniedError",
     "BusyError",
     "CatalogCounts",
+    "CopiesOfMissingRoot",
     "EmptyLibraryError",
     "EvalReport",
     "ExportCacheError",

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the command line imports this module before it needs the co
     from pixsift.doctor import HealthReport
     from pixsift.evaluation import EvalReport
     from pixsift.indexer import IndexReport
+    from pixsift.indexer.report import CopiesOfMissingRoot
     from pixsift.search import SearchResult
     from pixsift.status import IndexSummary, LibraryStatus
     from pixsift.storage import Failure
@@ -132,6 +133,24 @@ def _skipped_root_warning(root: str) -> str:
     )
 
 
+def _copies_warning(found: CopiesOfMissingRoot) -> str:
+    """What to do about new images that are copies of a missing indexed folder's: it was
+    renamed or moved (then drop the old entries), or it is an unplugged drive and these are
+    its backup (then both stay). `relocate` would refuse now, the new place being indexed."""
+    state = "missing" if not os.path.isdir(found.root) else "empty"
+    copies = (
+        "1 of the new images is a copy of an image"
+        if found.copies == 1
+        else f"{found.copies} of the new images are copies of images"
+    )
+    return (
+        f"warning: {copies} under {shown(found.root)}, which is {state} (unmounted?), so the library "
+        f"lists them twice: if it moved to {shown(found.moved_to)}, drop the old entries with "
+        f"pixsift forget {shlex.quote(found.root)} (those under {shown(found.moved_to)} stay indexed); "
+        "if it is only unplugged, keep both"
+    )
+
+
 def report_warnings(
     report: IndexReport, *, library_removed: bool = False, reembedding: bool = False
 ) -> list[str]:
@@ -139,7 +158,10 @@ def report_warnings(
     lines = []
     for folder, reason in report.unreadable_dirs:
         lines.append(f"warning: could not read folder {folder} ({reason}); its images were kept")
-    lines.extend(_skipped_root_warning(root) for root in report.skipped_roots)
+    moved = {found.root for found in report.copies_of_missing}
+    # A root whose copies were found is told about once, by the advice that fits it.
+    lines.extend(_skipped_root_warning(root) for root in report.skipped_roots if root not in moved)
+    lines.extend(_copies_warning(found) for found in report.copies_of_missing)
     if report.unsupported_heif:
         lines.append(
             f"{report.unsupported_heif} HEIC/HEIF file(s) skipped; to index them: pip install 'pixsift[heif]'"
@@ -202,8 +224,9 @@ def format_status(status: LibraryStatus, failures: Sequence[Failure] | None) -> 
     for number, root in enumerate(status.roots):
         when = root.last_indexed_at.strftime("%Y-%m-%d %H:%M UTC") if root.last_indexed_at else "never"
         options = _root_options(root.include_hidden, root.follow_symlinks)
+        missing = "  missing" if root.path in status.missing_roots else ""
         lines.append(
-            f"{'Roots' if number == 0 else '':<8} {shown(root.path)}  (last indexed {when}{options})"
+            f"{'Roots' if number == 0 else '':<8} {shown(root.path)}{missing}  (last indexed {when}{options})"
         )
     if failures is not None:
         lines.append("")
@@ -242,6 +265,7 @@ def status_as_json(status: LibraryStatus, failures: Sequence[Failure] | None) ->
                 "follow_symlinks": r.follow_symlinks,
                 "added_at": r.added_at.isoformat(),
                 "last_indexed_at": r.last_indexed_at.isoformat() if r.last_indexed_at else None,
+                "missing": r.path in status.missing_roots,
             }
             for r in status.roots
         ],

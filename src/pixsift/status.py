@@ -68,7 +68,9 @@ class IndexSummary:
 class LibraryStatus:
     """What `Library.status()` reports: the library folder, its model (None before the first
     index run), image counts, indexed folders, the catalog's generation (it grows with every
-    change of vectors), the search index file's state, and the bytes its files take."""
+    change of vectors), the search index file's state, and the bytes its files take.
+    `missing_roots` are the indexed folders not on disk now (unmounted, moved or deleted):
+    index runs keep their images until `relocate` or `forget` says what became of them."""
 
     path: Path
     model: ModelRecord | None
@@ -77,6 +79,7 @@ class LibraryStatus:
     generation: int
     index_file: IndexFileState
     disk_bytes: int
+    missing_roots: tuple[str, ...] = ()
 
 
 def library_status(folder: Path, catalog: Catalog, index_path: Path) -> LibraryStatus:
@@ -84,14 +87,17 @@ def library_status(folder: Path, catalog: Catalog, index_path: Path) -> LibraryS
     generation = catalog.generation()
     state = _index_file_state(catalog, index_path, generation)
     disk = sum(_file_size(entry) for entry in os.scandir(folder))
+    roots = catalog.roots()
     return LibraryStatus(
         path=folder,
         model=catalog.model(),
         counts=catalog.counts(),
-        roots=catalog.roots(),
+        roots=roots,
         generation=generation,
         index_file=state,
         disk_bytes=disk,
+        # One stat a root (a library has few): an empty mount point is told by the next index run.
+        missing_roots=tuple(root.path for root in roots if not os.path.isdir(root.path)),
     )
 
 

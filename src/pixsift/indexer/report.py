@@ -6,6 +6,18 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class CopiesOfMissingRoot:
+    """New images of a run that are copies of most images of a known root that is missing (or
+    empty, as an unplugged drive's mount point leaves it): it may have moved to `moved_to`.
+    pixsift cannot tell a moved folder from an unplugged drive with a copy elsewhere, so both
+    stay indexed, and the user is told how to drop the old one."""
+
+    root: str  # the indexed folder that is missing or empty
+    copies: int  # new images of the run that are copies of images under it
+    moved_to: str  # where the copies lie: the folder it seems to have become
+
+
+@dataclass
 class IndexReport:
     roots: list[str] = field(default_factory=list)
     scanned: int = 0  # image files found on disk
@@ -22,6 +34,7 @@ class IndexReport:
     unreadable_dirs: list[tuple[str, str]] = field(default_factory=list)
     unsupported_heif: int = 0  # HEIC/HEIF files not indexed: the heif extra is not installed
     skipped_roots: list[str] = field(default_factory=list)  # known roots not on disk: kept as is
+    copies_of_missing: list[CopiesOfMissingRoot] = field(default_factory=list)  # moved, perhaps
     elapsed_s: float = 0.0
     embed_s: float = 0.0  # time spent in the embedding phase (decode + model)
     interrupted: bool = False

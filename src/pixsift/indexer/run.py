@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from pixsift.indexer.progress import (
     SilentProgress,
     model_loading,
 )
-from pixsift.indexer.report import IndexInterrupted, IndexReport
+from pixsift.indexer.report import CopiesOfMissingRoot, IndexInterrupted, IndexReport
 from pixsift.indexer.scan import (
     GONE_ERRNOS,
     ScanOptions,
@@ -288,7 +289,36 @@ class Indexer:
                     to_embed.append(candidate)
             batch.depart_images(gone)  # in this transaction: a kill keeps the rows or the records
             settled.removed = len(gone)
+        # A new path neither moved here nor embedded is a copy of an image (a returning one is not).
+        not_copies = returns.keys() | {candidate.file.path for candidate in to_embed}
+        copied = {path: digest for path, digest in unclaimed.items() if path not in not_copies}
+        report.copies_of_missing = self._copies_of_missing(copied)
         return to_embed
+
+    def _copies_of_missing(self, copied: Mapping[str, str]) -> list[CopiesOfMissingRoot]:
+        """The unmounted roots most of whose images `copied` (new paths, by content hash) are
+        copies of: a folder renamed (`mv ~/Photos ~/Pictures`) and indexed under its new name
+        looks like this, and the user should hear it now, not at some later run."""
+        missing = self._settings.keep
+        if not copied or not missing:
+            return []
+        originals: dict[str, list[str]] = {}
+        for row in self._catalog.embedded_files_with_hashes(copied.values()):
+            originals.setdefault(row.content_hash or "", []).append(row.path)
+        places: dict[str, Counter[str]] = {}  # by missing root: where its copies say it went
+        for path, digest in copied.items():
+            for root in missing:
+                under = [original for original in originals.get(digest, []) if is_within(original, root)]
+                if under:
+                    places.setdefault(root, Counter())[_moved_to(root, under, path)] += 1
+                    break
+        found = []
+        for root, moved_to in places.items():
+            copies = moved_to.total()
+            # A few photos also kept on an unplugged drive say nothing about where it went.
+            if 2 * copies >= len(self._catalog.ids_under(root)):
+                found.append(CopiesOfMissingRoot(root, copies, moved_to.most_common(1)[0][0]))
+        return found
 
     def _gone_elsewhere(self, hashes: set[str]) -> list[KnownFile]:
         """Embedded images with these hashes, outside what this run walks, whose file is gone.
@@ -533,6 +563,16 @@ def _pair_moves(arrived: dict[str, str], departed: Mapping[str, list[R]]) -> dic
         if path not in moves:
             claim(path, [r for r in departed.get(content_hash, []) if r.id not in claimed])
     return moves
+
+
+def _moved_to(root: str, originals: Sequence[str], copy: str) -> str:
+    """Where the folder `root` would now lie if `copy` is one of `originals` (paths under it)
+    moved with it: `copy` less the original's path inside `root`; else the copy's folder."""
+    for original in originals:
+        inside = os.path.relpath(original, root)
+        if copy.endswith(os.sep + inside):
+            return copy[: -len(inside) - 1]
+    return os.path.dirname(copy)
 
 
 def _forget_vanished(batch: CatalogWriter, vanished: Sequence[Candidate], report: IndexReport) -> None:
