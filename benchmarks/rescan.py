@@ -61,7 +61,7 @@ PROFILE_ROWS = [
     ("  moves and deletions (settle)", "indexer/run.py", "_settle_by_content"),
     ("  Indexer.run (walk, plan, settle, commits)", "indexer/run.py", "run"),
     ("  search index catch-up and save", "storage/index_keeper.py", "refresh"),
-    ("  search index drift check", "storage/index_keeper.py", "rebuild_if_drifted"),
+    ("  search index drift check", "storage/index_keeper.py", "rebuild_due"),
 ]
 
 

@@ -1255,3 +1255,61 @@ def test_a_run_interrupted_before_its_first_batch_says_nothing_was_embedded(
         assert library.status().model is not None and library.status().counts.indexed == 0
     summary = format_report(interrupted.value.report)
     assert summary.splitlines()[-1] == "Nothing was embedded yet; run the same command again to continue."
+
+
+class PhaseRecorder:
+    """A progress listener that records each phase that starts and stops, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def start(self, phase: str, total: int | None = None) -> None:
+        self.events.append(f"start {phase}" if total is None else f"start {phase} of {total}")
+
+    def advance(self, steps: int = 1) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.events.append("stop")
+
+    def after_the_files(self) -> list[str]:
+        """The events from the first phase of the search index on (they come last), if any."""
+        index_phases = ("start Saving search index", "start Building search index")
+        first = next((i for i, event in enumerate(self.events) if event in index_phases), len(self.events))
+        return self.events[first:]
+
+
+def test_the_search_index_save_and_build_are_phases_of_their_own(
+    library_dir: Path, photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """Once the files were embedded, the search index was saved and maybe rebuilt (flat to
+    HNSW past a size: minutes at 100,000s of vectors) with every bar finished and nothing
+    moving, as if the run hung: each is now a phase, shown only when there is work to do."""
+    from pixsift.storage.index_choice import IndexThresholds
+
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for photo in sorted(photos.glob("*.jpg"))[4:]:
+        photo.rename(aside / photo.name)
+    with Library.open(library_dir, index_thresholds=IndexThresholds(flat_max=6)) as library:
+        first = PhaseRecorder()
+        index(library, tiny_model, photos, progress=first)  # no index file yet: built
+        assert first.after_the_files() == ["start Building search index", "stop"]
+        assert library.index_summary().kind == "flat"
+        for photo in aside.iterdir():
+            photo.rename(photos / photo.name)
+        grown = PhaseRecorder()
+        report = library.index(progress=grown)  # 12 images: saved, then rebuilt as HNSW
+        assert report.added == 8
+        saved_then_built = ["start Saving search index", "stop", "start Building search index", "stop"]
+        assert grown.after_the_files() == saved_then_built
+        assert "start Embedding of 8" in grown.events
+        assert library.index_summary().kind == "hnsw"
+        same = PhaseRecorder()
+        library.index(progress=same)  # nothing new: no flash of a phase with nothing to write
+        assert same.after_the_files() == []
+        rebuilt = PhaseRecorder()
+        assert library.rebuild_index("flat", progress=rebuilt).kind == "flat"
+        assert rebuilt.events == ["start Building search index", "stop"]
+    with Library.open(library_dir, create=False) as reopened:  # what was built was saved
+        assert reopened.index_summary().kind == "flat" and reopened.index_summary().vectors == 12

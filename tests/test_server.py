@@ -817,7 +817,7 @@ def test_index_job_adds_new_files_under_a_root(own: tuple[Library, Path]) -> Non
         job = wait_for_job(http, started.json()["id"])
         assert job["state"] == "succeeded", job
         assert job["report"]["added"] == 4 and job["report"]["removed"] == 0
-        assert job["phase"] is None and job["done"] == job["total"] == 4  # ended: of its last phase
+        assert job["phase"] is None and job["done"] == job["total"] == 4  # ended: of its files' last phase
         found = http.get("/search", params={"q": "x", "k": 50, "under": str(photos / "new")}).json()[
             "results"
         ]
@@ -1101,7 +1101,8 @@ def test_a_running_jobs_report_counts_its_time_while_it_goes(
     own: tuple[Library, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A client polling a job saw `elapsed_s` and `embed_s` at 0 until the job had ended, so
-    it could tell neither how long the run had taken so far nor its rate."""
+    it could tell neither how long the run had taken so far nor its rate. While the search
+    index is saved, a phase of its own, its time goes on, and the final one is no smaller."""
     library, photos = own
     write_photos(photos / "new", 2, size=(320, 240), seed=975)
     (photos / "new" / "notes.jpg").write_text("not an image")
@@ -1132,7 +1133,7 @@ def test_a_running_jobs_report_counts_its_time_while_it_goes(
         first, then = polled_twice(http, job_id)  # while it embeds
         decoded.set()
         assert saving.wait(60)
-        last, later = polled_twice(http, job_id)  # its last phase over: its times stay
+        last, later = polled_twice(http, job_id)  # saving the search index: its time goes on
         saved.set()
         ended = wait_for_job(http, job_id)
     assert first["state"] == then["state"] == "running" and first["phase"] == "Embedding", first
@@ -1140,10 +1141,14 @@ def test_a_running_jobs_report_counts_its_time_while_it_goes(
     assert 0 <= report["embed_s"] < report["elapsed_s"] and report["scanned"] == 3
     assert grown["elapsed_s"] - report["elapsed_s"] >= 0.25 and grown["embed_s"] - report["embed_s"] >= 0.25
     assert (later["state"], later["report"]["added"], later["report"]["failed"]) == ("running", 2, 1), later
-    assert last["report"] == later["report"] and later["report"]["embed_s"] >= grown["embed_s"]
+    assert last["phase"] == later["phase"] == "Saving search index", last
+    assert later["report"]["elapsed_s"] - last["report"]["elapsed_s"] >= 0.25
+    assert last["report"]["embed_s"] == later["report"]["embed_s"] >= grown["embed_s"]  # embedding is over
     assert ended["state"] == "succeeded", ended
-    assert ended["report"]["elapsed_s"] >= later["report"]["elapsed_s"]
+    assert ended["report"]["elapsed_s"] >= later["report"]["elapsed_s"]  # never back: the save is in it
     assert ended["report"]["embed_s"] >= later["report"]["embed_s"]
+    # ended: `done` of `total` of its files' last phase, not of the save's (no steps)
+    assert (ended["phase"], ended["done"], ended["total"]) == (None, 3, 3), ended
 
 
 def test_a_cancel_after_the_last_step_says_it_came_too_late(

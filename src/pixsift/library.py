@@ -49,7 +49,12 @@ from pixsift.indexer import IndexInterrupted, IndexProgress, IndexReport
 from pixsift.indexer.decode import default_max_pixels
 from pixsift.indexer.library_run import index_library
 from pixsift.indexer.lock import LOCK_NAME, WriteLock
-from pixsift.indexer.progress import SilentProgress, model_loading
+from pixsift.indexer.progress import (
+    BUILDING_INDEX_PHASE,
+    SilentProgress,
+    model_loading,
+    phase_of_unknown_length,
+)
 from pixsift.indexer.roots import caller_path, drop_roots_except, root_named, root_requests, scoped_request
 from pixsift.indexer.run import RootRequest
 from pixsift.indexer.scan import is_within
@@ -763,7 +768,8 @@ class Library:
         (in any case: "HNSW" as FAISS writes it);
         `memory_budget` is bytes or a size such as "2GB". Both are remembered by the library
         (left out: as before). Searches keep answering from the old index until the new one
-        is swapped in. Waits for an index run as `forget` does, showing it on `progress`.
+        is swapped in. Waits for an index run as `forget` does, showing it on `progress`, which
+        then shows the build as a phase of its own ("Building search index", without steps).
         """
         from pixsift.storage.index_choice import IndexKind
         from pixsift.storage.index_lifecycle import INDEX_TYPE_KEY, MEMORY_BUDGET_KEY
@@ -778,7 +784,8 @@ class Library:
             if budget is not None:
                 policy = replace(policy, memory_budget=budget)
             policy.check(self._catalog.counts().indexed)  # refuse before anything changes
-            self._index.rebuild(self._require_model().embed_dim, policy)
+            with phase_of_unknown_length(progress, BUILDING_INDEX_PHASE):  # minutes at 1M vectors
+                self._index.rebuild(self._require_model().embed_dim, policy)
             # Remembered once the new index is saved: a rebuild that fails or is killed leaves
             # the library as it was, not set to turn into the new kind at its next run.
             with self._catalog.write() as batch:

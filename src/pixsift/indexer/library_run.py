@@ -4,6 +4,7 @@ left alone, then the search index and the thumbnail cache brought in line with w
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +13,12 @@ from typing import TYPE_CHECKING
 from pixsift.config import THUMBNAILS_DIR
 from pixsift.errors import PixsiftError
 from pixsift.indexer.decode import default_max_pixels
-from pixsift.indexer.progress import IndexProgress
+from pixsift.indexer.progress import (
+    BUILDING_INDEX_PHASE,
+    SAVING_INDEX_PHASE,
+    IndexProgress,
+    phase_of_unknown_length,
+)
 from pixsift.indexer.report import IndexInterrupted, IndexReport
 from pixsift.indexer.run import Indexer, IndexSettings, RootRequest
 from pixsift.indexer.scan import unmounted_roots
@@ -48,6 +54,7 @@ def index_library(
         keep=tuple(unmounted),
     )
     walked = [r for r in requests if r.path not in skipped]
+    started = time.monotonic()
     report: IndexReport | None = None
     try:
         report = Indexer(catalog, embedder, settings, progress).run(walked)
@@ -57,15 +64,48 @@ def index_library(
     finally:  # also after Ctrl-C or an error: save what was committed into the FAISS index
         if report is not None:
             report.skipped_roots = skipped
-        with _interrupt_reported(report), _error_reported(report):
+        with _interrupt_reported(report), _error_reported(report), _timed(report, started):
             if (model := catalog.model()) is not None:
-                index.save_current(model.embed_dim)
-    with _interrupt_reported(report), _error_reported(report):
+                _save_index(index, model.embed_dim, progress)
+    with _interrupt_reported(report), _error_reported(report), _timed(report, started):
         if model is not None:
-            index.rebuild_if_drifted(model.embed_dim)
+            _rebuild_if_drifted(index, model.embed_dim, progress)
         if report.removed:
             prune_thumbnails(folder / THUMBNAILS_DIR, catalog.images)
     return report
+
+
+def _save_index(index: IndexKeeper, dim: int, progress: IndexProgress | None) -> None:
+    """Catch the search index up and save it, in a phase of its own when there is something
+    to write: at 100,000s of vectors that takes a while, after every file's bar has finished.
+    A run that changed nothing shows no phase (its index is only loaded, for the drift check)."""
+    work = index.save_work()
+    if work is None:
+        index.save_current(dim)
+        return
+    with phase_of_unknown_length(progress, BUILDING_INDEX_PHASE if work == "build" else SAVING_INDEX_PHASE):
+        index.save_current(dim)
+
+
+def _rebuild_if_drifted(index: IndexKeeper, dim: int, progress: IndexProgress | None) -> None:
+    """Rebuild the search index if it no longer suits the library (grown past a threshold,
+    say, from flat to HNSW): a build of many vectors is a long phase of its own."""
+    policy = index.rebuild_due()
+    if policy is not None:
+        with phase_of_unknown_length(progress, BUILDING_INDEX_PHASE):
+            index.rebuild(dim, policy)
+
+
+@contextmanager
+def _timed(report: IndexReport | None, started: float) -> Iterator[None]:
+    """The run's `elapsed_s` up to the end of the block, however it ends: the search index's
+    save and rebuild are part of the run (its summary's time, and a server job whose time
+    grew while they went on must not end with a smaller one)."""
+    try:
+        yield
+    finally:
+        if report is not None:
+            report.elapsed_s = max(report.elapsed_s, time.monotonic() - started)
 
 
 @contextmanager

@@ -12,6 +12,11 @@ from pixsift.models.spec import ModelSpec
 
 LOADING_PHASE = "Loading model"
 EMBEDDING_PHASE = "Embedding"
+# After the files: the search index caught up and written, or built anew (a minute or more
+# at 100,000s of vectors), shown so that bars all finished over a silent wait do not look hung.
+SAVING_INDEX_PHASE = "Saving search index"
+BUILDING_INDEX_PHASE = "Building search index"
+SEARCH_INDEX_PHASES = (SAVING_INDEX_PHASE, BUILDING_INDEX_PHASE)
 
 
 class IndexProgress(Protocol):
@@ -54,6 +59,20 @@ class SilentProgress:
 
     def stop(self) -> None:
         pass
+
+
+@contextmanager
+def phase_of_unknown_length(progress: IndexProgress | None, phase: str) -> Iterator[None]:
+    """`phase` shown while the block runs, without steps (a spinner); stopped however the block
+    ends, Ctrl-C included, so that nothing shows it still going after. None: nothing shown."""
+    if progress is None:
+        yield
+        return
+    progress.start(phase)
+    try:
+        yield
+    finally:
+        progress.stop()
 
 
 @contextmanager

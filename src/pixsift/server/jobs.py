@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pixsift.errors import LibraryBusyError, PixsiftError
-from pixsift.indexer.progress import EMBEDDING_PHASE
+from pixsift.indexer.progress import EMBEDDING_PHASE, SEARCH_INDEX_PHASES
 from pixsift.indexer.report import IndexReport
 from pixsift.library import Library
 from pixsift.server.errors import ApiError
@@ -73,9 +73,14 @@ class _JobProgress:
         self._counted_at: float | None = None
         self._embedding_since: float | None = None
         self._stopped_at: float | None = None
+        # `done` of `total` of the run's last phase over its files, as the search index's
+        # phases (without steps) began: what the ended job keeps (a cancelled job's 2 of 4).
+        self.last_steps: tuple[int, int | None] | None = None
 
     def start(self, phase: str, total: int | None = None) -> None:
         with self._lock:
+            if phase in SEARCH_INDEX_PHASES and self.last_steps is None:
+                self.last_steps = (self._job.done, self._job.total)
             self._job.phase, self._job.total, self._job.done = phase, total, 0
             self._embedding_since = time.monotonic() if phase == EMBEDDING_PHASE else None
             self._stopped_at = None
@@ -103,9 +108,10 @@ class _JobProgress:
         them as of its last count (a batch of a slow model may take a minute, a model's first
         export longer), and a client polling the job wants them growing meanwhile.
 
-        They grow while a phase goes on, `embed_s` only while images are left to embed: once
-        the last phase stopped (the search index is saved) they wait for the run's own, a
-        little larger, so a client never sees a time go back."""
+        They grow while a phase goes on (the search index's save and build too: the run's
+        own time counts them), `embed_s` only while images are left to embed: once the last
+        phase stopped they wait for the run's own, a little larger, so a client never sees a
+        time go back."""
         report, counted_at = self._job.report, self._counted_at
         if report is None or counted_at is None:
             return report
@@ -238,9 +244,12 @@ class JobManager:
         with self._lock:
             job.state, job.report, job.error = state, report, error
             job.cancel_too_late = job.cancel_requested and state != "cancelled"
-            # Its last phase ("Embedding") beside a final state read as still under way; `done`
-            # and `total` keep how far that phase got (a cancelled job's 2 of 4).
+            # Its last phase beside a final state read as still under way; `done` and `total`
+            # keep how far its files got (a cancelled job's 2 of 4), not the search index's
+            # save, which has no steps.
             job.phase = None
+            if self._progress is not None and self._progress.last_steps is not None:
+                job.done, job.total = self._progress.last_steps
             job.finished_at = datetime.now(UTC)
             self._running = None
             self._progress = None

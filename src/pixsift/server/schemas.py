@@ -186,10 +186,11 @@ class JobView(BaseModel):
     paths: list[str]
     state: str = Field(description="queued, running, succeeded, failed or cancelled")
     phase: str | None = Field(
-        description="What a running job is doing (Scanning, Embedding, ...); null while it is "
-        "queued and once it has ended"
+        description="What a running job is doing (Scanning, Embedding, ..., then Saving search "
+        "index or Building search index once its files are done); null while it is queued and "
+        "once it has ended"
     )
-    done: int = Field(description="Steps of its phase done; once it has ended, of its last phase")
+    done: int = Field(description="Steps of its phase done; once it has ended, of its files' last phase")
     total: int | None = Field(description="Steps in its phase, null while not known")
     created_at: datetime
     started_at: datetime | None
@@ -198,10 +199,10 @@ class JobView(BaseModel):
         description="What the index run did (an IndexReport): while it runs, what it has found "
         "and committed so far (`failed`: files that could not be read), growing batch by batch, "
         "with `elapsed_s` and `embed_s` (its embedding phase's time; (added + updated) / embed_s "
-        "is its rate) growing while it works, held while it saves the search index until the "
-        "final report; for a cancelled or failed job, what it committed "
-        "before it stopped, which stays; null until its scan has ended, and for a job that "
-        "ended before its run began"
+        "is its rate) growing while it works (`elapsed_s` also while it saves or builds the search "
+        "index), never going back, the final report's no smaller; for a cancelled or failed "
+        "job, what it committed before it stopped, which stays; null until its scan has ended, "
+        "and for a job that ended before its run began"
     )
     error: str | None
     cancel_requested: bool = Field(

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from filelock import FileLock, Timeout
 
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from pixsift.storage.index_build import IndexPolicy
     from pixsift.storage.index_choice import IndexThresholds
     from pixsift.storage.vector_index import VectorIndex
+
+# What a save at the end of an index run has to write (see `IndexKeeper.save_work`).
+SaveWork = Literal["save", "build"]
 
 
 class IndexKeeper:
@@ -105,15 +108,27 @@ class IndexKeeper:
             self._vectors = None
             self._checked = None
 
-    def rebuild_if_drifted(self, dim: int) -> None:
-        """After an index run: rebuild the index if it no longer suits the library."""
+    def save_work(self) -> SaveWork | None:
+        """What `save_current` will have to do, found cheaply (the file's header and the
+        catalog's generation, not the index): "build" the index from every stored vector, as
+        there is no index file that reads; "save" the file, which is behind the catalog; or
+        None, the file being caught up (it is only loaded, if it is not in memory yet)."""
+        from pixsift.storage.index_header import read_header
+
+        header = read_header(self.path)
+        if header is None:
+            return "build"
+        return None if int(header["generation"]) == self._catalog.generation() else "save"
+
+    def rebuild_due(self) -> IndexPolicy | None:
+        """After an index run: the policy to `rebuild` the index for when it no longer suits
+        the library; None while it does (or it is not in memory)."""
         from pixsift.storage.index_lifecycle import rebuild_reason
 
         if self._vectors is None:
-            return
+            return None
         policy = self.policy()
-        if rebuild_reason(self._vectors, policy) is not None:
-            self.rebuild(dim, policy)
+        return policy if rebuild_reason(self._vectors, policy) is not None else None
 
     def rebuild(self, dim: int, policy: IndexPolicy) -> None:
         """Build a new index outside the search lock (searches go on with the old one), then
