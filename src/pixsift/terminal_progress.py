@@ -45,7 +45,7 @@ class TerminalProgress:
     def __init__(self, console: Console) -> None:
         self._progress = _BarsAndFailures(
             SpinnerColumn(),
-            TextColumn("{task.description:<20}"),
+            TextColumn("{task.description:<21}"),  # the longest usual phase: "Building search index"
             BarColumn(bar_width=24),
             TextColumn("{task.fields[count]:>13} {task.fields[rate]:>9}"),
             TimeElapsedColumn(),
