@@ -137,14 +137,13 @@ def _copies_warning(found: CopiesOfMissingRoot) -> str:
     """What to do about new images that are copies of a missing indexed folder's: it was
     renamed or moved (then drop the old entries), or it is an unplugged drive and these are
     its backup (then both stay). `relocate` would refuse now, the new place being indexed."""
-    state = "missing" if not os.path.isdir(found.root) else "empty"
     copies = (
         "1 of the new images is a copy of an image"
         if found.copies == 1
         else f"{found.copies} of the new images are copies of images"
     )
     return (
-        f"warning: {copies} under {shown(found.root)}, which is {state} (unmounted?), so the library "
+        f"warning: {copies} under {shown(found.root)}, which is missing (unmounted?), so the library "
         f"lists them twice: if it moved to {shown(found.moved_to)}, drop the old entries with "
         f"pixsift forget {shlex.quote(found.root)} (those under {shown(found.moved_to)} stay indexed); "
         "if it is only unplugged, keep both"

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 @dataclass
 class CopiesOfMissingRoot:
-    """New images of a run that are copies of most images of a known root that is missing (or
-    empty, as an unplugged drive's mount point leaves it): it may have moved to `moved_to`.
+    """New images of a run that are copies of most images of a known root that is missing (not
+    one left empty, which may be an inbox emptied on purpose): it may have moved to `moved_to`.
     pixsift cannot tell a moved folder from an unplugged drive with a copy elsewhere, so both
     stay indexed, and the user is told how to drop the old one."""
 
-    root: str  # the indexed folder that is missing or empty
+    root: str  # the indexed folder that is missing
     copies: int  # new images of the run that are copies of images under it
     moved_to: str  # where the copies lie: the folder it seems to have become
 

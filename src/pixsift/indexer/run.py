@@ -299,7 +299,9 @@ class Indexer:
         """The unmounted roots most of whose images `copied` (new paths, by content hash) are
         copies of: a folder renamed (`mv ~/Photos ~/Pictures`) and indexed under its new name
         looks like this, and the user should hear it now, not at some later run."""
-        missing = self._settings.keep
+        # Only a folder that is not there: one left empty may be an inbox emptied into another
+        # root on purpose, whose own warning says how to keep it (leave a file in it).
+        missing = [root for root in self._settings.keep if not os.path.isdir(root)]
         if not copied or not missing:
             return []
         originals: dict[str, list[str]] = {}
