@@ -105,6 +105,28 @@ def test_health_and_stats(client: httpx.Client, shared: tuple[Library, Path, str
     assert stats["model"]["embed_dim"] == 64
     assert stats["roots"][0]["path"] == str(shared[1])
     assert stats["running_job"] is None
+    assert stats["roots"][0]["missing"] is False
+
+
+def test_stats_marks_an_indexed_folder_that_is_gone_as_status_does(
+    own: tuple[Library, Path], tmp_path: Path
+) -> None:
+    """`pixsift status` says `missing` beside a root folder that is not on disk, but /stats
+    listed it like any other: a client could not tell why its photos stayed in results."""
+    library, photos = own
+    gone = tmp_path / "Unplugged"
+    write_photos(gone, 2, size=(160, 120), seed=900)
+    library.index(gone, workers=2)
+    shutil.rmtree(gone)
+    with running_server(library) as url, httpx.Client(base_url=url, timeout=60) as http:
+        roots = http.get("/stats").json()["roots"]
+        schema = http.get("/openapi.json").json()["components"]["schemas"]["RootView"]
+    assert {(root["path"], root["missing"]) for root in roots} == {(str(photos), False), (str(gone), True)}
+    status = library.status()  # the same rule as the command line's status
+    assert [(r.path, r.path in status.missing_roots) for r in status.roots] == [
+        (root["path"], root["missing"]) for root in roots
+    ]
+    assert "missing" in schema["required"] and schema["properties"]["missing"]["description"]
 
 
 def test_search_get_and_post_match_the_library(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pixsift.indexer.progress import BUILDING_INDEX_PHASE, IndexProgress, phase_of_unknown_length
 from pixsift.indexer.scan import GONE_ERRNOS, unmounted_roots
 from pixsift.storage import Catalog
 from pixsift.storage.catalog import folder_prefix_range
@@ -305,7 +306,11 @@ def _file_state(path: str) -> str:
 
 
 def repair(
-    catalog: Catalog, index_path: Path, policy: IndexPolicy | None = None, change: Change | None = None
+    catalog: Catalog,
+    index_path: Path,
+    policy: IndexPolicy | None = None,
+    change: Change | None = None,
+    progress: IndexProgress | None = None,
 ) -> list[str]:
     """Fix what a check can find, short of a damaged database; returns what was done.
 
@@ -314,7 +319,8 @@ def repair(
     found moved by a later run gets its id and vector back; vectors that fit nothing are
     dropped (their images are embedded again by the next index run), and the search index is
     rebuilt from the stored vectors. `change` learns each repair as it is kept (see
-    `kept_on_interrupt`), so a Ctrl-C part-way can say which are.
+    `kept_on_interrupt`), so a Ctrl-C part-way can say which are. `progress` shows the rebuild
+    as a phase of its own, as an index run's: minutes of silence at 1M vectors otherwise.
     """
     change = change or Change()
     done: list[str] = []
@@ -344,8 +350,9 @@ def repair(
             if gone:
                 done.append(f"dropped {len(gone)} row(s) of files gone from disk")
     if model is not None and not index_path.is_dir():  # a folder there: check() says to move it
-        index = rebuild(catalog, model.embed_dim, policy)
-        index.save(index_path)
+        with phase_of_unknown_length(progress, BUILDING_INDEX_PHASE):
+            index = rebuild(catalog, model.embed_dim, policy)
+            index.save(index_path)
         done.append(f"rebuilt the search index from {index.count} stored vector(s)")
         change.committed = True
         with change.transaction(catalog.write()) as batch:

@@ -857,7 +857,8 @@ class Library:
 
         Ctrl-C before the first repair is kept leaves the library as it was (KeyboardInterrupt);
         one after raises InterruptedAfterCommit, whose `result` lists the repairs kept so far
-        (as `repairs` does): running the repair again finishes the job.
+        (as `repairs` does): running the repair again finishes the job. `progress` shows the
+        wait, then the search index's rebuild as a phase ("Building search index", no steps).
         """
         from pixsift import doctor
         from pixsift.storage.database import write_error
@@ -867,7 +868,7 @@ class Library:
             if any(problem.kind == "database" for problem in before.problems):
                 return before
             try:
-                done = doctor.repair(self._catalog, self.index_path, self._index.policy(), change)
+                done = doctor.repair(self._catalog, self.index_path, self._index.policy(), change, progress)
             except OSError as exc:
                 raise write_error(self.path, exc) from exc
             self._index.forget()  # reload the rebuilt index on the next search

@@ -90,7 +90,10 @@ def stats(library: LibraryDep, jobs: JobsDep) -> Stats:
             embed_dim=model.embed_dim,
             fingerprint=model.fingerprint,
         ),
-        roots=[RootView(path=r.path, last_indexed_at=r.last_indexed_at) for r in status.roots],
+        roots=[
+            RootView(path=r.path, last_indexed_at=r.last_indexed_at, missing=r.path in status.missing_roots)
+            for r in status.roots
+        ],
         generation=status.generation,
         index_file=status.index_file.state,
         disk_bytes=status.disk_bytes,

@@ -229,6 +229,11 @@ class ModelView(BaseModel):
 class RootView(BaseModel):
     path: str
     last_indexed_at: datetime | None
+    missing: bool = Field(
+        description="The folder is not on disk now (unmounted, moved or deleted): index jobs keep "
+        "its images, and searches return them, until `pixsift relocate` or `pixsift forget` says "
+        "what became of it (as `pixsift status` marks it)"
+    )
 
 
 class Stats(BaseModel):
