@@ -129,6 +129,23 @@ def test_stats_marks_an_indexed_folder_that_is_gone_as_status_does(
     assert "missing" in schema["required"] and schema["properties"]["missing"]["description"]
 
 
+def test_stats_says_why_the_index_file_is_damaged_as_status_does(own: tuple[Library, Path]) -> None:
+    """/stats said "damaged" but not why, which `pixsift status` does: a client could not tell
+    a cut-short copy from a file that is not a pixsift index at all."""
+    library, _ = own
+    index_file = library.path / "vectors.faiss"
+    with running_server(library) as url, httpx.Client(base_url=url, timeout=60) as http:
+        healthy = http.get("/stats").json()
+        os.truncate(index_file, index_file.stat().st_size // 2)
+        damaged = http.get("/stats").json()
+        schema = http.get("/openapi.json").json()["components"]["schemas"]["Stats"]
+    assert (healthy["index_file"], healthy["index_damage"]) == ("up to date", None)
+    status = library.status().index_file  # the same words as the command line's status
+    assert damaged["index_file"] == status.state == "damaged"
+    assert damaged["index_damage"] == status.damage and "cut short" in damaged["index_damage"]
+    assert "index_damage" in schema["required"] and schema["properties"]["index_damage"]["description"]
+
+
 def test_search_get_and_post_match_the_library(
     client: httpx.Client, shared: tuple[Library, Path, str]
 ) -> None:

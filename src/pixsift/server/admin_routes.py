@@ -96,6 +96,7 @@ def stats(library: LibraryDep, jobs: JobsDep) -> Stats:
         ],
         generation=status.generation,
         index_file=status.index_file.state,
+        index_damage=status.index_file.damage,
         disk_bytes=status.disk_bytes,
         running_job=None if running is None else running.id,
     )

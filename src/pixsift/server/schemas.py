@@ -244,7 +244,14 @@ class Stats(BaseModel):
     model: ModelView | None
     roots: list[RootView]
     generation: int
-    index_file: str
+    index_file: str = Field(
+        description='The search index file: "up to date", "caught up on load", "stale", "missing", '
+        '"damaged" or "unreadable" (as `pixsift status` says it)'
+    )
+    index_damage: str | None = Field(
+        description="What is wrong with a damaged or unreadable index file (null otherwise); "
+        "searches answer from an index rebuilt from the stored vectors"
+    )
     disk_bytes: int
     running_job: str | None
 
