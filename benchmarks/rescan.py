@@ -60,7 +60,9 @@ PROFILE_ROWS = [
     ("  plan (plan_folder)", "indexer/plan.py", "plan_folder"),
     ("  moves and deletions (settle)", "indexer/run.py", "_settle_by_content"),
     ("  Indexer.run (walk, plan, settle, commits)", "indexer/run.py", "run"),
-    ("  search index catch-up and save", "storage/index_keeper.py", "refresh"),
+    # what an index run calls at its end (`refresh` is the search's; a run no longer calls it)
+    ("  search index catch-up and save", "storage/index_keeper.py", "save_current"),
+    ("    of which: loading the index file", "storage/vector_index.py", "load"),
     ("  search index drift check", "storage/index_keeper.py", "rebuild_due"),
 ]
 

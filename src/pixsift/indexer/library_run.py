@@ -78,7 +78,8 @@ def index_library(
 def _save_index(index: IndexKeeper, dim: int, progress: IndexProgress | None) -> None:
     """Catch the search index up and save it, in a phase of its own when there is something
     to write: at 100,000s of vectors that takes a while, after every file's bar has finished.
-    A run that changed nothing shows no phase (its index is only loaded, for the drift check)."""
+    A run that changed nothing shows no phase (nor loads its index: the file's header answers
+    the drift check)."""
     work = index.save_work()
     if work is None:
         index.save_current(dim)
@@ -90,7 +91,7 @@ def _save_index(index: IndexKeeper, dim: int, progress: IndexProgress | None) ->
 def _rebuild_if_drifted(index: IndexKeeper, dim: int, progress: IndexProgress | None) -> None:
     """Rebuild the search index if it no longer suits the library (grown past a threshold,
     say, from flat to HNSW): a build of many vectors is a long phase of its own."""
-    policy = index.rebuild_due()
+    policy = index.rebuild_due(dim)
     if policy is not None:
         with phase_of_unknown_length(progress, BUILDING_INDEX_PHASE):
             index.rebuild(dim, policy)

@@ -153,6 +153,34 @@ def _sizes_differ(header: dict[str, Any], kind: IndexKind, dim: int, positions: 
     return f"its FAISS data holds {positions:,} vectors of {dim}, its header says {said:,} of {said_dim}"
 
 
+@dataclass(frozen=True)
+class IndexShape:
+    """What the decision to rebuild an index asks of it (`index_lifecycle.rebuild_reason`):
+    its kind, size and training. An index in memory gives it (`VectorIndex.shape`), and so does
+    a saved file's header alone (`saved_shape`): an index run that changed nothing decides from
+    the header, not from a load of the whole file (GBs at a million vectors)."""
+
+    kind: IndexKind
+    dim: int
+    count: int  # live vectors
+    tombstones: int = 0  # hnsw: graph positions of removed vectors
+    trained_count: int = 0
+
+
+def saved_shape(header: dict[str, Any]) -> IndexShape | None:
+    """The shape of the index a header describes; None where the header does not say all of it
+    (files saved before the vector count was recorded: they are loaded to tell)."""
+    try:
+        meta = IndexMeta.from_dict(header)
+        count = int(header["count"])
+        # One 8-byte label per graph position, live or not (the other kinds keep no labels).
+        positions = int(header["label_bytes"]) // 8 if meta.plan.kind is IndexKind.hnsw else count
+        shape = IndexShape(meta.plan.kind, int(header["dim"]), count, positions - count, meta.trained_count)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return shape if min(shape.count, shape.tombstones, shape.dim) >= 0 else None
+
+
 def read_generation(path: Path) -> int | None:
     """The generation stamped in a saved index, reading only its header; None if unreadable."""
     header = read_header(path)

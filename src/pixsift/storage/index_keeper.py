@@ -27,6 +27,7 @@ from pixsift.storage.catalog import Catalog
 if TYPE_CHECKING:
     from pixsift.storage.index_build import IndexPolicy
     from pixsift.storage.index_choice import IndexThresholds
+    from pixsift.storage.index_header import IndexShape
     from pixsift.storage.vector_index import VectorIndex
 
 # What a save at the end of an index run has to write (see `IndexKeeper.save_work`).
@@ -84,9 +85,20 @@ class IndexKeeper:
 
     def save_current(self, dim: int) -> None:
         """At the end of an index run (the caller holds the write lock): catch the index up and
-        save it whenever the file is behind at all, once a run; LibraryWriteError if it cannot."""
+        save it whenever the file is behind at all, once a run; LibraryWriteError if it cannot.
+
+        A file already caught up is not loaded (unless the index is in memory anyway, as in a
+        server): its header tells `rebuild_due` all it asks, and reading a whole index to
+        change nothing cost seconds and GBs of memory at a million vectors."""
         with self._lock:
+            if self._vectors is None and self._caught_up_shape(dim) is not None:
+                return
             self._refresh(dim, locked=True, always=True)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the index is in memory (else the next use reads the file)."""
+        return self._vectors is not None
 
     def after_change(self, dim: int) -> None:
         """After a delete or a forget committed (the caller holds the write lock): catch the
@@ -120,15 +132,37 @@ class IndexKeeper:
             return "build"
         return None if int(header["generation"]) == self._catalog.generation() else "save"
 
-    def rebuild_due(self) -> IndexPolicy | None:
-        """After an index run: the policy to `rebuild` the index for when it no longer suits
-        the library; None while it does (or it is not in memory)."""
+    def rebuild_due(self, dim: int) -> IndexPolicy | None:
+        """After an index run (after `save_current`): the policy to `rebuild` the index for
+        when it no longer suits the library; None while it does. Asked of the index in memory,
+        else of the caught-up file's header (the rebuild reads the database, not the file)."""
         from pixsift.storage.index_lifecycle import rebuild_reason
 
-        if self._vectors is None:
+        shape = self._vectors.shape if self._vectors is not None else self._caught_up_shape(dim)
+        if shape is None:
             return None
         policy = self.policy()
-        return policy if rebuild_reason(self._vectors, policy) is not None else None
+        return policy if rebuild_reason(shape, policy) is not None else None
+
+    def _caught_up_shape(self, dim: int) -> IndexShape | None:
+        """The shape of the saved index, from its header alone, when the file is at the
+        catalog's generation and for vectors of `dim`; None when it is not, or when its header
+        does not say (an older file) or shows damage (cut short): those are loaded, which
+        catches up, rebuilds and saves as need be.
+
+        Damage inside a file whose header and size are right (its checksum, which only a read
+        of the whole file checks) is not looked for here: the next search fails to load it,
+        rebuilds it from the database and saves it, and `pixsift doctor` reports it."""
+        from pixsift.storage.index_header import check_file, saved_shape
+
+        found = check_file(self.path)
+        header = found.header
+        if header is None or found.damage is not None:
+            return None
+        if int(header["generation"]) != self._catalog.generation():
+            return None
+        shape = saved_shape(header)
+        return shape if shape is not None and shape.dim == dim else None
 
     def rebuild(self, dim: int, policy: IndexPolicy) -> None:
         """Build a new index outside the search lock (searches go on with the old one), then

@@ -24,6 +24,7 @@ from pixsift.storage.index_choice import (
     IndexThresholds,
     drifted,
 )
+from pixsift.storage.index_header import IndexShape
 from pixsift.storage.vector_index import VectorIndex
 
 if TYPE_CHECKING:
@@ -97,20 +98,21 @@ def catch_up(catalog: Catalog, index: VectorIndex, policy: IndexPolicy | None = 
     return index
 
 
-def rebuild_reason(index: VectorIndex, policy: IndexPolicy) -> str | None:
-    """Why `index` should be rebuilt for `policy`, or None while it still fits."""
+def rebuild_reason(index: IndexShape, policy: IndexPolicy) -> str | None:
+    """Why an index of this shape (one in memory, or a saved file's header) should be rebuilt
+    for `policy`, or None while it still fits."""
     wanted = wanted_kind(index, policy)
     if wanted is not index.kind:
         return f"{index.count:,} vectors now call for a {wanted.value} index, not {index.kind.value}"
-    if index.kind is not IndexKind.flat and drifted(index.meta.trained_count, index.count, policy.thresholds):
-        return f"the index was built for {index.meta.trained_count:,} vectors and now holds {index.count:,}"
+    if index.kind is not IndexKind.flat and drifted(index.trained_count, index.count, policy.thresholds):
+        return f"the index was built for {index.trained_count:,} vectors and now holds {index.count:,}"
     positions = index.count + index.tombstones
     if index.tombstones and index.tombstones > TOMBSTONE_SHARE * positions:
         return f"{index.tombstones:,} of {positions:,} graph positions are removed images"
     return None
 
 
-def wanted_kind(index: VectorIndex, policy: IndexPolicy) -> IndexKind:
+def wanted_kind(index: IndexShape, policy: IndexPolicy) -> IndexKind:
     """The kind `policy` picks for `index`'s count: a larger one as soon as the library
     outgrows this one, a smaller one only once it is `SHRINK_MARGIN` below the threshold."""
     wanted = policy.plan(index.count, index.dim).kind

@@ -29,7 +29,7 @@ import faiss  # its bundled stubs are SWIG-generated; the few ignores below are 
 import numpy as np
 
 from pixsift.storage.index_choice import IndexKind
-from pixsift.storage.index_header import CHECKSUMMED_FORMAT, FILE_FORMAT, MAGIC, header_from
+from pixsift.storage.index_header import CHECKSUMMED_FORMAT, FILE_FORMAT, MAGIC, IndexShape, header_from
 from pixsift.storage.index_header import IndexMeta as IndexMeta
 from pixsift.storage.index_header import read_generation as read_generation
 from pixsift.storage.index_header import read_header as read_header
@@ -97,6 +97,11 @@ class VectorIndex:
     def tombstones(self) -> int:
         """Positions of removed vectors still in an HNSW graph (0 for the other kinds)."""
         return int(np.count_nonzero(self._labels < 0)) if self.kind is IndexKind.hnsw else 0
+
+    @property
+    def shape(self) -> IndexShape:
+        """Its kind, size and training: what the decision to rebuild it asks."""
+        return IndexShape(self.kind, self.dim, self.count, self.tombstones, self.meta.trained_count)
 
     def memory_bytes(self) -> int:
         """What the index holds in memory, counted from its parts (without copying them)."""
