@@ -28,6 +28,7 @@ from conftest import TinyModel
 from pixsift import Library, SearchFilters
 from pixsift.config import LOCK_WAIT_S
 from pixsift.errors import BusyError, ImageError, InvalidOptionError, LibraryWriteError
+from pixsift.formatting import status_as_json
 from pixsift.indexer import decode, pipeline
 from pixsift.indexer.progress import SilentProgress
 from pixsift.indexer.report import IndexInterrupted
@@ -36,6 +37,7 @@ from pixsift.server.errors import status_of
 from pixsift.server.jobs import Job, JobManager, _JobProgress
 from pixsift.server.limits import MAX_JSON_BYTES
 from pixsift.server.settings import UnsafeBindError
+from pixsift.storage.index_choice import IndexThresholds
 from pixsift.thumbnails import MAX_VARIANTS, RENDERING
 from sample_photos import make_photo, save, write_photos
 from serving import API_KEY, indexed_library, running_server
@@ -144,6 +146,62 @@ def test_stats_says_why_the_index_file_is_damaged_as_status_does(own: tuple[Libr
     assert damaged["index_file"] == status.state == "damaged"
     assert damaged["index_damage"] == status.damage and "cut short" in damaged["index_damage"]
     assert "index_damage" in schema["required"] and schema["properties"]["index_damage"]["description"]
+
+
+def stats_and_schema(library: Library) -> tuple[dict[str, Any], dict[str, Any]]:
+    """GET /stats of a server on `library`, and the OpenAPI schemas of its answer."""
+    with running_server(library) as url, httpx.Client(base_url=url, timeout=60) as http:
+        stats = http.get("/stats").json()
+        schemas = http.get("/openapi.json").json()["components"]["schemas"]
+    return stats, schemas
+
+
+def test_stats_tells_the_index_kind_and_tuning_as_status_does(own: tuple[Library, Path]) -> None:
+    """/stats gave the index file's state alone: a client could not tell an exact (flat) index
+    from an approximate one, its tuned parameter and recall, or how many changes loading it
+    replays, which `pixsift status --format json` gives in its `index` object."""
+    library, _ = own
+    library.delete(library.search("a red bicycle", k=1)[0].id)  # one change for loading to replay
+    stats, schemas = stats_and_schema(library)
+    status = library.status()  # the same object, under the same names, as the command line's
+    assert stats["index"] == json.loads(status_as_json(status, None))["index"]
+    assert stats["index"]["kind"] == "flat" and stats["index"]["search_param"] is None
+    assert (stats["index"]["state"], stats["index"]["changes"]) == ("caught up on load", 1)
+    assert (stats["index_file"], stats["index_damage"]) == (stats["index"]["state"], None)  # kept
+    assert stats["index"]["generation"] == stats["generation"] - 1
+    assert "index" in schemas["Stats"]["required"] and schemas["Stats"]["properties"]["index"]["description"]
+    view = schemas["IndexView"]
+    assert set(view["properties"]) == set(stats["index"]) == set(view["required"])
+    assert all(field["description"] for field in view["properties"].values())
+
+
+def test_stats_tells_an_hnsw_index_its_tuned_ef_search_and_recall(
+    tmp_path: Path, photo_set: Path, tiny_model: TinyModel
+) -> None:
+    """A library grown onto HNSW: /stats names the kind, its efSearch and the recall it was
+    tuned to, as the index file's header records them and `Library.status()` reads them."""
+    photos = make_photos(tmp_path / "Photos", photo_set)
+    small = IndexThresholds(flat_max=5, exact_filter_max=2)  # 15 images: past flat
+    with Library.open(tmp_path / "library", index_thresholds=small) as library:
+        library.index(photos, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint), workers=2)
+        stats, _ = stats_and_schema(library)
+        state = library.status().index_file
+        summary = library.index_summary()
+    assert stats["index"] == {
+        "state": "up to date",
+        "generation": stats["generation"],
+        "changes": None,
+        "kind": "hnsw",
+        "search_param": state.search_param,
+        "tuned_recall_at_10": state.recall,
+        "damage": None,
+    }
+    assert (summary.kind, summary.search_param, summary.recall) == (
+        "hnsw",
+        stats["index"]["search_param"],
+        stats["index"]["tuned_recall_at_10"],
+    )
+    assert stats["index"]["search_param"] > 0 and 0 < stats["index"]["tuned_recall_at_10"] <= 1
 
 
 def test_search_get_and_post_match_the_library(

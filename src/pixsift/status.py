@@ -50,6 +50,19 @@ class IndexFileState:
     changes: int | None = None
     damage: str | None = None
 
+    def as_json(self) -> dict[str, object]:
+        """The `index` object of `pixsift status --format json` and of the service's GET /stats:
+        one set of names, so that a script reads both alike."""
+        return {
+            "state": self.state,
+            "generation": self.generation,
+            "changes": self.changes,
+            "kind": self.kind,
+            "search_param": self.search_param,
+            "tuned_recall_at_10": self.recall,
+            "damage": self.damage,
+        }
+
 
 @dataclass(frozen=True)
 class IndexSummary:

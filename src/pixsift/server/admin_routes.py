@@ -11,7 +11,7 @@ from pixsift.server.auth import require_write_access
 from pixsift.server.deps import ERRORS, jobs_of, library_of
 from pixsift.server.errors import ApiError
 from pixsift.server.jobs import HISTORY, Job, JobManager
-from pixsift.server.schemas import IndexBody, JobView, ModelView, RootView, Stats
+from pixsift.server.schemas import IndexBody, IndexView, JobView, ModelView, RootView, Stats
 
 router = APIRouter(responses=ERRORS)
 LibraryDep = Annotated[Library, Depends(library_of)]
@@ -73,7 +73,8 @@ def cancel_job(jobs: JobsDep, job_id: JobId) -> JobView:
 
 @router.get("/stats", response_model=Stats, tags=["service"])
 def stats(library: LibraryDep, jobs: JobsDep) -> Stats:
-    """How many images, which model, which roots, how fresh the index, what is running."""
+    """How many images, which model, which roots, the search index file (how fresh, its kind
+    and tuning), what is running."""
     status = library.status()
     model = status.model
     running = jobs.running()
@@ -97,6 +98,7 @@ def stats(library: LibraryDep, jobs: JobsDep) -> Stats:
         generation=status.generation,
         index_file=status.index_file.state,
         index_damage=status.index_file.damage,
+        index=IndexView.model_validate(status.index_file.as_json()),
         disk_bytes=status.disk_bytes,
         running_job=None if running is None else running.id,
     )

@@ -236,6 +236,39 @@ class RootView(BaseModel):
     )
 
 
+class IndexView(BaseModel):
+    """The search index file, as `pixsift status --format json` gives its `index` object."""
+
+    # A name the core's status adds and this model lacks fails every /stats: not dropped unseen.
+    model_config = ConfigDict(extra="forbid")
+
+    state: str = Field(
+        description='"up to date"; "caught up on load" (saved before a few changes such as deletes, '
+        'which loading it replays from the database: normal); "stale" (rebuilt as it is next loaded); '
+        '"missing"; "damaged" (rebuilt from the stored vectors by the next search or index run); or '
+        '"unreadable" (it cannot be opened: searches answer from an index rebuilt in memory)'
+    )
+    generation: int | None = Field(
+        description="The database generation it was saved at (the top-level `generation` is the "
+        "database's now); null when it is missing, or its header cannot be read"
+    )
+    changes: int | None = Field(
+        description='How many logged changes loading it replays, when "caught up on load"; else null'
+    )
+    kind: str | None = Field(
+        description='"flat" (exact search), "hnsw" or "ivfpq" (approximate), as its header '
+        "records it; null when not known"
+    )
+    search_param: int | None = Field(
+        description="Its tuned efSearch (hnsw) or nprobe (ivfpq); null for flat, or when not known"
+    )
+    tuned_recall_at_10: float | None = Field(
+        description="The recall@10 against exact search measured when it was tuned; null for "
+        "flat, or when not known"
+    )
+    damage: str | None = Field(description="Why it is damaged or unreadable; null otherwise")
+
+
 class Stats(BaseModel):
     images: int
     indexed: int
@@ -251,6 +284,11 @@ class Stats(BaseModel):
     index_damage: str | None = Field(
         description="What is wrong with a damaged or unreadable index file (null otherwise); "
         "searches answer from an index rebuilt from the stored vectors"
+    )
+    index: IndexView = Field(
+        description="The search index file in detail: its state, kind, tuning and damage (as "
+        "`pixsift status --format json` gives them); `index_file` and `index_damage` repeat its "
+        "`state` and `damage`"
     )
     disk_bytes: int
     running_job: str | None
