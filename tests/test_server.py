@@ -202,6 +202,28 @@ def test_stats_tells_an_hnsw_index_its_tuned_ef_search_and_recall(
         stats["index"]["tuned_recall_at_10"],
     )
     assert stats["index"]["search_param"] > 0 and 0 < stats["index"]["tuned_recall_at_10"] <= 1
+    assert stats["index_in_memory"] == summary.as_json()  # what reindex prints, as JSON
+
+
+def test_stats_tells_the_index_held_in_memory_without_loading_one(own: tuple[Library, Path]) -> None:
+    """Nothing the service answered said what its search index takes in memory, or how many
+    vectors and HNSW tombstones it holds (`Library.index_summary()`): /stats now does, for the
+    index in memory, and loads none to say it."""
+    library, _ = own
+    with Library.open(library.path) as cold:  # a process that has not searched yet
+        before, schemas = stats_and_schema(cold)
+        assert before["index_in_memory"] is None and cold.loaded_index_summary() is None  # not loaded
+        cold.search("a cat on a sofa", k=1)
+        after, _ = stats_and_schema(cold)
+        summary = cold.index_summary()
+    assert after["index_in_memory"] == summary.as_json()
+    assert (after["index_in_memory"]["kind"], after["index_in_memory"]["vectors"]) == ("flat", 15)
+    assert after["index_in_memory"]["memory_bytes"] == summary.memory_bytes > 0
+    assert before["index"] == after["index"]  # the file's state, told either way
+    view = schemas["IndexMemoryView"]
+    assert set(view["properties"]) == set(summary.as_json()) == set(view["required"])
+    assert all(field["description"] for field in view["properties"].values())
+    assert schemas["Stats"]["properties"]["index_in_memory"]["description"]
 
 
 def test_search_get_and_post_match_the_library(

@@ -76,6 +76,19 @@ class IndexSummary:
     trained_count: int
     tombstones: int
 
+    def as_json(self) -> dict[str, object]:
+        """Its JSON form (the service's GET /stats `index_in_memory`), with the names of
+        `IndexFileState.as_json` where the fact is the same."""
+        return {
+            "kind": self.kind,
+            "vectors": self.vectors,
+            "memory_bytes": self.memory_bytes,
+            "search_param": self.search_param,
+            "tuned_recall_at_10": self.recall,
+            "trained_count": self.trained_count,
+            "tombstones": self.tombstones,
+        }
+
 
 @dataclass(frozen=True)
 class LibraryStatus:

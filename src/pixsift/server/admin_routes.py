@@ -11,7 +11,15 @@ from pixsift.server.auth import require_write_access
 from pixsift.server.deps import ERRORS, jobs_of, library_of
 from pixsift.server.errors import ApiError
 from pixsift.server.jobs import HISTORY, Job, JobManager
-from pixsift.server.schemas import IndexBody, IndexView, JobView, ModelView, RootView, Stats
+from pixsift.server.schemas import (
+    IndexBody,
+    IndexMemoryView,
+    IndexView,
+    JobView,
+    ModelView,
+    RootView,
+    Stats,
+)
 
 router = APIRouter(responses=ERRORS)
 LibraryDep = Annotated[Library, Depends(library_of)]
@@ -76,6 +84,7 @@ def stats(library: LibraryDep, jobs: JobsDep) -> Stats:
     """How many images, which model, which roots, the search index file (how fresh, its kind
     and tuning), what is running."""
     status = library.status()
+    in_memory = library.loaded_index_summary()
     model = status.model
     running = jobs.running()
     return Stats(
@@ -99,6 +108,7 @@ def stats(library: LibraryDep, jobs: JobsDep) -> Stats:
         index_file=status.index_file.state,
         index_damage=status.index_file.damage,
         index=IndexView.model_validate(status.index_file.as_json()),
+        index_in_memory=None if in_memory is None else IndexMemoryView.model_validate(in_memory.as_json()),
         disk_bytes=status.disk_bytes,
         running_job=None if running is None else running.id,
     )

@@ -269,6 +269,28 @@ class IndexView(BaseModel):
     damage: str | None = Field(description="Why it is damaged or unreadable; null otherwise")
 
 
+class IndexMemoryView(BaseModel):
+    """The search index the service holds in memory, as `Library.index_summary()` describes it."""
+
+    model_config = ConfigDict(extra="forbid")  # as IndexView: a new core name is not dropped
+
+    kind: str = Field(description='"flat" (exact search), "hnsw" or "ivfpq" (approximate)')
+    vectors: int = Field(description="The vectors it holds, as of the last search or index job")
+    memory_bytes: int = Field(description="What it takes in memory, counted from its parts")
+    search_param: int | None = Field(description="Its tuned efSearch (hnsw) or nprobe (ivfpq); null for flat")
+    tuned_recall_at_10: float | None = Field(
+        description="The recall@10 against exact search measured when it was tuned; null for flat"
+    )
+    trained_count: int = Field(
+        description="The vectors it was built for: an index job rebuilds it (hnsw, ivfpq) once the "
+        "library has grown or shrunk a lot from this"
+    )
+    tombstones: int = Field(
+        description="Places of removed images still in an HNSW graph (0 for the other kinds); "
+        "an index job rebuilds the graph once they are many"
+    )
+
+
 class Stats(BaseModel):
     images: int
     indexed: int
@@ -289,6 +311,11 @@ class Stats(BaseModel):
         description="The search index file in detail: its state, kind, tuning and damage (as "
         "`pixsift status --format json` gives them); `index_file` and `index_damage` repeat its "
         "`state` and `damage`"
+    )
+    index_in_memory: IndexMemoryView | None = Field(
+        description="The search index this service holds in memory (loaded at start, caught up "
+        "by each search and index job): its kind, size and memory; null while none is loaded (a "
+        "library with no images yet). Never loaded or built to answer this"
     )
     disk_bytes: int
     running_job: str | None
