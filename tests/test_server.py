@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,34 @@ def test_stats_marks_an_indexed_folder_that_is_gone_as_status_does(
         (root["path"], root["missing"]) for root in roots
     ]
     assert "missing" in schema["required"] and schema["properties"]["missing"]["description"]
+
+
+def test_stats_tells_how_each_root_is_walked_as_status_does(
+    own: tuple[Library, Path], tmp_path: Path
+) -> None:
+    """/stats listed a root's path and times alone, where `pixsift status --format json` also
+    says whether its hidden files are indexed and its links followed, which POST /index reuses:
+    a client could not tell why photos in a dot folder were never found."""
+    library, photos = own
+    hidden = tmp_path / "Hidden"
+    write_photos(hidden / ".trip", 2, size=(160, 120), seed=901)
+    library.index(hidden, include_hidden=True, workers=2)
+    stats, schemas = stats_and_schema(library)
+    listed = json.loads(status_as_json(library.status(), None))["roots"]
+
+    def as_listed(root: dict[str, Any]) -> dict[str, Any]:  # the times as instants, not text
+        return {
+            **root,
+            "added_at": datetime.fromisoformat(root["added_at"]),
+            "last_indexed_at": datetime.fromisoformat(root["last_indexed_at"]),
+        }
+
+    assert [as_listed(root) for root in stats["roots"]] == [as_listed(root) for root in listed]
+    walked = {root["path"]: (root["include_hidden"], root["follow_symlinks"]) for root in stats["roots"]}
+    assert walked == {str(photos): (False, False), str(hidden): (True, False)}
+    view = schemas["RootView"]
+    assert set(view["properties"]) == set(listed[0]) == set(view["required"])
+    assert all(view["properties"][name]["description"] for name in ("include_hidden", "follow_symlinks"))
 
 
 def test_stats_says_why_the_index_file_is_damaged_as_status_does(own: tuple[Library, Path]) -> None:

@@ -20,6 +20,7 @@ from pixsift.server.schemas import (
     RootView,
     Stats,
 )
+from pixsift.storage import RootInfo
 
 router = APIRouter(responses=ERRORS)
 LibraryDep = Annotated[Library, Depends(library_of)]
@@ -79,6 +80,18 @@ def cancel_job(jobs: JobsDep, job_id: JobId) -> JobView:
     return _view(cancelled)
 
 
+def _root_view(root: RootInfo, missing_roots: tuple[str, ...]) -> RootView:
+    """An indexed folder as `pixsift status --format json` lists it, under the same names."""
+    return RootView(
+        path=root.path,
+        include_hidden=root.include_hidden,
+        follow_symlinks=root.follow_symlinks,
+        added_at=root.added_at,
+        last_indexed_at=root.last_indexed_at,
+        missing=root.path in missing_roots,
+    )
+
+
 @router.get("/stats", response_model=Stats, tags=["service"])
 def stats(library: LibraryDep, jobs: JobsDep) -> Stats:
     """How many images, which model, which roots, the search index file (how fresh, its kind
@@ -100,10 +113,7 @@ def stats(library: LibraryDep, jobs: JobsDep) -> Stats:
             embed_dim=model.embed_dim,
             fingerprint=model.fingerprint,
         ),
-        roots=[
-            RootView(path=r.path, last_indexed_at=r.last_indexed_at, missing=r.path in status.missing_roots)
-            for r in status.roots
-        ],
+        roots=[_root_view(root, status.missing_roots) for root in status.roots],
         generation=status.generation,
         index_file=status.index_file.state,
         index_damage=status.index_file.damage,

@@ -228,6 +228,14 @@ class ModelView(BaseModel):
 
 class RootView(BaseModel):
     path: str
+    include_hidden: bool = Field(
+        description="Its hidden files and folders (dot names) are indexed: it was last indexed "
+        "by name with `--include-hidden`; POST /index walks it so"
+    )
+    follow_symlinks: bool = Field(
+        description="Symbolic links inside it are followed (`--follow-symlinks`); POST /index walks it so"
+    )
+    added_at: datetime = Field(description="When it was first indexed")
     last_indexed_at: datetime | None
     missing: bool = Field(
         description="The folder is not on disk now (unmounted, moved or deleted): index jobs keep "
