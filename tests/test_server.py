@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from conftest import TinyModel
 from pixsift import Library, SearchFilters
 from pixsift.config import LOCK_WAIT_S
 from pixsift.errors import BusyError, ImageError, InvalidOptionError, LibraryWriteError
+from pixsift.formatting import status_as_json
 from pixsift.indexer import decode, pipeline
 from pixsift.indexer.progress import SilentProgress
 from pixsift.indexer.report import IndexInterrupted
@@ -36,6 +38,7 @@ from pixsift.server.errors import status_of
 from pixsift.server.jobs import Job, JobManager, _JobProgress
 from pixsift.server.limits import MAX_JSON_BYTES
 from pixsift.server.settings import UnsafeBindError
+from pixsift.storage.index_choice import IndexThresholds
 from pixsift.thumbnails import MAX_VARIANTS, RENDERING
 from sample_photos import make_photo, save, write_photos
 from serving import API_KEY, indexed_library, running_server
@@ -129,6 +132,34 @@ def test_stats_marks_an_indexed_folder_that_is_gone_as_status_does(
     assert "missing" in schema["required"] and schema["properties"]["missing"]["description"]
 
 
+def test_stats_tells_how_each_root_is_walked_as_status_does(
+    own: tuple[Library, Path], tmp_path: Path
+) -> None:
+    """/stats listed a root's path and times alone, where `pixsift status --format json` also
+    says whether its hidden files are indexed and its links followed, which POST /index reuses:
+    a client could not tell why photos in a dot folder were never found."""
+    library, photos = own
+    hidden = tmp_path / "Hidden"
+    write_photos(hidden / ".trip", 2, size=(160, 120), seed=901)
+    library.index(hidden, include_hidden=True, workers=2)
+    stats, schemas = stats_and_schema(library)
+    listed = json.loads(status_as_json(library.status(), None))["roots"]
+
+    def as_listed(root: dict[str, Any]) -> dict[str, Any]:  # the times as instants, not text
+        return {
+            **root,
+            "added_at": datetime.fromisoformat(root["added_at"]),
+            "last_indexed_at": datetime.fromisoformat(root["last_indexed_at"]),
+        }
+
+    assert [as_listed(root) for root in stats["roots"]] == [as_listed(root) for root in listed]
+    walked = {root["path"]: (root["include_hidden"], root["follow_symlinks"]) for root in stats["roots"]}
+    assert walked == {str(photos): (False, False), str(hidden): (True, False)}
+    view = schemas["RootView"]
+    assert set(view["properties"]) == set(listed[0]) == set(view["required"])
+    assert all(view["properties"][name]["description"] for name in ("include_hidden", "follow_symlinks"))
+
+
 def test_stats_says_why_the_index_file_is_damaged_as_status_does(own: tuple[Library, Path]) -> None:
     """/stats said "damaged" but not why, which `pixsift status` does: a client could not tell
     a cut-short copy from a file that is not a pixsift index at all."""
@@ -144,6 +175,84 @@ def test_stats_says_why_the_index_file_is_damaged_as_status_does(own: tuple[Libr
     assert damaged["index_file"] == status.state == "damaged"
     assert damaged["index_damage"] == status.damage and "cut short" in damaged["index_damage"]
     assert "index_damage" in schema["required"] and schema["properties"]["index_damage"]["description"]
+
+
+def stats_and_schema(library: Library) -> tuple[dict[str, Any], dict[str, Any]]:
+    """GET /stats of a server on `library`, and the OpenAPI schemas of its answer."""
+    with running_server(library) as url, httpx.Client(base_url=url, timeout=60) as http:
+        stats = http.get("/stats").json()
+        schemas = http.get("/openapi.json").json()["components"]["schemas"]
+    return stats, schemas
+
+
+def test_stats_tells_the_index_kind_and_tuning_as_status_does(own: tuple[Library, Path]) -> None:
+    """/stats gave the index file's state alone: a client could not tell an exact (flat) index
+    from an approximate one, its tuned parameter and recall, or how many changes loading it
+    replays, which `pixsift status --format json` gives in its `index` object."""
+    library, _ = own
+    library.delete(library.search("a red bicycle", k=1)[0].id)  # one change for loading to replay
+    stats, schemas = stats_and_schema(library)
+    status = library.status()  # the same object, under the same names, as the command line's
+    assert stats["index"] == json.loads(status_as_json(status, None))["index"]
+    assert stats["index"]["kind"] == "flat" and stats["index"]["search_param"] is None
+    assert (stats["index"]["state"], stats["index"]["changes"]) == ("caught up on load", 1)
+    assert (stats["index_file"], stats["index_damage"]) == (stats["index"]["state"], None)  # kept
+    assert stats["index"]["generation"] == stats["generation"] - 1
+    assert "index" in schemas["Stats"]["required"] and schemas["Stats"]["properties"]["index"]["description"]
+    view = schemas["IndexView"]
+    assert set(view["properties"]) == set(stats["index"]) == set(view["required"])
+    assert all(field["description"] for field in view["properties"].values())
+
+
+def test_stats_tells_an_hnsw_index_its_tuned_ef_search_and_recall(
+    tmp_path: Path, photo_set: Path, tiny_model: TinyModel
+) -> None:
+    """A library grown onto HNSW: /stats names the kind, its efSearch and the recall it was
+    tuned to, as the index file's header records them and `Library.status()` reads them."""
+    photos = make_photos(tmp_path / "Photos", photo_set)
+    small = IndexThresholds(flat_max=5, exact_filter_max=2)  # 15 images: past flat
+    with Library.open(tmp_path / "library", index_thresholds=small) as library:
+        library.index(photos, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint), workers=2)
+        stats, _ = stats_and_schema(library)
+        state = library.status().index_file
+        summary = library.index_summary()
+    assert stats["index"] == {
+        "state": "up to date",
+        "generation": stats["generation"],
+        "changes": None,
+        "kind": "hnsw",
+        "search_param": state.search_param,
+        "tuned_recall_at_10": state.recall,
+        "damage": None,
+    }
+    assert (summary.kind, summary.search_param, summary.recall) == (
+        "hnsw",
+        stats["index"]["search_param"],
+        stats["index"]["tuned_recall_at_10"],
+    )
+    assert stats["index"]["search_param"] > 0 and 0 < stats["index"]["tuned_recall_at_10"] <= 1
+    assert stats["index_in_memory"] == summary.as_json()  # what reindex prints, as JSON
+
+
+def test_stats_tells_the_index_held_in_memory_without_loading_one(own: tuple[Library, Path]) -> None:
+    """Nothing the service answered said what its search index takes in memory, or how many
+    vectors and HNSW tombstones it holds (`Library.index_summary()`): /stats now does, for the
+    index in memory, and loads none to say it."""
+    library, _ = own
+    with Library.open(library.path) as cold:  # a process that has not searched yet
+        before, schemas = stats_and_schema(cold)
+        assert before["index_in_memory"] is None and cold.loaded_index_summary() is None  # not loaded
+        cold.search("a cat on a sofa", k=1)
+        after, _ = stats_and_schema(cold)
+        summary = cold.index_summary()
+    assert after["index_in_memory"] == summary.as_json()
+    assert (after["index_in_memory"]["kind"], after["index_in_memory"]["vectors"]) == ("flat", 15)
+    assert after["index_in_memory"]["memory_bytes"] == summary.memory_bytes > 0
+    assert before["index"] == after["index"]  # the file's state, told either way
+    view = schemas["IndexMemoryView"]
+    assert set(view["properties"]) == set(summary.as_json()) == set(view["required"])
+    assert all(field["description"] for field in view["properties"].values())
+    assert schemas["Stats"]["properties"]["index_in_memory"]["description"]
 
 
 def test_search_get_and_post_match_the_library(

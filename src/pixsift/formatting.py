@@ -268,15 +268,7 @@ def status_as_json(status: LibraryStatus, failures: Sequence[Failure] | None) ->
             }
             for r in status.roots
         ],
-        "index": {
-            "state": status.index_file.state,
-            "generation": status.index_file.generation,
-            "changes": status.index_file.changes,
-            "kind": status.index_file.kind,
-            "search_param": status.index_file.search_param,
-            "tuned_recall_at_10": status.index_file.recall,
-            "damage": status.index_file.damage,
-        },
+        "index": status.index_file.as_json(),
         "generation": status.generation,
         "disk_bytes": status.disk_bytes,
     }

@@ -800,6 +800,13 @@ class Library:
         with self._index.current(self._require_model().embed_dim) as vectors:
             return summarize_index(vectors)
 
+    def loaded_index_summary(self) -> IndexSummary | None:
+        """The search index this Library holds in memory (a server loads it at start), as it
+        is: None while none is loaded. Unlike `index_summary` it neither loads nor builds one,
+        nor catches it up with changes made since its last search."""
+        with self._index.in_memory() as vectors:
+            return None if vectors is None else summarize_index(vectors)
+
     # ---- status --------------------------------------------------------------------------------
 
     def status(self) -> LibraryStatus:

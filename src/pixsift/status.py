@@ -50,6 +50,19 @@ class IndexFileState:
     changes: int | None = None
     damage: str | None = None
 
+    def as_json(self) -> dict[str, object]:
+        """The `index` object of `pixsift status --format json` and of the service's GET /stats:
+        one set of names, so that a script reads both alike."""
+        return {
+            "state": self.state,
+            "generation": self.generation,
+            "changes": self.changes,
+            "kind": self.kind,
+            "search_param": self.search_param,
+            "tuned_recall_at_10": self.recall,
+            "damage": self.damage,
+        }
+
 
 @dataclass(frozen=True)
 class IndexSummary:
@@ -62,6 +75,19 @@ class IndexSummary:
     recall: float | None  # recall@10 against exact search, measured when it was tuned
     trained_count: int
     tombstones: int
+
+    def as_json(self) -> dict[str, object]:
+        """Its JSON form (the service's GET /stats `index_in_memory`), with the names of
+        `IndexFileState.as_json` where the fact is the same."""
+        return {
+            "kind": self.kind,
+            "vectors": self.vectors,
+            "memory_bytes": self.memory_bytes,
+            "search_param": self.search_param,
+            "tuned_recall_at_10": self.recall,
+            "trained_count": self.trained_count,
+            "tombstones": self.tombstones,
+        }
 
 
 @dataclass(frozen=True)

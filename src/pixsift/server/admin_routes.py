@@ -11,7 +11,16 @@ from pixsift.server.auth import require_write_access
 from pixsift.server.deps import ERRORS, jobs_of, library_of
 from pixsift.server.errors import ApiError
 from pixsift.server.jobs import HISTORY, Job, JobManager
-from pixsift.server.schemas import IndexBody, JobView, ModelView, RootView, Stats
+from pixsift.server.schemas import (
+    IndexBody,
+    IndexMemoryView,
+    IndexView,
+    JobView,
+    ModelView,
+    RootView,
+    Stats,
+)
+from pixsift.storage import RootInfo
 
 router = APIRouter(responses=ERRORS)
 LibraryDep = Annotated[Library, Depends(library_of)]
@@ -71,10 +80,24 @@ def cancel_job(jobs: JobsDep, job_id: JobId) -> JobView:
     return _view(cancelled)
 
 
+def _root_view(root: RootInfo, missing_roots: tuple[str, ...]) -> RootView:
+    """An indexed folder as `pixsift status --format json` lists it, under the same names."""
+    return RootView(
+        path=root.path,
+        include_hidden=root.include_hidden,
+        follow_symlinks=root.follow_symlinks,
+        added_at=root.added_at,
+        last_indexed_at=root.last_indexed_at,
+        missing=root.path in missing_roots,
+    )
+
+
 @router.get("/stats", response_model=Stats, tags=["service"])
 def stats(library: LibraryDep, jobs: JobsDep) -> Stats:
-    """How many images, which model, which roots, how fresh the index, what is running."""
+    """How many images, which model, which roots, the search index file (how fresh, its kind
+    and tuning), what is running."""
     status = library.status()
+    in_memory = library.loaded_index_summary()
     model = status.model
     running = jobs.running()
     return Stats(
@@ -90,13 +113,12 @@ def stats(library: LibraryDep, jobs: JobsDep) -> Stats:
             embed_dim=model.embed_dim,
             fingerprint=model.fingerprint,
         ),
-        roots=[
-            RootView(path=r.path, last_indexed_at=r.last_indexed_at, missing=r.path in status.missing_roots)
-            for r in status.roots
-        ],
+        roots=[_root_view(root, status.missing_roots) for root in status.roots],
         generation=status.generation,
         index_file=status.index_file.state,
         index_damage=status.index_file.damage,
+        index=IndexView.model_validate(status.index_file.as_json()),
+        index_in_memory=None if in_memory is None else IndexMemoryView.model_validate(in_memory.as_json()),
         disk_bytes=status.disk_bytes,
         running_job=None if running is None else running.id,
     )

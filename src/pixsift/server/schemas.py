@@ -228,11 +228,74 @@ class ModelView(BaseModel):
 
 class RootView(BaseModel):
     path: str
+    include_hidden: bool = Field(
+        description="Its hidden files and folders (dot names) are indexed: it was last indexed "
+        "by name with `--include-hidden`; POST /index walks it so"
+    )
+    follow_symlinks: bool = Field(
+        description="Symbolic links inside it are followed (`--follow-symlinks`); POST /index walks it so"
+    )
+    added_at: datetime = Field(description="When it was first indexed")
     last_indexed_at: datetime | None
     missing: bool = Field(
         description="The folder is not on disk now (unmounted, moved or deleted): index jobs keep "
         "its images, and searches return them, until `pixsift relocate` or `pixsift forget` says "
         "what became of it (as `pixsift status` marks it)"
+    )
+
+
+class IndexView(BaseModel):
+    """The search index file, as `pixsift status --format json` gives its `index` object."""
+
+    # A name the core's status adds and this model lacks fails every /stats: not dropped unseen.
+    model_config = ConfigDict(extra="forbid")
+
+    state: str = Field(
+        description='"up to date"; "caught up on load" (saved before a few changes such as deletes, '
+        'which loading it replays from the database: normal); "stale" (rebuilt as it is next loaded); '
+        '"missing"; "damaged" (rebuilt from the stored vectors by the next search or index run); or '
+        '"unreadable" (it cannot be opened: searches answer from an index rebuilt in memory)'
+    )
+    generation: int | None = Field(
+        description="The database generation it was saved at (the top-level `generation` is the "
+        "database's now); null when it is missing, or its header cannot be read"
+    )
+    changes: int | None = Field(
+        description='How many logged changes loading it replays, when "caught up on load"; else null'
+    )
+    kind: str | None = Field(
+        description='"flat" (exact search), "hnsw" or "ivfpq" (approximate), as its header '
+        "records it; null when not known"
+    )
+    search_param: int | None = Field(
+        description="Its tuned efSearch (hnsw) or nprobe (ivfpq); null for flat, or when not known"
+    )
+    tuned_recall_at_10: float | None = Field(
+        description="The recall@10 against exact search measured when it was tuned; null for "
+        "flat, or when not known"
+    )
+    damage: str | None = Field(description="Why it is damaged or unreadable; null otherwise")
+
+
+class IndexMemoryView(BaseModel):
+    """The search index the service holds in memory, as `Library.index_summary()` describes it."""
+
+    model_config = ConfigDict(extra="forbid")  # as IndexView: a new core name is not dropped
+
+    kind: str = Field(description='"flat" (exact search), "hnsw" or "ivfpq" (approximate)')
+    vectors: int = Field(description="The vectors it holds, as of the last search or index job")
+    memory_bytes: int = Field(description="What it takes in memory, counted from its parts")
+    search_param: int | None = Field(description="Its tuned efSearch (hnsw) or nprobe (ivfpq); null for flat")
+    tuned_recall_at_10: float | None = Field(
+        description="The recall@10 against exact search measured when it was tuned; null for flat"
+    )
+    trained_count: int = Field(
+        description="The vectors it was built for: an index job rebuilds it (hnsw, ivfpq) once the "
+        "library has grown or shrunk a lot from this"
+    )
+    tombstones: int = Field(
+        description="Places of removed images still in an HNSW graph (0 for the other kinds); "
+        "an index job rebuilds the graph once they are many"
     )
 
 
@@ -251,6 +314,16 @@ class Stats(BaseModel):
     index_damage: str | None = Field(
         description="What is wrong with a damaged or unreadable index file (null otherwise); "
         "searches answer from an index rebuilt from the stored vectors"
+    )
+    index: IndexView = Field(
+        description="The search index file in detail: its state, kind, tuning and damage (as "
+        "`pixsift status --format json` gives them); `index_file` and `index_damage` repeat its "
+        "`state` and `damage`"
+    )
+    index_in_memory: IndexMemoryView | None = Field(
+        description="The search index this service holds in memory (loaded at start, caught up "
+        "by each search and index job): its kind, size and memory; null while none is loaded (a "
+        "library with no images yet). Never loaded or built to answer this"
     )
     disk_bytes: int
     running_job: str | None

@@ -95,6 +95,14 @@ class IndexKeeper:
                 return
             self._refresh(dim, locked=True, always=True)
 
+    @contextmanager
+    def in_memory(self) -> Iterator[VectorIndex | None]:
+        """The index in memory as it is (None when none is loaded), neither loaded nor caught
+        up: held so that nothing changes it meanwhile. A status asks it, which must not read
+        a whole index file, or build one, to describe it."""
+        with self._lock:
+            yield self._vectors
+
     @property
     def loaded(self) -> bool:
         """Whether the index is in memory (else the next use reads the file)."""
