@@ -163,3 +163,26 @@ def test_index_throughput_takes_engines_and_device_in_any_case(tmp_path: Path) -
     )
     assert engines == ["torch", "onnx"]
     assert args.device == "cpu"
+
+
+def test_index_save_memory_sets_the_baseline_beside_this_code(tmp_path: Path) -> None:
+    script = INDEX_THROUGHPUT.with_name("index_save_memory.py")
+    source = Path(__file__).resolve().parent.parent / "src"
+    result = subprocess.run(
+        [sys.executable, str(script), "--vectors", "2000", "--dim", "16", "--baseline-src", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    rows = [line.split("|") for line in lines if line.startswith(("| baseline", "| this"))]
+    assert [row[1].strip() for row in rows] == ["baseline", "this"]
+    assert all(row[2].strip() == "2,000" and float(row[6]) > 0 for row in rows)
+    assert list(tmp_path.iterdir()) == []  # the index files are gone
+    refused = subprocess.run(
+        [sys.executable, str(script), "--vectors", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2 and "--vectors and --dim must be at least 1" in refused.stderr

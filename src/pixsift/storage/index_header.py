@@ -1,7 +1,8 @@
 """The header of a saved search index file, read without importing FAISS.
 
 `vectors.faiss` starts with `MAGIC`, then one line of JSON (format, catalog generation, kind,
-tuning), then the FAISS bytes (see `vector_index.py`). Whether the file is up to date is a
+tuning, sizes, checksum; from format 4 padded with spaces before its newline), then the FAISS
+bytes, then the HNSW labels (see `vector_index.py`). Whether the file is up to date is a
 question of its header alone, which the quick query path asks before it loads anything.
 """
 
@@ -17,10 +18,14 @@ from typing import Any, BinaryIO
 from pixsift.storage.index_choice import IndexKind, IndexPlan
 
 MAGIC = b"PIXSIFT-VECTORS\n"
-FILE_FORMAT = 3
-# format 1: a flat index without the fields added in 2; format 3 adds the checksum, required
-READABLE_FORMATS = (1, 2, 3)
+FILE_FORMAT = 4
+# format 1: a flat index without the fields added in 2; format 3 adds the checksum, required;
+# format 4 checksums the bytes after the header first and the header's fields last, so that
+# a save computes it as it streams the FAISS bytes (see `VectorIndex.save`), and pads the
+# header line with spaces to the width it reserved before those bytes were written.
+READABLE_FORMATS = (1, 2, 3, 4)
 CHECKSUMMED_FORMAT = 3
+FIELDS_LAST_FORMAT = 4
 MAX_HEADER_BYTES = 4096
 FLAT_PLAN = IndexPlan(IndexKind.flat)
 # A file behind the database is caught up on load from the catalog's change log, which a save

@@ -29,7 +29,14 @@ import faiss  # its bundled stubs are SWIG-generated; the few ignores below are 
 import numpy as np
 
 from pixsift.storage.index_choice import IndexKind
-from pixsift.storage.index_header import CHECKSUMMED_FORMAT, FILE_FORMAT, MAGIC, IndexShape, header_from
+from pixsift.storage.index_header import (
+    CHECKSUMMED_FORMAT,
+    FIELDS_LAST_FORMAT,
+    FILE_FORMAT,
+    MAGIC,
+    IndexShape,
+    header_from,
+)
 from pixsift.storage.index_header import IndexMeta as IndexMeta
 from pixsift.storage.index_header import read_generation as read_generation
 from pixsift.storage.index_header import read_header as read_header
@@ -42,8 +49,10 @@ MAX_WIDENING = 64  # searching 1/x of what the index holds widens nprobe/efSearc
 OPQ_ROUNDS = 4
 OPQ_TRAIN_POINTS = 16_384
 KMEANS_ROUNDS = 10  # for the coarse quantizer and the PQ codebooks (FAISS's default is 25)
-CHECKSUM_KEY = "crc32"  # in the header: of its other fields, the FAISS bytes and the labels
+CHECKSUM_KEY = "crc32"  # in the header: of the FAISS bytes, the labels, then its other fields
 CHECKSUM_CHUNK = 1 << 20
+MAX_FILE_BYTES = 2**63 - 1  # the widest `faiss_bytes` and checksum, for the header's reserved width
+MAX_CHECKSUM = 2**32 - 1
 
 
 @dataclass
@@ -283,26 +292,42 @@ class VectorIndex:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def save(self, path: Path) -> None:
-        """Write atomically: a temporary file in the same folder, fsynced, renamed over `path`."""
-        payload = faiss.serialize_index(self._index)
-        labels = np.ascontiguousarray(self._labels, dtype="<i8").tobytes()
+        """Write atomically: a temporary file in the same folder, fsynced, renamed over `path`.
+
+        FAISS streams its bytes into the file, counted and checksummed as they pass: building
+        them as one array first (`faiss.serialize_index`) held twice the index again, 6 GB at
+        the peak of a save of a million 512-d vectors (a 2 GB index). Their size and checksum belong in the
+        header, which comes first in the file (a quick read of the header alone answers
+        `status` and an unchanged re-run), yet are known only once they are written: so the
+        header line is reserved first, as wide as it can be with the largest size and checksum,
+        and written over in place, padded with spaces (JSON allows them before the newline),
+        before the fsync and the rename. The checksum takes the bytes first and the header's
+        fields last (format 4), so one pass computes it, and one pass verifies it on load.
+        """
+        labels = np.ascontiguousarray(self._labels, dtype="<i8")
         header = {
             "format": FILE_FORMAT,
             "generation": self.generation,
             "dim": self.dim,
-            "faiss_bytes": int(payload.size),
-            "label_bytes": len(labels),
+            "faiss_bytes": MAX_FILE_BYTES,  # the widest it can be, until the FAISS bytes are out
+            "label_bytes": labels.nbytes,
             "count": self.count,  # what the file holds, for `replay_limit` without loading it
             **self.meta.as_dict(),
+            CHECKSUM_KEY: MAX_CHECKSUM,
         }
-        header[CHECKSUM_KEY] = _checksum(header, payload.data, labels)
+        width = len(json.dumps(header)) + 1
         tmp = path.with_name(f"{path.name}{TMP_INFIX}{os.getpid()}")
         try:
             with open(tmp, "wb") as f:
                 f.write(MAGIC)
-                f.write(json.dumps(header).encode() + b"\n")
-                f.write(payload.data)
-                f.write(labels)
+                f.write(_header_line({}, width))  # a placeholder, written over at the end
+                body = _StreamedBody(f)
+                faiss.write_index(self._index, faiss.PyCallbackIOWriter(body.write))  # type: ignore[attr-defined]
+                header["faiss_bytes"] = body.size
+                body.write(labels.data.cast("B"))
+                header[CHECKSUM_KEY] = _with_fields(header, body.crc)
+                f.seek(len(MAGIC))
+                f.write(_header_line(header, width))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -348,15 +373,44 @@ class VectorIndex:
         return cls(index, int(header["generation"]), meta, labels.astype(np.int64))
 
 
-def _checksum(header: dict[str, Any], *parts: bytes | memoryview) -> int:
-    """CRC-32 of the header's fields (but the checksum) and of the bytes after it. A flipped bit
-    in the FAISS bytes or the labels loads without complaint, as other vectors or ids: wrong
-    results until the file is rewritten; with the checksum it is refused, and rebuilt."""
+def _header_line(header: dict[str, Any], width: int) -> bytes:
+    """The JSON line of `header`, padded with spaces to `width` bytes, its newline included."""
+    line = json.dumps(header).encode()
+    if len(line) >= width:  # never: the width was reserved with the widest values
+        raise ValueError(f"an index header of {len(line) + 1} bytes outgrew the {width} reserved")
+    return line.ljust(width - 1) + b"\n"
+
+
+class _StreamedBody:
+    """Writes what FAISS hands over (1 MB at most at a time) to a file, counting its bytes and
+    updating a CRC-32 of them as they pass: no copy of the whole index is ever held."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self.size = 0
+        self.crc = 0
+
+    def write(self, chunk: bytes | memoryview) -> int:
+        self._file.write(chunk)
+        self.crc = zlib.crc32(chunk, self.crc)
+        self.size += len(chunk)
+        return len(chunk)
+
+
+def _fields(header: dict[str, Any]) -> bytes:
+    """The header's fields but the checksum, as the checksum covers them (a canonical form)."""
     fields = {key: value for key, value in header.items() if key != CHECKSUM_KEY}
-    crc = zlib.crc32(json.dumps(fields, sort_keys=True).encode())
-    for part in parts:
-        crc = zlib.crc32(part, crc)
-    return crc
+    return json.dumps(fields, sort_keys=True).encode()
+
+
+def _with_fields(header: dict[str, Any], body_crc: int) -> int:
+    """The checksum of a file of format 4 and later: CRC-32 of the bytes after the header (the
+    FAISS bytes and the labels), `body_crc`, continued over the header's other fields. A
+    flipped bit in the FAISS bytes or the labels loads without complaint, as other vectors or
+    ids: wrong results until the file is rewritten; with the checksum it is refused, and
+    rebuilt. Format 3 took the fields first, so a save had to know the size of the FAISS
+    bytes before it wrote them, and built them all in memory first."""
+    return zlib.crc32(_fields(header), body_crc)
 
 
 def _checksum_holds(header: dict[str, Any], file: BinaryIO) -> bool:
@@ -365,9 +419,12 @@ def _checksum_holds(header: dict[str, Any], file: BinaryIO) -> bool:
     made it allocate and fill gigabytes, for half a minute, before it failed."""
     if CHECKSUM_KEY not in header:
         return int(header["format"]) < CHECKSUMMED_FORMAT
-    crc = _checksum(header)
+    fields_first = int(header["format"]) < FIELDS_LAST_FORMAT
+    crc = zlib.crc32(_fields(header)) if fields_first else 0
     while chunk := file.read(CHECKSUM_CHUNK):
         crc = zlib.crc32(chunk, crc)
+    if not fields_first:
+        crc = _with_fields(header, crc)
     return bool(header[CHECKSUM_KEY] == crc)
 
 
