@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -400,6 +401,118 @@ def test_a_file_that_failed_to_index_says_why(own: tuple[Library, Path]) -> None
         assert "not an image" in meta["error"] and meta["error"] == library.image(known.id).error
         assert http.get(f"/images/{indexed}").json()["error"] is None
         assert_error(http.get(f"/images/{known.id}/similar"), 404, "image_not_found")
+
+
+def make_failures(photos: Path) -> list[Path]:
+    """Six files with image names that cannot be indexed, by path: two whose names are not
+    UTF-8 (a client sends them back percent-encoded as bytes) and two in a subfolder."""
+    good = (photos / "photo_0107.jpg").read_bytes()
+    odd = [Path(os.fsdecode(bytes(photos) + b"/caf" + byte + b".jpg")) for byte in (b"\xe9", b"\xeb")]
+    bad = [photos / "a_notes.jpg", *odd, photos / "m_broken.jpg"]
+    bad += [photos / "small" / "empty.png", photos / "small" / "z_half.png"]
+    for path in bad:
+        path.write_text("this is a text file")
+    bad[3].write_bytes(good[: len(good) // 3])  # a truncated JPEG
+    bad[4].write_bytes(b"")
+    return bad
+
+
+def failures_page(http: httpx.Client, limit: int, after: str | None) -> dict[str, Any]:
+    """One page of GET /failures, `after` percent-encoded as the bytes a file name is."""
+    url = f"/failures?limit={limit}"
+    if after is not None:
+        url += "&after=" + quote(after, safe="", errors="surrogateescape")
+    response = http.get(url)
+    assert response.status_code == 200, response.text
+    page: dict[str, Any] = response.json()
+    return page
+
+
+def all_pages(http: httpx.Client, limit: int) -> list[list[dict[str, str]]]:
+    pages, after = [], None
+    while True:
+        page = failures_page(http, limit, after)
+        pages.append(page["failures"])
+        after = page["next_after"]
+        if after is None:
+            return pages
+        assert after == page["failures"][-1]["path"]
+
+
+def test_the_files_that_failed_are_listed_as_status_lists_them(own: tuple[Library, Path]) -> None:
+    """GET /stats counted the files an index run could not read (`failed`), but nothing said
+    which they were or why: an application could not show its user the skipped photos."""
+    library, photos = own
+    bad = make_failures(photos)
+    library.index(photos)
+    expected = [{"path": f.path, "error": f.error} for f in library.failures()]
+    assert len(expected) == len(bad) == library.status().counts.failed
+    assert sorted(os.fsencode(e["path"]) for e in expected) == sorted(map(os.fsencode, bad))
+    as_cli = json.loads(status_as_json(library.status(), library.failures()))["failures"]
+    with running_server(library) as url, httpx.Client(base_url=url) as http:  # no key: read-only
+        whole = http.get("/failures").json()
+        assert whole == {"failures": expected, "next_after": None} and expected == as_cli
+        for limit in (1, 2, 4, 6):
+            pages = all_pages(http, limit)
+            assert [f for page in pages for f in page] == expected  # each once, in path order
+            assert all(len(page) == limit for page in pages[:-1]) and 1 <= len(pages[-1]) <= limit
+        assert failures_page(http, 3, str(bad[-1])) == {"failures": [], "next_after": None}
+        schema = http.get("/openapi.json").json()["components"]["schemas"]
+        assert schema["Failures"]["properties"]["next_after"]["description"]
+        assert schema["FailureView"]["properties"]["error"]["description"]
+    empty = Library.open(photos.parent / "empty-library")
+    with running_server(empty) as url, httpx.Client(base_url=url) as http:
+        assert http.get("/failures").json() == {"failures": [], "next_after": None}
+    empty.close()
+
+
+def test_paging_failures_skips_or_repeats_none_while_an_index_job_changes_them(
+    own: tuple[Library, Path],
+) -> None:
+    library, photos = own
+    bad = make_failures(photos)
+    library.index(photos)
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url) as http:
+        first = failures_page(http, 2, None)  # reads stay open on loopback
+        assert [f["path"] for f in first["failures"]] == [str(bad[0]), str(bad[1])]
+        # meanwhile: one listed is fixed, one not yet listed is fixed, a new one comes before
+        # and one after the cursor
+        save(make_photo(900), bad[0])
+        save(make_photo(901), bad[4])
+        (photos / "b_new.jpg").write_text("new and broken")
+        (photos / "small" / "y_new.png").write_text("new and broken")
+        job = wait_for_job(http, http.post("/index", json={}, headers=AUTH).json()["id"])
+        assert job["state"] == "succeeded", job
+        rest = failures_page(http, 2, first["next_after"])
+        pages = [first["failures"], rest["failures"]]
+        while rest["next_after"] is not None:
+            rest = failures_page(http, 2, rest["next_after"])
+            pages.append(rest["failures"])
+    seen = [f["path"] for page in pages for f in page]
+    after_cursor = [f.path for f in library.failures() if os.fsencode(f.path) > os.fsencode(str(bad[1]))]
+    assert seen == [str(bad[0]), str(bad[1]), *after_cursor]
+    assert str(bad[4]) not in seen and str(photos / "small" / "y_new.png") in seen
+    assert str(bad[2]) in seen  # right after the cursor, a name that is not UTF-8 either
+    assert str(photos / "b_new.jpg") not in seen  # before the cursor: for a fresh listing
+    assert str(photos / "b_new.jpg") in {f.path for f in library.failures()}
+
+
+def test_failures_paging_parameters_are_checked(own: tuple[Library, Path]) -> None:
+    library, photos = own
+    make_failures(photos)
+    library.index(photos)
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url) as http:
+        for limit in ("0", "-1", "1001", "abc", "", "2.5", str(2**70)):
+            refused = assert_error(http.get("/failures", params={"limit": limit}), 422, "invalid_request")
+            assert [d["loc"] for d in refused["details"]] == [["query", "limit"]]
+        for after in ("", "x" * 5000):
+            refused = assert_error(http.get("/failures", params={"after": after}), 422, "invalid_request")
+            assert [d["loc"] for d in refused["details"]] == [["query", "after"]]
+        assert len(http.get("/failures", params={"limit": "1000"}).json()["failures"]) == 6
+    settings = check_bind("0.0.0.0", API_KEY)  # beyond loopback: a read that needs the key
+    with running_server(library, settings) as url, httpx.Client(base_url=url) as http:
+        assert_error(http.get("/failures"), 401, "unauthorized")
+        assert len(http.get("/failures", headers=AUTH).json()["failures"]) == 6
 
 
 def test_the_thumbnail_cache_stays_bounded(own: tuple[Library, Path]) -> None:

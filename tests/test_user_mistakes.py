@@ -255,6 +255,12 @@ def test_arguments_of_the_wrong_kind_are_pixsift_errors(library: Library) -> Non
         with pytest.raises(InvalidOptionError, match="limit must be a whole number"):
             library.failures(limit)  # type: ignore[arg-type]
     assert library.failures(0) == []
+    for after in (5, b"/photos", ["/photos"]):
+        with pytest.raises(InvalidOptionError, match="after must be a path"):
+            library.failures(after=after)  # type: ignore[arg-type]
+    with pytest.raises(InvalidOptionError, match="after is not a path a file could have"):
+        library.failures(after="/photos/\ud800")
+    assert library.failures(1, after=Path("/")) == library.failures(1, after="") == library.failures(1)
 
 
 def test_the_many_methods_take_generators_as_lists(library: Library) -> None:

@@ -813,14 +813,21 @@ class Library:
         """What is indexed, with which model, where, and how fresh the search index is."""
         return library_status(self.path, self._catalog, self.index_path)
 
-    def failures(self, limit: int | None = None) -> list[Failure]:
-        """Files that could not be indexed, with the reason, by path (at most `limit`)."""
-        if limit is None:
-            return self._catalog.failures(None)
-        # SQLite reads a negative limit as none, and SQLAlchemy fails on text with a ValueError.
-        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
-            raise InvalidOptionError(f"limit must be a whole number of at least 0, not {limit!r}.")
-        return self._catalog.failures(int(limit))
+    def failures(
+        self, limit: int | None = None, *, after: str | os.PathLike[str] | None = None
+    ) -> list[Failure]:
+        """Files that could not be indexed, with the reason, by path (at most `limit`).
+
+        `after` pages through them: the failures whose path sorts after it (the last path of
+        the page before), so a page neither repeats nor skips one while an index run adds or
+        clears others. Paths sort by their bytes, as stored; `after` need not be a failure.
+        """
+        if limit is not None:
+            # SQLite reads a negative limit as none, and SQLAlchemy fails on text with a ValueError.
+            if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
+                raise InvalidOptionError(f"limit must be a whole number of at least 0, not {limit!r}.")
+            limit = int(limit)
+        return self._catalog.failures(limit, None if after is None else _cursor_path(after))
 
     def evaluate(
         self, query_file: str | os.PathLike[str], cutoffs: Sequence[int] = DEFAULT_CUTOFFS
@@ -882,6 +889,19 @@ class Library:
             after = doctor.check(self._catalog, self.index_path)
         after.repairs = done
         return after
+
+
+def _cursor_path(after: object) -> str:
+    """`after` of `failures` as the text paths are stored as; a clear error for anything else
+    (a number would fail deep in SQLAlchemy; a lone surrogate from JSON names no file's bytes)."""
+    text = os.fspath(after) if isinstance(after, (str, os.PathLike)) else after
+    if not isinstance(text, str):
+        raise InvalidOptionError(f"after must be a path (text), not {type(after).__name__}.")
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:
+        raise InvalidOptionError(f"after is not a path a file could have: {text!r}.") from None
+    return text
 
 
 def _not_a_folder(path: Path) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from pixsift.library import Library
 from pixsift.server.auth import require_write_access
@@ -12,6 +13,8 @@ from pixsift.server.deps import ERRORS, jobs_of, library_of
 from pixsift.server.errors import ApiError
 from pixsift.server.jobs import HISTORY, Job, JobManager
 from pixsift.server.schemas import (
+    PATH_MAX,
+    Failures,
     IndexBody,
     IndexMemoryView,
     IndexView,
@@ -20,12 +23,37 @@ from pixsift.server.schemas import (
     RootView,
     Stats,
 )
+from pixsift.server.settings import FAILURES_DEFAULT, FAILURES_MAX
 from pixsift.storage import RootInfo
 
 router = APIRouter(responses=ERRORS)
 LibraryDep = Annotated[Library, Depends(library_of)]
 JobId = Annotated[str, Path(min_length=1, max_length=64)]
 JobsDep = Annotated[JobManager, Depends(jobs_of)]
+FailuresLimit = Annotated[
+    int, Query(ge=1, le=FAILURES_MAX, description=f"How many failed files, 1 to {FAILURES_MAX}.")
+]
+
+
+def after_param(
+    request: Request,
+    after: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=PATH_MAX,
+            description="The `next_after` of the page before: the failures whose path sorts after it.",
+        ),
+    ] = None,
+) -> str | None:
+    """`after` as sent, byte for byte: a file name that is not UTF-8 comes back, percent-encoded,
+    as the bytes it is (surrogate escapes), where the query parser would make each odd byte a
+    replacement character that sorts elsewhere, repeating or skipping failures."""
+    if after is None:
+        return None
+    query = request.scope["query_string"].decode("utf-8", "surrogateescape")
+    sent = [value for name, value in parse_qsl(query, errors="surrogateescape") if name == "after"]
+    return sent[-1] if sent else after  # the last one, as FastAPI takes it
 
 
 def _view(job: Job) -> JobView:
@@ -78,6 +106,19 @@ def cancel_job(jobs: JobsDep, job_id: JobId) -> JobView:
     if cancelled is None:
         raise _not_found(job_id)
     return _view(cancelled)
+
+
+@router.get("/failures", response_model=Failures, tags=["indexing"])
+def failures(
+    library: LibraryDep,
+    after: Annotated[str | None, Depends(after_param)],
+    limit: FailuresLimit = FAILURES_DEFAULT,
+) -> Failures:
+    """The files index runs could not read, with why, by path, a page at a time: pass each
+    answer's `next_after` as `after` for the next page. A page is never repeated or skipped
+    while an index job adds or clears failures meanwhile (those before the cursor are not
+    seen again); `GET /stats` counts them all (`failed`)."""
+    return Failures.of(library.failures(limit + 1, after=after), limit)
 
 
 def _root_view(root: RootInfo, missing_roots: tuple[str, ...]) -> RootView:

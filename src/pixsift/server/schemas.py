@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pixsift.search import SearchFilters, SearchResult
 from pixsift.server.settings import K_MAX
-from pixsift.storage import ImageInfo
+from pixsift.storage import Failure, ImageInfo
 
 ID_MAX = 2**63 - 1  # SQLite's and FAISS's id range
 TEXT_MAX = 1000  # characters in a query text; CLIP reads 77 tokens of it anyway
@@ -174,6 +174,34 @@ class ImageMeta(BaseModel):
             format=info.format,
             indexed_at=info.indexed_at,
             error=info.error,
+        )
+
+
+class FailureView(BaseModel):
+    """A file that could not be indexed, as `pixsift status --failed --format json` lists it."""
+
+    path: str = Field(description="The file, as the library stores it")
+    error: str = Field(
+        description="Why it could not be indexed (not an image, truncated, too many pixels, ...); "
+        "indexing its folder again retries it once the file has changed"
+    )
+
+
+class Failures(BaseModel):
+    failures: list[FailureView] = Field(description="Failed files by path (their bytes' order)")
+    next_after: str | None = Field(
+        description="Where the next page starts: send it as `after` (the last path of this page); "
+        "null when this page is the last"
+    )
+
+    @classmethod
+    def of(cls, page: list[Failure], limit: int) -> Failures:
+        """The first `limit` of `page`, which holds one more when there is a next page."""
+        shown = page[:limit]
+        more = len(page) > limit
+        return cls(
+            failures=[FailureView(path=f.path, error=f.error) for f in shown],
+            next_after=shown[-1].path if more and shown else None,
         )
 
 

@@ -9,6 +9,9 @@ from pixsift.errors import InvalidOptionError, PixsiftError
 
 API_KEY_ENV = "PIXSIFT_API_KEY"
 K_MAX = 200  # results per query: enough for any page of results, small enough to stay cheap
+# Failed files per page of GET /failures: a screenful by default, a bounded read at most.
+FAILURES_DEFAULT = 100
+FAILURES_MAX = 1000
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_MEGAPIXELS = 50.0
 # Query images read and decoded at once: each can take a body of the upload limit and, decoded,

@@ -322,8 +322,12 @@ class Catalog:
             failed = session.scalar(select(func.count()).where(Image.error.is_not(None))) or 0
         return CatalogCounts(total=total, indexed=indexed, failed=failed)
 
-    def failures(self, limit: int | None = None) -> list[Failure]:
+    def failures(self, limit: int | None = None, after: str | None = None) -> list[Failure]:
+        """Failed files by path (bytewise, as stored), only those after `after` when given: a
+        cursor that stays right while failures are added or cleared between two pages."""
         query = select(Image.path, Image.error).where(Image.error.is_not(None)).order_by(Image.path)
+        if after is not None:
+            query = query.where(Image.path > after)
         with self._read() as session:
             return [Failure(path, error or "") for path, error in session.execute(query.limit(limit))]
 
