@@ -17,6 +17,7 @@ from pixsift import HealthReport, Library, LibraryFormatError
 from pixsift.cli import app
 from pixsift.storage.vector_index import VectorIndex
 from sample_photos import write_photos
+from test_library import PhaseRecorder  # a listener that records the phases of a run
 
 
 @pytest.fixture
@@ -123,22 +124,6 @@ def test_a_damaged_or_foreign_index_file(
     shutil.copy(other / "vectors.faiss", indexed / "vectors.faiss")
     assert kinds(check(indexed)) == ["index-foreign"]
     assert repair(indexed).healthy
-
-
-class PhaseRecorder:
-    """A progress listener that records each phase that starts and stops, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[str] = []
-
-    def start(self, phase: str, total: int | None = None) -> None:
-        self.events.append(f"start {phase}" if total is None else f"start {phase} of {total}")
-
-    def advance(self, steps: int = 1) -> None:
-        pass
-
-    def stop(self) -> None:
-        self.events.append("stop")
 
 
 @pytest.mark.parametrize("damage", ["deleted", "damaged"])
