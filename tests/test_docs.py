@@ -278,3 +278,16 @@ def test_server_docs_name_every_endpoint_and_field(tmp_path: Path) -> None:
         if not _documented(field, server_doc)
     )
     assert not undocumented, f"docs/server.md does not name the fields {undocumented}"
+
+
+def test_docs_name_only_files_that_exist() -> None:
+    """A module or script the docs name (`storage/index_keeper.py`, `ann.py`) is still there
+    under that name: in the repository, the package or the benchmarks."""
+    places = [ROOT, ROOT / "src" / "pixsift", ROOT / "src", ROOT / "benchmarks"]
+    gone = sorted(
+        f"{doc.relative_to(ROOT)}: {name}"
+        for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for name in set(re.findall(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.py)\b", doc.read_text()))
+        if not any((place / name).is_file() for place in places)
+    )
+    assert not gone, f"the docs name files that are not there: {gone}"
