@@ -149,6 +149,8 @@ def main() -> None:
     codes = {"this": SRC}
     if args.baseline_src:
         codes = {"baseline": args.baseline_src.resolve(), **codes}
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)  # as the other benchmarks make theirs
     with tempfile.TemporaryDirectory(prefix="pixsift-savemem-", dir=args.workdir) as folder:
         rows = [measure(code, src, Path(folder), args) for code, src in codes.items()]
 

@@ -186,3 +186,18 @@ def test_index_save_memory_sets_the_baseline_beside_this_code(tmp_path: Path) ->
         [sys.executable, str(script), "--vectors", "0"], capture_output=True, text=True, timeout=60
     )
     assert refused.returncode == 2 and "--vectors and --dim must be at least 1" in refused.stderr
+
+
+def test_index_save_memory_makes_its_workdir(tmp_path: Path) -> None:
+    """A --workdir not made yet is made, as the other benchmarks' are, not a traceback."""
+    script = INDEX_THROUGHPUT.with_name("index_save_memory.py")
+    workdir = tmp_path / "not" / "made"
+    result = subprocess.run(
+        [sys.executable, str(script), "--vectors", "500", "--dim", "8", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert list(workdir.iterdir()) == []  # the index files are gone, the folder stays

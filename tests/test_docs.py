@@ -247,3 +247,47 @@ def test_cli_reference_names_every_key_of_the_json_outputs(tmp_path: Path) -> No
     source = (ROOT / "src" / "pixsift" / "doctor.py").read_text()
     kinds = set(re.findall(r'Problem\(\s*"([a-z-]+)"', source))
     assert len(kinds) >= 9 and not sorted(k for k in kinds if f"`{k}`" not in reference)
+
+
+def _documented(name: str, text: str) -> bool:
+    """`name` appears as code or a JSON key (`name`, `name: true`, "name")."""
+    return re.search(rf"[`\"]{re.escape(name)}\b", text) is not None
+
+
+def test_server_docs_name_every_endpoint_and_field(tmp_path: Path) -> None:
+    """Clients read these: docs/server.md lists every operation of the service with each field
+    of what it takes and answers, and the README's list names every path."""
+    from pixsift import Library
+    from pixsift.server import create_app
+
+    with Library.open(tmp_path / "lib") as library:
+        schema = create_app(library).openapi()
+    server_doc = (ROOT / "docs" / "server.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for path, operations in schema["paths"].items():
+        path = re.sub(r"\{\w+_id\}", "{id}", path)  # the docs write /images/{id}, /jobs/{id}
+        assert f"{path}`" in readme, f"the README's list of endpoints lacks {path}"
+        for method in operations:
+            assert re.search(rf"\| `{method.upper()} {re.escape(path)}[`?]", server_doc), (
+                f"docs/server.md's table of endpoints lacks {method.upper()} {path}"
+            )
+    undocumented = sorted(
+        f"{name}.{field}"
+        for name, model in schema["components"]["schemas"].items()
+        for field in model.get("properties", {})
+        if not _documented(field, server_doc)
+    )
+    assert not undocumented, f"docs/server.md does not name the fields {undocumented}"
+
+
+def test_docs_name_only_files_that_exist() -> None:
+    """A module or script the docs name (`storage/index_keeper.py`, `ann.py`) is still there
+    under that name: in the repository, the package or the benchmarks."""
+    places = [ROOT, ROOT / "src" / "pixsift", ROOT / "src", ROOT / "benchmarks"]
+    gone = sorted(
+        f"{doc.relative_to(ROOT)}: {name}"
+        for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for name in set(re.findall(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.py)\b", doc.read_text()))
+        if not any((place / name).is_file() for place in places)
+    )
+    assert not gone, f"the docs name files that are not there: {gone}"

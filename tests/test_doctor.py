@@ -210,6 +210,11 @@ def test_index_runs_and_reindex_name_a_folder_in_place_of_the_index_file(indexed
         assert ran.returncode == 1, ran.stderr
         assert ran.stderr.startswith(f"error: {told}"), ran.stderr
         assert "disk full" not in ran.stderr
+    # The index run's second line says what it kept, so the first does not say it too.
+    assert ran.stderr.splitlines() == [
+        f"error: {told}, then run the command again.",
+        "1 image was indexed before this and is kept: run the command again to index the rest.",
+    ]
     (indexed / "vectors.faiss").rmdir()
     assert run_cli("reindex", "--library", str(indexed)).returncode == 0
     with Library.open(indexed, create=False) as library:

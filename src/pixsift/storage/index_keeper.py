@@ -296,10 +296,12 @@ class IndexKeeper:
         if self.path.is_dir():
             # No save can replace a folder, and "is the disk full?" would send the user the
             # wrong way: only moving it away helps (as `doctor` says).
-            raise LibraryWriteError(
+            problem = (
                 f"A folder stands where the search index file belongs ({self.path}): move it "
-                "away, then run the command again. Everything saved before is kept."
+                "away, then run the command again."
             )
+            # `problem` alone when an index run's own line says what it kept, as for a full disk.
+            raise LibraryWriteError(f"{problem} Everything saved before is kept.", problem=problem)
         if (over is not None and over.changed(self.path)) or self._saved_newer(vectors):
             return
         try:
