@@ -41,6 +41,7 @@ from pixsift.server.jobs import Job, JobManager, _JobProgress
 from pixsift.server.limits import MAX_JSON_BYTES
 from pixsift.server.settings import UnsafeBindError
 from pixsift.storage.index_choice import IndexThresholds
+from pixsift.storage.vector_index import VectorIndex
 from pixsift.thumbnails import MAX_VARIANTS, RENDERING
 from sample_photos import make_photo, save, write_photos
 from serving import API_KEY, indexed_library, running_server
@@ -311,6 +312,48 @@ def test_health_and_stats_answer_at_once_while_the_index_loads(own: tuple[Librar
         assert http.get("/healthz").json() == {"status": "ok"}
         after = http.get("/stats").json()
     assert after["index_loading"] is False and after["index_in_memory"]["vectors"] == 15
+
+
+def test_searches_go_on_while_an_index_job_saves_and_swaps_in_a_rebuilt_index(
+    own: tuple[Library, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index job wrote the search index file at its end, and the index it rebuilt once the
+    library had outgrown the old one, under the lock searches take: every search (and GET
+    /stats) waited for the write, seconds for a large index. Now both go on meanwhile, from
+    the index in memory: the old one until the rebuilt one is saved and swapped in."""
+    library, photos = own  # 15 images under a flat index
+    write_photos(photos / "new", 2, size=(320, 240), seed=990)
+    save = VectorIndex.save
+    held = [(threading.Event(), threading.Event()) for _ in range(2)]  # (writing, go on), a save each
+    saves = iter(held)
+
+    def held_while_writing(index: VectorIndex, path: Path) -> None:
+        writing, go_on = next(saves, (threading.Event(), None))
+        writing.set()
+        if go_on is not None:
+            go_on.wait(60)
+        save(index, path)
+
+    monkeypatch.setattr(VectorIndex, "save", held_while_writing)
+    seen: list[tuple[str, int, str]] = []
+    with (
+        Library.open(library.path, index_thresholds=IndexThresholds(flat_max=16)) as served,
+        running_server(served, KEYED) as url,
+        httpx.Client(base_url=url, headers=AUTH, timeout=20) as http,
+    ):
+        served.warm_up()  # the flat index in memory: 17 images call for HNSW
+        job_id = http.post("/index", json={"paths": [str(photos / "new")]}).json()["id"]
+        for writing, go_on in held:
+            assert writing.wait(60)
+            found = ids_of(http.get("/search", params={"q": "a cat on a sofa", "k": 20}))
+            in_memory = http.get("/stats").json()["index_in_memory"]
+            seen.append((http.get(f"/jobs/{job_id}").json()["phase"], len(found), in_memory["kind"]))
+            go_on.set()  # answered before the save was let go on
+        ended = wait_for_job(http, job_id)
+        after = http.get("/stats").json()["index_in_memory"]
+    assert seen == [("Saving search index", 17, "flat"), ("Building search index", 17, "flat")]
+    assert ended["state"] == "succeeded", ended
+    assert (after["kind"], after["vectors"]) == ("hnsw", 17)
 
 
 def test_search_get_and_post_match_the_library(

@@ -99,7 +99,14 @@ class IndexKeeper:
         (full disk, read-only folder) is no error: the index answers from memory.
         """
         with self._lock:
-            yield self._refresh(dim, locked=locked)
+            vectors, save_due = self._refresh(dim, always=False)
+            if save_due:
+                # Decided and written under the lock: without the write lock (`locked`), the
+                # catalog may move on meanwhile, and another search's catch-up would change
+                # the index while it is written. Only a search far behind the catalog saves.
+                seen = None if locked else save_due
+                self._save(vectors, holding_lock=locked, over=seen)
+            yield vectors
 
     def refresh(self, dim: int, *, locked: bool = False) -> None:
         """Catch the index up (loading it if need be) and save it as `current` does."""
@@ -116,7 +123,7 @@ class IndexKeeper:
         with self._lock:
             if self._vectors is None and self._caught_up_shape(dim) is not None:
                 return
-            self._refresh(dim, locked=True, always=True)
+        self._refresh_and_save(dim, always=True)
 
     def load_in_background(self, dim: int) -> threading.Thread:
         """Load the index (and catch it up) in a thread of its own, as a server does at start
@@ -166,7 +173,19 @@ class IndexKeeper:
                 header = read_header(self.path)  # none or unreadable: the next search builds it
                 if header is None or not self._far_behind(header, saved_count(header)):
                     return
-            self._refresh(dim, locked=True)
+        self._refresh_and_save(dim, always=False)
+
+    def _refresh_and_save(self, dim: int, *, always: bool) -> None:
+        """Catch the index up under the lock, then save it if due outside it, so that searches
+        go on meanwhile (a file of GBs takes seconds to write); the caller holds the write lock.
+
+        Searches only read the index, as the save does, and nothing changes it meanwhile: a
+        change to the catalog needs the write lock, so any catch-up finds nothing to do. What
+        may replace the index in memory (a rebuild, a repair's `forget`) also needs it."""
+        with self._lock:
+            vectors, save_due = self._refresh(dim, always=always)
+        if save_due:
+            self._save(vectors, holding_lock=True, required=always)
 
     def close(self) -> None:
         """Drop the index in memory as the library closes, unless the lock is held: a service
@@ -237,12 +256,19 @@ class IndexKeeper:
         from pixsift.storage.index_lifecycle import catch_up, rebuild
 
         fresh = rebuild(self._catalog, dim, policy)
+        # Caught up and saved before it is swapped in, still outside the lock: no one else
+        # holds `fresh`, and the write lock keeps the catalog as it is. Saving it under the
+        # lock made every search wait for the file's write (seconds at a million vectors).
+        fresh = catch_up(self._catalog, fresh, policy)
+        self._save(fresh, holding_lock=True, required=True)
         with self._lock:
-            self._vectors = catch_up(self._catalog, fresh, policy)
+            self._vectors = fresh
             self._publish()
-            self._save(self._vectors, holding_lock=True, required=True)
 
-    def _refresh(self, dim: int, *, locked: bool, always: bool = False) -> VectorIndex:
+    def _refresh(self, dim: int, *, always: bool) -> tuple[VectorIndex, _Seen | None]:
+        """The index in memory caught up with the catalog (loaded or rebuilt if need be; the
+        caller holds the lock), and, if it should be saved, the file's header as it was read
+        before (see `_Seen`); else None."""
         from pixsift.storage.index_header import read_header
         from pixsift.storage.index_lifecycle import catch_up, load_or_rebuild
 
@@ -264,11 +290,7 @@ class IndexKeeper:
             # and index run would rebuild the whole index from the database.
             header = on_disk if from_file else None
         self._publish()
-        if self._save_due(self._vectors, header, always=always):
-            # Only a caller without the write lock decided before it may write (see `_Seen`).
-            seen = None if locked else _Seen(on_disk)
-            self._save(self._vectors, holding_lock=locked, required=always, over=seen)
-        return self._vectors
+        return self._vectors, _Seen(on_disk) if self._save_due(self._vectors, header, always=always) else None
 
     def _publish(self) -> None:
         """Publish the index in memory now (the caller holds the lock): summarised again only
