@@ -186,3 +186,23 @@ def test_index_save_memory_sets_the_baseline_beside_this_code(tmp_path: Path) ->
         [sys.executable, str(script), "--vectors", "0"], capture_output=True, text=True, timeout=60
     )
     assert refused.returncode == 2 and "--vectors and --dim must be at least 1" in refused.stderr
+
+
+def test_busy_server_measures_every_phase_of_a_small_library(tmp_path: Path) -> None:
+    """The service polled while it starts, indexes and rebuilds: a row per phase and endpoint."""
+    script = INDEX_THROUGHPUT.with_name("busy_server.py")
+    sizes = ["--trained", "30", "--vectors", "60", "--photos", "2"]
+    result = subprocess.run(
+        [sys.executable, str(script), *sizes, "--workdir", str(tmp_path), "--deadline", "120"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},  # these sources' pixsift
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "job: succeeded" in result.stderr
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| ")][2:]
+    phases = {row[0].lstrip("| ").split(" (")[0] for row in rows}
+    assert {"start", "idle", "after"} <= phases and any(p.startswith("job: ") for p in phases), rows
+    assert {row[1] for row in rows} == {"healthz", "stats", "search"}
