@@ -201,3 +201,23 @@ def test_index_save_memory_makes_its_workdir(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert list(workdir.iterdir()) == []  # the index files are gone, the folder stays
+
+
+def test_busy_server_measures_every_phase_of_a_small_library(tmp_path: Path) -> None:
+    """The service polled while it starts, indexes and rebuilds: a row per phase and endpoint."""
+    script = INDEX_THROUGHPUT.with_name("busy_server.py")
+    sizes = ["--trained", "30", "--vectors", "60", "--photos", "2"]
+    result = subprocess.run(
+        [sys.executable, str(script), *sizes, "--workdir", str(tmp_path), "--deadline", "120"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},  # these sources' pixsift
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "job: succeeded" in result.stderr
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| ")][2:]
+    phases = {row[0].lstrip("| ").split(" (")[0] for row in rows}
+    assert {"start", "idle", "after"} <= phases and any(p.startswith("job: ") for p in phases), rows
+    assert {row[1] for row in rows} == {"healthz", "stats", "search"}

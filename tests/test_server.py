@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from pixsift.server.jobs import Job, JobManager, _JobProgress
 from pixsift.server.limits import MAX_JSON_BYTES
 from pixsift.server.settings import UnsafeBindError
 from pixsift.storage.index_choice import IndexThresholds
+from pixsift.storage.vector_index import VectorIndex
 from pixsift.thumbnails import MAX_VARIANTS, RENDERING
 from sample_photos import make_photo, save, write_photos
 from serving import API_KEY, indexed_library, running_server
@@ -235,6 +237,32 @@ def test_stats_tells_an_hnsw_index_its_tuned_ef_search_and_recall(
     assert stats["index_in_memory"] == summary.as_json()  # what reindex prints, as JSON
 
 
+def test_a_service_stopped_while_its_index_loads_closes_its_library_at_once(
+    own: tuple[Library, Path],
+) -> None:
+    """Closing the library (as `pixsift serve` does once it stops) waited for the lock a load
+    of the index holds: a service stopped during a load of minutes stopped only once it had
+    ended, long after `docker stop` kills. The load in the background ends on its own."""
+    library, _ = own
+    served = Library.open(library.path)
+    holding, release = threading.Event(), threading.Event()
+
+    def load_of_minutes() -> None:  # holds the index's lock as a long load does
+        with served._index.in_memory():
+            holding.set()
+            release.wait(60)
+
+    loader = threading.Thread(target=load_of_minutes)
+    loader.start()
+    try:
+        assert holding.wait(60)
+        served.close()  # returns while the lock is held
+        assert loader.is_alive() and not release.is_set()
+    finally:
+        release.set()
+        loader.join(60)
+
+
 def test_stats_tells_the_index_held_in_memory_without_loading_one(own: tuple[Library, Path]) -> None:
     """Nothing the service answered said what its search index takes in memory, or how many
     vectors and HNSW tombstones it holds (`Library.index_summary()`): /stats now does, for the
@@ -254,6 +282,78 @@ def test_stats_tells_the_index_held_in_memory_without_loading_one(own: tuple[Lib
     assert set(view["properties"]) == set(summary.as_json()) == set(view["required"])
     assert all(field["description"] for field in view["properties"].values())
     assert schemas["Stats"]["properties"]["index_in_memory"]["description"]
+
+
+def test_health_and_stats_answer_at_once_while_the_index_loads(own: tuple[Library, Path]) -> None:
+    """`pixsift serve` listened only once its search index was loaded (minutes for a large one
+    far behind its file): a monitor got no answer at all meanwhile, and GET /stats waited on
+    the index's lock for as long as a load or catch-up held it. Now the index loads while the
+    service listens: /healthz says `loading` (503) and /stats answers from what is known, at
+    once; a search waits for the index, then answers from it."""
+    library, _ = own
+    with (
+        Library.open(library.path) as cold,
+        running_server(cold) as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        # This thread holds the index's lock as a long load does, until the block ends: the
+        # load that warm_up starts in the background waits for it, as searches do.
+        with cold._index.in_memory():
+            cold.warm_up(index_in_background=True)
+            search = pool.submit(http.get, "/search", params={"q": "a cat on a sofa", "k": 3})
+            health, stats = http.get("/healthz"), http.get("/stats")
+            assert not search.done()  # it waits for the index
+        assert search.result().status_code == 200 and len(search.result().json()["results"]) == 3
+        assert (health.status_code, health.json()) == (503, {"status": "loading"})
+        assert stats.status_code == 200, stats.text
+        assert (stats.json()["index_loading"], stats.json()["index_in_memory"]) == (True, None)
+        assert stats.json()["indexed"] == 15 and stats.json()["index_file"] == "up to date"
+        assert http.get("/healthz").json() == {"status": "ok"}
+        after = http.get("/stats").json()
+    assert after["index_loading"] is False and after["index_in_memory"]["vectors"] == 15
+
+
+def test_searches_go_on_while_an_index_job_saves_and_swaps_in_a_rebuilt_index(
+    own: tuple[Library, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index job wrote the search index file at its end, and the index it rebuilt once the
+    library had outgrown the old one, under the lock searches take: every search (and GET
+    /stats) waited for the write, seconds for a large index. Now both go on meanwhile, from
+    the index in memory: the old one until the rebuilt one is saved and swapped in."""
+    library, photos = own  # 15 images under a flat index
+    write_photos(photos / "new", 2, size=(320, 240), seed=990)
+    save = VectorIndex.save
+    held = [(threading.Event(), threading.Event()) for _ in range(2)]  # (writing, go on), a save each
+    saves = iter(held)
+
+    def held_while_writing(index: VectorIndex, path: Path) -> None:
+        writing, go_on = next(saves, (threading.Event(), None))
+        writing.set()
+        if go_on is not None:
+            go_on.wait(60)
+        save(index, path)
+
+    monkeypatch.setattr(VectorIndex, "save", held_while_writing)
+    seen: list[tuple[str, int, str]] = []
+    with (
+        Library.open(library.path, index_thresholds=IndexThresholds(flat_max=16)) as served,
+        running_server(served, KEYED) as url,
+        httpx.Client(base_url=url, headers=AUTH, timeout=20) as http,
+    ):
+        served.warm_up()  # the flat index in memory: 17 images call for HNSW
+        job_id = http.post("/index", json={"paths": [str(photos / "new")]}).json()["id"]
+        for writing, go_on in held:
+            assert writing.wait(60)
+            found = ids_of(http.get("/search", params={"q": "a cat on a sofa", "k": 20}))
+            in_memory = http.get("/stats").json()["index_in_memory"]
+            seen.append((http.get(f"/jobs/{job_id}").json()["phase"], len(found), in_memory["kind"]))
+            go_on.set()  # answered before the save was let go on
+        ended = wait_for_job(http, job_id)
+        after = http.get("/stats").json()["index_in_memory"]
+    assert seen == [("Saving search index", 17, "flat"), ("Building search index", 17, "flat")]
+    assert ended["state"] == "succeeded", ended
+    assert (after["kind"], after["vectors"]) == ("hnsw", 17)
 
 
 def test_search_get_and_post_match_the_library(

@@ -42,6 +42,7 @@ _EXPORTS = {
     "Library": "pixsift.library",
     "LibraryStatus": "pixsift.status",
     "IndexSummary": "pixsift.status",
+    "LoadedIndex": "pixsift.storage.index_keeper",
     "IndexFileState": "pixsift.status",
     "EvalReport": "pixsift.evaluation",
     "QueryOutcome": "pixsift.evaluation",
@@ -108,6 +109,7 @@ if TYPE_CHECKING:
     from pixsift.status import IndexFileState, IndexSummary, LibraryStatus
     from pixsift.storage import CatalogCounts, Failure, ImageInfo, RootInfo
     from pixsift.storage.index_choice import IndexThresholds
+    from pixsift.storage.index_keeper import LoadedIndex
     from pixsift.storage.interrupts import InterruptedAfterCommit
 
 __all__ = [
@@ -142,6 +144,7 @@ __all__ = [
     "LibraryReadError",
     "LibraryStatus",
     "LibraryWriteError",
+    "LoadedIndex",
     "ModelError",
     "ModelMismatchError",
     "ModelRecord",

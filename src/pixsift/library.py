@@ -75,7 +75,7 @@ from pixsift.search.ranking import Ranker
 from pixsift.search.recommend import RocchioWeights, checked_weights, rocchio
 from pixsift.status import IndexSummary, LibraryStatus, library_status, summarize_index
 from pixsift.storage import Catalog, Failure, ImageInfo
-from pixsift.storage.index_keeper import IndexKeeper
+from pixsift.storage.index_keeper import IndexKeeper, LoadedIndex
 from pixsift.storage.interrupts import interrupts_deferred, kept_on_interrupt
 from pixsift.thumbnails import forget_thumbnails, prune_thumbnails, thumbnail
 
@@ -187,7 +187,7 @@ class Library:
         # Not through the properties: closing a library taken back must not make it again.
         self._taken_back = False
         self._opened_catalog.close()
-        self._opened_index.forget()
+        self._opened_index.close()
         self._embedder = None
 
     def __enter__(self) -> Library:
@@ -348,7 +348,7 @@ class Library:
                     self._made = None
                     return
                 self._opened_catalog.close()
-                self._opened_index.forget()
+                self._opened_index.close()
                 self._taken_back = True
                 _remove_library_files(self.path, made)  # the lock file while held: see there
         finally:
@@ -711,13 +711,21 @@ class Library:
                 moved = change.result = batch.move_paths(plan.old, plan.new, plan.roots)
         return moved
 
-    def warm_up(self) -> None:
+    def warm_up(self, *, index_in_background: bool = False) -> None:
         """Load the model and the search index now rather than on the first search (a server
-        does this at start); an empty library has neither yet, and is left as it is."""
+        does this at start); an empty library has neither yet, and is left as it is.
+
+        `index_in_background`: the index loads in a thread of its own (minutes for a large
+        one far behind its file), `loaded_index().loading` meanwhile; searches wait for it.
+        The model is loaded first either way, so that a model that cannot load fails here."""
         if self._catalog.model() is None:
             return
         self._embedder_or_load()
-        self._index.refresh(self._require_model().embed_dim)
+        dim = self._require_model().embed_dim
+        if index_in_background:
+            self._index.load_in_background(dim)
+        else:
+            self._index.refresh(dim)
 
     # ---- the model and the vector index ------------------------------------------------------
 
@@ -804,8 +812,15 @@ class Library:
         """The search index this Library holds in memory (a server loads it at start), as it
         is: None while none is loaded. Unlike `index_summary` it neither loads nor builds one,
         nor catches it up with changes made since its last search."""
-        with self._index.in_memory() as vectors:
-            return None if vectors is None else summarize_index(vectors)
+        return self.loaded_index().summary
+
+    def loaded_index(self) -> LoadedIndex:
+        """`loaded_index_summary`, and whether the index is being loaded now (by `warm_up`, or
+        by the first search), in one consistent view. It answers at once, never waiting for a
+        load, catch-up or rebuild under way: it is what was published when the index in memory
+        last changed (a rebuild's replacement is described once it is swapped in)."""
+        # Not `_index`: a health check must not make a taken-back library again as a side effect.
+        return self._opened_index.published
 
     # ---- status --------------------------------------------------------------------------------
 

@@ -138,7 +138,8 @@ def stats(library: LibraryDep, jobs: JobsDep) -> Stats:
     """How many images, which model, which roots, the search index file (how fresh, its kind
     and tuning), what is running."""
     status = library.status()
-    in_memory = library.loaded_index_summary()
+    loaded = library.loaded_index()  # at once, even while a load or catch-up holds the index
+    in_memory = loaded.summary
     model = status.model
     running = jobs.running()
     return Stats(
@@ -160,6 +161,7 @@ def stats(library: LibraryDep, jobs: JobsDep) -> Stats:
         index_damage=status.index_file.damage,
         index=IndexView.model_validate(status.index_file.as_json()),
         index_in_memory=None if in_memory is None else IndexMemoryView.model_validate(in_memory.as_json()),
+        index_loading=loaded.loading,
         disk_bytes=status.disk_bytes,
         running_job=None if running is None else running.id,
     )

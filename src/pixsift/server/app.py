@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Response
 from starlette.concurrency import run_in_threadpool
 
 from pixsift import __version__
@@ -65,9 +65,20 @@ def create_app(library: Library, settings: ServerSettings | None = None) -> Fast
         upload_limit=settings.max_upload_bytes,
     )
 
-    @app.get("/healthz", response_model=Health, tags=["service"])
-    def healthz() -> Health:
-        """Whether the service is up (no key needed, for load balancers and monitors)."""
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        tags=["service"],
+        responses={503: {"model": Health, "description": 'The search index is still loading: `"loading"`'}},
+    )
+    async def healthz(response: Response) -> Health:
+        """Whether the service is up (no key needed, for load balancers and monitors): `ok`,
+        or 503 `loading` while it loads the search index at start (searches would wait)."""
+        # async, on the event loop: it reads one attribute, and must answer even while every
+        # worker thread waits for a long load or catch-up of the index.
+        if library.loaded_index().loading:
+            response.status_code = 503
+            return Health(status="loading")
         return Health(status="ok")
 
     protected = APIRouter(dependencies=[Depends(require_read_access)])

@@ -30,11 +30,12 @@ class ListenError(PixsiftError):
 def serve(
     library: Library, host: str, port: int, settings: ServerSettings, *, log_level: str = "info"
 ) -> None:
-    """Serve `library` until interrupted. The model and index are loaded before the first request,
-    so the first search is as fast as the rest."""
+    """Serve `library` until interrupted. The model is loaded before the service listens, and
+    the search index while it does: GET /healthz says `loading` (503) until it is in memory,
+    GET /stats answers meanwhile, and searches wait for it."""
     check_address(host, port)  # before the model loads, which can take a minute
     with _sigterm_exits_cleanly():
-        library.warm_up()
+        library.warm_up(index_in_background=True)
         app = create_app(library, settings)
         try:
             # One process: the model and the index are loaded once and shared by every request thread.

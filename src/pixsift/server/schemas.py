@@ -349,7 +349,13 @@ class Stats(BaseModel):
     index_in_memory: IndexMemoryView | None = Field(
         description="The search index this service holds in memory (loaded at start, caught up "
         "by each search and index job): its kind, size and memory; null while none is loaded (a "
-        "library with no images yet). Never loaded or built to answer this"
+        "library with no images yet, or while it loads at start). Never loaded or built to answer "
+        "this, nor waited for: it describes the index searches use now (during a rebuild, the old "
+        "one until the new one is swapped in)"
+    )
+    index_loading: bool = Field(
+        description="Whether the service is loading the search index into memory now (at start, "
+        "the whole time GET /healthz answers 503 `loading`): searches wait until it is in memory"
     )
     disk_bytes: int
     running_job: str | None

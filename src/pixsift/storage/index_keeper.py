@@ -8,23 +8,31 @@ end), a search only when no index run holds it (the file is a cache; the catalog
 of truth). A delete or a search leaves a file a little behind as it is: every process catches
 it up on load from the catalog's change log, and it is saved again once that log has grown
 past `replay_limit` (a share of the index, with a floor), which also bounds the log.
+
+What the keeper holds is also published, without its lock, as one immutable `LoadedIndex`
+(a summary of the index in memory and whether it is being loaded), replaced whole under the
+lock each time the index in memory is loaded, caught up or swapped: a status or health check
+reads it at once, even while a load or a catch-up of minutes holds the lock, and never sees a
+summary of one index mixed with another's (one attribute, read and written whole).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from filelock import FileLock, Timeout
 
-from pixsift.errors import LibraryWriteError
+from pixsift.errors import LibraryClosedError, LibraryWriteError
 from pixsift.storage.catalog import Catalog
 
 if TYPE_CHECKING:
+    from pixsift.status import IndexSummary
     from pixsift.storage.index_build import IndexPolicy
     from pixsift.storage.index_choice import IndexThresholds
     from pixsift.storage.index_header import IndexShape
@@ -32,6 +40,17 @@ if TYPE_CHECKING:
 
 # What a save at the end of an index run has to write (see `IndexKeeper.save_work`).
 SaveWork = Literal["save", "build"]
+
+log = logging.getLogger("pixsift")
+
+
+@dataclass(frozen=True)
+class LoadedIndex:
+    """The keeper's index as last published: `summary` of the index in memory (None: none),
+    and whether one is `loading` (read from its file, or built, to be held in memory)."""
+
+    summary: IndexSummary | None = None
+    loading: bool = False
 
 
 class IndexKeeper:
@@ -52,6 +71,10 @@ class IndexKeeper:
         self._lock = threading.RLock()
         # (file generation, index generation) last found not worth a save: not asked again
         self._checked: tuple[int, int] | None = None
+        # Replaced whole, under `_lock`, by `_publish`; read without it (see the module's doc).
+        self.published = LoadedIndex()
+        # The index and generation `published` describes: summarised again only when they change.
+        self._summarized: tuple[VectorIndex | None, int | None] = (None, None)
 
     @property
     def thresholds(self) -> IndexThresholds:
@@ -76,7 +99,14 @@ class IndexKeeper:
         (full disk, read-only folder) is no error: the index answers from memory.
         """
         with self._lock:
-            yield self._refresh(dim, locked=locked)
+            vectors, save_due = self._refresh(dim, always=False)
+            if save_due:
+                # Decided and written under the lock: without the write lock (`locked`), the
+                # catalog may move on meanwhile, and another search's catch-up would change
+                # the index while it is written. Only a search far behind the catalog saves.
+                seen = None if locked else save_due
+                self._save(vectors, holding_lock=locked, over=seen)
+            yield vectors
 
     def refresh(self, dim: int, *, locked: bool = False) -> None:
         """Catch the index up (loading it if need be) and save it as `current` does."""
@@ -93,7 +123,30 @@ class IndexKeeper:
         with self._lock:
             if self._vectors is None and self._caught_up_shape(dim) is not None:
                 return
-            self._refresh(dim, locked=True, always=True)
+        self._refresh_and_save(dim, always=True)
+
+    def load_in_background(self, dim: int) -> threading.Thread:
+        """Load the index (and catch it up) in a thread of its own, as a server does at start
+        so that it answers health checks meanwhile. It is `published` as loading from now on,
+        not only once the thread has the lock. A load that fails is logged: the next search
+        tries again and reports the error to its caller."""
+        with self._lock:
+            if self._vectors is None:
+                self.published = replace(self.published, loading=True)
+        thread = threading.Thread(target=self._load, args=(dim,), name="pixsift-index-load", daemon=True)
+        thread.start()
+        return thread
+
+    def _load(self, dim: int) -> None:
+        try:
+            self.refresh(dim)
+        except LibraryClosedError:
+            pass  # the service stopped, and closed the library, while the index loaded
+        except Exception:
+            log.exception("the search index could not be loaded; the next search tries again")
+        finally:
+            with self._lock:
+                self._publish()  # no longer loading, whatever became of the load
 
     @contextmanager
     def in_memory(self) -> Iterator[VectorIndex | None]:
@@ -120,13 +173,38 @@ class IndexKeeper:
                 header = read_header(self.path)  # none or unreadable: the next search builds it
                 if header is None or not self._far_behind(header, saved_count(header)):
                     return
-            self._refresh(dim, locked=True)
+        self._refresh_and_save(dim, always=False)
+
+    def _refresh_and_save(self, dim: int, *, always: bool) -> None:
+        """Catch the index up under the lock, then save it if due outside it, so that searches
+        go on meanwhile (a file of GBs takes seconds to write); the caller holds the write lock.
+
+        Searches only read the index, as the save does, and nothing changes it meanwhile: a
+        change to the catalog needs the write lock, so any catch-up finds nothing to do. What
+        may replace the index in memory (a rebuild, a repair's `forget`) also needs it."""
+        with self._lock:
+            vectors, save_due = self._refresh(dim, always=always)
+        if save_due:
+            self._save(vectors, holding_lock=True, required=always)
+
+    def close(self) -> None:
+        """Drop the index in memory as the library closes, unless the lock is held: a service
+        stopped while its index loads (minutes, for a large one far behind its file) must not
+        wait for the load to end. That load then fails on the closed catalog, or ends; either
+        way the index goes with this keeper."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self.forget()
+        finally:
+            self._lock.release()
 
     def forget(self) -> None:
         """Drop the index in memory: the next use reads the file (after a repair rewrote it)."""
         with self._lock:
             self._vectors = None
             self._checked = None
+            self._publish()
 
     def save_work(self) -> SaveWork | None:
         """What `save_current` will have to do, found cheaply (the file's header and the
@@ -178,11 +256,19 @@ class IndexKeeper:
         from pixsift.storage.index_lifecycle import catch_up, rebuild
 
         fresh = rebuild(self._catalog, dim, policy)
+        # Caught up and saved before it is swapped in, still outside the lock: no one else
+        # holds `fresh`, and the write lock keeps the catalog as it is. Saving it under the
+        # lock made every search wait for the file's write (seconds at a million vectors).
+        fresh = catch_up(self._catalog, fresh, policy)
+        self._save(fresh, holding_lock=True, required=True)
         with self._lock:
-            self._vectors = catch_up(self._catalog, fresh, policy)
-            self._save(self._vectors, holding_lock=True, required=True)
+            self._vectors = fresh
+            self._publish()
 
-    def _refresh(self, dim: int, *, locked: bool, always: bool = False) -> VectorIndex:
+    def _refresh(self, dim: int, *, always: bool) -> tuple[VectorIndex, _Seen | None]:
+        """The index in memory caught up with the catalog (loaded or rebuilt if need be; the
+        caller holds the lock), and, if it should be saved, the file's header as it was read
+        before (see `_Seen`); else None."""
         from pixsift.storage.index_header import read_header
         from pixsift.storage.index_lifecycle import catch_up, load_or_rebuild
 
@@ -195,15 +281,30 @@ class IndexKeeper:
             self._vectors = catch_up(self._catalog, saved or self._vectors, policy)
             header = on_disk
         else:
-            self._vectors, from_file = load_or_rebuild(self._catalog, self.path, dim, policy)
+            self.published = replace(self.published, loading=True)
+            try:
+                self._vectors, from_file = load_or_rebuild(self._catalog, self.path, dim, policy)
+            finally:
+                self._publish()
             # A damaged file whose header still reads is saved over too: else every search
             # and index run would rebuild the whole index from the database.
             header = on_disk if from_file else None
-        if self._save_due(self._vectors, header, always=always):
-            # Only a caller without the write lock decided before it may write (see `_Seen`).
-            seen = None if locked else _Seen(on_disk)
-            self._save(self._vectors, holding_lock=locked, required=always, over=seen)
-        return self._vectors
+        self._publish()
+        return self._vectors, _Seen(on_disk) if self._save_due(self._vectors, header, always=always) else None
+
+    def _publish(self) -> None:
+        """Publish the index in memory now (the caller holds the lock): summarised again only
+        when it is another index or at another generation, as a search must not pay for it."""
+        from pixsift.status import summarize_index
+
+        vectors = self._vectors
+        described, generation = self._summarized
+        same = vectors is described and (vectors is None or vectors.generation == generation)
+        if same and not self.published.loading:
+            return
+        summary = None if vectors is None else summarize_index(vectors)
+        self._summarized = (vectors, None if vectors is None else vectors.generation)
+        self.published = LoadedIndex(summary=summary)
 
     def _save_due(self, vectors: VectorIndex, header: dict[str, Any] | None, *, always: bool) -> bool:
         """Whether the file (whose `header` was read; None: none, unreadable or damaged) should
