@@ -19,7 +19,8 @@ run finds the file cached too):
   - `pixsift status`;
   - a Python program's first `Library.open(...).search(TEXT)` and `.similar(image_id)`.
 With `--baseline-src`, the same commands of the code in that folder run interleaved with these,
-on the same libraries, so the two can be compared side by side.
+each on its own copy of the library (made once; a newer schema would be refused by the older
+code), or on the same one with `--same-library`, so the two can be compared side by side.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
         library = user_library(args.workdir, size, args.model_work)
         libraries = {"current": library}
         if args.baseline_src:
-            libraries["baseline"] = baseline_copy(library)
+            libraries["baseline"] = library if args.same_library else baseline_copy(library)
         per_code = {code: commands(libraries[code], size) for code in codes}
         names = [name for name in per_code["current"] if not args.only or name in args.only]
         for name in names:
@@ -211,6 +212,9 @@ def main() -> None:
     parser.add_argument("--model-work", type=Path, default=Path("/tmp/pixsift-ann-bench/model"))
     parser.add_argument("--runs", type=int, default=5, help="timed processes per command and code")
     parser.add_argument("--baseline-src", type=Path, help="also time the code in this src folder")
+    parser.add_argument(
+        "--same-library", action="store_true", help="the baseline code uses the same libraries (same schema)"
+    )
     parser.add_argument("--only", nargs="+", help="time only these commands (names as in the table)")
     parser.add_argument(
         "--evicted", action="store_true", help="also time each command with the library out of the page cache"
