@@ -49,7 +49,13 @@ DATA_VERSION = 2  # in the folder name: a change to the generator must not reuse
 
 def library_for(workdir: Path, size: int) -> Path:
     """The folder of a filled library of `size` vectors, filling it if not done before."""
-    folder = workdir / f"library-{size}-v{DATA_VERSION}"
+    record = ModelRecord(ModelSpec("synthetic-512", "none"), DIM, "0" * 64)
+    return filled_library(workdir / f"library-{size}-v{DATA_VERSION}", size, record)
+
+
+def filled_library(folder: Path, size: int, record: ModelRecord) -> Path:
+    """`folder`, holding a `library.db` of `size` seeded vectors made (as its catalog says) by
+    `record`'s model, which must make `DIM`-d vectors; filled unless done before."""
     if (folder / READY).is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,7 +64,7 @@ def library_for(workdir: Path, size: int) -> Path:
     started = time.perf_counter()
     try:
         with catalog.write() as batch:
-            batch.set_model(ModelRecord(ModelSpec("synthetic-512", "none"), DIM, "0" * 64))
+            batch.set_model(record)
         for n, chunk in enumerate(clustered_vectors(size, DIM, clusters=CLUSTERS, seed=DATA_SEED)):
             paths = [f"/synthetic/{n:04d}/{i:05d}.jpg" for i in range(len(chunk))]
             with catalog.write() as batch:

@@ -379,7 +379,7 @@ def test_a_library_of_schema_3_keeps_departed_images_once_migrated(tmp_path: Pat
     finally:
         catalog.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     db.close()
 
 
@@ -436,3 +436,44 @@ def test_a_new_library_opened_by_many_processes_at_once_is_created_once(tmp_path
         assert catalog.schema_differences() == []
     finally:
         catalog.close()
+
+
+def test_counting_a_library_reads_small_indexes_not_every_row(tmp_path: Path) -> None:
+    """`Catalog.counts` (`pixsift status`, the service's GET /stats) counted the vectors by
+    reading the whole embeddings table, a 4 KB page per image with its vector: 4 GB and seconds
+    at a million images. A library of the schema before is given the indexes as it is migrated,
+    and the counts stay right."""
+    from sqlalchemy import event
+
+    path = tmp_path / "library.db"
+    with old_library(path, 4) as db:
+        for number, error in enumerate([None, None, "not an image", None]):
+            db.execute(
+                "INSERT INTO images (path, size, mtime_ns, error, indexed_at) "
+                "VALUES (?, 1, 1, ?, '2024-05-01T10:00:00+00:00')",
+                (f"/photos/{number}.jpg".encode(), error),
+            )
+        for image_id in (1, 2):
+            vector = unit(image_id).astype("<f4").tobytes()
+            db.execute("INSERT INTO embeddings VALUES (?, ?)", (image_id, vector))
+    catalog = Catalog.open(path)
+    statements: list[str] = []
+    event.listen(
+        catalog._engine,
+        "before_cursor_execute",
+        lambda _conn, _cursor, statement, *_: statements.append(statement),
+    )
+    try:
+        counts = catalog.counts()
+    finally:
+        catalog.close()
+    assert (counts.total, counts.indexed, counts.failed, counts.pending) == (4, 2, 1, 1)
+    counting = [statement for statement in statements if "count(" in statement.lower()]
+    assert len(counting) == 3
+    with sqlite3.connect(path) as db:
+        for statement in counting:
+            plan = " ".join(str(row[3]) for row in db.execute(f"EXPLAIN QUERY PLAN {statement}"))
+            # One of the small indexes (not the table, nor the index of the paths); "USING
+            # INDEX ix_images_failed": the partial index holds the failed images alone.
+            assert " INDEX ix_" in plan, (statement, plan)
+    db.close()

@@ -1007,8 +1007,9 @@ def database_of_another_program(path: Path, script: str) -> bytes:
         ),
         # At pixsift's own version: switched to WAL, then the same failures.
         (
-            "CREATE TABLE notes (body TEXT); PRAGMA user_version = 4;",
-            "it holds tables of another program (notes), none of pixsift's, under SQLite schema version 4",
+            f"CREATE TABLE notes (body TEXT); PRAGMA user_version = {SCHEMA_VERSION};",
+            "it holds tables of another program (notes), none of pixsift's, under SQLite schema version "
+            f"{SCHEMA_VERSION}",
         ),
         # Above it: "newer than this pixsift understands. Upgrade pixsift to use it."
         (

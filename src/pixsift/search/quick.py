@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,9 @@ from pixsift.storage.catalog_reader import CatalogReader
 if TYPE_CHECKING:
     from pixsift.models.onnx_embedder import OnnxEmbedder
     from pixsift.storage.vector_index import VectorIndex
+
+
+STARTED_WITHIN_S = 2.0  # a thread started runs within this (milliseconds on an idle machine)
 
 
 class _NotQuickError(Exception):
@@ -154,12 +158,22 @@ def _answer(
     header = read_header(index_path)
     if header is None or not _caught_up_as_saved(reader, header, generation):
         raise _NotQuickError  # missing, unreadable, or far behind: the library saves it anew
-    embedder = _text_embedder(record, engine)
-    # One step after another: building the text session in a thread beside the tokenizer and
-    # FAISS saved nothing, as ONNX Runtime holds the GIL for most of the build.
-    vectors = embedder.embed_texts([term.text or "" for term in terms])
+    from pixsift.storage.vector_index import VectorIndex
+
+    # The index file is read (checksum, then FAISS) on a thread while this one loads the text
+    # tower and embeds the query: both are C code that mostly runs without the GIL, and the
+    # read grows with the library (0.24 s for the 233 MB HNSW file of 100,000 images). FAISS
+    # is imported here, not there: a Ctrl-C in the middle of an import can leave the import
+    # lock held, and a thread importing anything then waited for it forever.
+    loading = _IndexLoad(VectorIndex.load, index_path)
+    try:
+        loading.start()  # in the try: whatever stops this thread, it waits for the read to end
+        embedder = _text_embedder(record, engine)
+        vectors = embedder.embed_texts([term.text or "" for term in terms])
+    finally:
+        loaded = loading.result()  # also when the library answers instead: never two loads at once
     query = combine(vectors, [term.weight for term in terms])
-    index = _saved_index(reader, index_path, generation, record.embed_dim)
+    index = _saved_index(reader, loaded, generation, record.embed_dim)
     if query.shape != (index.dim,):
         raise _NotQuickError
     return _ranked(reader, index, query, k, min_score)
@@ -178,14 +192,60 @@ def _caught_up_as_saved(reader: CatalogReader, header: dict[str, Any], generatio
     return replay_is_cheap(changes, added, saved_count(header))
 
 
-def _saved_index(reader: CatalogReader, path: Path, generation: int, dim: int) -> VectorIndex:
-    """The index saved at `path`, of vectors of size `dim`, caught up to `generation` from the
-    change log."""
+class _IndexLoad:
+    """`load(path)` on a thread of its own; it must import nothing (see `_answer`).
+
+    The process must not exit while it reads: FAISS calls back into Python for the file's
+    bytes, and an interpreter shutting down under it aborts ("Fatal Python error:
+    PyGILState_Release"). So `result` waits for the read to end even after a Ctrl-C, on an
+    event of its own: in Python 3.11 a `Thread.join` interrupted by Ctrl-C marks the thread
+    as ended while it still runs, so that a second join returns at once.
+    """
+
+    def __init__(self, load: Callable[[Path], VectorIndex | None], path: Path) -> None:
+        self._load = load
+        self._path = path
+        self._index: VectorIndex | None = None
+        self._error: BaseException | None = None
+        self._running = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pixsift-load", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        self._running.set()
+        try:
+            self._index = self._load(self._path)
+        except BaseException as error:  # raised in the caller's thread, by `result`
+            self._error = error
+        finally:
+            self._done.set()
+
+    def result(self) -> VectorIndex | None:
+        """The index read (None: none, or none that reads), once the read has ended."""
+        try:
+            self._wait()
+        except BaseException:  # a Ctrl-C while waiting: wait on, the read ends within a second or so
+            self._wait()
+            raise
+        if self._error is not None:
+            raise self._error
+        return self._index
+
+    def _wait(self) -> None:
+        # A thread stopped before it was started (a Ctrl-C at that very moment) never runs.
+        if self._running.wait(STARTED_WITHIN_S):
+            self._done.wait()
+
+
+def _saved_index(reader: CatalogReader, index: VectorIndex | None, generation: int, dim: int) -> VectorIndex:
+    """`index`, as read from the library's file (None: none that reads), of vectors of size
+    `dim`, caught up to `generation` from the change log."""
     from pixsift.storage.index_lifecycle import load_policy
-    from pixsift.storage.vector_index import VectorIndex
 
     load_policy(reader)  # the library's settings: bad ones are the library's to report
-    index = VectorIndex.load(path)
     if index is None or index.dim != dim:
         raise _NotQuickError  # replaced since the header was read, or made for another model
     if index.generation != generation:
