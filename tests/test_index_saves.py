@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from pixsift import Library
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.storage import Catalog
 from pixsift.storage.index_header import REPLAY_FLOOR, read_header
-from pixsift.storage.vector_index import TMP_INFIX
+from pixsift.storage.vector_index import TMP_INFIX, VectorIndex
 
 DIM = 16
 COUNT = REPLAY_FLOOR + 200
@@ -244,3 +245,43 @@ def test_a_search_save_never_undoes_a_reindex_done_since_it_decided(
     with Library.open(library_dir) as fresh:
         status = fresh.status().index_file
         assert (status.state, status.kind) == ("up to date", "hnsw")
+
+
+def test_a_search_while_a_rebuilt_index_is_swapped_in_does_not_read_its_file_again(
+    library_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rebuild_index` saves the new index, then swaps it in: a search that took the lock in
+    between found the file newer than the index it held (another kind) and read all of it,
+    seconds and a third copy in memory at a million vectors while every other search waited,
+    for the very index being swapped in. It now answers from the old index meanwhile."""
+    query = vector_of(library_dir, 1)
+    save, load = VectorIndex.save, VectorIndex.load.__func__  # type: ignore[attr-defined]
+    saved = threading.Event()
+    loads: list[Path] = []
+
+    def signalled(index: VectorIndex, path: Path) -> None:
+        save(index, path)
+        saved.set()
+
+    def counted(cls: type[VectorIndex], path: Path) -> VectorIndex | None:
+        loads.append(path)
+        return load(cls, path)  # type: ignore[no-any-return]
+
+    with Library.open(library_dir) as library:
+        assert [r.id for r in library.search_vector(query, k=1)] == [1]  # flat, in memory
+        monkeypatch.setattr(VectorIndex, "save", signalled)
+        monkeypatch.setattr(VectorIndex, "load", classmethod(counted))
+        keeper = library._index
+        with keeper.in_memory() as old:  # as a search under way holds the lock
+            rebuild = threading.Thread(target=library.rebuild_index, args=("hnsw",))
+            rebuild.start()
+            assert saved.wait(60)  # the HNSW file is in place, not yet swapped in
+            assert [r.id for r in library.search_vector(query, k=1)] == [1]
+            with keeper.in_memory() as answering:
+                assert answering is old
+        rebuild.join(60)
+        assert not rebuild.is_alive()
+        assert loads == []
+        assert library.index_summary().kind == "hnsw"
+        summary = library.loaded_index().summary
+        assert summary is not None and summary.kind == "hnsw"

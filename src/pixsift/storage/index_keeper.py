@@ -75,6 +75,8 @@ class IndexKeeper:
         self.published = LoadedIndex()
         # The index and generation `published` describes: summarised again only when they change.
         self._summarized: tuple[VectorIndex | None, int | None] = (None, None)
+        # A rebuilt index saved, not yet swapped in (see `rebuild`): the file is its copy.
+        self._swapping: VectorIndex | None = None
 
     @property
     def thresholds(self) -> IndexThresholds:
@@ -260,10 +262,17 @@ class IndexKeeper:
         # holds `fresh`, and the write lock keeps the catalog as it is. Saving it under the
         # lock made every search wait for the file's write (seconds at a million vectors).
         fresh = catch_up(self._catalog, fresh, policy)
-        self._save(fresh, holding_lock=True, required=True)
-        with self._lock:
-            self._vectors = fresh
-            self._publish()
+        # Once the file is replaced, a search that takes the lock before the swap sees a file
+        # newer than its index, or of another kind: it would read the whole file (seconds and
+        # GBs at a million vectors, with every other search waiting) for a copy of `fresh`.
+        self._swapping = fresh
+        try:
+            self._save(fresh, holding_lock=True, required=True)
+            with self._lock:
+                self._vectors = fresh
+                self._publish()
+        finally:
+            self._swapping = None
 
     def _refresh(self, dim: int, *, always: bool) -> tuple[VectorIndex, _Seen | None]:
         """The index in memory caught up with the catalog (loaded or rebuilt if need be; the
@@ -277,7 +286,8 @@ class IndexKeeper:
         # save decided from it may replace (see `_Seen`).
         on_disk = read_header(self.path)
         if self._vectors is not None and self._vectors.dim == dim:
-            saved = self._saved_elsewhere(self._vectors, on_disk)
+            # While a rebuild saves its index, the file is its own: it is swapped in next.
+            saved = None if self._swapping is not None else self._saved_elsewhere(self._vectors, on_disk)
             self._vectors = catch_up(self._catalog, saved or self._vectors, policy)
             header = on_disk
         else:

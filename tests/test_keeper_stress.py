@@ -1,0 +1,179 @@
+"""One `Library` shared by many threads at once, as the service shares it: searches, `similar`,
+reads of `loaded_index()`, deletes, an index run of new photos (which outgrows the flat index
+and rebuilds it as HNSW) and forced rebuilds. The index keeper writes the index file outside
+its lock while searches read the index; this checks, on real photos, a real catalog and real
+FAISS, that no search ever fails or returns an image deleted before it began, that the
+published summary describes the index searches use once all is quiet, and that the file saved
+last loads and passes `pixsift doctor`.
+
+Bounded: fixed iteration counts, every thread joined with a deadline; no sleeps."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from conftest import TinyModel, run_cli
+from pixsift import Library
+from pixsift.storage.index_choice import IndexThresholds
+from pixsift.storage.vector_index import VectorIndex
+from sample_photos import write_photos
+
+BEFORE, ADDED = 150, 60  # the index run's 60 take the library past flat_max: rebuilt as HNSW
+THRESHOLDS = IndexThresholds(flat_max=180, exact_filter_max=10)
+SEARCHES = 60  # per search thread
+DELETES = 25
+DEADLINE_S = 180
+
+
+class Run:
+    """What the threads share: the ids deleted so far, and every failure, by thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.deleted: set[int] = set()
+        self.failures: list[str] = []
+        self.returned: set[int] = set()
+        self.go = threading.Event()
+
+    def deleted_now(self) -> set[int]:
+        with self.lock:
+            return set(self.deleted)
+
+    def thread(self, name: str, work: Callable[[], None]) -> threading.Thread:
+        def guarded() -> None:
+            self.go.wait(DEADLINE_S)
+            try:
+                work()
+            except BaseException as error:  # any: reported together below
+                with self.lock:
+                    self.failures.append(f"{name}: {error!r}")
+
+        return threading.Thread(target=guarded, name=name, daemon=True)
+
+
+def searcher(
+    library: Library, run: Run, anchor: int, query: np.ndarray, under: Path, seed: int
+) -> Callable[[], None]:
+    asks = [
+        lambda: library.search("a red square on grass", k=30),
+        lambda: library.similar(anchor, k=30),
+        lambda: library.search_vector(query, k=30),
+        lambda: library.search_vector(query, k=30, under=under),  # a filter: the ids allowed
+    ]
+
+    def work() -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(SEARCHES):
+            gone = run.deleted_now()  # deleted before this search began
+            hits = asks[int(rng.integers(len(asks)))]()
+            ids = [hit.id for hit in hits]
+            assert len(set(ids)) == len(ids), f"duplicates: {ids}"
+            assert not gone & set(ids), f"deleted before the search: {sorted(gone & set(ids))}"
+            assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
+            with run.lock:
+                run.returned |= set(ids)
+
+    return work
+
+
+def summary_reader(library: Library) -> Callable[[], None]:
+    def work() -> None:
+        for _ in range(20 * SEARCHES):
+            loaded = library.loaded_index()
+            summary = loaded.summary
+            if summary is not None:
+                assert summary.kind in ("flat", "hnsw"), summary
+                assert 0 < summary.vectors <= BEFORE + ADDED, summary
+
+    return work
+
+
+def deleter(library: Library, run: Run, victims: list[int]) -> Callable[[], None]:
+    def work() -> None:
+        for image_id in victims:
+            library.delete(image_id, wait=None)
+            with run.lock:
+                run.deleted.add(image_id)
+
+    return work
+
+
+def test_one_library_under_searches_deletes_an_index_run_and_rebuilds_at_once(
+    tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    started = time.monotonic()
+    photos = tmp_path / "photos"
+    write_photos(photos / "before", BEFORE, size=(64, 48), seed=7000)
+    library = Library.open(tmp_path / "library", index_thresholds=THRESHOLDS)
+    library.index(photos, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint))
+    first = library.search("a photo", k=BEFORE)
+    initial = {hit.id for hit in first}
+    assert len(initial) == BEFORE and library.index_summary().kind == "flat"
+    anchor = first[0].id
+    query = library.similar(anchor, k=1)[0].id  # another image: its stored vector is a query
+    vector = _stored_vector(library, query)
+    victims = sorted(initial - {anchor})[:DELETES]
+    added = tmp_path / "added"  # a folder of its own: a run of `photos` would add the deleted again
+    write_photos(added, ADDED, size=(64, 48), seed=7500)
+
+    run = Run()
+    threads = [
+        run.thread("search-1", searcher(library, run, anchor, vector, photos / "before", 1)),
+        run.thread("search-2", searcher(library, run, anchor, vector, photos / "before", 2)),
+        run.thread("loaded_index", summary_reader(library)),
+        run.thread("delete", deleter(library, run, victims)),
+        run.thread("index", lambda: _index(library, tiny_model, added)),
+        run.thread("rebuild", lambda: _rebuilds(library)),
+    ]
+    for thread in threads:
+        thread.start()
+    run.go.set()
+    for thread in threads:
+        thread.join(max(1.0, DEADLINE_S - (time.monotonic() - started)))
+    assert not [thread.name for thread in threads if thread.is_alive()], "a thread hung"
+    assert not run.failures, run.failures
+
+    # Quiet now: what is published is the index searches use, and holds what the catalog does.
+    indexed = library.status().counts.indexed
+    assert indexed == BEFORE + ADDED - DELETES
+    published = library.loaded_index()
+    assert not published.loading and published.summary is not None
+    with library._index.in_memory() as held:
+        assert held is not None
+        assert held.count == published.summary.vectors == indexed
+    final = {hit.id for hit in library.search("a photo", k=2 * indexed)}
+    assert len(final) == indexed and not final & set(victims)
+    assert run.returned <= initial | final  # every id returned was in the catalog at some point
+    library.close()
+
+    # The file saved last reads whole; deletes since it leave it behind (replayed on load).
+    saved = VectorIndex.load(tmp_path / "library" / "vectors.faiss")
+    assert saved is not None and saved.count >= indexed
+    with Library.open(tmp_path / "library", create=False, index_thresholds=THRESHOLDS) as again:
+        assert again.index_summary().vectors == indexed
+        assert {hit.id for hit in again.search_vector(vector, k=2 * indexed)} == final
+    checked = run_cli("doctor", "--library", str(tmp_path / "library"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def _stored_vector(library: Library, image_id: int) -> np.ndarray:
+    with library._index.in_memory() as held:
+        assert held is not None
+        return held.vector(image_id)
+
+
+def _index(library: Library, tiny_model: TinyModel, folder: Path) -> None:
+    report = library.index(
+        folder, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint), wait=None
+    )
+    assert report.added == ADDED, report
+
+
+def _rebuilds(library: Library) -> None:
+    for kind in ("hnsw", "flat", "auto"):
+        assert library.rebuild_index(kind, wait=None).kind in ("flat", "hnsw")
