@@ -226,7 +226,8 @@ class IndexKeeper:
         else of the caught-up file's header (the rebuild reads the database, not the file)."""
         from pixsift.storage.index_lifecycle import rebuild_reason
 
-        shape = self._vectors.shape if self._vectors is not None else self._caught_up_shape(dim)
+        vectors = self._vectors  # read once: a close() in another thread may drop it meanwhile
+        shape = vectors.shape if vectors is not None else self._caught_up_shape(dim)
         if shape is None:
             return None
         policy = self.policy()
