@@ -163,9 +163,10 @@ def search_request(rng: random.Random, images: int) -> Request:
 def recommend_request(rng: random.Random, images: int) -> Request:
     # "More like the items this user liked": examples by id, so no model runs (a text example
     # would add one text-encoder call, the cost of a search).
-    positive = [rng.randint(1, images) for _ in range(3)]
+    # Distinct: an image both liked and disliked is a client's mistake, refused with a 400.
+    *positive, negative = rng.sample(range(1, images + 1), 4)
     exclude = [rng.randint(1, images) for _ in range(20)]  # already seen
-    body = {"positive": positive, "negative": [rng.randint(1, images)], "k": 10, "exclude": exclude}
+    body = {"positive": positive, "negative": [negative], "k": 10, "exclude": exclude}
     return "POST", "/recommend", {"json": body}
 
 
