@@ -21,6 +21,17 @@ API_KEY = "test-key-0123456789abcdef"
 @contextmanager
 def running_server(library: Library, settings: ServerSettings | None = None) -> Iterator[str]:
     """The service for `library` listening on 127.0.0.1 on a free port; yields its base URL."""
+    with running_uvicorn(library, settings) as (url, _):
+        yield url
+
+
+@contextmanager
+def running_uvicorn(
+    library: Library, settings: ServerSettings | None = None
+) -> Iterator[tuple[str, uvicorn.Server]]:
+    """`running_server`, with the uvicorn server too: `server_state.tasks` holds a task for each
+    request under way, from its headers read to its answer sent, so a test can tell when
+    requests it sent have all arrived."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -35,7 +46,7 @@ def running_server(library: Library, settings: ServerSettings | None = None) -> 
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
         thread.join(timeout=20)

@@ -1154,6 +1154,14 @@ def test_the_synthetic_writer_refuses_a_file_in_one_line(tmp_path: Path) -> None
             ["serve", "--max-megapixels", "nan"],
             "Invalid value for '--max-megapixels': nan is not a number from 0.1 to 1000.",
         ),
+        (
+            ["serve", "--load-wait", "nan"],
+            "Invalid value for '--load-wait': nan is not a number from 0 to 3600.",
+        ),
+        (
+            ["serve", "--load-wait", "-1"],
+            "Invalid value for '--load-wait': -1.0 is not in the range 0<=x<=3600.",
+        ),
     ],
 )
 def test_nan_for_a_number_option_is_bad_usage(tmp_path: Path, command: list[str], refusal: str) -> None:

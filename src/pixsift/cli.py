@@ -24,7 +24,7 @@ import typer
 from typer.core import TyperGroup
 
 from pixsift import __version__
-from pixsift.config import LOCK_WAIT_S, MAX_BATCH_SIZE, MAX_WORKERS
+from pixsift.config import DEFAULT_LOAD_WAIT_S, LOCK_WAIT_S, MAX_BATCH_SIZE, MAX_WORKERS
 from pixsift.errors import LibraryBusyError, PixsiftError, given_path
 from pixsift.formatting import ResultFormat, StatusFormat, format_kept
 
@@ -824,6 +824,17 @@ def serve(
             help="Query image uploads handled at once; more get 503 busy (each can take 0.5 GB).",
         ),
     ] = 4,
+    load_wait: Annotated[
+        float,
+        typer.Option(
+            "--load-wait",
+            min=0,
+            max=3600,
+            callback=_no_nan,
+            help="Seconds a search waits while the service loads its search index, then 503 "
+            "index_loading (0: at once).",
+        ),
+    ] = DEFAULT_LOAD_WAIT_S,
     device: DeviceOpt = "auto",
     engine: EngineOpt = Engine.auto,
 ) -> None:
@@ -845,6 +856,7 @@ def serve(
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
             max_megapixels=max_megapixels,
             max_concurrent_uploads=max_concurrent_uploads,
+            load_wait_s=load_wait,
         )
         with _first_use_explained(), _open(library, device=device, engine=engine) as lib:
             run_server(lib, host, port, settings)

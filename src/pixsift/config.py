@@ -23,6 +23,11 @@ LOCK_WAIT_S = 10.0
 # are 10 GB already.
 MAX_BATCH_SIZE = 4096
 MAX_WORKERS = 64
+# `pixsift serve --load-wait`: how long a search that arrives while the service loads its search
+# index waits for it (on the event loop, holding no worker thread) before 503 `index_loading`.
+# A load of seconds, as after most restarts, passes unnoticed; a longer one is told well within
+# the 30 s that many clients and proxies give a request before giving up on it themselves.
+DEFAULT_LOAD_WAIT_S = 20.0
 
 
 def default_library_dir() -> Path:

@@ -11,6 +11,7 @@ from pixsift.library import Library
 from pixsift.search import QueryTerm, SearchResult
 from pixsift.search.examples import Example
 from pixsift.server.deps import ERRORS, core_filters, filter_params, library_of
+from pixsift.server.index_wait import index_loaded
 from pixsift.server.schemas import (
     ID_MAX,
     TEXT_MAX,
@@ -27,7 +28,13 @@ from pixsift.server.schemas import (
 from pixsift.server.settings import K_MAX
 from pixsift.server.uploads import SIMILAR_REQUEST_BODY, UploadSlots, read_query_image
 
-router = APIRouter(responses=ERRORS)
+INDEX_LOADING = "The search index is still loading (`index_loading`): try again after Retry-After seconds."
+# Every route here needs the search index: while it loads, a request waits for it on the event
+# loop (see index_wait), not in a worker thread that other routes need meanwhile.
+router = APIRouter(
+    responses={**ERRORS, 503: {"model": ErrorBody, "description": INDEX_LOADING}},
+    dependencies=[Depends(index_loaded)],
+)
 LibraryDep = Annotated[Library, Depends(library_of)]
 KParam = Annotated[int, Query(ge=1, le=K_MAX, description=f"How many results, 1 to {K_MAX}.")]
 MinScoreParam = Annotated[float | None, Query(ge=-1.0, le=1.0, allow_inf_nan=False)]
@@ -90,7 +97,10 @@ def similar_to_indexed(
     openapi_extra=SIMILAR_REQUEST_BODY,
     responses={
         415: {"model": ErrorBody, "description": "Neither multipart nor JSON."},
-        503: {"model": ErrorBody, "description": "As many uploads under way as the service takes (busy)."},
+        503: {
+            "model": ErrorBody,
+            "description": f"As many uploads under way as the service takes (`busy`). {INDEX_LOADING}",
+        },
     },
 )
 async def similar_to_upload(

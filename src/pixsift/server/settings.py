@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass
 
+from pixsift.config import DEFAULT_LOAD_WAIT_S
 from pixsift.errors import InvalidOptionError, PixsiftError
 
 API_KEY_ENV = "PIXSIFT_API_KEY"
@@ -29,23 +31,33 @@ class ServerSettings:
     """`api_key` enables the write endpoints (and is required for them); with
     `require_key_for_reads` every endpoint but /healthz and the docs needs it too, as it must
     when the service listens beyond loopback. `max_concurrent_uploads` POST /similar requests
-    are handled at once; one more is refused with 503 `busy`."""
+    are handled at once; one more is refused with 503 `busy`. A search that arrives while the
+    search index loads waits up to `load_wait_s` seconds for it (0: not at all), then is
+    refused with 503 `index_loading`."""
 
     api_key: str | None = None
     require_key_for_reads: bool = False
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
     max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
+    load_wait_s: float = DEFAULT_LOAD_WAIT_S
 
     def __post_init__(self) -> None:
         if self.api_key is not None:
             check_api_key(self.api_key)
         if self.max_concurrent_uploads < 1:
             raise InvalidOptionError("The service must accept at least 1 upload at a time.")
+        _check_load_wait(self.load_wait_s)
 
     @property
     def max_pixels(self) -> int:
         return int(self.max_megapixels * 1_000_000)
+
+
+def _check_load_wait(wait: object) -> None:
+    # NaN would compare false with everything, infinity would leave a client waiting for ever.
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not math.isfinite(wait) or wait < 0:
+        raise InvalidOptionError(f"load_wait_s must be a number of seconds of 0 or more, not {wait!r}.")
 
 
 def is_loopback(host: str) -> bool:
