@@ -18,6 +18,7 @@ from pixsift import Library
 from pixsift.errors import InvalidOptionError
 from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.storage import Catalog, index_lifecycle
+from pixsift.storage.handoff import HandOff
 from pixsift.storage.index_choice import IndexThresholds
 from pixsift.storage.vector_index import VectorIndex
 from pixsift.synthetic.vectors import clustered_vectors
@@ -186,3 +187,33 @@ def test_an_index_run_save_waits_for_a_search_catch_up_and_finishes_it(
     assert read_generation(tmp_path / "library" / "vectors.faiss") == catalog.generation()
     assert sorted(set(slices)) == list(range(loaded_at + 1, loaded_at + 6))
     library.close()
+
+
+def test_the_lock_is_handed_to_every_thread_waiting_not_one_that_takes_it_again_and_again() -> None:
+    """Between slices, each thread already waiting gets the lock once before the catch-up goes
+    on: a search that takes it again at once must not stand for another still waiting."""
+    handoff, lock = HandOff(), threading.RLock()
+    stop, entered = threading.Event(), threading.Event()
+
+    def again_and_again() -> None:
+        while not stop.is_set():
+            with handoff.holding(lock):
+                pass
+
+    def once() -> None:
+        with handoff.holding(lock):
+            entered.set()
+
+    with handoff.holding(lock):
+        eager = threading.Thread(target=again_and_again)
+        eager.start()
+        assert handoff.wait_for_waiters(1, DEADLINE_S)
+        patient = threading.Thread(target=once)
+        patient.start()
+        assert handoff.wait_for_waiters(2, DEADLINE_S)
+        handoff.let_waiters_in(lock)
+        assert entered.is_set()  # before the lock came back: it had its turn
+    stop.set()
+    for thread in (eager, patient):
+        thread.join(DEADLINE_S)
+        assert not thread.is_alive()

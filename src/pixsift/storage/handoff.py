@@ -22,24 +22,28 @@ class Lock(Protocol):
 
 
 class HandOff:
-    """Counts the threads that came to a lock and those that took it (see the module's doc)."""
+    """Numbers the threads that come to a lock, and knows which have not taken it yet (see the
+    module's doc): by ticket, as a thread that takes the lock again and again must not stand
+    for another that still waits."""
 
     def __init__(self) -> None:
         self._counts = threading.Condition(threading.Lock())
-        self._arrived = 0
-        self._entered = 0
+        self._tickets = 0  # handed out so far
+        self._waiting: set[int] = set()  # of the threads that came and have not taken the lock
 
     @contextmanager
     def holding(self, lock: Lock) -> Iterator[None]:
         """`lock` held for the block, taken in turn with `let_waiters_in`."""
         with self._counts:
-            self._arrived += 1
+            ticket = self._tickets
+            self._tickets += 1
+            self._waiting.add(ticket)
             self._counts.notify_all()
         try:
             lock.acquire()
         finally:  # counted as in even if interrupted: no one may wait for this thread
             with self._counts:
-                self._entered += 1
+                self._waiting.discard(ticket)
                 self._counts.notify_all()
         try:
             yield
@@ -50,11 +54,11 @@ class HandOff:
         """Release `lock` (which the caller took once, through `holding`) until every thread
         that came to `holding` before now has taken it, then take it again."""
         with self._counts:
-            came = self._arrived
+            came = set(self._waiting)
         lock.release()
         try:
             with self._counts:
-                self._counts.wait_for(lambda: self._entered >= came)
+                self._counts.wait_for(lambda: not came & self._waiting)
         finally:
             lock.acquire()
 
@@ -62,4 +66,4 @@ class HandOff:
         """Whether at least `count` threads wait to take the lock (came, not yet in), waited
         for up to `timeout` seconds: lets a test put a search in line at a chosen moment."""
         with self._counts:
-            return self._counts.wait_for(lambda: self._arrived - self._entered >= count, timeout)
+            return self._counts.wait_for(lambda: len(self._waiting) >= count, timeout)
