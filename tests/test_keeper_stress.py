@@ -4,7 +4,8 @@ and rebuilds it as HNSW) and forced rebuilds. The index keeper writes the index 
 its lock while searches read the index; this checks, on real photos, a real catalog and real
 FAISS, that no search ever fails or returns an image deleted before it began, that the
 published summary describes the index searches use once all is quiet, and that the file saved
-last loads and passes `pixsift doctor`.
+last loads and passes `pixsift doctor`. A second test races a catch-up applied in tiny slices
+(see `IndexKeeper`) with searches, deletes and another process's commits.
 
 Bounded: fixed iteration counts, every thread joined with a deadline; no sleeps."""
 
@@ -177,3 +178,97 @@ def _index(library: Library, tiny_model: TinyModel, folder: Path) -> None:
 def _rebuilds(library: Library) -> None:
     for kind in ("hnsw", "flat", "auto"):
         assert library.rebuild_index(kind, wait=None).kind in ("flat", "hnsw")
+
+
+# ---- a long catch-up in slices, raced by searches and deletes ----------------------------------
+
+SLICED = IndexThresholds(flat_max=100, exact_filter_max=10, catch_up_slice=3)
+SLICE_DIM = 32
+COMMITS = 40  # another process's, of 5 new images each; every 4th also deletes 2 older ones
+
+
+def test_a_catch_up_in_slices_under_searches_deletes_and_another_process_writing(tmp_path: Path) -> None:
+    """Another process adds images in 40 commits (half before the searches begin) and deletes
+    some while searches in three threads catch the index up 3 changes at a time (one catches
+    up, the others answer from the index as it is) and a fourth thread deletes through the
+    library (its catch-up waits for the one under way and finishes it). No search fails or
+    returns an image deleted before it began or never stored; the index caught up at the end
+    holds the ids a rebuild does."""
+    from filelock import FileLock
+
+    from pixsift.models.spec import ModelRecord, ModelSpec
+    from pixsift.storage import Catalog
+    from pixsift.storage.index_lifecycle import rebuild
+    from pixsift.synthetic.vectors import clustered_vectors
+
+    started = time.monotonic()
+    folder = tmp_path / "library"
+    folder.mkdir()
+    writer = Catalog.open(folder / "library.db")  # as an index run in another process has it
+    stream = np.concatenate(list(clustered_vectors(150 + 5 * COMMITS, SLICE_DIM, clusters=8, seed=3)))
+    with writer.write() as batch:
+        batch.set_model(ModelRecord(ModelSpec("synthetic", "none"), SLICE_DIM, "0" * 64))
+        first = batch.add_embedded_images([f"/s/before/{i}.jpg" for i in range(150)], stream[:150])
+    library = Library.open(folder, create=False, index_thresholds=SLICED)
+    assert len(library.search_vector(stream[0], k=10)) == 10 and library.index_summary().kind == "hnsw"
+
+    run = Run()
+    stored = set(first)  # every id ever stored
+    theirs, ours = first[: 2 * (COMMITS // 4)], first[-DELETES:]
+
+    def write(commits: range) -> None:
+        for n in commits:
+            chunk = stream[150 + 5 * n : 155 + 5 * n]
+            with FileLock(folder / "library.lock"), writer.write() as batch:
+                new = batch.add_embedded_images([f"/s/{n}/{i}.jpg" for i in range(5)], chunk)
+                gone = theirs[n // 2 : n // 2 + 2] if n % 4 == 3 else []
+                batch.delete_images(gone)
+                with run.lock:
+                    stored.update(new)
+            with run.lock:
+                run.deleted.update(gone)
+
+    def search(seed: int) -> Callable[[], None]:
+        def work() -> None:
+            rng = np.random.default_rng(seed)
+            for _ in range(SEARCHES):
+                gone = run.deleted_now()
+                hits = library.search_vector(stream[int(rng.integers(len(stream)))], k=30)
+                ids = [hit.id for hit in hits]
+                assert len(set(ids)) == len(ids), f"duplicates: {ids}"
+                assert not gone & set(ids), f"deleted before the search: {sorted(gone & set(ids))}"
+                with run.lock:
+                    assert set(ids) <= stored, f"never stored: {sorted(set(ids) - stored)}"
+                assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
+
+        return work
+
+    write(range(COMMITS // 2))  # before the searches: the first has 100 changes to catch up
+    threads = [
+        run.thread("other-process", lambda: write(range(COMMITS // 2, COMMITS))),
+        *(run.thread(f"search-{n}", search(n)) for n in range(3)),
+        run.thread("delete", deleter(library, run, ours)),
+    ]
+    for thread in threads:
+        thread.start()
+    run.go.set()
+    for thread in threads:
+        thread.join(max(1.0, DEADLINE_S - (time.monotonic() - started)))
+    assert not [thread.name for thread in threads if thread.is_alive()], "a thread hung"
+    assert not run.failures, run.failures
+
+    # Quiet now: the next search catches up whole, to what a rebuild from the catalog holds.
+    everything = library.search_vector(stream[0], k=len(stream))
+    remaining = stored - run.deleted
+    assert {hit.id for hit in everything} == remaining
+    with library._index.in_memory() as held:
+        assert held is not None and held.generation == writer.generation()
+        fresh = rebuild(writer, SLICE_DIM, library._index.policy())
+        assert set(held.ids().tolist()) == set(fresh.ids().tolist()) == remaining
+    library.close()
+    writer.close()
+
+    # The file saved last reads whole; another process loading it catches up to the same ids.
+    assert VectorIndex.load(folder / "vectors.faiss") is not None
+    with Library.open(folder, create=False, index_thresholds=SLICED) as again:
+        assert {hit.id for hit in again.search_vector(stream[0], k=len(stream))} == remaining

@@ -716,7 +716,8 @@ class Library:
         does this at start); an empty library has neither yet, and is left as it is.
 
         `index_in_background`: the index loads in a thread of its own (minutes for a large
-        one far behind its file), `loaded_index().loading` meanwhile; searches wait for it.
+        one far behind its file), `loaded_index().loading` meanwhile; searches wait for its
+        file to be read, then answer from it as it is while it catches up (in slices).
         The model is loaded first either way, so that a model that cannot load fails here."""
         if self._catalog.model() is None:
             return

@@ -445,19 +445,23 @@ class Catalog:
         with self._read() as session:
             return bool(session.scalar(select(added)))
 
-    def vector_delta(self, since: int) -> VectorDelta | None:
-        """What changed after generation `since`, or None if the log no longer reaches back."""
+    def vector_delta(self, since: int, max_changes: int | None = None) -> VectorDelta | None:
+        """What changed after generation `since`, or None if the log no longer reaches back.
+
+        `max_changes`: only the first generations after `since` whose logged changes add up to
+        at most that many (always at least one whole generation, however large), to replay a
+        long log in slices; the delta's `generation` is the last one it covers. An image
+        changed again after the slice is read as it is now, as a whole delta reads it."""
         with self._read() as session:
             if since < _int_setting(session, LOG_FLOOR_KEY):
                 return None
             generation = _int_setting(session, GENERATION_KEY)
             if since > generation:  # an index file from some other database
                 return None
-            changed = list(
-                session.scalars(
-                    select(VectorChange.image_id).where(VectorChange.generation > since).distinct()
-                )
-            )
+            if max_changes is not None:
+                generation = _slice_end(session, since, generation, max_changes)
+            window = (VectorChange.generation > since) & (VectorChange.generation <= generation)
+            changed = list(session.scalars(select(VectorChange.image_id).where(window).distinct()))
             upserted: list[tuple[int, bytes]] = []
             for chunk in sql_chunks(changed):
                 query = select(Embedding.image_id, Embedding.vector).where(Embedding.image_id.in_(chunk))
@@ -471,6 +475,25 @@ class Catalog:
             else np.empty((0, 0), np.float32)
         )
         return VectorDelta(generation, removed, ids, vectors)
+
+
+def _slice_end(session: Session, since: int, generation: int, max_changes: int) -> int:
+    """The last generation after `since` (up to `generation`) at which the changes logged
+    since add up to at most `max_changes`; the first one after `since` if it alone has more.
+    Read generation by generation, in order: a long log is not counted whole."""
+    query = (
+        select(VectorChange.generation, func.count())
+        .where(VectorChange.generation > since, VectorChange.generation <= generation)
+        .group_by(VectorChange.generation)
+        .order_by(VectorChange.generation)
+    )
+    end, total = since, 0
+    for step, count in session.execute(query):
+        total += int(count)
+        if total > max_changes and end > since:
+            return end
+        end = int(step)
+    return generation  # the rest of the log fits (or the last generations logged nothing)
 
 
 class CatalogWriter:

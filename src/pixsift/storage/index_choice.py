@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pixsift.errors import QueryError
+from pixsift.errors import InvalidOptionError, QueryError
 
 GIB = 1024**3
 DEFAULT_MEMORY_BUDGET = 2 * GIB
@@ -41,6 +41,14 @@ class IndexThresholds:
     hnsw_max: int = 500_000  # above this, IVF-PQ even when HNSW would fit the budget
     drift_factor: float = 2.0  # rebuild when the count has grown (or shrunk) this much
     exact_filter_max: int = 5_000  # a filter leaving at most this many images ranks them exactly
+    # Change-log entries a catch-up applies per hold of the search lock (whole generations, so
+    # more if one generation has more): about 0.3 s of additions to an HNSW graph of 512-d
+    # vectors on two cores with searches going on, which is what a search may wait.
+    catch_up_slice: int = 1_000
+
+    def __post_init__(self) -> None:
+        if self.catch_up_slice < 1:
+            raise InvalidOptionError(f"catch_up_slice must be at least 1, not {self.catch_up_slice}.")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,18 @@ of truth). A delete or a search leaves a file a little behind as it is: every pr
 it up on load from the catalog's change log, and it is saved again once that log has grown
 past `replay_limit` (a share of the index, with a floor), which also bounds the log.
 
+A long catch-up (an index run in another process added 100,000 images, or one in this process
+ran with no searches meanwhile) is applied in slices of whole catalog generations, at most
+`IndexThresholds.catch_up_slice` changes each, with the lock released between slices and every
+thread already waiting for it let in first (see `handoff.py`): adding 100,000 vectors to an
+HNSW graph takes about 20 s on two cores, and every search waited for all of it. One thread
+catches up at a time; a search that comes meanwhile answers from the index as it is, at the
+generation of the last slice applied (never halfway through one), rather than queue to catch
+up itself. Its hits are named from the catalog as it is now (`Catalog.images`), so an image
+deleted since is never returned. What must see the index whole (an index run's save, a
+delete's catch-up) waits for that catch-up to end and finishes it. The file is saved once the
+index is caught up fully, as before.
+
 What the keeper holds is also published, without its lock, as one immutable `LoadedIndex`
 (a summary of the index in memory and whether it is being loaded), replaced whole under the
 lock each time the index in memory is loaded, caught up or swapped: a status or health check
@@ -30,6 +42,7 @@ from filelock import FileLock, Timeout
 
 from pixsift.errors import LibraryClosedError, LibraryWriteError
 from pixsift.storage.catalog import Catalog
+from pixsift.storage.handoff import HandOff
 
 if TYPE_CHECKING:
     from pixsift.status import IndexSummary
@@ -69,6 +82,12 @@ class IndexKeeper:
         self._thresholds = thresholds  # None: the defaults of index_choice
         self._vectors: VectorIndex | None = None
         self._lock = threading.RLock()
+        # Taken through `_handoff` (see `_held`), so that a catch-up in slices lets waiters in.
+        self._handoff = HandOff()
+        # Signalled after each step of a catch-up: a thread waiting for it looks again.
+        self._turn = threading.Condition(self._lock)
+        # The thread catching the index up, slice by slice; None while none is.
+        self._catcher: threading.Thread | None = None
         # (file generation, index generation) last found not worth a save: not asked again
         self._checked: tuple[int, int] | None = None
         # Replaced whole, under `_lock`, by `_publish`; read without it (see the module's doc).
@@ -99,9 +118,11 @@ class IndexKeeper:
         caught up on load from the change log, by every process. `locked`: the caller holds the
         write lock; else the file is saved only if no index run holds it. A save that fails
         (full disk, read-only folder) is no error: the index answers from memory.
+
+        While another thread catches the index up, it is the index as it is (see the module's
+        doc): a consistent earlier state of the catalog, caught up by that thread.
         """
-        with self._lock:
-            vectors, save_due = self._refresh(dim, always=False)
+        with self._caught_up(dim, always=False, as_is=True) as (vectors, save_due):
             if save_due:
                 # Decided and written under the lock: without the write lock (`locked`), the
                 # catalog may move on meanwhile, and another search's catch-up would change
@@ -122,7 +143,7 @@ class IndexKeeper:
         A file already caught up is not loaded (unless the index is in memory anyway, as in a
         server): its header tells `rebuild_due` all it asks, and reading a whole index to
         change nothing cost seconds and GBs of memory at a million vectors."""
-        with self._lock:
+        with self._held():
             if self._vectors is None and self._caught_up_shape(dim) is not None:
                 return
         self._refresh_and_save(dim, always=True)
@@ -155,7 +176,7 @@ class IndexKeeper:
         """The index in memory as it is (None when none is loaded), neither loaded nor caught
         up: held so that nothing changes it meanwhile. A status asks it, which must not read
         a whole index file, or build one, to describe it."""
-        with self._lock:
+        with self._held():
             yield self._vectors
 
     @property
@@ -170,7 +191,7 @@ class IndexKeeper:
         whole index to leave it unsaved would cost more than the delete."""
         from pixsift.storage.index_header import read_header, saved_count
 
-        with self._lock:
+        with self._held():
             if self._vectors is None or self._vectors.dim != dim:
                 header = read_header(self.path)  # none or unreadable: the next search builds it
                 if header is None or not self._far_behind(header, saved_count(header)):
@@ -180,12 +201,13 @@ class IndexKeeper:
     def _refresh_and_save(self, dim: int, *, always: bool) -> None:
         """Catch the index up under the lock, then save it if due outside it, so that searches
         go on meanwhile (a file of GBs takes seconds to write); the caller holds the write lock.
+        A catch-up under way in another thread (a search's) is waited for and finished.
 
         Searches only read the index, as the save does, and nothing changes it meanwhile: a
         change to the catalog needs the write lock, so any catch-up finds nothing to do. What
         may replace the index in memory (a rebuild, a repair's `forget`) also needs it."""
-        with self._lock:
-            vectors, save_due = self._refresh(dim, always=always)
+        with self._caught_up(dim, always=always, as_is=False) as (vectors, save_due):
+            pass
         if save_due:
             self._save(vectors, holding_lock=True, required=always)
 
@@ -203,7 +225,7 @@ class IndexKeeper:
 
     def forget(self) -> None:
         """Drop the index in memory: the next use reads the file (after a repair rewrote it)."""
-        with self._lock:
+        with self._held():
             self._vectors = None
             self._checked = None
             self._publish()
@@ -269,39 +291,91 @@ class IndexKeeper:
         self._swapping = fresh
         try:
             self._save(fresh, holding_lock=True, required=True)
-            with self._lock:
+            with self._held():
                 self._vectors = fresh
                 self._publish()
         finally:
             self._swapping = None
 
-    def _refresh(self, dim: int, *, always: bool) -> tuple[VectorIndex, _Seen | None]:
-        """The index in memory caught up with the catalog (loaded or rebuilt if need be; the
-        caller holds the lock), and, if it should be saved, the file's header as it was read
-        before (see `_Seen`); else None."""
+    @contextmanager
+    def _held(self) -> Iterator[None]:
+        """The keeper's lock, taken in turn with a catch-up in slices (see `handoff.py`)."""
+        with self._handoff.holding(self._lock):
+            yield
+
+    @contextmanager
+    def _caught_up(
+        self, dim: int, *, always: bool, as_is: bool
+    ) -> Iterator[tuple[VectorIndex, _Seen | None]]:
+        """Under the lock, the index caught up with the catalog as it was when this began
+        (loaded or rebuilt if need be), and, if it should be saved, the file's header as read
+        before the last step (see `_Seen`); else None.
+
+        Caught up one slice at a time, letting waiting threads in between slices. `as_is`:
+        while another thread catches up, the index as it is (never saved) rather than wait for
+        that thread to end; none is loaded yet, or not `as_is`: wait, then finish it. Never
+        entered by a thread that already holds the lock: it could not let waiters in."""
+        me = threading.current_thread()
+        with self._held():
+            target: int | None = None
+            rebuilt = False  # in this catch-up, from every stored vector: the file is behind
+            try:
+                while True:
+                    held = self._vectors
+                    if self._catcher is not None and self._catcher is not me:
+                        if as_is and held is not None and held.dim == dim:
+                            found: tuple[VectorIndex, _Seen | None] = (held, None)
+                            break
+                        self._turn.wait()
+                        continue
+                    self._catcher = me
+                    if target is None:
+                        target = self._catalog.generation()
+                    vectors, on_disk, fresh = self._step(dim)
+                    rebuilt |= fresh
+                    if vectors.generation >= target:
+                        header = None if rebuilt else on_disk
+                        due = self._save_due(vectors, header, always=always)
+                        found = (vectors, _Seen(on_disk) if due else None)
+                        break
+                    self._turn.notify_all()  # an index is in memory now: `as_is` may answer
+                    self._handoff.let_waiters_in(self._lock)
+            finally:
+                if self._catcher is me:
+                    self._catcher = None
+                    self._turn.notify_all()
+            yield found
+
+    def _step(self, dim: int) -> tuple[VectorIndex, dict[str, Any] | None, bool]:
+        """One step of a catch-up (the caller holds the lock): the index loaded (or rebuilt)
+        if none of `dim` is in memory, else one slice of the change log applied. Returns the
+        index, the file's header as read before, and whether the index was rebuilt from every
+        stored vector as the file could not be read."""
         from pixsift.storage.index_header import read_header
-        from pixsift.storage.index_lifecycle import catch_up, load_or_rebuild
+        from pixsift.storage.index_lifecycle import catch_up_slice, load_or_rebuild
 
         policy = self.policy()
-        # Read once a search, before the file is loaded: what the file holds now, and what a
-        # save decided from it may replace (see `_Seen`).
+        # Read before the file is loaded: what the file holds now, and what a save decided
+        # from it may replace (see `_Seen`).
         on_disk = read_header(self.path)
+        rebuilt = False
         if self._vectors is not None and self._vectors.dim == dim:
             # While a rebuild saves its index, the file is its own: it is swapped in next.
             saved = None if self._swapping is not None else self._saved_elsewhere(self._vectors, on_disk)
-            self._vectors = catch_up(self._catalog, saved or self._vectors, policy)
-            header = on_disk
+            most = self.thresholds.catch_up_slice
+            self._vectors = catch_up_slice(self._catalog, saved or self._vectors, policy, max_changes=most)
         else:
             self.published = replace(self.published, loading=True)
             try:
-                self._vectors, from_file = load_or_rebuild(self._catalog, self.path, dim, policy)
+                loaded = load_or_rebuild(self._catalog, self.path, dim, policy, replay=False)
+                self._vectors, from_file = loaded
             finally:
                 self._publish()
             # A damaged file whose header still reads is saved over too: else every search
             # and index run would rebuild the whole index from the database.
-            header = on_disk if from_file else None
+            rebuilt = not from_file
         self._publish()
-        return self._vectors, _Seen(on_disk) if self._save_due(self._vectors, header, always=always) else None
+        return self._vectors, on_disk, rebuilt
 
     def _publish(self) -> None:
         """Publish the index in memory now (the caller holds the lock): summarised again only

@@ -76,22 +76,34 @@ def open_vector_index(
 
 
 def load_or_rebuild(
-    catalog: Catalog, path: Path, dim: int, policy: IndexPolicy | None = None
+    catalog: Catalog, path: Path, dim: int, policy: IndexPolicy | None = None, *, replay: bool = True
 ) -> tuple[VectorIndex, bool]:
     """`open_vector_index`, and whether the index came from the file (False: rebuilt, as the
-    file is missing, damaged or of another dimension, and should be saved anew)."""
+    file is missing, damaged or of another dimension, and should be saved anew). `replay`:
+    False leaves an index read from the file at its own generation, for the caller to catch
+    up in slices (`catch_up_slice`)."""
     index = VectorIndex.load(path)
     if index is None or index.dim != dim:
         return rebuild(catalog, dim, policy), False
-    return catch_up(catalog, index, policy), True
+    return (catch_up(catalog, index, policy) if replay else index), True
 
 
 def catch_up(catalog: Catalog, index: VectorIndex, policy: IndexPolicy | None = None) -> VectorIndex:
     """`index` at the catalog's generation: the change log replayed, or a rebuild if the log
     no longer reaches back to the index's generation."""
+    return catch_up_slice(catalog, index, policy, max_changes=None)
+
+
+def catch_up_slice(
+    catalog: Catalog, index: VectorIndex, policy: IndexPolicy | None = None, *, max_changes: int | None
+) -> VectorIndex:
+    """`index` one slice nearer the catalog's generation: the next whole generations of the
+    change log, `max_changes` changes at most (at least one generation; None: all of it), or
+    a rebuild if the log no longer reaches back. Caught up when its generation is the
+    catalog's; a slice never leaves part of a generation applied."""
     if index.generation == catalog.generation():
         return index
-    delta = catalog.vector_delta(index.generation)
+    delta = catalog.vector_delta(index.generation, max_changes)
     if delta is None:
         return rebuild(catalog, index.dim, policy)
     index.apply(delta)
