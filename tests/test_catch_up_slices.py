@@ -20,6 +20,7 @@ from pixsift.models.spec import ModelRecord, ModelSpec
 from pixsift.storage import Catalog, index_lifecycle
 from pixsift.storage.handoff import HandOff
 from pixsift.storage.index_choice import IndexThresholds
+from pixsift.storage.index_keeper import IndexKeeper
 from pixsift.storage.vector_index import VectorIndex
 from pixsift.synthetic.vectors import clustered_vectors
 
@@ -38,6 +39,26 @@ def add(catalog: Catalog, batch_vectors: np.ndarray, tag: str) -> list[int]:
     paths = [f"/synthetic/{tag}/{i:04d}.jpg" for i in range(len(batch_vectors))]
     with catalog.write() as batch:
         return batch.add_embedded_images(paths, batch_vectors, width=64, height=48, format="JPEG")
+
+
+def in_line_after_the_first_slice(
+    monkeypatch: pytest.MonkeyPatch, keeper: IndexKeeper, thread: threading.Thread, what: str
+) -> list[int]:
+    """Each slice of the next catch-up recorded (its generation, in the list returned); after
+    the first, `thread` is started and in line for the keeper's lock before the next one."""
+    real_slice = index_lifecycle.catch_up_slice
+    slices: list[int] = []
+
+    def watched(*args: object, **kwargs: object) -> VectorIndex:
+        caught = real_slice(*args, **kwargs)  # type: ignore[arg-type]
+        slices.append(caught.generation)
+        if len(slices) == 1:
+            thread.start()
+            assert keeper._handoff.wait_for_waiters(1, DEADLINE_S), f"the {what} never came"
+        return caught
+
+    monkeypatch.setattr(index_lifecycle, "catch_up_slice", watched)
+    return slices
 
 
 @pytest.fixture
@@ -113,8 +134,6 @@ def test_a_search_during_a_catch_up_answers_from_the_index_as_it_is(
     with catalog.write() as batch:
         batch.delete_images([before[0]])
 
-    real_slice = index_lifecycle.catch_up_slice
-    slices: list[int] = []
     other: dict[str, object] = {}
 
     def meanwhile() -> None:
@@ -123,16 +142,7 @@ def test_a_search_during_a_catch_up_answers_from_the_index_as_it_is(
         other["hits"] = [hit.id for hit in library.search_vector(victim_vector, k=10)]
 
     searcher = threading.Thread(target=meanwhile)
-
-    def slice_and_watch(*args: object, **kwargs: object) -> VectorIndex:
-        caught = real_slice(*args, **kwargs)  # type: ignore[arg-type]
-        slices.append(caught.generation)
-        if len(slices) == 1:
-            searcher.start()
-            assert keeper._handoff.wait_for_waiters(1, DEADLINE_S), "the search never came"
-        return caught
-
-    monkeypatch.setattr(index_lifecycle, "catch_up_slice", slice_and_watch)
+    slices = in_line_after_the_first_slice(monkeypatch, keeper, searcher, "search")
     hits = library.search_vector(victim_vector, k=10)  # this search catches up, in 11 slices
     searcher.join(DEADLINE_S)
     assert not searcher.is_alive()
@@ -168,19 +178,8 @@ def test_an_index_run_save_waits_for_a_search_catch_up_and_finishes_it(
     for n in range(5):
         add(catalog, vectors(20, 10 + n), f"added-{n}")
 
-    real_slice = index_lifecycle.catch_up_slice
     saver = threading.Thread(target=lambda: keeper.save_current(DIM))
-    slices: list[int] = []
-
-    def slice_and_save_meanwhile(*args: object, **kwargs: object) -> VectorIndex:
-        caught = real_slice(*args, **kwargs)  # type: ignore[arg-type]
-        slices.append(caught.generation)
-        if len(slices) == 1:
-            saver.start()
-            assert keeper._handoff.wait_for_waiters(1, DEADLINE_S), "the save never came"
-        return caught
-
-    monkeypatch.setattr(index_lifecycle, "catch_up_slice", slice_and_save_meanwhile)
+    slices = in_line_after_the_first_slice(monkeypatch, keeper, saver, "save")
     library.search_vector(vectors(1, 5)[0], k=1)
     saver.join(DEADLINE_S)
     assert not saver.is_alive()

@@ -56,6 +56,17 @@ class Run:
 
         return threading.Thread(target=guarded, name=name, daemon=True)
 
+    def all(self, threads: list[threading.Thread], started: float) -> None:
+        """Start `threads` together, wait for them until the deadline (counted from `started`),
+        and fail if one hung or failed."""
+        for thread in threads:
+            thread.start()
+        self.go.set()
+        for thread in threads:
+            thread.join(max(1.0, DEADLINE_S - (time.monotonic() - started)))
+        assert not [thread.name for thread in threads if thread.is_alive()], "a thread hung"
+        assert not self.failures, self.failures
+
 
 def searcher(
     library: Library, run: Run, anchor: int, query: np.ndarray, under: Path, seed: int
@@ -131,13 +142,7 @@ def test_one_library_under_searches_deletes_an_index_run_and_rebuilds_at_once(
         run.thread("index", lambda: _index(library, tiny_model, added)),
         run.thread("rebuild", lambda: _rebuilds(library)),
     ]
-    for thread in threads:
-        thread.start()
-    run.go.set()
-    for thread in threads:
-        thread.join(max(1.0, DEADLINE_S - (time.monotonic() - started)))
-    assert not [thread.name for thread in threads if thread.is_alive()], "a thread hung"
-    assert not run.failures, run.failures
+    run.all(threads, started)
 
     # Quiet now: what is published is the index searches use, and holds what the catalog does.
     indexed = library.status().counts.indexed
@@ -249,13 +254,7 @@ def test_a_catch_up_in_slices_under_searches_deletes_and_another_process_writing
         *(run.thread(f"search-{n}", search(n)) for n in range(3)),
         run.thread("delete", deleter(library, run, ours)),
     ]
-    for thread in threads:
-        thread.start()
-    run.go.set()
-    for thread in threads:
-        thread.join(max(1.0, DEADLINE_S - (time.monotonic() - started)))
-    assert not [thread.name for thread in threads if thread.is_alive()], "a thread hung"
-    assert not run.failures, run.failures
+    run.all(threads, started)
 
     # Quiet now: the next search catches up whole, to what a rebuild from the catalog holds.
     everything = library.search_vector(stream[0], k=len(stream))
