@@ -633,6 +633,36 @@ def test_output_to_a_closed_pipe_ends_quietly_with_141(indexed: dict[str, Path],
     assert (result.returncode, result.stderr) == (141, "")
 
 
+@pytest.mark.skipif(not hasattr(fcntl, "F_SETPIPE_SZ"), reason="sizing a pipe is Linux's")
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_a_reader_gone_in_the_middle_of_the_output_ends_it_with_141(tmp_path: Path, unbuffered: str) -> None:
+    """As `pixsift search x -k 40 | head -1` where head leaves while the results are written:
+    the write it cuts short must not pass for whole, also without Python's buffer
+    (PYTHONUNBUFFERED, which many container images set), where the rest was dropped and the
+    command ended with 0."""
+    photos = tmp_path / "photos with a name long enough to fill a small pipe in a few results"
+    write_photos(photos, 40, size=(64, 48), seed=2201)
+    library = ["--library", str(tmp_path / "lib")]
+    assert run_cli("index", str(photos), *library, "--model", "synthetic-tiny").returncode == 0
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # the smallest pipe: 40 results overflow it
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pixsift", "search", "a photo", "-k", "40", "-f", "json", *library],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": unbuffered},
+        )
+        os.close(write_end)
+        while _bytes_waiting(read_end) < 4096 and process.poll() is None:
+            time.sleep(0.01)  # until the pipe is full: the results' write is under way, and waits
+    finally:
+        os.close(read_end)  # the reader leaves
+    _, stderr = process.communicate(timeout=120)
+    assert (process.returncode, stderr) == (141, "")
+
+
 runner = CliRunner()
 
 

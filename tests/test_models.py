@@ -80,6 +80,24 @@ def test_config_file_errors(tmp_path: Path, tiny_model: TinyModel) -> None:
         resolve_model_spec("synthetic-tiny", "laion2b_s34b_b79k")
 
 
+def test_config_and_checkpoint_messages_say_where_they_looked(
+    tmp_path: Path, tiny_model: TinyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative path is named as written and as the absolute path it was read as, as in
+    every other message about a path: "my-clip.json" alone did not say which folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights").mkdir()
+    here = re.escape(str(tmp_path))
+    with pytest.raises(
+        ModelError, match=rf"^Model config sub/clip\.json \({here}/sub/clip\.json\) not found\.$"
+    ):
+        resolve_model_spec("sub/clip.json", str(tiny_model.checkpoint))
+    with pytest.raises(ModelError, match=rf"^Checkpoint clip\.pt \({here}/clip\.pt\) not found\. "):
+        resolve_model_spec(str(tiny_model.config), "clip.pt")
+    with pytest.raises(ModelError, match=rf"^Checkpoint weights \({here}/weights\) is a folder:"):
+        resolve_model_spec(str(tiny_model.config), "weights")
+
+
 def test_a_checkpoint_that_does_not_fit_is_a_model_error(tmp_path: Path, tiny_model: TinyModel) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     spec = resolve_model_spec(str(tiny_model.config), str(tmp_path / "junk.pt"))

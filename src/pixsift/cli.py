@@ -9,6 +9,7 @@ Ctrl-C, 141 when the output's reader stopped reading (`| head -1`), as other Uni
 from __future__ import annotations
 
 import codecs
+import io
 import logging
 import math
 import os
@@ -1073,8 +1074,28 @@ def _log_as_the_command() -> None:
     logging.getLogger().addHandler(_CliLogLines())
 
 
+def _buffer_unbuffered_stdout() -> None:
+    """Put a buffer back between stdout and its file under PYTHONUNBUFFERED (or `python -u`,
+    as many container images set it). Without one, a write that the output's reader cuts short
+    (`pixsift search x -k 1000 | head -1`, head gone while the results are written) is taken as
+    whole: the rest is dropped without a BrokenPipeError, and the command ends with 0, not 141.
+    A buffered writer writes the rest, which fails as it should. Flushed at each line, so the
+    output still comes as it is printed."""
+    stream = sys.stdout
+    raw = getattr(stream, "buffer", None)
+    if isinstance(stream, io.TextIOWrapper) and isinstance(raw, io.RawIOBase):
+        sys.stdout = io.TextIOWrapper(
+            io.BufferedWriter(raw),
+            encoding=stream.encoding,
+            errors=stream.errors,
+            line_buffering=True,
+            write_through=True,
+        )
+
+
 def main() -> None:
     """Console-script entry point."""
+    _buffer_unbuffered_stdout()
     codecs.register_error(_OUTPUT_ERRORS, _escape_unencodable)
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)

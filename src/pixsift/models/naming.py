@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from pixsift.errors import ModelError
+from pixsift.errors import ModelError, given_path
 from pixsift.models.bundled import BUNDLED_MODELS, bundled_spec
 from pixsift.models.spec import BUNDLED_TAG, DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec
 
@@ -29,7 +29,7 @@ def resolve_model_spec(model: str | None = None, pretrained: str | None = None) 
         # its config inside the installed package (which `pixsift status` would show).
         return replace(_config_file_spec(BUNDLED_MODELS[model].config, pretrained), name=model)
     if _looks_like_path(model):
-        return _config_file_spec(Path(model).expanduser(), pretrained)
+        return _config_file_spec(Path(model).expanduser(), pretrained, named=given_path(model))
     return _builtin_spec(model, pretrained)
 
 
@@ -72,17 +72,19 @@ def _looks_like_path(model: str) -> bool:
     return model.endswith(".json") or "/" in model or "\\" in model or Path(model).is_file()
 
 
-def _config_file_spec(config_path: Path, pretrained: str | None) -> ModelSpec:
+def _config_file_spec(config_path: Path, pretrained: str | None, named: str | None = None) -> ModelSpec:
+    """The spec of a model-config file; `named` is how messages name it (the path as the user
+    wrote it, and where it was looked for: `given_path`), by default its path."""
+    named = named or str(config_path)
     if not config_path.is_file():
-        raise ModelError(f"Model config {config_path} not found.")
+        raise ModelError(f"Model config {named} not found.")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"Model config {config_path} is not valid JSON: {exc}") from exc
+        raise ModelError(f"Model config {named} is not valid JSON: {exc}") from exc
     if not isinstance(config, dict) or not all(key in config for key in _CONFIG_KEYS):
         raise ModelError(
-            f"Model config {config_path} is not an open_clip model config: it needs "
-            f"{', '.join(_CONFIG_KEYS)}."
+            f"Model config {named} is not an open_clip model config: it needs {', '.join(_CONFIG_KEYS)}."
         )
     if pretrained is None:
         lead = f"Model config {config_path.name} has no weights of its own: pass the checkpoint"
@@ -92,13 +94,13 @@ def _config_file_spec(config_path: Path, pretrained: str | None) -> ModelSpec:
         )
     checkpoint = Path(pretrained).expanduser()
     if checkpoint.is_dir():
-        lead = f"Checkpoint {checkpoint} is a folder:"
+        lead = f"Checkpoint {given_path(pretrained)} is a folder:"
         raise ModelError(
             f"{lead} pretrained takes a checkpoint file.",
             command_line=f"{lead} --pretrained takes a checkpoint file.",
         )
     if not checkpoint.is_file():
-        lead = f"Checkpoint {checkpoint} not found. With a bundled model or a model-config file,"
+        lead = f"Checkpoint {given_path(pretrained)} not found. With a bundled model or a model-config file,"
         rest = (
             "takes the path of a checkpoint file (a tag such as "
             f"{DEFAULT_PRETRAINED} names weights of an open_clip model such as {DEFAULT_MODEL})."
