@@ -684,6 +684,45 @@ def test_a_file_given_as_the_library_is_named_a_file(indexed: dict[str, Path], t
     )
 
 
+def test_the_photos_folder_given_as_its_own_library_is_refused_and_left_as_it_was(
+    photos: Path, tiny_model: TinyModel
+) -> None:
+    """`pixsift index ~/Photos --library ~/Photos`: a run never walks its library's folder, so
+    this said "0 images found" with exit 0, and left a library database among the photos."""
+    before = sorted(p.name for p in photos.iterdir())
+    result = run_cli("index", str(photos), "--library", str(photos), *tiny_model.index_args())
+    assert (result.returncode, result.stdout) == (1, ""), result.stderr
+    assert result.stderr == (
+        f"error: {photos} is the library's own folder, which pixsift never indexes: "
+        "keep the library in a folder of its own (--library DIR), or name another folder.\n"
+    )
+    assert sorted(p.name for p in photos.iterdir()) == before  # no library left among the photos
+
+
+@pytest.mark.parametrize("spelling", ["itself", "inside", "through a link"])
+def test_a_folder_of_the_library_itself_is_refused_as_a_folder_to_index(
+    indexed: dict[str, Path], tmp_path: Path, spelling: str
+) -> None:
+    library = tmp_path / "library"
+    shutil.copytree(indexed["library"], library)  # the module's library stays as it is
+    (library / "thumbnails").mkdir(exist_ok=True)
+    (tmp_path / "alias").symlink_to(library)
+    named = {"itself": library, "inside": library / "thumbnails", "through a link": tmp_path / "alias"}
+    folder = named[spelling]
+    result = runner.invoke(app, ["index", str(folder), "--library", str(library)])
+    assert (result.exit_code, result.stdout) == (1, "")
+    what = (
+        "is the library's own folder"
+        if folder != library / "thumbnails"
+        else f"lies in the library {library}"
+    )
+    assert result.stderr.startswith(f"error: {folder} {what}, which pixsift never indexes"), result.stderr
+    with Library.open(library) as opened:  # nothing recorded: a plain `pixsift index` walks Photos alone
+        assert [root.path for root in opened.status().roots] == [str(indexed["photos"])]
+        with pytest.raises(InvalidPathError, match="never indexes"):
+            opened.index(folder)
+
+
 def test_index_refuses_an_empty_folder_path(
     photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

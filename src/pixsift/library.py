@@ -246,10 +246,10 @@ class Library:
             batch_size, workers = run_sizes(batch_size, workers)
             refuse_empty_names(model, pretrained)  # "" would mean the default model, or the library's
             # Refused now, not after a wait:
-            root_requests(self._catalog, roots, include_hidden, follow_symlinks)
+            root_requests(self._catalog, roots, include_hidden, follow_symlinks, self.path)
             with self._write_lock.held(wait, "indexing", progress):
                 # As they are once the lock is held: a run waited for may have forgotten a root.
-                requests = root_requests(self._catalog, roots, include_hidden, follow_symlinks)
+                requests = root_requests(self._catalog, roots, include_hidden, follow_symlinks, self.path)
                 # A library without a model yet records the model only once it loads: if the run
                 # stops before (weights not downloadable, Ctrl-C or a progress listener's error while
                 # scanning or loading), the folders named are not kept either, so a later plain
