@@ -633,6 +633,34 @@ def test_output_to_a_closed_pipe_ends_quietly_with_141(indexed: dict[str, Path],
     assert (result.returncode, result.stderr) == (141, "")
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device that is always full")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["search", "x", "--format", "json", "--library", "{library}"],
+        ["status", "--library", "{library}"],
+        ["index", "--library", "{library}"],  # the run is done; only its summary cannot be written
+        ["--version"],
+        ["search", "-h"],  # printed by rich
+    ],
+)
+def test_output_to_a_full_disk_is_an_error_in_one_line(indexed: dict[str, Path], args: list[str]) -> None:
+    """`pixsift search x --format json > results.json` on a full disk: a traceback, before."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "pixsift", *(a.format(library=indexed["library"]) for a in args)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    assert (result.returncode, result.stderr) == (
+        1,
+        "error: Cannot write the output: No space left on device.\n",
+    )
+
+
 runner = CliRunner()
 
 
