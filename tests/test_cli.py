@@ -661,6 +661,71 @@ def test_output_to_a_full_disk_is_an_error_in_one_line(indexed: dict[str, Path],
     )
 
 
+def close_stdout() -> None:
+    os.close(1)
+
+
+def test_a_closed_output_is_an_error_and_no_library_file_takes_its_place(
+    indexed: dict[str, Path], tmp_path: Path
+) -> None:
+    """`pixsift search x >&-`: the results went nowhere, with exit 0. And with descriptor 1
+    free, the next file opened (the search index, the lock) takes it, so whatever a library
+    prints to stdout would land in that file."""
+    library = tmp_path / "library"
+    shutil.copytree(indexed["library"], library)
+    (library / "vectors.faiss").unlink()  # the search saves a rebuilt one: a file opened for writing
+    before = run_cli("search", "x", "--format", "paths", "--library", str(library)).stdout
+    (library / "vectors.faiss").unlink()
+    result = subprocess.run(
+        [sys.executable, "-m", "pixsift", "search", "x", "--format", "paths", "--library", str(library)],
+        stderr=subprocess.PIPE,
+        preexec_fn=close_stdout,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (1, "error: Cannot write the output: Bad file descriptor.\n")
+    after = run_cli("search", "x", "--format", "paths", "--library", str(library))
+    assert (after.returncode, after.stdout) == (0, before)
+    assert run_cli("doctor", "--library", str(library)).returncode == 0
+
+
+def close_stderr() -> None:
+    os.close(2)
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["search", "x", "--format", "paths"], 0),
+        (["search", "x", "--under", "{library}"], 0),  # no match: its message goes nowhere
+        (["status"], 0),
+        (["index"], 3),  # the broken file of the fixture: its warning goes nowhere
+    ],
+)
+def test_a_closed_stderr_drops_the_messages_not_the_command(
+    indexed: dict[str, Path], args: list[str], code: int
+) -> None:
+    """`pixsift search x 2>&-` failed with exit 1 and printed nothing: the command asked the
+    missing stderr whether it was a terminal."""
+    command = [a.format(library=indexed["library"]) for a in args]
+    expected = run_cli(*command, "--library", str(indexed["library"]))
+    result = subprocess.run(
+        [sys.executable, "-m", "pixsift", *command, "--library", str(indexed["library"])],
+        stdout=subprocess.PIPE,
+        preexec_fn=close_stderr,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert expected.returncode == result.returncode == code
+    if args[0] == "index":  # its summary holds the time it took
+        assert result.stdout.startswith("14 images found: 0 new, 0 updated"), result.stdout
+        assert "1 file(s) still failed from earlier runs" in result.stdout
+    else:
+        assert result.stdout == expected.stdout
+
+
 runner = CliRunner()
 
 

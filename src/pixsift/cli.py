@@ -1108,8 +1108,27 @@ def _log_as_the_command() -> None:
     logging.getLogger().addHandler(_CliLogLines())
 
 
+def _hold_closed_streams() -> None:
+    """Put /dev/null where stdout or stderr is closed (`>&-`, `2>&-`), whose descriptor would
+    otherwise go to the next file opened (the search index being saved), where anything a
+    library prints would land. Python leaves a closed stream None, so results went nowhere
+    with exit 0, and a closed stderr failed every search (asked whether it was a terminal).
+    Stdout's /dev/null is opened read-only, so each write fails ("Bad file descriptor"), as
+    `cat >&-` does: results are not dropped unsaid. Stderr's takes the messages, unread."""
+    for fd, name, flags in ((1, "stdout", os.O_RDONLY), (2, "stderr", os.O_WRONLY)):
+        if getattr(sys, name) is not None:
+            continue
+        with suppress(OSError):
+            held = os.open(os.devnull, flags)
+            if held != fd:
+                os.dup2(held, fd)
+                os.close(held)
+            setattr(sys, name, open(fd, "w", closefd=False))  # noqa: SIM115 (the process's, until it exits)
+
+
 def main() -> None:
     """Console-script entry point."""
+    _hold_closed_streams()
     codecs.register_error(_OUTPUT_ERRORS, _escape_unencodable)
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
