@@ -38,6 +38,7 @@ from pixsift.errors import (
     ImageNotFoundError,
     InvalidOptionError,
     InvalidPathError,
+    LibraryFormatError,
     LibraryNotFoundError,
     LibraryWriteError,
     ModelMismatchError,
@@ -60,6 +61,7 @@ from pixsift.indexer.run import RootRequest
 from pixsift.indexer.scan import is_within
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
 from pixsift.models.naming import refuse_empty_names
+from pixsift.regular_file import other_than_a_file
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
 from pixsift.search.examples import (
     Example,
@@ -942,6 +944,11 @@ def _open_catalog(folder: Path, create: bool) -> tuple[Catalog, _Made | None]:
     db_path = folder / DB_NAME
     if db_path.is_file():
         return Catalog.open(db_path), None
+    if (other := other_than_a_file(db_path)) is not None:
+        # SQLite would wait on a named pipe for a writer, for good; and a folder is no library.
+        raise LibraryFormatError(
+            f"Cannot use {db_path} as a pixsift library: {other} is in its place, not a database file."
+        )
     if folder.exists() and not folder.is_dir():
         # Not "no library, index to make one": an index run there would fail too.
         error = InvalidPathError if create else LibraryNotFoundError

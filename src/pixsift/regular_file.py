@@ -11,7 +11,7 @@ import io
 import os
 import stat
 
-__all__ = ["NotRegularFileError", "open_regular"]
+__all__ = ["NotRegularFileError", "open_regular", "other_than_a_file"]
 
 
 class NotRegularFileError(OSError):
@@ -53,3 +53,15 @@ def _kind(mode: int) -> str:
     if stat.S_ISSOCK(mode):
         return "socket"
     return "device"
+
+
+def other_than_a_file(path: str | os.PathLike[str]) -> str | None:
+    """What stands at `path` when it is there but no regular file ("a folder", "a named pipe"),
+    links followed; None for a regular file or nothing there. Looked at without opening it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return "a folder" if stat.S_ISDIR(mode) else f"a {_kind(mode)}"
