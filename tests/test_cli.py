@@ -663,6 +663,99 @@ def test_a_reader_gone_in_the_middle_of_the_output_ends_it_with_141(tmp_path: Pa
     assert (process.returncode, stderr) == (141, "")
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device that is always full")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["search", "x", "--format", "json", "--library", "{library}"],
+        ["status", "--library", "{library}"],
+        ["index", "--library", "{library}"],  # the run is done; only its summary cannot be written
+        ["--version"],
+        ["search", "-h"],  # printed by rich
+    ],
+)
+def test_output_to_a_full_disk_is_an_error_in_one_line(indexed: dict[str, Path], args: list[str]) -> None:
+    """`pixsift search x --format json > results.json` on a full disk: a traceback, before."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "pixsift", *(a.format(library=indexed["library"]) for a in args)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    assert (result.returncode, result.stderr) == (
+        1,
+        "error: Cannot write the output: No space left on device.\n",
+    )
+
+
+def close_stdout() -> None:
+    os.close(1)
+
+
+def test_a_closed_output_is_an_error_and_no_library_file_takes_its_place(
+    indexed: dict[str, Path], tmp_path: Path
+) -> None:
+    """`pixsift search x >&-`: the results went nowhere, with exit 0. And with descriptor 1
+    free, the next file opened (the search index, the lock) takes it, so whatever a library
+    prints to stdout would land in that file."""
+    library = tmp_path / "library"
+    shutil.copytree(indexed["library"], library)
+    (library / "vectors.faiss").unlink()  # the search saves a rebuilt one: a file opened for writing
+    before = run_cli("search", "x", "--format", "paths", "--library", str(library)).stdout
+    (library / "vectors.faiss").unlink()
+    result = subprocess.run(
+        [sys.executable, "-m", "pixsift", "search", "x", "--format", "paths", "--library", str(library)],
+        stderr=subprocess.PIPE,
+        preexec_fn=close_stdout,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (1, "error: Cannot write the output: Bad file descriptor.\n")
+    after = run_cli("search", "x", "--format", "paths", "--library", str(library))
+    assert (after.returncode, after.stdout) == (0, before)
+    assert run_cli("doctor", "--library", str(library)).returncode == 0
+
+
+def close_stderr() -> None:
+    os.close(2)
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["search", "x", "--format", "paths"], 0),
+        (["search", "x", "--under", "{library}"], 0),  # no match: its message goes nowhere
+        (["status"], 0),
+        (["index"], 3),  # the broken file of the fixture: its warning goes nowhere
+    ],
+)
+def test_a_closed_stderr_drops_the_messages_not_the_command(
+    indexed: dict[str, Path], args: list[str], code: int
+) -> None:
+    """`pixsift search x 2>&-` failed with exit 1 and printed nothing: the command asked the
+    missing stderr whether it was a terminal."""
+    command = [a.format(library=indexed["library"]) for a in args]
+    expected = run_cli(*command, "--library", str(indexed["library"]))
+    result = subprocess.run(
+        [sys.executable, "-m", "pixsift", *command, "--library", str(indexed["library"])],
+        stdout=subprocess.PIPE,
+        preexec_fn=close_stderr,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert expected.returncode == result.returncode == code
+    if args[0] == "index":  # its summary holds the time it took
+        assert result.stdout.startswith("14 images found: 0 new, 0 updated"), result.stdout
+        assert "1 file(s) still failed from earlier runs" in result.stdout
+    else:
+        assert result.stdout == expected.stdout
+
+
 runner = CliRunner()
 
 
@@ -712,6 +805,45 @@ def test_a_file_given_as_the_library_is_named_a_file(indexed: dict[str, Path], t
         f"error: Library path {database} is a file, not a library folder; "
         f"give the folder that holds it, {indexed['library']}.\n"
     )
+
+
+def test_the_photos_folder_given_as_its_own_library_is_refused_and_left_as_it_was(
+    photos: Path, tiny_model: TinyModel
+) -> None:
+    """`pixsift index ~/Photos --library ~/Photos`: a run never walks its library's folder, so
+    this said "0 images found" with exit 0, and left a library database among the photos."""
+    before = sorted(p.name for p in photos.iterdir())
+    result = run_cli("index", str(photos), "--library", str(photos), *tiny_model.index_args())
+    assert (result.returncode, result.stdout) == (1, ""), result.stderr
+    assert result.stderr == (
+        f"error: {photos} is the library's own folder, which pixsift never indexes: "
+        "keep the library in a folder of its own (--library DIR), or name another folder.\n"
+    )
+    assert sorted(p.name for p in photos.iterdir()) == before  # no library left among the photos
+
+
+@pytest.mark.parametrize("spelling", ["itself", "inside", "through a link"])
+def test_a_folder_of_the_library_itself_is_refused_as_a_folder_to_index(
+    indexed: dict[str, Path], tmp_path: Path, spelling: str
+) -> None:
+    library = tmp_path / "library"
+    shutil.copytree(indexed["library"], library)  # the module's library stays as it is
+    (library / "thumbnails").mkdir(exist_ok=True)
+    (tmp_path / "alias").symlink_to(library)
+    named = {"itself": library, "inside": library / "thumbnails", "through a link": tmp_path / "alias"}
+    folder = named[spelling]
+    result = runner.invoke(app, ["index", str(folder), "--library", str(library)])
+    assert (result.exit_code, result.stdout) == (1, "")
+    what = (
+        "is the library's own folder"
+        if folder != library / "thumbnails"
+        else f"lies in the library {library}"
+    )
+    assert result.stderr.startswith(f"error: {folder} {what}, which pixsift never indexes"), result.stderr
+    with Library.open(library) as opened:  # nothing recorded: a plain `pixsift index` walks Photos alone
+        assert [root.path for root in opened.status().roots] == [str(indexed["photos"])]
+        with pytest.raises(InvalidPathError, match="never indexes"):
+            opened.index(folder)
 
 
 def test_index_refuses_an_empty_folder_path(

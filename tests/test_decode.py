@@ -18,7 +18,6 @@ from PIL import Image
 
 from conftest import TinyModel
 from pixsift.indexer.decode import (
-    NotRegularFileError,
     default_max_pixels,
     describe_error,
     hash_file,
@@ -29,6 +28,7 @@ from pixsift.indexer.decode import (
 )
 from pixsift.models.clip import ClipEmbedder
 from pixsift.models.naming import resolve_model_spec
+from pixsift.regular_file import NotRegularFileError
 from sample_photos import make_photo, save
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -135,6 +136,28 @@ def test_a_folder_in_place_of_the_index_file_is_unreadable_not_missing(tmp_path:
     assert f"Index    unreadable\n         {why}\n" in table
     data = json.loads(run_cli("status", "-f", "json", "--library", str(folder)).stdout)
     assert (data["index"]["state"], data["index"]["damage"]) == ("unreadable", why)
+
+
+def test_a_named_pipe_in_place_of_the_index_file_is_unreadable_not_waited_on(tmp_path: Path) -> None:
+    """Opened for reading, a named pipe waits for a writer: status, search and the index run
+    hung for good on one where the search index file belongs."""
+    folder = tmp_path / "library"
+    before = library_of(folder, IndexKind.flat)
+    index_file = folder / "vectors.faiss"
+    index_file.unlink()
+    os.mkfifo(index_file)
+    why = "it cannot be read (not a regular file (a named pipe is in its place))"
+    status = run_cli("status", "--library", str(folder), timeout=60)
+    assert f"Index    unreadable\n         {why}\n" in status.stdout
+    # Should a search wait on the pipe (a regression), a writer opened after 30 s releases it.
+    release = threading.Timer(30, lambda: os.close(os.open(index_file, os.O_WRONLY | os.O_NONBLOCK)))
+    release.start()
+    try:
+        with Library.open(folder) as library:
+            assert [r.id for r in library.search_vector(queries(1)[0], k=10)] == before
+    finally:
+        release.cancel()
+    assert VectorIndex.load(index_file) is not None  # the search saved a file in its place
 
 
 @pytest.mark.parametrize("kind", list(IndexKind), ids=lambda kind: kind.value)

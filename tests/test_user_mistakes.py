@@ -966,6 +966,26 @@ def test_a_file_that_is_not_a_database_gives_one_line(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "command", [["status"], ["search", "x"], ["index", "{photos}", "--model", "synthetic-tiny"]]
+)
+def test_a_named_pipe_in_place_of_the_database_is_refused_not_waited_on(
+    tmp_path: Path, photos: Path, command: list[str]
+) -> None:
+    """SQLite opening a named pipe waits for a writer: an index run there hung for good, while
+    status and search said there was no library."""
+    (tmp_path / "lib").mkdir()
+    os.mkfifo(tmp_path / "lib" / "library.db")
+    args = [a.format(photos=photos) for a in command]
+    result = run_cli(*args, "--library", str(tmp_path / "lib"), timeout=60)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: Cannot use {tmp_path / 'lib' / 'library.db'} as a pixsift library: "
+        "a named pipe is in its place, not a database file.\n"
+    )
+    assert sorted(p.name for p in (tmp_path / "lib").iterdir()) == ["library.db"]
+
+
 def test_another_programs_database_is_not_taken_over(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     db_path = tmp_path / "other" / "library.db"

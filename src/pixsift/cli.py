@@ -54,13 +54,7 @@ def _quiet_on_closed_pipe() -> Iterator[None]:
     try:
         yield
     except BrokenPipeError:
-        # What is still buffered would fail again at exit, where Python prints "Exception
-        # ignored ... BrokenPipeError": let it go to /dev/null instead.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        for stream in (sys.stdout, sys.stderr):
-            with suppress(OSError, ValueError):  # not a real file (a test runner's capture)
-                os.dup2(devnull, stream.fileno())
-        os.close(devnull)
+        _output_to_devnull()
         sys.exit(EXIT_CLOSED_PIPE)
     except SystemExit as exit_:
         # rich, which prints the help, meets a closed pipe itself: it sends the rest to
@@ -68,6 +62,46 @@ def _quiet_on_closed_pipe() -> Iterator[None]:
         if exit_.code == 1 and isinstance(exit_.__context__, BrokenPipeError):
             sys.exit(EXIT_CLOSED_PIPE)
         raise
+    except OSError as error:
+        # The output sent to a full disk (`> results.json`) or a failing device: one line, not
+        # the traceback of the write. Any other OSError here is no output's, and stays as it is.
+        if not _raised_writing_output(error):
+            raise
+        with suppress(OSError, ValueError):  # stderr may be on that disk too
+            typer.echo(f"error: Cannot write the output: {error.strerror or error}.", err=True)
+        _output_to_devnull()
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _raised_writing_output(error: OSError) -> bool:
+    """Whether `error` came from a write to stdout or stderr: the frame that raised it holds
+    that stream (click's `echo`) or an object printing to it (rich's console, for the help).
+    The failed bytes are dropped, so a second flush cannot tell."""
+    from rich.console import Console  # here, on an error's way out: rich costs every start 30 ms
+
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    if traceback is None:
+        return False
+    for value in traceback.tb_frame.f_locals.values():
+        streams = [value, getattr(value, "file", None)] if isinstance(value, (io.IOBase, Console)) else []
+        for stream in streams:
+            if isinstance(stream, io.IOBase):
+                with suppress(OSError, ValueError):  # a test runner's capture has no descriptor
+                    if stream.fileno() in (1, 2):
+                        return True
+    return False
+
+
+def _output_to_devnull() -> None:
+    """Send what is still buffered for stdout and stderr to /dev/null: flushed at exit into a
+    closed pipe or a full disk, it would fail again, where Python prints "Exception ignored"."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError, AttributeError):  # not a real file (a test runner's capture)
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
 
 
 class _Commands(TyperGroup):
@@ -1093,8 +1127,27 @@ def _buffer_unbuffered_stdout() -> None:
         )
 
 
+def _hold_closed_streams() -> None:
+    """Put /dev/null where stdout or stderr is closed (`>&-`, `2>&-`), whose descriptor would
+    otherwise go to the next file opened (the search index being saved), where anything a
+    library prints would land. Python leaves a closed stream None, so results went nowhere
+    with exit 0, and a closed stderr failed every search (asked whether it was a terminal).
+    Stdout's /dev/null is opened read-only, so each write fails ("Bad file descriptor"), as
+    `cat >&-` does: results are not dropped unsaid. Stderr's takes the messages, unread."""
+    for fd, name, flags in ((1, "stdout", os.O_RDONLY), (2, "stderr", os.O_WRONLY)):
+        if getattr(sys, name) is not None:
+            continue
+        with suppress(OSError):
+            held = os.open(os.devnull, flags)
+            if held != fd:
+                os.dup2(held, fd)
+                os.close(held)
+            setattr(sys, name, open(fd, "w", closefd=False))  # noqa: SIM115 (the process's, until it exits)
+
+
 def main() -> None:
     """Console-script entry point."""
+    _hold_closed_streams()  # first: the buffer below then wraps the stream it holds
     _buffer_unbuffered_stdout()
     codecs.register_error(_OUTPUT_ERRORS, _escape_unencodable)
     for stream in (sys.stdout, sys.stderr):

@@ -38,6 +38,7 @@ from pixsift.errors import (
     ImageNotFoundError,
     InvalidOptionError,
     InvalidPathError,
+    LibraryFormatError,
     LibraryNotFoundError,
     LibraryWriteError,
     ModelMismatchError,
@@ -60,6 +61,7 @@ from pixsift.indexer.run import RootRequest
 from pixsift.indexer.scan import is_within
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
 from pixsift.models.naming import refuse_empty_names
+from pixsift.regular_file import other_than_a_file
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
 from pixsift.search.examples import (
     Example,
@@ -246,10 +248,10 @@ class Library:
             batch_size, workers = run_sizes(batch_size, workers)
             refuse_empty_names(model, pretrained)  # "" would mean the default model, or the library's
             # Refused now, not after a wait:
-            root_requests(self._catalog, roots, include_hidden, follow_symlinks)
+            root_requests(self._catalog, roots, include_hidden, follow_symlinks, self.path)
             with self._write_lock.held(wait, "indexing", progress):
                 # As they are once the lock is held: a run waited for may have forgotten a root.
-                requests = root_requests(self._catalog, roots, include_hidden, follow_symlinks)
+                requests = root_requests(self._catalog, roots, include_hidden, follow_symlinks, self.path)
                 # A library without a model yet records the model only once it loads: if the run
                 # stops before (weights not downloadable, Ctrl-C or a progress listener's error while
                 # scanning or loading), the folders named are not kept either, so a later plain
@@ -942,6 +944,11 @@ def _open_catalog(folder: Path, create: bool) -> tuple[Catalog, _Made | None]:
     db_path = folder / DB_NAME
     if db_path.is_file():
         return Catalog.open(db_path), None
+    if (other := other_than_a_file(db_path)) is not None:
+        # SQLite would wait on a named pipe for a writer, for good; and a folder is no library.
+        raise LibraryFormatError(
+            f"Cannot use {db_path} as a pixsift library: {other} is in its place, not a database file."
+        )
     if folder.exists() and not folder.is_dir():
         # Not "no library, index to make one": an index run there would fail too.
         error = InvalidPathError if create else LibraryNotFoundError

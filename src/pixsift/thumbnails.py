@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING
 from PIL import ExifTags, Image
 
 from pixsift.errors import BusyError, ImageError, ImageFileMissingError, ImageTooLargeError
-from pixsift.indexer.decode import allowed_formats, check_not_empty, describe_error, open_regular, to_rgb
+from pixsift.indexer.decode import allowed_formats, check_not_empty, describe_error, to_rgb
+from pixsift.regular_file import open_regular
 from pixsift.storage.database import write_error
 
 if TYPE_CHECKING:

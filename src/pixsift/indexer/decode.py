@@ -17,7 +17,6 @@ import functools
 import hashlib
 import io
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +25,7 @@ from typing import Any, BinaryIO, NamedTuple
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pixsift.image_formats import WANTED_FORMATS
+from pixsift.regular_file import NotRegularFileError, open_regular
 
 # Files larger than this are decoded from disk and hashed as a stream rather than read whole:
 # a valid image header followed by gigabytes (a damaged copy, a mislabelled archive) must not
@@ -72,46 +72,6 @@ def default_max_pixels() -> int:
 
 def hash_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-class NotRegularFileError(OSError):
-    """A path that was a file holds a named pipe, a socket or a device now."""
-
-
-# O_NONBLOCK: opening a named pipe for reading returns at once instead of waiting for a writer.
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-
-
-def open_regular(path: str) -> io.BufferedReader:
-    """`open(path, "rb")`, for a regular file only, and never waiting.
-
-    The scan keeps regular files, but something else may be at the path by the time it is
-    read: a named pipe, which a plain open() waits on until some program writes to it (a
-    decode thread, and so the run, stuck for good), or a device that never ends. So the path
-    is opened without waiting and the descriptor itself is looked at (no race between looking
-    and opening): a folder is IsADirectoryError as open() says it, anything else that is not a
-    regular file NotRegularFileError. A regular file is then read as usual.
-    """
-    fd = os.open(path, _OPEN_FLAGS)
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        if not stat.S_ISREG(mode):
-            raise NotRegularFileError(f"not a regular file (a {_kind(mode)} is in its place)")
-        os.set_blocking(fd, True)  # no effect on a regular file's reads; as open() leaves it
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "named pipe"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    return "device"
 
 
 def hash_file(path: str) -> str:

@@ -24,11 +24,16 @@ def root_requests(
     roots: Sequence[str | os.PathLike[str]],
     include_hidden: bool,
     follow_symlinks: bool,
+    library: str | os.PathLike[str] | None = None,
 ) -> list[RootRequest]:
-    """The folders to index: those named, else every known root."""
+    """The folders to index: those named (none of them in `library`, the library's own
+    folder), else every known root."""
     known = catalog.roots()
     if roots:
         requests = [new_root(r, include_hidden, follow_symlinks) for r in roots]
+        if library is not None:
+            for written, request in zip(roots, requests, strict=True):
+                _refuse_library_folder(written, request.path, library)
         return [_as_known_root(request, [root.path for root in known]) for request in requests]
     if not known:
         raise InvalidPathError(
@@ -50,6 +55,27 @@ def new_root(root: str | os.PathLike[str], include_hidden: bool, follow_symlinks
     if not folder.is_dir():
         raise InvalidPathError(f"{given_path(root)} is not a folder; give the folder that holds it.")
     return RootRequest(str(folder.resolve()), include_hidden, follow_symlinks)
+
+
+def _refuse_library_folder(
+    written: str | os.PathLike[str], folder: str, library: str | os.PathLike[str]
+) -> None:
+    """Refuse `folder` (resolved) when it is the library's folder or lies in it. A run never
+    walks the library (its thumbnails are JPEGs), so such a root would find nothing: "0 images
+    found" and exit 0, from `pixsift index ~/Photos --library ~/Photos`, hides the mistake."""
+    own = os.path.realpath(library)
+    if folder == own:
+        lead = f"{given_path(written)} is the library's own folder, which pixsift never indexes"
+        raise InvalidPathError(
+            f"{lead}: keep the library in a folder of its own, or name another folder.",
+            command_line=f"{lead}: keep the library in a folder of its own (--library DIR), "
+            "or name another folder.",
+        )
+    if is_within(folder, own):
+        raise InvalidPathError(
+            f"{given_path(written)} lies in the library {own}, which pixsift never indexes: "
+            "name a folder of your images."
+        )
 
 
 def _as_known_root(request: RootRequest, known: Sequence[str]) -> RootRequest:

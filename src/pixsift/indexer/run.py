@@ -18,7 +18,7 @@ from pathlib import PurePath
 from typing import Protocol, TypeVar
 
 from pixsift.errors import PixsiftError
-from pixsift.indexer.decode import default_max_pixels, describe_error, hash_file, is_vanished, open_regular
+from pixsift.indexer.decode import default_max_pixels, describe_error, hash_file, is_vanished
 from pixsift.indexer.pipeline import Embedded, Outcome, Unreadable, embed_files
 from pixsift.indexer.plan import Candidate, IndexPlan, plan_folder
 from pixsift.indexer.progress import (
@@ -40,6 +40,7 @@ from pixsift.indexer.scan import (
     scan_folder,
 )
 from pixsift.models.embedder import Embedder
+from pixsift.regular_file import open_regular
 from pixsift.storage.catalog import Catalog, CatalogWriter
 from pixsift.storage.departed import DepartedImage
 from pixsift.storage.interrupts import interrupts_deferred

@@ -24,7 +24,8 @@ from pixsift.errors import (
     QueryError,
     given_path,
 )
-from pixsift.indexer.decode import check_header, describe_error, open_oriented, open_regular
+from pixsift.indexer.decode import check_header, describe_error, open_oriented
+from pixsift.regular_file import open_regular
 from pixsift.search.query import QueryTerm
 
 if TYPE_CHECKING:

@@ -25,6 +25,7 @@ from typing import TypeVar
 import numpy as np
 
 from pixsift.models.spec import ModelRecord, ModelSpec
+from pixsift.regular_file import other_than_a_file
 from pixsift.storage.records import ImageInfo, VectorDelta
 
 GENERATION_KEY = "vector_generation"  # catalog setting: the generation of the latest vector change
@@ -59,6 +60,8 @@ class CatalogReader:
     @classmethod
     def open(cls, db_path: Path) -> CatalogReader:
         """Open `db_path` read-only; sqlite3.OperationalError if it is not there or unreadable."""
+        if other_than_a_file(db_path) is not None:  # a named pipe: SQLite would wait on it for good
+            raise sqlite3.OperationalError(f"{db_path} is no regular file")
         # A URI, so that `mode=ro` applies; `as_uri` escapes any character (?, #, odd bytes).
         uri = f"{db_path.absolute().as_uri()}?mode=ro"
         # isolation_level=None: no implicit transactions; `snapshot` begins one explicitly.

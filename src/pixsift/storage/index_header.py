@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pixsift.regular_file import open_regular
 from pixsift.storage.index_choice import IndexKind, IndexPlan
 
 MAGIC = b"PIXSIFT-VECTORS\n"
@@ -64,7 +65,7 @@ def saved_count(header: dict[str, Any]) -> int:
 def read_header(path: Path) -> dict[str, Any] | None:
     """The header of a saved index (generation, kind, tuning), reading only its start."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a named pipe there is not waited on
             return header_from(f)
     except OSError:
         return None
@@ -101,7 +102,7 @@ def check_file(path: Path) -> FileCheck:
     """The header of a saved index and what its size and first FAISS bytes say of damage,
     reading neither the rest of the file nor FAISS: at a million vectors the file is GBs."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a named pipe there is not waited on
             header = header_from(f)
             if header is None or _meta_of(header) is None:
                 return FileCheck(None, "its header cannot be read")

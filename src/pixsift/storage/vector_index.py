@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import faiss  # its bundled stubs are SWIG-generated; the few ignores below are theirs
 import numpy as np
 
+from pixsift.regular_file import open_regular
 from pixsift.storage.index_choice import IndexKind
 from pixsift.storage.index_header import (
     CHECKSUMMED_FORMAT,
@@ -339,7 +340,7 @@ class VectorIndex:
     def load(cls, path: Path) -> VectorIndex | None:
         """The index saved at `path`, or None if there is none or it cannot be read."""
         try:
-            with open(path, "rb") as file:
+            with open_regular(path) as file:  # a named pipe there is not waited on
                 return cls._read(file)
         except OSError:  # none, no permission, an I/O error: a cache, rebuilt from the catalog
             return None
