@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, features
 
 from conftest import TinyModel
 from pixsift.indexer.decode import (
@@ -132,11 +132,16 @@ def test_broken_exif_orientation_keeps_the_image(tmp_path: Path) -> None:
     assert (width, height) == (640, 480)
 
 
+# Pillow reads AVIF since 11.3, where its wheels carry the codec.
+NEEDS_AVIF = pytest.mark.skipif(not features.check("avif"), reason="this Pillow has no AVIF codec")
+
+
 @pytest.mark.parametrize(
     ("suffix", "options", "expected_format"),
     [
         (".png", {}, "PNG"),
         (".webp", {"quality": 90}, "WEBP"),
+        pytest.param(".avif", {"quality": 90}, "AVIF", marks=NEEDS_AVIF),
         (".gif", {}, "GIF"),
         (".bmp", {}, "BMP"),
         (".tiff", {}, "TIFF"),

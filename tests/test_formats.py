@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, features
 
 import pixsift
 from pixsift import Library
@@ -45,6 +45,11 @@ def alpha_webp(folder: Path) -> Path:
     return folder / "alpha.webp"
 
 
+def alpha_avif(folder: Path) -> Path:
+    Image.fromarray(cut_out(red_square()), "RGBA").save(folder / "alpha.avif", quality=90)
+    return folder / "alpha.avif"
+
+
 def palette_png(folder: Path, suffix: str = ".png") -> Path:
     """A palette image whose last entry (black) is marked transparent: a PNG's tRNS, a GIF's."""
     rgba = cut_out(red_square())
@@ -63,7 +68,18 @@ def palette_gif(folder: Path) -> Path:
     return palette_png(folder, ".gif")
 
 
-@pytest.mark.parametrize("make", [rgba_png, alpha_webp, palette_png, palette_gif])
+@pytest.mark.parametrize(
+    "make",
+    [
+        rgba_png,
+        alpha_webp,
+        pytest.param(
+            alpha_avif, marks=pytest.mark.skipif(not features.check("avif"), reason="no AVIF codec")
+        ),
+        palette_png,
+        palette_gif,
+    ],
+)
 def test_a_transparent_image_is_seen_over_white(
     tmp_path: Path, library_dir: Path, make: Callable[[Path], Path]
 ) -> None:

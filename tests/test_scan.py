@@ -31,6 +31,7 @@ def test_only_image_extensions_any_case(tmp_path: Path) -> None:
         "b.JPEG",
         "c.png",
         "d.webp",
+        "d2.avif",
         "e.gif",
         "f.bmp",
         "g.tif",
@@ -39,7 +40,8 @@ def test_only_image_extensions_any_case(tmp_path: Path) -> None:
         "raw.cr2",
     ]:
         touch(tmp_path / name)
-    assert names(tmp_path) == ["a.jpg", "b.JPEG", "c.png", "d.webp", "e.gif", "f.bmp", "g.tif", "h.TIFF"]
+    kept = ["a.jpg", "b.JPEG", "c.png", "d.webp", "d2.avif", "e.gif", "f.bmp", "g.tif", "h.TIFF"]
+    assert names(tmp_path) == kept
 
 
 def test_heif_files_this_install_cannot_read_are_told_apart(tmp_path: Path) -> None:

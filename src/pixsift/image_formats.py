@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # Pillow parsers the indexer allows; a file named .jpg is never handed to exotic plugins.
 # (Multi-picture JPEGs open through the JPEG parser and report format "MPO".)
-WANTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "HEIF")
+WANTED_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "DIB", "TIFF", "HEIF")
 
 # Format names a user may write for Pillow's: "jpg" is a JPEG, and a phone's multi-picture
 # JPEG (Pillow's "MPO") is a JPEG to anyone asking for JPEGs.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import warnings
 from collections.abc import Callable, Collection, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -24,19 +25,30 @@ if TYPE_CHECKING:
     from pixsift.storage.records import RootInfo
 
 BASE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".avif", ".gif", ".bmp", ".dib", ".tif", ".tiff"}
 )
+# Formats a Pillow build may lack (its codec left out when it was built): their files are not
+# looked at there, rather than each recorded as a failure.
+OPTIONAL_CODECS = {".webp": "webp", ".avif": "avif"}
 HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
 # Nothing there: deleted, a link to nowhere, or a path through what is no longer a folder.
 GONE_ERRNOS = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR})
 
 
 def image_extensions() -> frozenset[str]:
-    """File extensions the indexer reads: HEIC/HEIF too when pillow-heif is installed."""
-    extensions = BASE_EXTENSIONS
-    if not features.check("webp"):
-        extensions -= {".webp"}
+    """File extensions the indexer reads: WebP and AVIF where this Pillow has their codecs
+    (AVIF since Pillow 11.3), HEIC/HEIF too when pillow-heif is installed."""
+    missing = {suffix for suffix, codec in OPTIONAL_CODECS.items() if not _has_codec(codec)}
+    extensions = BASE_EXTENSIONS - missing
     return extensions | HEIF_EXTENSIONS if heif_support() else extensions
+
+
+def _has_codec(codec: str) -> bool:
+    """Whether this Pillow reads `codec`; False where Pillow does not know the name (AVIF
+    before 11.3), where `features.check` warns and answers None."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return bool(features.check(codec))
 
 
 class HoldsImages(Protocol):
