@@ -484,8 +484,20 @@ def test_a_bad_filter_on_the_command_line_names_the_option_typed(
             ["search", " \t"],
             'The text to search for is empty: say what to look for, as in pixsift search "a dog".',
         ),
+        (  # a control character or a byte-order mark alone: nothing once CLIP's cleaning drops it
+            ["search", "\x01"],
+            'The text to search for is empty: say what to look for, as in pixsift search "a dog".',
+        ),
+        (
+            ["search", "\ufeff \x7f"],
+            'The text to search for is empty: say what to look for, as in pixsift search "a dog".',
+        ),
         (
             ["search", "a cat", "--plus", ""],
+            "--plus is given an empty text: give it one, or leave --plus out.",
+        ),
+        (
+            ["search", "a cat", "--plus", "\x02"],
             "--plus is given an empty text: give it one, or leave --plus out.",
         ),
         (
@@ -501,8 +513,9 @@ def test_a_bad_filter_on_the_command_line_names_the_option_typed(
 def test_an_empty_text_on_the_command_line_is_named(library: Library, args: list[str], message: str) -> None:
     """`pixsift search dog --plus ''` said only "A query text is empty": of the texts typed,
     not which. The core keeps its words for API callers."""
-    with pytest.raises(QueryError, match=r"^A query text is empty\.$"):
-        QueryTerm(text=" ")
+    for blank in (" ", "\x01", "\ufeff"):
+        with pytest.raises(QueryError, match=r"^A query text is empty\.$"):
+            QueryTerm(text=blank)
     photo = str(library.search("a cat", 1)[0].path)
     typed = [photo if arg == "PHOTO" else arg for arg in args]
     result = runner.invoke(app, [*typed, "--library", str(library.path)])

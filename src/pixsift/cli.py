@@ -551,7 +551,7 @@ def search(
 
     with _user_errors(), _first_use_explained():
         results = search_once(
-            _not_empty(
+            _text_not_blank(
                 text, 'The text to search for is empty: say what to look for, as in pixsift search "a dog".'
             ),
             limit,
@@ -978,7 +978,7 @@ def _terms(texts: list[str] | None, option: str) -> list[QueryTerm]:
     from pixsift.search import parse_weighted_text
 
     for text in texts or []:
-        _not_empty(text, f"{option} is given an empty text: give it one, or leave {option} out.")
+        _text_not_blank(text, f"{option} is given an empty text: give it one, or leave {option} out.")
     return [parse_weighted_text(text) for text in texts or []]
 
 
@@ -988,6 +988,16 @@ def _not_empty(text: str, message: str) -> str:
     from pixsift.errors import QueryError
 
     if not text.strip():
+        raise QueryError(message)
+    return text
+
+
+def _text_not_blank(text: str, message: str) -> str:
+    """`text`; QueryError(message) when it holds nothing to search for (see `is_blank_text`)."""
+    from pixsift.errors import QueryError
+    from pixsift.search.query import is_blank_text
+
+    if is_blank_text(text):
         raise QueryError(message)
     return text
 

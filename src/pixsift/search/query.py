@@ -46,7 +46,7 @@ class QueryTerm:
             raise QueryError(f"A query image must be a file path, not {type(self.image).__name__}.")
         if isinstance(self.weight, bool) or not isinstance(self.weight, numbers.Real):
             raise QueryError(f"A query weight must be a number, not {type(self.weight).__name__}.")
-        if self.text is not None and not self.text.strip():
+        if self.text is not None and is_blank_text(self.text):
             raise QueryError("A query text is empty.")
         if self.image is not None and not os.fspath(self.image).strip():  # not the working directory
             raise InvalidPathError("An image path is empty: name an image file.")
@@ -57,6 +57,17 @@ class QueryTerm:
 
     def scaled(self, factor: float) -> QueryTerm:
         return QueryTerm(self.text, self.image, self.weight * factor)
+
+
+def is_blank_text(text: str) -> bool:
+    """Whether `text` holds nothing to search for: only white space, or only what CLIP's text
+    cleaning drops (control characters, a byte-order mark). Searched for, such a text became
+    the empty prompt, whose ranking means nothing, and looked like an answer."""
+    if not text.strip():
+        return True
+    from pixsift.models.clip_tokenizer import clean  # imports ftfy only for unusual characters
+
+    return not clean(text)
 
 
 def _encodable(text: str) -> bool:
