@@ -78,3 +78,10 @@ def test_an_open_bind_without_a_key_is_refused_in_the_words_of_each_face(tmp_pat
         1,
         f"error: {lead} with --api-key or $PIXSIFT_API_KEY, or listen on 127.0.0.1.\n",
     )
+
+
+def test_an_empty_host_is_named_as_every_interface_it_binds() -> None:
+    """uvicorn binds "" to every interface; the refusal said "Listening on  lets ..."."""
+    expected = r'^Listening on every interface \(host ""\) lets other machines reach the library'
+    with pytest.raises(UnsafeBindError, match=expected):
+        check_bind("", None)

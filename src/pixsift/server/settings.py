@@ -90,7 +90,8 @@ def check_bind(host: str, api_key: str | None) -> ServerSettings:
         return ServerSettings(api_key=api_key)
     if api_key is None:
         # Reached from Python too (pixsift.server.check_bind), where no option or $PIXSIFT_API_KEY is read.
-        lead = f"Listening on {host} lets other machines reach the library: give an API key"
+        where = host or 'every interface (host "")'  # as 0.0.0.0 and :: do
+        lead = f"Listening on {where} lets other machines reach the library: give an API key"
         raise UnsafeBindError(
             f"{lead} (api_key=...), or listen on 127.0.0.1.",
             command_line=f"{lead} with --api-key or ${API_KEY_ENV}, or listen on 127.0.0.1.",
