@@ -183,6 +183,48 @@ def test_an_index_job_cut_short_by_a_stop_is_done_again_after_the_restart(
         process.communicate(timeout=60)
 
 
+def test_a_second_ctrl_c_still_cancels_the_job_and_logs_no_traceback(
+    tmp_path: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    """Ctrl-C twice (the second while requests under way are let finish) skipped the stop of the
+    index job: the library was closed under the job still running, and the log showed a
+    CancelledError traceback from the app's shutdown. The job is now cancelled all the same."""
+    library = tmp_path / "lib"
+    indexed = run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args())
+    assert indexed.returncode == 0, indexed.stderr
+    write_photos(photos / "new", 3, size=(320, 240), seed=800)
+    port = free_port()
+    url, auth = f"http://127.0.0.1:{port}", {"X-API-Key": API_KEY}
+    process = start_serve(library, port)
+    try:
+        with FileLock(library / "library.lock", thread_local=False):  # another index run
+            job = httpx.post(f"{url}/index", json={"paths": [str(photos / "new")]}, headers=auth).json()
+            deadline = time.monotonic() + 30
+            while httpx.get(f"{url}/jobs/{job['id']}").json()["phase"] != "Waiting for another index run":
+                assert time.monotonic() < deadline, "the job did not start waiting"
+                time.sleep(0.1)
+            with socket.create_connection(("127.0.0.1", port)) as stalled:  # keeps the first stop waiting
+                stalled.sendall(
+                    b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b'Content-Length: 1000000\r\n\r\n{"image_base64": "AAAA'
+                )
+                time.sleep(0.5)
+                process.send_signal(signal.SIGINT)
+                time.sleep(1)  # the first is under way
+                process.send_signal(signal.SIGINT)
+                process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        logged = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, logged
+    # the stalled request is cut short by uvicorn, which logs that itself; the stop is no error
+    assert "lifespan" not in logged, logged
+    assert f"index job {job['id']} was cancelled by the stop" in logged, logged
+    doctor = run_cli("doctor", "--library", str(library))
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+
+
 def test_serve_answers_over_http(tmp_path: Path, photos: Path, tiny_model: TinyModel) -> None:
     library = tmp_path / "lib"
     indexed = run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args())

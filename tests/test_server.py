@@ -1000,6 +1000,40 @@ def test_a_client_that_drops_its_upload_is_not_logged_as_a_server_error(
     assert "Traceback" not in logged and "unexpected error" not in logged, logged
 
 
+def test_an_upload_that_stalls_is_refused_and_frees_its_slot(own: tuple[Library, Path]) -> None:
+    """A client whose upload stops sending (a phone that lost its network without closing the
+    connection) held its upload slot for ever: with as many stalled as the service takes at
+    once, every later upload was refused with 503 `busy` until a restart. A body that sends
+    nothing for `upload_idle_timeout_s` is now answered 408 `upload_timeout`, its slot freed."""
+    library, photos = own
+    image = (photos / "photo_0100.jpg").read_bytes()
+    settings = ServerSettings(max_concurrent_uploads=1, upload_idle_timeout_s=0.5)
+    with running_server(library, settings) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as stalled:
+            stalled.sendall(
+                b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000000\r\n\r\n{"image_base64": "AAAA'
+            )
+            head, _, body = read_until_closed(stalled).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), head
+        answer = json.loads(body)
+        assert answer["error"] == "upload_timeout"
+        assert "0.5 seconds" in answer["message"]
+        with httpx.Client(base_url=url, timeout=60) as http:
+            assert ids_of(http.post("/similar", files={"file": image}))
+    with pytest.raises(InvalidOptionError, match="upload_idle_timeout_s"):
+        ServerSettings(upload_idle_timeout_s=0)
+
+
+def read_until_closed(connection: socket.socket) -> bytes:
+    """Everything the service sends on `connection` until it closes it."""
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
 def slow_upload_holding_the_slot(
     port: int, upload: Callable[[], httpx.Response], within_s: float = 20
 ) -> tuple[socket.socket, httpx.Response]:

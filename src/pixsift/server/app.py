@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,7 +38,15 @@ JOB_STOP_WAIT_S = 5
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    yield
+    try:
+        yield
+    except asyncio.CancelledError:
+        # A forced stop (Ctrl-C again while requests finish) skips the shutdown, and this is
+        # cancelled as the event loop ends: the job must still stop before the library is
+        # closed under it, and a stop asked for twice is no error to log with a traceback.
+        # Nothing is served any more, so waiting on the loop holds no one up.
+        app.state.jobs.stop(JOB_STOP_WAIT_S)
+        return
     await run_in_threadpool(app.state.jobs.stop, JOB_STOP_WAIT_S)
 
 

@@ -25,7 +25,7 @@ from pixsift.server.schemas import (
     Results,
     SearchBody,
 )
-from pixsift.server.settings import K_MAX
+from pixsift.server.settings import K_MAX, ServerSettings
 from pixsift.server.uploads import SIMILAR_REQUEST_BODY, UploadSlots, read_query_image
 
 INDEX_LOADING = "The search index is still loading (`index_loading`): try again after Retry-After seconds."
@@ -96,6 +96,7 @@ def similar_to_indexed(
     tags=["search"],
     openapi_extra=SIMILAR_REQUEST_BODY,
     responses={
+        408: {"model": ErrorBody, "description": "The upload sent nothing for a while (`upload_timeout`)."},
         415: {"model": ErrorBody, "description": "Neither multipart nor JSON."},
         503: {
             "model": ErrorBody,
@@ -115,7 +116,8 @@ async def similar_to_upload(
     handled at once (503 `busy` beyond it: try again after Retry-After seconds)."""
     uploads: UploadSlots = request.app.state.uploads
     with uploads.slot():  # held until the search is done: the body, then the decoded pixels
-        data = await read_query_image(request, request.app.state.settings.max_upload_bytes)
+        settings: ServerSettings = request.app.state.settings
+        data = await read_query_image(request, settings.max_upload_bytes, settings.upload_idle_timeout_s)
 
         def run() -> list[SearchResult]:  # decoding and the model: off the event loop
             return library.similar(data, k, min_score=min_score, filters=core_filters(library, filters))

@@ -19,6 +19,10 @@ DEFAULT_MAX_MEGAPIXELS = 50.0
 # Query images read and decoded at once: each can take a body of the upload limit and, decoded,
 # 4 bytes a pixel up to the megapixel limit and copies (about 0.55 GB for a 50-megapixel PNG).
 DEFAULT_MAX_CONCURRENT_UPLOADS = 4
+# An upload that sends nothing for this long is given up: it holds one of those slots, and a
+# client that lost its network without closing its connection would hold it for ever. Long
+# enough for a phone on a poor link to resume between bursts.
+DEFAULT_UPLOAD_IDLE_TIMEOUT_S = 30.0
 MIN_API_KEY_LENGTH = 16
 
 
@@ -33,7 +37,8 @@ class ServerSettings:
     when the service listens beyond loopback. `max_concurrent_uploads` POST /similar requests
     are handled at once; one more is refused with 503 `busy`. A search that arrives while the
     search index loads waits up to `load_wait_s` seconds for it (0: not at all), then is
-    refused with 503 `index_loading`."""
+    refused with 503 `index_loading`. An upload whose body sends nothing for
+    `upload_idle_timeout_s` seconds is refused with 408 `upload_timeout`, freeing its slot."""
 
     api_key: str | None = None
     require_key_for_reads: bool = False
@@ -41,6 +46,7 @@ class ServerSettings:
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
     max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
     load_wait_s: float = DEFAULT_LOAD_WAIT_S
+    upload_idle_timeout_s: float = DEFAULT_UPLOAD_IDLE_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.api_key is not None:
@@ -48,6 +54,7 @@ class ServerSettings:
         if self.max_concurrent_uploads < 1:
             raise InvalidOptionError("The service must accept at least 1 upload at a time.")
         _check_load_wait(self.load_wait_s)
+        _check_upload_idle_timeout(self.upload_idle_timeout_s)
 
     @property
     def max_pixels(self) -> int:
@@ -58,6 +65,14 @@ def _check_load_wait(wait: object) -> None:
     # NaN would compare false with everything, infinity would leave a client waiting for ever.
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not math.isfinite(wait) or wait < 0:
         raise InvalidOptionError(f"load_wait_s must be a number of seconds of 0 or more, not {wait!r}.")
+
+
+def _check_upload_idle_timeout(timeout: object) -> None:
+    # 0 would refuse every upload at its first pause; no timeout at all is what let slots leak.
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise InvalidOptionError(
+            f"upload_idle_timeout_s must be a number of seconds above 0, not {timeout!r}."
+        )
 
 
 def is_loopback(host: str) -> bool:

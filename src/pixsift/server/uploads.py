@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import AsyncGenerator, Iterator
@@ -76,15 +77,24 @@ def _too_large(upload_limit: int) -> ApiError:
     return ApiError(413, "upload_too_large", too_large_message(upload_limit))
 
 
-async def read_body(request: Request, cap: int, upload_limit: int) -> bytes:
+async def read_body(request: Request, cap: int, upload_limit: int, idle_timeout_s: float) -> bytes:
     """The whole body, refused with 413 as soon as it passes `cap` bytes (declared or sent);
-    the message names the image limit `upload_limit` the service was configured with."""
+    the message names the image limit `upload_limit` the service was configured with. A body
+    that sends nothing for `idle_timeout_s` seconds is refused with 408: its upload slot is
+    held meanwhile, and neither uvicorn nor the client would ever let it go."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         raise _too_large(upload_limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), idle_timeout_s)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise _stalled(idle_timeout_s) from None
         size += len(chunk)
         if size > cap:
             raise _too_large(upload_limit)
@@ -92,10 +102,18 @@ async def read_body(request: Request, cap: int, upload_limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_query_image(request: Request, limit: int) -> bytes:
+def _stalled(idle_timeout_s: float) -> ApiError:
+    return ApiError(
+        408,
+        "upload_timeout",
+        f"The upload sent nothing for {idle_timeout_s:g} seconds and was given up; send it again.",
+    )
+
+
+async def read_query_image(request: Request, limit: int, idle_timeout_s: float) -> bytes:
     """The image bytes of a POST /similar request."""
     # Multipart and base64 both add to the image's own size: allow for them, then check again.
-    body = await read_body(request, limit * 4 // 3 + 64 * 1024, limit)
+    body = await read_body(request, limit * 4 // 3 + 64 * 1024, limit, idle_timeout_s)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         data = await _from_multipart(request, body)
