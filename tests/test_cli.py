@@ -16,6 +16,7 @@ import sys
 import termios
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -519,21 +520,8 @@ def test_ctrl_c_while_a_first_run_loads_its_model_says_no_library_was_made(
 def test_ctrl_c_while_the_output_waits_for_its_reader_says_so(tmp_path: Path) -> None:
     """Ctrl-C while a search's results wait for a slow reader (`pixsift search x | less`)
     ended the command with 130 and no word, where everywhere else it says "Interrupted."."""
-    photos = tmp_path / "photos with a name long enough to fill a small pipe in a few results"
-    write_photos(photos, 40, size=(64, 48), seed=2200)
-    library = ["--library", str(tmp_path / "lib")]
-    assert run_cli("index", str(photos), *library, "--model", "synthetic-tiny").returncode == 0
-    read_end, write_end = os.pipe()
-    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # the smallest pipe: 40 results overflow it
+    process, read_end = _search_into_a_small_pipe(tmp_path, 2200, preexec_fn=ctrl_c_as_in_a_terminal)
     try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pixsift", "search", "a photo", "-k", "40", "-f", "json", *library],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=ctrl_c_as_in_a_terminal,
-        )
-        os.close(write_end)
         deadline = time.monotonic() + 120
         while _bytes_waiting(read_end) < 4096 and time.monotonic() < deadline:  # it is blocked
             assert process.poll() is None, process.communicate()
@@ -544,6 +532,31 @@ def test_ctrl_c_while_the_output_waits_for_its_reader_says_so(tmp_path: Path) ->
     finally:
         os.close(read_end)
     assert (process.returncode, stderr) == (130, "Interrupted.\n")
+
+
+def _search_into_a_small_pipe(tmp_path: Path, seed: int, **popen: Any) -> tuple[subprocess.Popen[str], int]:
+    """A search started with its 40 results (long paths) going into the smallest pipe, which
+    they overflow, and the pipe's read end, left unread: its write waits for the reader."""
+    photos = tmp_path / "photos with a name long enough to fill a small pipe in a few results"
+    write_photos(photos, 40, size=(64, 48), seed=seed)
+    library = ["--library", str(tmp_path / "lib")]
+    assert run_cli("index", str(photos), *library, "--model", "synthetic-tiny").returncode == 0
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pixsift", "search", "a photo", "-k", "40", "-f", "json", *library],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            **popen,
+        )
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    return process, read_end
 
 
 def _bytes_waiting(read_end: int) -> int:
@@ -640,21 +653,10 @@ def test_a_reader_gone_in_the_middle_of_the_output_ends_it_with_141(tmp_path: Pa
     the write it cuts short must not pass for whole, also without Python's buffer
     (PYTHONUNBUFFERED, which many container images set), where the rest was dropped and the
     command ended with 0."""
-    photos = tmp_path / "photos with a name long enough to fill a small pipe in a few results"
-    write_photos(photos, 40, size=(64, 48), seed=2201)
-    library = ["--library", str(tmp_path / "lib")]
-    assert run_cli("index", str(photos), *library, "--model", "synthetic-tiny").returncode == 0
-    read_end, write_end = os.pipe()
-    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # the smallest pipe: 40 results overflow it
+    process, read_end = _search_into_a_small_pipe(
+        tmp_path, 2201, env={**os.environ, "PYTHONUNBUFFERED": unbuffered}
+    )
     try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pixsift", "search", "a photo", "-k", "40", "-f", "json", *library],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": unbuffered},
-        )
-        os.close(write_end)
         while _bytes_waiting(read_end) < 4096 and process.poll() is None:
             time.sleep(0.01)  # until the pipe is full: the results' write is under way, and waits
     finally:

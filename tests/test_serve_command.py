@@ -8,7 +8,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -17,6 +20,8 @@ from filelock import FileLock
 from conftest import TinyModel, run_cli
 from sample_photos import write_photos
 from serving import API_KEY
+
+AUTH = {"X-API-Key": API_KEY}
 
 pytestmark = pytest.mark.slow
 
@@ -139,31 +144,49 @@ def start_serve(library: Path, port: int) -> subprocess.Popen[str]:
     return process
 
 
-def test_an_index_job_cut_short_by_a_stop_is_done_again_after_the_restart(
-    tmp_path: Path, photos: Path, tiny_model: TinyModel
-) -> None:
-    """Jobs live in the service's memory: after a restart the old id is job_not_found, nothing
-    the job committed is lost, and the same POST /index does the rest."""
+class WaitingJob(NamedTuple):
+    library: Path
+    port: int
+    url: str
+    process: subprocess.Popen[str]
+    job: dict[str, Any]
+
+
+@contextmanager
+def job_waiting_for_another_run(tmp_path: Path, photos: Path, tiny_model: TinyModel) -> Iterator[WaitingJob]:
+    """`pixsift serve` on an indexed library, with a POST /index job for 3 new photos under
+    way: it waits for the library's lock, held here meanwhile as by another index run. The
+    service is killed on the way out if it still runs; its log is the caller's to read."""
     library = tmp_path / "lib"
     indexed = run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args())
     assert indexed.returncode == 0, indexed.stderr
     write_photos(photos / "new", 3, size=(320, 240), seed=800)
     port = free_port()
-    url, auth = f"http://127.0.0.1:{port}", {"X-API-Key": API_KEY}
+    url = f"http://127.0.0.1:{port}"
     process = start_serve(library, port)
     try:
-        with FileLock(library / "library.lock", thread_local=False):  # another index run
-            job = httpx.post(f"{url}/index", json={"paths": [str(photos / "new")]}, headers=auth).json()
+        with FileLock(library / "library.lock", thread_local=False):
+            posted = httpx.post(f"{url}/index", json={"paths": [str(photos / "new")]}, headers=AUTH)
+            job = posted.json()
             deadline = time.monotonic() + 30
             while httpx.get(f"{url}/jobs/{job['id']}").json()["phase"] != "Waiting for another index run":
                 assert time.monotonic() < deadline, "the job did not start waiting"
                 time.sleep(0.1)
-            process.send_signal(signal.SIGTERM)  # the job is under way: the stop cancels it
-            process.wait(timeout=60)
+            yield WaitingJob(library, port, url, process, job)
     finally:
         if process.poll() is None:
             process.kill()
-        logged = process.communicate(timeout=60)[0]
+
+
+def test_an_index_job_cut_short_by_a_stop_is_done_again_after_the_restart(
+    tmp_path: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    """Jobs live in the service's memory: after a restart the old id is job_not_found, nothing
+    the job committed is lost, and the same POST /index does the rest."""
+    with job_waiting_for_another_run(tmp_path, photos, tiny_model) as (library, port, url, process, job):
+        process.send_signal(signal.SIGTERM)  # the job is under way: the stop cancels it
+        process.wait(timeout=60)
+    logged = process.communicate(timeout=60)[0]
     assert process.returncode == 0, logged
     assert f"index job {job['id']} was cancelled by the stop" in logged, logged
     process = start_serve(library, port)
@@ -171,7 +194,7 @@ def test_an_index_job_cut_short_by_a_stop_is_done_again_after_the_restart(
         gone = httpx.get(f"{url}/jobs/{job['id']}")
         assert gone.status_code == 404 and gone.json()["error"] == "job_not_found"
         assert "restart" in gone.json()["message"]
-        again = httpx.post(f"{url}/index", json={"paths": [str(photos / "new")]}, headers=auth).json()
+        again = httpx.post(f"{url}/index", json={"paths": [str(photos / "new")]}, headers=AUTH).json()
         deadline = time.monotonic() + 120
         while (done := httpx.get(f"{url}/jobs/{again['id']}").json())["state"] not in ("succeeded", "failed"):
             assert time.monotonic() < deadline, "the job did not finish"
@@ -189,34 +212,20 @@ def test_a_second_ctrl_c_still_cancels_the_job_and_logs_no_traceback(
     """Ctrl-C twice (the second while requests under way are let finish) skipped the stop of the
     index job: the library was closed under the job still running, and the log showed a
     CancelledError traceback from the app's shutdown. The job is now cancelled all the same."""
-    library = tmp_path / "lib"
-    indexed = run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args())
-    assert indexed.returncode == 0, indexed.stderr
-    write_photos(photos / "new", 3, size=(320, 240), seed=800)
-    port = free_port()
-    url, auth = f"http://127.0.0.1:{port}", {"X-API-Key": API_KEY}
-    process = start_serve(library, port)
-    try:
-        with FileLock(library / "library.lock", thread_local=False):  # another index run
-            job = httpx.post(f"{url}/index", json={"paths": [str(photos / "new")]}, headers=auth).json()
-            deadline = time.monotonic() + 30
-            while httpx.get(f"{url}/jobs/{job['id']}").json()["phase"] != "Waiting for another index run":
-                assert time.monotonic() < deadline, "the job did not start waiting"
-                time.sleep(0.1)
-            with socket.create_connection(("127.0.0.1", port)) as stalled:  # keeps the first stop waiting
-                stalled.sendall(
-                    b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                    b'Content-Length: 1000000\r\n\r\n{"image_base64": "AAAA'
-                )
-                time.sleep(0.5)
-                process.send_signal(signal.SIGINT)
-                time.sleep(1)  # the first is under way
-                process.send_signal(signal.SIGINT)
-                process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        logged = process.communicate(timeout=60)[0]
+    with (
+        job_waiting_for_another_run(tmp_path, photos, tiny_model) as (library, port, _, process, job),
+        socket.create_connection(("127.0.0.1", port)) as stalled,  # keeps the first stop waiting
+    ):
+        stalled.sendall(
+            b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000000\r\n\r\n{"image_base64": "AAAA'
+        )
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        time.sleep(1)  # the first is under way
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    logged = process.communicate(timeout=60)[0]
     assert process.returncode == 0, logged
     # the stalled request is cut short by uvicorn, which logs that itself; the stop is no error
     assert "lifespan" not in logged, logged
