@@ -16,7 +16,7 @@ import sys
 import termios
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from typer.testing import CliRunner
@@ -614,6 +614,20 @@ def test_exit_codes_of_the_real_command(tmp_path: Path) -> None:
     assert usage.returncode == 2 and "Invalid value" in usage.stderr
 
 
+def _pixsift_writing_to(
+    stdout: int | IO[str], args: list[str], library: Path
+) -> subprocess.CompletedProcess[str]:
+    """`pixsift ARGS` (where "{library}" stands for the library's path) with its output to `stdout`."""
+    return subprocess.run(
+        [sys.executable, "-m", "pixsift", *(a.format(library=library) for a in args)],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -631,14 +645,7 @@ def test_output_to_a_closed_pipe_ends_quietly_with_141(indexed: dict[str, Path],
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "pixsift", *(a.format(library=indexed["library"]) for a in args)],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=180,
-            check=False,
-        )
+        result = _pixsift_writing_to(write_end, args, indexed["library"])
     finally:
         os.close(write_end)
     # 128 + SIGPIPE, as a shell shows for a Unix tool; not 1, kept for errors with a message,
@@ -679,14 +686,7 @@ def test_a_reader_gone_in_the_middle_of_the_output_ends_it_with_141(tmp_path: Pa
 def test_output_to_a_full_disk_is_an_error_in_one_line(indexed: dict[str, Path], args: list[str]) -> None:
     """`pixsift search x --format json > results.json` on a full disk: a traceback, before."""
     with open("/dev/full", "w") as full:
-        result = subprocess.run(
-            [sys.executable, "-m", "pixsift", *(a.format(library=indexed["library"]) for a in args)],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=180,
-            check=False,
-        )
+        result = _pixsift_writing_to(full, args, indexed["library"])
     assert (result.returncode, result.stderr) == (
         1,
         "error: Cannot write the output: No space left on device.\n",
