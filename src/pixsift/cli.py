@@ -1157,7 +1157,7 @@ def _hold_closed_streams() -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    _hold_closed_streams()  # first: the buffer below then wraps the stream it holds
+    _hold_closed_streams()  # first: a stream it puts in place is buffered, and left as it is below
     _buffer_unbuffered_stdout()
     codecs.register_error(_OUTPUT_ERRORS, _escape_unencodable)
     for stream in (sys.stdout, sys.stderr):
