@@ -401,7 +401,7 @@ def test_a_mistyped_format_is_refused_not_an_empty_result(library: Library) -> N
     for name in ("jpg", "JPEG", "tif", "heic", "webp", "mpo", " png "):
         assert SearchFilters(formats=(name,)).formats == (name,)  # every alias a user may write
     result = runner.invoke(app, ["search", "a cat", "--image-format", "jpge", "--library", str(library.path)])
-    assert result.exit_code == 1 and "is not one pixsift indexes: BMP, DIB, GIF" in result.stderr
+    assert result.exit_code == 1 and "is not one pixsift indexes: AVIF, BMP, DIB, GIF" in result.stderr
 
 
 def test_an_empty_folder_filter_is_refused_not_read_as_the_working_directory(
