@@ -1,6 +1,7 @@
 """Where the CPU time of decoding one photo goes, step by step, on one thread.
 
-    python benchmarks/decode_cost.py [--photos DIR] [--count 60] [--size 4032x3024] [--rounds 2] [--json FILE]
+    python benchmarks/decode_cost.py [--photos DIR] [--count 60] [--size 4032x3024] [--rounds 2]
+                                     [--profile {srgb,display-p3,adobe-rgb}] [--json FILE]
 
 Indexing phone photos on a CPU is bounded by decoding as much as by the model (see
 docs/benchmarks.md): this prints, in core-milliseconds a photo (`time.process_time` on this
@@ -10,7 +11,9 @@ libjpeg-turbo compute only the DC term of each 8x8 block), orientation and RGB
 (`open_oriented`), resizing, cropping and normalising for ViT-B-32 (`pixels.preprocess`), and
 the whole of `load_image` as the indexer calls it. Where simplejpeg is installed, its decode at
 the same scale is timed beside Pillow's. Photos come from ../shared/photos.py into a temporary
-folder unless `--photos` names a folder of JPEGs (its first `--count` are used).
+folder unless `--photos` names a folder of JPEGs (its first `--count` are used). `--profile`
+embeds an ICC profile in each (the pixels untouched), to time the conversion to sRGB that
+photos from a phone (Display P3) or a camera (Adobe RGB) cost.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from PIL import Image, features
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tools"))
 
+from icc_profiles import ADOBE_RGB, DISPLAY_P3, tag_jpeg  # noqa: E402
 from index_throughput import DEFAULT_PHOTOS_SCRIPT, make_photos  # noqa: E402
 from pixsift.indexer.decode import load_image, open_oriented  # noqa: E402
 from pixsift.models.pixels import PixelConfig, preprocess  # noqa: E402
@@ -42,6 +47,19 @@ TARGET_SIZE = 224  # ViT-B-32's input
 VIT_B_32 = PixelConfig(TARGET_SIZE, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 MAX_PIXELS = 200_000_000
 WARM_UP = 5
+
+
+def _srgb_profile() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+PROFILES: dict[str, Callable[[], bytes]] = {
+    "srgb": _srgb_profile,
+    "display-p3": lambda: DISPLAY_P3,
+    "adobe-rgb": lambda: ADOBE_RGB,
+}
 
 
 def core_ms(step: Callable[[Any], object], inputs: list[Any], rounds: int) -> float:
@@ -123,6 +141,13 @@ def photos_to_time(args: argparse.Namespace, scratch: Path) -> list[Path]:
     ]
     if not files:
         sys.exit(f"decode_cost.py: error: no JPEG in {folder}")
+    if args.profile:
+        profile = PROFILES[args.profile]()
+        tagged = scratch / "tagged"
+        tagged.mkdir()
+        for path in files:
+            (tagged / path.name).write_bytes(tag_jpeg(path.read_bytes(), profile))
+        files = [tagged / path.name for path in files]
     return files
 
 
@@ -132,6 +157,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=60, help="photos to time (default 60)")
     parser.add_argument("--size", default="4032x3024", help="size of the photos made (default 4032x3024)")
     parser.add_argument("--rounds", type=int, default=2, help="passes over the photos per step (default 2)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), help="embed this ICC profile in each photo")
     parser.add_argument("--json", type=Path, help="also write the table as JSON to this file")
     args = parser.parse_args()
     if args.count < WARM_UP or args.rounds < 1:
@@ -141,7 +167,8 @@ def main() -> None:
         mean_mb = sum(path.stat().st_size for path in files) / len(files) / 1e6
         rows = measure(files, args.rounds)
     print(
-        f"{len(files)} photos, {mean_mb:.2f} MB each on average; {platform.machine()}, "
+        f"{len(files)} photos{f' tagged {args.profile}' if args.profile else ''}, "
+        f"{mean_mb:.2f} MB each on average; {platform.machine()}, "
         f"Pillow {PIL.__version__}, libjpeg-turbo {features.version('libjpeg_turbo')}"
     )
     print("| step | core-ms a photo |\n| --- | ---: |")
@@ -149,7 +176,10 @@ def main() -> None:
         print(f"| {label} | {ms:.1f} |")
     if args.json:
         args.json.write_text(
-            json.dumps({"photos": len(files), "mean_mb": mean_mb, "core_ms": dict(rows)}, indent=2)
+            json.dumps(
+                {"photos": len(files), "profile": args.profile, "mean_mb": mean_mb, "core_ms": dict(rows)},
+                indent=2,
+            )
         )
 
 

@@ -138,6 +138,23 @@ def test_decode_cost_times_every_step_of_the_decode_path(tmp_path: Path) -> None
     assert all(f"| {step} | {ms:.1f} |" in result.stdout for step, ms in steps.items())
 
 
+def test_decode_cost_times_photos_tagged_with_a_profile(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for number in range(5):
+        Image.new("RGB", (800, 600), (40 * number, 90, 200)).save(photos / f"{number}.jpg", quality=90)
+    table = tmp_path / "t.json"
+    result = run_decode_cost(
+        *("--photos", str(photos), "--count", "5", "--rounds", "1"),
+        *("--profile", "display-p3", "--json", str(table)),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("5 photos tagged display-p3, ")
+    assert json.loads(table.read_text())["profile"] == "display-p3"
+    # The tagged copies were made elsewhere: the folder is left as it was
+    assert sorted(path.name for path in photos.iterdir()) == [f"{n}.jpg" for n in range(5)]
+
+
 def test_decode_cost_refuses_a_folder_without_jpegs(tmp_path: Path) -> None:
     result = run_decode_cost("--photos", str(tmp_path), "--count", "6")
     assert result.returncode == 1

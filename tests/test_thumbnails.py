@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image, ImageCms, ImageOps
 
 from conftest import TinyModel
+from icc_profiles import ADOBE_RGB
 from pixsift import BusyError, ImageError, ImageNotFoundError, thumbnails
 from pixsift.thumbnails import JPEG_QUALITY, thumbnail
 from serving import indexed_library
@@ -261,41 +261,6 @@ def test_a_thumbnail_of_an_emptied_file_says_empty_file_as_indexing_does(
         assert [failure.error for failure in library.failures()] == ["empty file"]
 
 
-def rgb_profile(name: str, primaries: list[tuple[float, float, float]], gamma: float) -> bytes:
-    """A small ICC v2 RGB display profile (matrix and gamma curves): a colour space as a phone
-    or a camera names it in its photos, made here rather than shipped (Pillow can only make
-    sRGB's). `primaries`: the XYZ of red, green and blue, adapted to D50 as ICC wants them."""
-
-    def xyz(x: float, y: float, z: float) -> bytes:
-        return b"XYZ " + bytes(4) + struct.pack(">3i", *(round(v * 65536) for v in (x, y, z)))
-
-    text = name.encode("ascii") + b"\0"
-    description = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(78)
-    curve = b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256))
-    tags = [
-        (b"desc", description),
-        (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
-        (b"cprt", b"text" + bytes(4) + b"none\0"),
-    ]
-    tags += [
-        (band + b"XYZ", xyz(*colour)) for band, colour in zip((b"r", b"g", b"b"), primaries, strict=True)
-    ]
-    tags += [(band + b"TRC", curve) for band in (b"r", b"g", b"b")]
-    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
-    for signature, body in tags:
-        table += signature + struct.pack(">II", offset + len(data), len(body))
-        data += body + bytes(-len(body) % 4)
-    header = struct.pack(">I4sI", offset + len(data), bytes(4), 0x02100000) + b"mntrRGB XYZ " + bytes(12)
-    header += b"acsp" + bytes(28) + xyz(0.9642, 1.0, 0.8249)[8:]
-    return header + bytes(128 - len(header)) + struct.pack(">I", len(tags)) + table + data
-
-
-# Adobe RGB (1998), as cameras shoot it: a wider gamut than sRGB, greens most of all.
-ADOBE_RGB = rgb_profile(
-    "Adobe RGB (1998) lookalike",
-    [(0.60974, 0.31111, 0.01947), (0.20528, 0.62567, 0.06087), (0.14919, 0.06322, 0.74457)],
-    563 / 256,
-)
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 

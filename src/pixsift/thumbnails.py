@@ -17,9 +17,11 @@ The decodes under way at once share DECODE_BUDGET_BYTES, so many requests for la
 cannot add up to more than that (one larger than the budget runs alone).
 
 Colour: a photo from a phone or a camera often holds its colours in a wider space than sRGB
-(Display P3, Adobe RGB), named by its embedded ICC profile. A thumbnail, which carries no
-profile, is converted to sRGB, what every viewer takes an untagged JPEG to be: kept as stored, its
-colours looked duller than the photo's. The small copy is converted, not the full-size image:
+(Display P3, Adobe RGB), a print file in CMYK, each named by its embedded ICC profile. A
+thumbnail, which carries no profile, is converted to sRGB (`pixsift.colour`, as indexing does),
+what every viewer takes an untagged JPEG to be: kept as stored, its colours looked duller than
+the photo's. A CMYK image is reduced in CMYK, so that its profile converts the small copy. The
+small copy is converted, not the full-size image:
 0.7 ms for 256 x 192 pixels, 12 ms for 1024 x 768 (a 12-megapixel JPEG's thumbnail takes 13 and
 48 ms to make), where the full-size photo would take 200 ms; reading a profile first seen, 2.4 ms.
 """
@@ -27,7 +29,6 @@ colours looked duller than the photo's. The small copy is converted, not the ful
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import math
 import numbers
@@ -37,17 +38,14 @@ import threading
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from stat import S_ISREG
-from typing import TYPE_CHECKING
 
 from PIL import ExifTags, Image
 
+from pixsift.colour import srgb_transform, to_srgb
 from pixsift.errors import BusyError, ImageError, ImageFileMissingError, ImageTooLargeError
 from pixsift.indexer.decode import allowed_formats, check_not_empty, describe_error, to_rgb
 from pixsift.regular_file import open_regular
 from pixsift.storage.database import write_error
-
-if TYPE_CHECKING:
-    from PIL.ImageCms import ImageCmsTransform
 
 MIN_SIZE = 16
 MAX_SIZE = 1024
@@ -55,7 +53,8 @@ JPEG_QUALITY = 85
 # How thumbnails are made, part of their names (and so of the HTTP ETag): raised whenever a
 # change makes them look different, so those cached by an earlier pixsift are made anew and a
 # client's copy is replaced. 2: transparent areas over white, wide-gamut colours to sRGB.
-RENDERING = 2
+# 3: CMYK and grey images converted by their profiles too.
+RENDERING = 3
 MAX_VARIANTS = 8  # sizes kept per image: room for a UI's few, a bound for any client
 DECODE_BUDGET_BYTES = 1024 * 1024 * 1024  # pixels being decoded for thumbnails at once, all told
 BAND_BYTES = 16 * 1024 * 1024  # a large image is converted and reduced this much at a time
@@ -172,13 +171,14 @@ def _render(image: Image.Image, source: str, size: int) -> bytes:
         with _DECODES.room_for(_decode_bytes(image)):
             image.load()
             upright = _UPRIGHT.get(_orientation(image))  # read after the pixels: a PNG's may follow them
-            colours = _srgb_transform(_rgb_profile(image))
-            small = _shrunk(image, size)
+            colours = srgb_transform(image)  # after the pixels too, for the same reason
+            # A CMYK image is reduced in CMYK, so that its profile converts the small copy.
+            cmyk = colours is not None and colours.input_mode == "CMYK"
+            small = _shrunk(image, size, "CMYK" if cmyk else "RGB")
         if upright is not None:
             small = small.transpose(upright)
-        small = small.convert("RGB")  # a copy: `image` can be closed
-        if colours is not None:
-            small = colours.apply(small)
+        # A copy, in RGB (from RGB, or CMYK for its profile): `image` can be closed.
+        small = small.convert("RGB") if colours is None else to_srgb(small, colours)
     except BusyError:
         raise
     except Exception as exc:  # any decode failure is the file's fault, told as such
@@ -190,24 +190,30 @@ def _render(image: Image.Image, source: str, size: int) -> bytes:
     return out.getvalue()
 
 
-def _shrunk(image: Image.Image, size: int) -> Image.Image:
-    """`image` (decoded), in RGB within `size` x `size`, resampled as Image.thumbnail does. A
-    large one is first reduced by a whole factor, to at least twice the size, a band of rows at
-    a time, so that converting it to RGB never takes a second full-size copy."""
+def _shrunk(image: Image.Image, size: int, mode: str = "RGB") -> Image.Image:
+    """`image` (decoded), in `mode` (RGB, or CMYK for a CMYK image) within `size` x `size`,
+    resampled as Image.thumbnail does. A large one is first reduced by a whole factor, to at
+    least twice the size, a band of rows at a time, so that converting it to RGB never takes a
+    second full-size copy."""
     if image.mode == "F":  # scaled by the whole image's range (as indexing does): converted whole
         image = _rgb(image)
     width, height = image.size
     final = _fit(width, height, size)
     factor = max(width, height) // (2 * size)
     if factor < 2:
-        return _rgb(image).resize(final, Image.Resampling.BICUBIC)
-    reduced = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+        return _in(image, mode).resize(final, Image.Resampling.BICUBIC)
+    reduced = Image.new(mode, (-(-width // factor), -(-height // factor)))
     rows = factor * max(1, BAND_BYTES // (4 * width * factor))  # whole blocks of factor rows
     for top in range(0, height, rows):
-        band = _rgb(image.crop((0, top, width, min(top + rows, height))))
+        band = _in(image.crop((0, top, width, min(top + rows, height))), mode)
         reduced.paste(band.reduce(factor), (0, top // factor))
     # The box: the image's own extent, as the last block of a side may be partly outside it.
     return reduced.resize(final, Image.Resampling.BICUBIC, box=(0, 0, width / factor, height / factor))
+
+
+def _in(image: Image.Image, mode: str) -> Image.Image:
+    """`image` in `mode`: RGB as `_rgb` makes it, or CMYK as it is (only a CMYK image is asked for that)."""
+    return image if mode == "CMYK" else _rgb(image)
 
 
 def _rgb(image: Image.Image) -> Image.Image:
@@ -227,37 +233,6 @@ def _fit(width: int, height: int, size: int) -> tuple[int, int]:
     if aspect <= 1:
         return nearest(size * aspect, lambda n: abs(aspect - n / size)), size
     return size, nearest(size / aspect, lambda n: abs(aspect - size / n) if n else math.inf)
-
-
-# Modes whose bands are the red, green and blue of the file's colour space (a palette's colours
-# too): its profile describes the thumbnail's pixels. A CMYK or grey image is converted to RGB
-# by formula, so a profile of its own space says nothing about the result.
-_RGB_MODES = frozenset({"RGB", "RGBA", "RGBX", "RGBa", "P", "PA"})
-
-
-def _rgb_profile(image: Image.Image) -> bytes | None:
-    """The ICC profile of an image whose pixels are RGB in that profile's space, else None."""
-    profile = image.info.get("icc_profile")
-    if image.mode not in _RGB_MODES or not isinstance(profile, bytes):
-        return None
-    return profile if profile[16:20] == b"RGB " else None  # the header's colour space field
-
-
-@functools.lru_cache(maxsize=16)  # a library's photos come from a few devices: a few profiles
-def _srgb_transform(profile: bytes | None) -> ImageCmsTransform | None:
-    """What turns RGB pixels in `profile`'s space into sRGB; None if there is nothing to do, or
-    the profile is damaged (the image is then shown as stored, as before)."""
-    if profile is None:
-        return None
-    try:
-        # Imported here: 20 to 30 ms that every `Library`, and so every command, would pay.
-        from PIL import ImageCms
-
-        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
-        srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-        return ImageCms.buildTransform(source, srgb, "RGB", "RGB")
-    except Exception:  # a broken profile must not cost the thumbnail, as broken EXIF does not
-        return None
 
 
 def _orientation(image: Image.Image) -> int:

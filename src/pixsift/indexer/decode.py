@@ -7,7 +7,9 @@ claims too many pixels) is refused without being read into memory. A CLIP model 
 about 224 pixels, so a 12-megapixel JPEG is decoded at reduced scale by libjpeg's DCT scaling
 (Pillow's `draft`), several times faster than a full decode, while staying at least the
 model's size so the final resize is the model's own.
-EXIF orientation is applied before the model's preprocessing, as a viewer shows the photo.
+EXIF orientation is applied before the model's preprocessing, as a viewer shows the photo,
+and colours in another space than sRGB (an embedded ICC profile: a phone's Display P3, a
+camera's Adobe RGB, a print file's CMYK) are converted to sRGB, on the small decoded copy.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pixsift.colour import srgb_transform, to_srgb
 from pixsift.image_formats import WANTED_FORMATS
 from pixsift.regular_file import NotRegularFileError, open_regular
+
+if TYPE_CHECKING:
+    from PIL.ImageCms import ImageCmsTransform
 
 # Files larger than this are decoded from disk and hashed as a stream rather than read whole:
 # a valid image header followed by gigabytes (a damaged copy, a mislabelled archive) must not
@@ -159,10 +165,11 @@ def open_oriented(source: bytes | BinaryIO, target_size: int, max_pixels: int) -
             image.draft("RGB", (target_size, target_size))
         image.load()
         taken = _taken_at(image)  # after load: a PNG may keep its EXIF after the pixels
+        colours = srgb_transform(image)  # after load too: a PNG's profile may follow the pixels
         upright = _upright(image)
         if upright.size != image.size:  # rotated by 90 degrees
             width, height = height, width
-        return OrientedImage(to_rgb(upright), width, height, image_format, taken)
+        return OrientedImage(as_srgb(upright, colours), width, height, image_format, taken)
 
 
 def _taken_at(image: Image.Image) -> str | None:
@@ -236,6 +243,16 @@ def describe_error(exc: BaseException) -> str:
 
 # Transparent areas are shown over white, as a browser or an image viewer shows them on a page.
 TRANSPARENT_BACKGROUND = (255, 255, 255)
+
+
+def as_srgb(image: Image.Image, colours: ImageCmsTransform | None) -> Image.Image:
+    """`image` in RGB, its colours converted to sRGB by `colours` (see `pixsift.colour`), or
+    taken as sRGB already where that is None. The pixels are the small decoded copy, so the
+    conversion is cheap; a CMYK image goes straight through its profile, the rest through RGB
+    (transparent areas laid over white first, in the image's own space, where white is white)."""
+    if colours is None:
+        return to_rgb(image)
+    return to_srgb(image if image.mode == "CMYK" else to_rgb(image), colours)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
