@@ -1019,11 +1019,49 @@ def test_an_upload_that_stalls_is_refused_and_frees_its_slot(own: tuple[Library,
         assert head.startswith(b"HTTP/1.1 408 "), head
         answer = json.loads(body)
         assert answer["error"] == "upload_timeout"
-        assert "0.5 seconds" in answer["message"]
+        assert answer["message"] == "The upload sent nothing for 0.5 seconds and was given up; send it again."
         with httpx.Client(base_url=url, timeout=60) as http:
             assert ids_of(http.post("/similar", files={"file": image}))
     with pytest.raises(InvalidOptionError, match="upload_idle_timeout_s"):
         ServerSettings(upload_idle_timeout_s=0)
+
+
+def test_an_upload_trickling_in_is_refused_at_its_deadline(own: tuple[Library, Path]) -> None:
+    """A client sending a byte now and then never trips the idle timeout: it held its upload
+    slot for as long as it liked. The whole body must now be in within `upload_deadline_s`
+    seconds of its start, or it is answered 408 `upload_timeout`, naming that limit."""
+    library, photos = own
+    image = (photos / "photo_0100.jpg").read_bytes()
+    settings = ServerSettings(max_concurrent_uploads=1, upload_idle_timeout_s=0.5, upload_deadline_s=1.5)
+    with running_server(library, settings) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as slow:
+            slow.sendall(
+                b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000000\r\n\r\n{"image_base64": "'
+            )
+            started = time.monotonic()
+            answer = b""
+            # One byte every 0.2 s, well within the idle timeout, until the service answers.
+            while not answer and time.monotonic() - started < 10:
+                with contextlib.suppress(OSError):  # the service may close first
+                    slow.sendall(b"A")
+                slow.settimeout(0.2)
+                with contextlib.suppress(TimeoutError):
+                    answer = slow.recv(65536)
+            slow.settimeout(20)
+            head, _, body = (answer + read_until_closed(slow)).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), head
+        refused = json.loads(body)
+        assert refused == {
+            "error": "upload_timeout",
+            "message": "The upload was not all sent within 1.5 seconds (the limit on a whole upload) "
+            "and was given up; send it again.",
+        }
+        with httpx.Client(base_url=url, timeout=60) as http:  # its slot is free again
+            assert ids_of(http.post("/similar", files={"file": image}))
+    with pytest.raises(InvalidOptionError, match="upload_deadline_s"):
+        ServerSettings(upload_deadline_s=float("inf"))
 
 
 def read_until_closed(connection: socket.socket) -> bytes:
