@@ -114,6 +114,38 @@ def test_health_and_stats(client: httpx.Client, shared: tuple[Library, Path, str
     assert stats["roots"][0]["missing"] is False
 
 
+def test_head_is_answered_as_get_without_a_body(
+    client: httpx.Client, shared: tuple[Library, Path, str]
+) -> None:
+    """Uptime checkers, proxies and link checkers send HEAD: every GET endpoint answered it
+    405. It is now answered as GET is, with the same status and headers, and no body."""
+    hit = shared[0].search("x", k=1)[0]
+    for path in (
+        "/healthz",
+        "/stats",
+        "/search?q=red",
+        f"/images/{hit.id}",
+        f"/images/{hit.id}/thumbnail?size=64",
+        f"/images/{hit.id}/similar?k=2",
+        "/failures",
+        "/openapi.json",
+        "/images/999999",  # an error is the same error
+    ):
+        got, head = client.get(path), client.head(path)
+        assert (head.status_code, head.content) == (got.status_code, b""), path
+        for header in ("content-type", "content-length", "etag", "cache-control"):
+            assert head.headers.get(header) == got.headers.get(header), (path, header)
+    assert client.head("/images/999999").status_code == 404
+    etag = client.get(f"/images/{hit.id}/thumbnail?size=64").headers["etag"]
+    revalidated = client.head(f"/images/{hit.id}/thumbnail?size=64", headers={"If-None-Match": etag})
+    assert revalidated.status_code == 304
+    # A path with no GET has no HEAD either; the schema lists no HEAD operations.
+    refused = client.head("/index")
+    assert (refused.status_code, refused.headers["allow"]) == (405, "POST")
+    operations = client.get("/openapi.json").json()["paths"].values()
+    assert not [path for path in operations if "head" in path]
+
+
 def test_stats_marks_an_indexed_folder_that_is_gone_as_status_does(
     own: tuple[Library, Path], tmp_path: Path
 ) -> None:
