@@ -801,6 +801,30 @@ def test_files_in_the_roots_that_are_no_images_are_refused_unread(own: tuple[Lib
                 os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
+@pytest.mark.parametrize("replaced", ["thumbnails", "thumbnails/{id}"])
+def test_a_thumbnail_folder_that_is_a_file_is_named_as_such(own: tuple[Library, Path], replaced: str) -> None:
+    """With the thumbnail cache folder (or an image's folder in it) replaced by a plain file,
+    thumbnails were refused with a question about a full disk or a read-only folder, which
+    sent the operator the wrong way. The answer now names the file in the way, which is kept."""
+    library = own[0]
+    image_id = library.search("x", k=1)[0].id
+    in_the_way = library.path / replaced.format(id=image_id)
+    if in_the_way.parent != library.path:
+        in_the_way.parent.mkdir()
+    in_the_way.write_text("someone's notes")
+    with running_server(library) as url, httpx.Client(base_url=url, timeout=30) as http:
+        refused = assert_error(http.get(f"/images/{image_id}/thumbnail"), 503, "library_write_failed")
+        assert refused["message"] == (
+            f"Cannot make thumbnails in the library at {library.path}: {in_the_way} is not a "
+            "folder, where pixsift keeps thumbnails. Move it away, and pixsift makes the folder "
+            "anew; nothing else in the library is affected."
+        )
+        assert in_the_way.read_text() == "someone's notes"
+        assert http.get("/search", params={"q": "x"}).status_code == 200
+        in_the_way.unlink()
+        assert http.get(f"/images/{image_id}/thumbnail").status_code == 200
+
+
 def test_a_thumbnail_of_a_file_deleted_since_indexing_is_not_found(own: tuple[Library, Path]) -> None:
     library, photos = own
     target = photos / "photo_0105.jpg"
