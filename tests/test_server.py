@@ -11,13 +11,14 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,7 +28,7 @@ import pytest
 from filelock import FileLock
 from PIL import Image
 
-from conftest import TinyModel
+from conftest import TinyModel, run_cli
 from pixsift import Library, SearchFilters
 from pixsift.config import LOCK_WAIT_S
 from pixsift.errors import BusyError, ImageError, InvalidOptionError, LibraryWriteError
@@ -179,20 +180,39 @@ def test_stats_tells_how_each_root_is_walked_as_status_does(
     library.index(hidden, include_hidden=True, workers=2)
     stats, schemas = stats_and_schema(library)
     listed = json.loads(status_as_json(library.status(), None))["roots"]
-
-    def as_listed(root: dict[str, Any]) -> dict[str, Any]:  # the times as instants, not text
-        return {
-            **root,
-            "added_at": datetime.fromisoformat(root["added_at"]),
-            "last_indexed_at": datetime.fromisoformat(root["last_indexed_at"]),
-        }
-
-    assert [as_listed(root) for root in stats["roots"]] == [as_listed(root) for root in listed]
+    assert stats["roots"] == listed  # the times too, written the same way
     walked = {root["path"]: (root["include_hidden"], root["follow_symlinks"]) for root in stats["roots"]}
     assert walked == {str(photos): (False, False), str(hidden): (True, False)}
     view = schemas["RootView"]
     assert set(view["properties"]) == set(listed[0]) == set(view["required"])
     assert all(view["properties"][name]["description"] for name in ("include_hidden", "follow_symlinks"))
+
+
+def test_times_are_written_one_way_by_the_service_and_the_command_line(own: tuple[Library, Path]) -> None:
+    """/stats wrote a root's times with `Z`, `pixsift status --format json` with `+00:00`, and
+    both left the microseconds out when they were 0: a client comparing them as text, or
+    parsing them with a fixed pattern, went wrong. Every time is now ISO 8601 in UTC, to the
+    microsecond, with `Z`, the instant the Python API gives as an aware datetime."""
+    library = own[0]
+    instant = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+    root = library.status().roots[0]
+    image = library.search("x", k=1)[0].id
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, timeout=60) as http:
+        job = http.post("/index", json={"paths": []}, headers=AUTH).json()
+        job = wait_for_job(http, job["id"])
+        stats = http.get("/stats").json()
+        indexed_at = http.get(f"/images/{image}").json()["indexed_at"]
+    command = run_cli("status", "--format", "json", "--library", str(library.path))
+    assert command.returncode == 0, command.stderr
+    told = [*(job[name] for name in ("created_at", "started_at", "finished_at")), indexed_at]
+    for face in (stats["roots"][0], json.loads(command.stdout)["roots"][0]):
+        told += [face["added_at"], face["last_indexed_at"]]
+        assert face["added_at"] == root.added_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert all(instant.fullmatch(text) for text in told), told
+    assert root.added_at.utcoffset() == timedelta(0) and library.image(
+        image
+    ).indexed_at.utcoffset() == timedelta(0)
+    assert datetime.fromisoformat(indexed_at) == library.image(image).indexed_at
 
 
 def test_stats_says_why_the_index_file_is_damaged_as_status_does(own: tuple[Library, Path]) -> None:
