@@ -20,6 +20,7 @@ from pixsift.server.jobs import JobManager
 from pixsift.server.limits import BodyLimitMiddleware
 from pixsift.server.schemas import Health
 from pixsift.server.settings import ServerSettings
+from pixsift.server.stopping import StopAnswersMiddleware
 from pixsift.server.uploads import UploadSlots
 
 log = logging.getLogger("pixsift.server")
@@ -75,6 +76,7 @@ def create_app(library: Library, settings: ServerSettings | None = None) -> Fast
         upload_limit=settings.max_upload_bytes,
     )
     app.add_middleware(HeadAsGetMiddleware)
+    app.add_middleware(StopAnswersMiddleware)  # outermost: a cancel from anywhere inside
 
     @app.get(
         "/healthz",
