@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -78,7 +79,9 @@ def wait_until_up(process: subprocess.Popen[str], url: str) -> None:
 
 def test_a_client_that_never_finishes_its_request_does_not_keep_serve_running(tmp_path: Path) -> None:
     """SIGTERM waits for requests under way only so long: a client that keeps sending its body
-    a byte at a time (or stalls) kept the service up until it gave up, or for ever."""
+    a byte at a time (or stalls) kept the service up until it gave up, or for ever. Such a
+    request, cut short, got a plain-text 500, and the log a 60-line traceback of a cancel; it
+    is answered 503 `shutting_down` in the service's JSON shape, and the log says it in a line."""
     from pixsift import Library
     from pixsift.server.run import SHUTDOWN_GRACE_S
 
@@ -105,12 +108,30 @@ def test_a_client_that_never_finishes_its_request_does_not_keep_serve_running(tm
             except subprocess.TimeoutExpired:
                 pytest.fail("pixsift serve kept running after SIGTERM while a request was left unfinished")
             took = time.monotonic() - stopped_at
+            slow_client.settimeout(10)
+            head, _, body = read_all(slow_client).partition(b"\r\n\r\n")
     finally:
         if process.poll() is None:
             process.kill()
         output = process.communicate(timeout=60)[0]
     assert took < SHUTDOWN_GRACE_S + 10, output
     assert process.returncode == 0, output
+    assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nretry-after: 5\r\n" in head.lower(), head
+    assert json.loads(body) == {
+        "error": "shutting_down",
+        "message": "The service is stopping and could not finish this request; send it again once it "
+        "is back.",
+    }
+    assert "Traceback" not in output and "Exception in ASGI application" not in output, output
+    assert "Cancel 1 running task(s)" in output and '"POST /similar HTTP/1.1" 503' in output, output
+
+
+def read_all(connection: socket.socket) -> bytes:
+    """Everything the service sends on `connection` until it closes it."""
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
 
 
 def test_serve_stopped_by_sigterm_exits_with_0(tmp_path: Path, photos: Path, tiny_model: TinyModel) -> None:

@@ -11,13 +11,14 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,7 +28,7 @@ import pytest
 from filelock import FileLock
 from PIL import Image
 
-from conftest import TinyModel
+from conftest import TinyModel, run_cli
 from pixsift import Library, SearchFilters
 from pixsift.config import LOCK_WAIT_S
 from pixsift.errors import BusyError, ImageError, InvalidOptionError, LibraryWriteError
@@ -114,6 +115,38 @@ def test_health_and_stats(client: httpx.Client, shared: tuple[Library, Path, str
     assert stats["roots"][0]["missing"] is False
 
 
+def test_head_is_answered_as_get_without_a_body(
+    client: httpx.Client, shared: tuple[Library, Path, str]
+) -> None:
+    """Uptime checkers, proxies and link checkers send HEAD: every GET endpoint answered it
+    405. It is now answered as GET is, with the same status and headers, and no body."""
+    hit = shared[0].search("x", k=1)[0]
+    for path in (
+        "/healthz",
+        "/stats",
+        "/search?q=red",
+        f"/images/{hit.id}",
+        f"/images/{hit.id}/thumbnail?size=64",
+        f"/images/{hit.id}/similar?k=2",
+        "/failures",
+        "/openapi.json",
+        "/images/999999",  # an error is the same error
+    ):
+        got, head = client.get(path), client.head(path)
+        assert (head.status_code, head.content) == (got.status_code, b""), path
+        for header in ("content-type", "content-length", "etag", "cache-control"):
+            assert head.headers.get(header) == got.headers.get(header), (path, header)
+    assert client.head("/images/999999").status_code == 404
+    etag = client.get(f"/images/{hit.id}/thumbnail?size=64").headers["etag"]
+    revalidated = client.head(f"/images/{hit.id}/thumbnail?size=64", headers={"If-None-Match": etag})
+    assert revalidated.status_code == 304
+    # A path with no GET has no HEAD either; the schema lists no HEAD operations.
+    refused = client.head("/index")
+    assert (refused.status_code, refused.headers["allow"]) == (405, "POST")
+    operations = client.get("/openapi.json").json()["paths"].values()
+    assert not [path for path in operations if "head" in path]
+
+
 def test_stats_marks_an_indexed_folder_that_is_gone_as_status_does(
     own: tuple[Library, Path], tmp_path: Path
 ) -> None:
@@ -147,20 +180,39 @@ def test_stats_tells_how_each_root_is_walked_as_status_does(
     library.index(hidden, include_hidden=True, workers=2)
     stats, schemas = stats_and_schema(library)
     listed = json.loads(status_as_json(library.status(), None))["roots"]
-
-    def as_listed(root: dict[str, Any]) -> dict[str, Any]:  # the times as instants, not text
-        return {
-            **root,
-            "added_at": datetime.fromisoformat(root["added_at"]),
-            "last_indexed_at": datetime.fromisoformat(root["last_indexed_at"]),
-        }
-
-    assert [as_listed(root) for root in stats["roots"]] == [as_listed(root) for root in listed]
+    assert stats["roots"] == listed  # the times too, written the same way
     walked = {root["path"]: (root["include_hidden"], root["follow_symlinks"]) for root in stats["roots"]}
     assert walked == {str(photos): (False, False), str(hidden): (True, False)}
     view = schemas["RootView"]
     assert set(view["properties"]) == set(listed[0]) == set(view["required"])
     assert all(view["properties"][name]["description"] for name in ("include_hidden", "follow_symlinks"))
+
+
+def test_times_are_written_one_way_by_the_service_and_the_command_line(own: tuple[Library, Path]) -> None:
+    """/stats wrote a root's times with `Z`, `pixsift status --format json` with `+00:00`, and
+    both left the microseconds out when they were 0: a client comparing them as text, or
+    parsing them with a fixed pattern, went wrong. Every time is now ISO 8601 in UTC, to the
+    microsecond, with `Z`, the instant the Python API gives as an aware datetime."""
+    library = own[0]
+    instant = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+    root = library.status().roots[0]
+    image = library.search("x", k=1)[0].id
+    with running_server(library, KEYED) as url, httpx.Client(base_url=url, timeout=60) as http:
+        job = http.post("/index", json={"paths": []}, headers=AUTH).json()
+        job = wait_for_job(http, job["id"])
+        stats = http.get("/stats").json()
+        indexed_at = http.get(f"/images/{image}").json()["indexed_at"]
+    command = run_cli("status", "--format", "json", "--library", str(library.path))
+    assert command.returncode == 0, command.stderr
+    told = [*(job[name] for name in ("created_at", "started_at", "finished_at")), indexed_at]
+    for face in (stats["roots"][0], json.loads(command.stdout)["roots"][0]):
+        told += [face["added_at"], face["last_indexed_at"]]
+        assert face["added_at"] == root.added_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert all(instant.fullmatch(text) for text in told), told
+    assert root.added_at.utcoffset() == timedelta(0) and library.image(
+        image
+    ).indexed_at.utcoffset() == timedelta(0)
+    assert datetime.fromisoformat(indexed_at) == library.image(image).indexed_at
 
 
 def test_stats_says_why_the_index_file_is_damaged_as_status_does(own: tuple[Library, Path]) -> None:
@@ -769,6 +821,30 @@ def test_files_in_the_roots_that_are_no_images_are_refused_unread(own: tuple[Lib
                 os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
+@pytest.mark.parametrize("replaced", ["thumbnails", "thumbnails/{id}"])
+def test_a_thumbnail_folder_that_is_a_file_is_named_as_such(own: tuple[Library, Path], replaced: str) -> None:
+    """With the thumbnail cache folder (or an image's folder in it) replaced by a plain file,
+    thumbnails were refused with a question about a full disk or a read-only folder, which
+    sent the operator the wrong way. The answer now names the file in the way, which is kept."""
+    library = own[0]
+    image_id = library.search("x", k=1)[0].id
+    in_the_way = library.path / replaced.format(id=image_id)
+    if in_the_way.parent != library.path:
+        in_the_way.parent.mkdir()
+    in_the_way.write_text("someone's notes")
+    with running_server(library) as url, httpx.Client(base_url=url, timeout=30) as http:
+        refused = assert_error(http.get(f"/images/{image_id}/thumbnail"), 503, "library_write_failed")
+        assert refused["message"] == (
+            f"Cannot make thumbnails in the library at {library.path}: {in_the_way} is not a "
+            "folder, where pixsift keeps thumbnails. Move it away, and pixsift makes the folder "
+            "anew; nothing else in the library is affected."
+        )
+        assert in_the_way.read_text() == "someone's notes"
+        assert http.get("/search", params={"q": "x"}).status_code == 200
+        in_the_way.unlink()
+        assert http.get(f"/images/{image_id}/thumbnail").status_code == 200
+
+
 def test_a_thumbnail_of_a_file_deleted_since_indexing_is_not_found(own: tuple[Library, Path]) -> None:
     library, photos = own
     target = photos / "photo_0105.jpg"
@@ -804,7 +880,7 @@ def test_a_library_that_cannot_be_written_is_a_server_error(own: tuple[Library, 
     (library.path / "thumbnails").write_text("in the way")  # the cache folder cannot be made
     with running_server(library) as url, httpx.Client(base_url=url) as http:
         failed = assert_error(http.get(f"/images/{image_id}/thumbnail"), 503, "library_write_failed")
-        assert "Cannot write to the library" in failed["message"]
+        assert "thumbnails is not a folder" in failed["message"]  # the reason, not a full disk
         assert http.get(f"/images/{image_id}").status_code == 200  # reads go on
     assert sorted(p.name for p in library.path.iterdir() if ".tmp-" in p.name) == []
     # the same for a delete or an index write on a full disk: the server's failure, not the client's
@@ -1019,11 +1095,49 @@ def test_an_upload_that_stalls_is_refused_and_frees_its_slot(own: tuple[Library,
         assert head.startswith(b"HTTP/1.1 408 "), head
         answer = json.loads(body)
         assert answer["error"] == "upload_timeout"
-        assert "0.5 seconds" in answer["message"]
+        assert answer["message"] == "The upload sent nothing for 0.5 seconds and was given up; send it again."
         with httpx.Client(base_url=url, timeout=60) as http:
             assert ids_of(http.post("/similar", files={"file": image}))
     with pytest.raises(InvalidOptionError, match="upload_idle_timeout_s"):
         ServerSettings(upload_idle_timeout_s=0)
+
+
+def test_an_upload_trickling_in_is_refused_at_its_deadline(own: tuple[Library, Path]) -> None:
+    """A client sending a byte now and then never trips the idle timeout: it held its upload
+    slot for as long as it liked. The whole body must now be in within `upload_deadline_s`
+    seconds of its start, or it is answered 408 `upload_timeout`, naming that limit."""
+    library, photos = own
+    image = (photos / "photo_0100.jpg").read_bytes()
+    settings = ServerSettings(max_concurrent_uploads=1, upload_idle_timeout_s=0.5, upload_deadline_s=1.5)
+    with running_server(library, settings) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as slow:
+            slow.sendall(
+                b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000000\r\n\r\n{"image_base64": "'
+            )
+            started = time.monotonic()
+            answer = b""
+            # One byte every 0.2 s, well within the idle timeout, until the service answers.
+            while not answer and time.monotonic() - started < 10:
+                with contextlib.suppress(OSError):  # the service may close first
+                    slow.sendall(b"A")
+                slow.settimeout(0.2)
+                with contextlib.suppress(TimeoutError):
+                    answer = slow.recv(65536)
+            slow.settimeout(20)
+            head, _, body = (answer + read_until_closed(slow)).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), head
+        refused = json.loads(body)
+        assert refused == {
+            "error": "upload_timeout",
+            "message": "The upload was not all sent within 1.5 seconds (the limit on a whole upload) "
+            "and was given up; send it again.",
+        }
+        with httpx.Client(base_url=url, timeout=60) as http:  # its slot is free again
+            assert ids_of(http.post("/similar", files={"file": image}))
+    with pytest.raises(InvalidOptionError, match="upload_deadline_s"):
+        ServerSettings(upload_deadline_s=float("inf"))
 
 
 def read_until_closed(connection: socket.socket) -> bytes:

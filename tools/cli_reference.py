@@ -36,7 +36,8 @@ newline. Paths print as their bytes; in JSON, a byte of a name that is not UTF-8
 `status --format json` prints one object: `library` (its folder); `model`, null before the
 first index run, else `name`, `pretrained`, `embed_dim` and `fingerprint`; `images` with the
 counts `indexed`, `failed` and `pending`; `roots`, each with `path`, `include_hidden`,
-`follow_symlinks`, `added_at`, `last_indexed_at` (ISO 8601 times in UTC, the last null
+`follow_symlinks`, `added_at`, `last_indexed_at` (ISO 8601 times in UTC to the
+microsecond, `2024-05-01T18:30:00.000000Z`, as the HTTP service writes them; the last null
 before the folder's first run) and `missing` (true when the folder is not on disk now:
 unmounted, moved or deleted; index runs keep its images, and the table says `missing` beside
 it); `index`, the search index file, with `state` (`"up to date"`;

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from pixsift.timestamps import iso_utc  # datetime only: cheap to import
+
 if TYPE_CHECKING:  # the command line imports this module before it needs the core
     from pixsift.doctor import HealthReport
     from pixsift.evaluation import EvalReport
@@ -262,8 +264,8 @@ def status_as_json(status: LibraryStatus, failures: Sequence[Failure] | None) ->
                 "path": r.path,
                 "include_hidden": r.include_hidden,
                 "follow_symlinks": r.follow_symlinks,
-                "added_at": r.added_at.isoformat(),
-                "last_indexed_at": r.last_indexed_at.isoformat() if r.last_indexed_at else None,
+                "added_at": iso_utc(r.added_at),
+                "last_indexed_at": iso_utc(r.last_indexed_at) if r.last_indexed_at else None,
                 "missing": r.path in status.missing_roots,
             }
             for r in status.roots

@@ -42,7 +42,7 @@ from stat import S_ISREG
 from PIL import ExifTags, Image
 
 from pixsift.colour import srgb_transform, to_srgb
-from pixsift.errors import BusyError, ImageError, ImageFileMissingError, ImageTooLargeError
+from pixsift.errors import BusyError, ImageError, ImageFileMissingError, ImageTooLargeError, LibraryWriteError
 from pixsift.indexer.decode import allowed_formats, check_not_empty, describe_error, to_rgb
 from pixsift.regular_file import open_regular
 from pixsift.storage.database import write_error
@@ -300,10 +300,24 @@ def _write(target: Path, data: bytes, cache_dir: Path) -> None:
         tmp.write_bytes(data)
         os.replace(tmp, target)
     except OSError as exc:
-        raise write_error(cache_dir.parent, exc) from exc
+        raise _write_failure(cache_dir, target.parent, exc) from exc
     finally:
         with contextlib.suppress(OSError):  # gone already, or its folder never made
             tmp.unlink()
+
+
+def _write_failure(cache_dir: Path, folder: Path, exc: OSError) -> LibraryWriteError:
+    """Why a thumbnail could not be written. A file in place of the cache folder or of an
+    image's folder in it ("file exists") is named: asking whether the disk is full would send
+    the operator the wrong way. That file may be someone's, so it is left alone."""
+    for path in (cache_dir, folder):
+        if os.path.lexists(path) and not path.is_dir():  # a file, a pipe, a link to nothing
+            return LibraryWriteError(
+                f"Cannot make thumbnails in the library at {cache_dir.parent}: {path} is not a "
+                "folder, where pixsift keeps thumbnails. Move it away, and pixsift makes the "
+                "folder anew; nothing else in the library is affected."
+            )
+    return write_error(cache_dir.parent, exc)
 
 
 def _prune(folder: Path, keep: Path, version: str) -> None:

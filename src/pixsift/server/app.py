@@ -15,10 +15,12 @@ from pixsift.library import Library
 from pixsift.server import admin_routes, image_routes, search_routes
 from pixsift.server.auth import require_read_access
 from pixsift.server.errors import AsciiJSONResponse, install_error_handlers
+from pixsift.server.head import HeadAsGetMiddleware
 from pixsift.server.jobs import JobManager
 from pixsift.server.limits import BodyLimitMiddleware
 from pixsift.server.schemas import Health
 from pixsift.server.settings import ServerSettings
+from pixsift.server.stopping import StopAnswersMiddleware
 from pixsift.server.uploads import UploadSlots
 
 log = logging.getLogger("pixsift.server")
@@ -73,6 +75,8 @@ def create_app(library: Library, settings: ServerSettings | None = None) -> Fast
         max_bytes=settings.max_upload_bytes * 4 // 3 + 64 * 1024,
         upload_limit=settings.max_upload_bytes,
     )
+    app.add_middleware(HeadAsGetMiddleware)
+    app.add_middleware(StopAnswersMiddleware)  # outermost: a cancel from anywhere inside
 
     @app.get(
         "/healthz",

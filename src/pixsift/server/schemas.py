@@ -9,11 +9,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from pixsift.search import SearchFilters, SearchResult
 from pixsift.server.settings import K_MAX
 from pixsift.storage import Failure, ImageInfo
+from pixsift.timestamps import iso_utc
 
 ID_MAX = 2**63 - 1  # SQLite's and FAISS's id range
 TEXT_MAX = 1000  # characters in a query text; CLIP reads 77 tokens of it anyway
@@ -28,6 +29,13 @@ MinScore = Annotated[float | None, Field(strict=True, ge=-1.0, le=1.0, allow_inf
 PixelCount = Annotated[int | None, Field(strict=True, ge=1, le=1_000_000)]
 FormatName = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9]+$")]
 PathText = Annotated[str, Field(min_length=1, max_length=PATH_MAX)]
+# A time the service tells: written as `pixsift status --format json` writes it (pydantic alone
+# would drop the microseconds when they are 0, a width that changes, and the CLI wrote +00:00).
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(iso_utc, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time", "description": "ISO 8601, UTC"}),
+]
 
 
 class _Strict(BaseModel):
@@ -156,7 +164,7 @@ class ImageMeta(BaseModel):
     width: int | None
     height: int | None
     format: str | None
-    indexed_at: datetime
+    indexed_at: Timestamp
     error: str | None = Field(
         description="Why the file could not be indexed (it is then never found by a search and "
         "has no similar images); null when it was indexed."
@@ -220,9 +228,9 @@ class JobView(BaseModel):
     )
     done: int = Field(description="Steps of its phase done; once it has ended, of its files' last phase")
     total: int | None = Field(description="Steps in its phase, null while not known")
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
     report: dict[str, Any] | None = Field(
         description="What the index run did (an IndexReport): while it runs, what it has found "
         "and committed so far (`failed`: files that could not be read), growing batch by batch, "
@@ -263,8 +271,8 @@ class RootView(BaseModel):
     follow_symlinks: bool = Field(
         description="Symbolic links inside it are followed (`--follow-symlinks`); POST /index walks it so"
     )
-    added_at: datetime = Field(description="When it was first indexed")
-    last_indexed_at: datetime | None
+    added_at: Timestamp = Field(description="When it was first indexed")
+    last_indexed_at: Timestamp | None
     missing: bool = Field(
         description="The folder is not on disk now (unmounted, moved or deleted): index jobs keep "
         "its images, and searches return them, until `pixsift relocate` or `pixsift forget` says "

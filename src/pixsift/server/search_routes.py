@@ -117,7 +117,7 @@ async def similar_to_upload(
     uploads: UploadSlots = request.app.state.uploads
     with uploads.slot():  # held until the search is done: the body, then the decoded pixels
         settings: ServerSettings = request.app.state.settings
-        data = await read_query_image(request, settings.max_upload_bytes, settings.upload_idle_timeout_s)
+        data = await read_query_image(request, settings.max_upload_bytes, settings.upload_timeouts)
 
         def run() -> list[SearchResult]:  # decoding and the model: off the event loop
             return library.similar(data, k, min_score=min_score, filters=core_filters(library, filters))

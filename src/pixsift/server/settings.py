@@ -23,11 +23,23 @@ DEFAULT_MAX_CONCURRENT_UPLOADS = 4
 # client that lost its network without closing its connection would hold it for ever. Long
 # enough for a phone on a poor link to resume between bursts.
 DEFAULT_UPLOAD_IDLE_TIMEOUT_S = 30.0
+# A whole upload must be in within this long: a client sending a byte now and then never trips
+# the idle timeout, and would hold its slot for as long as it liked. 5 minutes lets an image at
+# the default upload limit, in base64 (27 MB), arrive at 90 kB/s, a poor mobile link's rate.
+DEFAULT_UPLOAD_DEADLINE_S = 300.0
 MIN_API_KEY_LENGTH = 16
 
 
 class UnsafeBindError(PixsiftError):
     """The service was asked to listen beyond this machine without an API key."""
+
+
+@dataclass(frozen=True)
+class UploadTimeouts:
+    """How long an upload's body may take: `idle_s` without a byte, `total_s` in all."""
+
+    idle_s: float
+    total_s: float
 
 
 @dataclass(frozen=True)
@@ -38,7 +50,8 @@ class ServerSettings:
     are handled at once; one more is refused with 503 `busy`. A search that arrives while the
     search index loads waits up to `load_wait_s` seconds for it (0: not at all), then is
     refused with 503 `index_loading`. An upload whose body sends nothing for
-    `upload_idle_timeout_s` seconds is refused with 408 `upload_timeout`, freeing its slot."""
+    `upload_idle_timeout_s` seconds, or is not all in `upload_deadline_s` seconds after it
+    began, is refused with 408 `upload_timeout`, freeing its slot."""
 
     api_key: str | None = None
     require_key_for_reads: bool = False
@@ -47,6 +60,7 @@ class ServerSettings:
     max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
     load_wait_s: float = DEFAULT_LOAD_WAIT_S
     upload_idle_timeout_s: float = DEFAULT_UPLOAD_IDLE_TIMEOUT_S
+    upload_deadline_s: float = DEFAULT_UPLOAD_DEADLINE_S
 
     def __post_init__(self) -> None:
         if self.api_key is not None:
@@ -54,7 +68,12 @@ class ServerSettings:
         if self.max_concurrent_uploads < 1:
             raise InvalidOptionError("The service must accept at least 1 upload at a time.")
         _check_load_wait(self.load_wait_s)
-        _check_upload_idle_timeout(self.upload_idle_timeout_s)
+        _check_upload_timeout("upload_idle_timeout_s", self.upload_idle_timeout_s)
+        _check_upload_timeout("upload_deadline_s", self.upload_deadline_s)
+
+    @property
+    def upload_timeouts(self) -> UploadTimeouts:
+        return UploadTimeouts(idle_s=self.upload_idle_timeout_s, total_s=self.upload_deadline_s)
 
     @property
     def max_pixels(self) -> int:
@@ -67,12 +86,10 @@ def _check_load_wait(wait: object) -> None:
         raise InvalidOptionError(f"load_wait_s must be a number of seconds of 0 or more, not {wait!r}.")
 
 
-def _check_upload_idle_timeout(timeout: object) -> None:
-    # 0 would refuse every upload at its first pause; no timeout at all is what let slots leak.
+def _check_upload_timeout(name: str, timeout: object) -> None:
+    # 0 would refuse every upload at once; no timeout at all is what let slots leak.
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-        raise InvalidOptionError(
-            f"upload_idle_timeout_s must be a number of seconds above 0, not {timeout!r}."
-        )
+        raise InvalidOptionError(f"{name} must be a number of seconds above 0, not {timeout!r}.")
 
 
 def is_loopback(host: str) -> bool:

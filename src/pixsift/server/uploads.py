@@ -18,6 +18,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from pixsift.server.errors import RETRY_AFTER_S, ApiError
 from pixsift.server.limits import too_large_message
 from pixsift.server.schemas import SimilarUpload
+from pixsift.server.settings import UploadTimeouts
 
 # POST /similar reads its body itself (two content types), so its OpenAPI entry is given here.
 SIMILAR_REQUEST_BODY: dict[str, Any] = {
@@ -77,24 +78,28 @@ def _too_large(upload_limit: int) -> ApiError:
     return ApiError(413, "upload_too_large", too_large_message(upload_limit))
 
 
-async def read_body(request: Request, cap: int, upload_limit: int, idle_timeout_s: float) -> bytes:
+async def read_body(request: Request, cap: int, upload_limit: int, timeouts: UploadTimeouts) -> bytes:
     """The whole body, refused with 413 as soon as it passes `cap` bytes (declared or sent);
     the message names the image limit `upload_limit` the service was configured with. A body
-    that sends nothing for `idle_timeout_s` seconds is refused with 408: its upload slot is
-    held meanwhile, and neither uvicorn nor the client would ever let it go."""
+    that sends nothing for `timeouts.idle_s` seconds, or is not all there `timeouts.total_s`
+    seconds after it began, is refused with 408: its upload slot is held meanwhile, and neither
+    uvicorn nor the client would ever let it go (a byte now and then resets an idle timer)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         raise _too_large(upload_limit)
     chunks: list[bytes] = []
     size = 0
     stream = request.stream()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeouts.total_s
     while True:
+        left = deadline - loop.time()
         try:
-            chunk = await asyncio.wait_for(anext(stream), idle_timeout_s)
+            chunk = await asyncio.wait_for(anext(stream), min(timeouts.idle_s, max(left, 0)))
         except StopAsyncIteration:
             break
         except TimeoutError:
-            raise _stalled(idle_timeout_s) from None
+            raise _timed_out(timeouts, whole=left <= timeouts.idle_s) from None
         size += len(chunk)
         if size > cap:
             raise _too_large(upload_limit)
@@ -102,18 +107,18 @@ async def read_body(request: Request, cap: int, upload_limit: int, idle_timeout_
     return b"".join(chunks)
 
 
-def _stalled(idle_timeout_s: float) -> ApiError:
-    return ApiError(
-        408,
-        "upload_timeout",
-        f"The upload sent nothing for {idle_timeout_s:g} seconds and was given up; send it again.",
-    )
+def _timed_out(timeouts: UploadTimeouts, *, whole: bool) -> ApiError:
+    if whole:
+        what = f"was not all sent within {timeouts.total_s:g} seconds (the limit on a whole upload)"
+    else:
+        what = f"sent nothing for {timeouts.idle_s:g} seconds"
+    return ApiError(408, "upload_timeout", f"The upload {what} and was given up; send it again.")
 
 
-async def read_query_image(request: Request, limit: int, idle_timeout_s: float) -> bytes:
+async def read_query_image(request: Request, limit: int, timeouts: UploadTimeouts) -> bytes:
     """The image bytes of a POST /similar request."""
     # Multipart and base64 both add to the image's own size: allow for them, then check again.
-    body = await read_body(request, limit * 4 // 3 + 64 * 1024, limit, idle_timeout_s)
+    body = await read_body(request, limit * 4 // 3 + 64 * 1024, limit, timeouts)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         data = await _from_multipart(request, body)
