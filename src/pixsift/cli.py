@@ -426,7 +426,8 @@ def index(
         Optional[str],  # noqa: UP045
         typer.Option(
             "--pretrained",
-            help="Pretrained tag or checkpoint file. Default: laion2b_s34b_b79k for ViT-B-32.",
+            help="Pretrained tag or checkpoint file. Default: laion2b_s34b_b79k for ViT-B-32. Without "
+            "--model, weights for the library's own model (ViT-B-32 for a new library).",
             show_default=False,
         ),
     ] = None,
