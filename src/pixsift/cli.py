@@ -803,19 +803,26 @@ def evaluate(
     """How well the library answers labelled queries: recall@k, precision@k, MRR, latency."""
     from pixsift.formatting import eval_as_json, format_eval
 
+    ranks = _cutoffs(cutoffs)  # bad usage, refused before the library is opened
     with _user_errors(), _first_use_explained(), _open(library, device=device, engine=engine) as lib:
-        report = lib.evaluate(queries, _cutoffs(cutoffs))
+        report = lib.evaluate(queries, ranks)
     typer.echo(eval_as_json(report) if output is StatusFormat.json else format_eval(report))
 
 
-def _cutoffs(text: str) -> list[int]:
+def _cutoffs(text: str) -> tuple[int, ...]:
+    """The ranks --cutoffs names; a bad one is bad usage (exit 2), as any option's bad value.
+    Raised in the command's body, where typer does not know the option: named here."""
+    from pixsift.errors import QueryError
+    from pixsift.evaluation import checked_cutoffs
+
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return checked_cutoffs([int(part) for part in text.split(",") if part.strip()])
     except ValueError:
-        # Raised in the command's body, where typer does not know the option: name it here.
         raise typer.BadParameter(
             f"expected whole numbers separated by commas, got {text!r}", param_hint="'--cutoffs'"
         ) from None
+    except QueryError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--cutoffs'") from None
 
 
 @app.command()
