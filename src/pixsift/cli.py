@@ -741,10 +741,11 @@ def forget(
     For a folder that moved, `pixsift relocate OLD NEW` keeps its images' ids instead.
     """
     with _user_errors(), _open(library) as lib:
-        removed, interrupted = _committed(lambda waiting: lib.forget(folder, wait=wait, progress=waiting))
+        stored = lib.indexed_folder(folder)  # named as the library has it, not as typed (../x)
+        removed, interrupted = _committed(lambda waiting: lib.forget(stored, wait=wait, progress=waiting))
         with _report_of_kept_change(interrupted):
             typer.echo(
-                f"Forgot {folder}: {removed:,} image(s) removed from the library; no file was touched."
+                f"Forgot {stored}: {removed:,} image(s) removed from the library; no file was touched."
             )
 
 
@@ -769,11 +770,14 @@ def relocate(
     from pixsift.indexer.relocation import catch_up_command
 
     with _user_errors(), _open(library) as lib:
-        moved, interrupted = _committed(lambda waiting: lib.relocate(old, new, wait=wait, progress=waiting))
+        stored = lib.indexed_folder(old)  # named as the library had it, not as typed (../x)
+        moved, interrupted = _committed(
+            lambda waiting: lib.relocate(stored, new, wait=wait, progress=waiting)
+        )
         with _report_of_kept_change(interrupted):
             target, command = catch_up_command(lib.status().roots, new)
             typer.echo(
-                f"Relocated {old} to {target}: {moved:,} image(s) moved, their ids and vectors kept. "
+                f"Relocated {stored} to {target}: {moved:,} image(s) moved, their ids and vectors kept. "
                 f"To pick up what changed meanwhile: {command}"
             )
 

@@ -641,6 +641,13 @@ class Library:
         forget_thumbnails(self.path / THUMBNAILS_DIR, image_id)  # ids are never reused
         return info
 
+    def indexed_folder(self, folder: str | os.PathLike[str]) -> str:
+        """The indexed folder `folder` names, as the library stores it and `status` lists it
+        (an absolute path), however it is written (relative, with `~`, through a link; it may
+        no longer exist): what `forget(folder)` drops and `relocate(folder, ...)` moves.
+        InvalidPathError when it names no indexed folder."""
+        return root_named(folder, [root.path for root in self._catalog.roots()])
+
     def forget(
         self,
         folder: str | os.PathLike[str],
