@@ -714,7 +714,11 @@ def status(
         StatusFormat, typer.Option("--format", "-f", case_sensitive=False, help="table or json.")
     ] = StatusFormat.table,
 ) -> None:
-    """What is indexed, with which model, and where the library is."""
+    """What is indexed, with which model, and where the library is.
+
+    Exits 0 whenever it could report, a damaged search index or failed files included (it
+    reads only the index file's header and size); `pixsift doctor` is the check: it exits 3.
+    """
     from pixsift.formatting import format_status, status_as_json
 
     with _user_errors(), _open(library) as lib:
