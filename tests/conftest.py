@@ -124,19 +124,34 @@ needs_permissions = pytest.mark.skipif(
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 180, obey_permissions: bool = False
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+    obey_permissions: bool = False,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real `pixsift` command in a subprocess, as a user would; with `obey_permissions`
-    as a user whose file permissions bite, even when the tests run as root."""
+    """Run the real `pixsift` command in a subprocess, as a user would (in the folder `cwd`,
+    else this one); with `obey_permissions` as a user whose file permissions bite, even when
+    the tests run as root."""
     prefix = (PERMISSION_PREFIX or []) if obey_permissions else []
     return subprocess.run(
         [*prefix, sys.executable, "-m", "pixsift", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env=_absolute_python_path({**os.environ, **(env or {})}),
         check=False,
+        cwd=cwd,
     )
+
+
+def _absolute_python_path(env: dict[str, str]) -> dict[str, str]:
+    """`env` with PYTHONPATH's folders made absolute: run from another folder (`cwd`), a
+    relative one (`PYTHONPATH=src`) would import another pixsift, or none."""
+    if env.get("PYTHONPATH"):
+        parts = env["PYTHONPATH"].split(os.pathsep)
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(part) if part else part for part in parts)
+    return env
 
 
 def ctrl_c_as_in_a_terminal() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TinyModel
+from conftest import TinyModel, run_cli
 from pixsift import Library, QueryError
 from pixsift.cli import app
 
@@ -304,5 +305,31 @@ def test_eval_usage_errors(indexed: Library, tmp_path: Path) -> None:
     bad = runner.invoke(app, ["eval", str(queries), *library, "--cutoffs", "one"])
     assert bad.exit_code == 2
     assert "Invalid value for '--cutoffs'" in bad.output and "expected whole numbers" in bad.output
-    zero = runner.invoke(app, ["eval", str(queries), *library, "--cutoffs", "0"])
-    assert zero.exit_code == 1 and "Cut-offs must be positive" in zero.output
+    for cutoffs, message in (
+        ("0", "Cut-offs must be whole numbers of at least 1, e.g. 1,5,10, not 0."),
+        ("5,-1", "Cut-offs must be whole numbers of at least 1, e.g. 1,5,10, not -1."),
+        (",", "No cut-offs given: name the ranks to measure at, e.g. 1,5,10."),
+    ):
+        # Bad usage as any bad option value (exit 2, the option named), where it was exit 1.
+        refused = runner.invoke(app, ["eval", str(queries), *library, "--cutoffs", cutoffs])
+        assert refused.exit_code == 2, refused.output
+        assert "Invalid value for '--cutoffs'" in refused.output
+        assert message in " ".join(line.strip("│ ") for line in refused.output.splitlines()), refused.output
+    with pytest.raises(
+        QueryError, match=r"^Cut-offs must be whole numbers of at least 1, e\.g\. 1,5,10, not 0\.$"
+    ):
+        indexed.evaluate(queries, cutoffs=[5, 0])
+
+
+def test_a_device_or_a_named_pipe_given_as_the_query_file_is_refused(
+    indexed: Library, tmp_path: Path
+) -> None:
+    """`pixsift eval /dev/zero` read forever, and a named pipe waited for a writer for good:
+    only a regular file is read as a query file."""
+    fifo = tmp_path / "queries.fifo"
+    os.mkfifo(fifo)
+    library = ["--library", str(indexed.path)]
+    for path, kind in ((Path("/dev/zero"), "a device"), (fifo, "a named pipe")):
+        result = run_cli("eval", str(path), *library, timeout=60)
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr == f"error: {path} is {kind}; give a query file (JSONL, one query a line).\n"

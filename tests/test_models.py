@@ -456,3 +456,45 @@ def test_an_empty_model_is_refused_by_a_library_that_has_one(library_dir: Path, 
             assert str(refused.value) == message
     result = run_cli("index", "--library", str(library_dir), "--model", "")
     assert (result.returncode, result.stderr) == (1, f"error: {EMPTY_MODEL}\n")
+
+
+def test_weights_named_alone_keep_the_library_architecture(
+    tiny_model: TinyModel, other_tiny_checkpoint: Path, tmp_path: Path, photos: Path
+) -> None:
+    """`pixsift index --reembed --pretrained new.pt` on a library made from a model-config file
+    re-embeds with that architecture and the new weights, where it used to switch the library
+    to ViT-B-32; without --reembed it says which option to leave out; and a tag of ViT-B-32
+    is refused rather than taken as a switch of architecture."""
+    library = tmp_path / "lib"
+    base = ["--library", str(library), "--engine", "torch", "-q"]
+    assert run_cli("index", str(photos), *tiny_model.index_args(), *base).returncode == 0
+    config_name = str(tiny_model.config.resolve())
+
+    asked = run_cli("index", "--pretrained", str(other_tiny_checkpoint), *base)
+    assert asked.returncode == 1
+    assert "Leave out --pretrained to keep using it" in asked.stderr, asked.stderr
+    assert f"not {config_name} ({other_tiny_checkpoint})" in asked.stderr
+
+    tag = run_cli("index", "--reembed", "--pretrained", DEFAULT_PRETRAINED, *base)
+    assert tag.returncode == 1
+    assert "--pretrained takes the path of a checkpoint file" in tag.stderr, tag.stderr
+
+    reembedded = run_cli("index", "--reembed", "--pretrained", str(other_tiny_checkpoint), *base)
+    assert reembedded.returncode == 0, reembedded.stderr
+    model = json.loads(run_cli("status", "--library", str(library), "--format", "json").stdout)["model"]
+    assert (model["name"], model["pretrained"]) == (config_name, str(other_tiny_checkpoint))
+
+
+def test_weights_named_alone_for_a_bundled_model(tmp_path: Path, photos: Path) -> None:
+    """A synthetic-tiny library given `--pretrained FILE` alone stays synthetic-tiny; with
+    `--pretrained bundled` it goes back to the weights that ship with pixsift."""
+    checkpoint = tmp_path / "my-weights.pt"
+    checkpoint.write_bytes(BUNDLED_MODELS["synthetic-tiny"].checkpoint.read_bytes())
+    library = tmp_path / "lib"
+    base = ["--library", str(library), "--engine", "torch", "-q"]
+    assert run_cli("index", str(photos), "--model", "synthetic-tiny", *base).returncode == 0
+    for weights in (str(checkpoint), BUNDLED_TAG):
+        result = run_cli("index", "--reembed", "--pretrained", weights, *base)
+        assert result.returncode == 0, result.stderr
+        status = json.loads(run_cli("status", "--library", str(library), "--format", "json").stdout)
+        assert (status["model"]["name"], status["model"]["pretrained"]) == ("synthetic-tiny", weights)

@@ -293,6 +293,31 @@ def test_the_command_says_what_moved_and_how_to_catch_up(
     assert twice.stderr == f"error: {photos} is not an indexed folder (indexed folders: {new}).\n"
 
 
+def test_paths_typed_relative_are_named_as_the_library_stores_them(
+    photos: Path, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    """`pixsift relocate ../Photos ../Pictures` and `pixsift forget ./Pictures/` said "Relocated
+    ../Photos" and "Forgot ./Pictures/": what they moved and dropped is named as `status` lists it."""
+    library = ["--library", str(tmp_path / "library")]
+    assert run_cli("index", str(photos), *library, *tiny_model.index_args()).returncode == 0
+    new = tmp_path / "Pictures"
+    photos.rename(new)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    moved = run_cli("relocate", "../Photos", "../Pictures/", *library, cwd=elsewhere)
+    assert (moved.returncode, moved.stderr) == (0, "")
+    assert moved.stdout.startswith(f"Relocated {photos} to {new}: 12 image(s) moved,"), moved.stdout
+    with Library.open(tmp_path / "library", create=False) as lib:
+        assert lib.indexed_folder(elsewhere / ".." / "Pictures") == str(new)
+        with pytest.raises(InvalidPathError, match=r"Photos .* is not an indexed folder"):
+            lib.indexed_folder("../Photos")
+
+    forgot = run_cli("forget", "./Pictures/", *library, cwd=tmp_path)
+    assert forgot.returncode == 0, forgot.stderr
+    assert forgot.stdout == f"Forgot {new}: 12 image(s) removed from the library; no file was touched.\n"
+
+
 @pytest.mark.slow
 def test_killed_before_its_transaction_commits_it_changes_nothing_and_runs_again(
     photos: Path, tiny_model: TinyModel, tmp_path: Path

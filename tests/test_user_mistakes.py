@@ -1049,6 +1049,20 @@ def database_of_another_program(path: Path, script: str) -> bytes:
             "CREATE TABLE notes (body TEXT); PRAGMA user_version = 70;",
             "it holds tables of another program (notes), none of pixsift's, under SQLite schema version 70",
         ),
+        # A table named as pixsift's, at its version or above: opened (and switched to WAL),
+        # then "lacks a table or column ... Run pixsift doctor", or called a newer library.
+        (
+            "CREATE TABLE images (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO images VALUES (1, 'a'); "
+            f"PRAGMA user_version = {SCHEMA_VERSION};",
+            "its tables named as pixsift's (images) do not hold pixsift's columns, under SQLite "
+            f"schema version {SCHEMA_VERSION}",
+        ),
+        (
+            "CREATE TABLE images (name TEXT); CREATE TABLE settings (key TEXT, value TEXT); "
+            "PRAGMA user_version = 70;",
+            "its tables named as pixsift's (images, settings) do not hold pixsift's columns, under "
+            "SQLite schema version 70",
+        ),
         # A version and nothing else: "Cannot use ... as a pixsift library: no such table: images."
         ("PRAGMA user_version = 2;", "it holds no tables under SQLite schema version 2"),
         # A view of another program's (no table): pixsift's tables were made beside it.

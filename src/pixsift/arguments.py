@@ -14,6 +14,7 @@ from pixsift.config import MAX_BATCH_SIZE, MAX_WORKERS
 from pixsift.errors import InvalidOptionError, QueryError
 from pixsift.indexer.roots import new_root
 from pixsift.models import resolve_model_spec
+from pixsift.models.naming import refuse_empty_names
 from pixsift.search import SearchFilters
 from pixsift.search.filters import checked_filters
 from pixsift.search.finite import is_finite, shown
@@ -146,5 +147,7 @@ def check_index_arguments(
     command can check them before it creates a library (weights are not loaded here)."""
     for root in roots:
         new_root(root, include_hidden=False, follow_symlinks=False)
-    if model is not None or pretrained is not None:
+    if model is not None:
         resolve_model_spec(model, pretrained)
+    else:  # weights alone are for the library's own architecture, which `index` knows
+        refuse_empty_names(model, pretrained)

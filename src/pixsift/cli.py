@@ -426,7 +426,8 @@ def index(
         Optional[str],  # noqa: UP045
         typer.Option(
             "--pretrained",
-            help="Pretrained tag or checkpoint file. Default: laion2b_s34b_b79k for ViT-B-32.",
+            help="Pretrained tag or checkpoint file. Default: laion2b_s34b_b79k for ViT-B-32. Without "
+            "--model, weights for the library's own model (ViT-B-32 for a new library).",
             show_default=False,
         ),
     ] = None,
@@ -713,7 +714,11 @@ def status(
         StatusFormat, typer.Option("--format", "-f", case_sensitive=False, help="table or json.")
     ] = StatusFormat.table,
 ) -> None:
-    """What is indexed, with which model, and where the library is."""
+    """What is indexed, with which model, and where the library is.
+
+    Exits 0 whenever it could report, a damaged search index or failed files included (it
+    reads only the index file's header and size); `pixsift doctor` is the check: it exits 3.
+    """
     from pixsift.formatting import format_status, status_as_json
 
     with _user_errors(), _open(library) as lib:
@@ -740,10 +745,11 @@ def forget(
     For a folder that moved, `pixsift relocate OLD NEW` keeps its images' ids instead.
     """
     with _user_errors(), _open(library) as lib:
-        removed, interrupted = _committed(lambda waiting: lib.forget(folder, wait=wait, progress=waiting))
+        stored = lib.indexed_folder(folder)  # named as the library has it, not as typed (../x)
+        removed, interrupted = _committed(lambda waiting: lib.forget(stored, wait=wait, progress=waiting))
         with _report_of_kept_change(interrupted):
             typer.echo(
-                f"Forgot {folder}: {removed:,} image(s) removed from the library; no file was touched."
+                f"Forgot {stored}: {removed:,} image(s) removed from the library; no file was touched."
             )
 
 
@@ -768,11 +774,14 @@ def relocate(
     from pixsift.indexer.relocation import catch_up_command
 
     with _user_errors(), _open(library) as lib:
-        moved, interrupted = _committed(lambda waiting: lib.relocate(old, new, wait=wait, progress=waiting))
+        stored = lib.indexed_folder(old)  # named as the library had it, not as typed (../x)
+        moved, interrupted = _committed(
+            lambda waiting: lib.relocate(stored, new, wait=wait, progress=waiting)
+        )
         with _report_of_kept_change(interrupted):
             target, command = catch_up_command(lib.status().roots, new)
             typer.echo(
-                f"Relocated {old} to {target}: {moved:,} image(s) moved, their ids and vectors kept. "
+                f"Relocated {stored} to {target}: {moved:,} image(s) moved, their ids and vectors kept. "
                 f"To pick up what changed meanwhile: {command}"
             )
 
@@ -802,19 +811,26 @@ def evaluate(
     """How well the library answers labelled queries: recall@k, precision@k, MRR, latency."""
     from pixsift.formatting import eval_as_json, format_eval
 
+    ranks = _cutoffs(cutoffs)  # bad usage, refused before the library is opened
     with _user_errors(), _first_use_explained(), _open(library, device=device, engine=engine) as lib:
-        report = lib.evaluate(queries, _cutoffs(cutoffs))
+        report = lib.evaluate(queries, ranks)
     typer.echo(eval_as_json(report) if output is StatusFormat.json else format_eval(report))
 
 
-def _cutoffs(text: str) -> list[int]:
+def _cutoffs(text: str) -> tuple[int, ...]:
+    """The ranks --cutoffs names; a bad one is bad usage (exit 2), as any option's bad value.
+    Raised in the command's body, where typer does not know the option: named here."""
+    from pixsift.errors import QueryError
+    from pixsift.evaluation import checked_cutoffs
+
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return checked_cutoffs([int(part) for part in text.split(",") if part.strip()])
     except ValueError:
-        # Raised in the command's body, where typer does not know the option: name it here.
         raise typer.BadParameter(
             f"expected whole numbers separated by commas, got {text!r}", param_hint="'--cutoffs'"
         ) from None
+    except QueryError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--cutoffs'") from None
 
 
 @app.command()

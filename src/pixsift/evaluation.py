@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixsift.errors import ImageError, InvalidPathError, QueryError, given_path
+from pixsift.regular_file import NotRegularFileError, open_regular, other_than_a_file
 from pixsift.search.query import QueryTerm
 from pixsift.search.results import SearchResult
 
@@ -155,10 +156,16 @@ def read_queries(query_file: str | os.PathLike[str]) -> list[LabelledQuery]:
     """Parse a query file, with an error naming the line for anything malformed."""
     path, named = Path(query_file).expanduser(), given_path(query_file)
     try:
+        # open_regular: a device (/dev/zero) or a named pipe would be read, or waited on, forever.
+        with open_regular(path) as file:
+            data = file.read()
         # utf-8-sig: editors on Windows (Notepad, PowerShell 5's Out-File) start the file with a BOM
         # split("\n"), not splitlines(): JSON text may hold U+2028, U+0085 and the like unescaped,
         # which splitlines() takes for line ends (a trailing "\r" is whitespace to json.loads)
-        lines = path.read_text(encoding="utf-8-sig").split("\n")
+        lines = data.decode("utf-8-sig").split("\n")
+    except NotRegularFileError:
+        kind = other_than_a_file(path) or "not a regular file"
+        raise QueryError(f"{named} is {kind}; give a query file (JSONL, one query a line).") from None
     except FileNotFoundError:
         raise QueryError(f"Query file {named} not found.") from None
     except IsADirectoryError:
@@ -341,6 +348,18 @@ def _class_regex(bracketed: str) -> str:
 Searcher = Callable[[LabelledQuery, int], list[SearchResult]]
 
 
+def checked_cutoffs(cutoffs: Sequence[int]) -> tuple[int, ...]:
+    """The ranks to measure at, sorted and each once; QueryError naming the first that is no
+    whole number of at least 1, or saying none was given. Checked before any query runs."""
+    cutoffs = tuple(cutoffs)
+    if not cutoffs:
+        raise QueryError("No cut-offs given: name the ranks to measure at, e.g. 1,5,10.")
+    for cutoff in cutoffs:
+        if isinstance(cutoff, bool) or not isinstance(cutoff, int) or cutoff < 1:
+            raise QueryError(f"Cut-offs must be whole numbers of at least 1, e.g. 1,5,10, not {cutoff!r}.")
+    return tuple(sorted(set(cutoffs)))
+
+
 def evaluate(
     queries: Sequence[LabelledQuery],
     indexed: Sequence[str],
@@ -352,9 +371,7 @@ def evaluate(
 
     The first query is run once untimed, so loading the model does not count as query latency.
     """
-    if not cutoffs or min(cutoffs) < 1:
-        raise QueryError("Cut-offs must be positive whole numbers, e.g. 1,5,10.")
-    cutoffs = tuple(sorted(set(cutoffs)))
+    cutoffs = checked_cutoffs(cutoffs)
     depth = max(cutoffs)
     indexed_set = set(indexed)
     judged = [(query, relevant_paths(query, indexed, indexed_set)) for query in queries]

@@ -60,7 +60,7 @@ from pixsift.indexer.roots import caller_path, drop_roots_except, root_named, ro
 from pixsift.indexer.run import RootRequest
 from pixsift.indexer.scan import is_within
 from pixsift.models import Embedder, ModelRecord, ModelSpec, resolve_model_spec
-from pixsift.models.naming import refuse_empty_names
+from pixsift.models.naming import refuse_empty_names, with_weights
 from pixsift.regular_file import other_than_a_file
 from pixsift.search import QueryTerm, SearchFilters, SearchResult, as_terms, combine
 from pixsift.search.examples import (
@@ -223,7 +223,8 @@ class Library:
 
         A new library uses `model`/`pretrained` (default ViT-B-32, laion2b_s34b_b79k). An
         existing one keeps its model: asking for another raises ModelMismatchError unless
-        `reembed` is set, which re-embeds every image with the new model.
+        `reembed` is set, which re-embeds every image with the new model. `pretrained` without
+        `model` names weights for the library's own architecture (ViT-B-32 for a new library).
 
         `batch_size` images, 1 to 4096, go to the model at a time (None: 256 on a CUDA GPU, 32
         otherwise); `workers` threads, 1 to 64, decode them (None: the CPU count, at most 8).
@@ -378,7 +379,7 @@ class Library:
     ) -> Callable[[], Embedder]:
         """A loader for the model this run embeds with, after checking it fits the library."""
         stored = self._catalog.model()
-        requested = resolve_model_spec(model, pretrained) if (model or pretrained) else None
+        requested = _requested_spec(model, pretrained, stored.spec if stored else None)
         if reembed:  # load first: a model that fails to load must not cost the old vectors
             with model_loading(progress or SilentProgress()):
                 embedder = self._adopt(requested or (stored.spec if stored else resolve_model_spec()))
@@ -388,10 +389,11 @@ class Library:
             return lambda: self._adopt(spec)
         if requested is not None and not requested.same_model(stored.spec):
             lead = f"This library was indexed with {stored.spec.describe()}, not {requested.describe()}."
+            named = "model" if model else "pretrained"  # what the caller gave, to leave out
             raise ModelMismatchError(
-                f"{lead} Leave out model to keep using it, open another library, or pass "
+                f"{lead} Leave out {named} to keep using it, open another library, or pass "
                 "reembed=True to re-embed every image with the new model.",
-                command_line=f"{lead} Leave out --model to keep using it, use another --library, "
+                command_line=f"{lead} Leave out --{named} to keep using it, use another --library, "
                 "or pass --reembed to re-embed every image with the new model.",
             )
         return self._embedder_or_load
@@ -638,6 +640,13 @@ class Library:
                 self._index.after_change(model.embed_dim)
         forget_thumbnails(self.path / THUMBNAILS_DIR, image_id)  # ids are never reused
         return info
+
+    def indexed_folder(self, folder: str | os.PathLike[str]) -> str:
+        """The indexed folder `folder` names, as the library stores it and `status` lists it
+        (an absolute path), however it is written (relative, with `~`, through a link; it may
+        no longer exist): what `forget(folder)` drops and `relocate(folder, ...)` moves.
+        InvalidPathError when it names no indexed folder."""
+        return root_named(folder, [root.path for root in self._catalog.roots()])
 
     def forget(
         self,
@@ -907,6 +916,15 @@ class Library:
             after = doctor.check(self._catalog, self.index_path)
         after.repairs = done
         return after
+
+
+def _requested_spec(model: str | None, pretrained: str | None, stored: ModelSpec | None) -> ModelSpec | None:
+    """The model an index run is asked for, None when it names none. Weights named without a
+    model are for the library's own architecture; only a library without a model yet takes
+    the default one (ViT-B-32) for them."""
+    if model is None and pretrained is not None and stored is not None:
+        return with_weights(stored, pretrained)
+    return resolve_model_spec(model, pretrained) if (model or pretrained) else None
 
 
 def _cursor_path(after: object) -> str:

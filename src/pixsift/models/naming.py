@@ -33,6 +33,19 @@ def resolve_model_spec(model: str | None = None, pretrained: str | None = None) 
     return _builtin_spec(model, pretrained)
 
 
+def with_weights(spec: ModelSpec, pretrained: str) -> ModelSpec:
+    """`spec`'s architecture with the weights `pretrained`: what weights named without a model
+    mean to a library that has one. A user naming new weights means them for the library's own
+    architecture; the default one (ViT-B-32) would swap the architecture behind their back.
+    A model given by its config keeps that config, so the file it came from need not exist now."""
+    refuse_empty_names(None, pretrained)
+    if spec.name in BUNDLED_MODELS:
+        return resolve_model_spec(spec.name, pretrained)
+    if spec.config_json is not None:
+        return ModelSpec(spec.name, str(_checkpoint_file(pretrained)), spec.config_json)
+    return resolve_model_spec(spec.name, pretrained)
+
+
 def refuse_empty_names(model: str | None, pretrained: str | None) -> None:
     """Refuse a model name or weights given empty (a script's unset "$MODEL"): read as left
     out, it would silently mean the default model, or "." as a checkpoint."""
@@ -92,6 +105,16 @@ def _config_file_spec(config_path: Path, pretrained: str | None, named: str | No
             f"{lead} as pretrained='/path/to/checkpoint.pt'.",
             command_line=f"{lead} with --pretrained /path/to/checkpoint.pt",
         )
+    return ModelSpec(
+        name=str(config_path.resolve()),
+        pretrained=str(_checkpoint_file(pretrained)),
+        config_json=json.dumps(config, sort_keys=True),
+    )
+
+
+def _checkpoint_file(pretrained: str) -> Path:
+    """The checkpoint file `pretrained` names, resolved: a model given by its config (a bundled
+    one, a model-config JSON) takes its weights from a file, never by a tag."""
     checkpoint = Path(pretrained).expanduser()
     if checkpoint.is_dir():
         lead = f"Checkpoint {given_path(pretrained)} is a folder:"
@@ -106,11 +129,7 @@ def _config_file_spec(config_path: Path, pretrained: str | None, named: str | No
             f"{DEFAULT_PRETRAINED} names weights of an open_clip model such as {DEFAULT_MODEL})."
         )
         raise ModelError(f"{lead} pretrained {rest}", command_line=f"{lead} --pretrained {rest}")
-    return ModelSpec(
-        name=str(config_path.resolve()),
-        pretrained=str(checkpoint.resolve()),
-        config_json=json.dumps(config, sort_keys=True),
-    )
+    return checkpoint.resolve()
 
 
 def _builtin_spec(model: str, pretrained: str | None) -> ModelSpec:

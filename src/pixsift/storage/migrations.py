@@ -6,7 +6,7 @@ entry at the end of `MIGRATIONS`. A library made by a newer pixsift is refused, 
 
 from __future__ import annotations
 
-import re
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
@@ -189,18 +189,20 @@ def check_is_library(connection: Connection, version: int) -> None:
     that holds none of pixsift's tables is another program's (or none at all), whatever its
     version: it must not be migrated into, nor called a library too new for this pixsift.
     Before a migration writes, every table of the version must be there: the migrations
-    assume them. At this pixsift's own version, one table is enough to be opened, so that
-    a library missing a table is told as damaged (`pixsift doctor` names what differs)."""
+    assume them. A table's name is no mark either (`images`, `settings` are common ones):
+    at least two of pixsift's tables must hold every column pixsift gives them. So a library
+    missing a table or a column is still opened, and told as damaged (`pixsift doctor` names
+    what differs), while another program's `images` table is refused, its file untouched."""
     tables = _tables(connection)
     if version == 0:
         if tables:
             _refuse(connection, f"it already holds tables of another program ({_shown(tables)})")
         return
-    ours = _tables_made(SCHEMA_VERSION if version > SCHEMA_VERSION else version)
+    known = min(version, SCHEMA_VERSION)  # a newer pixsift's library holds this one's columns too
+    ours = set(_columns_made(known))
     if not tables & ours:
         held = f"tables of another program ({_shown(tables)}), none of pixsift's," if tables else "no tables"
         _refuse(connection, f"it holds {held} under SQLite schema version {version}")
-    check_supported(version)
     missing = ours - tables
     if version < SCHEMA_VERSION and missing:
         _refuse(
@@ -210,26 +212,63 @@ def check_is_library(connection: Connection, version: int) -> None:
             "a backup of it, or index your folders into a new library",
             other=False,
         )
+    if not _holds_our_columns(connection, tables & ours, known):
+        _refuse(
+            connection,
+            f"its tables named as pixsift's ({_shown(tables & ours)}) do not hold pixsift's columns, "
+            f"under SQLite schema version {version}",
+        )
+    check_supported(version)
+
+
+_TABLE_NAMES = (
+    "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+    "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+)
 
 
 def _tables(connection: Connection) -> set[str]:
     """The names of the tables and views in the database, SQLite's own left out."""
-    rows = connection.exec_driver_sql(
-        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
-        "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
-    )
+    rows = connection.exec_driver_sql(_TABLE_NAMES)
     return {str(row[0]) for row in rows}
 
 
-def _tables_made(version: int) -> set[str]:
-    """The tables pixsift's migrations up to `version` create."""
-    return {
-        name
-        for migration in MIGRATIONS
-        if migration.version <= version
-        for statement in migration.statements
-        for name in re.findall(r"CREATE TABLE (\w+)", statement)
-    }
+# How many of pixsift's tables, each with every column pixsift gives it, mark a database as
+# pixsift's: one alone could be another program's `settings (key, value)`; two let a library
+# that lost a table or a column (damaged, for doctor to report) still be opened.
+_TABLES_THAT_MARK_A_LIBRARY = 2
+
+
+def _holds_our_columns(connection: Connection, named: set[str], version: int) -> bool:
+    """Whether enough of the tables `named` as pixsift's, at schema `version`, hold every
+    column pixsift's migrations give them (extra ones allowed: a newer pixsift's)."""
+    expected = _columns_made(version)
+    whole = 0
+    for name in named:  # pixsift's own table names, safe to write into the PRAGMA
+        found = {str(row[1]) for row in connection.exec_driver_sql(f'PRAGMA table_info("{name}")')}
+        whole += expected[name] <= found
+    return whole >= min(_TABLES_THAT_MARK_A_LIBRARY, len(expected))
+
+
+@functools.cache
+def _columns_made(version: int) -> dict[str, frozenset[str]]:
+    """The tables pixsift's migrations up to `version` create, with their columns: the
+    migrations run in an empty in-memory database, so every later ALTER counts."""
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")
+    try:
+        for migration in MIGRATIONS:
+            if migration.version <= version:
+                for statement in migration.statements:
+                    db.execute(statement)
+        names = [str(row[0]) for row in db.execute(_TABLE_NAMES)]
+        return {
+            name: frozenset(str(row[1]) for row in db.execute(f'PRAGMA table_info("{name}")'))
+            for name in names
+        }
+    finally:
+        db.close()
 
 
 def _shown(names: set[str]) -> str:
