@@ -6,14 +6,18 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TinyModel, run_cli
+from conftest import TinyModel, _absolute_python_path, run_cli
 from pixsift import Library, QueryError
 from pixsift.cli import app
+from pixsift.evaluation import MAX_QUERY_FILE_BYTES
 
 runner = CliRunner()
 
@@ -321,15 +325,50 @@ def test_eval_usage_errors(indexed: Library, tmp_path: Path) -> None:
         indexed.evaluate(queries, cutoffs=[5, 0])
 
 
-def test_a_device_or_a_named_pipe_given_as_the_query_file_is_refused(
+def test_a_device_given_as_the_query_file_is_refused_and_a_huge_file_too(
     indexed: Library, tmp_path: Path
 ) -> None:
-    """`pixsift eval /dev/zero` read forever, and a named pipe waited for a writer for good:
-    only a regular file is read as a query file."""
+    """`pixsift eval /dev/zero` read until memory ran out: a device is refused at once, and a
+    file past 64 MiB once that much is read."""
+    library = ["--library", str(indexed.path)]
+    refused = run_cli("eval", "/dev/zero", *library, timeout=60)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == "error: /dev/zero is a device; give a query file (JSONL, one query a line).\n"
+
+    huge = tmp_path / "huge.jsonl"
+    with huge.open("wb") as file:  # sparse: no disk spent on it
+        file.truncate(MAX_QUERY_FILE_BYTES + 1)
+    refused = run_cli("eval", str(huge), *library, timeout=60)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == (
+        f"error: {huge} holds more than 64 MiB: too large for a query file (JSONL, one query a line).\n"
+    )
+
+
+def test_queries_may_come_through_a_pipe(indexed: Library, photos: Path, tmp_path: Path) -> None:
+    """`pixsift eval <(make-queries)` and a named pipe are read as they come; their relative
+    paths are taken from the working folder, as a pipe has no folder of its own."""
+    query = {"query": "anything at all", "relevant": [f"{photos.name}/*.jpg"]}
+    (tmp_path / "kept").mkdir()
+    source = write_queries(tmp_path / "kept" / "queries.jsonl", query)  # not beside the photos
+    command = f"{sys.executable} -m pixsift eval <(cat {source}) --library {indexed.path} --format json"
+    result = subprocess.run(
+        ["bash", "-c", command],
+        cwd=photos.parent,
+        env=_absolute_python_path(dict(os.environ)),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["per_query"][0]["ranks"] == list(range(1, 11))
+
     fifo = tmp_path / "queries.fifo"
     os.mkfifo(fifo)
-    library = ["--library", str(indexed.path)]
-    for path, kind in ((Path("/dev/zero"), "a device"), (fifo, "a named pipe")):
-        result = run_cli("eval", str(path), *library, timeout=60)
-        assert (result.returncode, result.stdout) == (1, "")
-        assert result.stderr == f"error: {path} is {kind}; give a query file (JSONL, one query a line).\n"
+    writer = threading.Thread(target=lambda: fifo.write_text(json.dumps(query) + "\n"))
+    writer.start()
+    result = run_cli("eval", str(fifo), "--library", str(indexed.path), "--format", "json", cwd=photos.parent)
+    writer.join(timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["per_query"][0]["ranks"] == list(range(1, 11))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixsift.errors import ImageError, InvalidPathError, QueryError, given_path
-from pixsift.regular_file import NotRegularFileError, open_regular, other_than_a_file
+from pixsift.regular_file import other_than_a_file
 from pixsift.search.query import QueryTerm
 from pixsift.search.results import SearchResult
 
@@ -152,20 +152,34 @@ class EvalReport:
         }
 
 
+# Far more than any labelled query set (a line is a few hundred bytes): past this, the path
+# names something else (a disk image, a log), and reading on would only fill memory.
+MAX_QUERY_FILE_BYTES = 64 * 2**20
+
+
 def read_queries(query_file: str | os.PathLike[str]) -> list[LabelledQuery]:
-    """Parse a query file, with an error naming the line for anything malformed."""
+    """Parse a query file, with an error naming the line for anything malformed.
+
+    A pipe (`<(make-queries)`, a named pipe) is read as it comes, its relative paths taken
+    from the working folder, as it has no folder of its own; a device or a socket is refused
+    (`/dev/zero` never ends).
+    """
     path, named = Path(query_file).expanduser(), given_path(query_file)
+    kind = other_than_a_file(path)
+    if kind in ("a device", "a socket"):
+        raise QueryError(f"{named} is {kind}; give a query file (JSONL, one query a line).")
     try:
-        # open_regular: a device (/dev/zero) or a named pipe would be read, or waited on, forever.
-        with open_regular(path) as file:
-            data = file.read()
+        with open(path, "rb") as file:
+            data = file.read(MAX_QUERY_FILE_BYTES + 1)
+        if len(data) > MAX_QUERY_FILE_BYTES:
+            raise QueryError(
+                f"{named} holds more than {MAX_QUERY_FILE_BYTES // 2**20} MiB: too large for a query "
+                "file (JSONL, one query a line)."
+            )
         # utf-8-sig: editors on Windows (Notepad, PowerShell 5's Out-File) start the file with a BOM
         # split("\n"), not splitlines(): JSON text may hold U+2028, U+0085 and the like unescaped,
         # which splitlines() takes for line ends (a trailing "\r" is whitespace to json.loads)
         lines = data.decode("utf-8-sig").split("\n")
-    except NotRegularFileError:
-        kind = other_than_a_file(path) or "not a regular file"
-        raise QueryError(f"{named} is {kind}; give a query file (JSONL, one query a line).") from None
     except FileNotFoundError:
         raise QueryError(f"Query file {named} not found.") from None
     except IsADirectoryError:
@@ -175,7 +189,7 @@ def read_queries(query_file: str | os.PathLike[str]) -> list[LabelledQuery]:
     except OSError as exc:  # the reason alone: Python's text repeats the path, with its errno
         reason = (exc.strerror or type(exc).__name__).lower()
         raise QueryError(f"Cannot read query file {named}: {reason}.") from exc
-    base = path.resolve().parent
+    base = Path.cwd() if kind == "a named pipe" else path.resolve().parent
     queries = [_parse_line(number, line, base) for number, line in enumerate(lines, 1) if line.strip()]
     if not queries:
         raise QueryError(f"Query file {named} has no queries.")
