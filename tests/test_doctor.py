@@ -229,7 +229,7 @@ def test_an_index_file_without_read_permission_is_rebuilt(indexed: Path) -> None
     (indexed / "vectors.faiss").chmod(0)
     checked = run_cli("doctor", *args, obey_permissions=True)
     assert (checked.returncode, "Traceback" in checked.stderr) == (3, False)
-    assert "The search index file cannot be read." in checked.stdout
+    assert "The search index file cannot be used: it cannot be read (Permission denied)." in checked.stdout
     searched = run_cli("search", "a photo", "-k", "12", "--format", "paths", *args, obey_permissions=True)
     assert (searched.returncode, searched.stdout) == (0, expected.stdout)
     (indexed / "vectors.faiss").chmod(0)

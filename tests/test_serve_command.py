@@ -6,8 +6,10 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -253,6 +255,61 @@ def test_a_second_ctrl_c_still_cancels_the_job_and_logs_no_traceback(
     assert f"index job {job['id']} was cancelled by the stop" in logged, logged
     doctor = run_cli("doctor", "--library", str(library))
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+
+
+def test_a_delete_cut_short_by_the_stop_is_not_kept(
+    tmp_path: Path, photos: Path, tiny_model: TinyModel
+) -> None:
+    """A plain `def` route runs in a worker thread, which a stop's cancel does not end: a delete
+    waiting for SQLite's lock, held by another program past the stop's grace, was answered 503
+    "could not finish", then committed into the closed library once the lock came free. Its
+    write is now rolled back, and the log says why the process has not exited yet."""
+    library = tmp_path / "lib"
+    assert run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args()).returncode == 0
+    port = free_port()
+    process = start_serve(library, port)
+    answers: list[httpx.Response] = []
+    other_program = sqlite3.connect(library / "library.db", isolation_level=None)
+    try:
+        other_program.execute("BEGIN IMMEDIATE")  # SQLite's write lock: the delete waits for it
+        delete = threading.Thread(
+            target=lambda: answers.append(
+                httpx.delete(f"http://127.0.0.1:{port}/images/1", headers=AUTH, timeout=60)
+            )
+        )
+        delete.start()
+        time.sleep(1)  # the delete is under way, waiting for the lock
+        process.send_signal(signal.SIGTERM)
+        delete.join(timeout=60)
+        logged = _log_until(process, "still run")
+        other_program.execute("COMMIT")  # the delete's thread goes on, into a closed library
+        output = logged + process.communicate(timeout=60)[0]
+    finally:
+        other_program.close()
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert [answer.status_code for answer in answers] == [503], output
+    assert answers[0].json()["error"] == "shutting_down"
+    assert "warning: 1 request(s) cut short by the stop still run" in output, output
+    assert "Traceback" not in output, output
+    from pixsift import Library
+
+    with Library.open(library, create=False) as reopened:
+        assert reopened.image(1).id == 1  # not deleted: the answer said so
+    assert run_cli("doctor", "--library", str(library)).returncode == 0
+
+
+def _log_until(process: subprocess.Popen[str], text: str, timeout: float = 30) -> str:
+    """What `process` logs until a line holds `text` (within `timeout` seconds); the rest is
+    left in its pipe for `communicate`."""
+    assert process.stdout is not None
+    logged = ""
+    deadline = time.monotonic() + timeout
+    while text not in logged:
+        assert time.monotonic() < deadline and process.poll() is None, logged
+        logged += process.stdout.readline()
+    return logged
 
 
 def test_serve_answers_over_http(tmp_path: Path, photos: Path, tiny_model: TinyModel) -> None:

@@ -124,7 +124,7 @@ def test_the_status_command_says_what_is_damaged_and_what_fixes_it(tmp_path: Pat
     # status reports (exit 0, its JSON read by scripts even then); doctor is the check that fails
     doctor = run_cli("doctor", "--library", str(folder))
     assert doctor.returncode == 3, doctor.stdout
-    assert "problem: The search index file cannot be read." in doctor.stdout
+    assert f"problem: The search index file cannot be used: {why}." in doctor.stdout  # status's words
     assert run_cli("reindex", "--library", str(folder)).returncode == 0
     data = json.loads(run_cli("status", "-f", "json", "--library", str(folder)).stdout)
     assert (data["index"]["state"], data["index"]["damage"]) == ("up to date", None)

@@ -23,6 +23,7 @@ from pixsift.indexer.scan import GONE_ERRNOS, unmounted_roots
 from pixsift.storage import Catalog
 from pixsift.storage.catalog import folder_prefix_range
 from pixsift.storage.index_build import IndexPolicy
+from pixsift.storage.index_header import check_file
 from pixsift.storage.index_lifecycle import catch_up, rebuild
 from pixsift.storage.interrupts import Change
 from pixsift.storage.vector_index import VectorIndex, leftover_files, read_generation
@@ -156,6 +157,14 @@ def _check_vectors(catalog: Catalog, report: HealthReport) -> None:
         )
 
 
+def _unusable_index(index_path: Path) -> str:
+    """Why the search index file does not load, in the words `pixsift status` uses for it (cut
+    short, longer than its header says, no permission...), from its header and size."""
+    damage = check_file(index_path).damage
+    # Damage its size and first bytes do not show (only a full read's checksum does).
+    return f"The search index file cannot be used: {damage or 'its contents do not load'}."
+
+
 def _check_index(catalog: Catalog, index_path: Path, report: HealthReport, rng: np.random.Generator) -> None:
     """Compare the saved search index, caught up as a search would, with the stored vectors."""
     model = catalog.model()
@@ -183,9 +192,7 @@ def _check_index(catalog: Catalog, index_path: Path, report: HealthReport, rng: 
         return
     index = VectorIndex.load(index_path)
     if index is None or saved is None:
-        report.problems.append(
-            Problem("index-damaged", "The search index file cannot be read.", repairable=True)
-        )
+        report.problems.append(Problem("index-damaged", _unusable_index(index_path), repairable=True))
         return
     if index.dim != model.embed_dim or saved > generation:
         report.problems.append(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -21,6 +23,14 @@ from pixsift.server.settings import ServerSettings
 # anyway. Without a bound, one client that keeps a request open (a slow upload) would keep it
 # running for as long as that client likes, until a process manager killed it.
 SHUTDOWN_GRACE_S = 5
+
+# The threads Starlette runs plain `def` routes in (anyio's name for them). Idle ones end once
+# the service has stopped; one still running then carries a request the stop cut short.
+WORKER_THREAD_NAME = "AnyIO worker thread"
+# How long idle worker threads get to end before the others are counted as still running.
+WORKER_END_WAIT_S = 0.5
+
+log = logging.getLogger("pixsift.server")
 
 
 class ListenError(PixsiftError):
@@ -50,10 +60,33 @@ def serve(
             )
         except SystemExit as exc:
             # uvicorn exits with 3 when it cannot start, which is pixsift's "finished, with trouble"
-            if exc.code in (0, None):
+            if exc.code in (0, None):  # stopped by SIGTERM (see _sigterm_exits_cleanly)
+                _say_if_requests_still_run()
                 raise
             message = f"The HTTP service could not start on {host} port {port} (see above)."
             raise ListenError(message) from None
+        _say_if_requests_still_run()  # stopped by Ctrl-C
+
+
+def _say_if_requests_still_run() -> None:
+    """Log, in one line, the requests the stop cut short (answered 503 `shutting_down`) whose
+    threads still run: the library is closed under them once this returns, so what they would
+    still write is rolled back, and the process exits once they end (a wait for SQLite's lock
+    held by another program, say). Nothing is waited for beyond a moment: their answer is
+    sent, so finishing their work would only make it untrue."""
+    deadline = time.monotonic() + WORKER_END_WAIT_S
+    running = []
+    for thread in threading.enumerate():
+        if thread.name == WORKER_THREAD_NAME:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                running.append(thread)
+    if running:
+        log.warning(
+            "%d request(s) cut short by the stop still run: the library is closed under them, "
+            "nothing more they would write is kept, and the service exits once they end",
+            len(running),
+        )
 
 
 @contextmanager

@@ -8,6 +8,7 @@ FAISS index replays to catch up (see `vector_index.py`).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,6 +107,9 @@ class Catalog:
         self._writer = writer(engine)
         self._folder = folder  # named in errors
         self._closed = False
+        # Held by `close` and around each commit: a commit under way ends before the close,
+        # and none happens after it (see `write`).
+        self._closing = threading.Lock()
         # The file opened, to notice it deleted or replaced under a long-lived process (a server)
         self._db_path = db_path
         self._db_identity = None if db_path is None else _file_identity(db_path)
@@ -116,8 +120,10 @@ class Catalog:
 
     def close(self) -> None:
         """Close the database's connections. Every later use raises LibraryClosedError: the
-        engine would open new connections silently, and keep them."""
-        self._closed = True
+        engine would open new connections silently, and keep them. A write transaction open
+        meanwhile in another thread is rolled back, not committed, when it ends."""
+        with self._closing:
+            self._closed = True
         self._engine.dispose()
 
     def _check_open(self) -> None:
@@ -161,7 +167,8 @@ class Catalog:
         A write that fails (full disk, read-only folder, I/O error) is rolled back whole and
         raised as LibraryWriteError (a lock held by another program, damage or a changed schema
         as a read's error); the transactions committed before it are kept. Ctrl-C
-        during the transaction is delivered when it has ended (see `interrupts.py`).
+        during the transaction is delivered when it has ended (see `interrupts.py`). A catalog
+        closed by another thread before the commit rolls it back (LibraryClosedError).
         """
         self._check_open()
         self.check_in_place()
@@ -174,6 +181,12 @@ class Catalog:
                 batch = CatalogWriter(session)
                 yield batch
                 batch._log_vector_changes()
+                with self._closing:
+                    # Closed while this ran: a service stopped under a request it has answered
+                    # 503 `shutting_down` ("could not finish"), whose thread went on (SQLite's
+                    # lock waited for, say). Rolled back, so that answer stays true.
+                    self._check_open()
+                    session.commit()
         except DatabaseError as exc:  # a full disk, a read-only folder, a lock, damage
             raise failed_write_error(self._folder, exc) from exc
 
