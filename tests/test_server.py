@@ -1085,12 +1085,7 @@ def test_an_upload_that_stalls_is_refused_and_frees_its_slot(own: tuple[Library,
     image = (photos / "photo_0100.jpg").read_bytes()
     settings = ServerSettings(max_concurrent_uploads=1, upload_idle_timeout_s=0.5)
     with running_server(library, settings) as url:
-        port = int(url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as stalled:
-            stalled.sendall(
-                b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                b'Content-Length: 1000000\r\n\r\n{"image_base64": "AAAA'
-            )
+        with upload_begun(url, b"AAAA") as stalled:
             head, _, body = read_until_closed(stalled).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408 "), head
         answer = json.loads(body)
@@ -1110,12 +1105,7 @@ def test_an_upload_trickling_in_is_refused_at_its_deadline(own: tuple[Library, P
     image = (photos / "photo_0100.jpg").read_bytes()
     settings = ServerSettings(max_concurrent_uploads=1, upload_idle_timeout_s=0.5, upload_deadline_s=1.5)
     with running_server(library, settings) as url:
-        port = int(url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as slow:
-            slow.sendall(
-                b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                b'Content-Length: 1000000\r\n\r\n{"image_base64": "'
-            )
+        with upload_begun(url, b"") as slow:
             started = time.monotonic()
             answer = b""
             # One byte every 0.2 s, well within the idle timeout, until the service answers.
@@ -1138,6 +1128,17 @@ def test_an_upload_trickling_in_is_refused_at_its_deadline(own: tuple[Library, P
             assert ids_of(http.post("/similar", files={"file": image}))
     with pytest.raises(InvalidOptionError, match="upload_deadline_s"):
         ServerSettings(upload_deadline_s=float("inf"))
+
+
+def upload_begun(url: str, first_bytes: bytes) -> socket.socket:
+    """A raw connection to the service at `url` that has sent the head of a 1 MB `POST /similar`
+    and `first_bytes` of its image, and nothing more: the rest is the test's to send, or not."""
+    connection = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=20)
+    connection.sendall(
+        b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000000\r\n\r\n{"image_base64": "' + first_bytes
+    )
+    return connection
 
 
 def read_until_closed(connection: socket.socket) -> bytes:
