@@ -1761,7 +1761,9 @@ def test_searches_run_while_an_index_job_runs(own: tuple[Library, Path]) -> None
                 thread.join(timeout=60)
         assert job["state"] == "succeeded" and job["report"]["added"] == 16
         assert not errors, errors[:3]
-        assert counts and min(counts) >= 15 and counts[-1] == 31
+        # Searches under way when the job ended may have read the index before its last
+        # commit: only one asked after the job has to see every new image.
+        assert counts and min(counts) >= 15 and max(counts) <= 31
         final = ids_of(http.get("/search", params={"q": "a clock", "k": 50}))
         assert len(final) == len(set(final)) == 31
 
