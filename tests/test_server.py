@@ -45,7 +45,14 @@ from pixsift.storage.index_choice import IndexThresholds
 from pixsift.storage.vector_index import VectorIndex
 from pixsift.thumbnails import MAX_VARIANTS, RENDERING
 from sample_photos import make_photo, save, write_photos
-from serving import API_KEY, indexed_library, running_server
+from serving import (
+    API_KEY,
+    indexed_library,
+    running_server,
+    running_uvicorn,
+    wait_until_answered,
+    wait_until_arrived,
+)
 from test_decode import png_claiming
 
 KEYED = ServerSettings(api_key=API_KEY)
@@ -1062,15 +1069,15 @@ def test_a_client_that_drops_its_upload_is_not_logged_as_a_server_error(
     """A client closing its connection in the middle of an upload (a cancelled page, a lost
     network) is no fault of the service: it was logged as an unexpected error, with a traceback."""
     library = own[0]
-    with running_server(library) as url:
+    with running_uvicorn(library) as (url, server):
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as client:
             client.sendall(
                 b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 b'Content-Length: 1000000\r\n\r\n{"image_base64": "AAAA'
             )
-            time.sleep(0.5)  # the upload under way
-        time.sleep(0.5)  # the service sees it end
+            wait_until_arrived(server, 1)  # the upload under way, not merely connected
+        wait_until_answered(server)  # the service saw it end, and has logged what it logs
         assert httpx.get(f"{url}/healthz").status_code == 200
     logged = capfd.readouterr().err
     assert "Traceback" not in logged and "unexpected error" not in logged, logged
@@ -1282,12 +1289,22 @@ def test_delete_removes_from_database_and_index(own: tuple[Library, Path]) -> No
         assert len(reopened.search("x", k=50)) == 14
 
 
-def test_two_deletes_of_one_image_at_once_delete_it_once(own: tuple[Library, Path]) -> None:
+def test_two_deletes_of_one_image_at_once_delete_it_once(
+    own: tuple[Library, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two clients (or a client's retry) deleted one image while an index run held the library:
     both waited for it, and both were told they had deleted the image."""
     library = own[0]
     hit = library.search("x", k=1)[0]
     answers: list[httpx.Response] = []
+    lock = library._write_lock
+    wait_for_lock, waiting = lock._wait, threading.Semaphore(0)
+
+    def counted_wait(*args: Any, **kwargs: Any) -> None:
+        waiting.release()  # this delete found the image, and now waits for the run
+        wait_for_lock(*args, **kwargs)
+
+    monkeypatch.setattr(lock, "_wait", counted_wait)
 
     def delete(url: str) -> None:
         with httpx.Client(base_url=url, headers=AUTH, timeout=60) as http:
@@ -1298,9 +1315,10 @@ def test_two_deletes_of_one_image_at_once_delete_it_once(own: tuple[Library, Pat
             threads = [threading.Thread(target=delete, args=(url,)) for _ in range(2)]
             for thread in threads:
                 thread.start()
-            time.sleep(0.5)  # both found the image, and wait for the run
+            for _ in threads:  # both found the image, and wait for the run
+                assert waiting.acquire(timeout=60)
         for thread in threads:
-            thread.join(timeout=30)
+            thread.join(timeout=60)
     assert sorted(answer.status_code for answer in answers) == [200, 404], [a.text for a in answers]
     deleted = next(answer for answer in answers if answer.status_code == 200)
     assert deleted.json()["deleted"]["path"] == str(hit.path)
