@@ -1486,7 +1486,9 @@ def test_one_job_at_a_time_and_a_busy_library(own: tuple[Library, Path]) -> None
             assert http.get("/stats").json()["running_job"] == first["id"]
             assert_error(http.delete(f"/images/{image_id}"), 409, "library_busy")
             assert http.get("/search", params={"q": "x"}).status_code == 200
-            # past the command line's default wait, the job still waits, and says so
+            # past the command line's default wait, the job still waits, and says so: it began
+            # to wait (a slow machine's job may take a while to), then that long went by
+            wait_for_phase(http, first["id"], "Waiting for another index run", timeout=60)
             time.sleep(max(0.0, LOCK_WAIT_S + 1 - (time.monotonic() - submitted)))
             waiting = http.get(f"/jobs/{first['id']}").json()
             assert (waiting["state"], waiting["phase"]) == ("running", "Waiting for another index run")
@@ -1546,7 +1548,7 @@ def test_a_client_cancels_a_job_that_waits_for_another_run(own: tuple[Library, P
             assert_error(http.delete(f"/jobs/{waiting}", headers={"X-API-Key": "wrong"}), 401)
             cancelling = http.delete(f"/jobs/{waiting}")
             assert cancelling.status_code == 202 and cancelling.json()["cancel_requested"] is True
-            job = wait_for_job(http, waiting, timeout=10)
+            job = wait_for_job(http, waiting, timeout=60)
             assert (job["state"], job["report"], job["error"]) == ("cancelled", None, None), job
             assert http.get("/stats").json()["running_job"] is None
             assert_error(http.delete(f"/jobs/{waiting}"), 409, "job_finished")
@@ -1569,7 +1571,7 @@ def test_a_job_that_has_ended_reports_no_phase(own: tuple[Library, Path]) -> Non
             cancelled = http.post("/index", json={}).json()["id"]
             wait_for_phase(http, cancelled, "Waiting for another index run")
             assert http.delete(f"/jobs/{cancelled}").json()["phase"] == "Waiting for another index run"
-            job = wait_for_job(http, cancelled, timeout=10)
+            job = wait_for_job(http, cancelled, timeout=60)
             assert (job["state"], job["phase"]) == ("cancelled", None)
             failed = http.post("/index", json={"paths": [str(photos / "new")]}).json()["id"]
             wait_for_phase(http, failed, "Waiting for another index run")
@@ -1711,7 +1713,7 @@ def test_a_cancel_after_the_last_step_says_it_came_too_late(
         with other_process:
             waiting = http.post("/index", json={}).json()["id"]
             assert http.delete(f"/jobs/{waiting}").json()["cancel_too_late"] is False
-            job = wait_for_job(http, waiting, timeout=10)
+            job = wait_for_job(http, waiting, timeout=60)
         assert (job["state"], job["cancel_too_late"]) == ("cancelled", False), job
 
 
@@ -1739,15 +1741,15 @@ def test_stopping_the_service_cancels_its_job(own: tuple[Library, Path]) -> None
     jobs = JobManager(library)
     with FileLock(library.path / "library.lock", thread_local=False):
         job = jobs.submit([])
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while (jobs.get(job.id) or job).phase != "Waiting for another index run":
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        started = time.monotonic()
-        jobs.stop(timeout=5)
-        assert time.monotonic() - started < 2
-    assert (jobs.get(job.id) or job).state == "cancelled"
-    assert jobs.running() is None
+        jobs.stop(timeout=60)
+        # Stopped with the lock still held: the job ended by the cancel, not by getting the lock
+        # (a bound on the stop's time would measure the machine's load as much as the stop).
+        assert (jobs.get(job.id) or job).state == "cancelled"
+        assert jobs.running() is None
 
 
 def test_searches_run_while_an_index_job_runs(own: tuple[Library, Path]) -> None:
