@@ -53,6 +53,26 @@ def running_uvicorn(
         sock.close()
 
 
+def wait_until_arrived(server: uvicorn.Server, requests: int) -> None:
+    """Until the service has `requests` requests under way (read, not yet answered)."""
+    deadline = time.monotonic() + 60
+    while len(server.server_state.tasks) < requests:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{len(server.server_state.tasks)} of {requests} requests reached the service"
+            )
+        time.sleep(0.01)
+
+
+def wait_until_answered(server: uvicorn.Server) -> None:
+    """Until the service has no request under way: each one answered, or given up, and logged."""
+    deadline = time.monotonic() + 60
+    while server.server_state.tasks:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(server.server_state.tasks)} requests still under way")
+        time.sleep(0.01)
+
+
 def indexed_library(folder: Path, photos: Path, tiny_model: TinyModel) -> Library:
     """A library at `folder` with `photos` indexed by the tiny model."""
     library = Library.open(folder)

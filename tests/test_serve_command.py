@@ -97,12 +97,7 @@ def test_a_client_that_never_finishes_its_request_does_not_keep_serve_running(tm
     )
     try:
         wait_until_up(process, f"http://127.0.0.1:{port}")
-        with socket.create_connection(("127.0.0.1", port)) as slow_client:
-            slow_client.sendall(
-                b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                b'Content-Length: 100000\r\n\r\n{"image_base64": "AAAA'
-            )
-            time.sleep(0.5)  # the request is under way, its body far from complete
+        with upload_under_way(port) as slow_client:  # its body far from complete
             stopped_at = time.monotonic()
             process.send_signal(signal.SIGTERM)
             try:
@@ -126,6 +121,24 @@ def test_a_client_that_never_finishes_its_request_does_not_keep_serve_running(tm
     }
     assert "Traceback" not in output and "Exception in ASGI application" not in output, output
     assert "Cancel 1 running task(s)" in output and '"POST /similar HTTP/1.1" 503' in output, output
+
+
+def upload_under_way(port: int) -> socket.socket:
+    """A connection to the service on `port` with a `POST /similar` the service has begun to
+    read (it asked for the body: `100 Continue` to the client's `Expect`), and the first bytes
+    of its 100 kB body sent. A time slept instead would not tell, on a loaded machine, whether
+    the service had even accepted the connection."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=60)
+    connection.sendall(
+        b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000\r\nExpect: 100-continue\r\n\r\n"
+    )
+    received = b""
+    while b"\r\n\r\n" not in received and (chunk := connection.recv(4096)):
+        received += chunk
+    assert received == b"HTTP/1.1 100 Continue\r\n\r\n", received
+    connection.sendall(b'{"image_base64": "AAAA')
+    return connection
 
 
 def read_all(connection: socket.socket) -> bytes:
@@ -237,18 +250,13 @@ def test_a_second_ctrl_c_still_cancels_the_job_and_logs_no_traceback(
     CancelledError traceback from the app's shutdown. The job is now cancelled all the same."""
     with (
         job_waiting_for_another_run(tmp_path, photos, tiny_model) as (library, port, _, process, job),
-        socket.create_connection(("127.0.0.1", port)) as stalled,  # keeps the first stop waiting
+        upload_under_way(port),  # keeps the first stop waiting
     ):
-        stalled.sendall(
-            b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b'Content-Length: 1000000\r\n\r\n{"image_base64": "AAAA'
-        )
-        time.sleep(0.5)
         process.send_signal(signal.SIGINT)
-        time.sleep(1)  # the first is under way
+        logged = _log_until(process, "Waiting for connections to close")  # the first is under way
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
-    logged = process.communicate(timeout=60)[0]
+    logged += process.communicate(timeout=60)[0]
     assert process.returncode == 0, logged
     # the stalled request is cut short by uvicorn, which logs that itself; the stop is no error
     assert "lifespan" not in logged, logged

@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
 from conftest import TinyModel
@@ -21,7 +20,7 @@ from pixsift import Library
 from pixsift.errors import InvalidOptionError
 from pixsift.server import ServerSettings, create_app
 from pixsift.server.index_wait import RETRY_AFTER_S
-from serving import indexed_library, running_server, running_uvicorn
+from serving import indexed_library, running_server, running_uvicorn, wait_until_arrived
 
 TEXT = "a cat on a sofa"
 QUERY: dict[str, str | int] = {"q": TEXT, "k": 3}
@@ -66,15 +65,6 @@ def wait_until_ready(http: httpx.Client) -> None:
         if time.monotonic() > deadline:
             pytest.fail("the search index was still loading a minute after it was let go")
         time.sleep(0.02)
-
-
-def wait_until_arrived(server: uvicorn.Server, requests: int) -> None:
-    """Until the service has `requests` requests under way (read, not yet answered)."""
-    deadline = time.monotonic() + 60
-    while len(server.server_state.tasks) < requests:
-        if time.monotonic() > deadline:
-            pytest.fail(f"{len(server.server_state.tasks)} of {requests} requests reached the service")
-        time.sleep(0.01)
 
 
 def assert_index_loading(response: httpx.Response) -> None:

@@ -168,8 +168,10 @@ def test_a_thumbnail_made_while_its_image_is_deleted_leaves_nothing_behind(
     with thumbnails._DECODES.room_for(thumbnails.DECODE_BUDGET_BYTES):
         maker = threading.Thread(target=make)
         maker.start()
-        time.sleep(0.5)
-        assert maker.is_alive()  # waiting to decode
+        deadline = time.monotonic() + 60
+        while thumbnails._DECODES._waiting < 1:  # its image looked up, waiting to decode
+            assert maker.is_alive() and time.monotonic() < deadline, outcome
+            time.sleep(0.01)
         library.delete(image_id)
     maker.join(timeout=60)
     assert len(outcome) == 1 and isinstance(outcome[0], ImageNotFoundError), outcome
