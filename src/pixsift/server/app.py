@@ -14,6 +14,7 @@ from pixsift import __version__
 from pixsift.library import Library
 from pixsift.server import admin_routes, image_routes, search_routes
 from pixsift.server.auth import require_read_access
+from pixsift.server.body_deadline import BodyDeadlineMiddleware
 from pixsift.server.errors import AsciiJSONResponse, install_error_handlers
 from pixsift.server.head import HeadAsGetMiddleware
 from pixsift.server.jobs import JobManager
@@ -75,6 +76,9 @@ def create_app(library: Library, settings: ServerSettings | None = None) -> Fast
         max_bytes=settings.max_upload_bytes * 4 // 3 + 64 * 1024,
         upload_limit=settings.max_upload_bytes,
     )
+    # Every body, JSON or image, within the same time limits; outside the cap on sizes, so that
+    # its refusals close their connection too (a body not all read must not keep one open).
+    app.add_middleware(BodyDeadlineMiddleware, timeouts=settings.upload_timeouts)
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(StopAnswersMiddleware)  # outermost: a cancel from anywhere inside
 
