@@ -40,6 +40,7 @@ from pixsift.server import ServerSettings, check_bind
 from pixsift.server.errors import status_of
 from pixsift.server.jobs import Job, JobManager, _JobProgress
 from pixsift.server.limits import MAX_JSON_BYTES
+from pixsift.server.query_params import REPEATABLE
 from pixsift.server.settings import UnsafeBindError
 from pixsift.storage.index_choice import IndexThresholds
 from pixsift.storage.vector_index import VectorIndex
@@ -1162,6 +1163,40 @@ def test_an_answer_sent_before_its_body_is_in_closes_the_connection(tmp_path: Pa
         assert head.startswith(b"HTTP/1.1 413 ") and b"connection: close" in head.lower(), head
         assert json.loads(body)["error"] == "request_too_large"
     library.close()
+
+
+def test_a_query_parameter_given_twice_is_refused(client: httpx.Client) -> None:
+    """`/search?q=a&q=b` searched for "b" and `k=500&k=5` gave 5 results: the last value was
+    taken without a word. Every single-valued query parameter of every operation given twice
+    is now 422 `invalid_request` naming it; `format`, a list, may repeat."""
+    schema = client.get("/openapi.json").json()
+    lists, checked = set(), 0
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] != "query":
+                    continue
+                name = parameter["name"]
+                if "array" in json.dumps(parameter["schema"]):
+                    lists.add(name)
+                    continue
+                url = re.sub(r"\{\w+\}", "1", path) + f"?{name}=1&{name}=2"
+                refused = assert_error(client.request(method, url, headers=AUTH), 422, "invalid_request")
+                assert refused["details"] == [
+                    {
+                        "loc": ["query", name],
+                        "msg": "Given 2 times; this parameter takes one value.",
+                        "type": "repeated_parameter",
+                    }
+                ], (method, url)
+                checked += 1
+    assert lists == REPEATABLE and checked >= 20  # each list parameter may repeat, by design
+    both = client.get("/search", params=[("q", "photo"), ("format", "jpeg"), ("format", "png")])
+    assert len(ids_of(both)) == 10
+    named_twice = client.get("/search", params=[("q", "a"), ("k", "5"), ("q", "b"), ("k", "500")])
+    assert [d["loc"] for d in assert_error(named_twice, 422)["details"]] == [["query", "q"], ["query", "k"]]
+    # a parameter the operation does not take is ignored, once or twice, as before
+    assert len(ids_of(client.get("/search", params=[("q", "photo"), ("x", "1"), ("x", "2")]))) == 10
 
 
 def upload_begun(url: str, first_bytes: bytes) -> socket.socket:

@@ -19,6 +19,7 @@ from pixsift.server.errors import AsciiJSONResponse, install_error_handlers
 from pixsift.server.head import HeadAsGetMiddleware
 from pixsift.server.jobs import JobManager
 from pixsift.server.limits import BodyLimitMiddleware
+from pixsift.server.query_params import single_valued_query
 from pixsift.server.schemas import Health
 from pixsift.server.settings import ServerSettings
 from pixsift.server.stopping import StopAnswersMiddleware
@@ -63,6 +64,7 @@ def create_app(library: Library, settings: ServerSettings | None = None) -> Fast
         description=DESCRIPTION,
         default_response_class=AsciiJSONResponse,
         lifespan=_lifespan,
+        dependencies=[Depends(single_valued_query)],  # every route's, before its own
     )
     app.state.library = library
     app.state.settings = settings
