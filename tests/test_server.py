@@ -1233,10 +1233,12 @@ def trickled(connection: socket.socket) -> bytes:
 
 
 def read_until_closed(connection: socket.socket) -> bytes:
-    """Everything the service sends on `connection` until it closes it."""
+    """Everything the service sends on `connection` until it closes it. A close with bytes
+    sent to it that it did not read (the rest of a body) ends in a reset, after its answer."""
     received = b""
-    while chunk := connection.recv(65536):
-        received += chunk
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := connection.recv(65536):
+            received += chunk
     return received
 
 
