@@ -40,6 +40,7 @@ from pixsift.server import ServerSettings, check_bind
 from pixsift.server.errors import status_of
 from pixsift.server.jobs import Job, JobManager, _JobProgress
 from pixsift.server.limits import MAX_JSON_BYTES
+from pixsift.server.query_params import REPEATABLE
 from pixsift.server.settings import UnsafeBindError
 from pixsift.storage.index_choice import IndexThresholds
 from pixsift.storage.vector_index import VectorIndex
@@ -1097,7 +1098,9 @@ def test_an_upload_that_stalls_is_refused_and_frees_its_slot(own: tuple[Library,
         assert head.startswith(b"HTTP/1.1 408 "), head
         answer = json.loads(body)
         assert answer["error"] == "upload_timeout"
-        assert answer["message"] == "The upload sent nothing for 0.5 seconds and was given up; send it again."
+        assert answer["message"] == (
+            "The request body sent nothing for 0.5 seconds and was given up; send it again."
+        )
         with httpx.Client(base_url=url, timeout=60) as http:
             assert ids_of(http.post("/similar", files={"file": image}))
     with pytest.raises(InvalidOptionError, match="upload_idle_timeout_s"):
@@ -1115,23 +1118,13 @@ def test_an_upload_trickling_in_is_refused_at_its_deadline(own: tuple[Library, P
     settings = ServerSettings(max_concurrent_uploads=1, upload_idle_timeout_s=5, upload_deadline_s=1.5)
     with running_server(library, settings) as url:
         with upload_begun(url, b"") as slow:
-            started = time.monotonic()
-            answer = b""
-            # One byte every 0.2 s, well within the idle timeout, until the service answers.
-            while not answer and time.monotonic() - started < 10:
-                with contextlib.suppress(OSError):  # the service may close first
-                    slow.sendall(b"A")
-                slow.settimeout(0.2)
-                with contextlib.suppress(TimeoutError):
-                    answer = slow.recv(65536)
-            slow.settimeout(20)
-            head, _, body = (answer + read_until_closed(slow)).partition(b"\r\n\r\n")
+            head, _, body = trickled(slow).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408 "), head
         refused = json.loads(body)
         assert refused == {
             "error": "upload_timeout",
-            "message": "The upload was not all sent within 1.5 seconds (the limit on a whole upload) "
-            "and was given up; send it again.",
+            "message": "The request body was not all sent within 1.5 seconds (the limit on a whole "
+            "request body) and was given up; send it again.",
         }
         with httpx.Client(base_url=url, timeout=60) as http:  # its slot is free again
             assert ids_of(http.post("/similar", files={"file": image}))
@@ -1139,22 +1132,122 @@ def test_an_upload_trickling_in_is_refused_at_its_deadline(own: tuple[Library, P
         ServerSettings(upload_deadline_s=float("inf"))
 
 
+def test_a_json_body_that_stalls_or_trickles_is_refused(tmp_path: Path) -> None:
+    """Only uploads had time limits: a client that sent the head of a JSON request and then
+    nothing, or a byte now and then, held its connection and what it had sent for ever. Every
+    body now has the upload's limits, and is answered 408 `upload_timeout` past them."""
+    library = Library.open(tmp_path / "library")  # refused before the library has a say
+    settings = ServerSettings(upload_idle_timeout_s=0.5, upload_deadline_s=1.5)
+    idle = "The request body sent nothing for 0.5 seconds and was given up; send it again."
+    with running_server(library, settings) as url:
+        for request in ("POST /search", "POST /search/batch", "POST /recommend", "POST /index"):
+            with body_begun(url, request, b'{"q') as stalled:
+                head, _, body = read_until_closed(stalled).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head.lower(), head
+            assert json.loads(body) == {"error": "upload_timeout", "message": idle}
+        with body_begun(url, "POST /recommend", b'{"positive": ["') as slow:
+            head, _, body = trickled(slow).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), head
+        assert "within 1.5 seconds (the limit on a whole request body)" in json.loads(body)["message"]
+        with httpx.Client(base_url=url, timeout=60) as http:  # a body sent at once is read
+            whole = http.post("/search", json={"q": "x"})
+            assert_error(whole, 409, "empty_library")
+            assert whole.headers.get("connection") != "close"  # its connection is kept
+    library.close()
+
+
+def test_an_answer_sent_before_its_body_is_in_closes_the_connection(tmp_path: Path) -> None:
+    """A route that reads no body (GET) answered and left the connection open to skip the
+    rest of it: a byte now and then cancels uvicorn's keep-alive timer, so a client trickling
+    held the connection for ever. So does a body refused by its declared size, here 1 GB of
+    JSON, refused with 413 before any of it is read."""
+    library = Library.open(tmp_path / "library")
+    with running_server(library) as url:
+        with body_begun(url, "GET /healthz", b"{", length=100) as unread:
+            head, _, body = trickled(unread).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" in head.lower(), head
+        assert json.loads(body) == {"status": "ok"}
+        with body_begun(url, "POST /recommend", b'{"positive": [', length=2**30) as huge:
+            head, _, body = trickled(huge).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413 ") and b"connection: close" in head.lower(), head
+        assert json.loads(body)["error"] == "request_too_large"
+    library.close()
+
+
+def test_a_query_parameter_given_twice_is_refused(client: httpx.Client) -> None:
+    """`/search?q=a&q=b` searched for "b" and `k=500&k=5` gave 5 results: the last value was
+    taken without a word. Every single-valued query parameter of every operation given twice
+    is now 422 `invalid_request` naming it; `format`, a list, may repeat."""
+    schema = client.get("/openapi.json").json()
+    lists, checked = set(), 0
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] != "query":
+                    continue
+                name = parameter["name"]
+                if "array" in json.dumps(parameter["schema"]):
+                    lists.add(name)
+                    continue
+                url = re.sub(r"\{\w+\}", "1", path) + f"?{name}=1&{name}=2"
+                refused = assert_error(client.request(method, url, headers=AUTH), 422, "invalid_request")
+                assert refused["details"] == [
+                    {
+                        "loc": ["query", name],
+                        "msg": "Given 2 times; this parameter takes one value.",
+                        "type": "repeated_parameter",
+                    }
+                ], (method, url)
+                checked += 1
+    assert lists == REPEATABLE and checked >= 20  # each list parameter may repeat, by design
+    both = client.get("/search", params=[("q", "photo"), ("format", "jpeg"), ("format", "png")])
+    assert len(ids_of(both)) == 10
+    named_twice = client.get("/search", params=[("q", "a"), ("k", "5"), ("q", "b"), ("k", "500")])
+    assert [d["loc"] for d in assert_error(named_twice, 422)["details"]] == [["query", "q"], ["query", "k"]]
+    # a parameter the operation does not take is ignored, once or twice, as before
+    assert len(ids_of(client.get("/search", params=[("q", "photo"), ("x", "1"), ("x", "2")]))) == 10
+
+
 def upload_begun(url: str, first_bytes: bytes) -> socket.socket:
     """A raw connection to the service at `url` that has sent the head of a 1 MB `POST /similar`
     and `first_bytes` of its image, and nothing more: the rest is the test's to send, or not."""
+    return body_begun(url, "POST /similar", b'{"image_base64": "' + first_bytes)
+
+
+def body_begun(url: str, request: str, first_bytes: bytes, length: int = 1_000_000) -> socket.socket:
+    """A raw connection to the service at `url` that has sent the head of `request` ("POST
+    /search") with a JSON body of `length` bytes, and `first_bytes` of it, and nothing more."""
     connection = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=20)
     connection.sendall(
-        b"POST /similar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        b'Content-Length: 1000000\r\n\r\n{"image_base64": "' + first_bytes
+        f"{request} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n".encode()
+        + f"Content-Length: {length}\r\n\r\n".encode()
+        + first_bytes
     )
     return connection
 
 
+def trickled(connection: socket.socket) -> bytes:
+    """What the service answers on `connection` while it is sent a byte every 0.2 s (well
+    within the idle timeouts of the tests), until it closes the connection."""
+    started = time.monotonic()
+    answer = b""
+    while not answer and time.monotonic() - started < 10:
+        with contextlib.suppress(OSError):  # the service may close first
+            connection.sendall(b"A")
+        connection.settimeout(0.2)
+        with contextlib.suppress(TimeoutError):
+            answer = connection.recv(65536)
+    connection.settimeout(20)
+    return answer + read_until_closed(connection)
+
+
 def read_until_closed(connection: socket.socket) -> bytes:
-    """Everything the service sends on `connection` until it closes it."""
+    """Everything the service sends on `connection` until it closes it. A close with bytes
+    sent to it that it did not read (the rest of a body) ends in a reset, after its answer."""
     received = b""
-    while chunk := connection.recv(65536):
-        received += chunk
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := connection.recv(65536):
+            received += chunk
     return received
 
 

@@ -53,7 +53,7 @@ def after_param(
         return None
     query = request.scope["query_string"].decode("utf-8", "surrogateescape")
     sent = [value for name, value in parse_qsl(query, errors="surrogateescape") if name == "after"]
-    return sent[-1] if sent else after  # the last one, as FastAPI takes it
+    return sent[0] if sent else after  # given once (query_params.py refuses it twice)
 
 
 def _view(job: Job) -> JobView:

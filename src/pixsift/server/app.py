@@ -14,10 +14,12 @@ from pixsift import __version__
 from pixsift.library import Library
 from pixsift.server import admin_routes, image_routes, search_routes
 from pixsift.server.auth import require_read_access
+from pixsift.server.body_deadline import BodyDeadlineMiddleware
 from pixsift.server.errors import AsciiJSONResponse, install_error_handlers
 from pixsift.server.head import HeadAsGetMiddleware
 from pixsift.server.jobs import JobManager
 from pixsift.server.limits import BodyLimitMiddleware
+from pixsift.server.query_params import single_valued_query
 from pixsift.server.schemas import Health
 from pixsift.server.settings import ServerSettings
 from pixsift.server.stopping import StopAnswersMiddleware
@@ -62,6 +64,7 @@ def create_app(library: Library, settings: ServerSettings | None = None) -> Fast
         description=DESCRIPTION,
         default_response_class=AsciiJSONResponse,
         lifespan=_lifespan,
+        dependencies=[Depends(single_valued_query)],  # every route's, before its own
     )
     app.state.library = library
     app.state.settings = settings
@@ -75,6 +78,9 @@ def create_app(library: Library, settings: ServerSettings | None = None) -> Fast
         max_bytes=settings.max_upload_bytes * 4 // 3 + 64 * 1024,
         upload_limit=settings.max_upload_bytes,
     )
+    # Every body, JSON or image, within the same time limits; outside the cap on sizes, so that
+    # its refusals close their connection too (a body not all read must not keep one open).
+    app.add_middleware(BodyDeadlineMiddleware, timeouts=settings.upload_timeouts)
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(StopAnswersMiddleware)  # outermost: a cancel from anywhere inside
 

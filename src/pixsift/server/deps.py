@@ -14,9 +14,10 @@ from pixsift.search import SearchFilters
 from pixsift.server.jobs import JobManager
 from pixsift.server.schemas import PATH_MAX, ErrorBody, Filters
 
-# Documented error answers, shared by every route (5xx: the server's model, disk or database).
+# Documented error answers, shared by every route (5xx: the server's model, disk or database;
+# 408: a request body too slow to arrive, which any route may be sent).
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422, 500, 503)
+    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 408, 409, 413, 422, 500, 503)
 }
 
 

@@ -35,7 +35,7 @@ from pixsift.errors import (
     PixsiftError,
     QueryError,
 )
-from pixsift.server.limits import BodyTooLargeError
+from pixsift.server.limits import BodyError
 
 log = logging.getLogger("pixsift.server")
 
@@ -147,8 +147,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
             return _invalid([{"loc": ["body"], "msg": _undecodable(exc.__cause__), "type": "json_invalid"}])
         codes = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
-        # A body over its cap (see limits.py) says which cap: an upload's or a JSON body's.
-        code = exc.code if isinstance(exc, BodyTooLargeError) else codes.get(exc.status_code, "http_error")
+        # A body over its cap (limits.py) says which cap, an upload's or a JSON body's; one too
+        # slow (body_deadline.py) says which time limit.
+        code = exc.code if isinstance(exc, BodyError) else codes.get(exc.status_code, "http_error")
         response = error_response(exc.status_code, code, str(exc.detail))
         response.headers.update(exc.headers or {})
         return response

@@ -40,13 +40,18 @@ def json_too_large_message() -> str:
     )
 
 
-class BodyTooLargeError(HTTPException):
+class BodyError(HTTPException):
     """Raised from the body stream; an HTTPException so that FastAPI's body parsing passes it
     on (it turns other errors into a 400) to the JSON error handler, which answers `code`."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(413, message)
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(status, message)
         self.code = code
+
+
+class BodyTooLargeError(BodyError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(413, code, message)
 
 
 class BodyLimitMiddleware:
@@ -64,7 +69,7 @@ class BodyLimitMiddleware:
         max_bytes, code, message = self.upload_cap if uploads else self.json_cap
         declared = dict(scope.get("headers", [])).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > max_bytes:
-            await _refuse(send, code, message)
+            await refuse(send, 413, code, message)
             return
         received = 0
         started = False
@@ -87,11 +92,12 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLargeError:
             if not started:
-                await _refuse(send, code, message)
+                await refuse(send, 413, code, message)
 
 
-async def _refuse(send: Send, code: str, message: str) -> None:
+async def refuse(send: Send, status: int, code: str, message: str) -> None:
+    """The JSON error answer, sent by a middleware where the app's error handlers cannot."""
     body = json.dumps({"error": code, "message": message}, separators=(",", ":")).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -96,7 +96,6 @@ def similar_to_indexed(
     tags=["search"],
     openapi_extra=SIMILAR_REQUEST_BODY,
     responses={
-        408: {"model": ErrorBody, "description": "The upload sent nothing for a while (`upload_timeout`)."},
         415: {"model": ErrorBody, "description": "Neither multipart nor JSON."},
         503: {
             "model": ErrorBody,
@@ -117,7 +116,7 @@ async def similar_to_upload(
     uploads: UploadSlots = request.app.state.uploads
     with uploads.slot():  # held until the search is done: the body, then the decoded pixels
         settings: ServerSettings = request.app.state.settings
-        data = await read_query_image(request, settings.max_upload_bytes, settings.upload_timeouts)
+        data = await read_query_image(request, settings.max_upload_bytes)
 
         def run() -> list[SearchResult]:  # decoding and the model: off the event loop
             return library.similar(data, k, min_score=min_score, filters=core_filters(library, filters))

@@ -19,13 +19,14 @@ DEFAULT_MAX_MEGAPIXELS = 50.0
 # Query images read and decoded at once: each can take a body of the upload limit and, decoded,
 # 4 bytes a pixel up to the megapixel limit and copies (about 0.55 GB for a 50-megapixel PNG).
 DEFAULT_MAX_CONCURRENT_UPLOADS = 4
-# An upload that sends nothing for this long is given up: it holds one of those slots, and a
-# client that lost its network without closing its connection would hold it for ever. Long
-# enough for a phone on a poor link to resume between bursts.
+# A request body (an upload, JSON) that sends nothing for this long is given up: it holds its
+# connection (an upload, one of those slots too), and a client that lost its network without
+# closing it would hold them for ever. Long enough for a phone on a poor link to resume.
 DEFAULT_UPLOAD_IDLE_TIMEOUT_S = 30.0
-# A whole upload must be in within this long: a client sending a byte now and then never trips
-# the idle timeout, and would hold its slot for as long as it liked. 5 minutes lets an image at
-# the default upload limit, in base64 (27 MB), arrive at 90 kB/s, a poor mobile link's rate.
+# A whole request body must be in within this long: a client sending a byte now and then never
+# trips the idle timeout, and would hold its connection as long as it liked. 5 minutes lets an
+# image at the default upload limit, in base64 (27 MB), arrive at 90 kB/s, a poor mobile link's
+# rate; a JSON body (4 MB at most) needs far less, and one limit for both keeps it simple.
 DEFAULT_UPLOAD_DEADLINE_S = 300.0
 MIN_API_KEY_LENGTH = 16
 
@@ -36,7 +37,7 @@ class UnsafeBindError(PixsiftError):
 
 @dataclass(frozen=True)
 class UploadTimeouts:
-    """How long an upload's body may take: `idle_s` without a byte, `total_s` in all."""
+    """How long a request body may take: `idle_s` without a byte, `total_s` in all."""
 
     idle_s: float
     total_s: float
@@ -49,9 +50,9 @@ class ServerSettings:
     when the service listens beyond loopback. `max_concurrent_uploads` POST /similar requests
     are handled at once; one more is refused with 503 `busy`. A search that arrives while the
     search index loads waits up to `load_wait_s` seconds for it (0: not at all), then is
-    refused with 503 `index_loading`. An upload whose body sends nothing for
-    `upload_idle_timeout_s` seconds, or is not all in `upload_deadline_s` seconds after it
-    began, is refused with 408 `upload_timeout`, freeing its slot."""
+    refused with 503 `index_loading`. A request body (an upload or JSON) that sends nothing for
+    `upload_idle_timeout_s` seconds, or is not all in `upload_deadline_s` seconds after the
+    service began to read it, is refused with 408 `upload_timeout` (an upload's slot freed)."""
 
     api_key: str | None = None
     require_key_for_reads: bool = False

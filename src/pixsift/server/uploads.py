@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 from collections.abc import AsyncGenerator, Iterator
@@ -18,7 +17,6 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from pixsift.server.errors import RETRY_AFTER_S, ApiError
 from pixsift.server.limits import too_large_message
 from pixsift.server.schemas import SimilarUpload
-from pixsift.server.settings import UploadTimeouts
 
 # POST /similar reads its body itself (two content types), so its OpenAPI entry is given here.
 SIMILAR_REQUEST_BODY: dict[str, Any] = {
@@ -78,28 +76,16 @@ def _too_large(upload_limit: int) -> ApiError:
     return ApiError(413, "upload_too_large", too_large_message(upload_limit))
 
 
-async def read_body(request: Request, cap: int, upload_limit: int, timeouts: UploadTimeouts) -> bytes:
+async def read_body(request: Request, cap: int, upload_limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it passes `cap` bytes (declared or sent);
-    the message names the image limit `upload_limit` the service was configured with. A body
-    that sends nothing for `timeouts.idle_s` seconds, or is not all there `timeouts.total_s`
-    seconds after it began, is refused with 408: its upload slot is held meanwhile, and neither
-    uvicorn nor the client would ever let it go (a byte now and then resets an idle timer)."""
+    the message names the image limit `upload_limit` the service was configured with. How long
+    it may take is bounded for every body alike (body_deadline.py): 408 past it."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         raise _too_large(upload_limit)
     chunks: list[bytes] = []
     size = 0
-    stream = request.stream()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeouts.total_s
-    while True:
-        left = deadline - loop.time()
-        try:
-            chunk = await asyncio.wait_for(anext(stream), min(timeouts.idle_s, max(left, 0)))
-        except StopAsyncIteration:
-            break
-        except TimeoutError:
-            raise _timed_out(timeouts, whole=left <= timeouts.idle_s) from None
+    async for chunk in request.stream():
         size += len(chunk)
         if size > cap:
             raise _too_large(upload_limit)
@@ -107,18 +93,10 @@ async def read_body(request: Request, cap: int, upload_limit: int, timeouts: Upl
     return b"".join(chunks)
 
 
-def _timed_out(timeouts: UploadTimeouts, *, whole: bool) -> ApiError:
-    if whole:
-        what = f"was not all sent within {timeouts.total_s:g} seconds (the limit on a whole upload)"
-    else:
-        what = f"sent nothing for {timeouts.idle_s:g} seconds"
-    return ApiError(408, "upload_timeout", f"The upload {what} and was given up; send it again.")
-
-
-async def read_query_image(request: Request, limit: int, timeouts: UploadTimeouts) -> bytes:
+async def read_query_image(request: Request, limit: int) -> bytes:
     """The image bytes of a POST /similar request."""
     # Multipart and base64 both add to the image's own size: allow for them, then check again.
-    body = await read_body(request, limit * 4 // 3 + 64 * 1024, limit, timeouts)
+    body = await read_body(request, limit * 4 // 3 + 64 * 1024, limit)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         data = await _from_multipart(request, body)
