@@ -1,6 +1,7 @@
 """Colour management: images tagged with an ICC profile other than sRGB (Display P3, Adobe RGB,
 CMYK, grey) are indexed, and shown as thumbnails, in their colours converted to sRGB; untagged
-and sRGB images keep exactly the pixels they had."""
+and sRGB images keep exactly the pixels they had. For the model, RGB and grey images are
+converted once resized to its input, and embed as if converted before."""
 
 from __future__ import annotations
 
@@ -24,8 +25,14 @@ from icc_profiles import (
     tag_jpeg,
 )
 from pixsift import colour
-from pixsift.indexer.decode import default_max_pixels, open_oriented
+from pixsift.indexer.decode import default_max_pixels, load_image, open_oriented
+from pixsift.models.clip import ClipEmbedder
+from pixsift.models.embedder import Embedder
+from pixsift.models.loading import load_embedder
+from pixsift.models.naming import resolve_model_spec
+from pixsift.models.pixels import PixelConfig, resize_and_crop
 from pixsift.thumbnails import thumbnail
+from sample_photos import make_photo
 from serving import indexed_library
 
 SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -146,6 +153,10 @@ def test_untagged_and_srgb_images_keep_exactly_their_pixels(kind: str) -> None:
     today = reference_decode(untagged)
     assert np.array_equal(np.asarray(decoded(untagged)), today)
     assert np.array_equal(np.asarray(decoded(tagged)), today)
+    for data in (untagged, tagged):  # as the indexer decodes: nothing left to convert either
+        opened = open_oriented(data, 224, default_max_pixels(), defer_colours=True)
+        assert opened.colours is None
+        assert np.array_equal(np.asarray(opened.image), today)
 
 
 @pytest.mark.parametrize(
@@ -214,3 +225,120 @@ def test_thumbnails_of_cmyk_and_grey_images_follow_their_profiles(tmp_path: Path
         assert made.convert("L").getpixel((16, 16)) == pytest.approx(
             round(255 * (128 / 255) ** (1.8 / 2.2)), abs=4
         )
+
+
+def phone_photos(folder: Path, profile: bytes | None, count: int = 4) -> list[Path]:
+    """JPEGs decoded at reduced scale as a phone's are (to 504 x 378), tagged with `profile`."""
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for seed in range(count):
+        path = folder / f"photo_{seed}.jpg"
+        data = encoded(make_photo(seed, (2016, 1512)), "JPEG")
+        path.write_bytes(data if profile is None else tag_jpeg(data, profile))
+        paths.append(path)
+    return paths
+
+
+def converted_first(embedder: Embedder, paths: list[Path]) -> np.ndarray:
+    """Vectors as pixsift made them before: the decoded copy converted, then resized."""
+    size, most = embedder.image_size, default_max_pixels()
+    return embedder.embed_images([embedder.preprocess(decoded_as(path, size, most)) for path in paths])
+
+
+def decoded_as(path: Path, size: int, max_pixels: int) -> Image.Image:
+    return open_oriented(path.read_bytes(), size, max_pixels).image
+
+
+def as_indexed(embedder: Embedder, paths: list[Path]) -> np.ndarray:
+    """Vectors as the indexer makes them now: converted once resized."""
+    return embedder.embed_images(
+        [
+            load_image(
+                str(path),
+                preprocess=embedder.preprocess,
+                target_size=embedder.image_size,
+                max_pixels=default_max_pixels(),
+            ).pixels
+            for path in paths
+        ]
+    )
+
+
+def assert_converted_after_the_resize_embeds_as_before(embedder: Embedder, folder: Path) -> None:
+    """A P3 phone photo's vector, converted after the resize, against converted before: a
+    cosine of at least 0.999. The control that can fail: the same photo read as if sRGB (what
+    a missed conversion would give) is further from it."""
+    tagged, untagged = phone_photos(folder / "p3", DISPLAY_P3), phone_photos(folder / "plain", None)
+    before, after = converted_first(embedder, tagged), as_indexed(embedder, tagged)
+    as_stored = converted_first(embedder, untagged)
+    cosines = np.sum(before * after, axis=1)
+    assert np.all(cosines >= 0.999), cosines
+    assert np.all(cosines > np.sum(before * as_stored, axis=1))
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx", "onnx-int8"])
+def test_a_p3_photo_converted_after_the_resize_embeds_as_before(engine: str, tmp_path: Path) -> None:
+    """Both engines convert the model's input once resized: open_clip's transform (torch), and
+    the ONNX path's own steps."""
+    embedder = load_embedder(resolve_model_spec("synthetic-tiny"), "cpu", engine)
+    assert_converted_after_the_resize_embeds_as_before(embedder, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_p3_photo_converted_after_the_resize_embeds_as_before_with_vit_b_32(tmp_path: Path) -> None:
+    """ViT-B-32 itself, with random weights (600 MB, so marked slow)."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "random.pt"
+    torch.save(open_clip.create_model("ViT-B-32").state_dict(), checkpoint)
+    vit = ClipEmbedder.load(resolve_model_spec("ViT-B-32", str(checkpoint)), "cpu")
+    assert_converted_after_the_resize_embeds_as_before(vit, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [DISPLAY_P3, ADOBE_RGB, gray_profile("Gray 1.8", 1.8)],
+    ids=["Display P3", "Adobe RGB", "grey"],
+)
+def test_rgb_and_grey_images_are_converted_once_resized(profile: bytes, tmp_path: Path) -> None:
+    """Decoded for the model, the image is still as stored, with its conversion to come; the
+    224 x 224 pixels converted then are within a level, on average, of the resized conversion
+    (edges differ more: a conversion is not linear), far from the pixels as stored."""
+    photo = make_photo(5, (1200, 900))
+    grey = profile[16:20] == b"GRAY"
+    data = encoded(photo.convert("L") if grey else photo, "JPEG", profile)
+    as_stored = reference_decode(data)
+    opened = open_oriented(data, 224, default_max_pixels(), defer_colours=True)
+    assert opened.colours is not None and opened.image.mode == "RGB"
+    assert np.array_equal(np.asarray(opened.image), as_stored)
+    config = PixelConfig(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    after = resize_and_crop(opened.image, config, opened.colours).astype(np.int16)
+    before = resize_and_crop(decoded(data), config).astype(np.int16)
+    stored = resize_and_crop(Image.fromarray(as_stored), config).astype(np.int16)
+    assert np.abs(after - before).mean() < 1.0
+    assert np.abs(stored - before).mean() > 3.0
+    if grey:
+        assert np.array_equal(after[..., 0], after[..., 1]) and np.array_equal(after[..., 0], after[..., 2])
+
+
+def test_a_cmyk_image_is_converted_before_the_resize(tmp_path: Path) -> None:
+    """The resize needs RGB, and only the profile makes a CMYK image's RGB right."""
+    data = encoded(patches(CMYK_PATCHES, "CMYK", 100), "JPEG", PRINT_CMYK)
+    opened = open_oriented(data, 224, default_max_pixels(), defer_colours=True)
+    assert opened.colours is None
+    assert np.array_equal(np.asarray(opened.image), np.asarray(decoded(data)))
+
+
+def test_a_search_by_a_tagged_photo_finds_its_indexed_copy(tmp_path: Path, tiny_model: TinyModel) -> None:
+    """A photo given as an example (not in the library) is decoded as the indexer decoded its
+    copy: converted after the resize too, so the copy comes first with the same vector."""
+    photos = tmp_path / "photos"
+    phone_photos(photos, DISPLAY_P3, count=3)
+    example = tmp_path / "example.jpg"
+    example.write_bytes((photos / "photo_1.jpg").read_bytes())
+    with indexed_library(tmp_path / "library", photos, tiny_model) as library:
+        ranked = library.similar(example, k=3)
+        assert ranked[0].path.name == "photo_1.jpg" and ranked[0].score > 0.99999
+        assert ranked[1].score < 0.9999

@@ -99,7 +99,7 @@ def test_different_photos_do_not_correlate(phone_photos: list[Path], embedder: C
 
 
 def test_reduced_scale_decode_is_used_for_large_jpegs(phone_photos: list[Path]) -> None:
-    image, width, height, image_format, _ = open_oriented(
+    image, width, height, image_format, *_ = open_oriented(
         phone_photos[0].read_bytes(), 224, default_max_pixels()
     )
     assert (width, height, image_format) == (4032, 3024, "JPEG")
@@ -296,7 +296,9 @@ def test_a_named_pipe_is_refused_at_once_not_waited_on(tmp_path: Path) -> None:
     max_pixels = default_max_pixels()
     calls: list[Callable[[], object]] = [
         lambda: hash_file(str(pipe)),
-        lambda: load_image(str(pipe), preprocess=lambda image: image, target_size=224, max_pixels=max_pixels),
+        lambda: load_image(
+            str(pipe), preprocess=lambda image, _=None: image, target_size=224, max_pixels=max_pixels
+        ),
     ]
     for call in calls:
         error = error_within(10, call, pipe)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from pixsift.colour import to_srgb
 from pixsift.errors import ModelError
 from pixsift.models.devices import check_device, check_device_present
 from pixsift.models.embedder import CPU_BATCH_SIZE, GPU_BATCH_SIZE
@@ -27,6 +28,7 @@ from pixsift.models.weights import resolve_weights
 
 if TYPE_CHECKING:
     import torch
+    from PIL.ImageCms import ImageCmsTransform
 
 _FINGERPRINT_SAMPLES = 512  # values sampled per tensor: enough to tell any two trainings apart
 _TAG_PREPROCESS_KEYS = {
@@ -124,11 +126,16 @@ class ClipEmbedder:
     def batch_size(self) -> int:
         return GPU_BATCH_SIZE if self._device.type == "cuda" else CPU_BATCH_SIZE
 
-    def preprocess(self, image: Image.Image) -> Any:
+    def preprocess(self, image: Image.Image, colours: ImageCmsTransform | None = None) -> Any:
+        """`image` (RGB) to the model's input; `colours`, when not None, converts it to sRGB."""
         if self._gpu_pixels is not None:
-            return resize_and_crop(image, self._gpu_pixels)
-        if self._pixels is not None and long_and_thin(image.size):
-            return preprocess_pixels(image, self._pixels)
+            return resize_and_crop(image, self._gpu_pixels, colours)
+        if self._pixels is not None and (colours is not None or long_and_thin(image.size)):
+            # open_clip's transform goes from the image to floats in one call, leaving no
+            # point at which to convert colours on the resized pixels: these steps do.
+            return preprocess_pixels(image, self._pixels, colours)
+        if colours is not None:  # a transform these steps cannot reproduce: convert first
+            image = to_srgb(image, colours)
         return self._preprocess(image)
 
     def embed_images(self, batch: Sequence[Any]) -> np.ndarray:

@@ -11,6 +11,7 @@ from pixsift.models.spec import ModelRecord
 
 if TYPE_CHECKING:  # Pillow costs a text search's start-up 20 to 30 ms, for a type hint
     from PIL import Image
+    from PIL.ImageCms import ImageCmsTransform
 
 # Images per model call by default. A GPU embeds a batch of 256 three times as fast per image
 # as one of 32 (docs/benchmarks.md); on a CPU a larger batch gains nothing and holds more memory.
@@ -37,8 +38,10 @@ class Embedder(Protocol):
         runs best at where it runs."""
         ...
 
-    def preprocess(self, image: Image.Image) -> Any:
-        """An RGB image to the model's input; thread-safe, called from decode workers."""
+    def preprocess(self, image: Image.Image, colours: ImageCmsTransform | None = None) -> Any:
+        """An RGB image to the model's input; thread-safe, called from decode workers. Where
+        `colours` is not None, the image is still in its ICC profile's colour space and that
+        transform converts it to sRGB: best once it is resized (see indexer/decode.py)."""
         ...
 
     def embed_images(self, batch: Sequence[Any]) -> np.ndarray:

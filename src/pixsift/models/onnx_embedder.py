@@ -42,6 +42,7 @@ from pixsift.models.spec import ModelRecord
 if TYPE_CHECKING:
     import onnxruntime
     from PIL import Image
+    from PIL.ImageCms import ImageCmsTransform
 
     from pixsift.models.clip_tokenizer import ClipTokenizer
 
@@ -103,11 +104,11 @@ class OnnxEmbedder:
         towers = ", ".join(f"{tower} {self._precisions[tower]}" for tower in sorted(self._precisions))
         return f"ONNX Runtime ({towers})"
 
-    def preprocess(self, image: Image.Image) -> Any:
+    def preprocess(self, image: Image.Image, colours: ImageCmsTransform | None = None) -> Any:
         pixels = self._export.pixels
         if pixels is None:  # no image export: the torch model's own transform
-            return self._torch().preprocess(image)
-        return preprocess(image, pixels)
+            return self._torch().preprocess(image, colours)
+        return preprocess(image, pixels, colours)
 
     def embed_images(self, batch: Sequence[Any]) -> np.ndarray:
         if "image" not in self._precisions:

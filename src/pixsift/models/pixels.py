@@ -3,6 +3,8 @@
 The same steps as open_clip's inference transform (torchvision on a PIL image): resize with
 Pillow's antialiasing filter, centre crop, scale to [0, 1], normalise per channel. The output
 is a float32 (3, size, size) array; a test checks it against open_clip's own transform.
+An image still in the colour space of its ICC profile is converted to sRGB after the resize and
+crop, on the model's few pixels rather than the decoded image's many (see indexer/decode.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from PIL import Image
+    from PIL.ImageCms import ImageCmsTransform
 
 SUPPORTED_RESIZE_MODES = ("shortest", "squash")
 # Sides in a ratio above this (a panorama is about 4 to 1) count as long and thin.
@@ -73,16 +76,22 @@ class PixelConfig:
         )
 
 
-def preprocess(image: Image.Image, config: PixelConfig) -> np.ndarray:
-    """An RGB image to the model's input, float32 (3, size, size)."""
-    scaled = resize_and_crop(image, config).astype(np.float32) / np.float32(255.0)
+def preprocess(
+    image: Image.Image, config: PixelConfig, colours: ImageCmsTransform | None = None
+) -> np.ndarray:
+    """An RGB image to the model's input, float32 (3, size, size), its colours converted to
+    sRGB by `colours` (when not None) once resized."""
+    scaled = resize_and_crop(image, config, colours).astype(np.float32) / np.float32(255.0)
     normalised = (scaled - np.asarray(config.mean, np.float32)) / np.asarray(config.std, np.float32)
     return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
 
 
-def resize_and_crop(image: Image.Image, config: PixelConfig) -> np.ndarray:
+def resize_and_crop(
+    image: Image.Image, config: PixelConfig, colours: ImageCmsTransform | None = None
+) -> np.ndarray:
     """The geometric steps alone: an RGB image to uint8 (size, size, 3), a quarter of the bytes
-    of the model's input, for a device that scales and normalises it itself (see ClipEmbedder)."""
+    of the model's input, for a device that scales and normalises it itself (see ClipEmbedder).
+    `colours`, when not None, then converts those pixels to sRGB."""
     from PIL import Image  # here, not at the top: a text search reads PixelConfig, never pixels
 
     # open_clip maps "random" (a training option) to bicubic at inference, as here.
@@ -94,7 +103,12 @@ def resize_and_crop(image: Image.Image, config: PixelConfig) -> np.ndarray:
         image = image.resize((size, size), resample, box=_centre_box(image.size, size))
     else:
         image = _crop_centre(image.resize(_shortest_side_to(image.size, size), resample), size)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    image = image.convert("RGB")
+    if colours is not None:
+        from pixsift.colour import to_srgb
+
+        image = to_srgb(image, colours)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def long_and_thin(current: tuple[int, int]) -> bool:

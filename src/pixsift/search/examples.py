@@ -290,8 +290,9 @@ class ExampleVectors:
         embedder = self._embedder()
         label = f"image {name}" if name else "the image given"
         try:
-            image, *_ = open_oriented(data, embedder.image_size, self._max_pixels)
-            pixels = embedder.preprocess(image)
+            # As the indexer decodes it, so an indexed photo given as an example finds itself
+            opened = open_oriented(data, embedder.image_size, self._max_pixels, defer_colours=True)
+            pixels = embedder.preprocess(opened.image, opened.colours)
         except Image.DecompressionBombError:
             raise ImageTooLargeError(
                 f"Cannot read {label}: it has more pixels than the limit of {self._max_pixels:,}."
