@@ -12,7 +12,10 @@ body only once it has an upload slot and the search index, and that wait is not 
 An answer sent before its request's body is all in (this 408, a 413, a route that reads no
 body) closes the connection: uvicorn would keep it open to skip the rest of the body, and a
 client sending a byte now and then after the answer held it for ever (each byte cancels
-uvicorn's keep-alive timer, which is only started again by a next request).
+uvicorn's keep-alive timer, which is only started again by a next request). Before it closes,
+the rest of the body is read and dropped for a few seconds (a "lingering close", as web
+servers do): a connection closed with bytes unread is reset, and a client still sending its
+body, as most send it whole before they read, got the reset instead of the answer.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ from pixsift.server.limits import BodyError, refuse
 from pixsift.server.settings import UploadTimeouts
 
 CLOSE = (b"connection", b"close")
+# How long the rest of a body is read and dropped after an early answer, in all and between
+# two reads: enough for a client on a fast link to send a body at the size limits and read
+# the answer, while one trickling its body holds the connection no longer than that.
+LINGER_S = 10.0
+LINGER_IDLE_S = 2.0
 
 
 class BodyTimeoutError(BodyError):
@@ -71,11 +79,19 @@ class BodyDeadlineMiddleware:
             return event
 
         async def closing_send(event: Message) -> None:
-            nonlocal started
+            nonlocal started, complete
+            early = not complete and _has_body(scope)
             if event["type"] == "http.response.start":
                 started = True
-                if not complete and _has_body(scope):
+                if early:
                     event = {**event, "headers": [*event.get("headers", []), CLOSE]}
+            elif early and event["type"] == "http.response.body" and not event.get("more_body", False):
+                # uvicorn closes the connection with the last part of the answer: the answer
+                # goes out first, then the rest of the body is read, then the close.
+                await send({**event, "more_body": True})
+                await _drop_rest_of_body(receive)
+                complete = True
+                event = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(event)
 
         try:
@@ -83,6 +99,20 @@ class BodyDeadlineMiddleware:
         except BodyTimeoutError as exc:  # raised where no error handler of the app saw it
             if not started:
                 await refuse(closing_send, exc.status_code, exc.code, str(exc.detail))
+
+
+async def _drop_rest_of_body(receive: Receive) -> None:
+    """Read what is left of the request's body and drop it, for at most `LINGER_S` seconds
+    and while it keeps coming (`LINGER_IDLE_S`): then the connection closes cleanly."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + LINGER_S
+    while (left := until - loop.time()) > 0:
+        try:
+            event = await asyncio.wait_for(receive(), min(LINGER_IDLE_S, left))
+        except TimeoutError:
+            return
+        if event["type"] != "http.request" or not event.get("more_body", False):
+            return
 
 
 def _has_body(scope: Scope) -> bool:
