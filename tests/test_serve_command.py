@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import httpx
 import pytest
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from conftest import TinyModel, run_cli
 from sample_photos import write_photos
@@ -291,7 +291,7 @@ def test_a_delete_cut_short_by_the_stop_is_not_kept(
             target=lambda: answers.append(httpx.delete(f"{url}/images/1", headers=AUTH, timeout=60))
         )
         delete.start()
-        time.sleep(1)  # the delete is under way, waiting for the lock
+        _wait_until_held(library / "library.lock", delete)  # the delete waits for SQLite's lock
         process.send_signal(signal.SIGTERM)
         delete.join(timeout=60)
         logged = _log_until(process, "still run")
@@ -311,6 +311,24 @@ def test_a_delete_cut_short_by_the_stop_is_not_kept(
     with Library.open(library, create=False) as reopened:
         assert reopened.image(1).id == 1  # not deleted: the answer said so
     assert run_cli("doctor", "--library", str(library)).returncode == 0
+
+
+def _wait_until_held(lock_file: Path, request: threading.Thread) -> None:
+    """Until the service holds the library's write lock `lock_file`, as a delete does from
+    before its write to after it: nothing else in the service takes it here, so the delete has
+    reached the service and goes on to wait for SQLite's lock, which the stop cannot shorten.
+    Each try holds the lock for a moment only; the delete waits for it as for an index run."""
+    probe = FileLock(lock_file, thread_local=False)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            probe.acquire(timeout=0)
+        except Timeout:
+            return
+        probe.release()
+        assert request.is_alive(), "the request ended before it took the library's lock"
+        assert time.monotonic() < deadline, "the request did not take the library's lock"
+        time.sleep(0.01)
 
 
 def _log_until(process: subprocess.Popen[str], text: str, timeout: float = 30) -> str:
