@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import TerminalRun, TinyModel, needs_permissions, run_cli
-from pixsift import HealthReport, Library, LibraryFormatError
+from pixsift import HealthReport, ImageNotFoundError, Library, LibraryFormatError
 from pixsift.cli import app
 from pixsift.storage.vector_index import VectorIndex
 from sample_photos import write_photos
@@ -435,3 +435,29 @@ def test_files_that_cannot_be_examined_are_kept_by_index_doctor_and_repair(
     assert repaired.returncode == 0 and "dropped" not in repaired.stdout
     after = run_cli("index", *args)
     assert after.returncode == 0 and "0 new" in after.stdout and "12 unchanged" in after.stdout
+
+
+def test_thumbnails_of_images_no_longer_in_the_library_are_never_served_and_a_repair_removes_them(
+    indexed: Path, photos: Path
+) -> None:
+    """A delete stopped after its commit (a crash) left its image's thumbnails behind, and a
+    repair that dropped rows of files gone left theirs; ids are never reused, so they are only
+    litter, but nothing but an index run that removed an image cleaned them up."""
+    with Library.open(indexed, create=False) as library:
+        deleted, gone, kept = (hit.id for hit in library.search("x", k=3))
+        for image_id in (deleted, gone, kept):
+            library.thumbnail(image_id, 64)
+        cache = indexed / "thumbnails"
+        shutil.copytree(cache / str(deleted), tmp := indexed.parent / "left-behind")
+        library.delete(deleted)
+        assert not (cache / str(deleted)).exists()
+        tmp.rename(cache / str(deleted))  # as a delete stopped before its cleaning leaves it
+        with pytest.raises(ImageNotFoundError):
+            library.thumbnail(deleted, 64)
+        Path(library.image(gone).path).unlink()
+    result = runner.invoke(app, ["doctor", "--repair", "--library", str(indexed)])
+    assert result.exit_code == 0, result.output
+    assert "removed the thumbnails of 2 image(s) no longer in the library" in result.stdout
+    assert sorted(path.name for path in cache.iterdir()) == [str(kept)]
+    again = runner.invoke(app, ["doctor", "--repair", "--library", str(indexed)])
+    assert "removed the thumbnails" not in again.stdout  # only what it did is said

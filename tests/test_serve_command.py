@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -18,7 +19,7 @@ from typing import Any, NamedTuple
 
 import httpx
 import pytest
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from conftest import TinyModel, run_cli
 from sample_photos import write_photos
@@ -27,13 +28,6 @@ from serving import API_KEY
 AUTH = {"X-API-Key": API_KEY}
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_serve_refuses_an_open_bind_without_a_key(tmp_path: Path) -> None:
@@ -66,6 +60,42 @@ def test_serve_on_an_address_in_use_says_so_in_one_line(tmp_path: Path) -> None:
     )
 
 
+class Serving(NamedTuple):
+    """A `pixsift serve` process, where it listens, and what it logged until it listened."""
+
+    process: subprocess.Popen[str]
+    port: int
+    url: str
+    started_log: str
+
+
+def start_serve(library: Path, *, api_key: str | None = API_KEY) -> Serving:
+    """`pixsift serve` for `library` on a port the system picks (`--port 0`), read from the
+    line the service logs as it starts listening: a port found free here and passed on could be
+    taken by another program before the service binds it. Returns once /healthz says ready."""
+    env = {key: value for key, value in os.environ.items() if key != "PIXSIFT_API_KEY"}
+    if api_key is not None:
+        env["PIXSIFT_API_KEY"] = api_key
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pixsift", "serve", "--library", str(library), "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        logged = _log_until(process, "Uvicorn running on", timeout=120)
+        listening = re.search(r"Uvicorn running on (http://127\.0\.0\.1:(\d+)) ", logged)
+        assert listening is not None, logged
+        url, port = listening[1], int(listening[2])
+        wait_until_up(process, url)
+    except BaseException:
+        process.kill()
+        process.communicate(timeout=60)
+        raise
+    return Serving(process, port, url, logged)
+
+
 def wait_until_up(process: subprocess.Popen[str], url: str) -> None:
     deadline = time.monotonic() + 120
     while True:
@@ -88,15 +118,8 @@ def test_a_client_that_never_finishes_its_request_does_not_keep_serve_running(tm
     from pixsift.server.run import SHUTDOWN_GRACE_S
 
     Library.open(tmp_path / "lib").close()
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pixsift", "serve", "--library", str(tmp_path / "lib"), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process, port, _, output = start_serve(tmp_path / "lib", api_key=None)
     try:
-        wait_until_up(process, f"http://127.0.0.1:{port}")
         with upload_under_way(port) as slow_client:  # its body far from complete
             stopped_at = time.monotonic()
             process.send_signal(signal.SIGTERM)
@@ -110,7 +133,7 @@ def test_a_client_that_never_finishes_its_request_does_not_keep_serve_running(tm
     finally:
         if process.poll() is None:
             process.kill()
-        output = process.communicate(timeout=60)[0]
+        output += process.communicate(timeout=60)[0]
     assert took < SHUTDOWN_GRACE_S + 10, output
     assert process.returncode == 0, output
     assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nretry-after: 5\r\n" in head.lower(), head
@@ -155,29 +178,16 @@ def test_serve_stopped_by_sigterm_exits_with_0(tmp_path: Path, photos: Path, tin
     signal's default action: status 143 to a shell, a failed unit to systemd."""
     library = tmp_path / "lib"
     assert run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args()).returncode == 0
-    port = free_port()
-    process = start_serve(library, port)
+    process, _, url, output = start_serve(library)
     try:
-        assert httpx.get(f"http://127.0.0.1:{port}/search", params={"q": "a rocket"}).status_code == 200
+        assert httpx.get(f"{url}/search", params={"q": "a rocket"}).status_code == 200
         process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=60)[0]
+        output += process.communicate(timeout=60)[0]
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, output
     assert "Traceback" not in output and "Shutting down" in output, output
-
-
-def start_serve(library: Path, port: int) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pixsift", "serve", "--library", str(library), "--port", str(port)],
-        env={**os.environ, "PIXSIFT_API_KEY": API_KEY},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    wait_until_up(process, f"http://127.0.0.1:{port}")
-    return process
 
 
 class WaitingJob(NamedTuple):
@@ -197,9 +207,7 @@ def job_waiting_for_another_run(tmp_path: Path, photos: Path, tiny_model: TinyMo
     indexed = run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args())
     assert indexed.returncode == 0, indexed.stderr
     write_photos(photos / "new", 3, size=(320, 240), seed=800)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = start_serve(library, port)
+    process, port, url, _ = start_serve(library)
     try:
         with FileLock(library / "library.lock", thread_local=False):
             posted = httpx.post(f"{url}/index", json={"paths": [str(photos / "new")]}, headers=AUTH)
@@ -219,13 +227,13 @@ def test_an_index_job_cut_short_by_a_stop_is_done_again_after_the_restart(
 ) -> None:
     """Jobs live in the service's memory: after a restart the old id is job_not_found, nothing
     the job committed is lost, and the same POST /index does the rest."""
-    with job_waiting_for_another_run(tmp_path, photos, tiny_model) as (library, port, url, process, job):
+    with job_waiting_for_another_run(tmp_path, photos, tiny_model) as (library, _, url, process, job):
         process.send_signal(signal.SIGTERM)  # the job is under way: the stop cancels it
         process.wait(timeout=60)
     logged = process.communicate(timeout=60)[0]
     assert process.returncode == 0, logged
     assert f"index job {job['id']} was cancelled by the stop" in logged, logged
-    process = start_serve(library, port)
+    process, _, url, _ = start_serve(library)  # on a port of its own: the old one may be taken
     try:
         gone = httpx.get(f"{url}/jobs/{job['id']}")
         assert gone.status_code == 404 and gone.json()["error"] == "job_not_found"
@@ -274,24 +282,21 @@ def test_a_delete_cut_short_by_the_stop_is_not_kept(
     write is now rolled back, and the log says why the process has not exited yet."""
     library = tmp_path / "lib"
     assert run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args()).returncode == 0
-    port = free_port()
-    process = start_serve(library, port)
+    process, _, url, started_log = start_serve(library)
     answers: list[httpx.Response] = []
     other_program = sqlite3.connect(library / "library.db", isolation_level=None)
     try:
         other_program.execute("BEGIN IMMEDIATE")  # SQLite's write lock: the delete waits for it
         delete = threading.Thread(
-            target=lambda: answers.append(
-                httpx.delete(f"http://127.0.0.1:{port}/images/1", headers=AUTH, timeout=60)
-            )
+            target=lambda: answers.append(httpx.delete(f"{url}/images/1", headers=AUTH, timeout=60))
         )
         delete.start()
-        time.sleep(1)  # the delete is under way, waiting for the lock
+        _wait_until_held(library / "library.lock", delete)  # the delete waits for SQLite's lock
         process.send_signal(signal.SIGTERM)
         delete.join(timeout=60)
         logged = _log_until(process, "still run")
         other_program.execute("COMMIT")  # the delete's thread goes on, into a closed library
-        output = logged + process.communicate(timeout=60)[0]
+        output = started_log + logged + process.communicate(timeout=60)[0]
     finally:
         other_program.close()
         if process.poll() is None:
@@ -306,6 +311,24 @@ def test_a_delete_cut_short_by_the_stop_is_not_kept(
     with Library.open(library, create=False) as reopened:
         assert reopened.image(1).id == 1  # not deleted: the answer said so
     assert run_cli("doctor", "--library", str(library)).returncode == 0
+
+
+def _wait_until_held(lock_file: Path, request: threading.Thread) -> None:
+    """Until the service holds the library's write lock `lock_file`, as a delete does from
+    before its write to after it: nothing else in the service takes it here, so the delete has
+    reached the service and goes on to wait for SQLite's lock, which the stop cannot shorten.
+    Each try holds the lock for a moment only; the delete waits for it as for an index run."""
+    probe = FileLock(lock_file, thread_local=False)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            probe.acquire(timeout=0)
+        except Timeout:
+            return
+        probe.release()
+        assert request.is_alive(), "the request ended before it took the library's lock"
+        assert time.monotonic() < deadline, "the request did not take the library's lock"
+        time.sleep(0.01)
 
 
 def _log_until(process: subprocess.Popen[str], text: str, timeout: float = 30) -> str:
@@ -324,10 +347,8 @@ def test_serve_answers_over_http(tmp_path: Path, photos: Path, tiny_model: TinyM
     library = tmp_path / "lib"
     indexed = run_cli("index", str(photos), "--library", str(library), *tiny_model.index_args())
     assert indexed.returncode == 0, indexed.stderr
-    port = free_port()
-    process = start_serve(library, port)
+    process, _, url, output = start_serve(library)
     try:
-        url = f"http://127.0.0.1:{port}"
         hits = httpx.get(f"{url}/search", params={"q": "a rocket", "k": 3}).json()["results"]
         assert len(hits) == 3 and all(Path(hit["path"]).parent == photos for hit in hits)
         # the key came from the environment: writes are enabled with it
@@ -337,5 +358,5 @@ def test_serve_answers_over_http(tmp_path: Path, photos: Path, tiny_model: TinyM
         )
     finally:
         process.send_signal(signal.SIGINT)
-        output = process.communicate(timeout=60)[0]
+        output += process.communicate(timeout=60)[0]
     assert process.returncode == 0, output

@@ -839,7 +839,15 @@ def serve(
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on; beyond loopback an API key is required.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port",
+            min=0,
+            max=65535,
+            help="Port to listen on (0: a free one, which the log names as it starts).",
+        ),
+    ] = 8000,
     api_key: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(

@@ -634,11 +634,14 @@ class Library:
             info = self.image(image_id)
             with self._catalog.write() as batch:
                 batch.delete_images([image_id])
+            # At once after the commit: the catch-up below fails on a library closed meanwhile
+            # (the service's stop), which left the thumbnails behind. Ids are never reused, so
+            # any left (a crash here) are only litter: never served, pruned by a repair.
+            forget_thumbnails(self.path / THUMBNAILS_DIR, image_id)
             # Not a rewrite of the whole index file (2 GB at a million vectors) for one image:
             # every process replays the change log on load; saved once the log is long.
             if (model := self._catalog.model()) is not None:
                 self._index.after_change(model.embed_dim)
-        forget_thumbnails(self.path / THUMBNAILS_DIR, image_id)  # ids are never reused
         return info
 
     def indexed_folder(self, folder: str | os.PathLike[str]) -> str:
@@ -893,7 +896,8 @@ class Library:
         """Repair what can be repaired, then check again: the report lists both.
 
         Rebuilds the search index from the stored vectors, drops rows of files gone from disk
-        (not of folders that are not there), and drops vectors that fit nothing. A database that
+        (not of folders that are not there), drops vectors that fit nothing, and removes cached
+        thumbnails of images no longer in the library. A database that
         SQLite finds damaged is left alone: the report says so. Waits as `check` does.
 
         Ctrl-C before the first repair is kept leaves the library as it was (KeyboardInterrupt);
@@ -913,6 +917,9 @@ class Library:
             except OSError as exc:
                 raise write_error(self.path, exc) from exc
             self._index.forget()  # reload the rebuilt index on the next search
+            # Of the rows dropped above, and of any image whose removal stopped short of it.
+            if pruned := prune_thumbnails(self.path / THUMBNAILS_DIR, self._catalog.images):
+                done.append(f"removed the thumbnails of {pruned} image(s) no longer in the library")
             after = doctor.check(self._catalog, self.index_path)
         after.repairs = done
         return after

@@ -123,17 +123,19 @@ def forget_thumbnails(cache_dir: Path, image_id: int) -> None:
     shutil.rmtree(cache_dir / str(image_id), ignore_errors=True)
 
 
-def prune_thumbnails(cache_dir: Path, present: Callable[[list[int]], Collection[int]]) -> None:
-    """Remove the thumbnails of images no longer in the library (an index run dropped them);
-    `present` tells which of some ids still are."""
+def prune_thumbnails(cache_dir: Path, present: Callable[[list[int]], Collection[int]]) -> int:
+    """Remove the thumbnails of images no longer in the library (an index run or a repair
+    dropped them, a delete stopped between its commit and its own cleaning); `present` tells
+    which of some ids still are. Returns how many images' thumbnails went."""
     try:
         ids = [int(name) for name in os.listdir(cache_dir) if name.isdigit()]
     except OSError:  # no thumbnail made yet
-        return
+        return 0
     kept = set(present(ids)) if ids else set()
-    for image_id in ids:
-        if image_id not in kept:
-            forget_thumbnails(cache_dir, image_id)
+    gone = [image_id for image_id in ids if image_id not in kept]
+    for image_id in gone:
+        forget_thumbnails(cache_dir, image_id)
+    return len(gone)
 
 
 def _open_file(source: str) -> io.BufferedReader:
