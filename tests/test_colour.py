@@ -25,7 +25,7 @@ from icc_profiles import (
     tag_jpeg,
 )
 from pixsift import colour
-from pixsift.indexer.decode import default_max_pixels, load_image, open_oriented
+from pixsift.indexer.decode import default_max_pixels, open_oriented
 from pixsift.models.clip import ClipEmbedder
 from pixsift.models.embedder import Embedder
 from pixsift.models.loading import load_embedder
@@ -34,6 +34,7 @@ from pixsift.models.pixels import PixelConfig, resize_and_crop
 from pixsift.thumbnails import thumbnail
 from sample_photos import make_photo
 from serving import indexed_library
+from test_engines import image_vectors
 
 SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 # Saturated colours inside sRGB's gamut in every space tested (so none is clipped), and greys.
@@ -249,27 +250,13 @@ def decoded_as(path: Path, size: int, max_pixels: int) -> Image.Image:
     return open_oriented(path.read_bytes(), size, max_pixels).image
 
 
-def as_indexed(embedder: Embedder, paths: list[Path]) -> np.ndarray:
-    """Vectors as the indexer makes them now: converted once resized."""
-    return embedder.embed_images(
-        [
-            load_image(
-                str(path),
-                preprocess=embedder.preprocess,
-                target_size=embedder.image_size,
-                max_pixels=default_max_pixels(),
-            ).pixels
-            for path in paths
-        ]
-    )
-
-
 def assert_converted_after_the_resize_embeds_as_before(embedder: Embedder, folder: Path) -> None:
     """A P3 phone photo's vector, converted after the resize, against converted before: a
     cosine of at least 0.999. The control that can fail: the same photo read as if sRGB (what
     a missed conversion would give) is further from it."""
     tagged, untagged = phone_photos(folder / "p3", DISPLAY_P3), phone_photos(folder / "plain", None)
-    before, after = converted_first(embedder, tagged), as_indexed(embedder, tagged)
+    # after: as the indexer makes them now, converted once resized
+    before, after = converted_first(embedder, tagged), image_vectors(embedder, tagged)
     as_stored = converted_first(embedder, untagged)
     cosines = np.sum(before * after, axis=1)
     assert np.all(cosines >= 0.999), cosines
