@@ -687,10 +687,12 @@ class Library:
                 if whole:  # what left the folder earlier is forgotten too: it never comes back
                     batch.forget_departed_under(root, keep=inner)
                 batch.delete_root(root)
-            # Caches, after the commit: a Ctrl-C here leaves them for the next search to catch up.
+            # Caches, after the commit: a Ctrl-C here leaves them for the next search to catch
+            # up, and for a repair to prune. Thumbnails first, as a delete does: the catch-up
+            # fails on a library closed meanwhile (a service's stop).
+            prune_thumbnails(self.path / THUMBNAILS_DIR, self._catalog.images)
             if (model := self._catalog.model()) is not None:
                 self._index.after_change(model.embed_dim)
-            prune_thumbnails(self.path / THUMBNAILS_DIR, self._catalog.images)
         return len(ids)
 
     def relocate(
