@@ -95,9 +95,12 @@ class BodyLimitMiddleware:
                 await refuse(send, 413, code, message)
 
 
-async def refuse(send: Send, status: int, code: str, message: str) -> None:
+async def refuse(
+    send: Send, status: int, code: str, message: str, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     """The JSON error answer, sent by a middleware where the app's error handlers cannot."""
     body = json.dumps({"error": code, "message": message}, separators=(",", ":")).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += extra_headers or []
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pixsift.server.limits import refuse
 
 RETRY_AFTER_S = 5  # a restart takes a few seconds; the model loads before the service listens
 MESSAGE = "The service is stopping and could not finish this request; send it again once it is back."
@@ -46,12 +47,5 @@ class StopAnswersMiddleware:
 
 
 async def _stopping(send: Send) -> None:
-    body = json.dumps({"error": "shutting_down", "message": MESSAGE}, separators=(",", ":")).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"retry-after", str(RETRY_AFTER_S).encode()),
-        (b"connection", b"close"),
-    ]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    retry = (b"retry-after", str(RETRY_AFTER_S).encode())
+    await refuse(send, 503, "shutting_down", MESSAGE, [retry, (b"connection", b"close")])
